@@ -1,0 +1,62 @@
+"""Manual backprop timed beside torch.autograd.grad on the same network and batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import backprop as bp
+from kernels import mlp
+from verify.references import torch_loss
+
+QUICK = [(L, K) for L in (3, 5, 10) for K in (64, 256)]
+FULL = [(L, K) for L in (3, 5, 10, 20) for K in (64, 256, 1024)]
+D, P = 13, 1
+
+
+def backprop_flops(sizes: list[int], n: int) -> int:
+    """Matmul FLOPs of one forward + backward pass (2 per multiply-add): the forward
+    product, dW and dh each cost 2 N in out per layer (dh of the first layer too, since
+    the kernel returns dJ/dx). Element-wise work is left out."""
+    return sum(6 * n * i * o for i, o in zip(sizes[:-1], sizes[1:]))
+
+
+def backprop_bytes(sizes: list[int], n: int, itemsize: int) -> int:
+    """Least memory traffic: read every parameter and write its gradient, write and re-read
+    every activation."""
+    params = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+    acts = n * sum(sizes)
+    return itemsize * (2 * params + 2 * acts)
+
+
+@pytest.mark.parametrize("method", ["manual", "torch_autograd"])
+@pytest.mark.parametrize("n", [256])
+@pytest.mark.parametrize("L,K", QUICK + [pytest.param(*p, marks=pytest.mark.full) for p in FULL
+                                         if p not in QUICK])
+def test_backprop(measure, method: str, L: int, K: int, n: int, device: str) -> None:
+    dtype = torch.float32
+    sizes = [D] + [K] * (L - 1) + [P]
+    g = torch.Generator().manual_seed(0)
+    net = mlp.init_mlp(sizes, "tanh", generator=g, dtype=dtype, device=device)
+    x = torch.randn(n, D, generator=g).to(device, dtype)
+    y = torch.randn(n, P, generator=g).to(device, dtype)
+
+    if method == "manual":
+        def fn():
+            return bp.backprop(net, x, y, loss="log_cosh")
+    else:
+        ws = [w.clone().requires_grad_() for w in net.weights]
+        bs = [b.clone().requires_grad_() for b in net.biases]
+        xx = x.clone().requires_grad_()
+
+        def fn():
+            J = torch_loss(ws, bs, xx, y, activation="tanh", loss="log_cosh")
+            return torch.autograd.grad(J, ws + bs + [xx])
+
+    measure(
+        fn,
+        group=f"backprop L={L} K={K} N={n} {device}",
+        kernel="backprop", method=method, reference="torch_autograd",
+        flops=backprop_flops(sizes, n), bytes=backprop_bytes(sizes, n, 4),
+        L=L, D=D, K=K, P=P, N=n, device=device, dtype=dtype,
+    )

@@ -1,0 +1,156 @@
+"""Shared pytest options and fixtures for `pytest verify` and `pytest bench`.
+
+- ``--device cpu,cuda`` (default: every device present). A device that is asked
+  for but absent makes its tests skip with a reason; it never fails them.
+- ``device`` and ``dtype`` fixtures, parametrized; tests that ask for them run once
+  per device and per dtype the tolerance table knows.
+- Seeds: every test starts from a seed derived from a stable hash of its node id,
+  so a failure reproduces on its own and does not depend on test order.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# bounded property tests: CI has 2 cores and a few minutes for `pytest verify`
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile("ci")
+
+KNOWN_DEVICES = ("cpu", "cuda")
+GRIDS = ("quick", "full")
+ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("handgrad")
+    group.addoption(
+        "--device",
+        action="store",
+        default="all",
+        help="comma-separated devices to run on (cpu, cuda); default: every device present",
+    )
+    group.addoption(
+        "--bench-grid",
+        choices=GRIDS,
+        default="quick",
+        help="benchmark grid. quick: a few minutes on 2 cores (default); full: wider, deeper",
+    )
+    group.addoption(
+        "--bench-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for every benchmark (default: all cores, at most 8); recorded",
+    )
+
+
+def bench_threads(config: pytest.Config) -> int:
+    n = config.getoption("--bench-threads")
+    if n is not None and n < 1:
+        raise pytest.UsageError(f"--bench-threads: expected a positive integer, got {n}")
+    return n if n else min(os.cpu_count() or 1, 8)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # one fixed thread count for the whole session, recorded in machine_info and every
+    # benchmark's extra_info: CPU timings are meaningless without it
+    torch.set_num_threads(bench_threads(config))
+    # pytest-benchmark writes --benchmark-json at the end of the session and fails then
+    # if the folder is missing; reports/out/ is git-ignored, so make it now
+    target = getattr(config.option, "benchmark_json", None)
+    if target is not None:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["torch"] = torch.__version__
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cpu_count"] = os.cpu_count()
+    machine_info["platform"] = platform.platform()
+    machine_info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    machine_info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    machine_info["bench_grid"] = config.getoption("--bench-grid")
+
+
+def _present(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device == "cuda":
+        return torch.cuda.is_available()
+    return False
+
+
+def requested_devices(config: pytest.Config) -> list[str]:
+    """The devices named by --device, in order; 'all' means every known device."""
+    raw = config.getoption("--device")
+    if raw == "all":
+        return [d for d in KNOWN_DEVICES if _present(d)]
+    names = [d.strip() for d in raw.split(",") if d.strip()]
+    unknown = [d for d in names if d not in KNOWN_DEVICES]
+    if unknown:
+        raise pytest.UsageError(
+            f"--device: unknown device(s) {unknown}; expected a comma-separated subset of "
+            f"{list(KNOWN_DEVICES)} or 'all'"
+        )
+    return names
+
+
+def _device_params(config: pytest.Config) -> list:
+    params = []
+    for name in requested_devices(config):
+        marks = []
+        if name == "cuda":
+            marks.append(pytest.mark.cuda)
+        if not _present(name):
+            marks.append(pytest.mark.skip(reason=f"device {name!r} requested but not present"))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames and not _is_parametrized(metafunc, "device"):
+        metafunc.parametrize("device", _device_params(metafunc.config))
+    if "dtype" in metafunc.fixturenames and not _is_parametrized(metafunc, "dtype"):
+        metafunc.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--bench-grid") == "full":
+        return
+    skip = pytest.mark.skip(reason="full benchmark grid only (--bench-grid=full)")
+    for item in items:
+        if item.get_closest_marker("full"):
+            item.add_marker(skip)
+
+
+def _is_parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    return any(name in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+
+
+def stable_seed(text: str) -> int:
+    """A seed that is the same on every machine and Python run (unlike hash())."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything(request: pytest.FixtureRequest) -> None:
+    torch.manual_seed(stable_seed(request.node.nodeid))
+
+
+@pytest.fixture
+def generator(request: pytest.FixtureRequest) -> torch.Generator:
+    """A CPU generator seeded from the test's node id (create tensors on CPU, then move)."""
+    return torch.Generator().manual_seed(stable_seed(request.node.nodeid))

@@ -1,0 +1,9 @@
+"""handgrad kernels: hand-derived derivatives on torch tensors, device and dtype agnostic.
+
+No kernel calls torch.autograd or torch.func; references for them live in ``verify/``
+and ``bench/``.
+"""
+
+from kernels import backprop, finite_diff, mlp
+
+__all__ = ["backprop", "finite_diff", "mlp"]

@@ -1,0 +1,238 @@
+"""MLP parameters, activations and losses with their derivatives, and the forward pass.
+
+Network: ``h_0 = x``, ``h_i = rho(h_{i-1} W_i^T + b_i)`` for the hidden layers and a
+linear output ``y_hat = h_{L-1} W_L^T + b_L``. Weights have ``nn.Linear``'s shape
+``(out, in)``; a batch is ``(N, in)`` and a single input ``(in,)`` gives ``(out,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernels._checks import check_choice, check_same, check_tensor, shape_str
+
+# --- activations ------------------------------------------------------------------
+# each derivative is written in terms of (z, a) = (pre-activation, activation), so the
+# backward pass reuses what the forward pass stored: tanh' = 1 - a^2, sigmoid' = a(1 - a)
+
+
+def _relu_grad(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    # relu'(0) := 0, the subgradient torch uses
+    return (z > 0).to(z.dtype)
+
+
+ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+    "tanh": (torch.tanh, lambda z, a: 1 - a * a),
+    # torch.sigmoid is stable at large |z| (no exp overflow), unlike 1 / (1 + exp(-z))
+    "sigmoid": (torch.sigmoid, lambda z, a: a * (1 - a)),
+    "relu": (torch.relu, _relu_grad),
+    "identity": (lambda z: z, lambda z, a: torch.ones_like(z)),
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation function called ``name``."""
+    return ACTIVATIONS[check_choice("activation", name, list(ACTIVATIONS))][0]
+
+
+def activation_grad(name: str, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+    """rho'(z), element-wise; pass ``a = rho(z)`` when known to save recomputing it."""
+    f, df = ACTIVATIONS[check_choice("activation", name, list(ACTIVATIONS))]
+    return df(z, f(z) if a is None else a)
+
+
+# --- losses -----------------------------------------------------------------------
+# per-sample losses of the residual r = y_hat - y, summed over output components
+
+
+def log_cosh(r: torch.Tensor) -> torch.Tensor:
+    """log(cosh(r)) element-wise, finite for every finite r.
+
+    cosh overflows float32 once |r| > ~89; log cosh r = |r| + log1p(exp(-2|r|)) - log 2
+    never exponentiates a positive number.
+    """
+    a = r.abs()
+    return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
+
+
+LOSSES: dict[str, tuple[Callable, Callable]] = {
+    "squared": (lambda r: 0.5 * r * r, lambda r: r),
+    "log_cosh": (log_cosh, torch.tanh),
+}
+REDUCTIONS = ("mean", "sum")
+
+
+def loss_value(name: str, r: torch.Tensor) -> torch.Tensor:
+    """Element-wise loss of the residual ``r`` (not yet summed or reduced)."""
+    return LOSSES[check_choice("loss", name, list(LOSSES))][0](r)
+
+
+def loss_grad(name: str, r: torch.Tensor) -> torch.Tensor:
+    """d loss / d r, element-wise."""
+    return LOSSES[check_choice("loss", name, list(LOSSES))][1](r)
+
+
+# --- the network ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MLP:
+    """An MLP: ``weights[i]`` is ``(out_i, in_i)``, ``biases[i]`` is ``(out_i,)``.
+
+    The hidden layers apply ``activation``; the last layer is linear. ``biases=None``
+    means zero biases.
+    """
+
+    weights: tuple[torch.Tensor, ...]
+    biases: tuple[torch.Tensor, ...] | None = None
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        weights = self.weights
+        if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence):
+            raise TypeError(
+                f"weights: expected a sequence of 2-D tensors, got {type(weights).__name__}"
+            )
+        weights = tuple(weights)
+        if not weights:
+            raise ValueError("weights: expected at least one layer, got an empty sequence")
+        for i, w in enumerate(weights):
+            check_tensor(f"weights[{i}]", w, ndims=(2,))
+            check_same(f"weights[{i}]", w, "weights[0]", weights[0])
+            if i and w.shape[1] != weights[i - 1].shape[0]:
+                raise ValueError(
+                    f"weights[{i}]: shape {shape_str(w)} does not follow weights[{i - 1}] of "
+                    f"shape {shape_str(weights[i - 1])}; expected ({w.shape[0]}, "
+                    f"{weights[i - 1].shape[0]}) since weights are (out, in)"
+                )
+        if self.biases is None:
+            biases = tuple(w.new_zeros(w.shape[0]) for w in weights)
+        else:
+            if isinstance(self.biases, torch.Tensor) or not isinstance(self.biases, Sequence):
+                raise TypeError(
+                    f"biases: expected a sequence of 1-D tensors, got {type(self.biases).__name__}"
+                )
+            biases = tuple(self.biases)
+            if len(biases) != len(weights):
+                raise ValueError(
+                    f"biases: expected {len(weights)} (one per weight matrix), got {len(biases)}"
+                )
+            for i, (b, w) in enumerate(zip(biases, weights)):
+                check_tensor(f"biases[{i}]", b, ndims=(1,))
+                check_same(f"biases[{i}]", b, "weights[0]", weights[0])
+                if b.shape[0] != w.shape[0]:
+                    raise ValueError(
+                        f"biases[{i}]: shape {shape_str(b)} does not fit weights[{i}] of shape "
+                        f"{shape_str(w)}; expected ({w.shape[0]},)"
+                    )
+        check_choice("activation", self.activation, list(ACTIVATIONS))
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "biases", biases)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Layer widths ``[in, hidden..., out]``."""
+        return [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
+
+    @property
+    def depth(self) -> int:
+        """Number of weight matrices L."""
+        return len(self.weights)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    def to(self, *args, **kwargs) -> MLP:
+        """A copy with every parameter moved/cast like ``Tensor.to``."""
+        return MLP(
+            weights=[w.to(*args, **kwargs) for w in self.weights],
+            biases=[b.to(*args, **kwargs) for b in self.biases],
+            activation=self.activation,
+        )
+
+
+def init_mlp(
+    sizes: Sequence[int],
+    activation: str = "tanh",
+    init: str | float = "xavier",
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> MLP:
+    """A fresh MLP with layer widths ``sizes = [in, hidden..., out]``.
+
+    ``init="xavier"``: weights U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), zero
+    biases. ``init=d`` (a positive number): weights and biases U(-d, d). Random
+    numbers are drawn on the CPU from ``generator`` so a seed gives the same network on
+    every device.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2 or any(not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"sizes: expected at least two positive integers, got {sizes}")
+    check_choice("activation", activation, list(ACTIVATIONS))
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+
+    def uniform(shape: tuple[int, ...], bound: float) -> torch.Tensor:
+        u = torch.rand(shape, generator=generator, dtype=torch.float64)
+        return ((2 * u - 1) * bound).to(dtype=dtype, device=device)
+
+    weights, biases = [], []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        if init == "xavier":
+            weights.append(uniform((fan_out, fan_in), math.sqrt(6.0 / (fan_in + fan_out))))
+            biases.append(torch.zeros(fan_out, dtype=dtype, device=device))
+        elif isinstance(init, (int, float)) and not isinstance(init, bool) and init > 0:
+            weights.append(uniform((fan_out, fan_in), float(init)))
+            biases.append(uniform((fan_out,), float(init)))
+        else:
+            raise ValueError(f"init: expected 'xavier' or a positive number d, got {init!r}")
+    return MLP(weights=weights, biases=biases, activation=activation)
+
+
+def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:
+    """``x`` is (N, in) or (in,) in the network's dtype and on its device."""
+    x = check_tensor(name, x, ndims=(1, 2))
+    check_same(name, x, "the network's weights", net.weights[0])
+    d = net.sizes[0]
+    if x.shape[-1] != d:
+        want = f"(N, {d}) or ({d},)"
+        raise ValueError(
+            f"{name}: expected shape {want} for a network with {d} input features, "
+            f"got {shape_str(x)}"
+        )
+    return x
+
+
+@torch.no_grad()
+def forward_cache(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pre-activations ``z_1..z_L`` and activations ``h_0..h_{L-1}`` for a batch x (N, in).
+
+    ``h[i]`` feeds layer i+1; ``z[-1]`` is the network's output.
+    """
+    rho = activation(net.activation)
+    hs, zs = [x], []
+    for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+        z = torch.addmm(b, hs[-1], w.t())
+        zs.append(z)
+        if i < net.depth - 1:
+            hs.append(rho(z))
+    return zs, hs
+
+
+def forward(net: MLP, x: torch.Tensor) -> torch.Tensor:
+    """(N, in) -> (N, out), or (in,) -> (out,): the network's output."""
+    x = check_input(net, x)
+    single = x.dim() == 1
+    zs, _ = forward_cache(net, x.unsqueeze(0) if single else x)
+    return zs[-1].squeeze(0) if single else zs[-1]

@@ -1,0 +1,70 @@
+"""Load one or more pytest-benchmark JSON files into one pandas DataFrame, a row a benchmark."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+SHAPE_KEYS = ("L", "D", "K", "P", "N", "k")
+INFO_KEYS = ("kernel", "method", "reference", "flops", "bytes", "device", "dtype", "threads")
+
+
+class ReportInputError(ValueError):
+    """A benchmark file that is missing, not JSON, or not pytest-benchmark output."""
+
+
+def machine_label(machine_info: dict) -> str:
+    """Short name of the machine a file came from: host, and the GPU when there is one."""
+    label = str(machine_info.get("node") or "unknown-host")
+    if machine_info.get("gpu"):
+        label += f" ({machine_info['gpu']})"
+    return label
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ReportInputError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportInputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise ReportInputError(f"{path}: not pytest-benchmark output (no 'benchmarks' list)")
+    return data
+
+
+def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """A row per benchmark per file: source, machine, group, name, extra_info fields,
+    median/iqr/mean/min (seconds), rounds, and the per-round data (list, seconds)."""
+    if not paths:
+        raise ReportInputError("no benchmark files given")
+    rows = []
+    for path in paths:
+        data = read_json(path)
+        machine = machine_label(data.get("machine_info", {}))
+        for b in data["benchmarks"]:
+            stats, info = b.get("stats"), b.get("extra_info", {})
+            if not isinstance(stats, dict) or "median" not in stats:
+                raise ReportInputError(f"{path}: benchmark {b.get('name')!r} has no stats")
+            row = {
+                "source": str(path),
+                "machine": machine,
+                "group": b.get("group") or b.get("name"),
+                "name": b["name"],
+                **{k: info.get(k) for k in INFO_KEYS},
+                **{k: info.get(k) for k in SHAPE_KEYS if k in info},
+                "median": stats["median"],
+                "iqr": stats["iqr"],
+                "mean": stats["mean"],
+                "min": stats["min"],
+                "rounds": stats["rounds"],
+                "data": stats.get("data"),
+            }
+            rows.append(row)
+    if not rows:
+        raise ReportInputError(f"{', '.join(map(str, paths))}: no benchmarks in the file(s)")
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""handgrad's verification suite (`pytest verify`) and its helpers."""

@@ -1,0 +1,142 @@
+"""One comparison helper for every check in `pytest verify`.
+
+``assert_close`` checks shape, device and dtype before values, and on failure says
+which kernel and reference disagree, how many elements, where the worst one is and
+by how much, absolute and relative, against the tolerance allowed. Every call is
+also recorded (kernel, reference, dtype, worst errors, tolerance) so a run can
+report how much precision headroom each kernel has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from verify.tolerances import Tol, tol_for
+
+
+@dataclass(frozen=True)
+class Record:
+    kernel: str
+    reference: str
+    what: str
+    dtype: str
+    device: str
+    numel: int
+    mismatched: int
+    max_abs_err: float
+    max_rel_err: float
+    rtol: float
+    atol: float
+    # largest |a - e| / (atol + rtol |e|): < 1 passes; 0.01 means 100x headroom
+    worst_ratio: float
+    passed: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+RECORDS: list[Record] = []
+
+
+def _index(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
+    idx = []
+    for size in reversed(shape):
+        idx.append(flat_index % size)
+        flat_index //= size
+    return tuple(reversed(idx))
+
+
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    *,
+    kernel: str,
+    reference: str,
+    what: str = "",
+    tol: Tol | None = None,
+    kind: str = "forward",
+    check_dtype: bool = True,
+) -> Record:
+    """Assert ``actual`` (the kernel's output) matches ``expected`` (the reference's).
+
+    ``expected`` may be of a wider dtype (a float64 reference for a float32 kernel);
+    the tolerance is then taken for ``actual``'s dtype from the table, unless ``tol``
+    is given. With ``check_dtype``, ``expected`` is first cast to ``actual``'s dtype
+    only for the dtype check, never for the values.
+    """
+    label = f"{kernel} vs {reference}" + (f" [{what}]" if what else "")
+    if not isinstance(actual, torch.Tensor) or not isinstance(expected, torch.Tensor):
+        raise TypeError(
+            f"{label}: expected two tensors, got {type(actual).__name__} and "
+            f"{type(expected).__name__}"
+        )
+    if actual.shape != expected.shape:
+        raise AssertionError(
+            f"{label}: shape mismatch: kernel gave {tuple(actual.shape)}, "
+            f"reference gave {tuple(expected.shape)}"
+        )
+    if actual.device != expected.device:
+        raise AssertionError(
+            f"{label}: device mismatch: kernel on {actual.device}, reference on {expected.device}"
+        )
+    if check_dtype and not actual.dtype.is_floating_point:
+        raise AssertionError(f"{label}: kernel returned non-floating dtype {actual.dtype}")
+    if tol is None:
+        tol = tol_for(actual.dtype, kind)
+
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    abs_err = (a - e).abs()
+    allowed = tol.atol + tol.rtol * e.abs()
+    # NaN in either tensor is a mismatch unless both are NaN at the same place
+    both_nan = torch.isnan(a) & torch.isnan(e)
+    abs_err = torch.where(both_nan, torch.zeros_like(abs_err), abs_err)
+    bad = ~(abs_err <= allowed)  # catches NaN too
+    # relative error against a zero reference is inf (or 0 when the kernel is exact too)
+    rel_err = torch.where(abs_err == 0, torch.zeros_like(abs_err), abs_err / e.abs())
+    ratio = abs_err / allowed.clamp_min(torch.finfo(torch.float64).tiny)
+    ratio = torch.where(torch.isnan(ratio), torch.full_like(ratio, float("inf")), ratio)
+
+    numel = a.numel()
+    mismatched = int(bad.sum())
+    if numel:
+        worst = int(torch.argmax(ratio.reshape(-1)))
+        worst_abs = float(abs_err.reshape(-1)[worst])
+        worst_rel = float(rel_err.reshape(-1)[worst])
+        max_abs = float(abs_err.max())
+        max_rel = float(rel_err.max())
+        worst_ratio = float(ratio.max())
+    else:
+        worst, worst_abs, worst_rel, max_abs, max_rel, worst_ratio = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+
+    record = Record(
+        kernel=kernel,
+        reference=reference,
+        what=what,
+        dtype=str(actual.dtype).removeprefix("torch."),
+        device=str(actual.device),
+        numel=numel,
+        mismatched=mismatched,
+        max_abs_err=max_abs,
+        max_rel_err=max_rel,
+        rtol=tol.rtol,
+        atol=tol.atol,
+        worst_ratio=worst_ratio,
+        passed=mismatched == 0,
+    )
+    RECORDS.append(record)
+    if mismatched:
+        where = _index(worst, actual.shape) if actual.dim() else ()
+        raise AssertionError(
+            f"{label}: tensors are not close ({record.dtype} on {record.device})\n"
+            f"Mismatched elements: {mismatched} / {numel} ({100.0 * mismatched / numel:.1f}%)\n"
+            f"Worst element at index {where}: kernel {float(a.reshape(-1)[worst]):.9g}, "
+            f"reference {float(e.reshape(-1)[worst]):.9g}\n"
+            f"  absolute error {worst_abs:.3g}, relative error {worst_rel:.3g} "
+            f"(allowed: atol {tol.atol:g} + rtol {tol.rtol:g} * |reference|)\n"
+            f"Greatest absolute difference: {max_abs:.3g}; "
+            f"greatest relative difference: {max_rel:.3g}"
+        )
+    return record

@@ -1,0 +1,82 @@
+"""Independent torch references for the MLP kernels: written with plain torch ops so
+autograd, torch.func and gradcheck can differentiate them. Nothing here imports the
+kernel under test except to read the parameters out of an ``MLP``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels import backprop as bp
+from kernels.mlp import MLP
+
+TORCH_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": F.relu,
+    "identity": lambda z: z,
+}
+
+
+def torch_loss(
+    weights, biases, x, y, *, activation: str, loss: str, reduction: str = "mean"
+) -> torch.Tensor:
+    """The loss J written the obvious way: F.linear layers and the textbook loss formulas.
+
+    log-cosh uses the naive log(cosh(r)): fine as a float64 reference for |r| < 700.
+    """
+    single = x.dim() == 1
+    h = x.unsqueeze(0) if single else x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = F.linear(h, w, b)
+        if i < len(weights) - 1:
+            h = TORCH_ACTIVATIONS[activation](h)
+    r = h - y.reshape(h.shape)
+    per_sample = (0.5 * r**2).sum(1) if loss == "squared" else torch.log(torch.cosh(r)).sum(1)
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+
+def autograd_grads(net: MLP, x, y, *, loss: str, reduction: str = "mean"):
+    """(J, [dW...], [db...], dx) by torch.autograd.grad on ``torch_loss``."""
+    ws = [w.detach().clone().requires_grad_() for w in net.weights]
+    bs = [b.detach().clone().requires_grad_() for b in net.biases]
+    xx = x.detach().clone().requires_grad_()
+    with torch.enable_grad():
+        J = torch_loss(ws, bs, xx, y, activation=net.activation, loss=loss, reduction=reduction)
+        grads = torch.autograd.grad(J, ws + bs + [xx])
+    n = len(ws)
+    return J.detach(), list(grads[:n]), list(grads[n : 2 * n]), grads[-1]
+
+
+def func_grads(net: MLP, x, y, *, loss: str, reduction: str = "mean"):
+    """(J, [dW...], [db...], dx) by torch.func.grad_and_value over a parameter dict."""
+    n = net.depth
+    params = {f"W{i}": w for i, w in enumerate(net.weights)}
+    params |= {f"b{i}": b for i, b in enumerate(net.biases)}
+
+    def J(p, xx):
+        ws = [p[f"W{i}"] for i in range(n)]
+        bs = [p[f"b{i}"] for i in range(n)]
+        return torch_loss(ws, bs, xx, y, activation=net.activation, loss=loss, reduction=reduction)
+
+    (gp, gx), value = torch.func.grad_and_value(J, argnums=(0, 1))(params, x)
+    return value, [gp[f"W{i}"] for i in range(n)], [gp[f"b{i}"] for i in range(n)], gx
+
+
+class BackpropFunction(torch.autograd.Function):
+    """The manual kernel as an autograd Function, so torch.autograd.gradcheck can test
+    its backward against numerical differentiation of its forward."""
+
+    @staticmethod
+    def forward(ctx, x, y, activation, loss, reduction, *params):
+        n = len(params) // 2
+        net = MLP(weights=params[:n], biases=params[n:], activation=activation)
+        g = bp.backprop(net, x, y, loss=loss, reduction=reduction)
+        ctx.save_for_backward(*g.weights, *g.biases, g.input)
+        return g.loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        dx, dparams = saved[-1], saved[:-1]
+        return (grad_out * dx, None, None, None, None, *(grad_out * p for p in dparams))

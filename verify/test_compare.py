@@ -1,0 +1,69 @@
+"""The comparison helper and the tolerance table: what a failing check tells a person."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ALL_DTYPES
+from verify.compare import RECORDS, assert_close
+from verify.tolerances import FORWARD, GRAD, Tol, tol_for
+
+
+def test_failure_message_names_everything_needed_to_fix_the_bug() -> None:
+    expected = torch.zeros(3, 4, dtype=torch.float64)
+    actual = expected.clone()
+    actual[1, 2] = 1e-3
+    actual[2, 0] = 1e-7  # within atol: not a mismatch
+    with pytest.raises(AssertionError) as info:
+        assert_close(actual, expected, kernel="backprop", reference="torch.autograd.grad",
+                     what="dJ/dW1", tol=Tol(rtol=1e-6, atol=1e-6))
+    msg = str(info.value)
+    # the README quotes this message; keep them in step
+    assert msg.splitlines()[0] == (
+        "backprop vs torch.autograd.grad [dJ/dW1]: tensors are not close (float64 on cpu)"
+    )
+    assert "Mismatched elements: 1 / 12 (8.3%)" in msg
+    assert "Worst element at index (1, 2): kernel 0.001, reference 0" in msg
+    assert "absolute error 0.001" in msg and "relative error" in msg
+    assert "allowed: atol 1e-06 + rtol 1e-06 * |reference|" in msg
+
+
+def test_nan_is_a_mismatch_and_shapes_are_checked_first() -> None:
+    e = torch.ones(3)
+    a = e.clone()
+    a[0] = float("nan")
+    with pytest.raises(AssertionError, match="Mismatched elements: 1 / 3"):
+        assert_close(a, e, kernel="k", reference="r")
+    shape_msg = r"shape mismatch: kernel gave \(3,\), reference gave \(1, 3\)"
+    with pytest.raises(AssertionError, match=shape_msg):
+        assert_close(e, e.reshape(1, 3), kernel="k", reference="r")
+    with pytest.raises(TypeError, match="expected two tensors"):
+        assert_close(e, [1.0, 1.0, 1.0], kernel="k", reference="r")
+
+
+def test_passing_comparison_is_recorded_with_headroom() -> None:
+    before = len(RECORDS)
+    rec = assert_close(torch.tensor([1.0 + 1e-7]), torch.tensor([1.0], dtype=torch.float64),
+                       kernel="k", reference="r", check_dtype=False)
+    assert len(RECORDS) == before + 1 and rec.passed and rec.mismatched == 0
+    assert 0 < rec.worst_ratio < 1 and rec.dtype == "float32"
+
+
+def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
+    for table in (FORWARD, GRAD):
+        assert set(table) == set(ALL_DTYPES)
+        for tol in table.values():
+            assert tol.rtol > 0 and tol.atol > 0
+    # lower precision is never held to a tighter standard, and gradients never tighter
+    # than forward values
+    order = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+    for table in (FORWARD, GRAD):
+        rtols = [table[d].rtol for d in order]
+        assert rtols == sorted(rtols)
+    for d in ALL_DTYPES:
+        assert GRAD[d].rtol >= FORWARD[d].rtol and GRAD[d].atol >= FORWARD[d].atol
+    with pytest.raises(ValueError, match="rtol and atol must be >= 0"):
+        Tol(rtol=-1.0, atol=0.0)
+    with pytest.raises(KeyError, match="no finite_diff tolerance for torch.float16"):
+        tol_for(torch.float16, "finite_diff")

@@ -1,0 +1,68 @@
+"""The one tolerance table: (rtol, atol) per dtype, for forward values and for gradients.
+
+A kernel run in dtype ``d`` is compared with a float64 reference computed from the
+same (rounded) inputs, so each entry is a statement about how much rounding ``d``
+is allowed to accumulate. rtol and atol always travel together; an element passes
+when ``|actual - expected| <= atol + rtol * |expected|`` (torch.isclose's rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tol:
+    rtol: float
+    atol: float
+
+    def __post_init__(self) -> None:
+        if not (self.rtol >= 0 and self.atol >= 0):
+            raise ValueError(
+                f"Tol: rtol and atol must be >= 0, got rtol={self.rtol}, atol={self.atol}"
+            )
+
+    def scaled(self, factor: float) -> Tol:
+        """The same tolerance loosened by ``factor``; callers say why in a comment."""
+        return Tol(self.rtol * factor, self.atol * factor)
+
+
+# forward values: a few ulps of the dtype, times the depth of a small network
+FORWARD: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-10, atol=1e-12),
+    torch.float32: Tol(rtol=1e-5, atol=1e-6),
+    # bfloat16 keeps 8 mantissa bits (eps 7.8e-3); matmul accumulation rounds each layer
+    torch.bfloat16: Tol(rtol=4e-2, atol=4e-2),
+    # float16 keeps 11 mantissa bits (eps 9.8e-4)
+    torch.float16: Tol(rtol=1e-2, atol=1e-2),
+}
+
+# gradients: looser than forward values, because the backward pass multiplies the
+# forward pass's rounding error by every layer's Jacobian on the way back and sums
+# over the batch (the JAX test suite keeps a separate, looser gradient table too)
+GRAD: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-9, atol=1e-11),
+    torch.float32: Tol(rtol=1e-4, atol=1e-5),
+    # bfloat16: errors of ~eps per layer compound across depth and batch sums
+    torch.bfloat16: Tol(rtol=1e-1, atol=1e-1),
+    torch.float16: Tol(rtol=3e-2, atol=3e-2),
+}
+
+# finite differences carry truncation error O(h^2) and rounding error O(eps/h): with
+# h = eps^(1/3) the best they can do is about eps^(2/3), i.e. ~4e-11 in float64
+FINITE_DIFF: dict[torch.dtype, Tol] = {
+    torch.float64: Tol(rtol=1e-6, atol=1e-8),
+}
+
+
+def tol_for(dtype: torch.dtype, kind: str = "forward") -> Tol:
+    """The table entry for ``dtype``; kind is 'forward', 'grad' or 'finite_diff'."""
+    tables = {"forward": FORWARD, "grad": GRAD, "finite_diff": FINITE_DIFF}
+    if kind not in tables:
+        raise ValueError(f"tol_for: kind must be one of {sorted(tables)}, got {kind!r}")
+    table = tables[kind]
+    if dtype not in table:
+        raise KeyError(f"no {kind} tolerance for {dtype}; known: {sorted(map(str, table))}")
+    return table[dtype]
