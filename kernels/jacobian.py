@@ -1,0 +1,242 @@
+"""Forward-mode and reverse-mode Jacobians of ``f(x) = W_F rho(W_L ... rho(W_1 x))``, batched,
+with an exact operation-count model of both modes.
+
+Forward mode carries the tangent ``T_i = dh_i/dx`` for all D input directions at once,
+``T_i = diag(rho'(z_i)) W_i T_{i-1}``, stored transposed as (N, D, K) so each layer is one
+(N*D, K) x (K, K) matrix product. Reverse mode runs the primal pass, then carries the
+adjoint ``A_i = df/dh_i`` for all P outputs at once, ``A_{i-1} = (A_i W_i) diag(rho'(z_{i-1}))``,
+stored as (N, P, K). No torch.autograd inside.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kernels._checks import check_choice, check_same, check_tensor, shape_str
+from kernels.mlp import ACTIVATIONS
+
+
+def _as_list(name: str, params, prefix: str) -> list[torch.Tensor]:
+    """Sequence ``[P1, ..., PL, PF]`` or mapping ``{"P1", ..., "PL", "PF"}`` -> list."""
+    if isinstance(params, Mapping):
+        numbered = {}
+        for key in params:
+            m = re.fullmatch(rf"{prefix}(\d+)", str(key))
+            if m:
+                numbered[int(m.group(1))] = key
+            elif key != f"{prefix}F":
+                raise ValueError(
+                    f"{name}: unexpected key {key!r}; expected '{prefix}1', ..., "
+                    f"'{prefix}L' and '{prefix}F'"
+                )
+        if f"{prefix}F" not in params:
+            raise ValueError(f"{name}: missing key '{prefix}F' (the output layer)")
+        depth = max(numbered, default=0)
+        missing = [f"{prefix}{i}" for i in range(1, depth + 1) if i not in numbered]
+        if not numbered or missing:
+            raise ValueError(
+                f"{name}: missing key(s) {missing or [prefix + '1']}; expected '{prefix}1' "
+                f"to '{prefix}{max(depth, 1)}' and '{prefix}F', got {sorted(map(str, params))}"
+            )
+        return [params[numbered[i]] for i in range(1, depth + 1)] + [params[f"{prefix}F"]]
+    if isinstance(params, torch.Tensor) or not isinstance(params, Sequence):
+        raise TypeError(
+            f"{name}: expected a sequence [{prefix}1, ..., {prefix}L, {prefix}F] or a dict with "
+            f"those keys, got {type(params).__name__}"
+        )
+    return list(params)
+
+
+def _prepare(weights, biases, x, activation: str):
+    """Checked (weights, biases or Nones, x as (N, D), single?, rho, rho')."""
+    ws = _as_list("weights", weights, "W")
+    if len(ws) < 2:
+        raise ValueError(
+            f"weights: expected at least W1 and WF (two matrices), got {len(ws)}"
+        )
+    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
+    for i, (n, w) in enumerate(zip(names, ws)):
+        check_tensor(f"weights[{n}]", w, ndims=(2,))
+        check_same(f"weights[{n}]", w, "weights[W1]", ws[0])
+        if i and w.shape[1] != ws[i - 1].shape[0]:
+            raise ValueError(
+                f"weights[{n}]: shape {shape_str(w)} does not follow {names[i - 1]} of shape "
+                f"{shape_str(ws[i - 1])}; expected ({w.shape[0]}, {ws[i - 1].shape[0]})"
+            )
+    if biases is None:
+        bs = [None] * len(ws)
+    else:
+        bs = _as_list("biases", biases, "b")
+        if len(bs) != len(ws):
+            raise ValueError(f"biases: expected {len(ws)} (one per weight matrix), got {len(bs)}")
+        for n, b, w in zip(names, bs, ws):
+            check_tensor(f"biases[{n}]", b, ndims=(1,))
+            check_same(f"biases[{n}]", b, "weights[W1]", ws[0])
+            if b.shape[0] != w.shape[0]:
+                raise ValueError(
+                    f"biases[{n}]: shape {shape_str(b)} does not fit {n} of shape "
+                    f"{shape_str(w)}; expected ({w.shape[0]},)"
+                )
+    check_choice("activation", activation, list(ACTIVATIONS))
+    x = check_tensor("x", x, ndims=(1, 2))
+    check_same("x", x, "weights[W1]", ws[0])
+    d = ws[0].shape[1]
+    if x.shape[-1] != d:
+        raise ValueError(
+            f"x: expected shape (N, {d}) or ({d},) to match W1 of shape {shape_str(ws[0])}, "
+            f"got {shape_str(x)}"
+        )
+    single = x.dim() == 1
+    rho, drho = ACTIVATIONS[activation]
+    return ws, bs, (x.unsqueeze(0) if single else x), single, rho, drho
+
+
+# in-place activations: the primal rows are overwritten by rho(z); every rho' below is a
+# function of h = rho(z) alone (relu: of its sign, which relu keeps), so z need not be kept
+_RHO_ = {
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "relu": torch.relu_,
+    "identity": lambda t: t,
+}
+
+
+# m <- m * rho'(z), in place, with h = rho(z) of shape (N, K) broadcast over m's leading
+# dimension (the D tangent directions or the P adjoint rows). One fused op where possible:
+# on small layers per-op dispatch, not arithmetic, is the cost.
+def _scale_tanh(m, h):
+    return m.addcmul_(m, h * h, value=-1)  # m (1 - h^2)
+
+
+def _scale_sigmoid(m, h):
+    return m.mul_(h - h * h)  # m h (1 - h)
+
+
+def _scale_relu(m, h):
+    return m.mul_(h > 0)
+
+
+def _scale_identity(m, h):
+    return m
+
+
+_SCALE = {
+    "tanh": _scale_tanh,
+    "sigmoid": _scale_sigmoid,
+    "relu": _scale_relu,
+    "identity": _scale_identity,
+}
+
+
+@torch.no_grad()
+def jacobian_forward(weights, x: torch.Tensor, biases=None, activation: str = "tanh"):
+    """(D,) -> (P, D); (N, D) -> (N, P, D): df/dx by forward-mode tangent propagation.
+
+    ``weights``: ``[W1, ..., WL, WF]`` or ``{"W1", ..., "WL", "WF"}`` with W1 (K, D),
+    Wi (K, K) (any widths that chain), WF (P, K); ``biases`` likewise (b1..bL, bF) or None.
+
+    Layout: the tangent T_i for all samples is one contiguous (D, N, K) tensor, so a layer
+    is one (D N, K) x (K, K) product plus one fused scaling by rho'(z_i), which broadcasts
+    over D without a copy. Measured on a 2-core CPU (K = 30 to 1024, N = 1 to 1024)
+    against (N, D, K) and (N, K, D) tangents and against primal rows stacked on top of the
+    tangent in one product: fastest or within 5% everywhere, and fewest ops per layer,
+    which is what matters for small layers.
+    """
+    ws, bs, x2, single, _, _ = _prepare(weights, biases, x, activation)
+    rho_, scale = _RHO_[activation], _SCALE[activation]
+    n, d = x2.shape
+    h = rho_(F.linear(x2, ws[0], bs[0]))
+    # dz_1/dx = W1 for every sample: the first tangent needs no product
+    t = ws[0].t().unsqueeze(1).expand(d, n, -1).contiguous()
+    scale(t, h)
+    for w, b in zip(ws[1:-1], bs[1:-1]):
+        h = rho_(F.linear(h, w, b))
+        t = scale(F.linear(t, w), h)
+    jac = F.linear(t, ws[-1]).permute(1, 2, 0).contiguous()
+    return jac[0] if single else jac
+
+
+@torch.no_grad()
+def jacobian_reverse(weights, x: torch.Tensor, biases=None, activation: str = "tanh"):
+    """(D,) -> (P, D); (N, D) -> (N, P, D): df/dx by reverse-mode adjoint propagation.
+
+    Same arguments as ``jacobian_forward``. Runs the primal pass keeping h_i = rho(z_i) of
+    every layer (N x K x L), then carries the adjoint for all P outputs as (P, N, K), one
+    product with W_i per layer.
+    """
+    ws, bs, x2, single, _, _ = _prepare(weights, biases, x, activation)
+    rho_, scale = _RHO_[activation], _SCALE[activation]
+    n = x2.shape[0]
+    h, hs = x2, []
+    for w, b in zip(ws[:-1], bs[:-1]):
+        h = rho_(F.linear(h, w, b))
+        hs.append(h)
+    p = ws[-1].shape[0]
+    # df/dh_L = W_F for every sample: the first adjoint needs no product
+    a = ws[-1].unsqueeze(1).expand(p, n, -1).contiguous()
+    scale(a, hs[-1])
+    for i in range(len(ws) - 2, 0, -1):
+        a = (a.view(p * n, -1) @ ws[i]).view(p, n, -1)
+        scale(a, hs[i - 1])
+    jac = (a.view(p * n, -1) @ ws[0]).view(p, n, -1).transpose(0, 1).contiguous()
+    return jac[0] if single else jac
+
+
+# --- the operation-count model ------------------------------------------------------
+
+
+def op_count_terms(D: int, K: int, P: int, L: int, N: int = 1) -> dict[str, dict[str, int]]:
+    """Multiplications of each mode, term by term, for N inputs of size D, L hidden layers
+    of width K and P outputs, rho = tanh (or sigmoid).
+
+    Rule: an (M1 x M2) by (M2 x M3) product costs M1*M2*M3; an element-wise product
+    costs one per element. Per input:
+
+    both modes, the primal pass:
+      ``primal_matmul``  = K*D + (L-1)*K^2     (W1 x, then W_i h_{i-1})
+      ``activation_grad`` = L*K                (rho' = 1 - h*h: one multiply per unit)
+    forward mode, tangent T_i (K x D):
+      ``tangent_matmul`` = (L-1)*K^2*D + P*K*D (W_i T_{i-1} for i = 2..L, then W_F T_L;
+                                                T_1 = W_1 needs no product)
+      ``tangent_scale``  = L*K*D               (diag(rho'(z_i)) T_i, i = 1..L)
+    reverse mode, adjoint A_i (P x K):
+      ``adjoint_matmul`` = (L-1)*P*K^2 + P*K*D (A_i W_i for i = L..2, then A_1 W_1;
+                                                A_L = W_F needs no product)
+      ``adjoint_scale``  = L*P*K               (A_i diag(rho'(z_i)), i = L..1)
+
+    The difference, forward - reverse = (D - P) * ((L-1) K^2 + L K), so the model
+    predicts forward mode cheaper exactly when D < P.
+    """
+    for name, v in (("D", D), ("K", K), ("P", P), ("L", L), ("N", N)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    primal = {"primal_matmul": K * D + (L - 1) * K * K, "activation_grad": L * K}
+    fwd = {"tangent_matmul": (L - 1) * K * K * D + P * K * D, "tangent_scale": L * K * D}
+    rev = {"adjoint_matmul": (L - 1) * P * K * K + P * K * D, "adjoint_scale": L * P * K}
+    scale = lambda terms: {k: N * v for k, v in terms.items()}  # noqa: E731
+    return {"forward": scale(primal | fwd), "reverse": scale(primal | rev)}
+
+
+def op_counts(D: int, K: int, P: int, L: int, N: int = 1) -> dict[str, int]:
+    """{"forward": int, "reverse": int}: total multiplications of each mode (see
+    ``op_count_terms`` for the terms)."""
+    terms = op_count_terms(D, K, P, L, N)
+    return {mode: sum(t.values()) for mode, t in terms.items()}
+
+
+def matmul_counts(D: int, K: int, P: int, L: int, N: int = 1) -> dict[str, int]:
+    """Matrix-product multiplications only (what FlopCounterMode sees, halved)."""
+    terms = op_count_terms(D, K, P, L, N)
+    return {mode: sum(v for k, v in t.items() if k.endswith("matmul")) for mode, t in terms.items()}
+
+
+def predicted_mode(D: int, K: int, P: int, L: int) -> str:
+    """'forward', 'reverse' or 'tie': the mode the op-count model says is cheaper."""
+    c = op_counts(D, K, P, L)
+    if c["forward"] == c["reverse"]:
+        return "tie"
+    return "forward" if c["forward"] < c["reverse"] else "reverse"
