@@ -80,3 +80,62 @@ class BackpropFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         dx, dparams = saved[-1], saved[:-1]
         return (grad_out * dx, None, None, None, None, *(grad_out * p for p in dparams))
+
+
+# --- deep networks f(x) = W_F rho(W_L ... rho(W_1 x)) for the Jacobian kernels --------
+
+
+def deep_net(ws, bs=None, activation: str = "tanh"):
+    """f for one input (D,) -> (P,), written with plain torch ops."""
+    rho = TORCH_ACTIVATIONS[activation]
+
+    def f(x):
+        h = x
+        for i, w in enumerate(ws):
+            h = w @ h + (bs[i] if bs is not None else 0)
+            if i < len(ws) - 1:
+                h = rho(h)
+        return h
+
+    return f
+
+
+def jacobian_references(ws, bs=None, activation: str = "tanh"):
+    """name -> function (N, D) -> (N, P, D) computing the Jacobian with torch's machinery."""
+    f = deep_net(ws, bs, activation)
+    fb = torch.func.vmap(f)
+
+    def summed(x):  # samples are independent: d(sum_n f(x_n))/dx = per-sample Jacobians
+        return fb(x).sum(0)
+
+    def forward_ad(x):
+        import torch.autograd.forward_ad as fwAD
+
+        cols = []
+        with fwAD.dual_level():
+            for j in range(x.shape[1]):
+                tangent = torch.zeros_like(x)
+                tangent[:, j] = 1
+                out = fb(fwAD.make_dual(x, tangent))
+                cols.append(fwAD.unpack_dual(out).tangent)
+        return torch.stack(cols, dim=-1)
+
+    def finite_differences(x):
+        from kernels import finite_diff
+
+        return torch.stack([finite_diff.jacobian(f, xi) for xi in x])
+
+    return {
+        "torch.autograd.functional.jacobian": lambda x: torch.autograd.functional.jacobian(
+            summed, x
+        ).transpose(0, 1),
+        "torch.autograd.functional.jacobian(forward-mode)": lambda x: (
+            torch.autograd.functional.jacobian(
+                summed, x, strategy="forward-mode", vectorize=True
+            ).transpose(0, 1)
+        ),
+        "torch.func.jacfwd": torch.func.vmap(torch.func.jacfwd(f)),
+        "torch.func.jacrev": torch.func.vmap(torch.func.jacrev(f)),
+        "torch.autograd.forward_ad": forward_ad,
+        "finite_diff.jacobian": finite_differences,
+    }
