@@ -85,6 +85,25 @@ class BackpropFunction(torch.autograd.Function):
 # --- deep networks f(x) = W_F rho(W_L ... rho(W_1 x)) for the Jacobian kernels --------
 
 
+def course_weights(L: int, D: int = 2, K: int = 30, P: int = 10, *, seed: int = 0,
+                   dtype=torch.float64, device="cpu", biases: bool = False):
+    """The course's dictionary form {"W1", ..., "WL", "WF"}: W1 K x D, Wi K x K, WF P x K."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"W1": (K, D), **{f"W{i}": (K, K) for i in range(2, L + 1)}, "WF": (P, K)}
+    ws = {k: (torch.randn(s, generator=g, dtype=torch.float64) / s[1] ** 0.5).to(device, dtype)
+          for k, s in shapes.items()}
+    if not biases:
+        return ws, None
+    bs = {k.replace("W", "b"): (0.1 * torch.randn(s[0], generator=g, dtype=torch.float64))
+          .to(device, dtype) for k, s in shapes.items()}
+    return ws, bs
+
+
+def as_list(d, prefix="W"):
+    n = len(d) - 1
+    return [d[f"{prefix}{i}"] for i in range(1, n + 1)] + [d[f"{prefix}F"]]
+
+
 def deep_net(ws, bs=None, activation: str = "tanh"):
     """f for one input (D,) -> (P,), written with plain torch ops."""
     rho = TORCH_ACTIVATIONS[activation]

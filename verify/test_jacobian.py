@@ -11,30 +11,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kernels import jacobian as jm
 from verify.compare import assert_close
-from verify.references import jacobian_references
+from verify.references import as_list, course_weights, jacobian_references
 from verify.tolerances import tol_for
 
 KERNELS = {"jacobian_forward": jm.jacobian_forward, "jacobian_reverse": jm.jacobian_reverse}
 REFERENCES = list(jacobian_references([torch.eye(1)]))
-
-
-def course_weights(L: int, D: int = 2, K: int = 30, P: int = 10, *, seed: int = 0,
-                   dtype=torch.float64, device="cpu", biases: bool = False):
-    """The course's dictionary form {"W1", ..., "WL", "WF"}: W1 K x D, Wi K x K, WF P x K."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = {"W1": (K, D), **{f"W{i}": (K, K) for i in range(2, L + 1)}, "WF": (P, K)}
-    ws = {k: (torch.randn(s, generator=g, dtype=torch.float64) / s[1] ** 0.5).to(device, dtype)
-          for k, s in shapes.items()}
-    if not biases:
-        return ws, None
-    bs = {k.replace("W", "b"): (0.1 * torch.randn(s[0], generator=g, dtype=torch.float64))
-          .to(device, dtype) for k, s in shapes.items()}
-    return ws, bs
-
-
-def as_list(d, prefix="W"):
-    n = len(d) - 1
-    return [d[f"{prefix}{i}"] for i in range(1, n + 1)] + [d[f"{prefix}F"]]
 
 
 def ref_tol(reference: str, dtype: torch.dtype):

@@ -1,0 +1,131 @@
+"""Jacobian kernels timed beside torch.func, torch.autograd.functional and the plain
+forward pass (the floor), for L = 3, 5, 10, narrow and memory-bound widths, single and
+batched inputs, on every device present."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import jacobian as jm
+from verify.references import as_list, course_weights, deep_net
+
+D, P = 2, 10
+
+# (K, N): N = 1 means a single unbatched input x of shape (D,)
+QUICK = [(L, K, N) for L in (3, 5, 10) for K, N in ((30, 1), (30, 1024), (1024, 1))]
+QUICK += [(3, 1024, 1024)]  # memory-bound width, batched: seconds per call for the refs
+FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (30, 256, 1024, 4096) for N in (1, 1024)]
+
+METHODS = [
+    "manual_forward",
+    "manual_reverse",
+    "torch_func_jacfwd",
+    "torch_func_jacrev",
+    "autograd_jacobian",
+    "autograd_jacobian_forward_mode",
+    "plain_forward",
+]
+
+
+def reference_of(method: str, batched: bool) -> str:
+    """What each method is measured against; a reference names itself."""
+    pre = "torch_func_vmap_" if batched else "torch_func_"
+    return {
+        "manual_forward": pre + "jacfwd",
+        "manual_reverse": pre + "jacrev",
+    }.get(method, method_name(method, batched))
+
+
+def method_name(method: str, batched: bool) -> str:
+    return method.replace("torch_func_", "torch_func_vmap_") if batched else method
+
+
+def plain_forward(ws: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The floor: f(x) alone, batched as one product per layer."""
+    h = x
+    for w in ws[:-1]:
+        h = torch.tanh(h @ w.t())
+    return h @ ws[-1].t()
+
+
+def make_call(method: str, ws: dict, x: torch.Tensor):
+    lst = as_list(ws)
+    f = deep_net(lst)
+    batched = x.dim() == 2
+
+    def summed(xx):  # samples are independent, so d(sum_n f(x_n))/dx holds every Jacobian
+        return torch.func.vmap(f)(xx).sum(0)
+
+    target = summed if batched else f
+    calls = {
+        "manual_forward": lambda: jm.jacobian_forward(ws, x),
+        "manual_reverse": lambda: jm.jacobian_reverse(ws, x),
+        "torch_func_jacfwd": (
+            (lambda: torch.func.vmap(torch.func.jacfwd(f))(x)) if batched
+            else (lambda: torch.func.jacfwd(f)(x))
+        ),
+        "torch_func_jacrev": (
+            (lambda: torch.func.vmap(torch.func.jacrev(f))(x)) if batched
+            else (lambda: torch.func.jacrev(f)(x))
+        ),
+        "autograd_jacobian": lambda: torch.autograd.functional.jacobian(target, x),
+        "autograd_jacobian_forward_mode": lambda: torch.autograd.functional.jacobian(
+            target, x, strategy="forward-mode", vectorize=True
+        ),
+        "plain_forward": lambda: plain_forward(lst, x),
+    }
+    return calls[method]
+
+
+def flops_of(method: str, L: int, K: int, N: int) -> int:
+    """Analytic FLOPs of one call (2 per multiply-add, element-wise multiplies once): the
+    op-count model of the mode the method runs; the plain pass is the primal alone."""
+    counts = jm.op_counts(D, K, P, L, N)
+    if method == "plain_forward":
+        return 2 * N * (K * D + (L - 1) * K * K + P * K)
+    forward_like = method in ("manual_forward", "torch_func_jacfwd",
+                              "autograd_jacobian_forward_mode")
+    return 2 * counts["forward" if forward_like else "reverse"]
+
+
+def grid_params():
+    return [
+        pytest.param(L, K, N, id=f"L{L}-K{K}-N{N}",
+                     marks=[] if (L, K, N) in QUICK else [pytest.mark.full])
+        for L, K, N in sorted(set(QUICK) | set(FULL))
+    ]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("L,K,N", grid_params())
+def test_jacobian(measure, method: str, L: int, K: int, N: int, device: str) -> None:
+    dtype = torch.float32
+    ws, _ = course_weights(L, D, K, P, dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((D,) if N == 1 else (N, D), generator=g).to(device, dtype)
+    batched = N > 1
+    counts = jm.op_counts(D, K, P, L, N)
+    itemsize = torch.finfo(dtype).bits // 8
+    tangent_bytes = N * D * N * K * itemsize
+    if method == "autograd_jacobian_forward_mode" and batched and tangent_bytes > 2**30:
+        pytest.skip(
+            "autograd.functional.jacobian(forward-mode) does not know the samples are "
+            f"independent: it pushes N*D = {N * D} tangents through the whole batch, "
+            f"{tangent_bytes / 2**30:.0f} GiB per layer here"
+        )
+    n_params = sum(w.numel() for w in ws.values())
+    measure(
+        make_call(method, ws, x),
+        group=f"jacobian L={L} K={K} N={N} {device}",
+        kernel="jacobian",
+        method=method_name(method, batched),
+        reference=reference_of(method, batched),
+        flops=flops_of(method, L, K, N),
+        # compulsory traffic: read the weights and x once, write the (N, P, D) Jacobian
+        bytes=itemsize * (n_params + N * D + N * P * D),
+        model_forward=counts["forward"],
+        model_reverse=counts["reverse"],
+        predicted_mode=jm.predicted_mode(D, K, P, L),
+        L=L, D=D, K=K, P=P, N=N, device=device, dtype=dtype,
+    )
