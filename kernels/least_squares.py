@@ -1,0 +1,329 @@
+"""Least squares ``L(w) = 1/2 ||X w - y||^2`` (X is N x D), gradient descent on it in
+closed form for any k, and the two forms of momentum.
+
+Everything spectral goes through the eigendecomposition ``X^T X = V diag(lam) V^T``, taken
+from the SVD of X (same V, lam = s^2) so an ill-conditioned X does not have its
+condition number squared. In that basis GD is D independent scalar recurrences
+``c_{k+1} = (1 - alpha lam_i) c_k + alpha b_i`` with ``b = V^T X^T y``, solved exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernels._checks import check_same, check_tensor, shape_str
+
+
+class DivergenceWarning(RuntimeWarning):
+    """The step size is outside the region where the iteration converges."""
+
+
+# --- checks -------------------------------------------------------------------------
+
+
+def _check_problem(X, y=None, w=None, w_name: str = "w"):
+    X = check_tensor("X", X, ndims=(2,))
+    n, d = X.shape
+    if y is not None:
+        y = check_tensor("y", y, ndims=(1,))
+        check_same("y", y, "X", X)
+        if y.shape[0] != n:
+            raise ValueError(f"y: expected shape ({n},) for X of shape {shape_str(X)}, got "
+                             f"{shape_str(y)}")
+    if w is not None:
+        w = check_tensor(w_name, w, ndims=(1,))
+        check_same(w_name, w, "X", X)
+        if w.shape[0] != d:
+            raise ValueError(f"{w_name}: expected shape ({d},) for X of shape {shape_str(X)}, "
+                             f"got {shape_str(w)}")
+    return X, y, w
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, torch.Tensor):
+        alpha = float(alpha)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+        raise ValueError(f"alpha: expected a positive step size, got {alpha!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha: expected a finite step size, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_k(k) -> tuple[torch.Tensor, bool]:
+    """k as a 1-D int64 tensor of iteration counts, and whether one was given alone."""
+    single = isinstance(k, int) and not isinstance(k, bool)
+    if isinstance(k, torch.Tensor):
+        if k.dtype.is_floating_point or k.dtype == torch.bool or k.dim() > 1:
+            raise TypeError(f"k: expected an int or a 1-D integer tensor, got {k.dtype} "
+                            f"of shape {shape_str(k)}")
+        single = k.dim() == 0
+        ks = k.reshape(-1).to(torch.int64).cpu()
+    elif single:
+        ks = torch.tensor([k], dtype=torch.int64)
+    elif isinstance(k, Sequence) and all(isinstance(v, int) and not isinstance(v, bool)
+                                         for v in k):
+        ks = torch.tensor(list(k), dtype=torch.int64)
+    else:
+        raise TypeError(f"k: expected an int, a sequence of ints or an integer tensor, got {k!r}")
+    if (ks < 0).any():
+        raise ValueError(f"k: iteration counts must be >= 0, got {ks.tolist()}")
+    return ks, single
+
+
+# --- the spectrum ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """``X^T X = V diag(lam) V^T``; ``rank`` eigenvalues are treated as nonzero."""
+
+    V: torch.Tensor  # (D, D), orthonormal columns
+    lam: torch.Tensor  # (D,), descending, exact zeros past the rank
+    rank: int
+    Xty_v: torch.Tensor | None  # V^T X^T y, zero past the rank, when y was given
+
+    @property
+    def lam_max(self) -> float:
+        return float(self.lam[0]) if self.lam.numel() else 0.0
+
+
+def spectrum(X: torch.Tensor, y: torch.Tensor | None = None) -> Spectrum:
+    """Eigendecomposition of X^T X from the SVD of X, with numerically-zero eigenvalues
+    (s_i <= max(N, D) eps s_max) set to exactly zero, and V^T X^T y = s_i (U^T y)_i."""
+    X, y, _ = _check_problem(X, y)
+    n, d = X.shape
+    # a square V needs full matrices only when N < D; for tall X that would be an N x N U
+    U, s, Vh = torch.linalg.svd(X, full_matrices=n < d)
+    eps = torch.finfo(X.dtype).eps
+    tol = max(n, d) * eps * (float(s[0]) if s.numel() else 0.0)
+    rank = int((s > tol).sum())
+    lam = X.new_zeros(d)
+    lam[:rank] = s[:rank] ** 2
+    xty = None
+    if y is not None:
+        xty = X.new_zeros(d)
+        xty[:rank] = s[:rank] * (U[:, :rank].t() @ y)
+    return Spectrum(V=Vh.t(), lam=lam, rank=rank, Xty_v=xty)
+
+
+def gradient(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(D,): grad L(w) = X^T (X w - y)."""
+    X, y, w = _check_problem(X, y, w)
+    return X.t() @ (X @ w - y)
+
+
+def loss(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L(w) = 1/2 ||X w - y||^2."""
+    X, y, w = _check_problem(X, y, w)
+    r = X @ w - y
+    return 0.5 * (r @ r)
+
+
+def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(D,): w* = (X^T X)^{-1} X^T y, or the least-norm minimiser when X^T X is singular."""
+    sp = spectrum(X, y)
+    r = sp.rank
+    return sp.V[:, :r] @ (sp.Xty_v[:r] / sp.lam[:r])
+
+
+def spectral_radius(X: torch.Tensor, alpha: float) -> float:
+    """max_i |1 - alpha lam_i| over every eigenvalue of X^T X, zeros included.
+
+    GD converges iff this is < 1. With rank(X) < D some lam_i = 0 and the radius is 1:
+    the null-space part of w0 then never moves while the rest converges (see
+    ``converges``).
+    """
+    alpha = _check_alpha(alpha)
+    lam = spectrum(X).lam
+    return float((1 - alpha * lam).abs().max())
+
+
+def converges(X: torch.Tensor, alpha: float) -> bool:
+    """Whether GD reaches a minimiser from every w0: 0 < alpha < 2 / lambda_max(X^T X)."""
+    alpha = _check_alpha(alpha)
+    sp = spectrum(X)
+    return sp.rank == 0 or not _at_or_past(alpha * sp.lam_max, 2)
+
+
+# alpha = 2 / lambda_max computed by the caller from another eigen-solver lands a few ulps
+# either side of the boundary; count those as on it (where the iteration does not converge)
+_BOUNDARY = 1 - 16 * torch.finfo(torch.float64).eps
+
+
+def _at_or_past(x: float, bound: float) -> bool:
+    return x >= bound * _BOUNDARY
+
+
+def _warn_if_divergent(alpha: float, sp: Spectrum, what: str) -> None:
+    if sp.rank and _at_or_past(alpha * sp.lam_max, 2):
+        warnings.warn(
+            f"{what}: alpha = {alpha:g} >= 2 / lambda_max = {2 / sp.lam_max:g} "
+            f"(|1 - alpha lambda_max| = {abs(1 - alpha * sp.lam_max):g} >= 1): gradient "
+            "descent does not converge",
+            DivergenceWarning,
+            stacklevel=3,
+        )
+
+
+def _finite_or_raise(t: torch.Tensor, what: str, alpha: float, where: str) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise OverflowError(
+            f"{what}: the iterates diverged past the range of {t.dtype} {where} "
+            f"(alpha = {alpha:g} is outside the convergent region)"
+        )
+    return t
+
+
+# --- gradient descent ---------------------------------------------------------------
+
+
+def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
+    """(k+1, D): w_0, ..., w_k of w_{j+1} = w_j - alpha X^T (X w_j - y), by iterating."""
+    X, y, w0 = _check_problem(X, y, w0, "w0")
+    alpha = _check_alpha(alpha)
+    ks, single = _check_k(k)
+    if not single:
+        raise TypeError(f"k: gd_iterates takes one iteration count, got {ks.tolist()}")
+    k = int(ks[0])
+    _warn_if_divergent(alpha, spectrum(X), "gd_iterates")
+    out = w0.new_empty(k + 1, w0.shape[0])
+    out[0] = w0
+    Xty = X.t() @ y
+    for j in range(k):
+        w = out[j]
+        out[j + 1] = w - alpha * (X.t() @ (X @ w) - Xty)
+    return _finite_or_raise(out, "gd_iterates", alpha, f"within k = {k} steps")
+
+
+def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
+    """w_k without iterating: (D,) for an int k, (len(k), D) for a sequence of k.
+
+    w_k = (I - alpha A)^k w_0 + alpha sum_{j<k} (I - alpha A)^j X^T y, A = X^T X. Per
+    eigenvalue, with mu = 1 - alpha lam: c_k = mu^k c_0 + b (1 - mu^k) / lam, where
+    mu^k = exp(k log1p(-alpha lam)) and 1 - mu^k = -expm1(k log1p(-alpha lam)) stay
+    accurate when alpha lam is tiny and underflow harmlessly to 0 for huge k. Null-space
+    directions (lam = 0) keep w_0's component. Rank-deficient X included.
+    """
+    X, y, w0 = _check_problem(X, y, w0, "w0")
+    alpha = _check_alpha(alpha)
+    ks, single = _check_k(k)
+    sp = spectrum(X, y)
+    _warn_if_divergent(alpha, sp, "gd_closed_form")
+    kk = ks.to(device=X.device, dtype=X.dtype).unsqueeze(1)  # (m, 1)
+    lam, b = sp.lam, sp.Xty_v
+    c0 = sp.V.t() @ w0
+    a_lam = alpha * lam
+    mu = 1 - a_lam
+    pos = mu > 0
+    # 0 < mu <= 1: via logs; mu <= 0 (alpha lam >= 1): mu^k directly, no cancellation there
+    log_mu = torch.log1p(-a_lam.clamp(max=1 - torch.finfo(X.dtype).eps))
+    mu_k = torch.where(pos, torch.exp(kk * log_mu), mu.pow(kk))
+    one_minus = torch.where(pos, -torch.expm1(kk * log_mu), 1 - mu_k)
+    nonzero = torch.arange(lam.shape[0], device=X.device) < sp.rank
+    geo = torch.where(nonzero, one_minus / torch.where(nonzero, lam, 1), 0)
+    w = (mu_k * c0 + geo * b) @ sp.V.t()  # (m, D)
+    _finite_or_raise(w, "gd_closed_form", alpha, f"at k = {ks.max().item()}")
+    return w[0] if single else w
+
+
+# --- momentum -------------------------------------------------------------------------
+
+
+def _check_momentum(grads, theta0, alpha, beta):
+    grads = check_tensor("grads", grads, ndims=(2,))
+    theta0 = check_tensor("theta0", theta0, ndims=(1,))
+    check_same("theta0", theta0, "grads", grads)
+    if grads.shape[1] != theta0.shape[0]:
+        raise ValueError(f"grads: expected shape (k, {theta0.shape[0]}) for theta0 of shape "
+                         f"{shape_str(theta0)}, got {shape_str(grads)}")
+    alpha = _check_alpha(alpha)
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta < 1:
+        raise ValueError(f"beta: expected a momentum 0 <= beta < 1, got {beta!r}")
+    return grads, theta0, alpha, float(beta)
+
+
+def momentum_form1(grads, theta0, alpha: float, beta: float) -> torch.Tensor:
+    """(k+1, n): heavy ball, theta_{j+1} = theta_j - alpha g_j + beta (theta_j - theta_{j-1}),
+    theta_{-1} = theta_0, for a given gradient sequence grads (k, n)."""
+    grads, theta0, alpha, beta = _check_momentum(grads, theta0, alpha, beta)
+    out = theta0.new_empty(grads.shape[0] + 1, theta0.shape[0])
+    out[0] = theta0
+    prev = theta0
+    for j, g in enumerate(grads):
+        out[j + 1] = out[j] - alpha * g + beta * (out[j] - prev)
+        prev = out[j]
+    return out
+
+
+def momentum_form2(grads, theta0, alpha: float, beta: float) -> torch.Tensor:
+    """(k+1, n): v_{j+1} = g_j + beta v_j, theta_{j+1} = theta_j - alpha v_{j+1}, v_0 = 0
+    (torch.optim.SGD's momentum with dampening 0), for a given gradient sequence."""
+    grads, theta0, alpha, beta = _check_momentum(grads, theta0, alpha, beta)
+    out = theta0.new_empty(grads.shape[0] + 1, theta0.shape[0])
+    out[0] = theta0
+    v = torch.zeros_like(theta0)
+    for j, g in enumerate(grads):
+        v = g + beta * v
+        out[j + 1] = out[j] - alpha * v
+    return out
+
+
+def heavy_ball_iterates(X, y, w0, alpha: float, beta: float, k: int) -> torch.Tensor:
+    """(k+1, D): momentum (form I) on least squares, gradients taken at the iterates."""
+    X, y, w0 = _check_problem(X, y, w0, "w0")
+    _check_momentum(w0.new_zeros(0, w0.shape[0]), w0, alpha, beta)
+    out = w0.new_empty(k + 1, w0.shape[0])
+    out[0] = w0
+    prev = w0
+    Xty = X.t() @ y
+    for j in range(k):
+        w = out[j]
+        out[j + 1] = w - alpha * (X.t() @ (X @ w) - Xty) + beta * (w - prev)
+        prev = w
+    return _finite_or_raise(out, "heavy_ball_iterates", alpha, f"within k = {k} steps")
+
+
+def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tensor:
+    """w_k of heavy-ball momentum on least squares without k iterations.
+
+    Per eigenvalue, the error e = c - c* obeys e_{j+1} = (1 + beta - alpha lam) e_j -
+    beta e_{j-1} with e_{-1} = e_0: the 2x2 block recurrence [e_{j+1}, e_j] =
+    M [e_j, e_{j-1}], M = [[1 + beta - alpha lam, -beta], [1, 0]]; M^k by repeated
+    squaring (log2 k products of D 2x2 blocks). Null-space directions stay at w0's
+    component. Converges iff 0 < alpha lam < 2 (1 + beta) for every nonzero lam.
+    """
+    X, y, w0 = _check_problem(X, y, w0, "w0")
+    _check_momentum(w0.new_zeros(0, w0.shape[0]), w0, alpha, beta)
+    alpha, beta = float(alpha), float(beta)
+    ks, single = _check_k(k)
+    sp = spectrum(X, y)
+    if sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):
+        warnings.warn(
+            f"heavy_ball_closed_form: alpha lambda_max = {alpha * sp.lam_max:g} >= "
+            f"2 (1 + beta) = {2 * (1 + beta):g}: momentum does not converge",
+            DivergenceWarning,
+            stacklevel=2,
+        )
+    r = sp.rank
+    c0 = sp.V.t() @ w0
+    c_star = torch.zeros_like(c0)
+    c_star[:r] = sp.Xty_v[:r] / sp.lam[:r]
+    e0 = torch.where(torch.arange(c0.shape[0], device=c0.device) < r, c0 - c_star, 0)
+    m = X.new_zeros(c0.shape[0], 2, 2)
+    m[:, 0, 0] = 1 + beta - alpha * sp.lam
+    m[:, 0, 1] = -beta
+    m[:, 1, 0] = 1
+    rows = []
+    for kv in ks.tolist():
+        mk = torch.linalg.matrix_power(m, kv)  # repeated squaring, batched over eigenvalues
+        ek = mk[:, 0, 0] * e0 + mk[:, 0, 1] * e0  # state [e_0, e_{-1}] = [e_0, e_0]
+        rows.append(c_star + ek + torch.where(
+            torch.arange(c0.shape[0], device=c0.device) < r, 0, c0))
+    w = torch.stack(rows) @ sp.V.t()
+    _finite_or_raise(w, "heavy_ball_closed_form", alpha, f"at k = {ks.max().item()}")
+    return w[0] if single else w

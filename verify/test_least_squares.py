@@ -1,0 +1,298 @@
+"""Least squares, closed-form gradient descent and momentum against autograd, linear
+algebra, iteration and torch.optim.SGD."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernels import finite_diff
+from kernels import least_squares as ls
+from verify.compare import assert_close
+from verify.tolerances import Tol, tol_for
+
+F64 = torch.float64
+
+
+def problem(n: int, d: int, rank: int | None = None, *, seed: int = 0, cond: float | None = None,
+            device: str = "cpu"):
+    """X (n, d) of the given rank (or condition number), y (n,), w0 (d,)."""
+    g = torch.Generator().manual_seed(seed)
+    rank = min(n, d) if rank is None else rank
+    if cond is not None:
+        u, _ = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=F64))
+        v, _ = torch.linalg.qr(torch.randn(d, rank, generator=g, dtype=F64))
+        s = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), rank, dtype=F64)
+        X = u @ torch.diag(s) @ v.t()
+    else:
+        X = torch.randn(n, rank, generator=g, dtype=F64) @ torch.randn(rank, d, generator=g,
+                                                                       dtype=F64)
+    y = torch.randn(n, generator=g, dtype=F64)
+    w0 = torch.randn(d, generator=g, dtype=F64)
+    return X.to(device), y.to(device), w0.to(device)
+
+
+def lam_max(X):
+    return torch.linalg.eigvalsh(X.t() @ X).max().item()
+
+
+def limit(X, y, w0):
+    """Where convergent GD ends: the least-norm minimiser plus w0's null-space part."""
+    pinv = torch.linalg.pinv(X)
+    return pinv @ y + (torch.eye(X.shape[1], dtype=X.dtype, device=X.device) - pinv @ X) @ w0
+
+
+# --- gradient and minimiser -----------------------------------------------------------
+
+
+def test_gradient_against_autograd_and_finite_differences(device):
+    X, y, w = problem(12, 5, device=device)
+    wr = w.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(0.5 * ((X @ wr - y) ** 2).sum(), wr)
+    assert_close(ls.gradient(X, w, y), expected, kernel="least_squares.gradient",
+                 reference="torch.autograd.grad", kind="grad")
+    fd = finite_diff.gradient(lambda t: ls.loss(X, t, y), w)
+    assert_close(ls.gradient(X, w, y), fd, kernel="least_squares.gradient",
+                 reference="finite_diff.gradient", tol=tol_for(F64, "finite_diff"))
+
+
+@pytest.mark.parametrize("n,d,rank", [(20, 5, 5), (20, 5, 2), (4, 9, 4), (30, 6, 1)],
+                         ids=["full_rank", "rank_deficient", "wide", "rank_one"])
+def test_minimizer_against_lstsq_and_pinv(n, d, rank, device):
+    X, y, _ = problem(n, d, rank, device=device)
+    w = ls.minimizer(X, y)
+    assert_close(w, torch.linalg.pinv(X) @ y, kernel="least_squares.minimizer",
+                 reference="torch.linalg.pinv", kind="grad")
+    if device == "cpu":  # gelsd (rank-revealing) is CPU-only
+        ref = torch.linalg.lstsq(X, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        assert_close(w, ref, kernel="least_squares.minimizer",
+                     reference="torch.linalg.lstsq(gelsd)", kind="grad")
+    # a minimiser: the gradient vanishes there
+    grad = ls.gradient(X, w, y)
+    assert_close(grad, torch.zeros_like(grad), kernel="gradient at minimizer", reference="0",
+                 tol=Tol(rtol=0, atol=1e-10))
+
+
+def test_minimizer_of_ill_conditioned_X():
+    # condition number 1e6: the normal equations would square it to 1e12
+    X, y, _ = problem(40, 8, cond=1e6, seed=3)
+    ref = torch.linalg.lstsq(X, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    assert_close(ls.minimizer(X, y), ref, kernel="least_squares.minimizer",
+                 reference="torch.linalg.lstsq(gelsd)", tol=Tol(rtol=1e-8, atol=1e-8))
+
+
+# --- gradient descent ---------------------------------------------------------------
+
+
+def test_first_two_iterates_match_the_explicit_formulas(device):
+    X, y, w0 = problem(15, 4, device=device)
+    alpha = 0.5 / lam_max(X)
+    A, b = X.t() @ X, X.t() @ y
+    eye = torch.eye(4, dtype=F64, device=device)
+    w1 = w0 - alpha * (A @ w0 - b)
+    # w2 = (I - aA)^2 w0 + a (I + (I - aA)) X^T y
+    w2 = (eye - alpha * A) @ (eye - alpha * A) @ w0 + alpha * (2 * eye - alpha * A) @ b
+    kw = dict(kernel="gd", reference="explicit formula", kind="grad")
+    assert_close(ls.gd_closed_form(X, y, w0, alpha, 1), w1, what="closed form w1", **kw)
+    assert_close(ls.gd_closed_form(X, y, w0, alpha, 2), w2, what="closed form w2", **kw)
+    assert_close(ls.gd_iterates(X, y, w0, alpha, 2)[1:], torch.stack([w1, w2]),
+                 what="loop w1, w2", **kw)
+    assert_close(ls.gd_closed_form(X, y, w0, alpha, 0), w0, what="w0", **kw)
+
+
+@given(
+    n=st.integers(1, 12), d=st.integers(1, 8), rank_frac=st.floats(0.2, 1.0),
+    alpha_frac=st.floats(0.05, 1.95), seed=st.integers(0, 2**16),
+)
+def test_closed_form_equals_loop_for_many_k(n, d, rank_frac, alpha_frac, seed):
+    rank = max(1, round(rank_frac * min(n, d)))
+    X, y, w0 = problem(n, d, rank, seed=seed)
+    alpha = alpha_frac / lam_max(X)
+    loop = ls.gd_iterates(X, y, w0, alpha, 60)
+    closed = ls.gd_closed_form(X, y, w0, alpha, list(range(61)))
+    assert_close(closed, loop, kernel="gd_closed_form", reference="gd_iterates",
+                 what=f"n={n} d={d} rank={rank} alpha*lmax={alpha_frac:.3g}",
+                 tol=Tol(rtol=1e-8, atol=1e-9 * (1 + loop.abs().max().item())))
+
+
+@pytest.mark.parametrize("n,d,rank", [(30, 6, 6), (30, 6, 3), (5, 9, 5)],
+                         ids=["full_rank", "rank_deficient", "wide"])
+def test_huge_k_reaches_the_limit_without_iterating(n, d, rank):
+    X, y, w0 = problem(n, d, rank, seed=7)
+    alpha = 1.0 / lam_max(X)
+    w = ls.gd_closed_form(X, y, w0, alpha, 10**7)
+    assert torch.isfinite(w).all()
+    assert_close(w, limit(X, y, w0), kernel="gd_closed_form(k=1e7)",
+                 reference="pinv(X) y + (I - pinv(X) X) w0", kind="grad")
+
+
+def test_large_k_against_matrix_power_at_full_rank():
+    # slow convergence (small alpha) so w_k at k = 10^4 .. 10^7 is still far from w*
+    X, y, w0 = problem(25, 5, cond=1e3, seed=2)
+    alpha = 0.5 / lam_max(X)
+    A, ws = X.t() @ X, torch.linalg.pinv(X) @ y
+    M = torch.eye(5, dtype=F64) - alpha * A
+    for k in (10**4, 10**5, 10**6, 10**7):
+        ref = ws + torch.linalg.matrix_power(M, k) @ (w0 - ws)
+        assert_close(ls.gd_closed_form(X, y, w0, alpha, k), ref, kernel="gd_closed_form",
+                     reference="w* + matrix_power(I - aA, k)(w0 - w*)", what=f"k={k}",
+                     tol=Tol(rtol=1e-8, atol=1e-10))
+
+
+def test_ill_conditioned_small_eigenvalues_stay_accurate():
+    # cond(X) = 1e7: alpha lam ~ 1e-14 for the smallest eigenvalue, where 1 - (1 - alpha lam)^k
+    # computed naively cancels to ~1e-6 relative error in that component
+    X, y, _ = problem(20, 4, cond=1e7, seed=5)
+    w0 = torch.zeros(4, dtype=F64)  # so each component is the geometric term alone
+    alpha = 1.0 / lam_max(X)
+    sp = ls.spectrum(X, y)
+    lam, b, c0 = sp.lam, sp.Xty_v, sp.V.t() @ w0
+    k = 10_000
+    # exact in the eigenbasis, with the geometric sum added term by term in float64: its
+    # error is second order in the rounding of mu, ~k^2 eps / 2 relative to k
+    mu = 1 - alpha * lam
+    powers = mu.unsqueeze(0) ** torch.arange(k, dtype=F64).unsqueeze(1)
+    expected = mu**k * c0 + alpha * powers.sum(0) * b
+    got = sp.V.t() @ ls.gd_closed_form(X, y, w0, alpha, k)
+    assert_close(got, expected, kernel="gd_closed_form", what="eigen-components",
+                 reference="term-by-term geometric sum", tol=Tol(rtol=1e-9, atol=1e-14))
+
+
+def test_convergence_boundary_is_two_over_lambda_max():
+    X, y, w0 = problem(10, 3, seed=1)
+    lmax = lam_max(X)
+    below, at, above = 1.999 / lmax, 2.0 / lmax, 2.001 / lmax
+    assert ls.converges(X, below) and not ls.converges(X, at) and not ls.converges(X, above)
+    assert ls.spectral_radius(X, below) < 1
+    assert ls.spectral_radius(X, at) == pytest.approx(1.0, abs=1e-9)
+    assert ls.spectral_radius(X, above) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning below the boundary
+        ls.gd_closed_form(X, y, w0, below, 100)
+    for alpha in (at, above):
+        with pytest.warns(ls.DivergenceWarning, match=r"alpha = .* >= 2 / lambda_max"):
+            ls.gd_closed_form(X, y, w0, alpha, 10)
+        with pytest.warns(ls.DivergenceWarning):
+            ls.gd_iterates(X, y, w0, alpha, 10)
+    # at the boundary the top mode oscillates with constant amplitude: bounded, no limit
+    with pytest.warns(ls.DivergenceWarning):
+        w = ls.gd_closed_form(X, y, w0, at, [10**6, 10**6 + 1])
+    assert torch.isfinite(w).all() and not torch.allclose(w[0], w[1])
+
+
+def test_divergence_is_never_returned_as_inf():
+    X, y, w0 = problem(10, 3, seed=1)
+    alpha = 3.0 / lam_max(X)
+    with pytest.warns(ls.DivergenceWarning), pytest.raises(OverflowError, match="diverged"):
+        ls.gd_closed_form(X, y, w0, alpha, 10**6)
+    with pytest.warns(ls.DivergenceWarning), pytest.raises(OverflowError, match="within k"):
+        ls.gd_iterates(X, y, w0, alpha, 5000)
+
+
+def test_rank_deficient_spectral_radius_is_one_but_gd_converges():
+    X, y, w0 = problem(10, 5, rank=2, seed=4)
+    alpha = 1.0 / lam_max(X)
+    assert ls.spectral_radius(X, alpha) == pytest.approx(1.0)
+    assert ls.converges(X, alpha)
+    assert ls.spectrum(X).rank == 2
+
+
+# --- momentum -----------------------------------------------------------------------
+
+
+def sgd_reference(grads, theta0, alpha, beta):
+    """torch.optim.SGD(momentum=beta, dampening=0) fed the given gradients."""
+    p = theta0.clone().requires_grad_()
+    opt = torch.optim.SGD([p], lr=alpha, momentum=beta, dampening=0)
+    out = [theta0.clone()]
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        out.append(p.detach().clone())
+    return torch.stack(out)
+
+
+@given(k=st.integers(1, 30), n=st.integers(1, 6), beta=st.floats(0.0, 0.99),
+       alpha=st.floats(1e-3, 1.0), seed=st.integers(0, 2**16))
+def test_momentum_forms_and_sgd_agree_on_a_gradient_sequence(k, n, beta, alpha, seed):
+    g = torch.Generator().manual_seed(seed)
+    grads = torch.randn(k, n, generator=g, dtype=F64)
+    theta0 = torch.randn(n, generator=g, dtype=F64)
+    f1 = ls.momentum_form1(grads, theta0, alpha, beta)
+    f2 = ls.momentum_form2(grads, theta0, alpha, beta)
+    assert f1.shape == (k + 1, n)
+    kw = dict(kind="grad", tol=Tol(rtol=1e-10, atol=1e-10))
+    assert_close(f1, f2, kernel="momentum_form1", reference="momentum_form2", **kw)
+    assert_close(f2, sgd_reference(grads, theta0, alpha, beta), kernel="momentum_form2",
+                 reference="torch.optim.SGD(momentum, dampening=0)", **kw)
+
+
+def test_momentum_on_least_squares_matches_sgd_and_closed_form():
+    X, y, w0 = problem(20, 5, seed=8)
+    alpha, beta, k = 0.5 / lam_max(X), 0.8, 80
+    p = w0.clone().requires_grad_()
+    opt = torch.optim.SGD([p], lr=alpha, momentum=beta, dampening=0)
+    sgd = [w0.clone()]
+    for _ in range(k):
+        opt.zero_grad()
+        (0.5 * ((X @ p - y) ** 2).sum()).backward()
+        opt.step()
+        sgd.append(p.detach().clone())
+    sgd = torch.stack(sgd)
+    loop = ls.heavy_ball_iterates(X, y, w0, alpha, beta, k)
+    kw = dict(kind="grad", tol=Tol(rtol=1e-9, atol=1e-10))
+    assert_close(loop, sgd, kernel="heavy_ball_iterates", reference="torch.optim.SGD", **kw)
+    # form I given the gradients SGD saw reproduces the same path
+    grads = torch.stack([ls.gradient(X, w, y) for w in sgd[:-1]])
+    assert_close(ls.momentum_form1(grads, w0, alpha, beta), sgd, kernel="momentum_form1",
+                 reference="torch.optim.SGD", **kw)
+    closed = ls.heavy_ball_closed_form(X, y, w0, alpha, beta, list(range(k + 1)))
+    assert_close(closed, loop, kernel="heavy_ball_closed_form", reference="heavy_ball_iterates",
+                 **kw)
+
+
+@pytest.mark.parametrize("rank", [5, 2])
+def test_heavy_ball_closed_form_for_huge_k(rank):
+    X, y, w0 = problem(15, 5, rank, seed=9)
+    alpha, beta = 1.0 / lam_max(X), 0.9
+    w = ls.heavy_ball_closed_form(X, y, w0, alpha, beta, 10**7)
+    assert_close(w, limit(X, y, w0), kernel="heavy_ball_closed_form(k=1e7)",
+                 reference="pinv(X) y + (I - pinv(X) X) w0", kind="grad")
+    with pytest.warns(ls.DivergenceWarning, match="momentum does not converge"):
+        ls.heavy_ball_closed_form(X, y, w0, 2 * (1 + beta) / lam_max(X), beta, 3)
+
+
+# --- bad input -----------------------------------------------------------------------
+
+X3, Y3, W3 = torch.ones(4, 3, dtype=F64), torch.ones(4, dtype=F64), torch.ones(3, dtype=F64)
+BAD = [
+    ("w wrong size", lambda: ls.gradient(X3, torch.ones(2, dtype=F64), Y3), ValueError,
+     r"w: expected shape \(3,\) for X of shape \(4, 3\), got \(2,\)"),
+    ("y wrong size", lambda: ls.minimizer(X3, torch.ones(5, dtype=F64)), ValueError,
+     r"y: expected shape \(4,\) for X of shape \(4, 3\), got \(5,\)"),
+    ("X 1-D", lambda: ls.minimizer(torch.ones(4, dtype=F64), Y3), ValueError,
+     r"X: expected a 2-D tensor, got shape \(4,\)"),
+    ("w0 wrong size", lambda: ls.gd_closed_form(X3, Y3, torch.ones(4, dtype=F64), 0.1, 3),
+     ValueError, r"w0: expected shape \(3,\)"),
+    ("alpha <= 0", lambda: ls.gd_closed_form(X3, Y3, W3, 0.0, 3), ValueError,
+     r"alpha: expected a positive step size, got 0.0"),
+    ("negative k", lambda: ls.gd_closed_form(X3, Y3, W3, 0.01, -1), ValueError,
+     r"k: iteration counts must be >= 0"),
+    ("float k", lambda: ls.gd_closed_form(X3, Y3, W3, 0.01, 2.5), TypeError, r"k: expected an int"),
+    ("mixed dtype", lambda: ls.gradient(X3, W3.float(), Y3), TypeError,
+     r"w: dtype torch.float32 does not match X"),
+    ("grads shape", lambda: ls.momentum_form1(torch.ones(5, 2, dtype=F64), W3, 0.1, 0.9),
+     ValueError, r"grads: expected shape \(k, 3\) for theta0 of shape \(3,\), got \(5, 2\)"),
+    ("beta", lambda: ls.momentum_form2(torch.ones(5, 3, dtype=F64), W3, 0.1, 1.0), ValueError,
+     r"beta: expected a momentum 0 <= beta < 1, got 1.0"),
+]
+
+
+@pytest.mark.parametrize("call,error,pattern", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_gives_clear_error(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
