@@ -55,9 +55,14 @@ def make_call(method: str, ws: dict, x: torch.Tensor):
     batched = x.dim() == 2
 
     def summed(xx):  # samples are independent, so d(sum_n f(x_n))/dx holds every Jacobian
-        return torch.func.vmap(f)(xx).sum(0)
+        return f(xx).sum(0)  # f is row-wise: it takes the batch as it is
 
-    target = summed if batched else f
+    def single(xx):
+        # torch 2.13 refuses forward-mode AD of a 1-D input under vmap (as
+        # autograd.functional.jacobian(vectorize=True) uses) in h @ W^T: go through (1, D)
+        return f(xx.unsqueeze(0)).squeeze(0)
+
+    target = summed if batched else single
     calls = {
         "manual_forward": lambda: jm.jacobian_forward(ws, x),
         "manual_reverse": lambda: jm.jacobian_reverse(ws, x),

@@ -23,6 +23,10 @@ from kernels.mlp import ACTIVATIONS
 def _as_list(name: str, params, prefix: str) -> list[torch.Tensor]:
     """Sequence ``[P1, ..., PL, PF]`` or mapping ``{"P1", ..., "PL", "PF"}`` -> list."""
     if isinstance(params, Mapping):
+        depth = len(params) - 1
+        keys = [f"{prefix}{i}" for i in range(1, depth + 1)] + [f"{prefix}F"]
+        if depth >= 1 and all(k in params for k in keys):  # the usual case, without regexes
+            return [params[k] for k in keys]
         numbered = {}
         for key in params:
             m = re.fullmatch(rf"{prefix}(\d+)", str(key))
@@ -58,29 +62,9 @@ def _prepare(weights, biases, x, activation: str):
         raise ValueError(
             f"weights: expected at least W1 and WF (two matrices), got {len(ws)}"
         )
-    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
-    for i, (n, w) in enumerate(zip(names, ws)):
-        check_tensor(f"weights[{n}]", w, ndims=(2,))
-        check_same(f"weights[{n}]", w, "weights[W1]", ws[0])
-        if i and w.shape[1] != ws[i - 1].shape[0]:
-            raise ValueError(
-                f"weights[{n}]: shape {shape_str(w)} does not follow {names[i - 1]} of shape "
-                f"{shape_str(ws[i - 1])}; expected ({w.shape[0]}, {ws[i - 1].shape[0]})"
-            )
-    if biases is None:
-        bs = [None] * len(ws)
-    else:
-        bs = _as_list("biases", biases, "b")
-        if len(bs) != len(ws):
-            raise ValueError(f"biases: expected {len(ws)} (one per weight matrix), got {len(bs)}")
-        for n, b, w in zip(names, bs, ws):
-            check_tensor(f"biases[{n}]", b, ndims=(1,))
-            check_same(f"biases[{n}]", b, "weights[W1]", ws[0])
-            if b.shape[0] != w.shape[0]:
-                raise ValueError(
-                    f"biases[{n}]: shape {shape_str(b)} does not fit {n} of shape "
-                    f"{shape_str(w)}; expected ({w.shape[0]},)"
-                )
+    if not _weights_fit(ws):
+        _explain_weights(ws)
+    bs = _prepare_biases(biases, ws)
     check_choice("activation", activation, list(ACTIVATIONS))
     x = check_tensor("x", x, ndims=(1, 2))
     check_same("x", x, "weights[W1]", ws[0])
@@ -93,6 +77,53 @@ def _prepare(weights, biases, x, activation: str):
     single = x.dim() == 1
     rho, drho = ACTIVATIONS[activation]
     return ws, bs, (x.unsqueeze(0) if single else x), single, rho, drho
+
+
+def _weights_fit(ws) -> bool:
+    """One cheap pass for the common case: floating 2-D tensors of one dtype and device
+    whose shapes chain. Small layers are dominated by per-call overhead, checks included."""
+    w0 = ws[0]
+    if not isinstance(w0, torch.Tensor) or not w0.dtype.is_floating_point:
+        return False
+    dtype, device, rows = w0.dtype, w0.device, w0.shape[1] if w0.dim() == 2 else -1
+    for w in ws:
+        if not (isinstance(w, torch.Tensor) and w.dim() == 2 and w.dtype == dtype
+                and w.device == device and w.shape[1] == rows):
+            return False
+        rows = w.shape[0]
+    return True
+
+
+def _explain_weights(ws) -> None:
+    """Raise the error that says what is wrong with ``ws`` (after _weights_fit failed)."""
+    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
+    for i, (n, w) in enumerate(zip(names, ws)):
+        check_tensor(f"weights[{n}]", w, ndims=(2,))
+        check_same(f"weights[{n}]", w, "weights[W1]", ws[0])
+        if i and w.shape[1] != ws[i - 1].shape[0]:
+            raise ValueError(
+                f"weights[{n}]: shape {shape_str(w)} does not follow {names[i - 1]} of shape "
+                f"{shape_str(ws[i - 1])}; expected ({w.shape[0]}, {ws[i - 1].shape[0]})"
+            )
+    raise AssertionError("unreachable: _weights_fit and _explain_weights disagree")
+
+
+def _prepare_biases(biases, ws) -> list:
+    if biases is None:
+        return [None] * len(ws)
+    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
+    bs = _as_list("biases", biases, "b")
+    if len(bs) != len(ws):
+        raise ValueError(f"biases: expected {len(ws)} (one per weight matrix), got {len(bs)}")
+    for n, b, w in zip(names, bs, ws):
+        check_tensor(f"biases[{n}]", b, ndims=(1,))
+        check_same(f"biases[{n}]", b, "weights[W1]", ws[0])
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(
+                f"biases[{n}]: shape {shape_str(b)} does not fit {n} of shape "
+                f"{shape_str(w)}; expected ({w.shape[0]},)"
+            )
+    return bs
 
 
 # in-place activations: the primal rows are overwritten by rho(z); every rho' below is a

@@ -1,0 +1,56 @@
+"""count_model (shape propagation on meta, nothing computed) beside FlopCounterMode
+executing the same model on real tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kernels import counting as C
+from verify.models import InceptionI, InceptionII, MnistCNN, alexnet_28
+
+
+def wide_resnet_like() -> nn.Sequential:
+    """A large model: 8 3x3 convs of 512 channels on 64x64 (~19M params, ~77 GMACs)."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 512, 3, padding=1), nn.ReLU()]
+    for _ in range(7):
+        layers += [nn.Conv2d(512, 512, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+MODELS = {
+    "inception_I": (InceptionI, (1, 256, 32, 32)),
+    "inception_II": (InceptionII, (1, 256, 32, 32)),
+    "mnist_cnn": (MnistCNN, (1, 1, 28, 28)),
+    "alexnet_28": (alexnet_28, (1, 1, 28, 28)),
+    "large_conv_stack": (wide_resnet_like, (1, 3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("method", ["count_model", "flop_counter_mode_executed"])
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_counting(measure, method: str, model_name: str, device: str) -> None:
+    make, shape = MODELS[model_name]
+    torch.manual_seed(0)
+    model = make().to(device).eval()
+    x = torch.randn(shape, device=device)
+    total = C.count_model(model, shape).total
+
+    def flop_counter():
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x)
+        return fc.get_total_flops()
+
+    calls = {"count_model": lambda: C.count_model(model, shape),
+             "flop_counter_mode_executed": flop_counter}
+    measure(
+        calls[method],
+        group=f"counting {model_name} {device}",
+        kernel="counting", method=method, reference="flop_counter_mode_executed",
+        # the executed model does the model's work; the meta walk does none of it
+        flops=total.flops if method == "flop_counter_mode_executed" else 0,
+        model=model_name, params=total.params, model_flops=total.flops,
+        N=shape[0], device=device, dtype=torch.float32,
+    )

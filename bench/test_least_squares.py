@@ -1,0 +1,90 @@
+"""Closed-form gradient descent against the loop as k grows, and the momentum forms
+against torch.optim.SGD, on the same least-squares problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import least_squares as ls
+
+N, D = 200, 50
+KS = [10, 1_000, 100_000]
+
+
+def problem(device: str, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(N, D, generator=g, dtype=dtype)
+    y = torch.randn(N, generator=g, dtype=dtype)
+    w0 = torch.zeros(D, dtype=dtype)
+    alpha = 1.0 / torch.linalg.eigvalsh(X.t() @ X).max().item()
+    return X.to(device), y.to(device), w0.to(device), alpha
+
+
+def sgd_steps(X, y, w0, alpha: float, k: int, momentum: float = 0.0):
+    """torch's way: autograd for the gradient, torch.optim.SGD for the step."""
+    p = w0.clone().requires_grad_()
+    opt = torch.optim.SGD([p], lr=alpha, momentum=momentum, dampening=0)
+    for _ in range(k):
+        opt.zero_grad()
+        (0.5 * ((X @ p - y) ** 2).sum()).backward()
+        opt.step()
+    return p.detach()
+
+
+# analytic FLOPs: a thin SVD of an N x D matrix ~ 4 N D^2 + 8 D^3 (Golub & Van Loan),
+# then O(D^2) per k; one GD step computes X^T (X w): 4 N D
+def closed_form_flops(k_count: int = 1) -> int:
+    return 4 * N * D * D + 8 * D**3 + 2 * D * D * k_count
+
+
+@pytest.mark.parametrize("method", ["closed_form", "loop", "torch_optim_sgd"])
+@pytest.mark.parametrize("k", KS)
+def test_gd(measure, method: str, k: int, device: str) -> None:
+    if method == "torch_optim_sgd" and k > 1_000:
+        pytest.skip("torch.optim.SGD with autograd takes ~1e5 x 100 us per call at k = 1e5")
+    X, y, w0, alpha = problem(device)
+    calls = {
+        "closed_form": lambda: ls.gd_closed_form(X, y, w0, alpha, k),
+        "loop": lambda: ls.gd_iterates(X, y, w0, alpha, k),
+        "torch_optim_sgd": lambda: sgd_steps(X, y, w0, alpha, k),
+    }
+    flops = {"closed_form": closed_form_flops(), "loop": 4 * N * D * k,
+             "torch_optim_sgd": 4 * N * D * k}
+    measure(
+        calls[method],
+        group=f"least_squares gd k={k} N={N} D={D} {device}",
+        kernel="least_squares", method=f"gd_{method}", reference="gd_loop",
+        flops=flops[method], bytes=8 * (N * D + N + D),
+        N=N, D=D, k=k, device=device, dtype=torch.float64,
+    )
+
+
+@pytest.mark.parametrize("method", ["momentum_form1", "momentum_form2", "torch_optim_sgd"])
+def test_momentum(measure, method: str, device: str) -> None:
+    k, n, alpha, beta = 1_000, 1_000, 0.01, 0.9
+    g = torch.Generator().manual_seed(0)
+    grads = torch.randn(k, n, generator=g, dtype=torch.float64).to(device)
+    theta0 = torch.zeros(n, dtype=torch.float64, device=device)
+
+    def sgd():
+        p = theta0.clone().requires_grad_()
+        opt = torch.optim.SGD([p], lr=alpha, momentum=beta, dampening=0)
+        for gk in grads:
+            p.grad = gk
+            opt.step()
+        return p.detach()
+
+    calls = {
+        "momentum_form1": lambda: ls.momentum_form1(grads, theta0, alpha, beta),
+        "momentum_form2": lambda: ls.momentum_form2(grads, theta0, alpha, beta),
+        "torch_optim_sgd": sgd,
+    }
+    measure(
+        calls[method],
+        group=f"least_squares momentum k={k} n={n} {device}",
+        kernel="least_squares", method=method, reference="torch_optim_sgd",
+        # per step: form I theta - a g + b (theta - prev) = 5 n; form II / SGD 4 n
+        flops=(5 if method == "momentum_form1" else 4) * n * k,
+        bytes=8 * k * n, N=n, k=k, device=device, dtype=torch.float64,
+    )

@@ -1,0 +1,477 @@
+"""Parameter and operation counts for convolution stacks: by formula, and by walking any
+``nn.Module`` on the ``meta`` device.
+
+Conventions. ``mults`` and ``adds`` are scalar multiplications and additions. A k x k
+convolution C_in -> C_out (groups g) makes each output a sum of k*k*C_in/g products:
+k*k*C_in/g multiplies and, with the bias completing the sum, as many adds (one fewer
+without bias). ``macs`` = mults of the products (one multiply-accumulate each);
+``flops`` = 2 * macs, the convention of torch.utils.flop_counter.FlopCounterMode, which
+counts convolutions and matrix products only and no bias adds. ``activations`` counts
+nonlinearity evaluations, ``compares`` the comparisons of max-pooling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# --- counts and per-layer formulas -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Parameters and scalar operations of a layer or a model (see the module docstring)."""
+
+    params: int = 0
+    mults: int = 0
+    adds: int = 0
+    activations: int = 0
+    compares: int = 0
+    macs: int = 0  # multiply-accumulates of convolutions and matrix products
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    @property
+    def flops(self) -> int:
+        """2 * macs: what FlopCounterMode reports (no bias adds, no activations)."""
+        return 2 * self.macs
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"flops": self.flops}
+
+
+def _pair(name: str, v) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    return t
+
+
+def _positive(**kw) -> None:
+    for name, v in kw.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+
+
+def conv2d_output_hw(in_hw, kernel_size, stride=1, padding=0, dilation=1) -> tuple[int, int]:
+    """(H_out, W_out) of a 2-D convolution or pooling window (torch's formula)."""
+    h, w = _pair("in_hw", in_hw)
+    kh, kw = _pair("kernel_size", kernel_size)
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    dh, dw = _pair("dilation", dilation)
+    out = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+    if min(out) < 1:
+        raise ValueError(f"in_hw: {tuple(in_hw)} is too small for kernel {kh}x{kw}, dilation "
+                         f"{dh}x{dw}, padding {ph}x{pw}: output would be {out}")
+    return out
+
+
+def conv2d_counts(c_in: int, c_out: int, kernel_size, out_hw, groups: int = 1,
+                  bias: bool = True, nonlinearity: bool = False, batch: int = 1) -> Counts:
+    """Counts of one k x k convolution C_in -> C_out with ``groups`` on an H_out x W_out
+    output: params k*k*(C_in/g)*C_out (+ C_out bias), mults H_out*W_out*k*k*(C_in/g)*C_out,
+    adds the same (one fewer per output without bias), activations H_out*W_out*C_out when
+    a nonlinearity follows. Operations scale with ``batch``; parameters do not."""
+    _positive(c_in=c_in, c_out=c_out, groups=groups, batch=batch)
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"groups: {groups} must divide c_in={c_in} and c_out={c_out}")
+    kh, kw = _pair("kernel_size", kernel_size)
+    ho, wo = _pair("out_hw", out_hw)
+    _positive(kernel_h=kh, kernel_w=kw, out_h=ho, out_w=wo)
+    fan_in = kh * kw * (c_in // groups)
+    outputs = batch * ho * wo * c_out
+    return Counts(
+        params=fan_in * c_out + (c_out if bias else 0),
+        mults=outputs * fan_in,
+        adds=outputs * (fan_in if bias else fan_in - 1),
+        activations=outputs if nonlinearity else 0,
+        macs=outputs * fan_in,
+    )
+
+
+def linear_counts(in_features: int, out_features: int, bias: bool = True,
+                  nonlinearity: bool = False, batch: int = 1) -> Counts:
+    """A fully-connected layer: in*out (+ out) params; batch*out sums of ``in`` products."""
+    _positive(in_features=in_features, out_features=out_features, batch=batch)
+    outputs = batch * out_features
+    return Counts(
+        params=in_features * out_features + (out_features if bias else 0),
+        mults=outputs * in_features,
+        adds=outputs * (in_features if bias else in_features - 1),
+        activations=outputs if nonlinearity else 0,
+        macs=outputs * in_features,
+    )
+
+
+def pool2d_counts(channels: int, kernel_size, out_hw, kind: str = "max", batch: int = 1) -> Counts:
+    """Max-pooling: k*k - 1 compares per output; average pooling: k*k - 1 adds and one
+    multiply (by 1/k^2) per output. No parameters."""
+    _positive(channels=channels, batch=batch)
+    kh, kw = _pair("kernel_size", kernel_size)
+    ho, wo = _pair("out_hw", out_hw)
+    outputs = batch * channels * ho * wo
+    if kind == "max":
+        return Counts(compares=outputs * (kh * kw - 1))
+    if kind == "avg":
+        return Counts(adds=outputs * (kh * kw - 1), mults=outputs)
+    raise ValueError(f"kind: expected 'max' or 'avg', got {kind!r}")
+
+
+def activation_counts(numel: int) -> Counts:
+    """An element-wise nonlinearity on ``numel`` values."""
+    _positive(numel=numel)
+    return Counts(activations=numel)
+
+
+# --- counting aten ops as they are dispatched ----------------------------------------------
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def _conv(args, out) -> Counts:
+    x, w, b = args[0], args[1], args[2]
+    transposed = bool(args[6]) if len(args) > 6 else False
+    k = _numel(w.shape[2:])
+    if transposed:  # every input value is scattered to C_out/g * k outputs
+        per_input = (w.shape[1]) * k
+        m = _numel(x.shape) * per_input
+        return Counts(mults=m, adds=m - _numel(out.shape) + (_numel(out.shape) if b is not None
+                                                               else 0), macs=m)
+    fan_in = w.shape[1] * k
+    n_out = _numel(out.shape)
+    return Counts(mults=n_out * fan_in, adds=n_out * (fan_in if b is not None else fan_in - 1),
+                  macs=n_out * fan_in)
+
+
+def _mm(a, b, out, bias: bool) -> Counts:
+    inner = a.shape[-1]
+    n_out = _numel(out.shape)
+    return Counts(mults=n_out * inner, adds=n_out * (inner if bias else inner - 1),
+                  macs=n_out * inner)
+
+
+def _out_numel(args, out) -> int:
+    o = out[0] if isinstance(out, (tuple, list)) else out
+    return _numel(o.shape)
+
+
+def _pool_window(args) -> int:
+    k = args[1]
+    return _numel(_pair("kernel_size", k if not isinstance(k, int) else (k, k)))
+
+
+_ACTIVATION_OPS = {
+    "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "gelu_", "silu", "silu_",
+    "elu", "elu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish",
+    "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "threshold", "threshold_",
+    "_softmax", "_log_softmax",
+}
+# data movement and bookkeeping: no arithmetic, counted as zero on purpose
+_FREE_OPS = {
+    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "clone",
+    "contiguous", "detach", "alias", "cat", "stack", "flatten", "unsqueeze", "squeeze",
+    "slice", "select", "split", "split_with_sizes", "chunk", "empty", "zeros", "ones",
+    "zeros_like", "empty_like", "ones_like", "copy_", "_to_copy", "lift_fresh", "as_strided",
+    "unbind", "narrow", "pad", "constant_pad_nd", "dropout", "native_dropout", "_reshape_alias",
+    "new_empty", "new_zeros", "fill_", "zero_", "index_select", "repeat", "roll", "flip",
+}
+
+
+def _count_op(name: str, args, out) -> Counts | None:
+    """Counts of one aten op, or None when there is no formula for it."""
+    base = name.split(".")[0]
+    if base == "convolution":
+        return _conv(args, out)
+    if base in ("mm", "bmm"):
+        return _mm(args[0], args[1], out, bias=False)
+    if base in ("addmm", "baddbmm"):
+        return _mm(args[1], args[2], out, bias=True)
+    if base in _ACTIVATION_OPS:
+        return Counts(activations=_out_numel(args, out))
+    if base in ("max_pool2d_with_indices", "max_pool2d", "max_pool1d", "max_pool3d_with_indices"):
+        return Counts(compares=_out_numel(args, out) * (_pool_window(args) - 1))
+    if base in ("avg_pool2d", "avg_pool1d", "avg_pool3d"):
+        n = _out_numel(args, out)
+        return Counts(adds=n * (_pool_window(args) - 1), mults=n)
+    if base in ("mean", "sum"):
+        n_in, n_out = _numel(args[0].shape), _out_numel(args, out)
+        return Counts(adds=n_in - n_out, mults=n_out if base == "mean" else 0)
+    if base in ("add", "add_", "sub", "sub_", "rsub"):
+        return Counts(adds=_out_numel(args, out))
+    if base in ("mul", "mul_", "div", "div_"):
+        return Counts(mults=_out_numel(args, out))
+    if base in ("native_batch_norm", "_native_batch_norm_legit_no_training",
+                "_native_batch_norm_legit", "native_layer_norm"):
+        n = _out_numel(args, out)  # inference: one scale and one shift per value
+        return Counts(mults=n, adds=n)
+    if base in _FREE_OPS:
+        return Counts()
+    return None
+
+
+@dataclass
+class Row:
+    layer: str
+    type: str
+    op: str
+    output_shape: tuple[int, ...]
+    counts: Counts
+
+
+@dataclass
+class ModelCounts:
+    """Per-op rows of a model walk, their ``total``, and the ops that had no formula."""
+
+    rows: list[Row]
+    uncounted: dict[str, int] = field(default_factory=dict)  # aten op -> times seen
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def total(self) -> Counts:
+        total = Counts()
+        for r in self.rows:
+            total = total + r.counts
+        return total
+
+    def to_frame(self, include_free: bool = False):
+        """pandas DataFrame, a row per counted op (free data-movement ops left out unless
+        ``include_free``): layer, type, op, output_shape, params, mults, adds, activations,
+        compares, macs."""
+        import pandas as pd
+
+        recs = [
+            {"layer": r.layer, "type": r.type, "op": r.op, "output_shape": r.output_shape,
+             **{k: v for k, v in r.counts.as_dict().items() if k != "flops"}}
+            for r in self.rows
+            if include_free or r.counts != Counts() or r.op == "(parameters)"
+        ]
+        return pd.DataFrame(recs)
+
+    def summary(self) -> str:
+        t = self.total
+        lines = [
+            f"input {self.input_shape}: params {t.params:,}; mults {t.mults:,}; adds {t.adds:,}; "
+            f"activations {t.activations:,}; compares {t.compares:,}",
+            f"MACs {t.macs:,} = FLOPs/2; FLOPs {t.flops:,} (FlopCounterMode convention: "
+            "products only, no bias adds or activations)",
+        ]
+        if self.uncounted:
+            lines.append("uncounted ops (no formula): " + ", ".join(
+                f"{k} x{v}" for k, v in sorted(self.uncounted.items())))
+        return "\n".join(lines)
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, stack: list[tuple[str, str]], result: ModelCounts):
+        super().__init__()
+        self.stack, self.result = stack, result
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        counts = _count_op(name, args, out)
+        layer, kind = self.stack[-1] if self.stack else ("", "")
+        if counts is None:
+            self.result.uncounted[name] = self.result.uncounted.get(name, 0) + 1
+            counts = Counts()
+        o = out[0] if isinstance(out, (tuple, list)) and out else out
+        shape = tuple(o.shape) if isinstance(o, torch.Tensor) else ()
+        self.result.rows.append(Row(layer or "(model)", kind, name, shape, counts))
+        return out
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(t, device="meta")
+    return nn.Parameter(out, requires_grad=False) if isinstance(t, nn.Parameter) else out
+
+
+def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.float32
+                ) -> ModelCounts:
+    """Walk ``module`` on a meta input of ``input_shape`` (batch included): nothing is
+    allocated or computed, and the module itself is not modified. Every aten op the
+    forward pass dispatches is counted (functional calls too) and attributed to the
+    innermost module running it; ops with no formula are listed in ``.uncounted``.
+    A parameter shared by several layers is counted once, at its first owner."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(input_shape, Sequence) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in input_shape):
+        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
+                         f"included), got {input_shape!r}")
+    input_shape = tuple(input_shape)
+    result = ModelCounts(rows=[], input_shape=input_shape)
+    stack: list[tuple[str, str]] = []
+    names = {m: n for n, m in module.named_modules()}
+    seen_params: set[int] = set()
+    param_rows: dict[str, int] = {}
+    hooks = []
+
+    def pre(mod, inputs):
+        name = names.get(mod, "?")
+        _check_layer_input(name, mod, inputs)
+        stack.append((name or "(model)", type(mod).__name__))
+        own = 0
+        for p in mod.parameters(recurse=False):
+            key = id(p)  # one meta tensor per shared parameter (see _meta_state)
+            if key not in seen_params:
+                seen_params.add(key)
+                own += p.numel()
+        if own:
+            param_rows[name or "(model)"] = param_rows.get(name or "(model)", 0) + own
+
+    def post(mod, inputs, output):
+        stack.pop()
+
+    for m in module.modules():
+        hooks.append(m.register_forward_pre_hook(pre))
+        hooks.append(m.register_forward_hook(post))
+    state = _meta_state(module)
+    x = torch.empty(input_shape, dtype=dtype, device="meta")
+    try:
+        with _Recorder(stack, result):
+            _functional_call(module, state, x)
+    except RuntimeError as exc:
+        where = stack[-1][0] if stack else "(model)"
+        raise ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
+                         f"{str(exc).splitlines()[0]}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    _attach_params(result, param_rows, {names[m] or "(model)": type(m).__name__
+                                        for m in module.modules()})
+    return result
+
+
+def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A meta tensor for every parameter and buffer name; names that share a tensor in
+    the module share one meta tensor, so sharing survives the swap."""
+    made: dict[int, torch.Tensor] = {}
+    return {n: made.setdefault(id(t), _meta_like(t))
+            for n, t in module.state_dict(keep_vars=True).items()}
+
+
+def _functional_call(module, state, x):
+    # torch.func.functional_call swaps the meta tensors in for the call and restores the
+    # user's parameters afterwards; nothing here differentiates anything
+    from torch.func import functional_call
+
+    return functional_call(module, state, (x,), tie_weights=True, strict=False)
+
+
+def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
+    if not inputs or not isinstance(inputs[0], torch.Tensor):
+        return
+    x = inputs[0]
+    where = f"layer '{name or '(model)'}' ({type(mod).__name__})"
+    if isinstance(mod, nn.Conv2d):
+        if x.dim() not in (3, 4):
+            raise ValueError(f"input_shape: {where} expects (N, C, H, W) input, got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[-3] != mod.in_channels:
+            raise ValueError(f"input_shape: {where} expects {mod.in_channels} input channels, "
+                             f"got {x.shape[-3]} (input shape {tuple(x.shape)})")
+    if isinstance(mod, nn.Linear) and x.shape[-1] != mod.in_features:
+        raise ValueError(f"input_shape: {where} expects {mod.in_features} input features, got "
+                         f"{x.shape[-1]} (input shape {tuple(x.shape)})")
+
+
+def _attach_params(result: ModelCounts, param_rows: dict[str, int], kinds: dict[str, str]):
+    """Put each layer's parameter count on its first op row (or a row of its own)."""
+    for layer, n in param_rows.items():
+        for r in result.rows:
+            if r.layer == layer:
+                r.counts = r.counts + Counts(params=n)
+                break
+        else:
+            result.rows.append(Row(layer, kinds.get(layer, ""), "(parameters)", (),
+                                   Counts(params=n)))
+
+
+# --- receptive field -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Of one unit of the last spatial feature map: ``size`` (h, w) of input pixels seen,
+    ``jump`` (h, w) input pixels between neighbouring units, ``start`` (h, w) the centre of
+    the first unit's field in input coordinates (may be negative with padding)."""
+
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[float, float]
+
+
+class _RFTracker(TorchDispatchMode):
+    def __init__(self, first: torch.Tensor):
+        super().__init__()
+        self.rf: dict[int, tuple] = {id(first): ((1, 1), (1, 1), (0.5, 0.5))}
+        self.last = self.rf[id(first)]
+        self.keep = [first]  # keep tensors alive so their ids stay unique
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        base = func.overloadpacket.__name__
+        ins = [a for a in _flat(args) if isinstance(a, torch.Tensor) and id(a) in self.rf]
+        if not ins:
+            return out
+        o = out[0] if isinstance(out, (tuple, list)) else out
+        if not isinstance(o, torch.Tensor) or o.dim() < 3:
+            return out  # flattened: the spatial field ends here
+        if base in ("convolution", "max_pool2d_with_indices", "avg_pool2d"):
+            (r, j, s) = self.rf[id(args[0])]
+            if base == "convolution":
+                k = tuple(args[1].shape[2:])
+                stride, pad, dil = args[3], args[4], args[5]
+            else:
+                k = _pair("kernel_size", args[1])
+                stride = _pair("stride", args[2] if len(args) > 2 and args[2] else args[1])
+                pad = _pair("padding", args[3] if len(args) > 3 else 0)
+                dil = _pair("dilation", args[4] if base.startswith("max") and len(args) > 4
+                            else 1)
+            new = tuple(zip(*[
+                (r[i] + (k[i] - 1) * dil[i] * j[i], j[i] * stride[i],
+                 s[i] + ((k[i] - 1) * dil[i] / 2 - pad[i]) * j[i]) for i in range(2)]))
+            rf = (new[0], new[1], new[2])
+        else:
+            # element-wise, concatenation, residual add: the widest incoming field
+            rf = max((self.rf[id(a)] for a in ins), key=lambda v: v[0][0] * v[0][1])
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor):
+                self.rf[id(t)] = rf
+                self.keep.append(t)
+        self.last = rf
+        return out
+
+
+def _flat(args):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from _flat(a)
+        else:
+            yield a
+
+
+def receptive_field(module: nn.Module, input_shape: Sequence[int]) -> ReceptiveField:
+    """Receptive field of the last spatial feature map of a conv/pool stack, on meta
+    tensors; for branching blocks (concatenation, residual adds) the largest over branches."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape: expected (N, C, H, W), got {input_shape}")
+    state = _meta_state(module)
+    x = torch.empty(input_shape, device="meta")
+    tracker = _RFTracker(x)
+    with tracker:
+        _functional_call(module, state, x)
+    (r, j, s) = tracker.last
+    return ReceptiveField(size=r, jump=j, start=s)
