@@ -54,7 +54,9 @@ def test_machine_info_records_torch_and_threads(tiny_run):
 def test_pytest_benchmark_compare_reads_the_json(tiny_run, tmp_path):
     path = tmp_path / "0001_tiny.json"
     path.write_text(json.dumps(tiny_run))
-    proc = subprocess.run([sys.executable, "-m", "pytest_benchmark.cli", "compare", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    # from a neutral folder: the compare CLI loads pytest's configuration from the current
+    # one, and ours turns warnings into errors
+    proc = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "test_control_matmul" in proc.stdout

@@ -287,8 +287,8 @@ def empirical_rf(model: nn.Module, shape) -> tuple[int, int]:
      ((10, 10), (2, 2))),
     ("dilated_strided", lambda: nn.Sequential(
         nn.Conv2d(1, 2, 3, stride=2), nn.Conv2d(2, 1, 3, dilation=2)),
-     # 3, jump 2; dilated k3 d2 spans 5 units of jump 2: 3 + 4*2 = 11
-     ((11, 11), (2, 4))),
+     # 3, jump 2; dilated k3 d2 spans 5 units of jump 2: 3 + 4*2 = 11; stride 1 keeps jump 2
+     ((11, 11), (2, 2))),
 ])
 def test_receptive_field_against_autograd_footprint(name, make, expected):
     model = make()
