@@ -9,9 +9,15 @@ from kernels import backprop as bp
 from kernels import mlp
 from verify.references import torch_loss
 
-QUICK = [(L, K) for L in (3, 5, 10) for K in (64, 256)]
-FULL = [(L, K) for L in (3, 5, 10, 20) for K in (64, 256, 1024)]
+QUICK = [(L, K, N) for L in (3, 5, 10) for K in (64, 256) for N in (256,)]
+FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (64, 256, 1024) for N in (32, 256, 2048)]
 D, P = 13, 1
+
+
+def grid_params():
+    return [pytest.param(L, K, N, id=f"L{L}-K{K}-N{N}",
+                         marks=[] if (L, K, N) in QUICK else [pytest.mark.full])
+            for L, K, N in sorted(set(QUICK) | set(FULL))]
 
 
 def backprop_flops(sizes: list[int], n: int) -> int:
@@ -30,9 +36,7 @@ def backprop_bytes(sizes: list[int], n: int, itemsize: int) -> int:
 
 
 @pytest.mark.parametrize("method", ["manual", "torch_autograd"])
-@pytest.mark.parametrize("n", [256])
-@pytest.mark.parametrize("L,K", QUICK + [pytest.param(*p, marks=pytest.mark.full) for p in FULL
-                                         if p not in QUICK])
+@pytest.mark.parametrize("L,K,n", grid_params())
 def test_backprop(measure, method: str, L: int, K: int, n: int, device: str) -> None:
     dtype = torch.float32
     sizes = [D] + [K] * (L - 1) + [P]
