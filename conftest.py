@@ -55,6 +55,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="torch CPU threads for every benchmark (default: all cores, at most 8); recorded",
     )
+    group.addoption(
+        "--bench-slow",
+        action="append",
+        default=[],
+        metavar="KERNEL.METHOD=FACTOR",
+        help="testing the gate: make every benchmark of KERNEL.METHOD (e.g. "
+        "backprop.manual=1.25) take FACTOR times as long, by spinning after each call. "
+        "Touches only the timed callable, never kernels/. Repeatable; recorded",
+    )
 
 
 def bench_threads(config: pytest.Config) -> int:
@@ -68,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # one fixed thread count for the whole session, recorded in machine_info and every
     # benchmark's extra_info: CPU timings are meaningless without it
     torch.set_num_threads(bench_threads(config))
+    bench_slow(config)  # a malformed --bench-slow is a usage error before anything runs
     # pytest-benchmark writes --benchmark-json at the end of the session and fails then
     # if the folder is missing; reports/out/ is git-ignored, so make it now
     target = getattr(config.option, "benchmark_json", None)
@@ -83,6 +93,25 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     machine_info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     machine_info["bench_grid"] = config.getoption("--bench-grid")
+    machine_info["bench_slow"] = bench_slow(config)
+
+
+def bench_slow(config: pytest.Config) -> dict[str, float]:
+    """--bench-slow KERNEL.METHOD=FACTOR entries as {"kernel.method": factor}."""
+    out = {}
+    for entry in config.getoption("--bench-slow"):
+        name, sep, factor = entry.partition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = float("nan")
+        if not sep or "." not in name or not value >= 1:
+            raise pytest.UsageError(
+                f"--bench-slow: expected KERNEL.METHOD=FACTOR with FACTOR >= 1 "
+                f"(e.g. backprop.manual=1.25), got {entry!r}"
+            )
+        out[name.strip()] = value
+    return out
 
 
 def _present(device: str) -> bool:

@@ -45,20 +45,19 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, device: str) -> 
     x = torch.randn(n, D, generator=g).to(device, dtype)
     y = torch.randn(n, P, generator=g).to(device, dtype)
 
-    if method == "manual":
-        def fn():
-            return bp.backprop(net, x, y, loss="log_cosh")
-    else:
-        ws = [w.clone().requires_grad_() for w in net.weights]
-        bs = [b.clone().requires_grad_() for b in net.biases]
-        xx = x.clone().requires_grad_()
+    ws = [w.clone().requires_grad_() for w in net.weights]
+    bs = [b.clone().requires_grad_() for b in net.biases]
+    xx = x.clone().requires_grad_()
 
-        def fn():
-            J = torch_loss(ws, bs, xx, y, activation="tanh", loss="log_cosh")
-            return torch.autograd.grad(J, ws + bs + [xx])
+    def autograd():
+        J = torch_loss(ws, bs, xx, y, activation="tanh", loss="log_cosh")
+        return torch.autograd.grad(J, ws + bs + [xx])
 
+    calls = {"manual": lambda: bp.backprop(net, x, y, loss="log_cosh"),
+             "torch_autograd": autograd}
     measure(
-        fn,
+        calls[method],
+        reference_fn=None if method == "torch_autograd" else autograd,
         group=f"backprop L={L} K={K} N={n} {device}",
         kernel="backprop", method=method, reference="torch_autograd",
         flops=backprop_flops(sizes, n), bytes=backprop_bytes(sizes, n, 4),

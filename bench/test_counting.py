@@ -47,6 +47,7 @@ def test_counting(measure, method: str, model_name: str, device: str) -> None:
              "flop_counter_mode_executed": flop_counter}
     measure(
         calls[method],
+        reference_fn=None if method == "flop_counter_mode_executed" else flop_counter,
         group=f"counting {model_name} {device}",
         kernel="counting", method=method, reference="flop_counter_mode_executed",
         # the executed model does the model's work; the meta walk does none of it

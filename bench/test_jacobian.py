@@ -120,8 +120,10 @@ def test_jacobian(measure, method: str, L: int, K: int, N: int, device: str) -> 
             f"{tangent_bytes / 2**30:.0f} GiB per layer here"
         )
     n_params = sum(w.numel() for w in ws.values())
+    interleave = {"manual_forward": "torch_func_jacfwd", "manual_reverse": "torch_func_jacrev"}
     measure(
         make_call(method, ws, x),
+        reference_fn=make_call(interleave[method], ws, x) if method in interleave else None,
         group=f"jacobian L={L} K={K} N={N} {device}",
         kernel="jacobian",
         method=method_name(method, batched),

@@ -53,6 +53,7 @@ def test_gd(measure, method: str, k: int, device: str) -> None:
              "torch_optim_sgd": 4 * N * D * k}
     measure(
         calls[method],
+        reference_fn=None if method == "loop" else calls["loop"],
         group=f"least_squares gd k={k} N={N} D={D} {device}",
         kernel="least_squares", method=f"gd_{method}", reference="gd_loop",
         flops=flops[method], bytes=8 * (N * D + N + D),
@@ -82,6 +83,7 @@ def test_momentum(measure, method: str, device: str) -> None:
     }
     measure(
         calls[method],
+        reference_fn=None if method == "torch_optim_sgd" else sgd,
         group=f"least_squares momentum k={k} n={n} {device}",
         kernel="least_squares", method=method, reference="torch_optim_sgd",
         # per step: form I theta - a g + b (theta - prev) = 5 n; form II / SGD 4 n

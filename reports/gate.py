@@ -1,13 +1,17 @@
 """The CI regression gate: compare a current benchmark run with a baseline on same-run
 ratios to each kernel's reference, with a bootstrap confidence interval.
 
-For a kernel k measured against reference r in both runs, the change is
+When the bench suite interleaved kernel and reference rounds (``extra_info.reference_data``,
+the default), each round i gives a ratio k_i / r_i of two calls made moments apart, and
 
-    change = (median k_cur / median r_cur) / (median k_base / median r_base)
+    change = median(k_i / r_i) now / median(k_i / r_i) at baseline
 
-so a machine that is uniformly slower today cancels out. The interval resamples the
-per-round timings of all four samples (``stats.data``) with scipy.stats.bootstrap. A
-kernel regresses only when the whole interval lies above ``1 + threshold``: a slowdown
+so drift of the machine, within a run as well as between runs, cancels out. The interval
+resamples the two sets of round ratios with scipy.stats.bootstrap. Files without paired
+rounds fall back to ``(median k_cur / median r_cur) / (median k_base / median r_base)``
+from the reference's own benchmark, resampling all four samples (``stats.data``).
+
+A kernel regresses only when the whole interval lies above ``1 + threshold``: a slowdown
 must be both large and certain.
 """
 
@@ -74,6 +78,21 @@ def _rounds(row) -> np.ndarray:
     return a
 
 
+def _paired(row) -> np.ndarray | None:
+    """Per-round ratios kernel / reference of an interleaved benchmark, else None."""
+    ref = row.get("reference_data")
+    if not isinstance(ref, list) or not row["data"] or len(ref) != len(row["data"]):
+        return None
+    a = np.asarray(row["data"], dtype=float) / np.asarray(ref, dtype=float)
+    if a.size > MAX_ROUNDS:
+        a = a[np.linspace(0, a.size - 1, MAX_ROUNDS).astype(int)]
+    return a
+
+
+def _paired_change(ratios_c, ratios_b, axis=-1):
+    return np.median(ratios_c, axis=axis) / np.median(ratios_b, axis=axis)
+
+
 def _change(kc, rc, kb, rb, axis=-1):
     med = np.median
     return (med(kc, axis=axis) / med(rc, axis=axis)) / (med(kb, axis=axis) / med(rb, axis=axis))
@@ -100,15 +119,23 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     rng = np.random.default_rng(seed)
     rows, regressions = [], 0
     for _, p in pairs.iterrows():
-        rb, rc = ref_row(base, p["group"], p["reference_c"]), ref_row(cur, p["group"],
-                                                                       p["reference_c"])
-        if rb is None or rc is None:
-            continue  # its reference is missing from one run: nothing to normalise by
         kb = ref_row(base, p["group"], p["method"])
         kc = ref_row(cur, p["group"], p["method"])
-        samples = (_rounds(kc), _rounds(rc), _rounds(kb), _rounds(rb))
-        change = float(_change(*samples))
-        ci = stats.bootstrap(samples, _change, n_resamples=n_resamples, vectorized=True,
+        pb, pc = _paired(kb), _paired(kc)
+        if pb is not None and pc is not None:
+            samples, statistic, paired = (pc, pb), _paired_change, "rounds"
+            ratio_b, ratio_c = float(np.median(pb)), float(np.median(pc))
+        else:
+            rb = ref_row(base, p["group"], p["reference_c"])
+            rc = ref_row(cur, p["group"], p["reference_c"])
+            if rb is None or rc is None:
+                continue  # its reference is missing from one run: nothing to normalise by
+            samples = (_rounds(kc), _rounds(rc), _rounds(kb), _rounds(rb))
+            statistic, paired = _change, "medians"
+            ratio_b = float(np.median(samples[2]) / np.median(samples[3]))
+            ratio_c = float(np.median(samples[0]) / np.median(samples[1]))
+        change = float(statistic(*samples))
+        ci = stats.bootstrap(samples, statistic, n_resamples=n_resamples, vectorized=True,
                              paired=False, confidence_level=confidence, method="percentile",
                              random_state=rng).confidence_interval
         regressed = bool(ci.low > 1 + threshold)
@@ -116,8 +143,9 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         rows.append({
             "benchmark": f"{p['group']} :: {p['method']}",
             "reference": p["reference_c"],
-            "ratio_base": float(np.median(samples[2]) / np.median(samples[3])),
-            "ratio_current": float(np.median(samples[0]) / np.median(samples[1])),
+            "paired": paired,
+            "ratio_base": ratio_b,
+            "ratio_current": ratio_c,
             "change": change, "ci_low": float(ci.low), "ci_high": float(ci.high),
             "verdict": "REGRESSION" if regressed else (
                 "faster" if ci.high < 1 - threshold else "ok"),

@@ -39,7 +39,8 @@ def read_json(path: str | Path) -> dict:
 
 def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
     """A row per benchmark per file: source, machine, group, name, extra_info fields,
-    median/iqr/mean/min (seconds), rounds, and the per-round data (list, seconds)."""
+    median/iqr/mean/min (seconds), rounds, the per-round data (list, seconds) and, for
+    interleaved benchmarks, the reference's per-round data paired with it."""
     if not paths:
         raise ReportInputError("no benchmark files given")
     rows = []
@@ -63,6 +64,8 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
                 "min": stats["min"],
                 "rounds": stats["rounds"],
                 "data": stats.get("data"),
+                # interleaved runs: the reference's time in each round, paired with data
+                "reference_data": info.get("reference_data"),
             }
             rows.append(row)
     if not rows:
