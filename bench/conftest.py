@@ -52,6 +52,14 @@ def slowed(fn: Callable[[], object], factor: float) -> Callable[[], object]:
     return run
 
 
+def warm_up(fn: Callable[[], object], times: int) -> None:
+    """Call ``fn`` up to ``times`` times before timing; one call is enough warm-up for a
+    call that takes over 50 ms (caches, allocator and dispatch are warm after it)."""
+    for _ in range(times):
+        if _time(fn) > 0.05:
+            return
+
+
 def _time(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -86,13 +94,11 @@ def measure(benchmark, request: pytest.FixtureRequest):
             benchmark.extra_info["slowed_by"] = factor
         if benchmark.disabled:
             return benchmark(run)
-        for _ in range(warmup):
-            run()
+        warm_up(run, warmup)
         if reference_fn is None:
             return benchmark(run)
         ref = synchronized(reference_fn, info["device"])
-        for _ in range(warmup):
-            ref()
+        warm_up(ref, warmup)
         ref_times: list[float] = []
         # as many rounds as fit in --benchmark-max-time for the pair, at least min-rounds
         opts = request.config.option

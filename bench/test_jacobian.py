@@ -104,7 +104,8 @@ def grid_params():
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("L,K,N", grid_params())
-def test_jacobian(measure, method: str, L: int, K: int, N: int, device: str) -> None:
+def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
+                  device: str) -> None:
     dtype = torch.float32
     ws, _ = course_weights(L, D, K, P, dtype=dtype, device=device)
     g = torch.Generator().manual_seed(1)
@@ -113,6 +114,9 @@ def test_jacobian(measure, method: str, L: int, K: int, N: int, device: str) -> 
     counts = jm.op_counts(D, K, P, L, N)
     itemsize = torch.finfo(dtype).bits // 8
     tangent_bytes = N * D * N * K * itemsize
+    if method == "autograd_jacobian_forward_mode" and batched and grid != "full":
+        pytest.skip("full benchmark grid only (--bench-grid=full): batched, this reference "
+                    "pushes N*D tangents through the whole batch, ~10 s per call at N=1024")
     if method == "autograd_jacobian_forward_mode" and batched and tangent_bytes > 2**30:
         pytest.skip(
             "autograd.functional.jacobian(forward-mode) does not know the samples are "
