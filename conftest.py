@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import zlib
@@ -56,6 +57,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="torch CPU threads for every benchmark (default: all cores, at most 8); recorded",
     )
     group.addoption(
+        "--verify-report",
+        metavar="PATH",
+        default=None,
+        help="write every comparison's worst error against its tolerance to this JSON "
+        "file; `python -m reports render PATH --out DIR` turns it into a headroom table",
+    )
+    group.addoption(
         "--bench-slow",
         action="append",
         default=[],
@@ -83,6 +91,27 @@ def pytest_configure(config: pytest.Config) -> None:
     target = getattr(config.option, "benchmark_json", None)
     if target is not None:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    target = session.config.getoption("--verify-report")
+    if not target:
+        return
+    from verify.compare import RECORDS  # imported by the tests that made the records
+
+    payload = {
+        "handgrad": "verify-report",
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "exitstatus": int(exitstatus),
+        "records": [r.as_dict() for r in RECORDS],
+    }
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+    session.config.get_terminal_writer().line(
+        f"verify report: {len(RECORDS)} comparisons written to {path}"
+    )
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -11,25 +11,129 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
-    """Median time against depth L, one line per (method, width, device, machine)."""
-    sub = df[(df["kernel"] == kernel) & df.get("L", pd.Series(dtype=float)).notna()]
-    if sub.empty or "L" not in sub:
+    """Median time against depth L: a panel per (width K, batch N), a line per method
+    (one colour per method in every panel), a line style per device and machine."""
+    if "L" not in df.columns:
         return None
-    keys = [c for c in ("method", "K", "N", "device", "machine") if c in sub.columns]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, g in sub.groupby(keys, dropna=False):
-        g = g.sort_values("L")
-        name = ", ".join(f"{k}={v}" if k in ("K", "N") else str(v) for k, v in zip(keys, label))
-        ax.plot(g["L"], g["median"] * 1e3, marker="o", label=name)
-    ax.set_xlabel("depth L (layers)")
-    ax.set_ylabel("median time per call (ms)")
-    ax.set_yscale("log")
-    ax.set_title(f"{kernel}: time vs depth")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    sub = df[(df["kernel"] == kernel) & df["L"].notna()]
+    if sub.empty:
+        return None
+    panel_keys = [c for c in ("K", "N") if c in sub.columns and sub[c].notna().any()]
+    panels = sorted(sub.groupby(panel_keys, dropna=False).groups) if panel_keys else [()]
+    methods = sorted(sub["method"].unique())
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    where = sorted(sub.groupby(["device", "machine"]).groups)
+    styles = {w: ("-", "--", ":", "-.")[i % 4] for i, w in enumerate(where)}
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 1.2),
+                             squeeze=False, sharey=True)
+    for ax, panel in zip(axes.flat, panels):
+        key = panel if isinstance(panel, tuple) else (panel,)
+        g = sub
+        for k, v in zip(panel_keys, key):
+            g = g[g[k] == v]
+        for (method, device, machine), line in g.groupby(["method", "device", "machine"]):
+            line = line.sort_values("L")
+            ax.plot(line["L"], line["median"] * 1e3, marker="o", ms=3,
+                    color=colours[method], ls=styles[(device, machine)])
+        ax.set_title(", ".join(f"{k}={_num(v)}" for k, v in zip(panel_keys, key)), fontsize=9)
+        ax.set_yscale("log")
+        ax.set_xlabel("depth L (layers)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("median time per call (ms)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", ms=3, label=m) for m in methods]
+    if len(where) > 1:
+        handles += [plt.Line2D([], [], color="k", ls=styles[w], label=f"{w[0]} on {w[1]}")
+                    for w in where]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"{kernel}: time per call against depth", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(handles) // 4), 1, 1))
     path = out / f"{kernel}_time_vs_L.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
+    """Measured forward/reverse time ratio of the manual Jacobian kernels against the
+    op-count model's forward/reverse ratio, one point per (L, K, N, device, machine)."""
+    need = {"model_forward", "model_reverse", "L", "K", "N"}
+    jac = df[df["kernel"] == "jacobian"]
+    if jac.empty or not need <= set(jac.columns):
+        return None
+    keys = ["machine", "device", "L", "K", "N"]
+    fwd = jac[jac["method"].str.endswith("manual_forward")]
+    rev = jac[jac["method"].str.endswith("manual_reverse")]
+    both = fwd.merge(rev[[*keys, "median"]], on=keys, suffixes=("_fwd", "_rev"))
+    if both.empty:
+        return None
+    both["measured"] = both["median_fwd"] / both["median_rev"]
+    both["model"] = both["model_forward"] / both["model_reverse"]
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for (machine, device, n), g in both.groupby(["machine", "device", "N"]):
+        kind = "single x" if n == 1 else f"batch N={n}"
+        ax.scatter(g["model"], g["measured"], label=f"{kind}, {device}, {machine}", s=30)
+        for _, r in g.iterrows():
+            ax.annotate(f"L{r['L']:.0f} K{r['K']:.0f}", (r["model"], r["measured"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    lo = min(both["model"].min(), both["measured"].min()) / 1.5
+    hi = max(both["model"].max(), both["measured"].max()) * 1.5
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = model")
+    ax.axhline(1, color="grey", lw=0.5)
+    ax.axvline(1, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("op-count model: forward / reverse multiplies")
+    ax.set_ylabel("measured: forward / reverse median time")
+    ax.set_title("Jacobian: forward vs reverse mode, model and measurement\n"
+                 "(below 1: forward mode is cheaper)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out / "jacobian_modes_model_vs_measured.png")
+
+
+def roofline(df: pd.DataFrame, out: Path) -> Path | None:
+    """Achieved GFLOP/s against arithmetic intensity (FLOPs per byte of compulsory traffic),
+    with the control matmul's achieved GFLOP/s as the machine's practical ceiling."""
+    d = df.copy()
+    d["flops_n"] = pd.to_numeric(d["flops"], errors="coerce")
+    d["bytes_n"] = pd.to_numeric(d["bytes"], errors="coerce")
+    d = d[(d["flops_n"] > 0) & (d["bytes_n"] > 0)]
+    if d.empty:
+        return None
+    d["gflops"] = d["flops_n"] / d["median"] / 1e9
+    d["intensity"] = d["flops_n"] / d["bytes_n"]
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for kernel, g in d[d["kernel"] != "control"].groupby("kernel"):
+        ax.scatter(g["intensity"], g["gflops"], s=18, label=kernel, alpha=0.8)
+    for (machine, device), g in d[d["kernel"] == "control"].groupby(["machine", "device"]):
+        peak = float(g["gflops"].max())
+        ax.axhline(peak, ls="--", lw=1, color="k")
+        ax.annotate(f"control matmul: {peak:.0f} GFLOP/s ({device}, {machine})",
+                    (d["intensity"].min(), peak), fontsize=7, xytext=(0, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (analytic FLOPs / compulsory bytes)")
+    ax.set_ylabel("achieved GFLOP/s (analytic FLOPs / median time)")
+    ax.set_title("Achieved throughput against the control benchmark (roofline view)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out / "roofline.png")

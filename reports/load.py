@@ -10,6 +10,8 @@ import pandas as pd
 
 SHAPE_KEYS = ("L", "D", "K", "P", "N", "k")
 INFO_KEYS = ("kernel", "method", "reference", "flops", "bytes", "device", "dtype", "threads")
+# optional extra_info some families record: the Jacobian op-count model, the counted model
+OPTIONAL_KEYS = ("model_forward", "model_reverse", "predicted_mode", "model", "slowed_by")
 
 
 class ReportInputError(ValueError):
@@ -24,14 +26,19 @@ def machine_label(machine_info: dict) -> str:
     return label
 
 
-def read_json(path: str | Path) -> dict:
+def read_json_any(path: str | Path) -> object:
+    """The parsed JSON of ``path``; ReportInputError when it is missing or not JSON."""
     path = Path(path)
     if not path.is_file():
         raise ReportInputError(f"{path}: no such file")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportInputError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_json(path: str | Path) -> dict:
+    data = read_json_any(path)
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise ReportInputError(f"{path}: not pytest-benchmark output (no 'benchmarks' list)")
     return data
@@ -58,6 +65,7 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
                 "name": b["name"],
                 **{k: info.get(k) for k in INFO_KEYS},
                 **{k: info.get(k) for k in SHAPE_KEYS if k in info},
+                **{k: info.get(k) for k in OPTIONAL_KEYS if k in info},
                 "median": stats["median"],
                 "iqr": stats["iqr"],
                 "mean": stats["mean"],

@@ -9,9 +9,11 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``ratio`` (median / the median of this row's reference in the same file and
     group; 1.0 for a reference itself) and ``gflops`` (extra_info flops / median)."""
     df = df.copy()
-    ref = df[df["method"] == df["reference"]][["source", "group", "median"]]
-    ref = ref.rename(columns={"median": "ref_median"})
-    df = df.merge(ref, on=["source", "group"], how="left")
+    # a group can hold several references (GD: lstsq for the closed form, torch.optim.SGD
+    # for the loop), so the join is on the reference's method name too
+    ref = df[df["method"] == df["reference"]][["source", "group", "method", "median"]]
+    ref = ref.rename(columns={"method": "reference", "median": "ref_median"})
+    df = df.merge(ref, on=["source", "group", "reference"], how="left")
     df["ratio"] = df["median"] / df["ref_median"]
     df["gflops"] = pd.to_numeric(df["flops"], errors="coerce") / df["median"] / 1e9
     return df

@@ -9,6 +9,7 @@ report how much precision headroom each kernel has.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,6 +33,7 @@ class Record:
     # largest |a - e| / (atol + rtol |e|): < 1 passes; 0.01 means 100x headroom
     worst_ratio: float
     passed: bool
+    test: str = ""  # the pytest node that made the comparison
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +127,8 @@ def assert_close(
         atol=tol.atol,
         worst_ratio=worst_ratio,
         passed=mismatched == 0,
+        # pytest names the running test in the environment; strip its " (call)" phase
+        test=os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0],
     )
     RECORDS.append(record)
     if mismatched:
