@@ -11,8 +11,9 @@ resamples the two sets of round ratios with scipy.stats.bootstrap. Files without
 rounds fall back to ``(median k_cur / median r_cur) / (median k_base / median r_base)``
 from the reference's own benchmark, resampling all four samples (``stats.data``).
 
-A kernel regresses only when the whole interval lies above ``1 + threshold``: a slowdown
-must be both large and certain.
+Only handgrad's kernels are gated; torch's own methods (``TORCH_METHOD_PREFIXES``) appear
+in the report, not in the gate. A kernel regresses only when the whole interval lies above
+``1 + threshold``: a slowdown must be both large and certain.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from scipy import stats
 
 from reports.load import ReportInputError, load_benchmarks
 from reports.tables import to_markdown
+
+# methods that are torch's, not handgrad's: timed for the report, never gated (a torch
+# method measured against a handgrad kernel would gate torch, inverted)
+TORCH_METHOD_PREFIXES = ("torch_", "gd_torch_", "autograd_", "plain_", "flop_counter",
+                         "matmul_")
 
 MAX_ROUNDS = 400  # per sample; more rounds add little to the interval and cost time
 
@@ -108,7 +114,8 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             raise ReportInputError(f"{path}: benchmarks without extra_info method/reference; "
                                    "not a handgrad benchmark run")
     pairs = base.merge(cur, on=keys, suffixes=("_b", "_c"))
-    pairs = pairs[pairs["method"] != pairs["reference_c"]]
+    pairs = pairs[(pairs["method"] != pairs["reference_c"])
+                  & ~pairs["method"].str.startswith(TORCH_METHOD_PREFIXES)]
     if pairs.empty:
         raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks in common")
 

@@ -60,3 +60,62 @@ def test_pytest_benchmark_compare_reads_the_json(tiny_run, tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "test_control_matmul" in proc.stdout
+
+
+def test_interleaved_benchmarks_pair_every_round(tiny_run):
+    """Every kernel that is not its own reference ran interleaved with its reference: one
+    reference time per kernel round, which is what the gate's paired ratios need."""
+    for b in tiny_run["benchmarks"]:
+        info = b["extra_info"]
+        if info["method"] == info["reference"] or info["kernel"] == "jacobian" and not (
+                info["method"].startswith("manual")):
+            continue
+        assert info.get("interleaved") is True, b["name"]
+        assert len(info["reference_data"]) == len(b["stats"]["data"]), b["name"]
+        assert all(t > 0 for t in info["reference_data"]), b["name"]
+
+
+def test_slowed_spins_for_the_extra_time(monkeypatch):
+    """--bench-slow's wrapper, on a fake clock: the call takes 2 s, the wrapper must spin
+    until 2 * 0.25 s more have passed, whatever the machine's speed."""
+    from bench import conftest as bc
+
+    clock = {"t": 100.0}
+
+    def perf_counter():
+        clock["t"] += 0.001  # every reading of the clock moves it a little
+        return clock["t"]
+
+    def call():
+        clock["t"] += 2.0
+        return "out"
+
+    monkeypatch.setattr(bc.time, "perf_counter", perf_counter)
+    run = bc.slowed(call, 1.25)
+    start = clock["t"]
+    assert run() == "out"
+    assert 2.5 <= clock["t"] - start < 2.51
+
+
+@pytest.mark.parametrize("bad", ["backprop.manual", "manual=1.25", "backprop.manual=0.5",
+                                 "backprop.manual=fast"])
+def test_bench_slow_rejects_malformed_entries(bad):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_control.py", "--collect-only", "-q",
+         "-p", "no:cacheprovider", f"--bench-slow={bad}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
+    assert "--bench-slow: expected KERNEL.METHOD=FACTOR" in proc.stderr
+
+
+def test_gate_gates_exactly_handgrads_kernels(tiny_run):
+    """The gate's name rule sorts every method the bench suite times: handgrad's kernels
+    are gated, torch's methods are not."""
+    from reports.gate import TORCH_METHOD_PREFIXES
+
+    ours = {"manual", "manual_forward", "manual_reverse", "gd_closed_form", "gd_loop",
+            "momentum_form1", "momentum_form2", "count_model"}
+    methods = {b["extra_info"]["method"] for b in tiny_run["benchmarks"]}
+    assert ours <= methods
+    for m in methods:
+        assert m.startswith(TORCH_METHOD_PREFIXES) == (m not in ours), m

@@ -75,3 +75,27 @@ def test_no_autograd_inside_manual_kernels() -> None:
         if (path.name, what) not in ALLOWED
     ]
     assert not offenders, "autograd inside kernels/:\n" + "\n".join(offenders)
+
+
+def test_workflow_verifies_every_push_and_gates_pull_requests() -> None:
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert re.search(r"^on:\n  push:\n  pull_request:", text, re.M), "triggers"
+    assert "python -m pytest verify" in text
+    assert "-c constraints.txt" in text  # the CPU torch, as in .ci/run
+    gate_job = text.split("bench-gate:", 1)[1]
+    assert "if: github.event_name == 'pull_request'" in gate_job
+    assert "pull_request.base.sha" in gate_job  # the base is benchmarked on the same runner
+    base = gate_job.index("--benchmark-json \"$GITHUB_WORKSPACE/reports/out/base.json\"")
+    head = gate_job.index("--benchmark-json reports/out/head.json")
+    gate = gate_job.index("python -m reports gate --baseline reports/out/base.json "
+                          "--current reports/out/head.json")
+    assert base < head < gate
+
+
+def test_readme_figure_exists() -> None:
+    text = (ROOT / "README.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert figures, "the README shows no figure"
+    for f in figures:
+        data = (ROOT / f).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", f
