@@ -2,6 +2,7 @@
 
     python -m reports render BENCH.json [MORE.json ...] --out DIR
     python -m reports gate --baseline BASE.json --current NEW.json [--threshold 10%]
+        [--benchmark-threshold 20%]
 
 Exit codes: render 0 done, 2 unusable input; gate 0 no regression, 1 regression,
 2 unusable input (missing, corrupt, no common benchmarks), with a one-line message.
@@ -29,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--baseline", required=True, help="pytest-benchmark JSON of the baseline")
     g.add_argument("--current", required=True, help="pytest-benchmark JSON of the change")
     g.add_argument("--threshold", default="10%",
-                   help="slowdown tolerated before the interval must exceed it (default 10%%)")
+                   help="a kernel regresses when the interval of its mean change over all its "
+                   "benchmarks lies above 1 + this (default 10%%)")
+    g.add_argument("--benchmark-threshold", default="20%",
+                   help="a single benchmark regresses when its own interval lies above 1 + "
+                   "this (default 20%%)")
     g.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
     g.add_argument("--summary", help="also append the markdown summary to this file "
                    "(default: $GITHUB_STEP_SUMMARY when set)")
@@ -43,12 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         from reports.gate import gate, parse_threshold
 
         result = gate(args.baseline, args.current, parse_threshold(args.threshold),
-                      args.confidence)
+                      args.confidence,
+                      benchmark_threshold=parse_threshold(args.benchmark_threshold,
+                                                              "--benchmark-threshold"))
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     md = result.markdown()
-    print(md)
+    try:
+        print(md)
+    except BrokenPipeError:  # piped into head & co.: the reader has seen enough
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stdout for the interpreter's exit)
     target = args.summary or os.environ.get("GITHUB_STEP_SUMMARY")
     if target:
         with open(target, "a") as fh:

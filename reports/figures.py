@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 
 def _num(v) -> str:
@@ -78,7 +79,7 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
     jac = df[df["kernel"] == "jacobian"]
     if jac.empty or not need <= set(jac.columns):
         return None
-    keys = ["machine", "device", "L", "K", "N"]
+    keys = ["source", "machine", "device", "L", "K", "N"]
     fwd = jac[jac["method"].str.endswith("manual_forward")]
     rev = jac[jac["method"].str.endswith("manual_reverse")]
     both = fwd.merge(rev[[*keys, "median"]], on=keys, suffixes=("_fwd", "_rev"))
@@ -86,26 +87,40 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
         return None
     both["measured"] = both["median_fwd"] / both["median_rev"]
     both["model"] = both["model_forward"] / both["model_reverse"]
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    for (machine, device, n), g in both.groupby(["machine", "device", "N"]):
-        kind = "single x" if n == 1 else f"batch N={n}"
-        ax.scatter(g["model"], g["measured"], label=f"{kind}, {device}, {machine}", s=30)
-        for _, r in g.iterrows():
-            ax.annotate(f"L{r['L']:.0f} K{r['K']:.0f}", (r["model"], r["measured"]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    # colour = depth L, marker = width K, filled = batched, hollow = single x; one panel
+    # per machine and device
+    places = sorted({(m, d) for m, d in zip(both["machine"], both["device"])})
+    fig, axes = plt.subplots(1, len(places), figsize=(6.5 * len(places), 5), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = dict(zip(sorted(both["L"].unique()), cycle))
+    markers = dict(zip(sorted(both["K"].unique()), "os^Dv<>p"))
     lo = min(both["model"].min(), both["measured"].min()) / 1.5
     hi = max(both["model"].max(), both["measured"].max()) * 1.5
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = model")
-    ax.axhline(1, color="grey", lw=0.5)
-    ax.axvline(1, color="grey", lw=0.5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("op-count model: forward / reverse multiplies")
-    ax.set_ylabel("measured: forward / reverse median time")
-    ax.set_title("Jacobian: forward vs reverse mode, model and measurement\n"
-                 "(below 1: forward mode is cheaper)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    for ax, (machine, device) in zip(axes[0], places):
+        g = both[(both["machine"] == machine) & (both["device"] == device)]
+        for _, r in g.iterrows():
+            c = colours[r["L"]]
+            ax.scatter(r["model"], r["measured"], s=45, marker=markers[r["K"]],
+                       facecolors=c if r["N"] > 1 else "none", edgecolors=c, linewidths=1.2)
+        line = ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = model")
+        ax.axhline(1, color="grey", lw=0.5)
+        ax.axvline(1, color="grey", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("op-count model: forward / reverse multiplies")
+        ax.set_ylabel("measured: forward / reverse median time")
+        ax.set_title(f"{device}, {machine}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=f"L = {L:.0f}")
+               for L, c in colours.items()]
+    handles += [Line2D([], [], ls="", marker=m, color="grey", label=f"K = {K:.0f}")
+                for K, m in markers.items()]
+    handles += [Line2D([], [], ls="", marker="o", color="grey", label="batched (N > 1)"),
+                Line2D([], [], ls="", marker="o", markerfacecolor="none", color="grey",
+                       label="single x (N = 1)"), *line]
+    axes[0][0].legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
+    fig.suptitle("Jacobian: forward vs reverse mode, model and measurement "
+                 "(below 1: forward mode is cheaper)", fontsize=10)
     return _save(fig, out / "jacobian_modes_model_vs_measured.png")
 
 
