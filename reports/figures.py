@@ -119,7 +119,7 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
                 Line2D([], [], ls="", marker="o", markerfacecolor="none", color="grey",
                        label="single x (N = 1)"), *line]
     axes[0][0].legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
-    fig.suptitle("Jacobian: forward vs reverse mode, model and measurement "
+    fig.suptitle("Jacobian: forward vs reverse mode, model and measurement\n"
                  "(below 1: forward mode is cheaper)", fontsize=10)
     return _save(fig, out / "jacobian_modes_model_vs_measured.png")
 
