@@ -27,7 +27,9 @@ other shapes held still). So
   shape, and kernels timed in fewer than three groups.
 
 Only handgrad's kernels are gated; torch's own methods (``TORCH_METHOD_PREFIXES``) appear
-in the report, not in the gate.
+in the report, not in the gate. A benchmark whose torch reference itself took over
+``DISTURBED`` times (or under 1/``DISTURBED``) its baseline time ran on a disturbed machine:
+it is listed, not gated; too many such benchmarks make the input unusable (exit 2).
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ MAX_ROUNDS = 400  # per sample; more rounds add little to the interval and cost 
 
 
 MIN_BENCHMARKS = 3  # a kernel-level interval needs at least this many benchmarks
+# a reference (torch, unchanged) whose median moved by more than this factor between the
+# runs marks its benchmark as disturbed: not gated, listed. Undisturbed medians drift up to
+# ~1.6x between runs on a shared 2-core machine; another process competing for the cores
+# made them 10 to 35x slower. Over MAX_DISTURBED of them: the input is unusable.
+DISTURBED = 2.0
+MAX_DISTURBED = 0.25
 
 
 @dataclass(frozen=True)
@@ -202,7 +210,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         return None if hit.empty else hit.iloc[0]
 
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, disturbed = [], []
     for _, p in pairs.iterrows():
         kb = ref_row(base, p["group"], p["method"])
         kc = ref_row(cur, p["group"], p["method"])
@@ -221,6 +229,16 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             statistic, paired = _change, "medians"
             ratio_b = float(np.median(samples[2]) / np.median(samples[3]))
             ratio_c = float(np.median(samples[0]) / np.median(samples[1]))
+        # the reference is torch's code, the same in both runs: if its time moved by more
+        # than DISTURBED, the machine was disturbed while this benchmark ran (another
+        # process, throttling) and its ratio says nothing about the kernel
+        ref_b = kb["reference_data"] if paired == "rounds" else samples[3]
+        ref_c = kc["reference_data"] if paired == "rounds" else samples[1]
+        moved = float(np.median(ref_c) / np.median(ref_b))
+        if not 1 / DISTURBED < moved < DISTURBED:
+            disturbed.append(f"{p['group']} :: {p['method']}: disturbed, its reference "
+                             f"{p['reference_c']} took {moved:.2f}x its baseline time")
+            continue
         change = float(statistic(*samples))
         ci = stats.bootstrap(samples, statistic, n_resamples=n_resamples, vectorized=True,
                              paired=False, confidence_level=confidence, method="percentile",
@@ -237,6 +255,12 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             "verdict": "REGRESSION" if regressed else (
                 "faster" if ci.high < 1 - benchmark_threshold else "ok"),
         })
+    if len(disturbed) > MAX_DISTURBED * (len(rows) + len(disturbed)):
+        raise ReportInputError(
+            f"{current} against {baseline}: {len(disturbed)} of {len(rows) + len(disturbed)} "
+            f"benchmarks ran while the machine was disturbed (their torch reference took over "
+            f"{DISTURBED:g}x or under 1/{DISTURBED:g} of its baseline time); rerun both")
+    skipped += disturbed
     if not rows:
         raise ReportInputError(f"{baseline} and {current}: no kernel has the same reference, "
                                "timed, in both")

@@ -193,6 +193,38 @@ def test_gate_does_not_flag_one_shape_drifting_like_process_noise(tmp_path):
     assert result.passed, result.markdown()
 
 
+def disturb(data: dict, group: str, factor: float) -> dict:
+    """A copy of a run where everything in groups starting with ``group`` (kernels and
+    their references) took ``factor`` times as long: another process took the cores."""
+    data = copy.deepcopy(data)
+    for b in data["benchmarks"]:
+        if b["group"].startswith(group):
+            b["stats"]["data"] = [t * factor for t in b["stats"]["data"]]
+            b["stats"]["median"] *= factor
+            if b["extra_info"].get("reference_data"):
+                b["extra_info"]["reference_data"] = [
+                    t * factor * 1.5 for t in b["extra_info"]["reference_data"]]
+    return data
+
+
+def test_gate_sets_aside_benchmarks_that_ran_on_a_disturbed_machine(tmp_path, capsys):
+    # one group 30x slower, its reference more so (seen when another process took the
+    # cores): its ratio is meaningless; it is listed, not gated
+    cur = disturb(_load(RUN2), "jacobian L=3 K=30 N=1 ", 30.0)
+    result = gate(str(RUN1), str(_write(tmp_path, "cur.json", cur)))
+    assert result.passed, result.markdown()
+    assert not result.table["benchmark"].str.startswith("jacobian L=3 K=30 N=1 ").any()
+    assert sum("disturbed" in s for s in result.skipped) == 2, result.skipped
+    # but a kernel slowed with its reference unchanged is never "disturbed"
+    slow = slow_down(_load(RUN2), "manual_reverse", 3.0, group="jacobian L=3 K=30 N=1 ")
+    assert not gate(str(RUN1), str(_write(tmp_path, "slow.json", slow))).passed
+    # most of a run disturbed: unusable input, exit 2
+    cur = disturb(_load(RUN2), "", 30.0)
+    assert main(["gate", "--baseline", str(RUN1), "--current",
+                 str(_write(tmp_path, "all.json", cur))]) == 2
+    assert "disturbed" in capsys.readouterr().err
+
+
 def test_gate_does_not_flag_a_slowdown_under_the_threshold(tmp_path):
     slow = _write(tmp_path, "slow.json", slow_down(_load(RUN1), "manual", 1.02))
     assert gate(str(RUN1), str(slow)).passed
