@@ -159,11 +159,18 @@ def _at_or_past(x: float, bound: float) -> bool:
     return x >= bound * _BOUNDARY
 
 
-def _warn_if_divergent(alpha: float, sp: Spectrum, what: str) -> None:
-    if sp.rank and _at_or_past(alpha * sp.lam_max, 2):
+def _lam_max(X: torch.Tensor) -> float:
+    """lambda_max(X^T X) = sigma_max(X)^2, from the singular values alone."""
+    return float(torch.linalg.svdvals(X)[0]) ** 2 if X.numel() else 0.0
+
+
+def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> None:
+    if isinstance(lam_max, Spectrum):
+        lam_max = lam_max.lam_max if lam_max.rank else 0.0
+    if lam_max > 0 and _at_or_past(alpha * lam_max, 2):
         warnings.warn(
-            f"{what}: alpha = {alpha:g} >= 2 / lambda_max = {2 / sp.lam_max:g} "
-            f"(|1 - alpha lambda_max| = {abs(1 - alpha * sp.lam_max):g} >= 1): gradient "
+            f"{what}: alpha = {alpha:g} >= 2 / lambda_max = {2 / lam_max:g} "
+            f"(|1 - alpha lambda_max| = {abs(1 - alpha * lam_max):g} >= 1): gradient "
             "descent does not converge",
             DivergenceWarning,
             stacklevel=3,
@@ -190,7 +197,8 @@ def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
     if not single:
         raise TypeError(f"k: gd_iterates takes one iteration count, got {ks.tolist()}")
     k = int(ks[0])
-    _warn_if_divergent(alpha, spectrum(X), "gd_iterates")
+    # the loop needs only lambda_max: singular values without vectors cost half an SVD
+    _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
     out = w0.new_empty(k + 1, w0.shape[0])
     out[0] = w0
     Xty = X.t() @ y
