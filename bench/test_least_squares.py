@@ -49,6 +49,14 @@ def lstsq(X, y, device: str):
 SGD_MAX_K = 10_000
 
 
+# At k = 10 the loop is mostly its LAPACK divergence check (svdvals), the reference
+# torch.optim.SGD has none, and LAPACK runs in one of two speeds per process on the 2-core
+# VM (the lstsq reference moves 1.0 <-> 1.4 ms with it). Over 30 default-grid runs of
+# unchanged code the loop/SGD ratio took values 1.35x apart; 3 of 10 back-to-back pairs
+# would have failed the 20% per-benchmark verdict. Its own gate threshold:
+GD_LOOP_NOISE = 0.5
+
+
 def gd_reference(method: str, k: int) -> str:
     """What each GD method is measured and gated against. The closed form is an SVD plus
     O(D^2) work, so its reference is torch's SVD-based solve: against the loop (thousands of
@@ -85,6 +93,7 @@ def test_gd(measure, method: str, k: int, device: str) -> None:
         kernel="least_squares", method=f"gd_{method}", reference=f"gd_{reference}",
         flops=flops[method], bytes=8 * (N * D + N + D),
         N=N, D=D, k=k, device=device, dtype=torch.float64,
+        **({"gate_noise": GD_LOOP_NOISE} if method == "loop" and k <= 10 else {}),
     )
 
 

@@ -11,7 +11,9 @@ import pandas as pd
 SHAPE_KEYS = ("L", "D", "K", "P", "N", "k")
 INFO_KEYS = ("kernel", "method", "reference", "flops", "bytes", "device", "dtype", "threads")
 # optional extra_info some families record: the Jacobian op-count model, the counted model
-OPTIONAL_KEYS = ("model_forward", "model_reverse", "predicted_mode", "model", "slowed_by")
+# and gate_noise (a benchmark's own per-benchmark gate threshold, see reports.gate)
+OPTIONAL_KEYS = ("model_forward", "model_reverse", "predicted_mode", "model", "slowed_by",
+                 "gate_noise")
 
 
 class ReportInputError(ValueError):

@@ -193,6 +193,33 @@ def test_gate_does_not_flag_one_shape_drifting_like_process_noise(tmp_path):
     assert result.passed, result.markdown()
 
 
+def _with_gate_noise(data: dict, group: str, method: str, noise: float) -> dict:
+    for b in data["benchmarks"]:
+        if b["group"].startswith(group) and b["extra_info"]["method"] == method:
+            b["extra_info"]["gate_noise"] = noise
+    return data
+
+
+@pytest.mark.parametrize("noise, factor, flagged", [
+    (None, 1.35, True),   # the shared 20% per-benchmark threshold flags it
+    (0.5, 1.35, False),   # declared noise: a 1.35x swing is within it
+    (0.5, 1.8, True),     # and a real 1.8x regression of that shape still fails
+    (0.05, 1.35, True),   # a declared noise below the shared threshold never loosens less
+])
+def test_gate_uses_a_benchmarks_declared_noise(tmp_path, noise, factor, flagged):
+    group = "least_squares gd k=10 "
+    cur = slow_down(_load(RUN2), "gd_loop", factor, group=group)
+    if noise is not None:
+        cur = _with_gate_noise(cur, group, "gd_loop", noise)
+    # against the same run, so that the change is exactly the injected factor
+    result = gate(str(RUN2), str(_write(tmp_path, "cur.json", cur)))
+    row = result.table[result.table["benchmark"].str.startswith(group)
+                       & (result.table["method"] == "gd_loop")].iloc[0]
+    assert row["change"] == pytest.approx(factor), result.markdown()
+    assert (row["verdict"] == "REGRESSION") is flagged, result.markdown()
+    assert row["threshold"] == max(0.2, noise or 0), result.markdown()
+
+
 def disturb(data: dict, group: str, factor: float) -> dict:
     """A copy of a run where everything in groups starting with ``group`` (kernels and
     their references) took ``factor`` times as long: another process took the cores."""
