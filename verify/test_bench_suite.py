@@ -46,6 +46,13 @@ def test_every_benchmark_explains_itself(tiny_run):
         assert b["stats"]["data"], f"{b['name']}: no per-round data"
 
 
+def test_only_the_gd_k10_loop_declares_gate_noise(tiny_run):
+    # the README says which benchmark widens its own gate threshold, and why
+    declared = {(b["group"], b["extra_info"]["method"]): b["extra_info"]["gate_noise"]
+                for b in tiny_run["benchmarks"] if "gate_noise" in b["extra_info"]}
+    assert declared == {("least_squares gd k=10 N=200 D=50 cpu", "gd_loop"): 0.5}
+
+
 def test_machine_info_records_torch_and_threads(tiny_run):
     mi = tiny_run["machine_info"]
     assert mi["torch"] and mi["torch_threads"] >= 1 and "gpu" in mi and "bench_grid" in mi
