@@ -218,6 +218,10 @@ def test_gate_uses_a_benchmarks_declared_noise(tmp_path, noise, factor, flagged)
     assert row["change"] == pytest.approx(factor), result.markdown()
     assert (row["verdict"] == "REGRESSION") is flagged, result.markdown()
     assert row["threshold"] == max(0.2, noise or 0), result.markdown()
+    # the summary shows each benchmark's bar beside its interval
+    line = next(x for x in result.markdown().splitlines()
+                if x.startswith(f"| {row['benchmark']} |"))
+    assert f"| {1 + max(0.2, noise or 0):.3f} | {row['verdict']} |" in line, line
 
 
 def disturb(data: dict, group: str, factor: float) -> dict:
