@@ -86,11 +86,21 @@ def pytest_configure(config: pytest.Config) -> None:
     # benchmark's extra_info: CPU timings are meaningless without it
     torch.set_num_threads(bench_threads(config))
     bench_slow(config)  # a malformed --bench-slow is a usage error before anything runs
-    # pytest-benchmark writes --benchmark-json at the end of the session and fails then
-    # if the folder is missing; reports/out/ is git-ignored, so make it now
-    target = getattr(config.option, "benchmark_json", None)
+    # pytest-benchmark >= 5.3 writes --benchmark-json at the end of the session and fails
+    # then if the folder is missing, so make it now (older versions open the file while
+    # parsing the command line: reports/out/ is kept in git for them)
+    target = benchmark_json_path(config)
     if target is not None:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+
+def benchmark_json_path(config: pytest.Config) -> Path | None:
+    """Where --benchmark-json writes, whatever pytest-benchmark's version: a path (5.3 and
+    newer) or a file it has already opened for writing (4.0 to 5.2)."""
+    target = getattr(config.option, "benchmark_json", None)
+    if target is None:
+        return None
+    return Path(getattr(target, "name", target))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
