@@ -100,31 +100,46 @@ def benchmark_json_path(config: pytest.Config) -> Path | None:
     target = getattr(config.option, "benchmark_json", None)
     if target is None:
         return None
-    return Path(getattr(target, "name", target))
+    return Path(target.name if hasattr(target, "write") else target)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    target = session.config.getoption("--verify-report")
-    if not target:
+    config = session.config
+    if not config.getoption("--verify-report"):
         return
     from verify.compare import RECORDS  # imported by the tests that made the records
 
-    payload = {
-        "handgrad": "verify-report",
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "exitstatus": int(exitstatus),
-        "records": [r.as_dict() for r in RECORDS],
-    }
-    path = Path(target)
+    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its records go to the
+        config.workeroutput[_WORKER_RECORDS] = [r.as_dict() for r in RECORDS]  # controller
+        return
+    from reports.record import VerifyRecord, verify_payload
+
+    records = [*RECORDS, *(VerifyRecord.from_dict(d)
+                           for d in config.stash.get(_worker_records, []))]
+    payload = verify_payload(records, torch=torch.__version__, platform=platform.platform(),
+                             exitstatus=int(exitstatus))
+    path = Path(config.getoption("--verify-report"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))
-    session.config.get_terminal_writer().line(
-        f"verify report: {len(RECORDS)} comparisons written to {path}"
-    )
+    config.get_terminal_writer().line(
+        f"verify report: {len(records)} comparisons written to {path}")
+
+
+_WORKER_RECORDS = "handgrad_verify_records"
+_worker_records = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist, on the controller: keep what a finished worker recorded."""
+    records = getattr(node, "workeroutput", {}).get(_WORKER_RECORDS, [])
+    node.config.stash.setdefault(_worker_records, []).extend(records)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    from reports.record import SCHEMA, SCHEMA_KEY
+
+    machine_info[SCHEMA_KEY] = SCHEMA  # the extra_info layout of every benchmark
     machine_info["torch"] = torch.__version__
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()

@@ -1,12 +1,13 @@
 """Fixtures for `pytest bench`: device-correct timing, a fixed thread count, the grid.
 
 Every benchmark goes through ``measure``: it warms the callable up, synchronises CUDA
-inside the timed call, and writes the ``extra_info`` that reports and the gate read
-(kernel, method, reference, flops, bytes, shapes, device, dtype, threads).
+inside the timed call, and writes its ``extra_info`` as a ``reports.record.BenchRecord``
+(validated here; ``reports`` validates it again when it reads the JSON).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -14,8 +15,7 @@ import pytest
 import torch
 
 from conftest import bench_slow
-
-EXTRA_INFO_REQUIRED = ("kernel", "method", "reference", "flops", "device", "dtype")
+from reports.record import BenchRecord
 
 
 @pytest.fixture
@@ -79,25 +79,23 @@ def measure(benchmark, request: pytest.FixtureRequest):
 
     def _measure(fn: Callable[[], object], *, group: str, warmup: int = 3,
                  reference_fn: Callable[[], object] | None = None, **info) -> object:
-        missing = [k for k in EXTRA_INFO_REQUIRED if k not in info]
-        if missing:
-            raise ValueError(f"measure: extra_info is missing {missing} (DESIGN.md §2)")
-        info["dtype"] = str(info["dtype"]).removeprefix("torch.")
+        info["dtype"] = str(info.get("dtype")).removeprefix("torch.")
         info["threads"] = torch.get_num_threads()
-        info["grid"] = request.config.getoption("--bench-grid")
+        factor = bench_slow(request.config).get(f"{info.get('kernel')}.{info.get('method')}")
+        if factor is not None:
+            info["slowed_by"] = factor
+        record = BenchRecord(**info)  # a missing or malformed field fails here, by name
         benchmark.group = group
-        benchmark.extra_info.update(info)
-        run = synchronized(fn, info["device"])
-        factor = bench_slow(request.config).get(f"{info['kernel']}.{info['method']}")
+        benchmark.extra_info.update(record.to_extra_info())
+        run = synchronized(fn, record.device)
         if factor is not None:
             run = slowed(run, factor)
-            benchmark.extra_info["slowed_by"] = factor
         if benchmark.disabled:
             return benchmark(run)
         warm_up(run, warmup)
         if reference_fn is None:
             return benchmark(run)
-        ref = synchronized(reference_fn, info["device"])
+        ref = synchronized(reference_fn, record.device)
         warm_up(ref, warmup)
         ref_times: list[float] = []
         # as many rounds as fit in --benchmark-max-time for the pair, at least min-rounds
@@ -108,8 +106,8 @@ def measure(benchmark, request: pytest.FixtureRequest):
         rounds = int(max(min_rounds, min(10_000, max_time / per_pair)))
         result = benchmark.pedantic(run, setup=lambda: ref_times.append(_time(ref)),
                                     rounds=rounds, iterations=1)
-        benchmark.extra_info["reference_data"] = ref_times
-        benchmark.extra_info["interleaved"] = True
+        paired = dataclasses.replace(record, reference_data=tuple(ref_times))
+        benchmark.extra_info.update(paired.to_extra_info())
         return result
 
     return _measure

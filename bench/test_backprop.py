@@ -35,7 +35,10 @@ def backprop_bytes(sizes: list[int], n: int, itemsize: int) -> int:
     return itemsize * (2 * params + 2 * acts)
 
 
-@pytest.mark.parametrize("method", ["manual", "torch_autograd"])
+OWNERS = {"manual": "handgrad", "torch_autograd": "torch"}
+
+
+@pytest.mark.parametrize("method", list(OWNERS))
 @pytest.mark.parametrize("L,K,n", grid_params())
 def test_backprop(measure, method: str, L: int, K: int, n: int, device: str) -> None:
     dtype = torch.float32
@@ -59,7 +62,7 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, device: str) -> 
         calls[method],
         reference_fn=None if method == "torch_autograd" else autograd,
         group=f"backprop L={L} K={K} N={n} {device}",
-        kernel="backprop", method=method, reference="torch_autograd",
+        kernel="backprop", method=method, reference="torch_autograd", owner=OWNERS[method],
         flops=backprop_flops(sizes, n), bytes=backprop_bytes(sizes, n, 4),
         L=L, D=D, K=K, P=P, N=n, device=device, dtype=dtype,
     )

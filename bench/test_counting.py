@@ -32,9 +32,11 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize(
-    "method", ["count_model", "flop_counter_mode_meta", "flop_counter_mode_executed"]
-)
+OWNERS = {"count_model": "handgrad", "flop_counter_mode_meta": "torch",
+          "flop_counter_mode_executed": "torch"}
+
+
+@pytest.mark.parametrize("method", list(OWNERS))
 @pytest.mark.parametrize("model_name", [
     pytest.param(m, marks=[pytest.mark.full] if m == "large_conv_stack" else []) for m in MODELS
 ])
@@ -69,9 +71,9 @@ def test_counting(measure, method: str, model_name: str, device: str) -> None:
         calls[method],
         reference_fn=None if reference == method else calls[reference],
         group=f"counting {model_name} {device}",
-        kernel="counting", method=method, reference=reference,
+        kernel="counting", method=method, reference=reference, owner=OWNERS[method],
         # the executed model does the model's work; the meta walk does none of it
-        flops=total.flops if method == "flop_counter_mode_executed" else 0,
-        model=model_name, params=total.params, model_flops=total.flops,
+        flops=total.flops if method == "flop_counter_mode_executed" else 0, bytes=0,
+        model=model_name,
         N=shape[0], device=device, dtype=torch.float32,
     )

@@ -17,15 +17,15 @@ QUICK = [(L, K, N) for L in (3, 5, 10) for K, N in ((30, 1), (30, 1024), (1024, 
 QUICK += [(3, 1024, 1024)]  # memory-bound width, batched: seconds per call for the refs
 FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (30, 256, 1024, 4096) for N in (1, 1024)]
 
-METHODS = [
-    "manual_forward",
-    "manual_reverse",
-    "torch_func_jacfwd",
-    "torch_func_jacrev",
-    "autograd_jacobian",
-    "autograd_jacobian_forward_mode",
-    "plain_forward",
-]
+METHODS = {  # method: whose it is
+    "manual_forward": "handgrad",
+    "manual_reverse": "handgrad",
+    "torch_func_jacfwd": "torch",
+    "torch_func_jacrev": "torch",
+    "autograd_jacobian": "torch",
+    "autograd_jacobian_forward_mode": "torch",
+    "plain_forward": "torch",
+}
 
 
 def reference_of(method: str, batched: bool) -> str:
@@ -102,7 +102,7 @@ def grid_params():
     ]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("L,K,N", grid_params())
 def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
                   device: str) -> None:
@@ -132,11 +132,11 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
         kernel="jacobian",
         method=method_name(method, batched),
         reference=reference_of(method, batched),
+        owner=METHODS[method],
         flops=flops_of(method, L, K, N),
         # compulsory traffic: read the weights and x once, write the (N, P, D) Jacobian
         bytes=itemsize * (n_params + N * D + N * P * D),
         model_forward=counts["forward"],
         model_reverse=counts["reverse"],
-        predicted_mode=jm.predicted_mode(D, K, P, L),
         L=L, D=D, K=K, P=P, N=N, device=device, dtype=dtype,
     )

@@ -70,7 +70,11 @@ def gd_reference(method: str, k: int) -> str:
     return method
 
 
-@pytest.mark.parametrize("method", ["closed_form", "loop", "torch_optim_sgd", "torch_lstsq"])
+GD_OWNERS = {"closed_form": "handgrad", "loop": "handgrad", "torch_optim_sgd": "torch",
+             "torch_lstsq": "torch"}
+
+
+@pytest.mark.parametrize("method", list(GD_OWNERS))
 @pytest.mark.parametrize("k", KS)
 def test_gd(measure, method: str, k: int, device: str) -> None:
     if method == "torch_optim_sgd" and k > SGD_MAX_K:
@@ -91,13 +95,18 @@ def test_gd(measure, method: str, k: int, device: str) -> None:
         reference_fn=None if reference == method else calls[reference],
         group=f"least_squares gd k={k} N={N} D={D} {device}",
         kernel="least_squares", method=f"gd_{method}", reference=f"gd_{reference}",
+        owner=GD_OWNERS[method],
         flops=flops[method], bytes=8 * (N * D + N + D),
         N=N, D=D, k=k, device=device, dtype=torch.float64,
         **({"gate_noise": GD_LOOP_NOISE} if method == "loop" and k <= 10 else {}),
     )
 
 
-@pytest.mark.parametrize("method", ["momentum_form1", "momentum_form2", "torch_optim_sgd"])
+MOMENTUM_OWNERS = {"momentum_form1": "handgrad", "momentum_form2": "handgrad",
+                   "torch_optim_sgd": "torch"}
+
+
+@pytest.mark.parametrize("method", list(MOMENTUM_OWNERS))
 def test_momentum(measure, method: str, device: str) -> None:
     k, n, alpha, beta = 1_000, 1_000, 0.01, 0.9
     g = torch.Generator().manual_seed(0)
@@ -122,6 +131,7 @@ def test_momentum(measure, method: str, device: str) -> None:
         reference_fn=None if method == "torch_optim_sgd" else sgd,
         group=f"least_squares momentum k={k} n={n} {device}",
         kernel="least_squares", method=method, reference="torch_optim_sgd",
+        owner=MOMENTUM_OWNERS[method],
         # per step: form I theta - a g + b (theta - prev) = 5 n; form II / SGD 4 n
         flops=(5 if method == "momentum_form1" else 4) * n * k,
         bytes=8 * k * n, N=n, k=k, device=device, dtype=torch.float64,

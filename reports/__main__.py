@@ -1,26 +1,47 @@
 """Command line of handgrad's reports.
 
-    python -m reports render BENCH.json [MORE.json ...] --out DIR
+    python -m reports render BENCH.json [MORE.json ...] [VERIFY.json] --out DIR
     python -m reports gate --baseline BASE.json --current NEW.json [--threshold 10%]
-        [--benchmark-threshold 20%]
+        [--benchmark-threshold 20%] [--confidence 0.95] [--summary FILE]
 
-Exit codes: render 0 done, 2 unusable input; gate 0 no regression, 1 regression,
-2 unusable input (missing, corrupt, no common benchmarks), with a one-line message.
+Exit codes: render 0 done; gate 0 no regression, 1 regression. Both: 2 for any unusable
+input or option (missing, a folder, corrupt, not handgrad's benchmark output, nothing in
+common, out of range, an output path that cannot be written), with one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
-from reports.load import ReportInputError
+from reports.load import ReportInputError, check_output_dir, check_output_file
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2), like every other unusable input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_confidence(text: str) -> float:
+    """'0.95' -> 0.95; a level outside (0, 1), e.g. 95, is refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise ReportInputError(f"--confidence: expected a level between 0 and 1 "
+                               f"(e.g. 0.95), got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m reports", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("render", help="markdown + figures + CSV from benchmark JSON files "
                        "and verify reports")
     p.add_argument("files", nargs="+", help="pytest-benchmark JSON files (several merge, "
@@ -35,22 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--benchmark-threshold", default="20%",
                    help="a single benchmark regresses when its own interval lies above 1 + "
                    "this (default 20%%)")
-    g.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
+    g.add_argument("--confidence", default="0.95",
+                   help="interval level, between 0 and 1 (default 0.95)")
     g.add_argument("--summary", help="also append the markdown summary to this file "
                    "(default: $GITHUB_STEP_SUMMARY when set)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         if args.command == "render":
             from reports.render import render
 
-            render(args.files, args.out)
+            render(args.files, check_output_dir(args.out))
             return 0
         from reports.gate import gate, parse_threshold
 
-        result = gate(args.baseline, args.current, parse_threshold(args.threshold),
-                      args.confidence,
-                      benchmark_threshold=parse_threshold(args.benchmark_threshold,
-                                                              "--benchmark-threshold"))
+        threshold = parse_threshold(args.threshold)
+        bench_threshold = parse_threshold(args.benchmark_threshold, "--benchmark-threshold")
+        confidence = parse_confidence(args.confidence)
+        target = args.summary or os.environ.get("GITHUB_STEP_SUMMARY")
+        if target:
+            check_output_file(target, "--summary" if args.summary else "$GITHUB_STEP_SUMMARY")
+        result = gate(args.baseline, args.current, threshold, confidence,
+                      benchmark_threshold=bench_threshold)
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -59,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
     except BrokenPipeError:  # piped into head & co.: the reader has seen enough
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stdout for the interpreter's exit)
-    target = args.summary or os.environ.get("GITHUB_STEP_SUMMARY")
     if target:
         with open(target, "a") as fh:
             fh.write(md)

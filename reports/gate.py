@@ -28,10 +28,11 @@ other shapes held still). So
   between-process noise (``extra_info["gate_noise"]``) is held to
   ``1 + max(benchmark_threshold, gate_noise)`` instead.
 
-Only handgrad's kernels are gated; torch's own methods (``TORCH_METHOD_PREFIXES``) appear
-in the report, not in the gate. A benchmark whose torch reference itself took over
-``DISTURBED`` times (or under 1/``DISTURBED``) its baseline time ran on a disturbed machine:
-it is listed, not gated; too many such benchmarks make the input unusable (exit 2).
+Only handgrad's kernels are gated (records whose ``owner`` is ``handgrad``, measured against
+another method); torch's own methods appear in the report, not in the gate. A benchmark
+whose torch reference itself took over ``DISTURBED`` times (or under 1/``DISTURBED``) its
+baseline time ran on a disturbed machine: it is listed, not gated; too many such
+benchmarks make the input unusable (exit 2).
 """
 
 from __future__ import annotations
@@ -43,12 +44,8 @@ import pandas as pd
 from scipy import stats
 
 from reports.load import ReportInputError, load_benchmarks
+from reports.record import paired_ratios, ratio_to_reference
 from reports.tables import to_markdown
-
-# methods that are torch's, not handgrad's: timed for the report, never gated (a torch
-# method measured against a handgrad kernel would gate torch, inverted)
-TORCH_METHOD_PREFIXES = ("torch_", "gd_torch_", "autograd_", "plain_", "flop_counter",
-                         "matmul_")
 
 MAX_ROUNDS = 400  # per sample; more rounds add little to the interval and cost time
 
@@ -135,25 +132,9 @@ def parse_threshold(text: str, option: str = "--threshold") -> float:
     return value
 
 
-def _rounds(row) -> np.ndarray:
-    data = row["data"]
-    if not data:
-        raise ReportInputError(
-            f"{row['source']}: benchmark {row['name']!r} has no per-round data (stats.data); "
-            "write the file with pytest --benchmark-json"
-        )
-    a = np.asarray(data, dtype=float)
-    if a.size > MAX_ROUNDS:  # evenly spaced, keeping drift within the run represented
-        a = a[np.linspace(0, a.size - 1, MAX_ROUNDS).astype(int)]
-    return a
-
-
-def _paired(row) -> np.ndarray | None:
-    """Per-round ratios kernel / reference of an interleaved benchmark, else None."""
-    ref = row.get("reference_data")
-    if not isinstance(ref, list) or not row["data"] or len(ref) != len(row["data"]):
-        return None
-    a = np.asarray(row["data"], dtype=float) / np.asarray(ref, dtype=float)
+def _thin(rounds) -> np.ndarray:
+    """At most MAX_ROUNDS evenly spaced rounds (drift within the run stays represented)."""
+    a = np.asarray(rounds, dtype=float)
     if a.size > MAX_ROUNDS:
         a = a[np.linspace(0, a.size - 1, MAX_ROUNDS).astype(int)]
     return a
@@ -194,25 +175,19 @@ def _kernel_rows(table: pd.DataFrame, threshold: float, confidence: float) -> pd
     return out.sort_values("change", ascending=False).reset_index(drop=True)
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and np.isfinite(x) and x > 0
-
-
 def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float = 0.95,
          n_resamples: int = 2000, seed: int = 0,
          benchmark_threshold: float = 0.20) -> GateResult:
     """Compare two pytest-benchmark JSON files; raises ReportInputError on unusable input."""
     base, cur = load_benchmarks([baseline]), load_benchmarks([current])
     keys = ["group", "method"]
-    for df, path in ((base, baseline), (cur, current)):
-        if df[["method", "reference"]].isna().any().any():
-            raise ReportInputError(f"{path}: benchmarks without extra_info method/reference; "
-                                   "not a handgrad benchmark run")
     pairs = base.merge(cur, on=keys, suffixes=("_b", "_c"))
-    pairs = pairs[(pairs["method"] != pairs["reference_c"])
-                  & ~pairs["method"].str.startswith(TORCH_METHOD_PREFIXES)]
+    gated = ((pairs["owner_c"] == "handgrad") & (pairs["owner_b"] == "handgrad")
+             & (pairs["method"] != pairs["reference_c"]))
+    pairs = pairs[gated]
     if pairs.empty:
-        raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks in common")
+        raise ReportInputError(f"{baseline} and {current} have no handgrad kernel "
+                               "benchmarks in common")
     skipped = []
     # a ratio to one reference says nothing about a ratio to another
     moved = pairs["reference_b"] != pairs["reference_c"]
@@ -225,15 +200,19 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         hit = df[(df["group"] == group) & (df["method"] == method)]
         return None if hit.empty else hit.iloc[0]
 
+    def listed(v):
+        return v if isinstance(v, list) else None
+
     rng = np.random.default_rng(seed)
     rows, disturbed = [], []
     for _, p in pairs.iterrows():
         kb = ref_row(base, p["group"], p["method"])
         kc = ref_row(cur, p["group"], p["method"])
-        pb, pc = _paired(kb), _paired(kc)
-        if pb is not None and pc is not None:
-            samples, statistic, paired = (pc, pb), _paired_change, "rounds"
-            ratio_b, ratio_c = float(np.median(pb)), float(np.median(pc))
+        if listed(kb["reference_data"]) and listed(kc["reference_data"]):
+            samples = (_thin(paired_ratios(kc["data"], kc["reference_data"])),
+                       _thin(paired_ratios(kb["data"], kb["reference_data"])))
+            statistic = _paired_change
+            ref_b, ref_c = kb["reference_data"], kc["reference_data"]
         else:
             rb = ref_row(base, p["group"], p["reference_c"])
             rc = ref_row(cur, p["group"], p["reference_c"])
@@ -241,35 +220,35 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
                 skipped.append(f"{p['group']} :: {p['method']}: its reference "
                                f"{p['reference_c']} was not timed in both runs")
                 continue
-            samples = (_rounds(kc), _rounds(rc), _rounds(kb), _rounds(rb))
-            statistic, paired = _change, "medians"
-            ratio_b = float(np.median(samples[2]) / np.median(samples[3]))
-            ratio_c = float(np.median(samples[0]) / np.median(samples[1]))
+            samples = tuple(_thin(r["data"]) for r in (kc, rc, kb, rb))
+            statistic = _change
+            ref_b, ref_c = rb["data"], rc["data"]
+        # the ratio the report shows, by its one definition; change is their quotient
+        ratio_b, kind = ratio_to_reference(kb["data"], listed(kb["reference_data"]), ref_b)
+        ratio_c, _ = ratio_to_reference(kc["data"], listed(kc["reference_data"]), ref_c)
         # the reference is torch's code, the same in both runs: if its time moved by more
         # than DISTURBED, the machine was disturbed while this benchmark ran (another
         # process, throttling) and its ratio says nothing about the kernel
-        ref_b = kb["reference_data"] if paired == "rounds" else samples[3]
-        ref_c = kc["reference_data"] if paired == "rounds" else samples[1]
         moved = float(np.median(ref_c) / np.median(ref_b))
         if not 1 / DISTURBED < moved < DISTURBED:
             disturbed.append(f"{p['group']} :: {p['method']}: disturbed, its reference "
                              f"{p['reference_c']} took {moved:.2f}x its baseline time")
             continue
-        change = float(statistic(*samples))
+        change = ratio_c / ratio_b
         ci = stats.bootstrap(samples, statistic, n_resamples=n_resamples, vectorized=True,
                              paired=False, confidence_level=confidence, method="percentile",
                              random_state=rng).confidence_interval
         # a benchmark whose kernel and reference do unlike work can declare in extra_info
         # how far its ratio moves between processes of unchanged code (gate_noise); its own
         # verdict then uses that, never less than benchmark_threshold
-        own = kc.get("gate_noise")
-        bench_thr = max(benchmark_threshold, float(own) if _number(own) else 0.0)
+        own = kc["gate_noise"]
+        bench_thr = max(benchmark_threshold, 0.0 if pd.isna(own) else float(own))
         regressed = bool(ci.low > 1 + bench_thr)
         rows.append({
             "kernel": p["kernel_c"], "method": p["method"], "device": p["device_c"],
             "benchmark": f"{p['group']} :: {p['method']}",
             "reference": p["reference_c"],
-            "paired": paired,
+            "ratio_kind": kind,
             "ratio_base": ratio_b,
             "ratio_current": ratio_c,
             "change": change, "ci_low": float(ci.low), "ci_high": float(ci.high),

@@ -1,23 +1,26 @@
-"""Load one or more pytest-benchmark JSON files into one pandas DataFrame, a row a benchmark."""
+"""Load one or more pytest-benchmark JSON files into one pandas DataFrame, a row a
+benchmark, each row's ``extra_info`` validated as a ``reports.record.BenchRecord``."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 
-SHAPE_KEYS = ("L", "D", "K", "P", "N", "k")
-INFO_KEYS = ("kernel", "method", "reference", "flops", "bytes", "device", "dtype", "threads")
-# optional extra_info some families record: the Jacobian op-count model, the counted model
-# and gate_noise (a benchmark's own per-benchmark gate threshold, see reports.gate)
-OPTIONAL_KEYS = ("model_forward", "model_reverse", "predicted_mode", "model", "slowed_by",
-                 "gate_noise")
+from reports.record import BenchRecord, RecordError, paired_ratios, schema_of
+
+RECORD_COLUMNS = tuple(f.name for f in fields(BenchRecord))
+# what the reports read of pytest-benchmark's own stats (seconds; data: one time a round)
+STATS = ("median", "iqr", "rounds", "data")
 
 
 class ReportInputError(ValueError):
-    """A benchmark file that is missing, not JSON, or not pytest-benchmark output."""
+    """Input the reports cannot use (a file that is missing, not JSON, not handgrad's
+    pytest-benchmark output; an option out of range; an unwritable output path)."""
 
 
 def machine_label(machine_info: dict) -> str:
@@ -29,14 +32,19 @@ def machine_label(machine_info: dict) -> str:
 
 
 def read_json_any(path: str | Path) -> object:
-    """The parsed JSON of ``path``; ReportInputError when it is missing or not JSON."""
+    """The parsed JSON of ``path``; ReportInputError when it is missing, a folder, or not
+    JSON."""
     path = Path(path)
+    if path.is_dir():
+        raise ReportInputError(f"{path}: is a folder; expected a JSON file")
     if not path.is_file():
         raise ReportInputError(f"{path}: no such file")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportInputError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ReportInputError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
 def read_json(path: str | Path) -> dict:
@@ -46,38 +54,106 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+def _stats(path, name: str, stats) -> dict:
+    if not isinstance(stats, dict):
+        raise ReportInputError(f"{path}: benchmark {name!r} has no stats")
+    missing = [k for k in STATS if k not in stats]
+    if missing:
+        raise ReportInputError(f"{path}: benchmark {name!r}: stats lack {missing} "
+                               "(write the file with pytest --benchmark-json)")
+    for key in ("median", "iqr"):
+        v = stats[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ReportInputError(f"{path}: benchmark {name!r}: stats.{key}: expected a "
+                                   f"time >= 0, got {v!r}")
+    data = stats["data"]
+    if not isinstance(data, list) or not data or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in data):
+        raise ReportInputError(f"{path}: benchmark {name!r}: stats.data: expected the "
+                               "per-round times (positive numbers)")
+    return {k: stats[k] for k in STATS}
+
+
 def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """A row per benchmark per file: source, machine, group, name, extra_info fields,
-    median/iqr/mean/min (seconds), rounds, the per-round data (list, seconds) and, for
-    interleaved benchmarks, the reference's per-round data paired with it."""
+    """A row per benchmark per file: source, machine, group, name, every BenchRecord field,
+    and median/iqr (seconds), rounds, the per-round data (list, seconds).
+
+    ReportInputError names the file, the benchmark and the field when a file is not
+    handgrad's benchmark output or a record breaks its definition."""
     if not paths:
         raise ReportInputError("no benchmark files given")
     rows = []
     for path in paths:
         data = read_json(path)
-        machine = machine_label(data.get("machine_info", {}))
+        machine_info = data.get("machine_info") or {}
+        try:
+            schema = schema_of(machine_info)
+        except RecordError as exc:
+            raise ReportInputError(f"{path}: {exc}") from None
+        machine = machine_label(machine_info)
+        if data["benchmarks"] and not any(isinstance(b, dict) and isinstance(
+                b.get("extra_info"), dict) and "kernel" in b["extra_info"]
+                for b in data["benchmarks"]):
+            raise ReportInputError(f"{path}: no handgrad benchmark records (no extra_info "
+                                   "kernel/method/reference); write it with pytest bench")
         for b in data["benchmarks"]:
-            stats, info = b.get("stats"), b.get("extra_info", {})
-            if not isinstance(stats, dict) or "median" not in stats:
-                raise ReportInputError(f"{path}: benchmark {b.get('name')!r} has no stats")
-            row = {
-                "source": str(path),
-                "machine": machine,
-                "group": b.get("group") or b.get("name"),
-                "name": b["name"],
-                **{k: info.get(k) for k in INFO_KEYS},
-                **{k: info.get(k) for k in SHAPE_KEYS if k in info},
-                **{k: info.get(k) for k in OPTIONAL_KEYS if k in info},
-                "median": stats["median"],
-                "iqr": stats["iqr"],
-                "mean": stats["mean"],
-                "min": stats["min"],
-                "rounds": stats["rounds"],
-                "data": stats.get("data"),
-                # interleaved runs: the reference's time in each round, paired with data
-                "reference_data": info.get("reference_data"),
-            }
+            if not isinstance(b, dict) or not isinstance(b.get("name"), str):
+                raise ReportInputError(f"{path}: a benchmark entry without a name")
+            name = b["name"]
+            try:
+                record = BenchRecord.from_extra_info(b.get("extra_info"), schema)
+            except RecordError as exc:
+                raise ReportInputError(f"{path}: benchmark {name!r}: {exc}") from None
+            stats = _stats(path, name, b.get("stats"))
+            if record.reference_data is not None:
+                try:
+                    paired_ratios(stats["data"], record.reference_data)
+                except RecordError as exc:
+                    raise ReportInputError(f"{path}: benchmark {name!r}: {exc}") from None
+            row = {"source": str(path), "machine": machine,
+                   "group": b.get("group") or name, "name": name}
+            row.update((f, getattr(record, f)) for f in RECORD_COLUMNS)
+            row["reference_data"] = (None if record.reference_data is None
+                                     else list(record.reference_data))
+            row.update(stats)
             rows.append(row)
     if not rows:
         raise ReportInputError(f"{', '.join(map(str, paths))}: no benchmarks in the file(s)")
     return pd.DataFrame(rows)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path(".")
+
+
+def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+    """``path`` as a folder the report can be written into (made later, after the inputs
+    have been read); ReportInputError when it is a file, lies under a file, or cannot be
+    written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ReportInputError(f"{option}: {path} is a file; expected a folder to write "
+                               "the report into")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise ReportInputError(f"{option}: {path} lies under {base}, which is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ReportInputError(f"{option}: {base} is not writable")
+    return path
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """``path`` as a file that can be appended to: its folder exists and is writable, and
+    it is not itself a folder; ReportInputError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ReportInputError(f"{option}: {path} is a folder; expected a file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ReportInputError(f"{option}: the folder of {path} does not exist")
+    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK):
+        raise ReportInputError(f"{option}: {path} is not writable")
+    return path

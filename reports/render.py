@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports import figures
-from reports.load import ReportInputError, load_benchmarks, read_json_any
+from reports.load import ReportInputError, check_output_dir, load_benchmarks, read_json_any
+from reports.record import RATIO_DEFINITION
 from reports.tables import summary, to_markdown
 from reports.verification import headroom_table, is_verify_report, load_records
 
@@ -23,18 +24,23 @@ def _split(paths: Sequence[str | Path]) -> tuple[list, list]:
 
 def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
     """Write the report for ``paths`` under ``out``; returns the markdown file's path.
-    Progress lines go to ``progress`` (default: the current ``sys.stderr``)."""
+    Progress lines go to ``progress`` (default: the current ``sys.stderr``). Every input is
+    read and validated before anything is written (ReportInputError)."""
     progress = progress if progress is not None else sys.stderr
     if not paths:
         raise ReportInputError("no input files given")
-    out = Path(out)
+    out = check_output_dir(out)
     bench_paths, verify_paths = _split(paths)
-    out.mkdir(parents=True, exist_ok=True)
+    df = load_benchmarks(bench_paths) if bench_paths else None
+    records = load_records(verify_paths) if verify_paths else None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportInputError(f"--out: cannot make {out} ({exc.strerror})") from None
     lines = ["# handgrad report", ""]
     written = []
 
-    if bench_paths:
-        df = load_benchmarks(bench_paths)
+    if df is not None:
         table = summary(df)
         table.to_csv(out / "summary.csv", index=False)
         written.append(out / "summary.csv")
@@ -46,9 +52,10 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
             f"{len(df)} benchmarks on {df['machine'].nunique()} machine(s): "
             f"{', '.join(sorted(df['machine'].unique()))}.",
             "",
-            "`ratio_to_ref` is this method's median over its reference's median in the same "
-            "run and group (below 1: faster than the reference). `gflop_s` uses the analytic "
-            "operation count in each benchmark's `extra_info.flops`. Times are per call.",
+            f"{RATIO_DEFINITION} `gflop_s` is the analytic operation count in each "
+            "benchmark's `extra_info.flops` over its median time. Times are per call; "
+            "`owner` says whose each method is (handgrad's kernels are listed before torch's "
+            "references of the same shape).",
             "",
         ]
         steps = len(kernels) + 2
@@ -92,9 +99,9 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
                 "",
             ]
 
-    if verify_paths:
+    if records is not None:
         print("rendering the verification headroom table", file=progress, flush=True)
-        head = headroom_table(load_records(verify_paths))
+        head = headroom_table(records)
         head.to_csv(out / "headroom.csv", index=False)
         written.append(out / "headroom.csv")
         lines += [

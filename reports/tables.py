@@ -1,37 +1,55 @@
-"""Derived columns and the summary table: ratio to the same-run reference, GFLOP/s."""
+"""Derived columns and the summary table: ratio to the same-run reference and achieved
+GFLOP/s, each by its one definition in ``reports.record``."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from reports.record import SHAPES, achieved_gflops, ratio_to_reference
+
+# the columns that tell one benchmark from another beside its method (model: counting)
+KEY_COLUMNS = (*SHAPES, "model")
+
 
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``ratio`` (median / the median of this row's reference in the same file and
-    group; 1.0 for a reference itself) and ``gflops`` (extra_info flops / median)."""
+    """Add ``ratio`` and ``ratio_kind`` (``reports.record.ratio_to_reference``: paired
+    rounds when timed interleaved, else against the rounds of the row's reference in the
+    same file and group) and ``gflops`` (``reports.record.achieved_gflops``)."""
     df = df.copy()
     # a group can hold several references (GD: lstsq for the closed form, torch.optim.SGD
     # for the loop), so the join is on the reference's method name too
-    ref = df[df["method"] == df["reference"]][["source", "group", "method", "median"]]
-    ref = ref.rename(columns={"method": "reference", "median": "ref_median"})
+    ref = df[df["method"] == df["reference"]][["source", "group", "method", "data"]]
+    ref = ref.rename(columns={"method": "reference", "data": "ref_rounds"})
     df = df.merge(ref, on=["source", "group", "reference"], how="left")
-    df["ratio"] = df["median"] / df["ref_median"]
-    df["gflops"] = pd.to_numeric(df["flops"], errors="coerce") / df["median"] / 1e9
+
+    def listed(v):
+        return v if isinstance(v, list) else None
+
+    ratios = [ratio_to_reference(r.data, listed(r.reference_data), listed(r.ref_rounds))
+              for r in df.itertuples(index=False)]
+    df["ratio"] = [r for r, _ in ratios]
+    df["ratio_kind"] = [k for _, k in ratios]
+    df["gflops"] = achieved_gflops(df["flops"], df["median"])
     return df
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The report's main table: one row per benchmark, times in milliseconds."""
+    """The report's main table: one row per benchmark, times in milliseconds, handgrad's
+    kernels before torch's references within each shape."""
     df = with_ratios(df)
-    shape_cols = [c for c in ("L", "D", "K", "P", "N", "k") if c in df.columns]
-    out = df[["machine", "kernel", "method", "reference", "device", "dtype", *shape_cols]].copy()
+    keys = [c for c in KEY_COLUMNS if c in df.columns and df[c].notna().any()]
+    out = df[["machine", "kernel", "owner", "method", "reference", "device", "dtype",
+              "threads", *keys]].copy()
     out["median_ms"] = df["median"] * 1e3
     out["iqr_ms"] = df["iqr"] * 1e3
     out["ratio_to_ref"] = df["ratio"]
+    out["ratio_kind"] = df["ratio_kind"]
     out["gflop_s"] = df["gflops"]
     out["rounds"] = df["rounds"]
-    return out.sort_values(["kernel", "machine", "device", *shape_cols, "method"]).reset_index(
-        drop=True
-    )
+    if df["slowed_by"].notna().any():  # a run slowed on purpose (--bench-slow) says so
+        out["slowed_by"] = df["slowed_by"]
+    return out.sort_values(["kernel", "machine", "device", *keys, "owner", "method"],
+                           na_position="first").reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:

@@ -16,34 +16,31 @@ import numpy as np
 import pandas as pd
 
 from reports.load import ReportInputError, read_json_any
-
-KIND = "verify-report"
-RECORD_KEYS = ("kernel", "reference", "dtype", "worst_ratio", "max_abs_err", "max_rel_err",
-               "rtol", "atol", "passed")
+from reports.record import VERIFY_KIND, RecordError, VerifyRecord
 
 
 def is_verify_report(data: dict) -> bool:
-    return isinstance(data, dict) and data.get("handgrad") == KIND
+    return isinstance(data, dict) and data.get("handgrad") == VERIFY_KIND
 
 
 def load_records(paths: list[str | Path]) -> pd.DataFrame:
-    """A row per recorded comparison, with the file it came from."""
-    frames = []
+    """A row per recorded comparison (every ``VerifyRecord`` field), with the file it came
+    from; ReportInputError names the file and record that break the definition."""
+    rows = []
     for path in paths:
         data = read_json_any(path)
         if not is_verify_report(data) or not isinstance(data.get("records"), list):
             raise ReportInputError(f"{path}: not a handgrad verify report "
                                    "(write one with pytest verify --verify-report PATH)")
-        df = pd.DataFrame(data["records"])
-        missing = [k for k in RECORD_KEYS if k not in df.columns]
-        if len(df) and missing:
-            raise ReportInputError(f"{path}: verify records lack {missing}")
-        df["source"] = str(path)
-        frames.append(df)
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if out.empty:
+        for i, raw in enumerate(data["records"]):
+            try:
+                record = VerifyRecord.from_dict(raw)
+            except (RecordError, TypeError) as exc:
+                raise ReportInputError(f"{path}: records[{i}]: {exc}") from None
+            rows.append({**record.as_dict(), "source": str(path)})
+    if not rows:
         raise ReportInputError(f"{', '.join(map(str, paths))}: no comparisons recorded")
-    return out
+    return pd.DataFrame(rows)
 
 
 def headroom_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -58,7 +55,7 @@ def headroom_table(records: pd.DataFrame) -> pd.DataFrame:
             "reference": reference,
             "dtype": dtype,
             "checks": len(g),
-            "failed": int((~g["passed"].astype(bool)).sum()),
+            "failed": int((~g["passed"]).sum()),
             "worst_ratio": ratio,
             "headroom": np.inf if ratio == 0 else 1.0 / ratio,
             "median_ratio": float(g["worst_ratio"].median()),

@@ -10,34 +10,11 @@ report how much precision headroom each kernel has.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 
 import torch
 
+from reports.record import VerifyRecord as Record  # the one definition, read by reports/
 from verify.tolerances import Tol, tol_for
-
-
-@dataclass(frozen=True)
-class Record:
-    kernel: str
-    reference: str
-    what: str
-    dtype: str
-    device: str
-    numel: int
-    mismatched: int
-    max_abs_err: float
-    max_rel_err: float
-    rtol: float
-    atol: float
-    # largest |a - e| / (atol + rtol |e|): < 1 passes; 0.01 means 100x headroom
-    worst_ratio: float
-    passed: bool
-    test: str = ""  # the pytest node that made the comparison
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 RECORDS: list[Record] = []
 
@@ -92,12 +69,18 @@ def assert_close(
     e = expected.detach().to(torch.float64)
     abs_err = (a - e).abs()
     allowed = tol.atol + tol.rtol * e.abs()
-    # NaN in either tensor is a mismatch unless both are NaN at the same place
-    both_nan = torch.isnan(a) & torch.isnan(e)
-    abs_err = torch.where(both_nan, torch.zeros_like(abs_err), abs_err)
+    # NaN in either tensor is a mismatch unless both are NaN at the same place; an infinity
+    # matches only the same infinity
+    same = (torch.isnan(a) & torch.isnan(e)) | (torch.isinf(a) & (a == e))
+    abs_err = torch.where(same, torch.zeros_like(abs_err), abs_err)
     bad = ~(abs_err <= allowed)  # catches NaN too
+    bad |= torch.isinf(e) & ~same  # allowed is inf there: anything would pass
+    # a NaN result is infinitely wrong: the record holds inf, never NaN (JSON has no NaN)
+    abs_err = torch.where(torch.isnan(abs_err) | (bad & torch.isinf(e)),
+                          torch.full_like(abs_err, float("inf")), abs_err)
     # relative error against a zero reference is inf (or 0 when the kernel is exact too)
     rel_err = torch.where(abs_err == 0, torch.zeros_like(abs_err), abs_err / e.abs())
+    rel_err = torch.where(torch.isnan(rel_err), torch.full_like(rel_err, float("inf")), rel_err)
     ratio = abs_err / allowed.clamp_min(torch.finfo(torch.float64).tiny)
     ratio = torch.where(torch.isnan(ratio), torch.full_like(ratio, float("inf")), ratio)
 

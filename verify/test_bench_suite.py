@@ -1,29 +1,80 @@
-"""The benchmark suite's structure, on a tiny run: CI notices a broken benchmark."""
+"""The benchmark suite's structure, on a tiny run: CI notices a broken benchmark, and the
+records it writes are the ones reports/ reads."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from reports.load import load_benchmarks
+from reports.record import SCHEMA, SCHEMA_KEY, BenchRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {"backprop", "jacobian", "counting", "least_squares", "control"}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("bench") / "tiny.json"
+def pytest_env() -> dict[str, str]:
+    """The environment for a pytest subprocess: without the variables pytest-xdist sets in
+    its workers (pytest-benchmark disables itself when it sees PYTEST_XDIST_WORKER)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
+
+
+def once(path: Path, make) -> None:
+    """``make(path)`` exactly once across pytest-xdist workers sharing ``path``'s folder:
+    the first to create the lock runs it, the others wait for its result."""
+    lock = path.with_suffix(".lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        deadline = time.monotonic() + 900
+        while not path.exists() and not path.with_suffix(".failed").exists():
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited 900 s for another worker to write {path}")
+            time.sleep(0.5)
+        if path.with_suffix(".failed").exists():
+            pytest.fail(path.with_suffix(".failed").read_text())
+        return
+    os.close(fd)
+    try:
+        make(path)
+    except BaseException as exc:
+        path.with_suffix(".failed").write_text(f"{path.name}: {exc}")
+        raise
+
+
+def _tiny(out: Path) -> None:
     # one round each, the slow shapes left out: this checks structure, not speed
     cmd = [sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider",
-           "--device=cpu", f"--benchmark-json={out}", "--benchmark-min-rounds=1",
+           "--device=cpu", f"--benchmark-json={out}.part", "--benchmark-min-rounds=1",
            "--benchmark-max-time=0", "--benchmark-warmup=off",
            "-k", "not K1024 and not 100000 and not large_conv_stack and not K256"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=pytest_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    Path(f"{out}.part").rename(out)  # whole, or not at all: other workers wait for it
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory) -> Path:
+    # the folder all pytest-xdist workers of this session share (each has its own below it)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out = shared / "bench_tiny.json"
+    once(out, _tiny)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_path) -> dict:
+    return json.loads(tiny_path.read_text())
 
 
 def test_every_family_depth_and_device_is_present(tiny_run):
@@ -34,16 +85,30 @@ def test_every_family_depth_and_device_is_present(tiny_run):
     assert {i["device"] for i in infos} == {"cpu"}
 
 
-def test_every_benchmark_explains_itself(tiny_run):
+def test_every_benchmark_writes_a_valid_record(tiny_run):
+    assert tiny_run["machine_info"][SCHEMA_KEY] == SCHEMA
     for b in tiny_run["benchmarks"]:
-        info = b["extra_info"]
-        for key in ("kernel", "method", "reference", "flops", "device", "dtype", "threads"):
-            assert key in info, f"{b['name']}: extra_info lacks {key!r}"
-        assert isinstance(info["flops"], int) and info["flops"] >= 0
-        # the reference it names is timed in the same group of the same run
-        group = [x for x in tiny_run["benchmarks"] if x["group"] == b["group"]]
-        assert info["reference"] in {x["extra_info"]["method"] for x in group}, b["name"]
+        record = BenchRecord.from_extra_info(b["extra_info"])  # raises on a bad field
         assert b["stats"]["data"], f"{b['name']}: no per-round data"
+        # the reference it names is timed in the same group of the same run, and is torch's
+        group = {x["extra_info"]["method"]: x["extra_info"]["owner"]
+                 for x in tiny_run["benchmarks"] if x["group"] == b["group"]}
+        assert group.get(record.reference) == "torch", b["name"]
+
+
+def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
+    """The contract end to end: the bench's JSON loads, and renders, with no complaint."""
+    df = load_benchmarks([tiny_path])
+    assert len(df) == len(json.loads(tiny_path.read_text())["benchmarks"])
+    # handgrad's kernels, by their owner field: at least one per family except the control
+    ours = df[df["owner"] == "handgrad"]
+    assert set(ours["kernel"]) == FAMILIES - {"control"}
+    assert set(df.loc[df["kernel"] == "control", "owner"]) == {"torch"}
+    proc = subprocess.run([sys.executable, "-m", "reports", "render", str(tiny_path),
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "report.md").is_file()
 
 
 def test_only_the_gd_k10_loop_declares_gate_noise(tiny_run):
@@ -58,28 +123,46 @@ def test_machine_info_records_torch_and_threads(tiny_run):
     assert mi["torch"] and mi["torch_threads"] >= 1 and "gpu" in mi and "bench_grid" in mi
 
 
-def test_pytest_benchmark_compare_reads_the_json(tiny_run, tmp_path):
+@pytest.mark.parametrize("cwd", ["root", "elsewhere"])
+def test_pytest_benchmark_compare_reads_the_json(tiny_run, tmp_path, cwd):
     path = tmp_path / "0001_tiny.json"
     path.write_text(json.dumps(tiny_run))
-    # from a neutral folder: the compare CLI loads pytest's configuration from the current
-    # one, and ours turns warnings into errors
+    # from the repository root too, whose pytest configuration turns warnings into errors
     proc = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(path)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+                          capture_output=True, text=True, timeout=120, env=pytest_env(),
+                          cwd=ROOT if cwd == "root" else tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test_control_matmul" in proc.stdout
 
 
 def test_interleaved_benchmarks_pair_every_round(tiny_run):
-    """Every kernel that is not its own reference ran interleaved with its reference: one
+    """Every handgrad kernel measured against a reference ran interleaved with it: one
     reference time per kernel round, which is what the gate's paired ratios need."""
+    gated = 0
     for b in tiny_run["benchmarks"]:
-        info = b["extra_info"]
-        if info["method"] == info["reference"] or info["kernel"] == "jacobian" and not (
-                info["method"].startswith("manual")):
+        record = BenchRecord.from_extra_info(b["extra_info"])
+        if not record.gated:
             continue
-        assert info.get("interleaved") is True, b["name"]
-        assert len(info["reference_data"]) == len(b["stats"]["data"]), b["name"]
-        assert all(t > 0 for t in info["reference_data"]), b["name"]
+        gated += 1
+        assert record.reference_data, b["name"]
+        assert len(record.reference_data) == len(b["stats"]["data"]), b["name"]
+    assert gated >= 10
+
+
+def test_benchmark_json_path_reads_every_pytest_benchmark_version(tmp_path):
+    """5.3 and newer give --benchmark-json as a path; 4.0 to 5.2 as a file already open."""
+    from types import SimpleNamespace
+
+    from conftest import benchmark_json_path
+
+    target = tmp_path / "sub" / "b.json"
+    as_path = SimpleNamespace(option=SimpleNamespace(benchmark_json=target))
+    assert benchmark_json_path(as_path) == target
+    (tmp_path / "sub").mkdir()
+    with open(target, "wb") as fh:
+        assert benchmark_json_path(SimpleNamespace(option=SimpleNamespace(
+            benchmark_json=fh))) == target
+    assert benchmark_json_path(SimpleNamespace(option=SimpleNamespace())) is None
 
 
 def test_slowed_spins_for_the_extra_time(monkeypatch):
@@ -110,19 +193,6 @@ def test_bench_slow_rejects_malformed_entries(bad):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_control.py", "--collect-only", "-q",
          "-p", "no:cacheprovider", f"--bench-slow={bad}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=pytest_env())
     assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
     assert "--bench-slow: expected KERNEL.METHOD=FACTOR" in proc.stderr
-
-
-def test_gate_gates_exactly_handgrads_kernels(tiny_run):
-    """The gate's name rule sorts every method the bench suite times: handgrad's kernels
-    are gated, torch's methods are not."""
-    from reports.gate import TORCH_METHOD_PREFIXES
-
-    ours = {"manual", "manual_forward", "manual_reverse", "gd_closed_form", "gd_loop",
-            "momentum_form1", "momentum_form2", "count_model"}
-    methods = {b["extra_info"]["method"] for b in tiny_run["benchmarks"]}
-    assert ours <= methods
-    for m in methods:
-        assert m.startswith(TORCH_METHOD_PREFIXES) == (m not in ours), m

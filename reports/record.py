@@ -1,0 +1,306 @@
+"""The records handgrad writes and reads: one definition each, shared by the writers
+(``bench/`` and the root ``conftest.py``) and the readers (``reports/``).
+
+- ``BenchRecord``: what one benchmark stores in pytest-benchmark's ``extra_info``.
+  ``bench``'s ``measure`` builds it (validated on writing) and ``reports.load`` rebuilds
+  it from the JSON (validated on reading); ``reports`` never imports ``bench``.
+- ``VerifyRecord``: one comparison of ``pytest verify``'s helper, as written by
+  ``--verify-report`` and read by the headroom table.
+- ``ratio_to_reference`` and ``achieved_gflops``: the one definition of each number that
+  the tables, the figures and the gate show.
+
+A benchmark file says which record layout it holds in ``machine_info["handgrad_schema"]``
+(``SCHEMA``). Files written before the field existed (schema 1, e.g. the H100 runs in
+``../shared/gpu-h100/``) had no ``owner``; they are read through ``LEGACY_OWNERS``, the
+exact methods that suite timed, and a method outside it is refused, never guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
+
+import numpy as np
+
+SCHEMA = 2
+SCHEMA_KEY = "handgrad_schema"  # in machine_info
+OWNERS = ("handgrad", "torch")
+KERNELS = ("backprop", "jacobian", "counting", "least_squares", "control")
+SHAPES = ("L", "D", "K", "P", "N", "k")  # the shape parameters a benchmark may have
+
+# schema 1 (no owner field): every (kernel, method) that suite timed, and whose it is
+LEGACY_OWNERS = {
+    ("backprop", "manual"): "handgrad",
+    ("backprop", "torch_autograd"): "torch",
+    ("control", "matmul_512"): "torch",
+    ("counting", "count_model"): "handgrad",
+    ("counting", "flop_counter_mode_executed"): "torch",
+    ("counting", "flop_counter_mode_meta"): "torch",
+    ("jacobian", "manual_forward"): "handgrad",
+    ("jacobian", "manual_reverse"): "handgrad",
+    ("jacobian", "autograd_jacobian"): "torch",
+    ("jacobian", "autograd_jacobian_forward_mode"): "torch",
+    ("jacobian", "plain_forward"): "torch",
+    ("jacobian", "torch_func_jacfwd"): "torch",
+    ("jacobian", "torch_func_jacrev"): "torch",
+    ("jacobian", "torch_func_vmap_jacfwd"): "torch",
+    ("jacobian", "torch_func_vmap_jacrev"): "torch",
+    ("least_squares", "gd_closed_form"): "handgrad",
+    ("least_squares", "gd_loop"): "handgrad",
+    ("least_squares", "momentum_form1"): "handgrad",
+    ("least_squares", "momentum_form2"): "handgrad",
+    ("least_squares", "gd_torch_lstsq"): "torch",
+    ("least_squares", "gd_torch_optim_sgd"): "torch",
+    ("least_squares", "torch_optim_sgd"): "torch",
+}
+# schema-1 keys that had no reader and are no longer written
+LEGACY_UNREAD = ("grid", "interleaved", "predicted_mode", "params", "model_flops")
+
+
+class RecordError(ValueError):
+    """A record that does not follow this module's definition; the message names the
+    field, what it held and what was expected."""
+
+
+def _int(name: str, value, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise RecordError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _str(name: str, value, choices: Sequence[str] | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise RecordError(f"{name}: expected a non-empty string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise RecordError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+            math.isfinite(value) and value > 0):
+        raise RecordError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _times(name: str, value) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise RecordError(f"{name}: expected a non-empty list of times (seconds), got "
+                          f"{type(value).__name__}")
+    return tuple(_positive(f"{name}[{i}]", t) for i, t in enumerate(value))
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """One benchmark's ``extra_info``: what was timed, whose it is, against what, and the
+    analytic work of one call."""
+
+    kernel: str  # the family, one of KERNELS
+    method: str  # what was timed, e.g. manual_forward, torch_func_jacfwd
+    reference: str  # the method it is measured against; a reference names itself
+    owner: str  # "handgrad" (a kernel of ours: gated) or "torch" (a reference: reported)
+    flops: int  # analytic FLOPs of one call (2 per multiply-add); 0 when it does none
+    bytes: int  # compulsory memory traffic of one call; 0 when not modelled
+    device: str
+    dtype: str
+    threads: int  # torch CPU threads during the run
+    L: int | None = None
+    D: int | None = None
+    K: int | None = None
+    P: int | None = None
+    N: int | None = None
+    k: int | None = None
+    model: str | None = None  # counting: the model counted
+    model_forward: int | None = None  # jacobian: the op-count model's multiplies,
+    model_reverse: int | None = None  # forward and reverse mode
+    gate_noise: float | None = None  # this benchmark's own between-process noise (gate)
+    slowed_by: float | None = None  # --bench-slow factor applied to this method
+    # interleaved runs: the reference's time (s) in each round, paired with stats.data
+    reference_data: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _str("kernel", self.kernel, KERNELS)
+        _str("method", self.method)
+        _str("reference", self.reference)
+        _str("owner", self.owner, OWNERS)
+        _int("flops", self.flops)
+        _int("bytes", self.bytes)
+        _str("device", self.device)
+        _str("dtype", self.dtype)
+        _int("threads", self.threads, minimum=1)
+        for name in SHAPES:
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name), minimum=1)
+        if self.model is not None:
+            _str("model", self.model)
+        for name in ("model_forward", "model_reverse"):
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name))
+        for name in ("gate_noise", "slowed_by"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if self.reference_data is not None:
+            object.__setattr__(self, "reference_data",
+                               _times("reference_data", self.reference_data))
+            if self.method == self.reference:
+                raise RecordError(f"reference_data: {self.method} is its own reference; "
+                                  "only a method timed against another has paired rounds")
+
+    @property
+    def shape(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in SHAPES if getattr(self, k) is not None}
+
+    @property
+    def gated(self) -> bool:
+        """The gate judges handgrad's kernels measured against a reference."""
+        return self.owner == "handgrad" and self.method != self.reference
+
+    def to_extra_info(self) -> dict:
+        """The JSON-ready ``extra_info``, without the fields left at None."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.reference_data is not None:
+            out["reference_data"] = list(self.reference_data)
+        return out
+
+    @classmethod
+    def from_extra_info(cls, info: Mapping, schema: int = SCHEMA) -> BenchRecord:
+        """Rebuild and validate a record read from JSON; RecordError names what is wrong."""
+        if not isinstance(info, Mapping):
+            raise RecordError(f"extra_info: expected an object, got {type(info).__name__}")
+        info = dict(info)
+        if schema == 1:
+            for key in LEGACY_UNREAD:
+                info.pop(key, None)
+            info.setdefault("bytes", 0)  # optional then: counting wrote none
+            kernel, method = info.get("kernel"), info.get("method")
+            if "owner" not in info:
+                if (kernel, method) not in LEGACY_OWNERS:
+                    raise RecordError(
+                        f"owner: a schema-1 file (written before the owner field) holds "
+                        f"{kernel}.{method}, which that suite never timed; rerun the bench")
+                info["owner"] = LEGACY_OWNERS[kernel, method]
+        elif schema != SCHEMA:
+            raise RecordError(f"{SCHEMA_KEY}: expected 1 or {SCHEMA}, got {schema!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(info) - known)
+        if unknown:
+            raise RecordError(f"extra_info: unknown field(s) {unknown}; expected only "
+                              f"{sorted(known)}")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in info]
+        if missing:
+            raise RecordError(f"extra_info: missing field(s) {missing}")
+        return cls(**info)
+
+
+def schema_of(machine_info) -> int:
+    """The record layout of a benchmark file, from its machine_info (1 when unmarked)."""
+    if not isinstance(machine_info, Mapping):
+        raise RecordError(f"machine_info: expected an object, got {type(machine_info).__name__}")
+    value = machine_info.get(SCHEMA_KEY, 1)
+    if value not in (1, SCHEMA) or isinstance(value, bool):
+        raise RecordError(f"machine_info.{SCHEMA_KEY}: expected 1 or {SCHEMA}, got {value!r}; "
+                          "written by a newer handgrad?")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------- the numbers
+
+RATIO_DEFINITION = (
+    "`ratio_to_ref` is the method's time over its reference's, both from the same run: "
+    "the median over rounds of kernel_i / reference_i when the two were timed interleaved "
+    "(`ratio_kind` = paired), else the kernel's median over the reference's median "
+    "(`ratio_kind` = medians). Below 1: faster than the reference."
+)
+
+
+def paired_ratios(data: Sequence[float], reference_data: Sequence[float]) -> np.ndarray:
+    """kernel_i / reference_i for each interleaved round i."""
+    a, b = np.asarray(data, dtype=float), np.asarray(reference_data, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or not a.size:
+        raise RecordError(f"reference_data: expected one time per round of stats.data "
+                          f"({a.size}), got {b.size}")
+    return a / b
+
+
+def ratio_to_reference(data: Sequence[float], reference_data: Sequence[float] | None = None,
+                       reference_rounds: Sequence[float] | None = None) -> tuple[float, str]:
+    """(ratio, kind) from per-round times: the median of paired round ratios kernel_i /
+    reference_i (kind "paired") when the reference was timed interleaved; else the median
+    of ``data`` over the median of the reference's own rounds (kind "medians"); (NaN, "")
+    when the reference was not timed."""
+    if reference_data is not None:
+        return float(np.median(paired_ratios(data, reference_data))), "paired"
+    if reference_rounds is None or not len(reference_rounds):
+        return math.nan, ""
+    return float(np.median(np.asarray(data, dtype=float))
+                 / np.median(np.asarray(reference_rounds, dtype=float))), "medians"
+
+
+def achieved_gflops(flops, seconds):
+    """Analytic FLOPs over time, in GFLOP/s; NaN where a call does no counted work."""
+    flops = np.asarray(flops, dtype=float)
+    seconds = np.asarray(seconds, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where((flops > 0) & (seconds > 0), flops / seconds / 1e9, np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+# ---------------------------------------------------------------------------- verify records
+
+VERIFY_KIND = "verify-report"
+
+
+@dataclass(frozen=True)
+class VerifyRecord:
+    """One comparison made by ``verify.compare.assert_close``."""
+
+    kernel: str
+    reference: str
+    what: str
+    dtype: str
+    device: str
+    numel: int
+    mismatched: int
+    max_abs_err: float
+    max_rel_err: float
+    rtol: float
+    atol: float
+    # largest |a - e| / (atol + rtol |e|): < 1 passes; 0.01 means 100x headroom
+    worst_ratio: float
+    passed: bool
+    test: str = ""  # the pytest node that made the comparison
+
+    def __post_init__(self) -> None:
+        for name in ("kernel", "reference", "dtype", "device"):
+            _str(name, getattr(self, name))
+        for name in ("numel", "mismatched"):
+            _int(name, getattr(self, name))
+        for name in ("max_abs_err", "max_rel_err", "rtol", "atol", "worst_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise RecordError(f"{name}: expected a number >= 0 (inf allowed), got {v!r}")
+        if not isinstance(self.passed, bool):
+            raise RecordError(f"passed: expected true or false, got {self.passed!r}")
+        if self.passed != (self.mismatched == 0):
+            raise RecordError(f"passed: {self.passed} contradicts mismatched = "
+                              f"{self.mismatched}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> VerifyRecord:
+        if not isinstance(d, Mapping):
+            raise RecordError(f"record: expected an object, got {type(d).__name__}")
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d and n != "test"]
+        unknown = sorted(set(d) - set(names))
+        if missing or unknown:
+            raise RecordError(f"record: missing {missing}, unknown {unknown}")
+        return cls(**d)
+
+
+def verify_payload(records: Sequence[VerifyRecord], **about) -> dict:
+    """The JSON document ``pytest verify --verify-report PATH`` writes."""
+    return {"handgrad": VERIFY_KIND, **about, "records": [r.as_dict() for r in records]}
