@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from reports.record import achieved_gflops  # noqa: E402
+
 
 def _num(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
@@ -80,8 +82,8 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
     if jac.empty or not need <= set(jac.columns):
         return None
     keys = ["source", "machine", "device", "L", "K", "N"]
-    fwd = jac[jac["method"].str.endswith("manual_forward")]
-    rev = jac[jac["method"].str.endswith("manual_reverse")]
+    fwd = jac[jac["method"] == "manual_forward"]
+    rev = jac[jac["method"] == "manual_reverse"]
     both = fwd.merge(rev[[*keys, "median"]], on=keys, suffixes=("_fwd", "_rev"))
     if both.empty:
         return None
@@ -133,11 +135,17 @@ def roofline(df: pd.DataFrame, out: Path) -> Path | None:
     d = d[(d["flops_n"] > 0) & (d["bytes_n"] > 0)]
     if d.empty:
         return None
-    d["gflops"] = d["flops_n"] / d["median"] / 1e9
+    d["gflops"] = achieved_gflops(d["flops_n"], d["median"])
     d["intensity"] = d["flops_n"] / d["bytes_n"]
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    for kernel, g in d[d["kernel"] != "control"].groupby("kernel"):
-        ax.scatter(g["intensity"], g["gflops"], s=18, label=kernel, alpha=0.8)
+    # a colour per kernel family; handgrad's kernels filled, torch's references hollow
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (kernel, g) in enumerate(d[d["kernel"] != "control"].groupby("kernel")):
+        for owner, h in g.groupby("owner"):
+            c = cycle[i % len(cycle)]
+            ax.scatter(h["intensity"], h["gflops"], s=18, alpha=0.8, edgecolors=c,
+                       facecolors=c if owner == "handgrad" else "none",
+                       label=f"{kernel} ({'handgrad' if owner == 'handgrad' else 'torch'})")
     for (machine, device), g in d[d["kernel"] == "control"].groupby(["machine", "device"]):
         peak = float(g["gflops"].max())
         ax.axhline(peak, ls="--", lw=1, color="k")

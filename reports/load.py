@@ -91,7 +91,9 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
         except RecordError as exc:
             raise ReportInputError(f"{path}: {exc}") from None
         machine = machine_label(machine_info)
-        if data["benchmarks"] and not any(isinstance(b, dict) and isinstance(
+        if not data["benchmarks"]:
+            raise ReportInputError(f"{path}: no benchmarks in the file")
+        if not any(isinstance(b, dict) and isinstance(
                 b.get("extra_info"), dict) and "kernel" in b["extra_info"]
                 for b in data["benchmarks"]):
             raise ReportInputError(f"{path}: no handgrad benchmark records (no extra_info "
@@ -117,8 +119,6 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
                                      else list(record.reference_data))
             row.update(stats)
             rows.append(row)
-    if not rows:
-        raise ReportInputError(f"{', '.join(map(str, paths))}: no benchmarks in the file(s)")
     return pd.DataFrame(rows)
 
 

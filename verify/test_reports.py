@@ -93,55 +93,117 @@ def test_render_writes_report_csv_and_figures(tmp_path, capsys):
     assert "[1/" in err and "wrote" in err  # progress lines
 
 
-def test_render_table_ratio_matches_the_json(tmp_path):
-    main(["render", str(RUN1), "--out", str(tmp_path)])
+def test_render_table_numbers_match_the_json(tmp_path):
+    """ratio_to_ref (paired rounds; the reference's rounds when not interleaved), iqr_ms
+    and gflop_s, each computed here from the JSON by hand."""
+    data = _load(RUN1)
+    bench = data["benchmarks"]
+    b = next(x for x in bench if x["extra_info"]["method"] == "manual"
+             and x["extra_info"]["kernel"] == "backprop")
+    # a second manual backprop benchmark without paired rounds: against the reference's own
+    c = next(x for x in bench if x["extra_info"]["method"] == "manual" and x is not b)
+    del c["extra_info"]["reference_data"]
+    path = _write(tmp_path, "run.json", data)
+    assert main(["render", str(path), "--out", str(tmp_path / "out")]) == 0
     import pandas as pd
 
-    csv = pd.read_csv(tmp_path / "summary.csv")
-    data = _load(RUN1)["benchmarks"]
-    by = {(b["group"], b["extra_info"]["method"]): b["stats"]["median"] for b in data}
-    b = next(x for x in data if x["extra_info"]["method"] == "manual"
-             and x["extra_info"]["kernel"] == "backprop")
-    want = by[(b["group"], "manual")] / by[(b["group"], "torch_autograd")]
-    row = csv[(csv["method"] == "manual") & (csv["L"] == b["extra_info"]["L"])
-              & (csv["K"] == b["extra_info"]["K"])]
-    assert len(row) == 1 and row["ratio_to_ref"].iloc[0] == pytest.approx(want, rel=1e-9)
+    csv = pd.read_csv(tmp_path / "out" / "summary.csv")
+
+    def row(x):
+        hit = csv[(csv["method"] == "manual") & (csv["L"] == x["extra_info"]["L"])
+                  & (csv["K"] == x["extra_info"]["K"])]
+        assert len(hit) == 1
+        return hit.iloc[0]
+
+    rb, rc = row(b), row(c)
+    paired = [k / r for k, r in zip(b["stats"]["data"], b["extra_info"]["reference_data"])]
+    assert rb["ratio_to_ref"] == pytest.approx(float(np.median(paired)), rel=1e-12)
+    assert rb["ratio_kind"] == "paired"
+    ref_c = next(x for x in bench if x["group"] == c["group"]
+                 and x["extra_info"]["method"] == "torch_autograd")
+    want = np.median(c["stats"]["data"]) / np.median(ref_c["stats"]["data"])
+    assert rc["ratio_to_ref"] == pytest.approx(float(want), rel=1e-12)
+    assert rc["ratio_kind"] == "medians"
+    assert rb["median_ms"] == pytest.approx(b["stats"]["median"] * 1e3)
+    assert rb["iqr_ms"] == pytest.approx(b["stats"]["iqr"] * 1e3)
+    assert b["stats"]["iqr"] != b["stats"]["median"]
     flops = b["extra_info"]["flops"]
-    assert row["gflop_s"].iloc[0] == pytest.approx(flops / b["stats"]["median"] / 1e9)
+    assert rb["gflop_s"] == pytest.approx(flops / b["stats"]["median"] / 1e9)
+    # a method that does no counted work has no GFLOP/s, never 0 or inf
+    assert csv.loc[csv["method"] == "count_model", "gflop_s"].isna().all()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "median over rounds of kernel_i / reference_i" in md  # the report says which
+
+
+def _verify_record(kernel, reference, dtype, ratio, test, mismatched=0, abs_err=1e-7):
+    return {"kernel": kernel, "reference": reference, "what": "dW1", "dtype": dtype,
+            "device": "cpu", "numel": 10, "mismatched": mismatched, "max_abs_err": abs_err,
+            "max_rel_err": 10 * abs_err, "rtol": 1e-5, "atol": 1e-6, "worst_ratio": ratio,
+            "passed": mismatched == 0, "test": test}
 
 
 def test_render_verification_headroom(tmp_path):
-    records = [
-        {"kernel": "backprop", "reference": "autograd", "what": "dW1", "dtype": "float32",
-         "device": "cpu", "numel": 10, "mismatched": 0, "max_abs_err": 1e-7,
-         "max_rel_err": 1e-6, "rtol": 1e-5, "atol": 1e-6, "worst_ratio": ratio,
-         "passed": True, "test": f"t{i}"}
-        for i, ratio in enumerate((0.01, 0.25, 0.05))
-    ]
+    records = [_verify_record("backprop", "autograd", "float32", r, f"t{i}")
+               for i, r in enumerate((0.01, 0.25, 0.05))]
+    records += [_verify_record("jacobian", "jacfwd", "float64", 0.5, "j0"),
+                _verify_record("jacobian", "jacfwd", "float64", 3.0, "j1", mismatched=2,
+                               abs_err=1e-3),
+                _verify_record("jacobian", "jacfwd", "float64", 0.1, "j2"),
+                _verify_record("jacobian", "jacfwd", "float64", 0.2, "j3")]
     path = _write(tmp_path, "verify.json", {"handgrad": "verify-report", "records": records})
     assert main(["render", str(path), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "precision headroom" in md
     import pandas as pd
 
-    head = pd.read_csv(tmp_path / "out" / "headroom.csv")
-    assert len(head) == 1 and head["checks"].iloc[0] == 3
-    assert head["worst_ratio"].iloc[0] == 0.25 and head["headroom"].iloc[0] == 4.0
-    assert head["nearest_to_failing"].iloc[0] == "t1"
+    head = pd.read_csv(tmp_path / "out" / "headroom.csv").set_index("kernel")
+    assert list(head.index) == ["jacobian", "backprop"]  # nearest to failing first
+    bp, jac = head.loc["backprop"], head.loc["jacobian"]
+    assert bp["checks"] == 3 and bp["failed"] == 0
+    assert bp["worst_ratio"] == 0.25 and bp["headroom"] == 4.0
+    assert bp["median_ratio"] == pytest.approx(0.05)
+    assert bp["nearest_to_failing"] == "t1"
+    assert jac["checks"] == 4 and jac["failed"] == 1
+    assert jac["worst_ratio"] == 3.0 and jac["headroom"] == pytest.approx(1 / 3)
+    assert jac["median_ratio"] == pytest.approx(0.35)  # of 0.1, 0.2, 0.5, 3.0
+    assert jac["max_abs_err"] == pytest.approx(1e-3)
+    assert jac["nearest_to_failing"] == "j1"
 
 
-def test_pytest_verify_writes_the_report(tmp_path):
-    out = tmp_path / "v.json"
+def test_verify_report_rejects_a_malformed_record(tmp_path, capsys):
+    rec = _verify_record("backprop", "autograd", "float32", 0.1, "t")
+    rec["passed"] = False  # contradicts mismatched = 0
+    path = _write(tmp_path, "verify.json", {"handgrad": "verify-report", "records": [rec]})
+    assert main(["render", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "records[0]: passed" in capsys.readouterr().err
+
+
+def _run_verify(tmp_path: Path, name: str, *args: str) -> dict:
+    from verify.test_bench_suite import pytest_env
+
+    out = tmp_path / name
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "verify/test_compare.py", "-q", "-p",
-         "no:cacheprovider", f"--verify-report={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "pytest", "verify/test_compare.py", "verify/test_finite_diff.py",
+         "-q", "-p", "no:cacheprovider", f"--verify-report={out}", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=pytest_env())
     assert proc.returncode == 0, proc.stdout[-2000:]
-    data = _load(out)
-    assert data["handgrad"] == "verify-report" and data["records"]
-    rec = data["records"][0]
-    assert rec["test"].startswith("verify/test_compare.py::"), rec["test"]
     assert "comparisons written to" in proc.stdout
+    return _load(out)
+
+
+def test_pytest_verify_writes_the_report_serial_and_with_xdist(tmp_path):
+    serial = _run_verify(tmp_path, "serial.json")
+    records = serial["records"]
+    assert serial["handgrad"] == "verify-report" and records
+    assert all(r["test"].startswith("verify/test_finite_diff.py::") for r in records), (
+        "the comparison helper's self-tests are not checks of a kernel")
+    assert all(r["passed"] for r in records)  # a green run has no failed check
+    # pytest-xdist: every worker's comparisons reach the one report
+    spread = _run_verify(tmp_path, "xdist.json", "-n", "2")
+    assert len(spread["records"]) == len(records)
+    key = sorted((r["test"], r["what"], r["worst_ratio"]) for r in records)
+    assert sorted((r["test"], r["what"], r["worst_ratio"]) for r in spread["records"]) == key
+
 
 
 # ----------------------------------------------------------------------------- gate
@@ -150,7 +212,7 @@ def test_pytest_verify_writes_the_report(tmp_path):
 def test_gate_passes_two_unchanged_runs():
     result = gate(str(RUN1), str(RUN2))
     assert result.passed, result.markdown()
-    assert set(result.table["paired"]) == {"rounds"}  # interleaved rounds were used
+    assert set(result.table["ratio_kind"]) == {"paired"}  # interleaved rounds were used
     assert len(result.table) >= 5
 
 
@@ -283,7 +345,7 @@ def test_gate_falls_back_to_medians_without_paired_rounds(tmp_path):
         b["extra_info"].pop("reference_data", None)
     base = _write(tmp_path, "base.json", plain)
     same = gate(str(base), str(base))
-    assert same.passed and set(same.table["paired"]) == {"medians"}
+    assert same.passed and set(same.table["ratio_kind"]) == {"medians"}
     assert np.allclose(same.table["change"], 1.0)
     slow = _write(tmp_path, "slow.json", slow_down(plain, "manual", 1.5))
     assert not gate(str(base), str(slow)).passed
@@ -299,32 +361,157 @@ def test_gate_writes_the_job_summary(tmp_path, monkeypatch, capsys):
     assert text in capsys.readouterr().out
 
 
-def _unusable_inputs(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
-    good = _load(RUN1)
-    other = copy.deepcopy(good)
-    for b in other["benchmarks"]:
+def _edited(tmp_path: Path, name: str, edit) -> Path:
+    """A copy of RUN1 changed by ``edit(data)``, written to ``tmp_path / name``."""
+    data = copy.deepcopy(_load(RUN1))
+    edit(data)
+    return _write(tmp_path, name, data)
+
+
+def _first(key: str, value):
+    def edit(data):
+        data["benchmarks"][0][key] = value
+    return edit
+
+
+def _drop_stat(stat: str):
+    def edit(data):
+        del data["benchmarks"][0]["stats"][stat]
+    return edit
+
+
+def _foreign(data):
+    """pytest-benchmark output of some other project: no handgrad record in it."""
+    for b in data["benchmarks"]:
+        b["extra_info"] = {}
+
+
+def _renamed_groups(data):
+    for b in data["benchmarks"]:
         b["group"] = "renamed " + b["group"]
-    no_stats = copy.deepcopy(good)
-    del no_stats["benchmarks"][0]["stats"]
+
+
+def _schema2_without_owner(data):
+    data["machine_info"]["handgrad_schema"] = 2  # new layout, but no owner field
+
+
+def _bad_file(tmp_path: Path, case: str) -> Path:
+    """One unusable benchmark file per case (given where a benchmark file is expected)."""
     return {
-        "missing": (tmp_path / "nope.json", RUN1),
-        "corrupt": (RUN1, _write(tmp_path, "corrupt.json", '{"benchmarks": [')),
-        "truncated": (RUN1, _write(tmp_path, "half.json", RUN2.read_text()[:5000])),
-        "not_benchmarks": (RUN1, _write(tmp_path, "list.json", [1, 2, 3])),
-        "no_stats": (RUN1, _write(tmp_path, "nostats.json", no_stats)),
-        "no_common": (RUN1, _write(tmp_path, "other.json", other)),
-        "empty": (_write(tmp_path, "empty.json", {"benchmarks": []}), RUN1),
-    }
+        "missing": lambda: tmp_path / "nope.json",
+        "folder": lambda: tmp_path,
+        "corrupt": lambda: _write(tmp_path, "corrupt.json", '{"benchmarks": ['),
+        "truncated": lambda: _write(tmp_path, "half.json", RUN2.read_text()[:5000]),
+        "not_benchmarks": lambda: _write(tmp_path, "list.json", [1, 2, 3]),
+        "empty": lambda: _write(tmp_path, "empty.json", {"benchmarks": []}),
+        "no_stats": lambda: _edited(tmp_path, "nostats.json", _first("stats", None)),
+        "no_iqr": lambda: _edited(tmp_path, "noiqr.json", _drop_stat("iqr")),
+        "no_data": lambda: _edited(tmp_path, "nodata.json", _drop_stat("data")),
+        "extra_info_null": lambda: _edited(tmp_path, "null.json", _first("extra_info", None)),
+        "foreign": lambda: _edited(tmp_path, "foreign.json", _foreign),
+        "no_owner": lambda: _edited(tmp_path, "noowner.json", _schema2_without_owner),
+        "future_schema": lambda: _edited(
+            tmp_path, "future.json",
+            lambda d: d["machine_info"].__setitem__("handgrad_schema", 99)),
+        "unknown_field": lambda: _edited(
+            tmp_path, "unknown.json",
+            lambda d: d["benchmarks"][0]["extra_info"].__setitem__("colour", "red")),
+        "bad_reference_data": lambda: _edited(
+            tmp_path, "refdata.json",
+            lambda d: next(b for b in d["benchmarks"] if "reference_data" in b["extra_info"])[
+                "extra_info"].__setitem__("reference_data", [1e-3])),
+    }[case]()
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "truncated", "not_benchmarks",
-                                  "no_stats", "no_common", "empty"])
-def test_gate_exits_2_with_one_line_on_unusable_input(tmp_path, capsys, case):
-    base, cur = _unusable_inputs(tmp_path)[case]
-    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 2
+BAD_FILES = ["missing", "folder", "corrupt", "truncated", "not_benchmarks", "empty",
+             "no_stats", "no_iqr", "no_data", "extra_info_null", "foreign", "no_owner",
+             "future_schema", "unknown_field", "bad_reference_data"]
+
+
+def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
     assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("side", ["baseline", "current"])
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_gate_exits_2_with_one_line_on_unusable_input(tmp_path, capsys, case, side):
+    bad = _bad_file(tmp_path, case)
+    files = {"baseline": str(RUN1), "current": str(RUN2), side: str(bad)}
+    assert main(["gate", "--baseline", files["baseline"], "--current", files["current"]]) == 2
+    assert str(bad) in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_render_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, case):
+    bad = _bad_file(tmp_path, case)
+    out = tmp_path / "report"
+    assert main(["render", str(RUN1), str(bad), "--out", str(out)]) == 2
+    assert str(bad) in _one_line_error(capsys)
+    assert not out.exists()  # every input is read before the output folder is made
+
+
+def test_gate_exits_2_when_the_runs_have_nothing_in_common(tmp_path, capsys):
+    other = _edited(tmp_path, "other.json", _renamed_groups)
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(other)]) == 2
+    assert "in common" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--confidence", "95", "--confidence: expected a level between 0 and 1"),
+    ("--confidence", "0", "--confidence"),
+    ("--confidence", "1", "--confidence"),
+    ("--confidence", "nan", "--confidence"),
+    ("--confidence", "high", "--confidence"),
+    ("--threshold", "-5%", "--threshold"),
+    ("--threshold", "1000%", "--threshold"),
+    ("--threshold", "inf", "--threshold"),
+    ("--benchmark-threshold", "fast", "--benchmark-threshold"),
+    ("--benchmark-threshold", "nan", "--benchmark-threshold"),
+    ("--summary", "{tmp}", "--summary: {tmp} is a folder"),
+    ("--summary", "{tmp}/no/such/folder/s.md", "--summary: the folder of"),
+    ("--summary", "{tmp}/afile/s.md", "--summary: the folder of"),
+])
+def test_gate_exits_2_on_a_bad_option(tmp_path, capsys, option, value, says):
+    (tmp_path / "afile").write_text("")
+    value, says = value.format(tmp=tmp_path), says.format(tmp=tmp_path)
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(RUN2),
+                 f"{option}={value}"]) == 2
+    assert says in _one_line_error(capsys)
+    assert capsys.readouterr().out == ""  # no verdict printed before the refusal
+
+
+def test_gate_exits_2_when_the_job_summary_cannot_be_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path))
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(RUN2)]) == 2
+    assert "$GITHUB_STEP_SUMMARY" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("where", ["existing_file", "under_a_file"])
+def test_render_exits_2_on_an_unwritable_out(tmp_path, capsys, where):
+    (tmp_path / "afile").write_text("keep")
+    out = tmp_path / "afile" if where == "existing_file" else tmp_path / "afile" / "sub"
+    assert main(["render", str(RUN1), "--out", str(out)]) == 2
+    assert "--out" in _one_line_error(capsys)
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+@pytest.mark.parametrize("argv", [
+    ["gate", "--baseline", "{run1}"],  # --current missing
+    ["render", "{run1}"],  # --out missing
+    ["frobnicate"],
+    ["gate", "--baseline", "{run1}", "--current", "{run1}", "--threshhold", "5%"],
+])
+def test_cli_usage_errors_are_one_line_exit_2(argv):
+    """The real command line: argparse's own refusals are one line as well."""
+    argv = [a.format(run1=RUN1) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "reports", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert proc.stdout == ""
 
 
 def test_gate_cli_never_prints_a_traceback(tmp_path):
@@ -336,11 +523,6 @@ def test_gate_cli_never_prints_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert str(bad) in proc.stderr
-
-
-def test_render_exits_2_on_unusable_input(tmp_path, capsys):
-    assert main(["render", str(tmp_path / "nope.json"), "--out", str(tmp_path)]) == 2
-    assert "no such file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text,value", [("10%", 0.10), ("0.1", 0.1), ("25 %", 0.25),
@@ -362,3 +544,127 @@ def test_load_labels_each_file_with_its_machine():
     paired = df[df["reference_data"].notna()]
     assert len(paired) and all(len(a) == len(b) for a, b in
                                zip(paired["data"], paired["reference_data"]))
+
+
+def test_gate_calls_a_kernel_that_got_faster_faster(tmp_path):
+    # the manual reverse Jacobian 0.6x as slow in every shape: faster, as a kernel and in
+    # each benchmark (against the same run, so that the change is exactly 0.6)
+    fast = _write(tmp_path, "fast.json", slow_down(_load(RUN2), "manual_reverse", 0.6))
+    result = gate(str(RUN2), str(fast))
+    assert result.passed, result.markdown()
+    k = result.kernels.set_index("method")
+    assert k.loc["manual_reverse", "verdict"] == "faster", result.markdown()
+    assert k.loc["manual_reverse", "change"] == pytest.approx(0.6)
+    assert k.loc["manual_forward", "verdict"] == "ok"
+    rows = result.table[result.table["method"] == "manual_reverse"]
+    assert len(rows) == 4 and set(rows["verdict"]) == {"faster"}, result.markdown()
+    assert set(result.table.loc[result.table["method"] != "manual_reverse", "verdict"]) == {
+        "ok"}
+
+
+def as_schema2(data: dict) -> dict:
+    """A schema-1 fixture in today's layout: machine_info names the schema, every record
+    says whose its method is, the keys no report read are gone."""
+    data = copy.deepcopy(data)
+    ours = {"manual", "manual_forward", "manual_reverse", "gd_closed_form", "gd_loop",
+            "momentum_form1", "momentum_form2", "count_model"}
+    data["machine_info"]["handgrad_schema"] = 2
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        for key in ("grid", "interleaved", "predicted_mode", "params", "model_flops"):
+            info.pop(key, None)
+        info.setdefault("bytes", 0)
+        info["owner"] = "handgrad" if info["method"] in ours else "torch"
+    return data
+
+
+def test_gate_decides_by_owner_never_by_name(tmp_path):
+    base = as_schema2(_load(RUN1))
+    cur = as_schema2(_load(RUN2))
+    # handgrad's manual backprop renamed to a torch-looking name, and slowed: still gated
+    renamed = slow_down(cur, "manual", 1.5)
+    for data in (base, renamed):
+        for b in data["benchmarks"]:
+            if b["extra_info"]["method"] == "manual":
+                b["extra_info"]["method"] = "torch_like_name"
+    result = gate(str(_write(tmp_path, "b.json", base)),
+                  str(_write(tmp_path, "c.json", renamed)))
+    assert result.flagged() == {"backprop.torch_like_name"}, result.markdown()
+    # the same slowdown of a method whose record says it is torch's: reported, never gated
+    theirs = slow_down(cur, "manual", 1.5)
+    base2 = as_schema2(_load(RUN1))
+    for data in (base2, theirs):
+        for b in data["benchmarks"]:
+            if b["extra_info"]["method"] == "manual":
+                b["extra_info"]["owner"] = "torch"
+    result = gate(str(_write(tmp_path, "b2.json", base2)),
+                  str(_write(tmp_path, "c2.json", theirs)))
+    assert result.passed and "manual" not in set(result.table["method"]), result.markdown()
+
+
+def test_schema2_and_legacy_files_read_alike(tmp_path):
+    legacy = load_benchmarks([RUN1])
+    today = load_benchmarks([_write(tmp_path, "s2.json", as_schema2(_load(RUN1)))])
+    cols = ["group", "method", "owner", "reference", "median"]
+    assert legacy[cols].equals(today[cols])
+    assert set(legacy.loc[legacy["method"] == "manual", "owner"]) == {"handgrad"}
+    assert set(legacy.loc[legacy["method"] == "torch_autograd", "owner"]) == {"torch"}
+
+
+def test_legacy_file_with_an_unknown_method_is_refused(tmp_path, capsys):
+    data = _load(RUN1)
+    data["benchmarks"][0]["extra_info"]["method"] = "mystery"
+    path = _write(tmp_path, "legacy.json", data)
+    assert main(["render", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "never timed" in capsys.readouterr().err
+
+
+def test_the_real_h100_runs_render_and_gate(tmp_path):
+    """The GPU runs in ../shared/gpu-h100 (schema 1) are read as they are."""
+    import gzip
+
+    shared = ROOT.parent / "shared" / "gpu-h100"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} is not beside the checkout")
+    paths = []
+    for name in ("gate_cuda_A", "gate_cuda_B", "gate_cuda_S", "bench_default_cuda"):
+        p = tmp_path / f"{name}.json"
+        p.write_bytes(gzip.decompress((shared / f"{name}.json.gz").read_bytes()))
+        paths.append(p)
+    a, b, s, full = paths
+    assert gate(str(a), str(b)).passed
+    assert gate(str(a), str(s)).flagged() == {"jacobian.manual_forward"}
+    df = load_benchmarks([full])
+    assert set(df["device"]) == {"cuda"} and len(df) == 106
+
+
+def test_jacobian_figure_plots_model_across_and_measurement_up(tmp_path, monkeypatch):
+    from reports import figures
+
+    shown = {}
+    real_save = figures._save
+
+    def keep(fig, path):
+        shown["fig"] = fig
+        shown["axes"] = [(ax.get_xlabel(), ax.get_ylabel(),
+                          [c.get_offsets().data.tolist() for c in ax.collections])
+                         for ax in fig.axes]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    df = load_benchmarks([RUN1])
+    assert figures.jacobian_modes(df, tmp_path) is not None
+    (xlabel, ylabel, collections), = shown["axes"]
+    assert "model" in xlabel and "measured" in ylabel
+    points = {tuple(np.round(p, 9)) for c in collections for p in c}
+    # each (L, K, N): across, the model's forward/reverse ratio (from extra_info), up the
+    # measured ratio of medians, both computed here from the JSON
+    jac = [b for b in _load(RUN1)["benchmarks"] if b["extra_info"]["kernel"] == "jacobian"]
+    want = set()
+    for f in (b for b in jac if b["extra_info"]["method"] == "manual_forward"):
+        r = next(b for b in jac if b["group"] == f["group"]
+                 and b["extra_info"]["method"] == "manual_reverse")
+        info = f["extra_info"]
+        want.add((round(info["model_forward"] / info["model_reverse"], 9),
+                  round(f["stats"]["median"] / r["stats"]["median"], 9)))
+    assert len(want) == 4 and points == want
