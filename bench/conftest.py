@@ -66,6 +66,18 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def bench_record(info: dict, slow: dict[str, float]) -> BenchRecord:
+    """The record of one benchmark from ``measure``'s keywords: the dtype as its name, the
+    session's thread count, the ``--bench-slow`` factor that applies. A missing, unknown or
+    malformed field raises here (TypeError / reports.record.RecordError, by name)."""
+    info = {**info, "dtype": str(info.get("dtype")).removeprefix("torch."),
+            "threads": torch.get_num_threads()}
+    factor = slow.get(f"{info.get('kernel')}.{info.get('method')}")
+    if factor is not None:
+        info["slowed_by"] = factor
+    return BenchRecord(**info)
+
+
 @pytest.fixture
 def measure(benchmark, request: pytest.FixtureRequest):
     """``measure(fn, group=..., reference_fn=None, **extra_info)``: time ``fn`` and label it.
@@ -79,17 +91,12 @@ def measure(benchmark, request: pytest.FixtureRequest):
 
     def _measure(fn: Callable[[], object], *, group: str, warmup: int = 3,
                  reference_fn: Callable[[], object] | None = None, **info) -> object:
-        info["dtype"] = str(info.get("dtype")).removeprefix("torch.")
-        info["threads"] = torch.get_num_threads()
-        factor = bench_slow(request.config).get(f"{info.get('kernel')}.{info.get('method')}")
-        if factor is not None:
-            info["slowed_by"] = factor
-        record = BenchRecord(**info)  # a missing or malformed field fails here, by name
+        record = bench_record(info, bench_slow(request.config))
         benchmark.group = group
         benchmark.extra_info.update(record.to_extra_info())
         run = synchronized(fn, record.device)
-        if factor is not None:
-            run = slowed(run, factor)
+        if record.slowed_by is not None:
+            run = slowed(run, record.slowed_by)
         if benchmark.disabled:
             return benchmark(run)
         warm_up(run, warmup)

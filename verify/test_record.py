@@ -1,0 +1,133 @@
+"""The one benchmark record and the one verify record (reports.record), and the two numbers
+every report shows: ratio to reference and achieved GFLOP/s."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.conftest import bench_record
+from reports.record import (
+    SCHEMA,
+    BenchRecord,
+    RecordError,
+    VerifyRecord,
+    achieved_gflops,
+    ratio_to_reference,
+    schema_of,
+)
+
+GOOD = {"kernel": "backprop", "method": "manual", "reference": "torch_autograd",
+        "owner": "handgrad", "flops": 1000, "bytes": 64, "device": "cpu",
+        "dtype": "float32", "threads": 2, "L": 3, "K": 64}
+
+
+def test_a_record_round_trips_through_extra_info():
+    rec = BenchRecord(**GOOD, reference_data=[1e-3, 2e-3])
+    info = rec.to_extra_info()
+    assert info["reference_data"] == [1e-3, 2e-3] and "model" not in info  # None left out
+    assert BenchRecord.from_extra_info(info) == rec
+    assert rec.shape == {"L": 3, "K": 64} and rec.gated
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("owner", "pytorch", r"owner: expected one of \['handgrad', 'torch'\], got 'pytorch'"),
+    ("kernel", "jacobain", "kernel: expected one of"),
+    ("method", "", "method: expected a non-empty string"),
+    ("flops", -1, "flops: expected an integer >= 0"),
+    ("flops", 1.5, "flops: expected an integer"),
+    ("bytes", True, "bytes: expected an integer"),
+    ("threads", 0, "threads: expected an integer >= 1"),
+    ("L", 0, "L: expected an integer >= 1"),
+    ("gate_noise", -0.5, "gate_noise: expected a finite number > 0"),
+    ("slowed_by", float("nan"), "slowed_by: expected a finite number > 0"),
+    ("reference_data", [], "reference_data: expected a non-empty list"),
+    ("reference_data", [1e-3, 0.0], r"reference_data\[1\]: expected a finite number > 0"),
+])
+def test_a_malformed_field_is_refused_by_name(field, value, says):
+    with pytest.raises(RecordError, match=says):
+        BenchRecord(**{**GOOD, field: value})
+
+
+def test_a_reference_has_no_paired_rounds_and_reading_refuses_unknown_or_missing_fields():
+    with pytest.raises(RecordError, match="its own reference"):
+        BenchRecord(**{**GOOD, "reference": "manual"}, reference_data=[1e-3])
+    with pytest.raises(RecordError, match=r"unknown field\(s\) \['colour'\]"):
+        BenchRecord.from_extra_info({**GOOD, "colour": "red"})
+    with pytest.raises(RecordError, match=r"missing field\(s\) \['owner'\]"):
+        BenchRecord.from_extra_info({k: v for k, v in GOOD.items() if k != "owner"})
+    with pytest.raises(RecordError, match="expected an object, got NoneType"):
+        BenchRecord.from_extra_info(None)
+
+
+def test_legacy_records_get_their_owner_from_the_table_of_that_suite():
+    legacy = {k: v for k, v in GOOD.items() if k not in ("owner", "bytes")}
+    legacy.update(grid="quick", interleaved=True)  # keys of schema 1, no longer read
+    rec = BenchRecord.from_extra_info(legacy, schema=1)
+    assert rec.owner == "handgrad" and rec.bytes == 0
+    torch_ref = BenchRecord.from_extra_info({**legacy, "method": "torch_autograd"}, schema=1)
+    assert torch_ref.owner == "torch"
+    with pytest.raises(RecordError, match="never timed"):
+        BenchRecord.from_extra_info({**legacy, "method": "manual_v2"}, schema=1)
+    # today's files must carry the owner
+    with pytest.raises(RecordError, match=r"missing field\(s\) \['owner'\]"):
+        BenchRecord.from_extra_info({k: v for k, v in GOOD.items() if k != "owner"},
+                                    schema=SCHEMA)
+
+
+def test_schema_of_reads_machine_info():
+    assert schema_of({}) == 1 and schema_of({"handgrad_schema": SCHEMA}) == SCHEMA
+    for bad in (3, "2", True):
+        with pytest.raises(RecordError, match="handgrad_schema"):
+            schema_of({"handgrad_schema": bad})
+
+
+def test_bench_record_is_what_measure_writes():
+    rec = bench_record({**{k: v for k, v in GOOD.items() if k != "threads"},
+                        "dtype": "torch.float32"}, {"backprop.manual": 1.25})
+    assert rec.dtype == "float32" and rec.threads >= 1 and rec.slowed_by == 1.25
+    assert bench_record({**GOOD}, {"jacobian.manual_forward": 2.0}).slowed_by is None
+    with pytest.raises(TypeError, match="owner"):
+        bench_record({k: v for k, v in GOOD.items() if k != "owner"}, {})
+    with pytest.raises(TypeError, match="colour"):
+        bench_record({**GOOD, "colour": "red"}, {})
+
+
+def test_ratio_to_reference_pairs_rounds_when_it_can():
+    data, ref = [2.0, 4.0, 9.0], [1.0, 4.0, 3.0]  # round ratios 2, 1, 3: median 2
+    assert ratio_to_reference(data, ref) == (2.0, "paired")
+    # not interleaved: median of data (4) over median of the reference's rounds (2)
+    assert ratio_to_reference(data, None, [1.0, 2.0, 8.0]) == (2.0, "medians")
+    ratio, kind = ratio_to_reference(data)
+    assert math.isnan(ratio) and kind == ""
+    with pytest.raises(RecordError, match="one time per round"):
+        ratio_to_reference(data, [1.0, 2.0])
+
+
+def test_achieved_gflops():
+    assert achieved_gflops(2e9, 0.5) == pytest.approx(4.0)
+    out = achieved_gflops([2e9, 0, 1e9], [1.0, 1.0, 0.0])
+    assert out[0] == pytest.approx(2.0) and np.isnan(out[1]) and np.isnan(out[2])
+
+
+VGOOD = {"kernel": "backprop", "reference": "autograd", "what": "dW1", "dtype": "float64",
+         "device": "cpu", "numel": 4, "mismatched": 0, "max_abs_err": 0.0,
+         "max_rel_err": 0.0, "rtol": 1e-9, "atol": 1e-11, "worst_ratio": 0.0,
+         "passed": True, "test": "t"}
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("passed", False, "contradicts mismatched"),
+    ("passed", 1, "passed: expected true or false"),
+    ("worst_ratio", float("nan"), "worst_ratio: expected a number >= 0"),
+    ("numel", -1, "numel: expected an integer >= 0"),
+    ("kernel", "", "kernel: expected a non-empty string"),
+])
+def test_verify_record_refuses_what_the_headroom_table_could_not_use(field, value, says):
+    with pytest.raises(RecordError, match=says):
+        VerifyRecord.from_dict({**VGOOD, field: value})
+    assert VerifyRecord.from_dict(VGOOD).as_dict() == VGOOD
+    assert VerifyRecord(**{**VGOOD, "worst_ratio": float("inf"), "passed": False,
+                           "mismatched": 1}).worst_ratio == float("inf")
