@@ -392,7 +392,9 @@ def _renamed_groups(data):
 
 
 def _schema2_without_owner(data):
-    data["machine_info"]["handgrad_schema"] = 2  # new layout, but no owner field
+    today = as_schema2(data)  # today's layout, then one record without its owner
+    del today["benchmarks"][0]["extra_info"]["owner"]
+    data.update(today)
 
 
 def _bad_file(tmp_path: Path, case: str) -> Path:
@@ -423,9 +425,23 @@ def _bad_file(tmp_path: Path, case: str) -> Path:
     }[case]()
 
 
-BAD_FILES = ["missing", "folder", "corrupt", "truncated", "not_benchmarks", "empty",
-             "no_stats", "no_iqr", "no_data", "extra_info_null", "foreign", "no_owner",
-             "future_schema", "unknown_field", "bad_reference_data"]
+BAD_FILES = {  # case: what the one line says
+    "missing": "no such file",
+    "folder": "is a folder; expected a JSON file",
+    "corrupt": "not valid JSON",
+    "truncated": "not valid JSON",
+    "not_benchmarks": "not pytest-benchmark output",
+    "empty": "no benchmarks in the file",
+    "no_stats": "has no stats",
+    "no_iqr": "stats lack ['iqr']",
+    "no_data": "stats lack ['data']",
+    "extra_info_null": "extra_info: expected an object, got NoneType",
+    "foreign": "no handgrad benchmark records",
+    "no_owner": "missing field(s) ['owner']",
+    "future_schema": "handgrad_schema: expected 1 or 2, got 99",
+    "unknown_field": "unknown field(s) ['colour']",
+    "bad_reference_data": "reference_data: expected one time per round",
+}
 
 
 def _one_line_error(capsys) -> str:
@@ -441,7 +457,8 @@ def test_gate_exits_2_with_one_line_on_unusable_input(tmp_path, capsys, case, si
     bad = _bad_file(tmp_path, case)
     files = {"baseline": str(RUN1), "current": str(RUN2), side: str(bad)}
     assert main(["gate", "--baseline", files["baseline"], "--current", files["current"]]) == 2
-    assert str(bad) in _one_line_error(capsys)
+    err = _one_line_error(capsys)
+    assert str(bad) in err and BAD_FILES[case] in err
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
@@ -449,7 +466,8 @@ def test_render_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, case)
     bad = _bad_file(tmp_path, case)
     out = tmp_path / "report"
     assert main(["render", str(RUN1), str(bad), "--out", str(out)]) == 2
-    assert str(bad) in _one_line_error(capsys)
+    err = _one_line_error(capsys)
+    assert str(bad) in err and BAD_FILES[case] in err
     assert not out.exists()  # every input is read before the output folder is made
 
 
@@ -489,12 +507,14 @@ def test_gate_exits_2_when_the_job_summary_cannot_be_written(tmp_path, capsys, m
     assert "$GITHUB_STEP_SUMMARY" in _one_line_error(capsys)
 
 
-@pytest.mark.parametrize("where", ["existing_file", "under_a_file"])
-def test_render_exits_2_on_an_unwritable_out(tmp_path, capsys, where):
+@pytest.mark.parametrize("where, says", [("existing_file", "afile is a file"),
+                                         ("under_a_file", "lies under")])
+def test_render_exits_2_on_an_unwritable_out(tmp_path, capsys, where, says):
     (tmp_path / "afile").write_text("keep")
     out = tmp_path / "afile" if where == "existing_file" else tmp_path / "afile" / "sub"
     assert main(["render", str(RUN1), "--out", str(out)]) == 2
-    assert "--out" in _one_line_error(capsys)
+    err = _one_line_error(capsys)
+    assert err.startswith("error: --out: ") and says in err, err
     assert (tmp_path / "afile").read_text() == "keep"
 
 
