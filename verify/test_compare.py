@@ -67,3 +67,35 @@ def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
         Tol(rtol=-1.0, atol=0.0)
     with pytest.raises(KeyError, match="no finite_diff tolerance for torch.float16"):
         tol_for(torch.float16, "finite_diff")
+
+
+def test_relative_error_is_relative_to_the_reference_in_record_and_message() -> None:
+    from verify import compare  # its RECORDS looked up when used
+
+    # element 0: |1010 - 1000| = 10, relative 10 / 1000 = 0.01
+    # element 1: |0.75 - 0.5| = 0.25, relative 0.25 / 0.5 = 0.5 (the worst against its
+    # allowance 1e-6 + 1e-6 * 0.5, and the greatest relative difference)
+    # element 2: exact. Absolute and relative errors differ wherever they are not 0
+    expected = torch.tensor([1000.0, 0.5, 3.0], dtype=torch.float64)
+    actual = torch.tensor([1010.0, 0.75, 3.0], dtype=torch.float64)
+    before = len(compare.RECORDS)
+    try:
+        with pytest.raises(AssertionError) as info:
+            assert_close(actual, expected, kernel="k", reference="r",
+                         tol=Tol(rtol=1e-6, atol=1e-6))
+        msg = str(info.value)
+        assert "Worst element at index (1,): kernel 0.75, reference 0.5" in msg
+        assert "absolute error 0.25, relative error 0.5 (allowed" in msg
+        assert "Greatest absolute difference: 10; greatest relative difference: 0.5" in msg
+        assert len(compare.RECORDS) == before + 1
+        failed = compare.RECORDS[-1]
+        assert not failed.passed and failed.mismatched == 2
+        assert (failed.max_abs_err, failed.max_rel_err) == (10.0, 0.5)
+        # a passing comparison records the same: 10 / 1000 = 0.01 within rtol 0.02
+        passed = assert_close(actual[:1], expected[:1], kernel="k", reference="r",
+                              tol=Tol(rtol=0.02, atol=0.0))
+        assert passed.passed and (passed.max_abs_err, passed.max_rel_err) == (10.0, 0.01)
+        assert passed.worst_ratio == pytest.approx(10 / (0.02 * 1000))
+    finally:
+        # the helper's self-test is no check of a kernel: keep it out of --verify-report
+        del compare.RECORDS[before:]

@@ -3,6 +3,8 @@ on executed inputs, FlopCounterMode, and the worked cases built from the per-lay
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,6 +218,232 @@ def test_per_layer_frame():
     assert frame["params"].sum() == n_params(InceptionII())
 
 
+# --- norms, element-wise arithmetic and reductions ------------------------------------------
+
+
+class Fn(nn.Module):
+    """A module whose forward is ``fn(self, x)``, with optional parameters."""
+
+    def __init__(self, fn, **params):
+        super().__init__()
+        self.fn = fn
+        for name, value in params.items():
+            self.register_parameter(name, nn.Parameter(value))
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+def _inplace(op):
+    def fn(m, x):
+        y = x.clone()  # data movement: free
+        op(y)
+        return y
+    return fn
+
+
+def _iadd(y):
+    y += 1
+
+
+def _isub(y):
+    y -= 1
+
+
+def _imul(y):
+    y *= 2
+
+
+def _idiv(y):
+    y /= 2
+
+
+N_ELEM = 2 * 3 * 4 * 5  # every case below runs on a (2, 3, 4, 5) input: 120 values
+
+# (id, module, input shape, expected Counts worked by hand)
+NORMS = [
+    # inference batch norm: one scale and one shift per value; 2 * 3 params (weight, bias)
+    ("batchnorm2d_eval", lambda: nn.BatchNorm2d(3).eval(), (2, 3, 4, 5),
+     C.Counts(params=2 * 3, mults=N_ELEM, adds=N_ELEM)),
+    ("batchnorm1d_eval", lambda: nn.BatchNorm1d(7).eval(), (4, 7),
+     C.Counts(params=2 * 7, mults=4 * 7, adds=4 * 7)),
+    ("batchnorm2d_no_affine_eval", lambda: nn.BatchNorm2d(3, affine=False).eval(),
+     (2, 3, 4, 5), C.Counts(mults=N_ELEM, adds=N_ELEM)),
+    # layer norm over the last dim (5): weight and bias of 5 each
+    ("layernorm_last_dim", lambda: nn.LayerNorm(5), (2, 3, 4, 5),
+     C.Counts(params=2 * 5, mults=N_ELEM, adds=N_ELEM)),
+    ("layernorm_hw_no_affine", lambda: nn.LayerNorm((4, 5), elementwise_affine=False),
+     (2, 3, 4, 5), C.Counts(mults=N_ELEM, adds=N_ELEM)),
+]
+
+# (id, module, expected Counts worked by hand) on a (2, 3, 4, 5) input
+ELEMENTWISE = [
+    # one add per output value; the output of a broadcast is what counts
+    ("add_tensor", lambda: Fn(lambda m, x: x + x), C.Counts(adds=N_ELEM)),
+    ("add_scalar", lambda: Fn(lambda m, x: x + 1), C.Counts(adds=N_ELEM)),
+    ("add_broadcast", lambda: Fn(lambda m, x: x + m.b, b=torch.zeros(3, 1, 1)),
+     C.Counts(params=3, adds=N_ELEM)),
+    # the smaller operand first: still one add per value of the (2, 3, 4, 5) output
+    ("add_broadcast_small_first", lambda: Fn(lambda m, x: m.b + x, b=torch.zeros(3, 1, 1)),
+     C.Counts(params=3, adds=N_ELEM)),
+    ("add_inplace", lambda: Fn(_inplace(_iadd)), C.Counts(adds=N_ELEM)),
+    ("sub_scalar", lambda: Fn(lambda m, x: x - 1), C.Counts(adds=N_ELEM)),
+    ("rsub_scalar", lambda: Fn(lambda m, x: 1 - x), C.Counts(adds=N_ELEM)),
+    ("sub_inplace", lambda: Fn(_inplace(_isub)), C.Counts(adds=N_ELEM)),
+    # a (5,) row vector broadcast up against (2, 3, 4, 5), on either side
+    ("sub_row_vector", lambda: Fn(lambda m, x: x - m.r, r=torch.zeros(5)),
+     C.Counts(params=5, adds=N_ELEM)),
+    ("sub_from_row_vector", lambda: Fn(lambda m, x: m.r - x, r=torch.zeros(5)),
+     C.Counts(params=5, adds=N_ELEM)),
+    # one multiply (or divide) per output value
+    ("mul_tensor", lambda: Fn(lambda m, x: x * x), C.Counts(mults=N_ELEM)),
+    ("mul_scalar", lambda: Fn(lambda m, x: x * 2), C.Counts(mults=N_ELEM)),
+    ("mul_broadcast", lambda: Fn(lambda m, x: x * m.s, s=torch.ones(3, 1, 1)),
+     C.Counts(params=3, mults=N_ELEM)),
+    ("mul_broadcast_small_first", lambda: Fn(lambda m, x: m.s * x, s=torch.ones(3, 1, 1)),
+     C.Counts(params=3, mults=N_ELEM)),
+    ("mul_inplace", lambda: Fn(_inplace(_imul)), C.Counts(mults=N_ELEM)),
+    ("div_scalar", lambda: Fn(lambda m, x: x / 3), C.Counts(mults=N_ELEM)),
+    ("div_tensor", lambda: Fn(lambda m, x: x / x), C.Counts(mults=N_ELEM)),
+    ("div_inplace", lambda: Fn(_inplace(_idiv)), C.Counts(mults=N_ELEM)),
+    ("div_small_numerator", lambda: Fn(lambda m, x: m.s / x, s=torch.ones(3, 1, 1)),
+     C.Counts(params=3, mults=N_ELEM)),
+    # x * 2 + 1: a scale and a shift
+    ("mul_then_add", lambda: Fn(lambda m, x: x * 2 + 1), C.Counts(mults=N_ELEM, adds=N_ELEM)),
+]
+
+REDUCTIONS = [
+    # reducing n_in values to n_out sums takes n_in - n_out adds; a mean divides each sum once
+    # (2, 3, 4, 5) -> (2, 3): 6 sums of 4 * 5 = 20 values, 19 adds each
+    ("mean_hw", lambda: Fn(lambda m, x: x.mean((2, 3))), C.Counts(adds=6 * 19, mults=6)),
+    ("mean_hw_keepdim", lambda: Fn(lambda m, x: x.mean((2, 3), keepdim=True)),
+     C.Counts(adds=6 * 19, mults=6)),
+    # -> (2, 3, 4): 24 sums of 5 values
+    ("mean_last", lambda: Fn(lambda m, x: x.mean(-1)), C.Counts(adds=24 * 4, mults=24)),
+    ("mean_all", lambda: Fn(lambda m, x: x.mean()), C.Counts(adds=N_ELEM - 1, mults=1)),
+    # -> (2, 4, 5): 40 sums of 3 channels; a sum has no division
+    ("sum_channels", lambda: Fn(lambda m, x: x.sum(1)), C.Counts(adds=40 * 2)),
+    ("sum_all", lambda: Fn(lambda m, x: x.sum()), C.Counts(adds=N_ELEM - 1)),
+    # sum over dims 0 and 2: -> (3, 5), 15 sums of 2 * 4 = 8 values
+    ("sum_batch_and_h", lambda: Fn(lambda m, x: x.sum((0, 2))), C.Counts(adds=15 * 7)),
+]
+
+
+@pytest.mark.parametrize("make,shape,expected", [c[1:] for c in NORMS],
+                         ids=[c[0] for c in NORMS])
+def test_norm_layers_count_one_scale_and_one_shift_per_value(make, shape, expected):
+    model = make()
+    report = C.count_model(model, shape)
+    assert report.total == expected
+    assert report.total.params == n_params(model)
+    assert not report.uncounted, report.uncounted
+    # executed on a real input, the norm's output has as many values as counted
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert report.total.mults == report.total.adds == out.numel()
+
+
+@pytest.mark.parametrize("make,expected", [c[1:] for c in ELEMENTWISE + REDUCTIONS],
+                         ids=[c[0] for c in ELEMENTWISE + REDUCTIONS])
+def test_elementwise_and_reduction_ops(make, expected):
+    model = make()
+    report = C.count_model(model, (2, 3, 4, 5))
+    assert report.total == expected
+    assert report.total.params == n_params(model)
+    assert not report.uncounted, report.uncounted
+    # FlopCounterMode counts no element-wise ops and no reductions: nothing here is a MAC
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randn(2, 3, 4, 5))
+    assert fc.get_total_flops() == report.total.flops == 0
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block (conv-BN-ReLU-conv-BN, identity shortcut, ReLU), then global
+    average pooling and a linear classifier."""
+
+    def __init__(self, c=8, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)) + x)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_residual_block_with_norms_and_global_average_pool():
+    model = BasicBlock().eval()
+    shape = (2, 8, 6, 6)
+    report = C.count_model(model, shape)
+    n = 2 * 8 * 6 * 6  # values of every feature map: 576
+    fan_in = 3 * 3 * 8  # 72 products per conv output, no bias: 71 adds
+    conv_macs = n * fan_in
+    expected = C.Counts(
+        params=2 * (8 * 8 * 3 * 3) + 2 * (2 * 8) + (8 * 10 + 10),   # 1274
+        # two convs; two batch norms (a scale each value); global mean (a divide per
+        # channel: 2 * 8 means); linear 8 -> 10 on 2 samples
+        mults=2 * conv_macs + 2 * n + 2 * 8 + 2 * 10 * 8,
+        # two convs without bias; two batch norms (a shift each value); the residual add;
+        # the mean: 16 sums of 36 values; the linear layer with its bias
+        adds=2 * n * (fan_in - 1) + 2 * n + n + 16 * 35 + 2 * 10 * 8,
+        activations=2 * n,
+        macs=2 * conv_macs + 2 * 10 * 8,
+    )
+    assert report.total == expected
+    assert report.total.params == n_params(model) == 1274
+    assert not report.uncounted, report.uncounted
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randn(shape))
+    assert fc.get_total_flops() == report.total.flops
+
+
+# --- transposed convolution --------------------------------------------------------------
+
+# (c_in, c_out, k, stride, padding, output_padding, groups, bias, hand MACs on (2, c_in, 5, 6))
+# every input value is scattered to (C_out/g) * kh * kw outputs:
+# MACs = N * C_in * H_in * W_in * (C_out / g) * kh * kw
+CONV_T = [
+    ("plain", (4, 6, 3, 1, 0, 0, 1, True), 2 * 4 * 5 * 6 * 6 * 3 * 3),
+    ("no_bias", (4, 6, 3, 1, 0, 0, 1, False), 2 * 4 * 5 * 6 * 6 * 3 * 3),
+    ("strided_grouped", (4, 6, 3, 2, 0, 0, 2, False), 2 * 4 * 5 * 6 * 3 * 3 * 3),
+    ("stride_equals_kernel", (3, 3, 3, 3, 0, 0, 3, False), 2 * 3 * 5 * 6 * 1 * 3 * 3),
+    ("rectangular", (2, 4, (2, 3), (2, 1), 0, 0, 1, True), 2 * 2 * 5 * 6 * 4 * 2 * 3),
+    ("padded", (4, 6, 3, 2, 1, 1, 1, True), 2 * 4 * 5 * 6 * 6 * 3 * 3),
+]
+
+
+@pytest.mark.parametrize("args,macs", [c[1:] for c in CONV_T], ids=[c[0] for c in CONV_T])
+def test_transposed_conv_against_hand_formula_flop_counter_and_scatter(args, macs):
+    c_in, c_out, k, stride, padding, out_pad, groups, bias = args
+    model = nn.ConvTranspose2d(c_in, c_out, k, stride, padding, out_pad, groups, bias)
+    shape = (2, c_in, 5, 6)
+    report = C.count_model(model, shape)
+    total = report.total
+    assert total.macs == total.mults == macs
+    assert total.params == n_params(model)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        out = model(torch.randn(shape))
+    assert fc.get_total_flops() == total.flops == 2 * macs
+    assert report.rows[0].output_shape == tuple(out.shape)
+    if padding:
+        # products land in the cropped border too; they are counted, as FlopCounterMode
+        # counts them, but the scatter below sees only the kept outputs
+        return
+    # the scatter measured: ones in, ones as weights, no bias -> each output holds the
+    # number of products summed into it
+    ones = F.conv_transpose2d(torch.ones(shape, dtype=torch.float64),
+                              torch.ones_like(model.weight, dtype=torch.float64), None,
+                              stride, padding, out_pad, groups)
+    products, reached = int(ones.sum()), int((ones > 0).sum())
+    assert products == macs
+    # c products make c - 1 adds, and the bias one more
+    assert total.adds == (products if bias else products - reached)
+
+
 # --- what other counters get wrong --------------------------------------------------------
 
 
@@ -304,6 +532,99 @@ def test_receptive_field_of_branching_blocks_is_the_widest_branch():
     rf = C.receptive_field(alexnet_28(), (1, 1, 28, 28))
     assert rf.size == (4 + 2 + 4 + 2 + 3 * 2 * 2 + 2 * 2,) * 2 == (28, 28)
     assert rf.jump == (4, 4)
+
+
+def impulse_footprint(model: nn.Module, hw: tuple[int, int]):
+    """The middle unit of the output, and the first and last rows and columns (each as
+    (lo, hi)) of the input pixels that reach it, measured by running the model with all
+    weights 1 and biases 0 on a batch of one-hot images, one per pixel. With non-negative
+    weights and inputs nothing cancels, and max-pooling passes a lone positive value on, so
+    an output is positive exactly when its field contains the lit pixel (float32 is exact
+    enough for a sign; dilated float64 convolutions are slow on CPU)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(0.0 if name.endswith("bias") else 1.0)
+        h, w = hw
+        c_in = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+        x = torch.eye(h * w).reshape(h * w, 1, h, w).expand(-1, c_in, -1, -1)
+        out = model(x)
+    unit = (out.shape[2] // 2, out.shape[3] // 2)
+    seen = (out[:, :, unit[0], unit[1]].sum(1) > 0).reshape(h, w)
+    rows, cols = seen.any(1).nonzero().flatten(), seen.any(0).nonzero().flatten()
+    return unit, (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
+
+
+# Textbook recurrences, per axis, layer by layer (pixel i spans [i, i+1), so the input's
+# first unit is centred at 0.5; kernel k, stride s, padding p, dilation d):
+#   size  r' = r + (k - 1) * d * j
+#   jump  j' = j * s
+#   start c' = c + ((k - 1) * d / 2 - p) * j     (centre of the first unit's field)
+RF_CASES = [
+    ("conv3_valid", lambda: nn.Sequential(nn.Conv2d(1, 2, 3)),
+     # r = 1 + 2 = 3; c = 0.5 + 1 = 1.5: the first unit sees pixels 0..2, centred on 1
+     (3, 3), (1, 1), (1.5, 1.5)),
+    ("conv3_pad2_starts_outside", lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=2)),
+     # c = 0.5 + (1 - 2) = -0.5: the first unit is centred on the padding
+     (3, 3), (1, 1), (-0.5, -0.5)),
+    ("conv5s2_avgpool2_conv3p1", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 5, stride=2), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(2, 1, 3, padding=1)),
+     # conv5 s2: r 5, j 2, c 0.5 + 2 = 2.5; pool2: r 5 + 1*2 = 7, j 4, c 2.5 + 0.5*2 = 3.5;
+     # conv3 p1: r 7 + 2*4 = 15, j 4, c 3.5 + (1 - 1)*4 = 3.5
+     (15, 15), (4, 4), (3.5, 3.5)),
+    ("rectangular_strided", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, (3, 5)), nn.Conv2d(2, 2, 3, stride=(2, 1)), nn.ReLU(),
+        nn.Conv2d(2, 1, 3, padding=(1, 0))),
+     # (3, 5): r (3, 5), c (1.5, 2.5); k3 s(2, 1): r (5, 7), j (2, 1), c (2.5, 3.5);
+     # k3 p(1, 0): r (5 + 2*2, 7 + 2*1) = (9, 9), c (2.5 + 0*2, 3.5 + 1*1) = (2.5, 4.5)
+     (9, 9), (2, 1), (2.5, 4.5)),
+    ("dilated", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 3, dilation=2), nn.Conv2d(2, 2, 3, stride=2, padding=1),
+        nn.Conv2d(2, 1, 3, dilation=3)),
+     # k3 d2: r 1 + 2*2 = 5, c 0.5 + 2 = 2.5; k3 s2 p1: r 7, j 2, c 2.5 + 0 = 2.5;
+     # k3 d3 at jump 2: r 7 + 2*3*2 = 19, c 2.5 + 3*2 = 8.5
+     (19, 19), (2, 2), (8.5, 8.5)),
+    ("avgpool3s2p1_conv2", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 1), nn.AvgPool2d(3, stride=2, padding=1), nn.Conv2d(2, 1, 2)),
+     # 1x1: nothing moves; pool3 s2 p1: r 3, j 2, c 0.5 + (1 - 1) = 0.5;
+     # conv2: r 3 + 1*2 = 5, c 0.5 + 0.5*2 = 1.5
+     (5, 5), (2, 2), (1.5, 1.5)),
+    ("resnet_stem_then_conv3", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 7, stride=2, padding=3), nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(2, 1, 3)),
+     # k7 s2 p3: r 7, j 2, c 0.5 + (3 - 3) = 0.5; max-pool k3 s2 p1: r 7 + 2*2 = 11, j 4,
+     # c 0.5 + (1 - 1)*2 = 0.5; conv3: r 11 + 2*4 = 19, c 0.5 + 1*4 = 4.5
+     (19, 19), (4, 4), (4.5, 4.5)),
+    ("maxpool2_conv3_maxpool3s1", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3), nn.MaxPool2d(3, 1)),
+     # k3 p1: r 3, c 0.5; max-pool 2: r 4, j 2, c 0.5 + 0.5 = 1.0;
+     # conv3: r 4 + 2*2 = 8, c 1.0 + 1*2 = 3.0; max-pool 3 s1: r 8 + 2*2 = 12, c 3.0 + 2 = 5.0
+     (12, 12), (2, 2), (5.0, 5.0)),
+]
+
+
+@pytest.mark.parametrize("make,size,jump,start", [c[1:] for c in RF_CASES],
+                         ids=[c[0] for c in RF_CASES])
+def test_receptive_field_size_jump_start_by_hand_and_by_impulses(make, size, jump, start):
+    model = make()
+    hw = (36, 36)
+    rf = C.receptive_field(model, (1, 1, *hw))
+    assert (rf.size, rf.jump, rf.start) == (size, jump, start)
+    # measured: the field of a unit away from the border, its extent and its centre
+    unit, rows, cols = impulse_footprint(model, hw)
+    for (lo, hi), n, r, j, c, u in zip((rows, cols), hw, size, jump, start, unit):
+        assert 0 < lo and hi < n - 1, "the field reaches the border: use a larger input"
+        assert hi - lo + 1 == r
+        # the centre of pixels lo..hi is (lo + hi + 1) / 2; unit u is u jumps from the first
+        assert (lo + hi + 1) / 2 == c + u * j
+
+
+def test_receptive_field_start_of_the_worked_cases():
+    # 'same' padding everywhere: every branch's first unit is centred on pixel 0
+    assert C.receptive_field(InceptionII(), (1, 256, 32, 32)).start == (0.5, 0.5)
+    # alexnet_28: k4: c 0.5 + 1.5 = 2.0; k3: 2.0 + 1 = 3.0; k5 p2: 3.0; pool3 s2: 3.0 + 1 = 4.0,
+    # j 2; three k3 p1: 4.0; pool3 s2 at jump 2: 4.0 + 1*2 = 6.0
+    assert C.receptive_field(alexnet_28(), (1, 1, 28, 28)).start == (6.0, 6.0)
 
 
 # --- bad input -----------------------------------------------------------------------------
