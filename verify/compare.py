@@ -73,7 +73,7 @@ def assert_close(
     # matches only the same infinity
     same = (torch.isnan(a) & torch.isnan(e)) | (torch.isinf(a) & (a == e))
     abs_err = torch.where(same, torch.zeros_like(abs_err), abs_err)
-    bad = ~(abs_err <= allowed)  # catches NaN too
+    bad = ~(abs_err <= allowed) & ~same  # catches NaN too (allowed is NaN where e is)
     bad |= torch.isinf(e) & ~same  # allowed is inf there: anything would pass
     # a NaN result is infinitely wrong: the record holds inf, never NaN (JSON has no NaN)
     abs_err = torch.where(torch.isnan(abs_err) | (bad & torch.isinf(e)),
@@ -83,6 +83,7 @@ def assert_close(
     rel_err = torch.where(torch.isnan(rel_err), torch.full_like(rel_err, float("inf")), rel_err)
     ratio = abs_err / allowed.clamp_min(torch.finfo(torch.float64).tiny)
     ratio = torch.where(torch.isnan(ratio), torch.full_like(ratio, float("inf")), ratio)
+    ratio = torch.where(same, torch.zeros_like(ratio), ratio)
 
     numel = a.numel()
     mismatched = int(bad.sum())

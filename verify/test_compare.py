@@ -10,6 +10,15 @@ from verify.compare import RECORDS, assert_close
 from verify.tolerances import FORWARD, GRAD, Tol, tol_for
 
 
+@pytest.fixture(autouse=True)
+def _not_checks_of_a_kernel():
+    """These tests compare made-up tensors, some failing on purpose: what they record is no
+    check of a kernel, so it stays out of --verify-report's headroom table."""
+    before = len(RECORDS)
+    yield
+    del RECORDS[before:]
+
+
 def test_failure_message_names_everything_needed_to_fix_the_bug() -> None:
     expected = torch.zeros(3, 4, dtype=torch.float64)
     actual = expected.clone()
@@ -70,32 +79,53 @@ def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
 
 
 def test_relative_error_is_relative_to_the_reference_in_record_and_message() -> None:
-    from verify import compare  # its RECORDS looked up when used
-
     # element 0: |1010 - 1000| = 10, relative 10 / 1000 = 0.01
     # element 1: |0.75 - 0.5| = 0.25, relative 0.25 / 0.5 = 0.5 (the worst against its
     # allowance 1e-6 + 1e-6 * 0.5, and the greatest relative difference)
     # element 2: exact. Absolute and relative errors differ wherever they are not 0
     expected = torch.tensor([1000.0, 0.5, 3.0], dtype=torch.float64)
     actual = torch.tensor([1010.0, 0.75, 3.0], dtype=torch.float64)
-    before = len(compare.RECORDS)
-    try:
-        with pytest.raises(AssertionError) as info:
-            assert_close(actual, expected, kernel="k", reference="r",
-                         tol=Tol(rtol=1e-6, atol=1e-6))
-        msg = str(info.value)
-        assert "Worst element at index (1,): kernel 0.75, reference 0.5" in msg
-        assert "absolute error 0.25, relative error 0.5 (allowed" in msg
-        assert "Greatest absolute difference: 10; greatest relative difference: 0.5" in msg
-        assert len(compare.RECORDS) == before + 1
-        failed = compare.RECORDS[-1]
-        assert not failed.passed and failed.mismatched == 2
-        assert (failed.max_abs_err, failed.max_rel_err) == (10.0, 0.5)
-        # a passing comparison records the same: 10 / 1000 = 0.01 within rtol 0.02
-        passed = assert_close(actual[:1], expected[:1], kernel="k", reference="r",
-                              tol=Tol(rtol=0.02, atol=0.0))
-        assert passed.passed and (passed.max_abs_err, passed.max_rel_err) == (10.0, 0.01)
-        assert passed.worst_ratio == pytest.approx(10 / (0.02 * 1000))
-    finally:
-        # the helper's self-test is no check of a kernel: keep it out of --verify-report
-        del compare.RECORDS[before:]
+    before = len(RECORDS)
+    with pytest.raises(AssertionError) as info:
+        assert_close(actual, expected, kernel="k", reference="r",
+                     tol=Tol(rtol=1e-6, atol=1e-6))
+    msg = str(info.value)
+    assert "Worst element at index (1,): kernel 0.75, reference 0.5" in msg
+    assert "absolute error 0.25, relative error 0.5 (allowed" in msg
+    assert "Greatest absolute difference: 10; greatest relative difference: 0.5" in msg
+    assert len(RECORDS) == before + 1
+    failed = RECORDS[-1]
+    assert not failed.passed and failed.mismatched == 2
+    assert (failed.max_abs_err, failed.max_rel_err) == (10.0, 0.5)
+    # a passing comparison records the same: 10 / 1000 = 0.01 within rtol 0.02
+    passed = assert_close(actual[:1], expected[:1], kernel="k", reference="r",
+                          tol=Tol(rtol=0.02, atol=0.0))
+    assert passed.passed and (passed.max_abs_err, passed.max_rel_err) == (10.0, 0.01)
+    assert passed.worst_ratio == pytest.approx(10 / (0.02 * 1000))
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("kernel_value, reference_value, close", [
+    (INF, INF, True),  # the same infinity
+    (-INF, -INF, True),
+    (NAN, NAN, True),  # NaN where the reference has NaN
+    (1.0, INF, False),  # anything else against an infinity: atol + rtol * inf allows all
+    (INF, -INF, False),
+    (NAN, INF, False),
+    (INF, 1.0, False),
+    (NAN, 1.0, False),
+])
+def test_infinities_and_nans(kernel_value, reference_value, close) -> None:
+    e = torch.tensor([2.0, reference_value], dtype=torch.float64)
+    a = torch.tensor([2.0, kernel_value], dtype=torch.float64)
+    if close:
+        rec = assert_close(a, e, kernel="k", reference="r")
+        assert rec.passed and rec.worst_ratio == 0.0
+        return
+    with pytest.raises(AssertionError, match="Mismatched elements: 1 / 2"):
+        assert_close(a, e, kernel="k", reference="r")
+    rec = RECORDS[-1]
+    # the record says how wrong, as a number JSON can hold: inf, never NaN
+    assert rec.max_abs_err == INF and rec.worst_ratio == INF and rec.max_rel_err == INF
