@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import zlib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -78,10 +80,36 @@ def bench_threads(config: pytest.Config) -> int:
     n = config.getoption("--bench-threads")
     if n is not None and n < 1:
         raise pytest.UsageError(f"--bench-threads: expected a positive integer, got {n}")
-    return n if n else min(os.cpu_count() or 1, 8)
+    if n:
+        return n
+    # a pytest-xdist worker shares the cores with its siblings: n workers x all cores
+    # threads would oversubscribe the machine (benchmarks are disabled under xdist anyway)
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    return max(1, min(os.cpu_count() or 1, 8) // workers)
+
+
+def plugin_conflict(pytest_version: str, benchmark_version: str | None) -> str | None:
+    """The one pairing inside pyproject's ranges that cannot work, said plainly: before
+    5.3.1, pytest-benchmark's fixture reads Node._nodeid, which pytest 9.2 removed."""
+    def release(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", v)[:3])
+
+    if benchmark_version and release(benchmark_version) < (5, 3, 1) and release(
+            pytest_version) >= (9, 2):
+        return (f"pytest-benchmark {benchmark_version} cannot run under pytest "
+                f"{pytest_version} (it reads Node._nodeid, removed in pytest 9.2): install "
+                "pytest-benchmark>=5.3.1 or pytest<9.2")
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        benchmark_version = metadata.version("pytest-benchmark")
+    except metadata.PackageNotFoundError:
+        benchmark_version = None
+    conflict = plugin_conflict(pytest.__version__, benchmark_version)
+    if conflict:
+        raise pytest.UsageError(conflict)
     # one fixed thread count for the whole session, recorded in machine_info and every
     # benchmark's extra_info: CPU timings are meaningless without it
     torch.set_num_threads(bench_threads(config))

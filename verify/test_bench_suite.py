@@ -196,3 +196,38 @@ def test_bench_slow_rejects_malformed_entries(bad):
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=pytest_env())
     assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
     assert "--bench-slow: expected KERNEL.METHOD=FACTOR" in proc.stderr
+
+
+@pytest.mark.parametrize("pytest_version, benchmark_version, conflict", [
+    ("9.2.0", "5.2.3", True),
+    ("9.3.1", "4.0.0", True),
+    ("9.2.0", "5.3.1", False),
+    ("9.1.1", "5.2.3", False),
+    ("7.4.0", "4.0.0", False),
+    ("9.2.0", None, False),  # pytest-benchmark absent: pytest verify alone
+])
+def test_the_one_broken_pairing_in_the_declared_ranges_is_a_clear_error(
+        pytest_version, benchmark_version, conflict):
+    from conftest import plugin_conflict
+
+    msg = plugin_conflict(pytest_version, benchmark_version)
+    assert (msg is not None) == conflict
+    if conflict:
+        assert "install pytest-benchmark>=5.3.1 or pytest<9.2" in msg
+
+
+def test_xdist_workers_share_the_cores(monkeypatch):
+    from types import SimpleNamespace
+
+    from conftest import bench_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    opts = {"--bench-threads": None}
+    config = SimpleNamespace(getoption=opts.get)
+    assert bench_threads(config) == 8
+    config.workerinput = {"workercount": 4}
+    assert bench_threads(config) == 2
+    config.workerinput = {"workercount": 16}
+    assert bench_threads(config) == 1
+    opts["--bench-threads"] = 3  # asked for: as asked
+    assert bench_threads(config) == 3
