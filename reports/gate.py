@@ -200,15 +200,12 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         hit = df[(df["group"] == group) & (df["method"] == method)]
         return None if hit.empty else hit.iloc[0]
 
-    def listed(v):
-        return v if isinstance(v, list) else None
-
     rng = np.random.default_rng(seed)
     rows, disturbed = [], []
     for _, p in pairs.iterrows():
         kb = ref_row(base, p["group"], p["method"])
         kc = ref_row(cur, p["group"], p["method"])
-        if listed(kb["reference_data"]) and listed(kc["reference_data"]):
+        if kb["interleaved"] and kc["interleaved"]:
             samples = (_thin(paired_ratios(kc["data"], kc["reference_data"])),
                        _thin(paired_ratios(kb["data"], kb["reference_data"])))
             statistic = _paired_change
@@ -224,8 +221,8 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             statistic = _change
             ref_b, ref_c = rb["data"], rc["data"]
         # the ratio the report shows, by its one definition; change is their quotient
-        ratio_b, kind = ratio_to_reference(kb["data"], listed(kb["reference_data"]), ref_b)
-        ratio_c, _ = ratio_to_reference(kc["data"], listed(kc["reference_data"]), ref_c)
+        ratio_b, kind = ratio_to_reference(kb["data"], kb["reference_data"], ref_b)
+        ratio_c, _ = ratio_to_reference(kc["data"], kc["reference_data"], ref_c)
         # the reference is torch's code, the same in both runs: if its time moved by more
         # than DISTURBED, the machine was disturbed while this benchmark ran (another
         # process, throttling) and its ratio says nothing about the kernel

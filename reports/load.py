@@ -76,7 +76,8 @@ def _stats(path, name: str, stats) -> dict:
 
 def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
     """A row per benchmark per file: source, machine, group, name, every BenchRecord field,
-    and median/iqr (seconds), rounds, the per-round data (list, seconds).
+    ``interleaved`` (it has paired reference rounds), and median/iqr (seconds), rounds, the
+    per-round data (list, seconds).
 
     ReportInputError names the file, the benchmark and the field when a file is not
     handgrad's benchmark output or a record breaks its definition."""
@@ -117,6 +118,7 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
             row.update((f, getattr(record, f)) for f in RECORD_COLUMNS)
             row["reference_data"] = (None if record.reference_data is None
                                      else list(record.reference_data))
+            row["interleaved"] = record.reference_data is not None
             row.update(stats)
             rows.append(row)
     return pd.DataFrame(rows)

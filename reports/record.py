@@ -223,15 +223,20 @@ def paired_ratios(data: Sequence[float], reference_data: Sequence[float]) -> np.
     return a / b
 
 
+def _present(rounds) -> bool:
+    return isinstance(rounds, (list, tuple, np.ndarray))
+
+
 def ratio_to_reference(data: Sequence[float], reference_data: Sequence[float] | None = None,
                        reference_rounds: Sequence[float] | None = None) -> tuple[float, str]:
     """(ratio, kind) from per-round times: the median of paired round ratios kernel_i /
     reference_i (kind "paired") when the reference was timed interleaved; else the median
     of ``data`` over the median of the reference's own rounds (kind "medians"); (NaN, "")
-    when the reference was not timed."""
-    if reference_data is not None:
+    when the reference was not timed. An absent sequence may be None or a missing pandas
+    cell (NaN)."""
+    if _present(reference_data):
         return float(np.median(paired_ratios(data, reference_data))), "paired"
-    if reference_rounds is None or not len(reference_rounds):
+    if not _present(reference_rounds) or not len(reference_rounds):
         return math.nan, ""
     return float(np.median(np.asarray(data, dtype=float))
                  / np.median(np.asarray(reference_rounds, dtype=float))), "medians"

@@ -21,11 +21,7 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     ref = df[df["method"] == df["reference"]][["source", "group", "method", "data"]]
     ref = ref.rename(columns={"method": "reference", "data": "ref_rounds"})
     df = df.merge(ref, on=["source", "group", "reference"], how="left")
-
-    def listed(v):
-        return v if isinstance(v, list) else None
-
-    ratios = [ratio_to_reference(r.data, listed(r.reference_data), listed(r.ref_rounds))
+    ratios = [ratio_to_reference(r.data, r.reference_data, r.ref_rounds)
               for r in df.itertuples(index=False)]
     df["ratio"] = [r for r, _ in ratios]
     df["ratio_kind"] = [k for _, k in ratios]

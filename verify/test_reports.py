@@ -131,8 +131,24 @@ def test_render_table_numbers_match_the_json(tmp_path):
     assert rb["gflop_s"] == pytest.approx(flops / b["stats"]["median"] / 1e9)
     # a method that does no counted work has no GFLOP/s, never 0 or inf
     assert csv.loc[csv["method"] == "count_model", "gflop_s"].isna().all()
+    assert rb["threads"] == b["extra_info"]["threads"] and rb["owner"] == "handgrad"
+    # counting rows are told apart by their model
+    counted = next(x for x in bench if x["extra_info"]["method"] == "count_model")
+    assert list(csv.loc[csv["method"] == "count_model", "model"]) == [
+        counted["extra_info"]["model"]]
+    assert "slowed_by" not in csv.columns  # nothing was slowed in this run
     md = (tmp_path / "out" / "report.md").read_text()
     assert "median over rounds of kernel_i / reference_i" in md  # the report says which
+
+
+def test_render_says_which_benchmarks_were_slowed_on_purpose(tmp_path):
+    assert main(["render", str(SLOW), "--out", str(tmp_path)]) == 0
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    slowed = csv[csv["slowed_by"].notna()]
+    assert len(slowed) and set(slowed["method"]) == {SLOWED}
+    assert set(slowed["slowed_by"]) == {1.25}
 
 
 def _verify_record(kernel, reference, dtype, ratio, test, mismatched=0, abs_err=1e-7):
