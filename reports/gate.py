@@ -210,6 +210,8 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
                        _thin(paired_ratios(kb["data"], kb["reference_data"])))
             statistic = _paired_change
             ref_b, ref_c = kb["reference_data"], kc["reference_data"]
+            ratio_b, kind = ratio_to_reference(kb["data"], ref_b)
+            ratio_c, _ = ratio_to_reference(kc["data"], ref_c)
         else:
             rb = ref_row(base, p["group"], p["reference_c"])
             rc = ref_row(cur, p["group"], p["reference_c"])
@@ -220,9 +222,11 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             samples = tuple(_thin(r["data"]) for r in (kc, rc, kb, rb))
             statistic = _change
             ref_b, ref_c = rb["data"], rc["data"]
-        # the ratio the report shows, by its one definition; change is their quotient
-        ratio_b, kind = ratio_to_reference(kb["data"], kb["reference_data"], ref_b)
-        ratio_c, _ = ratio_to_reference(kc["data"], kc["reference_data"], ref_c)
+            # both runs by medians, even where one of them was interleaved: like with like
+            ratio_b, kind = ratio_to_reference(kb["data"], None, ref_b)
+            ratio_c, _ = ratio_to_reference(kc["data"], None, ref_c)
+        # ratio_b and ratio_c are the ratios the report shows, by their one definition;
+        # the change is their quotient
         # the reference is torch's code, the same in both runs: if its time moved by more
         # than DISTURBED, the machine was disturbed while this benchmark ran (another
         # process, throttling) and its ratio says nothing about the kernel

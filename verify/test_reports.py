@@ -704,3 +704,24 @@ def test_jacobian_figure_plots_model_across_and_measurement_up(tmp_path, monkeyp
         want.add((round(info["model_forward"] / info["model_reverse"], 9),
                   round(f["stats"]["median"] / r["stats"]["median"], 9)))
     assert len(want) == 4 and points == want
+
+
+def test_gate_compares_like_with_like_when_one_run_was_not_interleaved(tmp_path):
+    plain = _load(RUN2)
+    for b in plain["benchmarks"]:
+        b["extra_info"].pop("reference_data", None)
+    result = gate(str(RUN1), str(_write(tmp_path, "plain.json", plain)))
+    assert set(result.table["ratio_kind"]) == {"medians"}
+    row = result.table[result.table["benchmark"].str.startswith("backprop L=5 ")].iloc[0]
+
+    def ratio(data, group):
+        k = next(b for b in data["benchmarks"] if b["group"] == group
+                 and b["extra_info"]["method"] == "manual")
+        r = next(b for b in data["benchmarks"] if b["group"] == group
+                 and b["extra_info"]["method"] == "torch_autograd")
+        return np.median(k["stats"]["data"]) / np.median(r["stats"]["data"])
+
+    group = row["benchmark"].split(" :: ")[0]
+    base = ratio(_load(RUN1), group)  # the baseline by medians too, though it has pairs
+    assert row["ratio_base"] == pytest.approx(base, rel=1e-12)
+    assert row["change"] == pytest.approx(ratio(plain, group) / base, rel=1e-12)
