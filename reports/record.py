@@ -26,7 +26,9 @@ import numpy as np
 SCHEMA = 2
 SCHEMA_KEY = "handgrad_schema"  # in machine_info
 OWNERS = ("handgrad", "torch")
-KERNELS = ("backprop", "jacobian", "counting", "least_squares", "control")
+KERNELS = ("backprop", "jacobian", "counting", "least_squares", "control", "ceiling")
+TIMERS = ("perf_counter", "cuda_event")  # how a call was timed (see bench/timing.py)
+CACHES = ("warm", "cold")  # cold: the GPU's L2 was flushed before each timed call
 SHAPES = ("L", "D", "K", "P", "N", "k")  # the shape parameters a benchmark may have
 
 # schema 1 (no owner field): every (kernel, method) that suite timed, and whose it is
@@ -116,6 +118,17 @@ class BenchRecord:
     model_reverse: int | None = None  # forward and reverse mode
     gate_noise: float | None = None  # this benchmark's own between-process noise (gate)
     slowed_by: float | None = None  # --bench-slow factor applied to this method
+    # how the time was taken: perf_counter around a synchronised call (CPU, and every file
+    # written before this field), or CUDA events around the call with no host sync inside
+    timer: str = "perf_counter"
+    cache: str = "warm"
+    # CUDA: peak bytes allocated during one call of the method, and of its reference
+    peak_bytes: int | None = None
+    reference_peak_bytes: int | None = None
+    # compiled methods: torch.compile's mode, and the seconds the first call took to
+    # compile (never part of the per-call time)
+    compile_mode: str | None = None
+    compile_s: float | None = None
     # interleaved runs: the reference's time (s) in each round, paired with stats.data
     reference_data: tuple[float, ...] | None = None
 
@@ -140,6 +153,15 @@ class BenchRecord:
         for name in ("gate_noise", "slowed_by"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        _str("timer", self.timer, TIMERS)
+        _str("cache", self.cache, CACHES)
+        for name in ("peak_bytes", "reference_peak_bytes"):
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name))
+        if self.compile_mode is not None:
+            _str("compile_mode", self.compile_mode)
+        if self.compile_s is not None:
+            _positive("compile_s", self.compile_s)
         if self.reference_data is not None:
             object.__setattr__(self, "reference_data",
                                _times("reference_data", self.reference_data))
@@ -240,6 +262,22 @@ def ratio_to_reference(data: Sequence[float], reference_data: Sequence[float] | 
         return math.nan, ""
     return float(np.median(np.asarray(data, dtype=float))
                  / np.median(np.asarray(reference_rounds, dtype=float))), "medians"
+
+
+def memory_ratio(peak_bytes, reference_peak_bytes):
+    """Peak memory of one call over its reference's; NaN where either was not measured."""
+    a = np.asarray(_nan_for_none(peak_bytes), dtype=float)
+    b = np.asarray(_nan_for_none(reference_peak_bytes), dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where((a >= 0) & (b > 0), a / b, np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def _nan_for_none(v):
+    """None (a field not written) as NaN, element-wise."""
+    if isinstance(v, (list, tuple, np.ndarray)) or hasattr(v, "to_numpy"):
+        return [np.nan if x is None else x for x in list(v)]
+    return np.nan if v is None else v
 
 
 def achieved_gflops(flops, seconds):

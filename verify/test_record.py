@@ -131,3 +131,35 @@ def test_verify_record_refuses_what_the_headroom_table_could_not_use(field, valu
     assert VerifyRecord.from_dict(VGOOD).as_dict() == VGOOD
     assert VerifyRecord(**{**VGOOD, "worst_ratio": float("inf"), "passed": False,
                            "mismatched": 1}).worst_ratio == float("inf")
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("timer", "wallclock", r"timer: expected one of \['perf_counter', 'cuda_event'\]"),
+    ("cache", "lukewarm", r"cache: expected one of \['warm', 'cold'\]"),
+    ("peak_bytes", -1, "peak_bytes: expected an integer >= 0"),
+    ("reference_peak_bytes", 1.5, "reference_peak_bytes: expected an integer"),
+    ("compile_s", 0.0, "compile_s: expected a finite number > 0"),
+    ("compile_mode", "", "compile_mode: expected a non-empty string"),
+])
+def test_measurement_fields_are_checked(field, value, says):
+    with pytest.raises(RecordError, match=says):
+        BenchRecord(**{**GOOD, field: value})
+
+
+def test_measurement_fields_default_to_what_older_files_did():
+    rec = BenchRecord.from_extra_info({**GOOD})
+    assert (rec.timer, rec.cache, rec.peak_bytes, rec.compile_s) == (
+        "perf_counter", "warm", None, None)
+    cuda = BenchRecord(**{**GOOD, "device": "cuda", "timer": "cuda_event", "cache": "cold",
+                          "peak_bytes": 3 << 20, "reference_peak_bytes": 2 << 20,
+                          "compile_mode": "reduce-overhead", "compile_s": 12.5})
+    assert BenchRecord.from_extra_info(cuda.to_extra_info()) == cuda
+
+
+def test_memory_ratio():
+    from reports.record import memory_ratio
+
+    assert memory_ratio(3 << 20, 2 << 20) == pytest.approx(1.5)
+    assert math.isnan(memory_ratio(None, 2 << 20)) and math.isnan(memory_ratio(5, 0))
+    out = memory_ratio([4, None, 0], [2, 2, 8])
+    assert out[0] == 2 and np.isnan(out[1]) and out[2] == 0
