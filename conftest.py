@@ -34,7 +34,7 @@ settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile("ci")
 
 KNOWN_DEVICES = ("cpu", "cuda")
-GRIDS = ("quick", "full")
+GRIDS = ("quick", "full", "gpu")
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -50,7 +50,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--bench-grid",
         choices=GRIDS,
         default="quick",
-        help="benchmark grid. quick: a few minutes on 2 cores (default); full: wider, deeper",
+        help="benchmark grid. quick: a few minutes on 2 cores (default); full: wider, "
+        "deeper; gpu: sizes that make a GPU work (CUDA only; see README)",
+    )
+    group.addoption(
+        "--bench-cold-l2",
+        action="store_true",
+        help="on CUDA, flush the L2 before each timed call (outside the timed window); "
+        "recorded as cache=cold",
     )
     group.addoption(
         "--bench-threads",
@@ -172,8 +179,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["platform"] = platform.platform()
-    machine_info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-    machine_info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    from bench.timing import gpu_info
+
+    machine_info.update({"cuda": None, "gpu": None, **gpu_info()})
     machine_info["bench_grid"] = config.getoption("--bench-grid")
     machine_info["bench_slow"] = bench_slow(config)
 

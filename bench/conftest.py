@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from bench.timing import finished, peak_bytes, timing_for
 from conftest import bench_slow
 from reports.record import BenchRecord
 
@@ -21,20 +22,6 @@ from reports.record import BenchRecord
 @pytest.fixture
 def grid(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--bench-grid")
-
-
-def synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
-    """``fn`` followed by a CUDA synchronise when the work runs on a GPU: without it the
-    timer measures only the kernel launch."""
-    if torch.device(device).type != "cuda":
-        return fn
-
-    def run() -> object:
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    return run
 
 
 def slowed(fn: Callable[[], object], factor: float) -> Callable[[], object]:
@@ -82,39 +69,74 @@ def bench_record(info: dict, slow: dict[str, float]) -> BenchRecord:
 def measure(benchmark, request: pytest.FixtureRequest):
     """``measure(fn, group=..., reference_fn=None, **extra_info)``: time ``fn`` and label it.
 
-    With ``reference_fn`` (the reference's callable, same inputs), rounds are interleaved:
-    before each timed round of ``fn`` the reference runs once and is timed too, and its
-    times go to ``extra_info["reference_data"]``, paired index by index with the kernel's
-    ``stats.data``. A ratio of paired rounds cancels whatever drift the machine has between
-    rounds, which is what the gate compares.
+    The device's timing (``bench.timing``): perf_counter on the CPU; CUDA events on a GPU,
+    where the L2 is flushed before each call with ``--bench-cold-l2``. With
+    ``reference_fn`` (the reference's callable, same inputs), rounds are interleaved:
+    before each timed round of ``fn`` the reference runs once and is timed the same way,
+    and its times go to ``extra_info["reference_data"]``, paired index by index with the
+    kernel's ``stats.data``. A ratio of paired rounds cancels whatever drift the machine
+    has between rounds, which is what the gate compares. On a GPU the peak memory of one
+    call of ``fn`` (and of the reference) is recorded too.
     """
 
     def _measure(fn: Callable[[], object], *, group: str, warmup: int = 3,
                  reference_fn: Callable[[], object] | None = None, **info) -> object:
-        record = bench_record(info, bench_slow(request.config))
+        device = str(info.get("device"))
+        cold = bool(request.config.getoption("--bench-cold-l2")) and _is_cuda(device)
+        timing = timing_for(device, cold=cold)
+        record = bench_record({**info, "timer": timing.timer, "cache": timing.cache},
+                              bench_slow(request.config))
         benchmark.group = group
         benchmark.extra_info.update(record.to_extra_info())
-        run = synchronized(fn, record.device)
-        if record.slowed_by is not None:
-            run = slowed(run, record.slowed_by)
+        target = fn
+        if record.slowed_by is not None:  # spun inside the timed window, device finished
+            target = slowed(finished(fn, timing.cuda), record.slowed_by)
+        run = timing.wrap(target)
         if benchmark.disabled:
             return benchmark(run)
         warm_up(run, warmup)
-        if reference_fn is None:
-            return benchmark(run)
-        ref = synchronized(reference_fn, record.device)
-        warm_up(ref, warmup)
+        if timing.clock is not None:
+            _use_clock(benchmark, timing.clock)
+        if reference_fn is not None:
+            warm_up(timing.wrap(reference_fn), warmup)
         ref_times: list[float] = []
-        # as many rounds as fit in --benchmark-max-time for the pair, at least min-rounds
-        opts = request.config.option
-        per_pair = _time(run) + _time(ref)
-        min_rounds = int(getattr(opts, "benchmark_min_rounds", 5))
-        max_time = float(getattr(opts, "benchmark_max_time", 1.0))
-        rounds = int(max(min_rounds, min(10_000, max_time / per_pair)))
-        result = benchmark.pedantic(run, setup=lambda: ref_times.append(_time(ref)),
-                                    rounds=rounds, iterations=1)
-        paired = dataclasses.replace(record, reference_data=tuple(ref_times))
-        benchmark.extra_info.update(paired.to_extra_info())
+        if reference_fn is None and timing.clock is None:
+            result = benchmark(run)  # pytest-benchmark's own calibration and rounds
+        else:
+            # as many rounds as fit in --benchmark-max-time (for the pair, when
+            # interleaved), at least min-rounds
+            opts = request.config.option
+            per_round = _time(run) + (_time(timing.wrap(reference_fn)) if reference_fn
+                                      else 0.0)
+            min_rounds = int(getattr(opts, "benchmark_min_rounds", 5))
+            max_time = float(getattr(opts, "benchmark_max_time", 1.0))
+            rounds = int(max(min_rounds, min(10_000, max_time / max(per_round, 1e-9))))
+            setup = None if reference_fn is None else (
+                lambda: ref_times.append(timing.time_once(reference_fn)))
+            result = benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1)
+        extra = {}
+        if reference_fn is not None:
+            extra["reference_data"] = tuple(ref_times)
+        peak = peak_bytes(fn, device)
+        if peak is not None:
+            extra["peak_bytes"] = peak
+            if reference_fn is not None:
+                extra["reference_peak_bytes"] = peak_bytes(reference_fn, device)
+        if extra:
+            benchmark.extra_info.update(dataclasses.replace(record, **extra).to_extra_info())
         return result
 
     return _measure
+
+
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def _use_clock(benchmark, clock) -> None:
+    """pytest-benchmark reads its timer before and after each call; give it the event
+    clock (the attribute every version from 4.0 to 5.3 has)."""
+    if not hasattr(benchmark, "_timer"):
+        raise RuntimeError("this pytest-benchmark has no BenchmarkFixture._timer: CUDA event "
+                           "timing cannot hand it its times")
+    benchmark._timer = clock

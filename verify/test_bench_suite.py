@@ -16,7 +16,8 @@ from reports.load import load_benchmarks
 from reports.record import SCHEMA, SCHEMA_KEY, BenchRecord
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = {"backprop", "jacobian", "counting", "least_squares", "control"}
+FAMILIES = {"backprop", "jacobian", "counting", "least_squares", "control", "ceiling"}
+TORCH_ONLY = {"control", "ceiling"}  # families that time torch alone: the machine's state
 
 
 def pytest_env() -> dict[str, str]:
@@ -77,6 +78,15 @@ def tiny_run(tiny_path) -> dict:
     return json.loads(tiny_path.read_text())
 
 
+def test_the_ceilings_are_measured(tiny_run):
+    got = {b["extra_info"]["method"]: b for b in tiny_run["benchmarks"]
+           if b["extra_info"]["kernel"] == "ceiling"}
+    assert set(got) == {"matmul", "copy"}
+    n = got["matmul"]["extra_info"]["N"]
+    assert got["matmul"]["extra_info"]["flops"] == 2 * n**3
+    assert got["copy"]["extra_info"]["bytes"] == 2 * 4 * got["copy"]["extra_info"]["N"]
+
+
 def test_every_family_depth_and_device_is_present(tiny_run):
     infos = [b["extra_info"] for b in tiny_run["benchmarks"]]
     assert {i["kernel"] for i in infos} == FAMILIES
@@ -102,8 +112,11 @@ def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
     assert len(df) == len(json.loads(tiny_path.read_text())["benchmarks"])
     # handgrad's kernels, by their owner field: at least one per family except the control
     ours = df[df["owner"] == "handgrad"]
-    assert set(ours["kernel"]) == FAMILIES - {"control"}
-    assert set(df.loc[df["kernel"] == "control", "owner"]) == {"torch"}
+    assert set(ours["kernel"]) == FAMILIES - TORCH_ONLY
+    assert set(df.loc[df["kernel"].isin(TORCH_ONLY), "owner"]) == {"torch"}
+    # every record says how it was timed: the CPU path, warm
+    assert set(df["timer"]) == {"perf_counter"} and set(df["cache"]) == {"warm"}
+    assert df["peak_bytes"].isna().all()  # measured on CUDA only
     proc = subprocess.run([sys.executable, "-m", "reports", "render", str(tiny_path),
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -121,6 +134,12 @@ def test_only_the_gd_k10_loop_declares_gate_noise(tiny_run):
 def test_machine_info_records_torch_and_threads(tiny_run):
     mi = tiny_run["machine_info"]
     assert mi["torch"] and mi["torch_threads"] >= 1 and "gpu" in mi and "bench_grid" in mi
+    import torch
+
+    if torch.cuda.is_available():  # the GPU's name and CUDA version, driver where readable
+        assert mi["gpu"] and mi["cuda"] and "gpu_driver" in mi and "gpu_sm_clock_mhz" in mi
+    else:
+        assert mi["gpu"] is None and mi["cuda"] is None
 
 
 @pytest.mark.parametrize("cwd", ["root", "elsewhere"])
