@@ -247,12 +247,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--bench-grid") == "full":
-        return
-    skip = pytest.mark.skip(reason="full benchmark grid only (--bench-grid=full)")
+    """Which benchmarks a grid runs. quick: the unmarked ones; full: those and ``full``;
+    gpu: ``gpu_grid`` (GPU-sized, CUDA only) and ``every_grid`` (control, ceilings)."""
+    grid = config.getoption("--bench-grid")
     for item in items:
-        if item.get_closest_marker("full"):
-            item.add_marker(skip)
+        marks = {m.name for m in item.iter_markers()}
+        if grid == "gpu":
+            if not marks & {"gpu_grid", "every_grid"}:
+                item.add_marker(pytest.mark.skip(reason="not in the gpu grid "
+                                                 "(--bench-grid=quick or full)"))
+            elif "gpu_grid" in marks and _param(item, "device") not in (None, "cuda"):
+                item.add_marker(pytest.mark.skip(reason="gpu grid: GPU-sized, CUDA only"))
+        elif "gpu_grid" in marks:
+            item.add_marker(pytest.mark.skip(reason="gpu grid only (--bench-grid=gpu)"))
+        elif "full" in marks and grid != "full":
+            item.add_marker(pytest.mark.skip(reason="full benchmark grid only "
+                                             "(--bench-grid=full)"))
+
+
+def _param(item: pytest.Item, name: str):
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get(name)
 
 
 def _is_parametrized(metafunc: pytest.Metafunc, name: str) -> bool:

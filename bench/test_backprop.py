@@ -11,13 +11,21 @@ from verify.references import torch_loss
 
 QUICK = [(L, K, N) for L in (3, 5, 10) for K in (64, 256) for N in (256,)]
 FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (64, 256, 1024) for N in (32, 256, 2048)]
+# GPU-sized (--bench-grid=gpu): K up to 8192, N up to 16384, in float32 and bfloat16. The
+# largest, L=10 K=4096 N=16384, holds ~5 GB of activations per method
+GPU = [(3, 1024, 4096), (3, 4096, 16384), (5, 4096, 16384), (10, 4096, 16384),
+       (3, 8192, 16384)]
 D, P = 13, 1
 
 
 def grid_params():
-    return [pytest.param(L, K, N, id=f"L{L}-K{K}-N{N}",
-                         marks=[] if (L, K, N) in QUICK else [pytest.mark.full])
-            for L, K, N in sorted(set(QUICK) | set(FULL))]
+    cpu = [pytest.param(L, K, N, torch.float32, id=f"L{L}-K{K}-N{N}",
+                        marks=[] if (L, K, N) in QUICK else [pytest.mark.full])
+           for L, K, N in sorted(set(QUICK) | set(FULL))]
+    gpu = [pytest.param(L, K, N, dt, id=f"L{L}-K{K}-N{N}-{str(dt).removeprefix('torch.')}",
+                        marks=[pytest.mark.gpu_grid])
+           for L, K, N in GPU for dt in (torch.float32, torch.bfloat16)]
+    return cpu + gpu
 
 
 def backprop_flops(sizes: list[int], n: int) -> int:
@@ -39,9 +47,9 @@ OWNERS = {"manual": "handgrad", "torch_autograd": "torch"}
 
 
 @pytest.mark.parametrize("method", list(OWNERS))
-@pytest.mark.parametrize("L,K,n", grid_params())
-def test_backprop(measure, method: str, L: int, K: int, n: int, device: str) -> None:
-    dtype = torch.float32
+@pytest.mark.parametrize("L,K,n,dtype", grid_params())
+def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dtype,
+                  device: str) -> None:
     sizes = [D] + [K] * (L - 1) + [P]
     g = torch.Generator().manual_seed(0)
     net = mlp.init_mlp(sizes, "tanh", generator=g, dtype=dtype, device=device)
@@ -61,8 +69,10 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, device: str) -> 
     measure(
         calls[method],
         reference_fn=None if method == "torch_autograd" else autograd,
-        group=f"backprop L={L} K={K} N={n} {device}",
+        group=f"backprop L={L} K={K} N={n} {device}"
+              + ("" if dtype == torch.float32 else f" {str(dtype).removeprefix('torch.')}"),
         kernel="backprop", method=method, reference="torch_autograd", owner=OWNERS[method],
-        flops=backprop_flops(sizes, n), bytes=backprop_bytes(sizes, n, 4),
+        flops=backprop_flops(sizes, n),
+        bytes=backprop_bytes(sizes, n, torch.finfo(dtype).bits // 8),
         L=L, D=D, K=K, P=P, N=n, device=device, dtype=dtype,
     )

@@ -23,6 +23,7 @@ def _device_kind(device: str) -> str:
     return torch.device(device).type
 
 
+@pytest.mark.every_grid
 @pytest.mark.parametrize("dtype", ceiling_params())
 def test_ceiling_matmul(measure, device: str, dtype: torch.dtype) -> None:
     kind = _device_kind(device)
@@ -38,6 +39,7 @@ def test_ceiling_matmul(measure, device: str, dtype: torch.dtype) -> None:
             flops=2 * n**3, bytes=3 * itemsize * n * n, N=n, device=device, dtype=dtype)
 
 
+@pytest.mark.every_grid
 def test_ceiling_copy(measure, device: str) -> None:
     kind = _device_kind(device)
     numel = COPY_BYTES[kind] // 4

@@ -3,11 +3,13 @@ slower. When it moves between two runs, the machine moved, not the kernels."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 M = 512
 
 
+@pytest.mark.every_grid
 def test_control_matmul(measure, device: str) -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(M, M, generator=g).to(device)

@@ -16,6 +16,9 @@ D, P = 2, 10
 QUICK = [(L, K, N) for L in (3, 5, 10) for K, N in ((30, 1), (30, 1024), (1024, 1))]
 QUICK += [(3, 1024, 1024)]  # memory-bound width, batched: seconds per call for the refs
 FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (30, 256, 1024, 4096) for N in (1, 1024)]
+# GPU-sized (--bench-grid=gpu), float32: K up to 4096, N up to 65536 (the course's D=2,
+# P=10). Reverse mode's adjoint is P*N*K floats: 2.7 GB per layer at K=1024, N=65536
+GPU = [(L, 4096, 8192) for L in (3, 5, 10)] + [(3, 1024, 65536), (3, 4096, 1)]
 
 METHODS = {  # method: whose it is
     "manual_forward": "handgrad",
@@ -95,11 +98,14 @@ def flops_of(method: str, L: int, K: int, N: int) -> int:
 
 
 def grid_params():
-    return [
+    cpu = [
         pytest.param(L, K, N, id=f"L{L}-K{K}-N{N}",
                      marks=[] if (L, K, N) in QUICK else [pytest.mark.full])
         for L, K, N in sorted(set(QUICK) | set(FULL))
     ]
+    gpu = [pytest.param(L, K, N, id=f"gpu-L{L}-K{K}-N{N}", marks=[pytest.mark.gpu_grid])
+           for L, K, N in GPU]
+    return cpu + gpu
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -10,16 +10,27 @@ from kernels import least_squares as ls
 
 N, D = 200, 50
 # k = 1e5 (the loop: ~4 s a call, timed and interleaved) only in the full grid
-KS = [10, 1_000, 10_000, pytest.param(100_000, marks=pytest.mark.full)]
+KS = [10, 1_000, 10_000, 100_000]
+# GPU-sized (--bench-grid=gpu): N 4096-20000, D 1024-2000 at k = 1e4, float64 and float32
+GPU = [(10_000, 4096, 1024), (10_000, 20_000, 2000)]
 
 
-def problem(device: str, dtype=torch.float64):
+def gd_params():
+    cpu = [pytest.param(k, N, D, torch.float64, id=f"k{k}",
+                        marks=[pytest.mark.full] if k > 10_000 else []) for k in KS]
+    gpu = [pytest.param(k, n, d, dt, id=f"k{k}-N{n}-D{d}-{str(dt).removeprefix('torch.')}",
+                        marks=[pytest.mark.gpu_grid])
+           for k, n, d in GPU for dt in (torch.float64, torch.float32)]
+    return cpu + gpu
+
+
+def problem(device: str, dtype=torch.float64, n: int = N, d: int = D):
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(N, D, generator=g, dtype=dtype)
-    y = torch.randn(N, generator=g, dtype=dtype)
-    w0 = torch.zeros(D, dtype=dtype)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    w0 = torch.zeros(d, dtype=torch.float64)
     alpha = 1.0 / torch.linalg.eigvalsh(X.t() @ X).max().item()
-    return X.to(device), y.to(device), w0.to(device), alpha
+    return X.to(device, dtype), y.to(device, dtype), w0.to(device, dtype), alpha
 
 
 def sgd_steps(X, y, w0, alpha: float, k: int, momentum: float = 0.0):
@@ -35,8 +46,8 @@ def sgd_steps(X, y, w0, alpha: float, k: int, momentum: float = 0.0):
 
 # analytic FLOPs: a thin SVD of an N x D matrix ~ 4 N D^2 + 8 D^3 (Golub & Van Loan),
 # then O(D^2) per k; one GD step computes X^T (X w): 4 N D
-def closed_form_flops(k_count: int = 1) -> int:
-    return 4 * N * D * D + 8 * D**3 + 2 * D * D * k_count
+def closed_form_flops(k_count: int = 1, n: int = N, d: int = D) -> int:
+    return 4 * n * d * d + 8 * d**3 + 2 * d * d * k_count
 
 
 def lstsq(X, y, device: str):
@@ -75,29 +86,32 @@ GD_OWNERS = {"closed_form": "handgrad", "loop": "handgrad", "torch_optim_sgd": "
 
 
 @pytest.mark.parametrize("method", list(GD_OWNERS))
-@pytest.mark.parametrize("k", KS)
-def test_gd(measure, method: str, k: int, device: str) -> None:
+@pytest.mark.parametrize("k,n,d,dtype", gd_params())
+def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
+            device: str) -> None:
     if method == "torch_optim_sgd" and k > SGD_MAX_K:
         pytest.skip(f"torch.optim.SGD with autograd takes ~k x 400 us = {k * 4e-4:.0f} s per "
                     f"call at k = {k}")
-    X, y, w0, alpha = problem(device)
+    X, y, w0, alpha = problem(device, dtype, n, d)
     calls = {
         "closed_form": lambda: ls.gd_closed_form(X, y, w0, alpha, k),
         "loop": lambda: ls.gd_iterates(X, y, w0, alpha, k),
         "torch_optim_sgd": lambda: sgd_steps(X, y, w0, alpha, k),
         "torch_lstsq": lambda: lstsq(X, y, device),
     }
-    flops = {"closed_form": closed_form_flops(), "loop": 4 * N * D * k,
-             "torch_optim_sgd": 4 * N * D * k, "torch_lstsq": closed_form_flops(0)}
+    flops = {"closed_form": closed_form_flops(1, n, d), "loop": 4 * n * d * k,
+             "torch_optim_sgd": 4 * n * d * k, "torch_lstsq": closed_form_flops(0, n, d)}
+    itemsize = torch.finfo(dtype).bits // 8
+    suffix = "" if dtype == torch.float64 else f" {str(dtype).removeprefix('torch.')}"
     reference = gd_reference(method, k)
     measure(
         calls[method],
         reference_fn=None if reference == method else calls[reference],
-        group=f"least_squares gd k={k} N={N} D={D} {device}",
+        group=f"least_squares gd k={k} N={n} D={d} {device}{suffix}",
         kernel="least_squares", method=f"gd_{method}", reference=f"gd_{reference}",
         owner=GD_OWNERS[method],
-        flops=flops[method], bytes=8 * (N * D + N + D),
-        N=N, D=D, k=k, device=device, dtype=torch.float64,
+        flops=flops[method], bytes=itemsize * (n * d + n + d),
+        N=n, D=d, k=k, device=device, dtype=dtype,
         **({"gate_noise": GD_LOOP_NOISE} if method == "loop" and k <= 10 else {}),
     )
 

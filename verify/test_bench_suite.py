@@ -250,3 +250,24 @@ def test_xdist_workers_share_the_cores(monkeypatch):
     assert bench_threads(config) == 1
     opts["--bench-threads"] = 3  # asked for: as asked
     assert bench_threads(config) == 3
+
+
+def _bench_outcomes(*args: str) -> tuple[str, str]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "-rs",
+                           "-p", "no:cacheprovider", "--benchmark-disable", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=pytest_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return proc.stdout, proc.stdout.strip().splitlines()[-1]
+
+
+def test_the_gpu_grid_is_gpu_sized_and_only_that():
+    # on a CPU the gpu grid runs the machine's ceilings and the control, nothing else
+    out, last = _bench_outcomes("--bench-grid=gpu", "--device=cpu")
+    assert last.startswith("3 passed"), last
+    assert "gpu grid: GPU-sized, CUDA only" in out
+    assert "not in the gpu grid" in out
+    # and the default grid never runs a GPU-sized case (ids carry their sizes)
+    out, last = _bench_outcomes("--device=cpu", "-k", "16384 or 65536 or N4096 or bfloat16")
+    assert " passed" not in last and "skipped" in last, last
+    assert "gpu grid only (--bench-grid=gpu)" in out
