@@ -1,26 +1,116 @@
-"""Matplotlib figures for the report. Each function writes one PNG and returns its path."""
+"""Matplotlib figures for the report. Each function writes one PNG and returns its path;
+every figure goes through ``_save`` (tests capture it there). The roofline is in
+``reports.roofline``, the CPU-vs-GPU figure in ``reports.devices``.
+
+Conventions shared by all figures: a run (one input file, ``run`` = "machine · file") is
+never drawn on the same line as another; handgrad's kernels stand apart from torch's
+references (``OWNER_STYLE``: thick solid lines and filled markers against thin dashed lines
+and hollow markers)."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from reports.record import achieved_gflops  # noqa: E402
+OWNER_STYLE = {
+    "handgrad": {"ls": "-", "lw": 2.4, "filled": True},
+    "torch": {"ls": "--", "lw": 1.0, "filled": False},
+}
+OWNER_TEXT = {"handgrad": "handgrad kernel (thick solid line, filled markers)",
+              "torch": "torch reference (thin dashed line, hollow markers)"}
 
 
 def _num(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def run_title(run: str, device: str) -> str:
+    """Two lines for a panel: the machine, then the file and the device."""
+    machine, _, source = run.partition(" · ")
+    return f"{machine}\n{source} · {device}" if source else f"{run} · {device}"
+
+
+def owner_handles(owners) -> list[Line2D]:
+    """Legend entries that say which style is handgrad's and which torch's."""
+    present = set(owners)
+    return [Line2D([], [], color="k", ls=OWNER_STYLE[o]["ls"], lw=OWNER_STYLE[o]["lw"],
+                   marker="o", ms=5, markerfacecolor="k" if OWNER_STYLE[o]["filled"]
+                   else "none", label=OWNER_TEXT[o]) for o in OWNER_TEXT if o in present]
+
+
+def line_style(owner: str, colour) -> dict:
+    """Keyword arguments of ``ax.plot`` for a method of this owner."""
+    st = OWNER_STYLE.get(owner, OWNER_STYLE["torch"])
+    return {"color": colour, "ls": st["ls"], "lw": st["lw"], "marker": "o", "ms": 4,
+            "markerfacecolor": colour if st["filled"] else "none", "markeredgecolor": colour}
+
+
+def legend_below(fig, handles, ncol: int | None = None,
+                 col_width: float = 3.6) -> tuple[float, float, float, float]:
+    """A figure-level legend under the panels (as many columns of ``col_width`` inches as
+    the figure's width holds, at most ``ncol``); returns the rect the panels may use."""
+    fits = max(1, int(fig.get_figwidth() / col_width))
+    ncol = min(fits, ncol or fits, len(handles))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    rows = -(-len(handles) // ncol)
+    return reserve(fig, (0.22 * rows + 0.15) / fig.get_figheight())
+
+
+# the part of each figure that tight_layout leaves to a legend below the panels
+_RESERVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def reserve(fig, bottom: float) -> tuple[float, float, float, float]:
+    """Keep the bottom ``bottom`` fraction of ``fig`` free of panels (for a legend) when
+    ``_save`` lays it out; returns the rect the panels may use."""
+    rect = (0, min(0.45, bottom), 1, 1)
+    _RESERVED[fig] = rect
+    return rect
+
+
+def plain_log(ax, which: str = "y") -> None:
+    """Log-axis tick labels as plain numbers (0.4, 2, 300), not 4x10^-1; minor ticks are
+    labelled only when the axis spans less than a decade and a half."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+
+    def minor(v, _):
+        lo, hi = sorted(axis.get_view_interval())
+        lead = round(v / 10 ** np.floor(np.log10(v)), 6) if v > 0 else 0
+        return _tick(v) if lo > 0 and hi / lo < 30 and lead in (2, 3, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _tick(v: float) -> str:
+    if v <= 0 or 1e-3 <= v < 1e5:
+        return f"{v:g}"
+    exp = np.log10(v)
+    return f"$10^{{{exp:.0f}}}$" if abs(exp - round(exp)) < 1e-9 else f"{v:.0e}"
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay the figure out (keeping the room ``reserve`` asked for), write it, close it."""
+    fig.tight_layout(rect=_RESERVED.pop(fig, (0, 0, 1, 1)))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
-    """Median time against depth L: a panel per (width K, batch N), a line per method
-    (one colour per method in every panel), a line style per device and machine."""
+    """Median time against depth L: a row of panels per run and device (never two runs on
+    one line), a panel per (width K, batch N), a line per method, one colour per method
+    in every panel, handgrad's kernels apart from torch's references (OWNER_STYLE). A
+    panel with a single depth is a point chart of the methods, not a line."""
     if "L" not in df.columns:
         return None
     sub = df[(df["kernel"] == kernel) & df["L"].notna()]
@@ -28,60 +118,83 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
         return None
     panel_keys = [c for c in ("K", "N") if c in sub.columns and sub[c].notna().any()]
     panels = sorted(sub.groupby(panel_keys, dropna=False).groups) if panel_keys else [()]
-    methods = sorted(sub["method"].unique())
+    panels = [p if isinstance(p, tuple) else (p,) for p in panels]
+    places = sorted(sub.groupby(["run", "device"]).groups)
+    owners = sub.groupby("method")["owner"].first()
+    # handgrad's kernels first, each method one colour throughout
+    methods = sorted(owners.index, key=lambda m: (owners[m] != "handgrad", m))
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
-    where = sorted(sub.groupby(["device", "machine"]).groups)
-    styles = {w: ("-", "--", ":", "-.")[i % 4] for i, w in enumerate(where)}
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 1.2),
+    cols, rows = len(panels), len(places)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.8 * rows + 1.3),
                              squeeze=False, sharey=True)
-    for ax, panel in zip(axes.flat, panels):
-        key = panel if isinstance(panel, tuple) else (panel,)
-        g = sub
-        for k, v in zip(panel_keys, key):
-            g = g[g[k] == v]
-        for (method, device, machine), line in g.groupby(["method", "device", "machine"]):
-            line = line.sort_values("L")
-            ax.plot(line["L"], line["median"] * 1e3, marker="o", ms=3,
-                    color=colours[method], ls=styles[(device, machine)])
-        ax.set_title(", ".join(f"{k}={_num(v)}" for k, v in zip(panel_keys, key)), fontsize=9)
-        ax.set_yscale("log")
-        ax.set_xlabel("depth L (layers)")
-        ax.grid(True, which="both", alpha=0.3)
+    for (run, device), axrow in zip(places, axes):
+        for ax, key in zip(axrow, panels):
+            g = sub[(sub["run"] == run) & (sub["device"] == device)]
+            for k, v in zip(panel_keys, key):
+                g = g[g[k] == v]
+            where = ", ".join(f"{k}={_num(v)}" for k, v in zip(panel_keys, key))
+            ax.set_yscale("log")
+            if g.empty:
+                ax.set_title(f"{run_title(run, device)}\n{where}", fontsize=8)
+                ax.text(0.5, 0.5, "not measured in this run", ha="center",
+                        transform=ax.transAxes, fontsize=8, color="grey")
+                ax.set_xticks([])
+                continue
+            depths = sorted(g["L"].unique())
+            gid = f"{run} | {device}"
+            if len(depths) == 1:
+                _points(ax, g, methods, colours, gid)
+                where += f": L={_num(depths[0])} only"
+            else:
+                for method in [m for m in methods if m in set(g["method"])]:
+                    line = g[g["method"] == method].sort_values("L")
+                    ax.plot(line["L"], line["median"] * 1e3, label=method, gid=gid,
+                            **line_style(owners[method], colours[method]))
+                ax.set_xticks(depths)
+                ax.set_xticklabels([_num(d) for d in depths])
+                ax.set_xlabel("depth L (layers)")
+            ax.set_title(f"{run_title(run, device)}\n{where}", fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+            plain_log(ax)
     for ax in axes[:, 0]:
         ax.set_ylabel("median time per call (ms)")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    handles = [plt.Line2D([], [], color=colours[m], marker="o", ms=3, label=m) for m in methods]
-    if len(where) > 1:
-        handles += [plt.Line2D([], [], color="k", ls=styles[w], label=f"{w[0]} on {w[1]}")
-                    for w in where]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
-               frameon=False)
-    fig.suptitle(f"{kernel}: time per call against depth", fontsize=11)
-    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(handles) // 4), 1, 1))
-    path = out / f"{kernel}_time_vs_L.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    handles = [Line2D([], [], label=m, **line_style(owners[m], colours[m])) for m in methods]
+    handles += owner_handles(owners)
+    legend_below(fig, handles, ncol=4)
+    fig.suptitle(f"{kernel}: time per call against depth (a row of panels per run and "
+                 "device)", fontsize=11)
+    return _save(fig, out / f"{kernel}_time_vs_L.png")
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def _points(ax, g: pd.DataFrame, methods, colours, gid: str) -> None:
+    """One depth only: a point per method along a categorical axis, no line."""
+    present = [m for m in methods if m in set(g["method"])]
+    for x, method in enumerate(present):
+        r = g[g["method"] == method]
+        st = line_style(r["owner"].iloc[0], colours[method])
+        st.update(ls="none", ms=7)
+        ax.plot([x] * len(r), r["median"] * 1e3, label=method, gid=gid, **st)
+    ax.set_xlim(-0.6, len(present) - 0.4)
+    ax.set_xticks(range(len(present)))
+    ax.set_xticklabels(present, rotation=40, ha="right", fontsize=6.5)
+    ax.set_xlabel("method (one depth measured)")
+
+
+# K is shown by the marker's shape; the circle is kept for the fill legend (batched or
+# single x), so no glyph of the legend means two things
+K_MARKERS = "s^Dv<>ph"
+FILL_MARKER = "o"
 
 
 def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
     """Measured forward/reverse time ratio of the manual Jacobian kernels against the
-    op-count model's forward/reverse ratio, one point per (L, K, N, device, machine)."""
+    op-count model's forward/reverse ratio, one point per (L, K, N), a panel per run and
+    device."""
     need = {"model_forward", "model_reverse", "L", "K", "N"}
     jac = df[df["kernel"] == "jacobian"]
     if jac.empty or not need <= set(jac.columns):
         return None
-    keys = ["source", "machine", "device", "L", "K", "N"]
+    keys = ["source", "run", "device", "L", "K", "N"]
     fwd = jac[jac["method"] == "manual_forward"]
     rev = jac[jac["method"] == "manual_reverse"]
     both = fwd.merge(rev[[*keys, "median"]], on=keys, suffixes=("_fwd", "_rev"))
@@ -89,21 +202,20 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
         return None
     both["measured"] = both["median_fwd"] / both["median_rev"]
     both["model"] = both["model_forward"] / both["model_reverse"]
-    # colour = depth L, marker = width K, filled = batched, hollow = single x; one panel
-    # per machine and device
-    places = sorted({(m, d) for m, d in zip(both["machine"], both["device"])})
-    fig, axes = plt.subplots(1, len(places), figsize=(6.5 * len(places), 5), squeeze=False)
+    # colour = depth L, marker = width K, filled = batched, hollow = single x
+    places = sorted({(r, d) for r, d in zip(both["run"], both["device"])})
+    fig, axes = plt.subplots(1, len(places), figsize=(6.5 * len(places), 5.2), squeeze=False)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = dict(zip(sorted(both["L"].unique()), cycle))
-    markers = dict(zip(sorted(both["K"].unique()), "os^Dv<>p"))
+    markers = dict(zip(sorted(both["K"].unique()), K_MARKERS))
     lo = min(both["model"].min(), both["measured"].min()) / 1.5
     hi = max(both["model"].max(), both["measured"].max()) * 1.5
-    for ax, (machine, device) in zip(axes[0], places):
-        g = both[(both["machine"] == machine) & (both["device"] == device)]
+    for ax, (run, device) in zip(axes[0], places):
+        g = both[(both["run"] == run) & (both["device"] == device)]
         for _, r in g.iterrows():
             c = colours[r["L"]]
-            ax.scatter(r["model"], r["measured"], s=45, marker=markers[r["K"]],
-                       facecolors=c if r["N"] > 1 else "none", edgecolors=c, linewidths=1.2)
+            ax.scatter(r["model"], r["measured"], s=50, marker=markers[r["K"]],
+                       facecolors=c if r["N"] > 1 else "none", edgecolors=c, linewidths=1.3)
         line = ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = model")
         ax.axhline(1, color="grey", lw=0.5)
         ax.axvline(1, color="grey", lw=0.5)
@@ -111,52 +223,34 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
         ax.set_yscale("log")
         ax.set_xlabel("op-count model: forward / reverse multiplies")
         ax.set_ylabel("measured: forward / reverse median time")
-        ax.set_title(f"{device}, {machine}", fontsize=9)
+        ax.set_title(run_title(run, device), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-    handles = [Line2D([], [], ls="", marker="o", color=c, label=f"L = {L:.0f}")
-               for L, c in colours.items()]
-    handles += [Line2D([], [], ls="", marker=m, color="grey", label=f"K = {K:.0f}")
-                for K, m in markers.items()]
-    handles += [Line2D([], [], ls="", marker="o", color="grey", label="batched (N > 1)"),
-                Line2D([], [], ls="", marker="o", markerfacecolor="none", color="grey",
-                       label="single x (N = 1)"), *line]
-    axes[0][0].legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
+    # colour swatches for L (a line, no marker), grey hollow shapes for K, a grey circle
+    # filled or hollow for N: each entry a glyph of its own, a column per group
+    groups = [
+        [Line2D([], [], ls="-", lw=6, color=c, label=f"depth L = {L:.0f}")
+         for L, c in colours.items()],
+        [Line2D([], [], ls="", marker=m, color="grey", markerfacecolor="none", ms=8,
+                label=f"width K = {K:.0f}") for K, m in markers.items()],
+        [Line2D([], [], ls="", marker=FILL_MARKER, color="grey", ms=8,
+                label="filled: batched (N > 1)"),
+         Line2D([], [], ls="", marker=FILL_MARKER, markerfacecolor="none", color="grey",
+                ms=8, label="hollow: single x (N = 1)")],
+        line,
+    ]
+    tall = max(map(len, groups))
+    handles = [h for g in groups for h in g + [_blank()] * (tall - len(g))]
+    fig.legend(handles=handles, loc="lower center", ncol=len(groups), fontsize=8,
+               frameon=False)
+    for ax in axes[0]:
+        plain_log(ax, "x")
+        plain_log(ax, "y")
     fig.suptitle("Jacobian: forward vs reverse mode, model and measurement\n"
                  "(below 1: forward mode is cheaper)", fontsize=10)
+    reserve(fig, (0.22 * tall + 0.2) / fig.get_figheight())
     return _save(fig, out / "jacobian_modes_model_vs_measured.png")
 
 
-def roofline(df: pd.DataFrame, out: Path) -> Path | None:
-    """Achieved GFLOP/s against arithmetic intensity (FLOPs per byte of compulsory traffic),
-    with the control matmul's achieved GFLOP/s as the machine's practical ceiling."""
-    d = df.copy()
-    d["flops_n"] = pd.to_numeric(d["flops"], errors="coerce")
-    d["bytes_n"] = pd.to_numeric(d["bytes"], errors="coerce")
-    d = d[(d["flops_n"] > 0) & (d["bytes_n"] > 0)]
-    if d.empty:
-        return None
-    d["gflops"] = achieved_gflops(d["flops_n"], d["median"])
-    d["intensity"] = d["flops_n"] / d["bytes_n"]
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    # a colour per kernel family; handgrad's kernels filled, torch's references hollow
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (kernel, g) in enumerate(d[d["kernel"] != "control"].groupby("kernel")):
-        for owner, h in g.groupby("owner"):
-            c = cycle[i % len(cycle)]
-            ax.scatter(h["intensity"], h["gflops"], s=18, alpha=0.8, edgecolors=c,
-                       facecolors=c if owner == "handgrad" else "none",
-                       label=f"{kernel} ({'handgrad' if owner == 'handgrad' else 'torch'})")
-    for (machine, device), g in d[d["kernel"] == "control"].groupby(["machine", "device"]):
-        peak = float(g["gflops"].max())
-        ax.axhline(peak, ls="--", lw=1, color="k")
-        ax.annotate(f"control matmul: {peak:.0f} GFLOP/s ({device}, {machine})",
-                    (d["intensity"].min(), peak), fontsize=7, xytext=(0, 3),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (analytic FLOPs / compulsory bytes)")
-    ax.set_ylabel("achieved GFLOP/s (analytic FLOPs / median time)")
-    ax.set_title("Achieved throughput against the control benchmark (roofline view)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, out / "roofline.png")
+def _blank() -> Line2D:
+    """An empty legend slot (keeps each group of entries in its own column)."""
+    return Line2D([], [], ls="", label=" ")

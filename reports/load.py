@@ -1,10 +1,19 @@
-"""Load one or more pytest-benchmark JSON files into one pandas DataFrame, a row a
-benchmark, each row's ``extra_info`` validated as a ``reports.record.BenchRecord``."""
+"""Load one or more pytest-benchmark JSON files (plain, or gzip-compressed: by the
+``.gz`` suffix or gzip's magic bytes) into one pandas DataFrame, a row a benchmark, each
+row's ``extra_info`` validated as a ``reports.record.BenchRecord``.
+
+A file is one **run**: its rows carry a ``run`` label, the machine and the file's name
+("vm (NVIDIA H100 80GB HBM3) · bench_default_cuda.json.gz"), unique per input file, so
+that two runs of one machine are never mixed. A file given twice, or two files holding
+the same run, are refused (ReportInputError): the report would list every row twice."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -31,16 +40,30 @@ def machine_label(machine_info: dict) -> str:
     return label
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it is gzip (``.gz`` suffix or magic bytes)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz" or raw[:2] == GZIP_MAGIC:
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ReportInputError(f"{path}: not valid gzip ({exc})") from None
+    return raw
+
+
 def read_json_any(path: str | Path) -> object:
-    """The parsed JSON of ``path``; ReportInputError when it is missing, a folder, or not
-    JSON."""
+    """The parsed JSON of ``path`` (gzip-compressed or not); ReportInputError when it is
+    missing, a folder, not gzip though named .gz, or not JSON."""
     path = Path(path)
     if path.is_dir():
         raise ReportInputError(f"{path}: is a folder; expected a JSON file")
     if not path.is_file():
         raise ReportInputError(f"{path}: no such file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(_read_bytes(path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportInputError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
@@ -74,16 +97,44 @@ def _stats(path, name: str, stats) -> dict:
     return {k: stats[k] for k in STATS}
 
 
+def run_labels(paths: Sequence[str | Path], machines: Sequence[str]) -> list[str]:
+    """"machine · file" per input, unique: the file's name, or as many of its last folders
+    as it takes to tell two files of the same name apart."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(q[-depth:]) for q in parts]
+        if len(set(names)) == len(names):
+            break
+    return [f"{m} · {n}" for m, n in zip(machines, names)]
+
+
+def _fingerprint(data: dict) -> str:
+    """Identical for two files that hold the same run (a copy, or x.json and x.json.gz)."""
+    text = json.dumps([data.get("datetime"), data["benchmarks"]], sort_keys=True,
+                      default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
 def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """A row per benchmark per file: source, machine, group, name, every BenchRecord field,
-    ``interleaved`` (it has paired reference rounds), and median/iqr (seconds), rounds, the
-    per-round data (list, seconds).
+    """A row per benchmark per file: source, machine, run ("machine · file", unique per
+    file), schema (the file's record layout), group, name, every BenchRecord field,
+    ``fields_written`` (the extra_info keys the file holds: a field read with its default
+    was not measured), ``interleaved`` (it has paired reference rounds), and median/iqr
+    (seconds), rounds, the per-round data (list, seconds).
 
     ReportInputError names the file, the benchmark and the field when a file is not
-    handgrad's benchmark output or a record breaks its definition."""
+    handgrad's benchmark output or a record breaks its definition, and the file when it is
+    given twice or holds the same run as another input."""
     if not paths:
         raise ReportInputError("no benchmark files given")
-    rows = []
+    seen: dict[Path, str | Path] = {}
+    for path in paths:
+        key = Path(path).resolve()
+        if key in seen:
+            raise ReportInputError(f"{path}: given twice (as {seen[key]}); each run once, "
+                                   "or the report lists every benchmark twice")
+        seen[key] = path
+    rows, machines, fingerprints = [], [], {}
     for path in paths:
         data = read_json(path)
         machine_info = data.get("machine_info") or {}
@@ -92,6 +143,7 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
         except RecordError as exc:
             raise ReportInputError(f"{path}: {exc}") from None
         machine = machine_label(machine_info)
+        machines.append(machine)
         if not data["benchmarks"]:
             raise ReportInputError(f"{path}: no benchmarks in the file")
         if not any(isinstance(b, dict) and isinstance(
@@ -99,6 +151,11 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
                 for b in data["benchmarks"]):
             raise ReportInputError(f"{path}: no handgrad benchmark records (no extra_info "
                                    "kernel/method/reference); write it with pytest bench")
+        fp = _fingerprint(data)
+        if fp in fingerprints:
+            raise ReportInputError(f"{path}: holds the same run as {fingerprints[fp]} "
+                                   "(identical benchmarks); give it once")
+        fingerprints[fp] = path
         for b in data["benchmarks"]:
             if not isinstance(b, dict) or not isinstance(b.get("name"), str):
                 raise ReportInputError(f"{path}: a benchmark entry without a name")
@@ -113,15 +170,48 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
                     paired_ratios(stats["data"], record.reference_data)
                 except RecordError as exc:
                     raise ReportInputError(f"{path}: benchmark {name!r}: {exc}") from None
-            row = {"source": str(path), "machine": machine,
+            row = {"source": str(path), "machine": machine, "schema": schema,
                    "group": b.get("group") or name, "name": name}
             row.update((f, getattr(record, f)) for f in RECORD_COLUMNS)
             row["reference_data"] = (None if record.reference_data is None
                                      else list(record.reference_data))
             row["interleaved"] = record.reference_data is not None
+            row["fields_written"] = frozenset(b["extra_info"])
             row.update(stats)
             rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    labels = dict(zip(map(str, paths), run_labels(paths, machines)))
+    df.insert(2, "run", df["source"].map(labels))
+    return df
+
+
+def gaps(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Per input file, what it lacks that today's bench suite records: the report says so
+    instead of failing or showing a default as if it had been measured."""
+    out = {}
+    for source, g in df.groupby("source", sort=False):
+        written = frozenset().union(*g["fields_written"])
+        lack = []
+        if int(g["schema"].iloc[0]) == 1:
+            lack.append("the owner field (schema 1: each method's owner is taken from the "
+                        "list of methods that suite timed)")
+        if "timer" not in written or "cache" not in written:
+            lack.append("the timer and cache mode (read as perf_counter around a "
+                        "synchronised call, warm cache)")
+        if any(map(on_gpu, g["device"])) and g["peak_bytes"].isna().all():
+            lack.append("peak memory (no `peak_mib` or `memory_ratio`)")
+        if not (g["kernel"] == "ceiling").any():
+            lack.append("measured ceilings (the roofline has no roofs)")
+        if "compile_mode" not in written:
+            lack.append("compiled timings (`torch.compile`)")
+        if not g["interleaved"].any():
+            lack.append("interleaved reference rounds (ratios by medians; no disturbed check)")
+        out[source] = lack
+    return out
+
+
+def on_gpu(device: str) -> bool:
+    return not str(device).startswith("cpu")
 
 
 def _existing_ancestor(path: Path) -> Path:

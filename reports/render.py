@@ -7,11 +7,26 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports import figures
-from reports.load import ReportInputError, check_output_dir, load_benchmarks, read_json_any
+import pandas as pd
+
+from reports import devices, figures, roofline
+from reports.load import (
+    ReportInputError,
+    check_output_dir,
+    gaps,
+    load_benchmarks,
+    read_json_any,
+)
 from reports.record import RATIO_DEFINITION
-from reports.tables import summary, to_markdown
+from reports.tables import DISTURBED_RULE, summary, to_markdown
 from reports.verification import headroom_table, is_verify_report, load_records
+
+MEMORY_TEXT = (
+    "`peak_mib` is the peak memory allocated during one call (`peak_bytes` / 2^20); "
+    "`memory_ratio` is that peak over its reference's: the `reference_peak_bytes` written "
+    "in the same record where there is one, else the peak of the reference's own benchmark "
+    "in the same group and file."
+)
 
 
 def _split(paths: Sequence[str | Path]) -> tuple[list, list]:
@@ -20,6 +35,93 @@ def _split(paths: Sequence[str | Path]) -> tuple[list, list]:
     for p in paths:
         (verify if is_verify_report(read_json_any(p)) else bench).append(p)
     return bench, verify
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A table as the markdown shows it: no column that is empty in every row, and no
+    machine column (each run's label names its machine)."""
+    t = table.drop(columns=[c for c in ("machine",) if c in table.columns])
+    empty = [c for c in t.columns if t[c].isna().all() or (t[c].astype(str) == "").all()]
+    return t.drop(columns=empty)
+
+
+def _about_runs(df: pd.DataFrame, table: pd.DataFrame, bench_paths) -> list[str]:
+    lines = [f"{len(df)} benchmarks in {df['run'].nunique()} run(s) on "
+             f"{df['machine'].nunique()} machine(s). A run is one input file; its label "
+             "(column `run`) is the machine and the file's name:", ""]
+    for (run, source), g in df.groupby(["run", "source"], sort=False):
+        lines.append(f"- `{run}`: `{source}`, device(s) {', '.join(sorted(g['device'].unique()))}")
+    lines += ["", "What these files lack:", ""]
+    for source, lack in gaps(df).items():
+        said = "; ".join(lack) if lack else "nothing today's bench suite records"
+        lines.append(f"- `{Path(source).name}`: {said}.")
+    flagged = int((table["disturbed"] != "").sum()) if "disturbed" in table.columns else 0
+    memory = MEMORY_TEXT if "peak_mib" in table.columns else (
+        "No run recorded peak memory, so the tables have no `peak_mib` or `memory_ratio` "
+        "column.")
+    return lines + [
+        "",
+        f"{RATIO_DEFINITION} `gflop_s` is the analytic operation count in each "
+        "benchmark's `extra_info.flops` over its median time. Times are per call; "
+        "`owner` says whose each method is (handgrad's kernels are listed before torch's "
+        "references of the same shape).",
+        "",
+        f"{memory}",
+        "",
+        f"{DISTURBED_RULE} "
+        + (f"**{flagged} benchmark(s) are flagged** (column `disturbed`): read their "
+           "ratios with care, or rerun." if flagged else "No benchmark is flagged."),
+        "",
+    ]
+
+
+def _cpu_vs_gpu(df: pd.DataFrame, out: Path, written: list) -> list[str]:
+    sp = devices.speedups(df)
+    if sp.empty:
+        return ["## CPU vs GPU", "",
+                "The inputs hold both devices, but no method, dtype and shape was measured "
+                "on both.", ""]
+    cross = devices.crossovers(sp)
+    sp.drop(columns=["crossover_flop"], errors="ignore").to_csv(out / "cpu_vs_gpu.csv",
+                                                                index=False)
+    written.append(out / "cpu_vs_gpu.csv")
+    pairs = list(dict.fromkeys(zip(sp["cpu_run"], sp["gpu_run"])))
+    lines = [
+        "## CPU vs GPU",
+        "",
+        "Speedup = CPU median / GPU median of the same method, dtype and shape (kernel, "
+        "method, dtype and L, D, K, P, N, k, model all equal); above 1 the GPU is faster. "
+        f"{devices.SIZE_DEFINITION} Per method, `crossover` is the smallest problem size at "
+        "which the GPU is faster (or \"never within the grid\"), and `faster_from` the size "
+        "from which it stays faster at every larger size of the grid. A row is `disturbed` "
+        "when the CPU or the GPU benchmark is flagged (above).",
+        "",
+    ]
+    one = len(pairs) == 1
+    for i, (cpu_run, gpu_run) in enumerate(pairs, 1):
+        s = sp[(sp["cpu_run"] == cpu_run) & (sp["gpu_run"] == gpu_run)]
+        c = cross[(cross["cpu_run"] == cpu_run) & (cross["gpu_run"] == gpu_run)]
+        lines += [f"### CPU `{cpu_run}` against GPU `{gpu_run}`", "",
+                  "Crossover per method (handgrad's kernels first):", "",
+                  to_markdown(c[["kernel", "owner", "method", "dtype", "shapes",
+                                 "speedup_min", "speedup_max", "crossover",
+                                 "faster_from"]]), ""]
+        suffix = "" if one else f"_{i}"
+        fig = devices.figure(s, c, out, f"cpu_vs_gpu{suffix}.png")
+        if fig is not None:
+            written.append(fig)
+            lines += ["Time per call against problem size, a panel per handgrad kernel with "
+                      "its torch reference on each shape; the dotted line is the crossover.",
+                      "", f"![CPU vs GPU]({fig.name})", ""]
+        fig = devices.jacobian_figure(s, out, f"cpu_vs_gpu_jacobian{suffix}.png")
+        if fig is not None:
+            written.append(fig)
+            lines += ["The manual Jacobians, forward and reverse mode, against depth on the "
+                      "CPU and the GPU:", "", f"![Jacobian CPU vs GPU]({fig.name})", ""]
+        shown = s[["kernel", "owner", "method", "dtype", "shape", "size_flop", "cpu_ms",
+                   "gpu_ms", "speedup", "disturbed"]]
+        lines += ["Speedup per method and shape:", "", to_markdown(_shown(shown)), ""]
+    return lines
 
 
 def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
@@ -40,36 +142,27 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
     lines = ["# handgrad report", ""]
     written = []
 
+    def say(step: str) -> None:
+        print(step, file=progress, flush=True)
+
     if df is not None:
         table = summary(df)
         table.to_csv(out / "summary.csv", index=False)
         written.append(out / "summary.csv")
         kernels = sorted(k for k in df["kernel"].dropna().unique())
-        lines += [
-            "## Benchmarks",
-            "",
-            f"Sources: {', '.join(f'`{p}`' for p in bench_paths)}; "
-            f"{len(df)} benchmarks on {df['machine'].nunique()} machine(s): "
-            f"{', '.join(sorted(df['machine'].unique()))}.",
-            "",
-            f"{RATIO_DEFINITION} `gflop_s` is the analytic operation count in each "
-            "benchmark's `extra_info.flops` over its median time. Times are per call; "
-            "`owner` says whose each method is (handgrad's kernels are listed before torch's "
-            "references of the same shape).",
-            "",
-        ]
-        steps = len(kernels) + 2
+        both = devices.has_both(df)
+        lines += ["## Benchmarks", "", *_about_runs(df, table, bench_paths)]
+        steps = len(kernels) + 2 + both
         for i, kernel in enumerate(kernels, 1):
-            print(f"[{i}/{steps}] rendering {kernel}", file=progress, flush=True)
+            say(f"[{i}/{steps}] rendering {kernel}")
             lines += [f"### {kernel}", ""]
             fig = figures.time_vs_depth(df, kernel, out)
             if fig is not None:
                 lines += [f"![{kernel}: time vs depth]({fig.name})", ""]
                 written.append(fig)
-            sub = table[table["kernel"] == kernel].dropna(axis=1, how="all")
-            lines += [to_markdown(sub), ""]
-        print(f"[{steps - 1}/{steps}] rendering the Jacobian mode figure", file=progress,
-              flush=True)
+            sub = table[table["kernel"] == kernel].drop(columns=["kernel"])
+            lines += [to_markdown(_shown(sub)), ""]
+        say(f"[{len(kernels) + 1}/{steps}] rendering the Jacobian mode figure")
         fig = figures.jacobian_modes(df, out)
         if fig is not None:
             written.append(fig)
@@ -84,23 +177,30 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
                 f"![Jacobian modes]({fig.name})",
                 "",
             ]
-        print(f"[{steps}/{steps}] rendering the roofline figure", file=progress, flush=True)
-        fig = figures.roofline(df, out)
+        say(f"[{len(kernels) + 2}/{steps}] rendering the roofline figure")
+        fig = roofline.roofline(df, out)
         if fig is not None:
             written.append(fig)
             lines += [
-                "### Throughput against the control",
+                "### Roofline",
                 "",
-                "Achieved GFLOP/s of every benchmark with an analytic FLOP count, against its "
-                "arithmetic intensity; the dashed line is what a 512x512 matmul achieves on "
-                "the same machine in the same run.",
+                "Achieved GFLOP/s of every benchmark with an analytic FLOP and byte count, "
+                "against its arithmetic intensity, a panel per run and device. Where a run "
+                "measured its ceilings (kernel `ceiling`), the roofline is min(compute, "
+                "bandwidth × intensity): compute from the `matmul` ceiling's achieved GFLOP/s, "
+                "bandwidth from the `copy` ceiling's bytes over its median time.",
+                "",
+                *[f"- {n}" for n in roofline.notes(df)],
                 "",
                 f"![roofline]({fig.name})",
                 "",
             ]
+        if both:
+            say(f"[{steps}/{steps}] rendering CPU vs GPU")
+            lines += _cpu_vs_gpu(df, out, written)
 
     if records is not None:
-        print("rendering the verification headroom table", file=progress, flush=True)
+        say("rendering the verification headroom table")
         head = headroom_table(records)
         head.to_csv(out / "headroom.csv", index=False)
         written.append(out / "headroom.csv")

@@ -1,60 +1,121 @@
-"""Derived columns and the summary table: ratio to the same-run reference and achieved
-GFLOP/s, each by its one definition in ``reports.record``."""
+"""Derived columns and the summary table: ratio to the same-run reference, achieved
+GFLOP/s and peak memory over the reference's, each by its one definition in
+``reports.record``; and the flag of a benchmark that ran on a disturbed machine."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from reports.record import SHAPES, achieved_gflops, ratio_to_reference
+from reports.record import SHAPES, achieved_gflops, memory_ratio, ratio_to_reference
 
 # the columns that tell one benchmark from another beside its method (model: counting)
 KEY_COLUMNS = (*SHAPES, "model")
+# A reference timed interleaved with a kernel runs the same code as its own benchmark in
+# the same run: when the two medians differ by more than this factor, the machine was
+# disturbed while one of them ran. The same factor as the gate's rule between runs
+# (reports.gate.DISTURBED; a test keeps the two equal; gate imports this module, so the
+# value cannot be imported from there). On every real run here (2-core CPU, H100 CPU and
+# GPU) the two medians stay within 0.64x to 1.64x of each other.
+DISTURBED = 2.0
+# a like-cost reference keeps real ratios within 0.14 to 4 on those runs; a ratio beyond
+# 1/IMPLAUSIBLE..IMPLAUSIBLE (e.g. 0.007) says the machine, not the kernel, changed
+IMPLAUSIBLE = 20.0
+
+DISTURBED_RULE = (
+    f"`disturbed` flags a benchmark whose numbers are not to be trusted: its reference's "
+    f"interleaved rounds (median of `extra_info.reference_data`) and the reference's own "
+    f"benchmark in the same group and file differ by more than {DISTURBED:g}x (the gate's "
+    f"rule between runs), which flags the method and its reference, or its ratio to the "
+    f"reference lies outside 1/{IMPLAUSIBLE:g} to {IMPLAUSIBLE:g} (a like-cost reference "
+    f"keeps real ratios within 0.14 to 4 here). Another process on the machine makes such "
+    f"calls 10 to 35 times slower."
+)
+
+
+def _median(rounds) -> float:
+    return float(np.median(rounds)) if isinstance(rounds, (list, tuple, np.ndarray)) else (
+        np.nan)
 
 
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``ratio`` and ``ratio_kind`` (``reports.record.ratio_to_reference``: paired
     rounds when timed interleaved, else against the rounds of the row's reference in the
-    same file and group) and ``gflops`` (``reports.record.achieved_gflops``)."""
+    same file and group), ``gflops`` (``reports.record.achieved_gflops``),
+    ``memory_ratio`` (``reports.record.memory_ratio``: against the record's
+    ``reference_peak_bytes`` when written, else the reference's own benchmark) and
+    ``disturbed`` (why the row is not to be trusted, "" when it is; DISTURBED_RULE)."""
     df = df.copy()
     # a group can hold several references (GD: lstsq for the closed form, torch.optim.SGD
     # for the loop), so the join is on the reference's method name too
-    ref = df[df["method"] == df["reference"]][["source", "group", "method", "data"]]
-    ref = ref.rename(columns={"method": "reference", "data": "ref_rounds"})
+    ref = df[df["method"] == df["reference"]][
+        ["source", "group", "method", "data", "median", "peak_bytes"]]
+    ref = ref.rename(columns={"method": "reference", "data": "ref_rounds",
+                              "median": "ref_median", "peak_bytes": "ref_peak_bytes"})
     df = df.merge(ref, on=["source", "group", "reference"], how="left")
     ratios = [ratio_to_reference(r.data, r.reference_data, r.ref_rounds)
               for r in df.itertuples(index=False)]
     df["ratio"] = [r for r, _ in ratios]
     df["ratio_kind"] = [k for _, k in ratios]
     df["gflops"] = achieved_gflops(df["flops"], df["median"])
+    own = df["reference_peak_bytes"].where(df["reference_peak_bytes"].notna(),
+                                           df["ref_peak_bytes"])
+    df["memory_ratio"] = memory_ratio(df["peak_bytes"], own)
+    df["disturbed"] = _disturbed(df)
     return df
+
+
+def _disturbed(df: pd.DataFrame) -> list[str]:
+    why = [""] * len(df)
+    flagged_refs = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        moved = _median(r.reference_data) / r.ref_median
+        if np.isfinite(moved) and not 1 / DISTURBED <= moved <= DISTURBED:
+            why[i] = f"reference rounds {moved:.3g}x its own median"
+            flagged_refs[(r.source, r.group, r.reference)] = r.method
+        elif np.isfinite(r.ratio) and not 1 / IMPLAUSIBLE <= r.ratio <= IMPLAUSIBLE:
+            why[i] = f"ratio {r.ratio:.3g} implausible"
+    for i, r in enumerate(df.itertuples(index=False)):
+        kernel = flagged_refs.get((r.source, r.group, r.method))
+        if r.method == r.reference and kernel is not None:
+            why[i] = f"its rounds interleaved with {kernel} differ >{DISTURBED:g}x"
+    return why
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """The report's main table: one row per benchmark, times in milliseconds, handgrad's
-    kernels before torch's references within each shape."""
+    kernels before torch's references within each shape. ``peak_mib`` and
+    ``memory_ratio`` only when a row recorded its peak memory, ``slowed_by`` only when a
+    run was slowed on purpose, ``disturbed`` only when a row is flagged."""
     df = with_ratios(df)
     keys = [c for c in KEY_COLUMNS if c in df.columns and df[c].notna().any()]
-    out = df[["machine", "kernel", "owner", "method", "reference", "device", "dtype",
+    out = df[["run", "machine", "kernel", "owner", "method", "reference", "device", "dtype",
               "threads", *keys]].copy()
     out["median_ms"] = df["median"] * 1e3
     out["iqr_ms"] = df["iqr"] * 1e3
     out["ratio_to_ref"] = df["ratio"]
     out["ratio_kind"] = df["ratio_kind"]
     out["gflop_s"] = df["gflops"]
+    if df["peak_bytes"].notna().any():  # CUDA runs that measured memory
+        out["peak_mib"] = pd.to_numeric(df["peak_bytes"]) / 2**20
+        out["memory_ratio"] = df["memory_ratio"]
     out["rounds"] = df["rounds"]
     if df["slowed_by"].notna().any():  # a run slowed on purpose (--bench-slow) says so
         out["slowed_by"] = df["slowed_by"]
-    return out.sort_values(["kernel", "machine", "device", *keys, "owner", "method"],
+    if (df["disturbed"] != "").any():
+        out["disturbed"] = df["disturbed"]
+    return out.sort_values(["kernel", "run", "device", *keys, "owner", "method"],
                            na_position="first").reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub-flavoured markdown table (pandas' own needs the tabulate package)."""
+    """A GitHub-flavoured markdown table (pandas' own needs the tabulate package). A
+    missing number is an empty cell, never "nan"."""
 
     def cell(v) -> str:
-        if isinstance(v, float):
+        if isinstance(v, (float, np.floating)):
             return "" if pd.isna(v) else format(v, floatfmt)
-        return "" if v is None else str(v)
+        return "" if v is None or v is pd.NA else str(v).replace("|", "\\|")
 
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
