@@ -44,7 +44,7 @@ def failure_reason(name: str, exc: BaseException) -> str:
 
 
 def compile_call(fn: Callable[[], object], device: str, *, name: str,
-                 backend: str | None = None) -> tuple[Callable[[], object], float, str]:
+                 backend: str | Callable | None = None) -> tuple[Callable[[], object], float, str]:
     """``(compiled, compile_s, mode)`` for ``fn``, its first calls made (see the module).
 
     ``backend`` (default: inductor) is for tests only: ``verify`` compiles with

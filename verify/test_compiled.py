@@ -108,10 +108,18 @@ def test_compiled_kernels_meet_compiled_references():
 
 # -- the bench functions: compile outside the timing, record mode and seconds -------------
 
+def _is_compiled(fn) -> bool:
+    return getattr(fn, "_torchdynamo_orig_callable", None) is not None
+
+
 class _Measure:
     """A stand-in for the bench's ``measure``: calls what it would time, keeps the record."""
 
     def __call__(self, fn, *, group, reference_fn=None, **info):
+        if info.get("compile_mode") is not None:  # what is timed is compiled, both sides
+            assert _is_compiled(fn) and (reference_fn is None or _is_compiled(reference_fn))
+        else:
+            assert not _is_compiled(fn) and not _is_compiled(reference_fn)
         self.out, self.ref = fn(), None if reference_fn is None else reference_fn()
         self.record = BenchRecord(**{**info, "dtype": str(info["dtype"]).removeprefix(
             "torch."), "threads": 1})
@@ -186,3 +194,20 @@ def test_the_first_calls_are_made_before_it_returns():
     made = len(calls)
     assert made >= bc.WARMUP_CALLS["default"] and seconds > 0
     assert torch.equal(compiled(), torch.full((2,), 2.0))
+
+
+def test_reset_drops_the_compiled_code():
+    """Between benchmarks: the bench's callables come from the same source lines for every
+    shape, so without reset Dynamo's per-code cache would fill and fall back to eager."""
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.ones(3)
+    compiled, _, _ = bc.compile_call(lambda: x * 2, "cpu", name="x2", backend=counting)
+    compiled()
+    assert len(graphs) == 1
+    bc.reset()
+    assert torch.equal(compiled(), x * 2) and len(graphs) == 2
