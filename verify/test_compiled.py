@@ -19,6 +19,7 @@ import torch
 from bench import compiled as bc
 from bench import test_backprop as bb
 from bench import test_jacobian as bj
+from kernels import backprop as bp
 from reports.record import BenchRecord
 from verify.compare import assert_close
 
@@ -57,10 +58,13 @@ def test_the_default_backend_compiles_the_smallest_backprop():
         pytest.fail(f"the bench's CPU compile of the manual kernel failed: {exc}")
 
 
-def test_the_default_backend_compiles_a_torch_func_jacobian():
+def test_the_default_backend_compiles_a_torch_func_jacobian(monkeypatch):
     """Inductor on torch.func.jacfwd (~7 s): its lowering raises warnings of its own that
     pyproject's filter must let through (as errors they skipped every compiled torch.func
     Jacobian of the bench, which aot_eager does not lower and so cannot show)."""
+    # lower for real: a hit in inductor's on-disk caches would skip the lowering
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
     ws, x = bj.make_input(3, 4, 1, "cpu")
     call = bj.make_call("torch_func_jacfwd", ws, x)
     try:
@@ -157,6 +161,8 @@ def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
     assert (r.method, r.reference, r.owner) == ("manual_compiled", "torch_func_grad_compiled",
                                                  "handgrad")
     assert r.compile_mode == BACKEND and r.compile_s > 0
+    # the manual kernel (its Gradients) against torch.func.grad (a tuple)
+    assert isinstance(m.out, bp.Gradients) and isinstance(m.ref, tuple)
     for a, e in zip(bb.gradients(m.out), bb.gradients(m.ref)):  # interleaved: the reference
         assert_close(a, e, kernel="manual_compiled", reference="torch_func_grad_compiled",
                      kind="grad")
