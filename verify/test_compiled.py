@@ -147,16 +147,29 @@ class _Measure:
 
 @pytest.fixture
 def aot_eager_bench(monkeypatch):
+    """The bench's compile with aot_eager; each compile must follow a reset (Dynamo's
+    caches dropped once per benchmark, before the kernel and its reference compile)."""
+    events = []
+
+    def reset():
+        events.append("reset")
+        bc.reset()
+
     def compile_call(fn, device, *, name, backend=None):
+        assert events and events[0] == "reset", "compiled before a reset"
+        events.append(name)
         return bc.compile_call(fn, device, name=name, backend=BACKEND)
 
-    monkeypatch.setattr(bb, "compile_call", compile_call)
-    monkeypatch.setattr(bj, "compile_call", compile_call)
+    for bench in (bb, bj):
+        monkeypatch.setattr(bench, "compile_call", compile_call)
+        monkeypatch.setattr(bench, "reset", reset)
+    return events
 
 
 def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
     m = _Measure()
     bb.test_backprop(m, "manual_compiled", 3, 4, 3, torch.float32, "cpu")
+    assert aot_eager_bench == ["reset", "manual_compiled", "torch_func_grad_compiled"]
     r = m.record
     assert (r.method, r.reference, r.owner) == ("manual_compiled", "torch_func_grad_compiled",
                                                  "handgrad")
@@ -178,6 +191,7 @@ def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
 def test_jacobian_bench_records_compile_mode_and_seconds(aot_eager_bench, N):
     m = _Measure()
     bj.test_jacobian(m, "quick", "manual_reverse_compiled", 3, 6, N, "cpu")
+    assert aot_eager_bench[0] == "reset" and aot_eager_bench.count("reset") == 1
     r = m.record
     pre = "torch_func_vmap_" if N > 1 else "torch_func_"
     assert (r.method, r.reference) == ("manual_reverse_compiled", pre + "jacrev_compiled")
@@ -232,3 +246,11 @@ def test_reset_drops_the_compiled_code():
     assert len(graphs) == 1
     bc.reset()
     assert torch.equal(compiled(), x * 2) and len(graphs) == 2
+
+
+@pytest.mark.parametrize("bench", [bb, bj], ids=["backprop", "jacobian"])
+def test_a_compiled_method_compiles_the_eager_method_of_its_name(bench):
+    """X_compiled is torch.compile of X: the compiled-against-eager checks above compare
+    whatever COMPILED_FROM names, so a wrong name there would compare the wrong call."""
+    for method, eager in bench.COMPILED_FROM.items():
+        assert eager == method.removesuffix("_compiled"), method
