@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.compiled import compile_call, reset
 from kernels import backprop as bp
 from kernels import mlp
 from verify.references import torch_loss
@@ -43,13 +44,33 @@ def backprop_bytes(sizes: list[int], n: int, itemsize: int) -> int:
     return itemsize * (2 * params + 2 * acts)
 
 
-OWNERS = {"manual": "handgrad", "torch_autograd": "torch"}
+OWNERS = {  # method: whose it is
+    "manual": "handgrad",
+    "torch_autograd": "torch",
+    "manual_compiled": "handgrad",
+    "torch_func_grad_compiled": "torch",
+}
+REFERENCE = {  # method: what it is measured against (a reference names itself)
+    "manual": "torch_autograd",
+    "torch_autograd": "torch_autograd",
+    "manual_compiled": "torch_func_grad_compiled",
+    "torch_func_grad_compiled": "torch_func_grad_compiled",
+}
+# compiled method: the eager callable of make_calls it compiles (bench.compiled)
+COMPILED_FROM = {"manual_compiled": "manual", "torch_func_grad_compiled": "torch_func_grad"}
 
 
-@pytest.mark.parametrize("method", list(OWNERS))
-@pytest.mark.parametrize("L,K,n,dtype", grid_params())
-def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dtype,
-                  device: str) -> None:
+def method_params():
+    """The eager methods in every grid; the compiled ones (compile time is tens of seconds
+    per graph on 2 cores) in the full grid on CPU-sized params and in the gpu grid."""
+    return [pytest.param(m, marks=[pytest.mark.full] if m in COMPILED_FROM else [])
+            for m in OWNERS]
+
+
+def make_calls(L: int, K: int, n: int, dtype: torch.dtype, device: str) -> tuple[dict, list]:
+    """The eager callables of one shape, by name (``manual``, ``torch_autograd``,
+    ``torch_func_grad``: torch.func.grad of the loss w.r.t. every weight, bias and x), and
+    the layer sizes. ``verify/test_compiled.py`` builds its callables here too."""
     sizes = [D] + [K] * (L - 1) + [P]
     g = torch.Generator().manual_seed(0)
     net = mlp.init_mlp(sizes, "tanh", generator=g, dtype=dtype, device=device)
@@ -64,15 +85,52 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
         J = torch_loss(ws, bs, xx, y, activation="tanh", loss="log_cosh")
         return torch.autograd.grad(J, ws + bs + [xx])
 
+    def loss(ws_, bs_, x_):
+        return torch_loss(ws_, bs_, x_, y, activation="tanh", loss="log_cosh")
+
+    grad = torch.func.grad(loss, argnums=(0, 1, 2))
+    wd, bd = list(net.weights), list(net.biases)
+
     calls = {"manual": lambda: bp.backprop(net, x, y, loss="log_cosh"),
-             "torch_autograd": autograd}
+             "torch_autograd": autograd,
+             "torch_func_grad": lambda: grad(wd, bd, x)}
+    return calls, sizes
+
+
+def gradients(out) -> list[torch.Tensor]:
+    """Every gradient a method returns, flat: weights, biases, then x's."""
+    if isinstance(out, bp.Gradients):
+        return [*out.weights, *out.biases, out.input]
+    if len(out) == 3 and isinstance(out[0], (list, tuple)):  # torch.func.grad's (ws, bs, x)
+        return [*out[0], *out[1], out[2]]
+    return list(out)
+
+
+@pytest.mark.parametrize("method", method_params())
+@pytest.mark.parametrize("L,K,n,dtype", grid_params())
+def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dtype,
+                  device: str) -> None:
+    calls, sizes = make_calls(L, K, n, dtype, device)
+    reference = REFERENCE[method]
+    compiled = {}
+    if method in COMPILED_FROM:
+        reset()
+        fn, compile_s, mode = compile_call(calls[COMPILED_FROM[method]], device, name=method)
+        compiled = {"compile_mode": mode, "compile_s": compile_s}
+        ref_fn = None
+        if reference != method:
+            ref_fn, _, _ = compile_call(calls[COMPILED_FROM[reference]], device,
+                                        name=reference)
+    else:
+        fn = calls[method]
+        ref_fn = None if reference == method else calls[reference]
     measure(
-        calls[method],
-        reference_fn=None if method == "torch_autograd" else autograd,
+        fn,
+        reference_fn=ref_fn,
         group=f"backprop L={L} K={K} N={n} {device}"
               + ("" if dtype == torch.float32 else f" {str(dtype).removeprefix('torch.')}"),
-        kernel="backprop", method=method, reference="torch_autograd", owner=OWNERS[method],
+        kernel="backprop", method=method, reference=reference, owner=OWNERS[method],
         flops=backprop_flops(sizes, n),
         bytes=backprop_bytes(sizes, n, torch.finfo(dtype).bits // 8),
-        L=L, D=D, K=K, P=P, N=n, device=device, dtype=dtype,
+        L=L, D=D, K=K, P=P, N=n, device=device, dtype=dtype, **compiled,
     )

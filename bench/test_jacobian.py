@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.compiled import compile_call, reset
 from kernels import jacobian as jm
 from verify.references import as_list, course_weights, deep_net
 
@@ -28,7 +29,24 @@ METHODS = {  # method: whose it is
     "autograd_jacobian": "torch",
     "autograd_jacobian_forward_mode": "torch",
     "plain_forward": "torch",
+    "manual_forward_compiled": "handgrad",
+    "manual_reverse_compiled": "handgrad",
+    "torch_func_jacfwd_compiled": "torch",
+    "torch_func_jacrev_compiled": "torch",
 }
+# compiled method: the eager method of make_call it compiles (bench.compiled)
+COMPILED_FROM = {m: m.removesuffix("_compiled") for m in METHODS if m.endswith("_compiled")}
+# kernel: the reference it is timed interleaved with
+INTERLEAVE = {"manual_forward": "torch_func_jacfwd", "manual_reverse": "torch_func_jacrev",
+              "manual_forward_compiled": "torch_func_jacfwd_compiled",
+              "manual_reverse_compiled": "torch_func_jacrev_compiled"}
+
+
+def method_params():
+    """The eager methods in every grid; the compiled ones (compile time is tens of seconds
+    per graph on 2 cores) in the full grid on CPU-sized params and in the gpu grid."""
+    return [pytest.param(m, marks=[pytest.mark.full] if m in COMPILED_FROM else [])
+            for m in METHODS]
 
 
 def reference_of(method: str, batched: bool) -> str:
@@ -37,6 +55,8 @@ def reference_of(method: str, batched: bool) -> str:
     return {
         "manual_forward": pre + "jacfwd",
         "manual_reverse": pre + "jacrev",
+        "manual_forward_compiled": pre + "jacfwd_compiled",
+        "manual_reverse_compiled": pre + "jacrev_compiled",
     }.get(method, method_name(method, batched))
 
 
@@ -92,8 +112,8 @@ def flops_of(method: str, L: int, K: int, N: int) -> int:
     counts = jm.op_counts(D, K, P, L, N)
     if method == "plain_forward":
         return 2 * N * (K * D + (L - 1) * K * K + P * K)
-    forward_like = method in ("manual_forward", "torch_func_jacfwd",
-                              "autograd_jacobian_forward_mode")
+    forward_like = method.removesuffix("_compiled") in (
+        "manual_forward", "torch_func_jacfwd", "autograd_jacobian_forward_mode")
     return 2 * counts["forward" if forward_like else "reverse"]
 
 
@@ -108,14 +128,21 @@ def grid_params():
     return cpu + gpu
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+def make_input(L: int, K: int, N: int, device: str, dtype: torch.dtype = torch.float32):
+    """The course's weights and x of one shape: (D,) when N = 1, else (N, D).
+    ``verify/test_compiled.py`` builds its callables here too."""
+    ws, _ = course_weights(L, D, K, P, dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((D,) if N == 1 else (N, D), generator=g).to(device, dtype)
+    return ws, x
+
+
+@pytest.mark.parametrize("method", method_params())
 @pytest.mark.parametrize("L,K,N", grid_params())
 def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
                   device: str) -> None:
     dtype = torch.float32
-    ws, _ = course_weights(L, D, K, P, dtype=dtype, device=device)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn((D,) if N == 1 else (N, D), generator=g).to(device, dtype)
+    ws, x = make_input(L, K, N, device, dtype)
     batched = N > 1
     counts = jm.op_counts(D, K, P, L, N)
     itemsize = torch.finfo(dtype).bits // 8
@@ -130,10 +157,21 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
             f"{tangent_bytes / 2**30:.0f} GiB per layer here"
         )
     n_params = sum(w.numel() for w in ws.values())
-    interleave = {"manual_forward": "torch_func_jacfwd", "manual_reverse": "torch_func_jacrev"}
+    ref = INTERLEAVE.get(method)
+    compiled = {}
+    if method in COMPILED_FROM:
+        reset()
+        fn, compile_s, mode = compile_call(make_call(COMPILED_FROM[method], ws, x), device,
+                                           name=method_name(method, batched))
+        compiled = {"compile_mode": mode, "compile_s": compile_s}
+        ref_fn = None if ref is None else compile_call(
+            make_call(COMPILED_FROM[ref], ws, x), device, name=method_name(ref, batched))[0]
+    else:
+        fn = make_call(method, ws, x)
+        ref_fn = None if ref is None else make_call(ref, ws, x)
     measure(
-        make_call(method, ws, x),
-        reference_fn=make_call(interleave[method], ws, x) if method in interleave else None,
+        fn,
+        reference_fn=ref_fn,
         group=f"jacobian L={L} K={K} N={N} {device}",
         kernel="jacobian",
         method=method_name(method, batched),
@@ -144,5 +182,5 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
         bytes=itemsize * (n_params + N * D + N * P * D),
         model_forward=counts["forward"],
         model_reverse=counts["reverse"],
-        L=L, D=D, K=K, P=P, N=N, device=device, dtype=dtype,
+        L=L, D=D, K=K, P=P, N=N, device=device, dtype=dtype, **compiled,
     )

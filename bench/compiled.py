@@ -1,0 +1,66 @@
+"""Compiled peers: torch.compile of a zero-argument callable, compiled outside any timing.
+
+``compile_call(fn, device)`` compiles ``fn`` the way a user of that device would
+(``mode="reduce-overhead"`` on CUDA: CUDA graphs; ``"default"`` on the CPU), makes the
+first calls (the compile itself, and on CUDA the CUDA-graph warm-up and recording) and
+returns ``(compiled, compile_s, mode)``; ``compile_s`` is the wall time of those first
+calls, recorded as ``BenchRecord.compile_s`` and never part of the per-call time. When
+torch.compile or a first call raises, the test skips with torch's reason (exception type,
+first line of its message, torch version): torch 2.11 cannot compile vmap(jacfwd(f)).
+
+Call ``reset()`` once at the start of each compiled benchmark, before compiling its
+callables (the kernel and its interleaved reference): the benches build their callables
+from the same source lines for every shape, so without it Dynamo's per-code cache fills
+up across benchmarks and falls back to eager. Never reset between compiling a kernel and
+its reference: reset drops the compiled code of both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+WARMUP_CALLS = {"default": 1, "reduce-overhead": 3}  # CUDA graphs record on the 3rd call
+
+
+def compile_mode(device: str) -> str:
+    """The mode a user of ``device`` compiles with."""
+    return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+
+
+def reset() -> None:
+    """Drop every compiled graph and guard (Dynamo's caches): a fresh start per benchmark."""
+    torch._dynamo.reset()
+
+
+def failure_reason(name: str, exc: BaseException) -> str:
+    """torch's reason, in one line: the exception's type, its first line, torch's version."""
+    lines = str(exc).strip().splitlines()
+    return (f"torch.compile of {name} fails in torch {torch.__version__}: "
+            f"{type(exc).__name__}: {lines[0] if lines else ''}")
+
+
+def compile_call(fn: Callable[[], object], device: str, *, name: str,
+                 backend: str | Callable | None = None) -> tuple[Callable[[], object], float, str]:
+    """``(compiled, compile_s, mode)`` for ``fn``, its first calls made (see the module).
+
+    ``backend`` (default: inductor) is for tests only: ``verify`` compiles with
+    ``"aot_eager"`` (Dynamo and AOTAutograd trace the same graph, without inductor's
+    code generation, which takes tens of seconds per graph on 2 cores).
+    """
+    mode = compile_mode(device)
+    cuda = torch.device(device).type == "cuda"
+    t0 = time.perf_counter()
+    try:
+        kwargs = {"backend": backend} if backend is not None else {"mode": mode}
+        compiled = torch.compile(fn, fullgraph=False, dynamic=False, **kwargs)
+        for _ in range(WARMUP_CALLS[mode]):
+            compiled()
+        if cuda:
+            torch.cuda.synchronize(device)
+    except Exception as exc:  # torch's own failure: the benchmark cannot exist here
+        pytest.skip(failure_reason(name, exc))
+    return compiled, time.perf_counter() - t0, mode if backend is None else backend

@@ -1,0 +1,256 @@
+"""Every compiled callable the bench times returns the eager result (bench/compiled.py).
+
+The callables are built by the bench's own functions (``bench.test_backprop.make_calls``,
+``bench.test_jacobian.make_call``), at a tiny size on the CPU. They are compiled with
+``backend="aot_eager"``: Dynamo and AOTAutograd trace the same graph as the real
+compile (where torch.compile of torch.func fails, it fails there), without inductor's code
+generation, which takes 2 to 20 s per graph on 2 cores (measured: ~0.3 to 1 s per graph
+with aot_eager, 3 to 20 s with inductor). One test compiles the smallest backprop case with
+the real default backend (inductor), as the bench does on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench import compiled as bc
+from bench import test_backprop as bb
+from bench import test_jacobian as bj
+from kernels import backprop as bp
+from reports.record import BenchRecord
+from verify.compare import assert_close
+
+BACKEND = "aot_eager"
+
+
+def _compile(fn, name, backend=BACKEND):
+    bc.reset()
+    out, seconds, mode = bc.compile_call(fn, "cpu", name=name, backend=backend)
+    assert seconds > 0 and mode == (backend or "default")
+    return out
+
+
+def _check_backprop(method: str, backend: str | None, L: int = 3, K: int = 8, n: int = 5):
+    calls, _ = bb.make_calls(L, K, n, torch.float32, "cpu")
+    eager = bb.COMPILED_FROM[method]
+    fn = _compile(calls[eager], method, backend)
+    got, want = bb.gradients(fn()), bb.gradients(calls[eager]())
+    assert len(got) == len(want) == 2 * L + 1
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert_close(a, e, kernel=method, reference=eager, what=f"gradient {i}", kind="grad")
+
+
+@pytest.mark.parametrize("method", sorted(bb.COMPILED_FROM))
+def test_compiled_backprop_returns_the_eager_gradients(method):
+    _check_backprop(method, BACKEND)
+
+
+def test_the_default_backend_compiles_the_smallest_backprop():
+    """Inductor itself (the bench's CPU compile), once: ~10 to 20 s on 2 cores. The manual
+    kernel must compile: a skip here (torch's reason) would hide a broken bench, so it
+    fails."""
+    try:
+        _check_backprop("manual_compiled", None, L=3, K=4, n=3)
+    except pytest.skip.Exception as exc:
+        pytest.fail(f"the bench's CPU compile of the manual kernel failed: {exc}")
+
+
+def test_the_default_backend_compiles_a_torch_func_jacobian(monkeypatch):
+    """Inductor on torch.func.jacfwd (~7 s): its lowering raises warnings of its own that
+    pyproject's filter must let through (as errors they skipped every compiled torch.func
+    Jacobian of the bench, which aot_eager does not lower and so cannot show)."""
+    # lower for real: a hit in inductor's on-disk caches would skip the lowering
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    ws, x = bj.make_input(3, 4, 1, "cpu")
+    call = bj.make_call("torch_func_jacfwd", ws, x)
+    try:
+        got = _compile(call, "torch_func_jacfwd_compiled", backend=None)()
+    except pytest.skip.Exception as exc:
+        pytest.fail(f"the bench's CPU compile of torch.func.jacfwd failed: {exc}")
+    assert_close(got, call(), kernel="torch_func_jacfwd_compiled",
+                 reference="torch_func_jacfwd", kind="grad")
+
+
+@pytest.mark.parametrize("N", [1, 4], ids=["single", "batched"])
+@pytest.mark.parametrize("method", sorted(bj.COMPILED_FROM))
+def test_compiled_jacobian_returns_the_eager_jacobian(method, N):
+    ws, x = bj.make_input(3, 6, N, "cpu")
+    eager = bj.COMPILED_FROM[method]
+    call = bj.make_call(eager, ws, x)
+    got = _compile(call, bj.method_name(method, N > 1))()
+    want = call()
+    assert got.shape == ((bj.P, bj.D) if N == 1 else (N, bj.P, bj.D))
+    assert_close(got, want, kernel=bj.method_name(method, N > 1),
+                 reference=bj.method_name(eager, N > 1), kind="grad")
+
+
+def test_gradients_flattens_every_method_alike():
+    calls, _ = bb.make_calls(2, 4, 3, torch.float64, "cpu")
+    flat = {m: bb.gradients(calls[m]()) for m in ("manual", "torch_autograd",
+                                                  "torch_func_grad")}
+    for m, grads in flat.items():
+        assert len(grads) == 5, m
+        for a, e in zip(grads, flat["torch_autograd"]):
+            assert_close(a, e, kernel=m, reference="torch_autograd", kind="grad")
+
+
+# -- the tables: every compiled method is timed against a compiled reference ---------------
+
+@pytest.mark.parametrize("bench", [bb, bj], ids=["backprop", "jacobian"])
+def test_compiled_methods_are_full_or_gpu_grid_only(bench):
+    for p in bench.method_params():
+        (method,) = p.values
+        marks = {m.name for m in p.marks}
+        assert marks == ({"full"} if method.endswith("_compiled") else set()), method
+        assert (method in bench.COMPILED_FROM) == method.endswith("_compiled"), method
+
+
+def test_compiled_kernels_meet_compiled_references():
+    assert bb.REFERENCE["manual_compiled"] == "torch_func_grad_compiled"
+    assert bb.OWNERS["manual_compiled"] == "handgrad"
+    assert bb.OWNERS["torch_func_grad_compiled"] == "torch"
+    for kernel, ref in bj.INTERLEAVE.items():
+        assert kernel.endswith("_compiled") == ref.endswith("_compiled"), kernel
+    for batched in (False, True):
+        pre = "torch_func_vmap_" if batched else "torch_func_"
+        assert bj.reference_of("manual_forward_compiled", batched) == pre + "jacfwd_compiled"
+        assert bj.reference_of("manual_reverse_compiled", batched) == pre + "jacrev_compiled"
+        assert bj.reference_of("torch_func_jacfwd_compiled", batched) == bj.method_name(
+            "torch_func_jacfwd_compiled", batched)
+    for m in bj.COMPILED_FROM:
+        assert bj.flops_of(m, 3, 30, 8) == bj.flops_of(bj.COMPILED_FROM[m], 3, 30, 8), m
+
+
+# -- the bench functions: compile outside the timing, record mode and seconds -------------
+
+def _is_compiled(fn) -> bool:
+    return getattr(fn, "_torchdynamo_orig_callable", None) is not None
+
+
+class _Measure:
+    """A stand-in for the bench's ``measure``: calls what it would time, keeps the record."""
+
+    def __call__(self, fn, *, group, reference_fn=None, **info):
+        if info.get("compile_mode") is not None:  # what is timed is compiled, both sides
+            assert _is_compiled(fn) and (reference_fn is None or _is_compiled(reference_fn))
+        else:
+            assert not _is_compiled(fn) and not _is_compiled(reference_fn)
+        self.out, self.ref = fn(), None if reference_fn is None else reference_fn()
+        self.record = BenchRecord(**{**info, "dtype": str(info["dtype"]).removeprefix(
+            "torch."), "threads": 1})
+        self.group = group
+
+
+@pytest.fixture
+def aot_eager_bench(monkeypatch):
+    """The bench's compile with aot_eager; each compile must follow a reset (Dynamo's
+    caches dropped once per benchmark, before the kernel and its reference compile)."""
+    events = []
+
+    def reset():
+        events.append("reset")
+        bc.reset()
+
+    def compile_call(fn, device, *, name, backend=None):
+        assert events and events[0] == "reset", "compiled before a reset"
+        events.append(name)
+        return bc.compile_call(fn, device, name=name, backend=BACKEND)
+
+    for bench in (bb, bj):
+        monkeypatch.setattr(bench, "compile_call", compile_call)
+        monkeypatch.setattr(bench, "reset", reset)
+    return events
+
+
+def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
+    m = _Measure()
+    bb.test_backprop(m, "manual_compiled", 3, 4, 3, torch.float32, "cpu")
+    assert aot_eager_bench == ["reset", "manual_compiled", "torch_func_grad_compiled"]
+    r = m.record
+    assert (r.method, r.reference, r.owner) == ("manual_compiled", "torch_func_grad_compiled",
+                                                 "handgrad")
+    assert r.compile_mode == BACKEND and r.compile_s > 0
+    # the manual kernel (its Gradients) against torch.func.grad (a tuple)
+    assert isinstance(m.out, bp.Gradients) and isinstance(m.ref, tuple)
+    for a, e in zip(bb.gradients(m.out), bb.gradients(m.ref)):  # interleaved: the reference
+        assert_close(a, e, kernel="manual_compiled", reference="torch_func_grad_compiled",
+                     kind="grad")
+    m = _Measure()
+    bb.test_backprop(m, "torch_func_grad_compiled", 3, 4, 3, torch.float32, "cpu")
+    assert m.ref is None and m.record.compile_s > 0
+    m = _Measure()
+    bb.test_backprop(m, "manual", 3, 4, 3, torch.float32, "cpu")
+    assert m.record.compile_mode is None and m.record.compile_s is None
+
+
+@pytest.mark.parametrize("N", [1, 4])
+def test_jacobian_bench_records_compile_mode_and_seconds(aot_eager_bench, N):
+    m = _Measure()
+    bj.test_jacobian(m, "quick", "manual_reverse_compiled", 3, 6, N, "cpu")
+    assert aot_eager_bench[0] == "reset" and aot_eager_bench.count("reset") == 1
+    r = m.record
+    pre = "torch_func_vmap_" if N > 1 else "torch_func_"
+    assert (r.method, r.reference) == ("manual_reverse_compiled", pre + "jacrev_compiled")
+    assert r.compile_mode == BACKEND and r.compile_s > 0
+    assert_close(m.out, m.ref, kernel=r.method, reference=r.reference, kind="grad")
+    assert dataclasses.replace(r, compile_s=None).compile_s is None
+
+
+# -- compile_call itself ------------------------------------------------------------------
+
+def test_compile_mode_per_device():
+    assert bc.compile_mode("cpu") == "default"
+    assert bc.compile_mode("cuda") == bc.compile_mode("cuda:0") == "reduce-overhead"
+
+
+def test_a_failing_compile_skips_with_torchs_reason():
+    def broken():
+        raise ValueError("boom\nsecond line")
+
+    with pytest.raises(pytest.skip.Exception) as info:
+        bc.compile_call(broken, "cpu", name="broken", backend=BACKEND)
+    msg = str(info.value)
+    assert "torch.compile of broken" in msg and "ValueError: boom" in msg
+    assert torch.__version__ in msg and "second line" not in msg
+
+
+def test_the_first_calls_are_made_before_it_returns():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return torch.ones(2) * 2
+
+    compiled, seconds, _ = bc.compile_call(fn, "cpu", name="fn", backend=BACKEND)
+    made = len(calls)
+    assert made == bc.WARMUP_CALLS["default"] == 1 and seconds > 0
+    assert torch.equal(compiled(), torch.full((2,), 2.0))
+
+
+def test_reset_drops_the_compiled_code():
+    """Between benchmarks: the bench's callables come from the same source lines for every
+    shape, so without reset Dynamo's per-code cache would fill and fall back to eager."""
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.ones(3)
+    compiled, _, _ = bc.compile_call(lambda: x * 2, "cpu", name="x2", backend=counting)
+    compiled()
+    assert len(graphs) == 1
+    bc.reset()
+    assert torch.equal(compiled(), x * 2) and len(graphs) == 2
+
+
+@pytest.mark.parametrize("bench", [bb, bj], ids=["backprop", "jacobian"])
+def test_a_compiled_method_compiles_the_eager_method_of_its_name(bench):
+    """X_compiled is torch.compile of X: the compiled-against-eager checks above compare
+    whatever COMPILED_FROM names, so a wrong name there would compare the wrong call."""
+    for method, eager in bench.COMPILED_FROM.items():
+        assert eager == method.removesuffix("_compiled"), method
