@@ -185,8 +185,10 @@ def figure(sp: pd.DataFrame, cross: pd.DataFrame, out: Path, name: str) -> Path 
         ax.set_title(f"{kernel}.{method} ({dtype})\n{_said(c)}", fontsize=8.5)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.margins(x=0.15)
+        # a decade around the sizes, also when a method has one shape only
+        ax.set_xlim(k["size_flop"].min() / 3, k["size_flop"].max() * 3)
         plain_log(ax)
+        plain_log(ax, "x", minor_labels=False)
         ax.set_xlabel("problem size (FLOPs of the shape)", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     for ax in axes[:, 0]:

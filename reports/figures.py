@@ -77,15 +77,17 @@ def reserve(fig, bottom: float) -> tuple[float, float, float, float]:
     return rect
 
 
-def plain_log(ax, which: str = "y") -> None:
+def plain_log(ax, which: str = "y", minor_labels: bool = True) -> None:
     """Log-axis tick labels as plain numbers (0.4, 2, 300), not 4x10^-1; minor ticks are
-    labelled only when the axis spans less than a decade and a half."""
+    labelled (2, 3, 5 of a decade) only when the axis spans less than a decade and a half,
+    and never with ``minor_labels=False``."""
     axis = ax.yaxis if which == "y" else ax.xaxis
 
     def minor(v, _):
         lo, hi = sorted(axis.get_view_interval())
         lead = round(v / 10 ** np.floor(np.log10(v)), 6) if v > 0 else 0
-        return _tick(v) if lo > 0 and hi / lo < 30 and lead in (2, 3, 5) else ""
+        return _tick(v) if (minor_labels and lo > 0 and hi / lo < 30
+                            and lead in (2, 3, 5)) else ""
 
     axis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
     axis.set_minor_formatter(FuncFormatter(minor))

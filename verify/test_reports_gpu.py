@@ -258,6 +258,31 @@ def test_cpu_vs_gpu_jacobian_forward_and_reverse_against_depth(pair):
     assert "](cpu_vs_gpu_jacobian.png)" in md
 
 
+def test_a_crossover_at_a_methods_only_shape_is_drawn(tmp_path):
+    """Momentum has one shape: both forms made 100x faster on the GPU, the crossover is
+    that shape, drawn on a sensible axis (a decade around it; no singular-limits warning,
+    which the test configuration turns into an error)."""
+    gpu = load(GPU)
+    forms = ("momentum_form1", "momentum_form2")
+    for b in gpu["benchmarks"]:
+        if b["extra_info"]["method"] in forms:
+            b["stats"]["data"] = [t / 100 for t in b["stats"]["data"]]
+            b["stats"]["median"] /= 100
+            b["extra_info"].pop("reference_data")
+    cpu = {b["extra_info"]["method"]: b["stats"]["median"] for b in load(CPU)["benchmarks"]}
+    group, = {b["group"] for b in gpu["benchmarks"] if b["extra_info"]["method"] in forms}
+    size = max(x["extra_info"]["flops"] for x in gpu["benchmarks"] if x["group"] == group)
+    shown, _ = render(tmp_path, h100(CPU), write(tmp_path, "fast.json", gpu))
+    for form in forms:
+        b = next(x for x in gpu["benchmarks"] if x["extra_info"]["method"] == form)
+        assert cpu[form] / b["stats"]["median"] > 1
+        ax = next(a for a in shown["cpu_vs_gpu.png"].axes
+                  if a.get_title().startswith(f"least_squares.{form} "))
+        assert f"GPU first faster at {size:.3g} FLOP and above" in ax.get_title()
+        lo, hi = ax.get_xlim()
+        assert lo < size < hi and hi / lo > 5
+
+
 def test_one_device_has_no_cpu_vs_gpu_section(tmp_path):
     shown, md = render(tmp_path, h100(GPU))
     assert "CPU vs GPU" not in md and "cpu_vs_gpu.png" not in shown
