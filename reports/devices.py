@@ -216,12 +216,13 @@ def jacobian_figure(sp: pd.DataFrame, out: Path, name: str) -> Path | None:
              & sp["method"].isin(["manual_forward", "manual_reverse"])]
     if jac.empty or jac["L"].nunique() < 2:
         return None
-    panels = sorted(jac.groupby(["K", "N"]).groups)
+    panels = sorted(jac.groupby(["K", "N", "dtype"]).groups)
+    several = jac["dtype"].nunique() > 1
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.8),
                              squeeze=False, sharey=True, sharex=True)
     styles = {"manual_forward": ("-", "o"), "manual_reverse": ("--", "s")}
-    for ax, (K, N) in zip(axes[0], panels):
-        g = jac[(jac["K"] == K) & (jac["N"] == N)]
+    for ax, (K, N, dtype) in zip(axes[0], panels):
+        g = jac[(jac["K"] == K) & (jac["N"] == N) & (jac["dtype"] == dtype)]
         for method, (ls, marker) in styles.items():
             line = g[g["method"] == method].sort_values("L")
             for side, colour in DEVICE_COLOURS.items():
@@ -231,7 +232,7 @@ def jacobian_figure(sp: pd.DataFrame, out: Path, name: str) -> Path | None:
         ax.set_xticks(depths)
         ax.set_xticklabels([f"{d:g}" for d in depths])
         only = f": L={g['L'].iloc[0]:g} only" if g["L"].nunique() == 1 else ""
-        ax.set_title(f"K={K:g}, N={N:g}{only}", fontsize=9)
+        ax.set_title(f"K={K:g}, N={N:g}{', ' + dtype if several else ''}{only}", fontsize=9)
         ax.set_yscale("log")
         plain_log(ax)
         ax.set_xlabel("depth L (layers)")

@@ -119,6 +119,8 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
     if sub.empty:
         return None
     panel_keys = [c for c in ("K", "N") if c in sub.columns and sub[c].notna().any()]
+    if sub["dtype"].nunique() > 1:  # a line never joins two dtypes
+        panel_keys.append("dtype")
     panels = sorted(sub.groupby(panel_keys, dropna=False).groups) if panel_keys else [()]
     panels = [p if isinstance(p, tuple) else (p,) for p in panels]
     places = sorted(sub.groupby(["run", "device"]).groups)
@@ -196,7 +198,7 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
     jac = df[df["kernel"] == "jacobian"]
     if jac.empty or not need <= set(jac.columns):
         return None
-    keys = ["source", "run", "device", "L", "K", "N"]
+    keys = ["source", "run", "device", "dtype", "L", "K", "N"]
     fwd = jac[jac["method"] == "manual_forward"]
     rev = jac[jac["method"] == "manual_reverse"]
     both = fwd.merge(rev[[*keys, "median"]], on=keys, suffixes=("_fwd", "_rev"))
@@ -205,15 +207,22 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
     both["measured"] = both["median_fwd"] / both["median_rev"]
     both["model"] = both["model_forward"] / both["model_reverse"]
     # colour = depth L, marker = width K, filled = batched, hollow = single x
-    places = sorted({(r, d) for r, d in zip(both["run"], both["device"])})
-    fig, axes = plt.subplots(1, len(places), figsize=(6.5 * len(places), 5.2), squeeze=False)
+    places = sorted(set(zip(both["run"], both["device"], both["dtype"])))
+    several = len({p[2] for p in places}) > 1  # then a panel per dtype too
+    cols = min(3, len(places))
+    rows = -(-len(places) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.6 * rows + 0.8),
+                             squeeze=False)
+    for ax in list(axes.flat)[len(places):]:
+        ax.remove()
+    axes = [list(axes.flat)[:len(places)]]
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = dict(zip(sorted(both["L"].unique()), cycle))
     markers = dict(zip(sorted(both["K"].unique()), K_MARKERS))
     lo = min(both["model"].min(), both["measured"].min()) / 1.5
     hi = max(both["model"].max(), both["measured"].max()) * 1.5
-    for ax, (run, device) in zip(axes[0], places):
-        g = both[(both["run"] == run) & (both["device"] == device)]
+    for ax, (run, device, dtype) in zip(axes[0], places):
+        g = both[(both["run"] == run) & (both["device"] == device) & (both["dtype"] == dtype)]
         for _, r in g.iterrows():
             c = colours[r["L"]]
             ax.scatter(r["model"], r["measured"], s=50, marker=markers[r["K"]],
@@ -225,7 +234,7 @@ def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
         ax.set_yscale("log")
         ax.set_xlabel("op-count model: forward / reverse multiplies")
         ax.set_ylabel("measured: forward / reverse median time")
-        ax.set_title(run_title(run, device), fontsize=9)
+        ax.set_title(run_title(run, device) + (f", {dtype}" if several else ""), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     # colour swatches for L (a line, no marker), grey hollow shapes for K, a grey circle
     # filled or hollow for N: each entry a glyph of its own, a column per group

@@ -85,8 +85,11 @@ def _disturbed(df: pd.DataFrame) -> list[str]:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """The report's main table: one row per benchmark, times in milliseconds, handgrad's
     kernels before torch's references within each shape. ``peak_mib`` and
-    ``memory_ratio`` only when a row recorded its peak memory, ``slowed_by`` only when a
-    run was slowed on purpose, ``disturbed`` only when a row is flagged."""
+    ``memory_ratio`` only when a row recorded its peak memory, ``timer`` and ``cache``
+    only when a file wrote them (older files hold neither: reported as lacking, not shown
+    as a default), ``compile_mode`` and ``compile_s`` only for compiled methods,
+    ``slowed_by`` only when a run was slowed on purpose, ``disturbed`` only when a row is
+    flagged."""
     df = with_ratios(df)
     keys = [c for c in KEY_COLUMNS if c in df.columns and df[c].notna().any()]
     out = df[["run", "machine", "kernel", "owner", "method", "reference", "device", "dtype",
@@ -100,6 +103,14 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         out["peak_mib"] = pd.to_numeric(df["peak_bytes"]) / 2**20
         out["memory_ratio"] = df["memory_ratio"]
     out["rounds"] = df["rounds"]
+    written = frozenset().union(*df["fields_written"]) if "fields_written" in df else set()
+    for field in ("timer", "cache"):  # how each time was taken, where the record says
+        if field in written:
+            out[field] = [v if field in w else None
+                          for v, w in zip(df[field], df["fields_written"])]
+    if df["compile_mode"].notna().any():  # compiled methods: mode, and compile time (s)
+        out["compile_mode"] = df["compile_mode"]
+        out["compile_s"] = df["compile_s"]
     if df["slowed_by"].notna().any():  # a run slowed on purpose (--bench-slow) says so
         out["slowed_by"] = df["slowed_by"]
     if (df["disturbed"] != "").any():

@@ -522,6 +522,34 @@ def test_jacobian_mode_legend_glyphs_are_distinct(pair):
     assert entries["width K = 30"] != entries["filled: batched (N > 1)"]
 
 
+def test_two_dtypes_of_one_shape_are_never_one_line(tmp_path):
+    """The GPU grid times one shape in several dtypes: a line or a mode panel per dtype."""
+    data = load(GPU)
+    extra = []
+    for b in data["benchmarks"]:
+        if b["extra_info"]["kernel"] in ("jacobian", "backprop"):
+            c = copy.deepcopy(b)
+            c["group"] += " bfloat16"
+            c["name"] += "-bf16"
+            c["extra_info"]["dtype"] = "bfloat16"
+            c["stats"]["data"] = [t * 0.6 for t in c["stats"]["data"]]
+            c["stats"]["median"] *= 0.6
+            extra.append(c)
+    data["benchmarks"] += extra
+    shown, _ = render(tmp_path, write(tmp_path, "two_dtypes.json", data))
+    for name in ("jacobian_time_vs_L.png", "backprop_time_vs_L.png"):
+        lines = [x for ax in shown[name].axes for x in ax.get_lines()]
+        assert lines and all(np.all(np.diff(x.get_xdata()) > 0) for x in lines), name
+        titles = [ax.get_title() for ax in shown[name].axes]
+        assert any("dtype=bfloat16" in t for t in titles)
+        assert any("dtype=float32" in t for t in titles)
+    modes = shown["jacobian_modes_model_vs_measured.png"]
+    assert sorted(ax.get_title().rsplit(", ", 1)[1] for ax in modes.axes) == [
+        "bfloat16", "float32"]
+    for ax in modes.axes:  # one point per (L, K, N) of its dtype: 10 shapes
+        assert sum(len(c.get_offsets()) for c in ax.collections) == 10
+
+
 def test_counting_rows_carry_their_model(pair):
     out, _, _ = pair
     csv = pd.read_csv(out / "summary.csv")
@@ -648,6 +676,8 @@ def test_no_peak_memory_no_memory_columns(pair):
     out, _, md = pair
     csv = pd.read_csv(out / "summary.csv")
     assert "peak_mib" not in csv.columns and "memory_ratio" not in csv.columns
+    # nor a timer or compile column the files never wrote
+    assert not {"timer", "cache", "compile_mode", "compile_s"} & set(csv.columns)
     assert "No run recorded peak memory" in md
 
 
@@ -683,4 +713,13 @@ def test_the_report_says_what_each_file_lacks(pair, tmp_path):
                     write(tmp_path, "plain.json", plain))
     line = _lacks(md2, "full.json")
     assert line == "- `full.json`: nothing today's bench suite records."
+    # what the records say of their timing is shown, where they say it
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    full = csv[csv["run"].str.endswith("full.json")]
+    assert set(full["timer"]) == {"cuda_event"} and set(full["cache"]) == {"warm"}
+    assert csv.loc[~csv["run"].str.endswith("full.json"), "timer"].isna().all()
+    compiled = csv[csv["compile_mode"].notna()]
+    first = data["benchmarks"][0]["extra_info"]
+    assert list(compiled["method"]) == [first["method"]]
+    assert list(compiled["compile_s"]) == [2.5]
     assert "interleaved reference rounds" in _lacks(md2, "plain.json")
