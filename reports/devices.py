@@ -211,33 +211,38 @@ def figure(sp: pd.DataFrame, cross: pd.DataFrame, out: Path, name: str) -> Path 
 
 def jacobian_figure(sp: pd.DataFrame, out: Path, name: str) -> Path | None:
     """The course's question: the manual forward- and reverse-mode Jacobians against depth
-    L on the CPU and the GPU, a panel per (width K, batch N)."""
+    L on the CPU and the GPU, a panel per (width K, batch N), a row of them per dtype."""
     jac = sp[(sp["kernel"] == "jacobian")
              & sp["method"].isin(["manual_forward", "manual_reverse"])]
     if jac.empty or jac["L"].nunique() < 2:
         return None
-    panels = sorted(jac.groupby(["K", "N", "dtype"]).groups)
-    several = jac["dtype"].nunique() > 1
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.8),
+    widths = sorted(jac.groupby(["K", "N"]).groups)
+    dtypes = sorted(jac["dtype"].unique())  # a row of panels per dtype
+    several = len(dtypes) > 1
+    fig, axes = plt.subplots(len(dtypes), len(widths),
+                             figsize=(4.2 * len(widths), 3.9 * len(dtypes) + 1),
                              squeeze=False, sharey=True, sharex=True)
     styles = {"manual_forward": ("-", "o"), "manual_reverse": ("--", "s")}
-    for ax, (K, N, dtype) in zip(axes[0], panels):
-        g = jac[(jac["K"] == K) & (jac["N"] == N) & (jac["dtype"] == dtype)]
-        for method, (ls, marker) in styles.items():
-            line = g[g["method"] == method].sort_values("L")
-            for side, colour in DEVICE_COLOURS.items():
-                ax.plot(line["L"], line[f"{side}_ms"], color=colour, ls=ls, marker=marker,
-                        lw=2, gid=f"{method} {side}")
-        depths = sorted(jac["L"].unique())
-        ax.set_xticks(depths)
-        ax.set_xticklabels([f"{d:g}" for d in depths])
-        only = f": L={g['L'].iloc[0]:g} only" if g["L"].nunique() == 1 else ""
-        ax.set_title(f"K={K:g}, N={N:g}{', ' + dtype if several else ''}{only}", fontsize=9)
-        ax.set_yscale("log")
-        plain_log(ax)
-        ax.set_xlabel("depth L (layers)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("median time per call (ms)")
+    depths = sorted(jac["L"].unique())
+    for row, dtype in zip(axes, dtypes):
+        for ax, (K, N) in zip(row, widths):
+            g = jac[(jac["K"] == K) & (jac["N"] == N) & (jac["dtype"] == dtype)]
+            for method, (ls, marker) in styles.items():
+                line = g[g["method"] == method].sort_values("L")
+                for side, colour in DEVICE_COLOURS.items():
+                    ax.plot(line["L"], line[f"{side}_ms"], color=colour, ls=ls,
+                            marker=marker, lw=2, gid=f"{method} {side}")
+            ax.set_xticks(depths)
+            ax.set_xticklabels([f"{d:g}" for d in depths])
+            only = f": L={g['L'].iloc[0]:g} only" if g["L"].nunique() == 1 else ""
+            ax.set_title(f"K={K:g}, N={N:g}{', ' + dtype if several else ''}{only}",
+                         fontsize=9)
+            ax.set_yscale("log")
+            plain_log(ax)
+            ax.set_xlabel("depth L (layers)")
+            ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("median time per call (ms)")
     handles = [plt.Line2D([], [], color=DEVICE_COLOURS[s], ls=styles[m][0],
                           marker=styles[m][1], lw=2,
                           label=f"{m.replace('manual_', '')} mode, {s.upper()}")

@@ -101,29 +101,34 @@ def _tick(v: float) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    """Lay the figure out (keeping the room ``reserve`` asked for), write it, close it."""
-    fig.tight_layout(rect=_RESERVED.pop(fig, (0, 0, 1, 1)))
+    """Lay the figure out (keeping the room ``reserve`` asked for below, and the
+    suptitle's above), write it, close it."""
+    left, bottom, right, top = _RESERVED.pop(fig, (0, 0, 1, 1))
+    title = getattr(fig, "_suptitle", None)
+    if title is not None and title.get_text():
+        lines = title.get_text().count("\n") + 1
+        top = 1 - (0.12 + 0.2 * lines) / fig.get_figheight()
+    fig.tight_layout(rect=(left, bottom, right, top))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
 def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
-    """Median time against depth L: a row of panels per run and device (never two runs on
-    one line), a panel per (width K, batch N), a line per method, one colour per method
-    in every panel, handgrad's kernels apart from torch's references (OWNER_STYLE). A
-    panel with a single depth is a point chart of the methods, not a line."""
+    """Median time against depth L: a row of panels per run, device and dtype (never two
+    runs or dtypes on one line), a panel per (width K, batch N), a line per method, one
+    colour per method in every panel, handgrad's kernels apart from torch's references
+    (OWNER_STYLE). A panel with a single depth is a point chart of the methods."""
     if "L" not in df.columns:
         return None
     sub = df[(df["kernel"] == kernel) & df["L"].notna()]
     if sub.empty:
         return None
     panel_keys = [c for c in ("K", "N") if c in sub.columns and sub[c].notna().any()]
-    if sub["dtype"].nunique() > 1:  # a line never joins two dtypes
-        panel_keys.append("dtype")
     panels = sorted(sub.groupby(panel_keys, dropna=False).groups) if panel_keys else [()]
     panels = [p if isinstance(p, tuple) else (p,) for p in panels]
-    places = sorted(sub.groupby(["run", "device"]).groups)
+    places = sorted(sub.groupby(["run", "device", "dtype"]).groups)
+    several = sub["dtype"].nunique() > 1  # then the rows say their dtype
     owners = sub.groupby("method")["owner"].first()
     # handgrad's kernels first, each method one colour throughout
     methods = sorted(owners.index, key=lambda m: (owners[m] != "handgrad", m))
@@ -131,12 +136,13 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
     cols, rows = len(panels), len(places)
     fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.8 * rows + 1.3),
                              squeeze=False, sharey=True)
-    for (run, device), axrow in zip(places, axes):
+    for (run, device, dtype), axrow in zip(places, axes):
         for ax, key in zip(axrow, panels):
-            g = sub[(sub["run"] == run) & (sub["device"] == device)]
+            g = sub[(sub["run"] == run) & (sub["device"] == device) & (sub["dtype"] == dtype)]
             for k, v in zip(panel_keys, key):
                 g = g[g[k] == v]
-            where = ", ".join(f"{k}={_num(v)}" for k, v in zip(panel_keys, key))
+            where = ", ".join([f"{k}={_num(v)}" for k, v in zip(panel_keys, key)]
+                              + ([dtype] if several else []))
             ax.set_yscale("log")
             if g.empty:
                 ax.set_title(f"{run_title(run, device)}\n{where}", fontsize=8)
@@ -166,7 +172,7 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
     handles += owner_handles(owners)
     legend_below(fig, handles, ncol=4)
     fig.suptitle(f"{kernel}: time per call against depth (a row of panels per run and "
-                 "device)", fontsize=11)
+                 f"device{', and dtype' if several else ''})", fontsize=11)
     return _save(fig, out / f"{kernel}_time_vs_L.png")
 
 

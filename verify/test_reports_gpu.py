@@ -522,9 +522,8 @@ def test_jacobian_mode_legend_glyphs_are_distinct(pair):
     assert entries["width K = 30"] != entries["filled: batched (N > 1)"]
 
 
-def test_two_dtypes_of_one_shape_are_never_one_line(tmp_path):
-    """The GPU grid times one shape in several dtypes: a line or a mode panel per dtype."""
-    data = load(GPU)
+def with_bfloat16(data: dict) -> dict:
+    """A copy where every Jacobian and backprop benchmark is timed in bfloat16 too."""
     extra = []
     for b in data["benchmarks"]:
         if b["extra_info"]["kernel"] in ("jacobian", "backprop"):
@@ -536,16 +535,22 @@ def test_two_dtypes_of_one_shape_are_never_one_line(tmp_path):
             c["stats"]["median"] *= 0.6
             extra.append(c)
     data["benchmarks"] += extra
-    shown, _ = render(tmp_path, write(tmp_path, "two_dtypes.json", data))
-    for name in ("jacobian_time_vs_L.png", "backprop_time_vs_L.png"):
+    return data
+
+
+def test_two_dtypes_of_one_shape_are_never_one_line(tmp_path):
+    """The GPU grid times one shape in several dtypes: a line or a panel per dtype."""
+    shown, _ = render(tmp_path, write(tmp_path, "cpu.json", with_bfloat16(load(CPU))),
+                      write(tmp_path, "gpu.json", with_bfloat16(load(GPU))))
+    for name in ("jacobian_time_vs_L.png", "backprop_time_vs_L.png",
+                 "cpu_vs_gpu_jacobian.png"):
         lines = [x for ax in shown[name].axes for x in ax.get_lines()]
         assert lines and all(np.all(np.diff(x.get_xdata()) > 0) for x in lines), name
         titles = [ax.get_title() for ax in shown[name].axes]
-        assert any("dtype=bfloat16" in t for t in titles)
-        assert any("dtype=float32" in t for t in titles)
+        assert any("bfloat16" in t for t in titles) and any("float32" in t for t in titles)
     modes = shown["jacobian_modes_model_vs_measured.png"]
     assert sorted(ax.get_title().rsplit(", ", 1)[1] for ax in modes.axes) == [
-        "bfloat16", "float32"]
+        "bfloat16", "bfloat16", "float32", "float32"]  # per device and dtype
     for ax in modes.axes:  # one point per (L, K, N) of its dtype: 10 shapes
         assert sum(len(c.get_offsets()) for c in ax.collections) == 10
 
