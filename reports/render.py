@@ -45,7 +45,7 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     return t.drop(columns=empty)
 
 
-def _about_runs(df: pd.DataFrame, table: pd.DataFrame, bench_paths) -> list[str]:
+def _about_runs(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     lines = [f"{len(df)} benchmarks in {df['run'].nunique()} run(s) on "
              f"{df['machine'].nunique()} machine(s). A run is one input file; its label "
              "(column `run`) is the machine and the file's name:", ""]
@@ -151,7 +151,7 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
         written.append(out / "summary.csv")
         kernels = sorted(k for k in df["kernel"].dropna().unique())
         both = devices.has_both(df)
-        lines += ["## Benchmarks", "", *_about_runs(df, table, bench_paths)]
+        lines += ["## Benchmarks", "", *_about_runs(df, table)]
         steps = len(kernels) + 2 + both
         for i, kernel in enumerate(kernels, 1):
             say(f"[{i}/{steps}] rendering {kernel}")
