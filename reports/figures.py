@@ -132,9 +132,14 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
     owners = sub.groupby("method")["owner"].first()
     # handgrad's kernels first, each method one colour throughout
     methods = sorted(owners.index, key=lambda m: (owners[m] != "handgrad", m))
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    # up to 20 methods (compiled peers double them) each keep a colour of their own
+    cmap, n = (plt.cm.tab10, 10) if len(methods) <= 10 else (plt.cm.tab20, 20)
+    colours = {m: cmap(i % n) for i, m in enumerate(methods)}
     cols, rows = len(panels), len(places)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.8 * rows + 1.3),
+    # the legend below (a line per method, and the owner styles) gets room of its own
+    ncol = min(4, max(1, int(4.3 * cols / 3.6)))
+    legend_h = 0.22 * -(-(len(methods) + 2) // ncol) + 0.3
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.8 * rows + 0.8 + legend_h),
                              squeeze=False, sharey=True)
     for (run, device, dtype), axrow in zip(places, axes):
         for ax, key in zip(axrow, panels):
@@ -170,7 +175,7 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
         ax.set_ylabel("median time per call (ms)")
     handles = [Line2D([], [], label=m, **line_style(owners[m], colours[m])) for m in methods]
     handles += owner_handles(owners)
-    legend_below(fig, handles, ncol=4)
+    legend_below(fig, handles, ncol=ncol)
     fig.suptitle(f"{kernel}: time per call against depth (a row of panels per run and "
                  f"device{', and dtype' if several else ''})", fontsize=11)
     return _save(fig, out / f"{kernel}_time_vs_L.png")

@@ -504,6 +504,33 @@ def test_handgrad_kernels_stand_apart_from_references(pair, name):
     assert any(t.startswith("torch reference") for t in legend)
 
 
+def test_compiled_peers_keep_a_colour_per_method(tmp_path):
+    """With compiled peers a kernel has more than 10 methods: each keeps its own colour."""
+    data = as_schema2(load(GPU))
+    peers = []
+    for b in data["benchmarks"]:
+        if b["extra_info"]["kernel"] == "jacobian":
+            c = copy.deepcopy(b)
+            e = c["extra_info"]
+            e["method"] += "_compiled"
+            e["reference"] += "_compiled"
+            e.update(compile_mode="reduce-overhead", compile_s=3.0)
+            c["name"] += "-compiled"
+            peers.append(c)
+    data["benchmarks"] += peers
+    methods = {b["extra_info"]["method"] for b in data["benchmarks"]
+               if b["extra_info"]["kernel"] == "jacobian"}
+    assert len(methods) > 10
+    shown, _ = render(tmp_path, write(tmp_path, "peers.json", data))
+    colour = {}
+    for ax in shown["jacobian_time_vs_L.png"].axes:
+        for line in ax.get_lines():
+            colour.setdefault(line.get_label(), set()).add(str(line.get_color()))
+    assert set(colour) == methods
+    assert all(len(c) == 1 for c in colour.values())  # one colour per method throughout
+    assert len({next(iter(c)) for c in colour.values()}) == len(methods)  # none shared
+
+
 def _glyph(h) -> tuple:
     face = h.get_markerfacecolor()
     return (h.get_marker(), h.get_linestyle(), round(h.get_linewidth(), 2),
