@@ -44,8 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("render", help="markdown + figures + CSV from benchmark JSON files "
                        "and verify reports")
-    p.add_argument("files", nargs="+", help="pytest-benchmark JSON files (several merge, "
-                   "each labelled by machine) and pytest verify --verify-report files")
+    p.add_argument("files", nargs="+", help="pytest-benchmark JSON files, .json or .json.gz "
+                   "(several merge, each row labelled by its run: machine · file) and pytest "
+                   "verify --verify-report files")
     p.add_argument("--out", required=True, help="folder to write the report into")
     g = sub.add_parser("gate", help="fail (exit 1) when a kernel regressed against baseline")
     g.add_argument("--baseline", required=True, help="pytest-benchmark JSON of the baseline")

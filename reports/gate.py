@@ -44,18 +44,16 @@ import pandas as pd
 from scipy import stats
 
 from reports.load import ReportInputError, load_benchmarks
-from reports.record import paired_ratios, ratio_to_reference
+from reports.record import DISTURBED, paired_ratios, ratio_to_reference
 from reports.tables import to_markdown
 
 MAX_ROUNDS = 400  # per sample; more rounds add little to the interval and cost time
 
 
 MIN_BENCHMARKS = 3  # a kernel-level interval needs at least this many benchmarks
-# a reference (torch, unchanged) whose median moved by more than this factor between the
-# runs marks its benchmark as disturbed: not gated, listed. Undisturbed medians drift up to
-# ~1.6x between runs on a shared 2-core machine; another process competing for the cores
-# made them 10 to 35x slower. Over MAX_DISTURBED of them: the input is unusable.
-DISTURBED = 2.0
+# a reference (torch, unchanged) whose median moved by more than reports.record.DISTURBED
+# between the runs marks its benchmark as disturbed: not gated, listed. Over MAX_DISTURBED
+# of them: the input is unusable.
 MAX_DISTURBED = 0.25
 
 

@@ -228,6 +228,13 @@ def schema_of(machine_info) -> int:
 
 # ---------------------------------------------------------------------------- the numbers
 
+# A torch reference runs the same code wherever it is timed: when two of its medians (its
+# interleaved rounds against its own benchmark in one run, or one run against another)
+# differ by more than this factor, the machine was disturbed while one of them ran.
+# Undisturbed, they stay within 0.64x to 1.64x on every real run here (2-core CPU, H100 CPU
+# and GPU); another process on the cores made such calls 10 to 35x slower.
+DISTURBED = 2.0
+
 RATIO_DEFINITION = (
     "`ratio_to_ref` is the method's time over its reference's, both from the same run: "
     "the median over rounds of kernel_i / reference_i when the two were timed interleaved "

@@ -7,17 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.record import SHAPES, achieved_gflops, memory_ratio, ratio_to_reference
+from reports.record import DISTURBED, SHAPES, achieved_gflops, memory_ratio, ratio_to_reference
 
 # the columns that tell one benchmark from another beside its method (model: counting)
 KEY_COLUMNS = (*SHAPES, "model")
-# A reference timed interleaved with a kernel runs the same code as its own benchmark in
-# the same run: when the two medians differ by more than this factor, the machine was
-# disturbed while one of them ran. The same factor as the gate's rule between runs
-# (reports.gate.DISTURBED; a test keeps the two equal; gate imports this module, so the
-# value cannot be imported from there). On every real run here (2-core CPU, H100 CPU and
-# GPU) the two medians stay within 0.64x to 1.64x of each other.
-DISTURBED = 2.0
 # a like-cost reference keeps real ratios within 0.14 to 4 on those runs; a ratio beyond
 # 1/IMPLAUSIBLE..IMPLAUSIBLE (e.g. 0.007) says the machine, not the kernel, changed
 IMPLAUSIBLE = 20.0
