@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from reports.__main__ import main
+from verify.test_reports import as_schema2  # one conversion to today's layout
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "gpu-h100"
@@ -595,19 +596,6 @@ def test_counting_rows_carry_their_model(pair):
 
 
 # ---------------------------------------------------------------------- 3. roofline
-
-
-def as_schema2(data: dict) -> dict:
-    """Today's layout: the schema named, every record with its owner (written out here)."""
-    data = copy.deepcopy(data)
-    data["machine_info"]["handgrad_schema"] = 2
-    for b in data["benchmarks"]:
-        e = b["extra_info"]
-        for k in ("grid", "interleaved", "predicted_mode", "params", "model_flops"):
-            e.pop(k, None)
-        e.setdefault("bytes", 0)
-        e["owner"] = "handgrad" if e["method"] in HANDGRAD else "torch"
-    return data
 
 
 def ceiling(method: str, flops: int, nbytes: int, median: float, n: int,
