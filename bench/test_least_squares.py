@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.compiled import compile_call, reset
 from kernels import least_squares as ls
 
 N, D = 200, 50
@@ -76,16 +77,41 @@ def gd_reference(method: str, k: int) -> str:
     where SGD runs (k <= SGD_MAX_K); torch methods name themselves."""
     if method == "closed_form":
         return "torch_lstsq"
+    if method == "closed_form_compiled":
+        return "torch_lstsq_compiled"
     if method == "loop" and k <= SGD_MAX_K:
         return "torch_optim_sgd"
     return method
 
 
 GD_OWNERS = {"closed_form": "handgrad", "loop": "handgrad", "torch_optim_sgd": "torch",
-             "torch_lstsq": "torch"}
+             "torch_lstsq": "torch", "closed_form_compiled": "handgrad",
+             "torch_lstsq_compiled": "torch"}
+# compiled method: the eager method it compiles (bench.compiled), compiled meets compiled.
+# The loops (gd_iterates, torch.optim.SGD) are not compiled: Dynamo unrolls a Python loop
+# of k steps into a graph of k steps (k = 1e4 here), a compile of hours, not a peer.
+GD_COMPILED_FROM = {"closed_form_compiled": "closed_form",
+                    "torch_lstsq_compiled": "torch_lstsq"}
 
 
-@pytest.mark.parametrize("method", list(GD_OWNERS))
+def gd_method_params():
+    """Eager methods in every grid; compiled ones in the full grid (and the gpu grid)."""
+    return [pytest.param(m, marks=[pytest.mark.full] if m in GD_COMPILED_FROM else [])
+            for m in GD_OWNERS]
+
+
+def gd_calls(X, y, w0, alpha: float, k: int, device: str) -> dict:
+    """The eager callables of one problem, by method name (``verify/test_compiled.py``
+    compiles these too)."""
+    return {
+        "closed_form": lambda: ls.gd_closed_form(X, y, w0, alpha, k),
+        "loop": lambda: ls.gd_iterates(X, y, w0, alpha, k),
+        "torch_optim_sgd": lambda: sgd_steps(X, y, w0, alpha, k),
+        "torch_lstsq": lambda: lstsq(X, y, device),
+    }
+
+
+@pytest.mark.parametrize("method", gd_method_params())
 @pytest.mark.parametrize("k,n,d,dtype", gd_params())
 def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
             device: str) -> None:
@@ -93,25 +119,33 @@ def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
         pytest.skip(f"torch.optim.SGD with autograd takes ~k x 400 us = {k * 4e-4:.0f} s per "
                     f"call at k = {k}")
     X, y, w0, alpha = problem(device, dtype, n, d)
-    calls = {
-        "closed_form": lambda: ls.gd_closed_form(X, y, w0, alpha, k),
-        "loop": lambda: ls.gd_iterates(X, y, w0, alpha, k),
-        "torch_optim_sgd": lambda: sgd_steps(X, y, w0, alpha, k),
-        "torch_lstsq": lambda: lstsq(X, y, device),
-    }
+    calls = gd_calls(X, y, w0, alpha, k, device)
+    eager = GD_COMPILED_FROM.get(method, method)
     flops = {"closed_form": closed_form_flops(1, n, d), "loop": 4 * n * d * k,
              "torch_optim_sgd": 4 * n * d * k, "torch_lstsq": closed_form_flops(0, n, d)}
     itemsize = torch.finfo(dtype).bits // 8
     suffix = "" if dtype == torch.float64 else f" {str(dtype).removeprefix('torch.')}"
     reference = gd_reference(method, k)
+    compiled = {}
+    if method in GD_COMPILED_FROM:
+        reset()
+        fn, compile_s, mode = compile_call(calls[eager], device, name=f"gd_{method}")
+        compiled = {"compile_mode": mode, "compile_s": compile_s}
+        ref_fn = None
+        if reference != method:
+            ref_fn, _, _ = compile_call(calls[GD_COMPILED_FROM[reference]], device,
+                                        name=f"gd_{reference}")
+    else:
+        fn = calls[method]
+        ref_fn = None if reference == method else calls[reference]
     measure(
-        calls[method],
-        reference_fn=None if reference == method else calls[reference],
+        fn,
+        reference_fn=ref_fn,
         group=f"least_squares gd k={k} N={n} D={d} {device}{suffix}",
         kernel="least_squares", method=f"gd_{method}", reference=f"gd_{reference}",
         owner=GD_OWNERS[method],
-        flops=flops[method], bytes=itemsize * (n * d + n + d),
-        N=n, D=d, k=k, device=device, dtype=dtype,
+        flops=flops[eager], bytes=itemsize * (n * d + n + d),
+        N=n, D=d, k=k, device=device, dtype=dtype, **compiled,
         **({"gate_noise": GD_LOOP_NOISE} if method == "loop" and k <= 10 else {}),
     )
 

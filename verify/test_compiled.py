@@ -19,6 +19,7 @@ import torch
 from bench import compiled as bc
 from bench import test_backprop as bb
 from bench import test_jacobian as bj
+from bench import test_least_squares as bl
 from kernels import backprop as bp
 from reports.record import BenchRecord
 from verify.compare import assert_close
@@ -100,13 +101,17 @@ def test_gradients_flattens_every_method_alike():
 
 # -- the tables: every compiled method is timed against a compiled reference ---------------
 
-@pytest.mark.parametrize("bench", [bb, bj], ids=["backprop", "jacobian"])
-def test_compiled_methods_are_full_or_gpu_grid_only(bench):
-    for p in bench.method_params():
+@pytest.mark.parametrize("bench,params,compiled_from",
+                         [(bb, bb.method_params, bb.COMPILED_FROM),
+                          (bj, bj.method_params, bj.COMPILED_FROM),
+                          (bl, bl.gd_method_params, bl.GD_COMPILED_FROM)],
+                         ids=["backprop", "jacobian", "least_squares"])
+def test_compiled_methods_are_full_or_gpu_grid_only(bench, params, compiled_from):
+    for p in params():
         (method,) = p.values
         marks = {m.name for m in p.marks}
         assert marks == ({"full"} if method.endswith("_compiled") else set()), method
-        assert (method in bench.COMPILED_FROM) == method.endswith("_compiled"), method
+        assert (method in compiled_from) == method.endswith("_compiled"), method
 
 
 def test_compiled_kernels_meet_compiled_references():
@@ -123,6 +128,10 @@ def test_compiled_kernels_meet_compiled_references():
             "torch_func_jacfwd_compiled", batched)
     for m in bj.COMPILED_FROM:
         assert bj.flops_of(m, 3, 30, 8) == bj.flops_of(bj.COMPILED_FROM[m], 3, 30, 8), m
+    assert bl.gd_reference("closed_form_compiled", 10) == "torch_lstsq_compiled"
+    assert bl.gd_reference("torch_lstsq_compiled", 10) == "torch_lstsq_compiled"
+    assert bl.GD_OWNERS["closed_form_compiled"] == "handgrad"
+    assert bl.GD_OWNERS["torch_lstsq_compiled"] == "torch"
 
 
 # -- the bench functions: compile outside the timing, record mode and seconds -------------
@@ -160,7 +169,7 @@ def aot_eager_bench(monkeypatch):
         events.append(name)
         return bc.compile_call(fn, device, name=name, backend=BACKEND)
 
-    for bench in (bb, bj):
+    for bench in (bb, bj, bl):
         monkeypatch.setattr(bench, "compile_call", compile_call)
         monkeypatch.setattr(bench, "reset", reset)
     return events
@@ -254,3 +263,29 @@ def test_a_compiled_method_compiles_the_eager_method_of_its_name(bench):
     whatever COMPILED_FROM names, so a wrong name there would compare the wrong call."""
     for method, eager in bench.COMPILED_FROM.items():
         assert eager == method.removesuffix("_compiled"), method
+
+
+@pytest.mark.parametrize("method", sorted(bl.GD_COMPILED_FROM))
+def test_compiled_least_squares_returns_the_eager_result(method):
+    X, y, w0, alpha = bl.problem("cpu", torch.float64, 30, 6)
+    calls = bl.gd_calls(X, y, w0, alpha, 50, "cpu")
+    eager = bl.GD_COMPILED_FROM[method]
+    got, want = _compile(calls[eager], method)(), calls[eager]()
+    assert got.shape == want.shape
+    assert_close(got, want, kernel=method, reference=eager, kind="forward")
+
+
+def test_least_squares_bench_records_compile_mode_and_seconds(aot_eager_bench):
+    m = _Measure()
+    bl.test_gd(m, "closed_form_compiled", 50, 30, 6, torch.float64, "cpu")
+    assert aot_eager_bench == ["reset", "gd_closed_form_compiled", "gd_torch_lstsq_compiled"]
+    r = m.record
+    assert (r.method, r.reference, r.owner) == ("gd_closed_form_compiled",
+                                                 "gd_torch_lstsq_compiled", "handgrad")
+    assert r.compile_mode == BACKEND and r.compile_s > 0
+    assert r.flops == bl.closed_form_flops(1, 30, 6)
+    # the closed form at k = 50 and lstsq's minimiser: both solve the same problem
+    assert m.out.shape == (6,) and m.ref.shape == (6, 1)
+    m = _Measure()
+    bl.test_gd(m, "closed_form", 50, 30, 6, torch.float64, "cpu")
+    assert m.record.compile_mode is None and m.record.compile_s is None
