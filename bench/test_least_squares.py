@@ -12,8 +12,13 @@ from kernels import least_squares as ls
 N, D = 200, 50
 # k = 1e5 (the loop: ~4 s a call, timed and interleaved) only in the full grid
 KS = [10, 1_000, 10_000, 100_000]
-# GPU-sized (--bench-grid=gpu): N 4096-20000, D 1024-2000 at k = 1e4, float64 and float32
-GPU = [(10_000, 4096, 1024), (10_000, 20_000, 2000)]
+# GPU-sized (--bench-grid=gpu): N 4096-20000, D 1024-2000, float64 and float32. The closed
+# form and lstsq at k = 1e4 (their cost does not depend on k); the loops (gd_iterates,
+# torch.optim.SGD) at k = GPU_LOOP_K: a loop costs k times one step, and at k = 1e4 one
+# call at N=20000 is seconds, minutes per benchmark with warm-up and interleaved rounds.
+GPU_LOOP_K = 100
+GPU = [(k, n, d) for n, d in ((4096, 1024), (20_000, 2000)) for k in (10_000, GPU_LOOP_K)]
+LOOPS = ("loop", "torch_optim_sgd")
 
 
 def gd_params():
@@ -118,6 +123,9 @@ def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
     if method == "torch_optim_sgd" and k > SGD_MAX_K:
         pytest.skip(f"torch.optim.SGD with autograd takes ~k x 400 us = {k * 4e-4:.0f} s per "
                     f"call at k = {k}")
+    if n * d > N * D and (method in LOOPS) != (k == GPU_LOOP_K):
+        pytest.skip(f"gpu grid: the loops at k = {GPU_LOOP_K}, the closed form and lstsq "
+                    "(flat in k) at k = 10^4")
     X, y, w0, alpha = problem(device, dtype, n, d)
     calls = gd_calls(X, y, w0, alpha, k, device)
     eager = GD_COMPILED_FROM.get(method, method)

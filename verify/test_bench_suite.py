@@ -271,3 +271,35 @@ def test_the_gpu_grid_is_gpu_sized_and_only_that():
     out, last = _bench_outcomes("--device=cpu", "-k", "16384 or 65536 or N4096 or bfloat16")
     assert " passed" not in last and "skipped" in last, last
     assert "gpu grid only (--bench-grid=gpu)" in out
+
+
+def test_the_gpu_grid_times_the_loops_at_small_k_and_the_closed_form_at_large_k(
+        monkeypatch):
+    """The GD loops cost k steps: at k = 10^4 and N = 20000 one call is seconds and a
+    benchmark minutes, which the gpu grid's 10 minutes cannot hold. The closed form is
+    flat in k and is timed where it matters, at k = 10^4."""
+    from bench import test_least_squares as bl
+
+    def reached(*args, **kwargs):  # the benchmark's first real work: building the problem
+        raise _Reached
+
+    monkeypatch.setattr(bl, "problem", reached)
+    ran = set()
+    for p in bl.gd_params():
+        k, n, d, _ = p.values
+        if {m.name for m in p.marks} != {"gpu_grid"}:
+            continue
+        for method in bl.GD_OWNERS:
+            try:
+                bl.test_gd(None, method, k, n, d, None, "cuda")
+            except pytest.skip.Exception:
+                continue
+            except _Reached:
+                ran.add((method, k))
+    loops = {(m, k) for m, k in ran if m in bl.LOOPS}
+    assert loops == {(m, bl.GPU_LOOP_K) for m in bl.LOOPS}
+    assert ran - loops == {(m, 10_000) for m in bl.GD_OWNERS if m not in bl.LOOPS}
+
+
+class _Reached(Exception):
+    pass
