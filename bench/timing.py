@@ -117,9 +117,13 @@ def timing_for(device: str, cold: bool = False, cuda=None) -> Timing:
 
 
 def peak_bytes(fn: Callable[[], object], device: str, cuda=None) -> int | None:
-    """Bytes allocated at the peak of one call of ``fn`` above what was allocated before it
-    (CUDA's caching allocator's own count); None on a device without that count."""
-    if torch.device(device).type != "cuda":
+    """Bytes allocated at the peak of one call of ``fn`` above what was allocated before it:
+    CUDA's caching allocator's own count on a GPU, the allocator's event timeline
+    (``cpu_peak_bytes``) on the CPU; None on another device."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return cpu_peak_bytes(fn)
+    if kind != "cuda":
         return None
     cuda = cuda if cuda is not None else torch.cuda
     cuda.synchronize()
@@ -128,6 +132,30 @@ def peak_bytes(fn: Callable[[], object], device: str, cuda=None) -> int | None:
     fn()
     cuda.synchronize()
     return int(cuda.max_memory_allocated() - before)
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes held by allocations made during one call of ``fn`` on the CPU, above what
+    was allocated before it (what ``torch.cuda.max_memory_allocated`` says on a GPU).
+
+    Read from torch.profiler's memory events (``profile_memory=True``): every allocation
+    and free of torch's CPU allocator during the call, in order, summed; the peak of that
+    running sum. The raw events (``kineto_results``), not ``FunctionEvent.cpu_memory_usage``,
+    which nets each operator's allocations and frees and would hide a temporary. Tensors
+    the call returns count (they are allocated during it), as on a GPU.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return int(peak)
 
 
 def gpu_info(cuda=None, smi: Callable[[list[str]], str] | None = None) -> dict:

@@ -8,6 +8,12 @@ With ``delta_L = dJ/dy_hat`` (N, out) and, going back through layer i,
     delta_{i-1} = dJ/dh_{i-1} * rho'(z_{i-1})
 
 and ``dJ/dx = dJ/dh_0``. No torch.autograd: every line above is one tensor op below.
+
+Memory: the forward pass keeps the activations h_0..h_{L-1} and nothing else (each
+activation overwrites its own pre-activation); rho'(z_{i-1}) is written from h_{i-1}
+alone (tanh' = 1 - h^2, sigmoid' = h(1 - h), relu' = [h > 0]) into h_{i-1}'s buffer,
+which the backward pass then releases. Peak memory of one call is at most autograd's
+(verify/test_memory.py).
 """
 
 from __future__ import annotations
@@ -21,9 +27,7 @@ from kernels.mlp import (
     LOSSES,
     MLP,
     REDUCTIONS,
-    activation_grad,
     check_input,
-    forward_cache,
     loss_grad,
     loss_value,
 )
@@ -70,6 +74,43 @@ def _check_target(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
     return y.reshape(-1, p)
 
 
+def _lean_forward(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The activations ``h_0 = x, h_1..h_{L-1}`` and the output: only what the backward
+    pass needs. Each hidden layer's activation overwrites its pre-activation (in place), so
+    no layer keeps two (N, K) buffers; rho' is recovered from the activation alone."""
+    hs = [x]
+    for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+        z = torch.addmm(b, hs[-1], w.t())
+        if i == net.depth - 1:
+            return hs, z
+        hs.append(_ACTIVATE_[net.activation](z))
+    raise AssertionError("unreachable: an MLP has at least one layer")
+
+
+def _relu_(z: torch.Tensor) -> torch.Tensor:
+    return z.clamp_(min=0)
+
+
+# rho applied in place to a pre-activation the kernel owns
+_ACTIVATE_ = {"tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "relu": _relu_,
+              "identity": lambda z: z}
+
+
+def _times_activation_grad_(name: str, dh: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """dh * rho'(z), in dh's buffer, with rho'(z) written from a = rho(z) alone and in a's
+    buffer (a is not needed after): tanh' = 1 - a^2, sigmoid' = a (1 - a), relu' = 1 where
+    a > 0 else 0 (relu'(0) := 0, torch's subgradient: a = 0 exactly when z <= 0),
+    identity' = 1. No temporary of a's size is allocated."""
+    if name == "tanh":
+        return dh.mul_(a.mul_(a).neg_().add_(1))
+    if name == "sigmoid":
+        dh.mul_(a)
+        return dh.mul_(a.neg_().add_(1))
+    if name == "relu":
+        return dh.mul_(a.sign_())
+    return dh
+
+
 @torch.no_grad()
 def backprop(
     net: MLP,
@@ -93,19 +134,23 @@ def backprop(
     single = x.dim() == 1
     x2 = x.unsqueeze(0) if single else x
 
-    zs, hs = forward_cache(net, x2)
-    r = zs[-1] - y2
+    hs, out = _lean_forward(net, x2)
+    r = out.sub_(y2)  # the residual, in the output's own buffer
     scale = 1.0 / x2.shape[0] if reduction == "mean" else 1.0
     value = loss_value(loss, r).sum() * scale
-    delta = loss_grad(loss, r) * scale  # dJ/dy_hat, (N, out)
+    delta = loss_grad(loss, r).mul_(scale)  # dJ/dy_hat, (N, out)
+    del r, out
 
     dws: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     dbs: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     for i in range(net.depth - 1, -1, -1):
+        dh = delta @ net.weights[i]
         dws[i] = delta.t() @ hs[i]
         dbs[i] = delta.sum(0)
-        dh = delta @ net.weights[i]
         if i > 0:
-            delta = dh * activation_grad(net.activation, zs[i - 1], hs[i])
+            # delta_{i-1} = dh * rho'(z): rho' from the activation, in its own buffer,
+            # which the pass then lets go (nothing of layer i is needed below it)
+            delta = _times_activation_grad_(net.activation, dh, hs[i])
+            hs[i] = None  # type: ignore[call-overload]
     dx = dh.squeeze(0) if single else dh
     return Gradients(loss=value, weights=tuple(dws), biases=tuple(dbs), input=dx)

@@ -1,0 +1,114 @@
+"""Peak memory of one call: the manual kernels need no more than their torch references.
+
+Measured on the CPU by ``bench.timing.cpu_peak_bytes`` (torch.profiler's allocator
+events, the figure the benchmarks record on a CPU; on a GPU they record
+``torch.cuda.max_memory_allocated``). Both sides are measured the same way, inputs
+already allocated; what a call returns counts for both (every gradient, or the Jacobian).
+The reference is what a user writes: ``torch.autograd.grad`` of the loss written with
+``F.linear`` and the activation, for every weight, bias and the input.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import test_jacobian as bj
+from bench.timing import cpu_peak_bytes
+from kernels import backprop as bp
+from kernels import mlp
+from verify.references import torch_loss
+
+
+# torch wraps a Python scalar argument (``a.add_(1)``) in a 0-d tensor for the length of
+# the op: 8 bytes, 12 in float32. The kernel's derivative formulas take scalars where
+# autograd's fused tanh_backward takes none, so a peak may differ by those bytes alone.
+SCALAR_SLACK = 64  # bytes: far below one row of any buffer measured here
+
+
+def _peak(fn) -> int:
+    fn()  # a first call outside the measurement (lazy initialisations, caches)
+    return cpu_peak_bytes(fn)
+
+
+def test_the_cpu_peak_is_the_allocators_running_sum():
+    """The measurer itself, on a call whose peak is known: two 4000-byte buffers alive at
+    once (a temporary and the result), then a smaller one after the temporary is freed."""
+    def call():
+        a = torch.ones(1000, dtype=torch.float32)
+        b = a.clone()
+        del a
+        c = torch.ones(100, dtype=torch.float32)
+        return b, c
+
+    assert cpu_peak_bytes(call) == 8000
+    assert cpu_peak_bytes(lambda: torch.ones(10, dtype=torch.float64)) == 80
+    assert cpu_peak_bytes(lambda: None) == 0
+
+
+def _backprop_calls(sizes, n, activation, loss, dtype):
+    g = torch.Generator().manual_seed(0)
+    net = mlp.init_mlp(sizes, activation, generator=g, dtype=dtype)
+    x = torch.randn(n, sizes[0], generator=g).to(dtype)
+    y = torch.randn(n, sizes[-1], generator=g).to(dtype)
+    ws = [w.clone().requires_grad_() for w in net.weights]
+    bs = [b.clone().requires_grad_() for b in net.biases]
+    xx = x.clone().requires_grad_()
+
+    def autograd():
+        J = torch_loss(ws, bs, xx, y, activation=activation, loss=loss)
+        return J.detach(), torch.autograd.grad(J, ws + bs + [xx])
+
+    return (lambda: bp.backprop(net, x, y, loss=loss)), autograd
+
+
+SHAPES = {  # id: (layer sizes, batch)
+    "L3-K256-N512": ([13, 256, 256, 1], 512),
+    "L5-K128-N256": ([13, 128, 128, 128, 128, 1], 256),
+    "L2-K512-N1024": ([64, 512, 10], 1024),
+    "L4-wide-out": ([32, 256, 256, 256, 128], 128),
+}
+
+
+@pytest.mark.parametrize("loss", ["squared", "log_cosh"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["float32", "float64", "bfloat16"])
+def test_backprop_needs_no_more_memory_than_autograd(shape, activation, loss, dtype):
+    sizes, n = SHAPES[shape]
+    manual, autograd = _backprop_calls(sizes, n, activation, loss, dtype)
+    m, a = _peak(manual), _peak(autograd)
+    # activations alone: the kernel keeps one (N, K) buffer per hidden layer
+    hidden = n * sum(sizes[1:-1]) * torch.finfo(dtype).bits // 8
+    assert m >= hidden, (m, hidden)  # the measurer sees the kernel's buffers at all
+    assert m <= a + SCALAR_SLACK, (f"manual backprop peaks at {m} bytes, autograd at {a} "
+                    f"({m / a:.3f}x) for sizes {sizes}, N={n}, {activation}, {loss}, {dtype}")
+
+
+def test_backprop_leaves_its_inputs_untouched():
+    """The kernel writes in place into its own buffers only: never into x, y or the net."""
+    for activation in ("tanh", "sigmoid", "relu", "identity"):
+        g = torch.Generator().manual_seed(1)
+        net = mlp.init_mlp([5, 7, 7, 3], activation, generator=g, dtype=torch.float64)
+        x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+        y = torch.randn(4, 3, generator=g, dtype=torch.float64)
+        before = [t.clone() for t in (x, y, *net.weights, *net.biases)]
+        first = bp.backprop(net, x, y, loss="log_cosh")
+        for t, b in zip((x, y, *net.weights, *net.biases), before):
+            assert torch.equal(t, b), activation
+        again = bp.backprop(net, x, y, loss="log_cosh")  # and a second call agrees
+        for u, v in zip(first.weights + (first.input,), again.weights + (again.input,)):
+            assert torch.equal(u, v), activation
+
+
+@pytest.mark.parametrize("L,K,N", [(3, 256, 1), (3, 256, 512), (5, 512, 256)])
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_jacobian_kernels_need_no_more_memory_than_torch_func(mode, L, K, N):
+    ws, x = bj.make_input(L, K, N, "cpu")
+    manual = bj.make_call(f"manual_{mode}", ws, x)
+    reference = bj.make_call("torch_func_jacfwd" if mode == "forward" else
+                             "torch_func_jacrev", ws, x)
+    m, r = _peak(manual), _peak(reference)
+    assert m >= N * bj.P * bj.D * 4  # at least the Jacobian it returns
+    assert m <= r, f"manual {mode} peaks at {m} bytes, torch.func at {r} ({m / r:.3f}x)"
