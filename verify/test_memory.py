@@ -19,7 +19,6 @@ from kernels import backprop as bp
 from kernels import mlp
 from verify.references import torch_loss
 
-
 # torch wraps a Python scalar argument (``a.add_(1)``) in a 0-d tensor for the length of
 # the op: 8 bytes, 12 in float32. The kernel's derivative formulas take scalars where
 # autograd's fused tanh_backward takes none, so a peak may differ by those bytes alone.
