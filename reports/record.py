@@ -122,7 +122,8 @@ class BenchRecord:
     # written before this field), or CUDA events around the call with no host sync inside
     timer: str = "perf_counter"
     cache: str = "warm"
-    # CUDA: peak bytes allocated during one call of the method, and of its reference
+    # peak bytes allocated during one call of the method, and of its reference (CUDA: the
+    # caching allocator's count; CPU: torch.profiler's allocator events)
     peak_bytes: int | None = None
     reference_peak_bytes: int | None = None
     # compiled methods: torch.compile's mode, and the seconds the first call took to

@@ -104,6 +104,21 @@ def test_every_benchmark_writes_a_valid_record(tiny_run):
         group = {x["extra_info"]["method"]: x["extra_info"]["owner"]
                  for x in tiny_run["benchmarks"] if x["group"] == b["group"]}
         assert group.get(record.reference) == "torch", b["name"]
+        # peak memory of one call, the kernel's and (interleaved) its reference's
+        assert record.peak_bytes is not None, b["name"]
+        assert (record.reference_peak_bytes is not None) == bool(record.reference_data), \
+            b["name"]
+
+
+def test_cpu_peak_memory_is_recorded_per_call(tiny_run):
+    """A manual backprop call holds at least its gradients; the kernels' peaks are at most
+    their references' (verify/test_memory.py checks that in depth)."""
+    for b in tiny_run["benchmarks"]:
+        r = BenchRecord.from_extra_info(b["extra_info"])
+        if r.kernel == "backprop" and r.method == "manual":
+            params = r.D * r.K + (r.L - 2) * r.K * r.K + r.K * r.P + (r.L - 1) * r.K + r.P
+            assert r.peak_bytes >= 4 * params, b["name"]
+            assert r.peak_bytes <= r.reference_peak_bytes + 64, b["name"]
 
 
 def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
@@ -116,12 +131,13 @@ def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
     assert set(df.loc[df["kernel"].isin(TORCH_ONLY), "owner"]) == {"torch"}
     # every record says how it was timed: the CPU path, warm
     assert set(df["timer"]) == {"perf_counter"} and set(df["cache"]) == {"warm"}
-    assert df["peak_bytes"].isna().all()  # measured on CUDA only
+    assert df["peak_bytes"].notna().all()  # measured on the CPU too
     proc = subprocess.run([sys.executable, "-m", "reports", "render", str(tiny_path),
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "out" / "report.md").is_file()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "memory_ratio" in report and "No run recorded peak memory" not in report
 
 
 def test_only_the_gd_k10_loop_declares_gate_noise(tiny_run):

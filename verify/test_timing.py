@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import timing as T
 
@@ -116,7 +117,9 @@ def test_peak_bytes_is_what_one_call_adds_at_its_peak():
     cuda.peak = 5000  # an earlier call's peak: reset before this one
     assert T.peak_bytes(lambda: cuda.work(0.0, alloc=300), "cuda", cuda=cuda) == 300
     assert cuda.log[0] == "synchronize" and cuda.log[-1] == "synchronize"
-    assert T.peak_bytes(lambda: None, "cpu") is None
+    assert T.peak_bytes(lambda: None, "meta") is None  # a device with no count
+    # the CPU's count: the allocator's events during the call (verify/test_memory.py)
+    assert T.peak_bytes(lambda: torch.ones(250, dtype=torch.float32), "cpu") == 1000
 
 
 def test_gpu_info_records_what_can_be_read():
