@@ -3,6 +3,8 @@ algebra, iteration and torch.optim.SGD."""
 
 from __future__ import annotations
 
+import math
+import types
 import warnings
 
 import pytest
@@ -296,3 +298,78 @@ BAD = [
 def test_bad_input_gives_clear_error(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+# -- the Gram path (CUDA's default), tested on the CPU -------------------------------------
+
+def _tall(n, d, cond=None, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    if cond is not None:  # singular values spread geometrically from 1 to 1/cond
+        U, _, Vh = torch.linalg.svd(X, full_matrices=False)
+        s = torch.logspace(0, -math.log10(cond), d, dtype=torch.float64)
+        X = U @ torch.diag(s) @ Vh
+    y = torch.randn(n, generator=g, dtype=torch.float64)
+    return X.to(dtype), y.to(dtype)
+
+
+def test_the_gram_spectrum_is_the_svd_spectrum_on_a_well_conditioned_X():
+    X, y = _tall(300, 40)
+    g, s = ls.spectrum(X, y, method="gram"), ls.spectrum(X, y, method="svd")
+    assert (g.method, s.method) == ("gram", "svd") and g.rank == s.rank == 40
+    assert_close(g.lam, s.lam, kernel="spectrum(gram).lam", reference="spectrum(svd).lam",
+                 tol=Tol(rtol=1e-13, atol=0), kind="grad")
+    # V diag(lam) V^T is X^T X and V (V^T X^T y) is X^T y: eigenvectors up to sign agree
+    assert_close(g.V @ torch.diag(g.lam) @ g.V.t(), X.t() @ X, kernel="gram V lam V^T",
+                 reference="X^T X", tol=Tol(rtol=1e-13, atol=1e-12), kind="grad")
+    assert_close(g.V @ g.Xty_v, X.t() @ y, kernel="gram V b", reference="X^T y",
+                 tol=Tol(rtol=1e-13, atol=1e-12), kind="grad")
+    assert torch.all(g.lam[:-1] >= g.lam[1:])  # descending, as the SVD's
+
+
+@pytest.mark.parametrize("case", ["ill_conditioned", "rank_deficient", "wide"])
+def test_the_gram_path_falls_back_to_the_svd_where_it_would_lose_accuracy(case):
+    if case == "ill_conditioned":  # cond(X) = 100: cond(X^T X) = 1e4 > GRAM_MAX_COND
+        X, y = _tall(300, 40, cond=100.0)
+    elif case == "rank_deficient":
+        X, y = _tall(300, 40)
+        X[:, -1] = X[:, 0] + X[:, 1]
+    else:
+        X, y = _tall(20, 40)
+    assert ls.spectrum(X, y, method="gram").method == "svd"
+    # just inside the bound the Gram path is taken
+    X, _ = _tall(300, 40, cond=math.sqrt(ls.GRAM_MAX_COND) * 0.99)
+    assert ls.spectrum(X, method="gram").method == "gram"
+
+
+def test_auto_takes_the_svd_on_the_cpu_and_the_gram_path_on_cuda():
+    X, y = _tall(300, 40)
+    assert ls.spectrum(X, y).method == "svd"
+    assert ls._auto_method(types.SimpleNamespace(device=torch.device("cuda"))) == "gram"
+    assert ls._auto_method(types.SimpleNamespace(device=torch.device("cpu"))) == "svd"
+    if torch.cuda.is_available():
+        assert ls.spectrum(X.cuda(), y.cuda()).method == "gram"
+    with pytest.raises(ValueError, match="method: expected one of"):
+        ls.spectrum(X, y, method="qr")
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-14), (torch.float32, 2e-5)],
+                         ids=["float64", "float32"])
+def test_closed_forms_by_the_gram_path_match_the_loops(monkeypatch, dtype, rtol):
+    """CUDA's path, on the CPU at a reduced size (N=2048, D=256; the GPU grid runs
+    N=4096-20000), as accurate against the loop as the SVD path: GD at k = 10^4 and
+    heavy-ball momentum at k = 500."""
+    monkeypatch.setattr(ls, "_auto_method", lambda X: "gram")
+    X, y = _tall(2048, 256, dtype=dtype)
+    w0 = torch.zeros(256, dtype=dtype)
+    alpha = 1.0 / float(torch.linalg.eigvalsh((X.t() @ X).double()).max())
+    assert ls.spectrum(X, y).method == "gram"
+    k = 10_000
+    loop = ls.gd_iterates(X, y, w0, alpha, k)[-1]
+    closed = ls.gd_closed_form(X, y, w0, alpha, k)
+    err = float((closed - loop).norm() / loop.norm())
+    assert err <= rtol, f"gram closed form vs loop: relative {err:.2e} > {rtol:.0e}"
+    hb_loop = ls.heavy_ball_iterates(X, y, w0, alpha, 0.5, 500)[-1]
+    hb = ls.heavy_ball_closed_form(X, y, w0, alpha, 0.5, 500)
+    err = float((hb - hb_loop).norm() / hb_loop.norm())
+    assert err <= rtol, f"gram heavy-ball vs loop: relative {err:.2e} > {rtol:.0e}"
