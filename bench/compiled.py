@@ -44,8 +44,13 @@ def failure_reason(name: str, exc: BaseException) -> str:
 
 
 def compile_call(fn: Callable[[], object], device: str, *, name: str,
-                 backend: str | Callable | None = None) -> tuple[Callable[[], object], float, str]:
+                 backend: str | Callable | None = None,
+                 fullgraph: bool = False) -> tuple[Callable[[], object], float, str]:
     """``(compiled, compile_s, mode)`` for ``fn``, its first calls made (see the module).
+
+    ``fullgraph=True`` for handgrad's kernels: each compiles whole (verify/test_graph.py),
+    so a graph break is an error here, never a silent fall-back to eager pieces; torch's
+    references (torch.func) compile as torch lets them.
 
     ``backend`` (default: inductor) is for tests only: ``verify`` compiles with
     ``"aot_eager"`` (Dynamo and AOTAutograd trace the same graph, without inductor's
@@ -56,11 +61,13 @@ def compile_call(fn: Callable[[], object], device: str, *, name: str,
     t0 = time.perf_counter()
     try:
         kwargs = {"backend": backend} if backend is not None else {"mode": mode}
-        compiled = torch.compile(fn, fullgraph=False, dynamic=False, **kwargs)
+        compiled = torch.compile(fn, fullgraph=fullgraph, dynamic=False, **kwargs)
         for _ in range(WARMUP_CALLS[mode]):
             compiled()
         if cuda:
             torch.cuda.synchronize(device)
     except Exception as exc:  # torch's own failure: the benchmark cannot exist here
+        if fullgraph:  # one of our kernels broke its graph: that is a bug, not a skip
+            raise
         pytest.skip(failure_reason(name, exc))
     return compiled, time.perf_counter() - t0, mode if backend is None else backend

@@ -115,7 +115,8 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
     compiled = {}
     if method in COMPILED_FROM:
         reset()
-        fn, compile_s, mode = compile_call(calls[COMPILED_FROM[method]], device, name=method)
+        fn, compile_s, mode = compile_call(calls[COMPILED_FROM[method]], device, name=method,
+                                           fullgraph=OWNERS[method] == "handgrad")
         compiled = {"compile_mode": mode, "compile_s": compile_s}
         ref_fn = None
         if reference != method:

@@ -164,6 +164,7 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
     if method in COMPILED_FROM:
         reset()
         fn, compile_s, mode = compile_call(make_call(COMPILED_FROM[method], ws, x), device,
+                                           fullgraph=METHODS[method] == "handgrad",
                                            name=method_name(method, batched))
         compiled = {"compile_mode": mode, "compile_s": compile_s}
         ref_fn = None if ref is None else compile_call(

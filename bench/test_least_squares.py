@@ -141,7 +141,8 @@ def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
     compiled = {}
     if method in GD_COMPILED_FROM:
         reset()
-        fn, compile_s, mode = compile_call(calls[eager], device, name=f"gd_{method}")
+        fn, compile_s, mode = compile_call(calls[eager], device, name=f"gd_{method}",
+                                           fullgraph=GD_OWNERS[method] == "handgrad")
         compiled = {"compile_mode": mode, "compile_s": compile_s}
         ref_fn = None
         if reference != method:

@@ -63,25 +63,36 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
-def _check_k(k) -> tuple[torch.Tensor, bool]:
-    """k as a 1-D int64 tensor of iteration counts, and whether one was given alone."""
+def _check_k(k) -> tuple[list[int], bool]:
+    """k as a list of Python ints (iteration counts), and whether one was given alone.
+    Checked on the host, in Python: no tensor op, so a compiled kernel has no graph break
+    here when k is an int (a tensor k is read to the host once)."""
     single = isinstance(k, int) and not isinstance(k, bool)
     if isinstance(k, torch.Tensor):
         if k.dtype.is_floating_point or k.dtype == torch.bool or k.dim() > 1:
             raise TypeError(f"k: expected an int or a 1-D integer tensor, got {k.dtype} "
                             f"of shape {shape_str(k)}")
         single = k.dim() == 0
-        ks = k.reshape(-1).to(torch.int64).cpu()
+        ks = [int(v) for v in k.reshape(-1).tolist()]
     elif single:
-        ks = torch.tensor([k], dtype=torch.int64)
+        ks = [int(k)]
     elif isinstance(k, Sequence) and all(isinstance(v, int) and not isinstance(v, bool)
                                          for v in k):
-        ks = torch.tensor(list(k), dtype=torch.int64)
+        ks = [int(v) for v in k]
     else:
         raise TypeError(f"k: expected an int, a sequence of ints or an integer tensor, got {k!r}")
-    if (ks < 0).any():
-        raise ValueError(f"k: iteration counts must be >= 0, got {ks.tolist()}")
+    if any(v < 0 for v in ks):
+        raise ValueError(f"k: iteration counts must be >= 0, got {ks}")
     return ks, single
+
+
+def _in_graph() -> bool:
+    """Inside torch.compile's trace or a CUDA graph capture: no value can be read to the
+    host there, so the checks that read values (divergence warnings, the overflow error,
+    the Gram path's condition number) are not made. The result still carries any inf."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 # --- the spectrum ---------------------------------------------------------------------
@@ -93,9 +104,13 @@ class Spectrum:
 
     V: torch.Tensor  # (D, D), orthonormal columns
     lam: torch.Tensor  # (D,), descending, exact zeros past the rank
-    rank: int
+    nonzero: torch.Tensor  # (D,) bool: lam_i treated as nonzero (the first ``rank``)
     Xty_v: torch.Tensor | None  # V^T X^T y, zero past the rank, when y was given
     method: str = "svd"  # how it was taken: "svd" or "gram" (``spectrum``)
+
+    @property
+    def rank(self) -> int:
+        return int(self.nonzero.sum())
 
     @property
     def lam_max(self) -> float:
@@ -122,7 +137,7 @@ def spectrum(X: torch.Tensor, y: torch.Tensor | None = None, method: str = "auto
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if method == "auto":
         method = _auto_method(X)
-    if method == "gram":
+    if method == "gram" and not _in_graph():  # its fallback reads cond(X^T X) to the host
         sp = _gram_spectrum(X, y)
         if sp is not None:
             return sp
@@ -145,23 +160,28 @@ def _gram_spectrum(X: torch.Tensor, y: torch.Tensor | None) -> Spectrum | None:
         return None
     lam, V = lam.flip(0), V.flip(1)
     xty = None if y is None else V.t() @ (X.t() @ y)
-    return Spectrum(V=V, lam=lam, rank=d, Xty_v=xty, method="gram")
+    return Spectrum(V=V, lam=lam, nonzero=torch.ones_like(lam, dtype=torch.bool), Xty_v=xty,
+                    method="gram")
 
 
 def _svd_spectrum(X: torch.Tensor, y: torch.Tensor | None) -> Spectrum:
     n, d = X.shape
     # a square V needs full matrices only when N < D; for tall X that would be an N x N U
     U, s, Vh = torch.linalg.svd(X, full_matrices=n < d)
+    m = s.shape[0]  # min(N, D); the SVD's s is descending
     eps = torch.finfo(X.dtype).eps
-    tol = max(n, d) * eps * (float(s[0]) if s.numel() else 0.0)
-    rank = int((s > tol).sum())
+    # numerically zero: s_i <= max(N, D) eps s_max; a tensor comparison (no host read), so
+    # the rank is a mask and the same code runs eagerly, compiled and captured
+    keep = s > max(n, d) * eps * s[:1].amax() if m else s > 0
     lam = X.new_zeros(d)
-    lam[:rank] = s[:rank] ** 2
+    lam[:m] = torch.where(keep, s * s, 0)
+    nonzero = torch.zeros(d, dtype=torch.bool, device=X.device)
+    nonzero[:m] = keep
     xty = None
     if y is not None:
         xty = X.new_zeros(d)
-        xty[:rank] = s[:rank] * (U[:, :rank].t() @ y)
-    return Spectrum(V=Vh.t(), lam=lam, rank=rank, Xty_v=xty, method="svd")
+        xty[:m] = torch.where(keep, s * (U[:, :m].t() @ y), 0)
+    return Spectrum(V=Vh.t(), lam=lam, nonzero=nonzero, Xty_v=xty, method="svd")
 
 
 def gradient(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -180,8 +200,7 @@ def loss(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(D,): w* = (X^T X)^{-1} X^T y, or the least-norm minimiser when X^T X is singular."""
     sp = spectrum(X, y)
-    r = sp.rank
-    return sp.V[:, :r] @ (sp.Xty_v[:r] / sp.lam[:r])
+    return sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1), 0)
 
 
 def spectral_radius(X: torch.Tensor, alpha: float) -> float:
@@ -218,6 +237,8 @@ def _lam_max(X: torch.Tensor) -> float:
 
 
 def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> None:
+    if _in_graph():
+        return
     if isinstance(lam_max, Spectrum):
         lam_max = lam_max.lam_max if lam_max.rank else 0.0
     if lam_max > 0 and _at_or_past(alpha * lam_max, 2):
@@ -231,7 +252,7 @@ def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> No
 
 
 def _finite_or_raise(t: torch.Tensor, what: str, alpha: float, where: str) -> torch.Tensor:
-    if not torch.isfinite(t).all():
+    if not _in_graph() and not torch.isfinite(t).all():
         raise OverflowError(
             f"{what}: the iterates diverged past the range of {t.dtype} {where} "
             f"(alpha = {alpha:g} is outside the convergent region)"
@@ -248,10 +269,11 @@ def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
     alpha = _check_alpha(alpha)
     ks, single = _check_k(k)
     if not single:
-        raise TypeError(f"k: gd_iterates takes one iteration count, got {ks.tolist()}")
-    k = int(ks[0])
+        raise TypeError(f"k: gd_iterates takes one iteration count, got {ks}")
+    k = ks[0]
     # the loop needs only lambda_max: singular values without vectors cost half an SVD
-    _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
+    if not _in_graph():
+        _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
     out = w0.new_empty(k + 1, w0.shape[0])
     out[0] = w0
     Xty = X.t() @ y
@@ -275,7 +297,7 @@ def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
     ks, single = _check_k(k)
     sp = spectrum(X, y)
     _warn_if_divergent(alpha, sp, "gd_closed_form")
-    kk = ks.to(device=X.device, dtype=X.dtype).unsqueeze(1)  # (m, 1)
+    kk = torch.tensor(ks, device=X.device, dtype=X.dtype).unsqueeze(1)  # (m, 1)
     lam, b = sp.lam, sp.Xty_v
     c0 = sp.V.t() @ w0
     a_lam = alpha * lam
@@ -285,10 +307,10 @@ def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
     log_mu = torch.log1p(-a_lam.clamp(max=1 - torch.finfo(X.dtype).eps))
     mu_k = torch.where(pos, torch.exp(kk * log_mu), mu.pow(kk))
     one_minus = torch.where(pos, -torch.expm1(kk * log_mu), 1 - mu_k)
-    nonzero = torch.arange(lam.shape[0], device=X.device) < sp.rank
+    nonzero = sp.nonzero
     geo = torch.where(nonzero, one_minus / torch.where(nonzero, lam, 1), 0)
     w = (mu_k * c0 + geo * b) @ sp.V.t()  # (m, D)
-    _finite_or_raise(w, "gd_closed_form", alpha, f"at k = {ks.max().item()}")
+    _finite_or_raise(w, "gd_closed_form", alpha, f"at k = {max(ks)}")
     return w[0] if single else w
 
 
@@ -363,28 +385,26 @@ def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tens
     alpha, beta = float(alpha), float(beta)
     ks, single = _check_k(k)
     sp = spectrum(X, y)
-    if sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):
+    if not _in_graph() and sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):
         warnings.warn(
             f"heavy_ball_closed_form: alpha lambda_max = {alpha * sp.lam_max:g} >= "
             f"2 (1 + beta) = {2 * (1 + beta):g}: momentum does not converge",
             DivergenceWarning,
             stacklevel=2,
         )
-    r = sp.rank
+    nz = sp.nonzero
     c0 = sp.V.t() @ w0
-    c_star = torch.zeros_like(c0)
-    c_star[:r] = sp.Xty_v[:r] / sp.lam[:r]
-    e0 = torch.where(torch.arange(c0.shape[0], device=c0.device) < r, c0 - c_star, 0)
+    c_star = torch.where(nz, sp.Xty_v / torch.where(nz, sp.lam, 1), 0)
+    e0 = torch.where(nz, c0 - c_star, 0)
     m = X.new_zeros(c0.shape[0], 2, 2)
     m[:, 0, 0] = 1 + beta - alpha * sp.lam
     m[:, 0, 1] = -beta
     m[:, 1, 0] = 1
     rows = []
-    for kv in ks.tolist():
+    for kv in ks:
         mk = torch.linalg.matrix_power(m, kv)  # repeated squaring, batched over eigenvalues
         ek = mk[:, 0, 0] * e0 + mk[:, 0, 1] * e0  # state [e_0, e_{-1}] = [e_0, e_0]
-        rows.append(c_star + ek + torch.where(
-            torch.arange(c0.shape[0], device=c0.device) < r, 0, c0))
+        rows.append(c_star + ek + torch.where(nz, 0, c0))
     w = torch.stack(rows) @ sp.V.t()
-    _finite_or_raise(w, "heavy_ball_closed_form", alpha, f"at k = {ks.max().item()}")
+    _finite_or_raise(w, "heavy_ball_closed_form", alpha, f"at k = {max(ks)}")
     return w[0] if single else w

@@ -27,9 +27,10 @@ from verify.compare import assert_close
 BACKEND = "aot_eager"
 
 
-def _compile(fn, name, backend=BACKEND):
+def _compile(fn, name, backend=BACKEND, fullgraph=False):
     bc.reset()
-    out, seconds, mode = bc.compile_call(fn, "cpu", name=name, backend=backend)
+    out, seconds, mode = bc.compile_call(fn, "cpu", name=name, backend=backend,
+                                         fullgraph=fullgraph)
     assert seconds > 0 and mode == (backend or "default")
     return out
 
@@ -37,7 +38,7 @@ def _compile(fn, name, backend=BACKEND):
 def _check_backprop(method: str, backend: str | None, L: int = 3, K: int = 8, n: int = 5):
     calls, _ = bb.make_calls(L, K, n, torch.float32, "cpu")
     eager = bb.COMPILED_FROM[method]
-    fn = _compile(calls[eager], method, backend)
+    fn = _compile(calls[eager], method, backend, fullgraph=bb.OWNERS[method] == "handgrad")
     got, want = bb.gradients(fn()), bb.gradients(calls[eager]())
     assert len(got) == len(want) == 2 * L + 1
     for i, (a, e) in enumerate(zip(got, want)):
@@ -164,15 +165,22 @@ def aot_eager_bench(monkeypatch):
         events.append("reset")
         bc.reset()
 
-    def compile_call(fn, device, *, name, backend=None):
+    def compile_call(fn, device, *, name, backend=None, fullgraph=False):
         assert events and events[0] == "reset", "compiled before a reset"
         events.append(name)
-        return bc.compile_call(fn, device, name=name, backend=BACKEND)
+        FULLGRAPH[name] = fullgraph
+        return bc.compile_call(fn, device, name=name, backend=BACKEND, fullgraph=fullgraph)
+
+    FULLGRAPH.clear()
 
     for bench in (bb, bj, bl):
         monkeypatch.setattr(bench, "compile_call", compile_call)
         monkeypatch.setattr(bench, "reset", reset)
     return events
+
+
+# what the bench compiled under aot_eager_bench -> whether with fullgraph=True
+FULLGRAPH: dict = {}
 
 
 def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
@@ -214,6 +222,30 @@ def test_jacobian_bench_records_compile_mode_and_seconds(aot_eager_bench, N):
 def test_compile_mode_per_device():
     assert bc.compile_mode("cpu") == "default"
     assert bc.compile_mode("cuda") == bc.compile_mode("cuda:0") == "reduce-overhead"
+
+
+def test_a_graph_break_in_one_of_our_kernels_fails_instead_of_skipping():
+    t = torch.tensor([1.0, -2.0])
+
+    def breaks():  # a branch on a value: a graph break, an error under fullgraph=True
+        return t * 2 if t.sum() > 0 else t * 3
+
+    with pytest.raises(Exception) as info:
+        bc.compile_call(breaks, "cpu", name="ours", backend=BACKEND, fullgraph=True)
+    assert not isinstance(info.value, pytest.skip.Exception)
+    out, _, _ = bc.compile_call(breaks, "cpu", name="theirs", backend=BACKEND)  # torch's
+    assert torch.equal(out(), breaks())
+
+
+def test_the_bench_compiles_our_kernels_whole_and_torchs_as_torch_lets_it(aot_eager_bench):
+    bb.test_backprop(_Measure(), "manual_compiled", 3, 4, 3, torch.float32, "cpu")
+    bj.test_jacobian(_Measure(), "quick", "manual_forward_compiled", 3, 6, 4, "cpu")
+    bl.test_gd(_Measure(), "closed_form_compiled", 50, 30, 6, torch.float64, "cpu")
+    assert FULLGRAPH == {
+        "manual_compiled": True, "torch_func_grad_compiled": False,
+        "manual_forward_compiled": True, "torch_func_vmap_jacfwd_compiled": False,
+        "gd_closed_form_compiled": True, "gd_torch_lstsq_compiled": False,
+    }
 
 
 def test_a_failing_compile_skips_with_torchs_reason():
