@@ -19,6 +19,7 @@ from kernels import backprop as bp
 from kernels import jacobian as jm
 from kernels import least_squares as ls
 from kernels import mlp
+from kernels.capture import capture
 from verify.compare import assert_close
 
 
@@ -97,3 +98,152 @@ def test_in_a_graph_the_value_checks_are_not_made_and_the_result_keeps_its_inf()
         warnings.simplefilter("error", ls.DivergenceWarning)
         out = compiled()
     assert not torch.isfinite(out).all()
+
+
+# -- kernels.capture: the static-buffer logic on the CPU, the replay on a GPU ---------------
+
+class FakeCuda:
+    """torch.cuda's graph API, recording what capture does with it (no GPU needed): a
+    graph 'records' by noting which call happened inside it; replay counts."""
+
+    def __init__(self):
+        self.log = []
+        self.recording = False
+        fake = self
+
+        class Stream:
+            def wait_stream(self, other):
+                fake.log.append(("wait", self.name, other.name))
+
+        self._side, self._current = Stream(), Stream()
+        self._side.name, self._current.name = "side", "current"
+
+        class CUDAGraph:
+            def replay(self):
+                fake.log.append("replay")
+
+        self.CUDAGraph = CUDAGraph
+
+    def Stream(self):
+        return self._side
+
+    def current_stream(self):
+        return self._current
+
+    def stream(self, s):
+        fake = self
+
+        class Ctx:
+            def __enter__(self):
+                fake.log.append(("enter", s.name))
+
+            def __exit__(self, *exc):
+                fake.log.append(("exit", s.name))
+
+        return Ctx()
+
+    def graph(self, g):
+        fake = self
+
+        class Ctx:
+            def __enter__(self):
+                fake.log.append("record")
+                fake.recording = True
+
+            def __exit__(self, *exc):
+                fake.recording = False
+
+        return Ctx()
+
+
+def _net_and_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = mlp.init_mlp([5, 8, 2], "tanh", generator=g)
+    return net, torch.randn(4, 5, generator=g), torch.randn(4, 2, generator=g)
+
+
+def test_capture_warms_up_on_a_side_stream_then_records_once_over_static_copies():
+    cuda, seen = FakeCuda(), []
+
+    def kernel(net, x, y, *, loss):
+        seen.append((cuda.recording, net, x, loss))
+        return bp.backprop(net, x, y, loss=loss)
+
+    net, x, y = _net_and_data()
+    step = capture(kernel, net, x, y, loss="log_cosh", warmup=2, cuda=cuda)
+    assert cuda.log == [("wait", "side", "current"), ("enter", "side"), ("exit", "side"),
+                        ("wait", "current", "side"), "record"]
+    assert [rec for rec, *_ in seen] == [False, False, True]  # 2 warm-up calls, 1 recorded
+    _, snet, sx, loss = seen[-1]
+    assert loss == "log_cosh"
+    assert sx is not x and torch.equal(sx, x)  # a static copy, not the caller's tensor
+    assert all(s is not w and torch.equal(s, w) for s, w in zip(snet.weights, net.weights))
+    assert len(step.static_inputs) == 2 + 2 + 2  # 2 weights, 2 biases, x, y
+
+
+def test_a_captured_call_copies_new_arguments_into_the_buffers_and_replays():
+    cuda = FakeCuda()
+    net, x, y = _net_and_data()
+    step = capture(bp.backprop, net, x, y, loss="squared", cuda=cuda)
+    recorded = step.outputs
+    net2, x2, y2 = _net_and_data(seed=1)
+    out = step(net2, x2, y2, loss="squared")
+    assert cuda.log[-1] == "replay" and out is recorded
+    want = [*net2.weights, *net2.biases, x2, y2]
+    for static, new in zip(step.static_inputs, want):
+        assert torch.equal(static, new)
+    assert step() is recorded and cuda.log.count("replay") == 2  # no arguments: replay only
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda s, n, x, y: s(n, x[:2], y[:2], loss="squared"), r"argument.*\[1\]: expected shape"),
+    (lambda s, n, x, y: s(n, x.double(), y, loss="squared"), r"float64"),
+    (lambda s, n, x, y: s(n, x, y, loss="log_cosh"), r"structure and Python values"),
+    (lambda s, n, x, y: s(n, x, loss="squared"), r"structure and Python values"),
+    (lambda s, n, x, y: s(mlp.init_mlp([5, 8, 8, 2]), x, y, loss="squared"),
+     r"6 tensors at .* got 8 tensors"),
+], ids=["shape", "dtype", "python-value", "missing-tensor", "other-net"])
+def test_a_captured_call_refuses_what_it_did_not_record(call, pattern):
+    net, x, y = _net_and_data()
+    step = capture(bp.backprop, net, x, y, loss="squared", cuda=FakeCuda())
+    with pytest.raises(ValueError, match=pattern):
+        call(step, net, x, y)
+
+
+def test_capture_refuses_cpu_tensors_and_bad_arguments():
+    net, x, y = _net_and_data()
+    with pytest.raises(ValueError, match=r"argument.*: a CUDA graph needs CUDA tensors, got "
+                                         r"one on cpu"):
+        capture(bp.backprop, net, x, y)
+    with pytest.raises(TypeError, match="kernel: expected a callable"):
+        capture("backprop", net, x, y, cuda=FakeCuda())
+    with pytest.raises(ValueError, match="warmup: expected an int >= 1"):
+        capture(bp.backprop, net, x, y, warmup=0, cuda=FakeCuda())
+    with pytest.raises(ValueError, match="at least one tensor"):
+        capture(lambda: None, cuda=FakeCuda())
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="CUDA graphs replay on a GPU only; no GPU here")
+
+
+@cuda_only
+@pytest.mark.parametrize("kernel", ["backprop", "jacobian_forward", "jacobian_reverse"])
+def test_a_captured_kernel_replays_its_eager_result_on_new_inputs(kernel):
+    if kernel == "backprop":
+        net, x, y = (t.to("cuda") for t in _net_and_data())
+        net2, x2, y2 = (t.to("cuda") for t in _net_and_data(seed=1))
+        args, args2 = (net, x, y), (net2, x2, y2)
+        fn = bp.backprop
+    else:
+        ws, x = bj.make_input(3, 64, 32, "cuda")
+        _, x2 = bj.make_input(3, 64, 32, "cuda")
+        x2 = x2 * 0.5
+        args, args2 = (ws, x), (ws, x2)
+        fn = jm.jacobian_forward if kernel == "jacobian_forward" else jm.jacobian_reverse
+    step = capture(fn, *args)
+    for a in (args, args2):
+        got, want = _flat(step(*a)), _flat(fn(*a))
+        for i, (u, v) in enumerate(zip(got, want)):
+            assert_close(u, v, kernel=f"captured {kernel}", reference=f"eager {kernel}",
+                         what=f"output {i}", kind="grad")
