@@ -26,6 +26,31 @@ import torch
 WARMUP_CALLS = {"default": 1, "reduce-overhead": 3}  # CUDA graphs record on the 3rd call
 
 
+CAPTURE_MODE = "cuda_graph"  # BenchRecord.compile_mode of a captured method
+
+
+def capture_call(fn: Callable[[], object], device: str, *, name: str,
+                 cuda=None) -> tuple[Callable[[], object], float, int]:
+    """``(replay, capture_s, peak_bytes)``: ``fn`` recorded into a CUDA graph by
+    ``kernels.capture`` (warm-up and recording outside any timing; ``capture_s`` goes to
+    ``BenchRecord.compile_s``). A replay allocates nothing, so the peak memory recorded is
+    the capture's: what the warm-up and the graph's pool took at their peak. Skips off
+    CUDA with the reason."""
+    if torch.device(device).type != "cuda":
+        pytest.skip(f"{name}: CUDA graphs replay on a GPU only (device {device})")
+    from kernels.capture import capture
+
+    cuda = cuda if cuda is not None else torch.cuda
+    cuda.synchronize()
+    cuda.reset_peak_memory_stats()
+    before = cuda.memory_allocated()
+    t0 = time.perf_counter()
+    replay = capture(fn, cuda=cuda if cuda is not torch.cuda else None)
+    cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return replay, seconds, int(cuda.max_memory_allocated() - before)
+
+
 def compile_mode(device: str) -> str:
     """The mode a user of ``device`` compiles with."""
     return "reduce-overhead" if torch.device(device).type == "cuda" else "default"

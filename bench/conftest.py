@@ -76,11 +76,13 @@ def measure(benchmark, request: pytest.FixtureRequest):
     and its times go to ``extra_info["reference_data"]``, paired index by index with the
     kernel's ``stats.data``. A ratio of paired rounds cancels whatever drift the machine
     has between rounds, which is what the gate compares. On a GPU the peak memory of one
-    call of ``fn`` (and of the reference) is recorded too.
+    call of ``fn`` (and of the reference) is recorded too, unless ``peak`` gives it (a
+    captured method's: bench.compiled.capture_call).
     """
 
     def _measure(fn: Callable[[], object], *, group: str, warmup: int = 3,
-                 reference_fn: Callable[[], object] | None = None, **info) -> object:
+                 reference_fn: Callable[[], object] | None = None, peak: int | None = None,
+                 **info) -> object:
         device = str(info.get("device"))
         cold = bool(request.config.getoption("--bench-cold-l2")) and _is_cuda(device)
         timing = timing_for(device, cold=cold)
@@ -117,7 +119,8 @@ def measure(benchmark, request: pytest.FixtureRequest):
         extra = {}
         if reference_fn is not None:
             extra["reference_data"] = tuple(ref_times)
-        peak = peak_bytes(fn, device)
+        if peak is None:  # given for a captured method: its replay allocates nothing
+            peak = peak_bytes(fn, device)
         if peak is not None:
             extra["peak_bytes"] = peak
             if reference_fn is not None:

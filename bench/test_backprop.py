@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.compiled import compile_call, reset
+from bench.compiled import CAPTURE_MODE, capture_call, compile_call, reset
 from kernels import backprop as bp
 from kernels import mlp
 from verify.references import torch_loss
@@ -14,8 +14,7 @@ QUICK = [(L, K, N) for L in (3, 5, 10) for K in (64, 256) for N in (256,)]
 FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (64, 256, 1024) for N in (32, 256, 2048)]
 # GPU-sized (--bench-grid=gpu): K up to 8192, N up to 16384, in float32 and bfloat16. The
 # largest, L=10 K=4096 N=16384, holds ~5 GB of activations per method
-GPU = [(3, 1024, 4096), (3, 4096, 16384), (5, 4096, 16384), (10, 4096, 16384),
-       (3, 8192, 16384)]
+GPU = [(3, 1024, 4096), (3, 4096, 16384), (10, 4096, 16384), (3, 8192, 16384)]
 D, P = 13, 1
 
 
@@ -49,15 +48,20 @@ OWNERS = {  # method: whose it is
     "torch_autograd": "torch",
     "manual_compiled": "handgrad",
     "torch_func_grad_compiled": "torch",
+    "manual_captured": "handgrad",
 }
 REFERENCE = {  # method: what it is measured against (a reference names itself)
     "manual": "torch_autograd",
     "torch_autograd": "torch_autograd",
     "manual_compiled": "torch_func_grad_compiled",
     "torch_func_grad_compiled": "torch_func_grad_compiled",
+    "manual_captured": "torch_func_grad_compiled",
 }
 # compiled method: the eager callable of make_calls it compiles (bench.compiled)
 COMPILED_FROM = {"manual_compiled": "manual", "torch_func_grad_compiled": "torch_func_grad"}
+# captured method (kernels.capture, CUDA only, every grid): the eager method it replays,
+# timed against the compiled reference (reduce-overhead: CUDA graphs too)
+CAPTURED_FROM = {"manual_captured": "manual"}
 
 
 def method_params():
@@ -113,7 +117,13 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
     calls, sizes = make_calls(L, K, n, dtype, device)
     reference = REFERENCE[method]
     compiled = {}
-    if method in COMPILED_FROM:
+    peak = None
+    if method in CAPTURED_FROM:
+        fn, capture_s, peak = capture_call(calls[CAPTURED_FROM[method]], device, name=method)
+        compiled = {"compile_mode": CAPTURE_MODE, "compile_s": capture_s}
+        reset()
+        ref_fn, _, _ = compile_call(calls[COMPILED_FROM[reference]], device, name=reference)
+    elif method in COMPILED_FROM:
         reset()
         fn, compile_s, mode = compile_call(calls[COMPILED_FROM[method]], device, name=method,
                                            fullgraph=OWNERS[method] == "handgrad")
@@ -128,6 +138,7 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
     measure(
         fn,
         reference_fn=ref_fn,
+        peak=peak,
         group=f"backprop L={L} K={K} N={n} {device}"
               + ("" if dtype == torch.float32 else f" {str(dtype).removeprefix('torch.')}"),
         kernel="backprop", method=method, reference=reference, owner=OWNERS[method],

@@ -8,6 +8,8 @@ one call of a kernel into a graph and returns a callable that replays it::
     step = capture(backprop.backprop, net, x, y, loss="log_cosh")   # warm-up, then record
     g = step(net2, x2, y2)   # copies the new tensors into the recorded buffers, replays
     g = step()               # replays on the buffers as they are (e.g. filled in place)
+    step = capture(lambda: backprop.backprop(net, x, y))   # or over the tensors it closes
+    g = step()                                             # over: replay reads them in place
 
 The tensors in the arguments (inside an ``MLP``, a list, tuple or dict too) are copied
 once into static buffers, and the call is recorded over those. A later call must pass
@@ -160,8 +162,6 @@ def capture(kernel: Callable, *example_args, warmup: int = 3, cuda=None,
                          f"{warmup!r}")
     leaves: list = []
     _leaves((example_args, example_kwargs), "", leaves)
-    if not leaves:
-        raise ValueError("example_args: expected at least one tensor to capture over, got none")
     if cuda is None:
         cuda = torch.cuda
         for path, t in leaves:

@@ -119,8 +119,12 @@ def test_compiled_kernels_meet_compiled_references():
     assert bb.REFERENCE["manual_compiled"] == "torch_func_grad_compiled"
     assert bb.OWNERS["manual_compiled"] == "handgrad"
     assert bb.OWNERS["torch_func_grad_compiled"] == "torch"
-    for kernel, ref in bj.INTERLEAVE.items():
-        assert kernel.endswith("_compiled") == ref.endswith("_compiled"), kernel
+    for kernel, ref in bj.INTERLEAVE.items():  # compiled or captured meets compiled
+        assert kernel.endswith(("_compiled", "_captured")) == ref.endswith("_compiled"), kernel
+    assert bb.REFERENCE["manual_captured"] == "torch_func_grad_compiled"
+    assert bj.reference_of("manual_reverse_captured", True) == "torch_func_vmap_jacrev_compiled"
+    for m in bj.CAPTURED_FROM:
+        assert bj.flops_of(m, 3, 30, 8) == bj.flops_of(bj.CAPTURED_FROM[m], 3, 30, 8), m
     for batched in (False, True):
         pre = "torch_func_vmap_" if batched else "torch_func_"
         assert bj.reference_of("manual_forward_compiled", batched) == pre + "jacfwd_compiled"
@@ -144,8 +148,12 @@ def _is_compiled(fn) -> bool:
 class _Measure:
     """A stand-in for the bench's ``measure``: calls what it would time, keeps the record."""
 
-    def __call__(self, fn, *, group, reference_fn=None, **info):
-        if info.get("compile_mode") is not None:  # what is timed is compiled, both sides
+    def __call__(self, fn, *, group, reference_fn=None, peak=None, **info):
+        self.peak = peak
+        if info.get("compile_mode") == bc.CAPTURE_MODE:  # a replay against a compiled ref,
+            assert not _is_compiled(fn)  # or the eager one where torch cannot compile it
+            assert _is_compiled(reference_fn) == info["reference"].endswith("_compiled")
+        elif info.get("compile_mode") is not None:  # what is timed is compiled, both sides
             assert _is_compiled(fn) and (reference_fn is None or _is_compiled(reference_fn))
         else:
             assert not _is_compiled(fn) and not _is_compiled(reference_fn)
@@ -321,3 +329,86 @@ def test_least_squares_bench_records_compile_mode_and_seconds(aot_eager_bench):
     m = _Measure()
     bl.test_gd(m, "closed_form", 50, 30, 6, torch.float64, "cpu")
     assert m.record.compile_mode is None and m.record.compile_s is None
+
+
+# -- captured methods (CUDA graphs; kernels.capture): the bench's plumbing on the CPU -------
+
+@pytest.fixture
+def fake_capture(monkeypatch, aot_eager_bench):
+    """capture_call as on a GPU, with the eager callable standing in for its replay."""
+    captured = []
+
+    def capture_call(fn, device, *, name):
+        captured.append(name)
+        return fn, 0.25, 12345
+
+    for bench in (bb, bj):
+        monkeypatch.setattr(bench, "capture_call", capture_call)
+    return captured
+
+
+def test_backprop_bench_times_the_replay_against_the_compiled_reference(fake_capture):
+    m = _Measure()
+    bb.test_backprop(m, "manual_captured", 3, 4, 3, torch.float32, "cpu")
+    assert fake_capture == ["manual_captured"]
+    r = m.record
+    assert (r.method, r.reference, r.owner) == ("manual_captured", "torch_func_grad_compiled",
+                                                 "handgrad")
+    assert (r.compile_mode, r.compile_s, m.peak) == (bc.CAPTURE_MODE, 0.25, 12345)
+    for a, e in zip(bb.gradients(m.out), bb.gradients(m.ref)):
+        assert_close(a, e, kernel="manual_captured", reference="torch_func_grad_compiled",
+                     kind="grad")
+
+
+@pytest.mark.parametrize("compiles", [True, False], ids=["compiled-ref", "eager-fallback"])
+def test_jacobian_bench_times_the_replay_against_the_compiled_or_eager_reference(
+        fake_capture, monkeypatch, compiles):
+    if not compiles:  # torch 2.11 cannot compile vmap(jacfwd): the eager reference stands in
+        def refuse(fn, device, *, name, **kw):
+            pytest.skip(f"torch.compile of {name} fails")
+        monkeypatch.setattr(bj, "compile_call", refuse)
+    m = _Measure()
+    bj.test_jacobian(m, "quick", "manual_forward_captured", 3, 6, 4, "cpu")
+    r = m.record
+    want = "torch_func_vmap_jacfwd_compiled" if compiles else "torch_func_vmap_jacfwd"
+    assert (r.method, r.reference, r.compile_mode, m.peak) == (
+        "manual_forward_captured", want, bc.CAPTURE_MODE, 12345)
+    assert_close(m.out, m.ref, kernel=r.method, reference=r.reference, kind="grad")
+
+
+def test_capture_call_skips_off_cuda_and_records_the_captures_peak():
+    with pytest.raises(pytest.skip.Exception, match="CUDA graphs replay on a GPU only"):
+        bc.capture_call(lambda: None, "cpu", name="manual_captured")
+
+
+def test_capture_call_records_the_captures_peak_and_seconds():
+    from verify.test_graph import FakeCuda
+
+    class Cuda(FakeCuda):  # kernels.capture's graph API plus the allocator's counters
+        allocated, peak = 1000, 0
+
+        def synchronize(self):
+            self.log.append("synchronize")
+
+        def reset_peak_memory_stats(self):
+            self.peak = self.allocated
+
+        def memory_allocated(self):
+            return self.allocated
+
+        def max_memory_allocated(self):
+            return self.peak
+
+    cuda = Cuda()
+
+    def kernel():  # each call allocates 300 bytes at its peak; recording keeps 200 (pool)
+        cuda.peak = max(cuda.peak, cuda.allocated + 300)
+        if cuda.recording:
+            cuda.allocated += 200
+        return "out"
+
+    # capture_call refuses a non-CUDA device before anything else; the stand-in is CUDA
+    replay, seconds, peak = bc.capture_call(kernel, "cuda", name="k", cuda=cuda)
+    assert peak == 300 and seconds > 0
+    assert cuda.log[0] == "synchronize" and "record" in cuda.log
+    assert replay() == "out" and cuda.log[-1] == "replay"

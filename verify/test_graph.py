@@ -219,8 +219,11 @@ def test_capture_refuses_cpu_tensors_and_bad_arguments():
         capture("backprop", net, x, y, cuda=FakeCuda())
     with pytest.raises(ValueError, match="warmup: expected an int >= 1"):
         capture(bp.backprop, net, x, y, warmup=0, cuda=FakeCuda())
-    with pytest.raises(ValueError, match="at least one tensor"):
-        capture(lambda: None, cuda=FakeCuda())
+    # a callable that closes over its tensors has no arguments to copy: it only replays
+    step = capture(lambda: x * 2, cuda=FakeCuda())
+    assert step.static_inputs == [] and torch.equal(step(), x * 2)
+    with pytest.raises(ValueError, match="0 tensors at"):
+        step(x)
 
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(),
