@@ -120,7 +120,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # one fixed thread count for the whole session, recorded in machine_info and every
     # benchmark's extra_info: CPU timings are meaningless without it
     torch.set_num_threads(bench_threads(config))
-    bench_slow(config)  # a malformed --bench-slow is a usage error before anything runs
+    # a malformed --bench-slow or --device is a usage error (one line) before anything runs
+    bench_slow(config, check_names=True)
+    requested_devices(config)
     # pytest-benchmark >= 5.3 writes --benchmark-json at the end of the session and fails
     # then if the folder is missing, so make it now (older versions open the file while
     # parsing the command line: reports/out/ is kept in git for them)
@@ -186,8 +188,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["bench_slow"] = bench_slow(config)
 
 
-def bench_slow(config: pytest.Config) -> dict[str, float]:
-    """--bench-slow KERNEL.METHOD=FACTOR entries as {"kernel.method": factor}."""
+def bench_slow(config: pytest.Config, check_names: bool = False) -> dict[str, float]:
+    """--bench-slow KERNEL.METHOD=FACTOR entries as {"kernel.method": factor}; with
+    ``check_names``, a KERNEL.METHOD that no benchmark records is a usage error (a
+    misspelt name would slow nothing while the run says it was slowed)."""
     out = {}
     for entry in config.getoption("--bench-slow"):
         name, sep, factor = entry.partition("=")
@@ -201,6 +205,17 @@ def bench_slow(config: pytest.Config) -> dict[str, float]:
                 f"(e.g. backprop.manual=1.25), got {entry!r}"
             )
         out[name.strip()] = value
+    if check_names and out:
+        from bench import slowable_methods
+
+        known = slowable_methods()
+        for name in out:
+            kernel, _, method = name.partition(".")
+            if method not in known.get(kernel, ()):
+                hint = (f"its methods: {sorted(known[kernel])}" if kernel in known
+                        else f"kernels: {sorted(known)}")
+                raise pytest.UsageError(
+                    f"--bench-slow: no benchmark records {name!r}; {hint}")
     return out
 
 

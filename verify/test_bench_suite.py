@@ -233,6 +233,48 @@ def test_bench_slow_rejects_malformed_entries(bad):
     assert "--bench-slow: expected KERNEL.METHOD=FACTOR" in proc.stderr
 
 
+def _usage_error(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_control.py", "--collect-only", "-q",
+         "-p", "no:cacheprovider", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=pytest_env())
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines  # one line, nothing around it
+    return lines[0]
+
+
+@pytest.mark.parametrize("bad, hint", [
+    ("jacobain.manual_forward=1.25", "kernels: ['backprop', 'counting', 'jacobian'"),
+    ("jacobian.manual_forwrd=1.25", "its methods: ["),
+    ("control.matmul_512=1.25", "kernels: ["),
+])
+def test_bench_slow_refuses_a_name_no_benchmark_records(bad, hint):
+    line = _usage_error(f"--bench-slow={bad}")
+    assert f"--bench-slow: no benchmark records {bad.split('=')[0]!r}" in line
+    assert hint in line
+
+
+def test_bench_slow_accepts_every_recorded_name():
+    from bench import slowable_methods
+
+    names = slowable_methods()
+    assert "torch_func_vmap_jacfwd" in names["jacobian"]  # the batched name is recorded
+    assert "gd_closed_form" in names["least_squares"] and "manual" in names["backprop"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_control.py", "--collect-only", "-q",
+         "-p", "no:cacheprovider", "--bench-slow=jacobian.torch_func_vmap_jacfwd=1.5",
+         "--bench-slow=least_squares.momentum_form2=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=pytest_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_an_unknown_device_is_one_line():
+    line = _usage_error("--device=gpu")
+    assert line.startswith("ERROR: --device: unknown device(s) ['gpu']"), line
+
+
 @pytest.mark.parametrize("pytest_version, benchmark_version, conflict", [
     ("9.2.0", "5.2.3", True),
     ("9.3.1", "4.0.0", True),
