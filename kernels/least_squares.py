@@ -19,6 +19,7 @@ alpha b_i`` with ``b = V^T X^T y``, solved exactly. Two ways to take it (``spect
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,8 +36,17 @@ class DivergenceWarning(RuntimeWarning):
 # --- checks -------------------------------------------------------------------------
 
 
-def _check_problem(X, y=None, w=None, w_name: str = "w"):
+_LAPACK_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_problem(X, y=None, w=None, w_name: str = "w", *, linalg: bool = False):
+    """Shapes, dtypes and devices of X (N, D), y (N,) and w (D,); with ``linalg``, a dtype
+    torch.linalg can factor. Every value finite (said per argument), except inside a graph
+    (``_in_graph``: no value can be read there)."""
     X = check_tensor("X", X, ndims=(2,))
+    if linalg and X.dtype not in _LAPACK_DTYPES:
+        raise TypeError(f"X: dtype {X.dtype} cannot be factored by torch.linalg (LAPACK, "
+                        "cuSOLVER); expected float32 or float64")
     n, d = X.shape
     if y is not None:
         y = check_tensor("y", y, ndims=(1,))
@@ -50,24 +60,56 @@ def _check_problem(X, y=None, w=None, w_name: str = "w"):
         if w.shape[0] != d:
             raise ValueError(f"{w_name}: expected shape ({d},) for X of shape {shape_str(X)}, "
                              f"got {shape_str(w)}")
+    for name, t in (("X", X), ("y", y), (w_name, w)):
+        if t is not None:
+            _check_finite(name, t)
     return X, y, w
 
 
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if _in_graph() or t.numel() == 0:
+        return
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        count, first = int(bad.sum()), [int(i) for i in bad.nonzero()[0].tolist()]
+        raise ValueError(f"{name}: expected finite values, got {count} NaN or inf (the first "
+                         f"at index {tuple(first)}: {t[tuple(first)].item()})")
+
+
+def _real_number(name: str, value, expected: str) -> float:
+    """A Python, numpy or 0-d tensor real number as a float; TypeError otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name}: expected {expected} (a number or a 0-d real tensor), "
+                            f"got a tensor of dtype {value.dtype} and shape {shape_str(value)}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected} (a real number), got "
+                        f"{type(value).__name__} {value!r}")
+    return float(value)
+
+
 def _check_alpha(alpha) -> float:
-    if isinstance(alpha, torch.Tensor):
-        alpha = float(alpha)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise ValueError(f"alpha: expected a positive step size, got {alpha!r}")
+    alpha = _real_number("alpha", alpha, "a positive step size")
     if not math.isfinite(alpha):
         raise ValueError(f"alpha: expected a finite step size, got {alpha!r}")
-    return float(alpha)
+    if not alpha > 0:
+        raise ValueError(f"alpha: expected a positive step size, got {alpha!r}")
+    return alpha
+
+
+def _check_beta(beta) -> float:
+    beta = _real_number("beta", beta, "a momentum 0 <= beta < 1")
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta: expected a momentum 0 <= beta < 1, got {beta!r}")
+    return beta
 
 
 def _check_k(k) -> tuple[list[int], bool]:
     """k as a list of Python ints (iteration counts), and whether one was given alone.
     Checked on the host, in Python: no tensor op, so a compiled kernel has no graph break
     here when k is an int (a tensor k is read to the host once)."""
-    single = isinstance(k, int) and not isinstance(k, bool)
+    single = isinstance(k, numbers.Integral) and not isinstance(k, bool)
     if isinstance(k, torch.Tensor):
         if k.dtype.is_floating_point or k.dtype == torch.bool or k.dim() > 1:
             raise TypeError(f"k: expected an int or a 1-D integer tensor, got {k.dtype} "
@@ -76,14 +118,21 @@ def _check_k(k) -> tuple[list[int], bool]:
         ks = [int(v) for v in k.reshape(-1).tolist()]
     elif single:
         ks = [int(k)]
-    elif isinstance(k, Sequence) and all(isinstance(v, int) and not isinstance(v, bool)
-                                         for v in k):
+    elif isinstance(k, Sequence) and not isinstance(k, str) and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in k):
         ks = [int(v) for v in k]
     else:
         raise TypeError(f"k: expected an int, a sequence of ints or an integer tensor, got {k!r}")
     if any(v < 0 for v in ks):
         raise ValueError(f"k: iteration counts must be >= 0, got {ks}")
     return ks, single
+
+
+def _one_k(k, what: str) -> int:
+    ks, single = _check_k(k)
+    if not single:
+        raise TypeError(f"k: {what} takes one iteration count, got {ks}")
+    return ks[0]
 
 
 def _in_graph() -> bool:
@@ -132,7 +181,7 @@ def spectrum(X: torch.Tensor, y: torch.Tensor | None = None, method: str = "auto
     GRAM_MAX_COND, else the SVD), or "auto": "gram" on CUDA, "svd" elsewhere (the module's
     docstring says why). ``Spectrum.method`` says which was taken.
     """
-    X, y, _ = _check_problem(X, y)
+    X, y, _ = _check_problem(X, y, linalg=True)
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if method == "auto":
@@ -265,12 +314,9 @@ def _finite_or_raise(t: torch.Tensor, what: str, alpha: float, where: str) -> to
 
 def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
     """(k+1, D): w_0, ..., w_k of w_{j+1} = w_j - alpha X^T (X w_j - y), by iterating."""
-    X, y, w0 = _check_problem(X, y, w0, "w0")
+    X, y, w0 = _check_problem(X, y, w0, "w0", linalg=True)
     alpha = _check_alpha(alpha)
-    ks, single = _check_k(k)
-    if not single:
-        raise TypeError(f"k: gd_iterates takes one iteration count, got {ks}")
-    k = ks[0]
+    k = _one_k(k, "gd_iterates")
     # the loop needs only lambda_max: singular values without vectors cost half an SVD
     if not _in_graph():
         _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
@@ -292,7 +338,7 @@ def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
     accurate when alpha lam is tiny and underflow harmlessly to 0 for huge k. Null-space
     directions (lam = 0) keep w_0's component. Rank-deficient X included.
     """
-    X, y, w0 = _check_problem(X, y, w0, "w0")
+    X, y, w0 = _check_problem(X, y, w0, "w0", linalg=True)
     alpha = _check_alpha(alpha)
     ks, single = _check_k(k)
     sp = spectrum(X, y)
@@ -324,10 +370,9 @@ def _check_momentum(grads, theta0, alpha, beta):
     if grads.shape[1] != theta0.shape[0]:
         raise ValueError(f"grads: expected shape (k, {theta0.shape[0]}) for theta0 of shape "
                          f"{shape_str(theta0)}, got {shape_str(grads)}")
-    alpha = _check_alpha(alpha)
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta < 1:
-        raise ValueError(f"beta: expected a momentum 0 <= beta < 1, got {beta!r}")
-    return grads, theta0, alpha, float(beta)
+    _check_finite("grads", grads)
+    _check_finite("theta0", theta0)
+    return grads, theta0, _check_alpha(alpha), _check_beta(beta)
 
 
 def momentum_form1(grads, theta0, alpha: float, beta: float) -> torch.Tensor:
@@ -359,7 +404,8 @@ def momentum_form2(grads, theta0, alpha: float, beta: float) -> torch.Tensor:
 def heavy_ball_iterates(X, y, w0, alpha: float, beta: float, k: int) -> torch.Tensor:
     """(k+1, D): momentum (form I) on least squares, gradients taken at the iterates."""
     X, y, w0 = _check_problem(X, y, w0, "w0")
-    _check_momentum(w0.new_zeros(0, w0.shape[0]), w0, alpha, beta)
+    alpha, beta = _check_alpha(alpha), _check_beta(beta)
+    k = _one_k(k, "heavy_ball_iterates")
     out = w0.new_empty(k + 1, w0.shape[0])
     out[0] = w0
     prev = w0
@@ -380,9 +426,8 @@ def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tens
     squaring (log2 k products of D 2x2 blocks). Null-space directions stay at w0's
     component. Converges iff 0 < alpha lam < 2 (1 + beta) for every nonzero lam.
     """
-    X, y, w0 = _check_problem(X, y, w0, "w0")
-    _check_momentum(w0.new_zeros(0, w0.shape[0]), w0, alpha, beta)
-    alpha, beta = float(alpha), float(beta)
+    X, y, w0 = _check_problem(X, y, w0, "w0", linalg=True)
+    alpha, beta = _check_alpha(alpha), _check_beta(beta)
     ks, single = _check_k(k)
     sp = spectrum(X, y)
     if not _in_graph() and sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):

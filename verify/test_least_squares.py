@@ -291,7 +291,63 @@ BAD = [
      ValueError, r"grads: expected shape \(k, 3\) for theta0 of shape \(3,\), got \(5, 2\)"),
     ("beta", lambda: ls.momentum_form2(torch.ones(5, 3, dtype=F64), W3, 0.1, 1.0), ValueError,
      r"beta: expected a momentum 0 <= beta < 1, got 1.0"),
+    ("beta string", lambda: ls.momentum_form1(torch.ones(5, 3, dtype=F64), W3, 0.1, "0.9"),
+     TypeError, r"beta: expected a momentum 0 <= beta < 1 \(a real number\), got str"),
+    ("alpha vector", lambda: ls.gd_closed_form(X3, Y3, W3, torch.ones(2), 3), TypeError,
+     r"alpha: expected a positive step size \(a number or a 0-d real tensor\)"),
+    ("alpha nan", lambda: ls.gd_iterates(X3, Y3, W3, float("nan"), 3), ValueError,
+     r"alpha: expected a finite step size"),
+    ("heavy-ball k negative", lambda: ls.heavy_ball_iterates(X3, Y3, W3, 0.01, 0.5, -1),
+     ValueError, r"k: iteration counts must be >= 0, got \[-1\]"),
+    ("heavy-ball k float", lambda: ls.heavy_ball_iterates(X3, Y3, W3, 0.01, 0.5, 2.5),
+     TypeError, r"k: expected an int"),
+    ("heavy-ball k list", lambda: ls.heavy_ball_iterates(X3, Y3, W3, 0.01, 0.5, [1, 2]),
+     TypeError, r"k: heavy_ball_iterates takes one iteration count"),
+    ("heavy-ball beta", lambda: ls.heavy_ball_iterates(X3, Y3, W3, 0.01, 1.5, 3), ValueError,
+     r"beta: expected a momentum 0 <= beta < 1, got 1.5"),
+    ("nan in y", lambda: ls.gd_closed_form(X3, torch.tensor([1, float("nan"), 1, 1],
+                                                            dtype=F64), W3, 0.01, 3),
+     ValueError, r"y: expected finite values, got 1 NaN or inf \(the first at index \(1,\)"),
+    ("inf in X", lambda: ls.minimizer(X3.clone().index_put_((torch.tensor([2]),
+                                                             torch.tensor([1])),
+                                                            torch.tensor(float("inf"),
+                                                                         dtype=F64)), Y3),
+     ValueError, r"X: expected finite values, got 1 NaN or inf \(the first at index \(2, 1\)"),
+    ("nan in w0", lambda: ls.heavy_ball_closed_form(X3, Y3, torch.full((3,), float("nan"),
+                                                                       dtype=F64),
+                                                    0.01, 0.5, 3),
+     ValueError, r"w0: expected finite values, got 3 NaN or inf"),
+    ("nan in grads", lambda: ls.momentum_form2(torch.full((5, 3), float("nan"), dtype=F64),
+                                               W3, 0.1, 0.5),
+     ValueError, r"grads: expected finite values"),
+    ("half X to linalg", lambda: ls.gd_closed_form(X3.half(), Y3.half(), W3.half(), 0.01, 3),
+     TypeError, r"X: dtype torch.float16 cannot be factored by torch.linalg"),
+    ("bfloat16 X to minimizer", lambda: ls.minimizer(X3.bfloat16(), Y3.bfloat16()), TypeError,
+     r"X: dtype torch.bfloat16 cannot be factored"),
+    ("integer X", lambda: ls.gradient(X3.long(), W3.long(), Y3.long()), TypeError,
+     r"X: expected a floating-point tensor, got dtype torch.int64"),
 ]
+
+
+def test_numbers_are_accepted_alike_as_python_numpy_and_0d_tensors():
+    """alpha and beta as a Python float, a numpy scalar or a 0-d tensor give one result;
+    k as a Python or numpy int too."""
+    np = pytest.importorskip("numpy")
+    X, y = _tall(20, 3)
+    w0 = torch.zeros(3, dtype=F64)
+    want = ls.heavy_ball_closed_form(X, y, w0, 0.02, 0.5, 7)
+    for alpha, beta, k in [(np.float32(0.02), np.float64(0.5), np.int64(7)),
+                           (torch.tensor(0.02, dtype=F64), torch.tensor(0.5), 7),
+                           (0.02, 0.5, np.int32(7))]:
+        got = ls.heavy_ball_closed_form(X, y, w0, alpha, beta, k)
+        assert_close(got, want, kernel="heavy_ball_closed_form(numpy/tensor numbers)",
+                     reference="heavy_ball_closed_form(floats)",
+                     tol=Tol(rtol=1e-6, atol=1e-9), kind="grad")  # np.float32 alpha rounds
+        it = ls.heavy_ball_iterates(X, y, w0, alpha, beta, k)
+        assert it.shape == (8, 3) and torch.isfinite(it).all()
+    grads = torch.randn(4, 3, dtype=F64)
+    assert torch.equal(ls.momentum_form1(grads, w0, np.float64(0.1), torch.tensor(0.5)),
+                       ls.momentum_form1(grads, w0, 0.1, 0.5))
 
 
 @pytest.mark.parametrize("call,error,pattern", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
