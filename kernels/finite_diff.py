@@ -364,7 +364,7 @@ TAYLOR_CLEARANCE = 100.0
 TAYLOR_FIT_POINTS = 5
 
 
-def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvings: int = 12,
+def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvings: int = 20,
                 generator: torch.Generator | None = None) -> TaylorTest:
     """Fitted order of the Taylor remainder |f(x + h v) - f(x) - h <grad, v>| as h halves:
     2 when ``grad`` is the gradient of the scalar ``f`` at ``x``, 1 when it is wrong.
