@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from kernels import backprop as bp
 from kernels import finite_diff, mlp
+from verify import attribution
 from verify.compare import assert_close
 from verify.references import BackpropFunction, autograd_grads, func_grads
 from verify.tolerances import tol_for
@@ -57,8 +58,21 @@ def make_problem(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
     return net.to(dtype=dtype, device=device), x.to(device, dtype), y.to(device, dtype)
 
 
-def check_all(g: bp.Gradients, ref, *, reference: str, tol=None) -> None:
-    """Loss and every gradient of ``g`` against ``ref = (J, [dW], [db], dx)``."""
+def check_all(g: bp.Gradients, ref, *, reference: str, tol=None, problem=None) -> None:
+    """Loss and every gradient of ``g`` against ``ref = (J, [dW], [db], dx)``. With
+    ``problem = (net, x, y, loss, reduction)`` a failure also says which layer the error
+    starts at and what kind of bug it looks like (verify.attribution)."""
+    try:
+        _check_all(g, ref, reference=reference, tol=tol)
+    except AssertionError as exc:
+        if problem is None:
+            raise
+        net, x, y, loss, reduction = problem
+        diagnosis = attribution.diagnose(g, net, x, y, loss=loss, reduction=reduction)
+        raise AssertionError(f"{exc}\n{diagnosis.message()}") from None
+
+
+def _check_all(g: bp.Gradients, ref, *, reference: str, tol=None) -> None:
     value, dws, dbs, dx = ref
     common = dict(kernel="backprop", reference=reference, tol=tol)
     assert_close(g.loss, value, what="loss", kind="forward", **common)
@@ -74,7 +88,8 @@ def test_against_autograd_grad(case: Case, device: str) -> None:
     net, x, y = make_problem(case, torch.float64, device)
     g = bp.backprop(net, x, y, loss=case.loss, reduction=case.reduction)
     ref = autograd_grads(net, x, y, loss=case.loss, reduction=case.reduction)
-    check_all(g, ref, reference="torch.autograd.grad")
+    check_all(g, ref, reference="torch.autograd.grad",
+              problem=(net, x, y, case.loss, case.reduction))
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
