@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kernels import finite_diff
-from verify.compare import assert_close
+from verify.compare import assert_close, record_sweep
 from verify.tolerances import Tol, tol_for
 
 FD_TOL = tol_for(torch.float64, "finite_diff")
@@ -150,6 +150,7 @@ def test_step_sweep_fits_order_two_and_predicts_the_optimal_step() -> None:
     assert abs(math.log10(sweep.predicted_eps / sweep.best_eps)) <= 1
     frame = sweep.to_frame()
     assert list(frame["truncation_branch"]) == [True] * 4 + [False] * 9
+    record_sweep(sweep, kernel="finite_diff.jacobian", reference="analytic", what="sin")
 
 
 def test_step_sweep_order_is_fitted_not_assumed() -> None:
