@@ -253,14 +253,20 @@ class ModelCounts:
     def total(self) -> Counts:
         return _sum(self.rows)
 
+    def of_pass(self, name: str) -> Counts:
+        """The rows of one pass, "forward" or "backward", summed."""
+        if name not in ("forward", "backward"):
+            raise ValueError(f"name: expected 'forward' or 'backward', got {name!r}")
+        return _sum(r for r in self.rows if r.pass_ == name)
+
     @property
     def forward(self) -> Counts:
-        return _sum(r for r in self.rows if r.pass_ == "forward")
+        return self.of_pass("forward")
 
     @property
     def backward(self) -> Counts:
         """The backward pass alone (zero Counts unless counted with backward=True)."""
-        return _sum(r for r in self.rows if r.pass_ == "backward")
+        return self.of_pass("backward")
 
     def to_frame(self, include_free: bool = False):
         """pandas DataFrame, a row per counted op (free data-movement ops left out unless
@@ -287,7 +293,7 @@ class ModelCounts:
             "products only, no bias adds or activations)",
         ]
         if self.with_backward:
-            b = self.backward
+            b = self.of_pass("backward")
             lines.insert(0, "forward and backward passes:")
             lines.append(f"of which the backward pass: mults {b.mults:,}; adds {b.adds:,}; "
                          f"activations {b.activations:,}; MACs {b.macs:,}")
@@ -308,7 +314,7 @@ class _Recorder(TorchDispatchMode):
                  tracked: list[torch.Tensor] | None = None):
         super().__init__()
         self.stack, self.result = stack, result
-        self.backward = tracked is not None
+        self.follow_grads = tracked is not None
         self.keep = list(tracked or [])  # alive, so that their ids stay theirs
         self.tracked = {id(t) for t in self.keep}
         self.backward_rows: list[Row] = []
@@ -324,7 +330,7 @@ class _Recorder(TorchDispatchMode):
         o = out[0] if isinstance(out, (tuple, list)) and out else out
         shape = tuple(o.shape) if isinstance(o, torch.Tensor) else ()
         self.result.rows.append(Row(layer or "(model)", kind, name, shape, counts))
-        if self.backward:
+        if self.follow_grads:
             self._backward(name, args, out, layer or "(model)", kind, shape)
         return out
 

@@ -163,7 +163,7 @@ def _mm_backward(a, b, needs_a: bool, needs_b: bool) -> list[tuple[str, Counts]]
 def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[str, Counts]] | None:
     """The backward pass of one aten op as (gradient, Counts) rows, given which positional
     arguments need a gradient; [] when it costs nothing, None when there is no formula."""
-    from kernels.counting import _ACTIVATION_OPS, _FREE_OPS, _out_numel, _pool_window
+    from kernels.counting import _ACTIVATION_OPS, _FREE_OPS, _out_numel
 
     base = name.split(".")[0]
     if base == "convolution":
@@ -181,12 +181,22 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
     if base in ("max_pool2d_with_indices", "max_pool2d", "max_pool1d",
                 "max_pool3d_with_indices", *_FREE_OPS):
         return []  # routing and data movement (module docstring)
-    if base in ("avg_pool2d", "avg_pool1d", "avg_pool3d"):
+    if base == "avg_pool2d":
         if not needs[0]:
             return []
-        n = _out_numel(args, out)
-        spread = n * _pool_window(args)
-        return [("grad_input", Counts(mults=n, adds=max(spread - _numel(args[0].shape), 0)))]
+        # each output's gradient is scaled by 1/k^2 once, then spread over its window: the
+        # taps that land inside the input are summed into the input values they reach
+        x = args[0]
+        k = _pair("kernel_size", args[1])
+        stride = _pair("stride", args[2] if len(args) > 2 and args[2] else args[1])
+        pad = _pair("padding", args[3] if len(args) > 3 else 0)
+        cov, ins = 1, 1
+        for i in range(2):
+            c, n = _covered(x.shape[-2 + i], out.shape[-2 + i], k[i], stride[i], pad[i], 1)
+            cov, ins = cov * c, ins * n
+        planes = _numel(x.shape[:-2])
+        return [("grad_input", Counts(mults=_out_numel(args, out),
+                                      adds=planes * (ins - cov)))]
     if base in ("add", "add_", "sub", "sub_", "rsub"):
         # the gradient passes through; a broadcast operand sums it back to its shape
         rows = []

@@ -218,6 +218,48 @@ def test_ops_without_a_backward_formula_are_listed():
     assert "uncounted backward ops (no formula): pow x1" in report.summary()
 
 
+class Affine(nn.Module):
+    """mean(x * w + b) with w, b (3,) broadcast over a (2, 3) input."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+        self.b = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return (x * self.w + self.b).mean()
+
+
+def test_elementwise_backward_by_hand():
+    report = C.count_model(Affine(), (2, 3), backward=True)
+    frame = report.to_frame(include_free=True)
+    back = frame[frame["pass"] == "backward"].set_index("op")
+    # mean: the gradient 1/6 spread over 6 values, one multiply each
+    assert back.loc["mean.grad_input", "mults"] == 6
+    # add: passes the gradient on; b, broadcast over 2 rows, sums it back: 6 - 3 adds
+    assert sorted(back.loc["add.grad_input", "adds"]) == [0, 3]
+    # mul by w: the gradient times x (6 multiplies), summed back over the rows (3 adds);
+    # x is data, so no gradient for it
+    assert back.loc["mul.grad_input", ["mults", "adds"]].tolist() == [6, 3]
+    assert report.backward == C.Counts(mults=12, adds=6)
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, 0), (2, 2, 0), (2, 3, 0), (3, 2, 1)],
+                         ids=["overlapping", "tiling", "gapped", "padded"])
+def test_avg_pool_backward_against_autograd(k, stride, padding):
+    pool = nn.Sequential(nn.Conv2d(1, 2, 1), nn.AvgPool2d(k, stride, padding))
+    report = C.count_model(pool, (1, 1, 7, 7), backward=True)
+    back = report.to_frame().query("`pass` == 'backward' and op == 'avg_pool2d.grad_input'")
+    # autograd with an output gradient of k^2: each input value gets one 1 per window
+    # tap that reaches it, so the sum is the taps inside, the nonzero count those reached
+    x = torch.ones(1, 2, 7, 7, requires_grad=True)
+    out = nn.AvgPool2d(k, stride, padding)(x)
+    out.backward(torch.full_like(out, float(k * k)))
+    taps, reached = int(x.grad.sum()), int((x.grad > 0).sum())
+    assert back["mults"].item() == out.numel()
+    assert back["adds"].item() == taps - reached
+
+
 BAD = [
     ("backward type", lambda: C.count_model(nn.Linear(2, 2), (1, 2), backward="yes"),
      TypeError, r"backward: expected True or False, got 'yes'"),
