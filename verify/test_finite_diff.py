@@ -311,3 +311,14 @@ BAD_NEW = [
 def test_bad_input_to_directional_and_taylor(call, error, pattern) -> None:
     with pytest.raises(error, match=pattern):
         call()
+
+
+def test_taylor_test_needs_three_steps_clear_of_rounding() -> None:
+    # f = 1e6 + t^2 / 2 at 0, right gradient 0: the remainder h^2 / 2 clears 100 x the
+    # rounding floor (~100 * 2e6 * 2.2e-16 = 4.4e-8) at h = 1e-3 and 5e-4 only, not at
+    # 2.5e-4 (3.1e-8): two points make no fit, so the order is nan, not a slope of two
+    x = torch.zeros(1, dtype=torch.float64)
+    t = finite_diff.taylor_test(lambda z: 1e6 + 0.5 * (z**2).sum(), torch.zeros(1,
+                                dtype=torch.float64), x, torch.ones(1, dtype=torch.float64),
+                                h0=1e-3, halvings=2)
+    assert t.fitted == (0, 1) and math.isnan(t.order) and not t.consistent
