@@ -172,16 +172,20 @@ def test_frozen_layers_need_fewer_gradients():
     model = MnistCNN()
     model.conv1.requires_grad_(False)  # conv1 frozen: nothing before conv2 needs a gradient
     model.fc1.bias.requires_grad_(False)
-    report = C.count_model(model, (1, 1, 28, 28), backward=True)
+    model.fc2.weight.requires_grad_(False)
+    report = C.count_model(model, (2, 1, 28, 28), backward=True)
     lin = CB.linear_backward_counts
-    expected = (conv_b(10, 20, 5, 12, first=True, padding=0) + RELU(20 * 16)
-                + total(lin(320, 50, bias_grad=False)) + RELU(50) + total(lin(50, 10)))
+    conv2 = CB.conv2d_backward_counts(10, 20, 5, (12, 12), input_grad=False, batch=2)
+    expected = (total(conv2) + RELU(2 * 20 * 16) + total(lin(320, 50, bias_grad=False, batch=2))
+                + RELU(2 * 50) + total(lin(50, 10, weight_grad=False, batch=2)))
     assert report.backward == expected
-    assert backward_flops(model, torch.randn(1, 1, 28, 28)) == 2 * report.backward.macs
+    assert backward_flops(model, torch.randn(2, 1, 28, 28)) == 2 * report.backward.macs
     ops = set(report.to_frame().query("`pass` == 'backward'")["op"] + "@"
               + report.to_frame().query("`pass` == 'backward'")["layer"])
     assert not any(o.endswith("@conv1") for o in ops)
     assert "convolution.grad_input@conv2" not in ops and "addmm.grad_weight@fc1" in ops
+    assert "addmm.grad_bias@fc1" not in ops and "addmm.grad_weight@fc2" not in ops
+    assert "addmm.grad_bias@fc2" in ops
 
 
 def test_frame_has_a_pass_column_and_backward_rows_run_from_the_output():
@@ -264,6 +268,9 @@ BAD = [
     ("backward type", lambda: C.count_model(nn.Linear(2, 2), (1, 2), backward="yes"),
      TypeError, r"backward: expected True or False, got 'yes'"),
     ("bias absent", lambda: CB.linear_backward_counts(3, 2, bias=False, bias_grad=True),
+     ValueError, r"bias_grad: True asks for the gradient of a bias the layer lacks"),
+    ("conv bias absent", lambda: CB.conv2d_backward_counts(3, 2, 3, (5, 5), bias=False,
+                                                           bias_grad=True),
      ValueError, r"bias_grad: True asks for the gradient of a bias the layer lacks"),
     ("input_grad type", lambda: CB.conv2d_backward_counts(3, 2, 3, (5, 5), input_grad=1),
      TypeError, r"input_grad: expected True or False, got 1"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kernels import finite_diff
-from verify.compare import assert_close, record_sweep
+from verify.compare import assert_close, record_sweep, unrecorded
 from verify.tolerances import Tol, tol_for
 
 FD_TOL = tol_for(torch.float64, "finite_diff")
@@ -166,6 +166,10 @@ def test_step_sweep_order_is_fitted_not_assumed() -> None:
     flat = finite_diff.step_sweep(lambda t: 3 * t, x, 3 * torch.eye(2, dtype=torch.float64),
                                   eps_values=[1e-1, 1e-2])
     assert math.isnan(flat.order) and math.isnan(flat.predicted_eps)
+    # the verify report keeps them as null (JSON has no NaN)
+    with unrecorded():
+        record = record_sweep(flat, kernel="finite_diff.jacobian", reference="analytic")
+    assert record.order is None and record.predicted_eps is None and record.best_eps == 1e-2
 
 
 # --- the Taylor test ---------------------------------------------------------------------------
