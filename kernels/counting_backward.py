@@ -37,6 +37,15 @@ def _covered(size: int, out: int, k: int, stride: int, padding: int, dilation: i
     return len(set(inside)), len(inside)
 
 
+def _gathered(n_in: int, size: int, k: int, stride: int, padding: int, dilation: int
+              ) -> tuple[int, int]:
+    """A transposed convolution along one axis: (input positions at least one of whose
+    taps lands inside the cropped output, taps that land inside)."""
+    counts = [sum(1 for t in range(k) if 0 <= i * stride - padding + t * dilation < size)
+              for i in range(n_in)]
+    return sum(1 for c in counts if c), sum(counts)
+
+
 def _wants(input_grad: bool, weight_grad: bool, bias_grad: bool) -> dict[str, bool]:
     for name, v in (("input_grad", input_grad), ("weight_grad", weight_grad),
                     ("bias_grad", bias_grad)):
@@ -122,10 +131,16 @@ def _conv_backward(args, out, needs) -> list[tuple[str, Counts]]:
     transposed = bool(args[6])  # w.shape[1] is C_in / groups (C_out / groups transposed)
     k = _numel(w.shape[2:])
     if transposed:
-        # the forward scatters every input value to C_out/g * k outputs; dJ/dx_j gathers
-        # them back: one sum of C_out/g * k products per input value
+        # the forward scatters every input value to C_out/g * k outputs (some land on the
+        # border that padding crops); dJ/dx_j gathers back those that landed inside
         macs = _numel(x.shape) * w.shape[1] * k
-        inside, covered = macs, _numel(x.shape)
+        cov, ins = 1, 1
+        for i in range(x.dim() - 2):
+            c, n = _gathered(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], stride[i],
+                             padding[i], dilation[i])
+            cov, ins = cov * c, ins * n
+        covered = x.shape[0] * x.shape[1] * cov
+        inside = x.shape[0] * x.shape[1] * w.shape[1] * ins
     else:
         macs = _numel(out.shape) * w.shape[1] * k
         cov, ins = 1, 1

@@ -74,3 +74,11 @@ def test_a_failing_backprop_check_says_where_the_error_starts():
     # ... and the attribution: the error starts two layers nearer the output
     assert "is layer 2 (dW2); signature: activation of the wrong layer" in text
     assert "rho'(z_3) of layer 3" in text
+
+
+def test_a_bug_whose_line_left_the_kernel_is_refused():
+    # the planted copies replace a line of kernels/backprop.py: if the kernel changes so
+    # that the line is gone, say so instead of testing an unplanted copy
+    ghost = Bug("ghost", "    this line is not in the kernel\n", "", 1, "dW", "sign flip")
+    with pytest.raises(AssertionError, match="ghost: the line to replace is not once in"):
+        planted_backprop(ghost)

@@ -100,6 +100,29 @@ def test_linear_backward_formula_against_autograd():
     assert total(frozen) == grads["grad_input"]
 
 
+@pytest.mark.parametrize("stride,padding,groups", [(1, 0, 1), (2, 1, 1), (2, 1, 2)],
+                         ids=["plain", "strided_padded", "grouped"])
+def test_transposed_conv_backward_against_autograd(stride, padding, groups):
+    conv = nn.ConvTranspose2d(4, 6, 3, stride, padding, groups=groups)
+    walked = C.count_model(conv, (2, 4, 5, 5), backward=True, input_requires_grad=True)
+    back = walked.to_frame().query("`pass` == 'backward'").set_index("op")
+    gi, gw = back.loc["convolution.grad_input"], back.loc["convolution.grad_weight"]
+    macs = 2 * 4 * 5 * 5 * (6 // groups) * 9  # every input value times C_out/g * k^2 taps
+    assert gi["mults"] == gw["mults"] == macs
+    if groups == 1:  # FlopCounterMode ignores groups in grad_weight (see above)
+        x = torch.randn(2, 4, 5, 5, requires_grad=True)
+        assert backward_flops(conv, x) == 2 * walked.backward.macs
+    # autograd, weights and output gradient 1: dJ/dx_j counts the taps of x_j that land
+    # inside the cropped output
+    conv.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    xx = torch.ones(2, 4, 5, 5, requires_grad=True)
+    conv(xx).sum().backward()
+    assert gi["adds"] == int(xx.grad.sum()) - int((xx.grad > 0).sum())
+    assert gw["adds"] == macs - conv.weight.numel()
+
+
 # --- the worked cases --------------------------------------------------------------------
 
 def RELU(n: int) -> C.Counts:
@@ -272,6 +295,8 @@ BAD = [
     ("conv bias absent", lambda: CB.conv2d_backward_counts(3, 2, 3, (5, 5), bias=False,
                                                            bias_grad=True),
      ValueError, r"bias_grad: True asks for the gradient of a bias the layer lacks"),
+    ("pass name", lambda: C.count_model(nn.Linear(2, 2), (1, 2)).of_pass("both"),
+     ValueError, r"name: expected 'forward' or 'backward', got 'both'"),
     ("input_grad type", lambda: CB.conv2d_backward_counts(3, 2, 3, (5, 5), input_grad=1),
      TypeError, r"input_grad: expected True or False, got 1"),
     ("too small", lambda: CB.conv2d_backward_counts(3, 2, 5, (3, 3)), ValueError,
