@@ -144,33 +144,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if not config.getoption("--verify-report"):
         return
-    from verify.compare import RECORDS  # imported by the tests that made the records
+    from verify.compare import RECORDS, SWEEPS  # imported by the tests that made them
 
     if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its records go to the
         config.workeroutput[_WORKER_RECORDS] = [r.as_dict() for r in RECORDS]  # controller
+        config.workeroutput[_WORKER_SWEEPS] = [s.as_dict() for s in SWEEPS]
         return
-    from reports.record import VerifyRecord, verify_payload
+    from reports.record import SweepRecord, VerifyRecord, verify_payload
 
     records = [*RECORDS, *(VerifyRecord.from_dict(d)
                            for d in config.stash.get(_worker_records, []))]
-    payload = verify_payload(records, torch=torch.__version__, platform=platform.platform(),
-                             exitstatus=int(exitstatus))
+    sweeps = [*SWEEPS, *(SweepRecord.from_dict(d) for d in config.stash.get(_worker_sweeps, []))]
+    payload = verify_payload(records, sweeps, torch=torch.__version__,
+                             platform=platform.platform(), exitstatus=int(exitstatus))
     path = Path(config.getoption("--verify-report"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))
     config.get_terminal_writer().line(
-        f"verify report: {len(records)} comparisons written to {path}")
+        f"verify report: {len(records)} comparisons and {len(sweeps)} step sweeps written "
+        f"to {path}")
 
 
 _WORKER_RECORDS = "handgrad_verify_records"
+_WORKER_SWEEPS = "handgrad_verify_sweeps"
 _worker_records = pytest.StashKey[list]()
+_worker_sweeps = pytest.StashKey[list]()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
     """pytest-xdist, on the controller: keep what a finished worker recorded."""
-    records = getattr(node, "workeroutput", {}).get(_WORKER_RECORDS, [])
-    node.config.stash.setdefault(_worker_records, []).extend(records)
+    output = getattr(node, "workeroutput", {})
+    node.config.stash.setdefault(_worker_records, []).extend(output.get(_WORKER_RECORDS, []))
+    node.config.stash.setdefault(_worker_sweeps, []).extend(output.get(_WORKER_SWEEPS, []))
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

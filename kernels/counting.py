@@ -225,31 +225,59 @@ class Row:
     op: str
     output_shape: tuple[int, ...]
     counts: Counts
+    pass_: str = "forward"  # or "backward"
+
+
+def _sum(rows) -> Counts:
+    total = Counts()
+    for r in rows:
+        total = total + r.counts
+    return total
 
 
 @dataclass
 class ModelCounts:
-    """Per-op rows of a model walk, their ``total``, and the ops that had no formula."""
+    """Per-op rows of a model walk, their ``total``, and the ops that had no formula.
+
+    With ``count_model(..., backward=True)`` the rows hold the backward pass too (in the
+    order autograd runs it, output side first): ``total`` covers both passes, ``forward``
+    and ``backward`` each pass alone."""
 
     rows: list[Row]
     uncounted: dict[str, int] = field(default_factory=dict)  # aten op -> times seen
     input_shape: tuple[int, ...] = ()
+    uncounted_backward: dict[str, int] = field(default_factory=dict)
+    with_backward: bool = False
 
     @property
     def total(self) -> Counts:
-        total = Counts()
-        for r in self.rows:
-            total = total + r.counts
-        return total
+        return _sum(self.rows)
+
+    def of_pass(self, name: str) -> Counts:
+        """The rows of one pass, "forward" or "backward", summed."""
+        if name not in ("forward", "backward"):
+            raise ValueError(f"name: expected 'forward' or 'backward', got {name!r}")
+        return _sum(r for r in self.rows if r.pass_ == name)
+
+    @property
+    def forward(self) -> Counts:
+        return self.of_pass("forward")
+
+    @property
+    def backward(self) -> Counts:
+        """The backward pass alone (zero Counts unless counted with backward=True)."""
+        return self.of_pass("backward")
 
     def to_frame(self, include_free: bool = False):
         """pandas DataFrame, a row per counted op (free data-movement ops left out unless
-        ``include_free``): layer, type, op, output_shape, params, mults, adds, activations,
-        compares, macs."""
+        ``include_free``): pass ("forward" / "backward"), layer, type, op, output_shape,
+        params, mults, adds, activations, compares, macs. A backward row's op names the
+        gradient it computes, e.g. ``convolution.grad_weight``."""
         import pandas as pd
 
         recs = [
-            {"layer": r.layer, "type": r.type, "op": r.op, "output_shape": r.output_shape,
+            {"pass": r.pass_, "layer": r.layer, "type": r.type, "op": r.op,
+             "output_shape": r.output_shape,
              **{k: v for k, v in r.counts.as_dict().items() if k != "flops"}}
             for r in self.rows
             if include_free or r.counts != Counts() or r.op == "(parameters)"
@@ -264,16 +292,32 @@ class ModelCounts:
             f"MACs {t.macs:,} = FLOPs/2; FLOPs {t.flops:,} (FlopCounterMode convention: "
             "products only, no bias adds or activations)",
         ]
+        if self.with_backward:
+            b = self.of_pass("backward")
+            lines.insert(0, "forward and backward passes:")
+            lines.append(f"of which the backward pass: mults {b.mults:,}; adds {b.adds:,}; "
+                         f"activations {b.activations:,}; MACs {b.macs:,}")
         if self.uncounted:
             lines.append("uncounted ops (no formula): " + ", ".join(
                 f"{k} x{v}" for k, v in sorted(self.uncounted.items())))
+        if self.uncounted_backward:
+            lines.append("uncounted backward ops (no formula): " + ", ".join(
+                f"{k} x{v}" for k, v in sorted(self.uncounted_backward.items())))
         return "\n".join(lines)
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, stack: list[tuple[str, str]], result: ModelCounts):
+    """Counts each op; with ``tracked`` (the meta tensors that require grad) it also follows
+    which values depend on them and counts the backward pass each op will need."""
+
+    def __init__(self, stack: list[tuple[str, str]], result: ModelCounts,
+                 tracked: list[torch.Tensor] | None = None):
         super().__init__()
         self.stack, self.result = stack, result
+        self.follow_grads = tracked is not None
+        self.keep = list(tracked or [])  # alive, so that their ids stay theirs
+        self.tracked = {id(t) for t in self.keep}
+        self.backward_rows: list[Row] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -286,7 +330,30 @@ class _Recorder(TorchDispatchMode):
         o = out[0] if isinstance(out, (tuple, list)) and out else out
         shape = tuple(o.shape) if isinstance(o, torch.Tensor) else ()
         self.result.rows.append(Row(layer or "(model)", kind, name, shape, counts))
+        if self.follow_grads:
+            self._backward(name, args, out, layer or "(model)", kind, shape)
         return out
+
+    def _backward(self, name, args, out, layer, kind, shape) -> None:
+        from kernels.counting_backward import backward_op_counts
+
+        needs = [any(id(t) in self.tracked for t in _flat([a]) if isinstance(t, torch.Tensor))
+                 for a in args]
+        if not any(needs):
+            return
+        for t in _flat([out]):
+            if isinstance(t, torch.Tensor):
+                self.tracked.add(id(t))
+                self.keep.append(t)
+        rows = backward_op_counts(name, args, out, needs)
+        if rows is None:
+            seen = self.result.uncounted_backward
+            seen[name] = seen.get(name, 0) + 1
+            rows = []
+        # autograd runs an op's gradients in the reverse of the order listed here
+        for grad, counts in rows:
+            self.backward_rows.append(Row(layer, kind, f"{name}.{grad}", shape, counts,
+                                          "backward"))
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -294,13 +361,25 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
     return nn.Parameter(out, requires_grad=False) if isinstance(t, nn.Parameter) else out
 
 
-def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.float32
-                ) -> ModelCounts:
+def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.float32,
+                backward: bool = False, input_requires_grad: bool = False) -> ModelCounts:
     """Walk ``module`` on a meta input of ``input_shape`` (batch included): nothing is
     allocated or computed, and the module itself is not modified. Every aten op the
     forward pass dispatches is counted (functional calls too) and attributed to the
     innermost module running it; ops with no formula are listed in ``.uncounted``.
-    A parameter shared by several layers is counted once, at its first owner."""
+    A parameter shared by several layers is counted once, at its first owner.
+
+    ``backward=True`` also counts the backward pass by formula (kernels.counting_backward),
+    as autograd would run it from the output: per op the gradient of each input that
+    depends on a parameter with ``requires_grad`` (the data input does not, unless
+    ``input_requires_grad``), of each weight and bias that requires grad, nothing else.
+    ``.total`` then covers both passes and ``.backward`` the backward pass alone; ops whose
+    backward has no formula are listed in ``.uncounted_backward``."""
+    if not isinstance(backward, bool):
+        raise TypeError(f"backward: expected True or False, got {backward!r}")
+    if not isinstance(input_requires_grad, bool):
+        raise TypeError(f"input_requires_grad: expected True or False, got "
+                        f"{input_requires_grad!r}")
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(input_shape, Sequence) or not all(
@@ -308,7 +387,7 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
         raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
                          f"included), got {input_shape!r}")
     input_shape = tuple(input_shape)
-    result = ModelCounts(rows=[], input_shape=input_shape)
+    result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}
     seen_params: set[int] = set()
@@ -336,8 +415,14 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
         hooks.append(m.register_forward_hook(post))
     state = _meta_state(module)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
+    tracked = None
+    if backward:
+        originals = module.state_dict(keep_vars=True)
+        tracked = [state[n] for n, t in originals.items() if t.requires_grad]
+        tracked += [x] if input_requires_grad else []
+    recorder = _Recorder(stack, result, tracked)
     try:
-        with _Recorder(stack, result):
+        with recorder:
             _functional_call(module, state, x)
     except RuntimeError as exc:
         where = stack[-1][0] if stack else "(model)"
@@ -348,6 +433,7 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
             h.remove()
     _attach_params(result, param_rows, {names[m] or "(model)": type(m).__name__
                                         for m in module.modules()})
+    result.rows.extend(reversed(recorder.backward_rows))
     return result
 
 

@@ -6,6 +6,8 @@
   it from the JSON (validated on reading); ``reports`` never imports ``bench``.
 - ``VerifyRecord``: one comparison of ``pytest verify``'s helper, as written by
   ``--verify-report`` and read by the headroom table.
+- ``SweepRecord``: one step sweep (the central difference's V-curve) of a kernel, written
+  by ``--verify-report`` beside the comparisons and drawn by the verify report.
 - ``ratio_to_reference`` and ``achieved_gflops``: the one definition of each number that
   the tables, the figures and the gate show.
 
@@ -352,6 +354,65 @@ class VerifyRecord:
         return cls(**d)
 
 
-def verify_payload(records: Sequence[VerifyRecord], **about) -> dict:
+@dataclass(frozen=True)
+class SweepRecord:
+    """One step sweep of a central difference against a kernel (``finite_diff.step_sweep``):
+    the error at each step (the V-curve), the fitted order of its truncation branch and the
+    predicted optimal step for the dtype. ``order`` and ``predicted_eps`` are None where the
+    sweep could not fit them (JSON has no NaN)."""
+
+    kernel: str
+    reference: str
+    what: str
+    dtype: str
+    device: str
+    eps: tuple[float, ...]
+    error: tuple[float, ...]
+    order: float | None
+    predicted_eps: float | None
+    best_eps: float
+    test: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("kernel", "reference", "dtype", "device"):
+            _str(name, getattr(self, name))
+        for name in ("eps", "error"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or len(v) < 2 or any(
+                    isinstance(e, bool) or not isinstance(e, (int, float)) or not e >= 0
+                    or not math.isfinite(e) for e in v):
+                raise RecordError(f"{name}: expected a list of at least two finite numbers "
+                                  f">= 0, got {v!r}")
+            object.__setattr__(self, name, tuple(float(e) for e in v))
+        if len(self.eps) != len(self.error) or min(self.eps) <= 0:
+            raise RecordError(f"eps: expected one positive step per error ({len(self.error)}), "
+                              f"got {list(self.eps)}")
+        for name in ("order", "predicted_eps"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v)):
+                raise RecordError(f"{name}: expected a finite number or null, got {v!r}")
+        if self.best_eps not in self.eps:
+            raise RecordError(f"best_eps: expected one of eps, got {self.best_eps!r}")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        return {**d, "eps": list(self.eps), "error": list(self.error)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SweepRecord:
+        if not isinstance(d, Mapping):
+            raise RecordError(f"sweep: expected an object, got {type(d).__name__}")
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d and n != "test"]
+        unknown = sorted(set(d) - set(names))
+        if missing or unknown:
+            raise RecordError(f"sweep: missing {missing}, unknown {unknown}")
+        return cls(**d)
+
+
+def verify_payload(records: Sequence[VerifyRecord], sweeps: Sequence[SweepRecord] = (),
+                   **about) -> dict:
     """The JSON document ``pytest verify --verify-report PATH`` writes."""
-    return {"handgrad": VERIFY_KIND, **about, "records": [r.as_dict() for r in records]}
+    return {"handgrad": VERIFY_KIND, **about, "records": [r.as_dict() for r in records],
+            "sweeps": [s.as_dict() for s in sweeps]}

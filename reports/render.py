@@ -19,7 +19,14 @@ from reports.load import (
 )
 from reports.record import RATIO_DEFINITION
 from reports.tables import DISTURBED_RULE, summary, to_markdown
-from reports.verification import headroom_table, is_verify_report, load_records
+from reports.verification import (
+    headroom_table,
+    is_verify_report,
+    load_records,
+    load_sweeps,
+    sweep_table,
+    v_curve,
+)
 
 MEMORY_TEXT = (
     "`peak_mib` is the peak memory allocated during one call (`peak_bytes` / 2^20); "
@@ -135,6 +142,7 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
     bench_paths, verify_paths = _split(paths)
     df = load_benchmarks(bench_paths) if bench_paths else None
     records = load_records(verify_paths) if verify_paths else None
+    sweeps = load_sweeps(verify_paths) if verify_paths else []
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -214,6 +222,26 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
             "to failing first.",
             "",
             to_markdown(head),
+            "",
+        ]
+    if sweeps:
+        say("rendering the step sweeps")
+        table = sweep_table(sweeps)
+        table.to_csv(out / "step_sweeps.csv", index=False)
+        fig = v_curve(sweeps, out)
+        written += [out / "step_sweeps.csv", fig]
+        lines += [
+            "## Verification: step sweeps",
+            "",
+            "The largest error of the central difference against a kernel at each step h: "
+            "truncation error falls as h^order to the right, rounding error grows as 1/h to "
+            "the left. `order` is the fitted slope of the truncation branch (2 for a central "
+            "difference), `best_eps` the step with the smallest error, `predicted_eps` the "
+            "step that minimises the fitted truncation plus the dtype's rounding error.",
+            "",
+            to_markdown(table),
+            "",
+            f"![step sweeps]({fig.name})",
             "",
         ]
 

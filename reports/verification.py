@@ -1,6 +1,7 @@
 """The verification report: `pytest verify --verify-report PATH` records every comparison's
 worst error against its tolerance; this turns those records into a precision-headroom
-table per kernel, reference and dtype.
+table per kernel, reference and dtype, and draws the step sweeps (the central difference's
+truncation/rounding V-curve per kernel) with their fitted order and predicted best step.
 
 headroom = 1 / worst_ratio, where worst_ratio = max |a - e| / (atol + rtol |e|) over a
 comparison's elements: a comparison passes while worst_ratio < 1, and a headroom of 100
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from reports.load import ReportInputError, read_json_any
-from reports.record import VERIFY_KIND, RecordError, VerifyRecord
+from reports.record import VERIFY_KIND, RecordError, SweepRecord, VerifyRecord
 
 
 def is_verify_report(data: dict) -> bool:
@@ -66,3 +67,53 @@ def headroom_table(records: pd.DataFrame) -> pd.DataFrame:
             "nearest_to_failing": str(worst.get("test", "") or worst.get("what", "")),
         })
     return pd.DataFrame(rows).sort_values("headroom").reset_index(drop=True)
+
+
+def load_sweeps(paths: list[str | Path]) -> list[SweepRecord]:
+    """Every step sweep in the verify reports (files written before sweeps existed have
+    none); ReportInputError names the file and sweep that break the definition."""
+    sweeps = []
+    for path in paths:
+        data = read_json_any(path)
+        raw = data.get("sweeps", []) if isinstance(data, dict) else []
+        if not isinstance(raw, list):
+            raise ReportInputError(f"{path}: sweeps: expected a list, got {type(raw).__name__}")
+        for i, d in enumerate(raw):
+            try:
+                sweeps.append(SweepRecord.from_dict(d))
+            except (RecordError, TypeError) as exc:
+                raise ReportInputError(f"{path}: sweeps[{i}]: {exc}") from None
+    return sweeps
+
+
+def sweep_table(sweeps: list[SweepRecord]) -> pd.DataFrame:
+    """A row per sweep: kernel, reference, what, dtype, device, fitted order, best step
+    measured, predicted best step, smallest error."""
+    return pd.DataFrame([{
+        "kernel": s.kernel, "reference": s.reference, "what": s.what, "dtype": s.dtype,
+        "device": s.device, "order": s.order, "best_eps": s.best_eps,
+        "predicted_eps": s.predicted_eps, "min_error": min(s.error),
+    } for s in sweeps])
+
+
+def v_curve(sweeps: list[SweepRecord], out: Path, name: str = "step_sweep.png") -> Path:
+    """Error against step, log-log, a line per sweep; the predicted best step of each is a
+    dotted vertical line of the same colour."""
+    from reports import figures
+
+    plt = figures.plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.get_cmap("tab10")
+    for i, s in enumerate(sweeps):
+        colour = colours(i % 10)
+        order = "n/a" if s.order is None else f"{s.order:.2f}"
+        label = f"{s.kernel} {s.what} ({s.dtype}, {s.device}): order {order}"
+        ax.loglog(s.eps, [max(e, 1e-300) for e in s.error], "o-", color=colour, label=label)
+        if s.predicted_eps is not None:
+            ax.axvline(s.predicted_eps, color=colour, linestyle=":", linewidth=1)
+    ax.set_xlabel("step h (relative)")
+    ax.set_ylabel("max |central difference - kernel|")
+    ax.set_title("Step sweeps: truncation (right, slope = order) and rounding (left); "
+                 "dotted: predicted best step", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
+    return figures._save(fig, out / name)

@@ -10,13 +10,50 @@ report how much precision headroom each kernel has.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
+from reports.record import SweepRecord
 from reports.record import VerifyRecord as Record  # the one definition, read by reports/
 from verify.tolerances import Tol, tol_for
 
 RECORDS: list[Record] = []
+SWEEPS: list[SweepRecord] = []
+
+
+def _current_test() -> str:
+    # pytest names the running test in the environment; strip its " (call)" phase
+    return os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+
+
+def record_sweep(sweep, *, kernel: str, reference: str, what: str = "", device: str = "cpu"
+                 ) -> SweepRecord:
+    """Keep a ``finite_diff.StepSweep`` of ``kernel`` for the verify report's V-curve."""
+    import math
+
+    def finite(v: float) -> float | None:
+        return v if math.isfinite(v) else None
+
+    record = SweepRecord(kernel=kernel, reference=reference, what=what, dtype=sweep.dtype,
+                         device=device, eps=sweep.eps, error=sweep.error,
+                         order=finite(sweep.order), predicted_eps=finite(sweep.predicted_eps),
+                         best_eps=sweep.best_eps, test=_current_test())
+    SWEEPS.append(record)
+    return record
+
+
+@contextmanager
+def unrecorded() -> Iterator[None]:
+    """Comparisons made inside are left out of the verify report: checks of a planted bug,
+    which fail on purpose, are no check of a kernel."""
+    before, sweeps = len(RECORDS), len(SWEEPS)
+    try:
+        yield
+    finally:
+        del RECORDS[before:]
+        del SWEEPS[sweeps:]
 
 
 def _index(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
@@ -111,8 +148,7 @@ def assert_close(
         atol=tol.atol,
         worst_ratio=worst_ratio,
         passed=mismatched == 0,
-        # pytest names the running test in the environment; strip its " (call)" phase
-        test=os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0],
+        test=_current_test(),
     )
     RECORDS.append(record)
     if mismatched:

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from kernels import backprop as bp
 from kernels import finite_diff, mlp
-from verify.compare import assert_close
-from verify.references import BackpropFunction, autograd_grads, func_grads
+from verify import attribution
+from verify.compare import assert_close, record_sweep
+from verify.references import BackpropFunction, autograd_grads, func_grads, torch_loss
 from verify.tolerances import tol_for
 
 
@@ -57,8 +58,21 @@ def make_problem(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
     return net.to(dtype=dtype, device=device), x.to(device, dtype), y.to(device, dtype)
 
 
-def check_all(g: bp.Gradients, ref, *, reference: str, tol=None) -> None:
-    """Loss and every gradient of ``g`` against ``ref = (J, [dW], [db], dx)``."""
+def check_all(g: bp.Gradients, ref, *, reference: str, tol=None, problem=None) -> None:
+    """Loss and every gradient of ``g`` against ``ref = (J, [dW], [db], dx)``. With
+    ``problem = (net, x, y, loss, reduction)`` a failure also says which layer the error
+    starts at and what kind of bug it looks like (verify.attribution)."""
+    try:
+        _check_all(g, ref, reference=reference, tol=tol)
+    except AssertionError as exc:
+        if problem is None:
+            raise
+        net, x, y, loss, reduction = problem
+        diagnosis = attribution.diagnose(g, net, x, y, loss=loss, reduction=reduction)
+        raise AssertionError(f"{exc}\n{diagnosis.message()}") from None
+
+
+def _check_all(g: bp.Gradients, ref, *, reference: str, tol=None) -> None:
     value, dws, dbs, dx = ref
     common = dict(kernel="backprop", reference=reference, tol=tol)
     assert_close(g.loss, value, what="loss", kind="forward", **common)
@@ -74,7 +88,8 @@ def test_against_autograd_grad(case: Case, device: str) -> None:
     net, x, y = make_problem(case, torch.float64, device)
     g = bp.backprop(net, x, y, loss=case.loss, reduction=case.reduction)
     ref = autograd_grads(net, x, y, loss=case.loss, reduction=case.reduction)
-    check_all(g, ref, reference="torch.autograd.grad")
+    check_all(g, ref, reference="torch.autograd.grad",
+              problem=(net, x, y, case.loss, case.reduction))
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -103,6 +118,24 @@ def test_against_finite_differences(case: Case, device: str) -> None:
         fd_b = finite_diff.gradient(lambda b, i=i: J(biases=bs[:i] + [b] + bs[i + 1 :]), bs[i])
         assert_close(g.biases[i], fd_b, what=f"dJ/db{i + 1}", **kw)
     assert_close(g.input, finite_diff.gradient(lambda xx: J(xx=xx), x), what="dJ/dx", **kw)
+
+
+def test_step_sweep_against_backprop(device: str) -> None:
+    """The V-curve of the central difference against the kernel's dJ/dW1 on the course's
+    one-hidden-layer case: order 2 on the truncation branch, best step where predicted."""
+    case = CASES[0]
+    net, x, y = make_problem(case, torch.float64, device, seed=6)
+    g = bp.backprop(net, x, y, loss=case.loss, reduction=case.reduction)
+    ws, bs = list(net.weights), list(net.biases)
+
+    def J(w):  # the reference loss as a function of W1
+        return torch_loss([w, *ws[1:]], bs, x, y, activation=net.activation, loss=case.loss)
+
+    sweep = finite_diff.step_sweep(J, ws[0], g.weights[0])
+    assert sweep.order == pytest.approx(2.0, abs=0.1)
+    assert abs(math.log10(sweep.predicted_eps / sweep.best_eps)) <= 1
+    record_sweep(sweep, kernel="backprop", reference="finite_diff.step_sweep",
+                 what=f"dJ/dW1 {case.name}", device=device)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

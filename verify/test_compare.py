@@ -129,3 +129,14 @@ def test_infinities_and_nans(kernel_value, reference_value, close) -> None:
     rec = RECORDS[-1]
     # the record says how wrong, as a number JSON can hold: inf, never NaN
     assert rec.max_abs_err == INF and rec.worst_ratio == INF and rec.max_rel_err == INF
+
+
+def test_unrecorded_comparisons_stay_out_of_the_report() -> None:
+    from verify.compare import SWEEPS, unrecorded
+
+    before, sweeps = len(RECORDS), len(SWEEPS)
+    with unrecorded(), pytest.raises(AssertionError):
+        assert_close(torch.ones(2), torch.zeros(2), kernel="planted", reference="zeros")
+    assert len(RECORDS) == before and len(SWEEPS) == sweeps
+    assert_close(torch.ones(2), torch.ones(2), kernel="k", reference="r")
+    assert len(RECORDS) == before + 1  # outside it, comparisons are recorded again

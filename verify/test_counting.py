@@ -209,8 +209,9 @@ def test_batch_scales_operations_not_parameters():
 
 def test_per_layer_frame():
     frame = C.count_model(InceptionII(), (1, 256, 32, 32)).to_frame()
-    assert list(frame.columns) == ["layer", "type", "op", "output_shape", "params", "mults",
-                                   "adds", "activations", "compares", "macs"]
+    assert list(frame.columns) == ["pass", "layer", "type", "op", "output_shape", "params",
+                                   "mults", "adds", "activations", "compares", "macs"]
+    assert set(frame["pass"]) == {"forward"}
     convs = frame[frame["op"] == "convolution"]
     assert list(convs["layer"]) == ["b1.0", "r3.0", "b3.0", "r5.0", "b5.0", "rp.0"]
     row = convs.set_index("layer").loc["b5.0"]

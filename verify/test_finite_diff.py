@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from kernels import finite_diff
-from verify.compare import assert_close
+from verify.compare import assert_close, record_sweep, unrecorded
 from verify.tolerances import Tol, tol_for
 
 FD_TOL = tol_for(torch.float64, "finite_diff")
@@ -63,7 +65,8 @@ def test_step_sweep_shows_truncation_rounding_v_curve() -> None:
     # truncation error of a central difference shrinks as h^2: 100x per decade
     assert err[1e-1] / err[1e-2] == pytest.approx(100, rel=0.05)
     frame = sweep.to_frame()
-    assert list(frame.columns) == ["eps", "max_abs_error"] and len(frame) == 13
+    assert list(frame.columns) == ["eps", "max_abs_error", "truncation_branch"]
+    assert len(frame) == 13
 
 
 def test_default_step_is_cube_root_eps_times_max_one_abs_x() -> None:
@@ -127,3 +130,199 @@ def test_bad_input() -> None:
         finite_diff.jacobian(lambda t: 1.0, torch.ones(3))
     with pytest.raises(ValueError, match=r"exact: expected shape \(3, 3\)"):
         finite_diff.step_sweep(torch.sin, torch.ones(3, dtype=torch.float64), torch.ones(3))
+
+
+# --- step sweep: fitted order and predicted optimal step ------------------------------------
+
+
+def test_step_sweep_fits_order_two_and_predicts_the_optimal_step() -> None:
+    x = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
+    sweep = finite_diff.step_sweep(torch.sin, x, torch.diag(torch.cos(x)))
+    assert sweep.order == pytest.approx(2.0, abs=0.02)
+    # by hand: entry i has truncation error (h s_i)^2 |cos x_i| / 6 with s_i = max(1, |x_i|),
+    # largest at x = 2.1: a = 2.1^2 |cos 2.1| / 6; rounding u max|sin x| / h, u = 2^-53;
+    # the minimum of a h^2 + u |f| / h is at h* = (u |f| / (2 a))^(1/3), about 5.2e-6
+    a = 2.1**2 * abs(math.cos(2.1)) / 6
+    expected = (2.0**-53 * abs(math.sin(-1.3)) / (2 * a)) ** (1 / 3)
+    assert sweep.predicted_eps == pytest.approx(expected, rel=0.02)
+    assert sweep.dtype == "float64" and sweep.value_scale == pytest.approx(abs(math.sin(-1.3)))
+    # the sweep only samples decades: the measured best lies within one of the prediction
+    assert abs(math.log10(sweep.predicted_eps / sweep.best_eps)) <= 1
+    frame = sweep.to_frame()
+    assert list(frame["truncation_branch"]) == [True] * 4 + [False] * 9
+    record_sweep(sweep, kernel="finite_diff.jacobian", reference="analytic", what="sin")
+
+
+def test_step_sweep_order_is_fitted_not_assumed() -> None:
+    # at x = 0 the central difference of t^5 is off by exactly h^4 (its h^2 term is
+    # 10 x^3 h^2 = 0), and f(+-h) is so small that rounding never shows: order 4
+    x = torch.zeros(2, dtype=torch.float64)
+    sweep = finite_diff.step_sweep(lambda t: t**5, x, torch.zeros(2, 2, dtype=torch.float64),
+                                   eps_values=[0.1, 0.05, 0.02, 0.01, 1e-3])
+    assert sweep.order == pytest.approx(4.0, abs=0.02)
+    # f(x) = 0: there is no rounding error to balance, hence no predicted optimum
+    assert math.isnan(sweep.predicted_eps)
+    # no truncation branch at all (too few steps above the best): nan, not a made-up 2
+    flat = finite_diff.step_sweep(lambda t: 3 * t, x, 3 * torch.eye(2, dtype=torch.float64),
+                                  eps_values=[1e-1, 1e-2])
+    assert math.isnan(flat.order) and math.isnan(flat.predicted_eps)
+    # the verify report keeps them as null (JSON has no NaN)
+    with unrecorded():
+        record = record_sweep(flat, kernel="finite_diff.jacobian", reference="analytic")
+    assert record.order is None and record.predicted_eps is None and record.best_eps == 1e-2
+
+
+# --- the Taylor test ---------------------------------------------------------------------------
+
+
+def _taylor_f(t):
+    return (t**2 * torch.sin(t)).sum()
+
+
+def _taylor_grad(x):
+    return 2 * x * torch.sin(x) + x**2 * torch.cos(x)
+
+
+def test_taylor_test_order_two_for_the_gradient_and_one_for_a_wrong_one() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.linspace(-2, 3, 7, dtype=torch.float64)
+    right = finite_diff.taylor_test(_taylor_f, _taylor_grad(x), x, generator=g)
+    assert right.order == pytest.approx(2.0, abs=0.05) and right.consistent
+    wrong = _taylor_grad(x)
+    wrong[3] *= 1.01  # one coordinate 1% off
+    bad = finite_diff.taylor_test(_taylor_f, wrong, x, generator=g)
+    assert bad.order == pytest.approx(1.0, abs=0.1) and not bad.consistent
+    frame = right.to_frame()
+    assert list(frame.columns) == ["h", "remainder", "local_order", "noise", "fitted"]
+    assert len(frame) == 21 and frame["fitted"].sum() == 5
+    # each halving of h quarters the remainder of the right gradient
+    assert frame["local_order"].iloc[-5:].between(1.95, 2.05).all()
+    assert list(frame["h"]) == pytest.approx([right.h[0] / 2**k for k in range(21)])
+
+
+def test_taylor_test_on_several_tensors_with_a_given_direction() -> None:
+    a = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
+    b = torch.tensor([0.3, -0.2], dtype=torch.float64)
+
+    def f(p):  # f(A, b) = sum tanh(A 1 + b)^2 ... a function of two tensors
+        return (torch.tanh(p[0].sum(1) + p[1]) ** 2).sum()
+
+    s = torch.tanh(a.sum(1) + b)
+    d = 2 * s * (1 - s**2)
+    grads = [d[:, None].expand(2, 2).clone(), d]
+    v = [torch.ones(2, 2, dtype=torch.float64), torch.tensor([1.0, -1.0], dtype=torch.float64)]
+    assert finite_diff.taylor_test(f, grads, [a, b], v).order == pytest.approx(2.0, abs=0.05)
+    assert finite_diff.taylor_test(f, [grads[0], -grads[1]], [a, b], v).order == pytest.approx(
+        1.0, abs=0.1)
+
+
+def test_taylor_test_of_a_linear_function_is_inconclusive() -> None:
+    # the remainder of the right gradient of a linear f is rounding noise at every step
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    w = torch.tensor([0.5, -2.0, 4.0], dtype=torch.float64)
+    t = finite_diff.taylor_test(lambda z: (w * z).sum(), w, x, generator=torch.Generator())
+    assert math.isnan(t.order) and not t.consistent and t.fitted == ()
+
+
+# --- directional checks ----------------------------------------------------------------------
+
+
+def test_directional_derivative_is_j_v_from_one_pair_of_evaluations() -> None:
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(3, generator=g, dtype=torch.float64)
+    v = torch.randn(3, generator=g, dtype=torch.float64)
+    calls = []
+
+    def f(t):
+        calls.append(t.clone())
+        return a @ torch.tanh(t)
+
+    got = finite_diff.directional_derivative(f, x, v)
+    assert len(calls) == 2
+    expected = (a * (1 - torch.tanh(x) ** 2)) @ v
+    assert_close(got, expected, kernel="finite_diff.directional_derivative", reference="analytic",
+                 tol=FD_TOL)
+
+
+def test_directional_check_agrees_with_a_right_kernel_and_flags_a_wrong_one() -> None:
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(3, generator=g, dtype=torch.float64)
+    J = a * (1 - torch.tanh(x) ** 2)
+    bad = J.clone()
+    bad[2, 1] += 0.01
+
+    def f(t):
+        return a @ torch.tanh(t)
+
+    right = finite_diff.directional_check(f, x, jvp=lambda v: J @ v, vjp=lambda u: u @ J,
+                                          directions=3, generator=g)
+    assert len(right) == 3
+    for d in right:
+        assert set(d.errors()) == {"forward", "reverse"}
+        assert max(d.errors().values()) < 1e-9
+        assert d.scale == pytest.approx(float((d.u * d.jv_fd).abs().sum()))
+    wrong = finite_diff.directional_check(f, x, jvp=lambda v: bad @ v, directions=3, generator=g)
+    for d in wrong:
+        assert set(d.errors()) == {"forward"} and d.errors()["forward"] > 1e-4
+    # reverse mode only, as for backprop
+    only = finite_diff.directional_check(f, x, vjp=lambda u: u @ bad, generator=g)
+    assert all(d.forward is None and d.errors()["reverse"] > 1e-4 for d in only)
+
+
+BAD_NEW = [
+    ("no kernel", lambda: finite_diff.directional_check(torch.sin, torch.ones(2)), ValueError,
+     r"jvp, vjp: expected at least one of them"),
+    ("directions", lambda: finite_diff.directional_check(
+        torch.sin, torch.ones(2), jvp=torch.cos, directions=0), ValueError,
+     r"directions: expected a positive integer, got 0"),
+    ("jvp shape", lambda: finite_diff.directional_check(
+        torch.sin, torch.ones(2), jvp=lambda v: v[:1]), ValueError,
+     r"jvp: expected J v of shape \(2,\) \(f\(x\)'s\), got \(1,\)"),
+    ("vjp structure", lambda: finite_diff.directional_check(
+        lambda p: p[0] * p[1], [torch.ones(2), torch.ones(2)], vjp=lambda u: [u]), ValueError,
+     r"vjp: expected a sequence of 2 tensors like x, got a sequence of 1 tensors"),
+    ("not callable", lambda: finite_diff.directional_check(torch.sin, torch.ones(2), jvp=3),
+     TypeError, r"jvp: expected a callable, got int"),
+    ("zero direction", lambda: finite_diff.directional_derivative(
+        torch.sin, torch.ones(2), torch.zeros(2)), ValueError,
+     r"v: expected a finite direction with a nonzero entry"),
+    ("v shape", lambda: finite_diff.directional_derivative(
+        torch.sin, torch.ones(2), torch.ones(3)), ValueError,
+     r"v: expected shape \(2,\) like x, got \(3,\)"),
+    ("x type", lambda: finite_diff.directional_derivative(torch.sin, 1.0, 1.0), TypeError,
+     r"x: expected a tensor or a non-empty sequence of tensors, got float"),
+    ("grad shape", lambda: finite_diff.taylor_test(
+        lambda t: t.sum(), torch.ones(3), torch.ones(2)), ValueError,
+     r"grad: expected shape \(2,\) like x, got \(3,\)"),
+    ("grad dtype", lambda: finite_diff.taylor_test(
+        lambda t: t.sum(), torch.ones(2), torch.ones(2, dtype=torch.float64)), TypeError,
+     r"grad: dtype torch.float32 does not match x"),
+    ("not scalar", lambda: finite_diff.taylor_test(torch.sin, torch.ones(2), torch.ones(2)),
+     ValueError, r"f: the Taylor test needs a scalar function, but f\(x\) has shape \(2,\)"),
+    ("h0", lambda: finite_diff.taylor_test(
+        lambda t: t.sum(), torch.ones(2), torch.ones(2), h0=-1.0), ValueError,
+     r"h0: expected a positive finite step, got -1.0"),
+    ("halvings", lambda: finite_diff.taylor_test(
+        lambda t: t.sum(), torch.ones(2), torch.ones(2), halvings=1), ValueError,
+     r"halvings: expected an integer >= 2, got 1"),
+]
+
+
+@pytest.mark.parametrize("call,error,pattern", [b[1:] for b in BAD_NEW],
+                         ids=[b[0] for b in BAD_NEW])
+def test_bad_input_to_directional_and_taylor(call, error, pattern) -> None:
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_taylor_test_needs_three_steps_clear_of_rounding() -> None:
+    # f = 1e6 + t^2 / 2 at 0, right gradient 0: the remainder h^2 / 2 clears 100 x the
+    # rounding floor (~100 * 2e6 * 2.2e-16 = 4.4e-8) at h = 1e-3 and 5e-4 only, not at
+    # 2.5e-4 (3.1e-8): two points make no fit, so the order is nan, not a slope of two
+    x = torch.zeros(1, dtype=torch.float64)
+    t = finite_diff.taylor_test(lambda z: 1e6 + 0.5 * (z**2).sum(), torch.zeros(1,
+                                dtype=torch.float64), x, torch.ones(1, dtype=torch.float64),
+                                h0=1e-3, halvings=2)
+    assert t.fitted == (0, 1) and math.isnan(t.order) and not t.consistent

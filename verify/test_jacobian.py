@@ -3,15 +3,18 @@ model against what the kernels execute."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
+from kernels import finite_diff
 from kernels import jacobian as jm
-from verify.compare import assert_close
-from verify.references import as_list, course_weights, jacobian_references
+from verify.compare import assert_close, record_sweep
+from verify.references import as_list, course_weights, deep_net, jacobian_references
 from verify.tolerances import tol_for
 
 KERNELS = {"jacobian_forward": jm.jacobian_forward, "jacobian_reverse": jm.jacobian_reverse}
@@ -38,6 +41,19 @@ def test_course_case_against_reference(L: int, kernel: str, reference: str, devi
     assert single.shape == (10, 2)
     assert_close(single, expected[1], kernel=kernel, reference=reference, what=f"L={L} single",
                  tol=ref_tol(reference, torch.float64))
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_step_sweep_against_kernel(kernel: str, device: str):
+    """The V-curve of the central difference against the kernel on the course case L=3:
+    order 2 on the truncation branch, best step where predicted."""
+    ws, _ = course_weights(3, device=device)
+    x = torch.tensor([0.3, -0.8], dtype=torch.float64, device=device)
+    sweep = finite_diff.step_sweep(deep_net(as_list(ws)), x, KERNELS[kernel](ws, x))
+    assert sweep.order == pytest.approx(2.0, abs=0.1)
+    assert abs(math.log10(sweep.predicted_eps / sweep.best_eps)) <= 1
+    record_sweep(sweep, kernel=kernel, reference="finite_diff.step_sweep",
+                 what="course D=2 K=30 P=10 L=3", device=device)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])

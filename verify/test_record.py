@@ -13,6 +13,7 @@ from reports.record import (
     SCHEMA,
     BenchRecord,
     RecordError,
+    SweepRecord,
     VerifyRecord,
     achieved_gflops,
     ratio_to_reference,
@@ -163,3 +164,28 @@ def test_memory_ratio():
     assert math.isnan(memory_ratio(None, 2 << 20)) and math.isnan(memory_ratio(5, 0))
     out = memory_ratio([4, None, 0], [2, 2, 8])
     assert out[0] == 2 and np.isnan(out[1]) and out[2] == 0
+
+
+SGOOD = {"kernel": "backprop", "reference": "finite_diff.step_sweep", "what": "dW1",
+         "dtype": "float64", "device": "cpu", "eps": [0.1, 0.01, 0.001],
+         "error": [1e-3, 1e-5, 1e-4], "order": 2.0, "predicted_eps": 5e-3, "best_eps": 0.01,
+         "test": "t"}
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("eps", [0.1, 0.01], "eps: expected one positive step per error"),
+    ("eps", [0.1, 0.0, 0.001], "eps: expected one positive step per error"),
+    ("error", [1e-3, float("nan"), 1e-4], "error: expected a list of at least two finite"),
+    ("error", [1e-3], "error: expected a list of at least two finite"),
+    ("order", float("nan"), "order: expected a finite number or null"),
+    ("predicted_eps", "small", "predicted_eps: expected a finite number or null"),
+    ("best_eps", 0.5, "best_eps: expected one of eps"),
+    ("kernel", "", "kernel: expected a non-empty string"),
+])
+def test_sweep_record_refuses_what_the_v_curve_could_not_draw(field, value, says):
+    with pytest.raises(RecordError, match=says):
+        SweepRecord.from_dict({**SGOOD, field: value})
+    assert SweepRecord.from_dict(SGOOD).as_dict() == SGOOD
+    assert SweepRecord.from_dict({**SGOOD, "order": None}).order is None
+    with pytest.raises(RecordError, match=r"sweep: missing \['best_eps'\], unknown \['x'\]"):
+        SweepRecord.from_dict({**{k: v for k, v in SGOOD.items() if k != "best_eps"}, "x": 1})

@@ -186,6 +186,56 @@ def test_render_verification_headroom(tmp_path):
     assert jac["nearest_to_failing"] == "j1"
 
 
+def _sweep(kernel: str, order, predicted, errors=(1e-3, 1e-5, 1e-7, 1e-9, 3e-10, 4e-9)):
+    eps = [10.0**-k for k in range(1, len(errors) + 1)]
+    return {"kernel": kernel, "reference": "finite_diff.step_sweep", "what": "dW1",
+            "dtype": "float64", "device": "cpu", "eps": eps, "error": list(errors),
+            "order": order, "predicted_eps": predicted,
+            "best_eps": eps[list(errors).index(min(errors))], "test": "t"}
+
+
+def test_render_step_sweeps_draws_the_v_curve(tmp_path, monkeypatch):
+    from reports import figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (drawn.append(fig), save(fig, path))[1])
+    sweeps = [_sweep("backprop", 2.0, 6e-6), _sweep("jacobian_forward", None, None)]
+    records = [_verify_record("backprop", "autograd", "float64", 0.1, "t")]
+    path = _write(tmp_path, "verify.json", {"handgrad": "verify-report", "records": records,
+                                            "sweeps": sweeps})
+    assert main(["render", str(path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Verification: step sweeps" in md and "![step sweeps](step_sweep.png)" in md
+    assert (tmp_path / "out" / "step_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "out" / "step_sweeps.csv")
+    assert list(table["kernel"]) == ["backprop", "jacobian_forward"]
+    assert table["order"].iloc[0] == 2.0 and pd.isna(table["order"].iloc[1])
+    assert list(table["best_eps"]) == [1e-5, 1e-5] and table["min_error"].iloc[0] == 3e-10
+    # one V-curve per sweep on a log-log axis, the predicted step drawn where there is one
+    (ax,) = drawn[-1].axes
+    assert len(ax.get_lines()) == 2 + 1 and ax.get_xscale() == ax.get_yscale() == "log"
+    assert list(ax.get_lines()[0].get_xdata()) == sweeps[0]["eps"]
+    assert "order 2.00" in ax.get_legend().get_texts()[0].get_text()
+    assert "order n/a" in ax.get_legend().get_texts()[1].get_text()
+    # a verify report from before sweeps existed renders without the section
+    old = _write(tmp_path, "old.json", {"handgrad": "verify-report", "records": records})
+    assert main(["render", str(old), "--out", str(tmp_path / "old")]) == 0
+    assert "step sweeps" not in (tmp_path / "old" / "report.md").read_text()
+
+
+def test_verify_report_rejects_a_malformed_sweep(tmp_path, capsys):
+    bad = _sweep("backprop", 2.0, 6e-6)
+    bad["error"] = bad["error"][:-1]
+    records = [_verify_record("backprop", "autograd", "float64", 0.1, "t")]
+    path = _write(tmp_path, "verify.json", {"handgrad": "verify-report", "records": records,
+                                            "sweeps": [bad]})
+    assert main(["render", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "sweeps[0]: eps: expected one positive step per error" in capsys.readouterr().err
+
+
 def test_verify_report_rejects_a_malformed_record(tmp_path, capsys):
     rec = _verify_record("backprop", "autograd", "float32", 0.1, "t")
     rec["passed"] = False  # contradicts mismatched = 0
@@ -203,7 +253,7 @@ def _run_verify(tmp_path: Path, name: str, *args: str) -> dict:
          "-q", "-p", "no:cacheprovider", f"--verify-report={out}", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=pytest_env())
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "comparisons written to" in proc.stdout
+    assert "step sweeps written to" in proc.stdout
     return _load(out)
 
 
@@ -219,6 +269,10 @@ def test_pytest_verify_writes_the_report_serial_and_with_xdist(tmp_path):
     assert len(spread["records"]) == len(records)
     key = sorted((r["test"], r["what"], r["worst_ratio"]) for r in records)
     assert sorted((r["test"], r["what"], r["worst_ratio"]) for r in spread["records"]) == key
+    # and every step sweep, from whichever worker ran it
+    assert serial["sweeps"] and all(s["kernel"] for s in serial["sweeps"])
+    assert sorted(s["test"] for s in spread["sweeps"]) == sorted(
+        s["test"] for s in serial["sweeps"])
 
 
 
