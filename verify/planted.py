@@ -42,13 +42,18 @@ BUGS = [
         "    scale = 1.0\n",
         4, "dW", "constant factor"),
     Bug("activation_of_layer3_in_layer2",
-        "            delta = dh * activation_grad(net.activation, zs[i - 1], hs[i])\n",
-        "            delta = dh * (activation_grad(net.activation, zs[i], hs[i + 1]) if i == 2\n"
-        "                          else activation_grad(net.activation, zs[i - 1], hs[i]))\n",
+        "            delta = _times_activation_grad_(net.activation, dh, hs[i])\n",
+        # the kernel has let layer 3's activation go by then: the bug recomputes it,
+        # h_3 = rho(h_2 W_3^T + b_3), and takes rho' from it in layer 2
+        "            delta = _times_activation_grad_(net.activation, dh, _ACTIVATE_[\n"
+        "                net.activation](hs[i] @ net.weights[i].t() + net.biases[i])\n"
+        "                if i == 2 else hs[i])\n",
         2, "dW", "activation of the wrong layer"),
     Bug("output_of_layer2_in_dW2",
         "        dws[i] = delta.t() @ hs[i]\n",
-        "        dws[i] = delta.t() @ (hs[i + 1] if i == 1 else hs[i])\n",
+        # layer 2's output h_2 = rho(h_1 W_2^T + b_2) where its input h_1 belongs
+        "        dws[i] = delta.t() @ (_ACTIVATE_[net.activation](\n"
+        "            hs[i] @ net.weights[i].t() + net.biases[i]) if i == 1 else hs[i])\n",
         2, "dW", "activation of the wrong layer"),
 ]
 BUG_IDS = [b.name for b in BUGS]
