@@ -16,17 +16,21 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels import mlp
 from kernels._checks import check_choice, check_same, check_tensor, shape_str
 from kernels.mlp import (
-    LOSSES,
     MLP,
     REDUCTIONS,
     activation_grad,
     check_input,
+    cross_entropy,
     forward_cache,
     loss_grad,
     loss_value,
 )
+
+# the residual losses of kernels.mlp, and softmax cross-entropy of the logits
+LOSSES = (*mlp.LOSSES, "cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,57 @@ def _check_target(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
     return y.reshape(-1, p)
 
 
+def _check_classes(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
+    """cross-entropy's target: class indices as (N,) int64, or probabilities as (N, C).
+
+    Indices: (N,) (or () for a single x) of an integer dtype, each in [0, C).
+    Probabilities: (N, C) (or (C,)) in x's dtype, >= 0, each row summing to 1.
+    """
+    c = net.sizes[-1]
+    single = x.dim() == 1
+    n = 1 if single else x.shape[0]
+    idx_shape, prob_shape = ((), (c,)) if single else ((n,), (n, c))
+    want = (f"class indices of shape {idx_shape} with an integer dtype, or probabilities of "
+            f"shape {prob_shape} in x's dtype")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y: for loss='cross_entropy' expected a torch.Tensor ({want}), got "
+                        f"{type(y).__name__}")
+    about = f"for x of shape {shape_str(x)} and a network with {c} outputs"
+    if y.dtype.is_floating_point:
+        check_same("y", y, "x", x)
+        if tuple(y.shape) != prob_shape:
+            raise ValueError(f"y: expected {want} {about}; got probabilities (dtype {y.dtype}) "
+                             f"of shape {shape_str(y)}")
+        y2 = y.reshape(n, c)
+        sums = y2.sum(1)
+        # a row of correctly rounded probabilities sums to 1 within ~C ulps
+        tol = 2 * c * torch.finfo(y.dtype).eps
+        # written so that a NaN or infinite entry (a NaN or infinite sum) fails it too
+        bad = (y2 < 0).any(1) | ~((sums - 1).abs() <= tol)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"y: probabilities must be finite, >= 0 and sum to 1 in each row (within "
+                f"{tol:.2g}); row {row} holds {y2[row].tolist()}, summing to {float(sums[row]):.9g}"
+            )
+        return y2
+    if y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y: expected {want}; got dtype {y.dtype}")
+    if y.device != x.device:
+        raise ValueError(f"y: on device {y.device}, but x on {x.device}; move the inputs to "
+                         "one device first")
+    if tuple(y.shape) != idx_shape:
+        raise ValueError(f"y: expected {want} {about}; got class indices (dtype {y.dtype}) of "
+                         f"shape {shape_str(y)}")
+    y2 = y.reshape(n).long()
+    bad = (y2 < 0) | (y2 >= c)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"y: class index {int(y2[i])} at position {i} is out of range for a "
+                         f"network with {c} outputs; expected 0 <= y < {c}")
+    return y2
+
+
 @torch.no_grad()
 def backprop(
     net: MLP,
@@ -80,24 +135,31 @@ def backprop(
 ) -> Gradients:
     """Loss J and dJ/d(every weight, bias, input) for x (N, in) or (in,).
 
-    ``loss``: "squared" (1/2 ||y_hat - y||^2 per sample) or "log_cosh"
-    (sum_j log cosh(y_hat_j - y_j) per sample); ``reduction``: "mean" (J is the mean
-    of per-sample losses over the batch, the default) or "sum".
+    ``loss``: "squared" (1/2 ||y_hat - y||^2 per sample), "log_cosh"
+    (sum_j log cosh(y_hat_j - y_j) per sample) or "cross_entropy" (softmax cross-entropy
+    of the logits y_hat (N, C); ``y`` class indices (N,) of an integer dtype or
+    probabilities (N, C)); ``reduction``: "mean" (J is the mean of per-sample losses over
+    the batch, the default) or "sum".
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a kernels.mlp.MLP, got {type(net).__name__}")
-    check_choice("loss", loss, list(LOSSES))
+    check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
     x = check_input(net, x)
-    y2 = _check_target(net, x, y)
+    classes = loss == "cross_entropy"
+    y2 = _check_classes(net, x, y) if classes else _check_target(net, x, y)
     single = x.dim() == 1
     x2 = x.unsqueeze(0) if single else x
 
     zs, hs = forward_cache(net, x2)
-    r = zs[-1] - y2
     scale = 1.0 / x2.shape[0] if reduction == "mean" else 1.0
-    value = loss_value(loss, r).sum() * scale
-    delta = loss_grad(loss, r) * scale  # dJ/dy_hat, (N, out)
+    if classes:
+        per_sample, dloss = cross_entropy(zs[-1], y2)  # dloss = softmax - target
+        value, delta = per_sample.sum() * scale, dloss * scale
+    else:
+        r = zs[-1] - y2
+        value = loss_value(loss, r).sum() * scale
+        delta = loss_grad(loss, r) * scale  # dJ/dy_hat, (N, out)
 
     dws: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     dbs: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
