@@ -4,8 +4,8 @@ No kernel calls torch.autograd or torch.func; references for them live in ``veri
 and ``bench/``.
 """
 
-from kernels import backprop, counting, finite_diff, jacobian, least_squares, mlp
+from kernels import backprop, constructions, counting, finite_diff, jacobian, least_squares, mlp
 
 __all__ = [
-    "backprop", "counting", "finite_diff", "jacobian", "least_squares", "mlp",
+    "backprop", "constructions", "counting", "finite_diff", "jacobian", "least_squares", "mlp",
 ]
