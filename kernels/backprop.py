@@ -171,3 +171,51 @@ def backprop(
             delta = dh * activation_grad(net.activation, zs[i - 1], hs[i])
     dx = dh.squeeze(0) if single else dh
     return Gradients(loss=value, weights=tuple(dws), biases=tuple(dbs), input=dx)
+
+
+STATISTICS = ("layer", "units", "mean_activation", "mean_abs_activation",
+              "activation_grad_norm", "weight_grad_norm")
+
+
+@torch.no_grad()
+def layer_statistics(
+    net: MLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str = "squared",
+    reduction: str = "mean",
+):
+    """A pandas DataFrame with one row per layer i = 1..L (input side first): ``layer``,
+    ``units`` (its width), ``mean_activation`` and ``mean_abs_activation`` (mean of h_i
+    and of |h_i| over the batch and the units), ``activation_grad_norm`` (Frobenius norm
+    of dJ/dh_i over the batch: what ``retain_grad`` on h_i shows) and ``weight_grad_norm``
+    (of dJ/dW_i). h_i = rho(z_i) for the hidden layers; h_L is the linear output y_hat.
+
+    dJ/dh_i is the input gradient of the rest of the network (layers i+1..L) at h_i, so
+    each one is a call of ``backprop`` on that sub-network (for h_L, on a single identity
+    layer): the kernel's own chain rule, for L(L+1)/2 layer-backward passes instead of L.
+    """
+    import pandas as pd
+
+    g = backprop(net, x, y, loss=loss, reduction=reduction)  # checks every argument
+    if x.dim() == 1:  # one sample: a batch of one (mean and sum reductions agree)
+        x, y = x.unsqueeze(0), y.unsqueeze(0)
+    zs, hs = forward_cache(net, x)
+    outs = [*hs[1:], zs[-1]]  # h_1 .. h_L
+    rows = []
+    for i, h in enumerate(outs):
+        if i < net.depth - 1:
+            rest = MLP(weights=net.weights[i + 1:], biases=net.biases[i + 1:],
+                       activation=net.activation)
+        else:
+            c = h.shape[1]
+            rest = MLP(weights=[torch.eye(c, dtype=h.dtype, device=h.device)])
+        dh = backprop(rest, h, y, loss=loss, reduction=reduction).input
+        # summed in float64: squares of gradients near 1e-20 underflow float32
+        h, dh, dw = h.double(), dh.double(), g.weights[i].double()
+        rows.append({"layer": i + 1, "units": h.shape[1],
+                     "mean_activation": float(h.mean()),
+                     "mean_abs_activation": float(h.abs().mean()),
+                     "activation_grad_norm": float(dh.norm()),
+                     "weight_grad_norm": float(dw.norm())})
+    return pd.DataFrame(rows, columns=list(STATISTICS))
