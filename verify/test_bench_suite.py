@@ -271,3 +271,19 @@ def test_the_gpu_grid_is_gpu_sized_and_only_that():
     out, last = _bench_outcomes("--device=cpu", "-k", "16384 or 65536 or N4096 or bfloat16")
     assert " passed" not in last and "skipped" in last, last
     assert "gpu grid only (--bench-grid=gpu)" in out
+
+
+def test_cross_entropy_is_timed_in_the_log_cosh_groups(tiny_run):
+    """Each cross-entropy benchmark shares its group with the log-cosh ones of its shape,
+    and is measured against its own torch reference there."""
+    groups: dict[str, set] = {}
+    for b in tiny_run["benchmarks"]:
+        if b["extra_info"]["kernel"] == "backprop":
+            groups.setdefault(b["group"], set()).add(b["extra_info"]["method"])
+    ce = {g: m for g, m in groups.items() if "manual_cross_entropy" in m}
+    assert len(ce) >= 3, groups
+    for group, methods in ce.items():
+        assert {"manual", "torch_autograd", "torch_autograd_cross_entropy"} <= methods, group
+    info = next(b["extra_info"] for b in tiny_run["benchmarks"]
+                if b["extra_info"]["method"] == "manual_cross_entropy")
+    assert info["reference"] == "torch_autograd_cross_entropy" and info["P"] == 10
