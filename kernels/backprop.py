@@ -103,9 +103,11 @@ def _check_classes(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
         bad = (y2 < 0).any(1) | ~((sums - 1).abs() <= tol)
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
+            held = ", ".join(f"{v:.6g}" for v in y2[row, :8].tolist()) + (", ..." if c > 8
+                                                                         else "")
             raise ValueError(
                 f"y: probabilities must be finite, >= 0 and sum to 1 in each row (within "
-                f"{tol:.2g}); row {row} holds {y2[row].tolist()}, summing to {float(sums[row]):.9g}"
+                f"{tol:.2g}); row {row} holds [{held}], summing to {float(sums[row]):.9g}"
             )
         return y2
     if y.dtype.is_complex or y.dtype == torch.bool:
