@@ -136,3 +136,11 @@ def test_the_table_is_autograds_retain_grad_on_the_courses_network(study) -> Non
             assert_close(torch.tensor(got[name].to_numpy()), e, kernel="init-study",
                          reference="autograd retain_grad (float64)", what=f"{init} {name}",
                          tol=Tol(rtol=1e-4, atol=1e-6))
+
+
+def test_the_seed_option_reaches_the_study(study, tmp_path: Path) -> None:
+    _, _, df0 = study
+    assert main(["init-study", "--out", str(tmp_path), "--seed", "1"]) == 0
+    df1 = pd.read_csv(tmp_path / "init_study.csv", dtype={"init": str})
+    assert "seed 1." in (tmp_path / "init_study.md").read_text()
+    assert not (df1["activation_grad_norm"] == df0["activation_grad_norm"]).any()
