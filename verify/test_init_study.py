@@ -143,4 +143,8 @@ def test_the_seed_option_reaches_the_study(study, tmp_path: Path) -> None:
     assert main(["init-study", "--out", str(tmp_path), "--seed", "1"]) == 0
     df1 = pd.read_csv(tmp_path / "init_study.csv", dtype={"init": str})
     assert "seed 1." in (tmp_path / "init_study.md").read_text()
-    assert not (df1["activation_grad_norm"] == df0["activation_grad_norm"]).any()
+    # another batch and other weights: every layer-1 statistic moves (the output layer's
+    # gradient need not: at d = 0.01 the logits are ~1e-11, so softmax is 0.1 either way)
+    first0, first1 = df0[df0["layer"] == 1], df1[df1["layer"] == 1]
+    for column in COLUMNS[3:]:
+        assert (first0[column].to_numpy() != first1[column].to_numpy()).all(), column
