@@ -1,4 +1,6 @@
-"""Manual backprop timed beside torch.autograd.grad on the same network and batch."""
+"""Manual backprop timed beside torch.autograd.grad on the same network and batch: the
+regression loss (log-cosh, one output) and softmax cross-entropy (10 classes, class
+indices), in the same groups."""
 
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (64, 256, 1024) for N in (32,
 # largest, L=10 K=4096 N=16384, holds ~5 GB of activations per method
 GPU = [(3, 1024, 4096), (3, 4096, 16384), (10, 4096, 16384), (3, 8192, 16384)]
 D, P = 13, 1
+CLASSES = 10  # cross-entropy's outputs (P of its records)
+# cross-entropy in the quick grid at the narrow width only, so the default grid grows by a
+# quarter, not double; every other CPU shape in the full grid, and the gpu grid in float32
+CE_QUICK = [(L, K, N) for L, K, N in QUICK if K == 64]
 
 
 def grid_params():
@@ -57,6 +63,10 @@ REFERENCE = {  # method: what it is measured against (a reference names itself)
     "torch_func_grad_compiled": "torch_func_grad_compiled",
     "manual_captured": "torch_func_grad_compiled",
 }
+# softmax cross-entropy: its own method names in the same groups (a method is one loss)
+CE_OWNERS = {"manual_cross_entropy": "handgrad", "torch_autograd_cross_entropy": "torch"}
+CE_REFERENCE = {"manual_cross_entropy": "torch_autograd_cross_entropy",
+                "torch_autograd_cross_entropy": "torch_autograd_cross_entropy"}
 # compiled method: the eager callable of make_calls it compiles (bench.compiled)
 COMPILED_FROM = {"manual_compiled": "manual", "torch_func_grad_compiled": "torch_func_grad"}
 # captured method (kernels.capture, CUDA only, every grid): the eager method it replays,
@@ -71,31 +81,38 @@ def method_params():
             for m in OWNERS]
 
 
-def make_calls(L: int, K: int, n: int, dtype: torch.dtype, device: str) -> tuple[dict, list]:
+def make_calls(L: int, K: int, n: int, dtype: torch.dtype, device: str,
+               loss: str = "log_cosh") -> tuple[dict, list]:
     """The eager callables of one shape, by name (``manual``, ``torch_autograd``,
     ``torch_func_grad``: torch.func.grad of the loss w.r.t. every weight, bias and x), and
-    the layer sizes. ``verify/test_compiled.py`` builds its callables here too."""
-    sizes = [D] + [K] * (L - 1) + [P]
+    the layer sizes. ``loss``: "log_cosh" (P = 1 output, y (n, 1)) or "cross_entropy"
+    (CLASSES outputs, y class indices (n,)). ``verify/test_compiled.py`` builds its
+    callables here too."""
+    p = CLASSES if loss == "cross_entropy" else P
+    sizes = [D] + [K] * (L - 1) + [p]
     g = torch.Generator().manual_seed(0)
     net = mlp.init_mlp(sizes, "tanh", generator=g, dtype=dtype, device=device)
     x = torch.randn(n, D, generator=g).to(device, dtype)
-    y = torch.randn(n, P, generator=g).to(device, dtype)
+    if loss == "cross_entropy":
+        y = torch.randint(0, p, (n,), generator=g).to(device)
+    else:
+        y = torch.randn(n, p, generator=g).to(device, dtype)
 
     ws = [w.clone().requires_grad_() for w in net.weights]
     bs = [b.clone().requires_grad_() for b in net.biases]
     xx = x.clone().requires_grad_()
 
     def autograd():
-        J = torch_loss(ws, bs, xx, y, activation="tanh", loss="log_cosh")
+        J = torch_loss(ws, bs, xx, y, activation="tanh", loss=loss)
         return torch.autograd.grad(J, ws + bs + [xx])
 
-    def loss(ws_, bs_, x_):
-        return torch_loss(ws_, bs_, x_, y, activation="tanh", loss="log_cosh")
+    def objective(ws_, bs_, x_):
+        return torch_loss(ws_, bs_, x_, y, activation="tanh", loss=loss)
 
-    grad = torch.func.grad(loss, argnums=(0, 1, 2))
+    grad = torch.func.grad(objective, argnums=(0, 1, 2))
     wd, bd = list(net.weights), list(net.biases)
 
-    calls = {"manual": lambda: bp.backprop(net, x, y, loss="log_cosh"),
+    calls = {"manual": lambda: bp.backprop(net, x, y, loss=loss),
              "torch_autograd": autograd,
              "torch_func_grad": lambda: grad(wd, bd, x)}
     return calls, sizes
@@ -145,4 +162,35 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
         flops=backprop_flops(sizes, n),
         bytes=backprop_bytes(sizes, n, torch.finfo(dtype).bits // 8),
         L=L, D=D, K=K, P=P, N=n, device=device, dtype=dtype, **compiled,
+    )
+
+
+def ce_grid_params():
+    """cross-entropy's shapes: CE_QUICK in the quick grid, the other CPU shapes in the full
+    grid, the gpu grid's shapes in float32."""
+    cpu = [pytest.param(L, K, N, torch.float32, id=f"L{L}-K{K}-N{N}",
+                        marks=[] if (L, K, N) in CE_QUICK else [pytest.mark.full])
+           for L, K, N in sorted(set(QUICK) | set(FULL))]
+    gpu = [pytest.param(L, K, N, torch.float32, id=f"L{L}-K{K}-N{N}-float32",
+                        marks=[pytest.mark.gpu_grid]) for L, K, N in GPU]
+    return cpu + gpu
+
+
+@pytest.mark.parametrize("method", list(CE_OWNERS))
+@pytest.mark.parametrize("L,K,n,dtype", ce_grid_params())
+def test_backprop_cross_entropy(measure, method: str, L: int, K: int, n: int,
+                                dtype: torch.dtype, device: str) -> None:
+    """Softmax cross-entropy (CLASSES logits, class indices) in the same groups as the
+    log-cosh benchmarks: manual backprop against torch.autograd.grad of F.cross_entropy."""
+    calls, sizes = make_calls(L, K, n, dtype, device, loss="cross_entropy")
+    base = method.removesuffix("_cross_entropy")
+    reference = CE_REFERENCE[method]
+    measure(
+        calls[base],
+        reference_fn=None if reference == method else calls["torch_autograd"],
+        group=f"backprop L={L} K={K} N={n} {device}",
+        kernel="backprop", method=method, reference=reference, owner=CE_OWNERS[method],
+        flops=backprop_flops(sizes, n),
+        bytes=backprop_bytes(sizes, n, torch.finfo(dtype).bits // 8),
+        L=L, D=D, K=K, P=CLASSES, N=n, device=device, dtype=dtype,
     )

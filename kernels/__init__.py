@@ -6,6 +6,7 @@ and ``bench/``.
 
 from kernels import (
     backprop,
+    constructions,
     counting,
     counting_backward,
     finite_diff,
@@ -15,6 +16,6 @@ from kernels import (
 )
 
 __all__ = [
-    "backprop", "counting", "counting_backward", "finite_diff", "jacobian", "least_squares",
-    "mlp",
+    "backprop", "constructions", "counting", "counting_backward", "finite_diff", "jacobian",
+    "least_squares", "mlp",
 ]

@@ -22,15 +22,20 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels import mlp
 from kernels._checks import check_choice, check_same, check_tensor, shape_str
 from kernels.mlp import (
-    LOSSES,
     MLP,
     REDUCTIONS,
     check_input,
+    cross_entropy,
+    forward_cache,
     loss_grad,
     loss_value,
 )
+
+# the residual losses of kernels.mlp, and softmax cross-entropy of the logits
+LOSSES = (*mlp.LOSSES, "cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,59 @@ def _times_activation_grad_(name: str, dh: torch.Tensor, a: torch.Tensor) -> tor
     return dh
 
 
+def _check_classes(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
+    """cross-entropy's target: class indices as (N,) int64, or probabilities as (N, C).
+
+    Indices: (N,) (or () for a single x) of an integer dtype, each in [0, C).
+    Probabilities: (N, C) (or (C,)) in x's dtype, >= 0, each row summing to 1.
+    """
+    c = net.sizes[-1]
+    single = x.dim() == 1
+    n = 1 if single else x.shape[0]
+    idx_shape, prob_shape = ((), (c,)) if single else ((n,), (n, c))
+    want = (f"class indices of shape {idx_shape} with an integer dtype, or probabilities of "
+            f"shape {prob_shape} in x's dtype")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y: for loss='cross_entropy' expected a torch.Tensor ({want}), got "
+                        f"{type(y).__name__}")
+    about = f"for x of shape {shape_str(x)} and a network with {c} outputs"
+    if y.dtype.is_floating_point:
+        check_same("y", y, "x", x)
+        if tuple(y.shape) != prob_shape:
+            raise ValueError(f"y: expected {want} {about}; got probabilities (dtype {y.dtype}) "
+                             f"of shape {shape_str(y)}")
+        y2 = y.reshape(n, c)
+        sums = y2.sum(1)
+        # a row of correctly rounded probabilities sums to 1 within ~C ulps
+        tol = 2 * c * torch.finfo(y.dtype).eps
+        # written so that a NaN or infinite entry (a NaN or infinite sum) fails it too
+        bad = (y2 < 0).any(1) | ~((sums - 1).abs() <= tol)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            held = ", ".join(f"{v:.6g}" for v in y2[row, :8].tolist()) + (", ..." if c > 8
+                                                                         else "")
+            raise ValueError(
+                f"y: probabilities must be finite, >= 0 and sum to 1 in each row (within "
+                f"{tol:.2g}); row {row} holds [{held}], summing to {float(sums[row]):.9g}"
+            )
+        return y2
+    if y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y: expected {want}; got dtype {y.dtype}")
+    if y.device != x.device:
+        raise ValueError(f"y: on device {y.device}, but x on {x.device}; move the inputs to "
+                         "one device first")
+    if tuple(y.shape) != idx_shape:
+        raise ValueError(f"y: expected {want} {about}; got class indices (dtype {y.dtype}) of "
+                         f"shape {shape_str(y)}")
+    y2 = y.reshape(n).long()
+    bad = (y2 < 0) | (y2 >= c)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"y: class index {int(y2[i])} at position {i} is out of range for a "
+                         f"network with {c} outputs; expected 0 <= y < {c}")
+    return y2
+
+
 @torch.no_grad()
 def backprop(
     net: MLP,
@@ -121,25 +179,33 @@ def backprop(
 ) -> Gradients:
     """Loss J and dJ/d(every weight, bias, input) for x (N, in) or (in,).
 
-    ``loss``: "squared" (1/2 ||y_hat - y||^2 per sample) or "log_cosh"
-    (sum_j log cosh(y_hat_j - y_j) per sample); ``reduction``: "mean" (J is the mean
-    of per-sample losses over the batch, the default) or "sum".
+    ``loss``: "squared" (1/2 ||y_hat - y||^2 per sample), "log_cosh"
+    (sum_j log cosh(y_hat_j - y_j) per sample) or "cross_entropy" (softmax cross-entropy
+    of the logits y_hat (N, C); ``y`` class indices (N,) of an integer dtype or
+    probabilities (N, C)); ``reduction``: "mean" (J is the mean of per-sample losses over
+    the batch, the default) or "sum".
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a kernels.mlp.MLP, got {type(net).__name__}")
-    check_choice("loss", loss, list(LOSSES))
+    check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
     x = check_input(net, x)
-    y2 = _check_target(net, x, y)
+    classes = loss == "cross_entropy"
+    y2 = _check_classes(net, x, y) if classes else _check_target(net, x, y)
     single = x.dim() == 1
     x2 = x.unsqueeze(0) if single else x
 
     hs, out = _lean_forward(net, x2)
-    r = out.sub_(y2)  # the residual, in the output's own buffer
     scale = 1.0 / x2.shape[0] if reduction == "mean" else 1.0
-    value = loss_value(loss, r).sum() * scale
-    delta = loss_grad(loss, r).mul_(scale)  # dJ/dy_hat, (N, out)
-    del r, out
+    if classes:
+        per_sample, dloss = cross_entropy(out, y2)  # dloss = softmax - target
+        value, delta = per_sample.sum() * scale, dloss.mul_(scale)
+        del out
+    else:
+        r = out.sub_(y2)  # the residual, in the output's own buffer
+        value = loss_value(loss, r).sum() * scale
+        delta = loss_grad(loss, r).mul_(scale)  # dJ/dy_hat, (N, out)
+        del r, out
 
     dws: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     dbs: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
@@ -154,3 +220,51 @@ def backprop(
             hs[i] = None  # type: ignore[call-overload]
     dx = dh.squeeze(0) if single else dh
     return Gradients(loss=value, weights=tuple(dws), biases=tuple(dbs), input=dx)
+
+
+STATISTICS = ("layer", "units", "mean_activation", "mean_abs_activation",
+              "activation_grad_norm", "weight_grad_norm")
+
+
+@torch.no_grad()
+def layer_statistics(
+    net: MLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str = "squared",
+    reduction: str = "mean",
+):
+    """A pandas DataFrame with one row per layer i = 1..L (input side first): ``layer``,
+    ``units`` (its width), ``mean_activation`` and ``mean_abs_activation`` (mean of h_i
+    and of |h_i| over the batch and the units), ``activation_grad_norm`` (Frobenius norm
+    of dJ/dh_i over the batch: what ``retain_grad`` on h_i shows) and ``weight_grad_norm``
+    (of dJ/dW_i). h_i = rho(z_i) for the hidden layers; h_L is the linear output y_hat.
+
+    dJ/dh_i is the input gradient of the rest of the network (layers i+1..L) at h_i, so
+    each one is a call of ``backprop`` on that sub-network (for h_L, on a single identity
+    layer): the kernel's own chain rule, for L(L+1)/2 layer-backward passes instead of L.
+    """
+    import pandas as pd
+
+    g = backprop(net, x, y, loss=loss, reduction=reduction)  # checks every argument
+    if x.dim() == 1:  # one sample: a batch of one (mean and sum reductions agree)
+        x, y = x.unsqueeze(0), y.unsqueeze(0)
+    zs, hs = forward_cache(net, x)
+    outs = [*hs[1:], zs[-1]]  # h_1 .. h_L
+    rows = []
+    for i, h in enumerate(outs):
+        if i < net.depth - 1:
+            rest = MLP(weights=net.weights[i + 1:], biases=net.biases[i + 1:],
+                       activation=net.activation)
+        else:
+            c = h.shape[1]
+            rest = MLP(weights=[torch.eye(c, dtype=h.dtype, device=h.device)])
+        dh = backprop(rest, h, y, loss=loss, reduction=reduction).input
+        # summed in float64: squares of gradients near 1e-20 underflow float32
+        h, dh, dw = h.double(), dh.double(), g.weights[i].double()
+        rows.append({"layer": i + 1, "units": h.shape[1],
+                     "mean_activation": float(h.mean()),
+                     "mean_abs_activation": float(h.abs().mean()),
+                     "activation_grad_norm": float(dh.norm()),
+                     "weight_grad_norm": float(dw.norm())})
+    return pd.DataFrame(rows, columns=list(STATISTICS))

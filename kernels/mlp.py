@@ -46,7 +46,8 @@ def activation_grad(name: str, z: torch.Tensor, a: torch.Tensor | None = None) -
 
 
 # --- losses -----------------------------------------------------------------------
-# per-sample losses of the residual r = y_hat - y, summed over output components
+# per-sample losses of the residual r = y_hat - y, summed over output components (LOSSES);
+# softmax cross-entropy, a loss of the logits and class targets, is ``cross_entropy``
 
 
 def log_cosh(r: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,34 @@ def log_cosh(r: torch.Tensor) -> torch.Tensor:
     """
     a = r.abs()
     return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
+
+
+def log_softmax(z: torch.Tensor) -> torch.Tensor:
+    """log softmax(z) over the last axis, finite for every finite z.
+
+    exp(z) overflows float32 once z > ~88. With m the row's maximum,
+    log softmax(z)_c = (z_c - m) - log sum_j exp(z_j - m): every exponent is <= 0 and the
+    sum is >= 1 (the maximum contributes exp(0)), so neither exp nor log can overflow or
+    see 0; logits of +-1e4 give exact results in float32.
+    """
+    s = z - z.amax(dim=-1, keepdim=True)
+    return s - torch.log(torch.exp(s).sum(dim=-1, keepdim=True))
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) per-sample softmax cross-entropy of logits (N, C), and its gradient (N, C).
+
+    ``target``: class indices (N,) of dtype int64, or probabilities (N, C) whose rows sum
+    to 1. J_n = -sum_c t_nc log softmax(z_n)_c and, since sum_c t_nc = 1,
+    dJ_n/dz_n = softmax(z_n) - t_n (a one-hot t_n for an index).
+    """
+    logp = log_softmax(logits)
+    p = torch.exp(logp)
+    if target.dtype.is_floating_point:
+        return -(target * logp).sum(1), p - target
+    idx = target.unsqueeze(1)
+    minus_one = torch.full_like(idx, -1, dtype=p.dtype)
+    return -logp.gather(1, idx).squeeze(1), p.scatter_add(1, idx, minus_one)
 
 
 LOSSES: dict[str, tuple[Callable, Callable]] = {

@@ -3,10 +3,12 @@
     python -m reports render BENCH.json [MORE.json ...] [VERIFY.json] --out DIR
     python -m reports gate --baseline BASE.json --current NEW.json [--threshold 10%]
         [--benchmark-threshold 20%] [--confidence 0.95] [--summary FILE]
+    python -m reports init-study --out DIR [--seed 0]
 
-Exit codes: render 0 done; gate 0 no regression, 1 regression. Both: 2 for any unusable
-input or option (missing, a folder, corrupt, not handgrad's benchmark output, nothing in
-common, out of range, an output path that cannot be written), with one line on stderr.
+Exit codes: render and init-study 0 done; gate 0 no regression, 1 regression. All: 2 for
+any unusable input or option (missing, a folder, corrupt, not handgrad's benchmark output,
+nothing in common, out of range, an output path that cannot be written), with one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="interval level, between 0 and 1 (default 0.95)")
     g.add_argument("--summary", help="also append the markdown summary to this file "
                    "(default: $GITHUB_STEP_SUMMARY when set)")
+    s = sub.add_parser("init-study", help="the course's initialisation study: activations "
+                       "and gradient norms per layer of a depth-8 tanh MLP for U(-d, d) "
+                       "and Xavier weights (figures, CSV, markdown)")
+    s.add_argument("--out", required=True, help="folder to write the study into")
+    s.add_argument("--seed", type=int, default=0, help="seed of the batch and the weights "
+                   "(default 0)")
     return parser
 
 
@@ -71,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             from reports.render import render
 
             render(args.files, check_output_dir(args.out))
+            return 0
+        if args.command == "init-study":
+            from reports.init_study import write_study
+
+            write_study(check_output_dir(args.out), seed=args.seed)
             return 0
         from reports.gate import gate, parse_threshold
 

@@ -23,7 +23,8 @@ def torch_loss(
 ) -> torch.Tensor:
     """The loss J written the obvious way: F.linear layers and the textbook loss formulas.
 
-    log-cosh uses the naive log(cosh(r)): fine as a float64 reference for |r| < 700.
+    log-cosh uses the naive log(cosh(r)): fine as a float64 reference for |r| < 700;
+    cross-entropy is torch.nn.functional.cross_entropy of the logits.
     """
     single = x.dim() == 1
     h = x.unsqueeze(0) if single else x
@@ -31,6 +32,9 @@ def torch_loss(
         h = F.linear(h, w, b)
         if i < len(weights) - 1:
             h = TORCH_ACTIVATIONS[activation](h)
+    if loss == "cross_entropy":  # y: class indices of any integer dtype, or probabilities
+        t = y.reshape(h.shape) if y.dtype.is_floating_point else y.reshape(-1).long()
+        return F.cross_entropy(h, t, reduction=reduction)
     r = h - y.reshape(h.shape)
     per_sample = (0.5 * r**2).sum(1) if loss == "squared" else torch.log(torch.cosh(r)).sum(1)
     return per_sample.mean() if reduction == "mean" else per_sample.sum()

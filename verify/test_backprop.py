@@ -29,6 +29,8 @@ class Case:
     n: int | None  # batch size; None = a single unbatched sample
     reduction: str = "mean"
     init: str | float = "xavier"
+    # cross-entropy's y: "indices" (int64 class labels) or "probs" (rows of a softmax)
+    target: str = "indices"
 
 
 CASES = [
@@ -43,6 +45,14 @@ CASES = [
     Case("relu_multi_output", (6, 8, 8, 8, 3), "relu", "squared", 7),
     Case("identity_linear_logcosh", (5, 4, 2), "identity", "log_cosh", 3, "sum"),
     Case("single_layer_regression", (3, 2), "tanh", "squared", 4),
+    # course: classification networks trained with softmax cross-entropy
+    Case("classifier_tanh_cross_entropy_indices", (20, 16, 10), "tanh", "cross_entropy", 12),
+    Case("classifier_relu_cross_entropy_probs_sum", (6, 8, 8, 4), "relu", "cross_entropy", 5,
+         "sum", target="probs"),
+    Case("classifier_sigmoid_cross_entropy_single", (5, 7, 3), "sigmoid", "cross_entropy",
+         None),
+    # course: softmax regression from scratch, one linear layer
+    Case("softmax_regression_probs", (8, 4), "identity", "cross_entropy", 6, target="probs"),
 ]
 CASE_IDS = [c.name for c in CASES]
 
@@ -54,8 +64,14 @@ def make_problem(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
     shape_x = (d,) if case.n is None else (case.n, d)
     shape_y = (p,) if case.n is None else (case.n, p)
     x = torch.randn(shape_x, generator=g, dtype=torch.float64)
-    y = torch.randn(shape_y, generator=g, dtype=torch.float64)
-    return net.to(dtype=dtype, device=device), x.to(device, dtype), y.to(device, dtype)
+    if case.loss == "cross_entropy" and case.target == "indices":
+        y = torch.randint(0, p, shape_y[:-1], generator=g).to(device)
+    else:
+        y = torch.randn(shape_y, generator=g, dtype=torch.float64)
+        if case.loss == "cross_entropy":  # probabilities: rows of a softmax, in float64
+            y = torch.softmax(2 * y, dim=-1)
+        y = y.to(device, dtype)
+    return net.to(dtype=dtype, device=device), x.to(device, dtype), y
 
 
 def check_all(g: bp.Gradients, ref, *, reference: str, tol=None, problem=None) -> None:
@@ -159,7 +175,8 @@ def test_every_dtype_against_float64_autograd(case: Case, dtype: torch.dtype, de
     for t in (g.loss, g.input, *g.weights, *g.biases):
         assert t.dtype == dtype and t.device.type == device
     # the reference sees the same rounded inputs, computed exactly (float64)
-    ref = autograd_grads(net.to(torch.float64), x.double(), y.double(), loss=case.loss,
+    yy = y.double() if y.dtype.is_floating_point else y  # class indices stay integers
+    ref = autograd_grads(net.to(torch.float64), x.double(), yy, loss=case.loss,
                          reduction=case.reduction)
     value, dws, dbs, dx = ref
     kw = dict(kernel="backprop", reference="torch.autograd.grad (float64)", check_dtype=False)
@@ -182,13 +199,15 @@ def _cpu_half_matmul() -> bool:
 @given(
     sizes=st.lists(st.integers(1, 7), min_size=2, max_size=6).map(tuple),
     activation=st.sampled_from(sorted(mlp.ACTIVATIONS)),
-    loss=st.sampled_from(sorted(mlp.LOSSES)),
+    loss=st.sampled_from(sorted(bp.LOSSES)),
     reduction=st.sampled_from(mlp.REDUCTIONS),
     n=st.one_of(st.none(), st.integers(1, 6)),
+    target=st.sampled_from(["indices", "probs"]),
     seed=st.integers(0, 2**16),
 )
-def test_random_networks_against_autograd(sizes, activation, loss, reduction, n, seed) -> None:
-    case = Case("random", sizes, activation, loss, n, reduction, init=1.0)
+def test_random_networks_against_autograd(sizes, activation, loss, reduction, n, target,
+                                          seed) -> None:
+    case = Case("random", sizes, activation, loss, n, reduction, init=1.0, target=target)
     net, x, y = make_problem(case, torch.float64, "cpu", seed=seed)
     g = bp.backprop(net, x, y, loss=loss, reduction=reduction)
     check_all(g, autograd_grads(net, x, y, loss=loss, reduction=reduction),
@@ -341,7 +360,7 @@ BAD_CALLS = [
     ("y wrong outputs", lambda: bp.backprop(_net(), torch.ones(5, 3), torch.ones(5)),
      ValueError, r"y: expected shape \(5, 2\).*got \(5,\)"),
     ("unknown loss", lambda: bp.backprop(_net(), torch.ones(5, 3), torch.ones(5, 2), loss="l1"),
-     ValueError, r"loss: expected one of \['squared', 'log_cosh'\], got 'l1'"),
+     ValueError, r"loss: expected one of \['squared', 'log_cosh', 'cross_entropy'\], got 'l1'"),
     ("unknown reduction",
      lambda: bp.backprop(_net(), torch.ones(5, 3), torch.ones(5, 2), reduction="max"),
      ValueError, r"reduction: expected one of"),

@@ -361,3 +361,19 @@ def test_the_gpu_grid_times_the_loops_at_small_k_and_the_closed_form_at_large_k(
 
 class _Reached(Exception):
     pass
+
+
+def test_cross_entropy_is_timed_in_the_log_cosh_groups(tiny_run):
+    """Each cross-entropy benchmark shares its group with the log-cosh ones of its shape,
+    and is measured against its own torch reference there."""
+    groups: dict[str, set] = {}
+    for b in tiny_run["benchmarks"]:
+        if b["extra_info"]["kernel"] == "backprop":
+            groups.setdefault(b["group"], set()).add(b["extra_info"]["method"])
+    ce = {g: m for g, m in groups.items() if "manual_cross_entropy" in m}
+    assert len(ce) >= 3, groups
+    for group, methods in ce.items():
+        assert {"manual", "torch_autograd", "torch_autograd_cross_entropy"} <= methods, group
+    info = next(b["extra_info"] for b in tiny_run["benchmarks"]
+                if b["extra_info"]["method"] == "manual_cross_entropy")
+    assert info["reference"] == "torch_autograd_cross_entropy" and info["P"] == 10

@@ -90,8 +90,10 @@ def test_compiled_jacobian_returns_the_eager_jacobian(method, N):
                  reference=bj.method_name(eager, N > 1), kind="grad")
 
 
-def test_gradients_flattens_every_method_alike():
-    calls, _ = bb.make_calls(2, 4, 3, torch.float64, "cpu")
+@pytest.mark.parametrize("loss", ["log_cosh", "cross_entropy"])
+def test_gradients_flattens_every_method_alike(loss):
+    calls, sizes = bb.make_calls(2, 4, 3, torch.float64, "cpu", loss=loss)
+    assert sizes[-1] == (bb.CLASSES if loss == "cross_entropy" else bb.P)
     flat = {m: bb.gradients(calls[m]()) for m in ("manual", "torch_autograd",
                                                   "torch_func_grad")}
     for m, grads in flat.items():
