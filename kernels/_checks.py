@@ -7,6 +7,14 @@ from collections.abc import Sequence
 import torch
 
 
+def in_graph() -> bool:
+    """Inside torch.compile's trace or a CUDA graph capture: no value can be read back to
+    the host there, so the checks that read values are not made (the kernels say which)."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def shape_str(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "") + ")"
 

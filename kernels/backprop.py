@@ -23,12 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from kernels import mlp
-from kernels._checks import check_choice, check_same, check_tensor, shape_str
+from kernels._checks import check_choice, check_same, check_tensor, in_graph, shape_str
 from kernels.mlp import (
     MLP,
     REDUCTIONS,
     check_input,
-    cross_entropy,
     forward_cache,
     loss_grad,
     loss_value,
@@ -143,7 +142,7 @@ def _check_classes(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
         tol = 2 * c * torch.finfo(y.dtype).eps
         # written so that a NaN or infinite entry (a NaN or infinite sum) fails it too
         bad = (y2 < 0).any(1) | ~((sums - 1).abs() <= tol)
-        if bool(bad.any()):
+        if not in_graph() and bool(bad.any()):  # a value check: not inside a graph
             row = int(bad.nonzero()[0, 0])
             held = ", ".join(f"{v:.6g}" for v in y2[row, :8].tolist()) + (", ..." if c > 8
                                                                          else "")
@@ -162,11 +161,25 @@ def _check_classes(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
                          f"shape {shape_str(y)}")
     y2 = y.reshape(n).long()
     bad = (y2 < 0) | (y2 >= c)
-    if bool(bad.any()):
+    if not in_graph() and bool(bad.any()):  # a value check: not inside a graph
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"y: class index {int(y2[i])} at position {i} is out of range for a "
                          f"network with {c} outputs; expected 0 <= y < {c}")
     return y2
+
+
+def _cross_entropy_(z: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.mlp.cross_entropy`` written into the logits' own buffer (the kernel owns
+    it): log softmax in place (z - max first, exact, then minus log sum exp), the loss
+    read from it, then softmax - target in place. One (N, C) temporary, inside the sum."""
+    z.sub_(z.amax(1, keepdim=True))
+    z.sub_(z.exp().sum(1, keepdim=True).log_())  # log softmax(z)
+    if target.dtype.is_floating_point:
+        loss = -(target.unsqueeze(1) @ z.unsqueeze(2)).reshape(-1)  # no (N, C) product
+        return loss, z.exp_().sub_(target)
+    idx = target.unsqueeze(1)
+    loss = -z.gather(1, idx).squeeze(1)
+    return loss, z.exp_().scatter_add_(1, idx, torch.full_like(idx, -1, dtype=z.dtype))
 
 
 @torch.no_grad()
@@ -198,9 +211,9 @@ def backprop(
     hs, out = _lean_forward(net, x2)
     scale = 1.0 / x2.shape[0] if reduction == "mean" else 1.0
     if classes:
-        per_sample, dloss = cross_entropy(out, y2)  # dloss = softmax - target
+        per_sample, dloss = _cross_entropy_(out, y2)  # dloss = softmax - target
         value, delta = per_sample.sum() * scale, dloss.mul_(scale)
-        del out
+        del out, dloss, per_sample  # delta is the only name left on the (N, C) buffer
     else:
         r = out.sub_(y2)  # the residual, in the output's own buffer
         value = loss_value(loss, r).sum() * scale

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import check_same, check_tensor, shape_str
+from kernels._checks import check_same, check_tensor, in_graph, shape_str
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -136,12 +136,10 @@ def _one_k(k, what: str) -> int:
 
 
 def _in_graph() -> bool:
-    """Inside torch.compile's trace or a CUDA graph capture: no value can be read to the
-    host there, so the checks that read values (divergence warnings, the overflow error,
-    the Gram path's condition number) are not made. The result still carries any inf."""
-    if torch.compiler.is_compiling():
-        return True
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    """``kernels._checks.in_graph``: inside a graph the checks that read values (finite
+    inputs, divergence warnings, the overflow error, the Gram path's condition number) are
+    not made. The result still carries any inf."""
+    return in_graph()
 
 
 # --- the spectrum ---------------------------------------------------------------------

@@ -39,8 +39,14 @@ def _cases() -> dict:
     alpha = 0.5 / float(torch.linalg.eigvalsh(X.t() @ X).max())
     cases = {f"backprop-{a}-{loss}": (lambda n=n, loss=loss: bp.backprop(n, x, y, loss=loss))
              for a, n in nets.items() for loss in ("squared", "log_cosh")}
+    labels = torch.tensor([0, 1, 1, 0])
+    probs = torch.softmax(torch.randn(4, 2, generator=g), dim=1)
     cases |= {
         "backprop-single-x": lambda: bp.backprop(nets["tanh"], x[0], y[0]),
+        "backprop-cross_entropy-indices": lambda: bp.backprop(nets["relu"], x, labels,
+                                                              loss="cross_entropy"),
+        "backprop-cross_entropy-probabilities": lambda: bp.backprop(
+            nets["sigmoid"], x, probs, loss="cross_entropy"),
         "jacobian_forward": lambda: jm.jacobian_forward(ws, xj),
         "jacobian_reverse": lambda: jm.jacobian_reverse(ws, xj),
         "jacobian_forward-single-x": lambda: jm.jacobian_forward(ws, x1),

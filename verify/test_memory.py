@@ -49,7 +49,8 @@ def _backprop_calls(sizes, n, activation, loss, dtype):
     g = torch.Generator().manual_seed(0)
     net = mlp.init_mlp(sizes, activation, generator=g, dtype=dtype)
     x = torch.randn(n, sizes[0], generator=g).to(dtype)
-    y = torch.randn(n, sizes[-1], generator=g).to(dtype)
+    y = (torch.randint(0, sizes[-1], (n,), generator=g) if loss == "cross_entropy"
+         else torch.randn(n, sizes[-1], generator=g).to(dtype))
     ws = [w.clone().requires_grad_() for w in net.weights]
     bs = [b.clone().requires_grad_() for b in net.biases]
     xx = x.clone().requires_grad_()
@@ -66,10 +67,11 @@ SHAPES = {  # id: (layer sizes, batch)
     "L5-K128-N256": ([13, 128, 128, 128, 128, 1], 256),
     "L2-K512-N1024": ([64, 512, 10], 1024),
     "L4-wide-out": ([32, 256, 256, 256, 128], 128),
+    "L3-classes": ([784, 128, 128, 10], 256),
 }
 
 
-@pytest.mark.parametrize("loss", ["squared", "log_cosh"])
+@pytest.mark.parametrize("loss", ["squared", "log_cosh", "cross_entropy"])
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
