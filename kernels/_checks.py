@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,9 @@ def check_tensor(name: str, t: object, *, ndims: Sequence[int] | None = None) ->
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if not t.dtype.is_floating_point:
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: a tensor on the meta device holds no values; expected a "
+                         "tensor on a real device (cpu, cuda)")
     if ndims is not None and t.dim() not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
         raise ValueError(f"{name}: expected a {want} tensor, got shape {shape_str(t)}")
@@ -48,4 +52,48 @@ def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Every value of ``t`` finite, else a ValueError that says how many are not and where
+    the first is. Not inside a graph (``in_graph``), where no value can be read."""
+    if in_graph() or t.numel() == 0:
+        return
+    # the sum is NaN or inf whenever a value is (NaN + anything is NaN, inf - inf is NaN):
+    # one scalar and no temporary of t's size in the usual case; the element-wise test
+    # only when the sum is not finite (a NaN or inf, or finite values overflowing the sum)
+    if bool(torch.isfinite(t.sum())):
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+        raise ValueError(f"{name}: expected finite values, got {int(bad.sum())} NaN or inf "
+                         f"(the first at index {first}: {t[first].item()})")
+
+
+def check_int(name: str, value: object, *, minimum: int, what: str = "an integer") -> int:
+    """A Python or numpy integer >= ``minimum`` as an int (not a bool, not a float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected {what} >= {minimum}, got {type(value).__name__} "
+                        f"{value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected {what} >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: object, *, what: str) -> float:
+    """A Python, numpy or 0-d real tensor number as a finite float (not a bool)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or not (value.dtype.is_floating_point or value.dtype in (
+                torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+            raise TypeError(f"{name}: expected {what} (a number or a 0-d real tensor), got a "
+                            f"tensor of dtype {value.dtype} and shape {shape_str(value)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {what} (a real number), got "
+                        f"{type(value).__name__} {value!r}")
+    value = float(value)
+    if not value == value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: expected {what}, finite, got {value!r}")
     return value

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 import torch
 
 from kernels import mlp
-from kernels._checks import check_choice, check_same, check_tensor, in_graph, shape_str
+from kernels._checks import (
+    check_choice,
+    check_finite,
+    check_same,
+    check_tensor,
+    in_graph,
+    shape_str,
+)
 from kernels.mlp import (
     MLP,
     REDUCTIONS,
@@ -62,6 +69,7 @@ def _check_target(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
     """``y`` as (N, out): accepts (N, out), (N,) when out == 1, and for a single x (out,)."""
     y = check_tensor("y", y, ndims=(0, 1, 2))
     check_same("y", y, "x", x)
+    check_finite("y", y)
     p = net.sizes[-1]
     if x.dim() == 1:
         ok = {(p,)} | ({()} if p == 1 else set())
@@ -203,6 +211,9 @@ def backprop(
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
     x = check_input(net, x)
+    if reduction == "mean" and x.dim() == 2 and x.shape[0] == 0:
+        raise ValueError(f"x: an empty batch (shape {shape_str(x)}) has no mean loss; expected "
+                         "at least one sample, or reduction='sum' (J = 0)")
     classes = loss == "cross_entropy"
     y2 = _check_classes(net, x, y) if classes else _check_target(net, x, y)
     single = x.dim() == 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import check_same, check_tensor, in_graph, shape_str
+from kernels._checks import check_finite, check_same, check_tensor, in_graph, shape_str
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -67,13 +67,7 @@ def _check_problem(X, y=None, w=None, w_name: str = "w", *, linalg: bool = False
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
-    if _in_graph() or t.numel() == 0:
-        return
-    bad = ~torch.isfinite(t)
-    if bad.any():
-        count, first = int(bad.sum()), [int(i) for i in bad.nonzero()[0].tolist()]
-        raise ValueError(f"{name}: expected finite values, got {count} NaN or inf (the first "
-                         f"at index {tuple(first)}: {t[tuple(first)].item()})")
+    check_finite(name, t)
 
 
 def _real_number(name: str, value, expected: str) -> float:

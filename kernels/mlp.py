@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import check_choice, check_same, check_tensor, shape_str
+from kernels._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_real,
+    check_same,
+    check_tensor,
+    shape_str,
+)
 
 # --- activations ------------------------------------------------------------------
 # each derivative is written in terms of (z, a) = (pre-activation, activation), so the
@@ -42,6 +50,13 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 def activation_grad(name: str, z: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
     """rho'(z), element-wise; pass ``a = rho(z)`` when known to save recomputing it."""
     f, df = ACTIVATIONS[check_choice("activation", name, list(ACTIVATIONS))]
+    z = check_tensor("z", z)
+    if a is not None:
+        a = check_tensor("a", a)
+        check_same("a", a, "z", z)
+        if a.shape != z.shape:
+            raise ValueError(f"a: expected z's shape {shape_str(z)} (a = rho(z)), got "
+                             f"{shape_str(a)}")
     return df(z, f(z) if a is None else a)
 
 
@@ -56,7 +71,7 @@ def log_cosh(r: torch.Tensor) -> torch.Tensor:
     cosh overflows float32 once |r| > ~89; log cosh r = |r| + log1p(exp(-2|r|)) - log 2
     never exponentiates a positive number.
     """
-    a = r.abs()
+    a = check_tensor("r", r).abs()
     return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
 
 
@@ -68,6 +83,10 @@ def log_softmax(z: torch.Tensor) -> torch.Tensor:
     sum is >= 1 (the maximum contributes exp(0)), so neither exp nor log can overflow or
     see 0; logits of +-1e4 give exact results in float32.
     """
+    z = check_tensor("z", z)
+    if z.dim() == 0 or z.shape[-1] == 0:
+        raise ValueError(f"z: expected at least one logit on the last axis, got shape "
+                         f"{shape_str(z)}")
     s = z - z.amax(dim=-1, keepdim=True)
     return s - torch.log(torch.exp(s).sum(dim=-1, keepdim=True))
 
@@ -97,12 +116,12 @@ REDUCTIONS = ("mean", "sum")
 
 def loss_value(name: str, r: torch.Tensor) -> torch.Tensor:
     """Element-wise loss of the residual ``r`` (not yet summed or reduced)."""
-    return LOSSES[check_choice("loss", name, list(LOSSES))][0](r)
+    return LOSSES[check_choice("loss", name, list(LOSSES))][0](check_tensor("r", r))
 
 
 def loss_grad(name: str, r: torch.Tensor) -> torch.Tensor:
     """d loss / d r, element-wise."""
-    return LOSSES[check_choice("loss", name, list(LOSSES))][1](r)
+    return LOSSES[check_choice("loss", name, list(LOSSES))][1](check_tensor("r", r))
 
 
 # --- the network ------------------------------------------------------------------
@@ -132,6 +151,10 @@ class MLP:
         for i, w in enumerate(weights):
             check_tensor(f"weights[{i}]", w, ndims=(2,))
             check_same(f"weights[{i}]", w, "weights[0]", weights[0])
+            if w.numel() == 0:
+                raise ValueError(f"weights[{i}]: expected at least one unit in and out, got "
+                                 f"shape {shape_str(w)}")
+            check_finite(f"weights[{i}]", w)
             if i and w.shape[1] != weights[i - 1].shape[0]:
                 raise ValueError(
                     f"weights[{i}]: shape {shape_str(w)} does not follow weights[{i - 1}] of "
@@ -153,6 +176,7 @@ class MLP:
             for i, (b, w) in enumerate(zip(biases, weights)):
                 check_tensor(f"biases[{i}]", b, ndims=(1,))
                 check_same(f"biases[{i}]", b, "weights[0]", weights[0])
+                check_finite(f"biases[{i}]", b)
                 if b.shape[0] != w.shape[0]:
                     raise ValueError(
                         f"biases[{i}]: shape {shape_str(b)} does not fit weights[{i}] of shape "
@@ -205,9 +229,13 @@ def init_mlp(
     numbers are drawn on the CPU from ``generator`` so a seed gives the same network on
     every device.
     """
-    sizes = list(sizes)
-    if len(sizes) < 2 or any(not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"sizes: expected at least two positive integers, got {sizes}")
+    if isinstance(sizes, (str, torch.Tensor)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"sizes: expected a sequence of layer widths [in, hidden..., out], "
+                        f"got {type(sizes).__name__} {sizes!r}")
+    if len(sizes) < 2:
+        raise ValueError(f"sizes: expected at least two positive integers, got {list(sizes)}")
+    sizes = [check_int(f"sizes[{i}]", s, minimum=1, what="a layer width")
+             for i, s in enumerate(sizes)]
     check_choice("activation", activation, list(ACTIVATIONS))
     if not dtype.is_floating_point:
         raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
@@ -217,20 +245,27 @@ def init_mlp(
         return ((2 * u - 1) * bound).to(dtype=dtype, device=device)
 
     weights, biases = [], []
+    if not (isinstance(init, str) and init == "xavier"):
+        if isinstance(init, str):
+            raise ValueError(f"init: expected 'xavier' or a positive number d, got {init!r}")
+        init = check_real("init", init, what="'xavier' or a positive number d")
+        if not init > 0:
+            raise ValueError(f"init: expected 'xavier' or a positive number d, got {init!r}")
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         if init == "xavier":
             weights.append(uniform((fan_out, fan_in), math.sqrt(6.0 / (fan_in + fan_out))))
             biases.append(torch.zeros(fan_out, dtype=dtype, device=device))
-        elif isinstance(init, (int, float)) and not isinstance(init, bool) and init > 0:
-            weights.append(uniform((fan_out, fan_in), float(init)))
-            biases.append(uniform((fan_out,), float(init)))
         else:
-            raise ValueError(f"init: expected 'xavier' or a positive number d, got {init!r}")
+            weights.append(uniform((fan_out, fan_in), init))
+            biases.append(uniform((fan_out,), init))
     return MLP(weights=weights, biases=biases, activation=activation)
 
 
 def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:
-    """``x`` is (N, in) or (in,) in the network's dtype and on its device."""
+    """``x`` is (N, in) or (in,) in the network's dtype and on its device, every value
+    finite (not checked inside a graph: ``kernels._checks.in_graph``)."""
+    if not isinstance(net, MLP):
+        raise TypeError(f"net: expected a kernels.mlp.MLP, got {type(net).__name__}")
     x = check_tensor(name, x, ndims=(1, 2))
     check_same(name, x, "the network's weights", net.weights[0])
     d = net.sizes[0]
@@ -240,6 +275,7 @@ def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:
             f"{name}: expected shape {want} for a network with {d} input features, "
             f"got {shape_str(x)}"
         )
+    check_finite(name, x)
     return x
 
 
@@ -249,6 +285,13 @@ def forward_cache(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], list[t
 
     ``h[i]`` feeds layer i+1; ``z[-1]`` is the network's output.
     """
+    x = check_input(net, x)
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a batch (N, {net.sizes[0]}), got shape {shape_str(x)}")
+    return _forward_cache(net, x)
+
+
+def _forward_cache(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     rho = activation(net.activation)
     hs, zs = [x], []
     for i, (w, b) in enumerate(zip(net.weights, net.biases)):
@@ -263,5 +306,5 @@ def forward(net: MLP, x: torch.Tensor) -> torch.Tensor:
     """(N, in) -> (N, out), or (in,) -> (out,): the network's output."""
     x = check_input(net, x)
     single = x.dim() == 1
-    zs, _ = forward_cache(net, x.unsqueeze(0) if single else x)
+    zs, _ = _forward_cache(net, x.unsqueeze(0) if single else x)
     return zs[-1].squeeze(0) if single else zs[-1]
