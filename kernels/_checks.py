@@ -74,11 +74,11 @@ def check_finite(name: str, t: torch.Tensor) -> None:
 
 def check_int(name: str, value: object, *, minimum: int, what: str = "an integer") -> int:
     """A Python or numpy integer >= ``minimum`` as an int (not a bool, not a float)."""
+    want = what if minimum == 1 and "positive" in what else f"{what} >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected {what} >= {minimum}, got {type(value).__name__} "
-                        f"{value!r}")
+        raise TypeError(f"{name}: expected {want}, got {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{name}: expected {what} >= {minimum}, got {value!r}")
+        raise ValueError(f"{name}: expected {want}, got {value!r}")
     return int(value)
 
 

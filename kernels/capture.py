@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import shape_str
+from kernels._checks import check_int, shape_str
 from kernels.mlp import MLP
 
 
@@ -157,9 +157,7 @@ def capture(kernel: Callable, *example_args, warmup: int = 3, cuda=None,
     """
     if not callable(kernel):
         raise TypeError(f"kernel: expected a callable, got {type(kernel).__name__}")
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 1:
-        raise ValueError(f"warmup: expected an int >= 1 (calls before recording), got "
-                         f"{warmup!r}")
+    warmup = check_int("warmup", warmup, minimum=1, what="an int")
     leaves: list = []
     _leaves((example_args, example_kwargs), "", leaves)
     if cuda is None:

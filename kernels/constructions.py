@@ -19,11 +19,12 @@ from typing import NamedTuple
 
 import torch
 
-from kernels._checks import check_choice, check_tensor, shape_str
+from kernels._checks import check_choice, check_finite, check_real, check_tensor, shape_str
 
 
 def sign(z: torch.Tensor) -> torch.Tensor:
     """+1 where z >= 0, -1 where z < 0 (NaN stays NaN): the perceptron's output unit."""
+    z = check_tensor("z", z)
     one = torch.ones_like(z)
     return torch.where(z >= 0, one, torch.where(z < 0, -one, z))
 
@@ -67,6 +68,8 @@ class Network:
         for i, (w, b, u) in enumerate(zip(ws, bs, us)):
             check_tensor(f"weights[{i}]", w, ndims=(2,))
             check_tensor(f"biases[{i}]", b, ndims=(1,))
+            check_finite(f"weights[{i}]", w)
+            check_finite(f"biases[{i}]", b)
             check_choice(f"units[{i}]", u, list(UNITS))
             if i and w.shape[1] != ws[i - 1].shape[0]:
                 raise ValueError(f"weights[{i}]: shape {shape_str(w)} does not follow "
@@ -140,7 +143,8 @@ def soft_threshold(s: float) -> Network:
     0, where both ramps are 0. So f(x) = relu(x - s) - relu(-x - s):
     h = relu([[1], [-1]] x + [-s, -s]), y = h_1 - h_2.
     """
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < float("inf"):
+    s = check_real("s", s, what="a finite number >= 0")
+    if s < 0:
         raise ValueError(f"s: expected a finite number >= 0, got {s!r}")
     return _net([([[1], [-1]], [-s, -s], "relu"),
                  ([[1, -1]], [0], "identity")])
@@ -190,6 +194,7 @@ def check_construction(net: Callable, target: Callable, points: torch.Tensor) ->
         if not callable(f):
             raise TypeError(f"{name}: expected a callable x -> f(x), got {type(f).__name__}")
     points = check_tensor("points", points, ndims=(1, 2))
+    check_finite("points", points)
     n = points.shape[0]
     if n == 0:
         raise ValueError(f"points: expected at least one point, got shape {shape_str(points)}")

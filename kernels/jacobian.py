@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from kernels._checks import check_choice, check_same, check_tensor, shape_str
+from kernels._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_same,
+    check_tensor,
+    shape_str,
+)
 from kernels.mlp import ACTIVATIONS
 
 
@@ -29,7 +36,7 @@ def _as_list(name: str, params, prefix: str) -> list[torch.Tensor]:
             return [params[k] for k in keys]
         numbered = {}
         for key in params:
-            m = re.fullmatch(rf"{prefix}(\d+)", str(key))
+            m = re.fullmatch(rf"{prefix}([1-9]\d*)", str(key))  # W1, W2, ...: not W0, W01
             if m:
                 numbered[int(m.group(1))] = key
             elif key != f"{prefix}F":
@@ -74,6 +81,15 @@ def _prepare(weights, biases, x, activation: str):
             f"x: expected shape (N, {d}) or ({d},) to match W1 of shape {shape_str(ws[0])}, "
             f"got {shape_str(x)}"
         )
+    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
+    for n, w, b in zip(names, ws, bs):
+        if w.numel() == 0:
+            raise ValueError(f"weights[{n}]: expected at least one unit in and out, got shape "
+                             f"{shape_str(w)}")
+        check_finite(f"weights[{n}]", w)
+        if b is not None:
+            check_finite(f"biases[{n.replace('W', 'b')}]", b)
+    check_finite("x", x)
     single = x.dim() == 1
     rho, drho = ACTIVATIONS[activation]
     return ws, bs, (x.unsqueeze(0) if single else x), single, rho, drho
@@ -247,9 +263,8 @@ def op_count_terms(D: int, K: int, P: int, L: int, N: int = 1) -> dict[str, dict
     The difference, forward - reverse = (D - P) * ((L-1) K^2 + L K), so the model
     predicts forward mode cheaper exactly when D < P.
     """
-    for name, v in (("D", D), ("K", K), ("P", P), ("L", L), ("N", N)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    D, K, P, L, N = (check_int(name, v, minimum=1, what="a positive integer")
+                     for name, v in (("D", D), ("K", K), ("P", P), ("L", L), ("N", N)))
     primal = {"primal_matmul": K * D + (L - 1) * K * K, "activation_grad": L * K}
     fwd = {"tangent_matmul": (L - 1) * K * K * D + P * K * D, "tangent_scale": L * K * D}
     rev = {"adjoint_matmul": (L - 1) * P * K * K + P * K * D, "adjoint_scale": L * P * K}
