@@ -208,8 +208,10 @@ BAD_CALLS = [
     ("s negative", lambda: cs.soft_threshold(-0.1), ValueError,
      r"s: expected a finite number >= 0, got -0.1"),
     ("s nan", lambda: cs.soft_threshold(float("nan")), ValueError, r"s: expected a finite"),
-    ("s bool", lambda: cs.soft_threshold(True), TypeError, r"s: expected a finite number >= 0 \(a real number\), got bool"),
-    ("s string", lambda: cs.soft_threshold("0.5"), TypeError, r"s: expected a finite number >= 0 \(a real number\), got str"),
+    ("s bool", lambda: cs.soft_threshold(True), TypeError,
+     r"s: expected a finite number >= 0 \(a real number\), got bool"),
+    ("s string", lambda: cs.soft_threshold("0.5"), TypeError,
+     r"s: expected a finite number >= 0 \(a real number\), got str"),
     ("unknown unit", lambda: cs.Network([W], [B], ["step"]), ValueError,
      r"units\[0\]: expected one of \['relu', 'sigmoid', 'tanh', 'sign', 'identity'\], "
      r"got 'step'"),
