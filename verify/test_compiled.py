@@ -175,13 +175,15 @@ def aot_eager_bench(monkeypatch):
         events.append("reset")
         bc.reset()
 
-    def compile_call(fn, device, *, name, backend=None, fullgraph=False):
+    def compile_call(fn, device, *, name, backend=None, fullgraph=False, mode=None):
+        MODES[name] = mode
         assert events and events[0] == "reset", "compiled before a reset"
         events.append(name)
         FULLGRAPH[name] = fullgraph
         return bc.compile_call(fn, device, name=name, backend=BACKEND, fullgraph=fullgraph)
 
     FULLGRAPH.clear()
+    MODES.clear()
 
     for bench in (bb, bj, bl):
         monkeypatch.setattr(bench, "compile_call", compile_call)
@@ -189,8 +191,9 @@ def aot_eager_bench(monkeypatch):
     return events
 
 
-# what the bench compiled under aot_eager_bench -> whether with fullgraph=True
+# what the bench compiled under aot_eager_bench -> whether with fullgraph=True; its mode
 FULLGRAPH: dict = {}
+MODES: dict = {}
 
 
 def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
@@ -234,6 +237,18 @@ def test_compile_mode_per_device():
     assert bc.compile_mode("cuda") == bc.compile_mode("cuda:0") == "reduce-overhead"
 
 
+def test_a_runtime_failure_of_a_whole_graph_skips_with_torchs_reason():
+    """fullgraph=True fails on a graph break only: an error at run time (such as a CUDA
+    graph that cannot record a host read) is torch's, and skips with its reason."""
+    def backend(gm, example_inputs):  # the graph traced whole, then torch fails on it
+        raise RuntimeError("cannot record a host read")
+
+    x = torch.ones(3)
+    with pytest.raises(pytest.skip.Exception,
+                       match="torch.compile of ours fails .*BackendCompilerFailed"):
+        bc.compile_call(lambda: x * 2, "cpu", name="ours", backend=backend, fullgraph=True)
+
+
 def test_a_graph_break_in_one_of_our_kernels_fails_instead_of_skipping():
     t = torch.tensor([1.0, -2.0])
 
@@ -256,6 +271,9 @@ def test_the_bench_compiles_our_kernels_whole_and_torchs_as_torch_lets_it(aot_ea
         "manual_forward_compiled": True, "torch_func_vmap_jacfwd_compiled": False,
         "gd_closed_form_compiled": True, "gd_torch_lstsq_compiled": False,
     }
+    # torch.linalg reads its status on the host: no CUDA graph ("reduce-overhead") there
+    assert MODES["gd_closed_form_compiled"] == MODES["gd_torch_lstsq_compiled"] == "default"
+    assert MODES["manual_compiled"] is None  # the device's mode
 
 
 def test_a_failing_compile_skips_with_torchs_reason():
@@ -378,7 +396,7 @@ def test_jacobian_bench_times_the_replay_against_the_compiled_or_eager_reference
     assert_close(m.out, m.ref, kernel=r.method, reference=r.reference, kind="grad")
 
 
-def test_capture_call_skips_off_cuda_and_records_the_captures_peak():
+def test_capture_call_skips_off_cuda():
     with pytest.raises(pytest.skip.Exception, match="CUDA graphs replay on a GPU only"):
         bc.capture_call(lambda: None, "cpu", name="manual_captured")
 
