@@ -6,7 +6,7 @@ one call of a kernel into a graph and returns a callable that replays it::
 
     from kernels.capture import capture
     step = capture(backprop.backprop, net, x, y, loss="log_cosh")   # warm-up, then record
-    g = step(net2, x2, y2)   # copies the new tensors into the recorded buffers, replays
+    g = step(net2, x2, y2, loss="log_cosh")  # copies the new tensors in, replays
     g = step()               # replays on the buffers as they are (e.g. filled in place)
     step = capture(lambda: backprop.backprop(net, x, y))   # or over the tensors it closes
     g = step()                                             # over: replay reads them in place
@@ -85,7 +85,12 @@ def _same_consts(a, b) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, _Const):
-        return a.value is b.value or a.value == b.value
+        if a.value is b.value:
+            return True
+        try:  # a value whose == is not a plain bool (a numpy array) is compared by repr
+            return bool(a.value == b.value)
+        except (TypeError, ValueError, RuntimeError):
+            return type(a.value) is type(b.value) and repr(a.value) == repr(b.value)
     if isinstance(a, _Slot):
         return True
     if isinstance(a, _MLPTemplate):

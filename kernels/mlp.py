@@ -20,6 +20,7 @@ from kernels._checks import (
     check_real,
     check_same,
     check_tensor,
+    in_graph,
     shape_str,
 )
 
@@ -98,6 +99,31 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     to 1. J_n = -sum_c t_nc log softmax(z_n)_c and, since sum_c t_nc = 1,
     dJ_n/dz_n = softmax(z_n) - t_n (a one-hot t_n for an index).
     """
+    logits = check_tensor("logits", logits, ndims=(2,))
+    check_finite("logits", logits)
+    n, c = logits.shape
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target: expected a torch.Tensor (class indices ({n},) or "
+                        f"probabilities ({n}, {c})), got {type(target).__name__}")
+    if target.dtype.is_floating_point:
+        check_same("target", target, "logits", logits)
+        if target.shape != logits.shape:
+            raise ValueError(f"target: expected probabilities of shape ({n}, {c}) like the "
+                             f"logits, got {shape_str(target)}")
+        check_finite("target", target)
+    else:
+        if target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"target: expected class indices of an integer dtype or "
+                            f"probabilities, got dtype {target.dtype}")
+        if target.shape != (n,) or target.device != logits.device:
+            raise ValueError(f"target: expected class indices of shape ({n},) on "
+                             f"{logits.device}, got {shape_str(target)} on {target.device}")
+        if n and not in_graph():
+            lo, hi = int(target.min()), int(target.max())
+            if lo < 0 or hi >= c:
+                raise ValueError(f"target: class indices must lie in [0, {c}) for {c} logits, "
+                                 f"got values from {lo} to {hi}")
+        target = target.long()
     logp = log_softmax(logits)
     p = torch.exp(logp)
     if target.dtype.is_floating_point:
