@@ -429,3 +429,26 @@ def test_closed_forms_by_the_gram_path_match_the_loops(monkeypatch, dtype, rtol)
     hb = ls.heavy_ball_closed_form(X, y, w0, alpha, 0.5, 500)
     err = float((hb - hb_loop).norm() / hb_loop.norm())
     assert err <= rtol, f"gram heavy-ball vs loop: relative {err:.2e} > {rtol:.0e}"
+
+
+def test_the_gram_path_falls_back_for_an_all_zero_X_and_just_past_its_bound():
+    X = torch.zeros(10, 3, dtype=F64)
+    y = torch.ones(10, dtype=F64)
+    assert ls.spectrum(X, y, method="gram").method == "svd"  # every eigenvalue 0
+    assert torch.equal(ls.minimizer(X, y), torch.zeros(3, dtype=F64))
+    X, _ = _tall(300, 40, cond=math.sqrt(ls.GRAM_MAX_COND) * 1.02)  # cond(X^T X) ~ 266
+    assert ls.spectrum(X, method="gram").method == "svd"
+
+
+def test_inside_a_graph_the_gram_path_gives_way_to_the_svd(monkeypatch):
+    """The Gram path reads cond(X^T X) on the host to choose; a compiled closed form
+    cannot, so it takes the SVD (compiles whole, and equals the eager result)."""
+    monkeypatch.setattr(ls, "_auto_method", lambda X: "gram")
+    X, y = _tall(40, 4)
+    w0 = torch.zeros(4, dtype=F64)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda: ls.gd_closed_form(X, y, w0, 0.01, 50), fullgraph=True,
+                             backend="aot_eager")
+    assert_close(compiled(), ls.gd_closed_form(X, y, w0, 0.01, 50),
+                 kernel="compiled gd_closed_form", reference="eager gd_closed_form",
+                 tol=Tol(rtol=1e-12, atol=1e-14), kind="grad")

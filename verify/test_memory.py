@@ -87,18 +87,25 @@ def test_backprop_needs_no_more_memory_than_autograd(shape, activation, loss, dt
                     f"({m / a:.3f}x) for sizes {sizes}, N={n}, {activation}, {loss}, {dtype}")
 
 
-def test_backprop_leaves_its_inputs_untouched():
-    """The kernel writes in place into its own buffers only: never into x, y or the net."""
+@pytest.mark.parametrize("target", ["squared", "log_cosh", "indices", "probabilities"])
+@pytest.mark.parametrize("sizes", [[5, 3], [5, 7, 7, 3]], ids=["L1", "L3"])
+def test_backprop_leaves_its_inputs_untouched(sizes, target):
+    """The kernel writes in place into its own buffers only: never into x, y (labels and
+    probabilities included) or the net."""
+    loss = target if target in ("squared", "log_cosh") else "cross_entropy"
     for activation in ("tanh", "sigmoid", "relu", "identity"):
         g = torch.Generator().manual_seed(1)
-        net = mlp.init_mlp([5, 7, 7, 3], activation, generator=g, dtype=torch.float64)
+        net = mlp.init_mlp(sizes, activation, generator=g, dtype=torch.float64)
         x = torch.randn(4, 5, generator=g, dtype=torch.float64)
-        y = torch.randn(4, 3, generator=g, dtype=torch.float64)
+        y = {"indices": torch.tensor([0, 2, 1, 2]),
+             "probabilities": torch.softmax(torch.randn(4, 3, generator=g,
+                                                        dtype=torch.float64), 1)
+             }.get(target, torch.randn(4, 3, generator=g, dtype=torch.float64))
         before = [t.clone() for t in (x, y, *net.weights, *net.biases)]
-        first = bp.backprop(net, x, y, loss="log_cosh")
+        first = bp.backprop(net, x, y, loss=loss)
         for t, b in zip((x, y, *net.weights, *net.biases), before):
             assert torch.equal(t, b), activation
-        again = bp.backprop(net, x, y, loss="log_cosh")  # and a second call agrees
+        again = bp.backprop(net, x, y, loss=loss)  # and a second call agrees
         for u, v in zip(first.weights + (first.input,), again.weights + (again.input,)):
             assert torch.equal(u, v), activation
 

@@ -476,3 +476,17 @@ def test_the_table_covers_every_public_function():
                   if not n.startswith("_") and (inspect.isfunction(o) or inspect.isclass(o))
                   and o.__module__ == mod.__name__}
         assert public - skip <= tested, sorted(public - skip - tested)
+
+
+def test_check_finite_sees_every_nan_and_inf_and_no_overflowing_sum():
+    from kernels._checks import check_finite
+
+    # finite values whose sum overflows: the element-wise test decides, and passes them
+    check_finite("t", torch.tensor([6e4, 6e4], dtype=torch.float16))
+    check_finite("t", torch.tensor([3e38, 3e38, -3e38, -3e38], dtype=torch.float32))
+    for bad, where in [(torch.tensor([1.0, float("nan"), 2.0]), r"\(1,\)"),
+                       (torch.tensor([[1.0, 2.0], [float("-inf"), 3.0]]), r"\(1, 0\)"),
+                       (torch.tensor([float("inf"), float("-inf")]), r"2 NaN or inf"),
+                       (torch.tensor(float("inf")), r"\(\)")]:
+        with pytest.raises(ValueError, match=f"t: expected finite values.*{where}"):
+            check_finite("t", bad)
