@@ -53,6 +53,21 @@ def capture_call(fn: Callable[[], object], device: str, *, name: str,
     return replay, seconds, int(cuda.max_memory_allocated() - before)
 
 
+def peak_while(make: Callable[[], object], device: str, cuda=None) -> tuple[object, int | None]:
+    """``(make(), peak bytes allocated while it ran)`` on CUDA (None elsewhere): the peak of
+    a compile with its warm-up calls and CUDA-graph recording, measured as capture_call
+    measures a capture's."""
+    if torch.device(device).type != "cuda":
+        return make(), None
+    cuda = cuda if cuda is not None else torch.cuda
+    cuda.synchronize()
+    cuda.reset_peak_memory_stats()
+    before = cuda.memory_allocated()
+    out = make()
+    cuda.synchronize()
+    return out, int(cuda.max_memory_allocated() - before)
+
+
 def compile_mode(device: str) -> str:
     """The mode a user of ``device`` compiles with."""
     return "reduce-overhead" if torch.device(device).type == "cuda" else "default"

@@ -76,13 +76,15 @@ def measure(benchmark, request: pytest.FixtureRequest):
     and its times go to ``extra_info["reference_data"]``, paired index by index with the
     kernel's ``stats.data``. A ratio of paired rounds cancels whatever drift the machine
     has between rounds, which is what the gate compares. On a GPU the peak memory of one
-    call of ``fn`` (and of the reference) is recorded too, unless ``peak`` gives it (a
-    captured method's: bench.compiled.capture_call).
+    call of ``fn`` (and of the reference) is recorded too, unless ``peak`` and
+    ``reference_peak`` give them: a captured method's is its capture's peak
+    (bench.compiled.capture_call), and its compiled reference's the peak of its compile and
+    CUDA-graph recording (``bench.compiled.peak_while``), so that both are taken alike.
     """
 
     def _measure(fn: Callable[[], object], *, group: str, warmup: int = 3,
                  reference_fn: Callable[[], object] | None = None, peak: int | None = None,
-                 **info) -> object:
+                 reference_peak: int | None = None, **info) -> object:
         device = str(info.get("device"))
         cold = bool(request.config.getoption("--bench-cold-l2")) and _is_cuda(device)
         timing = timing_for(device, cold=cold)
@@ -124,7 +126,8 @@ def measure(benchmark, request: pytest.FixtureRequest):
         if peak is not None:
             extra["peak_bytes"] = peak
             if reference_fn is not None:
-                extra["reference_peak_bytes"] = peak_bytes(reference_fn, device)
+                extra["reference_peak_bytes"] = (reference_peak if reference_peak is not None
+                                                 else peak_bytes(reference_fn, device))
         if extra:
             benchmark.extra_info.update(dataclasses.replace(record, **extra).to_extra_info())
         return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.compiled import CAPTURE_MODE, capture_call, compile_call, reset
+from bench.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
 from kernels import backprop as bp
 from kernels import mlp
 from verify.references import torch_loss
@@ -134,12 +134,14 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
     calls, sizes = make_calls(L, K, n, dtype, device)
     reference = REFERENCE[method]
     compiled = {}
-    peak = None
+    peak = ref_peak = None
     if method in CAPTURED_FROM:
         fn, capture_s, peak = capture_call(calls[CAPTURED_FROM[method]], device, name=method)
         compiled = {"compile_mode": CAPTURE_MODE, "compile_s": capture_s}
         reset()
-        ref_fn, _, _ = compile_call(calls[COMPILED_FROM[reference]], device, name=reference)
+        (ref_fn, _, _), ref_peak = peak_while(
+            lambda: compile_call(calls[COMPILED_FROM[reference]], device, name=reference),
+            device)
     elif method in COMPILED_FROM:
         reset()
         fn, compile_s, mode = compile_call(calls[COMPILED_FROM[method]], device, name=method,
@@ -155,7 +157,7 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
     measure(
         fn,
         reference_fn=ref_fn,
-        peak=peak,
+        peak=peak, reference_peak=ref_peak,
         group=f"backprop L={L} K={K} N={n} {device}"
               + ("" if dtype == torch.float32 else f" {str(dtype).removeprefix('torch.')}"),
         kernel="backprop", method=method, reference=reference, owner=OWNERS[method],

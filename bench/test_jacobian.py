@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.compiled import CAPTURE_MODE, capture_call, compile_call, reset
+from bench.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
 from kernels import jacobian as jm
 from verify.references import as_list, course_weights, deep_net
 
@@ -170,15 +170,16 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
     ref = INTERLEAVE.get(method)
     reference = reference_of(method, batched)
     compiled = {}
-    peak = None
+    peak = ref_peak = None
     if method in CAPTURED_FROM:
         fn, capture_s, peak = capture_call(make_call(CAPTURED_FROM[method], ws, x), device,
                                            name=method_name(method, batched))
         compiled = {"compile_mode": CAPTURE_MODE, "compile_s": capture_s}
         reset()
         try:
-            ref_fn = compile_call(make_call(COMPILED_FROM[ref], ws, x), device,
-                                  name=method_name(ref, batched))[0]
+            (ref_fn, _, _), ref_peak = peak_while(lambda: compile_call(
+                make_call(COMPILED_FROM[ref], ws, x), device, name=method_name(ref, batched)),
+                device)
         except pytest.skip.Exception:  # torch cannot compile it (vmap(jacfwd), torch 2.11):
             eager = COMPILED_FROM[ref]  # the replay meets torch's eager call instead
             ref_fn, reference = make_call(eager, ws, x), method_name(eager, batched)
@@ -196,7 +197,7 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
     measure(
         fn,
         reference_fn=ref_fn,
-        peak=peak,
+        peak=peak, reference_peak=ref_peak,
         group=f"jacobian L={L} K={K} N={N} {device}",
         kernel="jacobian",
         method=method_name(method, batched),

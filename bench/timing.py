@@ -149,8 +149,11 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    # in time order; events of one timestamp keep the profiler's order (a stable sort by
+    # time alone: sorting by size too would put a free before an allocation)
+    events = sorted(((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
+                    key=lambda ev: ev[0])
     running = peak = 0
     for _, nbytes in events:
         running += nbytes

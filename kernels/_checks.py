@@ -97,3 +97,16 @@ def check_real(name: str, value: object, *, what: str) -> float:
     if not value == value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name}: expected {what}, finite, got {value!r}")
     return value
+
+
+def check_all_finite(named: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """``check_finite`` of several tensors with one read to the host (one sync on a GPU)
+    when all are finite: their sums stacked; the tensors one by one only when not."""
+    named = [(n, t) for n, t in named if t is not None and t.numel()]
+    if in_graph() or not named:
+        return
+    sums = torch.stack([t.sum().to(torch.float64) for _, t in named])
+    if bool(torch.isfinite(sums).all()):
+        return
+    for name, t in named:
+        check_finite(name, t)

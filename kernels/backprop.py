@@ -12,7 +12,8 @@ and ``dJ/dx = dJ/dh_0``. No torch.autograd: every line above is one tensor op be
 Memory: the forward pass keeps the activations h_0..h_{L-1} and nothing else (each
 activation overwrites its own pre-activation); rho'(z_{i-1}) is written from h_{i-1}
 alone (tanh' = 1 - h^2, sigmoid' = h(1 - h), relu' = [h > 0]) into h_{i-1}'s buffer,
-which the backward pass then releases. Peak memory of one call is at most autograd's
+which the backward pass then releases. Peak memory of one call is at most autograd's (to
+within the 0-d tensors torch wraps Python scalars in)
 (verify/test_memory.py).
 """
 

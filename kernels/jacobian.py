@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels._checks import (
+    check_all_finite,
     check_choice,
-    check_finite,
     check_int,
     check_same,
     check_tensor,
@@ -82,14 +82,13 @@ def _prepare(weights, biases, x, activation: str):
             f"got {shape_str(x)}"
         )
     names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
-    for n, w, b in zip(names, ws, bs):
+    for n, w in zip(names, ws):
         if w.numel() == 0:
             raise ValueError(f"weights[{n}]: expected at least one unit in and out, got shape "
                              f"{shape_str(w)}")
-        check_finite(f"weights[{n}]", w)
-        if b is not None:
-            check_finite(f"biases[{n.replace('W', 'b')}]", b)
-    check_finite("x", x)
+    check_all_finite([*((f"weights[{n}]", w) for n, w in zip(names, ws)),
+                      *((f"biases[{n.replace('W', 'b')}]", b) for n, b in zip(names, bs)),
+                      ("x", x)])
     single = x.dim() == 1
     rho, drho = ACTIVATIONS[activation]
     return ws, bs, (x.unsqueeze(0) if single else x), single, rho, drho

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels._checks import (
+    check_all_finite,
     check_choice,
     check_finite,
     check_int,
@@ -180,7 +181,6 @@ class MLP:
             if w.numel() == 0:
                 raise ValueError(f"weights[{i}]: expected at least one unit in and out, got "
                                  f"shape {shape_str(w)}")
-            check_finite(f"weights[{i}]", w)
             if i and w.shape[1] != weights[i - 1].shape[0]:
                 raise ValueError(
                     f"weights[{i}]: shape {shape_str(w)} does not follow weights[{i - 1}] of "
@@ -202,13 +202,14 @@ class MLP:
             for i, (b, w) in enumerate(zip(biases, weights)):
                 check_tensor(f"biases[{i}]", b, ndims=(1,))
                 check_same(f"biases[{i}]", b, "weights[0]", weights[0])
-                check_finite(f"biases[{i}]", b)
                 if b.shape[0] != w.shape[0]:
                     raise ValueError(
                         f"biases[{i}]: shape {shape_str(b)} does not fit weights[{i}] of shape "
                         f"{shape_str(w)}; expected ({w.shape[0]},)"
                     )
         check_choice("activation", self.activation, list(ACTIVATIONS))
+        check_all_finite([*((f"weights[{i}]", w) for i, w in enumerate(weights)),
+                          *((f"biases[{i}]", b) for i, b in enumerate(biases))])
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "biases", biases)
 

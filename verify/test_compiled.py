@@ -150,8 +150,9 @@ def _is_compiled(fn) -> bool:
 class _Measure:
     """A stand-in for the bench's ``measure``: calls what it would time, keeps the record."""
 
-    def __call__(self, fn, *, group, reference_fn=None, peak=None, **info):
-        self.peak = peak
+    def __call__(self, fn, *, group, reference_fn=None, peak=None, reference_peak=None,
+                 **info):
+        self.peak, self.reference_peak = peak, reference_peak
         if info.get("compile_mode") == bc.CAPTURE_MODE:  # a replay against a compiled ref,
             assert not _is_compiled(fn)  # or the eager one where torch cannot compile it
             assert _is_compiled(reference_fn) == info["reference"].endswith("_compiled")
@@ -367,7 +368,9 @@ def fake_capture(monkeypatch, aot_eager_bench):
     return captured
 
 
-def test_backprop_bench_times_the_replay_against_the_compiled_reference(fake_capture):
+def test_backprop_bench_times_the_replay_against_the_compiled_reference(fake_capture,
+                                                                       monkeypatch):
+    monkeypatch.setattr(bb, "peak_while", lambda make, device: (make(), 777))
     m = _Measure()
     bb.test_backprop(m, "manual_captured", 3, 4, 3, torch.float32, "cpu")
     assert fake_capture == ["manual_captured"]
@@ -375,6 +378,7 @@ def test_backprop_bench_times_the_replay_against_the_compiled_reference(fake_cap
     assert (r.method, r.reference, r.owner) == ("manual_captured", "torch_func_grad_compiled",
                                                  "handgrad")
     assert (r.compile_mode, r.compile_s, m.peak) == (bc.CAPTURE_MODE, 0.25, 12345)
+    assert m.reference_peak == 777  # the reference's compile-and-record peak, alike
     for a, e in zip(bb.gradients(m.out), bb.gradients(m.ref)):
         assert_close(a, e, kernel="manual_captured", reference="torch_func_grad_compiled",
                      kind="grad")
@@ -432,3 +436,12 @@ def test_capture_call_records_the_captures_peak_and_seconds():
     assert peak == 300 and seconds > 0
     assert cuda.log[0] == "synchronize" and "record" in cuda.log
     assert replay() == "out" and cuda.log[-1] == "replay"
+    # the compiled reference's peak is taken the same way: around its compile and recording
+    cuda.peak = 10**9  # an earlier peak, reset first
+
+    def compile_and_record():
+        cuda.peak = max(cuda.peak, cuda.allocated + 500)
+        return "compiled"
+
+    assert bc.peak_while(compile_and_record, "cuda", cuda=cuda) == ("compiled", 500)
+    assert bc.peak_while(lambda: "x", "cpu") == ("x", None)
