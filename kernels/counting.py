@@ -13,6 +13,7 @@ nonlinearity evaluations, ``compares`` the comparisons of max-pooling.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -46,29 +47,55 @@ class Counts:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"flops": self.flops}
 
 
+def _is_int(v) -> bool:
+    """A Python or numpy integer (bool is not a count)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _tuple(name: str, v, n: int) -> tuple[int, ...]:
+    """An int (repeated ``n`` times) or a sequence of ``n`` ints (Python or numpy) as ints."""
+    if _is_int(v):
+        return (int(v),) * n
+    if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == n and all(
+            _is_int(i) for i in v):
+        return tuple(int(i) for i in v)
+    want = "an int or a pair of ints" if n == 2 else f"an int or {n} ints"
+    raise TypeError(f"{name}: expected {want}, got {v!r}")
+
+
 def _pair(name: str, v) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    return t
+    return _tuple(name, v, 2)
 
 
-def _positive(**kw) -> None:
+def _positive(**kw) -> tuple[int, ...]:
+    """Each value a positive Python or numpy integer; returned as Python ints, in order."""
     for name, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        if not _is_int(v) or v < 1:
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return tuple(int(v) for v in kw.values())
+
+
+def _flag(**kw) -> None:
+    for name, v in kw.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{name}: expected True or False, got {v!r}")
 
 
 def conv2d_output_hw(in_hw, kernel_size, stride=1, padding=0, dilation=1) -> tuple[int, int]:
-    """(H_out, W_out) of a 2-D convolution or pooling window (torch's formula)."""
+    """(H_out, W_out) of a 2-D convolution or pooling window (torch's formula). Sizes,
+    strides and dilations are positive, padding >= 0; an output under 1x1 is refused."""
     h, w = _pair("in_hw", in_hw)
     kh, kw = _pair("kernel_size", kernel_size)
     sh, sw = _pair("stride", stride)
     ph, pw = _pair("padding", padding)
     dh, dw = _pair("dilation", dilation)
+    _positive(in_h=h, in_w=w, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw,
+              dilation_h=dh, dilation_w=dw)
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding: expected non-negative padding, got {(ph, pw)}")
     out = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
     if min(out) < 1:
-        raise ValueError(f"in_hw: {tuple(in_hw)} is too small for kernel {kh}x{kw}, dilation "
+        raise ValueError(f"in_hw: {(h, w)} is too small for kernel {kh}x{kw}, dilation "
                          f"{dh}x{dw}, padding {ph}x{pw}: output would be {out}")
     return out
 
@@ -79,7 +106,8 @@ def conv2d_counts(c_in: int, c_out: int, kernel_size, out_hw, groups: int = 1,
     output: params k*k*(C_in/g)*C_out (+ C_out bias), mults H_out*W_out*k*k*(C_in/g)*C_out,
     adds the same (one fewer per output without bias), activations H_out*W_out*C_out when
     a nonlinearity follows. Operations scale with ``batch``; parameters do not."""
-    _positive(c_in=c_in, c_out=c_out, groups=groups, batch=batch)
+    c_in, c_out, groups, batch = _positive(c_in=c_in, c_out=c_out, groups=groups, batch=batch)
+    _flag(bias=bias, nonlinearity=nonlinearity)
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups: {groups} must divide c_in={c_in} and c_out={c_out}")
     kh, kw = _pair("kernel_size", kernel_size)
@@ -99,7 +127,9 @@ def conv2d_counts(c_in: int, c_out: int, kernel_size, out_hw, groups: int = 1,
 def linear_counts(in_features: int, out_features: int, bias: bool = True,
                   nonlinearity: bool = False, batch: int = 1) -> Counts:
     """A fully-connected layer: in*out (+ out) params; batch*out sums of ``in`` products."""
-    _positive(in_features=in_features, out_features=out_features, batch=batch)
+    in_features, out_features, batch = _positive(in_features=in_features,
+                                                 out_features=out_features, batch=batch)
+    _flag(bias=bias, nonlinearity=nonlinearity)
     outputs = batch * out_features
     return Counts(
         params=in_features * out_features + (out_features if bias else 0),
@@ -113,9 +143,10 @@ def linear_counts(in_features: int, out_features: int, bias: bool = True,
 def pool2d_counts(channels: int, kernel_size, out_hw, kind: str = "max", batch: int = 1) -> Counts:
     """Max-pooling: k*k - 1 compares per output; average pooling: k*k - 1 adds and one
     multiply (by 1/k^2) per output. No parameters."""
-    _positive(channels=channels, batch=batch)
+    channels, batch = _positive(channels=channels, batch=batch)
     kh, kw = _pair("kernel_size", kernel_size)
     ho, wo = _pair("out_hw", out_hw)
+    _positive(kernel_h=kh, kernel_w=kw, out_h=ho, out_w=wo)
     outputs = batch * channels * ho * wo
     if kind == "max":
         return Counts(compares=outputs * (kh * kw - 1))
@@ -126,7 +157,7 @@ def pool2d_counts(channels: int, kernel_size, out_hw, kind: str = "max", batch: 
 
 def activation_counts(numel: int) -> Counts:
     """An element-wise nonlinearity on ``numel`` values."""
-    _positive(numel=numel)
+    (numel,) = _positive(numel=numel)
     return Counts(activations=numel)
 
 
@@ -137,15 +168,38 @@ def _numel(shape) -> int:
     return math.prod(shape)
 
 
+def _scattered(n_in: int, size: int, k: int, stride: int, padding: int, dilation: int
+               ) -> tuple[int, int]:
+    """A transposed convolution along one axis: input i's tap t lands on output
+    i * stride - padding + t * dilation. (output positions that at least one tap reaches,
+    (input, tap) pairs that land inside the cropped output of length ``size``)."""
+    hits = [o for i in range(n_in) for t in range(k)
+            if 0 <= (o := i * stride - padding + t * dilation) < size]
+    return len(set(hits)), len(hits)
+
+
 def _conv(args, out) -> Counts:
     x, w, b = args[0], args[1], args[2]
     transposed = bool(args[6]) if len(args) > 6 else False
     k = _numel(w.shape[2:])
-    if transposed:  # every input value is scattered to C_out/g * k outputs
-        per_input = (w.shape[1]) * k
-        m = _numel(x.shape) * per_input
-        return Counts(mults=m, adds=m - _numel(out.shape) + (_numel(out.shape) if b is not None
-                                                               else 0), macs=m)
+    if transposed:
+        # every input value is scattered to C_out/g * k outputs: all those products are
+        # made (FlopCounterMode counts them too); the ones that land on the border that
+        # padding crops are dropped. An output that c products reach sums them with c - 1
+        # adds (c with a bias); an output none reaches (stride > dilated kernel) holds
+        # the bias alone, no add.
+        m = _numel(x.shape) * w.shape[1] * k
+        reached, inside = 1, 1
+        for i in range(x.dim() - 2):
+            r, n = _scattered(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], args[3][i],
+                              args[4][i], args[5][i])
+            reached, inside = reached * r, inside * n
+        groups = args[8]
+        c_in_per_group = x.shape[1] // groups
+        contributions = x.shape[0] * out.shape[1] * c_in_per_group * inside
+        reached = x.shape[0] * out.shape[1] * reached
+        adds = contributions if b is not None else contributions - reached
+        return Counts(mults=m, adds=adds, macs=m)
     fan_in = w.shape[1] * k
     n_out = _numel(out.shape)
     return Counts(mults=n_out * fan_in, adds=n_out * (fan_in if b is not None else fan_in - 1),
@@ -164,9 +218,16 @@ def _out_numel(args, out) -> int:
     return _numel(o.shape)
 
 
-def _pool_window(args) -> int:
+def _pool_window(base: str, args) -> int | None:
+    """Taps of a pooling window: k, [k] or [k1, ..., kn] for a 1-, 2- or 3-D pool; None
+    when the kernel argument does not fit the pool's rank."""
+    rank = 3 if "3d" in base else 1 if "1d" in base else 2
     k = args[1]
-    return _numel(_pair("kernel_size", k if not isinstance(k, int) else (k, k)))
+    if _is_int(k):
+        return int(k) ** rank
+    if isinstance(k, Sequence) and len(k) in (1, rank) and all(_is_int(i) for i in k):
+        return _numel(k) if len(k) == rank else int(k[0]) ** rank
+    return None
 
 
 _ACTIVATION_OPS = {
@@ -186,6 +247,28 @@ _FREE_OPS = {
 }
 
 
+_MAX_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d",
+                 "max_pool3d_with_indices"}
+_AVG_POOL_OPS = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
+_NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training",
+             "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+             "native_layer_norm", "native_group_norm"}
+
+
+def _statistics(name: str, args) -> str | None:
+    """The uncounted part of a normalisation that computes its statistics from the input
+    (mean and variance: training-mode batch norm, instance, layer and group norm), as a
+    key of ``ModelCounts.uncounted``; None for inference batch norm (running statistics)."""
+    base = name.split(".")[0]
+    if base in ("native_layer_norm", "native_group_norm"):
+        return f"{base} (statistics)"
+    if base in ("native_batch_norm", "_native_batch_norm_legit",
+                "_native_batch_norm_legit_functional"):
+        training = next((a for a in args if isinstance(a, bool)), True)  # the one flag
+        return f"{base} (batch statistics, training mode)" if training else None
+    return None
+
+
 def _count_op(name: str, args, out) -> Counts | None:
     """Counts of one aten op, or None when there is no formula for it."""
     base = name.split(".")[0]
@@ -197,11 +280,13 @@ def _count_op(name: str, args, out) -> Counts | None:
         return _mm(args[1], args[2], out, bias=True)
     if base in _ACTIVATION_OPS:
         return Counts(activations=_out_numel(args, out))
-    if base in ("max_pool2d_with_indices", "max_pool2d", "max_pool1d", "max_pool3d_with_indices"):
-        return Counts(compares=_out_numel(args, out) * (_pool_window(args) - 1))
-    if base in ("avg_pool2d", "avg_pool1d", "avg_pool3d"):
+    if base in _MAX_POOL_OPS:
+        taps = _pool_window(base, args)
+        return None if taps is None else Counts(compares=_out_numel(args, out) * (taps - 1))
+    if base in _AVG_POOL_OPS:
+        taps = _pool_window(base, args)
         n = _out_numel(args, out)
-        return Counts(adds=n * (_pool_window(args) - 1), mults=n)
+        return None if taps is None else Counts(adds=n * (taps - 1), mults=n)
     if base in ("mean", "sum"):
         n_in, n_out = _numel(args[0].shape), _out_numel(args, out)
         return Counts(adds=n_in - n_out, mults=n_out if base == "mean" else 0)
@@ -209,9 +294,10 @@ def _count_op(name: str, args, out) -> Counts | None:
         return Counts(adds=_out_numel(args, out))
     if base in ("mul", "mul_", "div", "div_"):
         return Counts(mults=_out_numel(args, out))
-    if base in ("native_batch_norm", "_native_batch_norm_legit_no_training",
-                "_native_batch_norm_legit", "native_layer_norm"):
-        n = _out_numel(args, out)  # inference: one scale and one shift per value
+    if base in _NORM_OPS:
+        # one scale and one shift per value: the inference form, statistics folded in;
+        # statistics computed from the input (see _statistics) are listed as uncounted
+        n = _out_numel(args, out)
         return Counts(mults=n, adds=n)
     if base in _FREE_OPS:
         return Counts()
@@ -327,6 +413,9 @@ class _Recorder(TorchDispatchMode):
         if counts is None:
             self.result.uncounted[name] = self.result.uncounted.get(name, 0) + 1
             counts = Counts()
+        part = _statistics(name, args)
+        if part is not None:
+            self.result.uncounted[part] = self.result.uncounted.get(part, 0) + 1
         o = out[0] if isinstance(out, (tuple, list)) and out else out
         shape = tuple(o.shape) if isinstance(o, torch.Tensor) else ()
         self.result.rows.append(Row(layer or "(model)", kind, name, shape, counts))
