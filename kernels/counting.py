@@ -469,13 +469,10 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     if not isinstance(input_requires_grad, bool):
         raise TypeError(f"input_requires_grad: expected True or False, got "
                         f"{input_requires_grad!r}")
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(input_shape, Sequence) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in input_shape):
-        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
-                         f"included), got {input_shape!r}")
-    input_shape = tuple(input_shape)
+    module = _check_module(module)
+    input_shape = _check_input_shape(input_shape)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}
@@ -513,10 +510,8 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     try:
         with recorder:
             _functional_call(module, state, x)
-    except RuntimeError as exc:
-        where = stack[-1][0] if stack else "(model)"
-        raise ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
-                         f"{str(exc).splitlines()[0]}") from None
+    except (RuntimeError, NotImplementedError) as exc:
+        raise _does_not_fit(input_shape, stack, exc) from None
     finally:
         for h in hooks:
             h.remove()
@@ -542,18 +537,58 @@ def _functional_call(module, state, x):
     return functional_call(module, state, (x,), tie_weights=True, strict=False)
 
 
+def _check_module(module) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
+    """A sequence of positive Python or numpy ints (batch included) as a tuple of ints."""
+    if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
+            or not input_shape or not all(_is_int(s) and s >= 1 for s in input_shape)):
+        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
+                         f"included), got {input_shape!r}")
+    shape = tuple(int(s) for s in input_shape)
+    if rank is not None and len(shape) != rank:
+        raise ValueError(f"input_shape: expected (N, C, H, W), 4 ints, got {shape}")
+    return shape
+
+
+def _does_not_fit(input_shape, stack, exc) -> ValueError:
+    where = stack[-1][0] if stack else "(model)"
+    return ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
+                      f"{str(exc).splitlines()[0]}")
+
+
+_RANK_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
 def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
+    """The input a layer is about to get fits it: rank and channels of a convolution,
+    channels of a batch or group norm, features of a linear layer (named errors, before
+    torch's own)."""
     if not inputs or not isinstance(inputs[0], torch.Tensor):
         return
     x = inputs[0]
     where = f"layer '{name or '(model)'}' ({type(mod).__name__})"
-    if isinstance(mod, nn.Conv2d):
-        if x.dim() not in (3, 4):
-            raise ValueError(f"input_shape: {where} expects (N, C, H, W) input, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[-3] != mod.in_channels:
-            raise ValueError(f"input_shape: {where} expects {mod.in_channels} input channels, "
-                             f"got {x.shape[-3]} (input shape {tuple(x.shape)})")
+    channels = None
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        n = len(mod.kernel_size)
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(f"input_shape: {where} expects {_RANK_NAMES.get(n, 'N, C, ...')} "
+                             f"input, got shape {tuple(x.shape)}")
+        channels = mod.in_channels
+    elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and x.dim() >= 2:
+        channels = mod.num_features
+    elif isinstance(mod, nn.GroupNorm) and x.dim() >= 2:
+        channels = mod.num_channels
+    if channels is not None:
+        got = x.shape[-(len(getattr(mod, "kernel_size", ())) + 1)] if isinstance(
+            mod, nn.modules.conv._ConvNd) else x.shape[1]
+        if got != channels:
+            raise ValueError(f"input_shape: {where} expects {channels} input channels, "
+                             f"got {got} (input shape {tuple(x.shape)})")
     if isinstance(mod, nn.Linear) and x.shape[-1] != mod.in_features:
         raise ValueError(f"input_shape: {where} expects {mod.in_features} input features, got "
                          f"{x.shape[-1]} (input shape {tuple(x.shape)})")
