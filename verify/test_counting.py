@@ -718,6 +718,92 @@ def test_receptive_field_start_of_the_worked_cases():
     assert C.receptive_field(alexnet_28(), (1, 1, 28, 28)).start == (6.0, 6.0)
 
 
+@pytest.mark.parametrize("pool", [lambda: nn.AdaptiveAvgPool2d(1), lambda: nn.AdaptiveMaxPool2d(1),
+                                  lambda: Fn(lambda m, x: x.mean((2, 3), keepdim=True))],
+                         ids=["adaptive_avg_1", "adaptive_max_1", "mean_keepdim"])
+def test_receptive_field_of_global_pooling_is_the_whole_input(pool):
+    # conv3 (valid) leaves 14 x 14 units of field 3 centred at 1.5 .. 14.5; pooling them all
+    # sees pixels 0 .. 15: the whole 16 x 16 input, centred at 8
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), pool(), nn.Flatten(), nn.Linear(2, 3))
+    rf = C.receptive_field(model, (1, 1, 16, 16))
+    assert rf.size == (16, 16) and rf.start == (8.0, 8.0)
+    if isinstance(model[2], nn.AdaptiveMaxPool2d):
+        return  # its gradient reaches the argmax alone
+    # measured: every input pixel reaches the output
+    x = torch.rand(1, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    model.double()[:3](x).sum().backward()
+    assert bool((x.grad != 0).all())
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * torch.sigmoid(y.mean((2, 3), keepdim=True))
+
+
+def _then(layer):
+    return lambda: nn.Sequential(nn.Conv2d(1, 2, 3), layer)
+
+
+# (id, model, input shape, error, pattern): no exact formula is a named refusal, not a guess
+RF_REFUSED = [
+    ("adaptive_avg_2", _then(nn.AdaptiveAvgPool2d(2)), (1, 1, 16, 16), ValueError,
+     r"layer '1' \(AdaptiveAvgPool2d\) applies aten._adaptive_avg_pool2d, which pools a "
+     r"\(14, 14\) map to \(2, 2\) unevenly"),
+    ("upsample", _then(nn.Upsample(scale_factor=2)), (1, 1, 16, 16), ValueError,
+     r"layer '1' \(Upsample\) applies aten.upsample_nearest2d, which has no receptive-field"),
+    ("transposed", lambda: nn.Sequential(nn.ConvTranspose2d(1, 2, 3)), (1, 1, 8, 8), ValueError,
+     r"layer '0' \(ConvTranspose2d\) applies aten.convolution, which is a transposed"),
+    ("batchnorm_training", _then(nn.BatchNorm2d(2)), (2, 1, 8, 8), ValueError,
+     r"\(BatchNorm2d\) applies aten.native_batch_norm.*call model.eval\(\) first"),
+    ("groupnorm", _then(nn.GroupNorm(1, 2)), (1, 1, 8, 8), ValueError,
+     r"\(GroupNorm\) applies aten.native_group_norm"),
+    ("permute", _then(Fn(lambda m, x: x.transpose(2, 3))), (1, 1, 8, 8), ValueError,
+     r"layer '1' \(Fn\) applies aten.transpose"),
+    ("crop", _then(Fn(lambda m, x: x[:, :, 1:])), (1, 1, 8, 8), ValueError,
+     r"applies aten.slice, which works along dimension 2, a spatial one"),
+    ("reflect_padding", lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1,
+                                                        padding_mode="reflect")),
+     (1, 1, 8, 8), ValueError, r"applies aten.reflection_pad2d"),
+    ("linear_over_width", lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(6, 6),
+                                                nn.Conv2d(2, 2, 3)),
+     (1, 1, 8, 8), ValueError, r"makes a spatial map again from a flattened value"),
+    ("broadcast_squeeze_excite", SqueezeExcite, (1, 2, 8, 8), ValueError,
+     r"applies aten.mul, which broadcasts or moves values across spatial positions"),
+    ("conv1d", lambda: nn.Sequential(nn.Conv1d(1, 2, 3)), (1, 1, 8, 8), ValueError,
+     r"input_shape: layer '0' \(Conv1d\) expects \(N, C, L\) input, got shape"),
+    ("channels", lambda: nn.Sequential(nn.Conv2d(3, 2, 3)), (1, 1, 8, 8), ValueError,
+     r"input_shape: layer '0' \(Conv2d\) expects 3 input channels, got 1"),
+    ("rank", lambda: nn.Sequential(nn.Conv2d(3, 2, 3)), (1, 3, 8), ValueError,
+     r"input_shape: expected \(N, C, H, W\), 4 ints, got \(1, 3, 8\)"),
+    ("float_size", lambda: nn.Conv2d(1, 2, 3), (1, 1, 8.0, 8), ValueError,
+     r"input_shape: expected a sequence of positive ints"),
+    ("too_small", lambda: nn.Conv2d(1, 2, 5), (1, 1, 3, 3), ValueError,
+     r"input_shape: \(1, 1, 3, 3\) does not fit layer"),
+    ("not_a_module", lambda: (lambda x: x), (1, 1, 3, 3), TypeError,
+     r"module: expected a torch.nn.Module, got function"),
+]
+
+
+@pytest.mark.parametrize("make,shape,error,pattern", [c[1:] for c in RF_REFUSED],
+                         ids=[c[0] for c in RF_REFUSED])
+def test_receptive_field_refuses_what_has_no_exact_formula(make, shape, error, pattern):
+    with pytest.raises(error, match=pattern):
+        C.receptive_field(make(), shape)
+
+
+def test_receptive_field_accepts_numpy_ints_and_eval_batch_norm():
+    import numpy as np
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU()).eval()
+    rf = C.receptive_field(model, tuple(np.int64(v) for v in (1, 1, 8, 8)))
+    assert (rf.size, rf.jump, rf.start) == ((3, 3), (1, 1), (1.5, 1.5))
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 BAD = [
