@@ -745,6 +745,15 @@ class SqueezeExcite(nn.Module):
         return y * torch.sigmoid(y.mean((2, 3), keepdim=True))
 
 
+class Branches(nn.Module):
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
 def _then(layer):
     return lambda: nn.Sequential(nn.Conv2d(1, 2, 3), layer)
 
@@ -774,6 +783,13 @@ RF_REFUSED = [
      (1, 1, 8, 8), ValueError, r"makes a spatial map again from a flattened value"),
     ("broadcast_squeeze_excite", SqueezeExcite, (1, 2, 8, 8), ValueError,
      r"applies aten.mul, which broadcasts or moves values across spatial positions"),
+    # the (1, 2, 8, 8) input viewed as one (N, C, D, H, W) volume and convolved in 3-D
+    ("conv3d", lambda: Fn(lambda m, x: F.conv3d(x.view(1, 1, 2, 8, 8), m.w),
+                          w=torch.ones(1, 1, 1, 3, 3)), (1, 2, 8, 8), ValueError,
+     r"'\(model\)' \(Fn\) applies aten.convolution, which is a 3-D convolution"),
+    # 8 -> 4 both ways, but one unit steps 2 pixels and the other 1: no single jump
+    ("different_jumps", lambda: Branches(nn.Conv2d(1, 1, 1, stride=2), nn.Conv2d(1, 1, 5)),
+     (1, 1, 8, 8), ValueError, r"applies aten.cat, which joins fields of different jumps"),
     ("conv1d", lambda: nn.Sequential(nn.Conv1d(1, 2, 3)), (1, 1, 8, 8), ValueError,
      r"input_shape: layer '0' \(Conv1d\) expects \(N, C, L\) input, got shape"),
     ("channels", lambda: nn.Sequential(nn.Conv2d(3, 2, 3)), (1, 1, 8, 8), ValueError,
