@@ -157,7 +157,8 @@ BAD = [
      r"eps: expected a positive finite step, got 0.0"),
     ("grad_eps_negative", lambda: FD.gradient(sq, ones(3), eps=-1e-3), ValueError, r"eps: "),
     ("grad_eps_nan", lambda: FD.gradient(sq, ones(3), eps=math.nan), ValueError, r"eps: "),
-    ("grad_eps_inf", lambda: FD.gradient(sq, ones(3), eps=math.inf), ValueError, r"eps: "),
+    ("grad_eps_inf", lambda: FD.gradient(sq, ones(3), eps=math.inf), ValueError,
+     r"eps: expected a positive finite step, got inf"),
     ("grad_eps_str", lambda: FD.gradient(sq, ones(3), eps="1e-3"), TypeError,
      r"eps: expected a positive step \(a real number\), got str"),
     ("grad_eps_bool", lambda: FD.gradient(sq, ones(3), eps=True), TypeError, r"eps: "),
@@ -171,6 +172,8 @@ BAD = [
      r"f: the central difference is not finite"),
     ("grad_f_int", lambda: FD.gradient(lambda t: (t > 0).sum(), ones(2)), TypeError,
      r"f: f must return a floating-point tensor, got dtype torch.int64"),
+    ("jac_f_not_callable", lambda: FD.jacobian("sin", ones(2)), TypeError,
+     r"f: expected a callable, got str"),
     ("jac_f_float", lambda: FD.jacobian(lambda t: 1.0, ones(3)), TypeError,
      r"f: f must return a torch.Tensor, got float"),
     ("jac_f_shape", lambda: FD.jacobian(lambda t: t[: 1 + int(t[0] > 1)], ones(2)),
@@ -331,6 +334,13 @@ def test_step_sweep_never_reports_a_nan_step_as_best():
     sweep = FD.step_sweep(torch.log, torch.tensor([0.05], dtype=F64),
                           torch.tensor([[20.0]], dtype=F64), [1.0, 1e-1, 1e-5])
     assert math.isnan(sweep.error[0]) and sweep.best_eps == 1e-5
+
+
+def test_a_sweep_with_nan_or_inf_errors_fits_the_finite_ones_only():
+    sweep = FD.StepSweep(eps=(1.0, 1e-1, 1e-2, 1e-3, 1e-4),
+                         error=(math.inf, math.nan, 1e-2, 1e-4, 1e-9))
+    assert sweep.best_eps == 1e-4
+    assert sweep.truncation_branch == (2, 3)
 
 
 def test_step_sweep_compares_in_the_estimates_dtype():
