@@ -535,7 +535,7 @@ def test_transposed_conv_adds_against_brute_force_scatter(make, shape):
         model.weight.shape[2:])
 
 
-# --- what other counters get wrong# --- what other counters get wrong --------------------------------------------------------
+# --- what other counters get wrong --------------------------------------------------------
 
 
 class Shared(nn.Module):
