@@ -13,6 +13,7 @@ nonlinearity evaluations, ``compares`` the comparisons of max-pooling.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -46,29 +47,55 @@ class Counts:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"flops": self.flops}
 
 
+def _is_int(v) -> bool:
+    """A Python or numpy integer (bool is not a count)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _tuple(name: str, v, n: int) -> tuple[int, ...]:
+    """An int (repeated ``n`` times) or a sequence of ``n`` ints (Python or numpy) as ints."""
+    if _is_int(v):
+        return (int(v),) * n
+    if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == n and all(
+            _is_int(i) for i in v):
+        return tuple(int(i) for i in v)
+    want = "an int or a pair of ints" if n == 2 else f"an int or {n} ints"
+    raise TypeError(f"{name}: expected {want}, got {v!r}")
+
+
 def _pair(name: str, v) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    return t
+    return _tuple(name, v, 2)
 
 
-def _positive(**kw) -> None:
+def _positive(**kw) -> tuple[int, ...]:
+    """Each value a positive Python or numpy integer; returned as Python ints, in order."""
     for name, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        if not _is_int(v) or v < 1:
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return tuple(int(v) for v in kw.values())
+
+
+def _flag(**kw) -> None:
+    for name, v in kw.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{name}: expected True or False, got {v!r}")
 
 
 def conv2d_output_hw(in_hw, kernel_size, stride=1, padding=0, dilation=1) -> tuple[int, int]:
-    """(H_out, W_out) of a 2-D convolution or pooling window (torch's formula)."""
+    """(H_out, W_out) of a 2-D convolution or pooling window (torch's formula). Sizes,
+    strides and dilations are positive, padding >= 0; an output under 1x1 is refused."""
     h, w = _pair("in_hw", in_hw)
     kh, kw = _pair("kernel_size", kernel_size)
     sh, sw = _pair("stride", stride)
     ph, pw = _pair("padding", padding)
     dh, dw = _pair("dilation", dilation)
+    _positive(in_h=h, in_w=w, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw,
+              dilation_h=dh, dilation_w=dw)
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding: expected non-negative padding, got {(ph, pw)}")
     out = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
     if min(out) < 1:
-        raise ValueError(f"in_hw: {tuple(in_hw)} is too small for kernel {kh}x{kw}, dilation "
+        raise ValueError(f"in_hw: {(h, w)} is too small for kernel {kh}x{kw}, dilation "
                          f"{dh}x{dw}, padding {ph}x{pw}: output would be {out}")
     return out
 
@@ -79,7 +106,8 @@ def conv2d_counts(c_in: int, c_out: int, kernel_size, out_hw, groups: int = 1,
     output: params k*k*(C_in/g)*C_out (+ C_out bias), mults H_out*W_out*k*k*(C_in/g)*C_out,
     adds the same (one fewer per output without bias), activations H_out*W_out*C_out when
     a nonlinearity follows. Operations scale with ``batch``; parameters do not."""
-    _positive(c_in=c_in, c_out=c_out, groups=groups, batch=batch)
+    c_in, c_out, groups, batch = _positive(c_in=c_in, c_out=c_out, groups=groups, batch=batch)
+    _flag(bias=bias, nonlinearity=nonlinearity)
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups: {groups} must divide c_in={c_in} and c_out={c_out}")
     kh, kw = _pair("kernel_size", kernel_size)
@@ -99,7 +127,9 @@ def conv2d_counts(c_in: int, c_out: int, kernel_size, out_hw, groups: int = 1,
 def linear_counts(in_features: int, out_features: int, bias: bool = True,
                   nonlinearity: bool = False, batch: int = 1) -> Counts:
     """A fully-connected layer: in*out (+ out) params; batch*out sums of ``in`` products."""
-    _positive(in_features=in_features, out_features=out_features, batch=batch)
+    in_features, out_features, batch = _positive(in_features=in_features,
+                                                 out_features=out_features, batch=batch)
+    _flag(bias=bias, nonlinearity=nonlinearity)
     outputs = batch * out_features
     return Counts(
         params=in_features * out_features + (out_features if bias else 0),
@@ -113,9 +143,10 @@ def linear_counts(in_features: int, out_features: int, bias: bool = True,
 def pool2d_counts(channels: int, kernel_size, out_hw, kind: str = "max", batch: int = 1) -> Counts:
     """Max-pooling: k*k - 1 compares per output; average pooling: k*k - 1 adds and one
     multiply (by 1/k^2) per output. No parameters."""
-    _positive(channels=channels, batch=batch)
+    channels, batch = _positive(channels=channels, batch=batch)
     kh, kw = _pair("kernel_size", kernel_size)
     ho, wo = _pair("out_hw", out_hw)
+    _positive(kernel_h=kh, kernel_w=kw, out_h=ho, out_w=wo)
     outputs = batch * channels * ho * wo
     if kind == "max":
         return Counts(compares=outputs * (kh * kw - 1))
@@ -126,7 +157,7 @@ def pool2d_counts(channels: int, kernel_size, out_hw, kind: str = "max", batch: 
 
 def activation_counts(numel: int) -> Counts:
     """An element-wise nonlinearity on ``numel`` values."""
-    _positive(numel=numel)
+    (numel,) = _positive(numel=numel)
     return Counts(activations=numel)
 
 
@@ -137,15 +168,38 @@ def _numel(shape) -> int:
     return math.prod(shape)
 
 
+def _scattered(n_in: int, size: int, k: int, stride: int, padding: int, dilation: int
+               ) -> tuple[int, int]:
+    """A transposed convolution along one axis: input i's tap t lands on output
+    i * stride - padding + t * dilation. (output positions that at least one tap reaches,
+    (input, tap) pairs that land inside the cropped output of length ``size``)."""
+    hits = [o for i in range(n_in) for t in range(k)
+            if 0 <= (o := i * stride - padding + t * dilation) < size]
+    return len(set(hits)), len(hits)
+
+
 def _conv(args, out) -> Counts:
     x, w, b = args[0], args[1], args[2]
     transposed = bool(args[6]) if len(args) > 6 else False
     k = _numel(w.shape[2:])
-    if transposed:  # every input value is scattered to C_out/g * k outputs
-        per_input = (w.shape[1]) * k
-        m = _numel(x.shape) * per_input
-        return Counts(mults=m, adds=m - _numel(out.shape) + (_numel(out.shape) if b is not None
-                                                               else 0), macs=m)
+    if transposed:
+        # every input value is scattered to C_out/g * k outputs: all those products are
+        # made (FlopCounterMode counts them too); the ones that land on the border that
+        # padding crops are dropped. An output that c products reach sums them with c - 1
+        # adds (c with a bias); an output none reaches (stride > dilated kernel) holds
+        # the bias alone, no add.
+        m = _numel(x.shape) * w.shape[1] * k
+        reached, inside = 1, 1
+        for i in range(x.dim() - 2):
+            r, n = _scattered(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], args[3][i],
+                              args[4][i], args[5][i])
+            reached, inside = reached * r, inside * n
+        groups = args[8]
+        c_in_per_group = x.shape[1] // groups
+        contributions = x.shape[0] * out.shape[1] * c_in_per_group * inside
+        reached = x.shape[0] * out.shape[1] * reached
+        adds = contributions if b is not None else contributions - reached
+        return Counts(mults=m, adds=adds, macs=m)
     fan_in = w.shape[1] * k
     n_out = _numel(out.shape)
     return Counts(mults=n_out * fan_in, adds=n_out * (fan_in if b is not None else fan_in - 1),
@@ -164,9 +218,16 @@ def _out_numel(args, out) -> int:
     return _numel(o.shape)
 
 
-def _pool_window(args) -> int:
+def _pool_window(base: str, args) -> int | None:
+    """Taps of a pooling window: k, [k] or [k1, ..., kn] for a 1-, 2- or 3-D pool; None
+    when the kernel argument does not fit the pool's rank."""
+    rank = 3 if "3d" in base else 1 if "1d" in base else 2
     k = args[1]
-    return _numel(_pair("kernel_size", k if not isinstance(k, int) else (k, k)))
+    if _is_int(k):
+        return int(k) ** rank
+    if isinstance(k, Sequence) and len(k) in (1, rank) and all(_is_int(i) for i in k):
+        return _numel(k) if len(k) == rank else int(k[0]) ** rank
+    return None
 
 
 _ACTIVATION_OPS = {
@@ -186,6 +247,28 @@ _FREE_OPS = {
 }
 
 
+_MAX_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d",
+                 "max_pool3d_with_indices"}
+_AVG_POOL_OPS = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
+_NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training",
+             "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+             "native_layer_norm", "native_group_norm"}
+
+
+def _statistics(name: str, args) -> str | None:
+    """The uncounted part of a normalisation that computes its statistics from the input
+    (mean and variance: training-mode batch norm, instance, layer and group norm), as a
+    key of ``ModelCounts.uncounted``; None for inference batch norm (running statistics)."""
+    base = name.split(".")[0]
+    if base in ("native_layer_norm", "native_group_norm"):
+        return f"{base} (statistics)"
+    if base in ("native_batch_norm", "_native_batch_norm_legit",
+                "_native_batch_norm_legit_functional"):
+        training = next((a for a in args if isinstance(a, bool)), True)  # the one flag
+        return f"{base} (batch statistics, training mode)" if training else None
+    return None
+
+
 def _count_op(name: str, args, out) -> Counts | None:
     """Counts of one aten op, or None when there is no formula for it."""
     base = name.split(".")[0]
@@ -197,11 +280,13 @@ def _count_op(name: str, args, out) -> Counts | None:
         return _mm(args[1], args[2], out, bias=True)
     if base in _ACTIVATION_OPS:
         return Counts(activations=_out_numel(args, out))
-    if base in ("max_pool2d_with_indices", "max_pool2d", "max_pool1d", "max_pool3d_with_indices"):
-        return Counts(compares=_out_numel(args, out) * (_pool_window(args) - 1))
-    if base in ("avg_pool2d", "avg_pool1d", "avg_pool3d"):
+    if base in _MAX_POOL_OPS:
+        taps = _pool_window(base, args)
+        return None if taps is None else Counts(compares=_out_numel(args, out) * (taps - 1))
+    if base in _AVG_POOL_OPS:
+        taps = _pool_window(base, args)
         n = _out_numel(args, out)
-        return Counts(adds=n * (_pool_window(args) - 1), mults=n)
+        return None if taps is None else Counts(adds=n * (taps - 1), mults=n)
     if base in ("mean", "sum"):
         n_in, n_out = _numel(args[0].shape), _out_numel(args, out)
         return Counts(adds=n_in - n_out, mults=n_out if base == "mean" else 0)
@@ -209,9 +294,10 @@ def _count_op(name: str, args, out) -> Counts | None:
         return Counts(adds=_out_numel(args, out))
     if base in ("mul", "mul_", "div", "div_"):
         return Counts(mults=_out_numel(args, out))
-    if base in ("native_batch_norm", "_native_batch_norm_legit_no_training",
-                "_native_batch_norm_legit", "native_layer_norm"):
-        n = _out_numel(args, out)  # inference: one scale and one shift per value
+    if base in _NORM_OPS:
+        # one scale and one shift per value: the inference form, statistics folded in;
+        # statistics computed from the input (see _statistics) are listed as uncounted
+        n = _out_numel(args, out)
         return Counts(mults=n, adds=n)
     if base in _FREE_OPS:
         return Counts()
@@ -327,6 +413,9 @@ class _Recorder(TorchDispatchMode):
         if counts is None:
             self.result.uncounted[name] = self.result.uncounted.get(name, 0) + 1
             counts = Counts()
+        part = _statistics(name, args)
+        if part is not None:
+            self.result.uncounted[part] = self.result.uncounted.get(part, 0) + 1
         o = out[0] if isinstance(out, (tuple, list)) and out else out
         shape = tuple(o.shape) if isinstance(o, torch.Tensor) else ()
         self.result.rows.append(Row(layer or "(model)", kind, name, shape, counts))
@@ -380,13 +469,10 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     if not isinstance(input_requires_grad, bool):
         raise TypeError(f"input_requires_grad: expected True or False, got "
                         f"{input_requires_grad!r}")
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(input_shape, Sequence) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in input_shape):
-        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
-                         f"included), got {input_shape!r}")
-    input_shape = tuple(input_shape)
+    module = _check_module(module)
+    input_shape = _check_input_shape(input_shape)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}
@@ -424,10 +510,8 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     try:
         with recorder:
             _functional_call(module, state, x)
-    except RuntimeError as exc:
-        where = stack[-1][0] if stack else "(model)"
-        raise ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
-                         f"{str(exc).splitlines()[0]}") from None
+    except (RuntimeError, NotImplementedError) as exc:
+        raise _does_not_fit(input_shape, stack, exc) from None
     finally:
         for h in hooks:
             h.remove()
@@ -453,18 +537,58 @@ def _functional_call(module, state, x):
     return functional_call(module, state, (x,), tie_weights=True, strict=False)
 
 
+def _check_module(module) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
+    """A sequence of positive Python or numpy ints (batch included) as a tuple of ints."""
+    if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
+            or not input_shape or not all(_is_int(s) and s >= 1 for s in input_shape)):
+        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
+                         f"included), got {input_shape!r}")
+    shape = tuple(int(s) for s in input_shape)
+    if rank is not None and len(shape) != rank:
+        raise ValueError(f"input_shape: expected (N, C, H, W), 4 ints, got {shape}")
+    return shape
+
+
+def _does_not_fit(input_shape, stack, exc) -> ValueError:
+    where = stack[-1][0] if stack else "(model)"
+    return ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
+                      f"{str(exc).splitlines()[0]}")
+
+
+_RANK_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
 def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
+    """The input a layer is about to get fits it: rank and channels of a convolution,
+    channels of a batch or group norm, features of a linear layer (named errors, before
+    torch's own)."""
     if not inputs or not isinstance(inputs[0], torch.Tensor):
         return
     x = inputs[0]
     where = f"layer '{name or '(model)'}' ({type(mod).__name__})"
-    if isinstance(mod, nn.Conv2d):
-        if x.dim() not in (3, 4):
-            raise ValueError(f"input_shape: {where} expects (N, C, H, W) input, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[-3] != mod.in_channels:
-            raise ValueError(f"input_shape: {where} expects {mod.in_channels} input channels, "
-                             f"got {x.shape[-3]} (input shape {tuple(x.shape)})")
+    channels = None
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        n = len(mod.kernel_size)
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(f"input_shape: {where} expects {_RANK_NAMES.get(n, 'N, C, ...')} "
+                             f"input, got shape {tuple(x.shape)}")
+        channels = mod.in_channels
+    elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and x.dim() >= 2:
+        channels = mod.num_features
+    elif isinstance(mod, nn.GroupNorm) and x.dim() >= 2:
+        channels = mod.num_channels
+    if channels is not None:
+        got = x.shape[-(len(getattr(mod, "kernel_size", ())) + 1)] if isinstance(
+            mod, nn.modules.conv._ConvNd) else x.shape[1]
+        if got != channels:
+            raise ValueError(f"input_shape: {where} expects {channels} input channels, "
+                             f"got {got} (input shape {tuple(x.shape)})")
     if isinstance(mod, nn.Linear) and x.shape[-1] != mod.in_features:
         raise ValueError(f"input_shape: {where} expects {mod.in_features} input features, got "
                          f"{x.shape[-1]} (input shape {tuple(x.shape)})")
@@ -489,19 +613,52 @@ def _attach_params(result: ModelCounts, param_rows: dict[str, int], kinds: dict[
 class ReceptiveField:
     """Of one unit of the last spatial feature map: ``size`` (h, w) of input pixels seen,
     ``jump`` (h, w) input pixels between neighbouring units, ``start`` (h, w) the centre of
-    the first unit's field in input coordinates (may be negative with padding)."""
+    the first unit's field in input coordinates (may be negative with padding). Sizes are
+    spans in the padded input's coordinates, padding included."""
 
     size: tuple[int, int]
     jump: tuple[int, int]
     start: tuple[float, float]
 
 
+# ops that act on each spatial position alone (output position p reads input position p)
+_RF_POINTWISE = (_ACTIVATION_OPS - {"_softmax", "_log_softmax"}) | {
+    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "clone", "contiguous",
+    "detach", "alias", "_to_copy", "copy_", "lift_fresh", "dropout", "native_dropout", "view",
+    "_unsafe_view", "reshape", "_reshape_alias", "abs", "neg", "pow", "sqrt", "exp", "log",
+    "clamp", "clamp_min", "clamp_max", "sign", "fill_", "zero_",
+}
+# ops that pick or join along a dimension (its position in the op's arguments, default 0):
+# exact when that dimension is the batch or the channels, not a spatial one
+_RF_ALONG_DIM = {"cat": 1, "slice": 1, "select": 1, "narrow": 1, "index_select": 1,
+                 "unbind": 1, "split": 2, "split_with_sizes": 2, "chunk": 2}
+_FLAT = "flattened"  # a tracked value with fewer than 3 dims: the spatial field ended
+
+
+def _rf_pool(rf, k, stride, pad, dil):
+    """The textbook recurrences, per axis (see verify/test_counting.py's RF_CASES)."""
+    r, j, s = rf
+    new = tuple(zip(*[(r[i] + (k[i] - 1) * dil[i] * j[i], j[i] * stride[i],
+                       s[i] + ((k[i] - 1) * dil[i] / 2 - pad[i]) * j[i]) for i in range(2)]))
+    return (new[0], new[1], new[2])
+
+
 class _RFTracker(TorchDispatchMode):
-    def __init__(self, first: torch.Tensor):
+    """Follows the field of every value computed from the input, op by op; an op with no
+    exact formula on a value that still has spatial dims is refused by name."""
+
+    def __init__(self, first: torch.Tensor, stack: list[tuple[str, str]]):
         super().__init__()
-        self.rf: dict[int, tuple] = {id(first): ((1, 1), (1, 1), (0.5, 0.5))}
+        self.stack = stack
+        self.rf: dict[int, tuple | str] = {id(first): ((1, 1), (1, 1), (0.5, 0.5))}
         self.last = self.rf[id(first)]
         self.keep = [first]  # keep tensors alive so their ids stay unique
+
+    def _refuse(self, base: str, why: str) -> ValueError:
+        layer, kind = self.stack[-1] if self.stack else ("(model)", "")
+        where = f"layer '{layer}' ({kind})" if kind else f"'{layer}'"
+        return ValueError(f"module: {where} applies aten.{base}, which {why}: no exact "
+                          "receptive field (refused rather than guessed)")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -509,33 +666,75 @@ class _RFTracker(TorchDispatchMode):
         ins = [a for a in _flat(args) if isinstance(a, torch.Tensor) and id(a) in self.rf]
         if not ins:
             return out
-        o = out[0] if isinstance(out, (tuple, list)) else out
-        if not isinstance(o, torch.Tensor) or o.dim() < 3:
-            return out  # flattened: the spatial field ends here
-        if base in ("convolution", "max_pool2d_with_indices", "avg_pool2d"):
-            (r, j, s) = self.rf[id(args[0])]
-            if base == "convolution":
-                k = tuple(args[1].shape[2:])
-                stride, pad, dil = args[3], args[4], args[5]
-            else:
-                k = _pair("kernel_size", args[1])
-                stride = _pair("stride", args[2] if len(args) > 2 and args[2] else args[1])
-                pad = _pair("padding", args[3] if len(args) > 3 else 0)
-                dil = _pair("dilation", args[4] if base.startswith("max") and len(args) > 4
-                            else 1)
-            new = tuple(zip(*[
-                (r[i] + (k[i] - 1) * dil[i] * j[i], j[i] * stride[i],
-                 s[i] + ((k[i] - 1) * dil[i] / 2 - pad[i]) * j[i]) for i in range(2)]))
-            rf = (new[0], new[1], new[2])
+        outs = [t for t in _flat([out]) if isinstance(t, torch.Tensor)]
+        spatial = [t for t in outs if t.dim() >= 3]
+        if not spatial:
+            rf = _FLAT  # flattened or reduced: the spatial field ends here
+        elif any(self.rf[id(a)] == _FLAT for a in ins):
+            raise self._refuse(base, "makes a spatial map again from a flattened value")
         else:
-            # element-wise, concatenation, residual add: the widest incoming field
-            rf = max((self.rf[id(a)] for a in ins), key=lambda v: v[0][0] * v[0][1])
-        for t in (out if isinstance(out, (tuple, list)) else [out]):
-            if isinstance(t, torch.Tensor):
-                self.rf[id(t)] = rf
-                self.keep.append(t)
-        self.last = rf
+            rf = self._field(base, args, ins, spatial[0])
+            self.last = rf
+        for t in outs:
+            self.rf[id(t)] = rf
+            self.keep.append(t)
         return out
+
+    def _field(self, base, args, ins, o):
+        x = args[0] if isinstance(args[0], torch.Tensor) else None
+        if base == "convolution":
+            if x is None or id(x) not in self.rf:
+                raise self._refuse(base, "convolves the input as its weight")
+            if args[1].dim() != 4:
+                raise self._refuse(base, f"is a {args[1].dim() - 2}-D convolution")
+            if args[6]:
+                raise self._refuse(base, "is a transposed convolution")
+            return _rf_pool(self.rf[id(x)], tuple(args[1].shape[2:]), args[3], args[4],
+                            args[5])
+        if base in ("max_pool2d_with_indices", "max_pool2d", "avg_pool2d"):
+            k = _pair("kernel_size", args[1])
+            stride = _pair("stride", args[2] if len(args) > 2 and args[2] else args[1])
+            pad = _pair("padding", args[3] if len(args) > 3 else 0)
+            dil = _pair("dilation", args[4] if base.startswith("max") and len(args) > 4
+                        else 1)
+            return _rf_pool(self.rf[id(x)], k, stride, pad, dil)
+        if base in ("mean", "sum", "amax", "adaptive_max_pool2d", "_adaptive_avg_pool2d"):
+            # global pooling (adaptive pooling to 1x1 among it): a window the size of
+            # the map; any other adaptive pooling has windows of varying size
+            n = tuple(x.shape[-2:])
+            if tuple(o.shape[-2:]) == (1, 1) and o.dim() == x.dim():
+                return _rf_pool(self.rf[id(x)], n, n, (0, 0), (1, 1))
+            if base in ("mean", "sum", "amax") and o.shape[-2:] == x.shape[-2:]:
+                return self.rf[id(x)]  # reduced over the channels only
+            raise self._refuse(base, f"pools a {n} map to {tuple(o.shape[-2:])} unevenly")
+        if base in _RF_ALONG_DIM:
+            i = _RF_ALONG_DIM[base]
+            ref = x if x is not None else ins[0]
+            dim = args[i] if len(args) > i else 0
+            if not _is_int(dim) or not (dim % ref.dim()) < ref.dim() - 2:
+                raise self._refuse(base, f"works along dimension {dim}, a spatial one")
+        elif base in ("native_batch_norm", "_native_batch_norm_legit_no_training",
+                      "_native_batch_norm_legit"):
+            if next((a for a in args if isinstance(a, bool)), True):
+                raise self._refuse(base, "normalises with batch statistics over every "
+                                   "position (training mode; call model.eval() first)")
+        elif base not in _RF_POINTWISE:
+            raise self._refuse(base, "has no receptive-field formula here")
+        fields = [self.rf[id(a)] for a in ins]
+        if any(tuple(a.shape[-2:]) != tuple(o.shape[-2:]) or a.dim() < 3 for a in ins):
+            raise self._refuse(base, "broadcasts or moves values across spatial positions")
+        return _merge(fields, lambda why: self._refuse(base, why))
+
+
+def _merge(fields, refuse):
+    """Fields joined position by position (residual add, concatenation): per axis, the span
+    of their union; exact when their jumps agree (refused otherwise)."""
+    if len({f[1] for f in fields}) > 1:
+        raise refuse(f"joins fields of different jumps {sorted({f[1] for f in fields})}")
+    lo = [min(f[2][i] - f[0][i] / 2 for f in fields) for i in range(2)]
+    hi = [max(f[2][i] + f[0][i] / 2 for f in fields) for i in range(2)]
+    size = tuple(int(round(hi[i] - lo[i])) for i in range(2))
+    return (size, fields[0][1], tuple((lo[i] + hi[i]) / 2 for i in range(2)))
 
 
 def _flat(args):
@@ -547,17 +746,39 @@ def _flat(args):
 
 
 def receptive_field(module: nn.Module, input_shape: Sequence[int]) -> ReceptiveField:
-    """Receptive field of the last spatial feature map of a conv/pool stack, on meta
-    tensors; for branching blocks (concatenation, residual adds) the largest over branches."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape: expected (N, C, H, W), got {input_shape}")
+    """Receptive field of the last spatial feature map of a 2-D conv/pool stack, on meta
+    tensors; for branching blocks (concatenation, residual adds) the span of the union of
+    the branches' fields. Global pooling (``AdaptiveAvgPool2d(1)``, a mean over H and W
+    with keepdim) pools the whole map: its field is the whole input, padding included.
+    Refused with a ValueError naming the layer and op: whatever has no exact formula
+    (uneven adaptive pooling, upsampling, transposed or non-2-D convolutions, spatial
+    crops, pads or permutes, batch norm in training mode, group and layer norm, a
+    flattened value made spatial again, fields of different jumps joined)."""
+    module = _check_module(module)
+    input_shape = _check_input_shape(input_shape, rank=4)
+    stack: list[tuple[str, str]] = []
+    names = {m: n for n, m in module.named_modules()}
+
+    def pre(mod, inputs):
+        name = names.get(mod, "?")
+        _check_layer_input(name, mod, inputs)
+        stack.append((name or "(model)", type(mod).__name__))
+
+    def post(mod, inputs, output):
+        stack.pop()
+
+    hooks = [h for m in module.modules()
+             for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     state = _meta_state(module)
     x = torch.empty(input_shape, device="meta")
-    tracker = _RFTracker(x)
-    with tracker:
-        _functional_call(module, state, x)
+    tracker = _RFTracker(x, stack)
+    try:
+        with tracker:
+            _functional_call(module, state, x)
+    except (RuntimeError, NotImplementedError) as exc:
+        raise _does_not_fit(input_shape, stack, exc) from None
+    finally:
+        for h in hooks:
+            h.remove()
     (r, j, s) = tracker.last
     return ReceptiveField(size=r, jump=j, start=s)

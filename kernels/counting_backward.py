@@ -22,8 +22,9 @@ other data movement are free.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from kernels.counting import Counts, _pair, _positive, conv2d_output_hw
+from kernels.counting import Counts, _flag, _pair, _positive, conv2d_output_hw
 
 GRADS = ("grad_input", "grad_weight", "grad_bias")
 
@@ -67,7 +68,8 @@ def conv2d_backward_counts(c_in: int, c_out: int, kernel_size, in_hw, *, stride=
     input value that gets any. grad_weight: mults = forward MACs; adds = mults - weight
     values (each sums N H_out W_out products). grad_bias: C_out (N H_out W_out - 1) adds.
     """
-    _positive(c_in=c_in, c_out=c_out, groups=groups, batch=batch)
+    c_in, c_out, groups, batch = _positive(c_in=c_in, c_out=c_out, groups=groups, batch=batch)
+    _flag(bias=bias)
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups: {groups} must divide c_in={c_in} and c_out={c_out}")
     want = _wants(input_grad, weight_grad, bias if bias_grad is None else bias_grad)
@@ -101,7 +103,9 @@ def linear_backward_counts(in_features: int, out_features: int, *, bias: bool = 
     """{"grad_input", "grad_weight", "grad_bias"} -> Counts of a fully-connected layer's
     backward pass for ``batch`` rows: grad_input = G W (batch*in sums of ``out`` products),
     grad_weight = G^T X (in*out sums of ``batch`` products), grad_bias = column sums of G."""
-    _positive(in_features=in_features, out_features=out_features, batch=batch)
+    in_features, out_features, batch = _positive(in_features=in_features,
+                                                 out_features=out_features, batch=batch)
+    _flag(bias=bias)
     want = _wants(input_grad, weight_grad, bias if bias_grad is None else bias_grad)
     if want["grad_bias"] and not bias:
         raise ValueError("bias_grad: True asks for the gradient of a bias the layer lacks "
@@ -180,6 +184,12 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
     arguments need a gradient; [] when it costs nothing, None when there is no formula."""
     from kernels.counting import _ACTIVATION_OPS, _FREE_OPS, _out_numel
 
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected an aten op name (str), got {type(name).__name__}")
+    if isinstance(needs, (str, bytes)) or not isinstance(needs, Sequence) or not all(
+            isinstance(n, bool) for n in needs):
+        raise TypeError(f"needs: expected a sequence of True/False, one per argument, got "
+                        f"{needs!r}")
     base = name.split(".")[0]
     if base == "convolution":
         return _conv_backward(args, out, needs)

@@ -17,6 +17,7 @@ gradient and only as h when it is not.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,35 +28,98 @@ from kernels._checks import check_same, check_tensor
 
 def default_eps(dtype: torch.dtype) -> float:
     """eps^(1/3) of ``dtype``: the step that balances truncation and rounding error."""
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     return float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
 
 
-def _steps(x: torch.Tensor, eps: float | None) -> torch.Tensor:
+def _real(name: str, value, expected: str) -> float:
+    """A Python, numpy or 0-d real tensor number as a float; TypeError otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name}: expected {expected} (a number or a 0-d real tensor), "
+                            f"got a tensor of dtype {value.dtype} and shape "
+                            f"{tuple(value.shape)}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected} (a real number), got "
+                        f"{type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _count(name: str, value, least: int) -> int:
+    """A Python or numpy integer >= ``least`` as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def _callable(name: str, fn) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
+
+
+def _finite(name: str, parts: Sequence[torch.Tensor]) -> None:
+    """No NaN or inf in ``parts``: a difference quotient there means nothing."""
+    for i, t in enumerate(parts):
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            where = name if len(parts) == 1 else f"{name}[{i}]"
+            first = tuple(int(v) for v in bad.nonzero()[0])
+            raise ValueError(f"{where}: expected finite values, got {int(bad.sum())} NaN or "
+                             f"inf (the first at index {first}: {t[first].item()})")
+
+
+def _check_eps(eps, dtypes: Sequence[torch.dtype], xmax: float) -> float:
+    """A step ``eps`` (relative to max(1, |x_i|)) that moves every coordinate in every
+    dtype: eps >= the dtype's machine epsilon u. Then h = eps * max(1, |x_i|) >= u *
+    max(1, |x_i|) >= the spacing of floats at x_i, so x_i + h and x_i - h both round away
+    from x_i and the step taken is never 0 (the 0 / 0 that a smaller step gives). The
+    coarsest dtype decides; and x + h must not overflow."""
+    coarse = max(dtypes, key=lambda d: torch.finfo(d).eps)
     if eps is None:
-        eps = default_eps(x.dtype)
-    if not eps > 0:
-        raise ValueError(f"eps: expected a positive step, got {eps}")
-    return eps * x.abs().clamp_min(1.0)
+        return default_eps(coarse)
+    eps = _real("eps", eps, "a positive step")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps: expected a positive finite step, got {eps!r}")
+    unit = float(torch.finfo(coarse).eps)
+    if eps < unit:
+        raise ValueError(f"eps: {eps:g} is below the resolution of {coarse} (machine epsilon "
+                         f"{unit:g}): x_i +- eps * max(1, |x_i|) would round back to x_i; "
+                         f"expected eps >= {unit:g} (default {default_eps(coarse):g})")
+    top = float(torch.finfo(coarse).max)
+    if max(1.0, xmax) * (1.0 + eps) >= top:
+        raise ValueError(f"eps: x + eps * max(1, |x|) overflows {coarse} (max |x| = "
+                         f"{xmax:g}, eps = {eps:g})")
+    return eps
+
+
+def _steps(x: torch.Tensor, eps) -> torch.Tensor:
+    xmax = float(x.abs().max()) if x.numel() else 0.0
+    return _check_eps(eps, [x.dtype], xmax) * x.abs().clamp_min(1.0)
 
 
 def _as_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: f must return a torch.Tensor, got {type(value).__name__}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"{name}: f must return a floating-point tensor, got dtype "
+                        f"{value.dtype}")
     return value
 
 
-@torch.no_grad()
-def jacobian(
-    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float | None = None
-) -> torch.Tensor:
-    """Central-difference Jacobian: shape ``f(x).shape + x.shape``; 2 * x.numel() calls of f."""
+def _check_x(x) -> torch.Tensor:
     x = check_tensor("x", x)
-    h = _steps(x, eps)
+    _finite("x", [x])
+    return x
+
+
+def _columns(f, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The central-difference Jacobian with per-coordinate steps ``h``; a column whose step
+    rounded away to nothing is nan (0 / 0), and so is one where f is not finite."""
     flat = x.detach().reshape(-1).clone()
     hflat = h.reshape(-1)
-    cols = []
+    cols, shape = [], None
     for i in range(flat.numel()):
         orig = flat[i].clone()
         flat[i] = orig + hflat[i]
@@ -63,20 +127,47 @@ def jacobian(
         flat[i] = orig - hflat[i]
         fm = _as_tensor("f", f(flat.reshape(x.shape)))
         flat[i] = orig
+        if shape is None:
+            shape = fp.shape
+        for v in (fp, fm):
+            if v.shape != shape:
+                raise ValueError(f"f: returned shape {tuple(v.shape)} at coordinate {i} of "
+                                 f"x, but {tuple(shape)} before")
         # the actual step may differ from h by rounding of x + h; divide by what was taken
         cols.append((fp - fm) / ((orig + hflat[i]) - (orig - hflat[i])))
     if not cols:
         out = _as_tensor("f", f(x))
         return x.new_zeros(tuple(out.shape) + tuple(x.shape))
-    out_shape = tuple(cols[0].shape)
-    return torch.stack(cols, dim=-1).reshape(out_shape + tuple(x.shape))
+    return torch.stack(cols, dim=-1).reshape(tuple(shape) + tuple(x.shape))
+
+
+@torch.no_grad()
+def jacobian(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float | None = None
+) -> torch.Tensor:
+    """Central-difference Jacobian: shape ``f(x).shape + x.shape``; 2 * x.numel() calls of f.
+    Refused: f not callable or not returning a floating tensor of one shape; x not a
+    floating tensor or not finite; eps not a positive finite number at least the machine
+    epsilon of x's dtype; a result that is not finite (f overflowed or is undefined)."""
+    _callable("f", f)
+    x = _check_x(x)
+    out = _columns(f, x, _steps(x, eps))
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        first = tuple(int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"f: the central difference is not finite at index {first} "
+                         f"({out[first].item()}): f is nan or inf at x +- h along "
+                         f"coordinate {first[out.dim() - x.dim():]} of x")
+    return out
 
 
 def gradient(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float | None = None
 ) -> torch.Tensor:
-    """Central-difference gradient of a scalar function: shape ``x.shape``."""
-    x = check_tensor("x", x)
+    """Central-difference gradient of a scalar function: shape ``x.shape`` (refuses what
+    ``jacobian`` refuses, and an f(x) with more than one value)."""
+    _callable("f", f)
+    x = _check_x(x)
     out = _as_tensor("f", f(x.detach()))
     if out.numel() != 1:
         raise ValueError(
@@ -120,14 +211,21 @@ class StepSweep:
 
     @property
     def best_eps(self) -> float:
-        return self.eps[min(range(len(self.error)), key=self.error.__getitem__)]
+        """The step of the smallest error; a nan error (a step that rounded away, or f
+        not finite there) is never best; nan when no error is a number."""
+        ok = [i for i, r in enumerate(self.error) if not math.isnan(r)]
+        return self.eps[min(ok, key=self.error.__getitem__)] if ok else math.nan
 
     @property
     def truncation_branch(self) -> tuple[int, ...]:
         """Indices of the steps the order is fitted on (see TRUNCATION_CLEARANCE)."""
-        best = min(self.error)
+        finite = [r for r in self.error if math.isfinite(r)]
+        if not finite:
+            return ()
+        best = min(finite)
         return tuple(i for i, (e, r) in enumerate(zip(self.eps, self.error))
-                     if e > self.best_eps and r > TRUNCATION_CLEARANCE * best and r > 0)
+                     if e > self.best_eps and math.isfinite(r)
+                     and r > TRUNCATION_CLEARANCE * best and r > 0)
 
     def to_frame(self):
         import pandas as pd
@@ -161,24 +259,48 @@ def step_sweep(
     fitted order of the truncation branch and the predicted optimal step (``StepSweep``).
 
     Default steps: 10^-1 down to 10^-13 (float64) or 10^-1 to 10^-7 (lower precision).
-    ``exact`` has shape ``f(x).shape + x.shape``.
+    ``exact`` has shape ``f(x).shape + x.shape`` (any real dtype, x's device); errors are
+    taken in the estimate's dtype (x's). A step may lie below the dtype's resolution (the
+    rounding branch of the V-curve): where it rounds away to nothing at some coordinate,
+    or f is not finite, its error is nan, and a nan error is never ``best_eps`` nor
+    fitted. Refused: f not callable, x or exact not finite, steps that are not positive
+    finite numbers.
     """
-    x = check_tensor("x", x)
+    _callable("f", f)
+    x = _check_x(x)
+    if not isinstance(exact, torch.Tensor):
+        raise TypeError(f"exact: expected a torch.Tensor, got {type(exact).__name__}")
+    if exact.dtype.is_complex or exact.dtype == torch.bool:
+        raise TypeError(f"exact: expected a real tensor, got dtype {exact.dtype}")
+    if exact.device != x.device:
+        raise ValueError(f"exact: on device {exact.device}, but x on {x.device}")
+    _finite("exact", [exact])
     if eps_values is None:
         lo = 13 if x.dtype == torch.float64 else 7
         eps_values = [10.0**-k for k in range(1, lo + 1)]
+    if isinstance(eps_values, torch.Tensor) or hasattr(eps_values, "tolist"):
+        eps_values = eps_values.tolist()
+    if not isinstance(eps_values, Sequence) or isinstance(eps_values, str) or not eps_values:
+        raise TypeError(f"eps_values: expected a non-empty sequence of steps, got "
+                        f"{type(eps_values).__name__}")
+    steps = [_real(f"eps_values[{i}]", e, "a positive step") for i, e in enumerate(eps_values)]
+    for i, e in enumerate(steps):
+        if not (e > 0 and math.isfinite(e)):
+            raise ValueError(f"eps_values[{i}]: expected a positive finite step, got {e!r}")
     errors = []
-    for e in eps_values:
-        approx = jacobian(f, x, eps=float(e))
-        if approx.shape != exact.shape:
-            raise ValueError(
-                f"exact: expected shape {tuple(approx.shape)} (f(x).shape + x.shape), "
-                f"got {tuple(exact.shape)}"
-            )
-        errors.append(float((approx.to(exact.dtype) - exact).abs().max()))
-    eps_t = tuple(float(e) for e in eps_values)
+    scale_x = x.abs().clamp_min(1.0)
     with torch.no_grad():
+        for e in steps:
+            approx = _columns(f, x, e * scale_x)
+            if approx.shape != exact.shape:
+                raise ValueError(
+                    f"exact: expected shape {tuple(approx.shape)} (f(x).shape + x.shape), "
+                    f"got {tuple(exact.shape)}"
+                )
+            err = (approx - exact.to(approx.dtype)).abs()
+            errors.append(float(err.max()) if bool(torch.isfinite(err).all()) else math.nan)
         scale = float(_as_tensor("f", f(x.detach())).abs().max())
+    eps_t = tuple(steps)
     unit = float(torch.finfo(x.dtype).eps) / 2  # unit roundoff: a rounded value's error
     order, best = _sweep_fit(eps_t, errors, unit, scale)
     return StepSweep(eps=eps_t, error=tuple(errors), order=order, predicted_eps=best,
@@ -223,6 +345,13 @@ def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     return float(sum((p.double() * q.double()).sum() for p, q in zip(a, b)))
 
 
+def _check_generator(generator) -> None:
+    if generator is not None and (not isinstance(generator, torch.Generator)
+                                  or generator.device.type != "cpu"):
+        raise TypeError(f"generator: expected a CPU torch.Generator or None, got "
+                        f"{generator!r}")
+
+
 def _random_like(parts: Sequence[torch.Tensor], generator) -> list[torch.Tensor]:
     # drawn on the CPU from the generator so a seed gives the same direction on every device
     return [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype)
@@ -236,22 +365,28 @@ def directional_derivative(f: Callable, x, v, eps: float | None = None) -> torch
     parameter of a network, say). The step moves the largest coordinate of h v by
     ``eps * max(1, max |x|)`` (``eps`` default: eps^(1/3) of the dtype).
     """
+    _callable("f", f)
     parts, single = _as_parts("x", x)
+    _finite("x", parts)
     dirs = _like("v", v, parts, single, "x")
-    if eps is None:
-        eps = default_eps(parts[0].dtype)
-    if not eps > 0:
-        raise ValueError(f"eps: expected a positive step, got {eps}")
     vmax = max(float(d.abs().max()) if d.numel() else 0.0 for d in dirs)
     if not vmax > 0 or not math.isfinite(vmax):
         raise ValueError(f"v: expected a finite direction with a nonzero entry, got max |v| = "
                          f"{vmax}")
     xmax = max(float(p.abs().max()) if p.numel() else 0.0 for p in parts)
+    eps = _check_eps(eps, [p.dtype for p in parts], xmax)
     h = eps * max(1.0, xmax) / vmax
     with torch.no_grad():
         plus = _call(f, [p.detach() + h * d for p, d in zip(parts, dirs)], single)
         minus = _call(f, [p.detach() - h * d for p, d in zip(parts, dirs)], single)
-    return (plus - minus) / (2 * h)
+    if plus.shape != minus.shape:
+        raise ValueError(f"f: returned shapes {tuple(plus.shape)} and {tuple(minus.shape)} at "
+                         "x + h v and x - h v")
+    jv = (plus - minus) / (2 * h)
+    if not bool(torch.isfinite(jv).all()):
+        raise ValueError("f: the central difference along v is not finite: f is nan or inf "
+                         "at x + h v or x - h v")
+    return jv
 
 
 @dataclass(frozen=True)
@@ -293,12 +428,17 @@ def directional_check(f: Callable, x, *, jvp: Callable | None = None,
     if jvp is None and vjp is None:
         raise ValueError("jvp, vjp: expected at least one of them (the kernel to check), "
                          "got neither")
-    for name, fn in (("f", f), ("jvp", jvp), ("vjp", vjp)):
-        if fn is not None and not callable(fn):
-            raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
-    if not isinstance(directions, int) or isinstance(directions, bool) or directions < 1:
+    _callable("f", f)
+    for name, fn in (("jvp", jvp), ("vjp", vjp)):
+        if fn is not None:
+            _callable(name, fn)
+    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral) or \
+            directions < 1:
         raise ValueError(f"directions: expected a positive integer, got {directions!r}")
+    directions = int(directions)
+    _check_generator(generator)
     parts, single = _as_parts("x", x)
+    _finite("x", parts)
     with torch.no_grad():
         out = _call(f, [p.detach() for p in parts], single)
     results = []
@@ -374,11 +514,14 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
     default: moves the largest coordinate by 0.1 * max(1, max |x|); then ``halvings``
     halvings. Use float64: in float32 few steps clear the rounding floor.
     """
+    _callable("f", f)
+    _check_generator(generator)
     parts, single = _as_parts("x", x)
+    _finite("x", parts)
     g = _like("grad", grad, parts, single, "x")
+    _finite("grad", g)
     dirs = _random_like(parts, generator) if v is None else _like("v", v, parts, single, "x")
-    if not isinstance(halvings, int) or isinstance(halvings, bool) or halvings < 2:
-        raise ValueError(f"halvings: expected an integer >= 2, got {halvings!r}")
+    halvings = _count("halvings", halvings, 2)
     vmax = max(float(d.abs().max()) if d.numel() else 0.0 for d in dirs)
     if not vmax > 0 or not math.isfinite(vmax):
         raise ValueError(f"v: expected a finite direction with a nonzero entry, got max |v| = "
@@ -386,13 +529,16 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
     if h0 is None:
         xmax = max(float(p.abs().max()) if p.numel() else 0.0 for p in parts)
         h0 = 0.1 * max(1.0, xmax) / vmax
-    if not (isinstance(h0, (int, float)) and h0 > 0 and math.isfinite(h0)):
+    h0 = _real("h0", h0, "a positive finite step")
+    if not (h0 > 0 and math.isfinite(h0)):
         raise ValueError(f"h0: expected a positive finite step, got {h0!r}")
     with torch.no_grad():
         f0 = _call(f, [p.detach() for p in parts], single)
         if f0.numel() != 1:
             raise ValueError(f"f: the Taylor test needs a scalar function, but f(x) has shape "
                              f"{tuple(f0.shape)}")
+        if not math.isfinite(float(f0)):
+            raise ValueError(f"f: expected a finite f(x), got {float(f0)}")
         slope = _dot(g, dirs)
         unit = float(torch.finfo(parts[0].dtype).eps)
         hs, rs, noise = [], [], []
