@@ -26,7 +26,14 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import check_finite, check_same, check_tensor, in_graph, shape_str
+from kernels._checks import (
+    check_all_finite,
+    check_finite,
+    check_same,
+    check_tensor,
+    in_graph,
+    shape_str,
+)
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -60,9 +67,7 @@ def _check_problem(X, y=None, w=None, w_name: str = "w", *, linalg: bool = False
         if w.shape[0] != d:
             raise ValueError(f"{w_name}: expected shape ({d},) for X of shape {shape_str(X)}, "
                              f"got {shape_str(w)}")
-    for name, t in (("X", X), ("y", y), (w_name, w)):
-        if t is not None:
-            _check_finite(name, t)
+    check_all_finite([("X", X), ("y", y), (w_name, w)])  # one read to the host
     return X, y, w
 
 
