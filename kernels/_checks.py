@@ -82,18 +82,23 @@ def check_int(name: str, value: object, *, minimum: int, what: str = "an integer
     return int(value)
 
 
-def check_real(name: str, value: object, *, what: str) -> float:
-    """A Python, numpy or 0-d real tensor number as a finite float (not a bool)."""
+def real_number(name: str, value: object, what: str) -> float:
+    """A Python, numpy or 0-d real tensor number as a float (not a bool); TypeError
+    otherwise, naming ``what`` was expected."""
     if isinstance(value, torch.Tensor):
-        if value.dim() != 0 or not (value.dtype.is_floating_point or value.dtype in (
-                torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        if value.dim() != 0 or value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"{name}: expected {what} (a number or a 0-d real tensor), got a "
                             f"tensor of dtype {value.dtype} and shape {shape_str(value)}")
-        value = value.item()
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected {what} (a real number), got "
                         f"{type(value).__name__} {value!r}")
-    value = float(value)
+    return float(value)
+
+
+def check_real(name: str, value: object, *, what: str) -> float:
+    """``real_number``, finite."""
+    value = real_number(name, value, what)
     if not value == value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name}: expected {what}, finite, got {value!r}")
     return value

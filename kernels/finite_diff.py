@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import check_same, check_tensor
+from kernels._checks import check_finite, check_same, check_tensor, real_number
 
 
 def default_eps(dtype: torch.dtype) -> float:
@@ -31,20 +31,6 @@ def default_eps(dtype: torch.dtype) -> float:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     return float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
-
-
-def _real(name: str, value, expected: str) -> float:
-    """A Python, numpy or 0-d real tensor number as a float; TypeError otherwise."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() != 0 or value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"{name}: expected {expected} (a number or a 0-d real tensor), "
-                            f"got a tensor of dtype {value.dtype} and shape "
-                            f"{tuple(value.shape)}")
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected {expected} (a real number), got "
-                        f"{type(value).__name__} {value!r}")
-    return float(value)
 
 
 def _count(name: str, value, least: int) -> int:
@@ -62,12 +48,7 @@ def _callable(name: str, fn) -> None:
 def _finite(name: str, parts: Sequence[torch.Tensor]) -> None:
     """No NaN or inf in ``parts``: a difference quotient there means nothing."""
     for i, t in enumerate(parts):
-        bad = ~torch.isfinite(t)
-        if bool(bad.any()):
-            where = name if len(parts) == 1 else f"{name}[{i}]"
-            first = tuple(int(v) for v in bad.nonzero()[0])
-            raise ValueError(f"{where}: expected finite values, got {int(bad.sum())} NaN or "
-                             f"inf (the first at index {first}: {t[first].item()})")
+        check_finite(name if len(parts) == 1 else f"{name}[{i}]", t)
 
 
 def _check_eps(eps, dtypes: Sequence[torch.dtype], xmax: float) -> float:
@@ -79,7 +60,7 @@ def _check_eps(eps, dtypes: Sequence[torch.dtype], xmax: float) -> float:
     coarse = max(dtypes, key=lambda d: torch.finfo(d).eps)
     if eps is None:
         return default_eps(coarse)
-    eps = _real("eps", eps, "a positive step")
+    eps = real_number("eps", eps, "a positive step")
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps: expected a positive finite step, got {eps!r}")
     unit = float(torch.finfo(coarse).eps)
@@ -283,7 +264,8 @@ def step_sweep(
     if not isinstance(eps_values, Sequence) or isinstance(eps_values, str) or not eps_values:
         raise TypeError(f"eps_values: expected a non-empty sequence of steps, got "
                         f"{type(eps_values).__name__}")
-    steps = [_real(f"eps_values[{i}]", e, "a positive step") for i, e in enumerate(eps_values)]
+    steps = [real_number(f"eps_values[{i}]", e, "a positive step")
+             for i, e in enumerate(eps_values)]
     for i, e in enumerate(steps):
         if not (e > 0 and math.isfinite(e)):
             raise ValueError(f"eps_values[{i}]: expected a positive finite step, got {e!r}")
@@ -529,7 +511,7 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
     if h0 is None:
         xmax = max(float(p.abs().max()) if p.numel() else 0.0 for p in parts)
         h0 = 0.1 * max(1.0, xmax) / vmax
-    h0 = _real("h0", h0, "a positive finite step")
+    h0 = real_number("h0", h0, "a positive finite step")
     if not (h0 > 0 and math.isfinite(h0)):
         raise ValueError(f"h0: expected a positive finite step, got {h0!r}")
     with torch.no_grad():

@@ -32,6 +32,7 @@ from kernels._checks import (
     check_same,
     check_tensor,
     in_graph,
+    real_number,
     shape_str,
 )
 
@@ -71,25 +72,8 @@ def _check_problem(X, y=None, w=None, w_name: str = "w", *, linalg: bool = False
     return X, y, w
 
 
-def _check_finite(name: str, t: torch.Tensor) -> None:
-    check_finite(name, t)
-
-
-def _real_number(name: str, value, expected: str) -> float:
-    """A Python, numpy or 0-d tensor real number as a float; TypeError otherwise."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() != 0 or value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"{name}: expected {expected} (a number or a 0-d real tensor), "
-                            f"got a tensor of dtype {value.dtype} and shape {shape_str(value)}")
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected {expected} (a real number), got "
-                        f"{type(value).__name__} {value!r}")
-    return float(value)
-
-
 def _check_alpha(alpha) -> float:
-    alpha = _real_number("alpha", alpha, "a positive step size")
+    alpha = real_number("alpha", alpha, "a positive step size")
     if not math.isfinite(alpha):
         raise ValueError(f"alpha: expected a finite step size, got {alpha!r}")
     if not alpha > 0:
@@ -98,7 +82,7 @@ def _check_alpha(alpha) -> float:
 
 
 def _check_beta(beta) -> float:
-    beta = _real_number("beta", beta, "a momentum 0 <= beta < 1")
+    beta = real_number("beta", beta, "a momentum 0 <= beta < 1")
     if not 0 <= beta < 1:
         raise ValueError(f"beta: expected a momentum 0 <= beta < 1, got {beta!r}")
     return beta
@@ -367,8 +351,8 @@ def _check_momentum(grads, theta0, alpha, beta):
     if grads.shape[1] != theta0.shape[0]:
         raise ValueError(f"grads: expected shape (k, {theta0.shape[0]}) for theta0 of shape "
                          f"{shape_str(theta0)}, got {shape_str(grads)}")
-    _check_finite("grads", grads)
-    _check_finite("theta0", theta0)
+    check_finite("grads", grads)
+    check_finite("theta0", theta0)
     return grads, theta0, _check_alpha(alpha), _check_beta(beta)
 
 
