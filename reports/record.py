@@ -304,6 +304,19 @@ def achieved_gflops(flops, seconds):
 VERIFY_KIND = "verify-report"
 
 
+def _from_fields(cls, d: Mapping, what: str):
+    """``cls(**d)`` for a record dataclass read from JSON: every field but ``test`` (which
+    defaults) present, no unknown key; a RecordError that says which otherwise."""
+    if not isinstance(d, Mapping):
+        raise RecordError(f"{what}: expected an object, got {type(d).__name__}")
+    names = [f.name for f in fields(cls)]
+    missing = [n for n in names if n not in d and n != "test"]
+    unknown = sorted(set(d) - set(names))
+    if missing or unknown:
+        raise RecordError(f"{what}: missing {missing}, unknown {unknown}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
 class VerifyRecord:
     """One comparison made by ``verify.compare.assert_close``."""
@@ -344,14 +357,7 @@ class VerifyRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> VerifyRecord:
-        if not isinstance(d, Mapping):
-            raise RecordError(f"record: expected an object, got {type(d).__name__}")
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d and n != "test"]
-        unknown = sorted(set(d) - set(names))
-        if missing or unknown:
-            raise RecordError(f"record: missing {missing}, unknown {unknown}")
-        return cls(**d)
+        return _from_fields(cls, d, "record")
 
 
 @dataclass(frozen=True)
@@ -401,14 +407,7 @@ class SweepRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SweepRecord:
-        if not isinstance(d, Mapping):
-            raise RecordError(f"sweep: expected an object, got {type(d).__name__}")
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d and n != "test"]
-        unknown = sorted(set(d) - set(names))
-        if missing or unknown:
-            raise RecordError(f"sweep: missing {missing}, unknown {unknown}")
-        return cls(**d)
+        return _from_fields(cls, d, "sweep")
 
 
 def verify_payload(records: Sequence[VerifyRecord], sweeps: Sequence[SweepRecord] = (),
