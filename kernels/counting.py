@@ -507,14 +507,7 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
         tracked = [state[n] for n, t in originals.items() if t.requires_grad]
         tracked += [x] if input_requires_grad else []
     recorder = _Recorder(stack, result, tracked)
-    try:
-        with recorder:
-            _functional_call(module, state, x)
-    except (RuntimeError, NotImplementedError) as exc:
-        raise _does_not_fit(input_shape, stack, exc) from None
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_under(recorder, module, state, x, hooks, input_shape, stack)
     _attach_params(result, param_rows, {names[m] or "(model)": type(m).__name__
                                         for m in module.modules()})
     result.rows.extend(reversed(recorder.backward_rows))
@@ -527,6 +520,20 @@ def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
     made: dict[int, torch.Tensor] = {}
     return {n: made.setdefault(id(t), _meta_like(t))
             for n, t in module.state_dict(keep_vars=True).items()}
+
+
+def _run_under(mode, module, state, x, hooks, input_shape, stack) -> None:
+    """Run ``module`` on the meta input ``x`` under the dispatch ``mode`` that watches it,
+    a torch error turned into the named ``_does_not_fit``; the hooks removed whatever
+    happens."""
+    try:
+        with mode:
+            _functional_call(module, state, x)
+    except (RuntimeError, NotImplementedError) as exc:
+        raise _does_not_fit(input_shape, stack, exc) from None
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _functional_call(module, state, x):
@@ -772,13 +779,6 @@ def receptive_field(module: nn.Module, input_shape: Sequence[int]) -> ReceptiveF
     state = _meta_state(module)
     x = torch.empty(input_shape, device="meta")
     tracker = _RFTracker(x, stack)
-    try:
-        with tracker:
-            _functional_call(module, state, x)
-    except (RuntimeError, NotImplementedError) as exc:
-        raise _does_not_fit(input_shape, stack, exc) from None
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_under(tracker, module, state, x, hooks, input_shape, stack)
     (r, j, s) = tracker.last
     return ReceptiveField(size=r, jump=j, start=s)
