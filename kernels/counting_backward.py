@@ -134,26 +134,17 @@ def _conv_backward(args, out, needs) -> list[tuple[str, Counts]]:
     stride, padding, dilation = args[3], args[4], args[5]
     transposed = bool(args[6])  # w.shape[1] is C_in / groups (C_out / groups transposed)
     k = _numel(w.shape[2:])
-    if transposed:
-        # the forward scatters every input value to C_out/g * k outputs (some land on the
-        # border that padding crops); dJ/dx_j gathers back those that landed inside
-        macs = _numel(x.shape) * w.shape[1] * k
-        cov, ins = 1, 1
-        for i in range(x.dim() - 2):
-            c, n = _gathered(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], stride[i],
-                             padding[i], dilation[i])
-            cov, ins = cov * c, ins * n
-        covered = x.shape[0] * x.shape[1] * cov
-        inside = x.shape[0] * x.shape[1] * w.shape[1] * ins
-    else:
-        macs = _numel(out.shape) * w.shape[1] * k
-        cov, ins = 1, 1
-        for i in range(x.dim() - 2):
-            c, n = _covered(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], stride[i],
-                            padding[i], dilation[i])
-            cov, ins = cov * c, ins * n
-        covered = x.shape[0] * x.shape[1] * cov
-        inside = x.shape[0] * out.shape[1] * w.shape[1] * ins
+    # transposed: the forward scatters every input value to C_out/g * k outputs (some land
+    # on the border that padding crops); dJ/dx_j gathers back those that landed inside
+    per_axis = _gathered if transposed else _covered
+    macs = _numel((x if transposed else out).shape) * w.shape[1] * k
+    cov, ins = 1, 1
+    for i in range(x.dim() - 2):
+        c, n = per_axis(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], stride[i],
+                        padding[i], dilation[i])
+        cov, ins = cov * c, ins * n
+    covered = x.shape[0] * x.shape[1] * cov
+    inside = x.shape[0] * (x if transposed else out).shape[1] * w.shape[1] * ins
     rows = []
     if needs[0]:
         rows.append(("grad_input", Counts(mults=macs, adds=inside - covered, macs=macs)))
