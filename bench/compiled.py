@@ -23,6 +23,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from bench.timing import cuda_peak
+
 WARMUP_CALLS = {"default": 1, "reduce-overhead": 3}  # CUDA graphs record on the 3rd call
 # what Dynamo raises for a graph break under fullgraph=True
 GRAPH_BREAKS = (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)
@@ -42,15 +44,14 @@ def capture_call(fn: Callable[[], object], device: str, *, name: str,
         pytest.skip(f"{name}: CUDA graphs replay on a GPU only (device {device})")
     from kernels.capture import capture
 
-    cuda = cuda if cuda is not None else torch.cuda
-    cuda.synchronize()
-    cuda.reset_peak_memory_stats()
-    before = cuda.memory_allocated()
-    t0 = time.perf_counter()
-    replay = capture(fn, cuda=cuda if cuda is not torch.cuda else None)
-    cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return replay, seconds, int(cuda.max_memory_allocated() - before)
+    start = []
+
+    def record():  # timed from after the device is idle to after the recording finished
+        start.append(time.perf_counter())
+        return capture(fn, cuda=cuda)
+
+    replay, peak = cuda_peak(record, cuda)
+    return replay, time.perf_counter() - start[0], peak
 
 
 def peak_while(make: Callable[[], object], device: str, cuda=None) -> tuple[object, int | None]:
@@ -59,13 +60,7 @@ def peak_while(make: Callable[[], object], device: str, cuda=None) -> tuple[obje
     measures a capture's."""
     if torch.device(device).type != "cuda":
         return make(), None
-    cuda = cuda if cuda is not None else torch.cuda
-    cuda.synchronize()
-    cuda.reset_peak_memory_stats()
-    before = cuda.memory_allocated()
-    out = make()
-    cuda.synchronize()
-    return out, int(cuda.max_memory_allocated() - before)
+    return cuda_peak(make, cuda)
 
 
 def compile_mode(device: str) -> str:

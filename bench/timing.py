@@ -125,13 +125,19 @@ def peak_bytes(fn: Callable[[], object], device: str, cuda=None) -> int | None:
         return cpu_peak_bytes(fn)
     if kind != "cuda":
         return None
+    return cuda_peak(fn, cuda)[1]
+
+
+def cuda_peak(make: Callable[[], object], cuda=None) -> tuple[object, int]:
+    """``(make(), bytes allocated at its peak above what was allocated before it)``, by
+    CUDA's caching allocator's counters, the device finished before and after."""
     cuda = cuda if cuda is not None else torch.cuda
     cuda.synchronize()
     cuda.reset_peak_memory_stats()
     before = cuda.memory_allocated()
-    fn()
+    out = make()
     cuda.synchronize()
-    return int(cuda.max_memory_allocated() - before)
+    return out, int(cuda.max_memory_allocated() - before)
 
 
 def cpu_peak_bytes(fn: Callable[[], object]) -> int:

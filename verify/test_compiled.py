@@ -406,22 +406,14 @@ def test_capture_call_skips_off_cuda():
 
 
 def test_capture_call_records_the_captures_peak_and_seconds():
-    from verify.test_graph import FakeCuda
+    from verify.test_graph import FakeCuda as GraphCuda
+    from verify.test_timing import FakeCuda as TimingCuda
 
-    class Cuda(FakeCuda):  # kernels.capture's graph API plus the allocator's counters
-        allocated, peak = 1000, 0
-
-        def synchronize(self):
-            self.log.append("synchronize")
-
-        def reset_peak_memory_stats(self):
-            self.peak = self.allocated
-
-        def memory_allocated(self):
-            return self.allocated
-
-        def max_memory_allocated(self):
-            return self.peak
+    class Cuda(GraphCuda, TimingCuda):  # kernels.capture's graph API, the allocator's
+        def __init__(self):              # counters and synchronize of bench.timing's
+            TimingCuda.__init__(self)
+            GraphCuda.__init__(self)
+            self.allocated = 1000
 
     cuda = Cuda()
 
