@@ -50,7 +50,7 @@ _LAPACK_DTYPES = (torch.float32, torch.float64)
 def _check_problem(X, y=None, w=None, w_name: str = "w", *, linalg: bool = False):
     """Shapes, dtypes and devices of X (N, D), y (N,) and w (D,); with ``linalg``, a dtype
     torch.linalg can factor. Every value finite (said per argument), except inside a graph
-    (``_in_graph``: no value can be read there)."""
+    (``in_graph``: no value can be read there)."""
     X = check_tensor("X", X, ndims=(2,))
     if linalg and X.dtype not in _LAPACK_DTYPES:
         raise TypeError(f"X: dtype {X.dtype} cannot be factored by torch.linalg (LAPACK, "
@@ -118,11 +118,9 @@ def _one_k(k, what: str) -> int:
     return ks[0]
 
 
-def _in_graph() -> bool:
-    """``kernels._checks.in_graph``: inside a graph the checks that read values (finite
-    inputs, divergence warnings, the overflow error, the Gram path's condition number) are
-    not made. The result still carries any inf."""
-    return in_graph()
+# Inside a graph (``kernels._checks.in_graph``: torch.compile, CUDA-graph capture) the
+# checks that read values (finite inputs, divergence warnings, the overflow error, the Gram
+# path's condition number) are not made. The result still carries any inf.
 
 
 # --- the spectrum ---------------------------------------------------------------------
@@ -167,7 +165,7 @@ def spectrum(X: torch.Tensor, y: torch.Tensor | None = None, method: str = "auto
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if method == "auto":
         method = _auto_method(X)
-    if method == "gram" and not _in_graph():  # its fallback reads cond(X^T X) to the host
+    if method == "gram" and not in_graph():  # its fallback reads cond(X^T X) to the host
         sp = _gram_spectrum(X, y)
         if sp is not None:
             return sp
@@ -267,7 +265,7 @@ def _lam_max(X: torch.Tensor) -> float:
 
 
 def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> None:
-    if _in_graph():
+    if in_graph():
         return
     if isinstance(lam_max, Spectrum):
         lam_max = lam_max.lam_max if lam_max.rank else 0.0
@@ -282,7 +280,7 @@ def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> No
 
 
 def _finite_or_raise(t: torch.Tensor, what: str, alpha: float, where: str) -> torch.Tensor:
-    if not _in_graph() and not torch.isfinite(t).all():
+    if not in_graph() and not torch.isfinite(t).all():
         raise OverflowError(
             f"{what}: the iterates diverged past the range of {t.dtype} {where} "
             f"(alpha = {alpha:g} is outside the convergent region)"
@@ -299,7 +297,7 @@ def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
     alpha = _check_alpha(alpha)
     k = _one_k(k, "gd_iterates")
     # the loop needs only lambda_max: singular values without vectors cost half an SVD
-    if not _in_graph():
+    if not in_graph():
         _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
     out = w0.new_empty(k + 1, w0.shape[0])
     out[0] = w0
@@ -411,7 +409,7 @@ def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tens
     alpha, beta = _check_alpha(alpha), _check_beta(beta)
     ks, single = _check_k(k)
     sp = spectrum(X, y)
-    if not _in_graph() and sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):
+    if not in_graph() and sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):
         warnings.warn(
             f"heavy_ball_closed_form: alpha lambda_max = {alpha * sp.lam_max:g} >= "
             f"2 (1 + beta) = {2 * (1 + beta):g}: momentum does not converge",
