@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import sys
 import zlib
 from importlib import metadata
 from pathlib import Path
@@ -81,9 +82,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "backprop.manual=1.25) take FACTOR times as long, by spinning after each call. "
         "Touches only the timed callable, never kernels/. Repeatable; recorded",
     )
+    group.addoption(
+        "--bench-instructions",
+        action="store_true",
+        help="count instructions per call instead of timing: the run re-executes itself "
+        "under valgrind's callgrind (one process, one thread, warm-up outside the "
+        "collection) and records each benchmark's and its reference's instructions per "
+        "call (bench/callgrind.py); benchmarks over bench.callgrind.MAX_FLOPS are skipped. "
+        "Exits 2 when valgrind is missing",
+    )
 
 
 def bench_threads(config: pytest.Config) -> int:
+    if config.getoption("--bench-instructions"):
+        return 1  # instruction counts are taken on one thread
     n = config.getoption("--bench-threads")
     if n is not None and n < 1:
         raise pytest.UsageError(f"--bench-threads: expected a positive integer, got {n}")
@@ -117,6 +129,8 @@ def pytest_configure(config: pytest.Config) -> None:
     conflict = plugin_conflict(pytest.__version__, benchmark_version)
     if conflict:
         raise pytest.UsageError(conflict)
+    if config.getoption("--bench-instructions"):
+        _instruction_mode(config)  # returns only under callgrind (the re-executed run)
     # one fixed thread count for the whole session, recorded in machine_info and every
     # benchmark's extra_info: CPU timings are meaningless without it
     torch.set_num_threads(bench_threads(config))
@@ -129,6 +143,45 @@ def pytest_configure(config: pytest.Config) -> None:
     target = benchmark_json_path(config)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _instruction_mode(config: pytest.Config) -> None:
+    """--bench-instructions: in the process the user started, run the same pytest command
+    under callgrind and exit with its status; in that re-executed process, return."""
+    from bench import callgrind
+
+    if config.getoption("--bench-slow"):
+        raise pytest.UsageError("--bench-slow spins for a multiple of a call's time; with "
+                                "--bench-instructions it would count the spinning: plant a "
+                                "code change instead")
+    if callgrind.under_callgrind():
+        return
+    if getattr(config, "workerinput", None) is not None or config.getoption(
+            "numprocesses", default=None):
+        raise pytest.UsageError("--bench-instructions: counts are taken in one process; "
+                                "drop -n (pytest-xdist)")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # the child writes to the real stdout/stderr
+    valgrind = callgrind.valgrind_path()
+    if valgrind is None:
+        print(f"error: {callgrind.INSTALL_HINT}", file=sys.stderr, flush=True)
+        os._exit(2)
+    import shutil
+    import subprocess
+    import tempfile
+
+    out_dir = tempfile.mkdtemp(prefix="handgrad-callgrind-")
+    try:
+        rc = subprocess.call(callgrind.reexec_command(valgrind, out_dir,
+                                                      config.invocation_params.args),
+                             cwd=config.invocation_params.dir,
+                             env=callgrind.reexec_env(out_dir))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)  # this process ran nothing: the child's status is the run's
 
 
 def benchmark_json_path(config: pytest.Config) -> Path | None:
@@ -192,6 +245,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info.update({"cuda": None, "gpu": None, **gpu_info()})
     machine_info["bench_grid"] = config.getoption("--bench-grid")
     machine_info["bench_slow"] = bench_slow(config)
+    machine_info["bench_mode"] = "instructions" if config.getoption(
+        "--bench-instructions") else "time"
 
 
 def bench_slow(config: pytest.Config, check_names: bool = False) -> dict[str, float]:

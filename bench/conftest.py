@@ -85,6 +85,8 @@ def measure(benchmark, request: pytest.FixtureRequest):
     def _measure(fn: Callable[[], object], *, group: str, warmup: int = 3,
                  reference_fn: Callable[[], object] | None = None, peak: int | None = None,
                  reference_peak: int | None = None, **info) -> object:
+        if request.config.getoption("--bench-instructions"):
+            return _count_instructions(benchmark, fn, reference_fn, group, info)
         device = str(info.get("device"))
         cold = bool(request.config.getoption("--bench-cold-l2")) and _is_cuda(device)
         timing = timing_for(device, cold=cold)
@@ -133,6 +135,45 @@ def measure(benchmark, request: pytest.FixtureRequest):
         return result
 
     return _measure
+
+
+def not_counted(info: dict) -> str | None:
+    """Why ``--bench-instructions`` does not count a benchmark (None: it counts it)."""
+    from bench import callgrind
+
+    if info.get("kernel") in ("control", "ceiling"):
+        return ("a measurement of the machine, for the wall clock: not counted under "
+                "--bench-instructions")
+    if info.get("compile_mode") is not None:
+        return ("compiled or captured: compiling under callgrind takes hours; not counted "
+                "under --bench-instructions")
+    if torch.device(str(info.get("device"))).type != "cpu":
+        return "instructions are counted on the CPU only (--bench-instructions)"
+    flops = info.get("flops") or 0
+    if flops > callgrind.MAX_FLOPS:
+        return (f"{flops:.3g} FLOPs a call, over bench.callgrind.MAX_FLOPS "
+                f"({callgrind.MAX_FLOPS:.3g}): arithmetic-bound, left to the wall-clock gate")
+    return None
+
+
+def _count_instructions(benchmark, fn, reference_fn, group: str, info: dict) -> object:
+    """--bench-instructions: instructions per call of ``fn`` and of its reference
+    (bench.callgrind.count), recorded with timer 'callgrind'; pytest-benchmark times one
+    call under valgrind, a time no report reads as wall clock."""
+    from bench import callgrind
+
+    why = not_counted(info)
+    if why:
+        pytest.skip(why)
+    counts = {"instructions": callgrind.count(fn)}
+    if reference_fn is not None:
+        counts["reference_instructions"] = callgrind.count(reference_fn)
+    record = bench_record({**info, "timer": "callgrind", "cache": "warm", **counts}, {})
+    benchmark.group = group
+    benchmark.extra_info.update(record.to_extra_info())
+    if benchmark.disabled:
+        return benchmark(fn)
+    return benchmark.pedantic(fn, rounds=1, iterations=1)
 
 
 def _is_cuda(device: str) -> bool:

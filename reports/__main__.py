@@ -1,9 +1,16 @@
 """Command line of handgrad's reports.
 
     python -m reports render BENCH.json [MORE.json ...] [VERIFY.json] --out DIR
-    python -m reports gate --baseline BASE.json --current NEW.json [--threshold 10%]
-        [--benchmark-threshold 20%] [--confidence 0.95] [--summary FILE]
+    python -m reports gate --baseline BASE.json [BASE2.json ...] --current NEW.json
+        [NEW2.json ...] [--threshold 10%] [--benchmark-threshold 20%] [--confidence 0.95]
+        [--accept FILE] [--summary FILE]
     python -m reports init-study --out DIR [--seed 0]
+
+The gate compares instruction counts when both files hold them (pytest bench
+--bench-instructions; default threshold 2%), else times against each kernel's reference
+(default 10%). Several timed baseline/current pairs (separate runs, alternated): a kernel
+fails only when every pair flags it. --accept names a file of declared regressions
+(kernel.method bound reason), passed up to their bound.
 
 Exit codes: render and init-study 0 done; gate 0 no regression, 1 regression. All: 2 for
 any unusable input or option (missing, a folder, corrupt, not handgrad's benchmark output,
@@ -51,11 +58,19 @@ def _parser() -> argparse.ArgumentParser:
                    "verify --verify-report files")
     p.add_argument("--out", required=True, help="folder to write the report into")
     g = sub.add_parser("gate", help="fail (exit 1) when a kernel regressed against baseline")
-    g.add_argument("--baseline", required=True, help="pytest-benchmark JSON of the baseline")
-    g.add_argument("--current", required=True, help="pytest-benchmark JSON of the change")
-    g.add_argument("--threshold", default="10%",
-                   help="a kernel regresses when the interval of its mean change over all its "
-                   "benchmarks lies above 1 + this (default 10%%)")
+    g.add_argument("--baseline", required=True, nargs="+",
+                   help="pytest-benchmark JSON of the baseline (several: one per timed run)")
+    g.add_argument("--current", required=True, nargs="+",
+                   help="pytest-benchmark JSON of the change, as many as --baseline, paired "
+                   "in order")
+    g.add_argument("--threshold", default=None,
+                   help="timed runs: a kernel regresses when the interval of its mean change "
+                   "over all its benchmarks lies above 1 + this (default 10%%); instruction "
+                   "counts: a benchmark regresses when its count grows beyond 1 + this "
+                   "(default 2%%)")
+    g.add_argument("--accept", metavar="FILE",
+                   help="declared regressions, one a line: kernel.method bound reason; "
+                   "each passes up to its bound and the report lists it")
     g.add_argument("--benchmark-threshold", default="20%",
                    help="a single benchmark regresses when its own interval lies above 1 + "
                    "this (default 20%%)")
@@ -85,20 +100,47 @@ def main(argv: list[str] | None = None) -> int:
 
             write_study(check_output_dir(args.out), seed=args.seed)
             return 0
-        from reports.gate import gate, parse_threshold
+        from reports import gate as G
 
-        threshold = parse_threshold(args.threshold)
-        bench_threshold = parse_threshold(args.benchmark_threshold, "--benchmark-threshold")
+        if len(args.baseline) != len(args.current):
+            raise ReportInputError(f"--baseline and --current: expected as many files each "
+                                   f"(pairs), got {len(args.baseline)} and "
+                                   f"{len(args.current)}")
+        bench_threshold = G.parse_threshold(args.benchmark_threshold, "--benchmark-threshold")
         confidence = parse_confidence(args.confidence)
+        accepted = G.read_accepted(args.accept)
         target = args.summary or os.environ.get("GITHUB_STEP_SUMMARY")
         if target:
             check_output_file(target, "--summary" if args.summary else "$GITHUB_STEP_SUMMARY")
-        result = gate(args.baseline, args.current, threshold, confidence,
-                      benchmark_threshold=bench_threshold)
+        files = [*args.baseline, *args.current]
+        counted = [G.is_instruction_run(f) for f in files]
+        if any(counted) and not all(counted):
+            mixed = [f for f, c in zip(files, counted) if not c]
+            raise ReportInputError(f"{mixed[0]}: a timed run, compared with instruction "
+                                   "counts; give runs of one kind (both --bench-instructions "
+                                   "or both timed)")
+        if all(counted):
+            if len(args.baseline) > 1:
+                raise ReportInputError("instruction counts have no noise to repeat away: "
+                                       "give one --baseline and one --current")
+            threshold = G.parse_threshold(args.threshold or f"{G.INSTRUCTION_THRESHOLD}")
+            results = [G.instruction_gate(args.baseline[0], args.current[0], threshold,
+                                          accepted)]
+        else:
+            threshold = G.parse_threshold(args.threshold or "10%")
+            results = [G.gate(b, c, threshold, confidence, benchmark_threshold=bench_threshold,
+                              accepted=accepted)
+                       for b, c in zip(args.baseline, args.current)]
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    md = result.markdown()
+    md = "\n".join(r.markdown() for r in results)
+    # several pairs: a regression is confirmed only when every pair flags the kernel
+    confirmed = set.intersection(*(r.flagged() for r in results))
+    if len(results) > 1:
+        md += (f"\n### Over {len(results)} pairs of runs: "
+               + (f"FAIL: every pair flags {', '.join(sorted(confirmed))}" if confirmed else
+                  "PASS: no kernel is flagged by every pair") + "\n")
     try:
         print(md)
     except BrokenPipeError:  # piped into head & co.: the reader has seen enough
@@ -106,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if target:
         with open(target, "a") as fh:
             fh.write(md)
-    return 0 if result.passed else 1
+    return 1 if confirmed else 0
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ class GateResult:
     benchmark_threshold: float
     confidence: float
     skipped: tuple[str, ...] = ()  # kernels in both runs that could not be compared, and why
+    accepted: tuple = ()  # the declared regressions (Accepted) the gate was given
 
     @property
     def regressions(self) -> int:
@@ -113,6 +114,11 @@ class GateResult:
                 + fmt(self._benchmark_view(),
                       ("ratio_base", "ratio_current", "change", "ci_low", "ci_high", "limit"))
                 + "\n")
+        used = [a for a in self.accepted
+                if a.name in {f"{r.kernel}.{r.method}" for r in self.table.itertuples()}]
+        if used:
+            text += "\nDeclared regressions (`accepted` up to their bound):\n\n" + "".join(
+                f"- `{a.name}` up to {a.bound:g}x: {a.reason}\n" for a in used)
         if self.skipped:
             text += "\nNot gated:\n\n" + "".join(f"- {s}\n" for s in self.skipped)
         return text
@@ -175,8 +181,10 @@ def _kernel_rows(table: pd.DataFrame, threshold: float, confidence: float) -> pd
 
 def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float = 0.95,
          n_resamples: int = 2000, seed: int = 0,
-         benchmark_threshold: float = 0.20) -> GateResult:
-    """Compare two pytest-benchmark JSON files; raises ReportInputError on unusable input."""
+         benchmark_threshold: float = 0.20,
+         accepted: dict | None = None) -> GateResult:
+    """Compare two pytest-benchmark JSON files; raises ReportInputError on unusable input.
+    ``accepted``: declared regressions (``read_accepted``), passed up to their bound."""
     base, cur = load_benchmarks([baseline]), load_benchmarks([current])
     keys = ["group", "method"]
     pairs = base.merge(cur, on=keys, suffixes=("_b", "_c"))
@@ -265,6 +273,204 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         raise ReportInputError(f"{baseline} and {current}: no kernel has the same reference, "
                                "timed, in both")
     table = pd.DataFrame(rows).sort_values("change", ascending=False).reset_index(drop=True)
-    return GateResult(table=table, kernels=_kernel_rows(table, threshold, confidence),
+    kernels = _kernel_rows(table, threshold, confidence)
+    accepted = accepted or {}
+    _accept(table, "ci_low", accepted)
+    _accept(kernels, "ci_low", accepted)
+    return GateResult(table=table, kernels=kernels,
                       threshold=threshold, benchmark_threshold=benchmark_threshold,
-                      confidence=confidence, skipped=tuple(skipped))
+                      confidence=confidence, skipped=tuple(skipped),
+                      accepted=tuple(accepted.values()))
+
+
+# ---------------------------------------------------------------- declared regressions
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A regression taken on purpose: ``kernel.method`` may cost up to ``bound`` times its
+    baseline (instructions, or time over its reference), for ``reason``."""
+
+    name: str
+    bound: float
+    reason: str
+
+
+def read_accepted(path: str | None) -> dict[str, Accepted]:
+    """The declared regressions of a versioned file, one a line::
+
+        # kernel.method  bound  reason
+        backprop.manual  1.04   every y checked for NaN/inf: one more reduction a call
+
+    Blank lines and ``#`` comments are skipped; a malformed line is a ReportInputError
+    that names the file, the line and what was expected."""
+    if path is None:
+        return {}
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise ReportInputError(f"--accept: cannot read {path} ({exc.strerror})") from None
+    out: dict[str, Accepted] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split(None, 2)
+        where = f"{path}:{no}"
+        if len(parts) < 3 or parts[0].count(".") != 1:
+            raise ReportInputError(f"{where}: expected 'kernel.method bound reason', got "
+                                   f"{line!r}")
+        name, bound, reason = parts
+        try:
+            value = float(bound)
+        except ValueError:
+            value = float("nan")
+        if not 1 < value < 10:
+            raise ReportInputError(f"{where}: bound of {name}: expected a factor between 1 "
+                                   f"and 10 (e.g. 1.05), got {bound!r}")
+        if name in out:
+            raise ReportInputError(f"{where}: {name} declared twice")
+        out[name] = Accepted(name, value, reason.strip())
+    return out
+
+
+def _accept(verdicts: pd.DataFrame, low_col: str, accepted: dict[str, Accepted]) -> None:
+    """Turn REGRESSION into 'accepted' where a declared bound covers it (in place): a
+    regression whose ``low_col`` (the interval's low end, or the count's change) lies at
+    or under its declared bound passes, and the row names the bound."""
+    if not accepted or verdicts.empty:
+        return
+    bounds, notes = [], []
+    for r in verdicts.itertuples(index=False):
+        a = accepted.get(f"{r.kernel}.{r.method}")
+        bounds.append(np.nan if a is None else a.bound)
+        covered = (a is not None and r.verdict == "REGRESSION"
+                   and getattr(r, low_col) <= a.bound)
+        notes.append("accepted" if covered else r.verdict)
+    verdicts["accepted_bound"] = bounds
+    verdicts["verdict"] = notes
+
+
+# ---------------------------------------------------------------- instruction counts
+
+INSTRUCTION_THRESHOLD = 0.02  # counts are deterministic to ~0.1%: 2% is far above noise
+
+
+@dataclass(frozen=True)
+class InstructionGateResult:
+    table: pd.DataFrame  # a row per counted handgrad benchmark in both runs
+    metric: str  # "own": the kernel's own count; "ratio": kernel over reference
+    threshold: float
+    accepted: tuple[Accepted, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def regressions(self) -> int:
+        return int((self.table["verdict"] == "REGRESSION").sum())
+
+    @property
+    def passed(self) -> bool:
+        return self.regressions == 0
+
+    def flagged(self) -> set[str]:
+        t = self.table[self.table["verdict"] == "REGRESSION"]
+        return {f"{r.kernel}.{r.method}" for r in t.itertuples()}
+
+    def markdown(self) -> str:
+        verdict = "PASS: no regression" if self.passed else (
+            f"FAIL: {self.regressions} regression(s) in {', '.join(sorted(self.flagged()))}")
+        what = ("each kernel's own instructions per call (both runs: the same torch and "
+                "Python)" if self.metric == "own" else
+                "instructions per call over the reference's (the runs' torch or Python "
+                "differ, so each count is normalised by its torch reference's)")
+        head = (f"### handgrad instruction-count gate: {verdict}\n\n"
+                f"Change = {what}, now over baseline. A benchmark regresses when its change "
+                f"exceeds {1 + self.threshold:.3f}, unless a declared regression covers it "
+                f"(`accepted`, up to its bound).\n")
+        shown = self.table.drop(columns=["kernel", "method"]).copy()
+        for c in ("change", "accepted_bound"):
+            if c in shown:
+                shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+        text = head + "\n" + to_markdown(shown) + "\n"
+        used = [a for a in self.accepted
+                if a.name in {f"{r.kernel}.{r.method}" for r in self.table.itertuples()}]
+        if used:
+            text += "\nDeclared regressions:\n\n" + "".join(
+                f"- `{a.name}` up to {a.bound:g}x: {a.reason}\n" for a in used)
+        if self.skipped:
+            text += "\nNot compared:\n\n" + "".join(f"- {s}\n" for s in self.skipped)
+        return text
+
+
+def _run_info(path: str) -> dict:
+    from reports.load import read_json
+
+    info = read_json(path).get("machine_info") or {}
+    return {"torch": info.get("torch"), "python": info.get("python_version")}
+
+
+def is_instruction_run(path: str) -> bool:
+    """Whether a benchmark file holds instruction counts (--bench-instructions)."""
+    df = load_benchmarks([path])
+    return bool((df["timer"] == "callgrind").any())
+
+
+def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION_THRESHOLD,
+                     accepted: dict[str, Accepted] | None = None) -> InstructionGateResult:
+    """Compare the instruction counts of two ``--bench-instructions`` runs. The metric is
+    each handgrad kernel's own count when both runs used the same torch and Python (a
+    count has no noise to cancel), else its count over its torch reference's."""
+    accepted = accepted or {}
+    base, cur = load_benchmarks([baseline]), load_benchmarks([current])
+    for path, df in ((baseline, base), (current, cur)):
+        if not (df["timer"] == "callgrind").any():
+            raise ReportInputError(f"{path}: no instruction counts (write it with pytest "
+                                   "bench --bench-instructions)")
+    same = _run_info(baseline) == _run_info(current)
+    metric = "own" if same else "ratio"
+
+    def counted(df):
+        keep = (df["owner"] == "handgrad") & (df["method"] != df["reference"]) & df[
+            "instructions"].notna()
+        return df[keep]
+
+    b, c = counted(base), counted(cur)
+    pairs = b.merge(c, on=["group", "method"], suffixes=("_b", "_c"))
+    skipped = [f"{g} :: {m}: counted in one run only"
+               for g, m in sorted(set(zip(b["group"], b["method"]))
+                                  ^ set(zip(c["group"], c["method"])))]
+    rows = []
+    for p in pairs.itertuples(index=False):
+        if p.reference_b != p.reference_c:
+            skipped.append(f"{p.group} :: {p.method}: reference changed from "
+                           f"{p.reference_b} to {p.reference_c}")
+            continue
+        if metric == "ratio" and (pd.isna(p.reference_instructions_b)
+                                  or pd.isna(p.reference_instructions_c)):
+            skipped.append(f"{p.group} :: {p.method}: its reference was not counted in both")
+            continue
+        vb = float(p.instructions_b) / (1.0 if metric == "own" else
+                                        float(p.reference_instructions_b))
+        vc = float(p.instructions_c) / (1.0 if metric == "own" else
+                                        float(p.reference_instructions_c))
+        change = vc / vb
+        rows.append({
+            "kernel": p.kernel_c, "method": p.method,
+            "benchmark": f"{p.group} :: {p.method}",
+            "instructions_base": int(p.instructions_b),
+            "instructions_current": int(p.instructions_c),
+            "reference_base": (None if pd.isna(p.reference_instructions_b)
+                               else int(p.reference_instructions_b)),
+            "reference_current": (None if pd.isna(p.reference_instructions_c)
+                                  else int(p.reference_instructions_c)),
+            "change": change,
+            "verdict": "REGRESSION" if change > 1 + threshold else (
+                "faster" if change < 1 - threshold else "ok"),
+        })
+    if not rows:
+        raise ReportInputError(f"{baseline} and {current} have no counted handgrad kernel "
+                               "benchmarks in common")
+    table = pd.DataFrame(rows).sort_values("change", ascending=False).reset_index(drop=True)
+    _accept(table, "change", accepted)
+    return InstructionGateResult(table=table, metric=metric, threshold=threshold,
+                                 accepted=tuple(accepted.values()), skipped=tuple(skipped))

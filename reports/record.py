@@ -25,11 +25,14 @@ from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 
-SCHEMA = 2
+SCHEMA = 3  # 3: instruction counts (instructions, reference_instructions, timer callgrind)
+SCHEMAS = (1, 2, SCHEMA)  # what this version reads
 SCHEMA_KEY = "handgrad_schema"  # in machine_info
 OWNERS = ("handgrad", "torch")
 KERNELS = ("backprop", "jacobian", "counting", "least_squares", "control", "ceiling")
-TIMERS = ("perf_counter", "cuda_event")  # how a call was timed (see bench/timing.py)
+# how a call was timed (see bench/timing.py); "callgrind": under valgrind, whose times are
+# not wall clock: the run's measurement is its instruction counts (bench/callgrind.py)
+TIMERS = ("perf_counter", "cuda_event", "callgrind")
 CACHES = ("warm", "cold")  # cold: the GPU's L2 was flushed before each timed call
 SHAPES = ("L", "D", "K", "P", "N", "k")  # the shape parameters a benchmark may have
 
@@ -134,6 +137,10 @@ class BenchRecord:
     compile_s: float | None = None
     # interleaved runs: the reference's time (s) in each round, paired with stats.data
     reference_data: tuple[float, ...] | None = None
+    # --bench-instructions: instructions (callgrind's Ir) per call of the method and of its
+    # reference, the same inputs, one thread
+    instructions: int | None = None
+    reference_instructions: int | None = None
 
     def __post_init__(self) -> None:
         _str("kernel", self.kernel, KERNELS)
@@ -161,6 +168,15 @@ class BenchRecord:
         for name in ("peak_bytes", "reference_peak_bytes"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name))
+        for name in ("instructions", "reference_instructions"):
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name), minimum=1)
+        if (self.instructions is None) != (self.timer != "callgrind"):
+            raise RecordError(f"instructions: a run under callgrind (timer 'callgrind') "
+                              f"records its instructions and only it does; got timer "
+                              f"{self.timer!r} and instructions {self.instructions!r}")
+        if self.reference_instructions is not None and self.method == self.reference:
+            raise RecordError(f"reference_instructions: {self.method} is its own reference")
         if self.compile_mode is not None:
             _str("compile_mode", self.compile_mode)
         if self.compile_s is not None:
@@ -205,8 +221,8 @@ class BenchRecord:
                         f"owner: a schema-1 file (written before the owner field) holds "
                         f"{kernel}.{method}, which that suite never timed; rerun the bench")
                 info["owner"] = LEGACY_OWNERS[kernel, method]
-        elif schema != SCHEMA:
-            raise RecordError(f"{SCHEMA_KEY}: expected 1 or {SCHEMA}, got {schema!r}")
+        elif schema not in SCHEMAS:
+            raise RecordError(f"{SCHEMA_KEY}: expected one of {list(SCHEMAS)}, got {schema!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(info) - known)
         if unknown:
@@ -223,8 +239,9 @@ def schema_of(machine_info) -> int:
     if not isinstance(machine_info, Mapping):
         raise RecordError(f"machine_info: expected an object, got {type(machine_info).__name__}")
     value = machine_info.get(SCHEMA_KEY, 1)
-    if value not in (1, SCHEMA) or isinstance(value, bool):
-        raise RecordError(f"machine_info.{SCHEMA_KEY}: expected 1 or {SCHEMA}, got {value!r}; "
+    if value not in SCHEMAS or isinstance(value, bool):
+        raise RecordError(f"machine_info.{SCHEMA_KEY}: expected one of {list(SCHEMAS)}, got "
+                          f"{value!r}; "
                           "written by a newer handgrad?")
     return int(value)
 

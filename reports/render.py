@@ -18,7 +18,7 @@ from reports.load import (
     read_json_any,
 )
 from reports.record import RATIO_DEFINITION
-from reports.tables import DISTURBED_RULE, summary, to_markdown
+from reports.tables import COUNT_RULE, DISTURBED_RULE, summary, to_markdown
 from reports.verification import (
     headroom_table,
     is_verify_report,
@@ -66,8 +66,10 @@ def _about_runs(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     memory = MEMORY_TEXT if "peak_mib" in table.columns else (
         "No run recorded peak memory, so the tables have no `peak_mib` or `memory_ratio` "
         "column.")
+    counts = [COUNT_RULE, ""] if "kinstr" in table.columns else []
     return lines + [
         "",
+        *counts,
         f"{RATIO_DEFINITION} `gflop_s` is the analytic operation count in each "
         "benchmark's `extra_info.flops` over its median time. Times are per call; "
         "`owner` says whose each method is (handgrad's kernels are listed before torch's "
@@ -158,20 +160,23 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
         table.to_csv(out / "summary.csv", index=False)
         written.append(out / "summary.csv")
         kernels = sorted(k for k in df["kernel"].dropna().unique())
-        both = devices.has_both(df)
+        # an instruction run's times were taken under valgrind: its counts are in the
+        # tables, its times in no figure
+        timed = df[df["timer"] != "callgrind"]
+        both = devices.has_both(timed)
         lines += ["## Benchmarks", "", *_about_runs(df, table)]
         steps = len(kernels) + 2 + both
         for i, kernel in enumerate(kernels, 1):
             say(f"[{i}/{steps}] rendering {kernel}")
             lines += [f"### {kernel}", ""]
-            fig = figures.time_vs_depth(df, kernel, out)
+            fig = figures.time_vs_depth(timed, kernel, out) if len(timed) else None
             if fig is not None:
                 lines += [f"![{kernel}: time vs depth]({fig.name})", ""]
                 written.append(fig)
             sub = table[table["kernel"] == kernel].drop(columns=["kernel"])
             lines += [to_markdown(_shown(sub)), ""]
         say(f"[{len(kernels) + 1}/{steps}] rendering the Jacobian mode figure")
-        fig = figures.jacobian_modes(df, out)
+        fig = figures.jacobian_modes(timed, out) if len(timed) else None
         if fig is not None:
             written.append(fig)
             lines += [
@@ -186,7 +191,7 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
                 "",
             ]
         say(f"[{len(kernels) + 2}/{steps}] rendering the roofline figure")
-        fig = roofline.roofline(df, out)
+        fig = roofline.roofline(timed, out) if len(timed) else None
         if fig is not None:
             written.append(fig)
             lines += [
@@ -198,14 +203,14 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
                 "bandwidth × intensity): compute from the `matmul` ceiling's achieved GFLOP/s, "
                 "bandwidth from the `copy` ceiling's bytes over its median time.",
                 "",
-                *[f"- {n}" for n in roofline.notes(df)],
+                *[f"- {n}" for n in roofline.notes(timed)],
                 "",
                 f"![roofline]({fig.name})",
                 "",
             ]
         if both:
             say(f"[{steps}/{steps}] rendering CPU vs GPU")
-            lines += _cpu_vs_gpu(df, out, written)
+            lines += _cpu_vs_gpu(timed, out, written)
 
     if records is not None:
         say("rendering the verification headroom table")

@@ -83,7 +83,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     as a default), ``compile_mode`` and ``compile_s`` only for compiled methods,
     ``slowed_by`` only when a run was slowed on purpose, ``disturbed`` only when a row is
     flagged."""
-    df = with_ratios(df)
+    df = with_counts(with_ratios(df))
     keys = [c for c in KEY_COLUMNS if c in df.columns and df[c].notna().any()]
     out = df[["run", "machine", "kernel", "owner", "method", "reference", "device", "dtype",
               "threads", *keys]].copy()
@@ -95,6 +95,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     if df["peak_bytes"].notna().any():  # CUDA runs that measured memory
         out["peak_mib"] = pd.to_numeric(df["peak_bytes"]) / 2**20
         out["memory_ratio"] = df["memory_ratio"]
+    if df["instructions"].notna().any():  # an instruction-count run (--bench-instructions)
+        out["kinstr"] = pd.to_numeric(df["instructions"]) / 1e3
+        out["instr_ratio"] = df["instr_ratio"]
     out["rounds"] = df["rounds"]
     written = frozenset().union(*df["fields_written"]) if "fields_written" in df else set()
     for field in ("timer", "cache"):  # how each time was taken, where the record says
@@ -110,6 +113,46 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         out["disturbed"] = df["disturbed"]
     return out.sort_values(["kernel", "run", "device", *keys, "owner", "method"],
                            na_position="first").reset_index(drop=True)
+
+
+COUNT_RULE = (
+    "`kinstr` is thousands of instructions per call (valgrind's callgrind, one thread, "
+    "warm-up outside the count: `pytest bench --bench-instructions`) and `instr_ratio` "
+    "the method's count over its reference's on the same inputs. A counted run's own times "
+    "were taken under valgrind and are not shown; given beside a timed run, its counts join "
+    "the timed rows of the same benchmark (group and method)."
+)
+
+
+def with_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """``instr_ratio`` (instructions over the reference's), and the rows of an instruction
+    run (timer 'callgrind') joined into the timed rows of the same group and method: a
+    timed row gains their ``instructions`` and ``instr_ratio``, the counted row goes. A
+    counted row with no timed twin stays, its valgrind times blanked (NaN)."""
+    df = df.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["instr_ratio"] = (pd.to_numeric(df["instructions"])
+                             / pd.to_numeric(df["reference_instructions"]))
+    counted = df["timer"] == "callgrind"
+    if not counted.any():
+        return df
+    for col in ("median", "iqr", "ratio", "gflops"):
+        df.loc[counted, col] = np.nan
+    df.loc[counted, "ratio_kind"] = ""
+    timed = df[~counted]
+    if timed.empty:
+        return df
+    counts = df[counted].drop_duplicates(["group", "method"], keep="last").set_index(
+        ["group", "method"])
+    keys = list(zip(timed["group"], timed["method"]))
+    hit = [k in counts.index for k in keys]
+    for col in ("instructions", "instr_ratio"):
+        df.loc[~counted, col] = [counts.at[k, col] if h else v
+                                 for k, h, v in zip(keys, hit, timed[col])]
+    joined = {k for k, h in zip(keys, hit) if h}
+    drop = counted & pd.Series([(g, m) in joined for g, m in zip(df["group"], df["method"])],
+                               index=df.index)
+    return df[~drop].reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
