@@ -307,7 +307,8 @@ def read_accepted(path: str | None) -> dict[str, Accepted]:
     if path is None:
         return {}
     try:
-        text = open(path, encoding="utf-8").read()
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
     except OSError as exc:
         raise ReportInputError(f"--accept: cannot read {path} ({exc.strerror})") from None
     out: dict[str, Accepted] = {}

@@ -80,7 +80,8 @@ def test_legacy_records_get_their_owner_from_the_table_of_that_suite():
 
 def test_schema_of_reads_machine_info():
     assert schema_of({}) == 1 and schema_of({"handgrad_schema": SCHEMA}) == SCHEMA
-    for bad in (3, "2", True):
+    assert schema_of({"handgrad_schema": 2}) == 2  # files before instruction counts
+    for bad in (SCHEMA + 1, 0, "2", True):
         with pytest.raises(RecordError, match="handgrad_schema"):
             schema_of({"handgrad_schema": bad})
 
@@ -135,7 +136,7 @@ def test_verify_record_refuses_what_the_headroom_table_could_not_use(field, valu
 
 
 @pytest.mark.parametrize("field, value, says", [
-    ("timer", "wallclock", r"timer: expected one of \['perf_counter', 'cuda_event'\]"),
+    ("timer", "wallclock", r"timer: expected one of \['perf_counter', 'cuda_event', 'callgrind'\]"),
     ("cache", "lukewarm", r"cache: expected one of \['warm', 'cold'\]"),
     ("peak_bytes", -1, "peak_bytes: expected an integer >= 0"),
     ("reference_peak_bytes", 1.5, "reference_peak_bytes: expected an integer"),

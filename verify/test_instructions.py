@@ -1,0 +1,372 @@
+"""Instruction counts: ``pytest bench --bench-instructions`` (bench/callgrind.py), their
+record fields, their place in the report and their gate (reports.gate.instruction_gate),
+declared regressions (``--accept``) and the timed gate over several pairs of runs.
+
+``verify/fixtures/bench_instructions.json`` is a real counted run (see the fixtures'
+README). The one test that runs valgrind itself is marked slow: it costs about 80 s of
+the suite (pytest and torch start under callgrind, ~50x slower than natively) and is the
+only end-to-end proof, inside ``pytest verify``, that a count comes back from callgrind.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import callgrind
+from bench.conftest import not_counted
+from reports.__main__ import main
+from reports.gate import instruction_gate, read_accepted
+from reports.load import ReportInputError, load_benchmarks
+from reports.record import BenchRecord, RecordError
+from reports.tables import summary
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "verify" / "fixtures"
+COUNTED = FIXTURES / "bench_instructions.json"
+TIMED = FIXTURES / "bench_run1.json"
+
+GOOD = {"kernel": "backprop", "method": "manual", "reference": "torch_autograd",
+        "owner": "handgrad", "flops": 100, "bytes": 10, "device": "cpu",
+        "dtype": "float32", "threads": 1, "timer": "callgrind", "instructions": 500_000,
+        "reference_instructions": 900_000}
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _write(tmp_path: Path, name: str, data: dict) -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+def _grow(data: dict, method: str, factor: float, field: str = "instructions",
+          group: str = "") -> dict:
+    """A copy of a counted run with ``field`` of every benchmark of ``method`` (in groups
+    starting with ``group``) times ``factor``."""
+    data = copy.deepcopy(data)
+    hit = 0
+    for b in data["benchmarks"]:
+        if b["extra_info"]["method"] == method and b["group"].startswith(group):
+            b["extra_info"][field] = round(b["extra_info"][field] * factor)
+            hit += 1
+    assert hit, f"no benchmark of {method}"
+    data["datetime"] = f"{data.get('datetime')}-{method}-{factor}"  # another run
+    return data
+
+
+# ------------------------------------------------------------------------------ records
+
+
+def test_the_fixture_is_a_real_counted_run():
+    data = _load(COUNTED)
+    assert data["machine_info"]["bench_mode"] == "instructions"
+    infos = [b["extra_info"] for b in data["benchmarks"]]
+    assert infos and all(i["timer"] == "callgrind" and i["threads"] == 1 for i in infos)
+    kernels = [i for i in infos if i["owner"] == "handgrad" and i["method"] != i["reference"]]
+    assert kernels and all(i["instructions"] > 10_000 and i["reference_instructions"] > 10_000
+                           for i in kernels)
+
+
+def test_instruction_fields_round_trip_and_are_checked():
+    rec = BenchRecord(**GOOD)
+    assert BenchRecord.from_extra_info(rec.to_extra_info()) == rec
+    # files written before the fields (schema 2) are still read
+    old = {k: v for k, v in GOOD.items() if k not in ("timer", "instructions",
+                                                      "reference_instructions")}
+    assert BenchRecord.from_extra_info(old, schema=2).instructions is None
+    for field, value, says in [
+        ("instructions", 0, "instructions: expected an integer >= 1"),
+        ("instructions", 1.5, "instructions: expected an integer"),
+        ("reference_instructions", -3, "reference_instructions: expected an integer >= 1"),
+    ]:
+        with pytest.raises(RecordError, match=says):
+            BenchRecord(**{**GOOD, field: value})
+    with pytest.raises(RecordError, match="under callgrind"):  # counted, but not callgrind
+        BenchRecord(**{**GOOD, "timer": "perf_counter"})
+    with pytest.raises(RecordError, match="under callgrind"):  # callgrind, but no count
+        BenchRecord(**{**GOOD, "instructions": None, "reference_instructions": None})
+    with pytest.raises(RecordError, match="its own reference"):
+        BenchRecord(**{**GOOD, "method": "torch_autograd", "owner": "torch"})
+
+
+# ----------------------------------------------------------------------- bench.callgrind
+
+
+class FakeCallgrind:
+    """toggle / dump stand-ins: counts the calls made while collecting, and on dump writes
+    a callgrind-like file ``callgrind.out.<pid>.<n>`` whose summary is 1000 per call."""
+
+    def __init__(self, out: Path):
+        self.out, self.on, self.calls, self.dumps = out, False, 0, 0
+
+    def toggle(self):
+        self.on = not self.on
+
+    def dump(self):
+        self.on = not self.on
+        self.dumps += 1
+        path = self.out / f"{callgrind.OUT_NAME}.{os.getpid()}.{self.dumps}"
+        path.write_text(f"version: 1\ncmd: x\nevents: Ir\nsummary: {1000 * self.calls}\n"
+                        f"totals: {1000 * self.calls}\n")
+        self.calls = 0
+
+    def fn(self):
+        self.calls += self.on
+
+
+def test_count_takes_only_the_collected_calls_per_call(tmp_path):
+    fake = FakeCallgrind(tmp_path)
+    assert callgrind.count(fake.fn, calls=7, warmup=3, out_dir=tmp_path, toggle=fake.toggle,
+                           dump=fake.dump) == 1000  # 7000 over 7 calls; warm-up not counted
+    assert not list(tmp_path.iterdir())  # the dump it read is gone
+    assert gc.isenabled()  # paused inside the window only
+    fake.calls = 0
+    with pytest.raises(callgrind.CallgrindError, match="expected one new callgrind dump"):
+        callgrind.count(fake.fn, calls=2, warmup=0, out_dir=tmp_path, toggle=fake.toggle,
+                        dump=lambda: None)
+    with pytest.raises(ValueError, match="calls: expected a positive integer"):
+        callgrind.count(fake.fn, calls=0, out_dir=tmp_path)
+
+
+def test_count_refuses_to_run_outside_callgrind(monkeypatch):
+    monkeypatch.delenv(callgrind.ENV_DIR, raising=False)
+    with pytest.raises(callgrind.CallgrindError, match="--bench-instructions"):
+        callgrind.count(lambda: None)
+
+
+def test_read_dump(tmp_path):
+    p = tmp_path / "d"
+    p.write_text("events: Ir\nsummary: 123456\n")
+    assert callgrind.read_dump(p) == 123456
+    p.write_text("events: Ir\n")
+    with pytest.raises(callgrind.CallgrindError, match="no 'summary:' line"):
+        callgrind.read_dump(p)
+
+
+def test_reexec_runs_this_interpreter_under_callgrind_collecting_nothing_at_start(tmp_path):
+    cmd = callgrind.reexec_command("/usr/bin/valgrind", tmp_path, ["bench", "-k", "x"])
+    assert cmd[:3] == ["/usr/bin/valgrind", "--tool=callgrind", "--collect-atstart=no"]
+    assert cmd[-6:] == [sys.executable, "-m", "pytest", "bench", "-k", "x"]
+    env = callgrind.reexec_env(tmp_path, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", callgrind.ENV_DIR: str(tmp_path), "PYTHONHASHSEED": "0"}
+
+
+@pytest.mark.parametrize("info, says", [
+    ({"kernel": "control", "device": "cpu", "flops": 1}, "measurement of the machine"),
+    ({"kernel": "ceiling", "device": "cpu", "flops": 1}, "measurement of the machine"),
+    ({"kernel": "backprop", "device": "cpu", "flops": 1, "compile_mode": "default"},
+     "compiled or captured"),
+    ({"kernel": "backprop", "device": "cuda", "flops": 1}, "on the CPU only"),
+    ({"kernel": "backprop", "device": "cpu", "flops": callgrind.MAX_FLOPS + 1},
+     "over bench.callgrind.MAX_FLOPS"),
+])
+def test_what_the_instruction_mode_does_not_count(info, says):
+    assert says in not_counted(info)
+    assert not_counted({**info, "kernel": "backprop", "device": "cpu", "flops": 10,
+                        "compile_mode": None}) is None
+
+
+def _pytest(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_without_valgrind_the_mode_says_so_in_one_line_and_exits_2(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}  # no valgrind there
+    env.pop(callgrind.ENV_DIR, None)
+    out = _pytest("bench/test_control.py", "--bench-instructions", env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "valgrind not found" in lines[0] and "apt-get install" in (
+        lines[0])
+
+
+def test_bench_slow_cannot_be_counted():
+    env = {k: v for k, v in os.environ.items() if k != callgrind.ENV_DIR}
+    out = _pytest("bench/test_control.py", "--bench-instructions",
+                  "--bench-slow", "backprop.manual=1.5", env=env)
+    assert out.returncode == 4 and "plant a code change instead" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_a_real_count_under_callgrind(tmp_path):
+    """End to end: one backprop benchmark at the course's size counted under valgrind; its
+    record holds the kernel's and the reference's instructions per call, and the report
+    shows them."""
+    target = tmp_path / "counted.json"
+    env = {k: v for k, v in os.environ.items() if k != callgrind.ENV_DIR}
+    out = _pytest("bench/test_backprop.py", "-q", "-k", "test_backprop and L3-K30-N1- and "
+                  "manual and not compiled and not captured", "--bench-instructions",
+                  "--benchmark-json", str(target), env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = _load(target)
+    (b,) = data["benchmarks"]
+    info = b["extra_info"]
+    assert info["timer"] == "callgrind" and info["threads"] == 1
+    # the manual kernel does far less than a Python-level no-op loop of autograd: both
+    # counts are real and the kernel's is below its reference's
+    assert 50_000 < info["instructions"] < info["reference_instructions"] < 50_000_000
+    assert data["machine_info"]["bench_mode"] == "instructions"
+    table = summary(load_benchmarks([target]))
+    assert table["kinstr"].iloc[0] == pytest.approx(info["instructions"] / 1e3)
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def test_report_joins_counts_to_the_timed_rows_of_the_same_benchmark(tmp_path):
+    counted = _load(COUNTED)
+    timed = _load(TIMED)
+    # the counted run's groups and methods, renamed to the timed fixture's jacobian groups
+    jac = [b for b in timed["benchmarks"] if b["extra_info"]["kernel"] == "jacobian"
+           and b["extra_info"]["method"] == "manual_forward"]
+    assert jac
+    counted["benchmarks"] = counted["benchmarks"][:1]
+    counted["benchmarks"][0]["group"] = jac[0]["group"]
+    c = _write(tmp_path, "counted.json", counted)
+    table = summary(load_benchmarks([TIMED, c]))
+    row = table[(table["method"] == "manual_forward") & table["kinstr"].notna()]
+    # joined: one row, the timed one (its time kept), with the count beside it
+    assert len(row) == 1 and row["median_ms"].notna().all()
+    info = counted["benchmarks"][0]["extra_info"]
+    assert row["kinstr"].iloc[0] == pytest.approx(info["instructions"] / 1e3)
+    assert row["instr_ratio"].iloc[0] == pytest.approx(
+        info["instructions"] / info["reference_instructions"])
+    # the counted run alone: its valgrind times are not shown as times
+    alone = summary(load_benchmarks([COUNTED]))
+    assert alone["median_ms"].isna().all() and alone["kinstr"].notna().any()
+    assert alone["ratio_to_ref"].isna().all()
+
+
+def test_render_of_a_counted_run_writes_no_time_figure(tmp_path):
+    assert main(["render", str(COUNTED), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "kinstr" in md and "thousands of instructions per call" in md
+    assert not list((tmp_path / "r").glob("*.png"))
+
+
+# --------------------------------------------------------------------------------- gate
+
+
+def test_instruction_gate_passes_the_same_counts():
+    result = instruction_gate(str(COUNTED), str(COUNTED))
+    assert result.passed and result.metric == "own"
+    assert (result.table["change"] == 1.0).all()
+
+
+@pytest.mark.parametrize("factor, verdict", [(1.03, "REGRESSION"), (1.015, "ok"),
+                                             (0.95, "faster")])
+def test_instruction_gate_flags_a_count_beyond_the_threshold(tmp_path, factor, verdict):
+    cur = _write(tmp_path, "cur.json", _grow(_load(COUNTED), "manual_forward", factor))
+    result = instruction_gate(str(COUNTED), str(cur))
+    assert set(result.table["verdict"]) == {verdict}
+    assert result.passed == (verdict != "REGRESSION")
+    if verdict == "REGRESSION":
+        assert result.flagged() == {"jacobian.manual_forward"}
+        assert "FAIL" in result.markdown() and "jacobian.manual_forward" in result.markdown()
+
+
+def test_instruction_gate_divides_by_the_reference_when_torch_differs(tmp_path):
+    data = _grow(_load(COUNTED), "manual_forward", 1.10)  # kernel +10%
+    data = _grow(data, "manual_forward", 1.10, field="reference_instructions")  # torch too
+    data["machine_info"]["torch"] = "9.9.9"
+    cur = _write(tmp_path, "cur.json", data)
+    result = instruction_gate(str(COUNTED), str(cur))
+    assert result.metric == "ratio" and result.passed  # the same ratio to torch
+    same_torch = _write(tmp_path, "same.json", {**data, "machine_info": _load(COUNTED)[
+        "machine_info"]})
+    assert not instruction_gate(str(COUNTED), str(same_torch)).passed  # own count: +10%
+
+
+def test_declared_regression_passes_within_its_bound_only(tmp_path):
+    accept = tmp_path / "accepted"
+    accept.write_text("# kernel.method bound reason\n\n"
+                      "jacobian.manual_forward 1.05  one more finite check  # a comment\n")
+    accepted = read_accepted(str(accept))
+    assert accepted["jacobian.manual_forward"].reason == "one more finite check"
+    within = _write(tmp_path, "within.json", _grow(_load(COUNTED), "manual_forward", 1.04))
+    result = instruction_gate(str(COUNTED), str(within), accepted=accepted)
+    assert result.passed and set(result.table["verdict"]) == {"accepted"}
+    assert "one more finite check" in result.markdown()
+    beyond = _write(tmp_path, "beyond.json", _grow(_load(COUNTED), "manual_forward", 1.06))
+    assert not instruction_gate(str(COUNTED), str(beyond), accepted=accepted).passed
+    # the CLI reads the same file
+    assert main(["gate", "--baseline", str(COUNTED), "--current", str(within),
+                 "--accept", str(accept)]) == 0
+    assert main(["gate", "--baseline", str(COUNTED), "--current", str(beyond),
+                 "--accept", str(accept)]) == 1
+
+
+@pytest.mark.parametrize("text, says", [
+    ("jacobian 1.05 no method\n", "expected 'kernel.method bound reason'"),
+    ("jacobian.manual_forward 1.05\n", "expected 'kernel.method bound reason'"),
+    ("jacobian.manual_forward 0.9 faster?\n", "expected a factor between 1 and 10"),
+    ("jacobian.manual_forward x why\n", "expected a factor between 1 and 10"),
+    ("a.b 1.1 r\na.b 1.2 r\n", "declared twice"),
+])
+def test_a_malformed_declaration_is_refused_by_line(tmp_path, text, says):
+    p = tmp_path / "accepted"
+    p.write_text(text)
+    with pytest.raises(ReportInputError, match=says):
+        read_accepted(str(p))
+
+
+def test_cli_gate_exits_1_and_names_the_kernel(tmp_path, capsys):
+    cur = _write(tmp_path, "cur.json", _grow(_load(COUNTED), "manual_forward", 1.05))
+    assert main(["gate", "--baseline", str(COUNTED), "--current", str(cur)]) == 1
+    out = capsys.readouterr().out
+    assert "instruction-count gate: FAIL" in out and "jacobian.manual_forward" in out
+    # a threshold above the growth passes it
+    assert main(["gate", "--baseline", str(COUNTED), "--current", str(cur),
+                 "--threshold", "6%"]) == 0
+
+
+def test_cli_gate_refuses_to_mix_timed_and_counted_runs(capsys):
+    assert main(["gate", "--baseline", str(TIMED), "--current", str(COUNTED)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "runs of one kind" in err
+    assert main(["gate", "--baseline", str(COUNTED), str(COUNTED), "--current",
+                 str(COUNTED), str(COUNTED)]) == 2
+    assert "no noise" in capsys.readouterr().err
+    assert main(["gate", "--baseline", str(TIMED), "--current", str(TIMED),
+                 str(TIMED)]) == 2
+    assert "as many files each" in capsys.readouterr().err
+
+
+def test_timed_gate_over_pairs_fails_only_when_every_pair_flags(tmp_path, capsys):
+    slow = FIXTURES / "bench_run_slow.json"
+    base2 = FIXTURES / "bench_run2.json"
+    # one pair flags manual_forward (the slowed run), the other (unchanged) does not
+    assert main(["gate", "--baseline", str(TIMED), "--current", str(slow)]) == 1
+    capsys.readouterr()
+    assert main(["gate", "--baseline", str(TIMED), str(TIMED), "--current", str(slow),
+                 str(base2)]) == 0
+    assert "PASS: no kernel is flagged by every pair" in capsys.readouterr().out
+    assert main(["gate", "--baseline", str(TIMED), str(base2), "--current", str(slow),
+                 str(slow)]) == 1
+    assert "FAIL: every pair flags jacobian.manual_forward" in capsys.readouterr().out
+
+
+def test_timed_gate_passes_a_declared_regression_within_its_bound(tmp_path, capsys):
+    slow = FIXTURES / "bench_run_slow.json"
+    accept = tmp_path / "accepted"
+    accept.write_text("jacobian.manual_forward 1.5 a check that must cost time\n")
+    assert main(["gate", "--baseline", str(TIMED), "--current", str(slow),
+                 "--accept", str(accept)]) == 0
+    out = capsys.readouterr().out
+    assert "accepted" in out and "a check that must cost time" in out
+    accept.write_text("jacobian.manual_forward 1.1 too small a bound\n")
+    assert main(["gate", "--baseline", str(TIMED), "--current", str(slow),
+                 "--accept", str(accept)]) == 1
