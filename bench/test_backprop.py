@@ -13,6 +13,10 @@ from kernels import mlp
 from verify.references import torch_loss
 
 QUICK = [(L, K, N) for L in (3, 5, 10) for K in (64, 256) for N in (256,)]
+# the course's sizes, where per-call overhead (checks and dispatch), not arithmetic, is the
+# cost: one sample at K=30, a batch of 256 at K=50 (the instruction-count gate's home)
+COURSE = [(L, K, N) for L in (3, 5, 10) for K, N in ((30, 1), (50, 256))]
+QUICK += COURSE
 FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (64, 256, 1024) for N in (32, 256, 2048)]
 # GPU-sized (--bench-grid=gpu): K up to 8192, N up to 16384, in float32 and bfloat16. The
 # largest, L=10 K=4096 N=16384, holds ~5 GB of activations per method

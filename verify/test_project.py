@@ -99,3 +99,27 @@ def test_readme_figure_exists() -> None:
     for f in figures:
         data = (ROOT / f).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", f
+
+
+def test_ci_gates_every_submission_against_the_baseline_commit() -> None:
+    """.ci/run installs valgrind where it is missing and runs .ci/gate, which counts and
+    times the baseline's kernels and this tree's and gates them with the declared
+    regressions; .ci/baseline names one full commit hash."""
+    import subprocess
+
+    from reports.gate import read_accepted
+
+    run = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install -y -qq valgrind" in run and ".ci/gate" in run
+    gate = (ROOT / ".ci" / "gate").read_text()
+    assert "--bench-instructions" in gate
+    assert gate.index("--bench-instructions") < gate.index("python -m reports gate")
+    assert gate.count("--accept") >= 1 and "accepted-regressions" in gate
+    assert 'git archive "$base" kernels' in gate
+    lines = [ln.strip() for ln in (ROOT / ".ci" / "baseline").read_text().splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
+    assert len(lines) == 1 and re.fullmatch(r"[0-9a-f]{40}", lines[0]), lines
+    if (ROOT / ".git").exists():  # a checkout: the baseline is a commit it has
+        assert subprocess.run(["git", "cat-file", "-e", lines[0] + "^{commit}"], cwd=ROOT,
+                              capture_output=True).returncode == 0
+    read_accepted(str(ROOT / ".ci" / "accepted-regressions"))  # well formed
