@@ -508,7 +508,7 @@ BAD_FILES = {  # case: what the one line says
     "extra_info_null": "extra_info: expected an object, got NoneType",
     "foreign": "no handgrad benchmark records",
     "no_owner": "missing field(s) ['owner']",
-    "future_schema": "handgrad_schema: expected 1 or 2, got 99",
+    "future_schema": "handgrad_schema: expected one of [1, 2, 3], got 99",
     "unknown_field": "unknown field(s) ['colour']",
     "bad_reference_data": "reference_data: expected one time per round",
 }
