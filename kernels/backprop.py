@@ -19,9 +19,11 @@ within the 0-d tensors torch wraps Python scalars in)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from kernels import mlp
 from kernels._checks import (
@@ -35,10 +37,9 @@ from kernels._checks import (
 from kernels.mlp import (
     MLP,
     REDUCTIONS,
-    check_input,
+    _check_input_shape,
     forward_cache,
-    loss_grad,
-    loss_value,
+    log_cosh,
 )
 
 # the residual losses of kernels.mlp, and softmax cross-entropy of the logits
@@ -70,7 +71,7 @@ def _check_target(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
     """``y`` as (N, out): accepts (N, out), (N,) when out == 1, and for a single x (out,)."""
     y = check_tensor("y", y, ndims=(0, 1, 2))
     check_same("y", y, "x", x)
-    check_finite("y", y)
+    # y's values are read with the loss (``_check_finite_result``), after this
     p = net.sizes[-1]
     if x.dim() == 1:
         ok = {(p,)} | ({()} if p == 1 else set())
@@ -80,11 +81,30 @@ def _check_target(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
         ok = {(n, p)} | ({(n,)} if p == 1 else set())
         want = f"({n}, {p})" + (f" or ({n},)" if p == 1 else "")
     if tuple(y.shape) not in ok:
+        check_finite("y", y)  # a NaN or inf is refused before the shape, as ever
         raise ValueError(
             f"y: expected shape {want} for x of shape {shape_str(x)} and a network with "
             f"{p} output(s), got {shape_str(y)}"
         )
     return y.reshape(-1, p)
+
+
+def _check_finite_result(value: torch.Tensor, x: torch.Tensor, y, classes: bool) -> None:
+    """Refuse a NaN or inf in x or y with one read to the host: the loss and x's sum.
+
+    A NaN or inf in y makes the loss NaN or inf (squared and log cosh are >= 0 per term
+    and grow without bound; a NaN stays NaN); cross-entropy's targets are checked by
+    ``_check_classes``. x is read directly: its NaN reaches dW_1 = delta_1^T x only through
+    products a BLAS may skip for zero deltas (dead units), and an inf saturates tanh. Only
+    when the number is not finite are x and y searched, by the checks that name them
+    (``check_finite``); finite values whose sum overflows have no culprit and the result
+    stands. The net's own parameters were checked when it was made (``MLP``). Not inside a
+    graph (``in_graph``)."""
+    if in_graph() or math.isfinite(value.item() + x.sum().item()):
+        return
+    check_finite("x", x)
+    if not classes:
+        check_finite("y", y)
 
 
 def _lean_forward(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -93,7 +113,7 @@ def _lean_forward(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.
     no layer keeps two (N, K) buffers; rho' is recovered from the activation alone."""
     hs = [x]
     for i, (w, b) in enumerate(zip(net.weights, net.biases)):
-        z = torch.addmm(b, hs[-1], w.t())
+        z = F.linear(hs[-1], w, b)
         if i == net.depth - 1:
             return hs, z
         hs.append(_ACTIVATE_[net.activation](z))
@@ -114,11 +134,10 @@ def _times_activation_grad_(name: str, dh: torch.Tensor, a: torch.Tensor) -> tor
     buffer (a is not needed after): tanh' = 1 - a^2, sigmoid' = a (1 - a), relu' = 1 where
     a > 0 else 0 (relu'(0) := 0, torch's subgradient: a = 0 exactly when z <= 0),
     identity' = 1. No temporary of a's size is allocated."""
-    if name == "tanh":
-        return dh.mul_(a.mul_(a).neg_().add_(1))
-    if name == "sigmoid":
-        dh.mul_(a)
-        return dh.mul_(a.neg_().add_(1))
+    if name == "tanh":  # dh - dh a^2
+        return dh.addcmul_(dh, a.mul_(a), value=-1)
+    if name == "sigmoid":  # dh (a - a^2)
+        return dh.mul_(a.addcmul_(a, a, value=-1))
     if name == "relu":
         return dh.mul_(a.sign_())
     return dh
@@ -211,12 +230,16 @@ def backprop(
         raise TypeError(f"net: expected a kernels.mlp.MLP, got {type(net).__name__}")
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
-    x = check_input(net, x)
+    x = _check_input_shape(net, x)  # x's values: read with the loss, below
     if reduction == "mean" and x.dim() == 2 and x.shape[0] == 0:
         raise ValueError(f"x: an empty batch (shape {shape_str(x)}) has no mean loss; expected "
                          "at least one sample, or reduction='sum' (J = 0)")
     classes = loss == "cross_entropy"
-    y2 = _check_classes(net, x, y) if classes else _check_target(net, x, y)
+    try:
+        y2 = _check_classes(net, x, y) if classes else _check_target(net, x, y)
+    except (TypeError, ValueError):
+        check_finite("x", x)  # a NaN or inf in x is refused before anything about y
+        raise
     single = x.dim() == 1
     x2 = x.unsqueeze(0) if single else x
 
@@ -224,13 +247,26 @@ def backprop(
     scale = 1.0 / x2.shape[0] if reduction == "mean" else 1.0
     if classes:
         per_sample, dloss = _cross_entropy_(out, y2)  # dloss = softmax - target
-        value, delta = per_sample.sum() * scale, dloss.mul_(scale)
+        value = per_sample.sum()
+        if scale != 1.0:
+            value, delta = value * scale, dloss.mul_(scale)
+        else:
+            delta = dloss
         del out, dloss, per_sample  # delta is the only name left on the (N, C) buffer
     else:
         r = out.sub_(y2)  # the residual, in the output's own buffer
-        value = loss_value(loss, r).sum() * scale
-        delta = loss_grad(loss, r).mul_(scale)  # dJ/dy_hat, (N, out)
+        if loss == "squared":  # J = scale / 2 sum r^2 (one product), dJ/dy_hat = scale r
+            flat = r.view(-1)
+            value = torch.dot(flat, flat).mul_(0.5 * scale)
+            delta = r if scale == 1.0 else r.mul_(scale)
+            del flat
+        else:  # log cosh: J = scale sum log cosh r, dJ/dy_hat = scale tanh r
+            value = log_cosh(r).sum()
+            if scale != 1.0:
+                value = value * scale
+            delta = r.tanh_() if scale == 1.0 else r.tanh_().mul_(scale)
         del r, out
+    _check_finite_result(value, x, y, classes)
 
     dws: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     dbs: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]

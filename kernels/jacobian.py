@@ -10,6 +10,7 @@ stored as (N, P, K). No torch.autograd inside.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +23,7 @@ from kernels._checks import (
     check_int,
     check_same,
     check_tensor,
+    in_graph,
     shape_str,
 )
 from kernels.mlp import ACTIVATIONS
@@ -63,16 +65,18 @@ def _as_list(name: str, params, prefix: str) -> list[torch.Tensor]:
 
 
 def _prepare(weights, biases, x, activation: str):
-    """Checked (weights, biases or Nones, x as (N, D), single?, rho, rho')."""
+    """Checked (weights, biases or Nones, x). Every check but the finiteness of the
+    values: the kernels read one sum of the result instead (``_check_finite_result``)."""
     ws = _as_list("weights", weights, "W")
     if len(ws) < 2:
         raise ValueError(
             f"weights: expected at least W1 and WF (two matrices), got {len(ws)}"
         )
-    if not _weights_fit(ws):
-        _explain_weights(ws)
+    fit = _weights_fit(ws)
+    if not fit:
+        _explain_weights(ws)  # raises, unless the only fault is an empty matrix
     bs = _prepare_biases(biases, ws)
-    check_choice("activation", activation, list(ACTIVATIONS))
+    check_choice("activation", activation, ACTIVATIONS)
     x = check_tensor("x", x, ndims=(1, 2))
     check_same("x", x, "weights[W1]", ws[0])
     d = ws[0].shape[1]
@@ -81,37 +85,70 @@ def _prepare(weights, biases, x, activation: str):
             f"x: expected shape (N, {d}) or ({d},) to match W1 of shape {shape_str(ws[0])}, "
             f"got {shape_str(x)}"
         )
-    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
-    for n, w in zip(names, ws):
-        if w.numel() == 0:
-            raise ValueError(f"weights[{n}]: expected at least one unit in and out, got shape "
-                             f"{shape_str(w)}")
-    check_all_finite([*((f"weights[{n}]", w) for n, w in zip(names, ws)),
-                      *((f"biases[{n.replace('W', 'b')}]", b) for n, b in zip(names, bs)),
-                      ("x", x)])
-    single = x.dim() == 1
-    rho, drho = ACTIVATIONS[activation]
-    return ws, bs, (x.unsqueeze(0) if single else x), single, rho, drho
+    if not fit:  # an empty matrix: refused after x, as before
+        for n, w in zip(_names(ws), ws):
+            if w.numel() == 0:
+                raise ValueError(f"weights[{n}]: expected at least one unit in and out, got "
+                                 f"shape {shape_str(w)}")
+        raise AssertionError("unreachable: _weights_fit and _explain_weights disagree")
+    return ws, bs, x
+
+
+def _names(ws) -> list[str]:
+    return [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
+
+
+def _check_finite_result(jac: torch.Tensor, ws, bs, x: torch.Tensor) -> torch.Tensor:
+    """``jac``, after one read to the host that refuses a NaN or inf in any argument.
+
+    A NaN or inf in a weight reaches every Jacobian it enters: W_i sits in the product
+    W_F D_L W_L ... D_1 W_1 (D_i = diag(rho'(z_i))), and a non-finite entry of a matrix
+    product stays non-finite whatever it is multiplied by (inf * 0 is NaN, NaN * 0 is NaN)
+    through every later product and scaling, so one sum of the result sees it. x and the
+    biases reach the Jacobian only through rho'(z_i), where tanh and sigmoid saturate and
+    relu masks (an inf there can vanish; b_F is not used at all): their own sums are read
+    with the result's. Only when that one number is not finite are the arguments searched,
+    by the check that names the culprit (``check_all_finite``); finite values whose sum
+    overflows have no culprit and the result is returned. Not inside a graph."""
+    if in_graph():
+        return jac
+    # x . x for one x: one BLAS call, cheaper than a reduction (float16's x^2 would
+    # overflow from |x| > 256 on: a sum there)
+    one = x.dim() == 1 and x.dtype != torch.float16
+    total = jac.sum().item() + (torch.dot(x, x) if one else x.sum()).item()
+    if bs[0] is not None:
+        total += torch.cat(bs).sum().item()
+    if not math.isfinite(total):
+        names = _names(ws)
+        check_all_finite([*((f"weights[{n}]", w) for n, w in zip(names, ws)),
+                          *((f"biases[{n.replace('W', 'b')}]", b) for n, b in zip(names, bs)),
+                          ("x", x)])
+    return jac
 
 
 def _weights_fit(ws) -> bool:
-    """One cheap pass for the common case: floating 2-D tensors of one dtype and device
-    whose shapes chain. Small layers are dominated by per-call overhead, checks included."""
+    """One cheap pass for the common case: non-empty floating 2-D tensors of one dtype and
+    device whose shapes chain. Small layers are dominated by per-call overhead, checks included."""
     w0 = ws[0]
     if not isinstance(w0, torch.Tensor) or not w0.dtype.is_floating_point:
         return False
     dtype, device, rows = w0.dtype, w0.device, w0.shape[1] if w0.dim() == 2 else -1
+    if not rows:  # W1 takes no input: empty
+        return False
     for w in ws:
         if not (isinstance(w, torch.Tensor) and w.dim() == 2 and w.dtype == dtype
                 and w.device == device and w.shape[1] == rows):
             return False
         rows = w.shape[0]
+        if not rows:  # an empty matrix (the next one, if any, is empty too)
+            return False
     return True
 
 
 def _explain_weights(ws) -> None:
-    """Raise the error that says what is wrong with ``ws`` (after _weights_fit failed)."""
-    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
+    """Raise the error that says what is wrong with ``ws`` (after _weights_fit failed),
+    unless it is only that a matrix is empty: ``_prepare`` refuses that after x's checks."""
+    names = _names(ws)
     for i, (n, w) in enumerate(zip(names, ws)):
         check_tensor(f"weights[{n}]", w, ndims=(2,))
         check_same(f"weights[{n}]", w, "weights[W1]", ws[0])
@@ -120,13 +157,12 @@ def _explain_weights(ws) -> None:
                 f"weights[{n}]: shape {shape_str(w)} does not follow {names[i - 1]} of shape "
                 f"{shape_str(ws[i - 1])}; expected ({w.shape[0]}, {ws[i - 1].shape[0]})"
             )
-    raise AssertionError("unreachable: _weights_fit and _explain_weights disagree")
 
 
 def _prepare_biases(biases, ws) -> list:
     if biases is None:
         return [None] * len(ws)
-    names = [f"W{i + 1}" for i in range(len(ws) - 1)] + ["WF"]
+    names = _names(ws)
     bs = _as_list("biases", biases, "b")
     if len(bs) != len(ws):
         raise ValueError(f"biases: expected {len(ws)} (one per weight matrix), got {len(bs)}")
@@ -151,30 +187,55 @@ _RHO_ = {
 }
 
 
-# m <- m * rho'(z), in place, with h = rho(z) of shape (N, K) broadcast over m's leading
-# dimension (the D tangent directions or the P adjoint rows). One fused op where possible:
-# on small layers per-op dispatch, not arithmetic, is the cost.
-def _scale_tanh(m, h):
+# m * rho'(z), with h = rho(z) broadcast over m (over the D tangent directions or the P
+# adjoint rows). Two forms: in place, into m's buffer (``_SCALE_``), and a fresh tensor
+# (``_SCALED``) for the first tangent or adjoint, which is a broadcast of W_1 or W_F
+# scaled once (no expanded copy of it first). Small layers are dispatch-bound: each form
+# is two ops (rho' and the product) where the formula allows; no Python-number operand,
+# which torch wraps in a tensor per call.
+def _scale_tanh_(m, h):
     return m.addcmul_(m, h * h, value=-1)  # m (1 - h^2)
 
 
-def _scale_sigmoid(m, h):
-    return m.mul_(h - h * h)  # m h (1 - h)
+def _scaled_tanh(m, h):
+    return torch.addcmul(m, m, h * h, value=-1)
 
 
-def _scale_relu(m, h):
+def _scale_sigmoid_(m, h):
+    return m.mul_(torch.addcmul(h, h, h, value=-1))  # m h (1 - h)
+
+
+def _scaled_sigmoid(m, h):
+    return m * torch.addcmul(h, h, h, value=-1)
+
+
+def _scale_relu_(m, h):
     return m.mul_(h > 0)
 
 
-def _scale_identity(m, h):
+def _scaled_relu(m, h):
+    return m * (h > 0)
+
+
+def _scale_identity_(m, h):
     return m
 
 
-_SCALE = {
-    "tanh": _scale_tanh,
-    "sigmoid": _scale_sigmoid,
-    "relu": _scale_relu,
-    "identity": _scale_identity,
+def _scaled_identity(m, h):
+    return m  # never written in place: every later op makes a new tensor
+
+
+_SCALE_ = {
+    "tanh": _scale_tanh_,
+    "sigmoid": _scale_sigmoid_,
+    "relu": _scale_relu_,
+    "identity": _scale_identity_,
+}
+_SCALED = {
+    "tanh": _scaled_tanh,
+    "sigmoid": _scaled_sigmoid,
+    "relu": _scaled_relu,
+    "identity": _scaled_identity,
 }
 
 
@@ -185,7 +246,11 @@ def jacobian_forward(weights, x: torch.Tensor, biases=None, activation: str = "t
     ``weights``: ``[W1, ..., WL, WF]`` or ``{"W1", ..., "WL", "WF"}`` with W1 (K, D),
     Wi (K, K) (any widths that chain), WF (P, K); ``biases`` likewise (b1..bL, bF) or None.
 
-    Layout: the tangent T_i for all samples is one contiguous (D, N, K) tensor, so a layer
+    One x: the textbook's column layout, h_i (K, 1) and the tangent T_i = dh_i/dx (K, D),
+    so every layer is W_i T_{i-1} with no transpose, T_1 = W_1 scaled by rho'(z_1) (no
+    product) and the Jacobian W_F T_L comes out (P, D) as it is returned.
+
+    A batch: the tangent for all samples is one contiguous (D, N, K) tensor, so a layer
     is one (D N, K) x (K, K) product plus one fused scaling by rho'(z_i), which broadcasts
     over D without a copy. Measured on a 2-core CPU (K = 30 to 1024, N = 1 to 1024)
     against (N, D, K) and (N, K, D) tangents and against primal rows stacked on top of the
@@ -194,19 +259,30 @@ def jacobian_forward(weights, x: torch.Tensor, biases=None, activation: str = "t
     need. At N = 1 a product with D + 1 rows costs about 3 matrix-vector products of MKL,
     whatever the layout.
     """
-    ws, bs, x2, single, _, _ = _prepare(weights, biases, x, activation)
-    rho_, scale = _RHO_[activation], _SCALE[activation]
-    n, d = x2.shape
-    h = rho_(F.linear(x2, ws[0], bs[0]))
-    # dz_1/dx = W1 for every sample: the first tangent needs no product
-    # a fresh copy: .contiguous() may return W1 itself (D == 1), and t is scaled in place
-    t = ws[0].t().unsqueeze(1).expand(d, n, -1).clone(memory_format=torch.contiguous_format)
-    scale(t, h)
+    ws, bs, x = _prepare(weights, biases, x, activation)
+    rho_, scale_, scaled = _RHO_[activation], _SCALE_[activation], _SCALED[activation]
+    if x.dim() == 1:
+        h = x.view(-1, 1)
+        for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
+            h = rho_(torch.mm(w, h) if b is None else torch.addmm(b.view(-1, 1), w, h))
+            if i == 0:  # dz_1/dx = W1: the first tangent needs no product
+                t = scaled(w, h)
+            else:  # the old tangent let go before rho' is made: one fewer buffer at the peak
+                t = torch.mm(w, t)
+                scale_(t, h)
+        return _check_finite_result(torch.mm(ws[-1], t), ws, bs, x)
+    n, d = x.shape
+    h = rho_(F.linear(x, ws[0], bs[0]))
+    # dz_1/dx = W1 for every sample: W1^T broadcast over the samples, scaled into a new
+    # (D, N, K) tensor (identity: its expanded copy, which F.linear reads as it is)
+    t = scaled(ws[0].t().unsqueeze(1), h) if activation != "identity" else \
+        ws[0].t().unsqueeze(1).expand(d, n, -1)
     for w, b in zip(ws[1:-1], bs[1:-1]):
         h = rho_(F.linear(h, w, b))
-        t = scale(F.linear(t, w), h)
+        t = F.linear(t, w)
+        scale_(t, h)
     jac = F.linear(t, ws[-1]).permute(1, 2, 0).contiguous()
-    return jac[0] if single else jac
+    return _check_finite_result(jac, ws, bs, x)
 
 
 @torch.no_grad()
@@ -214,27 +290,33 @@ def jacobian_reverse(weights, x: torch.Tensor, biases=None, activation: str = "t
     """(D,) -> (P, D); (N, D) -> (N, P, D): df/dx by reverse-mode adjoint propagation.
 
     Same arguments as ``jacobian_forward``. Runs the primal pass keeping h_i = rho(z_i) of
-    every layer (N x K x L), then carries the adjoint for all P outputs as (P, N, K), one
-    product with W_i per layer.
+    every layer (N x K x L), then carries the adjoint for all P outputs as (P, N, K) ((P, K)
+    for one x), one product with W_i per layer.
     """
-    ws, bs, x2, single, _, _ = _prepare(weights, biases, x, activation)
-    rho_, scale = _RHO_[activation], _SCALE[activation]
-    n = x2.shape[0]
-    h, hs = x2, []
+    ws, bs, x = _prepare(weights, biases, x, activation)
+    rho_, scale_, scaled = _RHO_[activation], _SCALE_[activation], _SCALED[activation]
+    single = x.dim() == 1
+    h, hs = (x.unsqueeze(0) if single else x), []
     for w, b in zip(ws[:-1], bs[:-1]):
         h = rho_(F.linear(h, w, b))
         hs.append(h)
-    p = ws[-1].shape[0]
-    # df/dh_L = W_F for every sample: the first adjoint needs no product
-    # a fresh copy: .contiguous() would return W_F itself when N == 1, and a is scaled in
-    # place
-    a = ws[-1].unsqueeze(1).expand(p, n, -1).clone(memory_format=torch.contiguous_format)
-    scale(a, hs[-1])
+    if single:  # adjoints (P, K), rows scaled by h_i (1, K): the products as they stand
+        a = scaled(ws[-1], hs[-1])  # df/dh_L = W_F: the first adjoint needs no product
+        for i in range(len(ws) - 2, 0, -1):
+            a = torch.mm(a, ws[i])  # the old adjoint let go before rho' is made
+            scale_(a, hs[i - 1])
+        return _check_finite_result(torch.mm(a, ws[0]), ws, bs, x)
+    p, n = ws[-1].shape[0], x.shape[0]
+    # df/dh_L = W_F for every sample: W_F broadcast over the samples, scaled into a new
+    # (P, N, K) tensor (identity: made contiguous for the views below; nothing writes
+    # into it, so it may be W_F itself when N == 1)
+    a = scaled(ws[-1].unsqueeze(1), hs[-1]) if activation != "identity" else \
+        ws[-1].unsqueeze(1).expand(p, n, -1).contiguous()
     for i in range(len(ws) - 2, 0, -1):
         a = (a.view(p * n, -1) @ ws[i]).view(p, n, -1)
-        scale(a, hs[i - 1])
+        scale_(a, hs[i - 1])
     jac = (a.view(p * n, -1) @ ws[0]).view(p, n, -1).transpose(0, 1).contiguous()
-    return jac[0] if single else jac
+    return _check_finite_result(jac, ws, bs, x)
 
 
 # --- the operation-count model ------------------------------------------------------

@@ -291,6 +291,13 @@ def init_mlp(
 def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:
     """``x`` is (N, in) or (in,) in the network's dtype and on its device, every value
     finite (not checked inside a graph: ``kernels._checks.in_graph``)."""
+    x = _check_input_shape(net, x, name)
+    check_finite(name, x)
+    return x
+
+
+def _check_input_shape(net: MLP, x: object, name: str = "x") -> torch.Tensor:
+    """``check_input`` but for the values: backprop reads x's sum with the loss instead."""
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a kernels.mlp.MLP, got {type(net).__name__}")
     x = check_tensor(name, x, ndims=(1, 2))
@@ -302,7 +309,6 @@ def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:
             f"{name}: expected shape {want} for a network with {d} input features, "
             f"got {shape_str(x)}"
         )
-    check_finite(name, x)
     return x
 
 
