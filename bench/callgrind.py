@@ -10,7 +10,9 @@ For each benchmark ``count`` warms the call up outside the collection, then swit
 (``torch._C._valgrind_toggle``), makes ``calls`` calls with Python's garbage collector
 paused, switches it off and dumps the totals (``torch._C._valgrind_toggle_and_dump_stats``),
 and reads the instructions of the dump (its ``summary:`` line) back from the file callgrind
-wrote. One thread (torch.set_num_threads(1)); PYTHONHASHSEED fixed by the re-execution, so
+wrote. A call whose first (warm-up) run is slow gets fewer calls (``plan``): a count does
+not need many calls to be exact, and the suite's slowest calls (gradient descent for
+k=1000 steps, ~5e8 instructions) would otherwise take most of the run. One thread (torch.set_num_threads(1)); PYTHONHASHSEED fixed by the re-execution, so
 two runs of the same tree take the same paths through dicts and sets.
 
 What is measured is the interpreter that runs pytest (``sys.executable``): unlike
@@ -24,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +35,9 @@ ENV_DIR = "HANDGRAD_CALLGRIND_DIR"
 OUT_NAME = "callgrind.out"  # callgrind writes OUT_NAME.<pid>, then .<pid>.<n> per dump
 CALLS = 10  # counted calls per benchmark, after WARMUP calls outside the collection
 WARMUP = 3
+# wall seconds (under valgrind) a count may take, roughly: a call slower than this over
+# WARMUP + CALLS calls is warmed up once and counted over fewer calls (``plan``)
+BUDGET_S = 10.0
 # benchmarks above this many analytic FLOPs a call are not counted: callgrind runs code
 # ~50x slower, and at such sizes the arithmetic, not handgrad's Python and dispatch, is
 # the count (the wall-clock gate covers them)
@@ -93,22 +99,40 @@ def _dumps(out_dir: Path) -> dict[int, Path]:
     return found
 
 
+def plan(first_s: float, calls: int = CALLS, warmup: int = WARMUP,
+         budget_s: float = BUDGET_S) -> tuple[int, int]:
+    """(further warm-up calls, counted calls) once the first warm-up call took ``first_s``
+    seconds: ``warmup - 1`` and ``calls`` while all of them fit in ``budget_s``; otherwise
+    no further warm-up and as many calls as fit, at least one, at most ``calls``."""
+    if (warmup + calls) * first_s <= budget_s:
+        return warmup - 1, calls
+    return 0, max(1, min(calls, int(budget_s // first_s)))
+
+
 def count(fn: Callable[[], object], calls: int = CALLS, warmup: int = WARMUP,
-          out_dir: str | Path | None = None, toggle=None, dump=None) -> int:
+          out_dir: str | Path | None = None, toggle=None, dump=None,
+          budget_s: float = BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> int:
     """Instructions of one call of ``fn``: the total of ``calls`` calls, collected by
     callgrind after ``warmup`` calls outside the collection, divided by ``calls`` (rounded).
-    ``toggle`` and ``dump`` default to torch's valgrind client requests (tests pass
-    stand-ins)."""
+    With ``warmup`` >= 1 the first warm-up call is timed and a slow call is counted over
+    fewer calls (``plan``). ``toggle`` and ``dump`` default to torch's valgrind client
+    requests (tests pass stand-ins, and a ``clock``)."""
     import torch
 
     if calls < 1:
         raise ValueError(f"calls: expected a positive integer, got {calls!r}")
+    if warmup < 0:
+        raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
     out = Path(out_dir or os.environ.get(ENV_DIR) or "")
     if not out_dir and not under_callgrind():
         raise CallgrindError("not running under callgrind: run pytest with "
                              "--bench-instructions")
     toggle = toggle or torch._C._valgrind_toggle
     dump = dump or torch._C._valgrind_toggle_and_dump_stats
+    if warmup:
+        start = clock()
+        fn()
+        warmup, calls = plan(clock() - start, calls, warmup, budget_s)
     for _ in range(warmup):
         fn()
     before = set(_dumps(out))

@@ -139,6 +139,51 @@ def test_count_takes_only_the_collected_calls_per_call(tmp_path):
         callgrind.count(fake.fn, calls=0, out_dir=tmp_path)
 
 
+@pytest.mark.parametrize("first_s, expected", [
+    (0.001, (2, 10)),  # 13 calls fit in 10 s: the full plan
+    (10 / 13, (2, 10)),  # exactly at the budget
+    (0.9, (0, 10)),  # 11.7 s: one warm-up, then as many calls as fit: 11, at most calls
+    (2.5, (0, 4)),
+    (30.0, (0, 1)),  # slower than the budget: still one counted call
+])
+def test_plan_gives_a_slow_call_fewer_calls(first_s, expected):
+    assert callgrind.plan(first_s, calls=10, warmup=3, budget_s=10.0) == expected
+
+
+class FakeClock:
+    """perf_counter stand-in: each fn() call advances it by ``per_call`` seconds."""
+
+    def __init__(self, per_call):
+        self.now, self.per_call = 0.0, per_call
+
+    def __call__(self):
+        return self.now
+
+
+def test_count_times_the_first_warm_up_call_and_counts_a_slow_call_fewer_times(tmp_path):
+    fake = FakeCallgrind(tmp_path)
+    clock = FakeClock(4.0)
+    made = []
+
+    def fn():
+        made.append(fake.on)
+        clock.now += clock.per_call
+        fake.fn()
+
+    got = callgrind.count(fn, calls=10, warmup=3, out_dir=tmp_path, toggle=fake.toggle,
+                          dump=fake.dump, budget_s=10.0, clock=clock)
+    assert got == 1000
+    # one timed warm-up call (4 s), then 10 // 4 = 2 counted calls, no more warm-up
+    assert made == [False, True, True]
+    made.clear()
+    clock.per_call = 0.01  # fast: 3 warm-up calls, 10 counted
+    callgrind.count(fn, calls=10, warmup=3, out_dir=tmp_path, toggle=fake.toggle,
+                    dump=fake.dump, budget_s=10.0, clock=clock)
+    assert made == [False] * 3 + [True] * 10
+    with pytest.raises(ValueError, match="warmup: expected a non-negative integer"):
+        callgrind.count(fn, warmup=-1, out_dir=tmp_path)
+
+
 def test_count_refuses_to_run_outside_callgrind(monkeypatch):
     monkeypatch.delenv(callgrind.ENV_DIR, raising=False)
     with pytest.raises(callgrind.CallgrindError, match="--bench-instructions"):
