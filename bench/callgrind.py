@@ -12,8 +12,9 @@ paused, switches it off and dumps the totals (``torch._C._valgrind_toggle_and_du
 and reads the instructions of the dump (its ``summary:`` line) back from the file callgrind
 wrote. A call whose first (warm-up) run is slow gets fewer calls (``plan``): a count does
 not need many calls to be exact, and the suite's slowest calls (gradient descent for
-k=1000 steps, ~5e8 instructions) would otherwise take most of the run. One thread (torch.set_num_threads(1)); PYTHONHASHSEED fixed by the re-execution, so
-two runs of the same tree take the same paths through dicts and sets.
+k=1000 steps, ~5e8 instructions) would otherwise take most of the run. One thread
+(torch.set_num_threads(1)); PYTHONHASHSEED fixed by the re-execution, so two runs of the
+same tree take the same paths through dicts and sets.
 
 What is measured is the interpreter that runs pytest (``sys.executable``): unlike
 ``torch.utils.benchmark.Timer.collect_callgrind``, which starts ``python`` from PATH.
