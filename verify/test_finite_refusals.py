@@ -177,6 +177,9 @@ def test_jacobian_empty_matrix_is_refused_after_x_as_before(kernel):
         KERNELS[kernel](ws, torch.ones(2))
     with pytest.raises(ValueError, match=re.escape("weights[W1]: expected at least one unit")):
         KERNELS[kernel]([torch.ones(0, 2), torch.ones(3, 0)], torch.ones(2))
+    with pytest.raises(ValueError, match=re.escape("weights[WF]: expected at least one unit "
+                                                   "in and out, got shape (0, 4)")):
+        KERNELS[kernel]([torch.ones(4, 2), torch.ones(0, 4)], torch.ones(2))  # no output
     with pytest.raises(ValueError, match=r"^x: expected shape \(N, 2\) or \(2,\)"):
         KERNELS[kernel](ws, torch.ones(3))  # x's shape is refused first, as it was
     with pytest.raises(ValueError, match=r"^x: expected a 1-D or 2-D tensor"):

@@ -68,6 +68,44 @@ def test_biases_and_activations_against_jacrev(kernel: str, activation: str, dev
                  what=f"{activation} with biases", kind="grad")
 
 
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("widths", [(64, 64), (65, 65), (8, 65, 8), (65,)],
+                         ids=lambda w: "hidden" + "-".join(map(str, w)))
+def test_one_x_in_both_layouts_against_jacrev(widths, activation: str):
+    """One x runs in columns while every hidden layer is at most COLUMN_MAX_WIDTH wide, in
+    rows beyond it: each layout, and one wide layer among narrow ones, with biases."""
+    assert jm.COLUMN_MAX_WIDTH == 64  # the widths above straddle it
+    gen = torch.Generator().manual_seed(sum(widths))
+    sizes = [3, *widths, 5]
+    ws = [torch.randn(o, i, dtype=torch.float64, generator=gen) / i ** 0.5
+          for i, o in zip(sizes[:-1], sizes[1:])]
+    bs = [torch.randn(o, dtype=torch.float64, generator=gen) for o in sizes[1:]]
+    x = torch.randn(3, dtype=torch.float64, generator=gen)
+    expected = jacobian_references(ws, bs, activation)["torch.func.jacrev"](x.unsqueeze(0))[0]
+    got = jm.jacobian_forward(ws, x, biases=bs, activation=activation)
+    assert got.shape == (5, 3) and got.is_contiguous()
+    assert_close(got, expected, kernel="jacobian_forward", reference="torch.func.jacrev",
+                 what=f"one x, hidden widths {widths}, {activation}", kind="grad")
+
+
+@pytest.mark.parametrize("widths, rows", [((64, 64), False), ((64, 65), True),
+                                           ((8, 65, 8), True), ((30,), False)])
+def test_one_x_switches_to_rows_past_column_max_width(monkeypatch, widths, rows):
+    """The layout is chosen by the widest hidden layer: columns use torch.mm alone, rows
+    F.linear (a speed choice, so correctness tests alone would not see it move)."""
+    calls = []
+    linear = jm.F.linear
+    monkeypatch.setattr(jm.F, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
+    sizes = [2, *widths, 3]
+    ws = [torch.ones(o, i) / i for i, o in zip(sizes[:-1], sizes[1:])]
+    jm.jacobian_forward(ws, torch.ones(2))
+    assert bool(calls) is rows
+    calls.clear()
+    w = torch.ones(65, 65) / 65  # one matrix as W1 and W2: still two wide hidden layers
+    jm.jacobian_forward([w, w, torch.ones(3, 65)], torch.ones(65))
+    assert calls
+
+
 @given(
     D=st.integers(1, 6), K=st.integers(1, 9), P=st.integers(1, 6), L=st.integers(1, 5),
     n=st.integers(1, 4), activation=st.sampled_from(["tanh", "sigmoid", "relu", "identity"]),
@@ -110,7 +148,7 @@ def test_batched_equals_per_sample(kernel: str, device: str):
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("D,K,P,n", [(2, 30, 10, None), (2, 30, 10, 1), (1, 4, 3, 5),
-                                     (3, 1, 2, 4), (1, 1, 1, None)])
+                                     (3, 1, 2, 4), (1, 1, 1, None), (2, 65, 3, None)])
 def test_inputs_are_never_modified(kernel: str, D: int, K: int, P: int, n):
     ws, bs = course_weights(3, D, K, P, biases=True)
     x = torch.randn((D,) if n is None else (n, D), dtype=torch.float64)
