@@ -131,6 +131,16 @@ def test_count_takes_only_the_collected_calls_per_call(tmp_path):
                            dump=fake.dump) == 1000  # 7000 over 7 calls; warm-up not counted
     assert not list(tmp_path.iterdir())  # the dump it read is gone
     assert gc.isenabled()  # paused inside the window only
+    during = []
+
+    def fn():
+        if fake.on:
+            during.append(gc.isenabled())
+        fake.fn()
+
+    callgrind.count(fn, calls=3, warmup=1, out_dir=tmp_path, toggle=fake.toggle,
+                    dump=fake.dump)
+    assert during == [False] * 3  # no collection inside the counted calls
     fake.calls = 0
     with pytest.raises(callgrind.CallgrindError, match="expected one new callgrind dump"):
         callgrind.count(fake.fn, calls=2, warmup=0, out_dir=tmp_path, toggle=fake.toggle,
