@@ -28,6 +28,7 @@ from reports.gate import instruction_gate, read_accepted
 from reports.load import ReportInputError, load_benchmarks
 from reports.record import BenchRecord, RecordError
 from reports.tables import summary
+from verify.test_bench_suite import pytest_env
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "verify" / "fixtures"
@@ -233,12 +234,14 @@ def test_what_the_instruction_mode_does_not_count(info, says):
 
 
 def _pytest(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """pytest in a subprocess; ``env`` from ``pytest_env`` (no pytest-xdist worker
+    variables: under them pytest-benchmark turns itself off and writes no JSON)."""
     return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_without_valgrind_the_mode_says_so_in_one_line_and_exits_2(tmp_path):
-    env = {**os.environ, "PATH": str(tmp_path)}  # no valgrind there
+    env = {**pytest_env(), "PATH": str(tmp_path)}  # no valgrind there
     env.pop(callgrind.ENV_DIR, None)
     out = _pytest("bench/test_control.py", "--bench-instructions", env=env)
     assert out.returncode == 2, out.stdout + out.stderr
@@ -248,7 +251,7 @@ def test_without_valgrind_the_mode_says_so_in_one_line_and_exits_2(tmp_path):
 
 
 def test_bench_slow_cannot_be_counted():
-    env = {k: v for k, v in os.environ.items() if k != callgrind.ENV_DIR}
+    env = {k: v for k, v in pytest_env().items() if k != callgrind.ENV_DIR}
     out = _pytest("bench/test_control.py", "--bench-instructions",
                   "--bench-slow", "backprop.manual=1.5", env=env)
     assert out.returncode == 4 and "plant a code change instead" in out.stderr
@@ -261,7 +264,7 @@ def test_a_real_count_under_callgrind(tmp_path):
     record holds the kernel's and the reference's instructions per call, and the report
     shows them."""
     target = tmp_path / "counted.json"
-    env = {k: v for k, v in os.environ.items() if k != callgrind.ENV_DIR}
+    env = {k: v for k, v in pytest_env().items() if k != callgrind.ENV_DIR}
     out = _pytest("bench/test_backprop.py", "-q", "-k", "test_backprop and L3-K30-N1- and "
                   "manual and not compiled and not captured", "--bench-instructions",
                   "--benchmark-json", str(target), env=env)
