@@ -96,6 +96,8 @@ def third_party_imports(folder: Path) -> dict[str, list[str]]:
     neither in the standard library nor one of the project's own packages."""
     found: dict[str, list[str]] = {}
     for path in sorted(folder.rglob("*.py")):
+        if path.relative_to(folder).parts[0] == "out":  # generated output (reports/out)
+            continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
