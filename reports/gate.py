@@ -114,14 +114,23 @@ class GateResult:
                 + fmt(self._benchmark_view(),
                       ("ratio_base", "ratio_current", "change", "ci_low", "ci_high", "limit"))
                 + "\n")
-        used = [a for a in self.accepted
-                if a.name in {f"{r.kernel}.{r.method}" for r in self.table.itertuples()}]
-        if used:
-            text += "\nDeclared regressions (`accepted` up to their bound):\n\n" + "".join(
-                f"- `{a.name}` up to {a.bound:g}x: {a.reason}\n" for a in used)
-        if self.skipped:
-            text += "\nNot gated:\n\n" + "".join(f"- {s}\n" for s in self.skipped)
-        return text
+        return text + _footer(self.table, self.accepted, self.skipped,
+                              "Declared regressions (`accepted` up to their bound)", "Not gated")
+
+
+def _footer(table: pd.DataFrame, accepted, skipped, accepted_title: str,
+            skipped_title: str) -> str:
+    """A gate report's tail: the declared regressions that name a gated kernel.method,
+    then what was left out and why."""
+    names = {f"{r.kernel}.{r.method}" for r in table.itertuples()}
+    used = [a for a in accepted if a.name in names]
+    text = ""
+    if used:
+        text += f"\n{accepted_title}:\n\n" + "".join(
+            f"- `{a.name}` up to {a.bound:g}x: {a.reason}\n" for a in used)
+    if skipped:
+        text += f"\n{skipped_title}:\n\n" + "".join(f"- {s}\n" for s in skipped)
+    return text
 
 
 def parse_threshold(text: str, option: str = "--threshold") -> float:
@@ -393,14 +402,8 @@ class InstructionGateResult:
             if c in shown:
                 shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
         text = head + "\n" + to_markdown(shown) + "\n"
-        used = [a for a in self.accepted
-                if a.name in {f"{r.kernel}.{r.method}" for r in self.table.itertuples()}]
-        if used:
-            text += "\nDeclared regressions:\n\n" + "".join(
-                f"- `{a.name}` up to {a.bound:g}x: {a.reason}\n" for a in used)
-        if self.skipped:
-            text += "\nNot compared:\n\n" + "".join(f"- {s}\n" for s in self.skipped)
-        return text
+        return text + _footer(self.table, self.accepted, self.skipped,
+                              "Declared regressions", "Not compared")
 
 
 def _run_info(path: str) -> dict:
