@@ -34,6 +34,7 @@ from kernels._checks import (
     in_graph,
     shape_str,
 )
+from kernels._elementwise import NUMPY_TANH_MIN, tanh_
 from kernels.mlp import (
     MLP,
     REDUCTIONS,
@@ -111,12 +112,15 @@ def _lean_forward(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.
     """The activations ``h_0 = x, h_1..h_{L-1}`` and the output: only what the backward
     pass needs. Each hidden layer's activation overwrites its pre-activation (in place), so
     no layer keeps two (N, K) buffers; rho' is recovered from the activation alone."""
+    rho_ = _ACTIVATE_[net.activation]
+    if rho_ is torch.tanh_ and x.shape[0] * net._widest_hidden >= NUMPY_TANH_MIN:
+        rho_ = tanh_  # numpy's where a layer is large enough (kernels._elementwise)
     hs = [x]
     for i, (w, b) in enumerate(zip(net.weights, net.biases)):
         z = F.linear(hs[-1], w, b)
         if i == net.depth - 1:
             return hs, z
-        hs.append(_ACTIVATE_[net.activation](z))
+        hs.append(rho_(z))
     raise AssertionError("unreachable: an MLP has at least one layer")
 
 
@@ -124,7 +128,8 @@ def _relu_(z: torch.Tensor) -> torch.Tensor:
     return z.clamp_(min=0)
 
 
-# rho applied in place to a pre-activation the kernel owns
+# rho applied in place to a pre-activation the kernel owns; ``_lean_forward`` takes
+# kernels._elementwise.tanh_ instead of torch's where its layers are large enough
 _ACTIVATE_ = {"tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "relu": _relu_,
               "identity": lambda z: z}
 

@@ -26,6 +26,7 @@ from kernels._checks import (
     in_graph,
     shape_str,
 )
+from kernels._elementwise import NUMPY_TANH_MIN, tanh_
 from kernels.mlp import ACTIVATIONS
 
 
@@ -181,13 +182,25 @@ def _prepare_biases(biases, ws) -> list:
 
 
 # in-place activations: the primal rows are overwritten by rho(z); every rho' below is a
-# function of h = rho(z) alone (relu: of its sign, which relu keeps), so z need not be kept
+# function of h = rho(z) alone (relu: of its sign, which relu keeps), so z need not be
+# kept. ``_rho_`` takes kernels._elementwise.tanh_ instead of torch's where a layer can be
+# large enough
 _RHO_ = {
     "tanh": torch.tanh_,
     "sigmoid": torch.sigmoid_,
     "relu": torch.relu_,
     "identity": lambda t: t,
 }
+
+
+def _rho_(activation: str, x: torch.Tensor, widest: int):
+    """rho in place for this call: numpy's tanh (``tanh_``, which checks each layer's size)
+    where the widest hidden layer holds ``NUMPY_TANH_MIN`` values over the batch; torch's
+    otherwise (small layers: no size test per layer)."""
+    rows = x.shape[0] if x.dim() == 2 else 1
+    if activation == "tanh" and rows * widest >= NUMPY_TANH_MIN:
+        return tanh_
+    return _RHO_[activation]
 
 
 # m * rho'(z), with h = rho(z) broadcast over m (over the D tangent directions or the P
@@ -272,7 +285,7 @@ def jacobian_forward(weights, x: torch.Tensor, biases=None, activation: str = "t
     whatever the layout.
     """
     ws, bs, x, widest = _prepare(weights, biases, x, activation)
-    rho_, scale_, scaled = _RHO_[activation], _SCALE_[activation], _SCALED[activation]
+    rho_, scale_, scaled = _rho_(activation, x, widest), _SCALE_[activation], _SCALED[activation]
     if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:
         h = x.view(-1, 1)
         for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
@@ -317,8 +330,8 @@ def jacobian_reverse(weights, x: torch.Tensor, biases=None, activation: str = "t
     every layer (N x K x L), then carries the adjoint for all P outputs as (P, N, K) ((P, K)
     for one x), one product with W_i per layer.
     """
-    ws, bs, x, _ = _prepare(weights, biases, x, activation)
-    rho_, scale_, scaled = _RHO_[activation], _SCALE_[activation], _SCALED[activation]
+    ws, bs, x, widest = _prepare(weights, biases, x, activation)
+    rho_, scale_, scaled = _rho_(activation, x, widest), _SCALE_[activation], _SCALED[activation]
     single = x.dim() == 1
     h, hs = (x.unsqueeze(0) if single else x), []
     for w, b in zip(ws[:-1], bs[:-1]):

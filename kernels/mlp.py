@@ -212,6 +212,9 @@ class MLP:
                           *((f"biases[{i}]", b) for i, b in enumerate(biases))])
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "biases", biases)
+        # read by kernels.backprop per call (which tanh to run): not a field
+        object.__setattr__(self, "_widest_hidden", max((w.shape[0] for w in weights[:-1]),
+                                                       default=0))
 
     @property
     def sizes(self) -> list[int]:
