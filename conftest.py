@@ -71,7 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         default=None,
         help="write every comparison's worst error against its tolerance to this JSON "
-        "file; `python -m reports render PATH --out DIR` turns it into a headroom table",
+        "file; `python -m handgrad.reports render PATH --out DIR` turns it into a headroom table",
     )
     group.addoption(
         "--bench-slow",
@@ -203,7 +203,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.workeroutput[_WORKER_RECORDS] = [r.as_dict() for r in RECORDS]  # controller
         config.workeroutput[_WORKER_SWEEPS] = [s.as_dict() for s in SWEEPS]
         return
-    from reports.record import SweepRecord, VerifyRecord, verify_payload
+    from handgrad.reports.record import SweepRecord, VerifyRecord, verify_payload
 
     records = [*RECORDS, *(VerifyRecord.from_dict(d)
                            for d in config.stash.get(_worker_records, []))]
@@ -233,7 +233,7 @@ def pytest_testnodedown(node, error) -> None:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    from reports.record import SCHEMA, SCHEMA_KEY
+    from handgrad.reports.record import SCHEMA, SCHEMA_KEY
 
     machine_info[SCHEMA_KEY] = SCHEMA  # the extra_info layout of every benchmark
     machine_info["torch"] = torch.__version__

@@ -42,7 +42,7 @@ def capture_call(fn: Callable[[], object], device: str, *, name: str,
     CUDA with the reason."""
     if torch.device(device).type != "cuda":
         pytest.skip(f"{name}: CUDA graphs replay on a GPU only (device {device})")
-    from kernels.capture import capture
+    from handgrad.kernels.capture import capture
 
     start = []
 

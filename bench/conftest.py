@@ -16,7 +16,7 @@ import torch
 
 from bench.timing import finished, peak_bytes, timing_for
 from conftest import bench_slow
-from reports.record import BenchRecord
+from handgrad.reports.record import BenchRecord
 
 
 @pytest.fixture

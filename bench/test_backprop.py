@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
-from kernels import backprop as bp
-from kernels import mlp
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import mlp
 from verify.references import torch_loss
 
 QUICK = [(L, K, N) for L in (3, 5, 10) for K in (64, 256) for N in (256,)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.compiled import compile_call, reset
-from kernels import least_squares as ls
+from handgrad.kernels import least_squares as ls
 
 N, D = 200, 50
 # k = 1e5 (the loop: ~4 s a call, timed and interleaved) only in the full grid

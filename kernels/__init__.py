@@ -4,7 +4,7 @@ No kernel calls torch.autograd or torch.func; references for them live in ``veri
 and ``bench/``.
 """
 
-from kernels import (
+from handgrad.kernels import (
     backprop,
     constructions,
     counting,

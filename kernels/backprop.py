@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels import mlp
-from kernels._checks import (
+from handgrad.kernels import mlp
+from handgrad.kernels._checks import (
     check_choice,
     check_finite,
     check_same,
@@ -34,8 +34,8 @@ from kernels._checks import (
     in_graph,
     shape_str,
 )
-from kernels._elementwise import NUMPY_TANH_MIN, tanh_
-from kernels.mlp import (
+from handgrad.kernels._elementwise import NUMPY_TANH_MIN, tanh_
+from handgrad.kernels.mlp import (
     MLP,
     REDUCTIONS,
     _check_input_shape,
@@ -232,7 +232,7 @@ def backprop(
     the batch, the default) or "sum".
     """
     if not isinstance(net, MLP):
-        raise TypeError(f"net: expected a kernels.mlp.MLP, got {type(net).__name__}")
+        raise TypeError(f"net: expected a handgrad.kernels.mlp.MLP, got {type(net).__name__}")
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
     x = _check_input_shape(net, x)  # x's values: read with the loss, below

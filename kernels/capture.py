@@ -4,7 +4,7 @@ A small kernel on a GPU spends its time launching: a 3-layer backprop at K=256, 
 takes 0.51 ms eager on an H100 and 0.11 ms replayed from a CUDA graph. ``capture`` records
 one call of a kernel into a graph and returns a callable that replays it::
 
-    from kernels.capture import capture
+    from handgrad.kernels.capture import capture
     step = capture(backprop.backprop, net, x, y, loss="log_cosh")   # warm-up, then record
     g = step(net2, x2, y2, loss="log_cosh")  # copies the new tensors in, replays
     g = step()               # replays on the buffers as they are (e.g. filled in place)
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import check_int, shape_str
-from kernels.mlp import MLP
+from handgrad.kernels._checks import check_int, shape_str
+from handgrad.kernels.mlp import MLP
 
 
 def _leaves(obj, path: str, out: list) -> object:

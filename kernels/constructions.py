@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernels._checks import check_choice, check_finite, check_real, check_tensor, shape_str
+from handgrad.kernels._checks import check_choice, check_finite, check_real, check_tensor, shape_str
 
 
 def sign(z: torch.Tensor) -> torch.Tensor:

@@ -424,7 +424,7 @@ class _Recorder(TorchDispatchMode):
         return out
 
     def _backward(self, name, args, out, layer, kind, shape) -> None:
-        from kernels.counting_backward import backward_op_counts
+        from handgrad.kernels.counting_backward import backward_op_counts
 
         needs = [any(id(t) in self.tracked for t in _flat([a]) if isinstance(t, torch.Tensor))
                  for a in args]

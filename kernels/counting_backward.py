@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from kernels.counting import Counts, _flag, _pair, _positive, conv2d_output_hw
+from handgrad.kernels.counting import Counts, _flag, _pair, _positive, conv2d_output_hw
 
 GRADS = ("grad_input", "grad_weight", "grad_bias")
 
@@ -173,7 +173,7 @@ def _mm_backward(a, b, needs_a: bool, needs_b: bool) -> list[tuple[str, Counts]]
 def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[str, Counts]] | None:
     """The backward pass of one aten op as (gradient, Counts) rows, given which positional
     arguments need a gradient; [] when it costs nothing, None when there is no formula."""
-    from kernels.counting import _ACTIVATION_OPS, _FREE_OPS, _out_numel
+    from handgrad.kernels.counting import _ACTIVATION_OPS, _FREE_OPS, _out_numel
 
     if not isinstance(name, str):
         raise TypeError(f"name: expected an aten op name (str), got {type(name).__name__}")

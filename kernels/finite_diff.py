@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import check_finite, check_same, check_tensor, real_number
+from handgrad.kernels._checks import check_finite, check_same, check_tensor, real_number
 
 
 def default_eps(dtype: torch.dtype) -> float:

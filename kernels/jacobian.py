@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from kernels._checks import (
+from handgrad.kernels._checks import (
     check_all_finite,
     check_choice,
     check_int,
@@ -26,8 +26,8 @@ from kernels._checks import (
     in_graph,
     shape_str,
 )
-from kernels._elementwise import NUMPY_TANH_MIN, tanh_
-from kernels.mlp import ACTIVATIONS
+from handgrad.kernels._elementwise import NUMPY_TANH_MIN, tanh_
+from handgrad.kernels.mlp import ACTIVATIONS
 
 
 def _as_list(name: str, params, prefix: str) -> list[torch.Tensor]:

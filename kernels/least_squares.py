@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import (
+from handgrad.kernels._checks import (
     check_all_finite,
     check_finite,
     check_same,

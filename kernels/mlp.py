@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._checks import (
+from handgrad.kernels._checks import (
     check_all_finite,
     check_choice,
     check_finite,
@@ -302,7 +302,7 @@ def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:
 def _check_input_shape(net: MLP, x: object, name: str = "x") -> torch.Tensor:
     """``check_input`` but for the values: backprop reads x's sum with the loss instead."""
     if not isinstance(net, MLP):
-        raise TypeError(f"net: expected a kernels.mlp.MLP, got {type(net).__name__}")
+        raise TypeError(f"net: expected a handgrad.kernels.mlp.MLP, got {type(net).__name__}")
     x = check_tensor(name, x, ndims=(1, 2))
     check_same(name, x, "the network's weights", net.weights[0])
     d = net.sizes[0]

@@ -1,8 +1,8 @@
 """handgrad reports: pytest-benchmark JSON -> pandas tables, matplotlib figures, markdown.
 
-``python -m reports render BENCH.json [MORE.json ...] --out DIR``
+``python -m handgrad.reports render BENCH.json [MORE.json ...] --out DIR``
 """
 
-from reports.load import ReportInputError, load_benchmarks
+from handgrad.reports.load import ReportInputError, load_benchmarks
 
 __all__ = ["ReportInputError", "load_benchmarks"]

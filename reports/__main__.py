@@ -1,10 +1,10 @@
 """Command line of handgrad's reports.
 
-    python -m reports render BENCH.json [MORE.json ...] [VERIFY.json] --out DIR
-    python -m reports gate --baseline BASE.json [BASE2.json ...] --current NEW.json
+    python -m handgrad.reports render BENCH.json [MORE.json ...] [VERIFY.json] --out DIR
+    python -m handgrad.reports gate --baseline BASE.json [BASE2.json ...] --current NEW.json
         [NEW2.json ...] [--threshold 10%] [--benchmark-threshold 20%] [--confidence 0.95]
         [--accept FILE] [--summary FILE]
-    python -m reports init-study --out DIR [--seed 0]
+    python -m handgrad.reports init-study --out DIR [--seed 0]
 
 The gate compares instruction counts when both files hold them (pytest bench
 --bench-instructions; default threshold 2%), else times against each kernel's reference
@@ -25,7 +25,7 @@ import math
 import os
 import sys
 
-from reports.load import ReportInputError, check_output_dir, check_output_file
+from handgrad.reports.load import ReportInputError, check_output_dir, check_output_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +48,7 @@ def parse_confidence(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m reports", description=__doc__,
+    parser = _Parser(prog="python -m handgrad.reports", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("render", help="markdown + figures + CSV from benchmark JSON files "
@@ -91,16 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "render":
-            from reports.render import render
+            from handgrad.reports.render import render
 
             render(args.files, check_output_dir(args.out))
             return 0
         if args.command == "init-study":
-            from reports.init_study import write_study
+            from handgrad.reports.init_study import write_study
 
             write_study(check_output_dir(args.out), seed=args.seed)
             return 0
-        from reports import gate as G
+        from handgrad.reports import gate as G
 
         if len(args.baseline) != len(args.current):
             raise ReportInputError(f"--baseline and --current: expected as many files each "
@@ -152,4 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if __spec__ is not None and __spec__.name == "reports.__main__":
+        # the checkout's old spelling, kept for the 0.2 release only
+        print("note: `python -m reports` is deprecated and goes in the next release; use "
+              "`python -m handgrad.reports`", file=sys.stderr)
     sys.exit(main())

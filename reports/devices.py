@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports import figures
-from reports.figures import legend_below, plain_log, plt
-from reports.load import on_gpu as is_gpu
-from reports.record import SHAPES
-from reports.tables import with_ratios
+from handgrad.reports import figures
+from handgrad.reports.figures import legend_below, plain_log, plt
+from handgrad.reports.load import on_gpu as is_gpu
+from handgrad.reports.record import SHAPES
+from handgrad.reports.tables import with_ratios
 
 KEYS = ["kernel", "method", "dtype", *SHAPES, "model"]
 NEVER = "never within the grid"

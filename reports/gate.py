@@ -43,9 +43,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from reports.load import ReportInputError, load_benchmarks
-from reports.record import DISTURBED, paired_ratios, ratio_to_reference
-from reports.tables import to_markdown
+from handgrad.reports.load import ReportInputError, load_benchmarks
+from handgrad.reports.record import DISTURBED, paired_ratios, ratio_to_reference
+from handgrad.reports.tables import to_markdown
 
 MAX_ROUNDS = 400  # per sample; more rounds add little to the interval and cost time
 
@@ -407,7 +407,7 @@ class InstructionGateResult:
 
 
 def _run_info(path: str) -> dict:
-    from reports.load import read_json
+    from handgrad.reports.load import read_json
 
     info = read_json(path).get("machine_info") or {}
     return {"torch": info.get("torch"), "python": info.get("python_version")}

@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kernels import backprop, mlp
-from reports import figures
-from reports.figures import plt
-from reports.tables import to_markdown
+from handgrad.kernels import backprop, mlp
+from handgrad.reports import figures
+from handgrad.reports.figures import plt
+from handgrad.reports.tables import to_markdown
 
 SCALES: tuple[float | str, ...] = (0.01, 0.1, 2.0, "xavier")
 DEPTH, WIDTH, FEATURES, CLASSES, BATCH = 8, 50, 784, 10, 256

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.record import BenchRecord, RecordError, paired_ratios, schema_of
+from handgrad.reports.record import BenchRecord, RecordError, paired_ratios, schema_of
 
 RECORD_COLUMNS = tuple(f.name for f in fields(BenchRecord))
 # what the reports read of pytest-benchmark's own stats (seconds; data: one time a round)

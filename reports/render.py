@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports import devices, figures, roofline
-from reports.load import (
+from handgrad.reports import devices, figures, roofline
+from handgrad.reports.load import (
     ReportInputError,
     check_output_dir,
     gaps,
     load_benchmarks,
     read_json_any,
 )
-from reports.record import RATIO_DEFINITION
-from reports.tables import COUNT_RULE, DISTURBED_RULE, summary, to_markdown
-from reports.verification import (
+from handgrad.reports.record import RATIO_DEFINITION
+from handgrad.reports.tables import COUNT_RULE, DISTURBED_RULE, summary, to_markdown
+from handgrad.reports.verification import (
     headroom_table,
     is_verify_report,
     load_records,

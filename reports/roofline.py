@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports import figures
-from reports.figures import OWNER_TEXT, legend_below, plain_log, plt, run_title
-from reports.record import achieved_gflops
+from handgrad.reports import figures
+from handgrad.reports.figures import OWNER_TEXT, legend_below, plain_log, plt, run_title
+from handgrad.reports.record import achieved_gflops
 
 ROOF_STYLES = ("-", "-.", ":")
 

@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.record import DISTURBED, SHAPES, achieved_gflops, memory_ratio, ratio_to_reference
+from handgrad.reports.record import (
+    DISTURBED,
+    SHAPES,
+    achieved_gflops,
+    memory_ratio,
+    ratio_to_reference,
+)
 
 # the columns that tell one benchmark from another beside its method (model: counting)
 KEY_COLUMNS = (*SHAPES, "model")

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.load import ReportInputError, read_json_any
-from reports.record import VERIFY_KIND, RecordError, SweepRecord, VerifyRecord
+from handgrad.reports.load import ReportInputError, read_json_any
+from handgrad.reports.record import VERIFY_KIND, RecordError, SweepRecord, VerifyRecord
 
 
 def is_verify_report(data: dict) -> bool:
@@ -99,7 +99,7 @@ def sweep_table(sweeps: list[SweepRecord]) -> pd.DataFrame:
 def v_curve(sweeps: list[SweepRecord], out: Path, name: str = "step_sweep.png") -> Path:
     """Error against step, log-log, a line per sweep; the predicted best step of each is a
     dotted vertical line of the same colour."""
-    from reports import figures
+    from handgrad.reports import figures
 
     plt = figures.plt
     fig, ax = plt.subplots(figsize=(7, 4.5))

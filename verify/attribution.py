@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.backprop import Gradients
-from kernels.mlp import MLP
+from handgrad.kernels.backprop import Gradients
+from handgrad.kernels.mlp import MLP
 from verify.references import TORCH_ACTIVATIONS
 from verify.tolerances import Tol, tol_for
 

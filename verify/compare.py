@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 import torch
 
-from reports.record import SweepRecord
-from reports.record import VerifyRecord as Record  # the one definition, read by reports/
+from handgrad.reports.record import SweepRecord
+from handgrad.reports.record import VerifyRecord as Record  # the one definition, read by reports/
 from verify.tolerances import Tol, tol_for
 
 RECORDS: list[Record] = []

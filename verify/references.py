@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import backprop as bp
-from kernels.mlp import MLP
+from handgrad.kernels import backprop as bp
+from handgrad.kernels.mlp import MLP
 
 TORCH_ACTIVATIONS = {
     "tanh": torch.tanh,
@@ -146,7 +146,7 @@ def jacobian_references(ws, bs=None, activation: str = "tanh"):
         return torch.stack(cols, dim=-1)
 
     def finite_differences(x):
-        from kernels import finite_diff
+        from handgrad.kernels import finite_diff
 
         return torch.stack([finite_diff.jacobian(f, xi) for xi in x])
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import backprop as bp
-from kernels import mlp
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import mlp
 from verify.attribution import diagnose
 from verify.compare import unrecorded
 from verify.planted import BATCH, BUG_IDS, BUGS, NET_SIZES, Bug, planted_backprop

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels import backprop as bp
-from kernels import finite_diff, mlp
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import finite_diff, mlp
 from verify import attribution
 from verify.compare import assert_close, record_sweep
 from verify.references import BackpropFunction, autograd_grads, func_grads, torch_loss
@@ -377,7 +377,7 @@ BAD_CALLS = [
     ("integer x", lambda: bp.backprop(_net(), torch.ones(5, 3, dtype=torch.long), torch.ones(5, 2)),
      TypeError, r"x: expected a floating-point tensor, got dtype torch.int64"),
     ("not a net", lambda: bp.backprop([torch.ones(2, 3)], torch.ones(5, 3), torch.ones(5, 2)),
-     TypeError, r"net: expected a kernels.mlp.MLP, got list"),
+     TypeError, r"net: expected a handgrad.kernels.mlp.MLP, got list"),
     ("layers don't chain", lambda: mlp.MLP(weights=[torch.ones(4, 3), torch.ones(2, 5)]),
      ValueError, r"weights\[1\]: shape \(2, 5\) does not follow weights\[0\] of shape \(4, 3\)"),
     ("bias shape", lambda: mlp.MLP(weights=[torch.ones(4, 3)], biases=[torch.ones(3)]),

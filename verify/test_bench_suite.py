@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.load import load_benchmarks
-from reports.record import SCHEMA, SCHEMA_KEY, BenchRecord
+from handgrad.reports.load import load_benchmarks
+from handgrad.reports.record import SCHEMA, SCHEMA_KEY, BenchRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {"backprop", "jacobian", "counting", "least_squares", "control", "ceiling"}
@@ -132,7 +132,7 @@ def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
     # every record says how it was timed: the CPU path, warm
     assert set(df["timer"]) == {"perf_counter"} and set(df["cache"]) == {"warm"}
     assert df["peak_bytes"].notna().all()  # measured on the CPU too
-    proc = subprocess.run([sys.executable, "-m", "reports", "render", str(tiny_path),
+    proc = subprocess.run([sys.executable, "-m", "handgrad.reports", "render", str(tiny_path),
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

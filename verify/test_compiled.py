@@ -20,8 +20,8 @@ from bench import compiled as bc
 from bench import test_backprop as bb
 from bench import test_jacobian as bj
 from bench import test_least_squares as bl
-from kernels import backprop as bp
-from reports.record import BenchRecord
+from handgrad.kernels import backprop as bp
+from handgrad.reports.record import BenchRecord
 from verify.compare import assert_close
 
 BACKEND = "aot_eager"

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from kernels import constructions as cs
+from handgrad.kernels import constructions as cs
 
 FLOATS = [torch.float64, torch.float32]
 FLOAT_IDS = ["float64", "float32"]

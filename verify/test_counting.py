@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels import counting as C
+from handgrad.kernels import counting as C
 from verify.models import InceptionI, InceptionII, MnistCNN, alexnet_28
 
 

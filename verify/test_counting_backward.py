@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels import counting as C
-from kernels import counting_backward as CB
+from handgrad.kernels import counting as C
+from handgrad.kernels import counting_backward as CB
 from verify.models import MnistCNN
 from verify.test_counting import CONVS, WORKED, n_params
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import backprop as bp
-from kernels import mlp
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import mlp
 from verify.compare import assert_close
 from verify.tolerances import Tol
 

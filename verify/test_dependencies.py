@@ -1,6 +1,6 @@
 """Every declared version works: constraints-lowest.txt pins exactly pyproject's lower
 bounds, CI and tox install with it, and the reports need nothing beyond the core
-dependencies (`pip install .` runs `python -m reports render` and `gate`)."""
+dependencies (`pip install .` runs `python -m handgrad.reports render` and `gate`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # Python 3.10: no TOML parser in the standard libra
     tomllib = None
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN_PACKAGES = {"reports", "kernels"}
+OWN_PACKAGES = {"handgrad", "reports", "kernels"}
 # CI pins torch to the CPU build (constraints.txt), never to its lower bound
 NOT_PINNED_LOW = {"torch"}
 
@@ -131,7 +131,7 @@ def test_reports_import_only_core_dependencies() -> None:
             offenders.append(f"{module}{extra}, imported at {', '.join(where)}")
     assert not offenders, (
         "reports/ imports modules that pyproject's core dependencies do not install, so "
-        "`pip install .` is not enough for `python -m reports`:\n" + "\n".join(offenders))
+        "`pip install .` is not enough for `python -m handgrad.reports`:\n" + "\n".join(offenders))
 
 
 def _pip_install_lines(text: str) -> list[str]:
@@ -154,7 +154,8 @@ def test_ci_runs_the_reports_from_a_core_install() -> None:
             if re.search(r"pip install (--quiet )?-c constraints\.txt \.$", line.strip())]
     assert core, ".ci/run has no `pip install -c constraints.txt .` (without extras)"
     after = text.split(core[0], 1)[1]
-    assert "python -m reports render" in after and "python -m reports gate" in after
+    assert "python -m handgrad.reports render" in after
+    assert "python -m handgrad.reports gate" in after
 
 
 def test_tox_has_a_lowest_environment() -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels import backprop as bp
-from kernels import finite_diff, mlp
-from kernels import jacobian as jm
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import finite_diff, mlp
+from handgrad.kernels import jacobian as jm
 from verify.compare import assert_close, unrecorded
 from verify.references import as_list, course_weights, deep_net, torch_loss
 from verify.tolerances import tol_for

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import _elementwise
-from kernels._elementwise import NUMPY_TANH_MIN, numpy_tanh_applies, tanh_
+from handgrad.kernels import _elementwise
+from handgrad.kernels._elementwise import NUMPY_TANH_MIN, numpy_tanh_applies, tanh_
 
 
 def _grid(n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -107,9 +107,9 @@ def test_not_inside_a_compile_trace(monkeypatch):
 def test_the_kernels_take_it_for_their_hidden_layers(monkeypatch):
     """backprop and both Jacobian kernels write their tanh layers through ``tanh_``: one
     numpy call per hidden layer at sizes where it applies."""
-    from kernels.backprop import backprop
-    from kernels.jacobian import jacobian_forward, jacobian_reverse
-    from kernels.mlp import init_mlp
+    from handgrad.kernels.backprop import backprop
+    from handgrad.kernels.jacobian import jacobian_forward, jacobian_reverse
+    from handgrad.kernels.mlp import init_mlp
 
     calls = _spy(monkeypatch)
     gen = torch.Generator().manual_seed(0)

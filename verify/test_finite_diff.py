@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kernels import finite_diff
+from handgrad.kernels import finite_diff
 from verify.compare import assert_close, record_sweep, unrecorded
 from verify.tolerances import Tol, tol_for
 

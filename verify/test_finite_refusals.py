@@ -22,10 +22,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import backprop as bp
-from kernels import jacobian as jm
-from kernels import mlp
-from kernels._checks import check_all_finite, check_finite
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import jacobian as jm
+from handgrad.kernels import mlp
+from handgrad.kernels._checks import check_all_finite, check_finite
 from verify.compare import assert_close
 from verify.references import torch_loss
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from bench import test_jacobian as bj
-from kernels import backprop as bp
-from kernels import jacobian as jm
-from kernels import least_squares as ls
-from kernels import mlp
-from kernels.capture import capture
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import jacobian as jm
+from handgrad.kernels import least_squares as ls
+from handgrad.kernels import mlp
+from handgrad.kernels.capture import capture
 from verify.compare import assert_close
 
 

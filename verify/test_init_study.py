@@ -1,4 +1,4 @@
-"""``python -m reports init-study``: the course's initialisation study writes its two
+"""``python -m handgrad.reports init-study``: the course's initialisation study writes its two
 figures, its table and its markdown, and they show the signatures the study is about."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from reports.__main__ import main
-from reports.init_study import study_batch, study_network
+from handgrad.reports.__main__ import main
+from handgrad.reports.init_study import study_batch, study_network
 from verify.test_reports_gpu import captured
 from verify.tolerances import Tol
 

@@ -23,11 +23,11 @@ import pytest
 
 from bench import callgrind
 from bench.conftest import not_counted
-from reports.__main__ import main
-from reports.gate import instruction_gate, read_accepted
-from reports.load import ReportInputError, load_benchmarks
-from reports.record import BenchRecord, RecordError
-from reports.tables import summary
+from handgrad.reports.__main__ import main
+from handgrad.reports.gate import instruction_gate, read_accepted
+from handgrad.reports.load import ReportInputError, load_benchmarks
+from handgrad.reports.record import BenchRecord, RecordError
+from handgrad.reports.tables import summary
 from verify.test_bench_suite import pytest_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels import finite_diff
-from kernels import jacobian as jm
+from handgrad.kernels import finite_diff
+from handgrad.kernels import jacobian as jm
 from verify.compare import assert_close, record_sweep
 from verify.references import as_list, course_weights, deep_net, jacobian_references
 from verify.tolerances import tol_for

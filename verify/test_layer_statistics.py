@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import backprop as bp
-from kernels import mlp
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import mlp
 from verify.compare import assert_close
 from verify.references import TORCH_ACTIVATIONS, torch_loss
 from verify.tolerances import Tol

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels import finite_diff
-from kernels import least_squares as ls
+from handgrad.kernels import finite_diff
+from handgrad.kernels import least_squares as ls
 from verify.compare import assert_close
 from verify.tolerances import Tol, tol_for
 

@@ -15,8 +15,8 @@ import torch
 
 from bench import test_jacobian as bj
 from bench.timing import cpu_peak_bytes
-from kernels import backprop as bp
-from kernels import mlp
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import mlp
 from verify.references import torch_loss
 
 # torch wraps a Python scalar argument (``a.add_(1)``) in a 0-d tensor for the length of

@@ -87,7 +87,7 @@ def test_workflow_verifies_every_push_and_gates_pull_requests() -> None:
     assert "pull_request.base.sha" in gate_job  # the base is benchmarked on the same runner
     base = gate_job.index("--benchmark-json \"$GITHUB_WORKSPACE/reports/out/base.json\"")
     head = gate_job.index("--benchmark-json reports/out/head.json")
-    gate = gate_job.index("python -m reports gate --baseline reports/out/base.json "
+    gate = gate_job.index("python -m handgrad.reports gate --baseline reports/out/base.json "
                           "--current reports/out/head.json")
     assert base < head < gate
 
@@ -107,13 +107,13 @@ def test_ci_gates_every_submission_against_the_baseline_commit() -> None:
     regressions; .ci/baseline names one full commit hash."""
     import subprocess
 
-    from reports.gate import read_accepted
+    from handgrad.reports.gate import read_accepted
 
     run = (ROOT / ".ci" / "run").read_text()
     assert "apt-get install -y -qq valgrind" in run and ".ci/gate" in run
     gate = (ROOT / ".ci" / "gate").read_text()
     assert "--bench-instructions" in gate
-    assert gate.index("--bench-instructions") < gate.index("python -m reports gate")
+    assert gate.index("--bench-instructions") < gate.index("python -m handgrad.reports gate")
     assert gate.count("--accept") >= 1 and "accepted-regressions" in gate
     assert 'git archive "$base" kernels' in gate
     lines = [ln.strip() for ln in (ROOT / ".ci" / "baseline").read_text().splitlines()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.conftest import bench_record
-from reports.record import (
+from handgrad.reports.record import (
     SCHEMA,
     BenchRecord,
     RecordError,
@@ -159,7 +159,7 @@ def test_measurement_fields_default_to_what_older_files_did():
 
 
 def test_memory_ratio():
-    from reports.record import memory_ratio
+    from handgrad.reports.record import memory_ratio
 
     assert memory_ratio(3 << 20, 2 << 20) == pytest.approx(1.5)
     assert math.isnan(memory_ratio(None, 2 << 20)) and math.isnan(memory_ratio(5, 0))

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import backprop as bp
-from kernels import constructions as cs
-from kernels import jacobian as jm
-from kernels import least_squares as ls
-from kernels import mlp
-from kernels.capture import capture
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import constructions as cs
+from handgrad.kernels import jacobian as jm
+from handgrad.kernels import least_squares as ls
+from handgrad.kernels import mlp
+from handgrad.kernels.capture import capture
 from verify.test_graph import FakeCuda
 
 F64 = torch.float64
@@ -464,14 +464,14 @@ def test_malformed_calls_property(case, seed):
 def test_the_table_covers_every_public_function():
     import inspect
 
-    from kernels import capture as cap
+    from handgrad.kernels import capture as cap
 
     tested = {fn.name for fn in FUNCTIONS}
     skip = {"least_squares.DivergenceWarning", "least_squares.Spectrum", "backprop.Gradients",
             "constructions.Check", "constructions.xnor", "constructions.tent",
             "constructions.decreasing_order", "capture.Captured"}  # no arguments / results
     for mod in (mlp, bp, jm, ls, cs, cap):
-        short = mod.__name__.removeprefix("kernels.")
+        short = mod.__name__.removeprefix("handgrad.kernels.")
         public = {f"{short}.{n}" for n, o in vars(mod).items()
                   if not n.startswith("_") and (inspect.isfunction(o) or inspect.isclass(o))
                   and o.__module__ == mod.__name__}
@@ -479,7 +479,7 @@ def test_the_table_covers_every_public_function():
 
 
 def test_check_finite_sees_every_nan_and_inf_and_no_overflowing_sum():
-    from kernels._checks import check_finite
+    from handgrad.kernels._checks import check_finite
 
     # finite values whose sum overflows: the element-wise test decides, and passes them
     check_finite("t", torch.tensor([6e4, 6e4], dtype=torch.float16))

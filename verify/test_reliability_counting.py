@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import counting as C
-from kernels import counting_backward as CB
-from kernels import finite_diff as FD
+from handgrad.kernels import counting as C
+from handgrad.kernels import counting_backward as CB
+from handgrad.kernels import finite_diff as FD
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""`python -m reports` on checked-in, real benchmark JSON: three small runs of the bench
+"""`python -m handgrad.reports` on checked-in, real benchmark JSON: three small runs of the bench
 suite made back to back on the 2-core development machine (verify/fixtures/README.md says
 how). run1 and run2 are unchanged code; run_slow had ``--bench-slow
 jacobian.manual_forward=1.25``."""
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.__main__ import main
-from reports.gate import gate, parse_threshold
-from reports.load import ReportInputError, load_benchmarks
+from handgrad.reports.__main__ import main
+from handgrad.reports.gate import gate, parse_threshold
+from handgrad.reports.load import ReportInputError, load_benchmarks
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -195,7 +195,7 @@ def _sweep(kernel: str, order, predicted, errors=(1e-3, 1e-5, 1e-7, 1e-9, 3e-10,
 
 
 def test_render_step_sweeps_draws_the_v_curve(tmp_path, monkeypatch):
-    from reports import figures
+    from handgrad.reports import figures
 
     drawn = []
     save = figures._save
@@ -597,7 +597,7 @@ def test_render_exits_2_on_an_unwritable_out(tmp_path, capsys, where, says):
 def test_cli_usage_errors_are_one_line_exit_2(argv):
     """The real command line: argparse's own refusals are one line as well."""
     argv = [a.format(run1=RUN1) for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "reports", *argv], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "handgrad.reports", *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
@@ -607,9 +607,9 @@ def test_cli_usage_errors_are_one_line_exit_2(argv):
 def test_gate_cli_never_prints_a_traceback(tmp_path):
     """The real command line, as CI calls it."""
     bad = _write(tmp_path, "corrupt.json", "{")
-    proc = subprocess.run([sys.executable, "-m", "reports", "gate", "--baseline", str(RUN1),
-                           "--current", str(bad)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "handgrad.reports", "gate", "--baseline",
+                           str(RUN1), "--current", str(bad)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert str(bad) in proc.stderr
@@ -729,7 +729,7 @@ def test_the_real_h100_runs_render_and_gate(tmp_path):
 
 
 def test_jacobian_figure_plots_model_across_and_measurement_up(tmp_path, monkeypatch):
-    from reports import figures
+    from handgrad.reports import figures
 
     shown = {}
     real_save = figures._save

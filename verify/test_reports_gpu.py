@@ -1,5 +1,5 @@
-"""`python -m reports render` on the real H100 runs in ../shared/gpu-h100 (schema 1, read as
-they are, gzip-compressed): CPU vs GPU, runs told apart, disturbed benchmarks flagged,
+"""`python -m handgrad.reports render` on the real H100 runs in ../shared/gpu-h100 (schema 1,
+read as they are, gzip-compressed): CPU vs GPU, runs told apart, disturbed benchmarks flagged,
 readable figures, the roofline's measured roofs, peak memory, and what a file lacks.
 
 Every expectation is computed here from the JSON by hand, never by the code under test.
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.__main__ import main
+from handgrad.reports.__main__ import main
 from verify.test_reports import as_schema2  # one conversion to today's layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def ref_of(data: dict, b: dict) -> dict:
 @contextmanager
 def captured():
     """Every figure the report writes, by file name, as it was when saved."""
-    from reports import figures
+    from handgrad.reports import figures
 
     shown = {}
     real = figures._save
@@ -142,7 +142,7 @@ def sizes_by_hand() -> dict:
 
 
 def test_gzip_is_read_by_suffix_and_by_magic_bytes(tmp_path, capsys):
-    import reports.load as load_mod
+    import handgrad.reports.load as load_mod
 
     gz = h100(GPU)
     plain = tmp_path / "cuda.json"
@@ -423,8 +423,8 @@ def test_a_disturbed_reference_is_flagged(tmp_path):
 
 def test_a_reference_faster_in_its_rounds_is_flagged_too(tmp_path):
     """The rule is two-sided: interleaved rounds 10x faster than the reference's own."""
-    from reports.load import load_benchmarks
-    from reports.tables import summary
+    from handgrad.reports.load import load_benchmarks
+    from handgrad.reports.tables import summary
 
     data = load(GPU)
     b = next(x for x in data["benchmarks"] if x["group"] == "backprop L=5 K=256 N=256 cuda"
@@ -452,7 +452,7 @@ def test_an_implausible_ratio_is_flagged(tmp_path):
 
 
 def test_the_disturbed_factor_is_the_gates():
-    from reports import gate, record, tables
+    from handgrad.reports import gate, record, tables
 
     # one definition, read by the table's flag and the gate's rule
     assert tables.DISTURBED is record.DISTURBED and gate.DISTURBED is record.DISTURBED

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import backprop as bp
-from kernels import finite_diff
-from kernels import jacobian as jm
-from kernels import least_squares as ls
+from handgrad.kernels import backprop as bp
+from handgrad.kernels import finite_diff
+from handgrad.kernels import jacobian as jm
+from handgrad.kernels import least_squares as ls
 from verify.planted import BUG_IDS, BUGS, Bug, planted_backprop
 from verify.references import as_list, course_weights, deep_net, torch_loss
 from verify.test_attribution import problem
