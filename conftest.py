@@ -197,7 +197,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if not config.getoption("--verify-report"):
         return
-    from verify.compare import RECORDS, SWEEPS  # imported by the tests that made them
+    from handgrad.testing.compare import RECORDS, SWEEPS  # imported by the tests that made them
 
     if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its records go to the
         config.workeroutput[_WORKER_RECORDS] = [r.as_dict() for r in RECORDS]  # controller

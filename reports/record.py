@@ -336,7 +336,7 @@ def _from_fields(cls, d: Mapping, what: str):
 
 @dataclass(frozen=True)
 class VerifyRecord:
-    """One comparison made by ``verify.compare.assert_close``."""
+    """One comparison made by ``handgrad.testing.compare.assert_close``."""
 
     kernel: str
     reference: str

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from handgrad.kernels.backprop import Gradients
 from handgrad.kernels.mlp import MLP
 from verify.references import TORCH_ACTIVATIONS
-from verify.tolerances import Tol, tol_for
+from handgrad.testing.tolerances import Tol, tol_for
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import finite_diff, mlp
 from verify import attribution
-from verify.compare import assert_close, record_sweep
+from handgrad.testing.compare import assert_close, record_sweep
 from verify.references import BackpropFunction, autograd_grads, func_grads, torch_loss
-from verify.tolerances import tol_for
+from handgrad.testing.tolerances import tol_for
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import ALL_DTYPES
-from verify.compare import RECORDS, assert_close
-from verify.tolerances import FORWARD, GRAD, Tol, tol_for
+from handgrad.testing.compare import RECORDS, assert_close
+from handgrad.testing.tolerances import FORWARD, GRAD, Tol, tol_for
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +132,7 @@ def test_infinities_and_nans(kernel_value, reference_value, close) -> None:
 
 
 def test_unrecorded_comparisons_stay_out_of_the_report() -> None:
-    from verify.compare import SWEEPS, unrecorded
+    from handgrad.testing.compare import SWEEPS, unrecorded
 
     before, sweeps = len(RECORDS), len(SWEEPS)
     with unrecorded(), pytest.raises(AssertionError):

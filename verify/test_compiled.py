@@ -22,7 +22,7 @@ from bench import test_jacobian as bj
 from bench import test_least_squares as bl
 from handgrad.kernels import backprop as bp
 from handgrad.reports.record import BenchRecord
-from verify.compare import assert_close
+from handgrad.testing.compare import assert_close
 
 BACKEND = "aot_eager"
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
-from verify.compare import assert_close
-from verify.tolerances import Tol
+from handgrad.testing.compare import assert_close
+from handgrad.testing.tolerances import Tol
 
 EXACT = Tol(rtol=0.0, atol=0.0)  # the values asserted exact below are exact in float32
 

@@ -19,9 +19,9 @@ import torch
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import finite_diff, mlp
 from handgrad.kernels import jacobian as jm
-from verify.compare import assert_close, unrecorded
+from handgrad.testing.compare import assert_close, unrecorded
 from verify.references import as_list, course_weights, deep_net, torch_loss
-from verify.tolerances import tol_for
+from handgrad.testing.tolerances import tol_for
 
 FD_TOL = tol_for(torch.float64, "finite_diff")
 DIRECTIONS = 2

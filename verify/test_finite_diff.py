@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from handgrad.kernels import finite_diff
-from verify.compare import assert_close, record_sweep, unrecorded
-from verify.tolerances import Tol, tol_for
+from handgrad.testing.compare import assert_close, record_sweep, unrecorded
+from handgrad.testing.tolerances import Tol, tol_for
 
 FD_TOL = tol_for(torch.float64, "finite_diff")
 

@@ -26,7 +26,7 @@ from handgrad.kernels import backprop as bp
 from handgrad.kernels import jacobian as jm
 from handgrad.kernels import mlp
 from handgrad.kernels._checks import check_all_finite, check_finite
-from verify.compare import assert_close
+from handgrad.testing.compare import assert_close
 from verify.references import torch_loss
 
 ACTIVATIONS = ["tanh", "sigmoid", "relu", "identity"]

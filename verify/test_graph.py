@@ -20,7 +20,7 @@ from handgrad.kernels import jacobian as jm
 from handgrad.kernels import least_squares as ls
 from handgrad.kernels import mlp
 from handgrad.kernels.capture import capture
-from verify.compare import assert_close
+from handgrad.testing.compare import assert_close
 
 
 def _cases() -> dict:

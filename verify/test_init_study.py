@@ -13,7 +13,7 @@ import torch
 from handgrad.reports.__main__ import main
 from handgrad.reports.init_study import study_batch, study_network
 from verify.test_reports_gpu import captured
-from verify.tolerances import Tol
+from handgrad.testing.tolerances import Tol
 
 COLUMNS = ["init", "layer", "units", "mean_activation", "mean_abs_activation",
            "activation_grad_norm", "weight_grad_norm"]
@@ -122,7 +122,7 @@ def test_an_out_that_is_a_file_exits_2(tmp_path: Path, capsys) -> None:
 def test_the_table_is_autograds_retain_grad_on_the_courses_network(study) -> None:
     """The study's loss (mean cross-entropy) and statistics, against autograd in float64
     on the same batch and weights."""
-    from verify.compare import assert_close
+    from handgrad.testing.compare import assert_close
     from verify.test_layer_statistics import retain_grad_statistics
 
     _, _, df = study

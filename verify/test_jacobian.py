@@ -13,9 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from handgrad.kernels import finite_diff
 from handgrad.kernels import jacobian as jm
-from verify.compare import assert_close, record_sweep
+from handgrad.testing.compare import assert_close, record_sweep
 from verify.references import as_list, course_weights, deep_net, jacobian_references
-from verify.tolerances import tol_for
+from handgrad.testing.tolerances import tol_for
 
 KERNELS = {"jacobian_forward": jm.jacobian_forward, "jacobian_reverse": jm.jacobian_reverse}
 REFERENCES = list(jacobian_references([torch.eye(1)]))

@@ -8,9 +8,9 @@ import torch
 
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
-from verify.compare import assert_close
+from handgrad.testing.compare import assert_close
 from verify.references import TORCH_ACTIVATIONS, torch_loss
-from verify.tolerances import Tol
+from handgrad.testing.tolerances import Tol
 
 
 def retain_grad_statistics(net: mlp.MLP, x, y, *, loss: str, reduction: str = "mean"):

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from handgrad.kernels import finite_diff
 from handgrad.kernels import least_squares as ls
-from verify.compare import assert_close
-from verify.tolerances import Tol, tol_for
+from handgrad.testing.compare import assert_close
+from handgrad.testing.tolerances import Tol, tol_for
 
 F64 = torch.float64
 

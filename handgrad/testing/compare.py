@@ -17,7 +17,7 @@ import torch
 
 from handgrad.reports.record import SweepRecord
 from handgrad.reports.record import VerifyRecord as Record  # the one definition, read by reports/
-from verify.tolerances import Tol, tol_for
+from handgrad.testing.tolerances import Tol, tol_for
 
 RECORDS: list[Record] = []
 SWEEPS: list[SweepRecord] = []

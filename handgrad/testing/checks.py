@@ -1,0 +1,592 @@
+"""``check_vjp`` and ``check_jvp``: a hand-written derivative of any function, checked.
+
+Each argument to differentiate is checked on its own (a random direction in it, the
+others held), so a failure names the argument. Three references, each where it applies:
+
+- **torch.autograd** (``check_vjp``) or **torch.func.jvp** (``check_jvp``; autograd's
+  double-backward where f has no forward-mode rule): the exact derivative of ``f`` as torch
+  differentiates it, computed in float64 from the same (rounded) inputs, compared element by
+  element with the dtype's gradient tolerance (``tolerances.GRAD``). Skipped, with the
+  reason in the report, when ``f``'s output does not depend on the argument through torch
+  (numpy inside, a ``.detach()``), or when ``f`` runs a custom ``torch.autograd.Function``:
+  autograd would replay that Function's own backward, the code under test.
+- **central differences** along random directions (one pair of evaluations of ``f`` per
+  direction, whatever the size): <u, J v> against <vjp(u), v> or <u, jvp(v)>, relative to
+  the size of the sum's terms. In float64 when ``f`` runs in float64, else in the
+  arguments' dtype (float32 at best; lower dtypes skip it).
+- **the Taylor remainder** of <u, f(x + h v)> (float64 arguments): its fitted order, 2
+  when the derivative is right and 1 when it is not, goes into the report.
+
+On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weight)``),
+its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
+a transpose, a constant factor, a missing (zero) gradient. On success: a ``CheckReport``
+(headroom per argument and reference, Taylor order). Each element comparison is also
+recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from handgrad.kernels.finite_diff import directional_derivative, taylor_test
+from handgrad.testing.compare import assert_close
+from handgrad.testing.tolerances import FINITE_DIFF, GRAD, Tol, tol_for
+
+AUTOGRAD = "torch.autograd"
+FORWARD_AD = "torch.func.jvp"
+CENTRAL = "central differences"
+# the smallest scale-relative error a central difference is trusted to, per dtype it runs in
+_FD_FLOOR = {torch.float64: FINITE_DIFF[torch.float64].rtol, torch.float32: 3e-4}
+
+
+@dataclass(frozen=True)
+class ArgumentCheck:
+    """One argument of ``f``: whether it was checked and what each reference said.
+
+    ``autograd_ratio``: worst |error| / allowed over its elements against torch's derivative
+    (None: that reference did not apply); ``fd_error`` and ``fd_allowed``: the largest
+    scale-relative disagreement with central differences over the directions, and what was
+    allowed; ``taylor_order``: fitted order of the Taylor remainder (about 2 when right;
+    None outside float64). ``headroom``: how many times over the worst error would still
+    pass (inf when exact)."""
+
+    position: int
+    name: str | None
+    checked: bool
+    note: str = ""
+    autograd_ratio: float | None = None
+    fd_error: float | None = None
+    fd_allowed: float | None = None
+    taylor_order: float | None = None
+    failures: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"args[{self.position}]" + (f" ({self.name})" if self.name else "")
+
+    @property
+    def headroom(self) -> float | None:
+        ratios = [r for r in (self.autograd_ratio,
+                              None if self.fd_error is None else self.fd_error / self.fd_allowed)
+                  if r is not None]
+        if not ratios:
+            return None
+        worst = max(ratios)
+        return math.inf if worst == 0 else 1.0 / worst
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``check_vjp`` / ``check_jvp`` checked: per argument, per reference."""
+
+    mode: str  # "vjp" or "jvp"
+    function: str
+    dtype: str
+    references: tuple[str, ...]
+    arguments: tuple[ArgumentCheck, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.arguments)
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per argument."""
+        import pandas as pd
+
+        return pd.DataFrame([{
+            "argument": a.label, "checked": a.checked, "autograd_ratio": a.autograd_ratio,
+            "fd_error": a.fd_error, "fd_allowed": a.fd_allowed, "taylor_order": a.taylor_order,
+            "headroom": a.headroom, "passed": a.passed, "note": a.note}
+            for a in self.arguments])
+
+    def __str__(self) -> str:
+        lines = [f"check_{self.mode} of {self.function} ({self.dtype}): "
+                 + ("PASS" if self.passed else "FAIL") + "; references: "
+                 + ", ".join(self.references)]
+        for a in self.arguments:
+            if not a.checked:
+                lines.append(f"  {a.label}: not checked ({a.note})")
+                continue
+            parts = []
+            if a.headroom is not None:
+                parts.append(f"headroom {a.headroom:.3g}x")
+            if a.taylor_order is not None:
+                parts.append(f"Taylor order {a.taylor_order:.2f}")
+            if a.note:
+                parts.append(a.note)
+            lines.append(f"  {a.label}: " + ("ok" if a.passed else "WRONG")
+                         + (": " + ", ".join(parts) if parts else ""))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+def _is_float_tensor(a) -> bool:
+    return isinstance(a, torch.Tensor) and a.dtype.is_floating_point
+
+
+def _names(f: Callable, n: int) -> list[str | None]:
+    """The names of f's first n positional parameters, where its signature says them."""
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):  # builtins, some C functions
+        return [None] * n
+    names: list[str | None] = []
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            break
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+    return (names + [None] * n)[:n]
+
+
+def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
+    what = "vjp" if mode == "vjp" else "jvp"
+    if not callable(f):
+        raise TypeError(f"f: expected a callable, got {type(f).__name__}")
+    if not callable(d):
+        raise TypeError(f"{what}: expected a callable, got {type(d).__name__}")
+    if isinstance(args, torch.Tensor) or not isinstance(args, (tuple, list)):
+        raise TypeError(f"args: expected a tuple or list of f's positional arguments (one "
+                        f"tensor x: args=(x,)), got {type(args).__name__}")
+    args = tuple(args)
+    floats = [i for i, a in enumerate(args) if _is_float_tensor(a)]
+    if not floats:
+        raise ValueError("args: expected at least one floating-point tensor to differentiate "
+                         f"with respect to, got {[type(a).__name__ for a in args]}")
+    for i in floats:
+        if not bool(torch.isfinite(args[i]).all()):
+            raise ValueError(f"args[{i}]: holds NaN or inf; a derivative there means nothing")
+    names = _names(f, len(args))
+    if wrt is None:
+        wrt = floats
+    else:
+        if isinstance(wrt, (int, str)) and not isinstance(wrt, bool):
+            wrt = [wrt]
+        if not isinstance(wrt, Sequence) or not wrt:
+            raise TypeError(f"wrt: expected argument positions or names (a non-empty "
+                            f"sequence), got {wrt!r}")
+        picked = []
+        for w in wrt:
+            if isinstance(w, str):
+                if w not in names:
+                    raise ValueError(f"wrt: f has no positional parameter {w!r}; its "
+                                     f"parameters: {[n for n in names if n]}")
+                w = names.index(w)
+            elif isinstance(w, bool) or not isinstance(w, numbers.Integral) or \
+                    not 0 <= w < len(args):
+                raise ValueError(f"wrt: expected positions 0..{len(args) - 1} or parameter "
+                                 f"names, got {w!r}")
+            if int(w) not in floats:
+                raise ValueError(f"wrt: args[{int(w)}] is not a floating-point tensor, got "
+                                 f"{type(args[int(w)]).__name__}"
+                                 + (f" of dtype {args[int(w)].dtype}"
+                                    if isinstance(args[int(w)], torch.Tensor) else ""))
+            picked.append(int(w))
+        wrt = sorted(set(picked))
+    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral) or \
+            directions < 1:
+        raise ValueError(f"directions: expected a positive integer, got {directions!r}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError(f"generator: expected a CPU torch.Generator or None, got {generator!r}")
+    if tol is not None and not isinstance(tol, Tol):
+        raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "
+                        f"{type(tol).__name__}")
+    return args, names, wrt, int(directions), generator
+
+
+def _output(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def _randn_like(t: torch.Tensor, generator) -> torch.Tensor:
+    # drawn on the CPU in float64, so a seed gives the same numbers on every device
+    return torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.device, t.dtype)
+
+
+def _as64(args: tuple) -> tuple:
+    return tuple(a.detach().double() if _is_float_tensor(a) else a for a in args)
+
+
+def _runs_in_float64(f, args64) -> bool:
+    try:
+        with torch.no_grad():
+            out = f(*args64)
+    except Exception:  # noqa: BLE001 (f written for one dtype: the check runs in it)
+        return False
+    return isinstance(out, torch.Tensor) and out.dtype == torch.float64
+
+
+def _custom_function(out: torch.Tensor) -> str | None:
+    """The name of a custom autograd.Function in out's graph, if one is there."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            return type(node).__name__.removesuffix("Backward")
+        stack.extend(n for n, _ in getattr(node, "next_functions", ()))
+    return None
+
+
+def _traced(f, call: tuple):
+    """f on arguments that require grad, and why torch cannot differentiate it if it
+    raises there (numpy on a tensor that requires grad, say)."""
+    try:
+        with torch.enable_grad():
+            return f(*call), ""
+    except Exception as e:  # noqa: BLE001 (f is the user's: any failure means the same)
+        return None, (f"f raised on arguments that require grad ({type(e).__name__}: "
+                      f"{str(e)[:120]}): torch cannot differentiate it, so the reference "
+                      f"is {CENTRAL} only")
+
+
+def _with(args: tuple, i: int, value) -> tuple:
+    return args[:i] + (value,) + args[i + 1:]
+
+
+# --- signatures ----------------------------------------------------------------------------
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: Tol) -> bool:
+    return a.shape == b.shape and bool(((a - b).abs() <= tol.atol + tol.rtol * b.abs()).all())
+
+
+def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
+    """A name for how ``got`` is wrong against ``ref`` when one simple change explains it:
+    a missing (zero) result, a flipped sign, a transpose, a constant factor; else None."""
+    g, r = got.detach().double(), ref.detach().double()
+    if g.dim() == 2 and g.shape == r.t().shape and g.shape != r.shape:
+        return "the shape of its transpose: transposed?"
+    if g.shape != r.shape:
+        return None
+    rr = float((r * r).sum())
+    if rr == 0:
+        return None
+    if float(g.abs().max()) == 0:
+        return "zero everywhere: a missing gradient?"
+    if _close(g, -r, tol):
+        return "a flipped sign (-1 x the reference)"
+    if g.dim() == 2 and g.shape[0] == g.shape[1] and _close(g, r.t(), tol):
+        return "the reference transposed"
+    c = float((g * r).sum()) / rr
+    if c != 0 and _close(g, c * r, tol):
+        return f"a constant factor: {c:.6g} x the reference"
+    return None
+
+
+# --- the checks ----------------------------------------------------------------------------
+
+def _compare(label: str, got: torch.Tensor, ref: torch.Tensor, *, kernel: str,
+             reference: str, tol: Tol) -> tuple[float, str | None]:
+    """(worst |error| / allowed, failure message or None), recorded like every comparison."""
+    try:
+        rec = assert_close(got, ref, kernel=kernel, reference=reference, what=label, tol=tol)
+    except AssertionError as e:
+        sig = signature(got, ref, tol)
+        text = str(e).removeprefix(f"{kernel} vs {reference} [{label}]: ")
+        return math.inf, f"{label}: against {reference}: {text}".replace("\n", "\n    ") + (
+            f"\n    looks like {sig}" if sig else "")
+    return rec.worst_ratio, None
+
+
+def _fd_compare(label: str, ours: float, fd: float, scale: float, allowed: float, *,
+                kernel: str, what: str) -> tuple[float, str | None]:
+    err = abs(ours - fd) / (scale if scale > 0 else 1.0)
+    tol = Tol(rtol=0.0, atol=allowed)
+    s = scale if scale > 0 else 1.0
+    try:
+        assert_close(torch.tensor([ours / s], dtype=torch.float64),
+                     torch.tensor([fd / s], dtype=torch.float64), kernel=kernel,
+                     reference=CENTRAL, what=f"{label}: {what} / scale", tol=tol)
+    except AssertionError:
+        return err, (f"{label}: against {CENTRAL}: {what} = {ours:.9g} where the central "
+                     f"difference gives {fd:.9g}; error {err:.3g} of the terms' size "
+                     f"{scale:.3g}, allowed {allowed:.3g}")
+    return err, None
+
+
+def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
+              cotangent: torch.Tensor | None = None, tol: Tol | None = None,
+              directions: int = 2, generator: torch.Generator | None = None,
+              taylor: bool = True) -> CheckReport:
+    """Check ``vjp``, a hand-written reverse-mode derivative of ``f``.
+
+    ``f(*args)`` returns a tensor; ``vjp(cotangent, *args)`` returns one gradient per
+    argument (a tuple, or a tensor when there is one argument), None for one without, as an
+    ``autograd.Function.backward`` does; a None for a checked argument is taken as zero.
+    ``wrt``: the arguments to check (positions or parameter names; default every
+    floating-point tensor). ``cotangent``: default standard normal. ``tol``: default the
+    gradient tolerance of the arguments' dtype. Raises ``AssertionError`` on a wrong
+    gradient (every wrong argument named), returns a ``CheckReport`` otherwise.
+    """
+    args, names, wrt, directions, gen = _check_common("vjp", f, vjp, args, wrt, directions,
+                                                      generator, tol)
+    fname = getattr(f, "__qualname__", type(f).__name__)
+    kernel = getattr(vjp, "__qualname__", type(vjp).__name__)
+    with torch.no_grad():
+        out = _output("f", f(*args))
+    if cotangent is None:
+        u = _randn_like(out, gen)
+    else:
+        u = _output("cotangent", cotangent)
+        if u.shape != out.shape:
+            raise ValueError(f"cotangent: expected f(*args)'s shape {tuple(out.shape)}, got "
+                             f"{tuple(u.shape)}")
+    grads = vjp(u, *args)
+    if isinstance(grads, torch.Tensor) and len(args) == 1:
+        grads = (grads,)
+    if not isinstance(grads, (tuple, list)) or len(grads) != len(args):
+        got = (f"a sequence of {len(grads)}" if isinstance(grads, (tuple, list))
+               else type(grads).__name__)
+        raise TypeError(f"vjp: expected one gradient per argument of f ({len(args)}, None "
+                        f"for one without), got {got}")
+    for i in wrt:
+        g = grads[i]
+        if g is None:
+            continue
+        _output(f"vjp's gradient for args[{i}]", g)
+        if g.shape != args[i].shape:
+            flipped = g.dim() == 2 and tuple(g.shape) == tuple(args[i].shape)[::-1]
+            raise AssertionError(
+                f"{_label(i, names)}: vjp's gradient has shape {tuple(g.shape)}, the "
+                f"argument {tuple(args[i].shape)}"
+                + ("; that is the argument's transpose: transposed?" if flipped else ""))
+
+    args64 = _as64(args)
+    in64 = _runs_in_float64(f, args64)
+    ref_args = args64 if in64 else tuple(a.detach() if _is_float_tensor(a) else a
+                                         for a in args)
+    notes, references = [], []
+    # torch.autograd: the whole gradient, every checked argument at once
+    ref_grads: dict[int, torch.Tensor] = {}
+    leaves = {i: ref_args[i].clone().requires_grad_() for i in wrt}
+    call = tuple(leaves.get(i, a) for i, a in enumerate(ref_args))
+    out_ref, failed = _traced(f, call)
+    custom = _custom_function(out_ref) if isinstance(out_ref, torch.Tensor) else None
+    if failed:
+        notes.append(failed)
+    elif custom is not None:
+        notes.append(f"f runs the custom autograd.Function {custom}: torch.autograd would "
+                     f"replay its own backward, so the references are {CENTRAL} only")
+    elif isinstance(out_ref, torch.Tensor) and out_ref.requires_grad:
+        got = torch.autograd.grad(out_ref, [leaves[i] for i in wrt],
+                                  u.to(out_ref.dtype), allow_unused=True)
+        ref_grads = {i: (torch.zeros_like(leaves[i]) if g is None else g.detach())
+                     for i, g in zip(wrt, got)}
+        references.append(AUTOGRAD)
+    else:
+        notes.append(f"f's output does not depend on its arguments through torch (numpy "
+                     f"inside, or a detach): the reference is {CENTRAL} only")
+
+    fd_dtype = ref_args[wrt[0]].dtype
+    fd_ok = fd_dtype in _FD_FLOOR
+    if fd_ok:
+        references.append(CENTRAL)
+    else:
+        notes.append(f"{CENTRAL} skipped: f does not run in float64 and {fd_dtype} is too "
+                     "coarse for them")
+    checks = []
+    for i, a in enumerate(args):
+        if i not in wrt:
+            why = ("not a floating-point tensor" if not _is_float_tensor(a)
+                   else "not in wrt")
+            checks.append(ArgumentCheck(i, names[i], False, why))
+            continue
+        label = _label(i, names)
+        g = grads[i] if grads[i] is not None else torch.zeros_like(args[i])
+        dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
+        failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
+        if i in ref_grads:
+            ratio, msg = _compare(label, g, ref_grads[i], kernel=kernel, reference=AUTOGRAD,
+                                  tol=dtol)
+            if msg:
+                failures.append(msg)
+        if fd_ok:
+            fd_allowed = max(_FD_FLOOR[fd_dtype], dtol.rtol)
+            fd_err = 0.0
+            for _ in range(directions):
+                v = _randn_like(ref_args[i], gen)
+
+                def along(xi, i=i):
+                    return f(*_with(ref_args, i, xi))
+
+                jv = directional_derivative(along, ref_args[i].detach(), v)
+                uu = u.to(jv.dtype)
+                fd = float((uu.double() * jv.double()).sum())
+                scale = float((uu.double() * jv.double()).abs().sum())
+                ours = float((g.double() * v.double().to(g.device)).sum())
+                err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
+                                       what="<vjp(u), v>")
+                fd_err = max(fd_err, err)
+                if msg:
+                    failures.append(msg)
+                    break
+        if taylor and args[i].dtype == torch.float64 and in64:
+            def scalar(xi, i=i):
+                return (u.double() * f(*_with(args64, i, xi)).double()).sum()
+
+            t = taylor_test(scalar, g.detach().double(), args64[i], generator=gen)
+            order = None if math.isnan(t.order) else t.order
+        checks.append(ArgumentCheck(i, names[i], True, "" if grads[i] is not None
+                                    else "vjp gave None: checked as zero",
+                                    ratio, fd_err, fd_allowed, order, tuple(failures)))
+    return _finish("vjp", fname, args, wrt, references, checks, notes)
+
+
+def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
+              tol: Tol | None = None, directions: int = 2,
+              generator: torch.Generator | None = None, taylor: bool = True) -> CheckReport:
+    """Check ``jvp``, a hand-written forward-mode derivative of ``f``.
+
+    ``jvp(tangents, *args)`` returns the output's tangent J t (f(*args)'s shape) for
+    ``tangents``, a tuple with one tangent per argument (zeros for those not moved, None for
+    arguments that are not floating-point tensors). Each checked argument is moved alone,
+    along ``directions`` random tangents. Other arguments as in ``check_vjp``.
+    """
+    args, names, wrt, directions, gen = _check_common("jvp", f, jvp, args, wrt, directions,
+                                                      generator, tol)
+    fname = getattr(f, "__qualname__", type(f).__name__)
+    kernel = getattr(jvp, "__qualname__", type(jvp).__name__)
+    with torch.no_grad():
+        out = _output("f", f(*args))
+    args64 = _as64(args)
+    in64 = _runs_in_float64(f, args64)
+    ref_args = args64 if in64 else tuple(a.detach() if _is_float_tensor(a) else a
+                                         for a in args)
+    notes, references = [], []
+    probe, failed = _traced(f, tuple(a.clone().requires_grad_() if i in wrt else a
+                                     for i, a in enumerate(ref_args)))
+    custom = _custom_function(probe) if isinstance(probe, torch.Tensor) else None
+    use_autograd = custom is None and isinstance(probe, torch.Tensor) and probe.requires_grad
+    if failed:
+        notes.append(failed)
+    elif custom is not None:
+        notes.append(f"f runs the custom autograd.Function {custom}: torch would replay its "
+                     f"own derivatives, so the references are {CENTRAL} only")
+    elif not use_autograd:
+        notes.append(f"f's output does not depend on its arguments through torch (numpy "
+                     f"inside, or a detach): the reference is {CENTRAL} only")
+    fd_dtype = ref_args[wrt[0]].dtype
+    fd_ok = fd_dtype in _FD_FLOOR
+    if not fd_ok:
+        notes.append(f"{CENTRAL} skipped: f does not run in float64 and {fd_dtype} is too "
+                     "coarse for them")
+    used: set[str] = set()
+    checks = []
+    for i, a in enumerate(args):
+        if i not in wrt:
+            why = "not a floating-point tensor" if not _is_float_tensor(a) else "not in wrt"
+            checks.append(ArgumentCheck(i, names[i], False, why))
+            continue
+        label = _label(i, names)
+        failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
+        dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
+
+        def along(xi, i=i):
+            return f(*_with(ref_args, i, xi))
+
+        for k in range(directions):
+            t = _randn_like(a, gen)
+            tangents = tuple(t if j == i else (torch.zeros_like(b) if _is_float_tensor(b)
+                                               else None) for j, b in enumerate(args))
+            jt = _output("jvp", jvp(tangents, *args))
+            if jt.shape != out.shape:
+                raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)}, f(*args) "
+                                     f"has {tuple(out.shape)}")
+            if use_autograd:
+                ref, how = _jvp_reference(along, ref_args[i].detach(), t.to(ref_args[i].dtype))
+                used.add(how)
+                r, msg = _compare(label, jt, ref, kernel=kernel, reference=how, tol=dtol)
+                ratio = r if ratio is None else max(ratio, r)
+                if msg:
+                    failures.append(msg)
+                    break
+            if fd_ok:
+                fd_allowed = max(_FD_FLOOR[fd_dtype], dtol.rtol)
+                jv = directional_derivative(along, ref_args[i].detach(),
+                                            t.to(ref_args[i].dtype))
+                w = _randn_like(jv, gen).double()
+                fd = float((w * jv.double()).sum())
+                scale = float((w * jv.double()).abs().sum())
+                ours = float((w.to(jt.device) * jt.double()).sum())
+                err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
+                                       what="<w, jvp(t)>")
+                fd_err = err if fd_err is None else max(fd_err, err)
+                if msg:
+                    failures.append(msg)
+                    break
+            if taylor and k == 0 and a.dtype == torch.float64 and in64 and not failures:
+                w = _randn_like(out, gen).double()
+                slope = float((w * jt.double()).sum())
+                tt = float((t.double() * t.double()).sum())
+
+                def scalar(xi, i=i, w=w):
+                    return (w * f(*_with(args64, i, xi)).double()).sum()
+
+                if tt > 0:
+                    res = taylor_test(scalar, t.double() * (slope / tt), args64[i],
+                                      t.double())
+                    order = None if math.isnan(res.order) else res.order
+        checks.append(ArgumentCheck(i, names[i], True, "", ratio, fd_err, fd_allowed, order,
+                                    tuple(failures)))
+    references += sorted(used) + ([CENTRAL] if fd_ok else [])
+    return _finish("jvp", fname, args, wrt, references, checks, notes)
+
+
+def _jvp_reference(g: Callable, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """J t of g at x: forward mode (torch.func.jvp) where g has forward-mode rules, else
+    autograd's double-backward (torch.autograd.functional.jvp)."""
+    try:
+        _, jt = torch.func.jvp(g, (x,), (t,))
+        return jt.detach(), FORWARD_AD
+    except (RuntimeError, NotImplementedError):
+        _, jt = torch.autograd.functional.jvp(g, x, t)
+        return jt.detach(), AUTOGRAD
+
+
+def _known(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in GRAD:
+        raise TypeError(f"args: no gradient tolerance for dtype {dtype}; known: "
+                        f"{sorted(map(str, GRAD))} (pass tol=)")
+    return dtype
+
+
+def _label(i: int, names: list[str | None]) -> str:
+    return f"args[{i}]" + (f" ({names[i]})" if names[i] else "")
+
+
+def _finish(mode, fname, args, wrt, references, checks, notes) -> CheckReport:
+    dtypes = sorted({str(args[i].dtype).removeprefix("torch.") for i in wrt})
+    report = CheckReport(mode=mode, function=fname, dtype="/".join(dtypes),
+                         references=tuple(references), arguments=tuple(checks),
+                         notes=tuple(notes))
+    wrong = [a for a in checks if a.failures]
+    if wrong:
+        body = "\n".join(f"- {m}" for a in wrong for m in a.failures)
+        raise AssertionError(
+            f"check_{mode} of {fname}: wrong derivative for "
+            + ", ".join(a.label for a in wrong) + f"\n{body}\n\n{report}")
+    if not references:
+        raise AssertionError(f"check_{mode} of {fname}: no reference could check it ("
+                             + "; ".join(notes) + ")")
+    return report

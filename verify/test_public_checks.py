@@ -1,0 +1,247 @@
+"""handgrad.testing.check_vjp / check_jvp on kernels that are not handgrad's: a softplus
+layer written by hand (right, and with planted bugs), a function numpy computes, and a
+custom autograd.Function whose backward is the thing under test.
+
+Every expected derivative here is written out by hand in this file; the checks under test
+find the references themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from handgrad.testing import check_jvp, check_vjp, signature, tol_for
+from handgrad.testing import compare as compare_mod
+
+
+def softplus_layer(x, weight, bias):
+    return F.softplus(x @ weight.t() + bias)
+
+
+def vjp_right(g, x, weight, bias):
+    d = g * torch.sigmoid(x @ weight.t() + bias)  # softplus' = sigmoid
+    return d @ weight, d.t() @ x, d.sum(0)
+
+
+def jvp_right(t, x, weight, bias):
+    dz = t[0] @ weight.t() + x @ t[1].t() + t[2]
+    return torch.sigmoid(x @ weight.t() + bias) * dz
+
+
+def _args(dtype, n=5, k=4, p=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, k, generator=gen, dtype=dtype),
+            torch.randn(p, k, generator=gen, dtype=dtype),
+            torch.randn(p, generator=gen, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_a_right_vjp_and_jvp_pass_with_a_report_per_argument(dtype):
+    args = _args(dtype)
+    for report in (check_vjp(softplus_layer, vjp_right, args),
+                   check_jvp(softplus_layer, jvp_right, args)):
+        assert report.passed
+        assert [a.label for a in report.arguments] == ["args[0] (x)", "args[1] (weight)",
+                                                       "args[2] (bias)"]
+        assert all(a.checked and a.headroom > 1 for a in report.arguments)
+        assert "central differences" in report.references
+        assert any(r.startswith("torch.") for r in report.references)
+        assert "PASS" in str(report)
+        if dtype == torch.float64:  # the Taylor remainder of a right derivative: order 2
+            assert all(abs(a.taylor_order - 2) < 0.2 for a in report.arguments)
+        else:
+            assert all(a.taylor_order is None for a in report.arguments)
+    assert len(report.to_frame()) == 3
+
+
+def _planted(name):
+    def vjp(g, x, weight, bias):
+        dx, dw, db = vjp_right(g, x, weight, bias)
+        if name == "sign":
+            dw = -dw
+        elif name == "factor":
+            db = 2 * db
+        elif name == "zero":
+            dx = torch.zeros_like(dx)
+        elif name == "transpose":
+            dw = dw.t()
+        return dx, dw, db
+    return vjp
+
+
+@pytest.mark.parametrize("bug, argument, words", [
+    ("sign", "args[1] (weight)", "a flipped sign"),
+    ("factor", "args[2] (bias)", "a constant factor: 2 x"),
+    ("zero", "args[0] (x)", "zero everywhere"),
+    ("transpose", "args[1] (weight)", "the reference transposed"),
+])
+def test_a_planted_bug_fails_naming_the_argument_and_its_signature(bug, argument, words):
+    # weight square (4, 4) so that a transposed gradient has the right shape
+    args = _args(torch.float64, k=4, p=4)
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(softplus_layer, _planted(bug), args)
+    text = str(err.value)
+    first = text.splitlines()[0]
+    assert first.endswith(f"wrong derivative for {argument}"), first
+    assert words in text
+    for other in {"args[0] (x)", "args[1] (weight)", "args[2] (bias)"} - {argument}:
+        assert f"- {other}" not in text  # the right ones are not blamed
+
+
+def test_a_transposed_gradient_of_the_wrong_shape_is_named():
+    args = _args(torch.float64, k=4, p=3)
+    with pytest.raises(AssertionError, match=r"args\[1\] \(weight\).*shape \(4, 3\).*"
+                                             r"transposed\?"):
+        check_vjp(softplus_layer, _planted("transpose"), args)
+
+
+def test_a_wrong_jvp_fails_naming_the_argument():
+    def jvp_bad(t, x, weight, bias):  # forgets the bias tangent
+        return torch.sigmoid(x @ weight.t() + bias) * (t[0] @ weight.t() + x @ t[1].t())
+
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_jvp(softplus_layer, jvp_bad, _args(torch.float64))
+    assert str(err.value).splitlines()[0].endswith("wrong derivative for args[2] (bias)")
+    assert "zero everywhere" in str(err.value)
+
+
+def numpy_softplus(x):
+    """torch cannot differentiate this: it leaves torch for numpy."""
+    return torch.from_numpy(np.logaddexp(0.0, x.detach().numpy()))
+
+
+def test_a_function_torch_cannot_differentiate_is_checked_by_central_differences():
+    x = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    report = check_vjp(numpy_softplus, lambda g, x: (g * torch.sigmoid(x),), (x,))
+    assert report.references == ("central differences",)
+    assert any("does not depend on its arguments through torch" in n for n in report.notes)
+    with compare_mod.unrecorded(), pytest.raises(AssertionError, match="central difference"):
+        check_vjp(numpy_softplus, lambda g, x: (g * torch.sigmoid(-x),), (x,))
+    assert check_jvp(numpy_softplus, lambda t, x: torch.sigmoid(x) * t[0], (x,)).passed
+
+
+class _Square(torch.autograd.Function):
+    """x^2 with a wrong backward (x instead of 2x): what autograd would replay."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x
+
+
+def test_a_custom_autograd_function_is_not_its_own_reference():
+    x = torch.linspace(0.5, 2, 5, dtype=torch.float64)
+    # the Function's own (wrong) backward as the vjp: autograd would agree with it
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(_Square.apply, lambda g, x: (g * x,), (x,))
+    assert "central differences" in str(err.value)
+    assert "custom autograd.Function _Square" in str(err.value)
+    report = check_vjp(_Square.apply, lambda g, x: (2 * g * x,), (x,))
+    assert report.references == ("central differences",)
+
+
+def test_non_tensor_arguments_and_wrt():
+    def scaled(x, power, weight):
+        return (x ** power) @ weight.t()
+
+    def vjp(g, x, power, weight):
+        return (g @ weight) * power * x ** (power - 1), None, g.t() @ x ** power
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, generator=gen, dtype=torch.float64) + 0.5
+    w = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    report = check_vjp(scaled, vjp, (x, 3, w))
+    assert [a.checked for a in report.arguments] == [True, False, True]
+    assert "not a floating-point tensor" in report.arguments[1].note
+    only = check_vjp(scaled, vjp, (x, 3, w), wrt="weight")
+    assert [a.checked for a in only.arguments] == [False, False, True]
+    assert only.arguments[0].note == "not in wrt"
+
+
+def test_a_none_gradient_is_checked_as_zero():
+    def f(x, y):
+        return x * y
+
+    with compare_mod.unrecorded(), pytest.raises(AssertionError, match=r"args\[1\] \(y\)"):
+        check_vjp(f, lambda g, x, y: (g * y, None), _args(torch.float64)[:1] * 2)
+
+
+def test_each_comparison_is_recorded_for_the_verify_report():
+    before = len(compare_mod.RECORDS)
+    check_vjp(softplus_layer, vjp_right, _args(torch.float64))
+    new = compare_mod.RECORDS[before:]
+    assert {r.kernel for r in new} == {"vjp_right"}
+    assert {r.reference for r in new} == {"torch.autograd", "central differences"}
+    assert {r.what.split(":")[0] for r in new} == {"args[0] (x)", "args[1] (weight)",
+                                                   "args[2] (bias)"}
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: check_vjp(3, vjp_right, _args(torch.float64)), TypeError, "f: expected a callable"),
+    (lambda: check_vjp(softplus_layer, None, _args(torch.float64)), TypeError,
+     "vjp: expected a callable"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64)[0]), TypeError,
+     r"args=\(x,\)"),
+    (lambda: check_vjp(softplus_layer, vjp_right, (1, 2, 3)), ValueError,
+     "at least one floating-point tensor"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64), wrt="w"),
+     ValueError, "no positional parameter 'w'"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64), wrt=[5]),
+     ValueError, "positions 0..2"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64), directions=0),
+     ValueError, "directions: expected a positive integer"),
+    (lambda: check_vjp(softplus_layer, lambda g, *a: vjp_right(g, *a)[:2],
+                       _args(torch.float64)), TypeError, "one gradient per argument"),
+    (lambda: check_vjp(softplus_layer, vjp_right,
+                       (torch.tensor([[float("nan")] * 4]), *_args(torch.float64)[1:])),
+     ValueError, r"args\[0\]: holds NaN"),
+    (lambda: check_vjp(lambda x: (x, x), lambda g, x: (g,), (torch.ones(2),)), TypeError,
+     "f: expected a tensor, got tuple"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64),
+                       cotangent=torch.ones(2)), ValueError, r"cotangent: expected .*\(5, 3\)"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64), tol=1e-3), TypeError,
+     "tol: expected a handgrad.testing.Tol"),
+])
+def test_bad_input_is_refused_by_name(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()
+
+
+def test_signature_names_nothing_for_an_unrelated_error():
+    r = torch.arange(1.0, 7.0, dtype=torch.float64).reshape(2, 3)
+    tol = tol_for(torch.float64, "grad")
+    assert signature(r + torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]],
+                                      dtype=torch.float64), r, tol) is None
+    assert signature(-r, r, tol) == "a flipped sign (-1 x the reference)"
+    assert signature(0.5 * r, r, tol).startswith("a constant factor: 0.5")
+
+
+def test_a_derivative_nothing_can_check_is_not_passed():
+    def half_only(x):  # numpy (no autograd), float16 only (no float64 central differences)
+        if x.dtype != torch.float16:
+            raise TypeError("float16 only")
+        return torch.from_numpy(np.logaddexp(0.0, x.numpy()))
+
+    x = torch.linspace(-1, 1, 4, dtype=torch.float16)
+    with pytest.raises(AssertionError, match="no reference could check it"):
+        check_vjp(half_only, lambda g, x: (g * torch.sigmoid(x),), (x,))
+
+
+def test_a_function_that_raises_under_autograd_falls_back_to_central_differences():
+    def plain_numpy(x):  # x.numpy() refuses a tensor that requires grad
+        return torch.from_numpy(np.logaddexp(0.0, x.numpy()))
+
+    x = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    for check, d in ((check_vjp, lambda g, x: (g * torch.sigmoid(x),)),
+                     (check_jvp, lambda t, x: torch.sigmoid(x) * t[0])):
+        report = check(plain_numpy, d, (x,))
+        assert report.references == ("central differences",)
+        assert any("raised on arguments that require grad (RuntimeError" in n
+                   for n in report.notes)
