@@ -1,27 +1,33 @@
-"""Shared pytest options and fixtures for `pytest verify` and `pytest bench`.
+"""handgrad's own suites (`pytest verify`, `pytest bench`): what the plugin leaves to a
+project.
 
-- ``--device cpu,cuda`` (default: every device present). A device that is asked
-  for but absent makes its tests skip with a reason; it never fails them.
-- ``device`` and ``dtype`` fixtures, parametrized; tests that ask for them run once
-  per device and per dtype the tolerance table knows.
-- Seeds: every test starts from a seed derived from a stable hash of its node id,
-  so a failure reproduces on its own and does not depend on test order.
+- handgrad's pytest plugin (``handgrad.plugin``: ``--device``, ``--verify-report``, the
+  ``device``, ``dtype``, ``generator`` and ``seed`` fixtures) is loaded here too, so that a
+  checkout runs without an install; installed, its entry point has loaded it already.
+- The benchmark options (``--bench-grid``, ``--bench-threads``, ``--bench-slow``,
+  ``--bench-instructions``, ``--bench-cold-l2``) and the machine info of each run.
+- Seeds: every test starts from a seed derived from a stable hash of its node id (the
+  plugin's ``stable_seed``), so a failure reproduces on its own and does not depend on
+  test order.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
 import sys
-import zlib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from handgrad.plugin import ALL_DTYPES, KNOWN_DEVICES, stable_seed  # noqa: F401 (re-exported)
+
+# the plugin by the name of its entry point: loaded once whether installed or not
+pytest_plugins = ["handgrad.plugin", "pytester"]
 
 # bounded property tests: CI has 2 cores and a few minutes for `pytest verify`
 settings.register_profile(
@@ -34,19 +40,11 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile("ci")
 
-KNOWN_DEVICES = ("cpu", "cuda")
 GRIDS = ("quick", "full", "gpu")
-ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("handgrad")
-    group.addoption(
-        "--device",
-        action="store",
-        default="all",
-        help="comma-separated devices to run on (cpu, cuda); default: every device present",
-    )
     group.addoption(
         "--bench-grid",
         choices=GRIDS,
@@ -65,13 +63,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         help="torch CPU threads for every benchmark (default: all cores, at most 8); recorded",
-    )
-    group.addoption(
-        "--verify-report",
-        metavar="PATH",
-        default=None,
-        help="write every comparison's worst error against its tolerance to this JSON "
-        "file; `python -m handgrad.reports render PATH --out DIR` turns it into a headroom table",
     )
     group.addoption(
         "--bench-slow",
@@ -134,9 +125,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # one fixed thread count for the whole session, recorded in machine_info and every
     # benchmark's extra_info: CPU timings are meaningless without it
     torch.set_num_threads(bench_threads(config))
-    # a malformed --bench-slow or --device is a usage error (one line) before anything runs
+    # a malformed --bench-slow is a usage error (one line) before anything runs
     bench_slow(config, check_names=True)
-    requested_devices(config)
     # pytest-benchmark >= 5.3 writes --benchmark-json at the end of the session and fails
     # then if the folder is missing, so make it now (older versions open the file while
     # parsing the command line: reports/out/ is kept in git for them)
@@ -193,45 +183,6 @@ def benchmark_json_path(config: pytest.Config) -> Path | None:
     return Path(target.name if hasattr(target, "write") else target)
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if not config.getoption("--verify-report"):
-        return
-    from handgrad.testing.compare import RECORDS, SWEEPS  # imported by the tests that made them
-
-    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its records go to the
-        config.workeroutput[_WORKER_RECORDS] = [r.as_dict() for r in RECORDS]  # controller
-        config.workeroutput[_WORKER_SWEEPS] = [s.as_dict() for s in SWEEPS]
-        return
-    from handgrad.reports.record import SweepRecord, VerifyRecord, verify_payload
-
-    records = [*RECORDS, *(VerifyRecord.from_dict(d)
-                           for d in config.stash.get(_worker_records, []))]
-    sweeps = [*SWEEPS, *(SweepRecord.from_dict(d) for d in config.stash.get(_worker_sweeps, []))]
-    payload = verify_payload(records, sweeps, torch=torch.__version__,
-                             platform=platform.platform(), exitstatus=int(exitstatus))
-    path = Path(config.getoption("--verify-report"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload))
-    config.get_terminal_writer().line(
-        f"verify report: {len(records)} comparisons and {len(sweeps)} step sweeps written "
-        f"to {path}")
-
-
-_WORKER_RECORDS = "handgrad_verify_records"
-_WORKER_SWEEPS = "handgrad_verify_sweeps"
-_worker_records = pytest.StashKey[list]()
-_worker_sweeps = pytest.StashKey[list]()
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:
-    """pytest-xdist, on the controller: keep what a finished worker recorded."""
-    output = getattr(node, "workeroutput", {})
-    node.config.stash.setdefault(_worker_records, []).extend(output.get(_WORKER_RECORDS, []))
-    node.config.stash.setdefault(_worker_sweeps, []).extend(output.get(_WORKER_SWEEPS, []))
-
-
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     from handgrad.reports.record import SCHEMA, SCHEMA_KEY
 
@@ -280,48 +231,6 @@ def bench_slow(config: pytest.Config, check_names: bool = False) -> dict[str, fl
     return out
 
 
-def _present(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device == "cuda":
-        return torch.cuda.is_available()
-    return False
-
-
-def requested_devices(config: pytest.Config) -> list[str]:
-    """The devices named by --device, in order; 'all' means every known device."""
-    raw = config.getoption("--device")
-    if raw == "all":
-        return [d for d in KNOWN_DEVICES if _present(d)]
-    names = [d.strip() for d in raw.split(",") if d.strip()]
-    unknown = [d for d in names if d not in KNOWN_DEVICES]
-    if unknown:
-        raise pytest.UsageError(
-            f"--device: unknown device(s) {unknown}; expected a comma-separated subset of "
-            f"{list(KNOWN_DEVICES)} or 'all'"
-        )
-    return names
-
-
-def _device_params(config: pytest.Config) -> list:
-    params = []
-    for name in requested_devices(config):
-        marks = []
-        if name == "cuda":
-            marks.append(pytest.mark.cuda)
-        if not _present(name):
-            marks.append(pytest.mark.skip(reason=f"device {name!r} requested but not present"))
-        params.append(pytest.param(name, id=name, marks=marks))
-    return params
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "device" in metafunc.fixturenames and not _is_parametrized(metafunc, "device"):
-        metafunc.parametrize("device", _device_params(metafunc.config))
-    if "dtype" in metafunc.fixturenames and not _is_parametrized(metafunc, "dtype"):
-        metafunc.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Which benchmarks a grid runs. quick: the unmarked ones; full: those and ``full``;
     gpu: ``gpu_grid`` (GPU-sized, CUDA only) and ``every_grid`` (control, ceilings)."""
@@ -346,21 +255,6 @@ def _param(item: pytest.Item, name: str):
     return None if callspec is None else callspec.params.get(name)
 
 
-def _is_parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
-    return any(name in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
-
-
-def stable_seed(text: str) -> int:
-    """A seed that is the same on every machine and Python run (unlike hash())."""
-    return zlib.crc32(text.encode("utf-8"))
-
-
 @pytest.fixture(autouse=True)
 def _seed_everything(request: pytest.FixtureRequest) -> None:
     torch.manual_seed(stable_seed(request.node.nodeid))
-
-
-@pytest.fixture
-def generator(request: pytest.FixtureRequest) -> torch.Generator:
-    """A CPU generator seeded from the test's node id (create tensors on CPU, then move)."""
-    return torch.Generator().manual_seed(stable_seed(request.node.nodeid))

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from handgrad.kernels.backprop import Gradients
 from handgrad.kernels.mlp import MLP
-from verify.references import TORCH_ACTIVATIONS
 from handgrad.testing.tolerances import Tol, tol_for
+from verify.references import TORCH_ACTIVATIONS
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import finite_diff, mlp
-from verify import attribution
 from handgrad.testing.compare import assert_close, record_sweep
-from verify.references import BackpropFunction, autograd_grads, func_grads, torch_loss
 from handgrad.testing.tolerances import tol_for
+from verify import attribution
+from verify.references import BackpropFunction, autograd_grads, func_grads, torch_loss
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import torch
 
 from handgrad.reports.__main__ import main
 from handgrad.reports.init_study import study_batch, study_network
-from verify.test_reports_gpu import captured
 from handgrad.testing.tolerances import Tol
+from verify.test_reports_gpu import captured
 
 COLUMNS = ["init", "layer", "units", "mean_activation", "mean_abs_activation",
            "activation_grad_norm", "weight_grad_norm"]

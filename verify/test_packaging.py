@@ -106,3 +106,13 @@ def test_the_old_reports_command_still_runs_from_the_checkout_with_a_note():
     new = subprocess.run([sys.executable, "-m", "handgrad.reports", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert new.returncode == 0 and new.stderr == "", new.stderr
+
+
+@pytest.mark.slow
+def test_the_wheel_registers_the_pytest_plugin(wheel):
+    (info,) = {n.split("/", 1)[0] for n in wheel.namelist() if ".dist-info/" in n}
+    text = wheel.read(f"{info}/entry_points.txt").decode()
+    section = text.split("[pytest11]", 1)[1].split("\n[", 1)[0]
+    assert "handgrad.plugin = handgrad.plugin" in section
+    assert "handgrad/plugin.py" in wheel.namelist()
+    assert "handgrad/testing/checks.py" in wheel.namelist()

@@ -68,14 +68,15 @@ def assert_close(
     actual: torch.Tensor,
     expected: torch.Tensor,
     *,
-    kernel: str,
-    reference: str,
+    kernel: str = "actual",
+    reference: str = "expected",
     what: str = "",
     tol: Tol | None = None,
     kind: str = "forward",
     check_dtype: bool = True,
 ) -> Record:
-    """Assert ``actual`` (the kernel's output) matches ``expected`` (the reference's).
+    """Assert ``actual`` (the kernel's output) matches ``expected`` (the reference's);
+    ``kernel`` and ``reference`` name them in the message and the verify report.
 
     ``expected`` may be of a wider dtype (a float64 reference for a float32 kernel);
     the tolerance is then taken for ``actual``'s dtype from the table, unless ``tol``

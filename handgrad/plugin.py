@@ -1,0 +1,185 @@
+"""handgrad's pytest plugin (entry point ``pytest11``: ``handgrad.plugin``), loaded in any
+project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
+
+- ``--device cpu,cuda`` (default: every device present). A device asked for but absent
+  makes its tests skip with a reason; it never fails them.
+- Fixtures ``device`` and ``dtype``: a test that asks for one runs once per device
+  (``--device``) and per dtype of the tolerance table (``ALL_DTYPES``), unless it
+  parametrizes them itself or its project defines a fixture of that name (yours wins).
+- ``generator``: a CPU ``torch.Generator`` seeded from the test's node id (the same on
+  every machine and run); ``seed``: that seed, with torch's global generator set to it.
+- ``--verify-report PATH``: every comparison made through ``handgrad.testing``
+  (``assert_close``, ``check_vjp``, ``check_jvp``) and every recorded step sweep, with its
+  worst error against its tolerance, written as JSON when the session ends (pytest-xdist
+  workers' records included); ``python -m handgrad.reports render PATH --out DIR`` turns it
+  into a headroom table.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+KNOWN_DEVICES = ("cpu", "cuda")
+ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("handgrad")
+    group.addoption(
+        "--device",
+        action="store",
+        default="all",
+        help="comma-separated devices to run on (cpu, cuda); default: every device present",
+    )
+    group.addoption(
+        "--verify-report",
+        metavar="PATH",
+        default=None,
+        help="write every comparison's worst error against its tolerance to this JSON "
+        "file; `python -m handgrad.reports render PATH --out DIR` turns it into a headroom "
+        "table",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    requested_devices(config)  # a malformed --device is a usage error before anything runs
+
+
+def _present(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device == "cuda":
+        return torch.cuda.is_available()
+    return False
+
+
+def requested_devices(config: pytest.Config) -> list[str]:
+    """The devices named by --device, in order; 'all' means every known device present."""
+    raw = config.getoption("--device")
+    if raw == "all":
+        return [d for d in KNOWN_DEVICES if _present(d)]
+    names = [d.strip() for d in raw.split(",") if d.strip()]
+    unknown = [d for d in names if d not in KNOWN_DEVICES]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"--device: unknown device(s) {unknown or [raw]}; expected a comma-separated "
+            f"subset of {list(KNOWN_DEVICES)} or 'all'"
+        )
+    return names
+
+
+def _device_params(config: pytest.Config) -> list:
+    params = []
+    for name in requested_devices(config):
+        marks = []
+        if name == "cuda":
+            marks.append(pytest.mark.cuda)
+        if not _present(name):
+            marks.append(pytest.mark.skip(reason=f"device {name!r} requested but not present"))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+def _is_parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    for m in metafunc.definition.iter_markers("parametrize"):
+        names = m.args[0]
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if name in names:
+            return True
+    return False
+
+
+def _ours(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether fixture ``name`` resolves to this plugin's (not one the project defines)."""
+    defs = getattr(metafunc, "_arg2fixturedefs", {}).get(name)
+    if not defs:
+        return True
+    return getattr(defs[-1].func, "__module__", None) == __name__
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for name, params in (("device", lambda: _device_params(metafunc.config)),
+                         ("dtype", lambda: [pytest.param(d, id=str(d).removeprefix("torch."))
+                                            for d in ALL_DTYPES])):
+        if name in metafunc.fixturenames and not _is_parametrized(metafunc, name) \
+                and _ours(metafunc, name):
+            metafunc.parametrize(name, params(), indirect=True)
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> str:
+    """The device this test runs on ('cpu', 'cuda'), from --device."""
+    return request.param
+
+
+@pytest.fixture
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    """A floating dtype of the tolerance table (float64, float32, bfloat16, float16)."""
+    return request.param
+
+
+def stable_seed(text: str) -> int:
+    """A seed that is the same on every machine and Python run (unlike hash())."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+@pytest.fixture
+def generator(request: pytest.FixtureRequest) -> torch.Generator:
+    """A CPU generator seeded from the test's node id (create tensors on CPU, then move)."""
+    return torch.Generator().manual_seed(stable_seed(request.node.nodeid))
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """The test's stable seed; torch's global generator is seeded with it."""
+    value = stable_seed(request.node.nodeid)
+    torch.manual_seed(value)
+    return value
+
+
+# --- the verify report ----------------------------------------------------------------------
+
+_WORKER_RECORDS = "handgrad_verify_records"
+_WORKER_SWEEPS = "handgrad_verify_sweeps"
+_worker_records = pytest.StashKey[list]()
+_worker_sweeps = pytest.StashKey[list]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not config.getoption("--verify-report"):
+        return
+    from handgrad.testing.compare import RECORDS, SWEEPS
+
+    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its records go to the
+        config.workeroutput[_WORKER_RECORDS] = [r.as_dict() for r in RECORDS]  # controller
+        config.workeroutput[_WORKER_SWEEPS] = [s.as_dict() for s in SWEEPS]
+        return
+    from handgrad.reports.record import SweepRecord, VerifyRecord, verify_payload
+
+    records = [*RECORDS, *(VerifyRecord.from_dict(d)
+                           for d in config.stash.get(_worker_records, []))]
+    sweeps = [*SWEEPS, *(SweepRecord.from_dict(d) for d in config.stash.get(_worker_sweeps, []))]
+    payload = verify_payload(records, sweeps, torch=torch.__version__,
+                             platform=platform.platform(), exitstatus=int(exitstatus))
+    path = Path(config.getoption("--verify-report"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+    config.get_terminal_writer().line(
+        f"verify report: {len(records)} comparisons and {len(sweeps)} step sweeps written "
+        f"to {path}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist, on the controller: keep what a finished worker recorded."""
+    output = getattr(node, "workeroutput", {})
+    node.config.stash.setdefault(_worker_records, []).extend(output.get(_WORKER_RECORDS, []))
+    node.config.stash.setdefault(_worker_sweeps, []).extend(output.get(_WORKER_SWEEPS, []))

@@ -1,0 +1,118 @@
+"""handgrad's pytest plugin in a user's project: a temporary folder outside this
+repository with its own test file, run by pytest in a subprocess (pytester)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+USER_TEST = '''
+import torch
+import torch.nn.functional as F
+from handgrad.testing import check_vjp
+
+
+def softplus(x):
+    return F.softplus(x)
+
+
+def softplus_vjp(g, x):
+    return (g * torch.sigmoid(x),)
+
+
+def softplus_vjp_wrong(g, x):
+    return (g * torch.sigmoid(-x),)
+
+
+def test_right(generator):
+    check_vjp(softplus, softplus_vjp, (torch.randn(6, generator=generator,
+                                                   dtype=torch.float64),))
+
+
+def test_devices(device):
+    assert torch.zeros(1, device=device).device.type == device
+
+
+def test_dtypes(dtype):
+    assert dtype.is_floating_point
+
+
+def test_seed(seed, generator):
+    assert isinstance(seed, int) and generator.initial_seed() == seed
+'''
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch) -> pytest.Pytester:
+    # handgrad from this checkout, whether or not it is installed
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makepyfile(test_user=USER_TEST)
+    return pytester
+
+
+def _run(p: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return p.runpytest_subprocess("-p", "handgrad.plugin", "-p", "no:cacheprovider", *args)
+
+
+def test_the_fixtures_and_the_verify_report_in_a_users_project(project, tmp_path):
+    report = tmp_path / "verify.json"
+    res = _run(project, "--device", "cpu", f"--verify-report={report}", "-v")
+    res.assert_outcomes(passed=7)  # right, devices[cpu], 4 dtypes, seed
+    res.stdout.fnmatch_lines(["*test_devices?cpu?*", "*test_dtypes?float64?*",
+                              "*test_dtypes?bfloat16?*", "*verify report: * comparisons*"])
+    payload = json.loads(report.read_text())
+    kernels = {r["kernel"] for r in payload["records"]}
+    assert kernels == {"softplus_vjp"}
+
+
+def test_an_absent_device_skips_with_the_reason(project):
+    res = _run(project, "--device", "cpu,cuda", "-k", "devices", "-rs")
+    if torch.cuda.is_available():
+        res.assert_outcomes(passed=2)
+    else:
+        res.assert_outcomes(passed=1, skipped=1)
+        res.stdout.fnmatch_lines(["*device 'cuda' requested but not present*"])
+
+
+def test_a_misspelt_device_is_a_usage_error(project):
+    res = _run(project, "--device", "tpu")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*--device: unknown device(s) ?'tpu'?*"])
+
+
+def test_a_wrong_vjp_fails_naming_the_argument(project):
+    project.makepyfile(test_wrong='''
+import torch
+from test_user import softplus, softplus_vjp_wrong
+from handgrad.testing import check_vjp
+
+def test_wrong():
+    check_vjp(softplus, softplus_vjp_wrong, (torch.linspace(-2, 2, 5, dtype=torch.float64),))
+''')
+    res = _run(project, "test_wrong.py")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*wrong derivative for args[[]0[]] (x)*"])
+
+
+def test_a_projects_own_device_fixture_wins(project):
+    project.makeconftest('''
+import pytest
+
+@pytest.fixture
+def device():
+    return "cpu"
+''')
+    res = _run(project, "-k", "devices", "--device", "cpu,cuda")
+    res.assert_outcomes(passed=1)  # its fixture, not the plugin's parametrization
+
+
+def test_the_plugin_can_be_turned_off(project):
+    res = project.runpytest_subprocess("-p", "no:handgrad.plugin", "-p", "no:cacheprovider",
+                                       "--device", "cpu")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*unrecognized arguments: --device*"])
