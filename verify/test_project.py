@@ -123,3 +123,28 @@ def test_ci_gates_every_submission_against_the_baseline_commit() -> None:
         assert subprocess.run(["git", "cat-file", "-e", lines[0] + "^{commit}"], cwd=ROOT,
                               capture_output=True).returncode == 0
     read_accepted(str(ROOT / ".ci" / "accepted-regressions"))  # well formed
+
+
+def test_the_readmes_own_kernel_example_runs_and_checks() -> None:
+    """The "Check your own kernel" example, executed as written: it must pass, and with
+    its backward broken (the bias gradient doubled) it must fail naming the bias."""
+    import contextlib
+    import io
+
+    import pytest
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Check your own kernel", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert "check_vjp of layer (float64): PASS" in out.getvalue()
+    assert "check_jvp of layer (float64): PASS" in out.getvalue()
+    broken = code.replace("d.sum(0)", "2 * d.sum(0)")
+    assert broken != code
+    from handgrad.testing.compare import unrecorded  # a planted failure is no check
+
+    with unrecorded(), contextlib.redirect_stdout(io.StringIO()), \
+            pytest.raises(AssertionError, match=r"wrong derivative for args\[2\] \(bias\)"):
+        exec(compile(broken, "README.md", "exec"), {})
