@@ -148,3 +148,14 @@ def test_the_readmes_own_kernel_example_runs_and_checks() -> None:
     with unrecorded(), contextlib.redirect_stdout(io.StringIO()), \
             pytest.raises(AssertionError, match=r"wrong derivative for args\[2\] \(bias\)"):
         exec(compile(broken, "README.md", "exec"), {})
+
+
+def test_ci_runs_the_example_project_from_a_built_wheel() -> None:
+    run = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ".ci/example" in run
+    example = (ROOT / ".ci" / "example").read_text()
+    for what in ("pip wheel", "examples/softplus_layer", "$(mktemp -d)",
+                 "tests/test_softplus_layer.py", "tests/test_planted.py",
+                 r"wrong derivative for args\[1\] (weight)", "handgrad.reports render"):
+        assert what in example, f".ci/example lacks {what!r}"
+    assert "pip install -e" not in example and "--editable" not in example

@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -557,7 +558,12 @@ def _jvp_reference(g: Callable, x: torch.Tensor, t: torch.Tensor) -> tuple[torch
     """J t of g at x: forward mode (torch.func.jvp) where g has forward-mode rules, else
     autograd's double-backward (torch.autograd.functional.jvp)."""
     try:
-        _, jt = torch.func.jvp(g, (x,), (t,))
+        with warnings.catch_warnings():
+            # torch 2.13's forward mode loads its decompositions through torch.jit.script
+            # on first use, which warns that torch.jit.script is deprecated: torch's to fix
+            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
+                                    category=DeprecationWarning)
+            _, jt = torch.func.jvp(g, (x,), (t,))
         return jt.detach(), FORWARD_AD
     except (RuntimeError, NotImplementedError):
         _, jt = torch.autograd.functional.jvp(g, x, t)
