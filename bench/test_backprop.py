@@ -10,7 +10,7 @@ import torch
 from bench.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
-from verify.references import torch_loss
+from handgrad.testing.references import torch_loss
 
 QUICK = [(L, K, N) for L in (3, 5, 10) for K in (64, 256) for N in (256,)]
 # the course's sizes, where per-call overhead (checks and dispatch), not arithmetic, is the

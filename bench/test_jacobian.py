@@ -9,7 +9,7 @@ import torch
 
 from bench.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
 from handgrad.kernels import jacobian as jm
-from verify.references import as_list, course_weights, deep_net
+from handgrad.testing.references import as_list, course_weights, deep_net
 
 D, P = 2, 10
 

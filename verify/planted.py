@@ -25,7 +25,7 @@ class Bug:
     new: str  # what replaces it in the copy
     layer: int  # the first layer (1-based) from the output side whose gradient is wrong
     tensor: str  # "dW" or "db": the first of that layer's gradients that is wrong
-    signature: str  # what verify.attribution must call it
+    signature: str  # what handgrad.testing.attribution must call it
 
 
 BUGS = [

@@ -8,10 +8,10 @@ import torch
 
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
+from handgrad.testing.attribution import diagnose
 from handgrad.testing.compare import unrecorded
-from verify.attribution import diagnose
+from handgrad.testing.references import autograd_grads
 from verify.planted import BATCH, BUG_IDS, BUGS, NET_SIZES, Bug, planted_backprop
-from verify.references import autograd_grads
 from verify.test_backprop import check_all
 
 

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import finite_diff, mlp
+from handgrad.testing import attribution
 from handgrad.testing.compare import assert_close, record_sweep
+from handgrad.testing.references import BackpropFunction, autograd_grads, func_grads, torch_loss
 from handgrad.testing.tolerances import tol_for
-from verify import attribution
-from verify.references import BackpropFunction, autograd_grads, func_grads, torch_loss
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def make_problem(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
 def check_all(g: bp.Gradients, ref, *, reference: str, tol=None, problem=None) -> None:
     """Loss and every gradient of ``g`` against ``ref = (J, [dW], [db], dx)``. With
     ``problem = (net, x, y, loss, reduction)`` a failure also says which layer the error
-    starts at and what kind of bug it looks like (verify.attribution)."""
+    starts at and what kind of bug it looks like (handgrad.testing.attribution)."""
     try:
         _check_all(g, ref, reference=reference, tol=tol)
     except AssertionError as exc:

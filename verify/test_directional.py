@@ -20,8 +20,8 @@ from handgrad.kernels import backprop as bp
 from handgrad.kernels import finite_diff, mlp
 from handgrad.kernels import jacobian as jm
 from handgrad.testing.compare import assert_close, unrecorded
+from handgrad.testing.references import as_list, course_weights, deep_net, torch_loss
 from handgrad.testing.tolerances import tol_for
-from verify.references import as_list, course_weights, deep_net, torch_loss
 
 FD_TOL = tol_for(torch.float64, "finite_diff")
 DIRECTIONS = 2

@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from handgrad.kernels import finite_diff
 from handgrad.kernels import jacobian as jm
 from handgrad.testing.compare import assert_close, record_sweep
+from handgrad.testing.references import as_list, course_weights, deep_net, jacobian_references
 from handgrad.testing.tolerances import tol_for
-from verify.references import as_list, course_weights, deep_net, jacobian_references
 
 KERNELS = {"jacobian_forward": jm.jacobian_forward, "jacobian_reverse": jm.jacobian_reverse}
 REFERENCES = list(jacobian_references([torch.eye(1)]))

@@ -9,8 +9,8 @@ import torch
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
 from handgrad.testing.compare import assert_close
+from handgrad.testing.references import TORCH_ACTIVATIONS, torch_loss
 from handgrad.testing.tolerances import Tol
-from verify.references import TORCH_ACTIVATIONS, torch_loss
 
 
 def retain_grad_statistics(net: mlp.MLP, x, y, *, loss: str, reduction: str = "mean"):

@@ -17,7 +17,7 @@ from bench import test_jacobian as bj
 from bench.timing import cpu_peak_bytes
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
-from verify.references import torch_loss
+from handgrad.testing.references import torch_loss
 
 # torch wraps a Python scalar argument (``a.add_(1)``) in a 0-d tensor for the length of
 # the op: 8 bytes, 12 in float32. The kernel's derivative formulas take scalars where

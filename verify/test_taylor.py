@@ -12,8 +12,8 @@ from handgrad.kernels import backprop as bp
 from handgrad.kernels import finite_diff
 from handgrad.kernels import jacobian as jm
 from handgrad.kernels import least_squares as ls
+from handgrad.testing.references import as_list, course_weights, deep_net, torch_loss
 from verify.planted import BUG_IDS, BUGS, Bug, planted_backprop
-from verify.references import as_list, course_weights, deep_net, torch_loss
 from verify.test_attribution import problem
 from verify.test_backprop import CASES, Case, make_problem
 

@@ -6,10 +6,16 @@
 - ``assert_close(actual, expected)``: shape, device, dtype, then values against the
   tolerance table; a failure names the worst element and the errors.
 - ``Tol``, ``tol_for`` and the tables ``FORWARD``, ``GRAD``, ``FINITE_DIFF``.
+- ``diagnose(grads, net, x, y)``: where a hand-derived MLP backprop (a
+  ``handgrad.kernels.backprop.Gradients`` for a ``handgrad.kernels.mlp.MLP``) first
+  disagrees with autograd, layer by layer, and the bug signature that explains it.
+- ``references``: plain-torch references of handgrad's kernels (losses, gradients by
+  autograd and torch.func, Jacobians), differentiable by torch.
 
 Under pytest every comparison is recorded for ``--verify-report``.
 """
 
+from handgrad.testing.attribution import Diagnosis, diagnose
 from handgrad.testing.checks import (
     ArgumentCheck,
     CheckReport,
@@ -26,10 +32,12 @@ __all__ = [
     "GRAD",
     "ArgumentCheck",
     "CheckReport",
+    "Diagnosis",
     "Tol",
     "assert_close",
     "check_jvp",
     "check_vjp",
+    "diagnose",
     "signature",
     "tol_for",
 ]

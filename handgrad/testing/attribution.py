@@ -12,7 +12,7 @@ signatures, each built from autograd's own quantities:
   layer j in place of rho'(z_i), or with another layer's activations h_j in place of the
   layer's input h_{i-1} in dW_i = delta_i^T h_{i-1}.
 
-Layers are numbered from 1 (input side) as in DESIGN.md: W_1 is the first weight matrix.
+Layers are numbered from 1 (input side): W_1 is the first weight matrix.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from handgrad.kernels.backprop import Gradients
 from handgrad.kernels.mlp import MLP
+from handgrad.testing.references import TORCH_ACTIVATIONS
 from handgrad.testing.tolerances import Tol, tol_for
-from verify.references import TORCH_ACTIVATIONS
 
 
 @dataclass(frozen=True)
