@@ -1,4 +1,4 @@
-"""CPU vs GPU (DESIGN.md §6): when the inputs hold both devices, from one machine or
+"""CPU vs GPU (docs/architecture.md, §5): when the inputs hold both devices, from one machine or
 several, the GPU's speedup over the CPU per method and shape, and per method the
 crossover: the smallest problem size at which the GPU is faster.
 

@@ -1,4 +1,4 @@
-"""The roofline figure (DESIGN.md §5.2, §6): achieved GFLOP/s against arithmetic intensity,
+"""The roofline figure (docs/architecture.md §5): achieved GFLOP/s against arithmetic intensity,
 a panel per run and device, under the roofs that run measured.
 
 A run measures its machine's ceilings per device and dtype with two benchmarks of kernel

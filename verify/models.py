@@ -1,4 +1,4 @@
-"""The worked cases of DESIGN.md 3.3 as nn.Modules, shared by verify/ and bench/."""
+"""The course's worked convolution cases as nn.Modules, shared by verify/ and bench/."""
 
 from __future__ import annotations
 

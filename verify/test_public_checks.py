@@ -197,6 +197,8 @@ def test_each_comparison_is_recorded_for_the_verify_report():
      ValueError, "positions 0..2"),
     (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64), directions=0),
      ValueError, "directions: expected a positive integer"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64), directions=2.0),
+     TypeError, "directions: expected a positive integer, got float"),
     (lambda: check_vjp(softplus_layer, lambda g, *a: vjp_right(g, *a)[:2],
                        _args(torch.float64)), TypeError, "one gradient per argument"),
     (lambda: check_vjp(softplus_layer, vjp_right,

@@ -197,8 +197,10 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
                                     if isinstance(args[int(w)], torch.Tensor) else ""))
             picked.append(int(w))
         wrt = sorted(set(picked))
-    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral) or \
-            directions < 1:
+    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral):
+        raise TypeError(f"directions: expected a positive integer, got "
+                        f"{type(directions).__name__} {directions!r}")
+    if directions < 1:
         raise ValueError(f"directions: expected a positive integer, got {directions!r}")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
