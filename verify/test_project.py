@@ -159,3 +159,21 @@ def test_ci_runs_the_example_project_from_a_built_wheel() -> None:
                  r"wrong derivative for args\[1\] (weight)", "handgrad.reports render"):
         assert what in example, f".ci/example lacks {what!r}"
     assert "pip install -e" not in example and "--editable" not in example
+
+
+def test_the_readmes_record_table_names_every_field_of_the_record_once() -> None:
+    """The README's table of the benchmark record mirrors BenchRecord: each field in one
+    row, no row for a field that does not exist, and every kernel family named."""
+    from dataclasses import fields
+
+    from handgrad.reports.record import KERNELS, BenchRecord
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("### The benchmark record", 1)[1].split("\n\n| field | meaning |", 1)[1]
+    rows = [line for line in table.split("\n\n", 1)[0].splitlines() if line.startswith("| `")]
+    named = [n for row in rows for n in re.findall(r"`([A-Za-z_]+)`", row.split(" | ")[0])]
+    want = [f.name for f in fields(BenchRecord)]
+    assert sorted(named) == sorted(want), (sorted(set(want) - set(named)),
+                                           sorted(set(named) - set(want)))
+    kernel_row = next(r for r in rows if r.startswith("| `kernel` |"))
+    assert set(re.findall(r"`([a-z_]+)`", kernel_row.split(" | ", 1)[1])) == set(KERNELS)
