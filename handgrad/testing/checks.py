@@ -154,6 +154,8 @@ def _names(f: Callable, n: int) -> list[str | None]:
 
 
 def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
+    """The arguments checked, and what both checks start from: f's and the derivative's
+    names and f(*args)."""
     what = "vjp" if mode == "vjp" else "jvp"
     if not callable(f):
         raise TypeError(f"f: expected a callable, got {type(f).__name__}")
@@ -209,7 +211,11 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
     if tol is not None and not isinstance(tol, Tol):
         raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "
                         f"{type(tol).__name__}")
-    return args, names, wrt, int(directions), generator
+    fname = getattr(f, "__qualname__", type(f).__name__)
+    kernel = getattr(d, "__qualname__", type(d).__name__)
+    with torch.no_grad():
+        out = _output("f", f(*args))
+    return args, names, wrt, int(directions), generator, fname, kernel, out
 
 
 def _output(name: str, value) -> torch.Tensor:
@@ -342,12 +348,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     gradient tolerance of the arguments' dtype. Raises ``AssertionError`` on a wrong
     gradient (every wrong argument named), returns a ``CheckReport`` otherwise.
     """
-    args, names, wrt, directions, gen = _check_common("vjp", f, vjp, args, wrt, directions,
-                                                      generator, tol)
-    fname = getattr(f, "__qualname__", type(f).__name__)
-    kernel = getattr(vjp, "__qualname__", type(vjp).__name__)
-    with torch.no_grad():
-        out = _output("f", f(*args))
+    args, names, wrt, directions, gen, fname, kernel, out = _check_common(
+        "vjp", f, vjp, args, wrt, directions, generator, tol)
     if cotangent is None:
         u = _randn_like(out, gen)
     else:
@@ -466,12 +468,8 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     arguments that are not floating-point tensors). Each checked argument is moved alone,
     along ``directions`` random tangents. Other arguments as in ``check_vjp``.
     """
-    args, names, wrt, directions, gen = _check_common("jvp", f, jvp, args, wrt, directions,
-                                                      generator, tol)
-    fname = getattr(f, "__qualname__", type(f).__name__)
-    kernel = getattr(jvp, "__qualname__", type(jvp).__name__)
-    with torch.no_grad():
-        out = _output("f", f(*args))
+    args, names, wrt, directions, gen, fname, kernel, out = _check_common(
+        "jvp", f, jvp, args, wrt, directions, generator, tol)
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)
     ref_args = args64 if in64 else tuple(a.detach() if _is_float_tensor(a) else a
