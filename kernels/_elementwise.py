@@ -9,9 +9,9 @@ float64; torch's 0.49 and 1.43; ``verify/test_elementwise.py``). It is used only
 is a plain write into memory the kernel owns: a plain CPU tensor of float32 or float64,
 outside torch.compile's trace, of at least ``NUMPY_TANH_MIN`` elements (below it numpy's
 call costs more than it saves). torch's tanh runs everywhere else: other devices and
-dtypes, subclasses (fake and functorch tensors), traces, and large tensors when torch has
-more than ``NUMPY_TANH_MAX_THREADS`` threads to spread them over (numpy runs on one
-thread).
+dtypes, subclasses (fake tensors), non-contiguous tensors, torch.compile traces,
+torch.func transforms and forward-mode AD, and large tensors when torch has more than
+``NUMPY_TANH_MAX_THREADS`` threads to spread them over (numpy runs on one thread).
 """
 
 from __future__ import annotations
@@ -38,9 +38,22 @@ def numpy_tanh_applies(z: torch.Tensor) -> bool:
         and z.device.type == "cpu"
         and z.dtype in _NUMPY_DTYPES
         and (n <= _TORCH_GRAIN or torch.get_num_threads() <= NUMPY_TANH_MAX_THREADS)
+        and z.is_contiguous()  # numpy writes through a view of z's memory, once per element
         and not z.requires_grad
         and not torch.compiler.is_compiling()
+        and not _in_transform()
     )
+
+
+def _in_transform() -> bool:
+    """Inside a torch.func transform (vmap, grad, jvp: z may be a wrapper numpy cannot see
+    through) or forward-mode AD (numpy would update the primal and leave its tangent)."""
+    try:
+        if torch._C._functorch.maybe_current_level() is not None:
+            return True
+    except AttributeError:  # a torch without functorch's C API: no transform can be active
+        pass
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
 
 
 def tanh_(z: torch.Tensor) -> torch.Tensor:

@@ -124,3 +124,22 @@ def test_the_kernels_take_it_for_their_hidden_layers(monkeypatch):
     jacobian_forward(ws, xs)
     jacobian_reverse(ws, xs)
     assert calls == [64 * 40] * 4
+
+
+def test_not_for_views_numpy_would_write_wrongly_or_inside_transforms():
+    assert not numpy_tanh_applies(torch.randn(64, 64).t())  # strided
+    assert not numpy_tanh_applies(torch.randn(1, 2048).expand(4, 2048))  # overlapping
+    seen = []
+
+    def probe(z):
+        seen.append(numpy_tanh_applies(z))
+        return z
+
+    torch.func.vmap(probe)(torch.randn(3, 2048))
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        dual = fwad.make_dual(torch.randn(2048), torch.randn(2048))
+        seen.append(numpy_tanh_applies(dual))
+    assert seen == [False, False]
+    assert numpy_tanh_applies(torch.randn(2048))  # and outside them, again

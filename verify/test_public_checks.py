@@ -42,7 +42,6 @@ def test_a_right_vjp_and_jvp_pass_with_a_report_per_argument(dtype):
     args = _args(dtype)
     for report in (check_vjp(softplus_layer, vjp_right, args),
                    check_jvp(softplus_layer, jvp_right, args)):
-        assert report.passed
         assert [a.label for a in report.arguments] == ["args[0] (x)", "args[1] (weight)",
                                                        "args[2] (bias)"]
         assert all(a.checked and a.headroom > 1 for a in report.arguments)
@@ -119,7 +118,8 @@ def test_a_function_torch_cannot_differentiate_is_checked_by_central_differences
     assert any("does not depend on its arguments through torch" in n for n in report.notes)
     with compare_mod.unrecorded(), pytest.raises(AssertionError, match="central difference"):
         check_vjp(numpy_softplus, lambda g, x: (g * torch.sigmoid(-x),), (x,))
-    assert check_jvp(numpy_softplus, lambda t, x: torch.sigmoid(x) * t[0], (x,)).passed
+    jvp_report = check_jvp(numpy_softplus, lambda t, x: torch.sigmoid(x) * t[0], (x,))
+    assert jvp_report.references == ("central differences",)
 
 
 class _Square(torch.autograd.Function):
@@ -247,3 +247,79 @@ def test_a_function_that_raises_under_autograd_falls_back_to_central_differences
         assert report.references == ("central differences",)
         assert any("raised on arguments that require grad (RuntimeError" in n
                    for n in report.notes)
+
+
+def scale_by_detached(x, w):
+    """torch reaches x but not w (a detach): w's true gradient is not zero."""
+    return x * w.detach()
+
+
+def test_an_argument_torch_does_not_reach_is_checked_by_central_differences_alone():
+    gen = torch.Generator().manual_seed(5)
+    x, w = (torch.randn(6, generator=gen, dtype=torch.float64) for _ in range(2))
+    report = check_vjp(scale_by_detached, lambda g, x, w: (g * w, g * x), (x, w))
+    assert report.arguments[0].autograd_ratio is not None and not report.arguments[0].note
+    assert report.arguments[1].autograd_ratio is None
+    assert "torch.autograd does not reach it" in report.arguments[1].note
+    with compare_mod.unrecorded(), pytest.raises(AssertionError,
+                                                 match=r"wrong derivative for args\[1\] \(w\)"):
+        check_vjp(scale_by_detached, lambda g, x, w: (g * w, 2 * g * x), (x, w))
+    jr = check_jvp(scale_by_detached, lambda t, x, w: t[0] * w + x * t[1], (x, w))
+    assert jr.arguments[0].autograd_ratio is not None
+    assert jr.arguments[1].autograd_ratio is None and "does not reach" in jr.arguments[1].note
+    with compare_mod.unrecorded(), pytest.raises(AssertionError,
+                                                 match=r"wrong derivative for args\[1\] \(w\)"):
+        check_jvp(scale_by_detached, lambda t, x, w: t[0] * w, (x, w))
+
+
+def test_a_nan_gradient_fails_naming_its_argument():
+    args = _args(torch.float64)
+
+    def nan_vjp(g, x, weight, bias):
+        dx, dw, db = vjp_right(g, x, weight, bias)
+        return dx, dw * float("nan"), db
+
+    with compare_mod.unrecorded(), pytest.raises(AssertionError,
+                                                 match=r"wrong derivative for args\[1\]"):
+        check_vjp(softplus_layer, nan_vjp, args)
+
+
+def test_a_gradient_on_another_device_is_named():
+    args = _args(torch.float64)
+
+    def meta_vjp(g, x, weight, bias):
+        dx, dw, db = vjp_right(g, x, weight, bias)
+        return dx, dw.to("meta"), db
+
+    with pytest.raises(AssertionError, match=r"args\[1\] \(weight\): vjp's gradient is on "
+                                             r"meta, the argument on cpu"):
+        check_vjp(softplus_layer, meta_vjp, args)
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64),
+                       cotangent=torch.full((5, 3), float("nan"), dtype=torch.float64)),
+     ValueError, "cotangent: holds NaN"),
+    (lambda: check_vjp(softplus_layer, vjp_right,
+                       (torch.ones(0, 4, dtype=torch.float64), *_args(torch.float64)[1:])),
+     ValueError, r"args\[0\]: an empty tensor"),
+    (lambda: check_jvp(softplus_layer, "jvp", _args(torch.float64)), TypeError,
+     "jvp: expected a callable"),
+    (lambda: check_jvp(softplus_layer, jvp_right, _args(torch.float64)[0]), TypeError,
+     r"args=\(x,\)"),
+    (lambda: check_jvp(softplus_layer, jvp_right, _args(torch.float64), wrt=["x", 7]),
+     ValueError, "positions 0..2"),
+    (lambda: compare_mod.assert_close(torch.ones(2), torch.ones(2), tol=0.1), TypeError,
+     "tol: expected a handgrad.testing.Tol"),
+    (lambda: compare_mod.assert_close(torch.ones(2, dtype=torch.int64), torch.ones(2),
+                                      check_dtype=False), TypeError, "pass tol="),
+])
+def test_more_bad_input_is_refused_by_name(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()
+
+
+def test_signature_of_mismatched_ranks_is_none():
+    tol = tol_for(torch.float64, "grad")
+    assert signature(torch.ones(2, 3, dtype=torch.float64),
+                     torch.ones(3, 2, 1, dtype=torch.float64), tol) is None

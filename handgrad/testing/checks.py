@@ -5,11 +5,13 @@ others held), so a failure names the argument. Three references, each where it a
 
 - **torch.autograd** (``check_vjp``) or **torch.func.jvp** (``check_jvp``; autograd's
   double-backward where f has no forward-mode rule): the exact derivative of ``f`` as torch
-  differentiates it, computed in float64 from the same (rounded) inputs, compared element by
-  element with the dtype's gradient tolerance (``tolerances.GRAD``). Skipped, with the
-  reason in the report, when ``f``'s output does not depend on the argument through torch
-  (numpy inside, a ``.detach()``), or when ``f`` runs a custom ``torch.autograd.Function``:
-  autograd would replay that Function's own backward, the code under test.
+  differentiates it, computed from the same (rounded) inputs in float64 when ``f`` runs in
+  float64 (else in the arguments' dtype), compared element by element with the dtype's
+  gradient tolerance (``tolerances.GRAD``). Skipped for an argument torch does not reach
+  (unused, numpy inside, a ``.detach()``), with the reason in the report; skipped for all
+  when ``f`` raises on tensors that require grad, or runs a custom
+  ``torch.autograd.Function``: autograd would replay that Function's own backward, the code
+  under test. An argument no reference can check fails.
 - **central differences** along random directions (one pair of evaluations of ``f`` per
   direction, whatever the size): <u, J v> against <vjp(u), v> or <u, jvp(v)>, relative to
   the size of the sum's terms. In float64 when ``f`` runs in float64, else in the
@@ -17,7 +19,8 @@ others held), so a failure names the argument. Three references, each where it a
 - **the Taylor remainder** of <u, f(x + h v)> (float64 arguments): its fitted order, 2
   when the derivative is right and 1 when it is not, goes into the report.
 
-On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weight)``),
+On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weight)``; a
+result of the wrong shape or device stops at the first argument it concerns),
 its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
 a transpose, a constant factor, a missing (zero) gradient. On success: a ``CheckReport``
 (headroom per argument and reference, Taylor order). Each element comparison is also
@@ -170,6 +173,9 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
         raise ValueError("args: expected at least one floating-point tensor to differentiate "
                          f"with respect to, got {[type(a).__name__ for a in args]}")
     for i in floats:
+        if args[i].numel() == 0:
+            raise ValueError(f"args[{i}]: an empty tensor (shape {tuple(args[i].shape)}) has "
+                             "no derivative to check; expected at least one element")
         if not bool(torch.isfinite(args[i]).all()):
             raise ValueError(f"args[{i}]: holds NaN or inf; a derivative there means nothing")
     names = _names(f, len(args))
@@ -284,7 +290,7 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
     """A name for how ``got`` is wrong against ``ref`` when one simple change explains it:
     a missing (zero) result, a flipped sign, a transpose, a constant factor; else None."""
     g, r = got.detach().double(), ref.detach().double()
-    if g.dim() == 2 and g.shape == r.t().shape and g.shape != r.shape:
+    if g.dim() == 2 and r.dim() == 2 and g.shape == r.t().shape and g.shape != r.shape:
         return "the shape of its transpose: transposed?"
     if g.shape != r.shape:
         return None
@@ -357,6 +363,11 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if u.shape != out.shape:
             raise ValueError(f"cotangent: expected f(*args)'s shape {tuple(out.shape)}, got "
                              f"{tuple(u.shape)}")
+        if u.device != out.device:
+            raise ValueError(f"cotangent: on {u.device}, f(*args) on {out.device}; expected "
+                             "one device")
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError("cotangent: holds NaN or inf")
     grads = vjp(u, *args)
     if isinstance(grads, torch.Tensor) and len(args) == 1:
         grads = (grads,)
@@ -370,6 +381,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if g is None:
             continue
         _output(f"vjp's gradient for args[{i}]", g)
+        if g.device != args[i].device:
+            raise AssertionError(f"{_label(i, names)}: vjp's gradient is on {g.device}, the "
+                                 f"argument on {args[i].device}")
         if g.shape != args[i].shape:
             flipped = g.dim() == 2 and tuple(g.shape) == tuple(args[i].shape)[::-1]
             raise AssertionError(
@@ -396,20 +410,15 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     elif isinstance(out_ref, torch.Tensor) and out_ref.requires_grad:
         got = torch.autograd.grad(out_ref, [leaves[i] for i in wrt],
                                   u.to(out_ref.dtype), allow_unused=True)
-        ref_grads = {i: (torch.zeros_like(leaves[i]) if g is None else g.detach())
-                     for i, g in zip(wrt, got)}
+        # None: torch does not reach the argument (unused, or through a detach or numpy):
+        # no torch reference for it, rather than a zero that may be wrong
+        ref_grads = {i: g.detach() for i, g in zip(wrt, got) if g is not None}
         references.append(AUTOGRAD)
     else:
         notes.append(f"f's output does not depend on its arguments through torch (numpy "
                      f"inside, or a detach): the reference is {CENTRAL} only")
 
-    fd_dtype = ref_args[wrt[0]].dtype
-    fd_ok = fd_dtype in _FD_FLOOR
-    if fd_ok:
-        references.append(CENTRAL)
-    else:
-        notes.append(f"{CENTRAL} skipped: f does not run in float64 and {fd_dtype} is too "
-                     "coarse for them")
+    _fd_note(ref_args, wrt, references, notes)
     checks = []
     for i, a in enumerate(args):
         if i not in wrt:
@@ -418,7 +427,13 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             checks.append(ArgumentCheck(i, names[i], False, why))
             continue
         label = _label(i, names)
+        fd_dtype = ref_args[i].dtype
+        fd_ok = fd_dtype in _FD_FLOOR
         g = grads[i] if grads[i] is not None else torch.zeros_like(args[i])
+        note = "" if grads[i] is not None else "vjp gave None: checked as zero"
+        if AUTOGRAD in references and i not in ref_grads:
+            note = "; ".join(filter(None, [note, "torch.autograd does not reach it (unused, "
+                                           "or through a detach or numpy)"]))
         dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
         if i in ref_grads:
@@ -426,6 +441,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                                   tol=dtol)
             if msg:
                 failures.append(msg)
+        elif not fd_ok:
+            failures.append(f"{label}: no reference could check it (torch does not reach it "
+                            f"and {fd_dtype} is too coarse for central differences)")
         if fd_ok:
             fd_allowed = max(_FD_FLOOR[fd_dtype], dtol.rtol)
             fd_err = 0.0
@@ -446,15 +464,14 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 if msg:
                     failures.append(msg)
                     break
-        if taylor and args[i].dtype == torch.float64 and in64:
+        if taylor and args[i].dtype == torch.float64 and in64 and not failures:
             def scalar(xi, i=i):
                 return (u.double() * f(*_with(args64, i, xi)).double()).sum()
 
             t = taylor_test(scalar, g.detach().double(), args64[i], generator=gen)
             order = None if math.isnan(t.order) else t.order
-        checks.append(ArgumentCheck(i, names[i], True, "" if grads[i] is not None
-                                    else "vjp gave None: checked as zero",
-                                    ratio, fd_err, fd_allowed, order, tuple(failures)))
+        checks.append(ArgumentCheck(i, names[i], True, note, ratio, fd_err, fd_allowed, order,
+                                    tuple(failures)))
     return _finish("vjp", fname, args, wrt, references, checks, notes)
 
 
@@ -475,10 +492,11 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     ref_args = args64 if in64 else tuple(a.detach() if _is_float_tensor(a) else a
                                          for a in args)
     notes, references = [], []
-    probe, failed = _traced(f, tuple(a.clone().requires_grad_() if i in wrt else a
-                                     for i, a in enumerate(ref_args)))
+    leaves = {i: ref_args[i].clone().requires_grad_() for i in wrt}
+    probe, failed = _traced(f, tuple(leaves.get(i, a) for i, a in enumerate(ref_args)))
     custom = _custom_function(probe) if isinstance(probe, torch.Tensor) else None
     use_autograd = custom is None and isinstance(probe, torch.Tensor) and probe.requires_grad
+    reached = _reached(probe, [leaves[i] for i in wrt], wrt) if use_autograd else set()
     if failed:
         notes.append(failed)
     elif custom is not None:
@@ -487,11 +505,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     elif not use_autograd:
         notes.append(f"f's output does not depend on its arguments through torch (numpy "
                      f"inside, or a detach): the reference is {CENTRAL} only")
-    fd_dtype = ref_args[wrt[0]].dtype
-    fd_ok = fd_dtype in _FD_FLOOR
-    if not fd_ok:
-        notes.append(f"{CENTRAL} skipped: f does not run in float64 and {fd_dtype} is too "
-                     "coarse for them")
+    _fd_note(ref_args, wrt, [], notes)
     used: set[str] = set()
     checks = []
     for i, a in enumerate(args):
@@ -502,6 +516,13 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
         label = _label(i, names)
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
         dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
+        fd_dtype = ref_args[i].dtype
+        fd_ok = fd_dtype in _FD_FLOOR
+        note = ("torch does not reach it (unused, or through a detach or numpy)"
+                if use_autograd and i not in reached else "")
+        if not fd_ok and i not in reached:
+            failures.append(f"{label}: no reference could check it (torch does not reach it "
+                            f"and {fd_dtype} is too coarse for central differences)")
 
         def along(xi, i=i):
             return f(*_with(ref_args, i, xi))
@@ -511,10 +532,11 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             tangents = tuple(t if j == i else (torch.zeros_like(b) if _is_float_tensor(b)
                                                else None) for j, b in enumerate(args))
             jt = _output("jvp", jvp(tangents, *args))
-            if jt.shape != out.shape:
-                raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)}, f(*args) "
-                                     f"has {tuple(out.shape)}")
-            if use_autograd:
+            if jt.shape != out.shape or jt.device != out.device:
+                raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
+                                     f"{jt.device}, f(*args) has {tuple(out.shape)} on "
+                                     f"{out.device}")
+            if i in reached and not failures:
                 ref, how = _jvp_reference(along, ref_args[i].detach(), t.to(ref_args[i].dtype))
                 used.add(how)
                 r, msg = _compare(label, jt, ref, kernel=kernel, reference=how, tol=dtol)
@@ -548,10 +570,32 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                     res = taylor_test(scalar, t.double() * (slope / tt), args64[i],
                                       t.double())
                     order = None if math.isnan(res.order) else res.order
-        checks.append(ArgumentCheck(i, names[i], True, "", ratio, fd_err, fd_allowed, order,
+        checks.append(ArgumentCheck(i, names[i], True, note, ratio, fd_err, fd_allowed, order,
                                     tuple(failures)))
-    references += sorted(used) + ([CENTRAL] if fd_ok else [])
+    references += sorted(used) + ([CENTRAL] if any(ref_args[i].dtype in _FD_FLOOR
+                                                   for i in wrt) else [])
     return _finish("jvp", fname, args, wrt, references, checks, notes)
+
+
+def _fd_note(ref_args: tuple, wrt: list[int], references: list, notes: list) -> None:
+    """Central differences run per argument in the dtype f runs in (float64 or float32):
+    named among the references where one argument takes them, noted where some cannot."""
+    coarse = sorted({str(ref_args[i].dtype) for i in wrt if ref_args[i].dtype not in _FD_FLOOR})
+    if len(coarse) < len(wrt) and references is not None:
+        references.append(CENTRAL)
+    if coarse:
+        notes.append(f"{CENTRAL} skipped where f runs in {', '.join(coarse)} (too coarse; f "
+                     "does not run in float64)")
+
+
+def _reached(out: torch.Tensor, leaves: list[torch.Tensor], wrt: list[int]) -> set[int]:
+    """The checked arguments (``leaves``, in the order of ``wrt``) that torch's graph of
+    ``out`` reaches: the others are unused, detached or passed through numpy."""
+    try:
+        got = torch.autograd.grad(out, leaves, torch.ones_like(out), allow_unused=True)
+    except RuntimeError:
+        return set()
+    return {i for i, g in zip(wrt, got) if g is not None}
 
 
 def _jvp_reference(g: Callable, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, str]:

@@ -1,6 +1,6 @@
 """One comparison helper for every check in `pytest verify`.
 
-``assert_close`` checks shape, device and dtype before values, and on failure says
+``assert_close`` checks shape, device and a floating dtype before values, and on failure says
 which kernel and reference disagree, how many elements, where the worst one is and
 by how much, absolute and relative, against the tolerance allowed. Every call is
 also recorded (kernel, reference, dtype, worst errors, tolerance) so a run can
@@ -78,10 +78,10 @@ def assert_close(
     """Assert ``actual`` (the kernel's output) matches ``expected`` (the reference's);
     ``kernel`` and ``reference`` name them in the message and the verify report.
 
-    ``expected`` may be of a wider dtype (a float64 reference for a float32 kernel);
-    the tolerance is then taken for ``actual``'s dtype from the table, unless ``tol``
-    is given. With ``check_dtype``, ``expected`` is first cast to ``actual``'s dtype
-    only for the dtype check, never for the values.
+    ``expected`` may be of a wider dtype (a float64 reference for a float32 kernel): the
+    values are compared in float64, with the tolerance of ``actual``'s dtype from the table
+    unless ``tol`` is given. With ``check_dtype`` (default), a non-floating ``actual`` is an
+    ``AssertionError`` (a kernel that returned the wrong kind of result).
     """
     label = f"{kernel} vs {reference}" + (f" [{what}]" if what else "")
     if not isinstance(actual, torch.Tensor) or not isinstance(expected, torch.Tensor):
@@ -101,7 +101,13 @@ def assert_close(
     if check_dtype and not actual.dtype.is_floating_point:
         raise AssertionError(f"{label}: kernel returned non-floating dtype {actual.dtype}")
     if tol is None:
-        tol = tol_for(actual.dtype, kind)
+        try:
+            tol = tol_for(actual.dtype, kind)
+        except KeyError as e:
+            raise TypeError(f"{label}: {e.args[0]}; pass tol=Tol(rtol, atol)") from None
+    elif not isinstance(tol, Tol):
+        raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "
+                        f"{type(tol).__name__}")
 
     a = actual.detach().to(torch.float64)
     e = expected.detach().to(torch.float64)
