@@ -113,8 +113,9 @@ def _lean_forward(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.
     pass needs. Each hidden layer's activation overwrites its pre-activation (in place), so
     no layer keeps two (N, K) buffers; rho' is recovered from the activation alone."""
     rho_ = _ACTIVATE_[net.activation]
-    if rho_ is torch.tanh_ and x.shape[0] * net._widest_hidden >= NUMPY_TANH_MIN:
-        rho_ = tanh_  # numpy's where a layer is large enough (kernels._elementwise)
+    if rho_ is torch.tanh_ and x.shape[0] > 1 and \
+            x.shape[0] * net._widest_hidden >= NUMPY_TANH_MIN:
+        rho_ = tanh_  # numpy's for a batch whose layers are large enough (kernels._elementwise)
     hs = [x]
     for i, (w, b) in enumerate(zip(net.weights, net.biases)):
         z = F.linear(hs[-1], w, b)

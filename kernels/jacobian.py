@@ -195,10 +195,11 @@ _RHO_ = {
 
 def _rho_(activation: str, x: torch.Tensor, widest: int):
     """rho in place for this call: numpy's tanh (``tanh_``, which checks each layer's size)
-    where the widest hidden layer holds ``NUMPY_TANH_MIN`` values over the batch; torch's
-    otherwise (small layers: no size test per layer)."""
-    rows = x.shape[0] if x.dim() == 2 else 1
-    if activation == "tanh" and rows * widest >= NUMPY_TANH_MIN:
+    for a batch whose widest hidden layer holds ``NUMPY_TANH_MIN`` values; torch's otherwise
+    (one x: a layer of K values, where the two break even and the products dominate; small
+    layers: no size test per layer)."""
+    if activation == "tanh" and x.dim() == 2 and x.shape[0] > 1 \
+            and x.shape[0] * widest >= NUMPY_TANH_MIN:
         return tanh_
     return _RHO_[activation]
 

@@ -143,3 +143,22 @@ def test_not_for_views_numpy_would_write_wrongly_or_inside_transforms():
         seen.append(numpy_tanh_applies(dual))
     assert seen == [False, False]
     assert numpy_tanh_applies(torch.randn(2048))  # and outside them, again
+
+
+def test_one_sample_keeps_torchs_tanh_even_for_wide_layers(monkeypatch):
+    """One x: a layer of K values, where numpy and torch break even (K=1024) and the
+    products dominate: the kernels keep torch's tanh, the code path they had before."""
+    from handgrad.kernels.backprop import backprop
+    from handgrad.kernels.jacobian import jacobian_forward, jacobian_reverse
+    from handgrad.kernels.mlp import init_mlp
+
+    calls = _spy(monkeypatch)
+    gen = torch.Generator().manual_seed(1)
+    ws = [torch.randn(2048, 2, generator=gen), torch.randn(10, 2048, generator=gen)]
+    jacobian_forward(ws, torch.randn(2, generator=gen))
+    jacobian_reverse(ws, torch.randn(2, generator=gen))
+    jacobian_forward(ws, torch.randn(1, 2, generator=gen))  # a batch of one
+    net = init_mlp([3, 2048, 1], generator=gen)
+    backprop(net, torch.randn(3, generator=gen), torch.randn(1, generator=gen))
+    backprop(net, torch.randn(1, 3, generator=gen), torch.randn(1, 1, generator=gen))
+    assert calls == []
