@@ -29,6 +29,14 @@ NUMPY_TANH_MAX_THREADS = 4
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
+def batch_takes_numpy_tanh(rows: int, widest: int) -> bool:
+    """The kernels' rule, once per call: numpy's tanh (``tanh_``) for a batch of ``rows``
+    >= 2 samples whose widest hidden layer holds ``NUMPY_TANH_MIN`` values over the batch;
+    torch's for one sample (a layer of K values: the two break even at K = 1024 and the
+    products dominate) and for small layers (no size test per layer)."""
+    return rows > 1 and rows * widest >= NUMPY_TANH_MIN
+
+
 def numpy_tanh_applies(z: torch.Tensor) -> bool:
     """Whether ``tanh_`` writes ``z`` through numpy (the conditions in the module's doc)."""
     n = z.numel()

@@ -34,7 +34,7 @@ from handgrad.kernels._checks import (
     in_graph,
     shape_str,
 )
-from handgrad.kernels._elementwise import NUMPY_TANH_MIN, tanh_
+from handgrad.kernels._elementwise import batch_takes_numpy_tanh, tanh_
 from handgrad.kernels.mlp import (
     MLP,
     REDUCTIONS,
@@ -113,9 +113,8 @@ def _lean_forward(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.
     pass needs. Each hidden layer's activation overwrites its pre-activation (in place), so
     no layer keeps two (N, K) buffers; rho' is recovered from the activation alone."""
     rho_ = _ACTIVATE_[net.activation]
-    if rho_ is torch.tanh_ and x.shape[0] > 1 and \
-            x.shape[0] * net._widest_hidden >= NUMPY_TANH_MIN:
-        rho_ = tanh_  # numpy's for a batch whose layers are large enough (kernels._elementwise)
+    if rho_ is torch.tanh_ and batch_takes_numpy_tanh(x.shape[0], net._widest_hidden):
+        rho_ = tanh_
     hs = [x]
     for i, (w, b) in enumerate(zip(net.weights, net.biases)):
         z = F.linear(hs[-1], w, b)
@@ -130,7 +129,7 @@ def _relu_(z: torch.Tensor) -> torch.Tensor:
 
 
 # rho applied in place to a pre-activation the kernel owns; ``_lean_forward`` takes
-# kernels._elementwise.tanh_ instead of torch's where its layers are large enough
+# kernels._elementwise.tanh_ instead of torch's where ``batch_takes_numpy_tanh`` says
 _ACTIVATE_ = {"tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "relu": _relu_,
               "identity": lambda z: z}
 

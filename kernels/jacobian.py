@@ -26,7 +26,7 @@ from handgrad.kernels._checks import (
     in_graph,
     shape_str,
 )
-from handgrad.kernels._elementwise import NUMPY_TANH_MIN, tanh_
+from handgrad.kernels._elementwise import batch_takes_numpy_tanh, tanh_
 from handgrad.kernels.mlp import ACTIVATIONS
 
 
@@ -194,12 +194,10 @@ _RHO_ = {
 
 
 def _rho_(activation: str, x: torch.Tensor, widest: int):
-    """rho in place for this call: numpy's tanh (``tanh_``, which checks each layer's size)
-    for a batch whose widest hidden layer holds ``NUMPY_TANH_MIN`` values; torch's otherwise
-    (one x: a layer of K values, where the two break even and the products dominate; small
-    layers: no size test per layer)."""
-    if activation == "tanh" and x.dim() == 2 and x.shape[0] > 1 \
-            and x.shape[0] * widest >= NUMPY_TANH_MIN:
+    """rho in place for this call: numpy's tanh (``tanh_``) where
+    ``batch_takes_numpy_tanh`` says (a batch with large enough layers), torch's otherwise;
+    one x never calls the rule."""
+    if activation == "tanh" and x.dim() == 2 and batch_takes_numpy_tanh(x.shape[0], widest):
         return tanh_
     return _RHO_[activation]
 
