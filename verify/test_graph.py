@@ -240,6 +240,7 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @cuda_only
+@pytest.mark.cuda
 @pytest.mark.parametrize("kernel", ["backprop", "jacobian_forward", "jacobian_reverse"])
 def test_a_captured_kernel_replays_its_eager_result_on_new_inputs(kernel):
     if kernel == "backprop":
