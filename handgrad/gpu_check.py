@@ -286,7 +286,7 @@ def bench_claims(df, gpu_name: str | None, stage_of: dict[str, StageResult]) -> 
         add(Claim(f"backprop.time.{dt}", f"backprop time / autograd's, L=3 K=4096 N=16384 "
                   f"{dt}", "<= 1.05", "backprop"), rows, lambda r: _leq(_ratio(r), 1.05))
     for dt in ("float64", "float32"):
-        rows = _rows(df, kernel="least_squares", method="closed_form", N=20000, D=2000,
+        rows = _rows(df, kernel="least_squares", method="gd_closed_form", N=20000, D=2000,
                      dtype=dt)
         add(Claim(f"least_squares.closed_form.{dt}", f"GD closed form (k=10^4) / lstsq, "
                   f"N=20000 D=2000 {dt}", "<= 1.40", "least_squares"), rows,

@@ -437,3 +437,15 @@ def test_capture_call_records_the_captures_peak_and_seconds():
 
     assert bc.peak_while(compile_and_record, "cuda", cuda=cuda) == ("compiled", 500)
     assert bc.peak_while(lambda: "x", "cpu") == ("x", None)
+
+
+def test_inductors_tf32_advice_is_not_an_error():
+    """pyproject turns warnings into errors; inductor's advice to use TF32 (raised on any
+    GPU with tensor cores) made every compile on the H200 fail until it was let through.
+    float32 stays exact: the advice is not taken."""
+    import warnings
+
+    warnings.warn("TensorFloat32 tensor cores for float32 matrix multiplication available "
+                  "but not enabled. Consider setting `torch.set_float32_matmul_precision("
+                  "'high')` for better performance.", UserWarning, stacklevel=1)
+    assert torch.get_float32_matmul_precision() == "highest"

@@ -153,7 +153,7 @@ def test_cuda_peak_counts_what_one_call_allocates():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_backprop_needs_no_more_gpu_memory_than_autograd(dtype):
     """The CPU memory contract (verify/test_memory.py) on the GPU's allocator, at a size
-    where activations dominate (L=3 K=1024 N=4096)."""
+    where activations dominate (three hidden layers of K=1024, N=4096)."""
     net, x, y = _net(3, 1024, 4096, dtype)
 
     def autograd():

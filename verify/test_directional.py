@@ -6,7 +6,9 @@ here); these cost two per direction.
 On a GPU (``--device cuda``) the sizes are the gpu benchmark grid's largest
 (bench/test_backprop.py, bench/test_jacobian.py); on the CPU a reduced size that runs in
 a few seconds on 2 cores. Everything is float64: the check is only as good as its
-central difference.
+central difference, so it is Richardson-extrapolated (two pairs, at h and h/2): v moves
+every one of ~10^8 parameters at once, and one pair's truncation error alone was 1e-6 to
+2.6e-6 of <u, J v> at L=10 K=4096 N=16384 on an H200 (the tolerance is 1e-6).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def backprop_directions(net, x, y, grads: bp.Gradients, generator) -> list:
     flat = [*grads.weights, *grads.biases, grads.input]
     return finite_diff.directional_check(
         loss, [*net.weights, *net.biases, x], vjp=lambda u: [u * g for g in flat],
-        directions=DIRECTIONS, generator=generator)
+        directions=DIRECTIONS, generator=generator, richardson=True)
 
 
 @pytest.mark.parametrize("i", sizes(BACKPROP))
@@ -125,7 +127,7 @@ def jacobian_directions(ws, x, J: torch.Tensor, generator) -> list:
     return finite_diff.directional_check(
         f, x, jvp=lambda v: torch.einsum("npd,nd->np", J, v),
         vjp=lambda u: torch.einsum("np,npd->nd", u, J), directions=DIRECTIONS,
-        generator=generator)
+        generator=generator, richardson=True)
 
 
 @pytest.mark.parametrize("kernel", ["jacobian_forward", "jacobian_reverse"])

@@ -245,6 +245,35 @@ def test_directional_derivative_is_j_v_from_one_pair_of_evaluations() -> None:
                  tol=FD_TOL)
 
 
+def test_richardson_cancels_the_central_differences_h_squared_error() -> None:
+    """At a coarse step (eps = 1e-2) one pair of sin's central difference is off by
+    ~h^2/6 of J v; two pairs extrapolated are off by O(h^4): ~1e-10 here. The check of
+    the argument comes before any evaluation."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(50, generator=g, dtype=torch.float64)
+    v = torch.randn(50, generator=g, dtype=torch.float64)
+    calls = []
+
+    def f(t):
+        calls.append(1)
+        return torch.sin(t)
+
+    exact = torch.cos(x) * v
+    one = finite_diff.directional_derivative(f, x, v, 1e-2)
+    two = finite_diff.directional_derivative(f, x, v, 1e-2, richardson=True)
+    assert len(calls) == 2 + 4
+    err_one = float(((one - exact).abs() / exact.abs().max()).max())
+    err_two = float(((two - exact).abs() / exact.abs().max()).max())
+    assert err_one > 1e-6 and err_two < 1e-8, (err_one, err_two)
+    d = finite_diff.directional_check(f, x, jvp=lambda w: torch.cos(x) * w, eps=1e-2,
+                                      richardson=True, generator=g)[0]
+    assert d.errors()["forward"] < 1e-8
+    calls.clear()
+    with pytest.raises(TypeError, match="richardson: expected True or False, got 1"):
+        finite_diff.directional_derivative(f, x, v, richardson=1)
+    assert not calls
+
+
 def test_directional_check_agrees_with_a_right_kernel_and_flags_a_wrong_one() -> None:
     g = torch.Generator().manual_seed(3)
     a = torch.randn(4, 3, generator=g, dtype=torch.float64)

@@ -52,8 +52,8 @@ def good_benchmarks(*, memory=0.8, lsq_ratio=0.7, matmul_s=None):
                  dtype=dt, L=3, D=13, K=4096, P=1, N=16384, flops=10**12, median=0.03,
                  ref_median=0.031, peak_bytes=int(memory * 1000), reference_peak_bytes=1000)
           for dt in ("float32", "bfloat16")]
-    lsq = [_bench(f"lsq-{dt}", kernel="least_squares", method="closed_form",
-                  reference="torch_lstsq", dtype=dt, N=20000, D=2000, k=10_000, flops=10**9,
+    lsq = [_bench(f"lsq-{dt}", kernel="least_squares", method="gd_closed_form",
+                  reference="gd_torch_lstsq", dtype=dt, N=20000, D=2000, k=10_000, flops=10**9,
                   median=lsq_ratio * 0.05, ref_median=0.05) for dt in ("float64", "float32")]
     cap = [_bench("cap-bp", kernel="backprop", method="manual_captured",
                   reference="torch_func_grad_compiled", L=5, D=13, K=256, P=1, N=256,
