@@ -1,6 +1,6 @@
 """One command that checks every GPU claim handgrad makes, inside a short GPU lease.
 
-    python -m handgrad.gpu_check --out DIR [--budget SECONDS] [--plan]
+    python -m handgrad.gpu_check --out DIR [--budget SECONDS] [--stages A,B] [--plan]
 
 Run from a checkout (it runs ``pytest verify`` and ``pytest bench``) on a machine with a
 CUDA GPU. In order, each stage a separate pytest process:
@@ -108,7 +108,7 @@ def stages() -> list[Stage]:
 class StageResult:
     name: str
     status: str  # "ran", "failed" (pytest exit status other than 0), "cut" (stopped at
-    # the budget), "not run" (did not fit)
+    # the budget), "not run" (did not fit), "not selected" (left out by --stages)
     seconds: float = 0.0
     returncode: int | None = None
     output: str = ""  # the file its data went to (JSON or XML), "" when none
@@ -230,6 +230,8 @@ def verify_claims(outcomes: dict[str, str] | None, stage: StageResult | None) ->
 
 
 def _why_not(stage: StageResult | None) -> str:
+    if stage is not None and stage.status == "not selected":
+        return "stage not selected (--stages)"
     if stage is None or stage.status == "not run":
         return "stage not run: over the budget"
     if stage.status == "cut":
@@ -431,12 +433,22 @@ def main(argv: Sequence[str] | None = None, *, runner: Runner = subprocess_runne
     p.add_argument("--out", required=True, help="folder for the table, JSON and report")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                    help=f"seconds for the whole run (default {DEFAULT_BUDGET_S:.0f})")
+    p.add_argument("--stages", default=None, metavar="NAME[,NAME...]",
+                   help="run only these stages (to rerun what failed); the other stages' "
+                   "claims are listed as NOT RUN")
     p.add_argument("--plan", action="store_true", help="print the stages and exit")
     args = p.parse_args(argv)
     if not math.isfinite(args.budget) or args.budget <= REPORT_RESERVE_S:
         p.error(f"--budget: expected seconds above {REPORT_RESERVE_S:.0f} (the report's "
                 f"reserve), got {args.budget}")
     plan = stages()
+    if args.stages is not None:
+        names = [n.strip() for n in args.stages.split(",") if n.strip()]
+        known = [st.name for st in plan]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            p.error(f"--stages: expected names from {known}, got {unknown or args.stages!r}")
+        plan = [st for st in plan if st.name in names]
     if args.plan:
         for st in plan:
             print(f"{st.name:14s} ~{st.estimate_s:4.0f} s  {st.what}\n"
@@ -457,6 +469,7 @@ def main(argv: Sequence[str] | None = None, *, runner: Runner = subprocess_runne
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     results = run_stages(plan, out, args.budget, runner=runner)
+    results += [StageResult(st.name, "not selected") for st in stages() if st not in plan]
     claims, df = evaluate(out, results)
     if df is not None and time.monotonic() - t0 < args.budget:
         rc = runner([sys.executable, "-m", "handgrad.reports", "render", str(out /

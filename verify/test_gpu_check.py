@@ -352,3 +352,24 @@ def test_the_table_on_the_h100_default_grid(tmp_path):
     assert len([ln for ln in lines if ln.startswith("| ") and ln.count(" | ") == 3]) == \
         len(claims) + 1
     assert lines[-1].startswith("Verdicts: ") and "NOT MEASURED" in lines[-1]
+
+
+def test_stages_reruns_only_the_named_stages(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    clock = Clock()
+    runner = Runner(clock, good_benchmarks())
+    rc = G.main(["--out", str(tmp_path), "--stages", "captured, ceilings"], runner=runner,
+                cuda_available=lambda: True)
+    assert rc == 0
+    ran = [Path(c[0][-1].split("=", 1)[1]).name for c in runner.calls[:-1]]
+    assert ran == ["bench_ceilings.json", "bench_captured.json"]  # in the plan's order
+    saved = {c["id"]: c for c in json.loads((tmp_path / "claims.json").read_text())["claims"]}
+    assert saved["captured.backprop"]["verdict"] == G.PASS
+    assert saved["backprop.time.float32"]["verdict"] == G.NOT_RUN
+    assert saved["backprop.time.float32"]["measured"] == "stage not selected (--stages)"
+    assert saved["verify.capture"]["measured"] == "stage not selected (--stages)"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        G.main(["--out", str(tmp_path), "--stages", "captured,bogus"],
+               cuda_available=lambda: True)
+    assert e.value.code == 2 and "--stages: expected names from" in capsys.readouterr().err
