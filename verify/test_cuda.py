@@ -194,3 +194,24 @@ def test_auto_takes_the_gram_path_on_cuda_and_matches_the_svd(monkeypatch, dtype
     assert got.dtype == dtype and torch.isfinite(got).all()
     err = float((got.double() - want).norm() / want.norm())
     assert err <= rtol, f"Gram-path closed form ({dtype}) is {err:.2e} from the SVD path's"
+
+
+# -- host reads: backprop waits for the GPU once per call ------------------------------------
+
+def test_backprop_reads_the_host_once_per_call():
+    """torch's sync debug mode warns at every operation that makes the host wait for the
+    GPU: backprop's finiteness check reads the loss and x's sum in one read, at the end."""
+    import warnings
+
+    net, x, y = _net(3, 64, 32)
+    bp.backprop(net, x, y, loss="log_cosh")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            bp.backprop(net, x, y, loss="log_cosh")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in seen if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
