@@ -199,6 +199,8 @@ VERIFY_CLAIMS = (
      ("test_cuda.py::test_the_cold_l2",)),
     ("gpu_memory", "the allocator's peak is exact; backprop peaks no higher than autograd",
      ("test_cuda.py::test_cuda_peak", "test_cuda.py::test_backprop_needs_no_more_gpu")),
+    ("host_reads", "backprop makes the host wait for the GPU once per call",
+     ("test_cuda.py::test_backprop_reads_the_host_once",)),
     ("gram", "the closed form takes the Gram path on CUDA and matches the SVD's",
      ("test_cuda.py::test_auto_takes_the_gram_path",)),
     ("directional", "directional checks at the gpu grid's largest sizes",
@@ -387,9 +389,11 @@ def _event_timer(df) -> Claim:
 def merge_bench(paths: Sequence[str | Path], target: Path) -> Path | None:
     """Every stage's benchmarks in one pytest-benchmark file (the first file's
     machine_info); None when there is none."""
+    from handgrad.reports.load import read_json_any
+
     merged = None
     for p in paths:
-        data = json.loads(Path(p).read_text())
+        data = read_json_any(p)  # gzip or not
         if merged is None:
             merged = data
         else:

@@ -373,3 +373,32 @@ def test_stages_reruns_only_the_named_stages(tmp_path, monkeypatch, capsys):
         G.main(["--out", str(tmp_path), "--stages", "captured,bogus"],
                cuda_available=lambda: True)
     assert e.value.code == 2 and "--stages: expected names from" in capsys.readouterr().err
+
+
+H200 = Path(__file__).resolve().parent / "fixtures" / "h200"
+
+
+def test_every_benchmark_claim_finds_its_benchmark_in_a_real_h200_run(tmp_path):
+    """What the stages wrote on an H200 (verify/fixtures/README.md): a claim whose
+    selector no longer matches the record (a method renamed, a shape key) would read NOT
+    MEASURED here; the run's verdicts, as the closing note of 2026-12-04 reports them."""
+    results = [G.StageResult("verify", "ran", 1.0, 1, str(H200 / "verify.xml"))]
+    results += [G.StageResult(n, "ran", 1.0, 0, str(H200 / f"bench_{n}.json.gz"))
+                for n in ("ceilings", "backprop", "least_squares", "captured")]
+    claims, df = G.evaluate(tmp_path, results)
+    assert len(df) == 9
+    by = _by_id(claims)
+    bench = [c for k, c in by.items() if not k.startswith("verify.")]
+    assert not [c.id for c in bench if c.verdict in (G.NOT_MEASURED, G.NOT_RUN)]
+    assert by["backprop.time.bfloat16"].verdict == G.FAIL  # 1.093: see the closing note
+    assert by["backprop.time.bfloat16"].measured == "1.093"
+    assert by["backprop.memory.float32"].measured == "0.813"
+    assert by["least_squares.closed_form.float64"].measured == "0.675"
+    assert by["captured.backprop"].measured == "0.550 (vs torch_func_grad_compiled)"
+    assert by["ceiling.copy"].measured.startswith("4.2 TB/s = 0.88 of 4.8")
+    assert by["timer.events"].measured == "9 cuda_event"
+    # the junit XML of that run: 182 passed, the 3 compile tests skipped
+    assert by["verify.compiled"].verdict == G.NOT_RUN
+    assert by["verify.compiled"].measured == "3 skipped"
+    assert by["verify.directional"].measured == "6 passed"
+    assert by["verify.other"].verdict == G.PASS
