@@ -334,6 +334,10 @@ class ModelCounts:
     input_shape: tuple[int, ...] = ()
     uncounted_backward: dict[str, int] = field(default_factory=dict)
     with_backward: bool = False
+    # parameters of the module the traced forward pass never reached, by name: (numel,
+    # why). They are not in ``total.params``; with them the module's own count is whole:
+    # total.params + sum of these = sum(p.numel() for p in module.parameters())
+    unreached_params: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def total(self) -> Counts:
@@ -389,6 +393,11 @@ class ModelCounts:
         if self.uncounted_backward:
             lines.append("uncounted backward ops (no formula): " + ", ".join(
                 f"{k} x{v}" for k, v in sorted(self.uncounted_backward.items())))
+        if self.unreached_params:
+            n = sum(k for k, _ in self.unreached_params.values())
+            lines.append(f"parameters the forward pass did not reach ({n:,}, not in params):")
+            lines += [f"  {name} ({k:,}): {why}"
+                      for name, (k, why) in self.unreached_params.items()]
         return "\n".join(lines)
 
 
@@ -397,9 +406,12 @@ class _Recorder(TorchDispatchMode):
     which values depend on them and counts the backward pass each op will need."""
 
     def __init__(self, stack: list[tuple[str, str]], result: ModelCounts,
-                 tracked: list[torch.Tensor] | None = None):
+                 tracked: list[torch.Tensor] | None = None,
+                 watched: set[int] | None = None):
         super().__init__()
         self.stack, self.result = stack, result
+        self.watched = watched or set()  # ids of the parameters' meta tensors
+        self.reached: set[int] = set()  # those an op took as an argument
         self.follow_grads = tracked is not None
         self.keep = list(tracked or [])  # alive, so that their ids stay theirs
         self.tracked = {id(t) for t in self.keep}
@@ -408,6 +420,9 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
+        if self.watched:
+            self.reached.update(id(t) for t in _flat([args, tuple((kwargs or {}).values())])
+                                if id(t) in self.watched)
         counts = _count_op(name, args, out)
         layer, kind = self.stack[-1] if self.stack else ("", "")
         if counts is None:
@@ -506,8 +521,10 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
         originals = module.state_dict(keep_vars=True)
         tracked = [state[n] for n, t in originals.items() if t.requires_grad]
         tracked += [x] if input_requires_grad else []
-    recorder = _Recorder(stack, result, tracked)
+    params = dict(module.named_parameters())  # shared ones once, at their first name
+    recorder = _Recorder(stack, result, tracked, {id(state[n]) for n in params})
     _run_under(recorder, module, state, x, hooks, input_shape, stack)
+    _account_params(module, params, state, seen_params, recorder.reached, param_rows, result)
     _attach_params(result, param_rows, {names[m] or "(model)": type(m).__name__
                                         for m in module.modules()})
     result.rows.extend(reversed(recorder.backward_rows))
@@ -599,6 +616,29 @@ def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
     if isinstance(mod, nn.Linear) and x.shape[-1] != mod.in_features:
         raise ValueError(f"input_shape: {where} expects {mod.in_features} input features, got "
                          f"{x.shape[-1]} (input shape {tuple(x.shape)})")
+
+
+def _account_params(module, params, state, seen, reached, param_rows, result) -> None:
+    """Every parameter of ``module`` counted or named. A layer's own parameters were
+    counted when it ran (``pre``); one that an op took while its layer never ran (an
+    attention block's ``out_proj``, used through ``F.multi_head_attention_forward``) is
+    counted at its own layer; one no op took, of a layer that never ran, is listed in
+    ``unreached_params`` with the reason (a branch the module's mode skips, say)."""
+    mode = "training" if module.training else "eval"
+    for name, p in params.items():
+        meta = state[name]
+        if id(meta) in seen:
+            continue
+        owner = name.rpartition(".")[0]
+        if id(meta) in reached:
+            seen.add(id(meta))
+            param_rows[owner or "(model)"] = param_rows.get(owner or "(model)", 0) + p.numel()
+            continue
+        # a layer that ran counted all its own parameters (``pre``), used or not
+        sub = module.get_submodule(owner) if owner else module
+        result.unreached_params[name] = (
+            p.numel(), f"module '{owner or '(model)'}' ({type(sub).__name__}) did not run "
+            f"in this forward pass (the model is in {mode} mode)")
 
 
 def _attach_params(result: ModelCounts, param_rows: dict[str, int], kinds: dict[str, str]):

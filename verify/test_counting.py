@@ -557,6 +557,76 @@ def test_shared_parameters_count_once_and_their_ops_every_time():
     assert report.total.activations == 4 * 8
 
 
+class Attention(nn.Module):
+    """nn.MultiheadAttention takes ``out_proj``'s weight and bias through
+    F.multi_head_attention_forward: the submodule itself never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+class WithAux(nn.Module):
+    """An auxiliary classifier that runs in training mode only (as Inception's), and a
+    parameter a layer holds but never uses (counted with its layer, which ran)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.aux = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+        self.head = nn.Linear(8, 2)
+        self.head.unused = nn.Parameter(torch.zeros(5))
+
+    def forward(self, x):
+        h = self.body(x)
+        return (self.head(h), self.aux(h)) if self.training else self.head(h)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: Attention().eval(), (2, 5, 16)),
+    (lambda: WithAux().eval(), (3, 8)),
+    (lambda: WithAux().train(), (3, 8)),
+    (Shared, (4, 8)),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)).requires_grad_(False), (2, 4)),
+], ids=["attention", "aux-eval", "aux-train", "shared", "frozen"])
+def test_every_parameter_is_counted_or_named(make, shape):
+    """total.params and the unreached parameters add up to the module's own count, so no
+    parameter vanishes in silence."""
+    model = make()
+    report = C.count_model(model, shape)
+    missing = sum(k for k, _ in report.unreached_params.values())
+    assert report.total.params + missing == n_params(model)
+
+
+def test_a_parameter_taken_by_a_functional_call_is_counted_at_its_own_layer():
+    model = Attention().eval()
+    report = C.count_model(model, (2, 5, 16))
+    assert report.unreached_params == {}
+    assert report.total.params == n_params(model) == 4 * 16 * 16 + 4 * 16 + 16 * 3 + 3
+    frame = report.to_frame()
+    out_proj = frame[frame["layer"] == "attn.out_proj"]
+    assert out_proj["params"].sum() == 16 * 16 + 16
+
+
+def test_a_branch_the_mode_skips_is_named_with_the_reason():
+    report = C.count_model(WithAux().eval(), (3, 8))
+    assert report.total.params == (8 * 8 + 8) + (8 * 2 + 2) + 5
+    assert set(report.unreached_params) == {"aux.0.weight", "aux.0.bias", "aux.2.weight",
+                                            "aux.2.bias"}
+    assert report.unreached_params["aux.0.weight"] == (
+        32, "module 'aux.0' (Linear) did not run in this forward pass (the model is in eval "
+        "mode)")
+    text = report.summary()
+    assert "parameters the forward pass did not reach (46, not in params):" in text
+    assert "  aux.2.bias (2): module 'aux.2' (Linear) did not run" in text
+    trained = C.count_model(WithAux().train(), (3, 8))
+    assert trained.unreached_params == {} and trained.total.params == n_params(WithAux())
+
+
 def test_ops_without_a_formula_are_listed_not_zeroed():
     class Odd(nn.Module):
         def forward(self, x):
