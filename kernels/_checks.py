@@ -74,6 +74,17 @@ def check_finite(name: str, t: torch.Tensor) -> None:
                          f"(the first at index {first}: {t[first].item()})")
 
 
+def check_float_dtype(name: str, value: object) -> torch.dtype:
+    """A floating ``torch.dtype`` (float64, float32, bfloat16, ...); a string such as
+    "float32", a numpy dtype or None is a TypeError naming the argument, as is an integer,
+    bool or complex dtype."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        hint = f" (torch.{value})" if isinstance(value, str) and isinstance(
+            getattr(torch, value, None), torch.dtype) else ""
+        raise TypeError(f"{name}: expected a floating torch.dtype{hint}, got {value!r}")
+    return value
+
+
 def check_int(name: str, value: object, *, minimum: int, what: str = "an integer") -> int:
     """A Python or numpy integer >= ``minimum`` as an int (not a bool, not a float)."""
     want = what if minimum == 1 and "positive" in what else f"{what} >= {minimum}"

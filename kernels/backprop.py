@@ -324,6 +324,9 @@ def layer_statistics(
     import pandas as pd
 
     g = backprop(net, x, y, loss=loss, reduction=reduction)  # checks every argument
+    if x.dim() == 2 and x.shape[0] == 0:  # (reduction='mean' was refused by backprop)
+        raise ValueError(f"x: an empty batch (shape {shape_str(x)}) has no layer statistics "
+                         "(means over no samples); expected at least one sample")
     if x.dim() == 1:  # one sample: a batch of one (mean and sum reductions agree)
         x, y = x.unsqueeze(0), y.unsqueeze(0)
     zs, hs = forward_cache(net, x)

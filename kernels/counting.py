@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from handgrad.kernels._checks import check_float_dtype
+
 # --- counts and per-layer formulas -----------------------------------------------------
 
 
@@ -486,8 +488,7 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
                         f"{input_requires_grad!r}")
     module = _check_module(module)
     input_shape = _check_input_shape(input_shape)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
+    check_float_dtype("dtype", dtype)
     result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}

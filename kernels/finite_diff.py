@@ -23,13 +23,19 @@ from dataclasses import dataclass
 
 import torch
 
-from handgrad.kernels._checks import check_finite, check_same, check_tensor, real_number
+from handgrad.kernels._checks import (
+    check_finite,
+    check_float_dtype,
+    check_same,
+    check_tensor,
+    real_number,
+    shape_str,
+)
 
 
 def default_eps(dtype: torch.dtype) -> float:
     """eps^(1/3) of ``dtype``: the step that balances truncation and rounding error."""
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
+    check_float_dtype("dtype", dtype)
     return float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
 
 
@@ -249,6 +255,7 @@ def step_sweep(
     """
     _callable("f", f)
     x = _check_x(x)
+    _some_coordinate("x", [x])  # no Jacobian entry: no error to sweep
     if not isinstance(exact, torch.Tensor):
         raise TypeError(f"exact: expected a torch.Tensor, got {type(exact).__name__}")
     if exact.dtype.is_complex or exact.dtype == torch.bool:
@@ -261,7 +268,11 @@ def step_sweep(
         eps_values = [10.0**-k for k in range(1, lo + 1)]
     if isinstance(eps_values, torch.Tensor) or hasattr(eps_values, "tolist"):
         eps_values = eps_values.tolist()
-    if not isinstance(eps_values, Sequence) or isinstance(eps_values, str) or not eps_values:
+    if isinstance(eps_values, Sequence) and not isinstance(eps_values, str) and \
+            not eps_values:
+        raise ValueError("eps_values: expected a non-empty sequence of steps, got an empty "
+                         "one")
+    if not isinstance(eps_values, Sequence) or isinstance(eps_values, str):
         raise TypeError(f"eps_values: expected a non-empty sequence of steps, got "
                         f"{type(eps_values).__name__}")
     steps = [real_number(f"eps_values[{i}]", e, "a positive step")
@@ -296,10 +307,21 @@ def _as_parts(name: str, x) -> tuple[list[torch.Tensor], bool]:
     it was a single tensor (f is then called with a tensor, not a list)."""
     if isinstance(x, torch.Tensor):
         return [check_tensor(name, x)], True
-    if not isinstance(x, Sequence) or isinstance(x, str) or not x:
+    if not isinstance(x, Sequence) or isinstance(x, str):
         raise TypeError(f"{name}: expected a tensor or a non-empty sequence of tensors, "
                         f"got {type(x).__name__}")
+    if not x:
+        raise ValueError(f"{name}: expected a tensor or a non-empty sequence of tensors, "
+                         f"got an empty {type(x).__name__}")
     return [check_tensor(f"{name}[{i}]", t) for i, t in enumerate(x)], False
+
+
+def _some_coordinate(name: str, parts: list[torch.Tensor]) -> None:
+    """A step along a direction needs at least one coordinate to move."""
+    if not any(p.numel() for p in parts):
+        shapes = ", ".join(shape_str(p) for p in parts)
+        raise ValueError(f"{name}: expected at least one coordinate to step along, got "
+                         f"empty shape {shapes}")
 
 
 def _like(name: str, value, ref: list[torch.Tensor], ref_single: bool, ref_name: str
@@ -366,6 +388,7 @@ def directional_derivative(f: Callable, x, v, eps: float | None = None, *,
     """
     _callable("f", f)
     parts, single = _as_parts("x", x)
+    _some_coordinate("x", parts)
     _finite("x", parts)
     dirs = _like("v", v, parts, single, "x")
     vmax = max(float(d.abs().max()) if d.numel() else 0.0 for d in dirs)
@@ -436,6 +459,7 @@ def directional_check(f: Callable, x, *, jvp: Callable | None = None,
     directions = int(directions)
     _check_generator(generator)
     parts, single = _as_parts("x", x)
+    _some_coordinate("x", parts)
     _finite("x", parts)
     with torch.no_grad():
         out = _call(f, [p.detach() for p in parts], single)
@@ -515,6 +539,7 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
     _callable("f", f)
     _check_generator(generator)
     parts, single = _as_parts("x", x)
+    _some_coordinate("x", parts)
     _finite("x", parts)
     g = _like("grad", grad, parts, single, "x")
     _finite("grad", g)

@@ -348,10 +348,12 @@ def jacobian_reverse(weights, x: torch.Tensor, biases=None, activation: str = "t
     # into it, so it may be W_F itself when N == 1)
     a = scaled(ws[-1].unsqueeze(1), hs[-1]) if activation != "identity" else \
         ws[-1].unsqueeze(1).expand(p, n, -1).contiguous()
+    # the views name every size: with no samples (n = 0) a -1 would be ambiguous
     for i in range(len(ws) - 2, 0, -1):
-        a = (a.view(p * n, -1) @ ws[i]).view(p, n, -1)
+        a = (a.view(p * n, a.shape[-1]) @ ws[i]).view(p, n, ws[i].shape[1])
         scale_(a, hs[i - 1])
-    jac = (a.view(p * n, -1) @ ws[0]).view(p, n, -1).transpose(0, 1).contiguous()
+    jac = (a.view(p * n, a.shape[-1]) @ ws[0]).view(p, n, ws[0].shape[1]).transpose(0, 1)
+    jac = jac.contiguous()
     return _check_finite_result(jac, ws, bs, x)
 
 

@@ -309,7 +309,8 @@ def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
 
 
 def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
-    """w_k without iterating: (D,) for an int k, (len(k), D) for a sequence of k.
+    """w_k without iterating: (D,) for an int k, (len(k), D) for a sequence of k (an empty
+    one gives an empty (0, D) result).
 
     w_k = (I - alpha A)^k w_0 + alpha sum_{j<k} (I - alpha A)^j X^T y, A = X^T X. Per
     eigenvalue, with mu = 1 - alpha lam: c_k = mu^k c_0 + b (1 - mu^k) / lam, where
@@ -320,6 +321,8 @@ def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
     X, y, w0 = _check_problem(X, y, w0, "w0", linalg=True)
     alpha = _check_alpha(alpha)
     ks, single = _check_k(k)
+    if not ks:  # an empty sequence of counts: no iterates, (0, D)
+        return w0.new_empty(0, w0.shape[0])
     sp = spectrum(X, y)
     _warn_if_divergent(alpha, sp, "gd_closed_form")
     kk = torch.tensor(ks, device=X.device, dtype=X.dtype).unsqueeze(1)  # (m, 1)
@@ -408,6 +411,8 @@ def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tens
     X, y, w0 = _check_problem(X, y, w0, "w0", linalg=True)
     alpha, beta = _check_alpha(alpha), _check_beta(beta)
     ks, single = _check_k(k)
+    if not ks:  # an empty sequence of counts: no iterates, (0, D)
+        return w0.new_empty(0, w0.shape[0])
     sp = spectrum(X, y)
     if not in_graph() and sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):
         warnings.warn(

@@ -17,6 +17,7 @@ from handgrad.kernels._checks import (
     check_all_finite,
     check_choice,
     check_finite,
+    check_float_dtype,
     check_int,
     check_real,
     check_same,
@@ -267,8 +268,7 @@ def init_mlp(
     sizes = [check_int(f"sizes[{i}]", s, minimum=1, what="a layer width")
              for i, s in enumerate(sizes)]
     check_choice("activation", activation, list(ACTIVATIONS))
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+    check_float_dtype("dtype", dtype)
 
     def uniform(shape: tuple[int, ...], bound: float) -> torch.Tensor:
         u = torch.rand(shape, generator=generator, dtype=torch.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,8 +75,22 @@ def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
         assert GRAD[d].rtol >= FORWARD[d].rtol and GRAD[d].atol >= FORWARD[d].atol
     with pytest.raises(ValueError, match="rtol and atol must be >= 0"):
         Tol(rtol=-1.0, atol=0.0)
-    with pytest.raises(KeyError, match="no finite_diff tolerance for torch.float16"):
+    with pytest.raises(ValueError, match="dtype: no finite_diff tolerance for torch.float16"):
         tol_for(torch.float16, "finite_diff")
+    with pytest.raises(ValueError, match="dtype: no forward tolerance for torch.int64"):
+        tol_for(torch.int64)
+    for bad in ("float32", None, np.float32):
+        with pytest.raises(TypeError, match=r"dtype: expected a torch.dtype, got "):
+            tol_for(bad)
+
+
+def test_reference_weights_refuse_a_dtype_that_is_not_a_floating_torch_dtype():
+    from handgrad.testing.references import course_weights
+
+    with pytest.raises(TypeError, match=r"dtype: expected a floating torch.dtype "
+                                        r"\(torch.float64\), got 'float64'"):
+        course_weights(3, dtype="float64")
+    assert course_weights(3, dtype=torch.float32)[0]["W1"].dtype == torch.float32
 
 
 def test_relative_error_is_relative_to_the_reference_in_record_and_message() -> None:

@@ -5,13 +5,20 @@ squares, constructions, capture; counting and finite differences in
 Each case takes a valid call and spoils one argument in one way (a category of issue 17):
 not a tensor, an integer / complex / bool / other floating dtype, a wrong rank, a
 zero-sized axis, NaN, inf, another device ("meta"), a numpy or 0-d tensor number, a bool,
-a string, a negative or zero count, an unknown choice. The outcome must be one of:
+a string, a negative or zero count, an unknown choice; and (issue 26) a dtype given as a
+string, a numpy type, None or a non-floating torch dtype, an empty batch (every argument
+that holds the batch emptied together) and an empty sequence of iteration counts. The
+outcome must be one of:
 
 - ``reject``: a ``ValueError`` or ``TypeError`` whose message names the spoilt argument;
 - ``accept``: a finite result equal to the valid call's (a numpy ``float32(0.02)`` or a
   0-d tensor where a number is accepted gives the same answer as the float it holds);
 - ``propagate`` (element-wise building blocks only): NaN and inf in, the IEEE answer out,
-  equal to torch's own element-wise formula with NaN where it has NaN.
+  equal to torch's own element-wise formula with NaN where it has NaN;
+- ``empty``: no samples in, a finite result with no samples out (every output that had the
+  valid call's batch size as its first axis has 0 there, every other output its shape);
+- ``finite``: no samples in, a finite result (least squares with no data: the loss is 0
+  everywhere, so the gradient is 0 and gradient descent stays at w0).
 
 ``test_every_malformed_call_is_refused_by_name_or_answered_right`` runs every case once
 (the count is in its docstring and the closing note); ``test_malformed_calls_property``
@@ -96,6 +103,12 @@ def _count_spoilers(k: int, minimum: int = 0) -> dict[str, tuple[object, str]]:
     }
 
 
+def _dtype_spoilers() -> dict[str, tuple[object, str]]:
+    return {"str": ("float32", "reject"), "numpy": (np.float32, "reject"),
+            "none": (None, "reject"), "int": (torch.int64, "reject"),
+            "complex": (torch.complex128, "reject"), "float32": (torch.float32, "dtype")}
+
+
 def _choice_spoilers() -> dict[str, tuple[object, str]]:
     return {"unknown": ("no-such-choice", "reject"), "int": (1, "reject"),
             "none": (None, "reject")}
@@ -108,9 +121,12 @@ class Fn:
     name: str
     call: Callable[..., object]
     valid: Callable[[torch.Generator], dict]
-    kinds: dict  # argument -> "tensor" | "number" | "signed" | "count" | "count1" | "choice"
-    #              | "skip" (not spoilt here) | a callable arg -> spoilers
+    kinds: dict  # argument -> "tensor" | "number" | "signed" | "count" | "counts" (an int
+    #              or a sequence) | "count1" | "choice" | "dtype" | "skip" (not spoilt here)
+    #              | a callable arg -> spoilers
     elementwise: Callable[..., object] | None = None  # torch's formula (``propagate``)
+    batch: tuple[str, ...] = ()  # the arguments whose first axis is the batch
+    empty: str = "empty"  # the outcome of an empty batch: "empty", "finite" or "reject"
 
 
 def _mlp_problem(g, n=4, sizes=(3, 5, 2), activation="tanh"):
@@ -166,21 +182,23 @@ FUNCTIONS = [
     Fn("mlp.activation_grad", lambda name, z: mlp.activation_grad(name, z),
        lambda g: {"name": "sigmoid", "z": torch.randn(3, 2, generator=g, dtype=F64)},
        {"name": "choice", "z": "elementwise"},
-       elementwise=lambda name, z: torch.sigmoid(z) * (1 - torch.sigmoid(z))),
+       elementwise=lambda name, z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), batch=("z",)),
     Fn("mlp.log_cosh", lambda r: mlp.log_cosh(r),
        lambda g: {"r": torch.randn(3, 2, generator=g, dtype=F64)}, {"r": "elementwise"},
-       elementwise=lambda r: torch.log(torch.cosh(r))),
+       elementwise=lambda r: torch.log(torch.cosh(r)), batch=("r",)),
     Fn("mlp.loss_value", lambda name, r: mlp.loss_value(name, r),
        lambda g: {"name": "squared", "r": torch.randn(3, 2, generator=g, dtype=F64)},
-       {"name": "choice", "r": "elementwise"}, elementwise=lambda name, r: 0.5 * r * r),
+       {"name": "choice", "r": "elementwise"}, elementwise=lambda name, r: 0.5 * r * r,
+       batch=("r",)),
     Fn("mlp.loss_grad", lambda name, r: mlp.loss_grad(name, r),
        lambda g: {"name": "log_cosh", "r": torch.randn(3, 2, generator=g, dtype=F64)},
-       {"name": "choice", "r": "elementwise"}, elementwise=lambda name, r: torch.tanh(r)),
+       {"name": "choice", "r": "elementwise"}, elementwise=lambda name, r: torch.tanh(r),
+       batch=("r",)),
     Fn("mlp.log_softmax", lambda logits: mlp.log_softmax(logits),
        lambda g: {"logits": torch.randn(3, 4, generator=g, dtype=F64)},
        {"logits": lambda v: {**_spoilers("elementwise", v),
                              "drop-dim": (v.reshape(-1)[0], "reject")}},  # no class axis
-       elementwise=lambda logits: F.log_softmax(logits, dim=-1)),
+       elementwise=lambda logits: F.log_softmax(logits, dim=-1), batch=("logits",)),
     Fn("mlp.cross_entropy", lambda logits, target: mlp.cross_entropy(logits, target),
        lambda g: {"logits": torch.randn(4, 3, generator=g, dtype=F64),
                   "target": torch.tensor([0, 2, 1, 2])},
@@ -190,16 +208,16 @@ FUNCTIONS = [
                              "float-vector": (v.double(), "reject"),
                              "probabilities-1d": (torch.full((3,), 1 / 3, dtype=F64), "reject"),
                              "list": (v.tolist(), "reject"), "meta": (v.to("meta"), "reject"),
-                             "int32": (v.int(), "accept")}}),
+                             "int32": (v.int(), "accept")}}, batch=("logits", "target")),
     Fn("mlp.init_mlp",
-       lambda sizes, activation, init: mlp.init_mlp(sizes, activation, init,
-                                                   generator=torch.Generator().manual_seed(0)),
-       lambda g: {"sizes": [3, 4, 2], "activation": "relu", "init": 0.5},
+       lambda sizes, activation, init, dtype: mlp.init_mlp(
+           sizes, activation, init, generator=torch.Generator().manual_seed(0), dtype=dtype),
+       lambda g: {"sizes": [3, 4, 2], "activation": "relu", "init": 0.5, "dtype": F64},
        {"sizes": lambda v: {"empty": ([], "reject"), "zero-width": ([3, 0, 2], "reject"),
                             "float-width": ([3, 4.5, 2], "reject"),
                             "numpy-ints": ([np.int64(3), np.int64(4), np.int64(2)], "accept"),
                             "str": ("3,4,2", "reject")},
-        "activation": "choice", "init": "number"}),
+        "activation": "choice", "init": "number", "dtype": "dtype"}),
     Fn("mlp.MLP", lambda weights, biases: mlp.MLP(weights, biases),
        lambda g: {"weights": [torch.randn(4, 3, generator=g, dtype=F64)],
                   "biases": [torch.randn(4, generator=g, dtype=F64)]},
@@ -212,13 +230,13 @@ FUNCTIONS = [
                              "inf": ([v[0].clone().fill_(float("inf"))], "reject")}}),
     Fn("mlp.forward", lambda net, x: mlp.forward(net, x),
        lambda g: dict(zip(("net", "x"), _mlp_problem(g)[:2])),
-       {"net": _net_spoilers, "x": "tensor"}),
+       {"net": _net_spoilers, "x": "tensor"}, batch=("x",)),
     Fn("mlp.forward_cache", lambda net, x: mlp.forward_cache(net, x),
        lambda g: dict(zip(("net", "x"), _mlp_problem(g)[:2])),
-       {"net": _net_spoilers, "x": "tensor"}),
+       {"net": _net_spoilers, "x": "tensor"}, batch=("x",)),
     Fn("mlp.check_input", lambda net, x: mlp.check_input(net, x),
        lambda g: dict(zip(("net", "x"), _mlp_problem(g)[:2])),
-       {"net": _net_spoilers, "x": "tensor"}),
+       {"net": _net_spoilers, "x": "tensor"}, batch=("x",)),
     # -- backprop ----------------------------------------------------------------------------
     Fn("backprop.backprop",
        lambda net, x, y, loss, reduction: bp.backprop(net, x, y, loss=loss,
@@ -226,16 +244,17 @@ FUNCTIONS = [
        lambda g: {**dict(zip(("net", "x", "y"), _mlp_problem(g))), "loss": "log_cosh",
                   "reduction": "mean"},
        {"net": _net_spoilers, "x": "tensor", "y": "tensor", "loss": "choice",
-        "reduction": "choice"}),
+        "reduction": "choice"}, batch=("x", "y"), empty="reject"),  # no mean of no samples
     Fn("backprop.layer_statistics",
        lambda net, x, y, loss: bp.layer_statistics(net, x, y, loss=loss),
        lambda g: {**dict(zip(("net", "x", "y"), _mlp_problem(g))), "loss": "squared"},
-       {"net": _net_spoilers, "x": "tensor", "y": "tensor", "loss": "choice"}),
+       {"net": _net_spoilers, "x": "tensor", "y": "tensor", "loss": "choice"},
+       batch=("x", "y"), empty="reject"),
     # -- jacobian ----------------------------------------------------------------------------
     *[Fn(f"jacobian.{name}",
          lambda weights, x, activation, _f=f: _f(weights, x, activation=activation),
          lambda g: {**dict(zip(("weights", "x"), _jac_problem(g))), "activation": "tanh"},
-         {"weights": _weights_spoilers, "x": "tensor", "activation": "choice"})
+         {"weights": _weights_spoilers, "x": "tensor", "activation": "choice"}, batch=("x",))
       for name, f in (("jacobian_forward", jm.jacobian_forward),
                       ("jacobian_reverse", jm.jacobian_reverse))],
     *[Fn(f"jacobian.{name}", lambda D, K, P, L, _f=f: _f(D=D, K=K, P=P, L=L),
@@ -247,53 +266,59 @@ FUNCTIONS = [
     # -- least squares -----------------------------------------------------------------------
     Fn("least_squares.gradient", lambda X, w, y: ls.gradient(X, w, y),
        lambda g: dict(zip(("X", "y", "w"), _ls_problem(g)[:3])),
-       {"X": "tensor", "w": "tensor", "y": "tensor"}),
+       {"X": "tensor", "w": "tensor", "y": "tensor"}, batch=("X", "y"), empty="finite"),
     Fn("least_squares.loss", lambda X, w, y: ls.loss(X, w, y),
        lambda g: dict(zip(("X", "y", "w"), _ls_problem(g)[:3])),
-       {"X": "tensor", "w": "tensor", "y": "tensor"}),
+       {"X": "tensor", "w": "tensor", "y": "tensor"}, batch=("X", "y"), empty="finite"),
     Fn("least_squares.minimizer", lambda X, y: ls.minimizer(X, y),
-       lambda g: dict(zip(("X", "y"), _ls_problem(g)[:2])), {"X": "tensor", "y": "tensor"}),
+       lambda g: dict(zip(("X", "y"), _ls_problem(g)[:2])), {"X": "tensor", "y": "tensor"},
+       batch=("X", "y"), empty="finite"),
     Fn("least_squares.spectrum", lambda X, y, method: ls.spectrum(X, y, method).lam,
        lambda g: {**dict(zip(("X", "y"), _ls_problem(g)[:2])), "method": "gram"},
-       {"X": "tensor", "y": "tensor", "method": "choice"}),
+       {"X": "tensor", "y": "tensor", "method": "choice"}, batch=("X", "y"), empty="finite"),
     Fn("least_squares.spectral_radius", lambda X, alpha: ls.spectral_radius(X, alpha),
        lambda g: (lambda p: {"X": p[0], "alpha": p[3]})(_ls_problem(g)),
-       {"X": "tensor", "alpha": "number"}),
+       {"X": "tensor", "alpha": "number"}, batch=("X",), empty="finite"),
     Fn("least_squares.converges", lambda X, alpha: ls.converges(X, alpha),
        lambda g: (lambda p: {"X": p[0], "alpha": p[3]})(_ls_problem(g)),
-       {"X": "tensor", "alpha": "number"}),
+       {"X": "tensor", "alpha": "number"}, batch=("X",), empty="finite"),
     *[Fn(f"least_squares.{name}",
          lambda X, y, w0, alpha, k, _f=f: _f(X, y, w0, alpha, k),
          lambda g: {**dict(zip(("X", "y", "w0", "alpha"), _ls_problem(g))), "k": 7},
-         {"X": "tensor", "y": "tensor", "w0": "tensor", "alpha": "number", "k": "count"})
-      for name, f in (("gd_iterates", ls.gd_iterates), ("gd_closed_form", ls.gd_closed_form))],
+         {"X": "tensor", "y": "tensor", "w0": "tensor", "alpha": "number", "k": kind},
+         batch=("X", "y"), empty="finite")
+      for name, f, kind in (("gd_iterates", ls.gd_iterates, "count"),
+                            ("gd_closed_form", ls.gd_closed_form, "counts"))],
     *[Fn(f"least_squares.{name}",
          lambda X, y, w0, alpha, beta, k, _f=f: _f(X, y, w0, alpha, beta, k),
          lambda g: {**dict(zip(("X", "y", "w0", "alpha"), _ls_problem(g))), "beta": 0.5,
                     "k": 7},
          {"X": "tensor", "y": "tensor", "w0": "tensor", "alpha": "number", "beta": "unit",
-          "k": "count"})
-      for name, f in (("heavy_ball_iterates", ls.heavy_ball_iterates),
-                      ("heavy_ball_closed_form", ls.heavy_ball_closed_form))],
+          "k": kind}, batch=("X", "y"), empty="finite")
+      for name, f, kind in (("heavy_ball_iterates", ls.heavy_ball_iterates, "count"),
+                            ("heavy_ball_closed_form", ls.heavy_ball_closed_form, "counts"))],
     *[Fn(f"least_squares.{name}",
          lambda grads, theta0, alpha, beta, _f=f: _f(grads, theta0, alpha, beta),
          lambda g: {"grads": torch.randn(5, 3, generator=g, dtype=F64),
                     "theta0": torch.randn(3, generator=g, dtype=F64), "alpha": 0.1,
                     "beta": 0.5},
-         {"grads": "tensor", "theta0": "tensor", "alpha": "number", "beta": "unit"})
+         {"grads": "tensor", "theta0": "tensor", "alpha": "number", "beta": "unit"},
+         batch=("grads",), empty="finite")  # no gradient steps: [theta0]
       for name, f in (("momentum_form1", ls.momentum_form1),
                       ("momentum_form2", ls.momentum_form2))],
     # -- constructions -----------------------------------------------------------------------
     Fn("constructions.sign", lambda z: cs.sign(z),
        lambda g: {"z": torch.randn(5, generator=g, dtype=F64)}, {"z": "elementwise"},
-       elementwise=lambda z: torch.where(z >= 0, 1.0, torch.where(z < 0, -1.0, z))),
+       elementwise=lambda z: torch.where(z >= 0, 1.0, torch.where(z < 0, -1.0, z)),
+       batch=("z",)),
     Fn("constructions.soft_threshold", lambda s: cs.soft_threshold(s)(
         torch.linspace(-2, 2, 9, dtype=F64)), lambda g: {"s": 0.5}, {"s": "nonneg"}),
     Fn("constructions.check_construction",
        lambda net, target, points: cs.check_construction(net, target, points).max_error,
        lambda g: {"net": cs.tent(), "target": lambda x: torch.relu(x),
                   "points": torch.linspace(-1, 2, 31, dtype=F64)},
-       {"net": _callable_spoilers, "target": _callable_spoilers, "points": "tensor"}),
+       {"net": _callable_spoilers, "target": _callable_spoilers, "points": "tensor"},
+       batch=("points",), empty="reject"),
     Fn("constructions.Network",
        lambda weights, biases, units: cs.Network(weights, biases, units)(
            torch.ones(2, 3, dtype=F64)),
@@ -342,6 +367,11 @@ def _spoilers(kind, value, fn: Fn | None = None) -> dict[str, tuple[object, str]
         return out
     if kind in ("count", "count1"):
         return _count_spoilers(value, minimum=0 if kind == "count" else 1)
+    if kind == "counts":  # an int or a sequence of them: an empty sequence, no iterates
+        return {**_count_spoilers(value), "empty-seq": ([], "empty-seq"),
+                "empty-tensor": (torch.tensor([], dtype=torch.long), "empty-seq")}
+    if kind == "dtype":
+        return _dtype_spoilers()
     if kind == "choice":
         return _choice_spoilers()
     raise AssertionError(kind)
@@ -398,6 +428,37 @@ def _canonical(value):
     return value
 
 
+def _case_spoilers(fn: Fn, arg: str, value) -> dict[str, tuple[object, str]]:
+    """The argument's spoilers, and for the first batch argument an empty batch (every
+    batch argument emptied together when the case runs)."""
+    out = _spoilers(fn.kinds[arg], value, fn)
+    if fn.batch and arg == fn.batch[0]:
+        out["empty-batch"] = (value[:0], fn.empty)
+    return out
+
+
+def _no_samples(got, want, n: int) -> str:
+    """"" when ``got`` is ``want`` with no samples: each output whose first axis was the
+    batch (n) has 0 there, every other output its shape; all finite. Else what differs."""
+    fg, fw = _flat(got), _flat(want)
+    if len(fg) != len(fw):
+        return f"{len(fg)} outputs, expected {len(fw)}"
+    for i, (u, v) in enumerate(zip(fg, fw)):
+        if not isinstance(v, torch.Tensor):
+            continue
+        shape = (0, *v.shape[1:]) if v.dim() and v.shape[0] == n else tuple(v.shape)
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != shape:
+            return f"output {i}: {getattr(u, 'shape', u)}, expected shape {shape}"
+        if not bool(torch.isfinite(u).all()):
+            return f"output {i} is not finite"
+    return ""
+
+
+def _all_finite(got) -> bool:
+    return all(bool(torch.isfinite(u).all()) if isinstance(u, torch.Tensor) else
+               (not isinstance(u, float) or math.isfinite(u)) for u in _flat(got))
+
+
 @dataclass(frozen=True)
 class Case:
     fn: Fn
@@ -409,8 +470,8 @@ class Case:
         return f"{self.fn.name}-{self.arg}-{self.how}"
 
 
-CASES = [Case(fn, arg, how) for fn in FUNCTIONS for arg, kind in fn.kinds.items()
-         for how in _spoilers(kind, fn.valid(torch.Generator().manual_seed(0))[arg], fn)]
+CASES = [Case(fn, arg, how) for fn in FUNCTIONS for arg in fn.kinds
+         for how in _case_spoilers(fn, arg, fn.valid(torch.Generator().manual_seed(0))[arg])]
 
 
 def outcome(case: Case, seed: int = 0) -> tuple[str, str]:
@@ -418,8 +479,10 @@ def outcome(case: Case, seed: int = 0) -> tuple[str, str]:
     "wrong result" (failures)."""
     fn = case.fn
     kwargs = fn.valid(torch.Generator().manual_seed(seed))
-    bad, expected = _spoilers(fn.kinds[case.arg], kwargs[case.arg], fn)[case.how]
+    bad, expected = _case_spoilers(fn, case.arg, kwargs[case.arg])[case.how]
     spoilt = {**kwargs, case.arg: bad}
+    if case.how == "empty-batch":
+        spoilt = {**kwargs, **{a: kwargs[a][:0] for a in fn.batch}}
     names = (case.arg, *ALIASES.get(case.arg, ()))
     try:
         got = fn.call(**spoilt)
@@ -431,6 +494,18 @@ def outcome(case: Case, seed: int = 0) -> tuple[str, str]:
         return "other error", f"{type(exc).__name__}: {msg}"
     except Exception as exc:  # noqa: BLE001 (a careless user sees whatever comes out)
         return "other error", f"{type(exc).__name__}: {exc}"
+    if expected == "empty":
+        why = _no_samples(got, fn.call(**kwargs), kwargs[fn.batch[0]].shape[0])
+        return ("empty", "") if not why else ("wrong result", why)
+    if expected == "finite":
+        return ("finite", "") if _all_finite(got) else ("wrong result", f"{got!r}")
+    if expected == "empty-seq":  # (0, D): no iterates of D coordinates
+        d = kwargs["w0"].shape[0]
+        ok = isinstance(got, torch.Tensor) and tuple(got.shape) == (0, d)
+        return ("empty", "") if ok else ("wrong result", f"{got!r}, expected shape (0, {d})")
+    if expected == "dtype":  # another floating dtype: the result is made in it
+        ok = all(u.dtype == bad for u in _flat(got) if isinstance(u, torch.Tensor))
+        return ("accept", "") if ok else ("wrong result", f"dtype {_flat(got)[0].dtype}")
     if expected == "accept":
         want = fn.call(**{**kwargs, case.arg: _canonical(bad)})
         return ("accept", "") if _same(got, want) else ("wrong result", f"{got!r} != {want!r}")
@@ -449,7 +524,8 @@ def outcome(case: Case, seed: int = 0) -> tuple[str, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_every_malformed_call_is_refused_by_name_or_answered_right(case):
     what, detail = outcome(case)
-    assert what in ("reject", "accept", "propagate", "formula"), f"{case.id}: {what}: {detail}"
+    assert what in ("reject", "accept", "propagate", "formula", "empty", "finite"), \
+        f"{case.id}: {what}: {detail}"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -457,7 +533,7 @@ def test_every_malformed_call_is_refused_by_name_or_answered_right(case):
 def test_malformed_calls_property(case, seed):
     """The same with random valid inputs around the spoilt argument."""
     what, detail = outcome(case, seed)
-    assert what in ("reject", "accept", "propagate", "formula"), \
+    assert what in ("reject", "accept", "propagate", "formula", "empty", "finite"), \
         f"{case.id} (seed {seed}): {detail}"
 
 
@@ -490,3 +566,35 @@ def test_check_finite_sees_every_nan_and_inf_and_no_overflowing_sum():
                        (torch.tensor(float("inf")), r"\(\)")]:
         with pytest.raises(ValueError, match=f"t: expected finite values.*{where}"):
             check_finite("t", bad)
+
+
+# -- empty inputs: the exact answers -----------------------------------------------------------
+
+def test_empty_inputs_get_exact_empty_answers_or_named_errors():
+    """The answers the table above only checks for shape and finiteness: no samples, no
+    data, no iteration counts, each either a correct empty result or a named error."""
+    g = torch.Generator().manual_seed(0)
+    net, x, y = _mlp_problem(g)
+    x0, y0 = x[:0], y[:0]
+    out = bp.backprop(net, x0, y0, loss="squared", reduction="sum")
+    assert float(out.loss) == 0.0 and out.input.shape == (0, 3)
+    assert all(float(w.abs().max()) == 0 for w in (*out.weights, *out.biases))
+    with pytest.raises(ValueError, match=r"x: an empty batch \(shape \(0, 3\)\) has no layer "
+                                         r"statistics"):
+        bp.layer_statistics(net, x0, y0, reduction="sum")
+    ws, xj = _jac_problem(g)
+    for f in (jm.jacobian_forward, jm.jacobian_reverse):
+        assert f(ws, xj[:0]).shape == (0, 3, 2)  # (N, P, D)
+    X, yy, w0, alpha = _ls_problem(g)
+    X0, y00 = X[:0], yy[:0]
+    assert float(ls.gradient(X0, w0, y00).abs().max()) == 0.0
+    assert float(ls.loss(X0, w0, y00)) == 0.0
+    assert float(ls.minimizer(X0, y00).abs().max()) == 0.0  # the least-norm minimiser
+    assert torch.equal(ls.gd_closed_form(X0, y00, w0, alpha, 5), w0)  # no data: no step
+    assert torch.equal(ls.gd_iterates(X0, y00, w0, alpha, 2), w0.expand(3, -1))
+    for ks in ([], torch.tensor([], dtype=torch.long)):
+        assert ls.gd_closed_form(X, yy, w0, alpha, ks).shape == (0, 3)
+        assert ls.heavy_ball_closed_form(X, yy, w0, alpha, 0.5, ks).shape == (0, 3)
+    theta0 = torch.randn(3, generator=g, dtype=F64)
+    for f in (ls.momentum_form1, ls.momentum_form2):
+        assert torch.equal(f(torch.zeros(0, 3, dtype=F64), theta0, 0.1, 0.5), theta0[None])

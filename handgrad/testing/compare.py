@@ -103,7 +103,7 @@ def assert_close(
     if tol is None:
         try:
             tol = tol_for(actual.dtype, kind)
-        except KeyError as e:
+        except ValueError as e:
             raise TypeError(f"{label}: {e.args[0]}; pass tol=Tol(rtol, atol)") from None
     elif not isinstance(tol, Tol):
         raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "

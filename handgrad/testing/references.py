@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from handgrad.kernels import backprop as bp
+from handgrad.kernels._checks import check_float_dtype
 from handgrad.kernels.mlp import MLP
 
 TORCH_ACTIVATIONS = {
@@ -92,6 +93,7 @@ class BackpropFunction(torch.autograd.Function):
 def course_weights(L: int, D: int = 2, K: int = 30, P: int = 10, *, seed: int = 0,
                    dtype=torch.float64, device="cpu", biases: bool = False):
     """The course's dictionary form {"W1", ..., "WL", "WF"}: W1 K x D, Wi K x K, WF P x K."""
+    check_float_dtype("dtype", dtype)
     g = torch.Generator().manual_seed(seed)
     shapes = {"W1": (K, D), **{f"W{i}": (K, K) for i in range(2, L + 1)}, "WF": (P, K)}
     ws = {k: (torch.randn(s, generator=g, dtype=torch.float64) / s[1] ** 0.5).to(device, dtype)

@@ -63,6 +63,9 @@ def tol_for(dtype: torch.dtype, kind: str = "forward") -> Tol:
     if kind not in tables:
         raise ValueError(f"tol_for: kind must be one of {sorted(tables)}, got {kind!r}")
     table = tables[kind]
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
     if dtype not in table:
-        raise KeyError(f"no {kind} tolerance for {dtype}; known: {sorted(map(str, table))}")
+        raise ValueError(f"dtype: no {kind} tolerance for {dtype}; known: "
+                         f"{sorted(map(str, table))}")
     return table[dtype]
