@@ -7,7 +7,8 @@ project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
   (``--device``) and per dtype of the tolerance table (``ALL_DTYPES``), unless it
   parametrizes them itself or its project defines a fixture of that name (yours wins).
 - ``generator``: a CPU ``torch.Generator`` seeded from the test's node id (the same on
-  every machine and run); ``seed``: that seed, with torch's global generator set to it.
+  every machine and run); ``seed``: that seed, with torch's global generator set to it
+  for the test (its state is restored afterwards).
 - ``--verify-report PATH``: every comparison made through ``handgrad.testing``
   (``assert_close``, ``check_vjp``, ``check_jvp``) and every recorded step sweep, with its
   worst error against its tolerance, written as JSON when the session ends (pytest-xdist
@@ -137,11 +138,15 @@ def generator(request: pytest.FixtureRequest) -> torch.Generator:
 
 
 @pytest.fixture
-def seed(request: pytest.FixtureRequest) -> int:
-    """The test's stable seed; torch's global generator is seeded with it."""
+def seed(request: pytest.FixtureRequest):
+    """The test's stable seed; torch's global generators (the CPU's and, where a GPU is
+    present, the GPUs') are seeded with it for the test and given back their state after
+    it, so the tests that follow draw what they would have drawn without this one."""
     value = stable_seed(request.node.nodeid)
-    torch.manual_seed(value)
-    return value
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.manual_seed(value)
+        yield value
 
 
 # --- the verify report ----------------------------------------------------------------------

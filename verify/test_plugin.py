@@ -111,6 +111,30 @@ def device():
     res.assert_outcomes(passed=1)  # its fixture, not the plugin's parametrization
 
 
+def test_the_seed_fixture_gives_the_global_generator_back(project):
+    """A test that takes ``seed`` reseeds torch's global generator for itself only: the
+    next test continues the stream the one before left."""
+    project.makepyfile(test_rng='''
+import torch
+
+STATE = {}
+
+def test_1_before():
+    torch.manual_seed(123)
+    STATE["after_first"] = torch.rand(2)
+    STATE["rng"] = torch.get_rng_state()
+
+def test_2_seeded(seed):
+    assert torch.initial_seed() == seed
+    torch.rand(1000)
+
+def test_3_after():
+    assert torch.equal(torch.get_rng_state(), STATE["rng"])
+''')
+    res = _run(project, "test_rng.py", "-p", "no:randomly")
+    res.assert_outcomes(passed=3)
+
+
 def test_the_plugin_can_be_turned_off(project):
     res = project.runpytest_subprocess("-p", "no:handgrad.plugin", "-p", "no:cacheprovider",
                                        "--device", "cpu")
