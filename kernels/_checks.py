@@ -79,8 +79,9 @@ def check_float_dtype(name: str, value: object) -> torch.dtype:
     "float32", a numpy dtype or None is a TypeError naming the argument, as is an integer,
     bool or complex dtype."""
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        hint = f" (torch.{value})" if isinstance(value, str) and isinstance(
-            getattr(torch, value, None), torch.dtype) else ""
+        named = getattr(torch, value, None) if isinstance(value, str) else None
+        hint = f" (torch.{value})" if isinstance(named, torch.dtype) and \
+            named.is_floating_point else ""
         raise TypeError(f"{name}: expected a floating torch.dtype{hint}, got {value!r}")
     return value
 

@@ -638,8 +638,9 @@ def _account_params(module, params, state, seen, reached, param_rows, result) ->
         # a layer that ran counted all its own parameters (``pre``), used or not
         sub = module.get_submodule(owner) if owner else module
         result.unreached_params[name] = (
-            p.numel(), f"module '{owner or '(model)'}' ({type(sub).__name__}) did not run "
-            f"in this forward pass (the model is in {mode} mode)")
+            p.numel(), f"no op took it: module '{owner or '(model)'}' "
+            f"({type(sub).__name__}) was not called in the traced forward pass (traced in "
+            f"{mode} mode)")
 
 
 def _attach_params(result: ModelCounts, param_rows: dict[str, int], kinds: dict[str, str]):

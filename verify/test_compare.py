@@ -77,11 +77,18 @@ def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
         Tol(rtol=-1.0, atol=0.0)
     with pytest.raises(ValueError, match="dtype: no finite_diff tolerance for torch.float16"):
         tol_for(torch.float16, "finite_diff")
-    with pytest.raises(ValueError, match="dtype: no forward tolerance for torch.int64"):
+    with pytest.raises(TypeError, match="dtype: expected a floating torch.dtype, got "
+                                        "torch.int64"):
         tol_for(torch.int64)
-    for bad in ("float32", None, np.float32):
-        with pytest.raises(TypeError, match=r"dtype: expected a torch.dtype, got "):
+    with pytest.raises(TypeError, match=r"dtype: expected a floating torch.dtype "
+                                        r"\(torch.float32\), got 'float32'"):
+        tol_for("float32")
+    for bad in ("int64", None, np.float32):  # no hint to a dtype that is not floating
+        with pytest.raises(TypeError, match=r"dtype: expected a floating torch.dtype, got "):
             tol_for(bad)
+    with pytest.raises(ValueError, match=r"kind: expected one of \[.finite_diff., .forward., "
+                                         r".grad.\], got .bogus."):
+        assert_close(torch.ones(2), torch.ones(2), kernel="k", reference="r", kind="bogus")
 
 
 def test_reference_weights_refuse_a_dtype_that_is_not_a_floating_torch_dtype():

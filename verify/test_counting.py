@@ -618,11 +618,11 @@ def test_a_branch_the_mode_skips_is_named_with_the_reason():
     assert set(report.unreached_params) == {"aux.0.weight", "aux.0.bias", "aux.2.weight",
                                             "aux.2.bias"}
     assert report.unreached_params["aux.0.weight"] == (
-        32, "module 'aux.0' (Linear) did not run in this forward pass (the model is in eval "
-        "mode)")
+        32, "no op took it: module 'aux.0' (Linear) was not called in the traced forward "
+        "pass (traced in eval mode)")
     text = report.summary()
     assert "parameters the forward pass did not reach (46, not in params):" in text
-    assert "  aux.2.bias (2): module 'aux.2' (Linear) did not run" in text
+    assert "  aux.2.bias (2): no op took it: module 'aux.2' (Linear) was not called" in text
     trained = C.count_model(WithAux().train(), (3, 8))
     assert trained.unreached_params == {} and trained.total.params == n_params(WithAux())
 

@@ -78,6 +78,7 @@ CASES = [  # (module, test, outcome), as pytest's junit XML names them
     ("test_cuda", "test_the_event_clock_times_the_gpu_not_the_launch", "passed"),
     ("test_cuda", "test_the_cold_l2_buffer_is_at_least_twice_the_devices_l2", "passed"),
     ("test_cuda", "test_cuda_peak_counts_what_one_call_allocates", "passed"),
+    ("test_cuda", "test_backprop_reads_the_host_once_per_call", "passed"),
     ("test_cuda", "test_auto_takes_the_gram_path_on_cuda_and_matches_the_svd[float64]",
      "passed"),
     ("test_directional", "test_backprop_directional_at_gpu_sizes[cuda-0]", "passed"),
@@ -115,7 +116,7 @@ class Runner:
         self.clock.now += self.seconds.get(name, 10)
         Path(log).write_text("log\n")
         if name in self.cut:
-            return -9
+            return G.TIMED_OUT
         target = next((a.split("=", 1)[1] for a in cmd if a.startswith(
             ("--junitxml=", "--benchmark-json="))), None)
         if target and name == "verify":
@@ -402,3 +403,70 @@ def test_every_benchmark_claim_finds_its_benchmark_in_a_real_h200_run(tmp_path):
     assert by["verify.compiled"].measured == "3 skipped"
     assert by["verify.directional"].measured == "6 passed"
     assert by["verify.other"].verdict == G.PASS
+
+
+def test_a_file_left_by_an_earlier_run_is_never_read_as_this_runs(tmp_path):
+    """Rerun into the same --out: the stage is stopped at the budget before pytest writes
+    its JSON; the file the first run left must not be judged as the second run's."""
+    clock = Clock()
+    G.run_stages(G.stages(), tmp_path, 600, runner=Runner(clock, good_benchmarks()),
+                 clock=clock, say=lambda s: None)
+    assert (tmp_path / "bench_backprop.json").exists()
+    again = G.run_stages(G.stages(), tmp_path, 600, clock=clock, say=lambda s: None,
+                         runner=Runner(clock, good_benchmarks(), cut={"backprop"}))
+    status = {r.name: (r.status, r.output) for r in again}
+    assert status["backprop"] == ("cut", "")
+    claims = _by_id(G.evaluate(tmp_path, again)[0])
+    assert claims["backprop.time.float32"].verdict == G.NOT_RUN
+
+
+def test_a_process_the_system_killed_failed_it_was_not_cut(tmp_path):
+    class Killed(Runner):
+        def __call__(self, cmd, timeout, log):
+            super().__call__(cmd, timeout, log)
+            return -9 if Path(log).stem == "ceilings" else 0
+
+    clock = Clock()
+    results = G.run_stages(G.stages(), tmp_path, 600, runner=Killed(clock, good_benchmarks()),
+                           clock=clock, say=lambda s: None)
+    assert {r.name: r.status for r in results}["ceilings"] == "failed"
+
+
+def test_an_incomplete_run_exits_3_and_a_complete_one_0(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    # a budget no stage fits: every claim NOT RUN, none failed
+    rc = G.main(["--out", str(tmp_path / "a"), "--budget", "40"], cuda_available=lambda: True,
+                runner=Runner(Clock(), good_benchmarks()))
+    assert rc == 3
+    saved = json.loads((tmp_path / "a" / "claims.json").read_text())["claims"]
+    assert {c["verdict"] for c in saved} == {G.NOT_RUN}
+    # one of a named claim's tests skipped on the GPU (a compile torch refused)
+    rc = G.main(["--out", str(tmp_path / "b")], cuda_available=lambda: True,
+                runner=Runner(Clock(), good_benchmarks(),
+                              junit=junit(test_reduce_overhead="skipped")))
+    assert rc == 3
+    saved = {c["id"]: c for c in json.loads((tmp_path / "b" / "claims.json").read_text())[
+        "claims"]}
+    assert saved["verify.compiled"]["verdict"] == G.NOT_RUN
+    assert G.exit_status([G.Claim("x", "x", "t", "s", "1.0", G.PASS),
+                          G.Claim("y", "y", "t", "s", "info", G.INFO)]) == 0
+
+
+def test_a_named_claim_with_one_test_skipped_is_not_a_pass():
+    outcomes = {"verify/test_cuda.py::test_cuda_peak_counts_what_one_call_allocates": "passed",
+                "verify/test_cuda.py::test_backprop_needs_no_more_gpu_memory_than_autograd[a]":
+                    "skipped"}
+    by = _by_id(G.verify_claims(outcomes, G.StageResult("verify", "ran")))
+    assert by["verify.gpu_memory"].verdict == G.NOT_RUN
+    assert by["verify.gpu_memory"].measured == "1 passed, 1 skipped"
+
+
+def test_a_ceiling_that_did_not_time_is_not_measured_not_passed(tmp_path):
+    files = good_benchmarks()
+    for b in files["ceilings"]:  # a matmul whose median is 0: no rate
+        if b["extra_info"]["method"] == "matmul":
+            b["stats"]["median"] = 0.0
+    claims = _evaluate(tmp_path, files)
+    assert claims["ceiling.achieved"].verdict == G.NOT_MEASURED
+    assert claims["ceiling.achieved"].measured == "no benchmark in a dtype whose ceiling was " \
+                                                  "measured"

@@ -21,8 +21,8 @@ outcome must be one of:
   everywhere, so the gradient is 0 and gradient descent stays at w0).
 
 ``test_every_malformed_call_is_refused_by_name_or_answered_right`` runs every case once
-(the count is in its docstring and the closing note); ``test_malformed_calls_property``
-draws cases with hypothesis over random valid shapes.
+(pytest's count of its parameters is the number of cases); ``test_malformed_calls_property``
+draws the same cases with hypothesis over random valid inputs.
 """
 
 from __future__ import annotations
@@ -444,13 +444,15 @@ def _no_samples(got, want, n: int) -> str:
     if len(fg) != len(fw):
         return f"{len(fg)} outputs, expected {len(fw)}"
     for i, (u, v) in enumerate(zip(fg, fw)):
-        if not isinstance(v, torch.Tensor):
+        if not isinstance(v, torch.Tensor):  # a number: a finite one of the same type
+            if type(u) is not type(v) or (isinstance(u, float) and not math.isfinite(u)):
+                return f"output {i}: {u!r}, expected a {type(v).__name__}"
             continue
         shape = (0, *v.shape[1:]) if v.dim() and v.shape[0] == n else tuple(v.shape)
         if not isinstance(u, torch.Tensor) or tuple(u.shape) != shape:
             return f"output {i}: {getattr(u, 'shape', u)}, expected shape {shape}"
-        if not bool(torch.isfinite(u).all()):
-            return f"output {i} is not finite"
+        if u.dtype != v.dtype or not bool(torch.isfinite(u).all()):
+            return f"output {i}: dtype {u.dtype} (expected {v.dtype}) or not finite"
     return ""
 
 
@@ -590,8 +592,12 @@ def test_empty_inputs_get_exact_empty_answers_or_named_errors():
     assert float(ls.gradient(X0, w0, y00).abs().max()) == 0.0
     assert float(ls.loss(X0, w0, y00)) == 0.0
     assert float(ls.minimizer(X0, y00).abs().max()) == 0.0  # the least-norm minimiser
+    assert torch.equal(ls.spectrum(X0, y00).lam, torch.zeros(3, dtype=F64))  # X^T X = 0
+    assert ls.spectral_radius(X0, alpha) == 1.0 and ls.converges(X0, alpha) is True
     assert torch.equal(ls.gd_closed_form(X0, y00, w0, alpha, 5), w0)  # no data: no step
     assert torch.equal(ls.gd_iterates(X0, y00, w0, alpha, 2), w0.expand(3, -1))
+    assert torch.equal(ls.heavy_ball_closed_form(X0, y00, w0, alpha, 0.5, 4), w0)
+    assert torch.equal(ls.heavy_ball_iterates(X0, y00, w0, alpha, 0.5, 2), w0.expand(3, -1))
     for ks in ([], torch.tensor([], dtype=torch.long)):
         assert ls.gd_closed_form(X, yy, w0, alpha, ks).shape == (0, 3)
         assert ls.heavy_ball_closed_form(X, yy, w0, alpha, 0.5, ks).shape == (0, 3)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from handgrad.kernels._checks import check_float_dtype
+
 
 @dataclass(frozen=True)
 class Tol:
@@ -61,10 +63,9 @@ def tol_for(dtype: torch.dtype, kind: str = "forward") -> Tol:
     """The table entry for ``dtype``; kind is 'forward', 'grad' or 'finite_diff'."""
     tables = {"forward": FORWARD, "grad": GRAD, "finite_diff": FINITE_DIFF}
     if kind not in tables:
-        raise ValueError(f"tol_for: kind must be one of {sorted(tables)}, got {kind!r}")
+        raise ValueError(f"kind: expected one of {sorted(tables)}, got {kind!r}")
     table = tables[kind]
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
+    check_float_dtype("dtype", dtype)  # a string, None or an integer dtype: TypeError
     if dtype not in table:
         raise ValueError(f"dtype: no {kind} tolerance for {dtype}; known: "
                          f"{sorted(map(str, table))}")
