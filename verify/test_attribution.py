@@ -7,20 +7,11 @@ import pytest
 import torch
 
 from handgrad.kernels import backprop as bp
-from handgrad.kernels import mlp
 from handgrad.testing.attribution import diagnose
 from handgrad.testing.compare import unrecorded
 from handgrad.testing.references import autograd_grads
-from verify.planted import BATCH, BUG_IDS, BUGS, NET_SIZES, Bug, planted_backprop
-from verify.test_backprop import check_all
-
-
-def problem(activation: str = "tanh", seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    net = mlp.init_mlp(NET_SIZES, activation, 0.5, generator=g, dtype=torch.float64)
-    x = torch.randn(BATCH, NET_SIZES[0], generator=g, dtype=torch.float64)
-    y = torch.randn(BATCH, NET_SIZES[-1], generator=g, dtype=torch.float64)
-    return net, x, y
+from verify.backprop_cases import check_all, problem
+from verify.planted import BATCH, BUG_IDS, BUGS, Bug, planted_backprop
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])

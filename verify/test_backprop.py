@@ -5,7 +5,6 @@ random networks (hypothesis) and every dtype the tolerance table knows."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,89 +13,10 @@ from hypothesis import strategies as st
 
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import finite_diff, mlp
-from handgrad.testing import attribution
 from handgrad.testing.compare import assert_close, record_sweep
 from handgrad.testing.references import BackpropFunction, autograd_grads, func_grads, torch_loss
 from handgrad.testing.tolerances import tol_for
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    sizes: tuple[int, ...]
-    activation: str
-    loss: str
-    n: int | None  # batch size; None = a single unbatched sample
-    reduction: str = "mean"
-    init: str | float = "xavier"
-    # cross-entropy's y: "indices" (int64 class labels) or "probs" (rows of a softmax)
-    target: str = "indices"
-
-
-CASES = [
-    # course: one hidden layer, W1 20x10 (D=10, K=20), w2 of size 20, tanh, log-cosh,
-    # J = (1/N) sum of per-sample losses
-    Case("course_one_hidden_tanh_logcosh", (10, 20, 1), "tanh", "log_cosh", 16, init=0.5),
-    # course: six layers 4-4-4-4-4-4-1, sigmoid hidden, linear out, one sample, (y_hat-y)^2/2
-    Case("course_six_layer_sigmoid_single", (4, 4, 4, 4, 4, 4, 1), "sigmoid", "squared", None),
-    # course: 13 tabular features, hidden 20 and 10, tanh
-    Case("course_tabular_13_20_10_tanh", (13, 20, 10, 1), "tanh", "squared", 32),
-    Case("tabular_13_20_10_tanh_logcosh_sum", (13, 20, 10, 1), "tanh", "log_cosh", 32, "sum"),
-    Case("relu_multi_output", (6, 8, 8, 8, 3), "relu", "squared", 7),
-    Case("identity_linear_logcosh", (5, 4, 2), "identity", "log_cosh", 3, "sum"),
-    Case("single_layer_regression", (3, 2), "tanh", "squared", 4),
-    # course: classification networks trained with softmax cross-entropy
-    Case("classifier_tanh_cross_entropy_indices", (20, 16, 10), "tanh", "cross_entropy", 12),
-    Case("classifier_relu_cross_entropy_probs_sum", (6, 8, 8, 4), "relu", "cross_entropy", 5,
-         "sum", target="probs"),
-    Case("classifier_sigmoid_cross_entropy_single", (5, 7, 3), "sigmoid", "cross_entropy",
-         None),
-    # course: softmax regression from scratch, one linear layer
-    Case("softmax_regression_probs", (8, 4), "identity", "cross_entropy", 6, target="probs"),
-]
-CASE_IDS = [c.name for c in CASES]
-
-
-def make_problem(case: Case, dtype: torch.dtype, device: str, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    net = mlp.init_mlp(case.sizes, case.activation, case.init, generator=g, dtype=torch.float64)
-    d, p = case.sizes[0], case.sizes[-1]
-    shape_x = (d,) if case.n is None else (case.n, d)
-    shape_y = (p,) if case.n is None else (case.n, p)
-    x = torch.randn(shape_x, generator=g, dtype=torch.float64)
-    if case.loss == "cross_entropy" and case.target == "indices":
-        y = torch.randint(0, p, shape_y[:-1], generator=g).to(device)
-    else:
-        y = torch.randn(shape_y, generator=g, dtype=torch.float64)
-        if case.loss == "cross_entropy":  # probabilities: rows of a softmax, in float64
-            y = torch.softmax(2 * y, dim=-1)
-        y = y.to(device, dtype)
-    return net.to(dtype=dtype, device=device), x.to(device, dtype), y
-
-
-def check_all(g: bp.Gradients, ref, *, reference: str, tol=None, problem=None) -> None:
-    """Loss and every gradient of ``g`` against ``ref = (J, [dW], [db], dx)``. With
-    ``problem = (net, x, y, loss, reduction)`` a failure also says which layer the error
-    starts at and what kind of bug it looks like (handgrad.testing.attribution)."""
-    try:
-        _check_all(g, ref, reference=reference, tol=tol)
-    except AssertionError as exc:
-        if problem is None:
-            raise
-        net, x, y, loss, reduction = problem
-        diagnosis = attribution.diagnose(g, net, x, y, loss=loss, reduction=reduction)
-        raise AssertionError(f"{exc}\n{diagnosis.message()}") from None
-
-
-def _check_all(g: bp.Gradients, ref, *, reference: str, tol=None) -> None:
-    value, dws, dbs, dx = ref
-    common = dict(kernel="backprop", reference=reference, tol=tol)
-    assert_close(g.loss, value, what="loss", kind="forward", **common)
-    for i, (a, e) in enumerate(zip(g.weights, dws)):
-        assert_close(a, e, what=f"dJ/dW{i + 1}", kind="grad", **common)
-    for i, (a, e) in enumerate(zip(g.biases, dbs)):
-        assert_close(a, e, what=f"dJ/db{i + 1}", kind="grad", **common)
-    assert_close(g.input, dx, what="dJ/dx", kind="grad", **common)
+from verify.backprop_cases import CASE_IDS, CASES, Case, check_all, make_problem
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

@@ -14,17 +14,13 @@ import pytest
 
 from handgrad.reports.load import load_benchmarks
 from handgrad.reports.record import SCHEMA, SCHEMA_KEY, BenchRecord
+from verify.runs import pytest_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {"backprop", "jacobian", "counting", "least_squares", "control", "ceiling"}
 TORCH_ONLY = {"control", "ceiling"}  # families that time torch alone: the machine's state
 
 
-def pytest_env() -> dict[str, str]:
-    """The environment for a pytest subprocess: without the variables pytest-xdist sets in
-    its workers (pytest-benchmark disables itself when it sees PYTEST_XDIST_WORKER)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
 
 
 def once(path: Path, make) -> None:

@@ -406,8 +406,8 @@ def test_capture_call_skips_off_cuda():
 
 
 def test_capture_call_records_the_captures_peak_and_seconds():
-    from verify.test_graph import FakeCuda as GraphCuda
-    from verify.test_timing import FakeCuda as TimingCuda
+    from verify.fake_cuda_graph import FakeCuda as GraphCuda
+    from verify.fake_cuda_timing import FakeCuda as TimingCuda
 
     class Cuda(GraphCuda, TimingCuda):  # kernels.capture's graph API, the allocator's
         def __init__(self):              # counters and synchronize of bench.timing's

@@ -18,8 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from handgrad.kernels import counting as C
 from handgrad.kernels import counting_backward as CB
+from verify.counting_cases import CONVS, WORKED, n_params
 from verify.models import MnistCNN
-from verify.test_counting import CONVS, WORKED, n_params
 
 
 def backward_flops(model: nn.Module, x: torch.Tensor) -> int:

@@ -21,6 +21,7 @@ from handgrad.kernels import least_squares as ls
 from handgrad.kernels import mlp
 from handgrad.kernels.capture import capture
 from handgrad.testing.compare import assert_close
+from verify.fake_cuda_graph import FakeCuda
 
 
 def _cases() -> dict:
@@ -111,58 +112,6 @@ def test_in_a_graph_the_value_checks_are_not_made_and_the_result_keeps_its_inf()
 
 # -- kernels.capture: the static-buffer logic on the CPU, the replay on a GPU ---------------
 
-class FakeCuda:
-    """torch.cuda's graph API, recording what capture does with it (no GPU needed): a
-    graph 'records' by noting which call happened inside it; replay counts."""
-
-    def __init__(self):
-        self.log = []
-        self.recording = False
-        fake = self
-
-        class Stream:
-            def wait_stream(self, other):
-                fake.log.append(("wait", self.name, other.name))
-
-        self._side, self._current = Stream(), Stream()
-        self._side.name, self._current.name = "side", "current"
-
-        class CUDAGraph:
-            def replay(self):
-                fake.log.append("replay")
-
-        self.CUDAGraph = CUDAGraph
-
-    def Stream(self):
-        return self._side
-
-    def current_stream(self):
-        return self._current
-
-    def stream(self, s):
-        fake = self
-
-        class Ctx:
-            def __enter__(self):
-                fake.log.append(("enter", s.name))
-
-            def __exit__(self, *exc):
-                fake.log.append(("exit", s.name))
-
-        return Ctx()
-
-    def graph(self, g):
-        fake = self
-
-        class Ctx:
-            def __enter__(self):
-                fake.log.append("record")
-                fake.recording = True
-
-            def __exit__(self, *exc):
-                fake.recording = False
-
-        return Ctx()
 
 
 def _net_and_data(seed=0):

@@ -13,7 +13,7 @@ import torch
 from handgrad.reports.__main__ import main
 from handgrad.reports.init_study import study_batch, study_network
 from handgrad.testing.tolerances import Tol
-from verify.test_reports_gpu import captured
+from verify.runs import captured
 
 COLUMNS = ["init", "layer", "units", "mean_activation", "mean_abs_activation",
            "activation_grad_norm", "weight_grad_norm"]
@@ -123,7 +123,7 @@ def test_the_table_is_autograds_retain_grad_on_the_courses_network(study) -> Non
     """The study's loss (mean cross-entropy) and statistics, against autograd in float64
     on the same batch and weights."""
     from handgrad.testing.compare import assert_close
-    from verify.test_layer_statistics import retain_grad_statistics
+    from verify.backprop_cases import retain_grad_statistics
 
     _, _, df = study
     x, y = study_batch()

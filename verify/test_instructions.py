@@ -28,7 +28,7 @@ from handgrad.reports.gate import instruction_gate, read_accepted
 from handgrad.reports.load import ReportInputError, load_benchmarks
 from handgrad.reports.record import BenchRecord, RecordError
 from handgrad.reports.tables import summary
-from verify.test_bench_suite import pytest_env
+from verify.runs import pytest_env
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "verify" / "fixtures"

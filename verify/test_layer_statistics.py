@@ -9,39 +9,8 @@ import torch
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
 from handgrad.testing.compare import assert_close
-from handgrad.testing.references import TORCH_ACTIVATIONS, torch_loss
 from handgrad.testing.tolerances import Tol
-
-
-def retain_grad_statistics(net: mlp.MLP, x, y, *, loss: str, reduction: str = "mean"):
-    """(mean h_i, mean |h_i|, ||dJ/dh_i||, ||dJ/dW_i||) per layer, from autograd."""
-    ws = [w.detach().clone().requires_grad_() for w in net.weights]
-    bs = [b.detach().clone() for b in net.biases]
-    h = x.reshape(-1, x.shape[-1])
-    outs = []
-    with torch.enable_grad():
-        for i, (w, b) in enumerate(zip(ws, bs)):
-            h = torch.nn.functional.linear(h, w, b)
-            if i < len(ws) - 1:
-                h = TORCH_ACTIVATIONS[net.activation](h)
-            h.retain_grad()
-            outs.append(h)
-        # the loss of the last h, written like the other references
-        yy = y.reshape(1, *y.shape) if x.dim() == 1 else y
-        if loss == "cross_entropy":
-            J = torch.nn.functional.cross_entropy(
-                h, yy.reshape(-1).long() if not yy.dtype.is_floating_point else yy,
-                reduction=reduction)
-        else:
-            ident = [torch.eye(h.shape[1], dtype=h.dtype)]
-            J = torch_loss(ident, [torch.zeros(h.shape[1], dtype=h.dtype)], h, yy,
-                           activation="identity", loss=loss, reduction=reduction)
-        J.backward()
-    stack = torch.stack
-    return (stack([o.detach().mean() for o in outs]),
-            stack([o.detach().abs().mean() for o in outs]),
-            stack([o.grad.norm() for o in outs]), stack([w.grad.norm() for w in ws]))
-
+from verify.backprop_cases import retain_grad_statistics
 
 CASES = [  # sizes, activation, loss, n, reduction, init
     ((12, 9, 9, 9, 4), "tanh", "cross_entropy", 16, "mean", 1.0),

@@ -178,3 +178,41 @@ def test_the_readmes_record_table_names_every_field_of_the_record_once() -> None
                                            sorted(set(named) - set(want)))
     kernel_row = next(r for r in rows if r.startswith("| `kernel` |"))
     assert set(re.findall(r"`([a-z_]+)`", kernel_row.split(" | ", 1)[1])) == set(KERNELS)
+
+
+# test modules import helpers, never each other (issue 24): shared cases, fakes and run
+# helpers live in verify/backprop_cases.py, counting_cases.py, runs.py, fake_cuda_*.py.
+# The bench's family specs still live in its test modules (bench/test_*.py) until they
+# become data of their own; verify reads them there, and these are the only exceptions.
+BENCH_SPEC_READERS = {
+    ("verify/test_compiled.py", "bench.test_backprop"),
+    ("verify/test_compiled.py", "bench.test_jacobian"),
+    ("verify/test_compiled.py", "bench.test_least_squares"),
+    ("verify/test_memory.py", "bench.test_jacobian"),
+    ("verify/test_graph.py", "bench.test_jacobian"),
+    ("verify/test_bench_suite.py", "bench.test_least_squares"),
+}
+
+
+def _test_module_imports() -> set[tuple[str, str]]:
+    import ast
+
+    found = set()
+    for folder in ("verify", "bench"):
+        for path in sorted((ROOT / folder).glob("test_*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                for name in names:
+                    parts = name.split(".")
+                    if len(parts) >= 2 and parts[0] in ("verify", "bench") and \
+                            parts[1].startswith("test_"):
+                        found.add((f"{folder}/{path.name}", ".".join(parts[:2])))
+    return found
+
+
+def test_no_test_module_imports_another_but_the_bench_spec_readers():
+    assert _test_module_imports() - BENCH_SPEC_READERS == set()

@@ -45,7 +45,7 @@ from handgrad.kernels import jacobian as jm
 from handgrad.kernels import least_squares as ls
 from handgrad.kernels import mlp
 from handgrad.kernels.capture import capture
-from verify.test_graph import FakeCuda
+from verify.fake_cuda_graph import FakeCuda
 
 F64 = torch.float64
 

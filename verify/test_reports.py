@@ -17,6 +17,7 @@ import pytest
 from handgrad.reports.__main__ import main
 from handgrad.reports.gate import gate, parse_threshold
 from handgrad.reports.load import ReportInputError, load_benchmarks
+from verify.runs import as_schema2
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -245,7 +246,7 @@ def test_verify_report_rejects_a_malformed_record(tmp_path, capsys):
 
 
 def _run_verify(tmp_path: Path, name: str, *args: str) -> dict:
-    from verify.test_bench_suite import pytest_env
+    from verify.runs import pytest_env
 
     out = tmp_path / name
     proc = subprocess.run(
@@ -652,20 +653,6 @@ def test_gate_calls_a_kernel_that_got_faster_faster(tmp_path):
         "ok"}
 
 
-def as_schema2(data: dict) -> dict:
-    """A schema-1 fixture in today's layout: machine_info names the schema, every record
-    says whose its method is, the keys no report read are gone."""
-    data = copy.deepcopy(data)
-    ours = {"manual", "manual_forward", "manual_reverse", "gd_closed_form", "gd_loop",
-            "momentum_form1", "momentum_form2", "count_model"}
-    data["machine_info"]["handgrad_schema"] = 2
-    for b in data["benchmarks"]:
-        info = b["extra_info"]
-        for key in ("grid", "interleaved", "predicted_mode", "params", "model_flops"):
-            info.pop(key, None)
-        info.setdefault("bytes", 0)
-        info["owner"] = "handgrad" if info["method"] in ours else "torch"
-    return data
 
 
 def test_gate_decides_by_owner_never_by_name(tmp_path):

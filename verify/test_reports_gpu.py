@@ -12,7 +12,6 @@ import gzip
 import json
 import re
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,10 @@ import pandas as pd
 import pytest
 
 from handgrad.reports.__main__ import main
-from verify.test_reports import as_schema2  # one conversion to today's layout
+from verify.runs import (
+    as_schema2,  # one conversion to today's layout
+    captured,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "gpu-h100"
@@ -88,21 +90,6 @@ def ref_of(data: dict, b: dict) -> dict:
                 and x["extra_info"]["method"] == b["extra_info"]["reference"])
 
 
-@contextmanager
-def captured():
-    """Every figure the report writes, by file name, as it was when saved."""
-    from handgrad.reports import figures
-
-    shown = {}
-    real = figures._save
-
-    def keep(fig, path):
-        shown[Path(path).name] = fig
-        return real(fig, path)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(figures, "_save", keep)
-        yield shown
 
 
 def render(out: Path, *paths) -> tuple[dict, str]:

@@ -13,54 +13,11 @@ import pytest
 import torch
 
 from bench import timing as T
+from verify.fake_cuda_timing import FakeCuda
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class FakeCuda:
-    """torch.cuda as far as bench.timing uses it: a GPU clock (seconds) that work queued by
-    a call advances, events that read it, and a log of what the host did, in order."""
-
-    def __init__(self) -> None:
-        self.gpu_now = 0.0
-        self.log: list[str] = []
-        self.allocated = 0
-        self.peak = 0
-
-    def Event(self, enable_timing: bool):  # noqa: N802 (torch's name)
-        assert enable_timing
-        cuda = self
-
-        class _Event:
-            def record(self):
-                cuda.log.append("record")
-                self.t = cuda.gpu_now
-
-            def synchronize(self):
-                cuda.log.append("event.synchronize")
-
-            def elapsed_time(self, end):  # milliseconds, as torch's
-                return (end.t - self.t) * 1e3
-
-        return _Event()
-
-    def synchronize(self):
-        self.log.append("synchronize")
-
-    def work(self, seconds: float, alloc: int = 0) -> None:
-        self.log.append("work")
-        self.gpu_now += seconds
-        self.peak = max(self.peak, self.allocated + alloc)
-
-    # memory
-    def reset_peak_memory_stats(self):
-        self.peak = self.allocated
-
-    def memory_allocated(self):
-        return self.allocated
-
-    def max_memory_allocated(self):
-        return self.peak
 
 
 def cuda_timing(cuda: FakeCuda, cold: bool = False) -> T.Timing:
@@ -173,7 +130,7 @@ def test_pytest_benchmark_keeps_the_event_times_as_its_rounds(tmp_path):
     """))
     out = tmp_path / "out.json"
     (tmp_path / "none.ini").write_text("[pytest]\n")  # not the project's configuration
-    from verify.test_bench_suite import pytest_env
+    from verify.runs import pytest_env
 
     env = {**pytest_env(), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "pytest", str(test), "-q", "-p",

@@ -1,0 +1,54 @@
+"""Helpers for tests that run pytest or read benchmark files (not a test module itself):
+the environment of a pytest subprocess (``pytest_env``), a schema-1 file in today's layout
+(``as_schema2``) and the ``captured`` fixture."""
+
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def pytest_env() -> dict[str, str]:
+    """The environment for a pytest subprocess: without the variables pytest-xdist sets in
+    its workers (pytest-benchmark disables itself when it sees PYTEST_XDIST_WORKER)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
+
+
+def as_schema2(data: dict) -> dict:
+    """A schema-1 fixture in today's layout: machine_info names the schema, every record
+    says whose its method is, the keys no report read are gone."""
+    data = copy.deepcopy(data)
+    ours = {"manual", "manual_forward", "manual_reverse", "gd_closed_form", "gd_loop",
+            "momentum_form1", "momentum_form2", "count_model"}
+    data["machine_info"]["handgrad_schema"] = 2
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        for key in ("grid", "interleaved", "predicted_mode", "params", "model_flops"):
+            info.pop(key, None)
+        info.setdefault("bytes", 0)
+        info["owner"] = "handgrad" if info["method"] in ours else "torch"
+    return data
+
+
+@contextmanager
+def captured():
+    """Every figure the report writes, by file name, as it was when saved."""
+    from handgrad.reports import figures
+
+    shown = {}
+    real = figures._save
+
+    def keep(fig, path):
+        shown[Path(path).name] = fig
+        return real(fig, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "_save", keep)
+        yield shown
+
+
