@@ -13,9 +13,8 @@ from handgrad.kernels import finite_diff
 from handgrad.kernels import jacobian as jm
 from handgrad.kernels import least_squares as ls
 from handgrad.testing.references import as_list, course_weights, deep_net, torch_loss
+from verify.backprop_cases import CASES, Case, make_problem, problem
 from verify.planted import BUG_IDS, BUGS, Bug, planted_backprop
-from verify.test_attribution import problem
-from verify.test_backprop import CASES, Case, make_problem
 
 ORDER_TOL = 0.1
 # the Taylor test needs f twice differentiable at x. relu is not at z = 0, and the relu
