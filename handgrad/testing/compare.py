@@ -103,7 +103,7 @@ def assert_close(
     if tol is None:
         try:
             tol = tol_for(actual.dtype, kind)
-        except ValueError as e:
+        except (TypeError, ValueError) as e:  # no table entry for this dtype
             if not str(e).startswith("dtype:"):  # a bad kind: the caller's error as it is
                 raise
             raise TypeError(f"{label}: {e.args[0]}; pass tol=Tol(rtol, atol)") from None
