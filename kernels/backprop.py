@@ -280,13 +280,18 @@ def backprop(
 
     dws: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     dbs: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
+    bias_first = delta.is_cuda
     for i in range(net.depth - 1, -1, -1):
-        # the bias gradient first: on CUDA a column sum of an (N, K) tensor takes a
-        # temporary (32 MiB at N=4096, K=1024 on an H200, twice delta itself), which at
-        # this point adds to the fewest buffers (dh not yet made)
-        dbs[i] = delta.sum(0)
+        # on CUDA a column sum of an (N, K) tensor takes a temporary (32 MiB at N=4096,
+        # K=1024 on an H200, twice delta itself): the bias gradient is taken first, when it
+        # adds to the fewest buffers (dh not yet made). The CPU's sum takes none, and there
+        # the bias gradient is made last, so that it is not alive when dh is made
+        if bias_first:
+            dbs[i] = delta.sum(0)
         dws[i] = delta.t() @ hs[i]
         dh = delta @ net.weights[i]
+        if not bias_first:
+            dbs[i] = delta.sum(0)
         if i > 0:
             # delta_{i-1} = dh * rho'(z): rho' from the activation, in its own buffer,
             # which the pass then lets go (nothing of layer i is needed below it)
