@@ -216,3 +216,24 @@ def _test_module_imports() -> set[tuple[str, str]]:
 
 def test_no_test_module_imports_another_but_the_bench_spec_readers():
     assert _test_module_imports() - BENCH_SPEC_READERS == set()
+
+
+def test_the_harness_imports_no_private_kernel_helper():
+    """``.ci/gate`` runs this tree's harness (handgrad/, bench/, reports/) over the
+    baseline's kernels/: a harness module importing a private helper of today's kernels
+    (``kernels._checks``, ``kernels._elementwise``) breaks the baseline's run, as
+    ``check_float_dtype`` once did."""
+    import ast
+
+    bad = []
+    for folder in ("handgrad", "bench", "reports"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                mods = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
+                        else [a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [])
+                mods += [f"{node.module}.{a.name}" for a in node.names] if isinstance(
+                    node, ast.ImportFrom) and node.module else []
+                if any(m.startswith(("handgrad.kernels._", "kernels._")) for m in mods):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert bad == []

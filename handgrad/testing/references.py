@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from handgrad.kernels import backprop as bp
-from handgrad.kernels._checks import check_float_dtype
 from handgrad.kernels.mlp import MLP
+from handgrad.testing.tolerances import check_float_dtype
 
 TORCH_ACTIVATIONS = {
     "tanh": torch.tanh,

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from handgrad.kernels._checks import check_float_dtype
-
 
 @dataclass(frozen=True)
 class Tol:
@@ -57,6 +55,19 @@ GRAD: dict[torch.dtype, Tol] = {
 FINITE_DIFF: dict[torch.dtype, Tol] = {
     torch.float64: Tol(rtol=1e-6, atol=1e-8),
 }
+
+
+def check_float_dtype(name: str, value: object) -> torch.dtype:
+    """A floating ``torch.dtype``, else a TypeError naming the argument (a string such as
+    "float32" gets the hint torch.float32). The same rule as ``kernels._checks``'s, written
+    here because the harness (``handgrad.testing``) must import against older kernels too:
+    ``.ci/gate`` runs this tree's harness over the baseline's ``kernels/``."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        named = getattr(torch, value, None) if isinstance(value, str) else None
+        hint = f" (torch.{value})" if isinstance(named, torch.dtype) and \
+            named.is_floating_point else ""
+        raise TypeError(f"{name}: expected a floating torch.dtype{hint}, got {value!r}")
+    return value
 
 
 def tol_for(dtype: torch.dtype, kind: str = "forward") -> Tol:
