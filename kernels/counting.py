@@ -422,9 +422,12 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if self.watched:
-            self.reached.update(id(t) for t in _flat([args, tuple((kwargs or {}).values())])
-                                if id(t) in self.watched)
+        watched = self.watched
+        if watched:  # a parameter reaches an op as an argument of its own (top level);
+            for a in args:  # aten takes a weight or bias positionally
+                if id(a) in watched:
+                    watched.discard(id(a))
+                    self.reached.add(id(a))
         counts = _count_op(name, args, out)
         layer, kind = self.stack[-1] if self.stack else ("", "")
         if counts is None:
