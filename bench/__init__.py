@@ -13,9 +13,9 @@ def slowable_methods() -> dict[str, set[str]]:
     from bench import test_least_squares as bl
 
     return {
-        "backprop": set(bb.OWNERS),
+        "backprop": set(bb.ROLES),
         "jacobian": {bj.method_name(m, batched) for m in bj.METHODS
                      for batched in (False, True)},
-        "least_squares": {f"gd_{m}" for m in bl.GD_OWNERS} | set(bl.MOMENTUM_OWNERS),
-        "counting": set(bc.OWNERS),
+        "least_squares": {f"gd_{m}" for m in bl.GD_ROLES} | set(bl.MOMENTUM_ROLES),
+        "counting": set(bc.ROLES),
     }

@@ -53,12 +53,12 @@ def backprop_bytes(sizes: list[int], n: int, itemsize: int) -> int:
     return itemsize * (2 * params + 2 * acts)
 
 
-OWNERS = {  # method: whose it is
-    "manual": "handgrad",
-    "torch_autograd": "torch",
-    "manual_compiled": "handgrad",
-    "torch_func_grad_compiled": "torch",
-    "manual_captured": "handgrad",
+ROLES = {  # method: its role
+    "manual": "kernel",
+    "torch_autograd": "reference",
+    "manual_compiled": "kernel",
+    "torch_func_grad_compiled": "reference",
+    "manual_captured": "kernel",
 }
 REFERENCE = {  # method: what it is measured against (a reference names itself)
     "manual": "torch_autograd",
@@ -68,7 +68,7 @@ REFERENCE = {  # method: what it is measured against (a reference names itself)
     "manual_captured": "torch_func_grad_compiled",
 }
 # softmax cross-entropy: its own method names in the same groups (a method is one loss)
-CE_OWNERS = {"manual_cross_entropy": "handgrad", "torch_autograd_cross_entropy": "torch"}
+CE_ROLES = {"manual_cross_entropy": "kernel", "torch_autograd_cross_entropy": "reference"}
 CE_REFERENCE = {"manual_cross_entropy": "torch_autograd_cross_entropy",
                 "torch_autograd_cross_entropy": "torch_autograd_cross_entropy"}
 # compiled method: the eager callable of make_calls it compiles (bench.compiled)
@@ -82,7 +82,7 @@ def method_params():
     """The eager methods in every grid; the compiled ones (compile time is tens of seconds
     per graph on 2 cores) in the full grid on CPU-sized params and in the gpu grid."""
     return [pytest.param(m, marks=[pytest.mark.full] if m in COMPILED_FROM else [])
-            for m in OWNERS]
+            for m in ROLES]
 
 
 def make_calls(L: int, K: int, n: int, dtype: torch.dtype, device: str,
@@ -149,7 +149,7 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
     elif method in COMPILED_FROM:
         reset()
         fn, compile_s, mode = compile_call(calls[COMPILED_FROM[method]], device, name=method,
-                                           fullgraph=OWNERS[method] == "handgrad")
+                                           fullgraph=ROLES[method] == "kernel")
         compiled = {"compile_mode": mode, "compile_s": compile_s}
         ref_fn = None
         if reference != method:
@@ -164,10 +164,10 @@ def test_backprop(measure, method: str, L: int, K: int, n: int, dtype: torch.dty
         peak=peak, reference_peak=ref_peak,
         group=f"backprop L={L} K={K} N={n} {device}"
               + ("" if dtype == torch.float32 else f" {str(dtype).removeprefix('torch.')}"),
-        kernel="backprop", method=method, reference=reference, owner=OWNERS[method],
+        kernel="backprop", method=method, reference=reference, role=ROLES[method],
         flops=backprop_flops(sizes, n),
         bytes=backprop_bytes(sizes, n, torch.finfo(dtype).bits // 8),
-        L=L, D=D, K=K, P=P, N=n, device=device, dtype=dtype, **compiled,
+        shape=dict(L=L, D=D, K=K, P=P, N=n), device=device, dtype=dtype, **compiled,
     )
 
 
@@ -182,7 +182,7 @@ def ce_grid_params():
     return cpu + gpu
 
 
-@pytest.mark.parametrize("method", list(CE_OWNERS))
+@pytest.mark.parametrize("method", list(CE_ROLES))
 @pytest.mark.parametrize("L,K,n,dtype", ce_grid_params())
 def test_backprop_cross_entropy(measure, method: str, L: int, K: int, n: int,
                                 dtype: torch.dtype, device: str) -> None:
@@ -195,8 +195,8 @@ def test_backprop_cross_entropy(measure, method: str, L: int, K: int, n: int,
         calls[base],
         reference_fn=None if reference == method else calls["torch_autograd"],
         group=f"backprop L={L} K={K} N={n} {device}",
-        kernel="backprop", method=method, reference=reference, owner=CE_OWNERS[method],
+        kernel="backprop", method=method, reference=reference, role=CE_ROLES[method],
         flops=backprop_flops(sizes, n),
         bytes=backprop_bytes(sizes, n, torch.finfo(dtype).bits // 8),
-        L=L, D=D, K=K, P=CLASSES, N=n, device=device, dtype=dtype,
+        shape=dict(L=L, D=D, K=K, P=CLASSES, N=n), device=device, dtype=dtype,
     )

@@ -35,8 +35,8 @@ def test_ceiling_matmul(measure, device: str, dtype: torch.dtype) -> None:
     b = torch.randn(n, n, generator=g).to(device, dtype)
     itemsize = a.element_size()
     measure(lambda: a @ b, group=f"ceiling matmul {n} {device} {dtype}",
-            kernel="ceiling", method="matmul", reference="matmul", owner="torch",
-            flops=2 * n**3, bytes=3 * itemsize * n * n, N=n, device=device, dtype=dtype)
+            kernel="ceiling", method="matmul", reference="matmul", role="reference",
+            flops=2 * n**3, bytes=3 * itemsize * n * n, shape={"N": n}, device=device, dtype=dtype)
 
 
 @pytest.mark.every_grid
@@ -47,5 +47,5 @@ def test_ceiling_copy(measure, device: str) -> None:
     dst = torch.empty_like(src)
     # bytes moved: every element read once and written once
     measure(lambda: dst.copy_(src), group=f"ceiling copy {device}",
-            kernel="ceiling", method="copy", reference="copy", owner="torch",
-            flops=0, bytes=2 * 4 * numel, N=numel, device=device, dtype=torch.float32)
+            kernel="ceiling", method="copy", reference="copy", role="reference",
+            flops=0, bytes=2 * 4 * numel, shape={"N": numel}, device=device, dtype=torch.float32)

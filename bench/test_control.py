@@ -17,6 +17,6 @@ def test_control_matmul(measure, device: str) -> None:
     measure(
         lambda: a @ b,
         group=f"control matmul {M} {device}",
-        kernel="control", method=f"matmul_{M}", reference=f"matmul_{M}", owner="torch",
-        flops=2 * M**3, bytes=3 * 4 * M * M, N=M, device=device, dtype=torch.float32,
+        kernel="control", method=f"matmul_{M}", reference=f"matmul_{M}", role="reference",
+        flops=2 * M**3, bytes=3 * 4 * M * M, shape={"N": M}, device=device, dtype=torch.float32,
     )

@@ -32,11 +32,11 @@ MODELS = {
 }
 
 
-OWNERS = {"count_model": "handgrad", "flop_counter_mode_meta": "torch",
-          "flop_counter_mode_executed": "torch"}
+ROLES = {"count_model": "kernel", "flop_counter_mode_meta": "reference",
+          "flop_counter_mode_executed": "reference"}
 
 
-@pytest.mark.parametrize("method", list(OWNERS))
+@pytest.mark.parametrize("method", list(ROLES))
 @pytest.mark.parametrize("model_name", [
     pytest.param(m, marks=[pytest.mark.full] if m == "large_conv_stack" else []) for m in MODELS
 ])
@@ -71,9 +71,9 @@ def test_counting(measure, method: str, model_name: str, device: str) -> None:
         calls[method],
         reference_fn=None if reference == method else calls[reference],
         group=f"counting {model_name} {device}",
-        kernel="counting", method=method, reference=reference, owner=OWNERS[method],
+        kernel="counting", method=method, reference=reference, role=ROLES[method],
         # the executed model does the model's work; the meta walk does none of it
         flops=total.flops if method == "flop_counter_mode_executed" else 0, bytes=0,
         model=model_name,
-        N=shape[0], device=device, dtype=torch.float32,
+        shape={"N": shape[0]}, device=device, dtype=torch.float32,
     )

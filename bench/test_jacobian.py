@@ -23,20 +23,20 @@ FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (30, 256, 1024, 4096) for N i
 # 40 TFLOP/s), ~15 s a benchmark eager and as much again compiled (README: the 10 minutes)
 GPU = [(3, 4096, 8192), (10, 4096, 4096), (3, 1024, 65536), (3, 4096, 1)]
 
-METHODS = {  # method: whose it is
-    "manual_forward": "handgrad",
-    "manual_reverse": "handgrad",
-    "torch_func_jacfwd": "torch",
-    "torch_func_jacrev": "torch",
-    "autograd_jacobian": "torch",
-    "autograd_jacobian_forward_mode": "torch",
-    "plain_forward": "torch",
-    "manual_forward_compiled": "handgrad",
-    "manual_reverse_compiled": "handgrad",
-    "torch_func_jacfwd_compiled": "torch",
-    "torch_func_jacrev_compiled": "torch",
-    "manual_forward_captured": "handgrad",
-    "manual_reverse_captured": "handgrad",
+METHODS = {  # method: its role
+    "manual_forward": "kernel",
+    "manual_reverse": "kernel",
+    "torch_func_jacfwd": "reference",
+    "torch_func_jacrev": "reference",
+    "autograd_jacobian": "reference",
+    "autograd_jacobian_forward_mode": "reference",
+    "plain_forward": "reference",
+    "manual_forward_compiled": "kernel",
+    "manual_reverse_compiled": "kernel",
+    "torch_func_jacfwd_compiled": "reference",
+    "torch_func_jacrev_compiled": "reference",
+    "manual_forward_captured": "kernel",
+    "manual_reverse_captured": "kernel",
 }
 # compiled method: the eager method of make_call it compiles (bench.compiled)
 COMPILED_FROM = {m: m.removesuffix("_compiled") for m in METHODS if m.endswith("_compiled")}
@@ -186,7 +186,7 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
     elif method in COMPILED_FROM:
         reset()
         fn, compile_s, mode = compile_call(make_call(COMPILED_FROM[method], ws, x), device,
-                                           fullgraph=METHODS[method] == "handgrad",
+                                           fullgraph=METHODS[method] == "kernel",
                                            name=method_name(method, batched))
         compiled = {"compile_mode": mode, "compile_s": compile_s}
         ref_fn = None if ref is None else compile_call(
@@ -202,11 +202,11 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
         kernel="jacobian",
         method=method_name(method, batched),
         reference=reference,
-        owner=METHODS[method],
+        role=METHODS[method],
         flops=flops_of(method, L, K, N),
         # compulsory traffic: read the weights and x once, write the (N, P, D) Jacobian
         bytes=itemsize * (n_params + N * D + N * P * D),
         model_forward=counts["forward"],
         model_reverse=counts["reverse"],
-        L=L, D=D, K=K, P=P, N=N, device=device, dtype=dtype, **compiled,
+        shape=dict(L=L, D=D, K=K, P=P, N=N), device=device, dtype=dtype, **compiled,
     )

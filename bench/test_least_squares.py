@@ -93,9 +93,9 @@ def gd_reference(method: str, k: int) -> str:
     return method
 
 
-GD_OWNERS = {"closed_form": "handgrad", "loop": "handgrad", "torch_optim_sgd": "torch",
-             "torch_lstsq": "torch", "closed_form_compiled": "handgrad",
-             "torch_lstsq_compiled": "torch"}
+GD_ROLES = {"closed_form": "kernel", "loop": "kernel", "torch_optim_sgd": "reference",
+             "torch_lstsq": "reference", "closed_form_compiled": "kernel",
+             "torch_lstsq_compiled": "reference"}
 # compiled method: the eager method it compiles (bench.compiled), compiled meets compiled.
 # The loops (gd_iterates, torch.optim.SGD) are not compiled: Dynamo unrolls a Python loop
 # of k steps into a graph of k steps (k = 1e4 here), a compile of hours, not a peer.
@@ -106,7 +106,7 @@ GD_COMPILED_FROM = {"closed_form_compiled": "closed_form",
 def gd_method_params():
     """Eager methods in every grid; compiled ones in the full grid (and the gpu grid)."""
     return [pytest.param(m, marks=[pytest.mark.full] if m in GD_COMPILED_FROM else [])
-            for m in GD_OWNERS]
+            for m in GD_ROLES]
 
 
 def gd_calls(X, y, w0, alpha: float, k: int, device: str) -> dict:
@@ -147,7 +147,7 @@ def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
         # mode "default" on every device: torch.linalg reads its LAPACK status on the host,
         # which the CUDA graphs of "reduce-overhead" cannot record
         fn, compile_s, mode = compile_call(calls[eager], device, name=f"gd_{method}",
-                                           fullgraph=GD_OWNERS[method] == "handgrad",
+                                           fullgraph=GD_ROLES[method] == "kernel",
                                            mode="default")
         compiled = {"compile_mode": mode, "compile_s": compile_s}
         ref_fn = None
@@ -162,18 +162,18 @@ def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
         reference_fn=ref_fn,
         group=f"least_squares gd k={k} N={n} D={d} {device}{suffix}",
         kernel="least_squares", method=f"gd_{method}", reference=f"gd_{reference}",
-        owner=GD_OWNERS[method],
+        role=GD_ROLES[method],
         flops=flops.get(method, flops[eager]), bytes=itemsize * (n * d + n + d),
-        N=n, D=d, k=k, device=device, dtype=dtype, **compiled,
+        shape=dict(N=n, D=d, k=k), device=device, dtype=dtype, **compiled,
         **({"gate_noise": GD_LOOP_NOISE} if method == "loop" and k <= 10 else {}),
     )
 
 
-MOMENTUM_OWNERS = {"momentum_form1": "handgrad", "momentum_form2": "handgrad",
-                   "torch_optim_sgd": "torch"}
+MOMENTUM_ROLES = {"momentum_form1": "kernel", "momentum_form2": "kernel",
+                   "torch_optim_sgd": "reference"}
 
 
-@pytest.mark.parametrize("method", list(MOMENTUM_OWNERS))
+@pytest.mark.parametrize("method", list(MOMENTUM_ROLES))
 def test_momentum(measure, method: str, device: str) -> None:
     k, n, alpha, beta = 1_000, 1_000, 0.01, 0.9
     g = torch.Generator().manual_seed(0)
@@ -198,8 +198,8 @@ def test_momentum(measure, method: str, device: str) -> None:
         reference_fn=None if method == "torch_optim_sgd" else sgd,
         group=f"least_squares momentum k={k} n={n} {device}",
         kernel="least_squares", method=method, reference="torch_optim_sgd",
-        owner=MOMENTUM_OWNERS[method],
+        role=MOMENTUM_ROLES[method],
         # per step: form I theta - a g + b (theta - prev) = 5 n; form II / SGD 4 n
         flops=(5 if method == "momentum_form1" else 4) * n * k,
-        bytes=8 * k * n, N=n, k=k, device=device, dtype=torch.float64,
+        bytes=8 * k * n, shape=dict(N=n, k=k), device=device, dtype=torch.float64,
     )

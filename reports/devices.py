@@ -2,8 +2,8 @@
 several, the GPU's speedup over the CPU per method and shape, and per method the
 crossover: the smallest problem size at which the GPU is faster.
 
-Rows of a CPU run and a GPU run are matched on kernel, method, dtype and every shape field
-(L, D, K, P, N, k, model); speedup = CPU median / GPU median (above 1: the GPU is faster).
+Rows of a CPU run and a GPU run are matched on kernel, method, dtype, shape (every
+parameter) and model; speedup = CPU median / GPU median (above 1: the GPU is faster).
 
 Problem size (``SIZE_DEFINITION``): the analytic FLOPs of one call of the costliest method
 timed on that shape, i.e. the largest ``extra_info.flops`` over the benchmarks of the same
@@ -21,10 +21,10 @@ import pandas as pd
 from handgrad.reports import figures
 from handgrad.reports.figures import legend_below, plain_log, plt
 from handgrad.reports.load import on_gpu as is_gpu
-from handgrad.reports.record import SHAPES
+from handgrad.reports.load import shape_columns
 from handgrad.reports.tables import with_ratios
 
-KEYS = ["kernel", "method", "dtype", *SHAPES, "model"]
+KEYS = ["kernel", "method", "dtype", "shape", "model"]
 NEVER = "never within the grid"
 SIZE_DEFINITION = (
     "Problem size is the analytic FLOP count of one call of the costliest method timed on "
@@ -42,14 +42,12 @@ def has_both(df: pd.DataFrame) -> bool:
 def _keyed(df: pd.DataFrame) -> pd.DataFrame:
     """The match keys with their missing values made comparable."""
     df = df.copy()
-    for c in SHAPES:
-        df[c] = pd.to_numeric(df[c]).fillna(-1)
     df["model"] = df["model"].fillna("").astype(str)
     return df
 
 
 def shape_text(row) -> str:
-    parts = [f"{c}={int(row[c])}" for c in SHAPES if row[c] != -1]
+    parts = [row["shape"]] if row["shape"] else []
     if row["model"]:
         parts.append(row["model"])
     return " ".join(parts)
@@ -62,15 +60,16 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
     (reports.tables.DISTURBED_RULE). Empty when the inputs do not hold both devices."""
     df = _keyed(with_ratios(df[df["kernel"] != "ceiling"]))
     df["size_flop"] = pd.to_numeric(df["flops"]).groupby(
-        [df[c] for c in ["kernel", "dtype", *SHAPES, "model"]]).transform("max")
+        [df[c] for c in ["kernel", "dtype", "shape", "model"]]).transform("max")
     df.loc[df["size_flop"] <= 0, "size_flop"] = np.nan
-    cols = [*KEYS, "run", "device", "owner", "reference", "median", "size_flop", "disturbed"]
-    cpu = df[~df["device"].map(is_gpu)][cols]
+    dims = shape_columns(df)  # the parameters, a column each, taken from the CPU's side
+    cols = [*KEYS, "run", "device", "role", "reference", "median", "size_flop", "disturbed"]
+    cpu = df[~df["device"].map(is_gpu)][[*cols, *dims]]
     gpu = df[df["device"].map(is_gpu)][cols]
     out = []
     for (cpu_run, _cpu_dev), c in cpu.groupby(["run", "device"]):
         for (gpu_run, gpu_dev), g in gpu.groupby(["run", "device"]):
-            m = c.merge(g.drop(columns=["owner", "reference", "size_flop"]), on=KEYS,
+            m = c.merge(g.drop(columns=["role", "reference", "size_flop"]), on=KEYS,
                         suffixes=("_cpu", "_gpu"))
             if m.empty:
                 continue
@@ -85,11 +84,9 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
     m["disturbed"] = [" / ".join(f"{side}: {w}" for side, w in (("cpu", a), ("gpu", b)) if w)
                       for a, b in zip(m["disturbed_cpu"], m["disturbed_gpu"])]
     m["shape"] = [shape_text(r) for _, r in m.iterrows()]
-    for c in SHAPES:  # the match keys' placeholders back to missing values
-        m[c] = m[c].where(m[c] != -1)
     m["model"] = m["model"].where(m["model"] != "")
-    return m.sort_values(["cpu_run", "gpu_run", "kernel", "owner", "method", "dtype",
-                          "size_flop", *SHAPES, "model"]).reset_index(drop=True)
+    return m.sort_values(["cpu_run", "gpu_run", "kernel", "role", "method", "dtype",
+                          "size_flop", *dims, "model"]).reset_index(drop=True)
 
 
 def _size(row) -> str:
@@ -103,7 +100,7 @@ def crossovers(sp: pd.DataFrame) -> pd.DataFrame:
     every larger size of the grid too)."""
     rows = []
     sized = sp[sp["size_flop"].notna()]
-    for key, g in sized.groupby(["cpu_run", "gpu_run", "kernel", "owner", "method", "dtype"]):
+    for key, g in sized.groupby(["cpu_run", "gpu_run", "kernel", "role", "method", "dtype"]):
         g = g.sort_values("size_flop")
         faster = g["speedup"].to_numpy() > 1
         first = g[faster].iloc[0] if faster.any() else None
@@ -111,7 +108,7 @@ def crossovers(sp: pd.DataFrame) -> pd.DataFrame:
         tail = len(faster) - int(np.argmin(faster[::-1])) if not faster.all() else 0
         from_on = g.iloc[tail] if tail < len(faster) else None
         rows.append({
-            **dict(zip(["cpu_run", "gpu_run", "kernel", "owner", "method", "dtype"], key)),
+            **dict(zip(["cpu_run", "gpu_run", "kernel", "role", "method", "dtype"], key)),
             "shapes": len(g),
             "speedup_min": float(g["speedup"].min()),
             "speedup_max": float(g["speedup"].max()),
@@ -125,9 +122,9 @@ def crossovers(sp: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    return out.sort_values(["cpu_run", "gpu_run", "owner", "kernel", "method"],
-                           key=lambda s: s.map(lambda v: (v != "handgrad", v))
-                           if s.name == "owner" else s).reset_index(drop=True)
+    return out.sort_values(["cpu_run", "gpu_run", "role", "kernel", "method"],
+                           key=lambda s: s.map(lambda v: (v != "kernel", v))
+                           if s.name == "role" else s).reset_index(drop=True)
 
 
 DEVICE_COLOURS = {"cpu": "tab:blue", "gpu": "tab:orange"}
@@ -153,10 +150,10 @@ def _markers(side: str, filled: bool, size: float) -> dict:
 
 def figure(sp: pd.DataFrame, cross: pd.DataFrame, out: Path, name: str) -> Path | None:
     """Time per call against problem size for one CPU run and one GPU run: a panel per
-    handgrad method, a point per shape (filled; its torch reference on that shape hollow),
+    kernel method, a point per shape (filled; its reference on that shape hollow),
     a colour per device, the crossover drawn and named in the panel's title. Points, not
     lines: neighbouring sizes are often unlike shapes (a batch against a width)."""
-    ours = sp[(sp["owner"] == "handgrad") & sp["size_flop"].notna()]
+    ours = sp[(sp["role"] == "kernel") & sp["size_flop"].notna()]
     if ours.empty:
         return None
     (cpu_run, gpu_run), = set(zip(sp["cpu_run"], sp["gpu_run"]))
@@ -195,11 +192,11 @@ def figure(sp: pd.DataFrame, cross: pd.DataFrame, out: Path, name: str) -> Path 
         ax.set_ylabel("median time per call (ms)")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], label="CPU: handgrad kernel", **_markers("cpu", True, 6)),
-               plt.Line2D([], [], label="GPU: handgrad kernel", **_markers("gpu", True, 6)),
-               plt.Line2D([], [], label="CPU: its torch reference on the shape",
+    handles = [plt.Line2D([], [], label="CPU: kernel", **_markers("cpu", True, 6)),
+               plt.Line2D([], [], label="GPU: kernel", **_markers("gpu", True, 6)),
+               plt.Line2D([], [], label="CPU: its reference on the shape",
                           **_markers("cpu", False, 5)),
-               plt.Line2D([], [], label="GPU: its torch reference on the shape",
+               plt.Line2D([], [], label="GPU: its reference on the shape",
                           **_markers("gpu", False, 5)),
                plt.Line2D([], [], color="k", ls=":", lw=1,
                           label="crossover: smallest size at which the GPU is faster")]

@@ -3,8 +3,8 @@ every figure goes through ``_save`` (tests capture it there). The roofline is in
 ``reports.roofline``, the CPU-vs-GPU figure in ``reports.devices``.
 
 Conventions shared by all figures: a run (one input file, ``run`` = "machine · file") is
-never drawn on the same line as another; handgrad's kernels stand apart from torch's
-references (``OWNER_STYLE``: thick solid lines and filled markers against thin dashed lines
+never drawn on the same line as another; kernels stand apart from their
+references (``ROLE_STYLE``: thick solid lines and filled markers against thin dashed lines
 and hollow markers)."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-OWNER_STYLE = {
-    "handgrad": {"ls": "-", "lw": 2.4, "filled": True},
-    "torch": {"ls": "--", "lw": 1.0, "filled": False},
+ROLE_STYLE = {
+    "kernel": {"ls": "-", "lw": 2.4, "filled": True},
+    "reference": {"ls": "--", "lw": 1.0, "filled": False},
 }
-OWNER_TEXT = {"handgrad": "handgrad kernel (thick solid line, filled markers)",
-              "torch": "torch reference (thin dashed line, hollow markers)"}
+ROLE_TEXT = {"kernel": "kernel (thick solid line, filled markers)",
+             "reference": "reference (thin dashed line, hollow markers)"}
 
 
 def _num(v) -> str:
@@ -39,17 +39,17 @@ def run_title(run: str, device: str) -> str:
     return f"{machine}\n{source} · {device}" if source else f"{run} · {device}"
 
 
-def owner_handles(owners) -> list[Line2D]:
-    """Legend entries that say which style is handgrad's and which torch's."""
-    present = set(owners)
-    return [Line2D([], [], color="k", ls=OWNER_STYLE[o]["ls"], lw=OWNER_STYLE[o]["lw"],
-                   marker="o", ms=5, markerfacecolor="k" if OWNER_STYLE[o]["filled"]
-                   else "none", label=OWNER_TEXT[o]) for o in OWNER_TEXT if o in present]
+def role_handles(roles) -> list[Line2D]:
+    """Legend entries that say which style is a kernel's and which a reference's."""
+    present = set(roles)
+    return [Line2D([], [], color="k", ls=ROLE_STYLE[o]["ls"], lw=ROLE_STYLE[o]["lw"],
+                   marker="o", ms=5, markerfacecolor="k" if ROLE_STYLE[o]["filled"]
+                   else "none", label=ROLE_TEXT[o]) for o in ROLE_TEXT if o in present]
 
 
-def line_style(owner: str, colour) -> dict:
-    """Keyword arguments of ``ax.plot`` for a method of this owner."""
-    st = OWNER_STYLE.get(owner, OWNER_STYLE["torch"])
+def line_style(role: str, colour) -> dict:
+    """Keyword arguments of ``ax.plot`` for a method of this role."""
+    st = ROLE_STYLE.get(role, ROLE_STYLE["reference"])
     return {"color": colour, "ls": st["ls"], "lw": st["lw"], "marker": "o", "ms": 4,
             "markerfacecolor": colour if st["filled"] else "none", "markeredgecolor": colour}
 
@@ -117,8 +117,8 @@ def _save(fig, path: Path) -> Path:
 def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
     """Median time against depth L: a row of panels per run, device and dtype (never two
     runs or dtypes on one line), a panel per (width K, batch N), a line per method, one
-    colour per method in every panel, handgrad's kernels apart from torch's references
-    (OWNER_STYLE). A panel with a single depth is a point chart of the methods."""
+    colour per method in every panel, kernels apart from their references
+    (ROLE_STYLE). A panel with a single depth is a point chart of the methods."""
     if "L" not in df.columns:
         return None
     sub = df[(df["kernel"] == kernel) & df["L"].notna()]
@@ -129,14 +129,14 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
     panels = [p if isinstance(p, tuple) else (p,) for p in panels]
     places = sorted(sub.groupby(["run", "device", "dtype"]).groups)
     several = sub["dtype"].nunique() > 1  # then the rows say their dtype
-    owners = sub.groupby("method")["owner"].first()
-    # handgrad's kernels first, each method one colour throughout
-    methods = sorted(owners.index, key=lambda m: (owners[m] != "handgrad", m))
+    owners = sub.groupby("method")["role"].first()
+    # kernels first, each method one colour throughout
+    methods = sorted(owners.index, key=lambda m: (owners[m] != "kernel", m))
     # up to 20 methods (compiled peers double them) each keep a colour of their own
     cmap, n = (plt.cm.tab10, 10) if len(methods) <= 10 else (plt.cm.tab20, 20)
     colours = {m: cmap(i % n) for i, m in enumerate(methods)}
     cols, rows = len(panels), len(places)
-    # the legend below (a line per method, and the owner styles) gets room of its own
+    # the legend below (a line per method, and the role styles) gets room of its own
     ncol = min(4, max(1, int(4.3 * cols / 3.6)))
     legend_h = 0.22 * -(-(len(methods) + 2) // ncol) + 0.3
     fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.8 * rows + 0.8 + legend_h),
@@ -174,7 +174,7 @@ def time_vs_depth(df: pd.DataFrame, kernel: str, out: Path) -> Path | None:
     for ax in axes[:, 0]:
         ax.set_ylabel("median time per call (ms)")
     handles = [Line2D([], [], label=m, **line_style(owners[m], colours[m])) for m in methods]
-    handles += owner_handles(owners)
+    handles += role_handles(owners)
     legend_below(fig, handles, ncol=ncol)
     fig.suptitle(f"{kernel}: time per call against depth (a row of panels per run and "
                  f"device{', and dtype' if several else ''})", fontsize=11)
@@ -186,7 +186,7 @@ def _points(ax, g: pd.DataFrame, methods, colours, gid: str) -> None:
     present = [m for m in methods if m in set(g["method"])]
     for x, method in enumerate(present):
         r = g[g["method"] == method]
-        st = line_style(r["owner"].iloc[0], colours[method])
+        st = line_style(r["role"].iloc[0], colours[method])
         st.update(ls="none", ms=7)
         ax.plot([x] * len(r), r["median"] * 1e3, label=method, gid=gid, **st)
     ax.set_xlim(-0.6, len(present) - 0.4)

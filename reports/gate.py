@@ -28,9 +28,9 @@ other shapes held still). So
   between-process noise (``extra_info["gate_noise"]``) is held to
   ``1 + max(benchmark_threshold, gate_noise)`` instead.
 
-Only handgrad's kernels are gated (records whose ``owner`` is ``handgrad``, measured against
-another method); torch's own methods appear in the report, not in the gate. A benchmark
-whose torch reference itself took over ``DISTURBED`` times (or under 1/``DISTURBED``) its
+Only kernels are gated (records whose ``role`` is ``kernel``, measured against another
+method); references appear in the report, not in the gate. A benchmark whose reference
+itself took over ``DISTURBED`` times (or under 1/``DISTURBED``) its
 baseline time ran on a disturbed machine: it is listed, not gated; too many such
 benchmarks make the input unusable (exit 2).
 """
@@ -197,12 +197,12 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     base, cur = load_benchmarks([baseline]), load_benchmarks([current])
     keys = ["group", "method"]
     pairs = base.merge(cur, on=keys, suffixes=("_b", "_c"))
-    gated = ((pairs["owner_c"] == "handgrad") & (pairs["owner_b"] == "handgrad")
+    gated = ((pairs["role_c"] == "kernel") & (pairs["role_b"] == "kernel")
              & (pairs["method"] != pairs["reference_c"]))
     pairs = pairs[gated]
     if pairs.empty:
-        raise ReportInputError(f"{baseline} and {current} have no handgrad kernel "
-                               "benchmarks in common")
+        raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks "
+                               "(role kernel) in common")
     skipped = []
     # a ratio to one reference says nothing about a ratio to another
     moved = pairs["reference_b"] != pairs["reference_c"]
@@ -434,7 +434,7 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
     metric = "own" if same else "ratio"
 
     def counted(df):
-        keep = (df["owner"] == "handgrad") & (df["method"] != df["reference"]) & df[
+        keep = (df["role"] == "kernel") & (df["method"] != df["reference"]) & df[
             "instructions"].notna()
         return df[keep]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from handgrad.reports.record import BenchRecord, RecordError, paired_ratios, schema_of
+from handgrad.reports.record import SHAPES, BenchRecord, RecordError, paired_ratios, schema_of
 
 RECORD_COLUMNS = tuple(f.name for f in fields(BenchRecord))
 # what the reports read of pytest-benchmark's own stats (seconds; data: one time a round)
@@ -117,7 +117,9 @@ def _fingerprint(data: dict) -> str:
 
 def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
     """A row per benchmark per file: source, machine, run ("machine · file", unique per
-    file), schema (the file's record layout), group, name, every BenchRecord field,
+    file), schema (the file's record layout), group, name, every BenchRecord field (the
+    shape as text, "L=3 K=30"), a column per shape parameter (``shape_columns``: missing
+    where a benchmark lacks it) and ``shape_keys`` (the parameters a row has),
     ``fields_written`` (the extra_info keys the file holds: a field read with its default
     was not measured), ``interleaved`` (it has paired reference rounds), and median/iqr
     (seconds), rounds, the per-round data (list, seconds).
@@ -173,6 +175,10 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
             row = {"source": str(path), "machine": machine, "schema": schema,
                    "group": b.get("group") or name, "name": name}
             row.update((f, getattr(record, f)) for f in RECORD_COLUMNS)
+            row.update(record.shape)
+            # the shape as hashable cells (a dict cell breaks pandas' grouping)
+            row["shape"] = shape_text(record.shape)
+            row["shape_keys"] = tuple(record.shape)
             row["reference_data"] = (None if record.reference_data is None
                                      else list(record.reference_data))
             row["interleaved"] = record.reference_data is not None
@@ -180,9 +186,29 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
             row.update(stats)
             rows.append(row)
     df = pd.DataFrame(rows)
+    for key in SHAPES:  # handgrad's own parameters: a column each, also when absent
+        if key not in df.columns:
+            df[key] = float("nan")
     labels = dict(zip(map(str, paths), run_labels(paths, machines)))
     df.insert(2, "run", df["source"].map(labels))
     return df
+
+
+def _shape_order(keys) -> list[str]:
+    return [k for k in SHAPES if k in keys] + sorted(set(keys) - set(SHAPES))
+
+
+def shape_text(shape) -> str:
+    """A shape as one canonical line, "L=3 K=30 N=1024" (``_shape_order``): two runs of
+    one benchmark give the same text whatever order their mappings were written in."""
+    return " ".join(f"{k}={shape[k]}" for k in _shape_order(shape))
+
+
+def shape_columns(df: pd.DataFrame) -> list[str]:
+    """The shape parameters of the loaded benchmarks, in table order: handgrad's own
+    (``record.SHAPES``: L, D, K, P, N, k) first, then any other in order of name; only
+    those some row has."""
+    return _shape_order(set().union(*df["shape_keys"]) if len(df) else set())
 
 
 def gaps(df: pd.DataFrame) -> dict[str, list[str]]:
@@ -193,7 +219,7 @@ def gaps(df: pd.DataFrame) -> dict[str, list[str]]:
         written = frozenset().union(*g["fields_written"])
         lack = []
         if int(g["schema"].iloc[0]) == 1:
-            lack.append("the owner field (schema 1: each method's owner is taken from the "
+            lack.append("the owner field (schema 1: each method's role is taken from the "
                         "list of methods that suite timed)")
         if "timer" not in written or "cache" not in written:
             lack.append("the timer and cache mode (read as perf_counter around a "

@@ -12,29 +12,38 @@
   the tables, the figures and the gate show.
 
 A benchmark file says which record layout it holds in ``machine_info["handgrad_schema"]``
-(``SCHEMA``). Files written before the field existed (schema 1, e.g. the H100 runs in
-``../shared/gpu-h100/``) had no ``owner``; they are read through ``LEGACY_OWNERS``, the
-exact methods that suite timed, and a method outside it is refused, never guessed.
+(``SCHEMA``). Schema 4 is open to any project's kernels: any family name (``kernel``), any
+method names, a ``role`` ("kernel": timed against a reference, gated; "reference": what it
+is measured against) and the shape as a mapping of any parameter names to sizes. Files of
+schemas 1 to 3 (handgrad's own suite: ``owner`` "handgrad"/"torch", the shape in the fixed
+fields L, D, K, P, N, k) are read into it. Schema 1 (e.g. the H100 runs in
+``../shared/gpu-h100/``) had no ``owner``; it is read through ``LEGACY_OWNERS``, the exact
+methods that suite timed, and a method outside it is refused, never guessed.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 
-SCHEMA = 3  # 3: instruction counts (instructions, reference_instructions, timer callgrind)
-SCHEMAS = (1, 2, SCHEMA)  # what this version reads
+# 3: instruction counts (instructions, reference_instructions, timer callgrind)
+# 4: open to any project: any kernel family, role instead of owner, shape as a mapping
+SCHEMA = 4
+SCHEMAS = (1, 2, 3, SCHEMA)  # what this version reads
 SCHEMA_KEY = "handgrad_schema"  # in machine_info
-OWNERS = ("handgrad", "torch")
-KERNELS = ("backprop", "jacobian", "counting", "least_squares", "control", "ceiling")
+ROLES = ("kernel", "reference")  # kernel: measured against a reference (gated)
+# schemas 1 to 3: owner in place of role
+LEGACY_ROLES = {"handgrad": "kernel", "torch": "reference"}
 # how a call was timed (see bench/timing.py); "callgrind": under valgrind, whose times are
 # not wall clock: the run's measurement is its instruction counts (bench/callgrind.py)
 TIMERS = ("perf_counter", "cuda_event", "callgrind")
 CACHES = ("warm", "cold")  # cold: the GPU's L2 was flushed before each timed call
-SHAPES = ("L", "D", "K", "P", "N", "k")  # the shape parameters a benchmark may have
+# schemas 1 to 3: the only shape parameters a benchmark could have (their fields); in schema
+# 4 the shape is a mapping of any names, these first in tables when present
+SHAPES = ("L", "D", "K", "P", "N", "k")
 
 # schema 1 (no owner field): every (kernel, method) that suite timed, and whose it is
 LEGACY_OWNERS = {
@@ -65,6 +74,13 @@ LEGACY_OWNERS = {
 LEGACY_UNREAD = ("grid", "interleaved", "predicted_mode", "params", "model_flops")
 
 
+# what a shape parameter may not be named: the columns a report reads beside it (a row per
+# benchmark holds the record's fields, the shape's parameters and these)
+RESERVED_COLUMNS = ("source", "machine", "run", "schema", "group", "name", "interleaved",
+                    "fields_written", "median", "iqr", "rounds", "data", "shape",
+                    "shape_keys")
+
+
 class RecordError(ValueError):
     """A record that does not follow this module's definition; the message names the
     field, what it held and what was expected."""
@@ -91,6 +107,23 @@ def _positive(name: str, value) -> float:
     return float(value)
 
 
+def _shape(value) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise RecordError(f"shape: expected a mapping of parameter names to sizes, e.g. "
+                          f"{{'N': 256, 'K': 64}}, got {type(value).__name__}")
+    reserved = {f.name for f in fields(BenchRecord)} | set(RESERVED_COLUMNS)
+    out = {}
+    for name, size in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise RecordError(f"shape: expected parameter names that are identifiers, got "
+                              f"{name!r}")
+        if name in reserved:
+            raise RecordError(f"shape: parameter name {name!r} is taken by a record field or "
+                              f"report column; rename it (e.g. {name}_)")
+        out[name] = _int(f"shape[{name!r}]", size, minimum=1)
+    return out
+
+
 def _times(name: str, value) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise RecordError(f"{name}: expected a non-empty list of times (seconds), got "
@@ -103,21 +136,17 @@ class BenchRecord:
     """One benchmark's ``extra_info``: what was timed, whose it is, against what, and the
     analytic work of one call."""
 
-    kernel: str  # the family, one of KERNELS
-    method: str  # what was timed, e.g. manual_forward, torch_func_jacfwd
+    kernel: str  # the family: any name, e.g. backprop, softplus_layer
+    method: str  # what was timed, e.g. manual_forward, torch.func.jacfwd
     reference: str  # the method it is measured against; a reference names itself
-    owner: str  # "handgrad" (a kernel of ours: gated) or "torch" (a reference: reported)
-    flops: int  # analytic FLOPs of one call (2 per multiply-add); 0 when it does none
+    role: str  # "kernel" (measured against its reference: gated) or "reference" (reported)
+    flops: int  # analytic FLOPs of one call (2 per multiply-add); 0 when not modelled
     bytes: int  # compulsory memory traffic of one call; 0 when not modelled
     device: str
     dtype: str
     threads: int  # torch CPU threads during the run
-    L: int | None = None
-    D: int | None = None
-    K: int | None = None
-    P: int | None = None
-    N: int | None = None
-    k: int | None = None
+    # the problem's size: parameter name -> size, e.g. {"L": 3, "K": 30, "N": 1024}
+    shape: Mapping[str, int] = field(default_factory=dict)
     model: str | None = None  # counting: the model counted
     model_forward: int | None = None  # jacobian: the op-count model's multiplies,
     model_reverse: int | None = None  # forward and reverse mode
@@ -143,18 +172,19 @@ class BenchRecord:
     reference_instructions: int | None = None
 
     def __post_init__(self) -> None:
-        _str("kernel", self.kernel, KERNELS)
+        _str("kernel", self.kernel)
         _str("method", self.method)
         _str("reference", self.reference)
-        _str("owner", self.owner, OWNERS)
+        _str("role", self.role, ROLES)
         _int("flops", self.flops)
         _int("bytes", self.bytes)
         _str("device", self.device)
         _str("dtype", self.dtype)
         _int("threads", self.threads, minimum=1)
-        for name in SHAPES:
-            if getattr(self, name) is not None:
-                _int(name, getattr(self, name), minimum=1)
+        object.__setattr__(self, "shape", _shape(self.shape))
+        if self.role == "reference" and self.method != self.reference:
+            raise RecordError(f"role: {self.method} is timed against {self.reference}, so it "
+                              "is a kernel; a reference names itself as its reference")
         if self.model is not None:
             _str("model", self.model)
         for name in ("model_forward", "model_reverse"):
@@ -189,17 +219,14 @@ class BenchRecord:
                                   "only a method timed against another has paired rounds")
 
     @property
-    def shape(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in SHAPES if getattr(self, k) is not None}
-
-    @property
     def gated(self) -> bool:
-        """The gate judges handgrad's kernels measured against a reference."""
-        return self.owner == "handgrad" and self.method != self.reference
+        """The gate judges kernels measured against a reference."""
+        return self.role == "kernel" and self.method != self.reference
 
     def to_extra_info(self) -> dict:
         """The JSON-ready ``extra_info``, without the fields left at None."""
         out = {k: v for k, v in asdict(self).items() if v is not None}
+        out["shape"] = dict(self.shape)
         if self.reference_data is not None:
             out["reference_data"] = list(self.reference_data)
         return out
@@ -210,6 +237,8 @@ class BenchRecord:
         if not isinstance(info, Mapping):
             raise RecordError(f"extra_info: expected an object, got {type(info).__name__}")
         info = dict(info)
+        if schema not in SCHEMAS:
+            raise RecordError(f"{SCHEMA_KEY}: expected one of {list(SCHEMAS)}, got {schema!r}")
         if schema == 1:
             for key in LEGACY_UNREAD:
                 info.pop(key, None)
@@ -221,17 +250,33 @@ class BenchRecord:
                         f"owner: a schema-1 file (written before the owner field) holds "
                         f"{kernel}.{method}, which that suite never timed; rerun the bench")
                 info["owner"] = LEGACY_OWNERS[kernel, method]
-        elif schema not in SCHEMAS:
-            raise RecordError(f"{SCHEMA_KEY}: expected one of {list(SCHEMAS)}, got {schema!r}")
+        if schema < 4:
+            info = _from_legacy(info)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(info) - known)
         if unknown:
             raise RecordError(f"extra_info: unknown field(s) {unknown}; expected only "
                               f"{sorted(known)}")
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in info]
+        missing = [f.name for f in fields(cls) if f.default is MISSING
+                   and f.default_factory is MISSING and f.name not in info]
         if missing:
             raise RecordError(f"extra_info: missing field(s) {missing}")
         return cls(**info)
+
+
+def _from_legacy(info: dict) -> dict:
+    """A schema 1 to 3 ``extra_info`` (owner, shape fields L..k) as schema 4's fields."""
+    if "shape" in info or "role" in info:
+        raise RecordError("extra_info: shape and role are schema-4 fields, in a file marked "
+                          f"as an older schema; mark it {SCHEMA_KEY}={SCHEMA}")
+    owner = info.pop("owner", None)
+    if owner not in LEGACY_ROLES:
+        raise RecordError(f"owner: expected one of {list(LEGACY_ROLES)}, got {owner!r}")
+    info["role"] = LEGACY_ROLES[owner]
+    info["shape"] = {k: info.pop(k) for k in SHAPES if info.get(k) is not None}
+    for k in SHAPES:
+        info.pop(k, None)
+    return info
 
 
 def schema_of(machine_info) -> int:

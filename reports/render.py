@@ -72,8 +72,8 @@ def _about_runs(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         *counts,
         f"{RATIO_DEFINITION} `gflop_s` is the analytic operation count in each "
         "benchmark's `extra_info.flops` over its median time. Times are per call; "
-        "`owner` says whose each method is (handgrad's kernels are listed before torch's "
-        "references of the same shape).",
+        "`role` says what each method is (kernels are listed before the references they "
+        "are timed against, within each shape).",
         "",
         f"{memory}",
         "",
@@ -111,8 +111,8 @@ def _cpu_vs_gpu(df: pd.DataFrame, out: Path, written: list) -> list[str]:
         s = sp[(sp["cpu_run"] == cpu_run) & (sp["gpu_run"] == gpu_run)]
         c = cross[(cross["cpu_run"] == cpu_run) & (cross["gpu_run"] == gpu_run)]
         lines += [f"### CPU `{cpu_run}` against GPU `{gpu_run}`", "",
-                  "Crossover per method (handgrad's kernels first):", "",
-                  to_markdown(c[["kernel", "owner", "method", "dtype", "shapes",
+                  "Crossover per method (kernels first):", "",
+                  to_markdown(c[["kernel", "role", "method", "dtype", "shapes",
                                  "speedup_min", "speedup_max", "crossover",
                                  "faster_from"]]), ""]
         suffix = "" if one else f"_{i}"
@@ -127,7 +127,7 @@ def _cpu_vs_gpu(df: pd.DataFrame, out: Path, written: list) -> list[str]:
             written.append(fig)
             lines += ["The manual Jacobians, forward and reverse mode, against depth on the "
                       "CPU and the GPU:", "", f"![Jacobian CPU vs GPU]({fig.name})", ""]
-        shown = s[["kernel", "owner", "method", "dtype", "shape", "size_flop", "cpu_ms",
+        shown = s[["kernel", "role", "method", "dtype", "shape", "size_flop", "cpu_ms",
                    "gpu_ms", "speedup", "disturbed"]]
         lines += ["Speedup per method and shape:", "", to_markdown(_shown(shown)), ""]
     return lines

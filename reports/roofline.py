@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from handgrad.reports import figures
-from handgrad.reports.figures import OWNER_TEXT, legend_below, plain_log, plt, run_title
+from handgrad.reports.figures import ROLE_TEXT, legend_below, plain_log, plt, run_title
 from handgrad.reports.record import achieved_gflops
 
 ROOF_STYLES = ("-", "-.", ":")
@@ -87,7 +87,7 @@ def notes(df: pd.DataFrame) -> list[str]:
 def roofline(df: pd.DataFrame, out: Path) -> Path | None:
     """Achieved GFLOP/s against arithmetic intensity (FLOPs per byte of compulsory traffic),
     a panel per run and device, under that run's measured roofs (or the control matmul as
-    a drift check when it measured none); handgrad's kernels filled, references hollow."""
+    a drift check when it measured none); kernels filled, references hollow."""
     d = df.copy()
     d["flops_n"] = pd.to_numeric(d["flops"], errors="coerce")
     d["bytes_n"] = pd.to_numeric(d["bytes"], errors="coerce")
@@ -106,10 +106,10 @@ def roofline(df: pd.DataFrame, out: Path) -> Path | None:
     top = pts["gflops"].max()
     for ax, (run, device) in zip(axes[0], places):
         p = pts[(pts["run"] == run) & (pts["device"] == device)]
-        for (kernel, owner), h in p.groupby(["kernel", "owner"]):
+        for (kernel, role), h in p.groupby(["kernel", "role"]):
             c = colours[kernel]
             ax.scatter(h["intensity"], h["gflops"], s=24, alpha=0.85, edgecolors=c,
-                       facecolors=c if owner == "handgrad" else "none")
+                       facecolors=c if role == "kernel" else "none")
         mine = ceil[(ceil["run"] == run) & (ceil["device"] == device)]
         lo, hi = p["intensity"].min() / 3, p["intensity"].max() * 3
         title = None
@@ -149,13 +149,13 @@ def roofline(df: pd.DataFrame, out: Path) -> Path | None:
     axes[0][0].set_ylim(top=top * 30)
     axes[0][0].set_ylabel("achieved GFLOP/s (analytic FLOPs / median time)")
     handles = [plt.Line2D([], [], ls="", marker="o", color=colours[k],
-                          markerfacecolor=colours[k] if o == "handgrad" else "none",
-                          label=f"{k}: {OWNER_TEXT[o].split(' (')[0]}")
-               for k in colours for o in ("handgrad", "torch")
-               if ((pts["kernel"] == k) & (pts["owner"] == o)).any()]
+                          markerfacecolor=colours[k] if o == "kernel" else "none",
+                          label=f"{k}: {ROLE_TEXT[o].split(' (')[0]}")
+               for k in colours for o in ("kernel", "reference")
+               if ((pts["kernel"] == k) & (pts["role"] == o)).any()]
     legend_below(fig, handles, ncol=4, col_width=2.6)
-    fig.suptitle("Roofline: achieved throughput under the measured roofs\n(handgrad's "
-                 "kernels filled, torch's references hollow)", fontsize=11)
+    fig.suptitle("Roofline: achieved throughput under the measured roofs\n(kernels "
+                 "filled, their references hollow)", fontsize=11)
     return figures._save(fig, out / "roofline.png")
 
 

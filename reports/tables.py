@@ -7,16 +7,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from handgrad.reports.load import shape_columns
 from handgrad.reports.record import (
     DISTURBED,
-    SHAPES,
     achieved_gflops,
     memory_ratio,
     ratio_to_reference,
 )
 
-# the columns that tell one benchmark from another beside its method (model: counting)
-KEY_COLUMNS = (*SHAPES, "model")
+
+def key_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that tell one benchmark from another beside its method: the shape's
+    parameters and (counting) the model."""
+    return [*shape_columns(df), "model"]
 # a like-cost reference keeps real ratios within 0.14 to 4 on those runs; a ratio beyond
 # 1/IMPLAUSIBLE..IMPLAUSIBLE (e.g. 0.007) says the machine, not the kernel, changed
 IMPLAUSIBLE = 20.0
@@ -82,16 +85,16 @@ def _disturbed(df: pd.DataFrame) -> list[str]:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The report's main table: one row per benchmark, times in milliseconds, handgrad's
-    kernels before torch's references within each shape. ``peak_mib`` and
+    """The report's main table: one row per benchmark, times in milliseconds, kernels
+    before their references within each shape. ``peak_mib`` and
     ``memory_ratio`` only when a row recorded its peak memory, ``timer`` and ``cache``
     only when a file wrote them (older files hold neither: reported as lacking, not shown
     as a default), ``compile_mode`` and ``compile_s`` only for compiled methods,
     ``slowed_by`` only when a run was slowed on purpose, ``disturbed`` only when a row is
     flagged."""
     df = with_counts(with_ratios(df))
-    keys = [c for c in KEY_COLUMNS if c in df.columns and df[c].notna().any()]
-    out = df[["run", "machine", "kernel", "owner", "method", "reference", "device", "dtype",
+    keys = [c for c in key_columns(df) if c in df.columns and df[c].notna().any()]
+    out = df[["run", "machine", "kernel", "role", "method", "reference", "device", "dtype",
               "threads", *keys]].copy()
     out["median_ms"] = df["median"] * 1e3
     out["iqr_ms"] = df["iqr"] * 1e3
@@ -117,7 +120,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         out["slowed_by"] = df["slowed_by"]
     if (df["disturbed"] != "").any():
         out["disturbed"] = df["disturbed"]
-    return out.sort_values(["kernel", "run", "device", *keys, "owner", "method"],
+    return out.sort_values(["kernel", "run", "device", *keys, "role", "method"],
                            na_position="first").reset_index(drop=True)
 
 

@@ -1,6 +1,6 @@
 """Helpers for tests that run pytest or read benchmark files (not a test module itself):
 the environment of a pytest subprocess (``pytest_env``), a schema-1 file in today's layout
-(``as_schema2``) and the ``captured`` fixture."""
+(``as_schema2``, ``as_schema4``) and the ``captured`` fixture."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def as_schema2(data: dict) -> dict:
             info.pop(key, None)
         info.setdefault("bytes", 0)
         info["owner"] = "handgrad" if info["method"] in ours else "torch"
+    return data
+
+
+def as_schema4(data: dict) -> dict:
+    """A schema-1 fixture in today's layout (schema 4): every record has its role, and its
+    shape as a mapping; otherwise as ``as_schema2``."""
+    data = as_schema2(data)
+    data["machine_info"]["handgrad_schema"] = 4
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        info["role"] = {"handgrad": "kernel", "torch": "reference"}[info.pop("owner")]
+        info["shape"] = {k: info.pop(k) for k in ("L", "D", "K", "P", "N", "k") if k in info}
     return data
 
 

@@ -78,16 +78,16 @@ def test_the_ceilings_are_measured(tiny_run):
     got = {b["extra_info"]["method"]: b for b in tiny_run["benchmarks"]
            if b["extra_info"]["kernel"] == "ceiling"}
     assert set(got) == {"matmul", "copy"}
-    n = got["matmul"]["extra_info"]["N"]
+    n = got["matmul"]["extra_info"]["shape"]["N"]
     assert got["matmul"]["extra_info"]["flops"] == 2 * n**3
-    assert got["copy"]["extra_info"]["bytes"] == 2 * 4 * got["copy"]["extra_info"]["N"]
+    assert got["copy"]["extra_info"]["bytes"] == 2 * 4 * got["copy"]["extra_info"]["shape"]["N"]
 
 
 def test_every_family_depth_and_device_is_present(tiny_run):
     infos = [b["extra_info"] for b in tiny_run["benchmarks"]]
     assert {i["kernel"] for i in infos} == FAMILIES
     for family in ("backprop", "jacobian"):
-        assert {i["L"] for i in infos if i["kernel"] == family} >= {3, 5, 10}
+        assert {i["shape"]["L"] for i in infos if i["kernel"] == family} >= {3, 5, 10}
     assert {i["device"] for i in infos} == {"cpu"}
 
 
@@ -97,9 +97,9 @@ def test_every_benchmark_writes_a_valid_record(tiny_run):
         record = BenchRecord.from_extra_info(b["extra_info"])  # raises on a bad field
         assert b["stats"]["data"], f"{b['name']}: no per-round data"
         # the reference it names is timed in the same group of the same run, and is torch's
-        group = {x["extra_info"]["method"]: x["extra_info"]["owner"]
+        group = {x["extra_info"]["method"]: x["extra_info"]["role"]
                  for x in tiny_run["benchmarks"] if x["group"] == b["group"]}
-        assert group.get(record.reference) == "torch", b["name"]
+        assert group.get(record.reference) == "reference", b["name"]
         # peak memory of one call, the kernel's and (interleaved) its reference's
         assert record.peak_bytes is not None, b["name"]
         assert (record.reference_peak_bytes is not None) == bool(record.reference_data), \
@@ -112,7 +112,8 @@ def test_cpu_peak_memory_is_recorded_per_call(tiny_run):
     for b in tiny_run["benchmarks"]:
         r = BenchRecord.from_extra_info(b["extra_info"])
         if r.kernel == "backprop" and r.method == "manual":
-            params = r.D * r.K + (r.L - 2) * r.K * r.K + r.K * r.P + (r.L - 1) * r.K + r.P
+            L, D, K, P = (r.shape[k] for k in "LDKP")
+            params = D * K + (L - 2) * K * K + K * P + (L - 1) * K + P
             assert r.peak_bytes >= 4 * params, b["name"]
             assert r.peak_bytes <= r.reference_peak_bytes + 64, b["name"]
 
@@ -121,10 +122,10 @@ def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
     """The contract end to end: the bench's JSON loads, and renders, with no complaint."""
     df = load_benchmarks([tiny_path])
     assert len(df) == len(json.loads(tiny_path.read_text())["benchmarks"])
-    # handgrad's kernels, by their owner field: at least one per family except the control
-    ours = df[df["owner"] == "handgrad"]
+    # handgrad's kernels, by their role: at least one per family except the control
+    ours = df[df["role"] == "kernel"]
     assert set(ours["kernel"]) == FAMILIES - TORCH_ONLY
-    assert set(df.loc[df["kernel"].isin(TORCH_ONLY), "owner"]) == {"torch"}
+    assert set(df.loc[df["kernel"].isin(TORCH_ONLY), "role"]) == {"reference"}
     # every record says how it was timed: the CPU path, warm
     assert set(df["timer"]) == {"perf_counter"} and set(df["cache"]) == {"warm"}
     assert df["peak_bytes"].notna().all()  # measured on the CPU too
@@ -343,7 +344,7 @@ def test_the_gpu_grid_times_the_loops_at_small_k_and_the_closed_form_at_large_k(
         k, n, d, _ = p.values
         if {m.name for m in p.marks} != {"gpu_grid"}:
             continue
-        for method in bl.GD_OWNERS:
+        for method in bl.GD_ROLES:
             try:
                 bl.test_gd(None, method, k, n, d, None, "cuda")
             except pytest.skip.Exception:
@@ -352,7 +353,7 @@ def test_the_gpu_grid_times_the_loops_at_small_k_and_the_closed_form_at_large_k(
                 ran.add((method, k))
     loops = {(m, k) for m, k in ran if m in bl.LOOPS}
     assert loops == {(m, bl.GPU_LOOP_K) for m in bl.LOOPS}
-    assert ran - loops == {(m, 10_000) for m in bl.GD_OWNERS if m not in bl.LOOPS}
+    assert ran - loops == {(m, 10_000) for m in bl.GD_ROLES if m not in bl.LOOPS}
 
 
 class _Reached(Exception):
@@ -372,4 +373,4 @@ def test_cross_entropy_is_timed_in_the_log_cosh_groups(tiny_run):
         assert {"manual", "torch_autograd", "torch_autograd_cross_entropy"} <= methods, group
     info = next(b["extra_info"] for b in tiny_run["benchmarks"]
                 if b["extra_info"]["method"] == "manual_cross_entropy")
-    assert info["reference"] == "torch_autograd_cross_entropy" and info["P"] == 10
+    assert info["reference"] == "torch_autograd_cross_entropy" and info["shape"]["P"] == 10

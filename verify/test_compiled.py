@@ -38,7 +38,7 @@ def _compile(fn, name, backend=BACKEND, fullgraph=False):
 def _check_backprop(method: str, backend: str | None, L: int = 3, K: int = 8, n: int = 5):
     calls, _ = bb.make_calls(L, K, n, torch.float32, "cpu")
     eager = bb.COMPILED_FROM[method]
-    fn = _compile(calls[eager], method, backend, fullgraph=bb.OWNERS[method] == "handgrad")
+    fn = _compile(calls[eager], method, backend, fullgraph=bb.ROLES[method] == "kernel")
     got, want = bb.gradients(fn()), bb.gradients(calls[eager]())
     assert len(got) == len(want) == 2 * L + 1
     for i, (a, e) in enumerate(zip(got, want)):
@@ -119,8 +119,8 @@ def test_compiled_methods_are_full_or_gpu_grid_only(bench, params, compiled_from
 
 def test_compiled_kernels_meet_compiled_references():
     assert bb.REFERENCE["manual_compiled"] == "torch_func_grad_compiled"
-    assert bb.OWNERS["manual_compiled"] == "handgrad"
-    assert bb.OWNERS["torch_func_grad_compiled"] == "torch"
+    assert bb.ROLES["manual_compiled"] == "kernel"
+    assert bb.ROLES["torch_func_grad_compiled"] == "reference"
     for kernel, ref in bj.INTERLEAVE.items():  # compiled or captured meets compiled
         assert kernel.endswith(("_compiled", "_captured")) == ref.endswith("_compiled"), kernel
     assert bb.REFERENCE["manual_captured"] == "torch_func_grad_compiled"
@@ -137,8 +137,8 @@ def test_compiled_kernels_meet_compiled_references():
         assert bj.flops_of(m, 3, 30, 8) == bj.flops_of(bj.COMPILED_FROM[m], 3, 30, 8), m
     assert bl.gd_reference("closed_form_compiled", 10) == "torch_lstsq_compiled"
     assert bl.gd_reference("torch_lstsq_compiled", 10) == "torch_lstsq_compiled"
-    assert bl.GD_OWNERS["closed_form_compiled"] == "handgrad"
-    assert bl.GD_OWNERS["torch_lstsq_compiled"] == "torch"
+    assert bl.GD_ROLES["closed_form_compiled"] == "kernel"
+    assert bl.GD_ROLES["torch_lstsq_compiled"] == "reference"
 
 
 # -- the bench functions: compile outside the timing, record mode and seconds -------------
@@ -202,8 +202,8 @@ def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
     bb.test_backprop(m, "manual_compiled", 3, 4, 3, torch.float32, "cpu")
     assert aot_eager_bench == ["reset", "manual_compiled", "torch_func_grad_compiled"]
     r = m.record
-    assert (r.method, r.reference, r.owner) == ("manual_compiled", "torch_func_grad_compiled",
-                                                 "handgrad")
+    assert (r.method, r.reference, r.role) == ("manual_compiled", "torch_func_grad_compiled",
+                                                 "kernel")
     assert r.compile_mode == BACKEND and r.compile_s > 0
     # the manual kernel (its Gradients) against torch.func.grad (a tuple)
     assert isinstance(m.out, bp.Gradients) and isinstance(m.ref, tuple)
@@ -341,8 +341,8 @@ def test_least_squares_bench_records_compile_mode_and_seconds(aot_eager_bench):
     bl.test_gd(m, "closed_form_compiled", 50, 30, 6, torch.float64, "cpu")
     assert aot_eager_bench == ["reset", "gd_closed_form_compiled", "gd_torch_lstsq_compiled"]
     r = m.record
-    assert (r.method, r.reference, r.owner) == ("gd_closed_form_compiled",
-                                                 "gd_torch_lstsq_compiled", "handgrad")
+    assert (r.method, r.reference, r.role) == ("gd_closed_form_compiled",
+                                                 "gd_torch_lstsq_compiled", "kernel")
     assert r.compile_mode == BACKEND and r.compile_s > 0
     assert r.flops == bl.closed_form_flops(1, 30, 6)
     # the closed form at k = 50 and lstsq's minimiser: both solve the same problem
@@ -375,8 +375,8 @@ def test_backprop_bench_times_the_replay_against_the_compiled_reference(fake_cap
     bb.test_backprop(m, "manual_captured", 3, 4, 3, torch.float32, "cpu")
     assert fake_capture == ["manual_captured"]
     r = m.record
-    assert (r.method, r.reference, r.owner) == ("manual_captured", "torch_func_grad_compiled",
-                                                 "handgrad")
+    assert (r.method, r.reference, r.role) == ("manual_captured", "torch_func_grad_compiled",
+                                                 "kernel")
     assert (r.compile_mode, r.compile_s, m.peak) == (bc.CAPTURE_MODE, 0.25, 12345)
     assert m.reference_peak == 777  # the reference's compile-and-record peak, alike
     for a, e in zip(bb.gradients(m.out), bb.gradients(m.ref)):

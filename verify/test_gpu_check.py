@@ -27,10 +27,12 @@ class Clock:
         return self.now
 
 
-def _bench(name, *, kernel, method, reference, owner="handgrad", flops=0, nbytes=0,
+def _bench(name, *, kernel, method, reference, role="kernel", flops=0, nbytes=0,
            dtype="float32", median=1e-3, ref_median=None, timer="cuda_event", **extra):
     rounds = 5
-    rec = BenchRecord(kernel=kernel, method=method, reference=reference, owner=owner,
+    shape = {k: extra.pop(k) for k in ("L", "D", "K", "P", "N", "k") if k in extra}
+    rec = BenchRecord(kernel=kernel, method=method, reference=reference, role=role,
+                      shape=shape,
                       flops=flops, bytes=nbytes, device="cuda", dtype=dtype, threads=8,
                       timer=timer,
                       reference_data=None if ref_median is None else (ref_median,) * rounds,
@@ -63,11 +65,11 @@ def good_benchmarks(*, memory=0.8, lsq_ratio=0.7, matmul_s=None):
                   median=1e-4, ref_median=1.5e-4)]
     n = 8192
     ceil = [_bench(f"mm-{dt}", kernel="ceiling", method="matmul", reference="matmul",
-                   owner="torch", dtype=dt, flops=2 * n**3, N=n,
+                   role="reference", dtype=dt, flops=2 * n**3, N=n,
                    median=(matmul_s or {}).get(dt, 2 * n**3 / (0.8 * peak)))
             for dt, peak in (("float32", 67e12), ("bfloat16", 989.5e12))]
     ceil.append(_bench("copy", kernel="ceiling", method="copy", reference="copy",
-                       owner="torch", nbytes=8 * 2**30, N=2**30, median=8 * 2**30 / 4.3e12))
+                       role="reference", nbytes=8 * 2**30, N=2**30, median=8 * 2**30 / 4.3e12))
     return {"ceilings": ceil, "backprop": bp, "least_squares": lsq, "captured": cap}
 
 

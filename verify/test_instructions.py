@@ -26,7 +26,7 @@ from bench.conftest import not_counted
 from handgrad.reports.__main__ import main
 from handgrad.reports.gate import instruction_gate, read_accepted
 from handgrad.reports.load import ReportInputError, load_benchmarks
-from handgrad.reports.record import BenchRecord, RecordError
+from handgrad.reports.record import BenchRecord, RecordError, schema_of
 from handgrad.reports.tables import summary
 from verify.runs import pytest_env
 
@@ -36,7 +36,7 @@ COUNTED = FIXTURES / "bench_instructions.json"
 TIMED = FIXTURES / "bench_run1.json"
 
 GOOD = {"kernel": "backprop", "method": "manual", "reference": "torch_autograd",
-        "owner": "handgrad", "flops": 100, "bytes": 10, "device": "cpu",
+        "role": "kernel", "flops": 100, "bytes": 10, "device": "cpu",
         "dtype": "float32", "threads": 1, "timer": "callgrind", "instructions": 500_000,
         "reference_instructions": 900_000}
 
@@ -74,7 +74,8 @@ def test_the_fixture_is_a_real_counted_run():
     assert data["machine_info"]["bench_mode"] == "instructions"
     infos = [b["extra_info"] for b in data["benchmarks"]]
     assert infos and all(i["timer"] == "callgrind" and i["threads"] == 1 for i in infos)
-    kernels = [i for i in infos if i["owner"] == "handgrad" and i["method"] != i["reference"]]
+    schema = schema_of(data["machine_info"])  # written as schema 3: owner, not role
+    kernels = [i for i in infos if BenchRecord.from_extra_info(i, schema).gated]
     assert kernels and all(i["instructions"] > 10_000 and i["reference_instructions"] > 10_000
                            for i in kernels)
 
@@ -84,7 +85,8 @@ def test_instruction_fields_round_trip_and_are_checked():
     assert BenchRecord.from_extra_info(rec.to_extra_info()) == rec
     # files written before the fields (schema 2) are still read
     old = {k: v for k, v in GOOD.items() if k not in ("timer", "instructions",
-                                                      "reference_instructions")}
+                                                      "reference_instructions", "role")}
+    old["owner"] = "handgrad"
     assert BenchRecord.from_extra_info(old, schema=2).instructions is None
     for field, value, says in [
         ("instructions", 0, "instructions: expected an integer >= 1"),
@@ -98,7 +100,7 @@ def test_instruction_fields_round_trip_and_are_checked():
     with pytest.raises(RecordError, match="under callgrind"):  # callgrind, but no count
         BenchRecord(**{**GOOD, "instructions": None, "reference_instructions": None})
     with pytest.raises(RecordError, match="its own reference"):
-        BenchRecord(**{**GOOD, "method": "torch_autograd", "owner": "torch"})
+        BenchRecord(**{**GOOD, "method": "torch_autograd", "role": "reference"})
 
 
 # ----------------------------------------------------------------------- bench.callgrind

@@ -167,7 +167,7 @@ def test_the_readmes_record_table_names_every_field_of_the_record_once() -> None
     row, no row for a field that does not exist, and every kernel family named."""
     from dataclasses import fields
 
-    from handgrad.reports.record import KERNELS, BenchRecord
+    from handgrad.reports.record import ROLES, BenchRecord
 
     text = (ROOT / "README.md").read_text()
     table = text.split("### The benchmark record", 1)[1].split("\n\n| field | meaning |", 1)[1]
@@ -176,8 +176,8 @@ def test_the_readmes_record_table_names_every_field_of_the_record_once() -> None
     want = [f.name for f in fields(BenchRecord)]
     assert sorted(named) == sorted(want), (sorted(set(want) - set(named)),
                                            sorted(set(named) - set(want)))
-    kernel_row = next(r for r in rows if r.startswith("| `kernel` |"))
-    assert set(re.findall(r"`([a-z_]+)`", kernel_row.split(" | ", 1)[1])) == set(KERNELS)
+    role_row = next(r for r in rows if r.startswith("| `role` |"))
+    assert set(re.findall(r"`([a-z_]+)`", role_row.split(" | ", 1)[1])) == set(ROLES)
 
 
 # test modules import helpers, never each other (issue 24): shared cases, fakes and run

@@ -21,27 +21,47 @@ from handgrad.reports.record import (
 )
 
 GOOD = {"kernel": "backprop", "method": "manual", "reference": "torch_autograd",
-        "owner": "handgrad", "flops": 1000, "bytes": 64, "device": "cpu",
-        "dtype": "float32", "threads": 2, "L": 3, "K": 64}
+        "role": "kernel", "flops": 1000, "bytes": 64, "device": "cpu",
+        "dtype": "float32", "threads": 2, "shape": {"L": 3, "K": 64}}
+# the same benchmark as schemas 1 to 3 wrote it: owner, and the shape in fields of its own
+LEGACY = {**{k: v for k, v in GOOD.items() if k not in ("role", "shape")},
+          "owner": "handgrad", "L": 3, "K": 64}
 
 
 def test_a_record_round_trips_through_extra_info():
     rec = BenchRecord(**GOOD, reference_data=[1e-3, 2e-3])
     info = rec.to_extra_info()
     assert info["reference_data"] == [1e-3, 2e-3] and "model" not in info  # None left out
+    assert info["shape"] == {"L": 3, "K": 64}
     assert BenchRecord.from_extra_info(info) == rec
     assert rec.shape == {"L": 3, "K": 64} and rec.gated
 
 
+def test_any_family_method_and_shape_parameter_is_a_record():
+    """Schema 4 is open: a user's family, method names and shape parameters."""
+    rec = BenchRecord(**{**GOOD, "kernel": "softplus_layer", "method": "my_backward",
+                         "reference": "torch.autograd", "shape": {"batch": 8, "width": 16}})
+    assert BenchRecord.from_extra_info(rec.to_extra_info()) == rec and rec.gated
+    ref = BenchRecord(**{**GOOD, "method": "torch.autograd", "reference": "torch.autograd",
+                         "role": "reference", "shape": {}})
+    assert not ref.gated and ref.to_extra_info()["shape"] == {}
+
+
 @pytest.mark.parametrize("field, value, says", [
-    ("owner", "pytorch", r"owner: expected one of \['handgrad', 'torch'\], got 'pytorch'"),
-    ("kernel", "jacobain", "kernel: expected one of"),
+    ("role", "pytorch", r"role: expected one of \['kernel', 'reference'\], got 'pytorch'"),
+    ("role", "reference", "role: manual is timed against torch_autograd, so it is a kernel"),
+    ("kernel", "", "kernel: expected a non-empty string"),
+    ("shape", [3, 64], "shape: expected a mapping of parameter names to sizes"),
+    ("shape", {"L": 0}, r"shape\['L'\]: expected an integer >= 1"),
+    ("shape", {"L": 2.5}, r"shape\['L'\]: expected an integer >= 1"),
+    ("shape", {"my width": 3}, "shape: expected parameter names that are identifiers"),
+    ("shape", {"median": 3}, "parameter name 'median' is taken"),
+    ("shape", {"device": 3}, "parameter name 'device' is taken"),
     ("method", "", "method: expected a non-empty string"),
     ("flops", -1, "flops: expected an integer >= 0"),
     ("flops", 1.5, "flops: expected an integer"),
     ("bytes", True, "bytes: expected an integer"),
     ("threads", 0, "threads: expected an integer >= 1"),
-    ("L", 0, "L: expected an integer >= 1"),
     ("gate_noise", -0.5, "gate_noise: expected a finite number > 0"),
     ("slowed_by", float("nan"), "slowed_by: expected a finite number > 0"),
     ("reference_data", [], "reference_data: expected a non-empty list"),
@@ -57,25 +77,42 @@ def test_a_reference_has_no_paired_rounds_and_reading_refuses_unknown_or_missing
         BenchRecord(**{**GOOD, "reference": "manual"}, reference_data=[1e-3])
     with pytest.raises(RecordError, match=r"unknown field\(s\) \['colour'\]"):
         BenchRecord.from_extra_info({**GOOD, "colour": "red"})
-    with pytest.raises(RecordError, match=r"missing field\(s\) \['owner'\]"):
-        BenchRecord.from_extra_info({k: v for k, v in GOOD.items() if k != "owner"})
+    with pytest.raises(RecordError, match=r"missing field\(s\) \['role'\]"):
+        BenchRecord.from_extra_info({k: v for k, v in GOOD.items() if k != "role"})
     with pytest.raises(RecordError, match="expected an object, got NoneType"):
         BenchRecord.from_extra_info(None)
 
 
-def test_legacy_records_get_their_owner_from_the_table_of_that_suite():
-    legacy = {k: v for k, v in GOOD.items() if k not in ("owner", "bytes")}
+def test_legacy_records_get_their_role_from_the_table_of_that_suite():
+    legacy = {k: v for k, v in LEGACY.items() if k not in ("owner", "bytes")}
     legacy.update(grid="quick", interleaved=True)  # keys of schema 1, no longer read
     rec = BenchRecord.from_extra_info(legacy, schema=1)
-    assert rec.owner == "handgrad" and rec.bytes == 0
-    torch_ref = BenchRecord.from_extra_info({**legacy, "method": "torch_autograd"}, schema=1)
-    assert torch_ref.owner == "torch"
+    assert rec.role == "kernel" and rec.bytes == 0 and rec.shape == {"L": 3, "K": 64}
+    torch_ref = BenchRecord.from_extra_info(
+        {**legacy, "method": "torch_autograd"}, schema=1)
+    assert torch_ref.role == "reference" and not torch_ref.gated
     with pytest.raises(RecordError, match="never timed"):
         BenchRecord.from_extra_info({**legacy, "method": "manual_v2"}, schema=1)
-    # today's files must carry the owner
-    with pytest.raises(RecordError, match=r"missing field\(s\) \['owner'\]"):
-        BenchRecord.from_extra_info({k: v for k, v in GOOD.items() if k != "owner"},
+    # today's files must carry the role
+    with pytest.raises(RecordError, match=r"missing field\(s\) \['role'\]"):
+        BenchRecord.from_extra_info({k: v for k, v in GOOD.items() if k != "role"},
                                     schema=SCHEMA)
+
+
+@pytest.mark.parametrize("schema", [2, 3])
+def test_schema_2_and_3_records_read_as_today_s(schema):
+    """owner handgrad/torch as role kernel/reference, L..k fields as the shape."""
+    rec = BenchRecord.from_extra_info(LEGACY, schema=schema)
+    assert rec == BenchRecord(**GOOD)
+    ref = BenchRecord.from_extra_info({**LEGACY, "method": "torch_autograd", "owner": "torch",
+                                       "L": None}, schema=schema)
+    assert ref.role == "reference" and ref.shape == {"K": 64}
+    with pytest.raises(RecordError, match=r"owner: expected one of \['handgrad', 'torch'\]"):
+        BenchRecord.from_extra_info({**LEGACY, "owner": "me"}, schema=schema)
+    with pytest.raises(RecordError, match="schema-4 fields"):
+        BenchRecord.from_extra_info({**LEGACY, "shape": {"L": 3}}, schema=schema)
+    with pytest.raises(RecordError, match=r"unknown field\(s\) \['L'\]"):
+        BenchRecord.from_extra_info({**GOOD, "L": 3}, schema=SCHEMA)
 
 
 def test_schema_of_reads_machine_info():
@@ -91,8 +128,8 @@ def test_bench_record_is_what_measure_writes():
                         "dtype": "torch.float32"}, {"backprop.manual": 1.25})
     assert rec.dtype == "float32" and rec.threads >= 1 and rec.slowed_by == 1.25
     assert bench_record({**GOOD}, {"jacobian.manual_forward": 2.0}).slowed_by is None
-    with pytest.raises(TypeError, match="owner"):
-        bench_record({k: v for k, v in GOOD.items() if k != "owner"}, {})
+    with pytest.raises(TypeError, match="role"):
+        bench_record({k: v for k, v in GOOD.items() if k != "role"}, {})
     with pytest.raises(TypeError, match="colour"):
         bench_record({**GOOD, "colour": "red"}, {})
 

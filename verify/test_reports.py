@@ -17,7 +17,7 @@ import pytest
 from handgrad.reports.__main__ import main
 from handgrad.reports.gate import gate, parse_threshold
 from handgrad.reports.load import ReportInputError, load_benchmarks
-from verify.runs import as_schema2
+from verify.runs import as_schema2, as_schema4
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -132,7 +132,7 @@ def test_render_table_numbers_match_the_json(tmp_path):
     assert rb["gflop_s"] == pytest.approx(flops / b["stats"]["median"] / 1e9)
     # a method that does no counted work has no GFLOP/s, never 0 or inf
     assert csv.loc[csv["method"] == "count_model", "gflop_s"].isna().all()
-    assert rb["threads"] == b["extra_info"]["threads"] and rb["owner"] == "handgrad"
+    assert rb["threads"] == b["extra_info"]["threads"] and rb["role"] == "kernel"
     # counting rows are told apart by their model
     counted = next(x for x in bench if x["extra_info"]["method"] == "count_model")
     assert list(csv.loc[csv["method"] == "count_model", "model"]) == [
@@ -462,9 +462,9 @@ def _renamed_groups(data):
         b["group"] = "renamed " + b["group"]
 
 
-def _schema2_without_owner(data):
-    today = as_schema2(data)  # today's layout, then one record without its owner
-    del today["benchmarks"][0]["extra_info"]["owner"]
+def _schema4_without_role(data):
+    today = as_schema4(data)  # today's layout, then one record without its role
+    del today["benchmarks"][0]["extra_info"]["role"]
     data.update(today)
 
 
@@ -482,7 +482,7 @@ def _bad_file(tmp_path: Path, case: str) -> Path:
         "no_data": lambda: _edited(tmp_path, "nodata.json", _drop_stat("data")),
         "extra_info_null": lambda: _edited(tmp_path, "null.json", _first("extra_info", None)),
         "foreign": lambda: _edited(tmp_path, "foreign.json", _foreign),
-        "no_owner": lambda: _edited(tmp_path, "noowner.json", _schema2_without_owner),
+        "no_role": lambda: _edited(tmp_path, "norole.json", _schema4_without_role),
         "future_schema": lambda: _edited(
             tmp_path, "future.json",
             lambda d: d["machine_info"].__setitem__("handgrad_schema", 99)),
@@ -508,8 +508,8 @@ BAD_FILES = {  # case: what the one line says
     "no_data": "stats lack ['data']",
     "extra_info_null": "extra_info: expected an object, got NoneType",
     "foreign": "no handgrad benchmark records",
-    "no_owner": "missing field(s) ['owner']",
-    "future_schema": "handgrad_schema: expected one of [1, 2, 3], got 99",
+    "no_role": "missing field(s) ['role']",
+    "future_schema": "handgrad_schema: expected one of [1, 2, 3, 4], got 99",
     "unknown_field": "unknown field(s) ['colour']",
     "bad_reference_data": "reference_data: expected one time per round",
 }
@@ -655,9 +655,9 @@ def test_gate_calls_a_kernel_that_got_faster_faster(tmp_path):
 
 
 
-def test_gate_decides_by_owner_never_by_name(tmp_path):
-    base = as_schema2(_load(RUN1))
-    cur = as_schema2(_load(RUN2))
+def test_gate_decides_by_role_never_by_name(tmp_path):
+    base = as_schema4(_load(RUN1))
+    cur = as_schema4(_load(RUN2))
     # handgrad's manual backprop renamed to a torch-looking name, and slowed: still gated
     renamed = slow_down(cur, "manual", 1.5)
     for data in (base, renamed):
@@ -667,25 +667,29 @@ def test_gate_decides_by_owner_never_by_name(tmp_path):
     result = gate(str(_write(tmp_path, "b.json", base)),
                   str(_write(tmp_path, "c.json", renamed)))
     assert result.flagged() == {"backprop.torch_like_name"}, result.markdown()
-    # the same slowdown of a method whose record says it is torch's: reported, never gated
+    # the same slowdown of a method whose record says it is a reference: reported, never
+    # gated (a reference names itself)
     theirs = slow_down(cur, "manual", 1.5)
-    base2 = as_schema2(_load(RUN1))
+    base2 = as_schema4(_load(RUN1))
     for data in (base2, theirs):
         for b in data["benchmarks"]:
             if b["extra_info"]["method"] == "manual":
-                b["extra_info"]["owner"] = "torch"
+                b["extra_info"].update(role="reference", reference="manual")
+                b["extra_info"].pop("reference_data", None)
     result = gate(str(_write(tmp_path, "b2.json", base2)),
                   str(_write(tmp_path, "c2.json", theirs)))
     assert result.passed and "manual" not in set(result.table["method"]), result.markdown()
 
 
-def test_schema2_and_legacy_files_read_alike(tmp_path):
+def test_schema2_schema4_and_legacy_files_read_alike(tmp_path):
     legacy = load_benchmarks([RUN1])
-    today = load_benchmarks([_write(tmp_path, "s2.json", as_schema2(_load(RUN1)))])
-    cols = ["group", "method", "owner", "reference", "median"]
-    assert legacy[cols].equals(today[cols])
-    assert set(legacy.loc[legacy["method"] == "manual", "owner"]) == {"handgrad"}
-    assert set(legacy.loc[legacy["method"] == "torch_autograd", "owner"]) == {"torch"}
+    cols = ["group", "method", "role", "reference", "median", "shape", "L", "K", "N"]
+    for name, convert in (("s2.json", as_schema2), ("s4.json", as_schema4)):
+        today = load_benchmarks([_write(tmp_path, name, convert(_load(RUN1)))])
+        assert legacy[cols].equals(today[cols]), name
+    assert set(legacy.loc[legacy["method"] == "manual", "role"]) == {"kernel"}
+    assert set(legacy.loc[legacy["method"] == "torch_autograd", "role"]) == {"reference"}
+    assert "L=3 D=13 K=64 P=1 N=256" in set(legacy["shape"])
 
 
 def test_legacy_file_with_an_unknown_method_is_refused(tmp_path, capsys):
