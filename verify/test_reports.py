@@ -67,6 +67,52 @@ def test_fixtures_are_real_interleaved_runs():
     assert _load(RUN1)["machine_info"]["bench_slow"] == {}
 
 
+# ------------------------------------------------------------------ a user's benchmarks
+
+
+def user_run(seed: int, slow: float = 1.0) -> dict:
+    """A schema-4 file of a project that is not handgrad: its own family, method names and
+    shape parameters, a kernel timed interleaved with its reference at three shapes."""
+    rng = np.random.default_rng(seed)
+    benchmarks = []
+    for batch in (64, 256, 1024):
+        group = f"softplus_layer batch={batch} width=32 cpu"
+        ref = list(batch * 1e-6 * (1 + 0.01 * rng.standard_normal(15)))
+        mine = [0.8 * slow * t * (1 + 0.01 * e) for t, e in zip(ref, rng.standard_normal(15))]
+        for method, role, data, paired in (("my_backward", "kernel", mine, ref),
+                                           ("torch.autograd", "reference", ref, None)):
+            info = {"kernel": "softplus_layer", "method": method,
+                    "reference": "torch.autograd", "role": role, "flops": 6 * batch * 32,
+                    "bytes": 0, "device": "cpu", "dtype": "float32", "threads": 1,
+                    "shape": {"batch": batch, "width": 32}}
+            if paired:
+                info["reference_data"] = paired
+            benchmarks.append({"name": f"test_layer[{batch}-{method}]", "group": group,
+                               "extra_info": info,
+                               "stats": {"median": float(np.median(data)),
+                                         "iqr": float(np.subtract(*np.percentile(data, [75, 25]))),
+                                         "rounds": len(data), "data": data}})
+    return {"machine_info": {"node": "laptop", "handgrad_schema": 4}, "commit_info": {},
+            "benchmarks": benchmarks, "datetime": f"2026-12-04T0{seed}:00:00"}
+
+
+def test_render_and_gate_read_a_user_s_benchmarks(tmp_path):
+    """Schema 4 is open: any family, method and shape names are rendered and gated."""
+    base, same = _write(tmp_path, "a.json", user_run(1)), _write(tmp_path, "b.json", user_run(2))
+    slow = _write(tmp_path, "c.json", user_run(3, slow=1.3))
+    assert main(["render", str(base), "--out", str(tmp_path / "out")]) == 0
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "out" / "summary.csv")
+    mine = csv[csv["method"] == "my_backward"]
+    assert sorted(mine["batch"]) == [64, 256, 1024] and set(mine["width"]) == {32}
+    assert set(mine["role"]) == {"kernel"} and set(mine["kernel"]) == {"softplus_layer"}
+    assert mine["ratio_to_ref"].between(0.75, 0.85).all()
+    assert gate(str(base), str(same)).passed
+    result = gate(str(base), str(slow))
+    assert result.flagged() == {"softplus_layer.my_backward"}, result.markdown()
+
+
 # ----------------------------------------------------------------------------- render
 
 
