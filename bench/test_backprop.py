@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
+from handgrad.benchmark.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
 from handgrad.testing.references import torch_loss
@@ -71,7 +71,7 @@ REFERENCE = {  # method: what it is measured against (a reference names itself)
 CE_ROLES = {"manual_cross_entropy": "kernel", "torch_autograd_cross_entropy": "reference"}
 CE_REFERENCE = {"manual_cross_entropy": "torch_autograd_cross_entropy",
                 "torch_autograd_cross_entropy": "torch_autograd_cross_entropy"}
-# compiled method: the eager callable of make_calls it compiles (bench.compiled)
+# compiled method: the eager callable of make_calls it compiles (handgrad.benchmark.compiled)
 COMPILED_FROM = {"manual_compiled": "manual", "torch_func_grad_compiled": "torch_func_grad"}
 # captured method (kernels.capture, CUDA only, every grid): the eager method it replays,
 # timed against the compiled reference (reduce-overhead: CUDA graphs too)

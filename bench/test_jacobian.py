@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
+from handgrad.benchmark.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
 from handgrad.kernels import jacobian as jm
 from handgrad.testing.references import as_list, course_weights, deep_net
 
@@ -38,7 +38,7 @@ METHODS = {  # method: its role
     "manual_forward_captured": "kernel",
     "manual_reverse_captured": "kernel",
 }
-# compiled method: the eager method of make_call it compiles (bench.compiled)
+# compiled method: the eager method of make_call it compiles (handgrad.benchmark.compiled)
 COMPILED_FROM = {m: m.removesuffix("_compiled") for m in METHODS if m.endswith("_compiled")}
 # captured method (kernels.capture, CUDA only, every grid): the eager method it replays
 CAPTURED_FROM = {m: m.removesuffix("_captured") for m in METHODS if m.endswith("_captured")}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.compiled import compile_call, reset
+from handgrad.benchmark.compiled import compile_call, reset
 from handgrad.kernels import least_squares as ls
 
 N, D = 200, 50
@@ -96,7 +96,8 @@ def gd_reference(method: str, k: int) -> str:
 GD_ROLES = {"closed_form": "kernel", "loop": "kernel", "torch_optim_sgd": "reference",
              "torch_lstsq": "reference", "closed_form_compiled": "kernel",
              "torch_lstsq_compiled": "reference"}
-# compiled method: the eager method it compiles (bench.compiled), compiled meets compiled.
+# compiled method: the eager method it compiles (handgrad.benchmark.compiled), compiled
+# meets compiled.
 # The loops (gd_iterates, torch.optim.SGD) are not compiled: Dynamo unrolls a Python loop
 # of k steps into a graph of k steps (k = 1e4 here), a compile of hours, not a peer.
 GD_COMPILED_FROM = {"closed_form_compiled": "closed_form",

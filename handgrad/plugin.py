@@ -14,6 +14,15 @@ project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
   worst error against its tolerance, written as JSON when the session ends (pytest-xdist
   workers' records included); ``python -m handgrad.reports render PATH --out DIR`` turns it
   into a headroom table.
+- The ``measure`` fixture (with pytest-benchmark installed): times any callable, beside
+  any reference (interleaved round by round), with its peak memory, on the device's clock
+  (CUDA events on a GPU), and writes one ``handgrad.reports.record.BenchRecord`` into the
+  benchmark's ``extra_info``; ``--benchmark-json`` files are what ``python -m
+  handgrad.reports render|gate`` read. The options: ``--bench-grid`` (quick, full, gpu:
+  selects on the markers ``full``, ``gpu_grid``, ``every_grid``), ``--bench-threads``,
+  ``--bench-cold-l2``, ``--bench-slow KERNEL.METHOD=FACTOR`` (testing a gate) and
+  ``--bench-instructions`` (instruction counts under valgrind instead of times). The
+  machinery is ``handgrad.benchmark``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from handgrad.benchmark import GRIDS, MARKERS, measure_with, select_grid
+from handgrad.benchmark import configure as configure_benchmarks
+from handgrad.benchmark import machine_info as record_machine_info
 
 KNOWN_DEVICES = ("cpu", "cuda")
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -48,8 +61,88 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+    group.addoption(
+        "--bench-grid",
+        choices=GRIDS,
+        default="quick",
+        help="benchmark grid. quick: the benchmarks without a grid marker (default); full: "
+        "those and the ones marked full; gpu: those marked gpu_grid (CUDA only) or "
+        "every_grid",
+    )
+    group.addoption(
+        "--bench-cold-l2",
+        action="store_true",
+        help="on CUDA, flush the L2 before each timed call (outside the timed window); "
+        "recorded as cache=cold",
+    )
+    group.addoption(
+        "--bench-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for every benchmark (default: all cores, at most 8); recorded",
+    )
+    group.addoption(
+        "--bench-slow",
+        action="append",
+        default=[],
+        metavar="KERNEL.METHOD=FACTOR",
+        help="testing a gate: make every benchmark of KERNEL.METHOD (e.g. "
+        "backprop.manual=1.25) take FACTOR times as long, by spinning after each call. "
+        "Touches only the timed callable, never the kernel. Repeatable; recorded",
+    )
+    group.addoption(
+        "--bench-instructions",
+        action="store_true",
+        help="count instructions per call instead of timing: the run re-executes itself "
+        "under valgrind's callgrind (one process, one thread, warm-up outside the "
+        "collection) and records each benchmark's and its reference's instructions per "
+        "call (handgrad.benchmark.callgrind); benchmarks over its MAX_FLOPS are skipped. "
+        "Exits 2 when valgrind is missing",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     requested_devices(config)  # a malformed --device is a usage error before anything runs
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    configure_benchmarks(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """pytest-benchmark: the schema, torch, threads, GPU and options of the run."""
+    record_machine_info(config, machine_info)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    select_grid(config, items)
+
+
+@pytest.fixture
+def measure(benchmark, request: pytest.FixtureRequest):
+    """``measure(fn, *, group, kernel, method, reference, role, flops=0, bytes=0, device,
+    dtype, shape={}, reference_fn=None, warmup=3, peak=None, reference_peak=None, **more)``:
+    time ``fn`` (a callable of no arguments) and write its record.
+
+    ``kernel`` is the family, ``method`` what ``fn`` is, ``reference`` the method it is
+    measured against (a reference names itself, role "reference"; a kernel has role
+    "kernel" and is what a gate judges), ``shape`` the problem's size by parameter name.
+    With ``reference_fn`` (the reference's callable, same inputs) rounds are interleaved:
+    before each timed round of ``fn`` the reference runs once, timed the same way, and its
+    times go to ``extra_info["reference_data"]``, paired index by index with the kernel's
+    ``stats.data``; a ratio of paired rounds cancels whatever drift the machine has between
+    rounds. The device's clock: perf_counter on the CPU, CUDA events on a GPU (no host sync
+    inside the window; ``--bench-cold-l2`` flushes the L2 first). The peak memory of one
+    call of ``fn`` and of the reference is recorded (``peak`` and ``reference_peak`` give
+    them instead, e.g. a captured callable's capture peak). Compiled and captured peers:
+    build them with ``handgrad.benchmark.compiled`` and pass ``compile_mode`` and
+    ``compile_s``. Under ``--bench-instructions`` the same call records instructions per
+    call instead of times. Returns what pytest-benchmark's fixture returns."""
+
+    def _measure(fn, **kwargs):
+        return measure_with(benchmark, request.config, fn, **kwargs)
+
+    return _measure
 
 
 def _present(device: str) -> bool:

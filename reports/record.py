@@ -37,8 +37,9 @@ SCHEMA_KEY = "handgrad_schema"  # in machine_info
 ROLES = ("kernel", "reference")  # kernel: measured against a reference (gated)
 # schemas 1 to 3: owner in place of role
 LEGACY_ROLES = {"handgrad": "kernel", "torch": "reference"}
-# how a call was timed (see bench/timing.py); "callgrind": under valgrind, whose times are
-# not wall clock: the run's measurement is its instruction counts (bench/callgrind.py)
+# how a call was timed (see handgrad/benchmark/timing.py); "callgrind": under valgrind,
+# whose times are not wall clock: the run's measurement is its instruction counts
+# (handgrad/benchmark/callgrind.py)
 TIMERS = ("perf_counter", "cuda_event", "callgrind")
 CACHES = ("warm", "cold")  # cold: the GPU's L2 was flushed before each timed call
 # schemas 1 to 3: the only shape parameters a benchmark could have (their fields); in schema

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 
 class FakeCuda:
-    """torch.cuda as far as bench.timing uses it: a GPU clock (seconds) that work queued by
-    a call advances, events that read it, and a log of what the host did, in order."""
+    """torch.cuda as far as handgrad.benchmark.timing uses it: a GPU clock (seconds) that
+    work queued by a call advances, events that read it, and a log of what the host did,
+    in order."""
 
     def __init__(self) -> None:
         self.gpu_now = 0.0

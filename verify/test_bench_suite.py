@@ -185,7 +185,7 @@ def test_benchmark_json_path_reads_every_pytest_benchmark_version(tmp_path):
     """5.3 and newer give --benchmark-json as a path; 4.0 to 5.2 as a file already open."""
     from types import SimpleNamespace
 
-    from conftest import benchmark_json_path
+    from handgrad.benchmark import benchmark_json_path
 
     target = tmp_path / "sub" / "b.json"
     as_path = SimpleNamespace(option=SimpleNamespace(benchmark_json=target))
@@ -200,7 +200,7 @@ def test_benchmark_json_path_reads_every_pytest_benchmark_version(tmp_path):
 def test_slowed_spins_for_the_extra_time(monkeypatch):
     """--bench-slow's wrapper, on a fake clock: the call takes 2 s, the wrapper must spin
     until 2 * 0.25 s more have passed, whatever the machine's speed."""
-    from bench import conftest as bc
+    import handgrad.benchmark as bc
 
     clock = {"t": 100.0}
 
@@ -282,7 +282,7 @@ def test_an_unknown_device_is_one_line():
 ])
 def test_the_one_broken_pairing_in_the_declared_ranges_is_a_clear_error(
         pytest_version, benchmark_version, conflict):
-    from conftest import plugin_conflict
+    from handgrad.benchmark import plugin_conflict
 
     msg = plugin_conflict(pytest_version, benchmark_version)
     assert (msg is not None) == conflict
@@ -293,7 +293,7 @@ def test_the_one_broken_pairing_in_the_declared_ranges_is_a_clear_error(
 def test_xdist_workers_share_the_cores(monkeypatch):
     from types import SimpleNamespace
 
-    from conftest import bench_threads
+    from handgrad.benchmark import bench_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     opts = {"--bench-threads": None}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALL_DTYPES
+from handgrad.plugin import ALL_DTYPES
 from handgrad.testing.compare import RECORDS, assert_close
 from handgrad.testing.tolerances import FORWARD, GRAD, Tol, tol_for
 

@@ -1,4 +1,5 @@
-"""Every compiled callable the bench times returns the eager result (bench/compiled.py).
+"""Every compiled callable the bench times returns the eager result
+(handgrad/benchmark/compiled.py).
 
 The callables are built by the bench's own functions (``bench.test_backprop.make_calls``,
 ``bench.test_jacobian.make_call``), at a tiny size on the CPU. They are compiled with
@@ -16,10 +17,10 @@ import dataclasses
 import pytest
 import torch
 
-from bench import compiled as bc
 from bench import test_backprop as bb
 from bench import test_jacobian as bj
 from bench import test_least_squares as bl
+from handgrad.benchmark import compiled as bc
 from handgrad.kernels import backprop as bp
 from handgrad.reports.record import BenchRecord
 from handgrad.testing.compare import assert_close
@@ -410,7 +411,7 @@ def test_capture_call_records_the_captures_peak_and_seconds():
     from verify.fake_cuda_timing import FakeCuda as TimingCuda
 
     class Cuda(GraphCuda, TimingCuda):  # kernels.capture's graph API, the allocator's
-        def __init__(self):              # counters and synchronize of bench.timing's
+        def __init__(self):              # counters and synchronize of handgrad.benchmark.timing's
             TimingCuda.__init__(self)
             GraphCuda.__init__(self)
             self.allocated = 1000

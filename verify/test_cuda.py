@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from bench import compiled as bc
-from bench import timing as T
+from handgrad.benchmark import compiled as bc
+from handgrad.benchmark import timing as T
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import jacobian as jm
 from handgrad.kernels import least_squares as ls

@@ -1,6 +1,7 @@
-"""Instruction counts: ``pytest bench --bench-instructions`` (bench/callgrind.py), their
-record fields, their place in the report and their gate (reports.gate.instruction_gate),
-declared regressions (``--accept``) and the timed gate over several pairs of runs.
+"""Instruction counts: ``pytest bench --bench-instructions``
+(handgrad/benchmark/callgrind.py), their record fields, their place in the report and
+their gate (reports.gate.instruction_gate), declared regressions (``--accept``) and the
+timed gate over several pairs of runs.
 
 ``verify/fixtures/bench_instructions.json`` is a real counted run (see the fixtures'
 README). The one test that runs valgrind itself is marked slow: it costs about 80 s of
@@ -21,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import callgrind
-from bench.conftest import not_counted
+from handgrad.benchmark import callgrind, not_counted
 from handgrad.reports.__main__ import main
 from handgrad.reports.gate import instruction_gate, read_accepted
 from handgrad.reports.load import ReportInputError, load_benchmarks
@@ -103,7 +103,7 @@ def test_instruction_fields_round_trip_and_are_checked():
         BenchRecord(**{**GOOD, "method": "torch_autograd", "role": "reference"})
 
 
-# ----------------------------------------------------------------------- bench.callgrind
+# ---------------------------------------------------------- handgrad.benchmark.callgrind
 
 
 class FakeCallgrind:
@@ -227,7 +227,7 @@ def test_reexec_runs_this_interpreter_under_callgrind_collecting_nothing_at_star
      "compiled or captured"),
     ({"kernel": "backprop", "device": "cuda", "flops": 1}, "on the CPU only"),
     ({"kernel": "backprop", "device": "cpu", "flops": callgrind.MAX_FLOPS + 1},
-     "over bench.callgrind.MAX_FLOPS"),
+     "over handgrad.benchmark.callgrind.MAX_FLOPS"),
 ])
 def test_what_the_instruction_mode_does_not_count(info, says):
     assert says in not_counted(info)

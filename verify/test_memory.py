@@ -1,6 +1,6 @@
 """Peak memory of one call: the manual kernels need no more than their torch references.
 
-Measured on the CPU by ``bench.timing.cpu_peak_bytes`` (torch.profiler's allocator
+Measured on the CPU by ``handgrad.benchmark.timing.cpu_peak_bytes`` (torch.profiler's allocator
 events, the figure the benchmarks record on a CPU; on a GPU they record
 ``torch.cuda.max_memory_allocated``). Both sides are measured the same way, inputs
 already allocated; what a call returns counts for both (every gradient, or the Jacobian).
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench import test_jacobian as bj
-from bench.timing import cpu_peak_bytes
+from handgrad.benchmark.timing import cpu_peak_bytes
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp
 from handgrad.testing.references import torch_loss

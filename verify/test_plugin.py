@@ -140,3 +140,86 @@ def test_the_plugin_can_be_turned_off(project):
                                        "--device", "cpu")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*unrecognized arguments: --device*"])
+
+
+USER_BENCH = '''
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+def softplus_backward(g, x):  # the user's hand-written backward
+    return g * torch.sigmoid(x)
+
+
+@pytest.mark.parametrize("batch", [64, 256, 1024])
+@pytest.mark.parametrize("method", ["mine", "torch.autograd"])
+def test_softplus_backward(measure, batch, method):
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 32, generator=g)
+    dy = torch.randn(batch, 32, generator=g)
+
+    def reference():
+        xr = x.detach().requires_grad_()
+        return torch.autograd.grad(F.softplus(xr), xr, dy)[0]
+
+    fn = {"mine": lambda: softplus_backward(dy, x), "torch.autograd": reference}[method]
+    measure(fn, reference_fn=None if method == "torch.autograd" else reference,
+            group=f"softplus batch={batch}", kernel="softplus_layer", method=method,
+            reference="torch.autograd",
+            role="reference" if method == "torch.autograd" else "kernel",
+            flops=4 * batch * 32, bytes=3 * 4 * batch * 32, device="cpu",
+            dtype=torch.float32, shape={"batch": batch, "width": 32})
+
+
+@pytest.mark.full
+def test_only_in_the_full_grid(measure):
+    measure(lambda: None, group="g", kernel="k", method="m", reference="m",
+            role="reference", device="cpu", dtype=torch.float32)
+'''
+
+
+def test_the_measure_fixture_times_a_users_kernel_beside_its_reference(project, tmp_path):
+    """A user's kernel, a family handgrad does not know: interleaved with its reference,
+    its peak memory measured, the record read by render and gate; the grid option and
+    its markers work in a project that registers none."""
+    pytest.importorskip("pytest_benchmark")
+    project.makepyfile(test_bench=USER_BENCH)
+    out = tmp_path / "user.json"
+    result = _run(project, "test_bench.py", "--strict-markers", f"--benchmark-json={out}",
+                  "--benchmark-min-rounds=3", "--benchmark-max-time=0.01",
+                  "--bench-threads=1")
+    result.assert_outcomes(passed=6, skipped=1)
+    data = json.loads(out.read_text())
+    from handgrad.reports.record import SCHEMA, SCHEMA_KEY, BenchRecord
+
+    assert data["machine_info"][SCHEMA_KEY] == SCHEMA
+    records = [BenchRecord.from_extra_info(b["extra_info"]) for b in data["benchmarks"]]
+    mine = [r for r in records if r.method == "mine"]
+    assert sorted(r.shape["batch"] for r in mine) == [64, 256, 1024]
+    assert all(r.gated and r.threads == 1 and r.peak_bytes is not None
+               and r.reference_peak_bytes is not None for r in mine)
+    for b in data["benchmarks"]:  # interleaved: one reference round per kernel round
+        r = BenchRecord.from_extra_info(b["extra_info"])
+        if r.method == "mine":
+            assert len(r.reference_data) == len(b["stats"]["data"]) >= 3
+    from handgrad.reports.__main__ import main
+
+    assert main(["render", str(out), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.csv").read_text()
+    assert "softplus_layer" in summary and "batch" in summary.splitlines()[0]
+    assert main(["gate", "--baseline", str(out), "--current", str(out)]) == 0
+
+
+def test_the_measure_fixture_refuses_a_malformed_record_by_name(project):
+    pytest.importorskip("pytest_benchmark")
+    project.makepyfile(test_bad='''
+import torch
+
+def test_bad(measure):
+    measure(lambda: None, group="g", kernel="k", method="m", reference="r",
+            role="owner", device="cpu", dtype=torch.float32)
+''')
+    result = _run(project, "test_bad.py", "--benchmark-disable")
+    result.assert_outcomes(failed=1)
+    assert "role: expected one of ['kernel', 'reference'], got 'owner'" in result.stdout.str()

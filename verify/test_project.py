@@ -157,7 +157,9 @@ def test_ci_runs_the_example_project_from_a_built_wheel() -> None:
     example = (ROOT / ".ci" / "example").read_text()
     for what in ("pip wheel", "examples/softplus_layer", "$(mktemp -d)",
                  "tests/test_softplus_layer.py", "tests/test_planted.py",
-                 r"wrong derivative for args\[1\] (weight)", "handgrad.reports render"):
+                 r"wrong derivative for args\[1\] (weight)", "handgrad.reports render",
+                 "python -m pytest benchmarks", "--benchmark-json", "--bench-slow",
+                 "handgrad.reports gate", "| REGRESSION |"):
         assert what in example, f".ci/example lacks {what!r}"
     assert "pip install -e" not in example and "--editable" not in example
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.conftest import bench_record
+from handgrad.benchmark import bench_record
 from handgrad.reports.record import (
     SCHEMA,
     BenchRecord,

@@ -1,5 +1,6 @@
-"""bench.timing on a CPU: the CUDA path's logic with a stand-in for torch.cuda (a fake GPU
-clock that a call advances), and the hand-over of event times to pytest-benchmark."""
+"""handgrad.benchmark.timing on a CPU: the CUDA path's logic with a stand-in for
+torch.cuda (a fake GPU clock that a call advances), and the hand-over of event times to
+pytest-benchmark."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import timing as T
+from handgrad.benchmark import timing as T
 from verify.fake_cuda_timing import FakeCuda
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,8 +117,8 @@ def test_pytest_benchmark_keeps_the_event_times_as_its_rounds(tmp_path):
     of each round in stats.data (a clock that moved by anything else would show)."""
     test = tmp_path / "test_clock.py"
     test.write_text(textwrap.dedent("""
-        from bench.conftest import _use_clock
-        from bench.timing import EventClock
+        from handgrad.benchmark import _use_clock
+        from handgrad.benchmark.timing import EventClock
 
         TIMES = [0.003, 0.001, 0.004, 0.0015, 0.009]
 

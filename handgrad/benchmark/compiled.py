@@ -23,7 +23,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from bench.timing import cuda_peak
+from handgrad.benchmark.timing import cuda_peak
 
 WARMUP_CALLS = {"default": 1, "reduce-overhead": 3}  # CUDA graphs record on the 3rd call
 # what Dynamo raises for a graph break under fullgraph=True

@@ -1,0 +1,365 @@
+"""handgrad's benchmark machinery, public through the pytest plugin (``handgrad.plugin``):
+the ``measure`` fixture times any callable beside any reference and writes one
+``handgrad.reports.record.BenchRecord`` into pytest-benchmark's ``extra_info``.
+
+- ``timing``: how a call is timed per device (perf_counter on the CPU; CUDA events with no
+  host sync inside the window on a GPU, cold L2 on request) and its peak memory.
+- ``compiled``: compiled (``torch.compile``) and captured (CUDA graph) peers of a callable,
+  compiled outside any timing.
+- ``callgrind``: instruction counts of one call under valgrind (``--bench-instructions``).
+
+This module holds what the fixture and the ``--bench-*`` options do, so that the plugin
+stays a thin layer of pytest hooks: ``measure_with`` (the fixture's body), the record a
+measurement writes (``bench_record``), the thread count, the grid a benchmark belongs to,
+the machine info of a run and the ``--bench-instructions`` re-execution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from handgrad.benchmark.timing import finished, peak_bytes, timing_for
+from handgrad.reports.record import BenchRecord
+
+GRIDS = ("quick", "full", "gpu")
+# families that measure the machine, not a kernel: timed, never counted or slowed
+MACHINE_FAMILIES = ("control", "ceiling")
+
+# the markers the grids select on (registered by the plugin)
+MARKERS = (
+    "full: part of the full benchmark grid only (--bench-grid=full)",
+    "gpu_grid: GPU-sized, part of the gpu benchmark grid only (--bench-grid=gpu, CUDA)",
+    "every_grid: part of every benchmark grid (the control and the ceilings)",
+    "cuda: needs a CUDA device (skipped when none is present)",
+)
+
+
+# ------------------------------------------------------------------------ the options
+
+def bench_threads(config: pytest.Config) -> int:
+    """torch's CPU threads for the session: --bench-threads, else all cores (at most 8)
+    shared among pytest-xdist workers; one under --bench-instructions."""
+    if config.getoption("--bench-instructions"):
+        return 1  # instruction counts are taken on one thread
+    n = config.getoption("--bench-threads")
+    if n is not None and n < 1:
+        raise pytest.UsageError(f"--bench-threads: expected a positive integer, got {n}")
+    if n:
+        return n
+    # a pytest-xdist worker shares the cores with its siblings: n workers x all cores
+    # threads would oversubscribe the machine (benchmarks are disabled under xdist anyway)
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    return max(1, min(os.cpu_count() or 1, 8) // workers)
+
+
+def plugin_conflict(pytest_version: str, benchmark_version: str | None) -> str | None:
+    """The one pairing inside pyproject's ranges that cannot work, said plainly: before
+    5.3.1, pytest-benchmark's fixture reads Node._nodeid, which pytest 9.2 removed."""
+    def release(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", v)[:3])
+
+    if benchmark_version and release(benchmark_version) < (5, 3, 1) and release(
+            pytest_version) >= (9, 2):
+        return (f"pytest-benchmark {benchmark_version} cannot run under pytest "
+                f"{pytest_version} (it reads Node._nodeid, removed in pytest 9.2): install "
+                "pytest-benchmark>=5.3.1 or pytest<9.2")
+    return None
+
+
+def benchmark_version() -> str | None:
+    try:
+        return metadata.version("pytest-benchmark")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def bench_slow(config: pytest.Config) -> dict[str, float]:
+    """--bench-slow KERNEL.METHOD=FACTOR entries as {"kernel.method": factor}; a malformed
+    entry is a usage error."""
+    out = {}
+    for entry in config.getoption("--bench-slow"):
+        name, sep, factor = entry.partition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = float("nan")
+        if not sep or "." not in name or not value >= 1:
+            raise pytest.UsageError(
+                f"--bench-slow: expected KERNEL.METHOD=FACTOR with FACTOR >= 1 "
+                f"(e.g. backprop.manual=1.25), got {entry!r}"
+            )
+        out[name.strip()] = value
+    return out
+
+
+def benchmark_json_path(config: pytest.Config) -> Path | None:
+    """Where --benchmark-json writes, whatever pytest-benchmark's version: a path (5.3 and
+    newer) or a file it has already opened for writing (4.0 to 5.2)."""
+    target = getattr(config.option, "benchmark_json", None)
+    if target is None:
+        return None
+    return Path(target.name if hasattr(target, "write") else target)
+
+
+def configure(config: pytest.Config) -> None:
+    """The session's benchmark settings, before anything runs: the version check, the
+    --bench-instructions re-execution, one thread count, --bench-slow's format, the
+    --benchmark-json folder."""
+    conflict = plugin_conflict(pytest.__version__, benchmark_version())
+    if conflict:
+        raise pytest.UsageError(conflict)
+    if config.getoption("--bench-instructions"):
+        instruction_mode(config)  # returns only under callgrind (the re-executed run)
+    # one fixed thread count for the whole session, recorded in machine_info and every
+    # benchmark's extra_info: CPU timings are meaningless without it
+    torch.set_num_threads(bench_threads(config))
+    bench_slow(config)  # a malformed --bench-slow is a usage error (one line)
+    # pytest-benchmark >= 5.3 writes --benchmark-json at the end of the session and fails
+    # then if the folder is missing, so make it now (older versions open the file while
+    # parsing the command line)
+    target = benchmark_json_path(config)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+
+def instruction_mode(config: pytest.Config) -> None:
+    """--bench-instructions: in the process the user started, run the same pytest command
+    under callgrind and exit with its status; in that re-executed process, return."""
+    from handgrad.benchmark import callgrind
+
+    if config.getoption("--bench-slow"):
+        raise pytest.UsageError("--bench-slow spins for a multiple of a call's time; with "
+                                "--bench-instructions it would count the spinning: plant a "
+                                "code change instead")
+    if callgrind.under_callgrind():
+        return
+    if getattr(config, "workerinput", None) is not None or config.getoption(
+            "numprocesses", default=None):
+        raise pytest.UsageError("--bench-instructions: counts are taken in one process; "
+                                "drop -n (pytest-xdist)")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # the child writes to the real stdout/stderr
+    valgrind = callgrind.valgrind_path()
+    if valgrind is None:
+        print(f"error: {callgrind.INSTALL_HINT}", file=sys.stderr, flush=True)
+        os._exit(2)
+    import shutil
+    import subprocess
+    import tempfile
+
+    out_dir = tempfile.mkdtemp(prefix="handgrad-callgrind-")
+    try:
+        rc = subprocess.call(callgrind.reexec_command(valgrind, out_dir,
+                                                      config.invocation_params.args),
+                             cwd=config.invocation_params.dir,
+                             env=callgrind.reexec_env(out_dir))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)  # this process ran nothing: the child's status is the run's
+
+
+def machine_info(config: pytest.Config, info: dict) -> None:
+    """What every benchmark file records of its run, beside pytest-benchmark's own."""
+    from handgrad.benchmark.timing import gpu_info
+    from handgrad.reports.record import SCHEMA, SCHEMA_KEY
+
+    info[SCHEMA_KEY] = SCHEMA  # the extra_info layout of every benchmark
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+    info["cpu_count"] = os.cpu_count()
+    info["platform"] = platform.platform()
+    info.update({"cuda": None, "gpu": None, **gpu_info()})
+    info["bench_grid"] = config.getoption("--bench-grid")
+    info["bench_slow"] = bench_slow(config)
+    info["bench_mode"] = "instructions" if config.getoption(
+        "--bench-instructions") else "time"
+
+
+def select_grid(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Which benchmarks a grid runs. quick: the unmarked ones; full: those and ``full``;
+    gpu: ``gpu_grid`` (GPU-sized, CUDA only) and ``every_grid`` (control, ceilings)."""
+    grid = config.getoption("--bench-grid")
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if grid == "gpu":
+            if not marks & {"gpu_grid", "every_grid"}:
+                item.add_marker(pytest.mark.skip(reason="not in the gpu grid "
+                                                 "(--bench-grid=quick or full)"))
+            elif "gpu_grid" in marks and _param(item, "device") not in (None, "cuda"):
+                item.add_marker(pytest.mark.skip(reason="gpu grid: GPU-sized, CUDA only"))
+        elif "gpu_grid" in marks:
+            item.add_marker(pytest.mark.skip(reason="gpu grid only (--bench-grid=gpu)"))
+        elif "full" in marks and grid != "full":
+            item.add_marker(pytest.mark.skip(reason="full benchmark grid only "
+                                             "(--bench-grid=full)"))
+
+
+def _param(item: pytest.Item, name: str):
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get(name)
+
+
+# ------------------------------------------------------------------------ measuring
+
+def slowed(fn: Callable[[], object], factor: float) -> Callable[[], object]:
+    """``fn`` made ``factor`` times as slow by spinning for (factor - 1) x its own time after
+    each call: a stand-in for a regression, for testing the gate (``--bench-slow``)."""
+
+    def run() -> object:
+        t0 = time.perf_counter()
+        out = fn()
+        until = time.perf_counter() + (factor - 1) * (time.perf_counter() - t0)
+        while time.perf_counter() < until:
+            pass
+        return out
+
+    return run
+
+
+def warm_up(fn: Callable[[], object], times: int) -> None:
+    """Call ``fn`` up to ``times`` times before timing; one call is enough warm-up for a
+    call that takes over 50 ms (caches, allocator and dispatch are warm after it)."""
+    for _ in range(times):
+        if _time(fn) > 0.05:
+            return
+
+
+def _time(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_record(info: dict, slow: dict[str, float]) -> BenchRecord:
+    """The record of one benchmark from ``measure``'s keywords: the dtype as its name, the
+    session's thread count, the ``--bench-slow`` factor that applies. A missing, unknown or
+    malformed field raises here (TypeError / reports.record.RecordError, by name)."""
+    info = {**info, "dtype": str(info.get("dtype")).removeprefix("torch."),
+            "threads": torch.get_num_threads()}
+    factor = slow.get(f"{info.get('kernel')}.{info.get('method')}")
+    if factor is not None:
+        info["slowed_by"] = factor
+    return BenchRecord(**info)
+
+
+def measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *, group: str,
+                 warmup: int = 3, reference_fn: Callable[[], object] | None = None,
+                 peak: int | None = None, reference_peak: int | None = None,
+                 **info) -> object:
+    """The ``measure`` fixture's body (see ``handgrad.plugin.measure``). ``flops`` and
+    ``bytes`` default to 0: not modelled (no GFLOP/s, no roofline point)."""
+    info = {"flops": 0, "bytes": 0, **info}
+    if config.getoption("--bench-instructions"):
+        return _count_instructions(benchmark, fn, reference_fn, group, info)
+    device = str(info.get("device"))
+    cold = bool(config.getoption("--bench-cold-l2")) and _is_cuda(device)
+    timing = timing_for(device, cold=cold)
+    record = bench_record({**info, "timer": timing.timer, "cache": timing.cache},
+                          bench_slow(config))
+    benchmark.group = group
+    benchmark.extra_info.update(record.to_extra_info())
+    target = fn
+    if record.slowed_by is not None:  # spun inside the timed window, device finished
+        target = slowed(finished(fn, timing.cuda), record.slowed_by)
+    run = timing.wrap(target)
+    if benchmark.disabled:
+        return benchmark(run)
+    warm_up(run, warmup)
+    if timing.clock is not None:
+        _use_clock(benchmark, timing.clock)
+    if reference_fn is not None:
+        warm_up(timing.wrap(reference_fn), warmup)
+    ref_times: list[float] = []
+    if reference_fn is None and timing.clock is None:
+        result = benchmark(run)  # pytest-benchmark's own calibration and rounds
+    else:
+        # as many rounds as fit in --benchmark-max-time (for the pair, when
+        # interleaved), at least min-rounds
+        opts = config.option
+        per_round = _time(run) + (_time(timing.wrap(reference_fn)) if reference_fn
+                                  else 0.0)
+        min_rounds = int(getattr(opts, "benchmark_min_rounds", 5))
+        max_time = float(getattr(opts, "benchmark_max_time", 1.0))
+        rounds = int(max(min_rounds, min(10_000, max_time / max(per_round, 1e-9))))
+        setup = None if reference_fn is None else (
+            lambda: ref_times.append(timing.time_once(reference_fn)))
+        result = benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1)
+    extra = {}
+    if reference_fn is not None:
+        extra["reference_data"] = tuple(ref_times)
+    if peak is None:  # given for a captured method: its replay allocates nothing
+        peak = peak_bytes(fn, device)
+    if peak is not None:
+        extra["peak_bytes"] = peak
+        if reference_fn is not None:
+            extra["reference_peak_bytes"] = (reference_peak if reference_peak is not None
+                                             else peak_bytes(reference_fn, device))
+    if extra:
+        benchmark.extra_info.update(dataclasses.replace(record, **extra).to_extra_info())
+    return result
+
+
+def not_counted(info: dict) -> str | None:
+    """Why ``--bench-instructions`` does not count a benchmark (None: it counts it)."""
+    from handgrad.benchmark import callgrind
+
+    if info.get("kernel") in MACHINE_FAMILIES:
+        return ("a measurement of the machine, for the wall clock: not counted under "
+                "--bench-instructions")
+    if info.get("compile_mode") is not None:
+        return ("compiled or captured: compiling under callgrind takes hours; not counted "
+                "under --bench-instructions")
+    if torch.device(str(info.get("device"))).type != "cpu":
+        return "instructions are counted on the CPU only (--bench-instructions)"
+    flops = info.get("flops") or 0
+    if flops > callgrind.MAX_FLOPS:
+        return (f"{flops:.3g} FLOPs a call, over handgrad.benchmark.callgrind.MAX_FLOPS "
+                f"({callgrind.MAX_FLOPS:.3g}): arithmetic-bound, left to the wall-clock gate")
+    return None
+
+
+def _count_instructions(benchmark, fn, reference_fn, group: str, info: dict) -> object:
+    """--bench-instructions: instructions per call of ``fn`` and of its reference
+    (handgrad.benchmark.callgrind.count), recorded with timer 'callgrind'; pytest-benchmark
+    times one call under valgrind, a time no report reads as wall clock."""
+    from handgrad.benchmark import callgrind
+
+    why = not_counted(info)
+    if why:
+        pytest.skip(why)
+    counts = {"instructions": callgrind.count(fn)}
+    if reference_fn is not None:
+        counts["reference_instructions"] = callgrind.count(reference_fn)
+    record = bench_record({**info, "timer": "callgrind", "cache": "warm", **counts}, {})
+    benchmark.group = group
+    benchmark.extra_info.update(record.to_extra_info())
+    if benchmark.disabled:
+        return benchmark(fn)
+    return benchmark.pedantic(fn, rounds=1, iterations=1)
+
+
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def _use_clock(benchmark, clock) -> None:
+    """pytest-benchmark reads its timer before and after each call; give it the event
+    clock (the attribute every version from 4.0 to 5.3 has)."""
+    if not hasattr(benchmark, "_timer"):
+        raise RuntimeError("this pytest-benchmark has no BenchmarkFixture._timer: CUDA event "
+                           "timing cannot hand it its times")
+    benchmark._timer = clock
