@@ -20,7 +20,7 @@ FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (30, 256, 1024, 4096) for N i
 # GPU-sized (--bench-grid=gpu), float32: K up to 4096, N up to 65536 (the course's D=2,
 # P=10). Reverse mode's adjoint is P*N*K floats: 2.7 GB per layer at K=1024, N=65536
 # L=10 at N=4096: its reverse-mode pair alone is ~1.4 s a call at N=8192 (op-count model at
-# 40 TFLOP/s), ~15 s a benchmark eager and as much again compiled (README: the 10 minutes)
+# 40 TFLOP/s), ~15 s a benchmark eager and as much again compiled (docs/benchmarks.md)
 GPU = [(3, 4096, 8192), (10, 4096, 4096), (3, 1024, 65536), (3, 4096, 1)]
 
 METHODS = {  # method: its role

@@ -138,7 +138,7 @@ def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
 
 
 def test_only_the_gd_k10_loop_declares_gate_noise(tiny_run):
-    # the README says which benchmark widens its own gate threshold, and why
+    # docs/reports-and-gate.md says which benchmark widens its own gate threshold, and why
     declared = {(b["group"], b["extra_info"]["method"]): b["extra_info"]["gate_noise"]
                 for b in tiny_run["benchmarks"] if "gate_noise" in b["extra_info"]}
     assert declared == {("least_squares gd k=10 N=200 D=50 cpu", "gd_loop"): 0.5}

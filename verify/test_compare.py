@@ -29,7 +29,7 @@ def test_failure_message_names_everything_needed_to_fix_the_bug() -> None:
         assert_close(actual, expected, kernel="backprop", reference="torch.autograd.grad",
                      what="dJ/dW1", tol=Tol(rtol=1e-6, atol=1e-6))
     msg = str(info.value)
-    # the README quotes this message; keep them in step
+    # docs/verification.md quotes this message; keep them in step
     assert msg.splitlines()[0] == (
         "backprop vs torch.autograd.grad [dJ/dW1]: tensors are not close (float64 on cpu)"
     )

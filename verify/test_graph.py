@@ -95,7 +95,7 @@ def test_every_manual_kernel_compiles_whole_and_returns_its_eager_result(case):
 def test_in_a_graph_the_value_checks_are_not_made_and_the_result_keeps_its_inf():
     """Eagerly, a divergent alpha warns and its overflow raises; inside a graph no value
     can reach the host, so neither happens there and the inf stays in the result
-    (README: compiled and captured kernels)."""
+    (docs/kernels.md: compiled and captured kernels)."""
     X = torch.eye(3, dtype=torch.float64) * 10
     y = torch.ones(3, dtype=torch.float64)
     w0 = torch.zeros(3, dtype=torch.float64)

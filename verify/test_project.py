@@ -93,13 +93,35 @@ def test_workflow_verifies_every_push_and_gates_pull_requests() -> None:
     assert base < head < gate
 
 
-def test_readme_figure_exists() -> None:
-    text = (ROOT / "README.md").read_text()
-    figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
-    assert figures, "the README shows no figure"
-    for f in figures:
-        data = (ROOT / f).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n", f
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_the_docs_show_no_figure_of_a_run(tmp_path) -> None:
+    """Figures that change with each run are generated into reports, never copied into the
+    docs: no figure the docs show has the name of one that `render` writes; those they do
+    show exist and are PNGs."""
+    from handgrad.reports.__main__ import main
+
+    assert main(["render", str(ROOT / "verify" / "fixtures" / "bench_run1.json"),
+                 "--out", str(tmp_path)]) == 0
+    written = {p.name for p in tmp_path.glob("*.png")}
+    assert written  # render draws figures, so the comparison means something
+    for doc in DOCS:
+        for f in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", doc.read_text()):
+            path = (doc.parent / f).resolve()
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (doc.name, f)
+            assert path.name not in written, f"{doc.name} shows {f}, a figure of one run"
+
+
+def test_the_docs_links_resolve() -> None:
+    """Every relative link of the README and docs/ names a file of the repository (a clone
+    has no ../shared/)."""
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target:
+                continue
+            path = (doc.parent / target).resolve()
+            assert path.exists() and ROOT in path.parents, (doc.name, target)
 
 
 def test_ci_gates_every_submission_against_the_baseline_commit() -> None:
@@ -164,15 +186,15 @@ def test_ci_runs_the_example_project_from_a_built_wheel() -> None:
     assert "pip install -e" not in example and "--editable" not in example
 
 
-def test_the_readmes_record_table_names_every_field_of_the_record_once() -> None:
-    """The README's table of the benchmark record mirrors BenchRecord: each field in one
-    row, no row for a field that does not exist, and every kernel family named."""
+def test_the_docs_record_table_names_every_field_of_the_record_once() -> None:
+    """docs/benchmarks.md's table of the benchmark record mirrors BenchRecord: each field
+    in one row, no row for a field that does not exist, and both roles named."""
     from dataclasses import fields
 
     from handgrad.reports.record import ROLES, BenchRecord
 
-    text = (ROOT / "README.md").read_text()
-    table = text.split("### The benchmark record", 1)[1].split("\n\n| field | meaning |", 1)[1]
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    table = text.split("## The benchmark record", 1)[1].split("\n\n| field | meaning |", 1)[1]
     rows = [line for line in table.split("\n\n", 1)[0].splitlines() if line.startswith("| `")]
     named = [n for row in rows for n in re.findall(r"`([A-Za-z_]+)`", row.split(" | ")[0])]
     want = [f.name for f in fields(BenchRecord)]
@@ -239,3 +261,49 @@ def test_the_harness_imports_no_private_kernel_helper():
                 if any(m.startswith(("handgrad.kernels._", "kernels._")) for m in mods):
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert bad == []
+
+
+def test_the_readmes_benchmark_example_runs_and_writes_records(pytester, monkeypatch):
+    """The "Benchmark it" example, as written, in a project of its own (the functions it
+    times are the "Check your own kernel" example's): three benchmarks, each a kernel
+    timed interleaved with its reference, that render reads."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("pytest_benchmark")
+    text = (ROOT / "README.md").read_text()
+    check = text.split("## Check your own kernel", 1)[1].split("\n## ", 1)[0]
+    (kernel,) = re.findall(r"```python\n(.+?)\n```", check, flags=re.S)
+    kernel = kernel.split("\nargs = ", 1)[0]  # the functions, not the calls
+    bench = text.split("## Benchmark it", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.+?)\n```", bench, flags=re.S)[0]
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makepyfile(test_readme_bench=kernel + "\n\n" + code)
+    out = pytester.path / "bench.json"
+    result = pytester.runpytest_subprocess(
+        "-p", "handgrad.plugin", "-p", "no:cacheprovider", f"--benchmark-json={out}",
+        "--benchmark-min-rounds=3", "--benchmark-max-time=0.01")
+    result.assert_outcomes(passed=3)
+    from handgrad.reports.load import load_benchmarks
+
+    df = load_benchmarks([out])
+    assert sorted(df["batch"]) == [64, 256, 1024] and df["interleaved"].all()
+    assert set(df["role"]) == {"kernel"} and json.loads(out.read_text())["benchmarks"]
+
+
+def test_the_readmes_kernel_example_runs_as_its_comments_say() -> None:
+    import torch
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## handgrad's own kernels", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert tuple(ns["grads"].weights[0].shape) == (20, 13)
+    assert tuple(ns["grads"].input.shape) == (32, 13)
+    assert tuple(ns["J"].shape) == (10, 2)
+    W = ns["W"]
+    x = torch.randn(2, generator=torch.Generator().manual_seed(1))
+    want = torch.func.jacfwd(lambda v: W[2] @ torch.tanh(W[1] @ torch.tanh(W[0] @ v)))(x)
+    torch.testing.assert_close(ns["jacobian"].jacobian_forward(W, x), want)
