@@ -9,13 +9,16 @@ from handgrad.kernels import (
     constructions,
     counting,
     counting_backward,
+    counting_ops,
+    counts,
     finite_diff,
     jacobian,
     least_squares,
     mlp,
+    receptive_field,
 )
 
 __all__ = [
-    "backprop", "constructions", "counting", "counting_backward", "finite_diff", "jacobian",
-    "least_squares", "mlp",
+    "backprop", "constructions", "counting", "counting_backward", "counting_ops", "counts",
+    "finite_diff", "jacobian", "least_squares", "mlp", "receptive_field",
 ]

@@ -1,105 +1,43 @@
-"""Parameter and operation counts for convolution stacks: by formula, and by walking any
-``nn.Module`` on the ``meta`` device.
-
-Conventions. ``mults`` and ``adds`` are scalar multiplications and additions. A k x k
-convolution C_in -> C_out (groups g) makes each output a sum of k*k*C_in/g products:
-k*k*C_in/g multiplies and, with the bias completing the sum, as many adds (one fewer
-without bias). ``macs`` = mults of the products (one multiply-accumulate each);
-``flops`` = 2 * macs, the convention of torch.utils.flop_counter.FlopCounterMode, which
-counts convolutions and matrix products only and no bias adds. ``activations`` counts
-nonlinearity evaluations, ``compares`` the comparisons of max-pooling.
+"""Parameter and operation counts for convolution stacks: per-layer formulas, and
+``count_model``, which walks any ``nn.Module`` on the ``meta`` device and counts each aten
+op it dispatches by the op table (``kernels.counting_ops``), forward and, with
+``backward=True``, backward. The unit and its conventions: ``kernels.counts``; the
+receptive field: ``kernels.receptive_field`` (both re-exported here).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from handgrad.kernels._checks import check_float_dtype
+from handgrad.kernels._walk import (
+    _check_input_shape,
+    _check_layer_input,
+    _check_module,
+    _flat,
+    _meta_state,
+    _run_under,
+)
+from handgrad.kernels.counting_ops import backward_op_counts, forward_op_counts, statistics
+from handgrad.kernels.counts import (
+    Counts,
+    _flag,
+    _pair,
+    _positive,
+    conv2d_output_hw,
+)
+from handgrad.kernels.receptive_field import ReceptiveField, receptive_field
 
-# --- counts and per-layer formulas -----------------------------------------------------
+__all__ = ["Counts", "ModelCounts", "ReceptiveField", "Row", "activation_counts",
+           "conv2d_counts", "conv2d_output_hw", "count_model", "linear_counts",
+           "pool2d_counts", "receptive_field"]
 
-
-@dataclass(frozen=True)
-class Counts:
-    """Parameters and scalar operations of a layer or a model (see the module docstring)."""
-
-    params: int = 0
-    mults: int = 0
-    adds: int = 0
-    activations: int = 0
-    compares: int = 0
-    macs: int = 0  # multiply-accumulates of convolutions and matrix products
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    @property
-    def flops(self) -> int:
-        """2 * macs: what FlopCounterMode reports (no bias adds, no activations)."""
-        return 2 * self.macs
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"flops": self.flops}
-
-
-def _is_int(v) -> bool:
-    """A Python or numpy integer (bool is not a count)."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _tuple(name: str, v, n: int) -> tuple[int, ...]:
-    """An int (repeated ``n`` times) or a sequence of ``n`` ints (Python or numpy) as ints."""
-    if _is_int(v):
-        return (int(v),) * n
-    if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == n and all(
-            _is_int(i) for i in v):
-        return tuple(int(i) for i in v)
-    want = "an int or a pair of ints" if n == 2 else f"an int or {n} ints"
-    raise TypeError(f"{name}: expected {want}, got {v!r}")
-
-
-def _pair(name: str, v) -> tuple[int, int]:
-    return _tuple(name, v, 2)
-
-
-def _positive(**kw) -> tuple[int, ...]:
-    """Each value a positive Python or numpy integer; returned as Python ints, in order."""
-    for name, v in kw.items():
-        if not _is_int(v) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    return tuple(int(v) for v in kw.values())
-
-
-def _flag(**kw) -> None:
-    for name, v in kw.items():
-        if not isinstance(v, bool):
-            raise TypeError(f"{name}: expected True or False, got {v!r}")
-
-
-def conv2d_output_hw(in_hw, kernel_size, stride=1, padding=0, dilation=1) -> tuple[int, int]:
-    """(H_out, W_out) of a 2-D convolution or pooling window (torch's formula). Sizes,
-    strides and dilations are positive, padding >= 0; an output under 1x1 is refused."""
-    h, w = _pair("in_hw", in_hw)
-    kh, kw = _pair("kernel_size", kernel_size)
-    sh, sw = _pair("stride", stride)
-    ph, pw = _pair("padding", padding)
-    dh, dw = _pair("dilation", dilation)
-    _positive(in_h=h, in_w=w, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw,
-              dilation_h=dh, dilation_w=dw)
-    if ph < 0 or pw < 0:
-        raise ValueError(f"padding: expected non-negative padding, got {(ph, pw)}")
-    out = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
-    if min(out) < 1:
-        raise ValueError(f"in_hw: {(h, w)} is too small for kernel {kh}x{kw}, dilation "
-                         f"{dh}x{dw}, padding {ph}x{pw}: output would be {out}")
-    return out
+# --- per-layer formulas ----------------------------------------------------------------
 
 
 def conv2d_counts(c_in: int, c_out: int, kernel_size, out_hw, groups: int = 1,
@@ -163,147 +101,7 @@ def activation_counts(numel: int) -> Counts:
     return Counts(activations=numel)
 
 
-# --- counting aten ops as they are dispatched ----------------------------------------------
-
-
-def _numel(shape) -> int:
-    return math.prod(shape)
-
-
-def _scattered(n_in: int, size: int, k: int, stride: int, padding: int, dilation: int
-               ) -> tuple[int, int]:
-    """A transposed convolution along one axis: input i's tap t lands on output
-    i * stride - padding + t * dilation. (output positions that at least one tap reaches,
-    (input, tap) pairs that land inside the cropped output of length ``size``)."""
-    hits = [o for i in range(n_in) for t in range(k)
-            if 0 <= (o := i * stride - padding + t * dilation) < size]
-    return len(set(hits)), len(hits)
-
-
-def _conv(args, out) -> Counts:
-    x, w, b = args[0], args[1], args[2]
-    transposed = bool(args[6]) if len(args) > 6 else False
-    k = _numel(w.shape[2:])
-    if transposed:
-        # every input value is scattered to C_out/g * k outputs: all those products are
-        # made (FlopCounterMode counts them too); the ones that land on the border that
-        # padding crops are dropped. An output that c products reach sums them with c - 1
-        # adds (c with a bias); an output none reaches (stride > dilated kernel) holds
-        # the bias alone, no add.
-        m = _numel(x.shape) * w.shape[1] * k
-        reached, inside = 1, 1
-        for i in range(x.dim() - 2):
-            r, n = _scattered(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], args[3][i],
-                              args[4][i], args[5][i])
-            reached, inside = reached * r, inside * n
-        groups = args[8]
-        c_in_per_group = x.shape[1] // groups
-        contributions = x.shape[0] * out.shape[1] * c_in_per_group * inside
-        reached = x.shape[0] * out.shape[1] * reached
-        adds = contributions if b is not None else contributions - reached
-        return Counts(mults=m, adds=adds, macs=m)
-    fan_in = w.shape[1] * k
-    n_out = _numel(out.shape)
-    return Counts(mults=n_out * fan_in, adds=n_out * (fan_in if b is not None else fan_in - 1),
-                  macs=n_out * fan_in)
-
-
-def _mm(a, b, out, bias: bool) -> Counts:
-    inner = a.shape[-1]
-    n_out = _numel(out.shape)
-    return Counts(mults=n_out * inner, adds=n_out * (inner if bias else inner - 1),
-                  macs=n_out * inner)
-
-
-def _out_numel(args, out) -> int:
-    o = out[0] if isinstance(out, (tuple, list)) else out
-    return _numel(o.shape)
-
-
-def _pool_window(base: str, args) -> int | None:
-    """Taps of a pooling window: k, [k] or [k1, ..., kn] for a 1-, 2- or 3-D pool; None
-    when the kernel argument does not fit the pool's rank."""
-    rank = 3 if "3d" in base else 1 if "1d" in base else 2
-    k = args[1]
-    if _is_int(k):
-        return int(k) ** rank
-    if isinstance(k, Sequence) and len(k) in (1, rank) and all(_is_int(i) for i in k):
-        return _numel(k) if len(k) == rank else int(k[0]) ** rank
-    return None
-
-
-_ACTIVATION_OPS = {
-    "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "gelu_", "silu", "silu_",
-    "elu", "elu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish",
-    "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "threshold", "threshold_",
-    "_softmax", "_log_softmax",
-}
-# data movement and bookkeeping: no arithmetic, counted as zero on purpose
-_FREE_OPS = {
-    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "clone",
-    "contiguous", "detach", "alias", "cat", "stack", "flatten", "unsqueeze", "squeeze",
-    "slice", "select", "split", "split_with_sizes", "chunk", "empty", "zeros", "ones",
-    "zeros_like", "empty_like", "ones_like", "copy_", "_to_copy", "lift_fresh", "as_strided",
-    "unbind", "narrow", "pad", "constant_pad_nd", "dropout", "native_dropout", "_reshape_alias",
-    "new_empty", "new_zeros", "fill_", "zero_", "index_select", "repeat", "roll", "flip",
-}
-
-
-_MAX_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d",
-                 "max_pool3d_with_indices"}
-_AVG_POOL_OPS = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
-_NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training",
-             "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
-             "native_layer_norm", "native_group_norm"}
-
-
-def _statistics(name: str, args) -> str | None:
-    """The uncounted part of a normalisation that computes its statistics from the input
-    (mean and variance: training-mode batch norm, instance, layer and group norm), as a
-    key of ``ModelCounts.uncounted``; None for inference batch norm (running statistics)."""
-    base = name.split(".")[0]
-    if base in ("native_layer_norm", "native_group_norm"):
-        return f"{base} (statistics)"
-    if base in ("native_batch_norm", "_native_batch_norm_legit",
-                "_native_batch_norm_legit_functional"):
-        training = next((a for a in args if isinstance(a, bool)), True)  # the one flag
-        return f"{base} (batch statistics, training mode)" if training else None
-    return None
-
-
-def _count_op(name: str, args, out) -> Counts | None:
-    """Counts of one aten op, or None when there is no formula for it."""
-    base = name.split(".")[0]
-    if base == "convolution":
-        return _conv(args, out)
-    if base in ("mm", "bmm"):
-        return _mm(args[0], args[1], out, bias=False)
-    if base in ("addmm", "baddbmm"):
-        return _mm(args[1], args[2], out, bias=True)
-    if base in _ACTIVATION_OPS:
-        return Counts(activations=_out_numel(args, out))
-    if base in _MAX_POOL_OPS:
-        taps = _pool_window(base, args)
-        return None if taps is None else Counts(compares=_out_numel(args, out) * (taps - 1))
-    if base in _AVG_POOL_OPS:
-        taps = _pool_window(base, args)
-        n = _out_numel(args, out)
-        return None if taps is None else Counts(adds=n * (taps - 1), mults=n)
-    if base in ("mean", "sum"):
-        n_in, n_out = _numel(args[0].shape), _out_numel(args, out)
-        return Counts(adds=n_in - n_out, mults=n_out if base == "mean" else 0)
-    if base in ("add", "add_", "sub", "sub_", "rsub"):
-        return Counts(adds=_out_numel(args, out))
-    if base in ("mul", "mul_", "div", "div_"):
-        return Counts(mults=_out_numel(args, out))
-    if base in _NORM_OPS:
-        # one scale and one shift per value: the inference form, statistics folded in;
-        # statistics computed from the input (see _statistics) are listed as uncounted
-        n = _out_numel(args, out)
-        return Counts(mults=n, adds=n)
-    if base in _FREE_OPS:
-        return Counts()
-    return None
+# --- walking a model ---------------------------------------------------------------------
 
 
 @dataclass
@@ -428,12 +226,12 @@ class _Recorder(TorchDispatchMode):
                 if id(a) in watched:
                     watched.discard(id(a))
                     self.reached.add(id(a))
-        counts = _count_op(name, args, out)
+        counts = forward_op_counts(name, args, out)
         layer, kind = self.stack[-1] if self.stack else ("", "")
         if counts is None:
             self.result.uncounted[name] = self.result.uncounted.get(name, 0) + 1
             counts = Counts()
-        part = _statistics(name, args)
+        part = statistics(name, args)
         if part is not None:
             self.result.uncounted[part] = self.result.uncounted.get(part, 0) + 1
         o = out[0] if isinstance(out, (tuple, list)) and out else out
@@ -444,8 +242,6 @@ class _Recorder(TorchDispatchMode):
         return out
 
     def _backward(self, name, args, out, layer, kind, shape) -> None:
-        from handgrad.kernels.counting_backward import backward_op_counts
-
         needs = [any(id(t) in self.tracked for t in _flat([a]) if isinstance(t, torch.Tensor))
                  for a in args]
         if not any(needs):
@@ -463,11 +259,6 @@ class _Recorder(TorchDispatchMode):
         for grad, counts in rows:
             self.backward_rows.append(Row(layer, kind, f"{name}.{grad}", shape, counts,
                                           "backward"))
-
-
-def _meta_like(t: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(t, device="meta")
-    return nn.Parameter(out, requires_grad=False) if isinstance(t, nn.Parameter) else out
 
 
 def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.float32,
@@ -535,93 +326,6 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     return result
 
 
-def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A meta tensor for every parameter and buffer name; names that share a tensor in
-    the module share one meta tensor, so sharing survives the swap."""
-    made: dict[int, torch.Tensor] = {}
-    return {n: made.setdefault(id(t), _meta_like(t))
-            for n, t in module.state_dict(keep_vars=True).items()}
-
-
-def _run_under(mode, module, state, x, hooks, input_shape, stack) -> None:
-    """Run ``module`` on the meta input ``x`` under the dispatch ``mode`` that watches it,
-    a torch error turned into the named ``_does_not_fit``; the hooks removed whatever
-    happens."""
-    try:
-        with mode:
-            _functional_call(module, state, x)
-    except (RuntimeError, NotImplementedError) as exc:
-        raise _does_not_fit(input_shape, stack, exc) from None
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def _functional_call(module, state, x):
-    # torch.func.functional_call swaps the meta tensors in for the call and restores the
-    # user's parameters afterwards; nothing here differentiates anything
-    from torch.func import functional_call
-
-    return functional_call(module, state, (x,), tie_weights=True, strict=False)
-
-
-def _check_module(module) -> nn.Module:
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    return module
-
-
-def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
-    """A sequence of positive Python or numpy ints (batch included) as a tuple of ints."""
-    if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
-            or not input_shape or not all(_is_int(s) and s >= 1 for s in input_shape)):
-        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
-                         f"included), got {input_shape!r}")
-    shape = tuple(int(s) for s in input_shape)
-    if rank is not None and len(shape) != rank:
-        raise ValueError(f"input_shape: expected (N, C, H, W), 4 ints, got {shape}")
-    return shape
-
-
-def _does_not_fit(input_shape, stack, exc) -> ValueError:
-    where = stack[-1][0] if stack else "(model)"
-    return ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
-                      f"{str(exc).splitlines()[0]}")
-
-
-_RANK_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
-
-
-def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
-    """The input a layer is about to get fits it: rank and channels of a convolution,
-    channels of a batch or group norm, features of a linear layer (named errors, before
-    torch's own)."""
-    if not inputs or not isinstance(inputs[0], torch.Tensor):
-        return
-    x = inputs[0]
-    where = f"layer '{name or '(model)'}' ({type(mod).__name__})"
-    channels = None
-    if isinstance(mod, nn.modules.conv._ConvNd):
-        n = len(mod.kernel_size)
-        if x.dim() not in (n + 1, n + 2):
-            raise ValueError(f"input_shape: {where} expects {_RANK_NAMES.get(n, 'N, C, ...')} "
-                             f"input, got shape {tuple(x.shape)}")
-        channels = mod.in_channels
-    elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and x.dim() >= 2:
-        channels = mod.num_features
-    elif isinstance(mod, nn.GroupNorm) and x.dim() >= 2:
-        channels = mod.num_channels
-    if channels is not None:
-        got = x.shape[-(len(getattr(mod, "kernel_size", ())) + 1)] if isinstance(
-            mod, nn.modules.conv._ConvNd) else x.shape[1]
-        if got != channels:
-            raise ValueError(f"input_shape: {where} expects {channels} input channels, "
-                             f"got {got} (input shape {tuple(x.shape)})")
-    if isinstance(mod, nn.Linear) and x.shape[-1] != mod.in_features:
-        raise ValueError(f"input_shape: {where} expects {mod.in_features} input features, got "
-                         f"{x.shape[-1]} (input shape {tuple(x.shape)})")
-
-
 def _account_params(module, params, state, seen, reached, param_rows, result) -> None:
     """Every parameter of ``module`` counted or named. A layer's own parameters were
     counted when it ran (``pre``); one that an op took while its layer never ran (an
@@ -656,174 +360,3 @@ def _attach_params(result: ModelCounts, param_rows: dict[str, int], kinds: dict[
         else:
             result.rows.append(Row(layer, kinds.get(layer, ""), "(parameters)", (),
                                    Counts(params=n)))
-
-
-# --- receptive field -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Of one unit of the last spatial feature map: ``size`` (h, w) of input pixels seen,
-    ``jump`` (h, w) input pixels between neighbouring units, ``start`` (h, w) the centre of
-    the first unit's field in input coordinates (may be negative with padding). Sizes are
-    spans in the padded input's coordinates, padding included."""
-
-    size: tuple[int, int]
-    jump: tuple[int, int]
-    start: tuple[float, float]
-
-
-# ops that act on each spatial position alone (output position p reads input position p)
-_RF_POINTWISE = (_ACTIVATION_OPS - {"_softmax", "_log_softmax"}) | {
-    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "clone", "contiguous",
-    "detach", "alias", "_to_copy", "copy_", "lift_fresh", "dropout", "native_dropout", "view",
-    "_unsafe_view", "reshape", "_reshape_alias", "abs", "neg", "pow", "sqrt", "exp", "log",
-    "clamp", "clamp_min", "clamp_max", "sign", "fill_", "zero_",
-}
-# ops that pick or join along a dimension (its position in the op's arguments, default 0):
-# exact when that dimension is the batch or the channels, not a spatial one
-_RF_ALONG_DIM = {"cat": 1, "slice": 1, "select": 1, "narrow": 1, "index_select": 1,
-                 "unbind": 1, "split": 2, "split_with_sizes": 2, "chunk": 2}
-_FLAT = "flattened"  # a tracked value with fewer than 3 dims: the spatial field ended
-
-
-def _rf_pool(rf, k, stride, pad, dil):
-    """The textbook recurrences, per axis (see verify/test_counting.py's RF_CASES)."""
-    r, j, s = rf
-    new = tuple(zip(*[(r[i] + (k[i] - 1) * dil[i] * j[i], j[i] * stride[i],
-                       s[i] + ((k[i] - 1) * dil[i] / 2 - pad[i]) * j[i]) for i in range(2)]))
-    return (new[0], new[1], new[2])
-
-
-class _RFTracker(TorchDispatchMode):
-    """Follows the field of every value computed from the input, op by op; an op with no
-    exact formula on a value that still has spatial dims is refused by name."""
-
-    def __init__(self, first: torch.Tensor, stack: list[tuple[str, str]]):
-        super().__init__()
-        self.stack = stack
-        self.rf: dict[int, tuple | str] = {id(first): ((1, 1), (1, 1), (0.5, 0.5))}
-        self.last = self.rf[id(first)]
-        self.keep = [first]  # keep tensors alive so their ids stay unique
-
-    def _refuse(self, base: str, why: str) -> ValueError:
-        layer, kind = self.stack[-1] if self.stack else ("(model)", "")
-        where = f"layer '{layer}' ({kind})" if kind else f"'{layer}'"
-        return ValueError(f"module: {where} applies aten.{base}, which {why}: no exact "
-                          "receptive field (refused rather than guessed)")
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        base = func.overloadpacket.__name__
-        ins = [a for a in _flat(args) if isinstance(a, torch.Tensor) and id(a) in self.rf]
-        if not ins:
-            return out
-        outs = [t for t in _flat([out]) if isinstance(t, torch.Tensor)]
-        spatial = [t for t in outs if t.dim() >= 3]
-        if not spatial:
-            rf = _FLAT  # flattened or reduced: the spatial field ends here
-        elif any(self.rf[id(a)] == _FLAT for a in ins):
-            raise self._refuse(base, "makes a spatial map again from a flattened value")
-        else:
-            rf = self._field(base, args, ins, spatial[0])
-            self.last = rf
-        for t in outs:
-            self.rf[id(t)] = rf
-            self.keep.append(t)
-        return out
-
-    def _field(self, base, args, ins, o):
-        x = args[0] if isinstance(args[0], torch.Tensor) else None
-        if base == "convolution":
-            if x is None or id(x) not in self.rf:
-                raise self._refuse(base, "convolves the input as its weight")
-            if args[1].dim() != 4:
-                raise self._refuse(base, f"is a {args[1].dim() - 2}-D convolution")
-            if args[6]:
-                raise self._refuse(base, "is a transposed convolution")
-            return _rf_pool(self.rf[id(x)], tuple(args[1].shape[2:]), args[3], args[4],
-                            args[5])
-        if base in ("max_pool2d_with_indices", "max_pool2d", "avg_pool2d"):
-            k = _pair("kernel_size", args[1])
-            stride = _pair("stride", args[2] if len(args) > 2 and args[2] else args[1])
-            pad = _pair("padding", args[3] if len(args) > 3 else 0)
-            dil = _pair("dilation", args[4] if base.startswith("max") and len(args) > 4
-                        else 1)
-            return _rf_pool(self.rf[id(x)], k, stride, pad, dil)
-        if base in ("mean", "sum", "amax", "adaptive_max_pool2d", "_adaptive_avg_pool2d"):
-            # global pooling (adaptive pooling to 1x1 among it): a window the size of
-            # the map; any other adaptive pooling has windows of varying size
-            n = tuple(x.shape[-2:])
-            if tuple(o.shape[-2:]) == (1, 1) and o.dim() == x.dim():
-                return _rf_pool(self.rf[id(x)], n, n, (0, 0), (1, 1))
-            if base in ("mean", "sum", "amax") and o.shape[-2:] == x.shape[-2:]:
-                return self.rf[id(x)]  # reduced over the channels only
-            raise self._refuse(base, f"pools a {n} map to {tuple(o.shape[-2:])} unevenly")
-        if base in _RF_ALONG_DIM:
-            i = _RF_ALONG_DIM[base]
-            ref = x if x is not None else ins[0]
-            dim = args[i] if len(args) > i else 0
-            if not _is_int(dim) or not (dim % ref.dim()) < ref.dim() - 2:
-                raise self._refuse(base, f"works along dimension {dim}, a spatial one")
-        elif base in ("native_batch_norm", "_native_batch_norm_legit_no_training",
-                      "_native_batch_norm_legit"):
-            if next((a for a in args if isinstance(a, bool)), True):
-                raise self._refuse(base, "normalises with batch statistics over every "
-                                   "position (training mode; call model.eval() first)")
-        elif base not in _RF_POINTWISE:
-            raise self._refuse(base, "has no receptive-field formula here")
-        fields = [self.rf[id(a)] for a in ins]
-        if any(tuple(a.shape[-2:]) != tuple(o.shape[-2:]) or a.dim() < 3 for a in ins):
-            raise self._refuse(base, "broadcasts or moves values across spatial positions")
-        return _merge(fields, lambda why: self._refuse(base, why))
-
-
-def _merge(fields, refuse):
-    """Fields joined position by position (residual add, concatenation): per axis, the span
-    of their union; exact when their jumps agree (refused otherwise)."""
-    if len({f[1] for f in fields}) > 1:
-        raise refuse(f"joins fields of different jumps {sorted({f[1] for f in fields})}")
-    lo = [min(f[2][i] - f[0][i] / 2 for f in fields) for i in range(2)]
-    hi = [max(f[2][i] + f[0][i] / 2 for f in fields) for i in range(2)]
-    size = tuple(int(round(hi[i] - lo[i])) for i in range(2))
-    return (size, fields[0][1], tuple((lo[i] + hi[i]) / 2 for i in range(2)))
-
-
-def _flat(args):
-    for a in args:
-        if isinstance(a, (list, tuple)):
-            yield from _flat(a)
-        else:
-            yield a
-
-
-def receptive_field(module: nn.Module, input_shape: Sequence[int]) -> ReceptiveField:
-    """Receptive field of the last spatial feature map of a 2-D conv/pool stack, on meta
-    tensors; for branching blocks (concatenation, residual adds) the span of the union of
-    the branches' fields. Global pooling (``AdaptiveAvgPool2d(1)``, a mean over H and W
-    with keepdim) pools the whole map: its field is the whole input, padding included.
-    Refused with a ValueError naming the layer and op: whatever has no exact formula
-    (uneven adaptive pooling, upsampling, transposed or non-2-D convolutions, spatial
-    crops, pads or permutes, batch norm in training mode, group and layer norm, a
-    flattened value made spatial again, fields of different jumps joined)."""
-    module = _check_module(module)
-    input_shape = _check_input_shape(input_shape, rank=4)
-    stack: list[tuple[str, str]] = []
-    names = {m: n for n, m in module.named_modules()}
-
-    def pre(mod, inputs):
-        name = names.get(mod, "?")
-        _check_layer_input(name, mod, inputs)
-        stack.append((name or "(model)", type(mod).__name__))
-
-    def post(mod, inputs, output):
-        stack.pop()
-
-    hooks = [h for m in module.modules()
-             for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    state = _meta_state(module)
-    x = torch.empty(input_shape, device="meta")
-    tracker = _RFTracker(x, stack)
-    _run_under(tracker, module, state, x, hooks, input_shape, stack)
-    (r, j, s) = tracker.last
-    return ReceptiveField(size=r, jump=j, start=s)

@@ -21,30 +21,12 @@ other data movement are free.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from handgrad.kernels.counting_ops import _covered, backward_op_counts
+from handgrad.kernels.counts import Counts, _flag, _pair, _positive, conv2d_output_hw
 
-from handgrad.kernels.counting import Counts, _flag, _pair, _positive, conv2d_output_hw
+__all__ = ["GRADS", "backward_op_counts", "conv2d_backward_counts", "linear_backward_counts"]
 
 GRADS = ("grad_input", "grad_weight", "grad_bias")
-
-
-def _covered(size: int, out: int, k: int, stride: int, padding: int, dilation: int
-             ) -> tuple[int, int]:
-    """Along one spatial axis: (input positions some window touches, (output, tap) pairs
-    that land inside the input rather than on its padding)."""
-    hits = [o * stride - padding + t * dilation for o in range(out) for t in range(k)]
-    inside = [i for i in hits if 0 <= i < size]
-    return len(set(inside)), len(inside)
-
-
-def _gathered(n_in: int, size: int, k: int, stride: int, padding: int, dilation: int
-              ) -> tuple[int, int]:
-    """A transposed convolution along one axis: (input positions at least one of whose
-    taps lands inside the cropped output, taps that land inside)."""
-    counts = [sum(1 for t in range(k) if 0 <= i * stride - padding + t * dilation < size)
-              for i in range(n_in)]
-    return sum(1 for c in counts if c), sum(counts)
 
 
 def _wants(input_grad: bool, weight_grad: bool, bias_grad: bool) -> dict[str, bool]:
@@ -121,116 +103,3 @@ def linear_backward_counts(in_features: int, out_features: int, *, bias: bool = 
     if want["grad_bias"]:
         out["grad_bias"] = Counts(adds=out_features * (batch - 1))
     return out
-
-
-# --- aten ops, as count_model(backward=True) meets them ------------------------------------
-
-def _numel(shape) -> int:
-    return math.prod(shape)
-
-
-def _conv_backward(args, out, needs) -> list[tuple[str, Counts]]:
-    x, w = args[0], args[1]
-    stride, padding, dilation = args[3], args[4], args[5]
-    transposed = bool(args[6])  # w.shape[1] is C_in / groups (C_out / groups transposed)
-    k = _numel(w.shape[2:])
-    # transposed: the forward scatters every input value to C_out/g * k outputs (some land
-    # on the border that padding crops); dJ/dx_j gathers back those that landed inside
-    per_axis = _gathered if transposed else _covered
-    macs = _numel((x if transposed else out).shape) * w.shape[1] * k
-    cov, ins = 1, 1
-    for i in range(x.dim() - 2):
-        c, n = per_axis(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], stride[i],
-                        padding[i], dilation[i])
-        cov, ins = cov * c, ins * n
-    covered = x.shape[0] * x.shape[1] * cov
-    inside = x.shape[0] * (x if transposed else out).shape[1] * w.shape[1] * ins
-    rows = []
-    if needs[0]:
-        rows.append(("grad_input", Counts(mults=macs, adds=inside - covered, macs=macs)))
-    if needs[1]:
-        rows.append(("grad_weight", Counts(mults=macs, adds=macs - _numel(w.shape), macs=macs)))
-    if len(needs) > 2 and needs[2]:
-        per_channel = _numel(out.shape) // out.shape[1]
-        rows.append(("grad_bias", Counts(adds=out.shape[1] * (per_channel - 1))))
-    return rows
-
-
-def _mm_backward(a, b, needs_a: bool, needs_b: bool) -> list[tuple[str, Counts]]:
-    """(..., M, K) @ (..., K, P): dA = G B^T, dB = A^T G, batched over leading dims."""
-    m, k, p = a.shape[-2], a.shape[-1], b.shape[-1]
-    nb = _numel(a.shape[:-2])
-    rows = []
-    if needs_a:
-        rows.append(("grad_input", Counts(mults=nb * m * k * p, adds=nb * m * k * (p - 1),
-                                          macs=nb * m * k * p)))
-    if needs_b:
-        rows.append(("grad_weight", Counts(mults=nb * m * k * p, adds=nb * k * p * (m - 1),
-                                           macs=nb * m * k * p)))
-    return rows
-
-
-def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[str, Counts]] | None:
-    """The backward pass of one aten op as (gradient, Counts) rows, given which positional
-    arguments need a gradient; [] when it costs nothing, None when there is no formula."""
-    from handgrad.kernels.counting import _ACTIVATION_OPS, _FREE_OPS, _out_numel
-
-    if not isinstance(name, str):
-        raise TypeError(f"name: expected an aten op name (str), got {type(name).__name__}")
-    if isinstance(needs, (str, bytes)) or not isinstance(needs, Sequence) or not all(
-            isinstance(n, bool) for n in needs):
-        raise TypeError(f"needs: expected a sequence of True/False, one per argument, got "
-                        f"{needs!r}")
-    base = name.split(".")[0]
-    if base == "convolution":
-        return _conv_backward(args, out, needs)
-    if base in ("mm", "bmm"):
-        return _mm_backward(args[0], args[1], needs[0], needs[1])
-    if base in ("addmm", "baddbmm"):
-        rows = _mm_backward(args[1], args[2], needs[1], needs[2])
-        if needs[0]:  # the bias: summed over the rows it was broadcast to
-            rows.append(("grad_bias", Counts(adds=_numel(out.shape) - _numel(args[0].shape))))
-        return rows
-    if base in _ACTIVATION_OPS:
-        n = _out_numel(args, out)
-        return [("grad_input", Counts(mults=n, activations=n))] if needs[0] else []
-    if base in ("max_pool2d_with_indices", "max_pool2d", "max_pool1d",
-                "max_pool3d_with_indices", *_FREE_OPS):
-        return []  # routing and data movement (module docstring)
-    if base == "avg_pool2d":
-        if not needs[0]:
-            return []
-        # each output's gradient is scaled by 1/k^2 once, then spread over its window: the
-        # taps that land inside the input are summed into the input values they reach
-        x = args[0]
-        k = _pair("kernel_size", args[1])
-        stride = _pair("stride", args[2] if len(args) > 2 and args[2] else args[1])
-        pad = _pair("padding", args[3] if len(args) > 3 else 0)
-        cov, ins = 1, 1
-        for i in range(2):
-            c, n = _covered(x.shape[-2 + i], out.shape[-2 + i], k[i], stride[i], pad[i], 1)
-            cov, ins = cov * c, ins * n
-        planes = _numel(x.shape[:-2])
-        return [("grad_input", Counts(mults=_out_numel(args, out),
-                                      adds=planes * (ins - cov)))]
-    if base in ("add", "add_", "sub", "sub_", "rsub"):
-        # the gradient passes through; a broadcast operand sums it back to its shape
-        rows = []
-        for i in (0, 1):
-            a = args[i] if i < len(args) else None
-            if needs[i] if i < len(needs) else False:
-                rows.append(("grad_input", Counts(adds=_numel(out.shape) - _numel(a.shape))))
-        return rows
-    if base in ("mul", "mul_"):
-        rows = []
-        for i in (0, 1):
-            if i < len(needs) and needs[i]:
-                a = args[i]
-                rows.append(("grad_input", Counts(mults=_numel(out.shape),
-                                                  adds=_numel(out.shape) - _numel(a.shape))))
-        return rows
-    if base in ("sum", "mean"):
-        if not needs[0]:
-            return []
-        return [("grad_input", Counts(mults=_numel(args[0].shape) if base == "mean" else 0))]
-    return None

@@ -11,6 +11,8 @@ checked against the formulas and against autograd's gradients of all-ones tensor
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -308,3 +310,66 @@ BAD = [
 def test_bad_input_gives_clear_error(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+class Zoo(nn.Module):
+    """One op of every kind of the op table, each on a value that needs a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)        # conv
+        self.bn = nn.BatchNorm2d(2).eval()               # norm (running statistics)
+        self.pool = nn.MaxPool2d(2)                      # max_pool
+        self.avg = nn.AvgPool2d(2)                       # avg_pool
+        self.lin = nn.Linear(8, 4)                       # addmm
+        self.w = nn.Parameter(torch.ones(4))
+        self.m = nn.Parameter(torch.ones(1, 4, 3))
+
+    def forward(self, x):
+        h = torch.tanh(self.bn(self.conv(x)))            # activation
+        h = self.avg(self.pool(h)).flatten(1)            # free
+        h = (self.lin(h) * self.w + 1) / 2               # mul, add, div
+        h = torch.bmm(h.unsqueeze(0), self.m)            # mm
+        return h.mean()                                  # reduce
+
+
+def test_one_table_decides_both_passes_for_every_kind():
+    """Every kind of kernels.counting_ops.OPS is counted forward, and backward either by a
+    formula or, for a kind in NO_BACKWARD, listed as uncounted: never silently zero."""
+    from handgrad.kernels.counting_ops import NO_BACKWARD, OPS
+
+    report = C.count_model(Zoo(), (2, 1, 8, 8), backward=True)
+    seen = {OPS.get(r.op.split(".")[0]) for r in report.rows if r.pass_ == "forward"}
+    assert seen == set(OPS.values()), set(OPS.values()) - seen
+    assert report.uncounted == {}
+    kinds = {OPS[op] for op in report.uncounted_backward}
+    assert kinds == set(NO_BACKWARD), report.uncounted_backward
+
+
+@pytest.mark.parametrize("pool, shape", [
+    (nn.AvgPool3d(2, 2), (1, 1, 4, 5, 6)),
+    (nn.AvgPool3d(3, 2, 1), (1, 1, 5, 5, 5)),
+    (nn.AvgPool1d(3, 2, 1), (1, 1, 9)),
+    (nn.MaxPool3d(2), (1, 1, 4, 4, 4)),
+    (nn.MaxPool1d(2), (1, 1, 8)),
+], ids=["avg3d-tiling", "avg3d-padded", "avg1d-padded", "max3d", "max1d"])
+def test_pools_of_every_rank_have_a_backward(pool, shape):
+    """The forward counts 1-, 2- and 3-D pools; so does the backward (an average pool's
+    spread against autograd, a max pool's routing free)."""
+    conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[len(shape)](1, 2, 1)
+    report = C.count_model(nn.Sequential(conv, pool), shape, backward=True)
+    assert report.uncounted_backward == {}
+    back = report.to_frame(include_free=True)
+    back = back[(back["pass"] == "backward") & back["op"].str.contains("pool")]
+    if isinstance(pool, (nn.MaxPool1d, nn.MaxPool3d)):
+        assert back[["mults", "adds"]].to_numpy().sum() == 0
+        return
+    x = torch.ones(1, 2, *shape[2:], requires_grad=True)
+    out = pool(x)
+    taps = math.prod(pool.kernel_size) if isinstance(pool.kernel_size, tuple) else (
+        pool.kernel_size[0] if isinstance(pool.kernel_size, list) else pool.kernel_size
+    ) ** (len(shape) - 2)
+    out.backward(torch.full_like(out, float(taps)))
+    inside, reached = int(x.grad.sum()), int((x.grad > 0).sum())
+    assert back["mults"].sum() == out.numel()
+    assert back["adds"].sum() == inside - reached

@@ -4,6 +4,7 @@ repository with its own test file, run by pytest in a subprocess (pytester)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def test_seed(seed, generator):
 def project(pytester: pytest.Pytester, monkeypatch) -> pytest.Pytester:
     # handgrad from this checkout, whether or not it is installed
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for name in [k for k in os.environ if k.startswith("PYTEST_XDIST")]:
+        monkeypatch.delenv(name)  # pytest-benchmark turns itself off under an xdist worker
     pytester.makepyfile(test_user=USER_TEST)
     return pytester
 

@@ -1,0 +1,114 @@
+"""Running an ``nn.Module`` on the ``meta`` device, as the counting walker and the receptive
+field do: its parameters and buffers swapped for meta tensors (nothing allocated or
+computed), forward hooks that name the layer each op belongs to, the checks of the module,
+the input shape and each layer's input, and the error that says where a shape did not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from handgrad.kernels.counts import _is_int
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(t, device="meta")
+    return nn.Parameter(out, requires_grad=False) if isinstance(t, nn.Parameter) else out
+
+
+def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A meta tensor for every parameter and buffer name; names that share a tensor in
+    the module share one meta tensor, so sharing survives the swap."""
+    made: dict[int, torch.Tensor] = {}
+    return {n: made.setdefault(id(t), _meta_like(t))
+            for n, t in module.state_dict(keep_vars=True).items()}
+
+
+def _run_under(mode, module, state, x, hooks, input_shape, stack) -> None:
+    """Run ``module`` on the meta input ``x`` under the dispatch ``mode`` that watches it,
+    a torch error turned into the named ``_does_not_fit``; the hooks removed whatever
+    happens."""
+    try:
+        with mode:
+            _functional_call(module, state, x)
+    except (RuntimeError, NotImplementedError) as exc:
+        raise _does_not_fit(input_shape, stack, exc) from None
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _functional_call(module, state, x):
+    # torch.func.functional_call swaps the meta tensors in for the call and restores the
+    # user's parameters afterwards; nothing here differentiates anything
+    from torch.func import functional_call
+
+    return functional_call(module, state, (x,), tie_weights=True, strict=False)
+
+
+def _check_module(module) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
+    """A sequence of positive Python or numpy ints (batch included) as a tuple of ints."""
+    if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
+            or not input_shape or not all(_is_int(s) and s >= 1 for s in input_shape)):
+        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
+                         f"included), got {input_shape!r}")
+    shape = tuple(int(s) for s in input_shape)
+    if rank is not None and len(shape) != rank:
+        raise ValueError(f"input_shape: expected (N, C, H, W), 4 ints, got {shape}")
+    return shape
+
+
+def _does_not_fit(input_shape, stack, exc) -> ValueError:
+    where = stack[-1][0] if stack else "(model)"
+    return ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
+                      f"{str(exc).splitlines()[0]}")
+
+
+_RANK_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
+def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
+    """The input a layer is about to get fits it: rank and channels of a convolution,
+    channels of a batch or group norm, features of a linear layer (named errors, before
+    torch's own)."""
+    if not inputs or not isinstance(inputs[0], torch.Tensor):
+        return
+    x = inputs[0]
+    where = f"layer '{name or '(model)'}' ({type(mod).__name__})"
+    channels = None
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        n = len(mod.kernel_size)
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(f"input_shape: {where} expects {_RANK_NAMES.get(n, 'N, C, ...')} "
+                             f"input, got shape {tuple(x.shape)}")
+        channels = mod.in_channels
+    elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and x.dim() >= 2:
+        channels = mod.num_features
+    elif isinstance(mod, nn.GroupNorm) and x.dim() >= 2:
+        channels = mod.num_channels
+    if channels is not None:
+        got = x.shape[-(len(getattr(mod, "kernel_size", ())) + 1)] if isinstance(
+            mod, nn.modules.conv._ConvNd) else x.shape[1]
+        if got != channels:
+            raise ValueError(f"input_shape: {where} expects {channels} input channels, "
+                             f"got {got} (input shape {tuple(x.shape)})")
+    if isinstance(mod, nn.Linear) and x.shape[-1] != mod.in_features:
+        raise ValueError(f"input_shape: {where} expects {mod.in_features} input features, got "
+                         f"{x.shape[-1]} (input shape {tuple(x.shape)})")
+
+
+def _flat(args):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from _flat(a)
+        else:
+            yield a

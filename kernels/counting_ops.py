@@ -1,0 +1,313 @@
+"""The op table: every aten op that ``count_model`` counts, its kind, and the forward and
+backward formula of each kind, in one place (``OPS``, ``forward_op_counts``,
+``backward_op_counts``). An op's forward and backward are decided by the same entry, so
+the two passes cannot drift apart; a kind whose backward has no formula says so in
+``NO_BACKWARD`` and its ops are listed as uncounted in the backward pass, never zero.
+
+Backward conventions, as the forward's (``kernels.counts``): every product is a multiply
+(and a MAC), a sum of n terms costs n - 1 adds. A convolution's grad_input and grad_weight
+each make exactly the products of its forward pass, so FlopCounterMode's backward FLOPs are
+2 x the MACs counted here. Element-wise nonlinearities cost one derivative evaluation
+(``activations``) and one product per element; max-pooling routes each gradient to its
+argmax (no arithmetic; where windows overlap, two outputs may pick one input and their
+gradients add: data-dependent, not counted); views and other data movement are free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from handgrad.kernels.counts import Counts, _is_int, _numel, _tuple
+
+# --- the table --------------------------------------------------------------------------
+
+ACTIVATION_OPS = {
+    "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "gelu_", "silu", "silu_",
+    "elu", "elu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish",
+    "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "threshold", "threshold_",
+    "_softmax", "_log_softmax",
+}
+# data movement and bookkeeping: no arithmetic, counted as zero on purpose
+FREE_OPS = {
+    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "clone",
+    "contiguous", "detach", "alias", "cat", "stack", "flatten", "unsqueeze", "squeeze",
+    "slice", "select", "split", "split_with_sizes", "chunk", "empty", "zeros", "ones",
+    "zeros_like", "empty_like", "ones_like", "copy_", "_to_copy", "lift_fresh", "as_strided",
+    "unbind", "narrow", "pad", "constant_pad_nd", "dropout", "native_dropout", "_reshape_alias",
+    "new_empty", "new_zeros", "fill_", "zero_", "index_select", "repeat", "roll", "flip",
+}
+
+
+MAX_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d",
+                 "max_pool3d_with_indices"}
+AVG_POOL_OPS = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
+NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training",
+             "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+             "native_layer_norm", "native_group_norm"}
+ADD_OPS = {"add", "add_", "sub", "sub_", "rsub"}
+
+# an aten op (its overload packet's name) -> its kind; both passes dispatch on the kind
+OPS: dict[str, str] = {
+    "convolution": "conv",
+    "mm": "mm", "bmm": "mm",
+    "addmm": "addmm", "baddbmm": "addmm",
+    **dict.fromkeys(ACTIVATION_OPS, "activation"),
+    **dict.fromkeys(MAX_POOL_OPS, "max_pool"),
+    **dict.fromkeys(AVG_POOL_OPS, "avg_pool"),
+    "mean": "reduce", "sum": "reduce",
+    **dict.fromkeys(ADD_OPS, "add"),
+    "mul": "mul", "mul_": "mul",
+    "div": "div", "div_": "div",
+    **dict.fromkeys(NORM_OPS, "norm"),
+    **dict.fromkeys(FREE_OPS, "free"),
+}
+# kinds whose backward pass has no formula (yet): counted forward, listed backward
+NO_BACKWARD = {
+    "div": "the quotient rule's two gradients",
+    "norm": "the gradient through the batch, layer or group statistics",
+}
+
+
+def forward_op_counts(name: str, args, out) -> Counts | None:
+    """Counts of one aten op, or None when there is no formula for it."""
+    base = name.split(".")[0]
+    kind = OPS.get(base)
+    if kind is None:
+        return None
+    if kind == "conv":
+        return _conv(args, out)
+    if kind == "mm":
+        return _mm(args[0], args[1], out, bias=False)
+    if kind == "addmm":
+        return _mm(args[1], args[2], out, bias=True)
+    if kind == "activation":
+        return Counts(activations=_out_numel(args, out))
+    if kind == "max_pool":
+        taps = _pool_window(base, args)
+        return None if taps is None else Counts(compares=_out_numel(args, out) * (taps - 1))
+    if kind == "avg_pool":
+        taps = _pool_window(base, args)
+        n = _out_numel(args, out)
+        return None if taps is None else Counts(adds=n * (taps - 1), mults=n)
+    if kind == "reduce":
+        n_in, n_out = _numel(args[0].shape), _out_numel(args, out)
+        return Counts(adds=n_in - n_out, mults=n_out if base == "mean" else 0)
+    if kind == "add":
+        return Counts(adds=_out_numel(args, out))
+    if kind in ("mul", "div"):
+        return Counts(mults=_out_numel(args, out))
+    if kind == "norm":
+        # one scale and one shift per value: the inference form, statistics folded in;
+        # statistics computed from the input (see statistics) are listed as uncounted
+        n = _out_numel(args, out)
+        return Counts(mults=n, adds=n)
+    return Counts()  # free: data movement and bookkeeping, zero on purpose
+
+
+def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[str, Counts]] | None:
+    """The backward pass of one aten op as (gradient, Counts) rows, given which positional
+    arguments need a gradient; [] when it costs nothing, None when there is no formula."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected an aten op name (str), got {type(name).__name__}")
+    if isinstance(needs, (str, bytes)) or not isinstance(needs, Sequence) or not all(
+            isinstance(n, bool) for n in needs):
+        raise TypeError(f"needs: expected a sequence of True/False, one per argument, got "
+                        f"{needs!r}")
+    base = name.split(".")[0]
+    kind = OPS.get(base)
+    if kind is None or kind in NO_BACKWARD:
+        return None
+    if kind == "conv":
+        return _conv_backward(args, out, needs)
+    if kind == "mm":
+        return _mm_backward(args[0], args[1], needs[0], needs[1])
+    if kind == "addmm":
+        rows = _mm_backward(args[1], args[2], needs[1], needs[2])
+        if needs[0]:  # the bias: summed over the rows it was broadcast to
+            rows.append(("grad_bias", Counts(adds=_numel(out.shape) - _numel(args[0].shape))))
+        return rows
+    if kind == "activation":
+        n = _out_numel(args, out)
+        return [("grad_input", Counts(mults=n, activations=n))] if needs[0] else []
+    if kind in ("max_pool", "free"):
+        return []  # routing and data movement (module docstring)
+    if kind == "avg_pool":
+        return _avg_pool_backward(base, args, out) if needs[0] else []
+    if kind == "add":
+        # the gradient passes through; a broadcast operand sums it back to its shape
+        return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[i].shape)))
+                for i in (0, 1) if i < len(needs) and needs[i]]
+    if kind == "mul":
+        return [("grad_input", Counts(mults=_numel(out.shape),
+                                      adds=_numel(out.shape) - _numel(args[i].shape)))
+                for i in (0, 1) if i < len(needs) and needs[i]]
+    if kind == "reduce":
+        if not needs[0]:
+            return []
+        return [("grad_input", Counts(mults=_numel(args[0].shape) if base == "mean" else 0))]
+    raise AssertionError(f"OPS: kind {kind!r} (of {base}) has no backward rule and no "
+                         "NO_BACKWARD entry")
+
+
+def statistics(name: str, args) -> str | None:
+    """The uncounted part of a normalisation that computes its statistics from the input
+    (mean and variance: training-mode batch norm, instance, layer and group norm), as a
+    key of ``ModelCounts.uncounted``; None for inference batch norm (running statistics)."""
+    base = name.split(".")[0]
+    if base in ("native_layer_norm", "native_group_norm"):
+        return f"{base} (statistics)"
+    if base in ("native_batch_norm", "_native_batch_norm_legit",
+                "_native_batch_norm_legit_functional"):
+        training = next((a for a in args if isinstance(a, bool)), True)  # the one flag
+        return f"{base} (batch statistics, training mode)" if training else None
+    return None
+
+
+# --- forward formulas ---------------------------------------------------------------------
+
+
+def _scattered(n_in: int, size: int, k: int, stride: int, padding: int, dilation: int
+               ) -> tuple[int, int]:
+    """A transposed convolution along one axis: input i's tap t lands on output
+    i * stride - padding + t * dilation. (output positions that at least one tap reaches,
+    (input, tap) pairs that land inside the cropped output of length ``size``)."""
+    hits = [o for i in range(n_in) for t in range(k)
+            if 0 <= (o := i * stride - padding + t * dilation) < size]
+    return len(set(hits)), len(hits)
+
+
+def _conv(args, out) -> Counts:
+    x, w, b = args[0], args[1], args[2]
+    transposed = bool(args[6]) if len(args) > 6 else False
+    k = _numel(w.shape[2:])
+    if transposed:
+        # every input value is scattered to C_out/g * k outputs: all those products are
+        # made (FlopCounterMode counts them too); the ones that land on the border that
+        # padding crops are dropped. An output that c products reach sums them with c - 1
+        # adds (c with a bias); an output none reaches (stride > dilated kernel) holds
+        # the bias alone, no add.
+        m = _numel(x.shape) * w.shape[1] * k
+        reached, inside = 1, 1
+        for i in range(x.dim() - 2):
+            r, n = _scattered(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], args[3][i],
+                              args[4][i], args[5][i])
+            reached, inside = reached * r, inside * n
+        groups = args[8]
+        c_in_per_group = x.shape[1] // groups
+        contributions = x.shape[0] * out.shape[1] * c_in_per_group * inside
+        reached = x.shape[0] * out.shape[1] * reached
+        adds = contributions if b is not None else contributions - reached
+        return Counts(mults=m, adds=adds, macs=m)
+    fan_in = w.shape[1] * k
+    n_out = _numel(out.shape)
+    return Counts(mults=n_out * fan_in, adds=n_out * (fan_in if b is not None else fan_in - 1),
+                  macs=n_out * fan_in)
+
+
+def _mm(a, b, out, bias: bool) -> Counts:
+    inner = a.shape[-1]
+    n_out = _numel(out.shape)
+    return Counts(mults=n_out * inner, adds=n_out * (inner if bias else inner - 1),
+                  macs=n_out * inner)
+
+
+def _out_numel(args, out) -> int:
+    o = out[0] if isinstance(out, (tuple, list)) else out
+    return _numel(o.shape)
+
+
+def _pool_window(base: str, args) -> int | None:
+    """Taps of a pooling window: k, [k] or [k1, ..., kn] for a 1-, 2- or 3-D pool; None
+    when the kernel argument does not fit the pool's rank."""
+    rank = 3 if "3d" in base else 1 if "1d" in base else 2
+    k = args[1]
+    if _is_int(k):
+        return int(k) ** rank
+    if isinstance(k, Sequence) and len(k) in (1, rank) and all(_is_int(i) for i in k):
+        return _numel(k) if len(k) == rank else int(k[0]) ** rank
+    return None
+
+
+# --- backward formulas --------------------------------------------------------------------
+
+
+def _covered(size: int, out: int, k: int, stride: int, padding: int, dilation: int
+             ) -> tuple[int, int]:
+    """Along one spatial axis: (input positions some window touches, (output, tap) pairs
+    that land inside the input rather than on its padding)."""
+    hits = [o * stride - padding + t * dilation for o in range(out) for t in range(k)]
+    inside = [i for i in hits if 0 <= i < size]
+    return len(set(inside)), len(inside)
+
+
+def _gathered(n_in: int, size: int, k: int, stride: int, padding: int, dilation: int
+              ) -> tuple[int, int]:
+    """A transposed convolution along one axis: (input positions at least one of whose
+    taps lands inside the cropped output, taps that land inside)."""
+    counts = [sum(1 for t in range(k) if 0 <= i * stride - padding + t * dilation < size)
+              for i in range(n_in)]
+    return sum(1 for c in counts if c), sum(counts)
+
+
+def _window(name: str, v, rank: int) -> tuple[int, ...]:
+    """A pooling argument as aten passes it: an int, [k] or [k1, ..., k_rank]."""
+    if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 1:
+        v = v[0]
+    return _tuple(name, v, rank)
+
+
+def _avg_pool_backward(base: str, args, out) -> list[tuple[str, Counts]]:
+    """Each output's gradient is scaled by 1/k once, then spread over its window: the taps
+    that land inside the input are summed into the input values they reach (1-, 2- or 3-D)."""
+    rank = 3 if "3d" in base else 1 if "1d" in base else 2
+    x = args[0]
+    k = _window("kernel_size", args[1], rank)
+    stride = _window("stride", args[2] if len(args) > 2 and args[2] else args[1], rank)
+    pad = _window("padding", args[3] if len(args) > 3 else 0, rank)
+    cov, ins = 1, 1
+    for i in range(rank):
+        c, n = _covered(x.shape[-rank + i], out.shape[-rank + i], k[i], stride[i], pad[i], 1)
+        cov, ins = cov * c, ins * n
+    planes = _numel(x.shape[:-rank])
+    return [("grad_input", Counts(mults=_out_numel(args, out), adds=planes * (ins - cov)))]
+
+
+def _conv_backward(args, out, needs) -> list[tuple[str, Counts]]:
+    x, w = args[0], args[1]
+    stride, padding, dilation = args[3], args[4], args[5]
+    transposed = bool(args[6])  # w.shape[1] is C_in / groups (C_out / groups transposed)
+    k = _numel(w.shape[2:])
+    # transposed: the forward scatters every input value to C_out/g * k outputs (some land
+    # on the border that padding crops); dJ/dx_j gathers back those that landed inside
+    per_axis = _gathered if transposed else _covered
+    macs = _numel((x if transposed else out).shape) * w.shape[1] * k
+    cov, ins = 1, 1
+    for i in range(x.dim() - 2):
+        c, n = per_axis(x.shape[2 + i], out.shape[2 + i], w.shape[2 + i], stride[i],
+                        padding[i], dilation[i])
+        cov, ins = cov * c, ins * n
+    covered = x.shape[0] * x.shape[1] * cov
+    inside = x.shape[0] * (x if transposed else out).shape[1] * w.shape[1] * ins
+    rows = []
+    if needs[0]:
+        rows.append(("grad_input", Counts(mults=macs, adds=inside - covered, macs=macs)))
+    if needs[1]:
+        rows.append(("grad_weight", Counts(mults=macs, adds=macs - _numel(w.shape), macs=macs)))
+    if len(needs) > 2 and needs[2]:
+        per_channel = _numel(out.shape) // out.shape[1]
+        rows.append(("grad_bias", Counts(adds=out.shape[1] * (per_channel - 1))))
+    return rows
+
+
+def _mm_backward(a, b, needs_a: bool, needs_b: bool) -> list[tuple[str, Counts]]:
+    """(..., M, K) @ (..., K, P): dA = G B^T, dB = A^T G, batched over leading dims."""
+    m, k, p = a.shape[-2], a.shape[-1], b.shape[-1]
+    nb = _numel(a.shape[:-2])
+    rows = []
+    if needs_a:
+        rows.append(("grad_input", Counts(mults=nb * m * k * p, adds=nb * m * k * (p - 1),
+                                          macs=nb * m * k * p)))
+    if needs_b:
+        rows.append(("grad_weight", Counts(mults=nb * m * k * p, adds=nb * k * p * (m - 1),
+                                           macs=nb * m * k * p)))
+    return rows
