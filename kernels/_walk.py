@@ -56,11 +56,15 @@ def _check_module(module) -> nn.Module:
 
 
 def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
-    """A sequence of positive Python or numpy ints (batch included) as a tuple of ints."""
+    """A sequence of positive Python or numpy ints (batch included) as a tuple of ints:
+    TypeError for something else than a sequence of ints, ValueError for an empty one or a
+    size below 1."""
+    want = "a sequence of positive ints (batch included)"
     if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
-            or not input_shape or not all(_is_int(s) and s >= 1 for s in input_shape)):
-        raise ValueError(f"input_shape: expected a sequence of positive ints (batch "
-                         f"included), got {input_shape!r}")
+            or not all(_is_int(s) for s in input_shape)):
+        raise TypeError(f"input_shape: expected {want}, got {input_shape!r}")
+    if not input_shape or not all(s >= 1 for s in input_shape):
+        raise ValueError(f"input_shape: expected {want}, got {input_shape!r}")
     shape = tuple(int(s) for s in input_shape)
     if rank is not None and len(shape) != rank:
         raise ValueError(f"input_shape: expected (N, C, H, W), 4 ints, got {shape}")

@@ -17,6 +17,8 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+from handgrad.kernels._checks import check_int
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -62,11 +64,10 @@ def _pair(name: str, v) -> tuple[int, int]:
 
 
 def _positive(**kw) -> tuple[int, ...]:
-    """Each value a positive Python or numpy integer; returned as Python ints, in order."""
-    for name, v in kw.items():
-        if not _is_int(v) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    return tuple(int(v) for v in kw.values())
+    """Each value a positive Python or numpy integer (TypeError for another type, ValueError
+    below 1); returned as Python ints, in order."""
+    return tuple(check_int(name, v, minimum=1, what="a positive integer")
+                 for name, v in kw.items())
 
 
 def _flag(**kw) -> None:

@@ -17,7 +17,6 @@ gradient and only as h when it is not.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ import torch
 from handgrad.kernels._checks import (
     check_finite,
     check_float_dtype,
+    check_int,
     check_same,
     check_tensor,
     real_number,
@@ -40,10 +40,9 @@ def default_eps(dtype: torch.dtype) -> float:
 
 
 def _count(name: str, value, least: int) -> int:
-    """A Python or numpy integer >= ``least`` as an int."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
-    return int(value)
+    """A Python or numpy integer >= ``least`` as an int (TypeError for another type,
+    ValueError below ``least``)."""
+    return check_int(name, value, minimum=least)
 
 
 def _callable(name: str, fn) -> None:
@@ -453,10 +452,7 @@ def directional_check(f: Callable, x, *, jvp: Callable | None = None,
     for name, fn in (("jvp", jvp), ("vjp", vjp)):
         if fn is not None:
             _callable(name, fn)
-    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral) or \
-            directions < 1:
-        raise ValueError(f"directions: expected a positive integer, got {directions!r}")
-    directions = int(directions)
+    directions = check_int("directions", directions, minimum=1, what="a positive integer")
     _check_generator(generator)
     parts, single = _as_parts("x", x)
     _some_coordinate("x", parts)

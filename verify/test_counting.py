@@ -828,7 +828,7 @@ RF_REFUSED = [
      r"input_shape: layer '0' \(Conv2d\) expects 3 input channels, got 1"),
     ("rank", lambda: nn.Sequential(nn.Conv2d(3, 2, 3)), (1, 3, 8), ValueError,
      r"input_shape: expected \(N, C, H, W\), 4 ints, got \(1, 3, 8\)"),
-    ("float_size", lambda: nn.Conv2d(1, 2, 3), (1, 1, 8.0, 8), ValueError,
+    ("float_size", lambda: nn.Conv2d(1, 2, 3), (1, 1, 8.0, 8), TypeError,
      r"input_shape: expected a sequence of positive ints"),
     ("too_small", lambda: nn.Conv2d(1, 2, 5), (1, 1, 3, 3), ValueError,
      r"input_shape: \(1, 1, 3, 3\) does not fit layer"),
