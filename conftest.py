@@ -19,7 +19,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from handgrad.benchmark import bench_slow
+from handgrad.benchmark import bench_slow, fix_threads
 from handgrad.plugin import ALL_DTYPES, KNOWN_DEVICES, stable_seed  # noqa: F401 (re-exported)
 
 # the plugin by the name of its entry point: loaded once whether installed or not
@@ -38,6 +38,9 @@ settings.load_profile("ci")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # handgrad's own suites run on one fixed thread count, checks too (pytest-xdist
+    # workers share the cores: handgrad.benchmark.bench_threads)
+    fix_threads(config)
     # handgrad's own suite knows every method its benchmarks record: a --bench-slow name
     # that none records would slow nothing while the run says it was slowed
     check_bench_slow_names(bench_slow(config))

@@ -226,3 +226,32 @@ def test_bad(measure):
     result = _run(project, "test_bad.py", "--benchmark-disable")
     result.assert_outcomes(failed=1)
     assert "role: expected one of ['kernel', 'reference'], got 'owner'" in result.stdout.str()
+
+
+def test_a_session_of_checks_keeps_the_projects_thread_count(project):
+    """The plugin fixes torch's thread count only for a session that times something (a
+    test using measure) or asks (--bench-threads): a project's checks keep their own."""
+    project.makepyfile(test_threads='''
+import torch
+
+def test_threads():
+    print("THREADS", torch.get_num_threads())
+''')
+    project.makeconftest("import torch\ntorch.set_num_threads(3)\n")
+    kept = _run(project, "test_threads.py", "-s")
+    kept.assert_outcomes(passed=1)
+    kept.stdout.fnmatch_lines(["*THREADS 3*"])
+    asked = _run(project, "test_threads.py", "-s", "--bench-threads=1")
+    asked.stdout.fnmatch_lines(["*THREADS 1*"])
+    pytest.importorskip("pytest_benchmark")
+    project.makepyfile(test_timed='''
+import torch
+
+def test_timed(measure):
+    print("THREADS", torch.get_num_threads())
+    measure(lambda: None, group="g", kernel="k", method="m", reference="m",
+            role="reference", device="cpu", dtype=torch.float32)
+''')
+    timed = _run(project, "test_timed.py", "-s", "--benchmark-disable")
+    timed.assert_outcomes(passed=1)
+    timed.stdout.fnmatch_lines([f"*THREADS {min(os.cpu_count() or 1, 8)}*"])

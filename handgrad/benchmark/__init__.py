@@ -114,16 +114,16 @@ def benchmark_json_path(config: pytest.Config) -> Path | None:
 
 def configure(config: pytest.Config) -> None:
     """The session's benchmark settings, before anything runs: the version check, the
-    --bench-instructions re-execution, one thread count, --bench-slow's format, the
-    --benchmark-json folder."""
+    --bench-instructions re-execution, the thread count when asked for, --bench-slow's
+    format, the --benchmark-json folder."""
     conflict = plugin_conflict(pytest.__version__, benchmark_version())
     if conflict:
         raise pytest.UsageError(conflict)
     if config.getoption("--bench-instructions"):
         instruction_mode(config)  # returns only under callgrind (the re-executed run)
-    # one fixed thread count for the whole session, recorded in machine_info and every
-    # benchmark's extra_info: CPU timings are meaningless without it
-    torch.set_num_threads(bench_threads(config))
+    if config.getoption("--bench-threads") is not None or config.getoption(
+            "--bench-instructions"):
+        fix_threads(config)  # asked for: before anything runs (else see select_grid)
     bench_slow(config)  # a malformed --bench-slow is a usage error (one line)
     # pytest-benchmark >= 5.3 writes --benchmark-json at the end of the session and fails
     # then if the folder is missing, so make it now (older versions open the file while
@@ -131,6 +131,14 @@ def configure(config: pytest.Config) -> None:
     target = benchmark_json_path(config)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
+
+
+def fix_threads(config: pytest.Config) -> None:
+    """One fixed torch thread count for the whole session (``bench_threads``), recorded in
+    machine_info and every benchmark's extra_info: CPU timings are meaningless without it.
+    Set when the session runs a benchmark or asks for a count; a session of checks only
+    keeps the project's own setting."""
+    torch.set_num_threads(bench_threads(config))
 
 
 def instruction_mode(config: pytest.Config) -> None:
@@ -190,8 +198,11 @@ def machine_info(config: pytest.Config, info: dict) -> None:
 
 
 def select_grid(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Which benchmarks a grid runs. quick: the unmarked ones; full: those and ``full``;
+    """Fixes the thread count when a collected test uses ``measure``; then which benchmarks
+    a grid runs. quick: the unmarked ones; full: those and ``full``;
     gpu: ``gpu_grid`` (GPU-sized, CUDA only) and ``every_grid`` (control, ceilings)."""
+    if any("measure" in getattr(item, "fixturenames", ()) for item in items):
+        fix_threads(config)  # a session that times something: one thread count for all
     grid = config.getoption("--bench-grid")
     for item in items:
         marks = {m.name for m in item.iter_markers()}
