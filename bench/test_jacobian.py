@@ -23,6 +23,16 @@ FULL = [(L, K, N) for L in (3, 5, 10, 20) for K in (30, 256, 1024, 4096) for N i
 # 40 TFLOP/s), ~15 s a benchmark eager and as much again compiled (docs/benchmarks.md)
 GPU = [(3, 4096, 8192), (10, 4096, 4096), (3, 1024, 65536), (3, 4096, 1)]
 
+# The batched narrow shapes (K=30, N=1024) on the CPU run at one of two speeds per process
+# on the 2-core VM, kernel and reference alike but not by one factor: in four processes of
+# identical code (2026-12-04) manual_forward at L=10 took 1.24 to 1.31 ms in two and 1.95
+# to 2.08 ms in the other two (its reference vmap(jacfwd) 2.87-2.98 against 3.42-3.45 ms),
+# its ratio 1.35x apart. CI's wall-clock gate failed unchanged kernels on it (both pairs,
+# f617606); on 2026-11-23 an unchanged pair failed L=3 manual_reverse (1.27). Not glibc's
+# dynamic mmap threshold (fixed by MALLOC_MMAP_THRESHOLD_, the two speeds stay). Their own
+# gate threshold, until the gate measures between-process noise itself:
+BATCHED_NARROW_NOISE = 0.5
+
 METHODS = {  # method: its role
     "manual_forward": "kernel",
     "manual_reverse": "kernel",
@@ -209,4 +219,6 @@ def test_jacobian(measure, grid: str, method: str, L: int, K: int, N: int,
         model_forward=counts["forward"],
         model_reverse=counts["reverse"],
         shape=dict(L=L, D=D, K=K, P=P, N=N), device=device, dtype=dtype, **compiled,
+        **({"gate_noise": BATCHED_NARROW_NOISE} if (K, N) == (30, 1024) and device == "cpu"
+           and method in ("manual_forward", "manual_reverse") else {}),
     )
