@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from handgrad.kernels.counts import Counts, _is_int, _numel, _tuple
+from handgrad.kernels.counts import Counts, _numel, _tuple
 
 # --- the table --------------------------------------------------------------------------
 
@@ -39,11 +39,11 @@ FREE_OPS = {
 
 
 MAX_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d",
-                 "max_pool3d_with_indices"}
+                "max_pool3d_with_indices"}
 AVG_POOL_OPS = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
 NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training",
-             "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
-             "native_layer_norm", "native_group_norm"}
+            "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+            "native_layer_norm", "native_group_norm"}
 ADD_OPS = {"add", "add_", "sub", "sub_", "rsub"}
 
 # an aten op (its overload packet's name) -> its kind; both passes dispatch on the kind
@@ -216,16 +216,25 @@ def _out_numel(args, out) -> int:
     return _numel(o.shape)
 
 
+def _pool_rank(base: str) -> int:
+    """1, 2 or 3: the spatial dimensions of a pooling op, by its name."""
+    return 3 if "3d" in base else 1 if "1d" in base else 2
+
+
+def _window(name: str, v, rank: int) -> tuple[int, ...]:
+    """A pooling argument as aten passes it: an int, [k] or [k1, ..., k_rank]."""
+    if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 1:
+        v = v[0]
+    return _tuple(name, v, rank)
+
+
 def _pool_window(base: str, args) -> int | None:
     """Taps of a pooling window: k, [k] or [k1, ..., kn] for a 1-, 2- or 3-D pool; None
     when the kernel argument does not fit the pool's rank."""
-    rank = 3 if "3d" in base else 1 if "1d" in base else 2
-    k = args[1]
-    if _is_int(k):
-        return int(k) ** rank
-    if isinstance(k, Sequence) and len(k) in (1, rank) and all(_is_int(i) for i in k):
-        return _numel(k) if len(k) == rank else int(k[0]) ** rank
-    return None
+    try:
+        return _numel(_window("kernel_size", args[1], _pool_rank(base)))
+    except TypeError:
+        return None
 
 
 # --- backward formulas --------------------------------------------------------------------
@@ -249,17 +258,10 @@ def _gathered(n_in: int, size: int, k: int, stride: int, padding: int, dilation:
     return sum(1 for c in counts if c), sum(counts)
 
 
-def _window(name: str, v, rank: int) -> tuple[int, ...]:
-    """A pooling argument as aten passes it: an int, [k] or [k1, ..., k_rank]."""
-    if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 1:
-        v = v[0]
-    return _tuple(name, v, rank)
-
-
 def _avg_pool_backward(base: str, args, out) -> list[tuple[str, Counts]]:
     """Each output's gradient is scaled by 1/k once, then spread over its window: the taps
     that land inside the input are summed into the input values they reach (1-, 2- or 3-D)."""
-    rank = 3 if "3d" in base else 1 if "1d" in base else 2
+    rank = _pool_rank(base)
     x = args[0]
     k = _window("kernel_size", args[1], rank)
     stride = _window("stride", args[2] if len(args) > 2 and args[2] else args[1], rank)
