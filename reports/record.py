@@ -112,13 +112,12 @@ def _shape(value) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise RecordError(f"shape: expected a mapping of parameter names to sizes, e.g. "
                           f"{{'N': 256, 'K': 64}}, got {type(value).__name__}")
-    reserved = {f.name for f in fields(BenchRecord)} | set(RESERVED_COLUMNS)
     out = {}
     for name, size in value.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise RecordError(f"shape: expected parameter names that are identifiers, got "
                               f"{name!r}")
-        if name in reserved:
+        if name in _RESERVED_SHAPE_NAMES:
             raise RecordError(f"shape: parameter name {name!r} is taken by a record field or "
                               f"report column; rename it (e.g. {name}_)")
         out[name] = _int(f"shape[{name!r}]", size, minimum=1)
@@ -278,6 +277,10 @@ def _from_legacy(info: dict) -> dict:
     for k in SHAPES:
         info.pop(k, None)
     return info
+
+
+# what ``_shape`` refuses as a parameter name: the record's fields and the report's columns
+_RESERVED_SHAPE_NAMES = frozenset({f.name for f in fields(BenchRecord)} | set(RESERVED_COLUMNS))
 
 
 def schema_of(machine_info) -> int:
