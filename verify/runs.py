@@ -11,12 +11,21 @@ from pathlib import Path
 
 import pytest
 
+# set in a pytest-xdist worker (pytest-benchmark disables itself when it sees
+# PYTEST_XDIST_WORKER) or by the running test: a pytest subprocess must not inherit them
+WORKER_VARIABLES = ("PYTEST_XDIST", "PYTEST_CURRENT_TEST")
+
 
 def pytest_env() -> dict[str, str]:
-    """The environment for a pytest subprocess: without the variables pytest-xdist sets in
-    its workers (pytest-benchmark disables itself when it sees PYTEST_XDIST_WORKER)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
+    """The environment for a pytest subprocess: without ``WORKER_VARIABLES``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(WORKER_VARIABLES)}
+
+
+def drop_worker_env(monkeypatch) -> None:
+    """``pytest_env`` for a subprocess that inherits ``os.environ`` (pytester's): the
+    ``WORKER_VARIABLES`` removed for the test."""
+    for name in [k for k in os.environ if k.startswith(WORKER_VARIABLES)]:
+        monkeypatch.delenv(name)
 
 
 def as_schema2(data: dict) -> dict:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from verify.runs import drop_worker_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 USER_TEST = '''
@@ -52,8 +54,7 @@ def test_seed(seed, generator):
 def project(pytester: pytest.Pytester, monkeypatch) -> pytest.Pytester:
     # handgrad from this checkout, whether or not it is installed
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    for name in [k for k in os.environ if k.startswith("PYTEST_XDIST")]:
-        monkeypatch.delenv(name)  # pytest-benchmark turns itself off under an xdist worker
+    drop_worker_env(monkeypatch)  # pytest-benchmark turns itself off in an xdist worker
     pytester.makepyfile(test_user=USER_TEST)
     return pytester
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
 from pathlib import Path
+
+from verify.runs import drop_worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -282,8 +283,7 @@ def test_the_readmes_benchmark_example_runs_and_writes_records(pytester, monkeyp
     bench = text.split("## Benchmark it", 1)[1].split("\n## ", 1)[0]
     code = re.findall(r"```python\n(.+?)\n```", bench, flags=re.S)[0]
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    for name in [k for k in os.environ if k.startswith("PYTEST_XDIST")]:
-        monkeypatch.delenv(name)  # pytest-benchmark turns itself off under an xdist worker
+    drop_worker_env(monkeypatch)  # pytest-benchmark turns itself off in an xdist worker
     pytester.makepyfile(test_readme_bench=kernel + "\n\n" + code)
     out = pytester.path / "bench.json"
     result = pytester.runpytest_subprocess(
