@@ -6,6 +6,11 @@ import ast
 import re
 from pathlib import Path
 
+# the reports (and matplotlib, scipy, pandas under them) load when this module does:
+# pytester restores sys.modules after each of its tests, and a C extension such as
+# scipy's, first imported inside one, cannot load again in the tests that follow
+import handgrad.reports.gate  # noqa: F401
+import handgrad.reports.render  # noqa: F401
 from verify.runs import drop_worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
