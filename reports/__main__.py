@@ -2,20 +2,26 @@
 
     python -m handgrad.reports render BENCH.json [MORE.json ...] [VERIFY.json] --out DIR
     python -m handgrad.reports gate --baseline BASE.json [BASE2.json ...] --current NEW.json
-        [NEW2.json ...] [--threshold 10%] [--benchmark-threshold 20%] [--confidence 0.95]
-        [--accept FILE] [--summary FILE]
+        [NEW2.json ...] [--noise CALIBRATION.json] [--threshold T] [--benchmark-threshold 20%]
+        [--confidence 0.95] [--accept FILE] [--summary FILE]
+    python -m handgrad.reports calibrate RUN.json RUN2.json RUN3.json [...] --out FILE
+    python -m handgrad.reports history add|report ...   (see history --help)
     python -m handgrad.reports init-study --out DIR [--seed 0]
 
 The gate compares instruction counts when both files hold them (pytest bench
---bench-instructions; default threshold 2%), else times against each kernel's reference
-(default 10%). Several timed baseline/current pairs (separate runs, alternated): a kernel
-fails only when every pair flags it. --accept names a file of declared regressions
-(kernel.method bound reason), passed up to their bound.
+--bench-instructions; default threshold 2%), else times against each kernel's reference.
+One timed run a side: the per-round intervals of that pair (default threshold 10%).
+Several runs a side (separate processes, alternated, e.g. by python -m
+handgrad.benchmark.alternate) or a calibration (--noise): the between-process verdict of
+handgrad.reports.noise (default threshold 5% for a kernel), which can also be
+inconclusive. calibrate derives that calibration from unchanged runs. --accept names a
+file of declared regressions (kernel.method bound reason), passed up to their bound.
 
-Exit codes: render and init-study 0 done; gate 0 no regression, 1 regression. All: 2 for
-any unusable input or option (missing, a folder, corrupt, not handgrad's benchmark output,
-nothing in common, out of range, an output path that cannot be written), with one line on
-stderr.
+Exit codes: render, calibrate, history and init-study 0 done; gate 0 no regression, 1
+regression, 3 no regression but some kernel or benchmark undecided (the report says how
+many runs a side would decide it). All: 2 for any unusable input or option (missing, a
+folder, corrupt, not handgrad's benchmark output, nothing in common, out of range, an
+output path that cannot be written), with one line on stderr.
 """
 
 from __future__ import annotations
@@ -61,13 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--baseline", required=True, nargs="+",
                    help="pytest-benchmark JSON of the baseline (several: one per timed run)")
     g.add_argument("--current", required=True, nargs="+",
-                   help="pytest-benchmark JSON of the change, as many as --baseline, paired "
-                   "in order")
+                   help="pytest-benchmark JSON of the change (several: one per timed run)")
+    g.add_argument("--noise", metavar="FILE", help="a calibration of the between-process "
+                   "noise (python -m handgrad.reports calibrate): its per-kernel and "
+                   "per-benchmark spreads and thresholds")
     g.add_argument("--threshold", default=None,
-                   help="timed runs: a kernel regresses when the interval of its mean change "
-                   "over all its benchmarks lies above 1 + this (default 10%%); instruction "
-                   "counts: a benchmark regresses when its count grows beyond 1 + this "
-                   "(default 2%%)")
+                   help="timed runs: a kernel's limit, 1 + this, for all its benchmarks "
+                   "together (default 10%% for one run a side, 5%% over several runs or with "
+                   "--noise); instruction counts: a benchmark regresses when its count grows "
+                   "beyond 1 + this (default 2%%)")
     g.add_argument("--accept", metavar="FILE",
                    help="declared regressions, one a line: kernel.method bound reason; "
                    "each passes up to its bound and the report lists it")
@@ -78,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="interval level, between 0 and 1 (default 0.95)")
     g.add_argument("--summary", help="also append the markdown summary to this file "
                    "(default: $GITHUB_STEP_SUMMARY when set)")
+    c = sub.add_parser("calibrate", help="the between-process noise of unchanged runs: a "
+                       "spread and a threshold per kernel and benchmark, for gate --noise")
+    c.add_argument("files", nargs="+", help="pytest-benchmark JSON files of the same code, "
+                   "each from a separate process (at least 3; 6 or more is better)")
+    c.add_argument("--out", required=True, help="the calibration file to write (JSON)")
+    c.add_argument("--threshold", default="5%", help="the least threshold of a kernel "
+                   "(default 5%%)")
+    c.add_argument("--benchmark-threshold", default="20%", help="the least threshold of "
+                   "one benchmark (default 20%%)")
+    from handgrad.reports.history import add_parser as add_history
+
+    add_history(sub)
     s = sub.add_parser("init-study", help="the course's initialisation study: activations "
                        "and gradient norms per layer of a depth-8 tanh MLP for U(-d, d) "
                        "and Xavier weights (figures, CSV, markdown)")
@@ -100,12 +120,14 @@ def main(argv: list[str] | None = None) -> int:
 
             write_study(check_output_dir(args.out), seed=args.seed)
             return 0
+        if args.command == "calibrate":
+            return _calibrate(args)
+        if args.command == "history":
+            from handgrad.reports.history import main as history_main
+
+            return history_main(args)
         from handgrad.reports import gate as G
 
-        if len(args.baseline) != len(args.current):
-            raise ReportInputError(f"--baseline and --current: expected as many files each "
-                                   f"(pairs), got {len(args.baseline)} and "
-                                   f"{len(args.current)}")
         bench_threshold = G.parse_threshold(args.benchmark_threshold, "--benchmark-threshold")
         confidence = parse_confidence(args.confidence)
         accepted = G.read_accepted(args.accept)
@@ -120,27 +142,30 @@ def main(argv: list[str] | None = None) -> int:
                                    "counts; give runs of one kind (both --bench-instructions "
                                    "or both timed)")
         if all(counted):
-            if len(args.baseline) > 1:
+            if len(args.baseline) > 1 or len(args.current) > 1:
                 raise ReportInputError("instruction counts have no noise to repeat away: "
                                        "give one --baseline and one --current")
+            if args.noise:
+                raise ReportInputError("--noise: a calibration of timed runs, given with "
+                                       "instruction counts")
             threshold = G.parse_threshold(args.threshold or f"{G.INSTRUCTION_THRESHOLD}")
             results = [G.instruction_gate(args.baseline[0], args.current[0], threshold,
                                           accepted)]
-        else:
+        elif len(args.baseline) == len(args.current) == 1 and not args.noise:
             threshold = G.parse_threshold(args.threshold or "10%")
-            results = [G.gate(b, c, threshold, confidence, benchmark_threshold=bench_threshold,
-                              accepted=accepted)
-                       for b, c in zip(args.baseline, args.current)]
+            results = [G.gate(args.baseline[0], args.current[0], threshold, confidence,
+                              benchmark_threshold=bench_threshold, accepted=accepted)]
+        else:
+            from handgrad.reports import noise as N
+
+            threshold = G.parse_threshold(args.threshold or f"{N.KERNEL_THRESHOLD}")
+            calibration = N.read_noise(args.noise) if args.noise else None
+            results = [N.gate_runs(args.baseline, args.current, threshold, bench_threshold,
+                                   confidence, calibration, accepted)]
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     md = "\n".join(r.markdown() for r in results)
-    # several pairs: a regression is confirmed only when every pair flags the kernel
-    confirmed = set.intersection(*(r.flagged() for r in results))
-    if len(results) > 1:
-        md += (f"\n### Over {len(results)} pairs of runs: "
-               + (f"FAIL: every pair flags {', '.join(sorted(confirmed))}" if confirmed else
-                  "PASS: no kernel is flagged by every pair") + "\n")
     try:
         print(md)
     except BrokenPipeError:  # piped into head & co.: the reader has seen enough
@@ -148,7 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     if target:
         with open(target, "a") as fh:
             fh.write(md)
-    return 1 if confirmed else 0
+    result = results[0]
+    if not result.passed:
+        return 1
+    return 3 if getattr(result, "inconclusive", 0) else 0
+
+
+def _calibrate(args) -> int:
+    import json
+
+    from handgrad.reports import gate as G
+    from handgrad.reports import noise as N
+
+    out = check_output_file(args.out, "--out")
+    data = N.calibrate(args.files, G.parse_threshold(args.threshold),
+                       G.parse_threshold(args.benchmark_threshold, "--benchmark-threshold"))
+    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    wide = sorted(((v["threshold"], k) for k, v in data["kernels"].items()), reverse=True)
+    print(f"calibration of {data['runs']} runs: {len(data['kernels'])} kernels, "
+          f"{len(data['benchmarks'])} benchmarks -> {out}")
+    for thr, name in wide[:5]:
+        print(f"  {name}: limit {1 + thr:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

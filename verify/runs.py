@@ -1,15 +1,19 @@
 """Helpers for tests that run pytest or read benchmark files (not a test module itself):
 the environment of a pytest subprocess (``pytest_env``), a schema-1 file in today's layout
-(``as_schema2``, ``as_schema4``) and the ``captured`` fixture."""
+(``as_schema2``, ``as_schema4``), the ``captured`` fixture and timed runs made from a real
+one by scaling kernels' rounds (``scaled_run``, ``write_runs``)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # set in a pytest-xdist worker (pytest-benchmark disables itself when it sees
 # PYTEST_XDIST_WORKER) or by the running test: a pytest subprocess must not inherit them
@@ -73,3 +77,33 @@ def captured():
         yield shown
 
 
+def scaled_run(factors: dict[str, float], reference: float = 1.0,
+               run: dict | None = None) -> dict:
+    """bench_run1 with the kernel rounds of each ``kernel.method`` (or ``group :: method``)
+    in ``factors`` times its factor; every reference's rounds times ``reference``. ``run``:
+    another timed run to start from."""
+    data = copy.deepcopy(run if run is not None else
+                         json.loads((FIXTURES / "bench_run1.json").read_text()))
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        name = f"{info['kernel']}.{info['method']}"
+        f = factors.get(name, 1.0)
+        for key, v in factors.items():
+            if " :: " in key and b["group"] in key and key.endswith(f":: {info['method']}"):
+                f = v
+        b["stats"]["data"] = [t * f for t in b["stats"]["data"]]
+        if "reference_data" in info:
+            info["reference_data"] = [t * reference for t in info["reference_data"]]
+    return data
+
+
+def write_runs(folder: Path, side: str, per_run: list[dict[str, float]],
+               reference=None) -> list[str]:
+    """One file ``<side>-<i>.json`` per entry of ``per_run`` (its ``scaled_run`` factors);
+    ``reference``: {i: factor} for the reference rounds of run i."""
+    paths = []
+    for i, factors in enumerate(per_run, 1):
+        p = folder / f"{side}-{i}.json"
+        p.write_text(json.dumps(scaled_run(factors, (reference or {}).get(i, 1.0))))
+        paths.append(str(p))
+    return paths

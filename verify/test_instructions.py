@@ -1,7 +1,8 @@
 """Instruction counts: ``pytest bench --bench-instructions``
 (handgrad/benchmark/callgrind.py), their record fields, their place in the report and
 their gate (reports.gate.instruction_gate), declared regressions (``--accept``) and the
-timed gate over several pairs of runs.
+command line of the timed gate over several runs a side (its statistics:
+verify/test_gate_runs.py).
 
 ``verify/fixtures/bench_instructions.json`` is a real counted run (see the fixtures'
 README). The one test that runs valgrind itself is marked slow: it costs about 80 s of
@@ -400,23 +401,23 @@ def test_cli_gate_refuses_to_mix_timed_and_counted_runs(capsys):
     assert main(["gate", "--baseline", str(COUNTED), str(COUNTED), "--current",
                  str(COUNTED), str(COUNTED)]) == 2
     assert "no noise" in capsys.readouterr().err
-    assert main(["gate", "--baseline", str(TIMED), "--current", str(TIMED),
-                 str(TIMED)]) == 2
-    assert "as many files each" in capsys.readouterr().err
 
 
-def test_timed_gate_over_pairs_fails_only_when_every_pair_flags(tmp_path, capsys):
+def test_timed_gate_over_several_runs_a_side_judges_between_processes(capsys):
+    # one run a side: the per-round gate of that pair flags the slowed kernel; two runs a
+    # side (the slow one and an unchanged one against two unchanged): the between-process
+    # gate sees the spread and does not call it a regression
     slow = FIXTURES / "bench_run_slow.json"
     base2 = FIXTURES / "bench_run2.json"
-    # one pair flags manual_forward (the slowed run), the other (unchanged) does not
     assert main(["gate", "--baseline", str(TIMED), "--current", str(slow)]) == 1
     capsys.readouterr()
-    assert main(["gate", "--baseline", str(TIMED), str(TIMED), "--current", str(slow),
-                 str(base2)]) == 0
-    assert "PASS: no kernel is flagged by every pair" in capsys.readouterr().out
     assert main(["gate", "--baseline", str(TIMED), str(base2), "--current", str(slow),
-                 str(slow)]) == 1
-    assert "FAIL: every pair flags jacobian.manual_forward" in capsys.readouterr().out
+                 str(base2)]) in (0, 3)
+    assert "gate over runs" in capsys.readouterr().out
+    # unequal numbers of runs a side are fine
+    assert main(["gate", "--baseline", str(TIMED), str(base2), str(TIMED), "--current",
+                 str(slow), str(slow)]) == 1
+    assert "FAIL" in capsys.readouterr().out
 
 
 def test_timed_gate_passes_a_declared_regression_within_its_bound(tmp_path, capsys):

@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""The gates' measured power: how often they fail unchanged code, and how often they catch
+a real regression planted in a kernel's code.
+
+    python .ci/power.py collect --out DIR --runs 20 [--kind time|instructions]
+        [--plant clone] [-k EXPR]
+    python .ci/power.py analyse DIR [--pairs 20] [--thresholds 3%,5%,10%]
+        [--runs-per-side 1,2,3] [--seed 0]
+
+collect copies this tree twice into DIR (the harness and kernels/ as they are; in the
+second, ``--plant`` edits kernels/jacobian.py: a code change, not ``--bench-slow``'s
+spin), then runs the benchmark subset (``-k``, default: the eager Jacobian and backprop
+kernels at width 30) alternated A/P/A/P, each run a separate process
+(``handgrad.benchmark.alternate``): ``a-<i>.json`` are the unchanged runs, ``p-<i>.json``
+the planted ones. ``--kind instructions`` counts instructions instead
+(``--bench-instructions``, two runs at a time, one a core).
+
+analyse draws comparisons from those runs without reusing a run inside one comparison:
+an unchanged pair is r A-runs against r other A-runs, a planted pair r A-runs against r
+P-runs; each is gated (timed: ``handgrad.reports.noise.gate_runs`` without calibration
+when r >= 2, the per-round ``gate`` when r = 1; counts: ``instruction_gate``) at each
+threshold. A false failure is any REGRESSION in an unchanged pair; a catch is the planted
+kernel flagged in a planted pair. Prints a markdown table; pairs drawn from one pool share
+runs, so they are not independent: the pool's size is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS = ("handgrad", "bench", "verify", "reports", "kernels", "conftest.py", "pyproject.toml")
+DEFAULT_K = "K30 and manual and not compiled and not captured"
+FILES = ("bench/test_jacobian.py", "bench/test_backprop.py")
+
+# planted regressions: (file, [(anchor, replacement)]), the kernel they slow
+PLANTS = {
+    # an accidental copy of the tangent on every hidden layer of the forward-mode Jacobian
+    "clone": ("kernels/jacobian.py", "jacobian.manual_forward", [
+        ("                t = torch.mm(w, t)\n                scale_(t, h)\n",
+         "                t = torch.mm(w, t)\n                t = t.clone()\n"
+         "                scale_(t, h)\n"),
+        ("        t = F.linear(t, w)\n        scale_(t, h)\n",
+         "        t = F.linear(t, w)\n        t = t.clone()\n        scale_(t, h)\n"),
+    ]),
+    # a redundant check of every weight's dtype and device on each call (what _prepare
+    # already checked): about 3% of the instructions of the smallest call (L=3, K=30, one x)
+    "recheck": ("kernels/jacobian.py", "jacobian.manual_forward", [
+        ("    ws, bs, x, widest = _prepare(weights, biases, x, activation)\n"
+         "    rho_, scale_, scaled =",
+         "    ws, bs, x, widest = _prepare(weights, biases, x, activation)\n"
+         "    if any(w.dtype != x.dtype or w.device != x.device for w in ws):\n"
+         "        raise TypeError('weights and x differ in dtype or device')\n"
+         "    rho_, scale_, scaled ="),
+    ]),
+}
+
+
+def copy_tree(dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in HARNESS:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def plant(tree: Path, name: str) -> str:
+    path, kernel, edits = PLANTS[name]
+    target = tree / path
+    text = target.read_text()
+    for anchor, replacement in edits:
+        if text.count(anchor) != 1:
+            sys.exit(f"error: --plant {name}: its anchor is not once in {path}; update "
+                     f"PLANTS in {__file__}")
+        text = text.replace(anchor, replacement)
+    target.write_text(text)
+    return kernel
+
+
+def collect(args) -> int:
+    out = Path(args.out).resolve()
+    a, p = out / "tree-a", out / "tree-p"
+    copy_tree(a)
+    copy_tree(p)
+    kernel = plant(p, args.plant)
+    (out / "planted").write_text(f"{args.plant} {kernel}\n")
+    pytest_args = [*FILES, "-q", "-p", "no:cacheprovider", "-k", args.k]
+    if args.kind == "instructions":
+        pytest_args.append("--bench-instructions")
+        for i in range(1, args.runs + 1):  # a count does not depend on the load: 2 at once
+            procs = [subprocess.Popen(
+                [sys.executable, "-m", "pytest", *pytest_args, "--benchmark-json",
+                 str(out / f"{side}-{i}.json")], cwd=tree, stdout=subprocess.DEVNULL,
+                env={**__import__("os").environ, "PYTHONPATH": str(tree)})
+                for side, tree in (("a", a), ("p", p))]
+            codes = [q.wait() for q in procs]
+            if any(codes):
+                sys.exit(f"error: instruction run {i} exited {codes}")
+            print(f"power: instruction runs {i}/{args.runs} done", flush=True)
+        return 0
+    from handgrad.benchmark.alternate import alternate
+
+    files = alternate(out, args.runs, a, p, pytest_args)
+    for f in files:  # base-i -> a-i, head-i -> p-i
+        f.rename(f.with_name(f.name.replace("base-", "a-").replace("head-", "p-")))
+    return 0
+
+
+def _parse_list(text: str, kind):
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
+def _timed(base, current, threshold):
+    from handgrad.reports import gate as G
+    from handgrad.reports import noise as N
+
+    if len(base) == 1:  # one run a side: the per-round gate
+        return G.gate(str(base[0]), str(current[0]), threshold=threshold)
+    return N.gate_runs([str(x) for x in base], [str(x) for x in current], threshold=threshold)
+
+
+def analyse(args) -> int:
+    from handgrad.reports import gate as G
+
+    folder = Path(args.folder)
+    a = sorted(folder.glob("a-*.json"), key=lambda f: int(f.stem.split("-")[1]))
+    p = sorted(folder.glob("p-*.json"), key=lambda f: int(f.stem.split("-")[1]))
+    kernel = (folder / "planted").read_text().split()[1]
+    counted = G.is_instruction_run(str(a[0]))
+    thresholds = _parse_list(args.thresholds, G.parse_threshold)
+    rng = random.Random(args.seed)
+    print(f"power: {len(a)} unchanged runs, {len(p)} planted ({kernel}); {args.pairs} pairs "
+          f"each, drawn from these runs")
+    if counted:
+        thresholds = _parse_list(args.thresholds or "1%,2%", G.parse_threshold)
+        unchanged = [tuple(rng.sample(a, 2)) for _ in range(args.pairs)]
+        planted = [(rng.choice(a), rng.choice(p)) for _ in range(args.pairs)]
+        print("\n| threshold | false failures | catches | planted change (median) |")
+        print("|---|---|---|---|")
+        for thr in thresholds:
+            false = sum(not G.instruction_gate(str(x), str(y), thr).passed for x, y in unchanged)
+            res = [G.instruction_gate(str(x), str(y), thr) for x, y in planted]
+            caught = sum(kernel in r.flagged() for r in res)
+            ch = sorted(float(r.table[r.table["method"] == kernel.split(".")[1]]["change"].max())
+                        for r in res)
+            print(f"| {thr:.0%} | {false}/{len(unchanged)} | {caught}/{len(planted)} | "
+                  f"{ch[len(ch) // 2]:.4f} |")
+        return 0
+    print("\n| runs a side | threshold | false failures | unchanged inconclusive | catches | "
+          "planted inconclusive | planted kernel change (median) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in _parse_list(args.runs_per_side, int):
+        if 2 * r > len(a) or r > len(p):
+            print(f"| {r} | | not enough runs | | | | |")
+            continue
+        unchanged = []
+        for _ in range(args.pairs):
+            pick = rng.sample(a, 2 * r)
+            unchanged.append((pick[:r], pick[r:]))
+        planted = [(rng.sample(a, r), rng.sample(p, r)) for _ in range(args.pairs)]
+        for thr in thresholds:
+            u = [_timed(b, c, thr) for b, c in unchanged]
+            g = [_timed(b, c, thr) for b, c in planted]
+            false = sum(not x.passed for x in u)
+            caught = sum(kernel in x.flagged() for x in g)
+            und_u = sum(bool(getattr(x, "inconclusive", 0)) for x in u)
+            und_p = sum(kernel in getattr(x, "undecided", lambda: set())() for x in g)
+            changes = sorted(float(x.kernels[(x.kernels["kernel"] + "." + x.kernels["method"])
+                                             == kernel]["change"].iloc[0]) for x in g)
+            print(f"| {r} | {thr:.0%} | {false}/{len(u)} | {und_u}/{len(u)} | "
+                  f"{caught}/{len(g)} | {und_p}/{len(g)} | {changes[len(changes) // 2]:.3f} |",
+                  flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python .ci/power.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--out", required=True)
+    c.add_argument("--runs", type=int, default=20)
+    c.add_argument("--kind", choices=("time", "instructions"), default="time")
+    c.add_argument("--plant", choices=sorted(PLANTS), default="clone")
+    c.add_argument("-k", default=DEFAULT_K)
+    an = sub.add_parser("analyse")
+    an.add_argument("folder")
+    an.add_argument("--pairs", type=int, default=20)
+    an.add_argument("--thresholds", default="3%,5%,10%")
+    an.add_argument("--runs-per-side", default="1,2,3")
+    an.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return collect(args) if args.command == "collect" else analyse(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""Benchmark history across commits, in one SQLite file, with change points.
+
+    python -m handgrad.reports history add --db H.sqlite RUN.json [...] [--commit SHA]
+        [--date ISO-8601]
+    python -m handgrad.reports history report --db H.sqlite --out DIR [--kernel SUBSTRING]
+
+``add`` stores each run (one pytest-benchmark JSON, timed or ``--bench-instructions``)
+under its commit, the commit's date, the machine and every gated benchmark's record
+(ratio to its reference; instructions per call where counted). The commit and date come
+from the file's ``commit_info`` (pytest-benchmark records the working tree's git commit)
+unless given; a file already stored is refused (its content's hash).
+
+``report`` orders the commits by date and gives, per kernel (kernel family, method,
+device) and metric (``ratio``: time over the reference's; ``instructions``: per call), the
+series of the geometric mean over the benchmarks every commit of that series measured,
+and the change points found in it by E-divisive means (Matteson and James, "A
+Nonparametric Approach for Multiple Change Point Analysis of Multivariate Data", JASA
+2014) as Apache Otava and MongoDB's CI run it ("Change Point Detection in Software
+Performance Testing", ICPE 2020): the split of a segment between two commits that
+maximises the energy statistic (``scipy.stats.energy_distance``) is kept when a Student
+t-test of the log values either side gives p < ``ALPHA`` over the number of splits the
+segment offered (Bonferroni: the best of them was tested) and the means differ by more
+than the metric's least effect (5% for a ratio, 2% for instructions, as the gates); each
+side is then searched again. Written here rather than imported: Otava pins numpy 2.2.0 and
+pulls in BigQuery, Slack and Postgres clients, MongoDB's signal-processing-algorithms
+pins numpy < 2 and Python 3.11; the search is some thirty lines over scipy.
+
+Writes ``history.md`` (the change points, then each series), ``change_points.csv``,
+``series.csv`` and ``history.png`` (each series against the commit, change points marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from handgrad.reports.load import (
+    ReportInputError,
+    check_output_dir,
+    load_benchmarks,
+    machine_label,
+    read_json,
+)
+from handgrad.reports.record import ratio_to_reference
+
+SCHEMA_VERSION = 1
+ALPHA = 0.001  # a change point's t-test
+MIN_EFFECT = {"ratio": 0.05, "instructions": 0.02}  # as the timed and instruction gates
+METRICS = ("ratio", "instructions")
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    commit_sha TEXT NOT NULL,
+    commit_date TEXT NOT NULL,
+    added TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('time', 'instructions')),
+    content_sha256 TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    kernel TEXT NOT NULL,
+    method TEXT NOT NULL,
+    device TEXT NOT NULL,
+    benchmark TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    ratio REAL,
+    instructions REAL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_kernel ON results (kernel, method, device);
+"""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating) a history file; ReportInputError if it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        raise ReportInputError(f"--db: {path} is a folder; expected a file")
+    if not path.parent.is_dir():
+        raise ReportInputError(f"--db: the folder of {path} does not exist")
+    try:
+        con = sqlite3.connect(path)
+        con.execute("PRAGMA foreign_keys = ON")
+        con.executescript(_DDL)
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            con.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            con.commit()
+        elif row[0] != str(SCHEMA_VERSION):
+            raise ReportInputError(f"--db: {path} has history schema {row[0]}; this handgrad "
+                                   f"reads schema {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        raise ReportInputError(f"--db: {path} is not a handgrad history ({exc})") from None
+    return con
+
+
+def _commit_of(path: str, commit: str | None, date: str | None) -> tuple[str, str]:
+    info = read_json(path).get("commit_info") or {}
+    sha = commit or info.get("id")
+    when = date or info.get("time")
+    if not sha:
+        raise ReportInputError(f"{path}: no commit recorded in the file (commit_info); give "
+                               "--commit")
+    if not when:
+        raise ReportInputError(f"{path}: no commit date recorded in the file; give --date")
+    try:
+        parsed = dt.datetime.fromisoformat(str(when))
+    except ValueError:
+        raise ReportInputError(f"--date: expected an ISO-8601 date (e.g. "
+                               f"2026-12-04T10:00:00+00:00), got {when!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return str(sha), parsed.astimezone(dt.timezone.utc).isoformat()
+
+
+def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
+            date: str | None = None) -> int:
+    """Store one benchmark file under its commit; returns how many benchmarks it added."""
+    raw = Path(path).read_bytes() if Path(path).is_file() else None
+    df = load_benchmarks([path])  # the refusals of a bad file, by name
+    sha, when = _commit_of(path, commit, date)
+    digest = hashlib.sha256(raw or b"").hexdigest()
+    if con.execute("SELECT 1 FROM runs WHERE content_sha256 = ?", (digest,)).fetchone():
+        raise ReportInputError(f"{path}: this run is already in the history")
+    counted = bool((df["timer"] == "callgrind").any())
+    rows = []
+    for _, r in df.iterrows():
+        if r["role"] != "kernel" or r["method"] == r["reference"]:
+            continue
+        ratio = ins = None
+        if counted:
+            if pd.isna(r["instructions"]):
+                continue
+            ins = float(r["instructions"])
+            if not pd.isna(r["reference_instructions"]):
+                ratio = ins / float(r["reference_instructions"])
+        else:
+            ref = r["reference_data"]
+            if not isinstance(ref, list):
+                hit = df[(df["group"] == r["group"]) & (df["method"] == r["reference"])]
+                if hit.empty:
+                    continue
+                value = ratio_to_reference(r["data"], None, hit.iloc[0]["data"])[0]
+            else:
+                value = ratio_to_reference(r["data"], ref)[0]
+            if not value > 0:
+                continue
+            ratio = value
+        record = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                  for k, v in r.items() if k not in ("data", "reference_data")}
+        rows.append((r["kernel"], r["method"], r["device"], f"{r['group']} :: {r['method']}",
+                     r["reference"], ratio, ins, json.dumps(record, default=str)))
+    if not rows:
+        raise ReportInputError(f"{path}: no gated kernel benchmark (role kernel, a timed or "
+                               "counted reference) to store")
+    with con:
+        cur = con.execute(
+            "INSERT INTO runs (commit_sha, commit_date, added, machine, source, kind, "
+            "content_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sha, when, dt.datetime.now(dt.timezone.utc).isoformat(),
+             machine_label(read_json(path).get("machine_info") or {}), str(path),
+             "instructions" if counted else "time", digest))
+        con.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(cur.lastrowid, *row) for row in rows])
+    return len(rows)
+
+
+def load_history(con: sqlite3.Connection) -> pd.DataFrame:
+    """Every stored result with its run's commit, date, machine and kind."""
+    return pd.read_sql_query(
+        "SELECT r.id AS run, r.commit_sha, r.commit_date, r.machine, r.kind, s.kernel, "
+        "s.method, s.device, s.benchmark, s.ratio, s.instructions FROM results s JOIN runs r "
+        "ON r.id = s.run_id ORDER BY r.commit_date, r.id", con)
+
+
+# ---------------------------------------------------------------- series and change points
+
+
+def series(history: pd.DataFrame) -> pd.DataFrame:
+    """A row per (kernel, method, device, metric, run): the geometric mean of the metric over
+    the benchmarks that every commit of that series measured (``benchmarks``: how many)."""
+    out = []
+    for metric in METRICS:
+        h = history.dropna(subset=[metric])
+        if metric == "ratio":  # a ratio from a timed run; counted runs give their own below
+            h = h[h["kind"] == "time"]
+        else:
+            h = h[h["kind"] == "instructions"]
+        for (k, m, dev, machine), g in h.groupby(["kernel", "method", "device", "machine"]):
+            commits = g["commit_sha"].nunique()
+            per = g.groupby("benchmark")["commit_sha"].nunique()
+            common = per[per == commits].index
+            if not len(common):
+                continue
+            kept = g[g["benchmark"].isin(common)]
+            agg = kept.groupby(["run", "commit_sha", "commit_date"]).agg(
+                log=(metric, lambda v: float(np.log(v).mean()))).reset_index()
+            for r in agg.itertuples():
+                out.append({"kernel": k, "method": m, "device": dev, "machine": machine,
+                            "metric": metric, "run": r.run, "commit": r.commit_sha,
+                            "date": r.commit_date, "value": math.exp(r.log),
+                            "benchmarks": len(common)})
+    cols = ["kernel", "method", "device", "machine", "metric", "run", "commit", "date",
+            "value", "benchmarks"]
+    df = pd.DataFrame(out, columns=cols)
+    return df.sort_values(["kernel", "method", "device", "metric", "date", "run"]) \
+        .reset_index(drop=True)
+
+
+def _energy(left: np.ndarray, right: np.ndarray) -> float:
+    """Matteson and James's divergence of a split, scaled by m n / (m + n)."""
+    m, n = len(left), len(right)
+    return m * n / (m + n) * float(stats.energy_distance(left, right)) ** 2
+
+
+def _significant(left: np.ndarray, right: np.ndarray, min_effect: float,
+                 candidates: int = 1) -> bool:
+    effect = abs(math.expm1(right.mean() - left.mean()))
+    if effect <= min_effect:
+        return False
+    if len(left) + len(right) < 3:
+        return False  # no spread to test against
+    pooled = (((left - left.mean()) ** 2).sum() + ((right - right.mean()) ** 2).sum())
+    if pooled <= 1e-24:  # both sides constant (counts): the effect alone decides
+        return True
+    p = stats.ttest_ind(left, right, equal_var=True).pvalue
+    return bool(p < ALPHA / candidates)  # the best of `candidates` splits was tested
+
+
+def change_points(groups: list[np.ndarray], min_effect: float) -> list[int]:
+    """E-divisive means over values grouped by commit (in commit order): the indices of
+    the commits where a new level starts, ascending."""
+    found: list[int] = []
+
+    def search(lo: int, hi: int) -> None:
+        if hi - lo < 2:
+            return
+        best, best_q = None, -1.0
+        for j in range(lo + 1, hi):
+            left = np.concatenate(groups[lo:j])
+            right = np.concatenate(groups[j:hi])
+            q = _energy(left, right)
+            if q > best_q:
+                best, best_q = j, q
+        left = np.concatenate(groups[lo:best])
+        right = np.concatenate(groups[best:hi])
+        if best_q > 0 and _significant(left, right, min_effect, candidates=hi - lo - 1):
+            found.append(best)
+            search(lo, best)
+            search(best, hi)
+
+    search(0, len(groups))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class HistoryReport:
+    series: pd.DataFrame
+    points: pd.DataFrame  # commit, kernel, method, device, metric, before, after, change
+
+
+def analyse(history: pd.DataFrame) -> HistoryReport:
+    s = series(history)
+    rows = []
+    for (k, m, dev, machine, metric), g in s.groupby(
+            ["kernel", "method", "device", "machine", "metric"], sort=False):
+        order = g.drop_duplicates("commit")[["commit", "date"]].sort_values("date")
+        commits = list(order["commit"])
+        groups = [np.log(g[g["commit"] == c]["value"].to_numpy()) for c in commits]
+        cuts = change_points(groups, MIN_EFFECT[metric])
+        edges = [0, *cuts, len(commits)]
+        for i, cut in enumerate(cuts):
+            before = np.concatenate(groups[edges[i]:cut])
+            after = np.concatenate(groups[cut:edges[i + 2]])
+            rows.append({"commit": commits[cut][:12], "previous": commits[cut - 1][:12],
+                         "kernel": f"{k}.{m}", "device": dev, "machine": machine,
+                         "metric": metric, "before": math.exp(before.mean()),
+                         "after": math.exp(after.mean()),
+                         "change": math.exp(after.mean() - before.mean())})
+    cols = ["commit", "previous", "kernel", "device", "machine", "metric", "before", "after",
+            "change"]
+    return HistoryReport(series=s, points=pd.DataFrame(rows, columns=cols))
+
+
+def _figure(report: HistoryReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in METRICS if (report.series["metric"] == m).any()]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(10, 3.6 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        s = report.series[report.series["metric"] == metric]
+        order = s.drop_duplicates("commit").sort_values("date")["commit"].tolist()
+        pos = {c: i for i, c in enumerate(order)}
+        for (k, m, dev), g in s.groupby(["kernel", "method", "device"]):
+            per = g.groupby("commit")["value"].apply(lambda v: math.exp(np.log(v).mean()))
+            per = per.reindex([c for c in order if c in per.index])
+            first = per.iloc[0]
+            ys = per / first if metric == "instructions" else per
+            line, = ax.plot([pos[c] for c in per.index], ys.to_numpy(), marker="o",
+                            label=f"{k}.{m} ({dev})")
+            pts = report.points[(report.points["kernel"] == f"{k}.{m}")
+                                & (report.points["device"] == dev)
+                                & (report.points["metric"] == metric)]
+            for c in pts["commit"]:
+                full = next(x for x in order if x.startswith(c))
+                ax.axvline(pos[full] - 0.5, color=line.get_color(), linestyle="--", alpha=0.7)
+        ax.set_xticks(range(len(order)), [c[:7] for c in order], rotation=45, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("time / reference" if metric == "ratio" else
+                      "instructions / first commit's")
+        ax.set_title(f"{metric}: change points dashed (E-divisive means, p < {ALPHA})")
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) -> HistoryReport:
+    from handgrad.reports.tables import to_markdown
+
+    history = load_history(con)
+    if kernel:
+        history = history[(history["kernel"] + "." + history["method"]).str.contains(
+            kernel, regex=False)]
+    if history.empty:
+        raise ReportInputError("history: no stored results" + (
+            f" for kernels matching {kernel!r}" if kernel else ""))
+    report = analyse(history)
+    out.mkdir(parents=True, exist_ok=True)
+    report.points.to_csv(out / "change_points.csv", index=False)
+    report.series.to_csv(out / "series.csv", index=False)
+    _figure(report, out / "history.png")
+    pts = report.points.copy()
+    for c in ("before", "after", "change"):
+        pts[c] = pts[c].map(lambda v: f"{v:.4g}")
+    commits = report.series.drop_duplicates("commit").sort_values("date")
+    text = (f"# Benchmark history\n\n{len(commits)} commits, "
+            f"{history['run'].nunique()} runs. Change points by E-divisive means (p < "
+            f"{ALPHA}, least effect {MIN_EFFECT['ratio']:.0%} for a ratio, "
+            f"{MIN_EFFECT['instructions']:.0%} for instructions): the commit where the new "
+            f"level starts.\n\n## Change points\n\n"
+            + (to_markdown(pts) if len(pts) else "None found.") + "\n\n## Series\n\n"
+            + "![history](history.png)\n\n")
+    wide = report.series.groupby(["kernel", "method", "device", "metric", "commit", "date"])[
+        "value"].apply(lambda v: math.exp(np.log(v).mean())).reset_index()
+    wide["name"] = wide["kernel"] + "." + wide["method"] + " " + wide["metric"]
+    table = wide.pivot_table(index=["date", "commit"], columns="name", values="value")
+    table = table.reset_index().drop(columns="date")
+    table["commit"] = table["commit"].str[:12]
+    text += to_markdown(table.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)) + "\n"
+    (out / "history.md").write_text(text, encoding="utf-8")
+    return report
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> None:
+    h = sub.add_parser("history", help="benchmark runs per commit in SQLite, and their "
+                       "change points")
+    hs = h.add_subparsers(dest="history_command", required=True, parser_class=type(h))
+    a = hs.add_parser("add", help="store benchmark runs under their commit")
+    a.add_argument("files", nargs="+", help="pytest-benchmark JSON files (timed or "
+                   "--bench-instructions)")
+    a.add_argument("--db", required=True, help="the history file (SQLite; created if absent)")
+    a.add_argument("--commit", help="the commit the runs measured (default: the file's "
+                   "commit_info)")
+    a.add_argument("--date", help="that commit's date, ISO-8601 (default: the file's "
+                   "commit_info)")
+    r = hs.add_parser("report", help="each kernel's series and its change points")
+    r.add_argument("--db", required=True, help="the history file")
+    r.add_argument("--out", required=True, help="folder to write the report into")
+    r.add_argument("--kernel", help="only kernels whose kernel.method contains this")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.history_command == "add":
+        con = connect(args.db)
+        try:
+            for f in args.files:
+                n = add_run(con, f, args.commit, args.date)
+                print(f"history: {f}: {n} benchmarks added to {args.db}")
+        finally:
+            con.close()
+        return 0
+    if not Path(args.db).is_file():
+        raise ReportInputError(f"--db: {args.db} does not exist")
+    con = connect(args.db)
+    try:
+        report = write_report(con, check_output_dir(args.out), args.kernel)
+    finally:
+        con.close()
+    print(f"history: {report.series['commit'].nunique()} commits, "
+          f"{len(report.points)} change point(s) -> {Path(args.out) / 'history.md'}")
+    for p in report.points.itertuples():
+        print(f"  {p.commit} {p.kernel} ({p.device}, {p.metric}): {p.before:.4g} -> "
+              f"{p.after:.4g} ({p.change:.3f}x)")
+    return 0

@@ -1,0 +1,439 @@
+"""The wall-clock gate over several runs a side: between-process noise in the verdict.
+
+One run's per-round interval (``reports.gate.gate``) cannot see how far a benchmark's
+ratio to its reference moves from one process to the next, and on a shared 2-core machine
+that is the larger noise (a Jacobian kernel measured at 1.22 and 2.05 ms in two processes
+of identical code). So here each run (a separate process) gives one value per benchmark,
+its log ratio to the reference (``ratio_to_reference``), and each kernel (kernel family,
+method, device) one value per run, the mean of its benchmarks' log ratios over the
+benchmarks every run has. For each of these, with m baseline runs and n current ones,
+
+    d  = mean(log ratio now) - mean(log ratio at baseline),  change = exp(d)
+    s^2 = (nu_cal sigma_cal^2 + within-run-set sum of squares) / (nu_cal + m + n - 2)
+    interval = d -+ t(nu, confidence) s sqrt(1/m + 1/n)
+
+where sigma_cal is the between-process spread an A/A calibration measured on unchanged
+runs (``calibrate``, its file read with ``read_noise``; nu_cal = its runs - 1) and the
+runs at hand add their own. The verdict (``limit`` = 1 + the threshold, the calibration's
+for that benchmark or kernel when it has one):
+
+* **REGRESSION**: significant (the interval lies above 1) AND the change beyond the limit;
+* **ok**: the interval's top lies at or under the limit (a regression beyond it is
+  excluded); **faster** when it lies wholly under 1 / limit;
+* **inconclusive**: neither; the row says how many runs a side would decide it, if the
+  change and the spread stayed what they are (``runs_to_decide``).
+
+A calibration derives each threshold from its spread: the change one run a side shows from
+noise alone about once in a thousand comparisons (exp(3.09 sqrt(2) sigma) - 1), never
+under the level's default (5% for a kernel, 20% for a single benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from handgrad.reports.load import ReportInputError, load_benchmarks, read_json
+from handgrad.reports.record import DISTURBED, _present, ratio_to_reference
+from handgrad.reports.tables import to_markdown
+
+KERNEL_THRESHOLD = 0.05  # a kernel: all its benchmarks moved together by this much
+BENCHMARK_THRESHOLD = 0.20  # one benchmark alone
+NOISE_KIND = "handgrad-gate-noise"  # the calibration file's "kind"
+NOISE_VERSION = 1
+MIN_CALIBRATION_RUNS = 3
+# a threshold from a spread: the change one run a side shows from noise alone about once in
+# a thousand comparisons (one-sided normal quantile 0.999, a difference of two runs)
+NOISE_QUANTILE = float(stats.norm.ppf(0.999))
+MAX_RUNS_TO_DECIDE = 99  # beyond this the row says "more than 99"
+
+KEY = ["kernel", "method", "device"]
+
+
+def _key(kernel, method, device) -> str:
+    return f"{kernel}.{method}@{device}"
+
+
+# ---------------------------------------------------------------- per-run ratios
+
+
+def run_ratios(paths, side: str = "") -> pd.DataFrame:
+    """A row per (run, gated benchmark): its ratio to its reference in that run.
+
+    A run is one file (one process); a gated benchmark is a kernel (role ``kernel``)
+    measured against another method. Columns: side, run, source, kernel, method, device,
+    benchmark, reference, ratio, log_ratio, ref_median."""
+    rows = []
+    for i, path in enumerate(paths, 1):
+        df = load_benchmarks([path])
+        for _, r in df.iterrows():
+            if r["role"] != "kernel" or r["method"] == r["reference"]:
+                continue
+            if _present(r["reference_data"]):
+                ref_rounds, ratio = r["reference_data"], ratio_to_reference(
+                    r["data"], r["reference_data"])[0]
+            else:
+                hit = df[(df["group"] == r["group"]) & (df["method"] == r["reference"])]
+                if hit.empty:
+                    continue  # nothing to normalise by
+                ref_rounds = hit.iloc[0]["data"]
+                ratio = ratio_to_reference(r["data"], None, ref_rounds)[0]
+            if not ratio > 0:
+                continue
+            rows.append({
+                "side": side, "run": i, "source": str(path), "kernel": r["kernel"],
+                "method": r["method"], "device": r["device"],
+                "benchmark": f"{r['group']} :: {r['method']}", "reference": r["reference"],
+                "ratio": float(ratio), "log_ratio": math.log(ratio),
+                "ref_median": float(np.median(np.asarray(ref_rounds, dtype=float))),
+            })
+    cols = ["side", "run", "source", "kernel", "method", "device", "benchmark", "reference",
+            "ratio", "log_ratio", "ref_median"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _drop_disturbed(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Drop a (benchmark, run) whose torch reference took over DISTURBED times (or under
+    1/DISTURBED) the median of its times over all runs: the machine was disturbed."""
+    typical = runs.groupby("benchmark")["ref_median"].transform("median")
+    moved = runs["ref_median"] / typical
+    bad = ~((1 / DISTURBED < moved) & (moved < DISTURBED))
+    notes = [f"{r.benchmark}: {r.side} run {r.run} disturbed (its reference {r.reference} "
+             f"took {m:.2f}x its usual time)" for r, m in zip(runs[bad].itertuples(),
+                                                              moved[bad])]
+    return runs[~bad], notes
+
+
+def kernel_runs(runs: pd.DataFrame, benchmarks=None) -> pd.DataFrame:
+    """A row per (side, run, kernel): the mean of the kernel's log ratios in that run over
+    ``benchmarks`` (default: those every run of the frame has), and how many."""
+    if benchmarks is None:
+        n_runs = runs.groupby("side")["run"].nunique().sum()
+        per = runs.groupby("benchmark").apply(lambda g: len(g[["side", "run"]]
+                                                            .drop_duplicates()),
+                                              include_groups=False)
+        benchmarks = set(per[per == n_runs].index)
+    kept = runs[runs["benchmark"].isin(benchmarks)]
+    out = kept.groupby(["side", "run", *KEY], dropna=False).agg(
+        log_ratio=("log_ratio", "mean"), benchmarks=("benchmark", "nunique")).reset_index()
+    return out
+
+
+# ---------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Noise:
+    """One benchmark's or kernel's between-process spread of its log ratio."""
+
+    sigma: float
+    dof: int  # runs - 1
+    threshold: float  # the limit is 1 + this
+
+
+@dataclass(frozen=True)
+class NoiseFile:
+    kernels: dict[str, Noise] = field(default_factory=dict)  # kernel.method@device
+    benchmarks: dict[str, Noise] = field(default_factory=dict)  # group :: method
+    runs: int = 0
+    machine: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def noise_threshold(sigma: float, floor: float) -> float:
+    """The change one run a side shows from a spread ``sigma`` about once in a thousand
+    comparisons, never under ``floor``; rounded up to 0.1%."""
+    derived = math.exp(NOISE_QUANTILE * math.sqrt(2) * sigma) - 1
+    return math.ceil(max(floor, derived) * 1000) / 1000
+
+
+def _spread(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def calibrate(paths, threshold: float = KERNEL_THRESHOLD,
+              benchmark_threshold: float = BENCHMARK_THRESHOLD) -> dict:
+    """The calibration file's content from unchanged runs (the same code, each a separate
+    process): each benchmark's and kernel's spread of its log ratio and the threshold it
+    derives. Raises ReportInputError with fewer than MIN_CALIBRATION_RUNS runs."""
+    if len(paths) < MIN_CALIBRATION_RUNS:
+        raise ReportInputError(f"calibrate: expected at least {MIN_CALIBRATION_RUNS} "
+                               f"unchanged runs (separate processes), got {len(paths)}")
+    runs, disturbed = _drop_disturbed(run_ratios(paths, side="a"))
+    if runs.empty:
+        raise ReportInputError("calibrate: the runs have no kernel benchmarks (role kernel) "
+                               "with a timed reference")
+    bench, kern = {}, {}
+    for name, g in runs.groupby("benchmark"):
+        if len(g) >= MIN_CALIBRATION_RUNS:
+            s = _spread(g["log_ratio"].to_numpy())
+            bench[name] = {"sigma": round(s, 6), "dof": len(g) - 1,
+                           "threshold": noise_threshold(s, benchmark_threshold)}
+    for r in kernel_runs(runs).groupby(KEY, dropna=False):
+        (k, m, dev), g = r
+        if len(g) >= MIN_CALIBRATION_RUNS:
+            s = _spread(g["log_ratio"].to_numpy())
+            kern[_key(k, m, dev)] = {"sigma": round(s, 6), "dof": len(g) - 1,
+                                     "threshold": noise_threshold(s, threshold),
+                                     "benchmarks": int(g["benchmarks"].iloc[0])}
+    info = read_json(paths[0]).get("machine_info") or {}
+    machine = {k: info.get(k) for k in ("node", "machine", "processor", "cpu")
+               if info.get(k) is not None}
+    return {"kind": NOISE_KIND, "version": NOISE_VERSION, "runs": len(paths),
+            "machine": machine, "floors": {"kernel": threshold,
+                                           "benchmark": benchmark_threshold},
+            "disturbed": disturbed, "kernels": kern, "benchmarks": bench}
+
+
+def read_noise(path: str | Path) -> NoiseFile:
+    """A calibration file (``python -m handgrad.reports calibrate``); ReportInputError
+    naming the file and what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportInputError(f"--noise: cannot read {path} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ReportInputError(f"--noise: {path} is not JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("kind") != NOISE_KIND:
+        raise ReportInputError(f"--noise: {path} is not a calibration file (expected kind "
+                               f"{NOISE_KIND!r}; write one with python -m handgrad.reports "
+                               "calibrate)")
+    if data.get("version") != NOISE_VERSION:
+        raise ReportInputError(f"--noise: {path} has version {data.get('version')!r}; this "
+                               f"handgrad reads version {NOISE_VERSION}")
+
+    def entries(name):
+        out = {}
+        for k, v in (data.get(name) or {}).items():
+            try:
+                out[k] = Noise(float(v["sigma"]), int(v["dof"]), float(v["threshold"]))
+            except (KeyError, TypeError, ValueError):
+                raise ReportInputError(f"--noise: {path}: {name} entry {k!r}: expected "
+                                       "sigma, dof and threshold, got "
+                                       f"{v!r}") from None
+            if not (out[k].sigma >= 0 and out[k].dof >= 1 and out[k].threshold >= 0):
+                raise ReportInputError(f"--noise: {path}: {name} entry {k!r}: sigma and "
+                                       "threshold must be >= 0 and dof >= 1, got "
+                                       f"{v!r}")
+        return out
+
+    return NoiseFile(kernels=entries("kernels"), benchmarks=entries("benchmarks"),
+                     runs=int(data.get("runs") or 0), machine=data.get("machine") or {},
+                     source=str(path))
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def _t(confidence: float, dof: float) -> float:
+    return float(stats.t.ppf(1 - (1 - confidence) / 2, dof))
+
+
+def runs_to_decide(d: float, s: float, limit: float, confidence: float,
+                   cal_dof: int = 0) -> int | None:
+    """Runs a side (equal) after which an interval of the same change ``d`` and spread
+    ``s`` would decide: its top under log(limit) when d is under it, else its bottom above
+    0. None when no number up to MAX_RUNS_TO_DECIDE would."""
+    bar = math.log(limit)
+    margin = bar - d if d < bar else d
+    if margin <= 0:
+        return None
+    for k in range(2, MAX_RUNS_TO_DECIDE + 1):
+        dof = cal_dof + 2 * k - 2
+        if _t(confidence, dof) * s * math.sqrt(2 / k) < margin:
+            return k
+    return None
+
+
+def _verdict_row(b: np.ndarray, c: np.ndarray, limit: float, confidence: float,
+                 noise: Noise | None) -> dict:
+    m, n = len(b), len(c)
+    d = float(c.mean() - b.mean())
+    ss = float(((b - b.mean()) ** 2).sum() + ((c - c.mean()) ** 2).sum())
+    own_dof = m + n - 2
+    cal_dof = noise.dof if noise is not None else 0
+    dof = cal_dof + own_dof
+    row = {"runs": f"{m}/{n}", "change": math.exp(d), "limit": limit}
+    if dof == 0:  # one run a side and no calibration: no between-process spread known
+        row.update(ci_low=math.nan, ci_high=math.nan, spread=math.nan,
+                   verdict="inconclusive", decide="2 runs a side or a calibration")
+        return row
+    var = ((noise.sigma ** 2 * cal_dof) if noise is not None else 0.0) + ss
+    s = math.sqrt(var / dof)
+    half = _t(confidence, dof) * s * math.sqrt(1 / m + 1 / n)
+    lo, hi = d - half, d + half
+    bar = math.log(limit)
+    if lo > 0 and d > bar:
+        verdict, decide = "REGRESSION", ""
+    elif hi < -bar:
+        verdict, decide = "faster", ""
+    elif hi <= bar:
+        verdict, decide = "ok", ""
+    else:
+        k = runs_to_decide(d, s, limit, confidence, cal_dof)
+        verdict = "inconclusive"
+        decide = (f"about {k} runs a side" if k is not None and k > max(m, n)
+                  else f"more than {MAX_RUNS_TO_DECIDE} runs a side" if k is None
+                  else "more runs")
+    row.update(ci_low=math.exp(lo), ci_high=math.exp(hi), spread=s, verdict=verdict,
+               decide=decide)
+    return row
+
+
+@dataclass(frozen=True)
+class RunsGateResult:
+    kernels: pd.DataFrame
+    table: pd.DataFrame  # a row per benchmark
+    confidence: float
+    threshold: float
+    benchmark_threshold: float
+    calibration: str = ""  # the calibration file used, if any
+    skipped: tuple[str, ...] = ()
+    accepted: tuple = ()
+    notes: tuple[str, ...] = ()
+
+    def _count(self, verdict: str) -> int:
+        return int((self.kernels["verdict"] == verdict).sum()
+                   + (self.table["verdict"] == verdict).sum())
+
+    @property
+    def regressions(self) -> int:
+        return self._count("REGRESSION")
+
+    @property
+    def inconclusive(self) -> int:
+        return self._count("inconclusive")
+
+    @property
+    def passed(self) -> bool:
+        return self.regressions == 0
+
+    def flagged(self) -> set[str]:
+        return self._names("REGRESSION")
+
+    def undecided(self) -> set[str]:
+        return self._names("inconclusive")
+
+    def _names(self, verdict: str) -> set[str]:
+        k = self.kernels[self.kernels["verdict"] == verdict]
+        b = self.table[self.table["verdict"] == verdict]
+        return {f"{r.kernel}.{r.method}" for r in pd.concat([k, b]).itertuples()}
+
+    def markdown(self) -> str:
+        if self.regressions:
+            verdict = f"FAIL: {self.regressions} regression(s)"
+        elif self.inconclusive:
+            verdict = f"INCONCLUSIVE: {self.inconclusive} undecided, no regression"
+        else:
+            verdict = "PASS: no regression"
+        cal = (f"the calibration {self.calibration}" if self.calibration else
+               "no calibration (the runs' own spread only)")
+        head = (f"### handgrad benchmark gate over runs: {verdict}\n\n"
+                f"Change = (kernel / reference) now over at baseline, from the mean log "
+                f"ratio of each side's runs (each a separate process); interval "
+                f"{self.confidence:.0%} (Student t over the between-process spread: {cal}). "
+                f"REGRESSION: the interval lies above 1 and the change beyond `limit` "
+                f"(default {1 + self.threshold:.2f} for a kernel, all its benchmarks "
+                f"together; {1 + self.benchmark_threshold:.2f} for one benchmark; a "
+                f"calibration's own where it has one). ok: the interval's top under `limit`. "
+                f"inconclusive: neither (`decide`: how many runs a side would settle it).\n")
+
+        def fmt(df, cols):
+            shown = df.copy()
+            if "benchmark" in shown:  # the benchmark's name says its method
+                shown = shown.drop(columns=["kernel", "method"])
+            else:
+                shown.insert(0, "kernel", shown.pop("kernel") + "." + shown.pop("method"))
+            for c in cols:
+                if c in shown:
+                    shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+            return to_markdown(shown)
+
+        cols = ("change", "ci_low", "ci_high", "limit", "spread", "accepted_bound")
+        text = (head + "\n#### Kernels\n\n" + fmt(self.kernels, cols) + "\n"
+                + "\n#### Benchmarks\n\n" + fmt(self.table, cols) + "\n")
+        from handgrad.reports.gate import _footer
+
+        notes = "".join(f"\n{n}\n" for n in self.notes)
+        return text + notes + _footer(self.table, self.accepted, self.skipped,
+                                      "Declared regressions (`accepted` up to their bound)",
+                                      "Not gated")
+
+
+def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
+              benchmark_threshold: float = BENCHMARK_THRESHOLD, confidence: float = 0.95,
+              noise: NoiseFile | None = None, accepted: dict | None = None) -> RunsGateResult:
+    """The between-process gate of several baseline runs against several current ones
+    (each a pytest-benchmark JSON of one process); ReportInputError on unusable input."""
+    from handgrad.reports.gate import MAX_DISTURBED, _accept
+
+    base = run_ratios(baselines, "baseline")
+    cur = run_ratios(currents, "current")
+    both = pd.concat([base, cur], ignore_index=True)
+    if base.empty or cur.empty:
+        empty = baselines if base.empty else currents
+        raise ReportInputError(f"{empty[0]}: no kernel benchmarks (role kernel) with a timed "
+                               "reference")
+    skipped = []
+    # a ratio to one reference says nothing about a ratio to another
+    refs = both.groupby("benchmark")["reference"].nunique()
+    for name in refs[refs > 1].index:
+        skipped.append(f"{name}: its reference differs between the runs")
+    both = both[~both["benchmark"].isin(refs[refs > 1].index)]
+    total = both["benchmark"].nunique()
+    both, disturbed = _drop_disturbed(both)
+    if len(disturbed) > MAX_DISTURBED * (len(both) + len(disturbed)):
+        raise ReportInputError(f"{len(disturbed)} (benchmark, run) values of {total} "
+                               f"benchmarks ran while the machine was disturbed; rerun")
+    sides = both.groupby("benchmark")["side"].nunique()
+    one_side = sides[sides < 2].index
+    skipped += [f"{name}: measured on one side only" for name in sorted(one_side)]
+    both = both[~both["benchmark"].isin(one_side)]
+    if both.empty:
+        raise ReportInputError("the baseline and current runs have no kernel benchmark in "
+                               "common")
+    noise = noise or NoiseFile()
+
+    rows = []
+    for name, g in both.groupby("benchmark", sort=False):
+        first = g.iloc[0]
+        cal = noise.benchmarks.get(name)
+        limit = 1 + (cal.threshold if cal else benchmark_threshold)
+        b = g[g["side"] == "baseline"]["log_ratio"].to_numpy()
+        c = g[g["side"] == "current"]["log_ratio"].to_numpy()
+        rows.append({"kernel": first["kernel"], "method": first["method"],
+                     "device": first["device"], "benchmark": name,
+                     **_verdict_row(b, c, limit, confidence, cal)})
+    table = pd.DataFrame(rows).sort_values("change", ascending=False).reset_index(drop=True)
+
+    # a kernel's value per run: its mean log ratio over the benchmarks every run has
+    counts = both.groupby("benchmark").apply(lambda g: len(g[["side", "run"]]
+                                                           .drop_duplicates()),
+                                             include_groups=False)
+    n_runs = len(baselines) + len(currents)
+    complete = set(counts[counts == n_runs].index)
+    krows = []
+    for (k, m, dev), g in kernel_runs(both, complete).groupby(KEY, dropna=False):
+        cal = noise.kernels.get(_key(k, m, dev))
+        limit = 1 + (cal.threshold if cal else threshold)
+        b = g[g["side"] == "baseline"]["log_ratio"].to_numpy()
+        c = g[g["side"] == "current"]["log_ratio"].to_numpy()
+        krows.append({"kernel": k, "method": m, "device": dev,
+                      "benchmarks": int(g["benchmarks"].iloc[0]),
+                      **_verdict_row(b, c, limit, confidence, cal)})
+    kernels = pd.DataFrame(krows)
+    if not kernels.empty:
+        kernels = kernels.sort_values("change", ascending=False).reset_index(drop=True)
+    accepted = accepted or {}
+    _accept(table, "ci_low", accepted)
+    _accept(kernels, "ci_low", accepted)
+    return RunsGateResult(kernels=kernels, table=table, confidence=confidence,
+                          threshold=threshold, benchmark_threshold=benchmark_threshold,
+                          calibration=noise.source, skipped=tuple(skipped + disturbed),
+                          accepted=tuple(accepted.values()))

@@ -1,0 +1,217 @@
+"""The wall-clock gate over several runs a side (handgrad.reports.noise): between-process
+spread, three verdicts, the A/A calibration and its file, and the command line.
+
+Runs are made from one real timed run (``verify/fixtures/bench_run1.json``) by scaling a
+kernel's rounds: its paired ratio to the reference then moves by exactly that factor, so
+each run's log ratio is known and the expected intervals are computed here from scipy's
+own two-sample t-test, not from the code under test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from handgrad.reports.__main__ import main
+from handgrad.reports.load import ReportInputError
+from handgrad.reports.noise import (
+    BENCHMARK_THRESHOLD,
+    KERNEL_THRESHOLD,
+    calibrate,
+    gate_runs,
+    read_noise,
+    run_ratios,
+    runs_to_decide,
+)
+from verify.runs import write_runs
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FWD = "jacobian.manual_forward"
+
+
+def _row(result, name):
+    k = result.kernels
+    return k[(k["kernel"] + "." + k["method"]) == name].iloc[0]
+
+
+def test_a_change_of_every_benchmark_of_one_kernel_is_a_regression_of_that_kernel(tmp_path):
+    noise = [1.00, 1.01, 0.99]
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in noise])
+    cur = write_runs(tmp_path, "c", [{FWD: 1.10 * n} for n in reversed(noise)])
+    r = gate_runs(base, cur)
+    assert r.flagged() == {FWD}
+    row = _row(r, FWD)
+    assert row["verdict"] == "REGRESSION" and row["change"] == pytest.approx(1.10)
+    others = r.kernels[(r.kernels["kernel"] + "." + r.kernels["method"]) != FWD]
+    assert set(others["verdict"]) <= {"ok"}
+    assert main(["gate", "--baseline", *base, "--current", *cur]) == 1
+
+
+def test_the_interval_is_students_t_over_the_runs_spread(tmp_path):
+    b_noise, c_noise = [1.00, 1.03, 0.98], [1.06, 1.01, 1.04, 1.02]
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in b_noise])
+    cur = write_runs(tmp_path, "c", [{FWD: n} for n in c_noise])
+    r = gate_runs(base, cur, confidence=0.9)
+    expect = stats.ttest_ind(np.log(c_noise), np.log(b_noise), equal_var=True) \
+        .confidence_interval(0.9)
+    for _, g in r.table[r.table["method"] == "manual_forward"].iterrows():
+        assert g["ci_low"] == pytest.approx(math.exp(expect.low), rel=1e-9)
+        assert g["ci_high"] == pytest.approx(math.exp(expect.high), rel=1e-9)
+        assert g["runs"] == "3/4"
+    # the kernel's value per run is the mean of its benchmarks' log ratios: the same here
+    row = _row(r, FWD)
+    assert row["ci_low"] == pytest.approx(math.exp(expect.low), rel=1e-9)
+
+
+def test_unchanged_runs_with_process_noise_pass(tmp_path):
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in (1.0, 1.02, 0.99)])
+    cur = write_runs(tmp_path, "c", [{FWD: n} for n in (1.01, 0.98, 1.0)])
+    r = gate_runs(base, cur)
+    assert r.passed and not r.inconclusive
+    assert main(["gate", "--baseline", *base, "--current", *cur]) == 0
+
+
+def test_a_spread_too_wide_to_decide_is_inconclusive_and_says_how_many_runs_would(tmp_path,
+                                                                                   capsys):
+    # one benchmark of the kernel swings 25% between processes, its change unknown
+    name = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
+    b_noise, c_noise = [1.0, 1.25], [1.02, 1.24]
+    base = write_runs(tmp_path, "b", [{name: n} for n in b_noise])
+    cur = write_runs(tmp_path, "c", [{name: n} for n in c_noise])
+    r = gate_runs(base, cur)
+    row = r.table[r.table["benchmark"] == name].iloc[0]
+    assert row["verdict"] == "inconclusive" and r.passed and r.inconclusive >= 1
+    assert FWD in r.undecided()
+    k = runs_to_decide(math.log(row["change"]), row["spread"], row["limit"], 0.95)
+    assert row["decide"] == f"about {k} runs a side"
+    # k runs a side with the same change and spread decide it (ok); k - 1 do not
+    d, s = math.log(row["change"]), row["spread"]
+    for runs, verdict in ((k, "ok"), (k - 1, "inconclusive")):
+        folder = tmp_path / f"k{runs}"
+        folder.mkdir()
+        # deviations of mean 0 whose pooled spread over both sides is s
+        p = np.arange(runs) - (runs - 1) / 2
+        dev = p * math.sqrt(s * s * (runs - 1) / float((p * p).sum()))
+        br = write_runs(folder, "b", [{name: math.exp(v)} for v in dev])
+        cr = write_runs(folder, "c", [{name: math.exp(d + v)} for v in dev])
+        got = gate_runs(br, cr).table
+        got = got[got["benchmark"] == name].iloc[0]
+        assert got["spread"] == pytest.approx(s, rel=1e-6)
+        assert got["change"] == pytest.approx(row["change"], rel=1e-9)
+        assert got["verdict"] == verdict, (runs, got.to_dict())
+    assert main(["gate", "--baseline", *base, "--current", *cur]) == 3
+    assert "INCONCLUSIVE" in capsys.readouterr().out
+
+
+def test_one_run_a_side_without_a_calibration_has_no_spread_to_judge_by(tmp_path):
+    base = write_runs(tmp_path, "b", [{}])
+    cur = write_runs(tmp_path, "c", [{FWD: 1.5}])
+    r = gate_runs(base, cur)
+    assert r.passed and set(r.kernels["verdict"]) == {"inconclusive"}
+    assert set(r.kernels["decide"]) == {"2 runs a side or a calibration"}
+
+
+def _calibration(tmp_path, noise_by_run):
+    runs = write_runs(tmp_path, "a", noise_by_run)
+    out = tmp_path / "noise.json"
+    assert main(["calibrate", *runs, "--out", str(out)]) == 0
+    return runs, out
+
+
+def test_calibration_derives_each_threshold_from_its_spread(tmp_path):
+    wild = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
+    levels = [1.0, 1.3, 0.95, 1.25, 1.02, 1.28]
+    runs, out = _calibration(tmp_path, [{wild: v} for v in levels])
+    data = json.loads(out.read_text())
+    sigma = float(np.std(np.log(levels), ddof=1))
+    z = stats.norm.ppf(0.999)
+    entry = data["benchmarks"][wild]
+    assert entry["sigma"] == pytest.approx(sigma, abs=1e-6) and entry["dof"] == 5
+    assert entry["threshold"] == pytest.approx(math.exp(z * math.sqrt(2) * sigma) - 1, abs=1e-3)
+    quiet = data["benchmarks"]["jacobian L=3 K=30 N=1 cpu :: manual_forward"]
+    assert quiet["sigma"] == 0 and quiet["threshold"] == BENCHMARK_THRESHOLD
+    # the kernel's value per run is the mean log ratio of its benchmarks (here four, one wild)
+    kern = data["kernels"]["jacobian.manual_forward@cpu"]
+    n = kern["benchmarks"]
+    assert kern["sigma"] == pytest.approx(sigma / n, abs=1e-6)
+    assert kern["threshold"] == pytest.approx(
+        max(KERNEL_THRESHOLD, math.exp(z * math.sqrt(2) * sigma / n) - 1), abs=1e-3)
+    noise = read_noise(out)
+    assert noise.benchmarks[wild].threshold == entry["threshold"] and noise.runs == 6
+
+
+def test_the_calibrated_limit_and_spread_replace_the_defaults(tmp_path):
+    wild = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
+    _, out = _calibration(tmp_path, [{wild: v} for v in (1.0, 1.3, 0.95, 1.25, 1.02, 1.28)])
+    # this benchmark 1.3x slower in three quiet runs a side: beyond the default 20% ...
+    base = write_runs(tmp_path, "b", [{}, {}, {}])
+    cur = write_runs(tmp_path, "c", [{wild: 1.3}, {wild: 1.31}, {wild: 1.29}])
+    plain = gate_runs(base, cur)
+    row = plain.table[plain.table["benchmark"] == wild].iloc[0]
+    assert row["verdict"] == "REGRESSION" and row["limit"] == pytest.approx(1.2)
+    # ... within what its own noise produces: the calibration's limit and pooled spread
+    cal = gate_runs(base, cur, noise=read_noise(out))
+    row = cal.table[cal.table["benchmark"] == wild].iloc[0]
+    assert row["limit"] == pytest.approx(1 + read_noise(out).benchmarks[wild].threshold)
+    assert row["verdict"] != "REGRESSION" and row["limit"] > 1.3
+    # with one run a side the calibration's spread alone gives an interval
+    one = gate_runs(base[:1], cur[:1], noise=read_noise(out))
+    assert one.table["ci_low"].notna().all()
+    assert main(["gate", "--baseline", *base, "--current", *cur, "--noise", str(out)]) in (0, 3)
+
+
+def test_a_disturbed_run_is_left_out_and_named(tmp_path):
+    base = write_runs(tmp_path, "b", [{}, {}, {}], reference={2: 3.0})
+    cur = write_runs(tmp_path, "c", [{}, {}, {}])
+    r = gate_runs(base, cur)
+    assert any("baseline run 2 disturbed" in s for s in r.skipped)
+    assert set(r.table["runs"]) == {"2/3"}
+
+
+@pytest.mark.parametrize("content, says", [
+    ("not json", "is not JSON"),
+    ('{"kind": "other"}', "not a calibration file"),
+    ('{"kind": "handgrad-gate-noise", "version": 9}', "version 9"),
+    ('{"kind": "handgrad-gate-noise", "version": 1, "kernels": {"a.b@cpu": {"sigma": 1}}}',
+     "expected sigma, dof and threshold"),
+    ('{"kind": "handgrad-gate-noise", "version": 1, "benchmarks": {"x": {"sigma": -1, '
+     '"dof": 3, "threshold": 0.2}}}', "must be >= 0"),
+])
+def test_a_bad_calibration_file_is_refused_by_name(tmp_path, content, says):
+    p = tmp_path / "noise.json"
+    p.write_text(content)
+    with pytest.raises(ReportInputError, match=says) as err:
+        read_noise(p)
+    assert str(p) in str(err.value)
+
+
+def test_calibrate_needs_three_runs_and_the_cli_says_so(tmp_path, capsys):
+    runs = write_runs(tmp_path, "a", [{}, {}])
+    with pytest.raises(ReportInputError, match="at least 3"):
+        calibrate(runs)
+    assert main(["calibrate", *runs, "--out", str(tmp_path / "n.json")]) == 2
+    assert "at least 3" in capsys.readouterr().err
+
+
+def test_instruction_counts_take_no_calibration(tmp_path, capsys):
+    counted = str(FIXTURES / "bench_instructions.json")
+    _, out = _calibration(tmp_path, [{}, {FWD: 1.01}, {FWD: 0.99}])
+    assert main(["gate", "--baseline", counted, "--current", counted, "--noise",
+                 str(out)]) == 2
+    assert "instruction counts" in capsys.readouterr().err
+
+
+def test_run_ratios_reads_each_run_s_paired_ratio(tmp_path):
+    base = write_runs(tmp_path, "b", [{FWD: 2.0}])
+    plain = run_ratios([str(FIXTURES / "bench_run1.json")])
+    doubled = run_ratios(base)
+    merged = plain.merge(doubled, on="benchmark", suffixes=("", "_2"))
+    fwd = merged[merged["method"] == "manual_forward"]
+    assert len(fwd) >= 3
+    assert np.allclose(fwd["ratio_2"] / fwd["ratio"], 2.0)
+    rest = merged[merged["method"] != "manual_forward"]
+    assert np.allclose(rest["ratio_2"], rest["ratio"])

@@ -1,0 +1,211 @@
+"""Benchmark history (handgrad.reports.history): runs stored per commit in SQLite, each
+kernel's series, change points by E-divisive means, the report and the command line.
+
+Runs are made from real ones (the timed and the counted fixtures) by scaling a kernel, so
+where a series steps, and by how much, is known here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from handgrad.reports import history as H
+from handgrad.reports.__main__ import main
+from handgrad.reports.load import ReportInputError
+from verify.runs import scaled_run
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+COUNTED = json.loads((FIXTURES / "bench_instructions.json").read_text())
+FWD = "jacobian.manual_forward"
+
+
+def _date(i: int) -> str:
+    return f"2026-11-{10 + i:02d}T12:00:00+00:00"
+
+
+def _timed_history(tmp_path: Path, levels: list[float], runs_per_commit: int = 2,
+                   jitter: float = 0.01) -> tuple[Path, list[str]]:
+    """A history of len(levels) commits; commit i's runs have manual_forward at
+    levels[i] (times a small random jitter)."""
+    db = tmp_path / "h.sqlite"
+    con = H.connect(db)
+    commits = []
+    rng = np.random.default_rng(len(levels))
+    for i, level in enumerate(levels):
+        sha = f"{i:02d}" + "ab" * 19
+        commits.append(sha)
+        for j in range(runs_per_commit):
+            f = tmp_path / f"t{i}-{j}.json"
+            wobble = 1 + jitter * rng.uniform(-1, 1)
+            f.write_text(json.dumps(scaled_run({FWD: level * wobble})))
+            H.add_run(con, str(f), commit=sha, date=_date(i))
+    con.close()
+    return db, commits
+
+
+def test_a_step_in_one_kernel_is_found_at_the_commit_that_made_it(tmp_path, capsys):
+    db, commits = _timed_history(tmp_path, [1.0, 1.0, 1.0, 1.3, 1.3, 1.3, 1.3])
+    out = tmp_path / "report"
+    assert main(["history", "report", "--db", str(db), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    pts = json.loads(json.dumps(
+        __import__("pandas").read_csv(out / "change_points.csv").to_dict("records")))
+    assert [(p["commit"], p["kernel"], p["metric"]) for p in pts] == [
+        (commits[3][:12], FWD, "ratio")]
+    assert pts[0]["change"] == pytest.approx(1.3, rel=0.02)
+    assert pts[0]["previous"] == commits[2][:12]
+    assert f"{commits[3][:12]} {FWD}" in printed
+    for name in ("history.md", "history.png", "series.csv"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "history.md").read_text()
+    assert "## Change points" in md and commits[3][:12] in md
+
+
+def test_a_flat_noisy_series_has_no_change_point():
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(40):
+        groups = [rng.normal(0, 0.03, size=2) for _ in range(8)]
+        found += len(H.change_points(groups, H.MIN_EFFECT["ratio"]))
+    assert found == 0
+
+
+def test_two_steps_are_both_found_and_a_step_under_the_least_effect_is_not():
+    rng = np.random.default_rng(1)
+    levels = [0.0] * 4 + [0.2] * 4 + [-0.1] * 4
+    groups = [lv + rng.normal(0, 0.01, size=3) for lv in levels]
+    assert H.change_points(groups, 0.05) == [4, 8]
+    small = [lv * 0.1 + rng.normal(0, 0.001, size=3) for lv in levels]  # 2% and 3% steps
+    assert H.change_points(small, 0.05) == []
+
+
+def test_constant_counts_step_is_found_without_a_spread():
+    groups = [np.log(np.array([1000.0]))] * 4 + [np.log(np.array([1100.0]))] * 3
+    assert H.change_points(groups, H.MIN_EFFECT["instructions"]) == [4]
+    flat = [np.log(np.array([1000.0 + i])) for i in range(7)]  # 0.6% drift in all
+    assert H.change_points(flat, H.MIN_EFFECT["instructions"]) == []
+
+
+def test_the_split_maximises_matteson_and_james_energy_statistic():
+    # the statistic by its definition (V-statistic form), written out here
+    def q(x, y):
+        m, n = len(x), len(y)
+        xy = np.abs(x[:, None] - y[None, :]).mean()
+        xx = np.abs(x[:, None] - x[None, :]).mean()
+        yy = np.abs(y[:, None] - y[None, :]).mean()
+        return m * n / (m + n) * (2 * xy - xx - yy)
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(0, 1, 7), rng.normal(0.5, 1, 5)
+    assert H._energy(x, y) == pytest.approx(q(x, y), rel=1e-9)
+
+
+def test_a_step_needs_significance_as_well_as_size():
+    # a 10% step against a 20% spread between runs: large, but a t-test cannot tell it
+    rng = np.random.default_rng(3)
+    groups = [lv + rng.normal(0, 0.2, size=2) for lv in [0.0] * 3 + [0.1] * 3]
+    left, right = np.concatenate(groups[:3]), np.concatenate(groups[3:])
+    assert stats.ttest_ind(left, right).pvalue > H.ALPHA
+    assert H.change_points(groups, 0.05) == []
+
+
+def test_instruction_counts_make_their_own_series(tmp_path, capsys):
+    db = tmp_path / "h.sqlite"
+    con = H.connect(db)
+    for i, factor in enumerate([1.0, 1.0, 1.0, 1.8, 1.8]):
+        data = copy.deepcopy(COUNTED)
+        for b in data["benchmarks"]:
+            if b["extra_info"]["method"] == "manual_forward":
+                b["extra_info"]["instructions"] = round(b["extra_info"]["instructions"] * factor)
+        data["datetime"] = _date(i)  # each run its own file
+        f = tmp_path / f"c{i}.json"
+        f.write_text(json.dumps(data))
+        H.add_run(con, str(f), commit=f"{i:040d}", date=_date(i))
+    con.close()
+    rep = H.write_report(H.connect(db), tmp_path / "out")
+    pts = rep.points
+    assert list(zip(pts["commit"], pts["kernel"], pts["metric"])) == [
+        (f"{3:040d}"[:12], FWD, "instructions")]
+    assert pts["change"].iloc[0] == pytest.approx(1.8, rel=1e-3)
+    assert set(rep.series["metric"]) == {"instructions"}
+
+
+def test_series_keep_only_the_benchmarks_every_commit_measured(tmp_path):
+    db = tmp_path / "h.sqlite"
+    con = H.connect(db)
+    for i in range(3):
+        data = scaled_run({})
+        data["datetime"] = _date(i)  # each run its own file
+        if i == 0:  # the first commit lacks one manual_forward benchmark
+            data["benchmarks"] = [b for b in data["benchmarks"] if not (
+                b["extra_info"]["method"] == "manual_forward"
+                and b["group"].startswith("jacobian L=3 K=30 N=1 "))]
+        f = tmp_path / f"r{i}.json"
+        f.write_text(json.dumps(data))
+        H.add_run(con, str(f), commit=f"{i}" * 40, date=_date(i))
+    s = H.series(H.load_history(con))
+    fwd = s[(s["kernel"] == "jacobian") & (s["method"] == "manual_forward")]
+    rev = s[(s["kernel"] == "jacobian") & (s["method"] == "manual_reverse")]
+    assert fwd["benchmarks"].iloc[0] == rev["benchmarks"].iloc[0] - 1
+
+
+def test_add_takes_the_commit_from_the_file_and_refuses_what_it_cannot_store(tmp_path,
+                                                                             capsys):
+    db = tmp_path / "h.sqlite"
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps(scaled_run({})))
+    assert main(["history", "add", "--db", str(db), str(f)]) == 0
+    con = sqlite3.connect(db)
+    sha, date = con.execute("SELECT commit_sha, commit_date FROM runs").fetchone()
+    info = scaled_run({})["commit_info"]
+    assert sha == info["id"] and date.startswith(info["time"][:19])
+    capsys.readouterr()
+    # the same file again
+    assert main(["history", "add", "--db", str(db), str(f)]) == 2
+    assert "already in the history" in capsys.readouterr().err
+    # no commit recorded and none given
+    bare = scaled_run({})
+    del bare["commit_info"]
+    g = tmp_path / "bare.json"
+    g.write_text(json.dumps(bare))
+    assert main(["history", "add", "--db", str(db), str(g)]) == 2
+    assert "give --commit" in capsys.readouterr().err
+    assert main(["history", "add", "--db", str(db), str(g), "--commit", "abc",
+                 "--date", "yesterday"]) == 2
+    assert "--date: expected an ISO-8601 date" in capsys.readouterr().err
+    # not a history
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database " * 100)
+    assert main(["history", "add", "--db", str(junk), str(f)]) == 2
+    assert "is not a handgrad history" in capsys.readouterr().err
+    assert main(["history", "report", "--db", str(tmp_path / "none.sqlite"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_history_of_another_schema_is_refused(tmp_path):
+    db = tmp_path / "h.sqlite"
+    H.connect(db).close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value = '7' WHERE key = 'schema'")
+    con.commit()
+    con.close()
+    with pytest.raises(ReportInputError, match="history schema 7"):
+        H.connect(db)
+
+
+def test_report_of_a_kernel_filter_that_matches_nothing_says_so(tmp_path):
+    db, _ = _timed_history(tmp_path, [1.0, 1.0, 1.0])
+    with pytest.raises(ReportInputError, match="no stored results for kernels matching"):
+        H.write_report(H.connect(db), tmp_path / "o", kernel="nothing_like_this")
+    rep = H.write_report(H.connect(db), tmp_path / "o", kernel="manual_forward")
+    assert set(rep.series["method"]) == {"manual_forward"}
+    assert math.isclose(rep.series["value"].std() / rep.series["value"].mean(), 0.0,
+                        abs_tol=0.02)
