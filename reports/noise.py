@@ -128,6 +128,14 @@ def kernel_runs(runs: pd.DataFrame, benchmarks=None) -> pd.DataFrame:
 # ---------------------------------------------------------------- calibration
 
 
+def machine_of(path) -> dict:
+    """What a calibration's spreads depend on: the CPU's brand, its cores, torch's threads."""
+    info = read_json(path).get("machine_info") or {}
+    cpu = info.get("cpu") if isinstance(info.get("cpu"), dict) else {}
+    return {"cpu": cpu.get("brand_raw") or info.get("processor") or info.get("machine"),
+            "cpu_count": info.get("cpu_count"), "torch_threads": info.get("torch_threads")}
+
+
 @dataclass(frozen=True)
 class Noise:
     """One benchmark's or kernel's between-process spread of its log ratio."""
@@ -182,9 +190,7 @@ def calibrate(paths, threshold: float = KERNEL_THRESHOLD,
             kern[_key(k, m, dev)] = {"sigma": round(s, 6), "dof": len(g) - 1,
                                      "threshold": noise_threshold(s, threshold),
                                      "benchmarks": int(g["benchmarks"].iloc[0])}
-    info = read_json(paths[0]).get("machine_info") or {}
-    machine = {k: info.get(k) for k in ("node", "machine", "processor", "cpu")
-               if info.get(k) is not None}
+    machine = machine_of(paths[0])
     return {"kind": NOISE_KIND, "version": NOISE_VERSION, "runs": len(paths),
             "machine": machine, "floors": {"kernel": threshold,
                                            "benchmark": benchmark_threshold},
@@ -433,7 +439,22 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
     accepted = accepted or {}
     _accept(table, "ci_low", accepted)
     _accept(kernels, "ci_low", accepted)
+    notes = []
+    if noise.source:
+        missing_b = sorted(set(table["benchmark"]) - set(noise.benchmarks))
+        missing_k = sorted({_key(*k) for k in zip(kernels["kernel"], kernels["method"],
+                                                  kernels["device"])} - set(noise.kernels))
+        if missing_b or missing_k:
+            notes.append(f"Not in the calibration {noise.source} (default limits, the runs' own "
+                         f"spread): {len(missing_k)} kernel(s) and {len(missing_b)} "
+                         f"benchmark(s)" + (f", e.g. `{(missing_k or missing_b)[0]}`" ) + "; "
+                         "calibrate again to cover them.")
+        here = machine_of(currents[0])
+        if noise.machine and any(noise.machine.get(k) != v for k, v in here.items()
+                                 if k in noise.machine):
+            notes.append(f"The calibration was measured on {noise.machine}; these runs on "
+                         f"{here}: its spreads may not hold here.")
     return RunsGateResult(kernels=kernels, table=table, confidence=confidence,
                           threshold=threshold, benchmark_threshold=benchmark_threshold,
                           calibration=noise.source, skipped=tuple(skipped + disturbed),
-                          accepted=tuple(accepted.values()))
+                          accepted=tuple(accepted.values()), notes=tuple(notes))

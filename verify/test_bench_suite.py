@@ -137,17 +137,12 @@ def test_reports_read_what_the_bench_wrote(tiny_path, tmp_path):
     assert "memory_ratio" in report and "No run recorded peak memory" not in report
 
 
-def test_only_the_declared_benchmarks_widen_their_gate_threshold(tiny_run):
-    # docs/reports-and-gate.md says which benchmarks widen their own gate threshold, and why:
-    # the GD k=10 loop, and the eager Jacobian kernels at K=30 N=1024 on the CPU
-    declared = {(b["group"], b["extra_info"]["method"]): b["extra_info"]["gate_noise"]
-                for b in tiny_run["benchmarks"] if "gate_noise" in b["extra_info"]}
-    jac = {(b["group"], b["extra_info"]["method"]) for b in tiny_run["benchmarks"]
-           if b["group"].startswith("jacobian") and "K=30 N=1024 cpu" in b["group"]
-           and b["extra_info"]["method"] in ("manual_forward", "manual_reverse")}
-    assert jac  # the tiny run times that shape, so the test means something
-    assert declared == {("least_squares gd k=10 N=200 D=50 cpu", "gd_loop"): 0.5,
-                        **dict.fromkeys(jac, 0.5)}
+def test_no_benchmark_declares_its_own_gate_noise(tiny_run):
+    # each benchmark's between-process noise is measured (.ci/gate-noise.json, python -m
+    # handgrad.reports calibrate), no longer declared by hand in the bench suite
+    assert any(b["group"].startswith("jacobian") and "K=30 N=1024 cpu" in b["group"]
+               for b in tiny_run["benchmarks"])  # the shapes that used to declare it ran
+    assert not [b["name"] for b in tiny_run["benchmarks"] if "gate_noise" in b["extra_info"]]
 
 
 def test_machine_info_records_torch_and_threads(tiny_run):

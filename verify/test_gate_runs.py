@@ -75,11 +75,15 @@ def test_unchanged_runs_with_process_noise_pass(tmp_path):
     assert main(["gate", "--baseline", *base, "--current", *cur]) == 0
 
 
-def test_a_spread_too_wide_to_decide_is_inconclusive_and_says_how_many_runs_would(tmp_path,
-                                                                                   capsys):
-    # one benchmark of the kernel swings 25% between processes, its change unknown
+@pytest.mark.parametrize("c_noise, decided", [
+    ([1.02, 1.24], "ok"),  # no change, too wide a spread to exclude one beyond the limit
+    ([1.45, 1.75], "REGRESSION"),  # 1.4x, beyond the limit, not yet significant
+])
+def test_a_spread_too_wide_to_decide_is_inconclusive_and_says_how_many_runs_would(
+        tmp_path, capsys, c_noise, decided):
+    # one benchmark of the kernel swings 25% between processes
     name = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
-    b_noise, c_noise = [1.0, 1.25], [1.02, 1.24]
+    b_noise = [1.0, 1.25]
     base = write_runs(tmp_path, "b", [{name: n} for n in b_noise])
     cur = write_runs(tmp_path, "c", [{name: n} for n in c_noise])
     r = gate_runs(base, cur)
@@ -90,7 +94,7 @@ def test_a_spread_too_wide_to_decide_is_inconclusive_and_says_how_many_runs_woul
     assert row["decide"] == f"about {k} runs a side"
     # k runs a side with the same change and spread decide it (ok); k - 1 do not
     d, s = math.log(row["change"]), row["spread"]
-    for runs, verdict in ((k, "ok"), (k - 1, "inconclusive")):
+    for runs, verdict in ((k, decided), (k - 1, "inconclusive")):
         folder = tmp_path / f"k{runs}"
         folder.mkdir()
         # deviations of mean 0 whose pooled spread over both sides is s
@@ -105,6 +109,7 @@ def test_a_spread_too_wide_to_decide_is_inconclusive_and_says_how_many_runs_woul
         assert got["verdict"] == verdict, (runs, got.to_dict())
     assert main(["gate", "--baseline", *base, "--current", *cur]) == 3
     assert "INCONCLUSIVE" in capsys.readouterr().out
+    assert k > 2
 
 
 def test_one_run_a_side_without_a_calibration_has_no_spread_to_judge_by(tmp_path):
@@ -158,6 +163,11 @@ def test_the_calibrated_limit_and_spread_replace_the_defaults(tmp_path):
     row = cal.table[cal.table["benchmark"] == wild].iloc[0]
     assert row["limit"] == pytest.approx(1 + read_noise(out).benchmarks[wild].threshold)
     assert row["verdict"] != "REGRESSION" and row["limit"] > 1.3
+    # the spread pools the calibration's (5 degrees of freedom) with the runs' own (4)
+    levels = np.log([1.0, 1.3, 0.95, 1.25, 1.02, 1.28])
+    runs_ss = ((np.log([1.3, 1.31, 1.29]) - np.log([1.3, 1.31, 1.29]).mean()) ** 2).sum()
+    pooled = math.sqrt((np.var(levels, ddof=1) * 5 + runs_ss) / 9)
+    assert row["spread"] == pytest.approx(pooled, rel=1e-4)
     # with one run a side the calibration's spread alone gives an interval
     one = gate_runs(base[:1], cur[:1], noise=read_noise(out))
     assert one.table["ci_low"].notna().all()
@@ -215,3 +225,56 @@ def test_run_ratios_reads_each_run_s_paired_ratio(tmp_path):
     assert np.allclose(fwd["ratio_2"] / fwd["ratio"], 2.0)
     rest = merged[merged["method"] != "manual_forward"]
     assert np.allclose(rest["ratio_2"], rest["ratio"])
+
+
+def test_the_report_names_what_the_calibration_does_not_cover_and_another_machine(tmp_path):
+    _, out = _calibration(tmp_path, [{}, {FWD: 1.01}, {FWD: 0.99}])
+    data = json.loads(out.read_text())
+    del data["kernels"]["jacobian.manual_reverse@cpu"]
+    out.write_text(json.dumps(data))
+    base = write_runs(tmp_path, "b", [{}, {}])
+    cur = write_runs(tmp_path, "c", [{}, {}])
+    r = gate_runs(base, cur, noise=read_noise(out))
+    assert any("1 kernel(s) and 0 benchmark(s), e.g. `jacobian.manual_reverse@cpu`" in n
+               for n in r.notes)
+    assert not any("may not hold here" in n for n in r.notes)
+    data["machine"]["cpu_count"] = 64
+    out.write_text(json.dumps(data))
+    r = gate_runs(base, cur, noise=read_noise(out))
+    assert any("may not hold here" in n for n in r.notes)
+    assert "may not hold here" in r.markdown()
+
+
+def test_a_kernel_is_judged_on_the_benchmarks_every_run_has(tmp_path):
+    base = write_runs(tmp_path, "b", [{}, {}])
+    cur = write_runs(tmp_path, "c", [{}, {}])
+    full = _row(gate_runs(base, cur), FWD)["benchmarks"]
+    # the second current run lacks one manual_forward benchmark, which is 3x slower in the
+    # first: the kernel's mean leaves it out in every run, the benchmark table keeps it
+    name = "jacobian L=3 K=30 N=1 cpu :: manual_forward"
+    data = json.loads(Path(cur[1]).read_text())
+    data["benchmarks"] = [b for b in data["benchmarks"]
+                          if f"{b['group']} :: {b['extra_info']['method']}" != name]
+    Path(cur[1]).write_text(json.dumps(data))
+    (tmp_path / "slow").mkdir()
+    slow = write_runs(tmp_path / "slow", "c", [{name: 3.0}])[0]
+    Path(cur[0]).write_text(Path(slow).read_text())
+    r = gate_runs(base, cur)
+    row = _row(r, FWD)
+    assert row["benchmarks"] == full - 1 and row["change"] == pytest.approx(1.0)
+    assert r.table[r.table["benchmark"] == name]["runs"].iloc[0] == "2/1"
+
+
+def test_a_kernel_faster_in_every_run_is_faster(tmp_path):
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in (1.0, 1.01, 0.99)])
+    cur = write_runs(tmp_path, "c", [{FWD: 0.7 * n} for n in (1.0, 0.99, 1.01)])
+    r = gate_runs(base, cur)
+    assert _row(r, FWD)["verdict"] == "faster"
+    assert set(r.table[r.table["method"] == "manual_forward"]["verdict"]) == {"faster"}
+
+
+def test_one_baseline_run_against_several_is_the_gate_over_runs(tmp_path, capsys):
+    base = write_runs(tmp_path, "b", [{}])
+    cur = write_runs(tmp_path, "c", [{}, {FWD: 1.01}])
+    assert main(["gate", "--baseline", *base, "--current", *cur]) in (0, 3)
+    assert "gate over runs" in capsys.readouterr().out

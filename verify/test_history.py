@@ -209,3 +209,9 @@ def test_report_of_a_kernel_filter_that_matches_nothing_says_so(tmp_path):
     assert set(rep.series["method"]) == {"manual_forward"}
     assert math.isclose(rep.series["value"].std() / rep.series["value"].mean(), 0.0,
                         abs_tol=0.02)
+
+
+def test_two_single_runs_have_no_spread_to_test_a_step_against():
+    assert H.change_points([np.array([0.0]), np.array([0.3])], 0.05) == []
+    # more points give the t-test a spread: the same 30% step is then found
+    assert H.change_points([np.array([0.0, 0.001, -0.001]), np.array([0.3])], 0.05) == [1]
