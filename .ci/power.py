@@ -5,7 +5,7 @@ a real regression planted in a kernel's code.
     python .ci/power.py collect --out DIR --runs 20 [--kind time|instructions]
         [--plant clone] [-k EXPR]
     python .ci/power.py analyse DIR [--pairs 20] [--thresholds 3%,5%,10%]
-        [--runs-per-side 1,2,3] [--seed 0]
+        [--runs-per-side 1,2,3] [--calibration-runs 6] [--seed 0]
 
 collect copies this tree twice into DIR (the harness and kernels/ as they are; in the
 second, ``--plant`` edits kernels/jacobian.py: a code change, not ``--bench-slow``'s
@@ -17,11 +17,12 @@ the planted ones. ``--kind instructions`` counts instructions instead
 
 analyse draws comparisons from those runs without reusing a run inside one comparison:
 an unchanged pair is r A-runs against r other A-runs, a planted pair r A-runs against r
-P-runs; each is gated (timed: ``handgrad.reports.noise.gate_runs`` without calibration
-when r >= 2, the per-round ``gate`` when r = 1; counts: ``instruction_gate``) at each
-threshold. A false failure is any REGRESSION in an unchanged pair; a catch is the planted
-kernel flagged in a planted pair. Prints a markdown table; pairs drawn from one pool share
-runs, so they are not independent: the pool's size is printed beside it.
+P-runs; each is gated at each threshold as CI gates it (timed:
+``handgrad.reports.noise.gate_runs`` with a calibration made from
+``--calibration-runs`` other A-runs, held out of the comparison; counts:
+``instruction_gate``). A false failure is any REGRESSION in an unchanged pair; a catch is
+the planted kernel flagged in a planted pair. Prints a markdown table; pairs drawn from one
+pool share runs, so they are not independent: the pool's size is printed beside it.
 """
 
 from __future__ import annotations
@@ -51,12 +52,10 @@ PLANTS = {
     # a redundant check of every weight's dtype and device on each call (what _prepare
     # already checked): about 3% of the instructions of the smallest call (L=3, K=30, one x)
     "recheck": ("kernels/jacobian.py", "jacobian.manual_forward", [
-        ("    ws, bs, x, widest = _prepare(weights, biases, x, activation)\n"
-         "    rho_, scale_, scaled =",
-         "    ws, bs, x, widest = _prepare(weights, biases, x, activation)\n"
+        ("    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n",
          "    if any(w.dtype != x.dtype or w.device != x.device for w in ws):\n"
          "        raise TypeError('weights and x differ in dtype or device')\n"
-         "    rho_, scale_, scaled ="),
+         "    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n"),
     ]),
 }
 
@@ -119,13 +118,14 @@ def _parse_list(text: str, kind):
     return [kind(x) for x in text.split(",") if x.strip()]
 
 
-def _timed(base, current, threshold):
-    from handgrad.reports import gate as G
+def _timed(base, current, threshold, held_out):
+    """The gate as CI runs it: over runs, with a calibration made from ``held_out``
+    unchanged runs (none of them in this comparison)."""
     from handgrad.reports import noise as N
 
-    if len(base) == 1:  # one run a side: the per-round gate
-        return G.gate(str(base[0]), str(current[0]), threshold=threshold)
-    return N.gate_runs([str(x) for x in base], [str(x) for x in current], threshold=threshold)
+    cal = N.noise_from(N.calibrate([str(x) for x in held_out], threshold), "held-out runs")
+    return N.gate_runs([str(x) for x in base], [str(x) for x in current], threshold=threshold,
+                       noise=cal)
 
 
 def analyse(args) -> int:
@@ -155,21 +155,24 @@ def analyse(args) -> int:
             print(f"| {thr:.0%} | {false}/{len(unchanged)} | {caught}/{len(planted)} | "
                   f"{ch[len(ch) // 2]:.4f} |")
         return 0
+    print(f"\nEach comparison is calibrated on {args.calibration_runs} other unchanged runs "
+          "(held out: not in the comparison).")
     print("\n| runs a side | threshold | false failures | unchanged inconclusive | catches | "
           "planted inconclusive | planted kernel change (median) |")
     print("|---|---|---|---|---|---|---|")
     for r in _parse_list(args.runs_per_side, int):
-        if 2 * r > len(a) or r > len(p):
+        if 2 * r + args.calibration_runs > len(a) or r > len(p):
             print(f"| {r} | | not enough runs | | | | |")
             continue
-        unchanged = []
+        unchanged, planted = [], []
         for _ in range(args.pairs):
-            pick = rng.sample(a, 2 * r)
-            unchanged.append((pick[:r], pick[r:]))
-        planted = [(rng.sample(a, r), rng.sample(p, r)) for _ in range(args.pairs)]
+            pick = rng.sample(a, 2 * r + args.calibration_runs)
+            unchanged.append((pick[:r], pick[r:2 * r], pick[2 * r:]))
+            pick = rng.sample(a, r + args.calibration_runs)
+            planted.append((pick[:r], rng.sample(p, r), pick[r:]))
         for thr in thresholds:
-            u = [_timed(b, c, thr) for b, c in unchanged]
-            g = [_timed(b, c, thr) for b, c in planted]
+            u = [_timed(b, c, thr, held) for b, c, held in unchanged]
+            g = [_timed(b, c, thr, held) for b, c, held in planted]
             false = sum(not x.passed for x in u)
             caught = sum(kernel in x.flagged() for x in g)
             und_u = sum(bool(getattr(x, "inconclusive", 0)) for x in u)
@@ -198,6 +201,8 @@ def main(argv=None) -> int:
     an.add_argument("--thresholds", default="3%,5%,10%")
     an.add_argument("--runs-per-side", default="1,2,3")
     an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--calibration-runs", type=int, default=6,
+                    help="unchanged runs held out to calibrate each timed comparison")
     args = parser.parse_args(argv)
     return collect(args) if args.command == "collect" else analyse(args)
 

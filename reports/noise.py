@@ -30,6 +30,7 @@ under the level's default (5% for a kernel, 20% for a single benchmark).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -63,39 +64,53 @@ def _key(kernel, method, device) -> str:
 # ---------------------------------------------------------------- per-run ratios
 
 
+_COLUMNS = ["side", "run", "source", "kernel", "method", "device", "benchmark", "reference",
+            "ratio", "log_ratio", "ref_median"]
+
+
 def run_ratios(paths, side: str = "") -> pd.DataFrame:
     """A row per (run, gated benchmark): its ratio to its reference in that run.
 
     A run is one file (one process); a gated benchmark is a kernel (role ``kernel``)
     measured against another method. Columns: side, run, source, kernel, method, device,
     benchmark, reference, ratio, log_ratio, ref_median."""
-    rows = []
+    frames = []
     for i, path in enumerate(paths, 1):
-        df = load_benchmarks([path])
-        for _, r in df.iterrows():
-            if r["role"] != "kernel" or r["method"] == r["reference"]:
-                continue
-            if _present(r["reference_data"]):
-                ref_rounds, ratio = r["reference_data"], ratio_to_reference(
-                    r["data"], r["reference_data"])[0]
-            else:
-                hit = df[(df["group"] == r["group"]) & (df["method"] == r["reference"])]
-                if hit.empty:
-                    continue  # nothing to normalise by
-                ref_rounds = hit.iloc[0]["data"]
-                ratio = ratio_to_reference(r["data"], None, ref_rounds)[0]
-            if not ratio > 0:
-                continue
-            rows.append({
-                "side": side, "run": i, "source": str(path), "kernel": r["kernel"],
-                "method": r["method"], "device": r["device"],
-                "benchmark": f"{r['group']} :: {r['method']}", "reference": r["reference"],
-                "ratio": float(ratio), "log_ratio": math.log(ratio),
-                "ref_median": float(np.median(np.asarray(ref_rounds, dtype=float))),
-            })
-    cols = ["side", "run", "source", "kernel", "method", "device", "benchmark", "reference",
-            "ratio", "log_ratio", "ref_median"]
-    return pd.DataFrame(rows, columns=cols)
+        st = Path(path).stat() if Path(path).is_file() else None
+        one = _one_run(str(path), (st.st_mtime_ns, st.st_size) if st else None).copy()
+        one["side"], one["run"] = side, i
+        frames.append(one)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS)
+
+
+@functools.lru_cache(maxsize=256)
+def _one_run(path: str, stamp) -> pd.DataFrame:
+    """One file's rows of ``run_ratios`` (cached on the path, its modification time and
+    size: the power analysis reads each run many times)."""
+    rows = []
+    df = load_benchmarks([path])
+    for _, r in df.iterrows():
+        if r["role"] != "kernel" or r["method"] == r["reference"]:
+            continue
+        if _present(r["reference_data"]):
+            ref_rounds, ratio = r["reference_data"], ratio_to_reference(
+                r["data"], r["reference_data"])[0]
+        else:
+            hit = df[(df["group"] == r["group"]) & (df["method"] == r["reference"])]
+            if hit.empty:
+                continue  # nothing to normalise by
+            ref_rounds = hit.iloc[0]["data"]
+            ratio = ratio_to_reference(r["data"], None, ref_rounds)[0]
+        if not ratio > 0:
+            continue
+        rows.append({
+            "side": "", "run": 0, "source": path, "kernel": r["kernel"],
+            "method": r["method"], "device": r["device"],
+            "benchmark": f"{r['group']} :: {r['method']}", "reference": r["reference"],
+            "ratio": float(ratio), "log_ratio": math.log(ratio),
+            "ref_median": float(np.median(np.asarray(ref_rounds, dtype=float))),
+        })
+    return pd.DataFrame(rows, columns=_COLUMNS)
 
 
 def _drop_disturbed(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -206,6 +221,12 @@ def read_noise(path: str | Path) -> NoiseFile:
         raise ReportInputError(f"--noise: cannot read {path} ({exc.strerror})") from None
     except ValueError as exc:
         raise ReportInputError(f"--noise: {path} is not JSON ({exc})") from None
+    return noise_from(data, str(path))
+
+
+def noise_from(data, path: str) -> NoiseFile:
+    """A calibration's content (``calibrate``'s dict) as the gate reads it; ``path`` names
+    it in errors and in the report."""
     if not isinstance(data, dict) or data.get("kind") != NOISE_KIND:
         raise ReportInputError(f"--noise: {path} is not a calibration file (expected kind "
                                f"{NOISE_KIND!r}; write one with python -m handgrad.reports "

@@ -278,3 +278,28 @@ def test_one_baseline_run_against_several_is_the_gate_over_runs(tmp_path, capsys
     cur = write_runs(tmp_path, "c", [{}, {FWD: 1.01}])
     assert main(["gate", "--baseline", *base, "--current", *cur]) in (0, 3)
     assert "gate over runs" in capsys.readouterr().out
+
+
+def test_the_power_script_counts_false_failures_and_catches(tmp_path):
+    # recorded runs (no live timing): 10 unchanged with 1% process noise, 5 with the
+    # planted kernel 1.15x slower; the script's table must show every planted pair caught
+    # and no unchanged pair failed, and its planted change near 1.15
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    write_runs(tmp_path, "a", [{FWD: float(np.exp(rng.normal(0, 0.01)))} for _ in range(10)])
+    write_runs(tmp_path, "p", [{FWD: 1.15 * float(np.exp(rng.normal(0, 0.01)))}
+                               for _ in range(5)])
+    (tmp_path / "planted").write_text(f"clone {FWD}\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / ".ci" / "power.py"), "analyse",
+                           str(tmp_path), "--pairs", "5", "--thresholds", "5%",
+                           "--runs-per-side", "2", "--calibration-runs", "4"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    row = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 2 | 5% |")]
+    assert len(row) == 1, proc.stdout
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[2] == "0/5" and cells[4] == "5/5"
+    assert float(cells[6]) == pytest.approx(1.15, rel=0.03)
