@@ -364,7 +364,9 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
     table = wide.pivot_table(index=["date", "commit"], columns="name", values="value")
     table = table.reset_index().drop(columns="date")
     table["commit"] = table["commit"].str[:12]
-    text += to_markdown(table.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)) + "\n"
+    for c in table.columns[1:]:  # Series.map: DataFrame.map is pandas >= 2.1
+        table[c] = table[c].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+    text += to_markdown(table) + "\n"
     (out / "history.md").write_text(text, encoding="utf-8")
     return report
 

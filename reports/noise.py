@@ -125,14 +125,17 @@ def _drop_disturbed(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return runs[~bad], notes
 
 
+def _runs_per_benchmark(runs: pd.DataFrame) -> pd.Series:
+    """How many runs (side, run) measured each benchmark."""
+    return runs.drop_duplicates(["benchmark", "side", "run"]).groupby("benchmark").size()
+
+
 def kernel_runs(runs: pd.DataFrame, benchmarks=None) -> pd.DataFrame:
     """A row per (side, run, kernel): the mean of the kernel's log ratios in that run over
     ``benchmarks`` (default: those every run of the frame has), and how many."""
     if benchmarks is None:
         n_runs = runs.groupby("side")["run"].nunique().sum()
-        per = runs.groupby("benchmark").apply(lambda g: len(g[["side", "run"]]
-                                                            .drop_duplicates()),
-                                              include_groups=False)
+        per = _runs_per_benchmark(runs)
         benchmarks = set(per[per == n_runs].index)
     kept = runs[runs["benchmark"].isin(benchmarks)]
     out = kept.groupby(["side", "run", *KEY], dropna=False).agg(
@@ -305,7 +308,8 @@ def _verdict_row(b: np.ndarray, c: np.ndarray, limit: float, confidence: float,
     else:
         k = runs_to_decide(d, s, limit, confidence, cal_dof)
         verdict = "inconclusive"
-        decide = (f"about {k} runs a side" if k is not None and k > max(m, n)
+        decide = (f"about {k} runs a side ({k - min(m, n)} more)"
+                  if k is not None and k > max(m, n)
                   else f"more than {MAX_RUNS_TO_DECIDE} runs a side" if k is None
                   else "more runs")
     row.update(ci_low=math.exp(lo), ci_high=math.exp(hi), spread=s, verdict=verdict,
@@ -440,9 +444,7 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
     table = pd.DataFrame(rows).sort_values("change", ascending=False).reset_index(drop=True)
 
     # a kernel's value per run: its mean log ratio over the benchmarks every run has
-    counts = both.groupby("benchmark").apply(lambda g: len(g[["side", "run"]]
-                                                           .drop_duplicates()),
-                                             include_groups=False)
+    counts = _runs_per_benchmark(both)
     n_runs = len(baselines) + len(currents)
     complete = set(counts[counts == n_runs].index)
     krows = []
@@ -454,7 +456,9 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
         krows.append({"kernel": k, "method": m, "device": dev,
                       "benchmarks": int(g["benchmarks"].iloc[0]),
                       **_verdict_row(b, c, limit, confidence, cal)})
-    kernels = pd.DataFrame(krows)
+    kernels = pd.DataFrame(krows, columns=None if krows else [
+        *KEY, "benchmarks", "runs", "change", "limit", "ci_low", "ci_high", "spread",
+        "verdict", "decide"])
     if not kernels.empty:
         kernels = kernels.sort_values("change", ascending=False).reset_index(drop=True)
     accepted = accepted or {}

@@ -56,8 +56,15 @@ def test_the_interval_is_students_t_over_the_runs_spread(tmp_path):
     base = write_runs(tmp_path, "b", [{FWD: n} for n in b_noise])
     cur = write_runs(tmp_path, "c", [{FWD: n} for n in c_noise])
     r = gate_runs(base, cur, confidence=0.9)
-    expect = stats.ttest_ind(np.log(c_noise), np.log(b_noise), equal_var=True) \
-        .confidence_interval(0.9)
+    # the textbook pooled two-sample interval (scipy >= 1.11 computes it too: compared)
+    b, c = np.log(b_noise), np.log(c_noise)
+    sp = math.sqrt((((b - b.mean()) ** 2).sum() + ((c - c.mean()) ** 2).sum()) / 5)
+    half = stats.t.ppf(0.95, 5) * sp * math.sqrt(1 / 3 + 1 / 4)
+    expect = type("CI", (), {"low": c.mean() - b.mean() - half,
+                             "high": c.mean() - b.mean() + half})
+    scipy_t = stats.ttest_ind(c, b, equal_var=True)
+    if hasattr(scipy_t, "confidence_interval"):
+        assert scipy_t.confidence_interval(0.9).low == pytest.approx(expect.low, rel=1e-9)
     for _, g in r.table[r.table["method"] == "manual_forward"].iterrows():
         assert g["ci_low"] == pytest.approx(math.exp(expect.low), rel=1e-9)
         assert g["ci_high"] == pytest.approx(math.exp(expect.high), rel=1e-9)
@@ -91,7 +98,7 @@ def test_a_spread_too_wide_to_decide_is_inconclusive_and_says_how_many_runs_woul
     assert row["verdict"] == "inconclusive" and r.passed and r.inconclusive >= 1
     assert FWD in r.undecided()
     k = runs_to_decide(math.log(row["change"]), row["spread"], row["limit"], 0.95)
-    assert row["decide"] == f"about {k} runs a side"
+    assert row["decide"] == f"about {k} runs a side ({k - 2} more)"
     # k runs a side with the same change and spread decide it (ok); k - 1 do not
     d, s = math.log(row["change"]), row["spread"]
     for runs, verdict in ((k, decided), (k - 1, "inconclusive")):
@@ -303,3 +310,34 @@ def test_the_power_script_counts_false_failures_and_catches(tmp_path):
     cells = [c.strip() for c in row[0].strip("|").split("|")]
     assert cells[2] == "0/5" and cells[4] == "5/5"
     assert float(cells[6]) == pytest.approx(1.15, rel=0.03)
+
+
+def test_the_committed_calibration_covers_every_kernel_ci_gates():
+    # .ci/gate judges the wall clock with this file: every kernel the default grid times on
+    # the CPU must have an entry measured from at least 6 unchanged runs
+    root = Path(__file__).resolve().parents[1]
+    noise = read_noise(root / ".ci" / "gate-noise.json")
+    assert noise.runs >= 6
+    gated = {"backprop.manual", "jacobian.manual_forward", "jacobian.manual_reverse",
+             "least_squares.gd_closed_form", "least_squares.gd_loop",
+             "least_squares.momentum_form1", "least_squares.momentum_form2",
+             "counting.count_model"}
+    assert {f"{k}@cpu" for k in gated} <= set(noise.kernels)
+    assert all(v.dof >= 5 for v in noise.kernels.values())
+    # each limit is the spread's or the level's default, never under it
+    assert all(v.threshold >= KERNEL_THRESHOLD for v in noise.kernels.values())
+    assert all(v.threshold >= BENCHMARK_THRESHOLD for v in noise.benchmarks.values())
+
+
+def test_runs_with_no_benchmark_common_to_all_still_give_a_benchmark_verdict(tmp_path):
+    # each current run lacks a different half of the benchmarks: no kernel has a benchmark
+    # in every run, so there is no kernel row, and each benchmark is judged on its own
+    base = write_runs(tmp_path, "b", [{}, {}])
+    cur = write_runs(tmp_path, "c", [{}, {}])
+    for i, path in enumerate(cur):
+        data = json.loads(Path(path).read_text())
+        data["benchmarks"] = [b for j, b in enumerate(data["benchmarks"]) if j % 2 == i]
+        Path(path).write_text(json.dumps(data))
+    r = gate_runs(base, cur)
+    assert r.kernels.empty and not r.table.empty and r.passed
+    assert "#### Kernels" in r.markdown()
