@@ -129,14 +129,14 @@ def _parse_list(text: str, kind):
     return [kind(x) for x in text.split(",") if x.strip()]
 
 
-def _timed(base, current, threshold, held_out):
+def _timed(base, current, threshold, held_out, quantile):
     """The gate as CI runs it: over runs, with a calibration made from ``held_out``
     unchanged runs (none of them in this comparison)."""
     from handgrad.reports import noise as N
 
     cal = N.noise_from(N.calibrate([str(x) for x in held_out], threshold), "held-out runs")
     return N.gate_runs([str(x) for x in base], [str(x) for x in current], threshold=threshold,
-                       noise=cal)
+                       noise=cal, quantile=quantile)
 
 
 def analyse(args) -> int:
@@ -168,12 +168,12 @@ def analyse(args) -> int:
         return 0
     print(f"\nEach comparison is calibrated on {args.calibration_runs} other unchanged runs "
           "(held out: not in the comparison).")
-    print("\n| runs a side | threshold | false failures | unchanged inconclusive | catches | "
-          "planted inconclusive | planted kernel change (median) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| runs a side | threshold | quantile | false failures | unchanged inconclusive | "
+          "catches | planted inconclusive | planted kernel change (median) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in _parse_list(args.runs_per_side, int):
         if 2 * r + args.calibration_runs > len(a) or r > len(p):
-            print(f"| {r} | | not enough runs | | | | |")
+            print(f"| {r} | | | not enough runs | | | | |")
             continue
         unchanged, planted = [], []
         for _ in range(args.pairs):
@@ -181,16 +181,17 @@ def analyse(args) -> int:
             unchanged.append((pick[:r], pick[r:2 * r], pick[2 * r:]))
             pick = rng.sample(a, r + args.calibration_runs)
             planted.append((pick[:r], rng.sample(p, r), pick[r:]))
-        for thr in thresholds:
-            u = [_timed(b, c, thr, held) for b, c, held in unchanged]
-            g = [_timed(b, c, thr, held) for b, c, held in planted]
+        for thr, q in [(t, q) for t in thresholds
+                       for q in _parse_list(args.quantiles, float)]:
+            u = [_timed(b, c, thr, held, q) for b, c, held in unchanged]
+            g = [_timed(b, c, thr, held, q) for b, c, held in planted]
             false = sum(not x.passed for x in u)
             caught = sum(kernel in x.flagged() for x in g)
             und_u = sum(bool(getattr(x, "inconclusive", 0)) for x in u)
             und_p = sum(kernel in getattr(x, "undecided", lambda: set())() for x in g)
             changes = sorted(float(x.kernels[(x.kernels["kernel"] + "." + x.kernels["method"])
                                              == kernel]["change"].iloc[0]) for x in g)
-            print(f"| {r} | {thr:.0%} | {false}/{len(u)} | {und_u}/{len(u)} | "
+            print(f"| {r} | {thr:.0%} | {q:g} | {false}/{len(u)} | {und_u}/{len(u)} | "
                   f"{caught}/{len(g)} | {und_p}/{len(g)} | {changes[len(changes) // 2]:.3f} |",
                   flush=True)
     return 0
@@ -212,6 +213,8 @@ def main(argv=None) -> int:
     an.add_argument("--thresholds", default="3%,5%,10%")
     an.add_argument("--runs-per-side", default="1,2,3")
     an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--quantiles", default="0.999",
+                    help="noise quantiles of the calibrated limit (gate_runs' quantile)")
     an.add_argument("--calibration-runs", type=int, default=6,
                     help="unchanged runs held out to calibrate each timed comparison")
     args = parser.parse_args(argv)

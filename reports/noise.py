@@ -23,9 +23,11 @@ for that benchmark or kernel when it has one):
 * **inconclusive**: neither; the row says how many runs a side would decide it, if the
   change and the spread stayed what they are (``runs_to_decide``).
 
-A calibration derives each threshold from its spread: the change one run a side shows from
-noise alone about once in a thousand comparisons (exp(3.09 sqrt(2) sigma) - 1), never
-under the level's default (5% for a kernel, 20% for a single benchmark).
+A calibration's spread sets each limit: the change that m runs against n show from noise
+alone about once in a thousand comparisons, exp(3.09 sigma sqrt(1/m + 1/n)) - 1
+(``noise_threshold``), never under the level's default (5% for a kernel, 20% for a single
+benchmark). The calibration file stores sigma, its degrees of freedom and, for a reader,
+the threshold of one run a side.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ BENCHMARK_THRESHOLD = 0.20  # one benchmark alone
 NOISE_KIND = "handgrad-gate-noise"  # the calibration file's "kind"
 NOISE_VERSION = 1
 MIN_CALIBRATION_RUNS = 3
-# a threshold from a spread: the change one run a side shows from noise alone about once in
-# a thousand comparisons (one-sided normal quantile 0.999, a difference of two runs)
-NOISE_QUANTILE = float(stats.norm.ppf(0.999))
+# a threshold from a spread: the change the runs at hand show from noise alone about once in
+# a thousand comparisons (one-sided quantile 0.999 of a difference of two means)
+NOISE_QUANTILE = 0.999
 MAX_RUNS_TO_DECIDE = 99  # beyond this the row says "more than 99"
 
 KEY = ["kernel", "method", "device"]
@@ -172,10 +174,13 @@ class NoiseFile:
     source: str = ""
 
 
-def noise_threshold(sigma: float, floor: float) -> float:
-    """The change one run a side shows from a spread ``sigma`` about once in a thousand
-    comparisons, never under ``floor``; rounded up to 0.1%."""
-    derived = math.exp(NOISE_QUANTILE * math.sqrt(2) * sigma) - 1
+def noise_threshold(sigma: float, floor: float, m: int = 1, n: int = 1,
+                    quantile: float = NOISE_QUANTILE) -> float:
+    """The change that m runs against n show from a between-process spread ``sigma`` with
+    probability 1 - ``quantile`` (about once in a thousand comparisons by default), never
+    under ``floor``; rounded up to 0.1%."""
+    z = float(stats.norm.ppf(quantile))
+    derived = math.exp(z * sigma * math.sqrt(1 / m + 1 / n)) - 1
     return math.ceil(max(floor, derived) * 1000) / 1000
 
 
@@ -399,7 +404,8 @@ class RunsGateResult:
 
 def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
               benchmark_threshold: float = BENCHMARK_THRESHOLD, confidence: float = 0.95,
-              noise: NoiseFile | None = None, accepted: dict | None = None) -> RunsGateResult:
+              noise: NoiseFile | None = None, accepted: dict | None = None,
+              quantile: float = NOISE_QUANTILE) -> RunsGateResult:
     """The between-process gate of several baseline runs against several current ones
     (each a pytest-benchmark JSON of one process); ReportInputError on unusable input."""
     from handgrad.reports.gate import MAX_DISTURBED, _accept
@@ -435,9 +441,10 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
     for name, g in both.groupby("benchmark", sort=False):
         first = g.iloc[0]
         cal = noise.benchmarks.get(name)
-        limit = 1 + (cal.threshold if cal else benchmark_threshold)
         b = g[g["side"] == "baseline"]["log_ratio"].to_numpy()
         c = g[g["side"] == "current"]["log_ratio"].to_numpy()
+        limit = 1 + (noise_threshold(cal.sigma, benchmark_threshold, len(b), len(c), quantile)
+                     if cal else benchmark_threshold)
         rows.append({"kernel": first["kernel"], "method": first["method"],
                      "device": first["device"], "benchmark": name,
                      **_verdict_row(b, c, limit, confidence, cal)})
@@ -450,9 +457,10 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
     krows = []
     for (k, m, dev), g in kernel_runs(both, complete).groupby(KEY, dropna=False):
         cal = noise.kernels.get(_key(k, m, dev))
-        limit = 1 + (cal.threshold if cal else threshold)
         b = g[g["side"] == "baseline"]["log_ratio"].to_numpy()
         c = g[g["side"] == "current"]["log_ratio"].to_numpy()
+        limit = 1 + (noise_threshold(cal.sigma, threshold, len(b), len(c), quantile)
+                     if cal else threshold)
         krows.append({"kernel": k, "method": m, "device": dev,
                       "benchmarks": int(g["benchmarks"].iloc[0]),
                       **_verdict_row(b, c, limit, confidence, cal)})

@@ -168,8 +168,16 @@ def test_the_calibrated_limit_and_spread_replace_the_defaults(tmp_path):
     # ... within what its own noise produces: the calibration's limit and pooled spread
     cal = gate_runs(base, cur, noise=read_noise(out))
     row = cal.table[cal.table["benchmark"] == wild].iloc[0]
-    assert row["limit"] == pytest.approx(1 + read_noise(out).benchmarks[wild].threshold)
+    # the limit: what 3 runs against 3 show from the calibrated spread once in a thousand
+    sigma = float(np.std(np.log([1.0, 1.3, 0.95, 1.25, 1.02, 1.28]), ddof=1))
+    expect = math.exp(stats.norm.ppf(0.999) * sigma * math.sqrt(2 / 3))
+    assert row["limit"] == pytest.approx(expect, abs=1e-3)
     assert row["verdict"] != "REGRESSION" and row["limit"] > 1.3
+    # fewer runs, a wider limit: one run a side is the file's own threshold
+    one_row = gate_runs(base[:1], cur[:1], noise=read_noise(out)).table
+    one_row = one_row[one_row["benchmark"] == wild].iloc[0]
+    assert one_row["limit"] == pytest.approx(1 + read_noise(out).benchmarks[wild].threshold,
+                                             abs=1e-3)
     # the spread pools the calibration's (5 degrees of freedom) with the runs' own (4)
     levels = np.log([1.0, 1.3, 0.95, 1.25, 1.02, 1.28])
     runs_ss = ((np.log([1.3, 1.31, 1.29]) - np.log([1.3, 1.31, 1.29]).mean()) ** 2).sum()
@@ -305,11 +313,11 @@ def test_the_power_script_counts_false_failures_and_catches(tmp_path):
                            "--runs-per-side", "2", "--calibration-runs", "4"],
                           capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stderr
-    row = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 2 | 5% |")]
+    row = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 2 | 5% | 0.999 |")]
     assert len(row) == 1, proc.stdout
     cells = [c.strip() for c in row[0].strip("|").split("|")]
-    assert cells[2] == "0/5" and cells[4] == "5/5"
-    assert float(cells[6]) == pytest.approx(1.15, rel=0.03)
+    assert cells[3] == "0/5" and cells[5] == "5/5"
+    assert float(cells[7]) == pytest.approx(1.15, rel=0.03)
 
 
 def test_the_committed_calibration_covers_every_kernel_ci_gates():
