@@ -191,8 +191,10 @@ def _spread(values: np.ndarray) -> float:
 def calibrate(paths, threshold: float = KERNEL_THRESHOLD,
               benchmark_threshold: float = BENCHMARK_THRESHOLD) -> dict:
     """The calibration file's content from unchanged runs (the same code, each a separate
-    process): each benchmark's and kernel's spread of its log ratio and the threshold it
-    derives. Raises ReportInputError with fewer than MIN_CALIBRATION_RUNS runs."""
+    process): each benchmark's spread of its log ratio over the runs that timed it, each
+    kernel's over the runs that timed all its benchmarks (so runs of a part of the grid
+    sharpen the spreads of the benchmarks they time), and the threshold of one run a side.
+    Raises ReportInputError with fewer than MIN_CALIBRATION_RUNS runs."""
     if len(paths) < MIN_CALIBRATION_RUNS:
         raise ReportInputError(f"calibrate: expected at least {MIN_CALIBRATION_RUNS} "
                                f"unchanged runs (separate processes), got {len(paths)}")
@@ -206,13 +208,17 @@ def calibrate(paths, threshold: float = KERNEL_THRESHOLD,
             s = _spread(g["log_ratio"].to_numpy())
             bench[name] = {"sigma": round(s, 6), "dof": len(g) - 1,
                            "threshold": noise_threshold(s, benchmark_threshold)}
-    for r in kernel_runs(runs).groupby(KEY, dropna=False):
-        (k, m, dev), g = r
-        if len(g) >= MIN_CALIBRATION_RUNS:
-            s = _spread(g["log_ratio"].to_numpy())
-            kern[_key(k, m, dev)] = {"sigma": round(s, 6), "dof": len(g) - 1,
+    # a kernel's value per run: the mean over all its benchmarks, from the runs that timed
+    # every one of them (runs of a subset of the grid add to the benchmarks' spreads only)
+    for (k, m, dev), g in runs.groupby(KEY, dropna=False):
+        names = set(g["benchmark"])
+        values = np.array([float(r["log_ratio"].mean()) for _, r in g.groupby(["side", "run"])
+                           if set(r["benchmark"]) == names])
+        if len(values) >= MIN_CALIBRATION_RUNS:
+            s = _spread(values)
+            kern[_key(k, m, dev)] = {"sigma": round(s, 6), "dof": len(values) - 1,
                                      "threshold": noise_threshold(s, threshold),
-                                     "benchmarks": int(g["benchmarks"].iloc[0])}
+                                     "benchmarks": len(names)}
     machine = machine_of(paths[0])
     return {"kind": NOISE_KIND, "version": NOISE_VERSION, "runs": len(paths),
             "machine": machine, "floors": {"kernel": threshold,

@@ -349,3 +349,23 @@ def test_runs_with_no_benchmark_common_to_all_still_give_a_benchmark_verdict(tmp
     r = gate_runs(base, cur)
     assert r.kernels.empty and not r.table.empty and r.passed
     assert "#### Kernels" in r.markdown()
+
+
+def test_runs_of_part_of_the_grid_add_to_their_benchmarks_spreads_only(tmp_path):
+    full = write_runs(tmp_path, "f", [{}, {FWD: 1.01}, {FWD: 0.99}, {FWD: 1.02}])
+    (tmp_path / "part").mkdir()
+    part = write_runs(tmp_path / "part", "p", [{FWD: 1.1}, {FWD: 0.9}, {FWD: 1.05}])
+    lacking = "jacobian L=3 K=30 N=1 cpu :: manual_forward"
+    for path in part:
+        data = json.loads(Path(path).read_text())
+        data["benchmarks"] = [b for b in data["benchmarks"]
+                              if f"{b['group']} :: {b['extra_info']['method']}" != lacking]
+        Path(path).write_text(json.dumps(data))
+    data = calibrate(full + part)
+    kern = data["kernels"]["jacobian.manual_forward@cpu"]
+    assert kern["dof"] == 3  # the four runs that timed all its benchmarks
+    assert kern["sigma"] == pytest.approx(np.std(np.log([1.0, 1.01, 0.99, 1.02]), ddof=1),
+                                          abs=1e-6)
+    other = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
+    assert data["benchmarks"][other]["dof"] == 6 and data["benchmarks"][lacking]["dof"] == 3
+    assert data["runs"] == 7
