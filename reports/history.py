@@ -237,7 +237,11 @@ def _significant(left: np.ndarray, right: np.ndarray, min_effect: float,
     pooled = (((left - left.mean()) ** 2).sum() + ((right - right.mean()) ** 2).sum())
     if pooled <= 1e-24:  # both sides constant (counts): the effect alone decides
         return True
-    p = stats.ttest_ind(left, right, equal_var=True).pvalue
+    # Student's two-sample t-test from the pooled spread above (scipy's ttest_ind warns of
+    # precision loss on near-constant samples, which counts are, in scipy < 1.11)
+    dof = len(left) + len(right) - 2
+    se = math.sqrt(pooled / dof * (1 / len(left) + 1 / len(right)))
+    p = 2 * float(stats.t.sf(abs(right.mean() - left.mean()) / se, dof))
     return bool(p < ALPHA / candidates)  # the best of `candidates` splits was tested
 
 

@@ -113,6 +113,7 @@ def test_a_step_needs_significance_as_well_as_size():
     groups = [lv + rng.normal(0, 0.2, size=2) for lv in [0.0] * 3 + [0.1] * 3]
     left, right = np.concatenate(groups[:3]), np.concatenate(groups[3:])
     assert stats.ttest_ind(left, right).pvalue > H.ALPHA
+    assert H._significant(left, right + 1.0, 0.05)  # the same spread, a 2.7x step: found
     assert H.change_points(groups, 0.05) == []
 
 
@@ -215,3 +216,14 @@ def test_two_single_runs_have_no_spread_to_test_a_step_against():
     assert H.change_points([np.array([0.0]), np.array([0.3])], 0.05) == []
     # more points give the t-test a spread: the same 30% step is then found
     assert H.change_points([np.array([0.0, 0.001, -0.001]), np.array([0.3])], 0.05) == [1]
+
+
+def test_the_t_test_is_students_pooled_one():
+    rng = np.random.default_rng(4)
+    left, right = rng.normal(0, 0.05, 6), rng.normal(0.2, 0.05, 5)
+    p = stats.ttest_ind(left, right, equal_var=True).pvalue
+    assert p < H.ALPHA  # a clear step: scipy's pooled t-test rejects
+    assert H._significant(left, right, 0.05)
+    # tested as the best of more splits than p allows (ALPHA / candidates < p): not kept
+    assert not H._significant(left, right, 0.05, candidates=math.ceil(H.ALPHA / p) + 1)
+    assert H._significant(left, right, 0.05, candidates=max(1, math.floor(H.ALPHA / p) - 1))
