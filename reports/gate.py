@@ -103,10 +103,7 @@ class GateResult:
                 f"that declares its own noise (column `limit`).\n")
 
         def fmt(df, cols):
-            shown = df.copy()
-            for c in cols:
-                shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-            return to_markdown(shown)
+            return to_markdown(_numbers(df, cols))
 
         text = (head + "\n#### Kernels\n\n"
                 + fmt(self.kernels, ("change", "ci_low", "ci_high", "worst")) + "\n"
@@ -116,6 +113,15 @@ class GateResult:
                 + "\n")
         return text + _footer(self.table, self.accepted, self.skipped,
                               "Declared regressions (`accepted` up to their bound)", "Not gated")
+
+
+def _numbers(df: pd.DataFrame, cols, digits: int = 3) -> pd.DataFrame:
+    """A copy of ``df`` with the number columns ``cols`` as text of ``digits`` decimals
+    (a missing value as an empty cell), for a markdown table."""
+    shown = df.copy()
+    for c in cols:
+        shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}f}")
+    return shown
 
 
 def _footer(table: pd.DataFrame, accepted, skipped, accepted_title: str,

@@ -51,7 +51,7 @@ from handgrad.reports.load import (
     machine_label,
     read_json,
 )
-from handgrad.reports.record import ratio_to_reference
+from handgrad.reports.noise import timed_ratio
 
 SCHEMA_VERSION = 1
 ALPHA = 0.001  # a change point's t-test
@@ -108,8 +108,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return con
 
 
-def _commit_of(path: str, commit: str | None, date: str | None) -> tuple[str, str]:
-    info = read_json(path).get("commit_info") or {}
+def _commit_of(path: str, data: dict, commit: str | None,
+               date: str | None) -> tuple[str, str]:
+    info = data.get("commit_info") or {}
     sha = commit or info.get("id")
     when = date or info.get("time")
     if not sha:
@@ -132,7 +133,8 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     """Store one benchmark file under its commit; returns how many benchmarks it added."""
     raw = Path(path).read_bytes() if Path(path).is_file() else None
     df = load_benchmarks([path])  # the refusals of a bad file, by name
-    sha, when = _commit_of(path, commit, date)
+    data = read_json(path)
+    sha, when = _commit_of(path, data, commit, date)
     digest = hashlib.sha256(raw or b"").hexdigest()
     if con.execute("SELECT 1 FROM runs WHERE content_sha256 = ?", (digest,)).fetchone():
         raise ReportInputError(f"{path}: this run is already in the history")
@@ -149,17 +151,10 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
             if not pd.isna(r["reference_instructions"]):
                 ratio = ins / float(r["reference_instructions"])
         else:
-            ref = r["reference_data"]
-            if not isinstance(ref, list):
-                hit = df[(df["group"] == r["group"]) & (df["method"] == r["reference"])]
-                if hit.empty:
-                    continue
-                value = ratio_to_reference(r["data"], None, hit.iloc[0]["data"])[0]
-            else:
-                value = ratio_to_reference(r["data"], ref)[0]
-            if not value > 0:
+            timed = timed_ratio(df, r)
+            if timed is None:
                 continue
-            ratio = value
+            ratio = timed[0]
         record = {k: (None if isinstance(v, float) and math.isnan(v) else v)
                   for k, v in r.items() if k not in ("data", "reference_data")}
         rows.append((r["kernel"], r["method"], r["device"], f"{r['group']} :: {r['method']}",
@@ -172,7 +167,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
             "INSERT INTO runs (commit_sha, commit_date, added, machine, source, kind, "
             "content_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (sha, when, dt.datetime.now(dt.timezone.utc).isoformat(),
-             machine_label(read_json(path).get("machine_info") or {}), str(path),
+             machine_label(data.get("machine_info") or {}), str(path),
              "instructions" if counted else "time", digest))
         con.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [(cur.lastrowid, *row) for row in rows])

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from handgrad.reports.gate import MAX_DISTURBED, _accept, _footer, _numbers
 from handgrad.reports.load import ReportInputError, load_benchmarks, read_json
 from handgrad.reports.record import DISTURBED, _present, ratio_to_reference
 from handgrad.reports.tables import to_markdown
@@ -85,6 +86,23 @@ def run_ratios(paths, side: str = "") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS)
 
 
+def timed_ratio(df: pd.DataFrame, row) -> tuple[float, object] | None:
+    """A kernel record's ratio to its reference in its run (``load_benchmarks``' frame),
+    and the reference's rounds it was taken against: the paired rounds when interleaved,
+    else the reference's own benchmark in the same run; None when there is no reference
+    to normalise by or the ratio is not positive."""
+    if _present(row["reference_data"]):
+        ref_rounds = row["reference_data"]
+        ratio = ratio_to_reference(row["data"], ref_rounds)[0]
+    else:
+        hit = df[(df["group"] == row["group"]) & (df["method"] == row["reference"])]
+        if hit.empty:
+            return None
+        ref_rounds = hit.iloc[0]["data"]
+        ratio = ratio_to_reference(row["data"], None, ref_rounds)[0]
+    return (ratio, ref_rounds) if ratio > 0 else None
+
+
 @functools.lru_cache(maxsize=256)
 def _one_run(path: str, stamp) -> pd.DataFrame:
     """One file's rows of ``run_ratios`` (cached on the path, its modification time and
@@ -94,17 +112,10 @@ def _one_run(path: str, stamp) -> pd.DataFrame:
     for _, r in df.iterrows():
         if r["role"] != "kernel" or r["method"] == r["reference"]:
             continue
-        if _present(r["reference_data"]):
-            ref_rounds, ratio = r["reference_data"], ratio_to_reference(
-                r["data"], r["reference_data"])[0]
-        else:
-            hit = df[(df["group"] == r["group"]) & (df["method"] == r["reference"])]
-            if hit.empty:
-                continue  # nothing to normalise by
-            ref_rounds = hit.iloc[0]["data"]
-            ratio = ratio_to_reference(r["data"], None, ref_rounds)[0]
-        if not ratio > 0:
+        timed = timed_ratio(df, r)
+        if timed is None:
             continue
+        ratio, ref_rounds = timed
         rows.append({
             "side": "", "run": 0, "source": path, "kernel": r["kernel"],
             "method": r["method"], "device": r["device"],
@@ -132,13 +143,9 @@ def _runs_per_benchmark(runs: pd.DataFrame) -> pd.Series:
     return runs.drop_duplicates(["benchmark", "side", "run"]).groupby("benchmark").size()
 
 
-def kernel_runs(runs: pd.DataFrame, benchmarks=None) -> pd.DataFrame:
+def kernel_runs(runs: pd.DataFrame, benchmarks) -> pd.DataFrame:
     """A row per (side, run, kernel): the mean of the kernel's log ratios in that run over
-    ``benchmarks`` (default: those every run of the frame has), and how many."""
-    if benchmarks is None:
-        n_runs = runs.groupby("side")["run"].nunique().sum()
-        per = _runs_per_benchmark(runs)
-        benchmarks = set(per[per == n_runs].index)
+    ``benchmarks``, and how many."""
     kept = runs[runs["benchmark"].isin(benchmarks)]
     out = kept.groupby(["side", "run", *KEY], dropna=False).agg(
         log_ratio=("log_ratio", "mean"), benchmarks=("benchmark", "nunique")).reset_index()
@@ -392,16 +399,11 @@ class RunsGateResult:
                 shown = shown.drop(columns=["kernel", "method"])
             else:
                 shown.insert(0, "kernel", shown.pop("kernel") + "." + shown.pop("method"))
-            for c in cols:
-                if c in shown:
-                    shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-            return to_markdown(shown)
+            return to_markdown(_numbers(shown, [c for c in cols if c in shown]))
 
         cols = ("change", "ci_low", "ci_high", "limit", "spread", "accepted_bound")
         text = (head + "\n#### Kernels\n\n" + fmt(self.kernels, cols) + "\n"
                 + "\n#### Benchmarks\n\n" + fmt(self.table, cols) + "\n")
-        from handgrad.reports.gate import _footer
-
         notes = "".join(f"\n{n}\n" for n in self.notes)
         return text + notes + _footer(self.table, self.accepted, self.skipped,
                                       "Declared regressions (`accepted` up to their bound)",
@@ -414,8 +416,6 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
               quantile: float = NOISE_QUANTILE) -> RunsGateResult:
     """The between-process gate of several baseline runs against several current ones
     (each a pytest-benchmark JSON of one process); ReportInputError on unusable input."""
-    from handgrad.reports.gate import MAX_DISTURBED, _accept
-
     base = run_ratios(baselines, "baseline")
     cur = run_ratios(currents, "current")
     both = pd.concat([base, cur], ignore_index=True)
