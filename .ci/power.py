@@ -3,16 +3,16 @@
 a real regression planted in a kernel's code.
 
     python .ci/power.py collect --out DIR --runs 20 [--kind time|instructions]
-        [--plant clone] [-k EXPR]
+        [--plant copies2] [-k EXPR] [--threads 1]
     python .ci/power.py analyse DIR [--pairs 20] [--thresholds 3%,5%,10%]
         [--runs-per-side 1,2,3] [--calibration-runs 6] [--seed 0]
 
 collect copies this tree twice into DIR (the harness and kernels/ as they are; in the
 second, ``--plant`` edits kernels/jacobian.py: a code change, not ``--bench-slow``'s
 spin), then runs the benchmark subset (``-k``, default: the eager Jacobian and backprop
-kernels at width 30) alternated A/P/A/P, each run a separate process
-(``handgrad.benchmark.alternate``): ``a-<i>.json`` are the unchanged runs, ``p-<i>.json``
-the planted ones. ``--kind instructions`` counts instructions instead
+kernels at width 30) alternated A/P/A/P, each run a separate process on ``--threads``
+torch threads (``handgrad.benchmark.alternate``): ``a-<i>.json`` are the unchanged runs,
+``p-<i>.json`` the planted ones. ``--kind instructions`` counts instructions instead
 (``--bench-instructions``, two runs at a time, one a core).
 
 analyse draws comparisons from those runs without reusing a run inside one comparison:
@@ -60,12 +60,29 @@ PLANTS = {
          "        t = F.linear(t, w)\n        t = t.clone().clone().clone()\n"
          "        scale_(t, h)\n"),
     ]),
+    # the tangent copied twice on every hidden layer: about 1.10x of the forward Jacobian's
+    # time at K=30 on one thread (between clone's 1.04x and copies' 1.17x)
+    "copies2": ("kernels/jacobian.py", "jacobian.manual_forward", [
+        ("                t = torch.mm(w, t)\n                scale_(t, h)\n",
+         "                t = torch.mm(w, t)\n                t = t.clone().clone()\n"
+         "                scale_(t, h)\n"),
+        ("        t = F.linear(t, w)\n        scale_(t, h)\n",
+         "        t = F.linear(t, w)\n        t = t.clone().clone()\n        scale_(t, h)\n"),
+    ]),
     # a redundant check of every weight's dtype and device on each call (what _prepare
-    # already checked): about 3% of the instructions of the smallest call (L=3, K=30, one x)
+    # already checked): 1.05x the instructions of the smallest call (L=3, K=30, one x)
     "recheck": ("kernels/jacobian.py", "jacobian.manual_forward", [
         ("    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n",
          "    if any(w.dtype != x.dtype or w.device != x.device for w in ws):\n"
          "        raise TypeError('weights and x differ in dtype or device')\n"
+         "    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n"),
+    ]),
+    # a redundant check of every weight's dtype alone: 1.03x the instructions of the
+    # smallest call (measured below)
+    "redtype": ("kernels/jacobian.py", "jacobian.manual_forward", [
+        ("    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n",
+         "    if any(w.dtype != x.dtype for w in ws):\n"
+         "        raise TypeError('weights and x differ in dtype')\n"
          "    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n"),
     ]),
 }
@@ -104,6 +121,8 @@ def collect(args) -> int:
     kernel = plant(p, args.plant)
     (out / "planted").write_text(f"{args.plant} {kernel}\n")
     pytest_args = [*FILES, "-q", "-p", "no:cacheprovider", "-k", args.k]
+    if args.threads and args.kind == "time":
+        pytest_args.append(f"--bench-threads={args.threads}")
     if args.kind == "instructions":
         pytest_args.append("--bench-instructions")
         for i in range(1, args.runs + 1):  # a count does not depend on the load: 2 at once
@@ -205,8 +224,11 @@ def main(argv=None) -> int:
     c.add_argument("--out", required=True)
     c.add_argument("--runs", type=int, default=20)
     c.add_argument("--kind", choices=("time", "instructions"), default="time")
-    c.add_argument("--plant", choices=sorted(PLANTS), default="copies")
+    c.add_argument("--plant", choices=sorted(PLANTS), default="copies2")
     c.add_argument("-k", default=DEFAULT_K)
+    c.add_argument("--threads", type=int, default=1,
+                   help="torch's CPU thread count in every timed run (--bench-threads; "
+                        "default 1, as .ci/gate times; 0: the plugin's, all cores up to 8)")
     an = sub.add_parser("analyse")
     an.add_argument("folder")
     an.add_argument("--pairs", type=int, default=20)

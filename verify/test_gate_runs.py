@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +296,28 @@ def test_one_baseline_run_against_several_is_the_gate_over_runs(tmp_path, capsys
     assert "gate over runs" in capsys.readouterr().out
 
 
+def test_every_planted_regression_still_applies_to_todays_kernels(tmp_path):
+    # a refactor of kernels/jacobian.py that moves a plant's anchor would stop
+    # .ci/power.py collect with an error: caught here instead, for each plant
+    import ast
+    import importlib.util
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("power", root / ".ci" / "power.py")
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    assert {"copies2", "redtype", "clone", "copies", "recheck"} <= set(power.PLANTS)
+    for name, (path, kernel, edits) in power.PLANTS.items():
+        tree = tmp_path / name
+        (tree / path).parent.mkdir(parents=True)
+        shutil.copy(root / path, tree / path)
+        assert power.plant(tree, name) == kernel
+        text = (tree / path).read_text()
+        ast.parse(text)  # still Python
+        assert all(new in text for _, new in edits), name
+
+
 def test_the_power_script_counts_false_failures_and_catches(tmp_path):
     # recorded runs (no live timing): 10 unchanged with 1% process noise, 5 with the
     # planted kernel 1.15x slower; the script's table must show every planted pair caught
@@ -335,6 +358,17 @@ def test_the_committed_calibration_covers_every_kernel_ci_gates():
     # each limit is the spread's or the level's default, never under it
     assert all(v.threshold >= KERNEL_THRESHOLD for v in noise.kernels.values())
     assert all(v.threshold >= BENCHMARK_THRESHOLD for v in noise.benchmarks.values())
+
+
+def test_the_gate_times_on_the_thread_count_its_calibration_was_measured_at():
+    # a calibration from two-thread runs understates one-thread spreads and the other way
+    # round (the two-speed processes of docs/reports-and-gate.md, "Measured power")
+    root = Path(__file__).resolve().parents[1]
+    gate = (root / ".ci" / "gate").read_text()
+    (default,) = re.findall(r"threads=\$\{GATE_THREADS:-(\d+)\}", gate)
+    assert '--bench-threads="$threads"' in gate
+    noise = read_noise(root / ".ci" / "gate-noise.json")
+    assert noise.machine["torch_threads"] == int(default)
 
 
 def test_runs_with_no_benchmark_common_to_all_still_give_a_benchmark_verdict(tmp_path):
