@@ -1,204 +1,54 @@
 """Closed-form gradient descent against the loop as k grows, and the momentum forms
-against torch.optim.SGD, on the same least-squares problem."""
+against torch.optim.SGD, on the same least-squares problem. The spec (grids, methods,
+callables): bench/specs/least_squares.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from handgrad.benchmark.compiled import compile_call, reset
-from handgrad.kernels import least_squares as ls
-
-N, D = 200, 50
-# k = 1e5 (the loop: ~4 s a call, timed and interleaved) only in the full grid
-KS = [10, 1_000, 10_000, 100_000]
-# GPU-sized (--bench-grid=gpu): N 4096-20000, D 1024-2000, float64 and float32. The closed
-# form and lstsq at k = 1e4 (their cost does not depend on k); the loops (gd_iterates,
-# torch.optim.SGD) at k = GPU_LOOP_K: a loop costs k times one step, and at k = 1e4 one
-# call at N=20000 is seconds, minutes per benchmark with warm-up and interleaved rounds.
-GPU_LOOP_K = 100
-GPU = [(k, n, d) for n, d in ((4096, 1024), (20_000, 2000)) for k in (10_000, GPU_LOOP_K)]
-LOOPS = ("loop", "torch_optim_sgd")
-
-
-def gd_params():
-    cpu = [pytest.param(k, N, D, torch.float64, id=f"k{k}",
-                        marks=[pytest.mark.full] if k > 10_000 else []) for k in KS]
-    gpu = [pytest.param(k, n, d, dt, id=f"k{k}-N{n}-D{d}-{str(dt).removeprefix('torch.')}",
-                        marks=[pytest.mark.gpu_grid])
-           for k, n, d in GPU for dt in (torch.float64, torch.float32)]
-    return cpu + gpu
+from bench.specs.least_squares import (
+    GD_FAMILY,
+    MOMENTUM_FAMILY,
+    MOMENTUM_K,
+    MOMENTUM_N,
+    gd_calls,
+    gd_flops,
+    gd_params,
+    gd_reference,
+    gd_skip,
+    momentum_calls,
+    problem,
+)
+from handgrad.benchmark.methods import method_params, peers
 
 
-def problem(device: str, dtype=torch.float64, n: int = N, d: int = D):
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = torch.randn(n, generator=g, dtype=torch.float64)
-    w0 = torch.zeros(d, dtype=torch.float64)
-    alpha = 1.0 / torch.linalg.eigvalsh(X.t() @ X).max().item()
-    return X.to(device, dtype), y.to(device, dtype), w0.to(device, dtype), alpha
-
-
-def sgd_steps(X, y, w0, alpha: float, k: int, momentum: float = 0.0):
-    """torch's way: autograd for the gradient, torch.optim.SGD for the step."""
-    p = w0.clone().requires_grad_()
-    opt = torch.optim.SGD([p], lr=alpha, momentum=momentum, dampening=0)
-    for _ in range(k):
-        opt.zero_grad()
-        (0.5 * ((X @ p - y) ** 2).sum()).backward()
-        opt.step()
-    return p.detach()
-
-
-# analytic FLOPs: a thin SVD of an N x D matrix ~ 4 N D^2 + 8 D^3 (Golub & Van Loan),
-# then O(D^2) per k; on CUDA the closed form takes eigh of X^T X instead (2 N D^2 for the
-# product, ~9 D^3 for the symmetric eigensolver with vectors: kernels.least_squares);
-# one GD step computes X^T (X w): 4 N D
-def closed_form_flops(k_count: int = 1, n: int = N, d: int = D, device: str = "cpu") -> int:
-    if k_count and torch.device(device).type == "cuda":
-        return 2 * n * d * d + 9 * d**3 + 2 * d * d * k_count
-    return 4 * n * d * d + 8 * d**3 + 2 * d * d * k_count
-
-
-def lstsq(X, y, device: str):
-    """torch's SVD-based least-squares solve (the minimiser, w at k = infinity): the torch
-    call whose cost is made like the closed form's, an SVD of X and O(D^2) after it."""
-    driver = "gelsd" if torch.device(device).type == "cpu" else None  # CUDA has gels only
-    return torch.linalg.lstsq(X, y.unsqueeze(-1), driver=driver).solution
-
-
-SGD_MAX_K = 10_000
-
-
-# At k = 10 the loop is mostly its LAPACK divergence check (svdvals), the reference
-# torch.optim.SGD has none, and LAPACK runs in one of two speeds per process on the 2-core
-# VM (the lstsq reference moves 1.0 <-> 1.4 ms with it). Over 30 default-grid runs of
-# unchanged code the loop/SGD ratio took values 1.35x apart; 3 of 10 back-to-back pairs
-# would have failed the 20% per-benchmark verdict. The gate over runs measures that spread
-# and derives its limit from it (.ci/gate-noise.json); no gate_noise of its own.
-
-
-def gd_reference(method: str, k: int) -> str:
-    """What each GD method is measured and gated against. The closed form is an SVD plus
-    O(D^2) work, so its reference is torch's SVD-based solve: against the loop (thousands of
-    tiny dispatched ops) the ratio moved by up to 40% between processes of unchanged code,
-    with the SVD's speed. The loop's reference is torch.optim.SGD, a loop of the same kind,
-    where SGD runs (k <= SGD_MAX_K); torch methods name themselves."""
-    if method == "closed_form":
-        return "torch_lstsq"
-    if method == "closed_form_compiled":
-        return "torch_lstsq_compiled"
-    if method == "loop" and k <= SGD_MAX_K:
-        return "torch_optim_sgd"
-    return method
-
-
-GD_ROLES = {"closed_form": "kernel", "loop": "kernel", "torch_optim_sgd": "reference",
-             "torch_lstsq": "reference", "closed_form_compiled": "kernel",
-             "torch_lstsq_compiled": "reference"}
-# compiled method: the eager method it compiles (handgrad.benchmark.compiled), compiled
-# meets compiled.
-# The loops (gd_iterates, torch.optim.SGD) are not compiled: Dynamo unrolls a Python loop
-# of k steps into a graph of k steps (k = 1e4 here), a compile of hours, not a peer.
-GD_COMPILED_FROM = {"closed_form_compiled": "closed_form",
-                    "torch_lstsq_compiled": "torch_lstsq"}
-
-
-def gd_method_params():
-    """Eager methods in every grid; compiled ones in the full grid (and the gpu grid)."""
-    return [pytest.param(m, marks=[pytest.mark.full] if m in GD_COMPILED_FROM else [])
-            for m in GD_ROLES]
-
-
-def gd_calls(X, y, w0, alpha: float, k: int, device: str) -> dict:
-    """The eager callables of one problem, by method name (``verify/test_compiled.py``
-    compiles these too)."""
-    return {
-        "closed_form": lambda: ls.gd_closed_form(X, y, w0, alpha, k),
-        "loop": lambda: ls.gd_iterates(X, y, w0, alpha, k),
-        "torch_optim_sgd": lambda: sgd_steps(X, y, w0, alpha, k),
-        "torch_lstsq": lambda: lstsq(X, y, device),
-    }
-
-
-@pytest.mark.parametrize("method", gd_method_params())
+@pytest.mark.parametrize("method", method_params(GD_FAMILY))
 @pytest.mark.parametrize("k,n,d,dtype", gd_params())
 def test_gd(measure, method: str, k: int, n: int, d: int, dtype: torch.dtype,
             device: str) -> None:
-    if method == "torch_optim_sgd" and k > SGD_MAX_K:
-        pytest.skip(f"torch.optim.SGD with autograd takes ~k x 400 us = {k * 4e-4:.0f} s per "
-                    f"call at k = {k}")
-    if n * d > N * D and (method in LOOPS) != (k == GPU_LOOP_K):
-        pytest.skip(f"gpu grid: the loops at k = {GPU_LOOP_K}, the closed form and lstsq "
-                    "(flat in k) at k = 10^4")
+    why = gd_skip(method, k, n, d)
+    if why:
+        pytest.skip(why)
     X, y, w0, alpha = problem(device, dtype, n, d)
-    calls = gd_calls(X, y, w0, alpha, k, device)
-    eager = GD_COMPILED_FROM.get(method, method)
-    flops = {"closed_form": closed_form_flops(1, n, d, device), "loop": 4 * n * d * k,
-             # compiled, the closed form takes the SVD path on every device (no host read
-             # of the Gram path's condition number inside a graph: kernels.least_squares)
-             "closed_form_compiled": closed_form_flops(1, n, d),
-             "torch_optim_sgd": 4 * n * d * k, "torch_lstsq": closed_form_flops(0, n, d)}
     itemsize = torch.finfo(dtype).bits // 8
     suffix = "" if dtype == torch.float64 else f" {str(dtype).removeprefix('torch.')}"
-    reference = gd_reference(method, k)
-    compiled = {}
-    if method in GD_COMPILED_FROM:
-        reset()
-        # mode "default" on every device: torch.linalg reads its LAPACK status on the host,
-        # which the CUDA graphs of "reduce-overhead" cannot record
-        fn, compile_s, mode = compile_call(calls[eager], device, name=f"gd_{method}",
-                                           fullgraph=GD_ROLES[method] == "kernel",
-                                           mode="default")
-        compiled = {"compile_mode": mode, "compile_s": compile_s}
-        ref_fn = None
-        if reference != method:
-            ref_fn, _, _ = compile_call(calls[GD_COMPILED_FROM[reference]], device,
-                                        name=f"gd_{reference}", mode="default")
-    else:
-        fn = calls[method]
-        ref_fn = None if reference == method else calls[reference]
+    found = peers(GD_FAMILY, method, gd_calls(X, y, w0, alpha, k, device), device,
+                  reference=gd_reference(method, k))
     measure(
-        fn,
-        reference_fn=ref_fn,
+        **found.measure_kwargs(),
         group=f"least_squares gd k={k} N={n} D={d} {device}{suffix}",
-        kernel="least_squares", method=f"gd_{method}", reference=f"gd_{reference}",
-        role=GD_ROLES[method],
-        flops=flops.get(method, flops[eager]), bytes=itemsize * (n * d + n + d),
-        shape=dict(N=n, D=d, k=k), device=device, dtype=dtype, **compiled,
+        flops=gd_flops(method, k, n, d, device), bytes=itemsize * (n * d + n + d),
+        shape=dict(N=n, D=d, k=k), device=device, dtype=dtype,
     )
 
 
-MOMENTUM_ROLES = {"momentum_form1": "kernel", "momentum_form2": "kernel",
-                   "torch_optim_sgd": "reference"}
-
-
-@pytest.mark.parametrize("method", list(MOMENTUM_ROLES))
+@pytest.mark.parametrize("method", method_params(MOMENTUM_FAMILY))
 def test_momentum(measure, method: str, device: str) -> None:
-    k, n, alpha, beta = 1_000, 1_000, 0.01, 0.9
-    g = torch.Generator().manual_seed(0)
-    grads = torch.randn(k, n, generator=g, dtype=torch.float64).to(device)
-    theta0 = torch.zeros(n, dtype=torch.float64, device=device)
-
-    def sgd():
-        p = theta0.clone().requires_grad_()
-        opt = torch.optim.SGD([p], lr=alpha, momentum=beta, dampening=0)
-        for gk in grads:
-            p.grad = gk
-            opt.step()
-        return p.detach()
-
-    calls = {
-        "momentum_form1": lambda: ls.momentum_form1(grads, theta0, alpha, beta),
-        "momentum_form2": lambda: ls.momentum_form2(grads, theta0, alpha, beta),
-        "torch_optim_sgd": sgd,
-    }
+    k, n = MOMENTUM_K, MOMENTUM_N
     measure(
-        calls[method],
-        reference_fn=None if method == "torch_optim_sgd" else sgd,
+        **peers(MOMENTUM_FAMILY, method, momentum_calls(device), device).measure_kwargs(),
         group=f"least_squares momentum k={k} n={n} {device}",
-        kernel="least_squares", method=method, reference="torch_optim_sgd",
-        role=MOMENTUM_ROLES[method],
         # per step: form I theta - a g + b (theta - prev) = 5 n; form II / SGD 4 n
         flops=(5 if method == "momentum_form1" else 4) * n * k,
         bytes=8 * k * n, shape=dict(N=n, k=k), device=device, dtype=torch.float64,

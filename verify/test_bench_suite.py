@@ -12,13 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from bench.specs import families
+from handgrad.benchmark import MACHINE_FAMILIES
 from handgrad.reports.load import load_benchmarks
 from handgrad.reports.record import SCHEMA, SCHEMA_KEY, BenchRecord
 from verify.runs import pytest_env
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = {"backprop", "jacobian", "counting", "least_squares", "control", "ceiling"}
-TORCH_ONLY = {"control", "ceiling"}  # families that time torch alone: the machine's state
+# every family the specs declare (bench/specs), and the machine's own measurements, which
+# time torch alone: no registry of their own here
+FAMILIES = {f.kernel for f in families()} | set(MACHINE_FAMILIES)
+TORCH_ONLY = set(MACHINE_FAMILIES)
 
 
 
@@ -329,36 +333,22 @@ def test_the_gpu_grid_is_gpu_sized_and_only_that():
     assert "gpu grid only (--bench-grid=gpu)" in out
 
 
-def test_the_gpu_grid_times_the_loops_at_small_k_and_the_closed_form_at_large_k(
-        monkeypatch):
+def test_the_gpu_grid_times_the_loops_at_small_k_and_the_closed_form_at_large_k():
     """The GD loops cost k steps: at k = 10^4 and N = 20000 one call is seconds and a
     benchmark minutes, which the gpu grid's 10 minutes cannot hold. The closed form is
     flat in k and is timed where it matters, at k = 10^4."""
-    from bench import test_least_squares as bl
+    from bench.specs import least_squares as bl
 
-    def reached(*args, **kwargs):  # the benchmark's first real work: building the problem
-        raise _Reached
-
-    monkeypatch.setattr(bl, "problem", reached)
     ran = set()
     for p in bl.gd_params():
         k, n, d, _ = p.values
         if {m.name for m in p.marks} != {"gpu_grid"}:
             continue
-        for method in bl.GD_ROLES:
-            try:
-                bl.test_gd(None, method, k, n, d, None, "cuda")
-            except pytest.skip.Exception:
-                continue
-            except _Reached:
-                ran.add((method, k))
+        ran |= {(method, k) for method in bl.GD_FAMILY.methods
+                if bl.gd_skip(method, k, n, d) is None}
     loops = {(m, k) for m, k in ran if m in bl.LOOPS}
     assert loops == {(m, bl.GPU_LOOP_K) for m in bl.LOOPS}
-    assert ran - loops == {(m, 10_000) for m in bl.GD_ROLES if m not in bl.LOOPS}
-
-
-class _Reached(Exception):
-    pass
+    assert ran - loops == {(m, 10_000) for m in bl.GD_FAMILY.methods if m not in bl.LOOPS}
 
 
 def test_cross_entropy_is_timed_in_the_log_cosh_groups(tiny_run):

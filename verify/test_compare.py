@@ -26,12 +26,12 @@ def test_failure_message_names_everything_needed_to_fix_the_bug() -> None:
     actual[1, 2] = 1e-3
     actual[2, 0] = 1e-7  # within atol: not a mismatch
     with pytest.raises(AssertionError) as info:
-        assert_close(actual, expected, kernel="backprop", reference="torch.autograd.grad",
+        assert_close(actual, expected, kernel="backprop", reference="torch_autograd",
                      what="dJ/dW1", tol=Tol(rtol=1e-6, atol=1e-6))
     msg = str(info.value)
     # docs/verification.md quotes this message; keep them in step
     assert msg.splitlines()[0] == (
-        "backprop vs torch.autograd.grad [dJ/dW1]: tensors are not close (float64 on cpu)"
+        "backprop vs torch_autograd [dJ/dW1]: tensors are not close (float64 on cpu)"
     )
     assert "Mismatched elements: 1 / 12 (8.3%)" in msg
     assert "Worst element at index (1, 2): kernel 0.001, reference 0" in msg

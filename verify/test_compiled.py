@@ -1,8 +1,10 @@
 """Every compiled callable the bench times returns the eager result
 (handgrad/benchmark/compiled.py).
 
-The callables are built by the bench's own functions (``bench.test_backprop.make_calls``,
-``bench.test_jacobian.make_call``), at a tiny size on the CPU. They are compiled with
+The callables are built by the bench's specs (``bench/specs``: ``backprop.make_calls``,
+``jacobian.make_calls``, ``least_squares.gd_calls``) and the one driver that builds every
+eager, compiled and captured peer (``handgrad.benchmark.methods.peers``), at a tiny size on
+the CPU. They are compiled with
 ``backend="aot_eager"``: Dynamo and AOTAutograd trace the same graph as the real
 compile (where torch.compile of torch.func fails, it fails there), without inductor's code
 generation, which takes 2 to 20 s per graph on 2 cores (measured: ~0.3 to 1 s per graph
@@ -17,15 +19,22 @@ import dataclasses
 import pytest
 import torch
 
-from bench import test_backprop as bb
-from bench import test_jacobian as bj
-from bench import test_least_squares as bl
+from bench.specs import backprop as bb
+from bench.specs import families
+from bench.specs import jacobian as bj
+from bench.specs import least_squares as bl
 from handgrad.benchmark import compiled as bc
+from handgrad.benchmark import methods as bm
 from handgrad.kernels import backprop as bp
 from handgrad.reports.record import BenchRecord
 from handgrad.testing.compare import assert_close
 
 BACKEND = "aot_eager"
+
+
+def _compiled(family) -> dict:
+    """A family's compiled methods: name -> the eager callable it compiles."""
+    return {name: m.source for name, m in family.methods.items() if m.build == "compiled"}
 
 
 def _compile(fn, name, backend=BACKEND, fullgraph=False):
@@ -38,15 +47,16 @@ def _compile(fn, name, backend=BACKEND, fullgraph=False):
 
 def _check_backprop(method: str, backend: str | None, L: int = 3, K: int = 8, n: int = 5):
     calls, _ = bb.make_calls(L, K, n, torch.float32, "cpu")
-    eager = bb.COMPILED_FROM[method]
-    fn = _compile(calls[eager], method, backend, fullgraph=bb.ROLES[method] == "kernel")
+    eager = _compiled(bb.FAMILY)[method]
+    fn = _compile(calls[eager], method, backend,
+                  fullgraph=bb.FAMILY.methods[method].role == "kernel")
     got, want = bb.gradients(fn()), bb.gradients(calls[eager]())
     assert len(got) == len(want) == 2 * L + 1
     for i, (a, e) in enumerate(zip(got, want)):
         assert_close(a, e, kernel=method, reference=eager, what=f"gradient {i}", kind="grad")
 
 
-@pytest.mark.parametrize("method", sorted(bb.COMPILED_FROM))
+@pytest.mark.parametrize("method", sorted(_compiled(bb.FAMILY)))
 def test_compiled_backprop_returns_the_eager_gradients(method):
     _check_backprop(method, BACKEND)
 
@@ -79,10 +89,10 @@ def test_the_default_backend_compiles_a_torch_func_jacobian(monkeypatch):
 
 
 @pytest.mark.parametrize("N", [1, 4], ids=["single", "batched"])
-@pytest.mark.parametrize("method", sorted(bj.COMPILED_FROM))
+@pytest.mark.parametrize("method", sorted(_compiled(bj.FAMILY)))
 def test_compiled_jacobian_returns_the_eager_jacobian(method, N):
     ws, x = bj.make_input(3, 6, N, "cpu")
-    eager = bj.COMPILED_FROM[method]
+    eager = _compiled(bj.FAMILY)[method]
     call = bj.make_call(eager, ws, x)
     got = _compile(call, bj.method_name(method, N > 1))()
     want = call()
@@ -105,41 +115,44 @@ def test_gradients_flattens_every_method_alike(loss):
 
 # -- the tables: every compiled method is timed against a compiled reference ---------------
 
-@pytest.mark.parametrize("bench,params,compiled_from",
-                         [(bb, bb.method_params, bb.COMPILED_FROM),
-                          (bj, bj.method_params, bj.COMPILED_FROM),
-                          (bl, bl.gd_method_params, bl.GD_COMPILED_FROM)],
-                         ids=["backprop", "jacobian", "least_squares"])
-def test_compiled_methods_are_full_or_gpu_grid_only(bench, params, compiled_from):
-    for p in params():
+@pytest.mark.parametrize("family", families(),
+                         ids=lambda f: f"{f.kernel}-{'-'.join(sorted(f.methods))[:24]}")
+def test_compiled_methods_are_full_or_gpu_grid_only(family):
+    for p in bm.method_params(family):
         (method,) = p.values
         marks = {m.name for m in p.marks}
         assert marks == ({"full"} if method.endswith("_compiled") else set()), method
-        assert (method in compiled_from) == method.endswith("_compiled"), method
+        assert (family.methods[method].build == "compiled") == method.endswith("_compiled")
 
 
 def test_compiled_kernels_meet_compiled_references():
-    assert bb.REFERENCE["manual_compiled"] == "torch_func_grad_compiled"
-    assert bb.ROLES["manual_compiled"] == "kernel"
-    assert bb.ROLES["torch_func_grad_compiled"] == "reference"
-    for kernel, ref in bj.INTERLEAVE.items():  # compiled or captured meets compiled
-        assert kernel.endswith(("_compiled", "_captured")) == ref.endswith("_compiled"), kernel
-    assert bb.REFERENCE["manual_captured"] == "torch_func_grad_compiled"
+    B, G = bb.FAMILY.methods, bl.GD_FAMILY.methods
+    assert B["manual_compiled"].reference == "torch_func_grad_compiled"
+    assert B["manual_compiled"].role == "kernel"
+    assert B["torch_func_grad_compiled"].role == "reference"
+    for family in families():  # compiled or captured meets compiled
+        for name, m in family.methods.items():
+            if m.reference is not None:
+                assert (m.build != "eager") == (
+                    family.methods[m.reference].build == "compiled"), name
+    assert B["manual_captured"].reference == "torch_func_grad_compiled"
     assert bj.reference_of("manual_reverse_captured", True) == "torch_func_vmap_jacrev_compiled"
-    for m in bj.CAPTURED_FROM:
-        assert bj.flops_of(m, 3, 30, 8) == bj.flops_of(bj.CAPTURED_FROM[m], 3, 30, 8), m
+    for m, spec in bj.FAMILY.methods.items():  # a compiled or captured peer does the
+        if spec.build != "eager":              # work of its eager source
+            assert bj.flops_of(m, 3, 30, 8) == bj.flops_of(spec.source, 3, 30, 8), m
     for batched in (False, True):
         pre = "torch_func_vmap_" if batched else "torch_func_"
         assert bj.reference_of("manual_forward_compiled", batched) == pre + "jacfwd_compiled"
         assert bj.reference_of("manual_reverse_compiled", batched) == pre + "jacrev_compiled"
         assert bj.reference_of("torch_func_jacfwd_compiled", batched) == bj.method_name(
             "torch_func_jacfwd_compiled", batched)
-    for m in bj.COMPILED_FROM:
-        assert bj.flops_of(m, 3, 30, 8) == bj.flops_of(bj.COMPILED_FROM[m], 3, 30, 8), m
     assert bl.gd_reference("closed_form_compiled", 10) == "torch_lstsq_compiled"
-    assert bl.gd_reference("torch_lstsq_compiled", 10) == "torch_lstsq_compiled"
-    assert bl.GD_ROLES["closed_form_compiled"] == "kernel"
-    assert bl.GD_ROLES["torch_lstsq_compiled"] == "reference"
+    assert bl.gd_reference("torch_lstsq_compiled", 10) is None  # it names itself
+    assert G["closed_form_compiled"].role == "kernel"
+    assert G["torch_lstsq_compiled"].role == "reference"
+    # compiled, the closed form takes the SVD path on every device: the CPU's FLOPs
+    assert bl.gd_flops("closed_form_compiled", 50, 30, 6, "cuda") == bl.closed_form_flops(
+        1, 30, 6) != bl.gd_flops("closed_form", 50, 30, 6, "cuda")
 
 
 # -- the bench functions: compile outside the timing, record mode and seconds -------------
@@ -187,9 +200,8 @@ def aot_eager_bench(monkeypatch):
     FULLGRAPH.clear()
     MODES.clear()
 
-    for bench in (bb, bj, bl):
-        monkeypatch.setattr(bench, "compile_call", compile_call)
-        monkeypatch.setattr(bench, "reset", reset)
+    monkeypatch.setattr(bm, "compile_call", compile_call)
+    monkeypatch.setattr(bm, "reset", reset)
     return events
 
 
@@ -198,9 +210,33 @@ FULLGRAPH: dict = {}
 MODES: dict = {}
 
 
+def _time(m, family, method, calls, dtype, **kw):
+    """What a benchmark of ``family`` does with its case's ``calls``: the driver builds the
+    method's peers, ``m`` (a _Measure) gets them."""
+    m(**bm.peers(family, method, calls, "cpu", **kw).measure_kwargs(), group="tiny",
+      device="cpu", dtype=dtype, flops=0, bytes=0, shape={})
+
+
+def _bench_backprop(m, method, L=3, K=4, n=3):
+    calls, _ = bb.make_calls(L, K, n, torch.float32, "cpu")
+    _time(m, bb.FAMILY, method, calls, torch.float32)
+
+
+def _bench_jacobian(m, method, N, L=3, K=6):
+    ws, x = bj.make_input(L, K, N, "cpu")
+    _time(m, bj.FAMILY, method, bj.make_calls(ws, x), torch.float32,
+          label=lambda name: bj.method_name(name, N > 1))
+
+
+def _bench_gd(m, method, k=50, n=30, d=6):
+    X, y, w0, alpha = bl.problem("cpu", torch.float64, n, d)
+    _time(m, bl.GD_FAMILY, method, bl.gd_calls(X, y, w0, alpha, k, "cpu"), torch.float64,
+          reference=bl.gd_reference(method, k))
+
+
 def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
     m = _Measure()
-    bb.test_backprop(m, "manual_compiled", 3, 4, 3, torch.float32, "cpu")
+    _bench_backprop(m, "manual_compiled")
     assert aot_eager_bench == ["reset", "manual_compiled", "torch_func_grad_compiled"]
     r = m.record
     assert (r.method, r.reference, r.role) == ("manual_compiled", "torch_func_grad_compiled",
@@ -212,17 +248,17 @@ def test_backprop_bench_records_compile_mode_and_seconds(aot_eager_bench):
         assert_close(a, e, kernel="manual_compiled", reference="torch_func_grad_compiled",
                      kind="grad")
     m = _Measure()
-    bb.test_backprop(m, "torch_func_grad_compiled", 3, 4, 3, torch.float32, "cpu")
+    _bench_backprop(m, "torch_func_grad_compiled")
     assert m.ref is None and m.record.compile_s > 0
     m = _Measure()
-    bb.test_backprop(m, "manual", 3, 4, 3, torch.float32, "cpu")
+    _bench_backprop(m, "manual")
     assert m.record.compile_mode is None and m.record.compile_s is None
 
 
 @pytest.mark.parametrize("N", [1, 4])
 def test_jacobian_bench_records_compile_mode_and_seconds(aot_eager_bench, N):
     m = _Measure()
-    bj.test_jacobian(m, "quick", "manual_reverse_compiled", 3, 6, N, "cpu")
+    _bench_jacobian(m, "manual_reverse_compiled", N)
     assert aot_eager_bench[0] == "reset" and aot_eager_bench.count("reset") == 1
     r = m.record
     pre = "torch_func_vmap_" if N > 1 else "torch_func_"
@@ -265,9 +301,9 @@ def test_a_graph_break_in_one_of_our_kernels_fails_instead_of_skipping():
 
 
 def test_the_bench_compiles_our_kernels_whole_and_torchs_as_torch_lets_it(aot_eager_bench):
-    bb.test_backprop(_Measure(), "manual_compiled", 3, 4, 3, torch.float32, "cpu")
-    bj.test_jacobian(_Measure(), "quick", "manual_forward_compiled", 3, 6, 4, "cpu")
-    bl.test_gd(_Measure(), "closed_form_compiled", 50, 30, 6, torch.float64, "cpu")
+    _bench_backprop(_Measure(), "manual_compiled")
+    _bench_jacobian(_Measure(), "manual_forward_compiled", 4)
+    _bench_gd(_Measure(), "closed_form_compiled")
     assert FULLGRAPH == {
         "manual_compiled": True, "torch_func_grad_compiled": False,
         "manual_forward_compiled": True, "torch_func_vmap_jacfwd_compiled": False,
@@ -319,19 +355,22 @@ def test_reset_drops_the_compiled_code():
     assert torch.equal(compiled(), x * 2) and len(graphs) == 2
 
 
-@pytest.mark.parametrize("bench", [bb, bj], ids=["backprop", "jacobian"])
-def test_a_compiled_method_compiles_the_eager_method_of_its_name(bench):
-    """X_compiled is torch.compile of X: the compiled-against-eager checks above compare
-    whatever COMPILED_FROM names, so a wrong name there would compare the wrong call."""
-    for method, eager in bench.COMPILED_FROM.items():
-        assert eager == method.removesuffix("_compiled"), method
+@pytest.mark.parametrize("family", families(),
+                         ids=lambda f: f"{f.kernel}-{'-'.join(sorted(f.methods))[:24]}")
+def test_a_compiled_method_compiles_the_eager_method_of_its_name(family):
+    """X_compiled is torch.compile of X (X_captured a replay of X): the
+    compiled-against-eager checks here compare whatever a spec's ``source`` names, so a
+    wrong name there would compare the wrong call."""
+    for method, m in family.methods.items():
+        if m.build != "eager":
+            assert m.source == method.removesuffix(f"_{m.build}"), method
 
 
-@pytest.mark.parametrize("method", sorted(bl.GD_COMPILED_FROM))
+@pytest.mark.parametrize("method", sorted(_compiled(bl.GD_FAMILY)))
 def test_compiled_least_squares_returns_the_eager_result(method):
     X, y, w0, alpha = bl.problem("cpu", torch.float64, 30, 6)
     calls = bl.gd_calls(X, y, w0, alpha, 50, "cpu")
-    eager = bl.GD_COMPILED_FROM[method]
+    eager = _compiled(bl.GD_FAMILY)[method]
     got, want = _compile(calls[eager], method)(), calls[eager]()
     assert got.shape == want.shape
     assert_close(got, want, kernel=method, reference=eager, kind="forward")
@@ -339,17 +378,16 @@ def test_compiled_least_squares_returns_the_eager_result(method):
 
 def test_least_squares_bench_records_compile_mode_and_seconds(aot_eager_bench):
     m = _Measure()
-    bl.test_gd(m, "closed_form_compiled", 50, 30, 6, torch.float64, "cpu")
+    _bench_gd(m, "closed_form_compiled")
     assert aot_eager_bench == ["reset", "gd_closed_form_compiled", "gd_torch_lstsq_compiled"]
     r = m.record
     assert (r.method, r.reference, r.role) == ("gd_closed_form_compiled",
                                                  "gd_torch_lstsq_compiled", "kernel")
     assert r.compile_mode == BACKEND and r.compile_s > 0
-    assert r.flops == bl.closed_form_flops(1, 30, 6)
     # the closed form at k = 50 and lstsq's minimiser: both solve the same problem
     assert m.out.shape == (6,) and m.ref.shape == (6, 1)
     m = _Measure()
-    bl.test_gd(m, "closed_form", 50, 30, 6, torch.float64, "cpu")
+    _bench_gd(m, "closed_form")
     assert m.record.compile_mode is None and m.record.compile_s is None
 
 
@@ -364,16 +402,15 @@ def fake_capture(monkeypatch, aot_eager_bench):
         captured.append(name)
         return fn, 0.25, 12345
 
-    for bench in (bb, bj):
-        monkeypatch.setattr(bench, "capture_call", capture_call)
+    monkeypatch.setattr(bm, "capture_call", capture_call)
     return captured
 
 
 def test_backprop_bench_times_the_replay_against_the_compiled_reference(fake_capture,
                                                                        monkeypatch):
-    monkeypatch.setattr(bb, "peak_while", lambda make, device: (make(), 777))
+    monkeypatch.setattr(bm, "peak_while", lambda make, device: (make(), 777))
     m = _Measure()
-    bb.test_backprop(m, "manual_captured", 3, 4, 3, torch.float32, "cpu")
+    _bench_backprop(m, "manual_captured")
     assert fake_capture == ["manual_captured"]
     r = m.record
     assert (r.method, r.reference, r.role) == ("manual_captured", "torch_func_grad_compiled",
@@ -391,9 +428,9 @@ def test_jacobian_bench_times_the_replay_against_the_compiled_or_eager_reference
     if not compiles:  # torch 2.11 cannot compile vmap(jacfwd): the eager reference stands in
         def refuse(fn, device, *, name, **kw):
             pytest.skip(f"torch.compile of {name} fails")
-        monkeypatch.setattr(bj, "compile_call", refuse)
+        monkeypatch.setattr(bm, "compile_call", refuse)
     m = _Measure()
-    bj.test_jacobian(m, "quick", "manual_forward_captured", 3, 6, 4, "cpu")
+    _bench_jacobian(m, "manual_forward_captured", 4)
     r = m.record
     want = "torch_func_vmap_jacfwd_compiled" if compiles else "torch_func_vmap_jacfwd"
     assert (r.method, r.reference, r.compile_mode, m.peak) == (

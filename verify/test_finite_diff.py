@@ -44,7 +44,7 @@ def test_jacobian_matrix_input_against_autograd() -> None:
     got = finite_diff.jacobian(f, x)
     assert got.shape == (2, 3, 2, 3)
     assert_close(got, expected, kernel="finite_diff.jacobian",
-                 reference="torch.autograd.functional.jacobian", tol=FD_TOL)
+                 reference="autograd_jacobian", tol=FD_TOL)
 
 
 def test_default_eps_is_cube_root_of_machine_eps() -> None:

@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from bench import test_jacobian as bj
+from bench.specs import jacobian as bj
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import jacobian as jm
 from handgrad.kernels import least_squares as ls

@@ -56,7 +56,7 @@ def test_gradient_against_autograd_and_finite_differences(device):
     wr = w.clone().requires_grad_()
     (expected,) = torch.autograd.grad(0.5 * ((X @ wr - y) ** 2).sum(), wr)
     assert_close(ls.gradient(X, w, y), expected, kernel="least_squares.gradient",
-                 reference="torch.autograd.grad", kind="grad")
+                 reference="torch_autograd", kind="grad")
     fd = finite_diff.gradient(lambda t: ls.loss(X, t, y), w)
     assert_close(ls.gradient(X, w, y), fd, kernel="least_squares.gradient",
                  reference="finite_diff.gradient", tol=tol_for(F64, "finite_diff"))
@@ -68,11 +68,11 @@ def test_minimizer_against_lstsq_and_pinv(n, d, rank, device):
     X, y, _ = problem(n, d, rank, device=device)
     w = ls.minimizer(X, y)
     assert_close(w, torch.linalg.pinv(X) @ y, kernel="least_squares.minimizer",
-                 reference="torch.linalg.pinv", kind="grad")
+                 reference="torch_pinv", kind="grad")
     if device == "cpu":  # gelsd (rank-revealing) is CPU-only
         ref = torch.linalg.lstsq(X, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
         assert_close(w, ref, kernel="least_squares.minimizer",
-                     reference="torch.linalg.lstsq(gelsd)", kind="grad")
+                     reference="torch_lstsq", kind="grad")
     # a minimiser: the gradient vanishes there
     grad = ls.gradient(X, w, y)
     assert_close(grad, torch.zeros_like(grad), kernel="gradient at minimizer", reference="0",
@@ -84,7 +84,7 @@ def test_minimizer_of_ill_conditioned_X():
     X, y, _ = problem(40, 8, cond=1e6, seed=3)
     ref = torch.linalg.lstsq(X, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     assert_close(ls.minimizer(X, y), ref, kernel="least_squares.minimizer",
-                 reference="torch.linalg.lstsq(gelsd)", tol=Tol(rtol=1e-8, atol=1e-8))
+                 reference="torch_lstsq", tol=Tol(rtol=1e-8, atol=1e-8))
 
 
 # --- gradient descent ---------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_momentum_forms_and_sgd_agree_on_a_gradient_sequence(k, n, beta, alpha, 
     kw = dict(kind="grad", tol=Tol(rtol=1e-10, atol=1e-10))
     assert_close(f1, f2, kernel="momentum_form1", reference="momentum_form2", **kw)
     assert_close(f2, sgd_reference(grads, theta0, alpha, beta), kernel="momentum_form2",
-                 reference="torch.optim.SGD(momentum, dampening=0)", **kw)
+                 reference="torch_optim_sgd", **kw)
 
 
 def test_momentum_on_least_squares_matches_sgd_and_closed_form():
@@ -247,11 +247,11 @@ def test_momentum_on_least_squares_matches_sgd_and_closed_form():
     sgd = torch.stack(sgd)
     loop = ls.heavy_ball_iterates(X, y, w0, alpha, beta, k)
     kw = dict(kind="grad", tol=Tol(rtol=1e-9, atol=1e-10))
-    assert_close(loop, sgd, kernel="heavy_ball_iterates", reference="torch.optim.SGD", **kw)
+    assert_close(loop, sgd, kernel="heavy_ball_iterates", reference="torch_optim_sgd", **kw)
     # form I given the gradients SGD saw reproduces the same path
     grads = torch.stack([ls.gradient(X, w, y) for w in sgd[:-1]])
     assert_close(ls.momentum_form1(grads, w0, alpha, beta), sgd, kernel="momentum_form1",
-                 reference="torch.optim.SGD", **kw)
+                 reference="torch_optim_sgd", **kw)
     closed = ls.heavy_ball_closed_form(X, y, w0, alpha, beta, list(range(k + 1)))
     assert_close(closed, loop, kernel="heavy_ball_closed_form", reference="heavy_ball_iterates",
                  **kw)

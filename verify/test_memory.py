@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import test_jacobian as bj
+from bench.specs import jacobian as bj
 from handgrad.benchmark.timing import cpu_peak_bytes
 from handgrad.kernels import backprop as bp
 from handgrad.kernels import mlp

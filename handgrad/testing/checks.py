@@ -42,8 +42,8 @@ from handgrad.kernels.finite_diff import directional_derivative, taylor_test
 from handgrad.testing.compare import assert_close
 from handgrad.testing.tolerances import FINITE_DIFF, GRAD, Tol, tol_for
 
-AUTOGRAD = "torch.autograd"
-FORWARD_AD = "torch.func.jvp"
+AUTOGRAD = "torch_autograd"
+FORWARD_AD = "torch_func_jvp"
 CENTRAL = "central differences"
 # the smallest scale-relative error a central difference is trusted to, per dtype it runs in
 _FD_FLOOR = {torch.float64: FINITE_DIFF[torch.float64].rtol, torch.float32: 3e-4}

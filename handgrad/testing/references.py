@@ -11,6 +11,44 @@ from handgrad.kernels import backprop as bp
 from handgrad.kernels.mlp import MLP
 from handgrad.testing.tolerances import check_float_dtype
 
+# One spelling per torch reference, shared by verify's comparisons (``assert_close``'s and
+# the checks' ``reference``, so ``--verify-report``) and the bench's records
+# (``BenchRecord.reference`` and a reference's ``method``), so that the two reports join on
+# it. A bench record may carry a variant (``reference_key`` maps it back): a ``gd_`` prefix
+# (the least-squares family's names), ``_vmap_`` (batched under torch.func.vmap),
+# ``_compiled`` (torch.compile of it) or ``_cross_entropy`` (the loss); a verify label may
+# add a qualifier in parentheses, e.g. "torch_autograd (float64)".
+REFERENCES = {
+    "torch_autograd": "torch.autograd.grad of the loss written with plain torch ops "
+                      "(torch_loss); for a user's function, its backward",
+    "torch_func_grad": "torch.func.grad of the same loss, every parameter and x",
+    "torch_func_jvp": "torch.func.jvp: forward-mode directional derivative",
+    "torch_func_jacfwd": "torch.func.jacfwd of the network (a batch: under torch.func.vmap)",
+    "torch_func_jacrev": "torch.func.jacrev of the network (a batch: under torch.func.vmap)",
+    "autograd_jacobian": "torch.autograd.functional.jacobian (reverse mode) of the summed "
+                         "network",
+    "autograd_jacobian_forward_mode": "torch.autograd.functional.jacobian(strategy="
+                                      "'forward-mode', vectorize=True)",
+    "torch_forward_ad": "torch.autograd.forward_ad, one dual tangent per input coordinate",
+    "plain_forward": "the network's forward pass alone: the floor under any Jacobian",
+    "torch_optim_sgd": "torch.optim.SGD steps on autograd's gradient (momentum where the "
+                       "kernel has it, no dampening)",
+    "torch_lstsq": "torch.linalg.lstsq (gelsd on the CPU): the least-squares minimiser",
+    "torch_pinv": "torch.linalg.pinv: the minimum-norm solution",
+    "flop_counter_mode_meta": "torch.utils.flop_counter.FlopCounterMode over the model on "
+                              "meta tensors",
+    "flop_counter_mode_executed": "FlopCounterMode over the model executed on real tensors",
+}
+
+
+def reference_key(name: str) -> str | None:
+    """The ``REFERENCES`` key a recorded or reported reference name spells, or None when it
+    names none (a formula, finite differences, a user's own reference)."""
+    key = name.split(" (", 1)[0].removeprefix("gd_").replace("_vmap_", "_")
+    key = key.removesuffix("_compiled").removesuffix("_cross_entropy")
+    return key if key in REFERENCES else None
+
+
 TORCH_ACTIVATIONS = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
@@ -128,7 +166,8 @@ def deep_net(ws, bs=None, activation: str = "tanh"):
 
 
 def jacobian_references(ws, bs=None, activation: str = "tanh"):
-    """name -> function (N, D) -> (N, P, D) computing the Jacobian with torch's machinery."""
+    """name (a ``REFERENCES`` key, or finite_diff.jacobian) -> function (N, D) -> (N, P, D)
+    computing the Jacobian with torch's machinery."""
     f = deep_net(ws, bs, activation)
     fb = f  # f is row-wise, so it takes a batch (N, D) as it is
 
@@ -152,17 +191,17 @@ def jacobian_references(ws, bs=None, activation: str = "tanh"):
 
         return torch.stack([finite_diff.jacobian(f, xi) for xi in x])
 
-    return {
-        "torch.autograd.functional.jacobian": lambda x: torch.autograd.functional.jacobian(
+    return {  # REFERENCES' names; finite differences are handgrad's own
+        "autograd_jacobian": lambda x: torch.autograd.functional.jacobian(
             summed, x
         ).transpose(0, 1),
-        "torch.autograd.functional.jacobian(forward-mode)": lambda x: (
+        "autograd_jacobian_forward_mode": lambda x: (
             torch.autograd.functional.jacobian(
                 summed, x, strategy="forward-mode", vectorize=True
             ).transpose(0, 1)
         ),
-        "torch.func.jacfwd": torch.func.vmap(torch.func.jacfwd(f)),
-        "torch.func.jacrev": torch.func.vmap(torch.func.jacrev(f)),
-        "torch.autograd.forward_ad": forward_ad,
+        "torch_func_jacfwd": torch.func.vmap(torch.func.jacfwd(f)),
+        "torch_func_jacrev": torch.func.vmap(torch.func.jacrev(f)),
+        "torch_forward_ad": forward_ad,
         "finite_diff.jacobian": finite_differences,
     }
