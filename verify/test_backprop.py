@@ -187,7 +187,7 @@ def test_layer_norms_match_reference_norms(device: str) -> None:
     expected = torch.stack([torch.linalg.matrix_norm(d) for d in dws])
     assert tuple(g.layer_norms.shape) == (6,)
     assert_close(g.layer_norms, expected, kernel="backprop.layer_norms",
-                 reference="torch.linalg.matrix_norm of autograd grads", kind="grad")
+                 reference="torch_autograd (norms by torch.linalg.matrix_norm)", kind="grad")
 
 
 # --- numerically delicate losses ------------------------------------------------------

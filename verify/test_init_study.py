@@ -134,7 +134,7 @@ def test_the_table_is_autograds_retain_grad_on_the_courses_network(study) -> Non
         for name, e in zip(COLUMNS[3:], expected):
             # the study runs in float32 and the CSV keeps its numbers as written
             assert_close(torch.tensor(got[name].to_numpy()), e, kernel="init-study",
-                         reference="autograd retain_grad (float64)", what=f"{init} {name}",
+                         reference="torch_autograd (retain_grad, float64)", what=f"{init} {name}",
                          tol=Tol(rtol=1e-4, atol=1e-6))
 
 

@@ -41,7 +41,7 @@ def test_against_autograd_retain_grad(sizes, activation, loss, n, reduction, ini
              "weight_grad_norm"]
     for name, e in zip(names, expected):
         got = torch.tensor(df[name].to_numpy(), dtype=torch.float64)
-        assert_close(got, e, kernel="layer_statistics", reference="autograd retain_grad",
+        assert_close(got, e, kernel="layer_statistics", reference="torch_autograd (retain_grad)",
                      what=name, kind="grad")
 
 

@@ -112,6 +112,8 @@ def test_a_case_can_change_the_reference_and_the_recorded_names():
     calls = _calls()
     p = peers(_family(), "manual", calls, "cpu", reference=None)
     assert (p.reference_fn, p.reference) == (None, "manual")
+    p = peers(_family(), "manual", calls, "cpu", reference="manual")  # itself: no peer
+    assert (p.reference_fn, p.reference) == (None, "manual")
     p = peers(_family(), "manual", calls, "cpu", label=lambda m: f"gd_{m}")
     assert (p.method, p.reference) == ("gd_manual", "gd_theirs")
     p = peers(_family(), "manual", calls, "cpu", reference="alone")
@@ -197,7 +199,10 @@ def test_a_captured_kernel_meets_the_eager_reference_where_torch_cannot_compile_
 
     monkeypatch.setattr(bm, "compile_call", refuse)
     calls = _calls()
-    p = peers(_family(), "manual_captured", calls, "cuda", label=lambda m: m + "_b")
+    try:
+        p = peers(_family(), "manual_captured", calls, "cuda", label=lambda m: m + "_b")
+    except pytest.skip.Exception as exc:  # the benchmark must run, not skip
+        pytest.fail(f"the captured kernel skipped: {exc}")
     assert (p.reference_fn, p.reference) == (calls["theirs"], "theirs_b")
     assert p.method == "manual_captured_b"
 
@@ -252,7 +257,7 @@ def _reference_literals(paths) -> list[tuple[str, str]]:
     return found
 
 
-def test_verify_and_bench_spell_each_theirserence_one_way():
+def test_verify_and_bench_spell_each_torch_reference_one_way():
     """A torch reference has one name in verify's report and the bench's records, so the
     two join: each bench reference and each torch reference verify names is a key of
     handgrad.testing.references.REFERENCES (or a variant reference_key maps to one)."""
@@ -283,3 +288,13 @@ def test_verify_and_bench_spell_each_theirserence_one_way():
     from handgrad.testing import checks
 
     assert {checks.AUTOGRAD, checks.FORWARD_AD} <= set(REFERENCES)
+
+
+def test_the_gd_loop_meets_sgd_only_where_sgd_runs():
+    from bench.specs import least_squares as bl
+
+    assert bl.gd_reference("loop", bl.SGD_MAX_K) == "torch_optim_sgd"
+    assert bl.gd_reference("loop", bl.SGD_MAX_K + 1) is None  # SGD is skipped there
+    assert bl.gd_skip("torch_optim_sgd", bl.SGD_MAX_K + 1, bl.N, bl.D) is not None
+    assert bl.gd_skip("torch_optim_sgd", bl.SGD_MAX_K, bl.N, bl.D) is None
+    assert bl.gd_reference("closed_form", 10) == "torch_lstsq"
