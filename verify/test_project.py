@@ -95,11 +95,15 @@ def test_workflow_verifies_every_push_and_gates_pull_requests() -> None:
     gate_job = text.split("bench-gate:", 1)[1]
     assert "if: github.event_name == 'pull_request'" in gate_job
     assert "pull_request.base.sha" in gate_job  # the base is benchmarked on the same runner
-    base = gate_job.index("--benchmark-json \"$GITHUB_WORKSPACE/reports/out/base.json\"")
-    head = gate_job.index("--benchmark-json reports/out/head.json")
-    gate = gate_job.index("python -m handgrad.reports gate --baseline reports/out/base.json "
-                          "--current reports/out/head.json")
-    assert base < head < gate
+    # runs alternated (each a process, one thread), then gated over runs
+    runs = gate_job.index("python -m handgrad.benchmark.alternate --out reports/out --runs 3 "
+                          "--baseline-tree ../base --current-tree . --")
+    assert "--bench-threads=1" in gate_job[runs:].split("\n", 1)[0]
+    gate = gate_job.index("python -m handgrad.reports gate --baseline reports/out/base-1.json "
+                          "reports/out/base-2.json reports/out/base-3.json --current "
+                          "reports/out/head-1.json reports/out/head-2.json "
+                          "reports/out/head-3.json")
+    assert runs < gate
 
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
