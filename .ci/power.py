@@ -39,52 +39,37 @@ HARNESS = ("handgrad", "bench", "verify", "reports", "kernels", "conftest.py", "
 DEFAULT_K = "K30 and manual and not compiled and not captured"
 FILES = ("bench/test_jacobian.py", "bench/test_backprop.py")
 
-# planted regressions: (file, [(anchor, replacement)]), the kernel they slow
-PLANTS = {
-    # an accidental copy of the tangent on every hidden layer of the forward-mode Jacobian
-    # (measured: about 4% of its time at K=30)
-    "clone": ("kernels/jacobian.py", "jacobian.manual_forward", [
-        ("                t = torch.mm(w, t)\n                scale_(t, h)\n",
-         "                t = torch.mm(w, t)\n                t = t.clone()\n"
-         "                scale_(t, h)\n"),
-        ("        t = F.linear(t, w)\n        scale_(t, h)\n",
-         "        t = F.linear(t, w)\n        t = t.clone()\n        scale_(t, h)\n"),
-    ]),
-    # the tangent copied three times on every hidden layer (a copy, then two more: the kind
-    # of change a refactor leaves behind): about 10% of the forward Jacobian's time at K=30
-    "copies": ("kernels/jacobian.py", "jacobian.manual_forward", [
-        ("                t = torch.mm(w, t)\n                scale_(t, h)\n",
-         "                t = torch.mm(w, t)\n                t = t.clone().clone().clone()\n"
-         "                scale_(t, h)\n"),
-        ("        t = F.linear(t, w)\n        scale_(t, h)\n",
-         "        t = F.linear(t, w)\n        t = t.clone().clone().clone()\n"
-         "        scale_(t, h)\n"),
-    ]),
-    # the tangent copied twice on every hidden layer: about 1.10x of the forward Jacobian's
-    # time at K=30 on one thread (between clone's 1.04x and copies' 1.17x)
-    "copies2": ("kernels/jacobian.py", "jacobian.manual_forward", [
-        ("                t = torch.mm(w, t)\n                scale_(t, h)\n",
-         "                t = torch.mm(w, t)\n                t = t.clone().clone()\n"
-         "                scale_(t, h)\n"),
-        ("        t = F.linear(t, w)\n        scale_(t, h)\n",
-         "        t = F.linear(t, w)\n        t = t.clone().clone()\n        scale_(t, h)\n"),
-    ]),
-    # a redundant check of every weight's dtype and device on each call (what _prepare
-    # already checked): 1.05x the instructions of the smallest call (L=3, K=30, one x)
-    "recheck": ("kernels/jacobian.py", "jacobian.manual_forward", [
-        ("    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n",
-         "    if any(w.dtype != x.dtype or w.device != x.device for w in ws):\n"
-         "        raise TypeError('weights and x differ in dtype or device')\n"
-         "    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n"),
-    ]),
-    # a redundant check of every weight's dtype alone: 1.03x the instructions of the
-    # smallest call (measured below)
-    "redtype": ("kernels/jacobian.py", "jacobian.manual_forward", [
-        ("    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n",
-         "    if any(w.dtype != x.dtype for w in ws):\n"
-         "        raise TypeError('weights and x differ in dtype')\n"
-         "    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n"),
-    ]),
+# planted regressions: (file, the kernel they slow, [(anchor, replacement)])
+JACOBIAN = "kernels/jacobian.py"
+
+
+def _tangent_copies(n: int) -> list[tuple[str, str]]:
+    """The tangent copied ``n`` times on every hidden layer of the forward-mode Jacobian
+    (both layouts): the kind of copy a refactor leaves behind."""
+    copy = "t = t" + ".clone()" * n
+    return [("                t = torch.mm(w, t)\n                scale_(t, h)\n",
+             f"                t = torch.mm(w, t)\n                {copy}\n"
+             "                scale_(t, h)\n"),
+            ("        t = F.linear(t, w)\n        scale_(t, h)\n",
+             f"        t = F.linear(t, w)\n        {copy}\n        scale_(t, h)\n")]
+
+
+def _recheck(condition: str, what: str) -> list[tuple[str, str]]:
+    """A redundant check of every weight against x on each call (what _prepare already
+    checked), before the forward-mode Jacobian's first layer."""
+    anchor = "    if x.dim() == 1 and widest <= COLUMN_MAX_WIDTH:\n        h = x.view(-1, 1)\n"
+    return [(anchor, f"    if any({condition} for w in ws):\n"
+                     f"        raise TypeError('weights and x differ in {what}')\n" + anchor)]
+
+
+PLANTS = {  # measured at K=30, one thread (docs/reports-and-gate.md, "Measured power")
+    "clone": (JACOBIAN, "jacobian.manual_forward", _tangent_copies(1)),  # 1.064x
+    "copies2": (JACOBIAN, "jacobian.manual_forward", _tangent_copies(2)),  # 1.12x
+    "copies": (JACOBIAN, "jacobian.manual_forward", _tangent_copies(3)),  # 1.16-1.23x, 2 threads
+    # instruction counts of the smallest call (L=3, K=30, one x): 1.05x and 1.03x
+    "recheck": (JACOBIAN, "jacobian.manual_forward",
+                _recheck("w.dtype != x.dtype or w.device != x.device", "dtype or device")),
+    "redtype": (JACOBIAN, "jacobian.manual_forward", _recheck("w.dtype != x.dtype", "dtype")),
 }
 
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from handgrad.benchmark.compiled import CAPTURE_MODE, capture_call, compile_call, peak_while, reset
+from handgrad.reports.record import ROLES
 
-ROLES = ("kernel", "reference")
 BUILDS = ("eager", "compiled", "captured")
 
 
@@ -85,17 +85,17 @@ class Family:
             if not isinstance(m, Method):
                 raise TypeError(f"Family {self.kernel} method {name!r}: expected a Method, "
                                 f"got {type(m).__name__}")
-            if m.reference is not None and m.reference not in self.methods:
-                raise ValueError(f"Family {self.kernel} method {name!r}: its reference "
-                                 f"{m.reference!r} is not one of the family's methods")
             if m.reference is None:
                 continue
-            if self.methods[m.reference].role != "reference":
+            ref = self.methods.get(m.reference)
+            if ref is None:
                 raise ValueError(f"Family {self.kernel} method {name!r}: its reference "
-                                 f"{m.reference!r} has role "
-                                 f"{self.methods[m.reference].role!r}, expected 'reference'")
+                                 f"{m.reference!r} is not one of the family's methods")
+            if ref.role != "reference":
+                raise ValueError(f"Family {self.kernel} method {name!r}: its reference "
+                                 f"{m.reference!r} has role {ref.role!r}, expected 'reference'")
             want = "eager" if m.build == "eager" else "compiled"  # captured meets compiled
-            got = self.methods[m.reference].build
+            got = ref.build
             if got != want:
                 raise ValueError(
                     f"Family {self.kernel} method {name!r} ({m.build}): expected a {want} "
