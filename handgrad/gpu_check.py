@@ -15,7 +15,11 @@ CUDA GPU. In order, each stage a separate pytest process:
    memory against autograd); the least-squares closed form against lstsq at N=20000,
    D=2000 (float64, float32); captured kernels against compiled references at the default
    grid's sizes.
-3. The report (``python -m handgrad.reports render``) of the benchmarks' JSON.
+3. ``trace``, which judges nothing: a profiler trace of backprop against autograd at the
+   claim's size, bfloat16 and float32 (``python -m handgrad.benchmark.trace``): the
+   window, the GPU's busy and idle time and the GPU time per torch operation, side by
+   side; its tables follow the claims table, its Chrome traces are in ``DIR/trace/``.
+4. The report (``python -m handgrad.reports render``) of the benchmarks' JSON.
 
 Then it prints one table (claim, target, measured, verdict) and writes ``claims.json``,
 ``claims.md``, ``bench.json`` (every stage's benchmarks in one file), ``verify.xml`` and
@@ -73,7 +77,8 @@ class Stage:
     what: str
     args: list[str]  # after `python -m pytest`
     estimate_s: float
-    kind: str = "bench"  # "verify" writes junit XML, "bench" benchmark JSON
+    kind: str = "bench"  # "verify" writes junit XML, "bench" benchmark JSON (both after
+    # `python -m pytest`), "script" a module's Markdown (args after `python`; its --out)
 
 
 BACKPROP_BIG = [f"bench/test_backprop.py::test_backprop[cuda-L3-K4096-N16384-{dt}-manual]"
@@ -106,6 +111,10 @@ def stages() -> list[Stage]:
               LSQ_BIG + ["--bench-grid", "gpu"] + BENCH_FLAGS, 45),
         Stage("captured", "captured kernels vs compiled references, default grid sizes",
               CAPTURED + BENCH_FLAGS, 60),
+        # judges nothing: where backprop's time goes against autograd's (the open claim)
+        Stage("trace", "profiler trace: backprop vs autograd, L=3 K=4096 N=16384 "
+              "bfloat16/float32", ["-m", "handgrad.benchmark.trace", "--calls", "5"], 30,
+              kind="script"),
     ]
 
 
@@ -157,15 +166,21 @@ def run_stages(plan: Sequence[Stage], out: Path, budget: float, *,
                 f"{max(left, 0):.0f} s left of the budget)")
             results.append(StageResult(st.name, "not run"))
             continue
-        target = out / (f"{st.name}.xml" if st.kind == "verify" else f"bench_{st.name}.json")
-        extra = ([f"--junitxml={target}"] if st.kind == "verify"
-                 else [f"--benchmark-json={target}"])
+        if st.kind == "script":
+            target = out / st.name / f"{st.name}.md"
+            extra, cmd = ["--out", str(target.parent)], [sys.executable, *st.args]
+        else:
+            target = out / (f"{st.name}.xml" if st.kind == "verify"
+                            else f"bench_{st.name}.json")
+            extra = ([f"--junitxml={target}"] if st.kind == "verify"
+                     else [f"--benchmark-json={target}"])
+            cmd = [sys.executable, "-m", "pytest", *st.args]
         log = out / f"{st.name}.log"
         target.unlink(missing_ok=True)
         say(f"[gpu_check] {st.name}: {st.what} (estimate {st.estimate_s:.0f} s, "
             f"{left:.0f} s left)")
         t0 = clock()
-        rc = runner([sys.executable, "-m", "pytest", *st.args, *extra], left, log)
+        rc = runner([*cmd, *extra], left, log)
         seconds = clock() - t0
         status = "cut" if rc == TIMED_OUT else "ran" if rc == 0 else "failed"
         say(f"[gpu_check] {st.name}: {status} in {seconds:.0f} s (exit {rc})")
@@ -450,7 +465,9 @@ def evaluate(out: Path, results: Sequence[StageResult], gpu_name: str | None = N
     stage_of = {r.name: r for r in results}
     v = stage_of.get("verify")
     outcomes = junit_outcomes(v.output) if v is not None and v.output else None
-    benches = [r.output for r in results if r.name != "verify" and r.output]
+    scripts = {st.name for st in stages() if st.kind == "script"}  # Markdown, not data
+    benches = [r.output for r in results
+               if r.name != "verify" and r.name not in scripts and r.output]
     merged = merge_bench(benches, out / "bench.json") if benches else None
     df = load_benchmarks([merged]) if merged else None
     if gpu_name is None and merged:
@@ -509,7 +526,7 @@ def main(argv: Sequence[str] | None = None, *, runner: Runner = subprocess_runne
                      "bench.json"), "--out", str(out / "report")],
                     max(args.budget - (time.monotonic() - t0), 1.0), out / "render.log")
         print(f"[gpu_check] report: {out / 'report'} (exit {rc})")
-    text = table(claims)
+    text = table(claims) + findings(results)
     (out / "claims.md").write_text(text + "\n")
     (out / "claims.json").write_text(json.dumps({
         "budget_s": args.budget, "elapsed_s": round(time.monotonic() - t0, 1),
@@ -520,6 +537,27 @@ def main(argv: Sequence[str] | None = None, *, runner: Runner = subprocess_runne
         for d in c.detail:
             print(f"  {c.id}: failed: {d}")
     return exit_status(claims)
+
+
+def findings(results: Sequence[StageResult]) -> str:
+    """The Markdown the script stages wrote (they judge nothing: no claim, no effect on
+    the exit status), each under its own heading after the table; a line saying why for
+    one that wrote none."""
+    parts = []
+    for st in stages():
+        if st.kind != "script":
+            continue
+        r = next((r for r in results if r.name == st.name), None)
+        head = f"\n\n## {st.name}: {st.what}\n\n"
+        if r is not None and r.output:
+            parts.append(head + Path(r.output).read_text().strip())
+        elif r is None or r.status in ("not run", "not selected"):
+            parts.append(head + ("not selected (--stages)" if r is not None and
+                                 r.status == "not selected" else "not run: over the budget"))
+        else:
+            parts.append(head + f"{r.status} (exit {r.returncode}) and wrote nothing; its "
+                         f"log: {r.log}")
+    return "".join(parts)
 
 
 def exit_status(claims: Sequence[Claim]) -> int:

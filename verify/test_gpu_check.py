@@ -104,9 +104,13 @@ def junit(cases=CASES, **outcome):
 JUNIT_OK = junit()
 
 
+TRACE_MD = "| | manual | torch_autograd | manual - torch_autograd |"
+
+
 class Runner:
-    """Writes what each pytest stage would (junit XML, benchmark JSON) and records calls;
-    ``seconds`` per stage advances the clock; a stage in ``cut`` is stopped (-9)."""
+    """Writes what each stage would (junit XML, benchmark JSON, a script's Markdown under
+    its --out) and records calls; ``seconds`` per stage advances the clock; a stage in
+    ``cut`` is stopped (TIMED_OUT)."""
 
     def __init__(self, clock, files, seconds=None, cut=(), junit=JUNIT_OK, fail=()):
         self.clock, self.files, self.seconds = clock, files, seconds or {}
@@ -125,6 +129,10 @@ class Runner:
             Path(target).write_text(self.junit)
         elif target and name in self.files:
             Path(target).write_text(json.dumps(_file(self.files[name])))
+        elif "--out" in cmd and name not in self.fail:  # a script stage
+            folder = Path(cmd[cmd.index("--out") + 1])
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.md").write_text(TRACE_MD + "\n")
         return 1 if name in self.fail else 0
 
 
@@ -139,14 +147,18 @@ def test_every_stage_runs_when_the_budget_allows(tmp_path):
     runner = Runner(clock, good_benchmarks())
     results = G.run_stages(G.stages(), tmp_path, 600, runner=runner, clock=clock,
                            say=lambda s: None)
-    assert [r.status for r in results] == ["ran"] * 5
-    assert [Path(c[0][-1].split("=", 1)[1]).name for c in runner.calls] == [
+    assert [r.status for r in results] == ["ran"] * 6
+    assert [Path(c[0][-1].split("=", 1)[-1]).name for c in runner.calls] == [
         "verify.xml", "bench_ceilings.json", "bench_backprop.json",
-        "bench_least_squares.json", "bench_captured.json"]
+        "bench_least_squares.json", "bench_captured.json", "trace"]
     # each stage may run until the budget, less the report's reserve, is spent
     assert runner.calls[0][1] == 600 - G.REPORT_RESERVE_S
     assert runner.calls[1][1] == 600 - G.REPORT_RESERVE_S - 10
-    assert all(c[0][:3] == [sys.executable, "-m", "pytest"] for c in runner.calls)
+    assert all(c[0][:3] == [sys.executable, "-m", "pytest"] for c in runner.calls[:-1])
+    # the script stage: its module, its Markdown in its own folder under --out
+    assert runner.calls[-1][0][:3] == [sys.executable, "-m", "handgrad.benchmark.trace"]
+    assert runner.calls[-1][0][-2:] == ["--out", str(tmp_path / "trace")]
+    assert results[-1].output == str(tmp_path / "trace" / "trace.md")
 
 
 def test_a_stage_that_does_not_fit_is_not_run_and_its_claims_say_so(tmp_path):
@@ -155,7 +167,8 @@ def test_a_stage_that_does_not_fit_is_not_run_and_its_claims_say_so(tmp_path):
     budget = G.REPORT_RESERVE_S + 200 + 30 + 39  # verify, ceilings; 39 s < backprop's 40
     results = G.run_stages(G.stages(), tmp_path, budget, runner=runner, clock=clock,
                            say=lambda s: None)
-    assert [r.status for r in results] == ["ran", "ran", "not run", "not run", "not run"]
+    # the trace's 30 s still fit after the three that did not
+    assert [r.status for r in results] == ["ran", "ran"] + ["not run"] * 3 + ["ran"]
     claims = _by_id(G.evaluate(tmp_path, results)[0])
     for cid in ("backprop.memory.float32", "backprop.time.bfloat16",
                 "least_squares.closed_form.float64", "captured.backprop"):
@@ -172,7 +185,7 @@ def test_a_stage_stopped_at_the_budget_is_cut_and_the_rest_not_run(tmp_path):
                            say=lambda s: None)
     status = {r.name: r.status for r in results}
     assert status == {"verify": "ran", "ceilings": "ran", "backprop": "cut",
-                      "least_squares": "not run", "captured": "not run"}
+                      "least_squares": "not run", "captured": "not run", "trace": "not run"}
     claims = _by_id(G.evaluate(tmp_path, results)[0])
     assert claims["backprop.time.float32"].verdict == G.NOT_RUN
     assert "stopped at the budget" in claims["backprop.time.float32"].measured
@@ -284,12 +297,36 @@ def test_main_writes_the_table_json_and_report_and_fails_on_a_failed_claim(
            "1.300 | FAIL |" in text
     saved = json.loads((out / "claims.json").read_text())
     assert {c["id"] for c in saved["claims"]} >= {"backprop.memory.float32", "ceiling.copy"}
-    assert (out / "claims.md").read_text().startswith("| claim | target | measured |")
+    md = (out / "claims.md").read_text()
+    assert md.startswith("| claim | target | measured |")
+    # the trace stage's tables after the claims table, under its heading; judged nothing
+    head = "## trace: profiler trace: backprop vs autograd"
+    assert head in md and md.index(TRACE_MD) > md.index(head) > md.index("Verdicts: ")
+    assert md.count("\n## ") == 1  # the script stage's only: the others are claims
+    assert TRACE_MD in text
+    assert {c["stage"] for c in saved["claims"]}.isdisjoint({"trace"})
     merged = json.loads((out / "bench.json").read_text())
     assert len(merged["benchmarks"]) == 9  # every stage's benchmarks in one file
     render = runner.calls[-1][0]
     assert render[1:4] == ["-m", "handgrad.reports", "render"] and render[-1] == str(
         out / "report")
+
+
+@pytest.mark.parametrize("how,budget,says", [
+    ({"fail": {"trace"}}, "600", "failed (exit 1) and wrote nothing; its log: "),
+    ({}, "50", "not run: over the budget"),  # 25 s left after the reserve: no stage fits
+])
+def test_a_trace_stage_without_tables_says_why_and_judges_nothing(tmp_path, monkeypatch,
+                                                                 how, budget, says):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    runner = Runner(Clock(), good_benchmarks(), **how)
+    rc = G.main(["--out", str(tmp_path), "--budget", budget], runner=runner,
+                cuda_available=lambda: True)
+    md = (tmp_path / "claims.md").read_text()
+    section = md[md.index("## trace: "):]
+    assert says in section and TRACE_MD not in md
+    if "fail" in how:
+        assert rc == 0  # every claim passed: the trace's failure is no claim's
 
 
 def test_main_passes_when_every_claim_passes(tmp_path, monkeypatch):
@@ -371,6 +408,8 @@ def test_stages_reruns_only_the_named_stages(tmp_path, monkeypatch, capsys):
     assert saved["backprop.time.float32"]["verdict"] == G.NOT_RUN
     assert saved["backprop.time.float32"]["measured"] == "stage not selected (--stages)"
     assert saved["verify.capture"]["measured"] == "stage not selected (--stages)"
+    assert "## trace: " in (tmp_path / "claims.md").read_text().split("Verdicts: ")[1]
+    assert (tmp_path / "claims.md").read_text().rstrip().endswith("not selected (--stages)")
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         G.main(["--out", str(tmp_path), "--stages", "captured,bogus"],

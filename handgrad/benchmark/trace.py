@@ -1,0 +1,289 @@
+"""Where a call's time goes on a GPU: the kernels each torch operation launched, and the
+time the GPU sat idle waiting for the host, for a kernel and its reference side by side.
+
+The event clock (``handgrad.benchmark.timing``) says how long a call took; this says what
+filled that time. ``record`` profiles each callable with ``torch.profiler`` (CPU and CUDA
+activity) the way the event clock times it: the GPU drained before the call, the call
+inside a ``record_function`` range, the GPU drained after. ``summarize`` reads the Chrome
+trace torch writes. Per call:
+
+- ``window``: from the call's start on the host to the later of its return and its last
+  kernel's end (what CUDA events recorded around the call measure);
+- ``busy``: the time at least one kernel (or copy, or memset) ran;
+- ``head``: idle before the first kernel (the host's work before its first launch);
+- ``gaps``: idle between kernels (the host fell behind the GPU, or waited on it);
+- ``tail``: idle after the last kernel (the host's work after the GPU finished: a read
+  back, Python returning).
+
+Kernel time is given to the torch operation that launched it (``aten::mm``,
+``aten::addcmul_``), the operation whose External id the kernel carries in the trace; a
+kernel with none keeps its own name. ``table`` sets methods side by side, and the first's
+excess over each of the others (list the kernel first, its reference after).
+
+    from handgrad.benchmark import trace
+    t = trace.record({"mine": lambda: my_backward(x), "autograd": reference}, calls=5)
+    print(trace.table(trace.summarize(t)))
+
+``python -m handgrad.benchmark.trace`` does this for backprop against autograd at a given
+size (from a checkout: it builds the benchmark's own callables, ``bench/specs``), the
+``trace`` stage of ``python -m handgrad.gpu_check``. It needs a GPU; the trace's reading
+is tested on the CPU (``verify/test_trace.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CALL = "handgrad.call"  # the record_function range of one call: f"{CALL}:{method}:{i}"
+KERNEL_CATS = ("kernel", "gpu_memcpy", "gpu_memset")  # what occupies the GPU
+OP_CATS = ("cpu_op",)
+
+
+@dataclass
+class Breakdown:
+    """One method's calls, each number the mean per call in microseconds."""
+
+    method: str
+    calls: int
+    window_us: float
+    busy_us: float
+    head_us: float
+    gaps_us: float
+    tail_us: float
+    kernels: float  # kernels (and copies, memsets) per call
+    by_op: dict[str, float] = field(default_factory=dict)  # GPU time per operation
+
+    @property
+    def idle_us(self) -> float:
+        return self.head_us + self.gaps_us + self.tail_us
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def _events(trace: Mapping) -> list[dict]:
+    events = trace.get("traceEvents") if isinstance(trace, Mapping) else None
+    if not isinstance(events, list):
+        raise ValueError("trace: expected a Chrome trace (a dict with a 'traceEvents' list, "
+                         f"as torch.profiler's export_chrome_trace writes), got "
+                         f"{type(trace).__name__}")
+    return [e for e in events if isinstance(e, dict) and e.get("ph") == "X"
+            and "ts" in e and "dur" in e]
+
+
+def _op_names(events: list[dict]) -> dict[object, str]:
+    """External id -> the name of the operation that holds it (torch writes a kernel's
+    External id as the one of the operation that launched it)."""
+    return {(e.get("args") or {}).get("External id"): str(e.get("name"))
+            for e in events if e.get("cat") in OP_CATS
+            and (e.get("args") or {}).get("External id") is not None}
+
+
+def summarize(trace: Mapping) -> list[Breakdown]:
+    """One ``Breakdown`` per method, in the order the trace first ran them. A call's
+    kernels are those that start between its range's start and the next call's (the GPU
+    is drained between calls, so none of a call's kernels starts later)."""
+    events = _events(trace)
+    calls = sorted((e for e in events if str(e.get("name", "")).startswith(CALL + ":")),
+                   key=lambda e: float(e["ts"]))
+    if not calls:
+        raise ValueError(f"trace: no call ranges named '{CALL}:<method>:<i>' in it; "
+                         "expected a trace written by handgrad.benchmark.trace.record")
+    kernels = sorted((e for e in events if e.get("cat") in KERNEL_CATS),
+                     key=lambda e: float(e["ts"]))
+    op_of = _op_names(events)
+    per: dict[str, list[dict]] = {}
+    for i, c in enumerate(calls):
+        start = float(c["ts"])
+        returned = start + float(c["dur"])
+        nxt = float(calls[i + 1]["ts"]) if i + 1 < len(calls) else float("inf")
+        mine = [k for k in kernels if start <= float(k["ts"]) < nxt]
+        spans = [(float(k["ts"]), float(k["ts"]) + float(k["dur"])) for k in mine]
+        end = max([returned] + [b for _, b in spans])
+        busy = _union(spans)
+        head = (min(a for a, _ in spans) - start) if spans else end - start
+        tail = (end - max(b for _, b in spans)) if spans else 0.0
+        by_op: dict[str, float] = defaultdict(float)
+        for k, (a, b) in zip(mine, spans):
+            ext = (k.get("args") or {}).get("External id")
+            by_op[op_of.get(ext, str(k.get("name", "?")))] += b - a
+        method = str(c["name"])[len(CALL) + 1:].rsplit(":", 1)[0]
+        per.setdefault(method, []).append(dict(
+            window=end - start, busy=busy, head=head, tail=tail,
+            gaps=(end - start) - busy - head - tail, kernels=len(mine), by_op=by_op))
+    out = []
+    for method, rows in per.items():
+        n = len(rows)
+        ops: dict[str, float] = defaultdict(float)
+        for r in rows:
+            for op, us in r["by_op"].items():
+                ops[op] += us / n
+        out.append(Breakdown(
+            method, n, *(sum(r[k] for r in rows) / n
+                         for k in ("window", "busy", "head", "gaps", "tail", "kernels")),
+            by_op=dict(sorted(ops.items(), key=lambda kv: -kv[1]))))
+    return out
+
+
+def table(breakdowns: Sequence[Breakdown], top: int = 12) -> str:
+    """Markdown: the time split (window, busy, idle before / between / after the kernels),
+    then GPU time per operation (the ``top`` largest over all methods); then the first
+    method's excess over each of the others (a kernel listed first, against its
+    reference)."""
+    if not breakdowns:
+        raise ValueError("breakdowns: expected at least one Breakdown, got none")
+    first = breakdowns[0]
+    cols = [b.method for b in breakdowns] + [f"{first.method} - {b.method}"
+                                             for b in breakdowns[1:]]
+    counts = ", ".join(f"{b.method}: {b.calls} calls" for b in breakdowns)
+    lines = [f"Mean per call, microseconds ({counts})",
+             "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+
+    def row(label: str, get: Callable[[Breakdown], float]) -> str:
+        vals = [get(b) for b in breakdowns]
+        cells = [f"{v:.1f}" for v in vals] + [f"{vals[0] - v:+.1f}" for v in vals[1:]]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines += [row("window (what CUDA events measure)", lambda b: b.window_us),
+              row("GPU busy", lambda b: b.busy_us),
+              row("idle before the first kernel", lambda b: b.head_us),
+              row("idle between kernels", lambda b: b.gaps_us),
+              row("idle after the last kernel", lambda b: b.tail_us),
+              row("kernels per call", lambda b: b.kernels)]
+    total: dict[str, float] = defaultdict(float)
+    for b in breakdowns:
+        for op, us in b.by_op.items():
+            total[op] += us
+    ops = sorted(total, key=lambda op: -total[op])
+    for op in ops[:top]:
+        lines.append(row(f"`{op}`", lambda b, op=op: b.by_op.get(op, 0.0)))
+    if len(ops) > top:
+        lines.append(row(f"{len(ops) - top} other operations",
+                         lambda b: sum(b.by_op.get(op, 0.0) for op in ops[top:])))
+    return "\n".join(lines)
+
+
+def record(fns: Mapping[str, Callable[[], object]], *, calls: int = 5, warmup: int = 2,
+           path: str | Path | None = None, sync: Callable[[], None] | None = None) -> dict:
+    """Profile ``calls`` calls of each callable (after ``warmup`` unprofiled ones), each
+    in a ``record_function`` range, the device drained before and after it (``sync``,
+    default ``torch.cuda.synchronize`` where CUDA is initialised); the Chrome trace as a
+    dict, also written to ``path`` when given (open it in Perfetto or chrome://tracing).
+    CUDA activity is recorded where CUDA is available, CPU activity always."""
+    import tempfile
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    if not isinstance(fns, Mapping) or not fns:
+        raise TypeError(f"fns: expected a non-empty mapping of method name to callable, "
+                        f"got {fns!r}")
+    for name, fn in fns.items():
+        if not isinstance(name, str) or ":" in name or not name:
+            raise ValueError(f"fns: method names must be non-empty strings without ':', "
+                             f"got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"fns[{name!r}]: expected a callable, got {type(fn).__name__}")
+    for name, value, least in (("calls", calls, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}: expected an integer >= {least}, got "
+                            f"{type(value).__name__} {value!r}")
+        if value < least:
+            raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    if sync is None:
+        def sync() -> None:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    with profile(activities=activities) as prof:
+        for name, fn in fns.items():
+            for i in range(calls):
+                sync()
+                with record_function(f"{CALL}:{name}:{i}"):
+                    fn()
+                sync()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(tmp_path))
+        text = tmp_path.read_text()
+    if path is not None:
+        Path(path).write_text(text)
+    return json.loads(text)
+
+
+# -------------------------------------------------------------------- the gpu_check stage
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m handgrad.benchmark.trace",
+        description="Where backprop's time goes against autograd's on a GPU (run from a "
+        "handgrad checkout: it builds the benchmark's callables from bench/specs).")
+    p.add_argument("--out", required=True,
+                   help="folder for trace.md (the tables) and the Chrome traces")
+    p.add_argument("--shape", default="3,4096,16384", metavar="L,K,N",
+                   help="depth, width and batch (default 3,4096,16384: the GPU claim's)")
+    p.add_argument("--dtypes", default="bfloat16,float32", metavar="DT[,DT]",
+                   help="torch dtypes (default bfloat16,float32)")
+    p.add_argument("--calls", type=int, default=5, help="profiled calls per method")
+    p.add_argument("--device", default="cuda", help="default cuda")
+    args = p.parse_args(argv)
+    import torch
+
+    try:
+        L, K, N = (int(v) for v in args.shape.split(","))
+    except ValueError:
+        p.error(f"--shape: expected L,K,N (three integers), got {args.shape!r}")
+    if args.calls < 1:
+        p.error(f"--calls: expected a count >= 1, got {args.calls}")
+    dtypes = []
+    for name in (s.strip() for s in args.dtypes.split(",")):
+        dt = getattr(torch, name, None)
+        if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+            p.error(f"--dtypes: expected floating torch dtype names, got {name!r}")
+        dtypes.append((name, dt))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("[trace] no CUDA device here", file=sys.stderr)
+        return 2
+    try:
+        from bench.specs.backprop import make_calls
+    except ImportError as e:
+        p.error(f"run it from a handgrad checkout (bench/specs not importable: {e})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for name, dt in dtypes:
+        fns, _ = make_calls(L, K, N, dt, args.device)
+        t = record({"manual": fns["manual"], "torch_autograd": fns["torch_autograd"]},
+                   calls=args.calls, path=out / f"backprop-L{L}-K{K}-N{N}-{name}.json")
+        parts.append(f"### backprop L={L} K={K} N={N} {name}: manual against torch_autograd"
+                     f"\n\n{table(summarize(t))}")
+        del fns, t
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    text = "\n\n".join(parts) + "\n"
+    (out / "trace.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

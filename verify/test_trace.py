@@ -1,0 +1,158 @@
+"""``handgrad.benchmark.trace``: where a call's GPU time goes. Its reading of a trace is
+checked on hand-made Chrome traces in torch's format (kernels, the operations that
+launched them, call ranges) whose every number is worked out here; ``record`` and the
+command run on the CPU (a trace without kernels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handgrad.benchmark import trace as T
+
+
+def _x(cat, name, ts, dur, ext=None, tid=1):
+    e = {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": tid, "ts": ts, "dur": dur}
+    if ext is not None:
+        e["args"] = {"External id": ext}
+    return e
+
+
+def _trace():
+    """Two methods, one call each. manual: the range 0..100 (it returns at 100, after
+    its read back); kernels 10..30 (aten::mm), 25..50 (aten::addcmul_, overlapping the
+    first), 60..90 (a copy to the host, no operation); reference: the range 200..205
+    (it returns before the GPU is done), kernels 203..260 and 210..220 (aten::mm: two
+    kernels, the second inside the first's time, on another stream)."""
+    return {"traceEvents": [
+        _x("user_annotation", f"{T.CALL}:manual:0", 0, 100, ext=1),
+        _x("cpu_op", "aten::mm", 2, 5, ext=2),
+        _x("cpu_op", "aten::addcmul_", 8, 4, ext=3),
+        _x("kernel", "sm90_gemm", 10, 20, ext=2),
+        _x("kernel", "elementwise_kernel", 25, 25, ext=3),
+        _x("gpu_memcpy", "Memcpy DtoH", 60, 30),
+        _x("user_annotation", f"{T.CALL}:reference:0", 200, 5, ext=4),
+        _x("cpu_op", "aten::mm", 201, 1, ext=5),
+        _x("kernel", "sm90_gemm", 203, 57, ext=5),
+        _x("kernel", "elementwise_kernel", 210, 10, ext=5),  # inside the first, another stream
+        {"ph": "M", "name": "process_name", "pid": 1},  # metadata: not an interval
+    ]}
+
+
+def test_a_call_is_split_into_busy_and_idle_before_between_and_after_its_kernels():
+    manual, ref = T.summarize(_trace())
+    assert (manual.method, manual.calls, ref.method) == ("manual", 1, "reference")
+    # window 0..100; busy = union(10..50, 60..90) = 40 + 30
+    assert manual.window_us == 100 and manual.busy_us == 70
+    assert (manual.head_us, manual.gaps_us, manual.tail_us) == (10, 10, 10)
+    assert manual.kernels == 3 and manual.idle_us == 30
+    assert manual.by_op == {"aten::mm": 20, "aten::addcmul_": 25, "Memcpy DtoH": 30}
+    # the reference returned at 205; its window ends with its kernel at 260
+    assert (ref.window_us, ref.busy_us, ref.head_us, ref.gaps_us, ref.tail_us) == (
+        60, 57, 3, 0, 0)
+    assert ref.kernels == 2 and ref.by_op == {"aten::mm": 67}  # kernel time, not busy
+    assert list(manual.by_op) == ["Memcpy DtoH", "aten::addcmul_", "aten::mm"]  # largest first
+
+
+def test_calls_are_averaged_and_a_kernel_belongs_to_the_call_it_follows():
+    t = {"traceEvents": [
+        _x("user_annotation", f"{T.CALL}:m:0", 0, 10),
+        _x("kernel", "k", 5, 10),  # 5..15: ends after the call returned
+        _x("user_annotation", f"{T.CALL}:m:1", 100, 10),
+        _x("kernel", "k", 120, 20),  # a launch that ran late still belongs to call 1
+    ]}
+    (m,) = T.summarize(t)
+    assert m.calls == 2 and m.kernels == 1
+    # call 0: window 15, busy 10, head 5; call 1: window 40, busy 20, head 20
+    assert (m.window_us, m.busy_us, m.head_us, m.tail_us) == (27.5, 15, 12.5, 0)
+    assert m.by_op == {"k": 15}
+
+
+def test_a_call_without_kernels_is_all_idle_before_its_first_kernel():
+    (m,) = T.summarize({"traceEvents": [_x("user_annotation", f"{T.CALL}:cpu:0", 0, 8)]})
+    assert (m.window_us, m.busy_us, m.head_us, m.gaps_us, m.tail_us, m.kernels) == (
+        8, 0, 8, 0, 0, 0)
+
+
+def test_a_trace_it_cannot_read_is_refused_by_name():
+    with pytest.raises(ValueError, match="trace: expected a Chrome trace"):
+        T.summarize([1, 2])
+    with pytest.raises(ValueError, match="trace: no call ranges named"):
+        T.summarize({"traceEvents": [_x("kernel", "k", 0, 1)]})
+
+
+def test_the_table_sets_methods_side_by_side_with_the_kernels_excess():
+    text = T.table(T.summarize(_trace()), top=2)
+    lines = text.splitlines()
+    assert lines[0] == "Mean per call, microseconds (manual: 1 calls, reference: 1 calls)"
+    assert lines[2] == "| | manual | reference | manual - reference |"
+    assert "| window (what CUDA events measure) | 100.0 | 60.0 | +40.0 |" in lines
+    assert "| GPU busy | 70.0 | 57.0 | +13.0 |" in lines
+    assert "| idle after the last kernel | 10.0 | 0.0 | +10.0 |" in lines
+    # the two largest operations over both methods, the rest in one line
+    assert "| `aten::mm` | 20.0 | 67.0 | -47.0 |" in lines
+    assert "| `Memcpy DtoH` | 30.0 | 0.0 | +30.0 |" in lines
+    assert lines[-1] == "| 1 other operations | 25.0 | 0.0 | +25.0 |"
+    with pytest.raises(ValueError, match="breakdowns: expected at least one"):
+        T.table([])
+
+
+def test_record_profiles_each_call_in_its_own_range_on_the_cpu(tmp_path):
+    calls = []
+    a = torch.randn(64, 64)
+    t = T.record({"first": lambda: calls.append("f") or a @ a,
+                  "second": lambda: calls.append("s") or a.tanh()},
+                 calls=3, warmup=2, path=tmp_path / "t.json")
+    assert calls == ["f", "f", "s", "s"] + ["f"] * 3 + ["s"] * 3  # warm-ups outside
+    first, second = T.summarize(t)
+    assert (first.method, first.calls, second.method, second.calls) == (
+        "first", 3, "second", 3)
+    assert first.kernels == 0 and first.window_us > 0  # no GPU here: all host time
+    assert T.summarize(__import__("json").loads((tmp_path / "t.json").read_text()))[0] \
+        .calls == 3
+
+
+@pytest.mark.parametrize("fns,kw,err,match", [
+    ({}, {}, TypeError, "fns: expected a non-empty mapping"),
+    ({"a:b": lambda: None}, {}, ValueError, "without ':'"),
+    ({"a": 3}, {}, TypeError, r"fns\['a'\]: expected a callable, got int"),
+    ({"a": lambda: None}, {"calls": 0}, ValueError, "calls: expected an integer >= 1"),
+    ({"a": lambda: None}, {"warmup": 1.5}, TypeError, "warmup: expected an integer"),
+])
+def test_record_refuses_bad_arguments_by_name(fns, kw, err, match):
+    with pytest.raises(err, match=match):
+        T.record(fns, **kw)
+
+
+def test_the_command_writes_its_tables_and_traces(tmp_path, monkeypatch, capsys):
+    """On the CPU at a small size (the GPU stage runs the default, the claim's size)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # bench/specs from the checkout
+    out = tmp_path / "trace"
+    rc = T.main(["--out", str(out), "--shape", "2,16,32", "--dtypes", "float32",
+                 "--device", "cpu", "--calls", "2"])
+    assert rc == 0
+    md = (out / "trace.md").read_text()
+    assert md.startswith("### backprop L=2 K=16 N=32 float32: manual against torch_autograd")
+    assert "| | manual | torch_autograd | manual - torch_autograd |" in md
+    assert (out / "backprop-L2-K16-N32-float32.json").exists()
+    assert md.strip() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--shape", "3,4096"], "--shape: expected L,K,N"),
+    (["--dtypes", "float32,int64"], "--dtypes: expected floating torch dtype names, got 'int64'"),
+    (["--dtypes", "fp8"], "got 'fp8'"),
+    (["--calls", "0"], "--calls: expected a count >= 1, got 0"),
+])
+def test_the_command_refuses_bad_arguments(tmp_path, capsys, args, match):
+    with pytest.raises(SystemExit) as e:
+        T.main(["--out", str(tmp_path), "--device", "cpu", *args])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_the_command_needs_a_gpu_for_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert T.main(["--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
