@@ -12,14 +12,19 @@ and ``dJ/dx = dJ/dh_0``. No torch.autograd: every line above is one tensor op be
 Memory: the forward pass keeps the activations h_0..h_{L-1} and nothing else (each
 activation overwrites its own pre-activation); rho'(z_{i-1}) is written from h_{i-1}
 alone (tanh' = 1 - h^2, sigmoid' = h(1 - h), relu' = [h > 0]) into h_{i-1}'s buffer,
-which the backward pass then releases. Peak memory of one call is at most autograd's (to
+which the backward pass then releases. On CUDA, tanh's delta_{i-1} = dh (1 - h^2) is one
+pass (a kernel whose formula is written below, compiled by torch's jiterator) into the
+buffer delta_i lets go, where the two in-place passes move two (N, K) arrays more. Peak
+memory of one call is at most autograd's (to
 within the 0-d tensors torch wraps Python scalars in)
 (verify/test_memory.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -140,13 +145,57 @@ _ACTIVATE_ = {"tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "relu": _relu_,
               "identity": lambda z: z}
 
 
-def _times_activation_grad_(name: str, dh: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+# dh - dh a^2 = dh tanh'(z) in one pass on CUDA (read dh and a, write the result), where
+# the two passes below (a^2 into a, then dh - dh a^2 into dh) read and write two more
+# (N, K) arrays: 4 of the 28.9 (N, K) arrays one call moves at L=3 against autograd's 24.9,
+# the elementwise share of the bf16 gap to autograd on the H200 (docs/benchmarks.md). The
+# formula is hand-written here, compiled by torch's jiterator (NVRTC) on first use per dtype
+TANH_GRAD_CUDA = ("template <typename T> T handgrad_tanh_grad(T dh, T a) "
+                  "{ return dh - dh * a * a; }")
+FUSED_DEVICES = ("cuda",)  # device types the one-pass kernel runs on
+_fused_tanh_grad_state: dict = {}  # dtype -> True (compiled and ran) or False (failed)
+
+
+@functools.cache
+def _jit_tanh_grad():
+    """The jitted function; NVRTC compiles it at its first call per dtype."""
+    from torch.cuda import jiterator
+
+    return jiterator._create_jit_fn(TANH_GRAD_CUDA)
+
+
+def _fused_tanh_grad(dh: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
+    """dh - dh a^2 in one kernel, into a new buffer; None where it does not apply (not
+    CUDA, inside torch.compile's trace, a graph capture before the dtype's first eager
+    call) or did not compile (warned once per dtype; the two passes serve from then on)."""
+    if dh.device.type not in FUSED_DEVICES or torch.compiler.is_compiling():
+        return None
+    state = _fused_tanh_grad_state.get(dh.dtype)
+    if state is None and not in_graph():  # its first call compiles it: not in a capture
+        try:
+            out = _jit_tanh_grad()(dh, a)
+        except RuntimeError as e:
+            _fused_tanh_grad_state[dh.dtype] = False
+            warnings.warn(f"backprop: the one-pass CUDA kernel for tanh' did not compile for "
+                          f"{dh.dtype} ({e}); two element-wise passes are used instead",
+                          RuntimeWarning, stacklevel=4)
+            return None
+        _fused_tanh_grad_state[dh.dtype] = True
+        return out
+    return _jit_tanh_grad()(dh, a) if state else None
+
+
+def _times_activation_grad_(name: str, dh: torch.Tensor, a: torch.Tensor,
+                            spare: bool = False) -> torch.Tensor:
     """dh * rho'(z), in dh's buffer, with rho'(z) written from a = rho(z) alone and in a's
     buffer (a is not needed after): tanh' = 1 - a^2, sigmoid' = a (1 - a), relu' = 1 where
     a > 0 else 0 (relu'(0) := 0, torch's subgradient: a = 0 exactly when z <= 0),
-    identity' = 1. No temporary of a's size is allocated."""
+    identity' = 1. No temporary of a's size is allocated. tanh on CUDA when ``spare`` (the
+    caller has just let go a buffer of dh's size): one pass into a new buffer, which takes
+    that one's place (``_fused_tanh_grad``)."""
     if name == "tanh":  # dh - dh a^2
-        return dh.addcmul_(dh, a.mul_(a), value=-1)
+        fused = _fused_tanh_grad(dh, a) if spare else None
+        return dh.addcmul_(dh, a.mul_(a), value=-1) if fused is None else fused
     if name == "sigmoid":  # dh (a - a^2)
         return dh.mul_(a.addcmul_(a, a, value=-1))
     if name == "relu":
@@ -294,9 +343,15 @@ def backprop(
             dbs[i] = delta.sum(0)
         if i > 0:
             # delta_{i-1} = dh * rho'(z): rho' from the activation, in its own buffer,
-            # which the pass then lets go (nothing of layer i is needed below it)
-            delta = _times_activation_grad_(net.activation, dh, hs[i])
-            hs[i] = None  # type: ignore[call-overload]
+            # which the pass then lets go (nothing of layer i is needed below it). delta_i
+            # is let go first: where it is dh's size, CUDA's one-pass tanh' writes a new
+            # buffer in its place, and dh's is let go after, so that no layer holds one
+            # (N, K) buffer more than the two in-place passes (at the output layer, delta
+            # is (N, P): the two passes serve there)
+            spare = delta.shape == dh.shape
+            del delta
+            delta = _times_activation_grad_(net.activation, dh, hs[i], spare)
+            hs[i] = dh = None  # type: ignore[call-overload]
     dx = dh.squeeze(0) if single else dh
     # read to the host once, after every kernel of the pass is queued: on a GPU a read
     # before the backward pass left the device idle while the host queued it

@@ -42,12 +42,12 @@ BUGS = [
         "    scale = 1.0\n",
         4, "dW", "constant factor"),
     Bug("activation_of_layer3_in_layer2",
-        "            delta = _times_activation_grad_(net.activation, dh, hs[i])\n",
+        "            delta = _times_activation_grad_(net.activation, dh, hs[i], spare)\n",
         # the kernel has let layer 3's activation go by then: the bug recomputes it,
         # h_3 = rho(h_2 W_3^T + b_3), and takes rho' from it in layer 2
         "            delta = _times_activation_grad_(net.activation, dh, _ACTIVATE_[\n"
         "                net.activation](hs[i] @ net.weights[i].t() + net.biases[i])\n"
-        "                if i == 2 else hs[i])\n",
+        "                if i == 2 else hs[i], spare)\n",
         2, "dW", "activation of the wrong layer"),
     Bug("output_of_layer2_in_dW2",
         "        dws[i] = delta.t() @ hs[i]\n",

@@ -173,6 +173,35 @@ def test_backprop_needs_no_more_gpu_memory_than_autograd(dtype):
     assert m <= a, f"manual backprop peaks at {m} bytes on the GPU, autograd at {a}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_backprop_takes_the_one_pass_tanh_prime_on_cuda(dtype):
+    """``kernels.backprop``'s one-pass tanh' (jiterator) compiles for each dtype, runs
+    (no warning of a fallback: warnings are errors here), and gives autograd's gradients;
+    its two-pass fallback is tested on the CPU (verify/test_memory.py)."""
+    import warnings
+
+    net, x, y = _net(3, 64, 32, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        g = bp.backprop(net, x, y, loss="log_cosh")
+    assert bp._fused_tanh_grad_state.get(dtype) is True
+    # the reference in float64 from the same values (a bfloat16 autograd has its own error)
+    ws = [w.detach().double().requires_grad_() for w in net.weights]
+    bs = [b.detach().double().requires_grad_() for b in net.biases]
+    xx = x.detach().double().requires_grad_()
+    h = xx
+    for w, b in zip(ws[:-1], bs[:-1]):
+        h = torch.tanh(h @ w.t() + b)
+    r = h @ ws[-1].t() + bs[-1] - y.double()
+    J = (torch.logaddexp(r, -r) - torch.log(torch.tensor(2.0, device=r.device,
+                                                         dtype=r.dtype))).mean()
+    want = torch.autograd.grad(J, ws + bs + [xx])
+    for got, ref, what in zip([*g.weights, *g.biases, g.input], want,
+                              ["W1", "W2", "W3", "W4", "b1", "b2", "b3", "b4", "x"]):
+        assert_close(got, ref, kernel=f"backprop {what} ({dtype}, one-pass tanh')",
+                     reference="torch_autograd", kind="grad")
+
+
 # -- least squares: the Gram path on CUDA ----------------------------------------------------
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 2e-3)],

@@ -81,6 +81,8 @@ CASES = [  # (module, test, outcome), as pytest's junit XML names them
     ("test_cuda", "test_the_cold_l2_buffer_is_at_least_twice_the_devices_l2", "passed"),
     ("test_cuda", "test_cuda_peak_counts_what_one_call_allocates", "passed"),
     ("test_cuda", "test_backprop_reads_the_host_once_per_call", "passed"),
+    ("test_cuda", "test_backprop_takes_the_one_pass_tanh_prime_on_cuda[torch.bfloat16]",
+     "passed"),
     ("test_cuda", "test_auto_takes_the_gram_path_on_cuda_and_matches_the_svd[float64]",
      "passed"),
     ("test_directional", "test_backprop_directional_at_gpu_sizes[cuda-0]", "passed"),

@@ -170,3 +170,124 @@ def test_the_host_reads_once_after_the_whole_pass_is_queued():
     reads = [i for i, (name, _) in enumerate(ops) if name == "_local_scalar_dense"]
     last_product = max(i for i, (name, _) in enumerate(ops) if name in ("mm", "addmm"))
     assert len(reads) == 2 and min(reads) > last_product, ops
+
+
+# -- CUDA's one-pass tanh' (kernels.backprop._fused_tanh_grad), on the CPU with stand-ins --
+
+def _source_formula():
+    """TANH_GRAD_CUDA's formula as a Python function of its parameters, in their order:
+    the CUDA source's arithmetic (+, -, *, names) reads the same in Python."""
+    import re
+
+    m = re.fullmatch(r"template <typename T> T (\w+)\(T (\w+), T (\w+)\) "
+                     r"\{ return ([\w\s*+-]+); \}", bp.TANH_GRAD_CUDA)
+    assert m, bp.TANH_GRAD_CUDA
+    _, p1, p2, expr = m.groups()
+    return eval(f"lambda {p1}, {p2}: {expr}")  # noqa: S307 - the project's own constant
+
+
+def test_the_cuda_kernels_formula_is_dh_times_tanh_prime():
+    """Called as (dh, a = tanh z), the source's formula is dh * d tanh(z)/dz, autograd's."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, generator=g, dtype=torch.float64).mul_(2).requires_grad_()
+    dh = torch.randn(64, generator=g, dtype=torch.float64)
+    (want,) = torch.autograd.grad(torch.tanh(z), z, dh)
+    got = _source_formula()(dh, torch.tanh(z).detach())
+    # float64: the two forms round differently where tanh z is near +-1 (dh - dh a a
+    # against autograd's dh (1 - a a)), by up to ~4e-12 relative here
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-15)
+
+
+class _Jit:
+    """A stand-in for the jitted CUDA function on the CPU: dh - dh a a into one new
+    buffer, as jiterator's result is (no temporary beside it); ``fail`` raises as NVRTC
+    would."""
+
+    def __init__(self, fail=False):
+        self.fail, self.calls = fail, []
+
+    def __call__(self, dh, a):
+        self.calls.append((tuple(dh.shape), dh.dtype))
+        if self.fail:
+            raise RuntimeError("nvrtc: error: a stand-in's compile failure")
+        out = torch.mul(dh, a, out=torch.empty_like(dh))
+        return torch.sub(dh, out.mul_(a), out=out)
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """The one-pass path switched on for the CPU, with a fresh per-dtype state."""
+    jit = _Jit()
+    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(bp, "_fused_tanh_grad_state", {})
+    monkeypatch.setattr(bp, "_jit_tanh_grad", lambda: jit)
+    return jit
+
+
+def _grads_match_autograd(sizes, n, dtype=torch.float64, activation="tanh"):
+    manual, autograd = _backprop_calls(sizes, n, activation, "log_cosh", dtype)
+    g = manual()
+    J, want = autograd()
+    for got, ref in zip([*g.weights, *g.biases, g.input], want):
+        torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(g.loss, J)
+
+
+def test_the_one_pass_tanh_prime_gives_autogradss_gradients(fused):
+    _grads_match_autograd([13, 32, 32, 32, 1], 16)
+    # one call per hidden layer below the output's (whose delta is (N, 1): no (N, K)
+    # buffer to take the place of), on (N, K)
+    assert fused.calls == [((16, 32), torch.float64)] * 2
+    assert bp._fused_tanh_grad_state == {torch.float64: True}
+
+
+def test_the_one_pass_tanh_prime_holds_no_buffer_more_than_two_passes(fused, monkeypatch):
+    """Its result is a new (N, K) buffer: the kernel lets delta_i go before and dh after,
+    so the call peaks no higher than with the two in-place passes."""
+    manual, _ = _backprop_calls([13, 256, 256, 256, 1], 512, "tanh", "log_cosh",
+                                torch.float32)
+    one_pass = _peak(manual)
+    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cuda",))
+    two_passes = _peak(manual)
+    assert fused.calls and one_pass <= two_passes + SCALAR_SLACK, (one_pass, two_passes)
+
+
+def test_the_one_pass_tanh_prime_is_for_tanh_only(fused):
+    for activation in ("sigmoid", "relu", "identity"):
+        _grads_match_autograd([13, 16, 16, 1], 8, activation=activation)
+    assert fused.calls == []
+
+
+def test_a_one_pass_kernel_that_does_not_compile_warns_once_and_two_passes_serve(
+        monkeypatch):
+    jit = _Jit(fail=True)
+    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(bp, "_fused_tanh_grad_state", {})
+    monkeypatch.setattr(bp, "_jit_tanh_grad", lambda: jit)
+    with pytest.warns(RuntimeWarning, match="did not compile for torch.float64.*two "
+                      "element-wise passes are used instead"):
+        _grads_match_autograd([13, 16, 16, 16, 1], 8)
+    assert len(jit.calls) == 1 and bp._fused_tanh_grad_state == {torch.float64: False}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second try
+        _grads_match_autograd([13, 16, 16, 16, 1], 8)
+    assert len(jit.calls) == 1
+
+
+def test_a_graph_capture_takes_the_one_pass_kernel_only_once_it_has_compiled(
+        fused, monkeypatch):
+    """Its first call compiles it (NVRTC): never inside a capture, where the capture's
+    warm-up has run it eagerly first; inside torch.compile's trace, never (Dynamo cannot
+    trace it, and Inductor fuses the two passes itself)."""
+    monkeypatch.setattr(bp, "in_graph", lambda: True)
+    monkeypatch.setattr(bp, "_check_finite_result", lambda *a: None)  # no reads in a graph
+    _grads_match_autograd([13, 16, 16, 16, 1], 8)
+    assert fused.calls == []  # not compiled yet: two passes
+    bp._fused_tanh_grad_state[torch.float64] = True  # the warm-up compiled it
+    _grads_match_autograd([13, 16, 16, 16, 1], 8)
+    assert len(fused.calls) == 2
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    _grads_match_autograd([13, 16, 16, 16, 1], 8)
+    assert len(fused.calls) == 2
