@@ -13,8 +13,9 @@ Memory: the forward pass keeps the activations h_0..h_{L-1} and nothing else (ea
 activation overwrites its own pre-activation); rho'(z_{i-1}) is written from h_{i-1}
 alone (tanh' = 1 - h^2, sigmoid' = h(1 - h), relu' = [h > 0]) into h_{i-1}'s buffer,
 which the backward pass then releases. On CUDA, tanh's delta_{i-1} = dh (1 - h^2) is one
-pass (a kernel whose formula is written below, compiled by torch's jiterator) into the
-buffer delta_i lets go, where the two in-place passes move two (N, K) arrays more. Peak
+pass (kernels whose formulas are written below, compiled by torch's jiterator) into the
+buffer delta_i lets go, where the two in-place passes move two (N, K) arrays more (at a
+one-output layer dh = delta w is not made: the pass reads delta, w and h). Peak
 memory of one call is at most autograd's (to
 within the 0-d tensors torch wraps Python scalars in)
 (verify/test_memory.py).
@@ -145,44 +146,57 @@ _ACTIVATE_ = {"tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "relu": _relu_,
               "identity": lambda z: z}
 
 
-# dh - dh a^2 = dh tanh'(z) in one pass on CUDA (read dh and a, write the result), where
-# the two passes below (a^2 into a, then dh - dh a^2 into dh) read and write two more
-# (N, K) arrays: 4 of the 28.9 (N, K) arrays one call moves at L=3 against autograd's 24.9,
-# the elementwise share of the bf16 gap to autograd on the H200 (docs/benchmarks.md). The
-# formula is hand-written here, compiled by torch's jiterator (NVRTC) on first use per dtype
-TANH_GRAD_CUDA = ("template <typename T> T handgrad_tanh_grad(T dh, T a) "
-                  "{ return dh - dh * a * a; }")
-FUSED_DEVICES = ("cuda",)  # device types the one-pass kernel runs on
-_fused_tanh_grad_state: dict = {}  # dtype -> True (compiled and ran) or False (failed)
+# tanh' times the gradient in one element-wise pass on CUDA, where the in-place form takes
+# two (a^2 into a, then dh - dh a^2 into dh) and moves two (N, K) arrays more (four at a
+# one-output layer, whose dh is not made at all). At L=3, one output, a call moved 28.9
+# (N, K) arrays against autograd's 24.9 (counted per torch operation on the CPU), the
+# element-wise share of the bfloat16 gap to autograd on the H200 (docs/kernels.md); with
+# these, 22.9. The formulas are written here by hand and compiled by torch's jiterator
+# (NVRTC) at the first call per dtype
+FUSED_CUDA = {
+    # a hidden layer: (dh, a = h) -> dh (1 - h^2)
+    "tanh_grad": "template <typename T> T handgrad_tanh_grad(T dh, T a) "
+                 "{ return dh - dh * a * a; }",
+    # the output layer of a one-output network: (delta (N, 1), w (1, K), a (N, K)) ->
+    # (delta w) (1 - h^2), the outer product dh = delta w never made
+    "tanh_grad_outer": "template <typename T> T handgrad_tanh_grad_outer(T d, T w, T a) "
+                       "{ return d * w - d * w * a * a; }",
+}
+FUSED_DEVICES = ("cuda",)  # device types the one-pass kernels run on
+_fused_state: dict = {}  # (name, dtype) -> True (compiled and ran) or False (failed)
 
 
 @functools.cache
-def _jit_tanh_grad():
-    """The jitted function; NVRTC compiles it at its first call per dtype."""
+def _jit(name: str):
+    """The jitted function ``name`` of FUSED_CUDA; NVRTC compiles it at its first call
+    per dtype."""
     from torch.cuda import jiterator
 
-    return jiterator._create_jit_fn(TANH_GRAD_CUDA)
+    return jiterator._create_jit_fn(FUSED_CUDA[name])
 
 
-def _fused_tanh_grad(dh: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
-    """dh - dh a^2 in one kernel, into a new buffer; None where it does not apply (not
-    CUDA, inside torch.compile's trace, a graph capture before the dtype's first eager
-    call) or did not compile (warned once per dtype; the two passes serve from then on)."""
-    if dh.device.type not in FUSED_DEVICES or torch.compiler.is_compiling():
+def _fused(name: str, *tensors: torch.Tensor) -> torch.Tensor | None:
+    """FUSED_CUDA[name] of ``tensors`` (the last one (N, K)) into a new buffer; None where
+    it does not apply (not CUDA, inside torch.compile's trace, a graph capture before the
+    dtype's first eager call) or did not compile (warned once per kernel and dtype; the
+    two passes serve from then on)."""
+    a = tensors[-1]
+    if a.device.type not in FUSED_DEVICES or torch.compiler.is_compiling():
         return None
-    state = _fused_tanh_grad_state.get(dh.dtype)
+    key = (name, a.dtype)
+    state = _fused_state.get(key)
     if state is None and not in_graph():  # its first call compiles it: not in a capture
         try:
-            out = _jit_tanh_grad()(dh, a)
+            out = _jit(name)(*tensors)
         except RuntimeError as e:
-            _fused_tanh_grad_state[dh.dtype] = False
-            warnings.warn(f"backprop: the one-pass CUDA kernel for tanh' did not compile for "
-                          f"{dh.dtype} ({e}); two element-wise passes are used instead",
+            _fused_state[key] = False
+            warnings.warn(f"backprop: the one-pass CUDA kernel {name} did not compile for "
+                          f"{a.dtype} ({e}); two element-wise passes are used instead",
                           RuntimeWarning, stacklevel=4)
             return None
-        _fused_tanh_grad_state[dh.dtype] = True
+        _fused_state[key] = True
         return out
-    return _jit_tanh_grad()(dh, a) if state else None
+    return _jit(name)(*tensors) if state else None
 
 
 def _times_activation_grad_(name: str, dh: torch.Tensor, a: torch.Tensor,
@@ -192,9 +206,9 @@ def _times_activation_grad_(name: str, dh: torch.Tensor, a: torch.Tensor,
     a > 0 else 0 (relu'(0) := 0, torch's subgradient: a = 0 exactly when z <= 0),
     identity' = 1. No temporary of a's size is allocated. tanh on CUDA when ``spare`` (the
     caller has just let go a buffer of dh's size): one pass into a new buffer, which takes
-    that one's place (``_fused_tanh_grad``)."""
+    that one's place (``_fused``)."""
     if name == "tanh":  # dh - dh a^2
-        fused = _fused_tanh_grad(dh, a) if spare else None
+        fused = _fused("tanh_grad", dh, a) if spare else None
         return dh.addcmul_(dh, a.mul_(a), value=-1) if fused is None else fused
     if name == "sigmoid":  # dh (a - a^2)
         return dh.mul_(a.addcmul_(a, a, value=-1))
@@ -338,16 +352,22 @@ def backprop(
         if bias_first:
             dbs[i] = delta.sum(0)
         dws[i] = delta.t() @ hs[i]
-        dh = delta @ net.weights[i]
+        # one output, tanh, on CUDA: delta_{i-1} = (delta w)(1 - h^2) in one pass, with no
+        # (N, K) dh made (it would be the outer product delta w)
+        outer = (_fused("tanh_grad_outer", delta, net.weights[i], hs[i])
+                 if i > 0 and delta.shape[1] == 1 and net.activation == "tanh" else None)
+        if outer is None:
+            dh = delta @ net.weights[i]
         if not bias_first:
             dbs[i] = delta.sum(0)
-        if i > 0:
+        if outer is not None:
+            delta, hs[i] = outer, None  # type: ignore[call-overload]
+        elif i > 0:
             # delta_{i-1} = dh * rho'(z): rho' from the activation, in its own buffer,
             # which the pass then lets go (nothing of layer i is needed below it). delta_i
             # is let go first: where it is dh's size, CUDA's one-pass tanh' writes a new
             # buffer in its place, and dh's is let go after, so that no layer holds one
-            # (N, K) buffer more than the two in-place passes (at the output layer, delta
-            # is (N, P): the two passes serve there)
+            # (N, K) buffer more than the two in-place passes
             spare = delta.shape == dh.shape
             del delta
             delta = _times_activation_grad_(net.activation, dh, hs[i], spare)

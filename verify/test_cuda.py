@@ -175,8 +175,8 @@ def test_backprop_needs_no_more_gpu_memory_than_autograd(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 def test_backprop_takes_the_one_pass_tanh_prime_on_cuda(dtype):
-    """``kernels.backprop``'s one-pass tanh' (jiterator) compiles for each dtype, runs
-    (no warning of a fallback: warnings are errors here), and gives autograd's gradients;
+    """``kernels.backprop``'s one-pass tanh' kernels (jiterator) compile for each dtype, run
+    (no warning of a fallback: warnings are errors here), and give autograd's gradients;
     its two-pass fallback is tested on the CPU (verify/test_memory.py)."""
     import warnings
 
@@ -184,7 +184,8 @@ def test_backprop_takes_the_one_pass_tanh_prime_on_cuda(dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         g = bp.backprop(net, x, y, loss="log_cosh")
-    assert bp._fused_tanh_grad_state.get(dtype) is True
+    assert bp._fused_state.get(("tanh_grad", dtype)) is True
+    assert bp._fused_state.get(("tanh_grad_outer", dtype)) is True
     # the reference in float64 from the same values (a bfloat16 autograd has its own error)
     ws = [w.detach().double().requires_grad_() for w in net.weights]
     bs = [b.detach().double().requires_grad_() for b in net.biases]

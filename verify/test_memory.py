@@ -172,60 +172,79 @@ def test_the_host_reads_once_after_the_whole_pass_is_queued():
     assert len(reads) == 2 and min(reads) > last_product, ops
 
 
-# -- CUDA's one-pass tanh' (kernels.backprop._fused_tanh_grad), on the CPU with stand-ins --
+# -- CUDA's one-pass tanh' (kernels.backprop._fused), on the CPU with stand-ins -------------
 
-def _source_formula():
-    """TANH_GRAD_CUDA's formula as a Python function of its parameters, in their order:
+def _source_formula(name):
+    """FUSED_CUDA[name]'s formula as a Python function of its parameters, in their order:
     the CUDA source's arithmetic (+, -, *, names) reads the same in Python."""
     import re
 
-    m = re.fullmatch(r"template <typename T> T (\w+)\(T (\w+), T (\w+)\) "
-                     r"\{ return ([\w\s*+-]+); \}", bp.TANH_GRAD_CUDA)
-    assert m, bp.TANH_GRAD_CUDA
-    _, p1, p2, expr = m.groups()
-    return eval(f"lambda {p1}, {p2}: {expr}")  # noqa: S307 - the project's own constant
+    src = bp.FUSED_CUDA[name]
+    m = re.fullmatch(r"template <typename T> T (\w+)\(((?:T \w+, )*T \w+)\) "
+                     r"\{ return ([\w\s*+-]+); \}", src)
+    assert m, src
+    params = ", ".join(p.removeprefix("T ") for p in m.group(2).split(", "))
+    return eval(f"lambda {params}: {m.group(3)}")  # noqa: S307 - the project's own constant
 
 
-def test_the_cuda_kernels_formula_is_dh_times_tanh_prime():
-    """Called as (dh, a = tanh z), the source's formula is dh * d tanh(z)/dz, autograd's."""
+def test_the_cuda_kernels_formulas_are_the_gradient_times_tanh_prime():
+    """Called as the kernel calls them, (dh, a = tanh z) and (delta, w, a) with dh the
+    outer product delta w, each formula is dh * d tanh(z)/dz, autograd's."""
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(64, generator=g, dtype=torch.float64).mul_(2).requires_grad_()
-    dh = torch.randn(64, generator=g, dtype=torch.float64)
+    z = torch.randn(8, 5, generator=g, dtype=torch.float64).mul_(2).requires_grad_()
+    d = torch.randn(8, 1, generator=g, dtype=torch.float64)
+    w = torch.randn(1, 5, generator=g, dtype=torch.float64)
+    dh = d * w
     (want,) = torch.autograd.grad(torch.tanh(z), z, dh)
-    got = _source_formula()(dh, torch.tanh(z).detach())
-    # float64: the two forms round differently where tanh z is near +-1 (dh - dh a a
-    # against autograd's dh (1 - a a)), by up to ~4e-12 relative here
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-15)
+    a = torch.tanh(z).detach()
+    # float64: the forms round differently where tanh z is near +-1 (dh - dh a a against
+    # autograd's dh (1 - a a)), by up to ~4e-12 relative here
+    for got in (_source_formula("tanh_grad")(dh, a), _source_formula("tanh_grad_outer")(d, w, a)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-15)
+    assert set(bp.FUSED_CUDA) == {"tanh_grad", "tanh_grad_outer"}
 
 
 class _Jit:
-    """A stand-in for the jitted CUDA function on the CPU: dh - dh a a into one new
+    """Stand-ins for the jitted CUDA functions on the CPU: each formula into one new
     buffer, as jiterator's result is (no temporary beside it); ``fail`` raises as NVRTC
-    would."""
+    would. ``calls``: (name, shape of the result, dtype)."""
 
     def __init__(self, fail=False):
         self.fail, self.calls = fail, []
 
-    def __call__(self, dh, a):
-        self.calls.append((tuple(dh.shape), dh.dtype))
-        if self.fail:
-            raise RuntimeError("nvrtc: error: a stand-in's compile failure")
-        out = torch.mul(dh, a, out=torch.empty_like(dh))
-        return torch.sub(dh, out.mul_(a), out=out)
+    def __call__(self, name):
+        def run(*t):
+            out = torch.empty_like(t[-1])
+            self.calls.append((name, tuple(out.shape), out.dtype))
+            if self.fail:
+                raise RuntimeError("nvrtc: error: a stand-in's compile failure")
+            if name == "tanh_grad":
+                dh, a = t
+                torch.mul(dh, a, out=out)
+                return torch.sub(dh, out.mul_(a), out=out)
+            d, w, a = t  # (d w) - (d w) a a, without an (N, K) temporary
+            torch.mul(a, a, out=out).mul_(-1).add_(1)
+            return out.mul_(d).mul_(w)
+        return run
+
+
+def _switch_on(monkeypatch, jit):
+    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(bp, "_fused_state", {})
+    monkeypatch.setattr(bp, "_jit", jit)
 
 
 @pytest.fixture
 def fused(monkeypatch):
     """The one-pass path switched on for the CPU, with a fresh per-dtype state."""
     jit = _Jit()
-    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cpu", "cuda"))
-    monkeypatch.setattr(bp, "_fused_tanh_grad_state", {})
-    monkeypatch.setattr(bp, "_jit_tanh_grad", lambda: jit)
+    _switch_on(monkeypatch, jit)
     return jit
 
 
-def _grads_match_autograd(sizes, n, dtype=torch.float64, activation="tanh"):
-    manual, autograd = _backprop_calls(sizes, n, activation, "log_cosh", dtype)
+def _grads_match_autograd(sizes, n, dtype=torch.float64, activation="tanh",
+                          loss="log_cosh"):
+    manual, autograd = _backprop_calls(sizes, n, activation, loss, dtype)
     g = manual()
     J, want = autograd()
     for got, ref in zip([*g.weights, *g.biases, g.input], want):
@@ -233,19 +252,33 @@ def _grads_match_autograd(sizes, n, dtype=torch.float64, activation="tanh"):
     torch.testing.assert_close(g.loss, J)
 
 
-def test_the_one_pass_tanh_prime_gives_autogradss_gradients(fused):
+def test_the_one_pass_tanh_prime_gives_autograds_gradients(fused):
     _grads_match_autograd([13, 32, 32, 32, 1], 16)
-    # one call per hidden layer below the output's (whose delta is (N, 1): no (N, K)
-    # buffer to take the place of), on (N, K)
-    assert fused.calls == [((16, 32), torch.float64)] * 2
-    assert bp._fused_tanh_grad_state == {torch.float64: True}
+    # the output layer's (one output: dh never made) and one per hidden layer below it
+    assert fused.calls == [("tanh_grad_outer", (16, 32), torch.float64)] + [
+        ("tanh_grad", (16, 32), torch.float64)] * 2
+    assert bp._fused_state == {("tanh_grad_outer", torch.float64): True,
+                               ("tanh_grad", torch.float64): True}
+    # several outputs: the output layer's dh is a product, made; the rest one pass
+    fused.calls.clear()
+    _grads_match_autograd([13, 32, 32, 10], 16, loss="cross_entropy")
+    assert fused.calls == [("tanh_grad", (16, 32), torch.float64)]
+    # a batch of one sample
+    fused.calls.clear()
+    _grads_match_autograd([13, 8, 8, 1], 1)
+    assert fused.calls == [("tanh_grad_outer", (1, 8), torch.float64),
+                           ("tanh_grad", (1, 8), torch.float64)]
 
 
-def test_the_one_pass_tanh_prime_holds_no_buffer_more_than_two_passes(fused, monkeypatch):
-    """Its result is a new (N, K) buffer: the kernel lets delta_i go before and dh after,
-    so the call peaks no higher than with the two in-place passes."""
-    manual, _ = _backprop_calls([13, 256, 256, 256, 1], 512, "tanh", "log_cosh",
-                                torch.float32)
+@pytest.mark.parametrize("sizes", [[13, 256, 256, 256, 1], [13, 256, 256, 256, 10]],
+                         ids=["one-output", "ten-outputs"])
+def test_the_one_pass_tanh_prime_holds_no_buffer_more_than_two_passes(fused, monkeypatch,
+                                                                      sizes):
+    """Its result is a new (N, K) buffer: the kernel lets delta_i go before and dh after
+    (and at a one-output layer never makes dh), so the call peaks no higher than with the
+    two in-place passes."""
+    loss = "log_cosh" if sizes[-1] == 1 else "cross_entropy"
+    manual, _ = _backprop_calls(sizes, 512, "tanh", loss, torch.float32)
     one_pass = _peak(manual)
     monkeypatch.setattr(bp, "FUSED_DEVICES", ("cuda",))
     two_passes = _peak(manual)
@@ -261,33 +294,36 @@ def test_the_one_pass_tanh_prime_is_for_tanh_only(fused):
 def test_a_one_pass_kernel_that_does_not_compile_warns_once_and_two_passes_serve(
         monkeypatch):
     jit = _Jit(fail=True)
-    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cpu", "cuda"))
-    monkeypatch.setattr(bp, "_fused_tanh_grad_state", {})
-    monkeypatch.setattr(bp, "_jit_tanh_grad", lambda: jit)
-    with pytest.warns(RuntimeWarning, match="did not compile for torch.float64.*two "
-                      "element-wise passes are used instead"):
+    _switch_on(monkeypatch, jit)
+    with pytest.warns(RuntimeWarning) as seen:
         _grads_match_autograd([13, 16, 16, 16, 1], 8)
-    assert len(jit.calls) == 1 and bp._fused_tanh_grad_state == {torch.float64: False}
+    assert sorted(str(w.message).split(" did not")[0] for w in seen) == [
+        "backprop: the one-pass CUDA kernel tanh_grad",
+        "backprop: the one-pass CUDA kernel tanh_grad_outer"]
+    assert all("compile for torch.float64 (nvrtc: error: a stand-in's compile failure); "
+               "two element-wise passes are used instead" in str(w.message) for w in seen)
+    assert len(jit.calls) == 2 and set(bp._fused_state.values()) == {False}
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning, no second try
         _grads_match_autograd([13, 16, 16, 16, 1], 8)
-    assert len(jit.calls) == 1
+    assert len(jit.calls) == 2
 
 
-def test_a_graph_capture_takes_the_one_pass_kernel_only_once_it_has_compiled(
+def test_a_graph_capture_takes_the_one_pass_kernels_only_once_they_have_compiled(
         fused, monkeypatch):
-    """Its first call compiles it (NVRTC): never inside a capture, where the capture's
-    warm-up has run it eagerly first; inside torch.compile's trace, never (Dynamo cannot
-    trace it, and Inductor fuses the two passes itself)."""
+    """Their first call compiles them (NVRTC): never inside a capture, where the capture's
+    warm-up has run them eagerly first; inside torch.compile's trace, never (Dynamo cannot
+    trace them, and Inductor fuses the two passes itself)."""
     monkeypatch.setattr(bp, "in_graph", lambda: True)
     monkeypatch.setattr(bp, "_check_finite_result", lambda *a: None)  # no reads in a graph
     _grads_match_autograd([13, 16, 16, 16, 1], 8)
     assert fused.calls == []  # not compiled yet: two passes
-    bp._fused_tanh_grad_state[torch.float64] = True  # the warm-up compiled it
+    for name in bp.FUSED_CUDA:  # the warm-up compiled them
+        bp._fused_state[(name, torch.float64)] = True
     _grads_match_autograd([13, 16, 16, 16, 1], 8)
-    assert len(fused.calls) == 2
+    assert len(fused.calls) == 3
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     _grads_match_autograd([13, 16, 16, 16, 1], 8)
-    assert len(fused.calls) == 2
+    assert len(fused.calls) == 3
