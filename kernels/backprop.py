@@ -162,8 +162,13 @@ FUSED_CUDA = {
     "tanh_grad_outer": "template <typename T> T handgrad_tanh_grad_outer(T d, T w, T a) "
                        "{ return d * w - d * w * a * a; }",
 }
-FUSED_DEVICES = ("cuda",)  # device types the one-pass kernels run on
 _fused_state: dict = {}  # (name, dtype) -> True (compiled and ran) or False (failed)
+
+
+def _fuses(t: torch.Tensor) -> bool:
+    """Whether the one-pass kernels may serve a call on ``t``'s device: CUDA (one read of
+    a flag per call: the CPU pays nothing more)."""
+    return t.is_cuda
 
 
 @functools.cache
@@ -176,12 +181,12 @@ def _jit(name: str):
 
 
 def _fused(name: str, *tensors: torch.Tensor) -> torch.Tensor | None:
-    """FUSED_CUDA[name] of ``tensors`` (the last one (N, K)) into a new buffer; None where
-    it does not apply (not CUDA, inside torch.compile's trace, a graph capture before the
-    dtype's first eager call) or did not compile (warned once per kernel and dtype; the
-    two passes serve from then on)."""
+    """FUSED_CUDA[name] of ``tensors`` (the last one (N, K), on a device ``_fuses``) into
+    a new buffer; None where it does not apply (inside torch.compile's trace, a graph
+    capture before the dtype's first eager call) or did not compile (warned once per kernel
+    and dtype; the two passes serve from then on)."""
     a = tensors[-1]
-    if a.device.type not in FUSED_DEVICES or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return None
     key = (name, a.dtype)
     state = _fused_state.get(key)
@@ -344,6 +349,7 @@ def backprop(
     dws: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     dbs: list[torch.Tensor] = [None] * net.depth  # type: ignore[list-item]
     bias_first = delta.is_cuda
+    fuse = _fuses(delta)
     for i in range(net.depth - 1, -1, -1):
         # on CUDA a column sum of an (N, K) tensor takes a temporary (32 MiB at N=4096,
         # K=1024 on an H200, twice delta itself): the bias gradient is taken first, when it
@@ -354,8 +360,8 @@ def backprop(
         dws[i] = delta.t() @ hs[i]
         # one output, tanh, on CUDA: delta_{i-1} = (delta w)(1 - h^2) in one pass, with no
         # (N, K) dh made (it would be the outer product delta w)
-        outer = (_fused("tanh_grad_outer", delta, net.weights[i], hs[i])
-                 if i > 0 and delta.shape[1] == 1 and net.activation == "tanh" else None)
+        outer = (_fused("tanh_grad_outer", delta, net.weights[i], hs[i]) if fuse and i > 0
+                 and delta.shape[1] == 1 and net.activation == "tanh" else None)
         if outer is None:
             dh = delta @ net.weights[i]
         if not bias_first:
@@ -368,7 +374,7 @@ def backprop(
             # is let go first: where it is dh's size, CUDA's one-pass tanh' writes a new
             # buffer in its place, and dh's is let go after, so that no layer holds one
             # (N, K) buffer more than the two in-place passes
-            spare = delta.shape == dh.shape
+            spare = fuse and delta.shape == dh.shape
             del delta
             delta = _times_activation_grad_(net.activation, dh, hs[i], spare)
             hs[i] = dh = None  # type: ignore[call-overload]

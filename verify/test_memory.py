@@ -229,7 +229,7 @@ class _Jit:
 
 
 def _switch_on(monkeypatch, jit):
-    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(bp, "_fuses", lambda t: True)
     monkeypatch.setattr(bp, "_fused_state", {})
     monkeypatch.setattr(bp, "_jit", jit)
 
@@ -280,7 +280,7 @@ def test_the_one_pass_tanh_prime_holds_no_buffer_more_than_two_passes(fused, mon
     loss = "log_cosh" if sizes[-1] == 1 else "cross_entropy"
     manual, _ = _backprop_calls(sizes, 512, "tanh", loss, torch.float32)
     one_pass = _peak(manual)
-    monkeypatch.setattr(bp, "FUSED_DEVICES", ("cuda",))
+    monkeypatch.setattr(bp, "_fuses", lambda t: t.is_cuda)
     two_passes = _peak(manual)
     assert fused.calls and one_pass <= two_passes + SCALAR_SLACK, (one_pass, two_passes)
 
@@ -327,3 +327,10 @@ def test_a_graph_capture_takes_the_one_pass_kernels_only_once_they_have_compiled
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     _grads_match_autograd([13, 16, 16, 16, 1], 8)
     assert len(fused.calls) == 3
+
+
+def test_the_cpu_keeps_the_two_in_place_passes(monkeypatch):
+    jit = _Jit()
+    monkeypatch.setattr(bp, "_jit", jit)
+    _grads_match_autograd([13, 16, 16, 16, 1], 8)
+    assert jit.calls == [] and bp._fuses(torch.zeros(1)) is False
