@@ -103,6 +103,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     requested_devices(config)  # a malformed --device is a usage error before anything runs
+    verify_report_path(config)  # and a report that could not be written, before, not after
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     configure_benchmarks(config)
@@ -248,6 +249,23 @@ _WORKER_RECORDS = "handgrad_verify_records"
 _WORKER_SWEEPS = "handgrad_verify_sweeps"
 _worker_records = pytest.StashKey[list]()
 _worker_sweeps = pytest.StashKey[list]()
+
+
+def verify_report_path(config: pytest.Config) -> Path | None:
+    """``--verify-report``'s file, checked before the session: not a folder, and under a
+    folder that exists or can be made (the nearest existing one is a folder)."""
+    value = config.getoption("--verify-report")
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise pytest.UsageError(f"--verify-report: expected a file to write, got {value!r}, "
+                                "a folder")
+    above = next(p for p in path.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise pytest.UsageError(f"--verify-report: expected a file under a folder, got "
+                                f"{value!r}, under {str(above)!r}, which is a file")
+    return path
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -69,7 +69,7 @@ def _run(p: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def test_the_fixtures_and_the_verify_report_in_a_users_project(project, tmp_path):
-    report = tmp_path / "verify.json"
+    report = tmp_path / "new" / "verify.json"  # its folder made
     res = _run(project, "--device", "cpu", f"--verify-report={report}", "-v")
     res.assert_outcomes(passed=7)  # right, devices[cpu], 4 dtypes, seed
     res.stdout.fnmatch_lines(["*test_devices?cpu?*", "*test_dtypes?float64?*",
@@ -77,6 +77,20 @@ def test_the_fixtures_and_the_verify_report_in_a_users_project(project, tmp_path
     payload = json.loads(report.read_text())
     kernels = {r["kernel"] for r in payload["records"]}
     assert kernels == {"softplus_vjp"}
+
+
+@pytest.mark.parametrize("where,says", [
+    ("folder", "expected a file to write, got * a folder"),
+    ("file/report.json", "expected a file under a folder, got * which is a file"),
+])
+def test_a_verify_report_that_cannot_be_written_is_a_usage_error_before_the_run(
+        project, tmp_path, where, says):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    res = _run(project, "--device", "cpu", f"--verify-report={tmp_path / where}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*--verify-report: {says}*"])
+    assert "passed" not in res.stdout.str()  # refused before any test ran
 
 
 def test_an_absent_device_skips_with_the_reason(project):
