@@ -482,7 +482,8 @@ def main(argv: Sequence[str] | None = None, *, runner: Runner = subprocess_runne
          cuda_available: Callable[[], bool] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m handgrad.gpu_check", description=__doc__
                                 .split("\n\n")[0])
-    p.add_argument("--out", required=True, help="folder for the table, JSON and report")
+    p.add_argument("--out", help="folder for the table, JSON and report (required but "
+                   "with --plan)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                    help=f"seconds for the whole run (default {DEFAULT_BUDGET_S:.0f})")
     p.add_argument("--stages", default=None, metavar="NAME[,NAME...]",
@@ -501,6 +502,9 @@ def main(argv: Sequence[str] | None = None, *, runner: Runner = subprocess_runne
         if unknown or not names:
             p.error(f"--stages: expected names from {known}, got {unknown or args.stages!r}")
         plan = [st for st in plan if st.name in names]
+    if args.out is None and not args.plan:
+        p.error("--out: expected the folder for the table, JSON and report (only --plan "
+                "runs without it)")
     if args.plan:
         for st in plan:
             print(f"{st.name:14s} ~{st.estimate_s:4.0f} s  {st.what}\n"

@@ -355,8 +355,11 @@ def test_main_refuses_without_a_gpu_or_a_checkout_or_a_budget(tmp_path, monkeypa
 def test_the_plan_names_every_node_that_exists(capsys):
     """Each benchmark node the stages name is one the bench suite collects (a renamed
     parameter would otherwise make a stage select nothing)."""
-    assert G.main(["--out", "unused", "--plan"]) == 0
+    assert G.main(["--plan"]) == 0  # no --out needed to list the stages
     assert "verify" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        G.main([], cuda_available=lambda: True)
+    assert e.value.code == 2 and "--out: expected the folder" in capsys.readouterr().err
     import subprocess
 
     nodes = [a for st in G.stages() for a in st.args if "::" in a]
