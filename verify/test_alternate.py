@@ -83,6 +83,18 @@ def test_bad_options_are_refused_by_name(tmp_path, args, says):
     assert proc.returncode == 2 and says in proc.stderr
 
 
+@pytest.mark.parametrize("out,says", [
+    ("afile", "--out: expected a folder (or one to make), got {}, a file"),
+    ("afile/o", "--out: expected a folder (or one to make), got {}, under {}, a file"),
+])
+def test_an_out_folder_that_is_a_file_is_refused_before_any_run(tmp_path, capsys, out, says):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / out), "--runs", "1"])
+    assert e.value.code == 2
+    assert says.format(tmp_path / out, tmp_path / "afile") in capsys.readouterr().err
+
+
 def test_main_is_the_command(tmp_path, monkeypatch, capsys):
     # in-process, for the argument handling that the subprocess tests cannot mutate-check
     monkeypatch.setattr(os, "environ", {**pytest_env()})

@@ -98,10 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         if not tree.is_dir():
             parser.exit(2, f"error: --{name.replace('_', '-')}: {tree} is not a folder\n")
         trees.append(tree)
+    out = Path(args.out)
+    above = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        parser.exit(2, f"error: --out: expected a folder (or one to make), got {args.out}"
+                    + ("" if above == out else f", under {above}") + ", a file\n")
     if any(a == "--benchmark-json" or a.startswith("--benchmark-json=") for a in rest):
         parser.exit(2, "error: --benchmark-json is set by alternate (one file a run)\n")
     try:
-        alternate(Path(args.out), args.runs, *trees, rest or ["bench", "-q"],
+        alternate(out, args.runs, *trees, rest or ["bench", "-q"],
                   start=args.start)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
