@@ -71,6 +71,26 @@ _COLUMNS = ["side", "run", "source", "kernel", "method", "device", "benchmark", 
             "ratio", "log_ratio", "ref_median"]
 
 
+def distinct_runs(paths, command: str) -> None:
+    """ReportInputError when a run is given twice: the same file, or two files holding the
+    same run (a copy; x.json and x.json.gz). A run counted twice is noise that never was."""
+    from handgrad.reports.load import _fingerprint
+
+    paths_seen: dict[Path, object] = {}
+    runs_seen: dict[str, object] = {}
+    for p in paths:
+        key = Path(p).resolve()
+        if key in paths_seen:
+            raise ReportInputError(f"{p}: given twice (as {paths_seen[key]}); {command} takes "
+                                   "separate runs, each a process of its own")
+        paths_seen[key] = p
+        fp = _fingerprint(read_json(p))
+        if fp in runs_seen:
+            raise ReportInputError(f"{p}: holds the same run as {runs_seen[fp]}; {command} "
+                                   "takes separate runs, each a process of its own")
+        runs_seen[fp] = p
+
+
 def run_ratios(paths, side: str = "") -> pd.DataFrame:
     """A row per (run, gated benchmark): its ratio to its reference in that run.
 
@@ -205,6 +225,7 @@ def calibrate(paths, threshold: float = KERNEL_THRESHOLD,
     if len(paths) < MIN_CALIBRATION_RUNS:
         raise ReportInputError(f"calibrate: expected at least {MIN_CALIBRATION_RUNS} "
                                f"unchanged runs (separate processes), got {len(paths)}")
+    distinct_runs(paths, "calibrate")
     runs, disturbed = _drop_disturbed(run_ratios(paths, side="a"))
     if runs.empty:
         raise ReportInputError("calibrate: the runs have no kernel benchmarks (role kernel) "
@@ -416,6 +437,7 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
               quantile: float = NOISE_QUANTILE) -> RunsGateResult:
     """The between-process gate of several baseline runs against several current ones
     (each a pytest-benchmark JSON of one process); ReportInputError on unusable input."""
+    distinct_runs([*baselines, *currents], "the gate over runs")
     base = run_ratios(baselines, "baseline")
     cur = run_ratios(currents, "current")
     both = pd.concat([base, cur], ignore_index=True)

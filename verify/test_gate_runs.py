@@ -223,6 +223,29 @@ def test_calibrate_needs_three_runs_and_the_cli_says_so(tmp_path, capsys):
     assert "at least 3" in capsys.readouterr().err
 
 
+def test_a_run_given_twice_is_refused_by_calibrate_and_the_gate(tmp_path, capsys):
+    """Three copies of one run are no calibration (sigma 0), nor are a file and its copy
+    two runs of a side: refused by name, the file and the copy."""
+    import shutil
+
+    runs = write_runs(tmp_path, "a", [{}, {FWD: 1.01}, {FWD: 0.99}])
+    copy = str(tmp_path / "copy.json")
+    shutil.copy(runs[1], copy)
+    with pytest.raises(ReportInputError, match=re.escape(f"{runs[0]}: given twice")):
+        calibrate([runs[0], runs[1], runs[0]])
+    with pytest.raises(ReportInputError, match=re.escape(
+            f"{copy}: holds the same run as {runs[1]}; calibrate takes separate runs")):
+        calibrate([*runs, copy])
+    assert main(["calibrate", runs[0], runs[0], runs[0], "--out",
+                 str(tmp_path / "n.json")]) == 2
+    assert "given twice" in capsys.readouterr().err and not (tmp_path / "n.json").exists()
+    # the gate: a run on both sides, or twice on one
+    assert main(["gate", "--baseline", runs[0], runs[1], "--current", runs[1], runs[2]]) == 2
+    assert f"{runs[1]}: given twice" in capsys.readouterr().err
+    with pytest.raises(ReportInputError, match="holds the same run"):
+        gate_runs([runs[0], runs[1]], [copy, runs[2]])
+
+
 def test_instruction_counts_take_no_calibration(tmp_path, capsys):
     counted = str(FIXTURES / "bench_instructions.json")
     _, out = _calibration(tmp_path, [{}, {FWD: 1.01}, {FWD: 0.99}])
