@@ -173,6 +173,9 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
             if fig is not None:
                 lines += [f"![{kernel}: time vs depth]({fig.name})", ""]
                 written.append(fig)
+            elif (timed["kernel"] == kernel).any():  # say why there is none
+                lines += [f"No time-against-depth figure: no timed benchmark of {kernel} "
+                          "has a depth (a shape parameter `L`) to draw time against.", ""]
             sub = table[table["kernel"] == kernel].drop(columns=["kernel"])
             lines += [to_markdown(_shown(sub)), ""]
         say(f"[{len(kernels) + 1}/{steps}] rendering the Jacobian mode figure")
@@ -192,6 +195,10 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
             ]
         say(f"[{len(kernels) + 2}/{steps}] rendering the roofline figure")
         fig = roofline.roofline(timed, out) if len(timed) else None
+        if fig is None and len(timed):
+            lines += ["### Roofline", "", "No roofline: no timed benchmark records both an "
+                      "analytic FLOP count and a byte count (`flops=` and `bytes=` of "
+                      "`measure`, both above 0).", ""]
         if fig is not None:
             written.append(fig)
             lines += [

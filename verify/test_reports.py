@@ -111,6 +111,13 @@ def test_render_and_gate_read_a_user_s_benchmarks(tmp_path):
     assert gate(str(base), str(same)).passed
     result = gate(str(base), str(slow))
     assert result.flagged() == {"softplus_layer.my_backward"}, result.markdown()
+    # no depth L and no byte count: the report says why it draws no figure
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert not list((tmp_path / "out").glob("*.png"))
+    assert "No time-against-depth figure: no timed benchmark of softplus_layer has a " \
+           "depth (a shape parameter `L`)" in md
+    assert "No roofline: no timed benchmark records both an analytic FLOP count and a " \
+           "byte count" in md
 
 
 # ----------------------------------------------------------------------------- render
@@ -127,6 +134,8 @@ def test_render_writes_report_csv_and_figures(tmp_path, capsys):
     for name in pngs:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md, f"{name} is written but not shown in the report"
+    assert "No roofline" not in md and "No time-against-depth figure: no timed benchmark " \
+        "of backprop" not in md
     import pandas as pd
 
     csv = pd.read_csv(tmp_path / "summary.csv")
