@@ -73,3 +73,116 @@ def test_a_bug_whose_line_left_the_kernel_is_refused():
     ghost = Bug("ghost", "    this line is not in the kernel\n", "", 1, "dW", "sign flip")
     with pytest.raises(AssertionError, match="ghost: the line to replace is not once in"):
         planted_backprop(ghost)
+
+
+def _with_weight(g: bp.Gradients, i: int, w: torch.Tensor) -> bp.Gradients:
+    return bp.Gradients(g.loss, (*g.weights[:i], w, *g.weights[i + 1:]), g.biases, g.input)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("target", ["indices", "probs"])
+def test_cross_entropy_is_diagnosed(target: str, reduction: str):
+    net, x, _ = problem()
+    gen = torch.Generator().manual_seed(1)
+    y = (torch.tensor([0, 1, 1, 0, 1, 0, 0, 1]) if target == "indices"
+         else torch.softmax(torch.randn(BATCH, 2, generator=gen, dtype=torch.float64), 1))
+    g = bp.backprop(net, x, y, loss="cross_entropy", reduction=reduction)
+    d = diagnose(g, net, x, y, loss="cross_entropy", reduction=reduction)
+    assert d.layer is None and all(c.agrees for c in d.checks), d.message()
+    # dW3 negated by hand: layer 4 agrees, layer 3 is a sign flip
+    d = diagnose(_with_weight(g, 2, -g.weights[2]), net, x, y, loss="cross_entropy",
+                 reduction=reduction)
+    assert (d.layer, d.tensor, d.signature) == (3, "dW", "sign flip"), d.message()
+
+
+def test_cross_entropy_of_a_single_sample_is_diagnosed():
+    net, x, _ = problem()
+    y = torch.tensor(1)
+    g = bp.backprop(net, x[0], y, loss="cross_entropy")
+    assert diagnose(g, net, x[0], y, loss="cross_entropy").layer is None
+
+
+def test_log_cosh_with_large_residuals_blames_no_right_layer():
+    # residuals of ~1e4: cosh overflows float64 (|r| > 710), tanh(r) is +-1
+    net, x, y = problem()
+    y = 1e4 * y
+    g = bp.backprop(net, x, y, loss="log_cosh")
+    d = diagnose(g, net, x, y, loss="log_cosh")
+    assert d.layer is None, d.message()
+    assert all(c.worst_ratio < 1 for c in d.checks)
+    d = diagnose(_with_weight(g, 3, 2 * g.weights[3]), net, x, y, loss="log_cosh")
+    assert (d.layer, d.tensor, d.signature) == (4, "dW", "constant factor"), d.message()
+    assert "dW4 = 2 (2) x reference" in d.detail
+
+
+def test_the_loss_and_reduction_asked_for_are_the_ones_diagnosed():
+    net, x, y = problem()
+    # a squared-loss gradient is not a log-cosh one: layer 4, the output layer, disagrees
+    d = diagnose(bp.backprop(net, x, y, loss="squared"), net, x, y, loss="log_cosh")
+    assert (d.layer, d.tensor) == (4, "dW")
+    # a sum where the mean is asked for: N times too large
+    d = diagnose(bp.backprop(net, x, y, reduction="sum"), net, x, y, reduction="mean")
+    assert f"dW4 = 8 (N = {BATCH}, the batch size) x reference" in d.detail
+    d = diagnose(bp.backprop(net, x, y, reduction="sum"), net, x, y, reduction="sum")
+    assert d.layer is None
+
+
+def test_an_empty_batch_of_class_indices_is_diagnosed_with_a_sum():
+    net, x, _ = problem()
+    y = torch.zeros(0, dtype=torch.int64)
+    g = bp.backprop(net, x[:0], y, loss="cross_entropy", reduction="sum")
+    d = diagnose(g, net, x[:0], y, loss="cross_entropy", reduction="sum")
+    assert d.layer is None and all(c.worst_ratio == 0 for c in d.checks)
+
+
+def _bad(**change):
+    net, x, y = problem()
+    call = dict(grads=bp.backprop(net, x, y), net=net, x=x, y=y) | change
+    return lambda: diagnose(call.pop("grads"), call.pop("net"), call.pop("x"), call.pop("y"),
+                            **call)
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (_bad(loss="Squared"), ValueError,
+     r"loss: expected one of \['squared', 'log_cosh', 'cross_entropy'\], got 'Squared'"),
+    (_bad(loss=None), ValueError, "loss: expected one of .*, got None"),
+    (_bad(reduction="Mean"), ValueError, r"reduction: expected one of \['mean', 'sum'\], "
+                                         r"got 'Mean'"),
+    (_bad(grads=None), TypeError, "grads: expected a handgrad.kernels.backprop.Gradients "
+                                  r"\(backprop's result\), got NoneType"),
+    (_bad(grads=bp.Gradients(torch.zeros(()), (), (), torch.zeros(()))), ValueError,
+     "grads: 0 weights gradients for a network of 4 layers"),
+    (_bad(net="mlp"), TypeError, "net: expected a handgrad.kernels.mlp.MLP, got str"),
+    (_bad(x=problem()[1].numpy()), TypeError, "x: expected a torch.Tensor, got ndarray"),
+    (_bad(x=problem()[1].to("meta")), ValueError, "x: on meta, the network on cpu; "
+                                                  "expected one device"),
+    (_bad(y=problem()[2].to("meta")), ValueError, "y: on meta, the network on cpu"),
+    (_bad(x=problem()[1].to_sparse()), ValueError, r"x: expected a dense \(torch.strided\) "
+                                                   "tensor, got a torch.sparse_coo tensor"),
+    (_bad(grads=bp.Gradients(torch.zeros(()), (torch.zeros(6, 5), torch.zeros(6, 6).to("meta"),
+                                               torch.zeros(6, 6), torch.zeros(2, 6)),
+                             tuple(torch.zeros(k) for k in (6, 6, 6, 2)), torch.zeros(()))),
+     ValueError, r"grads.weights\[1\]: on meta, the network on cpu"),
+    (_bad(grads=bp.Gradients(torch.zeros(()), tuple(torch.zeros(s, dtype=torch.int64) for s in
+                                                    ((6, 5), (6, 6), (6, 6), (2, 6))),
+                             tuple(torch.zeros(k) for k in (6, 6, 6, 2)), torch.zeros(()))),
+     TypeError, r"grads.weights\[0\]: expected a floating-point tensor, got dtype torch.int64"),
+    (_bad(x=problem()[1].long()), TypeError, "x: expected a floating-point tensor, got "
+                                             "dtype torch.int64"),
+    (_bad(x=problem()[1][:, :4]), ValueError, r"x: expected shape \(N, 5\) or \(5,\) for "
+                                              r"this network, got \(8, 4\)"),
+    (_bad(x=problem()[1] * float("nan")), ValueError, "x: holds NaN or inf"),
+    (_bad(y=problem()[2].numpy()), TypeError, "y: expected a torch.Tensor, got ndarray"),
+    (_bad(y=problem()[2][:3]), ValueError, r"y: expected 16 values \(shape \(8, 2\)\)"),
+    (_bad(y=problem()[2].long()), TypeError, "y: for loss='squared' expected a "
+                                             "floating-point tensor, got dtype torch.int64"),
+    (_bad(y=torch.full((8, 2), float("inf"), dtype=torch.float64)), ValueError,
+     "y: holds NaN or inf"),
+    (_bad(y=torch.full((8,), 2), loss="cross_entropy"), ValueError,
+     r"y: class indices must lie in \[0, 2\) for 2 outputs, got values from 2 to 2"),
+    (_bad(y=torch.zeros(7, dtype=torch.int64), loss="cross_entropy"), ValueError,
+     r"y: for loss='cross_entropy' expected 8 class indices"),
+])
+def test_diagnose_refuses_bad_input_by_name(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()

@@ -7,6 +7,8 @@ find the references themselves."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -323,3 +325,59 @@ def test_signature_of_mismatched_ranks_is_none():
     tol = tol_for(torch.float64, "grad")
     assert signature(torch.ones(2, 3, dtype=torch.float64),
                      torch.ones(3, 2, 1, dtype=torch.float64), tol) is None
+
+
+def test_arguments_that_require_grad_pass_under_warnings_as_errors():
+    # a gradient computed from arguments that require grad requires grad itself: reading it
+    # as a number must not warn (pyproject turns warnings into errors: a right gradient
+    # would fail). torch warns once a process, so vjp and jvp are checked in turn here.
+    args = tuple(a.clone().requires_grad_() for a in _args(torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vr = check_vjp(softplus_layer, vjp_right, args,
+                       cotangent=torch.ones(5, 3, dtype=torch.float64, requires_grad=True))
+        jr = check_jvp(softplus_layer, jvp_right, args)
+    assert vr.passed and jr.passed
+    assert [a.checked for a in vr.arguments] == [True, True, True]
+
+
+def test_a_numpy_integer_selects_an_argument_like_an_int():
+    args = _args(torch.float64)
+    for wrt in (np.int64(1), [np.int32(1)], 1):
+        report = check_vjp(softplus_layer, vjp_right, args, wrt=wrt)
+        assert [a.checked for a in report.arguments] == [False, True, False]
+    assert check_jvp(softplus_layer, jvp_right, args, wrt=np.int64(2),
+                     directions=np.int64(1)).arguments[2].checked
+
+
+def _never(*args):
+    raise AssertionError("f ran: the bad argument was not refused first")
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: check_vjp(softplus_layer, vjp_right,
+                       tuple(a.to("meta") for a in _args(torch.float64))), ValueError,
+     r"args\[0\]: a tensor on the meta device holds no values"),
+    (lambda: check_jvp(softplus_layer, jvp_right,
+                       (*_args(torch.float64)[:2], _args(torch.float64)[2].to("meta"))),
+     ValueError, r"args\[2\]: a tensor on the meta device"),
+    (lambda: check_vjp(lambda x: 2 * x, lambda g, x: (2 * g,),
+                       (torch.ones(3, dtype=torch.float64).to_sparse(),)), ValueError,
+     r"args\[0\]: a torch.sparse_coo tensor; expected a dense"),
+    (lambda: check_vjp(softplus_layer, vjp_right,
+                       (torch.ones(5, 4, dtype=torch.int64),
+                        torch.ones(3, 4, dtype=torch.complex64), 2)), ValueError,
+     r"got \(dtypes and types\) \[torch.int64, torch.complex64, int\]"),
+    (lambda: check_vjp(softplus_layer, vjp_right, _args(torch.float64), taylor="no"),
+     TypeError, "taylor: expected True or False, got 'no'"),
+    (lambda: check_jvp(softplus_layer, jvp_right, _args(torch.float64), taylor=1),
+     TypeError, "taylor: expected True or False, got 1"),
+    # refused before f runs once (f raises if it does): not after hours of directions
+    (lambda: check_vjp(_never, vjp_right, _args(torch.float64), directions=10**12),
+     ValueError, "directions: expected a positive integer of at most 10000, got 1000000000000"),
+    (lambda: check_jvp(_never, jvp_right, _args(torch.float64), directions=10_001),
+     ValueError, "at most 10000, got 10001"),
+])
+def test_still_more_bad_input_is_refused_by_name(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()

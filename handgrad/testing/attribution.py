@@ -17,13 +17,14 @@ Layers are numbered from 1 (input side): W_1 is the first weight matrix.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from handgrad.kernels.backprop import Gradients
-from handgrad.kernels.mlp import MLP
+from handgrad.kernels.backprop import LOSSES, Gradients
+from handgrad.kernels.mlp import MLP, REDUCTIONS
 from handgrad.testing.references import TORCH_ACTIVATIONS
 from handgrad.testing.tolerances import Tol, tol_for
 
@@ -92,8 +93,16 @@ def _reference(net: MLP, x, y, loss: str, reduction: str) -> _Reference:
             zs.append(z)
             if i < len(ws) - 1:
                 hs.append(rho(z))
-        r = zs[-1] - y.detach().double().reshape(zs[-1].shape)
-        per = (0.5 * r**2).sum(1) if loss == "squared" else torch.log(torch.cosh(r)).sum(1)
+        z = zs[-1]
+        if loss == "cross_entropy":  # y: class indices, or probabilities like the logits
+            t = (y.detach().double().reshape(z.shape) if y.dtype.is_floating_point
+                 else y.detach().reshape(-1).long())
+            per = F.cross_entropy(z, t, reduction="none")
+        else:
+            r = z - y.detach().double().reshape(z.shape)
+            # log cosh r as log((e^r + e^-r) / 2): log(cosh(r)) overflows for |r| > ~710
+            per = ((0.5 * r**2).sum(1) if loss == "squared"
+                   else (torch.logaddexp(r, -r) - math.log(2.0)).sum(1))
         J = per.mean() if reduction == "mean" else per.sum()
         grads = torch.autograd.grad(J, [*ws, *bs, *hs[1:], *zs])
     L = len(ws)
@@ -157,10 +166,83 @@ def _signature(i: int, tensor: str, m: torch.Tensor, ref: _Reference, net: MLP, 
         "layer's activation explains it"
 
 
+def _tensor(name: str, t: object, device: torch.device) -> torch.Tensor:
+    """A dense tensor on the network's ``device`` (never meta: an MLP holds values), else a
+    TypeError or ValueError naming ``name``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device != device:
+        raise ValueError(f"{name}: on {t.device}, the network on {device}; expected one "
+                         "device")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense (torch.strided) tensor, got a {t.layout} "
+                         "tensor (.to_dense())")
+    return t
+
+
+def _check_arguments(grads, net, x, y, loss, reduction) -> None:
+    """diagnose's arguments, each refused by name: the reference computes nothing from
+    what the kernel would have refused."""
+    if not isinstance(net, MLP):
+        raise TypeError(f"net: expected a handgrad.kernels.mlp.MLP, got {type(net).__name__}")
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {list(LOSSES)}, got {loss!r}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+    device = net.weights[0].device
+    parts = [getattr(grads, part, None) for part in ("weights", "biases")]
+    if not all(isinstance(p, (tuple, list)) for p in parts):
+        raise TypeError(f"grads: expected a handgrad.kernels.backprop.Gradients (backprop's "
+                        f"result), got {type(grads).__name__}")
+    for part, ts in zip(("weights", "biases"), parts):
+        if len(ts) != net.depth:
+            raise ValueError(f"grads: {len(ts)} {part} gradients for a network of "
+                             f"{net.depth} layers; expected one per layer")
+        for i, t in enumerate(ts):
+            if not _tensor(f"grads.{part}[{i}]", t, device).dtype.is_floating_point:
+                raise TypeError(f"grads.{part}[{i}]: expected a floating-point tensor, got "
+                                f"dtype {t.dtype}")
+    x = _tensor("x", x, device)
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() not in (1, 2) or x.shape[-1] != net.sizes[0]:
+        raise ValueError(f"x: expected shape (N, {net.sizes[0]}) or ({net.sizes[0]},) for this "
+                         f"network, got {tuple(x.shape)}")
+    n, c = (1 if x.dim() == 1 else x.shape[0]), net.sizes[-1]
+    y = _tensor("y", y, device)
+    indices = loss == "cross_entropy" and not y.dtype.is_floating_point
+    if indices:
+        if y.dtype.is_complex or y.dtype == torch.bool or y.numel() != n:
+            raise ValueError(f"y: for loss='cross_entropy' expected {n} class indices of an "
+                             f"integer dtype or probabilities ({n}, {c}), got shape "
+                             f"{tuple(y.shape)} of dtype {y.dtype}")
+        if n and not (0 <= int(y.min()) and int(y.max()) < c):
+            raise ValueError(f"y: class indices must lie in [0, {c}) for {c} outputs, got "
+                             f"values from {int(y.min())} to {int(y.max())}")
+    else:
+        if not y.dtype.is_floating_point:
+            raise TypeError(f"y: for loss={loss!r} expected a floating-point tensor, got "
+                            f"dtype {y.dtype}")
+        if y.numel() != n * c:
+            raise ValueError(f"y: expected {n * c} values (shape ({n}, {c})) for x of shape "
+                             f"{tuple(x.shape)} and a network with {c} outputs, got shape "
+                             f"{tuple(y.shape)}")
+    for name, t in (("x", x), ("y", y)):
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{name}: holds NaN or inf; expected finite values")
+
+
 def diagnose(grads: Gradients, net: MLP, x, y, *, loss: str = "squared",
              reduction: str = "mean") -> Diagnosis:
     """Each layer's dW and db of ``grads`` against torch.autograd (output side first), the
-    first that disagrees, and the bug signature that explains it (module docstring)."""
+    first that disagrees, and the bug signature that explains it (module docstring).
+
+    ``grads``: backprop's result for ``net`` at ``x`` (N, in) or (in,) and ``y``;
+    ``loss``: one of ``handgrad.kernels.backprop.LOSSES`` ("squared", "log_cosh",
+    "cross_entropy": ``y`` class indices (N,) of an integer dtype or probabilities (N, C));
+    ``reduction``: "mean" or "sum". A bad argument is a TypeError or ValueError naming it.
+    """
+    _check_arguments(grads, net, x, y, loss, reduction)
     ref = _reference(net, x, y, loss, reduction)
     tol = tol_for(grads.weights[0].dtype, "grad")
     checks, first = [], None

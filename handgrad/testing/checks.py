@@ -47,6 +47,9 @@ FORWARD_AD = "torch_func_jvp"
 CENTRAL = "central differences"
 # the smallest scale-relative error a central difference is trusted to, per dtype it runs in
 _FD_FLOOR = {torch.float64: FINITE_DIFF[torch.float64].rtol, torch.float32: 3e-4}
+# central differences: at most this many random directions per argument (two evaluations of f
+# each); more adds nothing a check can use and only runs for hours
+MAX_DIRECTIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def _names(f: Callable, n: int) -> list[str | None]:
     return (names + [None] * n)[:n]
 
 
-def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
+def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor):
     """The arguments checked, and what both checks start from: f's and the derivative's
     names and f(*args)."""
     what = "vjp" if mode == "vjp" else "jvp"
@@ -170,9 +173,17 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
     args = tuple(args)
     floats = [i for i, a in enumerate(args) if _is_float_tensor(a)]
     if not floats:
+        got = ", ".join(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__
+                        for a in args)
         raise ValueError("args: expected at least one floating-point tensor to differentiate "
-                         f"with respect to, got {[type(a).__name__ for a in args]}")
+                         f"with respect to, got (dtypes and types) [{got}]")
     for i in floats:
+        if args[i].device.type == "meta":
+            raise ValueError(f"args[{i}]: a tensor on the meta device holds no values; "
+                             "expected a tensor on a real device (cpu, cuda)")
+        if args[i].layout != torch.strided:
+            raise ValueError(f"args[{i}]: a {args[i].layout} tensor; expected a dense "
+                             "(torch.strided) tensor (sparse: .to_dense())")
         if args[i].numel() == 0:
             raise ValueError(f"args[{i}]: an empty tensor (shape {tuple(args[i].shape)}) has "
                              "no derivative to check; expected at least one element")
@@ -182,7 +193,7 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
     if wrt is None:
         wrt = floats
     else:
-        if isinstance(wrt, (int, str)) and not isinstance(wrt, bool):
+        if isinstance(wrt, (numbers.Integral, str)) and not isinstance(wrt, bool):
             wrt = [wrt]
         if not isinstance(wrt, Sequence) or not wrt:
             raise TypeError(f"wrt: expected argument positions or names (a non-empty "
@@ -208,8 +219,11 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol):
     if isinstance(directions, bool) or not isinstance(directions, numbers.Integral):
         raise TypeError(f"directions: expected a positive integer, got "
                         f"{type(directions).__name__} {directions!r}")
-    if directions < 1:
-        raise ValueError(f"directions: expected a positive integer, got {directions!r}")
+    if not 1 <= directions <= MAX_DIRECTIONS:
+        raise ValueError(f"directions: expected a positive integer of at most "
+                         f"{MAX_DIRECTIONS}, got {directions!r}")
+    if not isinstance(taylor, bool):
+        raise TypeError(f"taylor: expected True or False, got {taylor!r}")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
@@ -350,12 +364,18 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     argument (a tuple, or a tensor when there is one argument), None for one without, as an
     ``autograd.Function.backward`` does; a None for a checked argument is taken as zero.
     ``wrt``: the arguments to check (positions or parameter names; default every
-    floating-point tensor). ``cotangent``: default standard normal. ``tol``: default the
-    gradient tolerance of the arguments' dtype. Raises ``AssertionError`` on a wrong
-    gradient (every wrong argument named), returns a ``CheckReport`` otherwise.
+    floating-point tensor, each dense and holding values: not on the meta device).
+    ``cotangent``: default standard normal. ``tol``: default the gradient tolerance of the
+    arguments' dtype. ``directions``: how many random directions per argument central
+    differences take, two evaluations of ``f`` each (1 to ``MAX_DIRECTIONS`` = 10,000).
+    ``taylor`` (True or False): fit the order of the Taylor remainder (float64 only).
+    ``generator``: a CPU ``torch.Generator`` for the random vectors (default seeded 0).
+    Raises ``AssertionError`` on a wrong gradient (every wrong argument named), returns a
+    ``CheckReport`` otherwise; bad arguments are a ``TypeError`` or ``ValueError`` naming
+    them.
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
-        "vjp", f, vjp, args, wrt, directions, generator, tol)
+        "vjp", f, vjp, args, wrt, directions, generator, tol, taylor)
     if cotangent is None:
         u = _randn_like(out, gen)
     else:
@@ -368,6 +388,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                              "one device")
         if not bool(torch.isfinite(u).all()):
             raise ValueError("cotangent: holds NaN or inf")
+        u = u.detach()
     grads = vjp(u, *args)
     if isinstance(grads, torch.Tensor) and len(args) == 1:
         grads = (grads,)
@@ -429,7 +450,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         label = _label(i, names)
         fd_dtype = ref_args[i].dtype
         fd_ok = fd_dtype in _FD_FLOOR
-        g = grads[i] if grads[i] is not None else torch.zeros_like(args[i])
+        # detached: a gradient computed from arguments that require grad requires grad,
+        # and float() of one warns (an error under -W error)
+        g = grads[i].detach() if grads[i] is not None else torch.zeros_like(args[i])
         note = "" if grads[i] is not None else "vjp gave None: checked as zero"
         if AUTOGRAD in references and i not in ref_grads:
             note = "; ".join(filter(None, [note, "torch.autograd does not reach it (unused, "
@@ -486,7 +509,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     along ``directions`` random tangents. Other arguments as in ``check_vjp``.
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
-        "jvp", f, jvp, args, wrt, directions, generator, tol)
+        "jvp", f, jvp, args, wrt, directions, generator, tol, taylor)
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)
     ref_args = args64 if in64 else tuple(a.detach() if _is_float_tensor(a) else a
@@ -531,7 +554,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             t = _randn_like(a, gen)
             tangents = tuple(t if j == i else (torch.zeros_like(b) if _is_float_tensor(b)
                                                else None) for j, b in enumerate(args))
-            jt = _output("jvp", jvp(tangents, *args))
+            jt = _output("jvp", jvp(tangents, *args)).detach()  # float() of it below
             if jt.shape != out.shape or jt.device != out.device:
                 raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
                                      f"{jt.device}, f(*args) has {tuple(out.shape)} on "
