@@ -75,6 +75,12 @@ def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
         assert GRAD[d].rtol >= FORWARD[d].rtol and GRAD[d].atol >= FORWARD[d].atol
     with pytest.raises(ValueError, match="rtol and atol must be >= 0"):
         Tol(rtol=-1.0, atol=0.0)
+    with pytest.raises(TypeError, match="Tol: rtol: expected a real number >= 0, got str '1e-3'"):
+        Tol(rtol="1e-3", atol=0)
+    with pytest.raises(TypeError, match="Tol: atol: expected a real number >= 0, got bool True"):
+        Tol(rtol=0.1, atol=True)
+    with pytest.raises(ValueError, match="rtol and atol must be >= 0"):
+        Tol(rtol=float("nan"), atol=0.0)  # a NaN tolerance passes nothing and fails nothing
     with pytest.raises(ValueError, match="dtype: no finite_diff tolerance for torch.float16"):
         tol_for(torch.float16, "finite_diff")
     with pytest.raises(TypeError, match="dtype: expected a floating torch.dtype, got "

@@ -8,6 +8,7 @@ when ``|actual - expected| <= atol + rtol * |expected|`` (torch.isclose's rule).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,11 @@ class Tol:
     atol: float
 
     def __post_init__(self) -> None:
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"Tol: {name}: expected a real number >= 0, got "
+                                f"{type(v).__name__} {v!r}")
         if not (self.rtol >= 0 and self.atol >= 0):
             raise ValueError(
                 f"Tol: rtol and atol must be >= 0, got rtol={self.rtol}, atol={self.atol}"
