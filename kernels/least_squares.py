@@ -47,22 +47,26 @@ class DivergenceWarning(RuntimeWarning):
 _LAPACK_DTYPES = (torch.float32, torch.float64)
 
 
-def _check_problem(X, y=None, w=None, w_name: str = "w", *, linalg: bool = False):
+def _check_problem(X, y=None, w=None, w_name: str | None = "w", *, linalg: bool = False):
     """Shapes, dtypes and devices of X (N, D), y (N,) and w (D,); with ``linalg``, a dtype
     torch.linalg can factor. Every value finite (said per argument), except inside a graph
-    (``in_graph``: no value can be read there)."""
+    (``in_graph``: no value can be read there).
+
+    ``w_name``: what the caller calls w ("w", "w0"); y and w are then required (None is a
+    TypeError naming it). None: a problem without w (``spectrum``), where y is optional.
+    Tested only when y or w is None: nothing added to a call that gives both."""
     X = check_tensor("X", X, ndims=(2,))
     if linalg and X.dtype not in _LAPACK_DTYPES:
         raise TypeError(f"X: dtype {X.dtype} cannot be factored by torch.linalg (LAPACK, "
                         "cuSOLVER); expected float32 or float64")
     n, d = X.shape
-    if y is not None:
+    if y is not None or w_name is not None:  # y None given where it is required: refused
         y = check_tensor("y", y, ndims=(1,))
         check_same("y", y, "X", X)
         if y.shape[0] != n:
             raise ValueError(f"y: expected shape ({n},) for X of shape {shape_str(X)}, got "
                              f"{shape_str(y)}")
-    if w is not None:
+    if w is not None or w_name is not None:
         w = check_tensor(w_name, w, ndims=(1,))
         check_same(w_name, w, "X", X)
         if w.shape[0] != d:
@@ -160,7 +164,7 @@ def spectrum(X: torch.Tensor, y: torch.Tensor | None = None, method: str = "auto
     GRAM_MAX_COND, else the SVD), or "auto": "gram" on CUDA, "svd" elsewhere (the module's
     docstring says why). ``Spectrum.method`` says which was taken.
     """
-    X, y, _ = _check_problem(X, y, linalg=True)
+    X, y, _ = _check_problem(X, y, None, None, linalg=True)  # no w; y optional
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if method == "auto":
@@ -227,6 +231,8 @@ def loss(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(D,): w* = (X^T X)^{-1} X^T y, or the least-norm minimiser when X^T X is singular."""
+    if y is None:  # spectrum's y is optional; here it is required
+        raise TypeError("y: expected a torch.Tensor, got NoneType")
     sp = spectrum(X, y)
     return sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1), 0)
 

@@ -269,6 +269,16 @@ def init_mlp(
              for i, s in enumerate(sizes)]
     check_choice("activation", activation, list(ACTIVATIONS))
     check_float_dtype("dtype", dtype)
+    device = _check_device(device)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            kind = type(generator)
+            raise TypeError(f"generator: expected a torch.Generator or None, got "
+                            f"{kind.__module__}.{kind.__qualname__}")
+        if generator.device.type != "cpu":
+            raise ValueError(f"generator: expected a CPU torch.Generator (the numbers are "
+                             f"drawn on the CPU, then moved to device), got one on "
+                             f"{generator.device}")
 
     def uniform(shape: tuple[int, ...], bound: float) -> torch.Tensor:
         u = torch.rand(shape, generator=generator, dtype=torch.float64)
@@ -289,6 +299,22 @@ def init_mlp(
             weights.append(uniform((fan_out, fan_in), init))
             biases.append(uniform((fan_out,), init))
     return MLP(weights=weights, biases=biases, activation=activation)
+
+
+def _check_device(device: object) -> torch.device:
+    """``device`` as a torch.device: a string torch can parse or a torch.device, present
+    on this machine (CUDA: ``torch.cuda.is_available``)."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device: expected a device such as 'cpu' or 'cuda' (a str or "
+                        f"torch.device), got {type(device).__name__} {device!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device: expected a device such as 'cpu', 'cuda' or 'cuda:0', got "
+                         f"{device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} asked for, but no CUDA device is present")
+    return device
 
 
 def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -266,6 +267,13 @@ def test_forward_single_equals_batched_row(device: str) -> None:
 # --- bad input -----------------------------------------------------------------------
 
 
+class _CudaGenerator(torch.Generator):
+    """A CPU generator that says it is on CUDA: what init_mlp sees of a CUDA generator,
+    on a machine without one."""
+
+    device = torch.device("cuda")
+
+
 def _net(**kw):
     return mlp.init_mlp([3, 4, 2], generator=torch.Generator().manual_seed(0), **kw)
 
@@ -309,7 +317,34 @@ BAD_CALLS = [
     ("no layers", lambda: mlp.MLP(weights=[]), ValueError, r"at least one layer"),
     ("bad init", lambda: mlp.init_mlp([3, 2], init="he"), ValueError, r"init: expected 'xavier'"),
     ("bad sizes", lambda: mlp.init_mlp([3]), ValueError, r"sizes: expected at least two"),
+    ("init device gpu", lambda: mlp.init_mlp([3, 2, 1], device="gpu"), ValueError,
+     r"^device: expected a device such as 'cpu', 'cuda' or 'cuda:0', got 'gpu'$"),
+    ("init device int", lambda: mlp.init_mlp([3, 2, 1], device=0), TypeError,
+     r"^device: expected a device such as 'cpu' or 'cuda' \(a str or torch.device\), got int 0$"),
+    ("init numpy generator",
+     lambda: mlp.init_mlp([3, 2, 1], generator=np.random.default_rng(0)), TypeError,
+     r"^generator: expected a torch.Generator or None, got numpy\.random\..*Generator$"),
+    ("init seed as generator", lambda: mlp.init_mlp([3, 2, 1], generator=0), TypeError,
+     r"^generator: expected a torch.Generator or None, got builtins.int$"),
+    ("init GPU generator", lambda: mlp.init_mlp([3, 2, 1], generator=_CudaGenerator()),
+     ValueError, r"^generator: expected a CPU torch.Generator .*got one on cuda$"),
+    ("init dtype string", lambda: mlp.init_mlp([3, 2, 1], dtype="float32"), TypeError,
+     r"^dtype: expected a floating torch.dtype \(torch.float32\), got 'float32'$"),
+    ("init dtype numpy", lambda: mlp.init_mlp([3, 2, 1], dtype=np.float32), TypeError,
+     r"^dtype: expected a floating torch.dtype, got <class 'numpy.float32'>$"),
+    ("init dtype integer", lambda: mlp.init_mlp([3, 2, 1], dtype=torch.int64), TypeError,
+     r"^dtype: expected a floating torch.dtype, got torch.int64$"),
 ]
+
+
+def test_init_mlp_refuses_an_absent_cuda_by_name(monkeypatch) -> None:
+    """On a machine without CUDA (made one here), not torch's own error from the move."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device: 'cuda:0' asked for, but no CUDA device "
+                       r"is present$"):
+        mlp.init_mlp([3, 2, 1], device="cuda:0")
+    net = mlp.init_mlp([3, 2, 1], device=torch.device("cpu"), generator=torch.Generator())
+    assert net.device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("call,error,pattern", [c[1:] for c in BAD_CALLS],

@@ -326,7 +326,40 @@ BAD = [
      r"X: dtype torch.bfloat16 cannot be factored"),
     ("integer X", lambda: ls.gradient(X3.long(), W3.long(), Y3.long()), TypeError,
      r"X: expected a floating-point tensor, got dtype torch.int64"),
+    # None is not "not given" where w, w0 or y is required (spectrum's y alone is optional)
+    ("gradient w None", lambda: ls.gradient(X3, None, Y3), TypeError,
+     r"^w: expected a torch.Tensor, got NoneType$"),
+    ("loss w None", lambda: ls.loss(X3, None, Y3), TypeError,
+     r"^w: expected a torch.Tensor, got NoneType$"),
+    ("gradient y None", lambda: ls.gradient(X3, W3, None), TypeError,
+     r"^y: expected a torch.Tensor, got NoneType$"),
+    ("gd_iterates w0 None", lambda: ls.gd_iterates(X3, Y3, None, 1e-3, 3), TypeError,
+     r"^w0: expected a torch.Tensor, got NoneType$"),
+    ("gd_closed_form w0 None", lambda: ls.gd_closed_form(X3, Y3, None, 1e-3, 10), TypeError,
+     r"^w0: expected a torch.Tensor, got NoneType$"),
+    ("gd_closed_form w0 None, no k", lambda: ls.gd_closed_form(X3, Y3, None, 1e-3, []),
+     TypeError, r"^w0: expected a torch.Tensor, got NoneType$"),
+    ("gd_closed_form y None", lambda: ls.gd_closed_form(X3, None, W3, 1e-3, 10), TypeError,
+     r"^y: expected a torch.Tensor, got NoneType$"),
+    ("heavy_ball_iterates w0 None", lambda: ls.heavy_ball_iterates(X3, Y3, None, 1e-3, 0.9, 3),
+     TypeError, r"^w0: expected a torch.Tensor, got NoneType$"),
+    ("heavy_ball_closed_form w0 None",
+     lambda: ls.heavy_ball_closed_form(X3, Y3, None, 1e-3, 0.9, 3), TypeError,
+     r"^w0: expected a torch.Tensor, got NoneType$"),
+    ("heavy_ball_iterates y None", lambda: ls.heavy_ball_iterates(X3, None, W3, 1e-3, 0.9, 3),
+     TypeError, r"^y: expected a torch.Tensor, got NoneType$"),
+    ("minimizer y None", lambda: ls.minimizer(X3, None), TypeError,
+     r"^y: expected a torch.Tensor, got NoneType$"),
 ]
+
+
+def test_spectrum_takes_y_as_optional():
+    """None is "not given" for spectrum's y (and its callers without y), nowhere else."""
+    X = torch.tensor([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]], dtype=F64)
+    sp = ls.spectrum(X, None, method="svd")
+    assert sp.Xty_v is None and sp.lam.tolist() == [16.0, 9.0]
+    assert ls.spectral_radius(X, 0.1) == pytest.approx(0.6)  # |1 - 0.1 * 16|
+    assert ls.converges(X, 0.1)
 
 
 def test_numbers_are_accepted_alike_as_python_numpy_and_0d_tensors():
