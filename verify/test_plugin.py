@@ -242,10 +242,23 @@ import torch
 def test_bad(measure):
     measure(lambda: None, group="g", kernel="k", method="m", reference="r",
             role="owner", device="cpu", dtype=torch.float32)
+
+
+def test_bad_dtype(measure):
+    measure(lambda: None, group="g", kernel="k", method="m", reference="m",
+            role="reference", device="cpu", dtype=torch.int64)
+
+
+def test_not_callable(measure):
+    measure(3, group="g", kernel="k", method="m", reference="m",
+            role="reference", device="cpu", dtype=torch.float32)
 ''')
     result = _run(project, "test_bad.py", "--benchmark-disable")
-    result.assert_outcomes(failed=1)
-    assert "role: expected one of ['kernel', 'reference'], got 'owner'" in result.stdout.str()
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    assert "role: expected one of ['kernel', 'reference'], got 'owner'" in out
+    assert "dtype: expected a floating torch.dtype (e.g. torch.float32), got torch.int64" in out
+    assert "fn: expected a callable of no arguments, got int 3" in out
 
 
 def test_a_session_of_checks_keeps_the_projects_thread_count(project):

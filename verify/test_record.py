@@ -7,8 +7,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from handgrad.benchmark import bench_record
+from handgrad.benchmark import bench_record, check_measure, measure_with
 from handgrad.reports.record import (
     SCHEMA,
     BenchRecord,
@@ -132,6 +133,64 @@ def test_bench_record_is_what_measure_writes():
         bench_record({k: v for k, v in GOOD.items() if k != "role"}, {})
     with pytest.raises(TypeError, match="colour"):
         bench_record({**GOOD, "colour": "red"}, {})
+
+
+# measure's keywords as a benchmark gives them (GOOD's record fields, torch's dtype)
+MEASURE = {**{k: v for k, v in GOOD.items() if k != "threads"}, "dtype": torch.float32,
+           "group": "g"}
+
+
+class _Untouched:
+    """A benchmark fixture or config that fails the test if measure reaches it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"measure went past its checks (read {name})")
+
+
+@pytest.mark.parametrize("field, value, error, says", [
+    ("fn", 3, TypeError, r"^fn: expected a callable of no arguments, got int 3$"),
+    ("reference_fn", 3, TypeError,
+     r"^reference_fn: expected a callable of no arguments or None, got int 3$"),
+    ("group", None, TypeError, r"^group: expected a non-empty string .*got NoneType None$"),
+    ("group", "", ValueError, r"^group: expected a non-empty string .*got ''$"),
+    ("group", 5, TypeError, r"^group: expected a non-empty string .*got int 5$"),
+    ("warmup", 0, ValueError, r"^warmup: expected an integer >= 1 \(warm-up calls\), got 0$"),
+    ("warmup", -1, ValueError, r"^warmup: expected an integer >= 1 .*got -1$"),
+    ("warmup", 2.0, TypeError, r"^warmup: expected an integer >= 1 .*got float 2.0$"),
+    ("warmup", True, TypeError, r"^warmup: expected an integer >= 1 .*got bool True$"),
+    ("dtype", np.float32, TypeError,
+     r"^dtype: expected a floating torch.dtype \(e.g. torch.float32\), got "
+     r"<class 'numpy.float32'>$"),
+    ("dtype", torch.int64, TypeError, r"^dtype: expected a floating torch.dtype .*torch.int64$"),
+    ("dtype", "float32", TypeError, r"^dtype: expected a floating torch.dtype .*got 'float32'$"),
+    ("dtype", None, TypeError, r"^dtype: expected a floating torch.dtype .*got None$"),
+    ("device", "gpu", ValueError,
+     r"^device: expected a device string such as 'cpu', 'cuda' or 'cuda:0', got 'gpu'$"),
+    ("device", None, TypeError,
+     r"^device: expected a device string such as 'cpu' or 'cuda', got NoneType None$"),
+])
+def test_measure_refuses_a_bad_argument_by_name_before_timing(field, value, error, says):
+    kw = {"fn": lambda: None, "warmup": 3, **MEASURE, field: value}
+    with pytest.raises(error, match=says):
+        measure_with(_Untouched(), _Untouched(), **kw)
+
+
+def test_measure_accepts_what_the_benchmarks_give():
+    for kw in ({"device": "cpu"}, {"warmup": 1, "dtype": torch.bfloat16},
+               {"device": "meta", "dtype": torch.float64, "group": "a group"}):
+        args = {**MEASURE, **kw}
+        assert check_measure(lambda: None, None, args.pop("group"), args.pop("warmup", 3),
+                             args) is None
+
+
+def test_measure_on_an_absent_gpu_skips_saying_so(monkeypatch):
+    """As --device does for an absent device: skipped with the reason, never failed."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(pytest.skip.Exception,
+                           match=rf"^device '{device}' requested but not present"):
+            measure_with(_Untouched(), _Untouched(), lambda: None,
+                         **{**MEASURE, "device": device})
 
 
 def test_ratio_to_reference_pairs_rounds_when_it_can():

@@ -267,12 +267,53 @@ def bench_record(info: dict, slow: dict[str, float]) -> BenchRecord:
     return BenchRecord(**info)
 
 
+def check_measure(fn, reference_fn, group, warmup, info: dict) -> None:
+    """``measure``'s own arguments and the two record fields the record cannot judge (it
+    holds them as strings), before anything is set up or timed: a TypeError or ValueError
+    naming the argument. A ``device`` of a kind not present here (CUDA without a GPU)
+    skips the test, as ``--device`` does."""
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable of no arguments, got "
+                        f"{type(fn).__name__} {fn!r}")
+    if reference_fn is not None and not callable(reference_fn):
+        raise TypeError(f"reference_fn: expected a callable of no arguments or None, got "
+                        f"{type(reference_fn).__name__} {reference_fn!r}")
+    if not isinstance(group, str):
+        raise TypeError(f"group: expected a non-empty string (pytest-benchmark's group), "
+                        f"got {type(group).__name__} {group!r}")
+    if not group:
+        raise ValueError("group: expected a non-empty string (pytest-benchmark's group), "
+                         "got ''")
+    if isinstance(warmup, bool) or not isinstance(warmup, int):
+        raise TypeError(f"warmup: expected an integer >= 1 (warm-up calls), got "
+                        f"{type(warmup).__name__} {warmup!r}")
+    if warmup < 1:
+        raise ValueError(f"warmup: expected an integer >= 1 (warm-up calls), got {warmup!r}")
+    dtype = info.get("dtype")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating torch.dtype (e.g. torch.float32), got "
+                        f"{dtype!r}")
+    device = info.get("device")
+    if not isinstance(device, str):
+        raise TypeError(f"device: expected a device string such as 'cpu' or 'cuda', got "
+                        f"{type(device).__name__} {device!r}")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"device: expected a device string such as 'cpu', 'cuda' or "
+                         f"'cuda:0', got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"device {device!r} requested but not present (no CUDA device)")
+
+
 def measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *, group: str,
                  warmup: int = 3, reference_fn: Callable[[], object] | None = None,
                  peak: int | None = None, reference_peak: int | None = None,
                  **info) -> object:
     """The ``measure`` fixture's body (see ``handgrad.plugin.measure``). ``flops`` and
-    ``bytes`` default to 0: not modelled (no GFLOP/s, no roofline point)."""
+    ``bytes`` default to 0: not modelled (no GFLOP/s, no roofline point). Its arguments
+    are checked first (``check_measure``)."""
+    check_measure(fn, reference_fn, group, warmup, info)
     info = {"flops": 0, "bytes": 0, **info}
     if config.getoption("--bench-instructions"):
         return _count_instructions(benchmark, fn, reference_fn, group, info)
