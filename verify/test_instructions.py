@@ -403,7 +403,17 @@ def test_cli_gate_refuses_to_mix_timed_and_counted_runs(capsys):
     assert "no noise" in capsys.readouterr().err
 
 
-def test_timed_gate_over_several_runs_a_side_judges_between_processes(capsys):
+def _another_run(path: Path, tmp_path: Path, tag: str) -> str:
+    """A copy of the run in ``path`` under a datetime of its own: the gate over runs
+    refuses one run given twice, and these tests reuse the three fixture runs."""
+    data = json.loads(path.read_text())
+    data["datetime"] = f"2026-12-05T00:00:00 {tag}"
+    out = tmp_path / f"{tag}.json"
+    out.write_text(json.dumps(data))
+    return str(out)
+
+
+def test_timed_gate_over_several_runs_a_side_judges_between_processes(capsys, tmp_path):
     # one run a side: the per-round gate of that pair flags the slowed kernel; two runs a
     # side (the slow one and an unchanged one against two unchanged): the between-process
     # gate sees the spread and does not call it a regression
@@ -412,11 +422,12 @@ def test_timed_gate_over_several_runs_a_side_judges_between_processes(capsys):
     assert main(["gate", "--baseline", str(TIMED), "--current", str(slow)]) == 1
     capsys.readouterr()
     assert main(["gate", "--baseline", str(TIMED), str(base2), "--current", str(slow),
-                 str(base2)]) in (0, 3)
+                 _another_run(base2, tmp_path, "base2-again")]) in (0, 3)
     assert "gate over runs" in capsys.readouterr().out
     # unequal numbers of runs a side are fine
-    assert main(["gate", "--baseline", str(TIMED), str(base2), str(TIMED), "--current",
-                 str(slow), str(slow)]) == 1
+    assert main(["gate", "--baseline", str(TIMED), str(base2),
+                 _another_run(TIMED, tmp_path, "timed-again"), "--current", str(slow),
+                 _another_run(slow, tmp_path, "slow-again")]) == 1
     assert "FAIL" in capsys.readouterr().out
 
 
