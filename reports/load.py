@@ -115,6 +115,17 @@ def _fingerprint(data: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+def check_given_once(paths: Sequence[str | Path], why: str) -> None:
+    """ReportInputError naming the first file given twice (the same file by two names
+    too), and ``why`` that matters."""
+    seen: dict[Path, str | Path] = {}
+    for path in paths:
+        key = Path(path).resolve()
+        if key in seen:
+            raise ReportInputError(f"{path}: given twice (as {seen[key]}); {why}")
+        seen[key] = path
+
+
 def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
     """A row per benchmark per file: source, machine, run ("machine · file", unique per
     file), schema (the file's record layout), group, name, every BenchRecord field (the
@@ -129,13 +140,7 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
     given twice or holds the same run as another input."""
     if not paths:
         raise ReportInputError("no benchmark files given")
-    seen: dict[Path, str | Path] = {}
-    for path in paths:
-        key = Path(path).resolve()
-        if key in seen:
-            raise ReportInputError(f"{path}: given twice (as {seen[key]}); each run once, "
-                                   "or the report lists every benchmark twice")
-        seen[key] = path
+    check_given_once(paths, "each run once, or the report lists every benchmark twice")
     rows, machines, fingerprints = [], [], {}
     for path in paths:
         data = read_json(path)

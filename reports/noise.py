@@ -74,16 +74,11 @@ _COLUMNS = ["side", "run", "source", "kernel", "method", "device", "benchmark", 
 def distinct_runs(paths, command: str) -> None:
     """ReportInputError when a run is given twice: the same file, or two files holding the
     same run (a copy; x.json and x.json.gz). A run counted twice is noise that never was."""
-    from handgrad.reports.load import _fingerprint
+    from handgrad.reports.load import _fingerprint, check_given_once
 
-    paths_seen: dict[Path, object] = {}
+    check_given_once(paths, f"{command} takes separate runs, each a process of its own")
     runs_seen: dict[str, object] = {}
     for p in paths:
-        key = Path(p).resolve()
-        if key in paths_seen:
-            raise ReportInputError(f"{p}: given twice (as {paths_seen[key]}); {command} takes "
-                                   "separate runs, each a process of its own")
-        paths_seen[key] = p
         fp = _fingerprint(read_json(p))
         if fp in runs_seen:
             raise ReportInputError(f"{p}: holds the same run as {runs_seen[fp]}; {command} "
