@@ -204,6 +204,13 @@ def test_the_cuda_kernels_formulas_are_the_gradient_times_tanh_prime():
     assert set(bp.FUSED_CUDA) == {"tanh_grad", "tanh_grad_outer"}
 
 
+def test_torchs_jiterator_takes_each_kernel_source():
+    """torch's own parser of a jiterator source (it runs on the CPU too: only the compile
+    and the launch need a GPU) reads each formula's entry function."""
+    for name in bp.FUSED_CUDA:
+        assert bp._jit(name).kernel_name == f"handgrad_{name}"
+
+
 class _Jit:
     """Stand-ins for the jitted CUDA functions on the CPU: each formula into one new
     buffer, as jiterator's result is (no temporary beside it); ``fail`` raises as NVRTC
