@@ -267,6 +267,17 @@ def bench_record(info: dict, slow: dict[str, float]) -> BenchRecord:
     return BenchRecord(**info)
 
 
+def check_count(name: str, value: object, least: int, what: str = "") -> int:
+    """``value`` as an int >= ``least`` (not a bool, not a float); a TypeError or
+    ValueError naming ``name`` (and ``what`` it counts) otherwise."""
+    want = f"an integer >= {least}" + (f" ({what})" if what else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected {want}, got {type(value).__name__} {value!r}")
+    if value < least:
+        raise ValueError(f"{name}: expected {want}, got {value!r}")
+    return value
+
+
 def check_measure(fn, reference_fn, group, warmup, info: dict) -> None:
     """``measure``'s own arguments and the two record fields the record cannot judge (it
     holds them as strings), before anything is set up or timed: a TypeError or ValueError
@@ -284,11 +295,7 @@ def check_measure(fn, reference_fn, group, warmup, info: dict) -> None:
     if not group:
         raise ValueError("group: expected a non-empty string (pytest-benchmark's group), "
                          "got ''")
-    if isinstance(warmup, bool) or not isinstance(warmup, int):
-        raise TypeError(f"warmup: expected an integer >= 1 (warm-up calls), got "
-                        f"{type(warmup).__name__} {warmup!r}")
-    if warmup < 1:
-        raise ValueError(f"warmup: expected an integer >= 1 (warm-up calls), got {warmup!r}")
+    check_count("warmup", warmup, 1, "warm-up calls")
     dtype = info.get("dtype")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype: expected a floating torch.dtype (e.g. torch.float32), got "

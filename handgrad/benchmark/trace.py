@@ -188,6 +188,8 @@ def record(fns: Mapping[str, Callable[[], object]], *, calls: int = 5, warmup: i
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from handgrad.benchmark import check_count
+
     if not isinstance(fns, Mapping) or not fns:
         raise TypeError(f"fns: expected a non-empty mapping of method name to callable, "
                         f"got {fns!r}")
@@ -197,12 +199,8 @@ def record(fns: Mapping[str, Callable[[], object]], *, calls: int = 5, warmup: i
                              f"got {name!r}")
         if not callable(fn):
             raise TypeError(f"fns[{name!r}]: expected a callable, got {type(fn).__name__}")
-    for name, value, least in (("calls", calls, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name}: expected an integer >= {least}, got "
-                            f"{type(value).__name__} {value!r}")
-        if value < least:
-            raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    check_count("calls", calls, 1)
+    check_count("warmup", warmup, 0)
     if sync is None:
         def sync() -> None:
             if torch.cuda.is_available() and torch.cuda.is_initialized():
