@@ -253,19 +253,16 @@ _worker_sweeps = pytest.StashKey[list]()
 
 def verify_report_path(config: pytest.Config) -> Path | None:
     """``--verify-report``'s file, checked before the session: not a folder, and under a
-    folder that exists or can be made (the nearest existing one is a folder)."""
+    writable folder that exists or can be made (the reports' own check)."""
     value = config.getoption("--verify-report")
     if not value:
         return None
-    path = Path(value)
-    if path.is_dir():
-        raise pytest.UsageError(f"--verify-report: expected a file to write, got {value!r}, "
-                                "a folder")
-    above = next(p for p in path.absolute().parents if p.exists())
-    if not above.is_dir():
-        raise pytest.UsageError(f"--verify-report: expected a file under a folder, got "
-                                f"{value!r}, under {str(above)!r}, which is a file")
-    return path
+    from handgrad.reports.load import ReportInputError, check_output_file
+
+    try:
+        return check_output_file(value, "--verify-report", make_folder=True)
+    except ReportInputError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

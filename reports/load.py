@@ -252,14 +252,14 @@ def _existing_ancestor(path: Path) -> Path:
     return Path(".")
 
 
-def check_output_dir(path: str | Path, option: str = "--out") -> Path:
-    """``path`` as a folder the report can be written into (made later, after the inputs
+def check_output_dir(path: str | Path, option: str = "--out", what: str = "the report") -> Path:
+    """``path`` as a folder ``what`` can be written into (made later, after the inputs
     have been read); ReportInputError when it is a file, lies under a file, or cannot be
     written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ReportInputError(f"{option}: {path} is a file; expected a folder to write "
-                               "the report into")
+                               f"{what} into")
     base = _existing_ancestor(path)
     if not base.is_dir():
         raise ReportInputError(f"{option}: {path} lies under {base}, which is a file")
@@ -268,13 +268,16 @@ def check_output_dir(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-def check_output_file(path: str | Path, option: str) -> Path:
-    """``path`` as a file that can be appended to: its folder exists and is writable, and
-    it is not itself a folder; ReportInputError otherwise."""
+def check_output_file(path: str | Path, option: str, make_folder: bool = False) -> Path:
+    """``path`` as a file that can be appended to: its folder exists (with
+    ``make_folder``: or can be made, under a folder) and is writable, and it is not itself
+    a folder; ReportInputError otherwise."""
     path = Path(path)
     if path.is_dir():
         raise ReportInputError(f"{option}: {path} is a folder; expected a file")
-    parent = path.parent
+    parent = _existing_ancestor(path.parent) if make_folder else path.parent
+    if make_folder and not parent.is_dir():
+        raise ReportInputError(f"{option}: {path} lies under {parent}, which is a file")
     if not parent.is_dir():
         raise ReportInputError(f"{option}: the folder of {path} does not exist")
     if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK):

@@ -84,8 +84,8 @@ def test_bad_options_are_refused_by_name(tmp_path, args, says):
 
 
 @pytest.mark.parametrize("out,says", [
-    ("afile", "--out: expected a folder (or one to make), got {}, a file"),
-    ("afile/o", "--out: expected a folder (or one to make), got {}, under {}, a file"),
+    ("afile", "--out: {} is a file; expected a folder to write the runs into"),
+    ("afile/o", "--out: {} lies under {}, which is a file"),
 ])
 def test_an_out_folder_that_is_a_file_is_refused_before_any_run(tmp_path, capsys, out, says):
     (tmp_path / "afile").write_text("x")

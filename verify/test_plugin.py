@@ -80,8 +80,8 @@ def test_the_fixtures_and_the_verify_report_in_a_users_project(project, tmp_path
 
 
 @pytest.mark.parametrize("where,says", [
-    ("folder", "expected a file to write, got * a folder"),
-    ("file/report.json", "expected a file under a folder, got * which is a file"),
+    ("folder", "*folder is a folder; expected a file"),
+    ("file/report.json", "*report.json lies under *file, which is a file"),
 ])
 def test_a_verify_report_that_cannot_be_written_is_a_usage_error_before_the_run(
         project, tmp_path, where, says):

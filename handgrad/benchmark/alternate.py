@@ -98,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         if not tree.is_dir():
             parser.exit(2, f"error: --{name.replace('_', '-')}: {tree} is not a folder\n")
         trees.append(tree)
-    out = Path(args.out)
-    above = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
-    if above is not None and not above.is_dir():
-        parser.exit(2, f"error: --out: expected a folder (or one to make), got {args.out}"
-                    + ("" if above == out else f", under {above}") + ", a file\n")
+    from handgrad.reports.load import ReportInputError, check_output_dir
+
+    try:
+        out = check_output_dir(args.out, "--out", what="the runs")
+    except ReportInputError as exc:
+        parser.exit(2, f"error: {exc}\n")
     if any(a == "--benchmark-json" or a.startswith("--benchmark-json=") for a in rest):
         parser.exit(2, "error: --benchmark-json is set by alternate (one file a run)\n")
     try:
