@@ -74,12 +74,12 @@ _COLUMNS = ["side", "run", "source", "kernel", "method", "device", "benchmark", 
 def distinct_runs(paths, command: str) -> None:
     """ReportInputError when a run is given twice: the same file, or two files holding the
     same run (a copy; x.json and x.json.gz). A run counted twice is noise that never was."""
-    from handgrad.reports.load import _fingerprint, check_given_once
+    from handgrad.reports.load import check_given_once
 
     check_given_once(paths, f"{command} takes separate runs, each a process of its own")
     runs_seen: dict[str, object] = {}
     for p in paths:
-        fp = _fingerprint(read_json(p))
+        fp = _run_fingerprint(str(p), _stamp(p))
         if fp in runs_seen:
             raise ReportInputError(f"{p}: holds the same run as {runs_seen[fp]}; {command} "
                                    "takes separate runs, each a process of its own")
@@ -94,8 +94,7 @@ def run_ratios(paths, side: str = "") -> pd.DataFrame:
     benchmark, reference, ratio, log_ratio, ref_median."""
     frames = []
     for i, path in enumerate(paths, 1):
-        st = Path(path).stat() if Path(path).is_file() else None
-        one = _one_run(str(path), (st.st_mtime_ns, st.st_size) if st else None).copy()
+        one = _one_run(str(path), _stamp(path)).copy()
         one["side"], one["run"] = side, i
         frames.append(one)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS)
@@ -116,6 +115,21 @@ def timed_ratio(df: pd.DataFrame, row) -> tuple[float, object] | None:
         ref_rounds = hit.iloc[0]["data"]
         ratio = ratio_to_reference(row["data"], None, ref_rounds)[0]
     return (ratio, ref_rounds) if ratio > 0 else None
+
+
+def _stamp(path) -> tuple[int, int] | None:
+    """What the per-file caches key on beside the path: modification time and size."""
+    st = Path(path).stat() if Path(path).is_file() else None
+    return (st.st_mtime_ns, st.st_size) if st else None
+
+
+@functools.lru_cache(maxsize=256)
+def _run_fingerprint(path: str, stamp) -> str:
+    """The run a file holds (``load._fingerprint``), cached as ``_one_run`` is: the power
+    analysis gates the same files many times."""
+    from handgrad.reports.load import _fingerprint
+
+    return _fingerprint(read_json(path))
 
 
 @functools.lru_cache(maxsize=256)
