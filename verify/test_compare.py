@@ -138,7 +138,7 @@ INF, NAN = float("inf"), float("nan")
 @pytest.mark.parametrize("kernel_value, reference_value, close", [
     (INF, INF, True),  # the same infinity
     (-INF, -INF, True),
-    (NAN, NAN, True),  # NaN where the reference has NaN
+    (NAN, NAN, False),  # a NaN is no result, even where the reference has NaN too
     (1.0, INF, False),  # anything else against an infinity: atol + rtol * inf allows all
     (INF, -INF, False),
     (NAN, INF, False),
@@ -157,6 +157,21 @@ def test_infinities_and_nans(kernel_value, reference_value, close) -> None:
     rec = RECORDS[-1]
     # the record says how wrong, as a number JSON can hold: inf, never NaN
     assert rec.max_abs_err == INF and rec.worst_ratio == INF and rec.max_rel_err == INF
+
+
+def test_nan_matches_nan_only_when_asked() -> None:
+    a = torch.tensor([2.0, NAN, INF], dtype=torch.float64)
+    e = torch.tensor([2.0, NAN, INF], dtype=torch.float64)
+    rec = assert_close(a, e, kernel="k", reference="r", equal_nan=True)
+    assert rec.passed and rec.worst_ratio == 0.0
+    # NaN at another place is still a mismatch when asked
+    with pytest.raises(AssertionError, match=r"Mismatched elements: 2 / 3"):
+        assert_close(a, torch.tensor([NAN, 2.0, INF], dtype=torch.float64), kernel="k",
+                     reference="r", equal_nan=True)
+    with pytest.raises(AssertionError, match=r"index \(1,\): kernel nan, reference nan"):
+        assert_close(a, e, kernel="k", reference="r")
+    with pytest.raises(TypeError, match=r"equal_nan: expected True or False, got 1"):
+        assert_close(a, e, kernel="k", reference="r", equal_nan=1)
 
 
 def test_unrecorded_comparisons_stay_out_of_the_report() -> None:

@@ -74,6 +74,7 @@ def assert_close(
     tol: Tol | None = None,
     kind: str = "forward",
     check_dtype: bool = True,
+    equal_nan: bool = False,
 ) -> Record:
     """Assert ``actual`` (the kernel's output) matches ``expected`` (the reference's);
     ``kernel`` and ``reference`` name them in the message and the verify report.
@@ -82,6 +83,10 @@ def assert_close(
     values are compared in float64, with the tolerance of ``actual``'s dtype from the table
     unless ``tol`` is given. With ``check_dtype`` (default), a non-floating ``actual`` is an
     ``AssertionError`` (a kernel that returned the wrong kind of result).
+
+    A NaN fails, even where the reference is NaN at the same place (as in
+    ``torch.testing.assert_close``): a NaN is no result, whoever computed it. Pass
+    ``equal_nan=True`` where NaN at the same place is the answer both sides should give.
     """
     label = f"{kernel} vs {reference}" + (f" [{what}]" if what else "")
     if not isinstance(actual, torch.Tensor) or not isinstance(expected, torch.Tensor):
@@ -110,14 +115,18 @@ def assert_close(
     elif not isinstance(tol, Tol):
         raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "
                         f"{type(tol).__name__}")
+    if not isinstance(equal_nan, bool):
+        raise TypeError(f"equal_nan: expected True or False, got {equal_nan!r}")
 
     a = actual.detach().to(torch.float64)
     e = expected.detach().to(torch.float64)
     abs_err = (a - e).abs()
     allowed = tol.atol + tol.rtol * e.abs()
-    # NaN in either tensor is a mismatch unless both are NaN at the same place; an infinity
-    # matches only the same infinity
-    same = (torch.isnan(a) & torch.isnan(e)) | (torch.isinf(a) & (a == e))
+    # NaN in either tensor is a mismatch (unless equal_nan and both are NaN at the same
+    # place); an infinity matches only the same infinity
+    same = torch.isinf(a) & (a == e)
+    if equal_nan:
+        same |= torch.isnan(a) & torch.isnan(e)
     abs_err = torch.where(same, torch.zeros_like(abs_err), abs_err)
     bad = ~(abs_err <= allowed) & ~same  # catches NaN too (allowed is NaN where e is)
     bad |= torch.isinf(e) & ~same  # allowed is inf there: anything would pass
