@@ -27,6 +27,7 @@ project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import zlib
@@ -101,12 +102,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+_recording = pytest.StashKey[contextlib.ExitStack]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     requested_devices(config)  # a malformed --device is a usage error before anything runs
     verify_report_path(config)  # and a report that could not be written, before, not after
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     configure_benchmarks(config)
+    from handgrad.testing.compare import recording
+
+    # the session's comparisons are kept for --verify-report (and for tests that read them)
+    config.stash[_recording] = stack = contextlib.ExitStack()
+    stack.enter_context(recording())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stack = config.stash.get(_recording, None)
+    if stack is not None:
+        stack.close()
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -183,3 +183,63 @@ def test_unrecorded_comparisons_stay_out_of_the_report() -> None:
     assert len(RECORDS) == before and len(SWEEPS) == sweeps
     assert_close(torch.ones(2), torch.ones(2), kernel="k", reference="r")
     assert len(RECORDS) == before + 1  # outside it, comparisons are recorded again
+
+
+def test_comparisons_are_kept_only_where_recorded(monkeypatch) -> None:
+    from handgrad.testing import compare
+
+    monkeypatch.setattr(compare, "_recorders", 0)  # as in a script: no pytest session
+    before = len(RECORDS)
+    assert_close(torch.ones(2), torch.ones(2), kernel="k", reference="r")
+    with pytest.raises(AssertionError):
+        assert_close(torch.ones(2), torch.zeros(2), kernel="k", reference="r")
+    assert len(RECORDS) == before  # a loop of checks grows nothing
+    from handgrad.kernels.finite_diff import step_sweep
+
+    x = torch.ones(2, dtype=torch.float64)
+    sweep = step_sweep(torch.sin, x, torch.diag(torch.cos(x)), eps_values=[1e-2, 1e-3])
+    sweeps = len(compare.SWEEPS)
+    compare.record_sweep(sweep, kernel="k", reference="r")
+    assert len(compare.SWEEPS) == sweeps  # nor do sweeps
+    with compare.recording() as kept:
+        assert_close(torch.ones(2), torch.ones(2), kernel="inside", reference="r")
+    assert kept is RECORDS and [r.kernel for r in RECORDS[before:]] == ["inside"]
+    assert compare._recorders == 0  # the block closed its recorder
+    assert_close(torch.ones(2), torch.ones(2), kernel="after", reference="r")
+    assert len(RECORDS) == before + 1
+
+
+def test_a_script_keeps_no_records() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from handgrad.testing import assert_close, compare\n"
+        "for _ in range(3):\n"
+        "    assert_close(torch.ones(2), torch.ones(2))\n"
+        "with compare.recording():\n"
+        "    assert_close(torch.ones(2), torch.ones(2))\n"
+        "print(len(compare.RECORDS))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "1"
+
+
+def test_the_pytest_session_records(pytester) -> None:
+    pytester.makepyfile(test_one="""
+        import torch
+        from handgrad.testing import assert_close, compare
+
+        def test_it():
+            before = len(compare.RECORDS)
+            assert_close(torch.ones(2), torch.ones(2))
+            assert len(compare.RECORDS) == before + 1
+    """)
+    from handgrad.testing import compare
+
+    outer = compare._recorders
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist").assert_outcomes(
+        passed=1)
+    assert compare._recorders == outer  # the inner session closed its own recorder only

@@ -2,9 +2,9 @@
 
 ``assert_close`` checks shape, device and a floating dtype before values, and on failure says
 which kernel and reference disagree, how many elements, where the worst one is and
-by how much, absolute and relative, against the tolerance allowed. Every call is
-also recorded (kernel, reference, dtype, worst errors, tolerance) so a run can
-report how much precision headroom each kernel has.
+by how much, absolute and relative, against the tolerance allowed. Every call under
+pytest (or inside ``recording()``) is also recorded (kernel, reference, dtype, worst
+errors, tolerance) so a run can report how much precision headroom each kernel has.
 """
 
 from __future__ import annotations
@@ -21,6 +21,23 @@ from handgrad.testing.tolerances import Tol, tol_for
 
 RECORDS: list[Record] = []
 SWEEPS: list[SweepRecord] = []
+# how many recorders are open: handgrad's pytest plugin opens one for its session, and
+# ``recording()`` one for its block; with none, nothing is kept (a script that checks in a
+# loop would otherwise grow these lists without end)
+_recorders = 0
+
+
+@contextmanager
+def recording() -> Iterator[list[Record]]:
+    """Keep every comparison made inside (and ``record_sweep``'s sweeps) in ``RECORDS`` and
+    ``SWEEPS``; yields ``RECORDS``. Under pytest, handgrad's plugin records the whole
+    session; elsewhere nothing is kept unless asked for here."""
+    global _recorders
+    _recorders += 1
+    try:
+        yield RECORDS
+    finally:
+        _recorders -= 1
 
 
 def _current_test() -> str:
@@ -40,7 +57,8 @@ def record_sweep(sweep, *, kernel: str, reference: str, what: str = "", device: 
                          device=device, eps=sweep.eps, error=sweep.error,
                          order=finite(sweep.order), predicted_eps=finite(sweep.predicted_eps),
                          best_eps=sweep.best_eps, test=_current_test())
-    SWEEPS.append(record)
+    if _recorders:
+        SWEEPS.append(record)
     return record
 
 
@@ -168,7 +186,8 @@ def assert_close(
         passed=mismatched == 0,
         test=_current_test(),
     )
-    RECORDS.append(record)
+    if _recorders:
+        RECORDS.append(record)
     if mismatched:
         where = _index(worst, actual.shape) if actual.dim() else ()
         raise AssertionError(
