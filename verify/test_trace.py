@@ -112,8 +112,16 @@ def test_record_profiles_each_call_in_its_own_range_on_the_cpu(tmp_path):
         .calls == 3
 
 
+def test_record_with_no_warm_up_profiles_the_first_call():
+    calls = []
+    t = T.record({"cold": lambda: calls.append("c")}, calls=2, warmup=0)
+    assert calls == ["c", "c"]  # both profiled, none before
+    assert T.summarize(t)[0].calls == 2
+
+
 @pytest.mark.parametrize("fns,kw,err,match", [
     ({}, {}, TypeError, "fns: expected a non-empty mapping"),
+    ({"a": lambda: None}, {"warmup": -1}, ValueError, "warmup: expected an integer >= 0"),
     ({"a:b": lambda: None}, {}, ValueError, "without ':'"),
     ({"a": 3}, {}, TypeError, r"fns\['a'\]: expected a callable, got int"),
     ({"a": lambda: None}, {"calls": 0}, ValueError, "calls: expected an integer >= 1"),

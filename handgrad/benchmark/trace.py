@@ -182,7 +182,11 @@ def record(fns: Mapping[str, Callable[[], object]], *, calls: int = 5, warmup: i
     in a ``record_function`` range, the device drained before and after it (``sync``,
     default ``torch.cuda.synchronize`` where CUDA is initialised); the Chrome trace as a
     dict, also written to ``path`` when given (open it in Perfetto or chrome://tracing).
-    CUDA activity is recorded where CUDA is available, CPU activity always."""
+    CUDA activity is recorded where CUDA is available, CPU activity always.
+
+    ``warmup=0`` is allowed here, where ``measure`` wants at least one: a trace of the first
+    call shows what it pays once (a kernel compiled, memory first reserved), which a timing
+    must leave out."""
     import tempfile
 
     import torch
