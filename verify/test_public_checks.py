@@ -381,3 +381,125 @@ def _never(*args):
 def test_still_more_bad_input_is_refused_by_name(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+# --- a derivative in a narrower dtype than its argument; f or the derivative not finite ----
+
+def product(x, w):
+    return x * w
+
+
+def product_vjp(g, x, w):
+    return g * w, g * x
+
+
+def product_jvp(t, x, w):
+    return t[0] * w + x * t[1]
+
+
+def _cast_vjp(dtype, at):
+    """vjp_right with the gradient of args[at] cast to dtype (a cast inside the vjp)."""
+    def vjp(g, x, weight, bias):
+        grads = list(vjp_right(g, x, weight, bias))
+        grads[at] = grads[at].to(dtype)
+        return tuple(grads)
+    return vjp
+
+
+def test_a_gradient_narrower_than_its_argument_is_refused_naming_both_dtypes():
+    # float64 arguments, the weight's gradient in float32: float32's rounding against
+    # float64's tolerance would read as a wrong derivative; it is refused by its dtypes
+    with pytest.raises(TypeError) as err:
+        check_vjp(softplus_layer, _cast_vjp(torch.float32, 1), _args(torch.float64))
+    assert str(err.value) == (
+        "vjp's gradient for args[1] (weight): dtype torch.float32 for an argument of dtype "
+        "torch.float64; expected torch.float64 (or a wider dtype): a gradient narrower than "
+        "its argument has lost the argument's precision (a cast inside the vjp?), so it is "
+        "not compared")
+    # the same cast where the arguments are float32 is no cast: it passes
+    assert check_vjp(softplus_layer, _cast_vjp(torch.float32, 1), _args(torch.float32)).passed
+    # a wider gradient holds every value of its argument: float32 arguments, float64 gradient
+    assert check_vjp(softplus_layer, _cast_vjp(torch.float64, 0), _args(torch.float32)).passed
+    # float16 and bfloat16 each lose what the other holds (precision, range): refused
+    x, w = (torch.linspace(-1, 1, 4, dtype=torch.float16) for _ in range(2))
+    with pytest.raises(TypeError, match=r"^vjp's gradient for args\[0\] \(x\): dtype "
+                                        r"torch.bfloat16 for an argument of dtype torch.float16"):
+        check_vjp(product, lambda g, x, w: (g.bfloat16() * w.bfloat16(), g * x), (x, w))
+
+
+def test_a_tangent_narrower_than_f_output_is_refused_naming_both_dtypes():
+    def jvp32(t, x, weight, bias):
+        return jvp_right(t, x, weight, bias).float()
+
+    with pytest.raises(TypeError) as err:
+        check_jvp(softplus_layer, jvp32, _args(torch.float64))
+    assert str(err.value) == (
+        "jvp's tangent of f(*args) (moving args[0] (x)): dtype torch.float32 for an output of "
+        "dtype torch.float64; expected torch.float64 (or a wider dtype): a tangent narrower "
+        "than f's output has lost its precision (a cast inside the jvp?), so it is not "
+        "compared")
+    assert check_jvp(softplus_layer, jvp32, _args(torch.float32)).passed
+    x, w = (torch.linspace(0.5, 2, 4, dtype=torch.float32) for _ in range(2))
+    assert check_jvp(product, lambda t, x, w: product_jvp(t, x, w).double(), (x, w)).passed
+    # the tangent is f's output's: float32 arguments, f in float64, a float32 tangent
+    with pytest.raises(TypeError, match=r"dtype torch.float32 for an output of dtype "
+                                        r"torch.float64; expected torch.float64"):
+        check_jvp(lambda x, w: product(x, w).double(), product_jvp, (x, w))
+
+
+def _not_called(*args):
+    raise AssertionError("the derivative ran: f's non-finite value was not refused first")
+
+
+@pytest.mark.parametrize("check", [check_vjp, check_jvp])
+def test_f_not_finite_at_the_point_is_refused_naming_its_elements(check):
+    x = torch.tensor([1.0, -2.0, 3.0, -0.5], dtype=torch.float64)  # log of -2 and -0.5: nan
+    with pytest.raises(ValueError) as err:
+        check(torch.log, _not_called, (x,))
+    assert str(err.value) == (
+        "args: f(*args) is not finite at the given point: NaN or inf in 2 of its 4 output "
+        "elements (index (1,): nan, index (3,): nan); no derivative can be checked there: "
+        "expected args where f is finite (log or sqrt of a negative number is nan, say)")
+    # inf too, and past three elements the rest are counted, not listed
+    x = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"NaN or inf in 4 of its 6 output elements "
+                                         r"\(index \(0, 0\): inf, index \(0, 2\): inf, "
+                                         r"index \(1, 0\): inf, \.\.\.\); no derivative"):
+        check(lambda x: 1 / x, _not_called, (x,))
+
+
+def test_a_non_finite_gradient_is_named_not_compared():
+    def nan_vjp(g, x, weight, bias):
+        dx, dw, db = vjp_right(g, x, weight, bias)
+        dw = dw.clone()
+        dw[1, 2] = float("nan")
+        return dx, dw, db
+
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(softplus_layer, nan_vjp, _args(torch.float64))
+    text = str(err.value)
+    lines = text.splitlines()
+    assert lines[0] == "check_vjp of softplus_layer: wrong derivative for args[1] (weight)"
+    assert lines[1] == (
+        "- args[1] (weight): vjp returned non-finite values where f(*args) is finite: NaN or "
+        "inf in 1 of its 12 elements (index (1, 2): nan); not compared with the references")
+    assert [line for line in lines if line.startswith("- ")] == lines[1:2]  # no comparison
+
+
+def test_a_non_finite_tangent_is_named_not_compared():
+    def inf_jvp(t, x, weight, bias):
+        out = jvp_right(t, x, weight, bias)
+        if bool(t[2].ne(0).any()):  # wrong only where the bias moves
+            out = out.clone()
+            out[0, 1] = float("inf")
+        return out
+
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_jvp(softplus_layer, inf_jvp, _args(torch.float64))
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("wrong derivative for args[2] (bias)")
+    assert lines[1] == (
+        "- args[2] (bias): jvp returned non-finite values for a tangent of this argument, "
+        "where f(*args) is finite: NaN or inf in 1 of its 15 elements (index (0, 1): inf); "
+        "not compared with the references")
+    assert [line for line in lines if line.startswith("- ")] == lines[1:2]  # no comparison

@@ -19,10 +19,22 @@ others held), so a failure names the argument. Three references, each where it a
 - **the Taylor remainder** of <u, f(x + h v)> (float64 arguments): its fitted order, 2
   when the derivative is right and 1 when it is not, goes into the report.
 
+Refused before any comparison: ``f(*args)`` not finite at the given point (``ValueError``
+naming how many output elements are NaN or inf, and the first three: no derivative can be
+checked there); a derivative in a narrower dtype than what it is the derivative of
+(``TypeError`` naming both dtypes): a vjp's gradient against its argument, a jvp's tangent
+against ``f(*args)``. Narrower: ``torch.promote_types(result, expected) != result``, so a
+float32 result for float64, or float16 for bfloat16 and the reverse; such a result has lost
+precision (a cast inside the derivative) and would read as a wrong derivative at the
+expected dtype's tolerance, so it is refused rather than compared at a looser one. A wider
+result (float64 for float32) is compared as usual.
+
 On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weight)``; a
 result of the wrong shape or device stops at the first argument it concerns),
 its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
-a transpose, a constant factor, a missing (zero) gradient. On success: a ``CheckReport``
+a transpose, a constant factor, a missing (zero) gradient. A derivative that returns NaN or
+inf (``f`` being finite there) is named as such, with the count and first indices, and not
+compared with a reference. On success: a ``CheckReport``
 (headroom per argument and reference, Taylor order). Each element comparison is also
 recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``).
 """
@@ -235,6 +247,11 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
     kernel = getattr(d, "__qualname__", type(d).__name__)
     with torch.no_grad():
         out = _output("f", f(*args))
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"args: f(*args) is not finite at the given point: "
+                         f"{_nonfinite(out, 'output elements')}; no derivative can be checked "
+                         "there: expected args where f is finite (log or sqrt of a negative "
+                         "number is nan, say)")
     return args, names, wrt, int(directions), generator, fname, kernel, out
 
 
@@ -244,6 +261,23 @@ def _output(name: str, value) -> torch.Tensor:
     if not value.dtype.is_floating_point:
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
     return value
+
+
+def _nonfinite(t: torch.Tensor, noun: str = "elements", shown: int = 3) -> str:
+    """Where t is NaN or inf: 'NaN or inf in 2 of its 4 elements (index (1,): nan, ...)'."""
+    t = t.detach()
+    bad = ~torch.isfinite(t)
+    where = ", ".join(f"index {tuple(ix)}: {v}" for ix, v in
+                      zip(bad.nonzero()[:shown].tolist(), t[bad][:shown].tolist()))
+    count = int(bad.sum())
+    return (f"NaN or inf in {count} of its {t.numel()} {noun} ({where}"
+            + (", ...)" if count > shown else ")"))
+
+
+def _narrower(got: torch.dtype, want: torch.dtype) -> bool:
+    """Whether a result of dtype ``got`` cannot hold every value of dtype ``want`` (float32
+    for float64, bfloat16 for float16 and the reverse): it has lost precision."""
+    return torch.promote_types(got, want) != got
 
 
 def _randn_like(t: torch.Tensor, generator) -> torch.Tensor:
@@ -370,9 +404,11 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     differences take, two evaluations of ``f`` each (1 to ``MAX_DIRECTIONS`` = 10,000).
     ``taylor`` (True or False): fit the order of the Taylor remainder (float64 only).
     ``generator``: a CPU ``torch.Generator`` for the random vectors (default seeded 0).
-    Raises ``AssertionError`` on a wrong gradient (every wrong argument named), returns a
-    ``CheckReport`` otherwise; bad arguments are a ``TypeError`` or ``ValueError`` naming
-    them.
+    Raises ``AssertionError`` on a wrong gradient (every wrong argument named; one holding
+    NaN or inf is named with where, not compared), returns a ``CheckReport`` otherwise; bad
+    arguments are a ``TypeError`` or ``ValueError`` naming them: among them ``f(*args)`` not
+    finite (``ValueError``), and a gradient in a narrower dtype than its argument, float32
+    for float64 say (``TypeError`` naming both dtypes; a wider one is compared).
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
         "vjp", f, vjp, args, wrt, directions, generator, tol, taylor)
@@ -402,6 +438,12 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if g is None:
             continue
         _output(f"vjp's gradient for args[{i}]", g)
+        if _narrower(g.dtype, args[i].dtype):
+            raise TypeError(f"vjp's gradient for {_label(i, names)}: dtype {g.dtype} for an "
+                            f"argument of dtype {args[i].dtype}; expected {args[i].dtype} "
+                            "(or a wider dtype): a gradient narrower than its argument has "
+                            "lost the argument's precision (a cast inside the vjp?), so it is "
+                            "not compared")
         if g.device != args[i].device:
             raise AssertionError(f"{_label(i, names)}: vjp's gradient is on {g.device}, the "
                                  f"argument on {args[i].device}")
@@ -459,6 +501,11 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                                            "or through a detach or numpy)"]))
         dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
+        if not bool(torch.isfinite(g).all()):
+            checks.append(ArgumentCheck(i, names[i], True, note, failures=(
+                f"{label}: vjp returned non-finite values where f(*args) is finite: "
+                f"{_nonfinite(g)}; not compared with the references",)))
+            continue
         if i in ref_grads:
             ratio, msg = _compare(label, g, ref_grads[i], kernel=kernel, reference=AUTOGRAD,
                                   tol=dtol)
@@ -506,7 +553,9 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     ``jvp(tangents, *args)`` returns the output's tangent J t (f(*args)'s shape) for
     ``tangents``, a tuple with one tangent per argument (zeros for those not moved, None for
     arguments that are not floating-point tensors). Each checked argument is moved alone,
-    along ``directions`` random tangents. Other arguments as in ``check_vjp``.
+    along ``directions`` random tangents. Other arguments as in ``check_vjp``; a tangent in
+    a narrower dtype than ``f(*args)`` is a ``TypeError`` naming both dtypes, one holding
+    NaN or inf fails naming where.
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
         "jvp", f, jvp, args, wrt, directions, generator, tol, taylor)
@@ -559,6 +608,17 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
                                      f"{jt.device}, f(*args) has {tuple(out.shape)} on "
                                      f"{out.device}")
+            if _narrower(jt.dtype, out.dtype):
+                raise TypeError(f"jvp's tangent of f(*args) (moving {label}): dtype "
+                                f"{jt.dtype} for an output of dtype {out.dtype}; expected "
+                                f"{out.dtype} (or a wider dtype): a tangent narrower than "
+                                "f's output has lost its precision (a cast inside the jvp?), "
+                                "so it is not compared")
+            if not bool(torch.isfinite(jt).all()):
+                failures.append(f"{label}: jvp returned non-finite values for a tangent of "
+                                f"this argument, where f(*args) is finite: {_nonfinite(jt)}; "
+                                "not compared with the references")
+                break
             if i in reached and not failures:
                 ref, how = _jvp_reference(along, ref_args[i].detach(), t.to(ref_args[i].dtype))
                 used.add(how)
