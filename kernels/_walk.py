@@ -1,7 +1,8 @@
 """Running an ``nn.Module`` on the ``meta`` device, as the counting walker and the receptive
 field do: its parameters and buffers swapped for meta tensors (nothing allocated or
 computed), forward hooks that name the layer each op belongs to, the checks of the module,
-the input shape and each layer's input, and the error that says where a shape did not fit.
+the input shape and each layer's input, the dtype of the meta input against the module's
+(``_walk_dtype``), and the error that says where a shape did not fit.
 """
 
 from __future__ import annotations
@@ -53,6 +54,42 @@ def _check_module(module) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     return module
+
+
+def _float_dtypes(module: nn.Module) -> dict[torch.dtype, list[str]]:
+    """The floating dtypes of ``module``'s parameters and buffers, each with the names that
+    have it (integer buffers such as ``num_batches_tracked`` left out)."""
+    found: dict[torch.dtype, list[str]] = {}
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point():
+            found.setdefault(t.dtype, []).append(name)
+    return found
+
+
+def _walk_dtype(module: nn.Module, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of the meta input: ``dtype`` (None: the module's own, or torch's default
+    for a module with no floating parameters or buffers). Refused up front rather than
+    blamed on the input shape by the first layer that sees the mismatch: a module whose
+    floating parameters and buffers mix dtypes (ValueError naming ``module`` and each dtype
+    with the names that have it), and a ``dtype`` other than the module's (ValueError naming
+    ``dtype``)."""
+    found = _float_dtypes(module)
+    if len(found) > 1:
+        def names(ns):
+            return ", ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
+        each = [f"{d} ({names(ns)})" for d, ns in sorted(found.items(), key=str)]
+        mixed = ", ".join(each[:-1]) + " and " + each[-1]
+        raise ValueError(
+            f"module: expected floating parameters and buffers of one dtype, got {mixed}; "
+            "cast a copy to one dtype (e.g. copy.deepcopy(module).float()): the counts and "
+            "the receptive field do not depend on the dtype")
+    if dtype is None:
+        return next(iter(found), torch.get_default_dtype())
+    if found and dtype not in found:
+        (have,) = found
+        raise ValueError(f"dtype: got {dtype}, but the module's floating parameters and "
+                         f"buffers are {have}; pass dtype={have} to match them")
+    return dtype
 
 
 def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:

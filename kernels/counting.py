@@ -22,6 +22,7 @@ from handgrad.kernels._walk import (
     _flat,
     _meta_state,
     _run_under,
+    _walk_dtype,
 )
 from handgrad.kernels.counting_ops import backward_op_counts, forward_op_counts, statistics
 from handgrad.kernels.counts import (
@@ -274,7 +275,13 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     depends on a parameter with ``requires_grad`` (the data input does not, unless
     ``input_requires_grad``), of each weight and bias that requires grad, nothing else.
     ``.total`` then covers both passes and ``.backward`` the backward pass alone; ops whose
-    backward has no formula are listed in ``.uncounted_backward``."""
+    backward has no formula are listed in ``.uncounted_backward``.
+
+    ``dtype`` is the meta input's and must be that of the module's floating parameters and
+    buffers (pass ``dtype=torch.float16`` for a ``model.half()``): another is a ValueError
+    naming ``dtype`` and the module's; a module that mixes dtypes, a ValueError naming
+    ``module`` and each dtype. A module with none takes any. The counts do not depend on
+    it."""
     if not isinstance(backward, bool):
         raise TypeError(f"backward: expected True or False, got {backward!r}")
     if not isinstance(input_requires_grad, bool):
@@ -282,7 +289,7 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
                         f"{input_requires_grad!r}")
     module = _check_module(module)
     input_shape = _check_input_shape(input_shape)
-    check_float_dtype("dtype", dtype)
+    dtype = _walk_dtype(module, check_float_dtype("dtype", dtype))
     result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}

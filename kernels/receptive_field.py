@@ -1,5 +1,6 @@
-"""The receptive field of the last spatial feature map of any ``nn.Module``: followed op by
-op through a meta-device run, exact or refused by name (``receptive_field``)."""
+"""The receptive field of the last spatial feature map of any ``nn.Module``, and the layer
+whose output that map is: followed op by op through a meta-device run, exact or refused by
+name (``receptive_field``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from handgrad.kernels._walk import (
     _flat,
     _meta_state,
     _run_under,
+    _walk_dtype,
 )
 from handgrad.kernels.counting_ops import ACTIVATION_OPS
 from handgrad.kernels.counts import _is_int, _pair
@@ -27,11 +29,20 @@ class ReceptiveField:
     """Of one unit of the last spatial feature map: ``size`` (h, w) of input pixels seen,
     ``jump`` (h, w) input pixels between neighbouring units, ``start`` (h, w) the centre of
     the first unit's field in input coordinates (may be negative with padding). Sizes are
-    spans in the padded input's coordinates, padding included."""
+    spans in the padded input's coordinates, padding included.
+
+    ``layer`` names the module whose output that map is, by its qualified name in
+    ``module.named_modules()`` (``'0'``, ``'features.3'``): the innermost module running the
+    last op that made a spatial map, so that in a classifier (convolutions, then
+    ``Flatten`` and ``Linear``) it is the last layer before the flatten. ``'(model)'``: an op
+    of the top-level module's own ``forward`` made it (``torch.cat`` of branches, a
+    functional pool); ``'(input)'``: no op made one (the field of one input pixel). Its
+    default ``""`` is for a field built by hand."""
 
     size: tuple[int, int]
     jump: tuple[int, int]
     start: tuple[float, float]
+    layer: str = ""
 
 
 # ops that act on each spatial position alone (output position p reads input position p)
@@ -65,6 +76,7 @@ class _RFTracker(TorchDispatchMode):
         self.stack = stack
         self.rf: dict[int, tuple | str] = {id(first): ((1, 1), (1, 1), (0.5, 0.5))}
         self.last = self.rf[id(first)]
+        self.last_layer = "(input)"  # the layer whose output ``last`` is
         self.keep = [first]  # keep tensors alive so their ids stay unique
 
     def _refuse(self, base: str, why: str) -> ValueError:
@@ -88,6 +100,7 @@ class _RFTracker(TorchDispatchMode):
         else:
             rf = self._field(base, args, ins, spatial[0])
             self.last = rf
+            self.last_layer = self.stack[-1][0] if self.stack else "(model)"
         for t in outs:
             self.rf[id(t)] = rf
             self.keep.append(t)
@@ -152,15 +165,20 @@ def _merge(fields, refuse):
 
 def receptive_field(module: nn.Module, input_shape: Sequence[int]) -> ReceptiveField:
     """Receptive field of the last spatial feature map of a 2-D conv/pool stack, on meta
-    tensors; for branching blocks (concatenation, residual adds) the span of the union of
-    the branches' fields. Global pooling (``AdaptiveAvgPool2d(1)``, a mean over H and W
-    with keepdim) pools the whole map: its field is the whole input, padding included.
+    tensors, and the layer whose output that map is (``ReceptiveField.layer``; what comes
+    after it, a ``Flatten`` and ``Linear`` head say, has no spatial field); for branching
+    blocks (concatenation, residual adds) the span of the union of the branches' fields.
+    Global pooling (``AdaptiveAvgPool2d(1)``, a mean over H and W with keepdim) pools the
+    whole map: its field is the whole input, padding included.
     Refused with a ValueError naming the layer and op: whatever has no exact formula
     (uneven adaptive pooling, upsampling, transposed or non-2-D convolutions, spatial
     crops, pads or permutes, batch norm in training mode, group and layer norm, a
-    flattened value made spatial again, fields of different jumps joined)."""
+    flattened value made spatial again, fields of different jumps joined). The meta input
+    takes the dtype of the module's floating parameters and buffers (a ``model.half()``
+    works as it is); a module that mixes dtypes is a ValueError naming each."""
     module = _check_module(module)
     input_shape = _check_input_shape(input_shape, rank=4)
+    dtype = _walk_dtype(module, None)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}
 
@@ -175,8 +193,8 @@ def receptive_field(module: nn.Module, input_shape: Sequence[int]) -> ReceptiveF
     hooks = [h for m in module.modules()
              for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     state = _meta_state(module)
-    x = torch.empty(input_shape, device="meta")
+    x = torch.empty(input_shape, dtype=dtype, device="meta")
     tracker = _RFTracker(x, stack)
     _run_under(tracker, module, state, x, hooks, input_shape, stack)
     (r, j, s) = tracker.last
-    return ReceptiveField(size=r, jump=j, start=s)
+    return ReceptiveField(size=r, jump=j, start=s, layer=tracker.last_layer)

@@ -733,6 +733,8 @@ def test_receptive_field_size_jump_start_by_hand_and_by_impulses(make, size, jum
     hw = (36, 36)
     rf = C.receptive_field(model, (1, 1, *hw))
     assert (rf.size, rf.jump, rf.start) == (size, jump, start)
+    # every case ends on a spatial layer: the field is of its output
+    assert isinstance(model[-1], (nn.Conv2d, nn.MaxPool2d)) and rf.layer == str(len(model) - 1)
     # measured: the field of a unit away from the border, its extent and its centre
     unit, rows, cols = impulse_footprint(model, hw)
     for (lo, hi), n, r, j, c, u in zip((rows, cols), hw, size, jump, start, unit):
@@ -852,6 +854,125 @@ def test_receptive_field_accepts_numpy_ints_and_eval_batch_norm():
     assert (rf.size, rf.jump, rf.start) == ((3, 3), (1, 1), (1.5, 1.5))
 
 
+def _features_then_head():
+    """A torchvision-style classifier: the spatial layers in a child ``features``."""
+    from collections import OrderedDict
+
+    return nn.Sequential(OrderedDict(
+        features=nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3, stride=2),
+                               nn.MaxPool2d(2)),
+        head=nn.Sequential(nn.Flatten(), nn.Linear(2 * 2 * 2, 4))))  # 12 -> 10 -> 4 -> 2
+
+
+def _doubled_by_a_pre_hook():
+    # a hook of the user's runs before the walker's own (registered earlier): no layer runs
+    model = nn.Flatten()
+    model.register_forward_pre_hook(lambda m, inputs: (inputs[0] * 2,))
+    return model
+
+
+# (id, model, input shape, the layer named, its field's size): the layer whose output is the
+# last spatial map, by qualified name, whatever runs after it
+RF_LAYERS = [
+    ("conv_relu_flatten_linear", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 5)),
+     (1, 1, 8, 8), "1", (3, 3)),
+    ("conv_flatten_linear", lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 5), nn.ReLU()),
+     (1, 1, 8, 8), "0", (3, 3)),
+    # conv3: 3; conv3 s2: 3 + 2 = 5, jump 2; max-pool 2 at jump 2: 5 + 1*2 = 7
+    ("nested_features", _features_then_head, (1, 1, 12, 12), "features.3", (7, 7)),
+    # the classifier's functional relu and pooling run in the top-level forward
+    ("functional_ops_of_the_model", MnistCNN, (1, 1, 28, 28), "(model)", (16, 16)),
+    ("cat_of_the_model", InceptionI, (1, 256, 8, 8), "(model)", (5, 5)),
+    ("cat_of_a_child", lambda: nn.Sequential(InceptionI(), nn.Flatten()), (1, 256, 8, 8),
+     "0", (5, 5)),
+    ("nothing_spatial", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), (1, 1, 8, 8),
+     "(input)", (1, 1)),
+    ("op_before_any_layer", _doubled_by_a_pre_hook, (1, 1, 8, 8), "(model)", (1, 1)),
+]
+
+
+@pytest.mark.parametrize("make,shape,layer,size", [c[1:] for c in RF_LAYERS],
+                         ids=[c[0] for c in RF_LAYERS])
+def test_receptive_field_names_the_layer_of_the_last_spatial_map(make, shape, layer, size):
+    rf = C.receptive_field(make(), shape)
+    assert (rf.layer, rf.size) == (layer, size)
+
+
+def test_receptive_field_compares_with_its_layer_and_defaults_it_when_built_by_hand():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten())
+    by_hand = C.ReceptiveField(size=(3, 3), jump=(1, 1), start=(1.5, 1.5))
+    assert by_hand.layer == ""
+    rf = C.receptive_field(model, (1, 1, 8, 8))
+    assert rf == C.ReceptiveField(size=(3, 3), jump=(1, 1), start=(1.5, 1.5), layer="1")
+    assert rf != by_hand  # a field of the output of layer '1', not of no layer named
+
+
+# --- dtypes --------------------------------------------------------------------------------
+
+
+def _classifier():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+
+
+# conv 3 -> 4 k3 on 8 x 8 (6 x 6 out, ReLU after), linear 144 -> 5: in every dtype
+CLASSIFIER_COUNTS = (C.conv2d_counts(3, 4, 3, (6, 6), nonlinearity=True)
+                     + C.linear_counts(144, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_module_in_another_dtype_is_walked_in_it(dtype):
+    model = _classifier().to(dtype)
+    assert C.count_model(model, (1, 3, 8, 8), dtype=dtype).total == CLASSIFIER_COUNTS
+    both = C.count_model(model, (1, 3, 8, 8), dtype=dtype, backward=True)
+    assert both.forward == CLASSIFIER_COUNTS
+    assert both.backward == C.count_model(_classifier(), (1, 3, 8, 8), backward=True).backward
+    # the receptive field takes the module's dtype itself
+    rf = C.receptive_field(model, (1, 3, 8, 8))
+    assert (rf.size, rf.layer) == ((3, 3), "1")
+
+
+def test_integer_buffers_do_not_count_as_a_dtype():
+    # batch norm's num_batches_tracked stays int64 in a model.half()
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).eval().half()
+    assert model[1].num_batches_tracked.dtype == torch.int64
+    report = C.count_model(model, (1, 1, 8, 8), dtype=torch.float16)
+    assert report.total.params == 2 * 9 + 2 + 2 * 2
+    assert C.receptive_field(model, (1, 1, 8, 8)).size == (3, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_a_module_without_parameters_takes_any_dtype(dtype):
+    model = nn.Sequential(nn.MaxPool2d(2), nn.ReLU())
+    report = C.count_model(model, (1, 3, 8, 8), dtype=dtype)
+    assert report.total == C.pool2d_counts(3, 2, (4, 4)) + C.activation_counts(3 * 4 * 4)
+    assert C.receptive_field(model, (1, 3, 8, 8)).size == (2, 2)
+
+
+def _half_conv_float_norm():
+    # deliberately mixed: a half convolution before a float32 batch norm
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    model[0].half()
+    return model
+
+
+MIXED = (r"module: expected floating parameters and buffers of one dtype, got torch.float16 "
+         r"\(0.weight, 0.bias\) and torch.float32 \(1.weight, 1.bias, 1.running_mean and 1 "
+         r"more\); cast a copy to one dtype")
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: C.count_model(m, (1, 3, 8, 8)),
+    lambda m: C.count_model(m, (1, 3, 8, 8), dtype=torch.float16),
+    lambda m: C.count_model(m, (1, 3, 8, 8), dtype=torch.float16, backward=True),
+    lambda m: C.receptive_field(m, (1, 3, 8, 8)),
+], ids=["count_default", "count_float16", "count_backward", "receptive_field"])
+def test_a_module_of_mixed_dtypes_is_refused_naming_each(call):
+    with pytest.raises(ValueError, match=MIXED):
+        call(_half_conv_float_norm())
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 BAD = [
@@ -867,6 +988,13 @@ BAD = [
      r"module: expected a torch.nn.Module, got function"),
     ("bad shape", lambda: C.count_model(nn.ReLU(), (1, 0)), ValueError,
      r"input_shape: expected a sequence of positive ints"),
+    # the dtype is named up front, not blamed on the input shape by the first layer
+    ("dtype of a half model", lambda: C.count_model(_classifier().half(), (1, 3, 8, 8)),
+     ValueError, r"^dtype: got torch.float32, but the module's floating parameters and buffers "
+     r"are torch.float16; pass dtype=torch.float16"),
+    ("dtype of a double model", lambda: C.count_model(
+        MnistCNN().double(), (1, 1, 28, 28), dtype=torch.float16, backward=True), ValueError,
+     r"^dtype: got torch.float16, .* are torch.float64; pass dtype=torch.float64"),
     ("groups", lambda: C.conv2d_counts(6, 4, 3, (5, 5), groups=4), ValueError,
      r"groups: 4 must divide c_in=6 and c_out=4"),
     ("kernel type", lambda: C.conv2d_counts(6, 4, "3", (5, 5)), TypeError,
