@@ -36,7 +36,13 @@ def _run_under(mode, module, state, x, hooks, input_shape, stack) -> None:
         with mode:
             _functional_call(module, state, x)
     except (RuntimeError, NotImplementedError) as exc:
-        raise _does_not_fit(input_shape, stack, exc) from None
+        error = _does_not_fit(input_shape, stack, exc)
+        found = _float_dtypes(module)
+        if len(found) > 1:  # the likelier cause: say it
+            error.args = (f"{error.args[0]} (the module mixes floating dtypes, "
+                          f"{_mixed(found)}: cast a copy to one dtype, e.g. "
+                          f"copy.deepcopy(module).float(); the counts do not depend on it)",)
+        raise error from None
     finally:
         for h in hooks:
             h.remove()
@@ -66,29 +72,31 @@ def _float_dtypes(module: nn.Module) -> dict[torch.dtype, list[str]]:
     return found
 
 
+def _mixed(found: dict[torch.dtype, list[str]]) -> str:
+    """``found``'s dtypes, each with (up to three of) the names that have it."""
+    def names(ns):
+        return ", ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
+    each = [f"{d} ({names(ns)})" for d, ns in sorted(found.items(), key=str)]
+    return ", ".join(each[:-1]) + " and " + each[-1]
+
+
 def _walk_dtype(module: nn.Module, dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype of the meta input: ``dtype`` (None: the module's own, or torch's default
-    for a module with no floating parameters or buffers). Refused up front rather than
-    blamed on the input shape by the first layer that sees the mismatch: a module whose
-    floating parameters and buffers mix dtypes (ValueError naming ``module`` and each dtype
-    with the names that have it), and a ``dtype`` other than the module's (ValueError naming
-    ``dtype``)."""
+    """The dtype of the meta input: ``dtype``, which must be one of the module's floating
+    dtypes (TypeError naming ``dtype`` and the module's, as for a dtype differing from a
+    sibling's; rather than torch's mismatch blamed on the input shape by the first layer
+    that sees it). None: the module's own (the first parameter's or buffer's where it
+    mixes dtypes, as keeping norms in float32 does), or torch's default for a module with
+    no floating parameters or buffers; any dtype for the latter."""
     found = _float_dtypes(module)
-    if len(found) > 1:
-        def names(ns):
-            return ", ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
-        each = [f"{d} ({names(ns)})" for d, ns in sorted(found.items(), key=str)]
-        mixed = ", ".join(each[:-1]) + " and " + each[-1]
-        raise ValueError(
-            f"module: expected floating parameters and buffers of one dtype, got {mixed}; "
-            "cast a copy to one dtype (e.g. copy.deepcopy(module).float()): the counts and "
-            "the receptive field do not depend on the dtype")
     if dtype is None:
         return next(iter(found), torch.get_default_dtype())
     if found and dtype not in found:
-        (have,) = found
-        raise ValueError(f"dtype: got {dtype}, but the module's floating parameters and "
-                         f"buffers are {have}; pass dtype={have} to match them")
+        if len(found) == 1:
+            (have,) = found
+            raise TypeError(f"dtype: got {dtype}, but the module's floating parameters and "
+                            f"buffers are {have}; pass dtype={have} to match them")
+        raise TypeError(f"dtype: got {dtype}, but the module's floating parameters and "
+                        f"buffers are {_mixed(found)}; pass the dtype its input takes")
     return dtype
 
 

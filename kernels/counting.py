@@ -277,11 +277,11 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     ``.total`` then covers both passes and ``.backward`` the backward pass alone; ops whose
     backward has no formula are listed in ``.uncounted_backward``.
 
-    ``dtype`` is the meta input's and must be that of the module's floating parameters and
-    buffers (pass ``dtype=torch.float16`` for a ``model.half()``): another is a ValueError
-    naming ``dtype`` and the module's; a module that mixes dtypes, a ValueError naming
-    ``module`` and each dtype. A module with none takes any. The counts do not depend on
-    it."""
+    ``dtype`` is the meta input's and must be one of the module's floating parameters' and
+    buffers' dtypes (pass ``dtype=torch.float16`` for a ``model.half()``): another is a
+    TypeError naming ``dtype`` and the module's. A module with none takes any. Where a
+    module that mixes dtypes does not run in ``dtype``, the error names each dtype. The
+    counts do not depend on it."""
     if not isinstance(backward, bool):
         raise TypeError(f"backward: expected True or False, got {backward!r}")
     if not isinstance(input_requires_grad, bool):

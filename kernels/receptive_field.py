@@ -175,7 +175,7 @@ def receptive_field(module: nn.Module, input_shape: Sequence[int]) -> ReceptiveF
     crops, pads or permutes, batch norm in training mode, group and layer norm, a
     flattened value made spatial again, fields of different jumps joined). The meta input
     takes the dtype of the module's floating parameters and buffers (a ``model.half()``
-    works as it is); a module that mixes dtypes is a ValueError naming each."""
+    works as it is; the first one's where they mix)."""
     module = _check_module(module)
     input_shape = _check_input_shape(input_shape, rank=4)
     dtype = _walk_dtype(module, None)
