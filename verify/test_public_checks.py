@@ -503,3 +503,29 @@ def test_a_non_finite_tangent_is_named_not_compared():
         "where f(*args) is finite: NaN or inf in 1 of its 15 elements (index (0, 1): inf); "
         "not compared with the references")
     assert [line for line in lines if line.startswith("- ")] == lines[1:2]  # no comparison
+
+
+def test_a_point_where_f_is_not_differentiable_is_blamed_not_the_derivative():
+    # sqrt at 0: f is finite, its derivative is not; a right vjp/jvp returns inf there, and
+    # torch's own derivative does too: the point is at fault
+    x = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64)
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(torch.sqrt, lambda g, x: (g * 0.5 / torch.sqrt(x),), (x,))
+    assert ("- args[0]: vjp returned non-finite values where f(*args) is finite: NaN or inf "
+            "in 1 of its 3 elements (index (0,): inf); not compared with the references; "
+            "torch.autograd's gradient is not finite there either (NaN or inf in 1 of its 3 "
+            "elements (index (0,): inf)): f is not differentiable at this point (sqrt at 0, "
+            "say), so nothing can be checked there: choose another point") in str(err.value)
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_jvp(torch.sqrt, lambda t, x: t[0] * 0.5 / torch.sqrt(x), (x,))
+    assert "'s tangent is not finite there either (NaN or inf in 1 of its 3 elements" in str(
+        err.value)
+    assert "f is not differentiable at this point" in str(err.value)
+    # a derivative that is not finite where torch's is finite says nothing of the point,
+    # though torch's is not finite elsewhere (at 0)
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(torch.sqrt, lambda g, x: (g / x.sub(1.0),), (x,))
+    assert "index (1,): " in str(err.value) and "not differentiable" not in str(err.value)
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_jvp(torch.sqrt, lambda t, x: t[0] / x.sub(1.0), (x,))
+    assert "index (1,): " in str(err.value) and "not differentiable" not in str(err.value)

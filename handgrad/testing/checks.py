@@ -34,7 +34,8 @@ result of the wrong shape or device stops at the first argument it concerns),
 its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
 a transpose, a constant factor, a missing (zero) gradient. A derivative that returns NaN or
 inf (``f`` being finite there) is named as such, with the count and first indices, and not
-compared with a reference. On success: a ``CheckReport``
+compared with a reference; where torch's derivative is not finite at those places either,
+the message says the point is not differentiable (sqrt at 0). On success: a ``CheckReport``
 (headroom per argument and reference, Taylor order). Each element comparison is also
 recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``).
 """
@@ -274,6 +275,21 @@ def _nonfinite(t: torch.Tensor, noun: str = "elements", shown: int = 3) -> str:
             + (", ...)" if count > shown else ")"))
 
 
+def _not_differentiable(result: torch.Tensor, reference: torch.Tensor | None,
+                        whose: str) -> str:
+    """Where torch's own derivative is not finite either, at every place the user's is not:
+    the point, not the user's derivative, is at fault (sqrt or abs at 0: f finite, its
+    derivative not)."""
+    if reference is None:
+        return ""
+    bad = ~torch.isfinite(result)
+    if not bool((~torch.isfinite(reference.to(result.device)) >= bad).all()):
+        return ""
+    return (f"; {whose} is not finite there either ({_nonfinite(reference)}): f is not "
+            "differentiable at this point (sqrt at 0, say), so nothing can be checked there: "
+            "choose another point")
+
+
 def _narrower(got: torch.dtype, want: torch.dtype) -> bool:
     """Whether a result of dtype ``got`` cannot hold every value of dtype ``want`` (float32
     for float64, bfloat16 for float16 and the reverse): it has lost precision."""
@@ -504,7 +520,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if not bool(torch.isfinite(g).all()):
             checks.append(ArgumentCheck(i, names[i], True, note, failures=(
                 f"{label}: vjp returned non-finite values where f(*args) is finite: "
-                f"{_nonfinite(g)}; not compared with the references",)))
+                f"{_nonfinite(g)}; not compared with the references"
+                + _not_differentiable(g, ref_grads.get(i), "torch.autograd's gradient"),)))
             continue
         if i in ref_grads:
             ratio, msg = _compare(label, g, ref_grads[i], kernel=kernel, reference=AUTOGRAD,
@@ -615,9 +632,14 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                                 "f's output has lost its precision (a cast inside the jvp?), "
                                 "so it is not compared")
             if not bool(torch.isfinite(jt).all()):
+                why = ""
+                if i in reached:  # torch's tangent, to tell a bad point from a bad jvp
+                    ref, how = _jvp_reference(along, ref_args[i].detach(),
+                                              t.to(ref_args[i].dtype))
+                    why = _not_differentiable(jt, ref, f"{how}'s tangent")
                 failures.append(f"{label}: jvp returned non-finite values for a tangent of "
                                 f"this argument, where f(*args) is finite: {_nonfinite(jt)}; "
-                                "not compared with the references")
+                                f"not compared with the references{why}")
                 break
             if i in reached and not failures:
                 ref, how = _jvp_reference(along, ref_args[i].detach(), t.to(ref_args[i].dtype))
