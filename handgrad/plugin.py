@@ -170,7 +170,8 @@ def _present(device: str) -> bool:
 
 
 def requested_devices(config: pytest.Config) -> list[str]:
-    """The devices named by --device, in order; 'all' means every known device present."""
+    """The devices named by --device, in order, each once (``cpu,cpu`` runs a test once);
+    'all' means every known device present."""
     raw = config.getoption("--device")
     if raw == "all":
         return [d for d in KNOWN_DEVICES if _present(d)]
@@ -181,7 +182,7 @@ def requested_devices(config: pytest.Config) -> list[str]:
             f"--device: unknown device(s) {unknown or [raw]}; expected a comma-separated "
             f"subset of {list(KNOWN_DEVICES)} or 'all'"
         )
-    return names
+    return list(dict.fromkeys(names))
 
 
 def _device_params(config: pytest.Config) -> list:

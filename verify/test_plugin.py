@@ -108,6 +108,13 @@ def test_a_misspelt_device_is_a_usage_error(project):
     res.stderr.fnmatch_lines(["*--device: unknown device(s) ?'tpu'?*"])
 
 
+def test_a_device_named_twice_runs_once(project):
+    """--device cpu,cpu (a slip) runs each test once on the CPU, not twice as cpu0, cpu1."""
+    res = _run(project, "--device", "cpu, cpu,cpu", "-v", "-k", "test_devices")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["*test_devices?cpu? PASSED*"])
+
+
 def test_a_wrong_vjp_fails_naming_the_argument(project):
     project.makepyfile(test_wrong='''
 import torch
