@@ -27,6 +27,15 @@ RECORD_COLUMNS = tuple(f.name for f in fields(BenchRecord))
 STATS = ("median", "iqr", "rounds", "data")
 
 
+# a benchmark file without handgrad's records: plain pytest-benchmark output of a project
+# that times with the ``benchmark`` fixture, not handgrad's ``measure``
+NO_RECORDS = ("no handgrad benchmark records (no extra_info kernel/method/reference): time "
+              "each kernel with the measure fixture of handgrad's pytest plugin, not "
+              "pytest-benchmark's benchmark alone, and write the file with pytest "
+              "--benchmark-json PATH (handgrad's own suite: pytest bench --benchmark-json "
+              "PATH)")
+
+
 class ReportInputError(ValueError):
     """Input the reports cannot use (a file that is missing, not JSON, not handgrad's
     pytest-benchmark output; an option out of range; an unwritable output path)."""
@@ -156,8 +165,7 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
         if not any(isinstance(b, dict) and isinstance(
                 b.get("extra_info"), dict) and "kernel" in b["extra_info"]
                 for b in data["benchmarks"]):
-            raise ReportInputError(f"{path}: no handgrad benchmark records (no extra_info "
-                                   "kernel/method/reference); write it with pytest bench")
+            raise ReportInputError(f"{path}: {NO_RECORDS}")
         fp = _fingerprint(data)
         if fp in fingerprints:
             raise ReportInputError(f"{path}: holds the same run as {fingerprints[fp]} "

@@ -597,6 +597,20 @@ def test_render_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, case)
     assert not out.exists()  # every input is read before the output folder is made
 
 
+def test_a_file_without_handgrad_records_points_a_users_project_at_measure(tmp_path, capsys):
+    """Plain pytest-benchmark output (a project timing with ``benchmark``): the one line
+    names what writes handgrad's records in any project, the measure fixture, not only
+    handgrad's own suite."""
+    foreign = _edited(tmp_path, "foreign.json", _foreign)
+    assert main(["render", str(foreign), "--out", str(tmp_path / "report")]) == 2
+    assert _one_line_error(capsys) == (
+        f"error: {foreign}: no handgrad benchmark records (no extra_info "
+        "kernel/method/reference): time each kernel with the measure fixture of handgrad's "
+        "pytest plugin, not pytest-benchmark's benchmark alone, and write the file with "
+        "pytest --benchmark-json PATH (handgrad's own suite: pytest bench --benchmark-json "
+        "PATH)")
+
+
 def test_gate_exits_2_when_the_runs_have_nothing_in_common(tmp_path, capsys):
     other = _edited(tmp_path, "other.json", _renamed_groups)
     assert main(["gate", "--baseline", str(RUN1), "--current", str(other)]) == 2
