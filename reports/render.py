@@ -12,6 +12,7 @@ import pandas as pd
 from handgrad.reports import devices, figures, roofline
 from handgrad.reports.load import (
     ReportInputError,
+    check_given_once,
     check_output_dir,
     gaps,
     load_benchmarks,
@@ -142,6 +143,8 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
         raise ReportInputError("no input files given")
     out = check_output_dir(out)
     bench_paths, verify_paths = _split(paths)
+    check_given_once(verify_paths, "each verify report once, or the headroom table counts "
+                     "its comparisons twice")
     df = load_benchmarks(bench_paths) if bench_paths else None
     records = load_records(verify_paths) if verify_paths else None
     sweeps = load_sweeps(verify_paths) if verify_paths else []

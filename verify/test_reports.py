@@ -282,6 +282,26 @@ def test_render_step_sweeps_draws_the_v_curve(tmp_path, monkeypatch):
     assert "step sweeps" not in (tmp_path / "old" / "report.md").read_text()
 
 
+def test_render_refuses_a_verify_report_given_twice(tmp_path, capsys, monkeypatch):
+    """The same verify report twice (by two names too) would count each comparison
+    twice (checks 2 for one check): refused, as a benchmark file given twice is; two
+    reports are read, one after the other."""
+    records = [_verify_record("backprop", "autograd", "float64", 0.1, "t")]
+    path = _write(tmp_path, "verify.json", {"handgrad": "verify-report", "records": records})
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", str(path), "verify.json", "--out", str(out)]) == 2
+    assert _one_line_error(capsys) == (
+        f"error: verify.json: given twice (as {path}); each verify report once, or the "
+        "headroom table counts its comparisons twice")
+    assert not out.exists()
+    other = _write(tmp_path, "other.json", {"handgrad": "verify-report", "records": records})
+    assert main(["render", str(path), str(other), "--out", str(out)]) == 0
+    import pandas as pd
+
+    assert list(pd.read_csv(out / "headroom.csv")["checks"]) == [2]
+
+
 def test_verify_report_rejects_a_malformed_sweep(tmp_path, capsys):
     bad = _sweep("backprop", 2.0, 6e-6)
     bad["error"] = bad["error"][:-1]
