@@ -53,6 +53,28 @@ def parse_confidence(text: str) -> float:
     return value
 
 
+# torch.Generator.manual_seed's range (a negative seed is taken as 2**64 plus it)
+SEED_RANGE = (-2**63, 2**64 - 1)
+
+
+def integer(low: int, high: int, what: str):
+    """An argparse ``type`` for every integer option: an int from ``low`` to ``high``,
+    else a usage error (exit 2, one line naming the option) saying the range; a number
+    out of it had reached torch as an overflow traceback."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high} "
+                                             f"({what}), got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m handgrad.reports", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
                        "and gradient norms per layer of a depth-8 tanh MLP for U(-d, d) "
                        "and Xavier weights (figures, CSV, markdown)")
     s.add_argument("--out", required=True, help="folder to write the study into")
-    s.add_argument("--seed", type=int, default=0, help="seed of the batch and the weights "
-                   "(default 0)")
+    s.add_argument("--seed", type=integer(*SEED_RANGE, "a torch seed"), default=0,
+                   help="seed of the batch and the weights (default 0)")
     return parser
 
 

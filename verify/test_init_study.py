@@ -99,16 +99,40 @@ def test_the_study_network_and_batch_are_the_courses() -> None:
     assert set(y.tolist()) == set(range(10)) and y.dtype == torch.int64
 
 
+SEED_RANGE_TEXT = "expected an integer from -9223372036854775808 to 18446744073709551615 " \
+    "(a torch seed)"
+
+
 @pytest.mark.parametrize("args,says", [
-    (["--seed", "x"], "argument --seed: invalid int value"),
+    (["--seed", "x"], f"argument --seed: {SEED_RANGE_TEXT}, got 'x'"),
+    # out of torch's range: had ended in torch's "Overflow when unpacking long long"
+    (["--seed", "99999999999999999999"],
+     f"argument --seed: {SEED_RANGE_TEXT}, got '99999999999999999999'"),
+    (["--seed", "18446744073709551616"],
+     f"argument --seed: {SEED_RANGE_TEXT}, got '18446744073709551616'"),
+    (["--seed=-9223372036854775809"],
+     f"argument --seed: {SEED_RANGE_TEXT}, got '-9223372036854775809'"),
     ([], "the following arguments are required: --out"),
 ])
-def test_bad_options_exit_2_with_one_line(args, says, capsys) -> None:
+def test_bad_options_exit_2_with_one_line(args, says, capsys, tmp_path) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["init-study", *args])
+        main(["init-study", *args] + (["--out", str(tmp_path / "o")] if args else []))
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert says in err and err.count("\n") == 1
+    assert says in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_seed_takes_torchs_whole_range() -> None:
+    """The ends of torch.Generator.manual_seed's range are seeds (the study runs there)."""
+    from handgrad.reports.__main__ import SEED_RANGE, integer
+
+    seed = integer(*SEED_RANGE, "a torch seed")
+    assert seed("18446744073709551615") == 2**64 - 1
+    assert seed("-9223372036854775808") == -(2**63)
+    assert seed("0") == 0
+    for value in (2**64 - 1, -(2**63)):  # torch takes them: no overflow
+        assert study_batch(value)[0].shape == (256, 784)
 
 
 def test_an_out_that_is_a_file_exits_2(tmp_path: Path, capsys) -> None:
