@@ -529,3 +529,20 @@ def test_a_point_where_f_is_not_differentiable_is_blamed_not_the_derivative():
     with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
         check_jvp(torch.sqrt, lambda t, x: t[0] / x.sub(1.0), (x,))
     assert "index (1,): " in str(err.value) and "not differentiable" not in str(err.value)
+
+
+# --- names of torch's own functions ----------------------------------------------------------
+
+def test_torch_functions_are_named_as_torch_spells_them():
+    # torch.sin's qualified name is _VariableFunctionsClass.sin, Tensor.sin's TensorBase.sin:
+    # messages and records read torch.sin and Tensor.sin
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    assert check_vjp(torch.sin, lambda g, x: g * torch.cos(x), (x,)).function == "torch.sin"
+    assert str(check_jvp(torch.Tensor.sin, lambda t, x: t[0] * torch.cos(x), (x,))).startswith(
+        "check_jvp of Tensor.sin (float64): PASS")
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(torch.sin, lambda g, x: g * torch.sin(x), (x,))
+    assert str(err.value).startswith("check_vjp of torch.sin: wrong derivative for args[0]")
+    before = len(compare_mod.RECORDS)
+    check_vjp(lambda x: 0.5 * x * x, torch.mul, (x,))  # the vjp g * x is torch.mul itself
+    assert {r.kernel for r in compare_mod.RECORDS[before:]} == {"torch.mul"}

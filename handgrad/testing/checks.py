@@ -244,8 +244,7 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
     if tol is not None and not isinstance(tol, Tol):
         raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "
                         f"{type(tol).__name__}")
-    fname = getattr(f, "__qualname__", type(f).__name__)
-    kernel = getattr(d, "__qualname__", type(d).__name__)
+    fname, kernel = _callable_name(f), _callable_name(d)
     with torch.no_grad():
         out = _output("f", f(*args))
     if not bool(torch.isfinite(out).all()):
@@ -254,6 +253,20 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
                          "there: expected args where f is finite (log or sqrt of a negative "
                          "number is nan, say)")
     return args, names, wrt, int(directions), generator, fname, kernel, out
+
+
+def _callable_name(fn) -> str:
+    """How messages and records name a callable: its qualified name (``softplus_layer``,
+    ``Model.forward``), ``torch.sin`` for a function of the torch namespace (whose qualified
+    name is ``_VariableFunctionsClass.sin``), ``Tensor.sin`` for a tensor method (not
+    ``TensorBase.sin``), else the type's name (a ``functools.partial``, a module)."""
+    name = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str):
+        return type(fn).__name__
+    for inner, public in (("_VariableFunctionsClass.", "torch."), ("TensorBase.", "Tensor.")):
+        if name.startswith(inner):
+            return public + name.removeprefix(inner)
+    return name
 
 
 def _output(name: str, value) -> torch.Tensor:
