@@ -310,6 +310,24 @@ def test_xdist_workers_share_the_cores(monkeypatch):
     assert bench_threads(config) == 1
     opts["--bench-threads"] = 3  # asked for: as asked
     assert bench_threads(config) == 3
+    opts["--bench-threads"] = 2147483647  # torch's largest (a C int)
+    assert bench_threads(config) == 2147483647
+
+
+@pytest.mark.parametrize("threads", [0, -1, 2147483648, 99999999999999999999])
+def test_bench_threads_out_of_torchs_range_is_a_usage_error(threads):
+    """Beyond a C int, torch.set_num_threads had ended the session in an INTERNALERROR
+    (an overflow); below 1 there is no thread to run on."""
+    from types import SimpleNamespace
+
+    from handgrad.benchmark import bench_threads
+
+    config = SimpleNamespace(getoption={"--bench-threads": threads,
+                                        "--bench-instructions": False}.get)
+    with pytest.raises(pytest.UsageError) as exc:
+        bench_threads(config)
+    assert str(exc.value) == ("--bench-threads: expected an integer from 1 to 2147483647 "
+                              f"(torch's thread count), got {threads}")
 
 
 def _bench_outcomes(*args: str) -> tuple[str, str]:

@@ -36,6 +36,8 @@ GRIDS = ("quick", "full", "gpu")
 # families that measure the machine, not a kernel: timed, never counted or slowed
 MACHINE_FAMILIES = ("control", "ceiling")
 
+MAX_THREADS = 2**31 - 1  # the most torch.set_num_threads takes (a C int)
+
 # the markers the grids select on (registered by the plugin)
 MARKERS = (
     "full: part of the full benchmark grid only (--bench-grid=full)",
@@ -53,8 +55,10 @@ def bench_threads(config: pytest.Config) -> int:
     if config.getoption("--bench-instructions"):
         return 1  # instruction counts are taken on one thread
     n = config.getoption("--bench-threads")
-    if n is not None and n < 1:
-        raise pytest.UsageError(f"--bench-threads: expected a positive integer, got {n}")
+    if n is not None and not 1 <= n <= MAX_THREADS:  # torch's count is a C int: beyond it,
+        # torch.set_num_threads had ended the session in an overflow (INTERNALERROR)
+        raise pytest.UsageError(f"--bench-threads: expected an integer from 1 to "
+                                f"{MAX_THREADS} (torch's thread count), got {n}")
     if n:
         return n
     # a pytest-xdist worker shares the cores with its siblings: n workers x all cores
