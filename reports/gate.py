@@ -194,6 +194,38 @@ def _kernel_rows(table: pd.DataFrame, threshold: float, confidence: float) -> pd
     return out.sort_values("change", ascending=False).reset_index(drop=True)
 
 
+# what a benchmark ran on: a ratio measured in another dtype, on another device or with
+# another thread count is another measurement, not a change of the kernel
+_SETTINGS = ("dtype", "device", "threads")
+
+
+def _unlike(p, name: str) -> str | None:
+    """Why the paired row ``p`` (``<column>_b``/``_c``) compares unlike measurements, or
+    None: its reference, dtype, device or threads differ between the two runs."""
+    if p["reference_b"] != p["reference_c"]:
+        return f"{name}: reference changed from {p['reference_b']} to {p['reference_c']}"
+    for col in _SETTINGS:  # each a field every record has (reports.record)
+        if p[f"{col}_b"] != p[f"{col}_c"]:
+            return (f"{name}: {col} changed from {p[f'{col}_b']} to {p[f'{col}_c']}: "
+                    "another measurement, not a change of the kernel")
+    return None
+
+
+def _one_side(base: pd.DataFrame, cur: pd.DataFrame, pairs: pd.DataFrame, what: str
+              ) -> list[str]:
+    """The gated benchmarks of one run that the other lacks, by name and side: a benchmark
+    whose test failed, was deselected or was renamed looks like this, and is said."""
+    def names(df):
+        return set(zip(df["group"], df["method"]))
+    both = names(pairs)
+    out = [f"{g} :: {m}: {what} in the baseline only (missing from the current run: did "
+           "its test fail, or was it deselected or renamed?)"
+           for g, m in sorted(names(base) - both)]
+    out += [f"{g} :: {m}: {what} in the current run only (new, or missing from the "
+            "baseline)" for g, m in sorted(names(cur) - both)]
+    return out
+
+
 def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float = 0.95,
          n_resamples: int = 2000, seed: int = 0,
          benchmark_threshold: float = 0.20,
@@ -201,21 +233,20 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     """Compare two pytest-benchmark JSON files; raises ReportInputError on unusable input.
     ``accepted``: declared regressions (``read_accepted``), passed up to their bound."""
     base, cur = load_benchmarks([baseline]), load_benchmarks([current])
-    keys = ["group", "method"]
-    pairs = base.merge(cur, on=keys, suffixes=("_b", "_c"))
-    gated = ((pairs["role_c"] == "kernel") & (pairs["role_b"] == "kernel")
-             & (pairs["method"] != pairs["reference_c"]))
-    pairs = pairs[gated]
+
+    def kernels(df):
+        return df[(df["role"] == "kernel") & (df["method"] != df["reference"])]
+
+    pairs = kernels(base).merge(kernels(cur), on=["group", "method"], suffixes=("_b", "_c"))
     if pairs.empty:
         raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks "
                                "(role kernel) in common")
-    skipped = []
-    # a ratio to one reference says nothing about a ratio to another
-    moved = pairs["reference_b"] != pairs["reference_c"]
-    for _, p in pairs[moved].iterrows():
-        skipped.append(f"{p['group']} :: {p['method']}: reference changed from "
-                       f"{p['reference_b']} to {p['reference_c']}")
-    pairs = pairs[~moved]
+    skipped = _one_side(kernels(base), kernels(cur), pairs, "measured")
+    # a ratio to one reference (or in another dtype, device, thread count) says nothing
+    # about a ratio to another
+    unlike = [_unlike(p, f"{p['group']} :: {p['method']}") for _, p in pairs.iterrows()]
+    skipped += [u for u in unlike if u]
+    pairs = pairs[[u is None for u in unlike]]
 
     def ref_row(df, group, method):
         hit = df[(df["group"] == group) & (df["method"] == method)]
@@ -446,14 +477,12 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
 
     b, c = counted(base), counted(cur)
     pairs = b.merge(c, on=["group", "method"], suffixes=("_b", "_c"))
-    skipped = [f"{g} :: {m}: counted in one run only"
-               for g, m in sorted(set(zip(b["group"], b["method"]))
-                                  ^ set(zip(c["group"], c["method"])))]
+    skipped = _one_side(b, c, pairs, "counted")
     rows = []
     for p in pairs.itertuples(index=False):
-        if p.reference_b != p.reference_c:
-            skipped.append(f"{p.group} :: {p.method}: reference changed from "
-                           f"{p.reference_b} to {p.reference_c}")
+        unlike = _unlike(p._asdict(), f"{p.group} :: {p.method}")
+        if unlike:
+            skipped.append(unlike)
             continue
         if metric == "ratio" and (pd.isna(p.reference_instructions_b)
                                   or pd.isna(p.reference_instructions_c)):

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from handgrad.reports.gate import MAX_DISTURBED, _accept, _footer, _numbers
+from handgrad.reports.gate import _SETTINGS, MAX_DISTURBED, _accept, _footer, _numbers
 from handgrad.reports.load import ReportInputError, load_benchmarks, read_json
 from handgrad.reports.record import DISTURBED, _present, ratio_to_reference
 from handgrad.reports.tables import to_markdown
@@ -67,8 +67,8 @@ def _key(kernel, method, device) -> str:
 # ---------------------------------------------------------------- per-run ratios
 
 
-_COLUMNS = ["side", "run", "source", "kernel", "method", "device", "benchmark", "reference",
-            "ratio", "log_ratio", "ref_median"]
+_COLUMNS = ["side", "run", "source", "kernel", "method", "device", "dtype", "threads",
+            "benchmark", "reference", "ratio", "log_ratio", "ref_median"]
 
 
 def distinct_runs(paths, command: str) -> None:
@@ -91,7 +91,7 @@ def run_ratios(paths, side: str = "") -> pd.DataFrame:
 
     A run is one file (one process); a gated benchmark is a kernel (role ``kernel``)
     measured against another method. Columns: side, run, source, kernel, method, device,
-    benchmark, reference, ratio, log_ratio, ref_median."""
+    dtype, threads, benchmark, reference, ratio, log_ratio, ref_median."""
     frames = []
     for i, path in enumerate(paths, 1):
         one = _one_run(str(path), _stamp(path)).copy()
@@ -147,8 +147,9 @@ def _one_run(path: str, stamp) -> pd.DataFrame:
         ratio, ref_rounds = timed
         rows.append({
             "side": "", "run": 0, "source": path, "kernel": r["kernel"],
-            "method": r["method"], "device": r["device"],
-            "benchmark": f"{r['group']} :: {r['method']}", "reference": r["reference"],
+            "method": r["method"], "device": r["device"], "dtype": r["dtype"],
+            "threads": r["threads"], "benchmark": f"{r['group']} :: {r['method']}",
+            "reference": r["reference"],
             "ratio": float(ratio), "log_ratio": math.log(ratio),
             "ref_median": float(np.median(np.asarray(ref_rounds, dtype=float))),
         })
@@ -455,11 +456,17 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
         raise ReportInputError(f"{empty[0]}: no kernel benchmarks (role kernel) with a timed "
                                "reference")
     skipped = []
-    # a ratio to one reference says nothing about a ratio to another
-    refs = both.groupby("benchmark")["reference"].nunique()
-    for name in refs[refs > 1].index:
-        skipped.append(f"{name}: its reference differs between the runs")
-    both = both[~both["benchmark"].isin(refs[refs > 1].index)]
+    # a ratio to one reference (or in another dtype, on another device, with another thread
+    # count) says nothing about a ratio to another
+    unlike = set()
+    for col in ("reference", *_SETTINGS):
+        values = both.groupby("benchmark")[col].nunique()
+        for name in values[values > 1].index.difference(sorted(unlike)):
+            unlike.add(name)
+            skipped.append(f"{name}: its {col} differs between the runs" + (
+                "" if col == "reference" else ": another measurement, not a change of the "
+                "kernel"))
+    both = both[~both["benchmark"].isin(unlike)]
     total = both["benchmark"].nunique()
     both, disturbed = _drop_disturbed(both)
     if len(disturbed) > MAX_DISTURBED * (len(both) + len(disturbed)):

@@ -426,3 +426,20 @@ def test_runs_of_part_of_the_grid_add_to_their_benchmarks_spreads_only(tmp_path)
     other = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
     assert data["benchmarks"][other]["dof"] == 6 and data["benchmarks"][lacking]["dof"] == 3
     assert data["runs"] == 7
+
+
+@pytest.mark.parametrize("field, value", [("dtype", "bfloat16"), ("threads", 7),
+                                          ("reference", "torch_func_jvp")])
+def test_a_benchmark_measured_otherwise_in_one_run_is_not_gated(tmp_path, field, value):
+    name = "jacobian L=3 K=30 N=1 cpu :: manual_forward"
+    base = write_runs(tmp_path, "b", [{}, {}])
+    cur = write_runs(tmp_path, "c", [{name: 3.0}, {name: 3.0}])  # would be a regression
+    data = json.loads(Path(cur[1]).read_text())
+    for b in data["benchmarks"]:
+        if f"{b['group']} :: {b['extra_info']['method']}" == name:
+            b["extra_info"][field] = value
+    Path(cur[1]).write_text(json.dumps(data))
+    r = gate_runs(base, cur)
+    assert name not in set(r.table["benchmark"])
+    tail = "" if field == "reference" else ": another measurement, not a change of the kernel"
+    assert r.skipped == (f"{name}: its {field} differs between the runs{tail}",)

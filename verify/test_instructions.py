@@ -442,3 +442,27 @@ def test_timed_gate_passes_a_declared_regression_within_its_bound(tmp_path, caps
     accept.write_text("jacobian.manual_forward 1.1 too small a bound\n")
     assert main(["gate", "--baseline", str(TIMED), "--current", str(slow),
                  "--accept", str(accept)]) == 1
+
+
+def test_instruction_gate_names_one_side_and_other_settings(tmp_path):
+    data = _load(COUNTED)
+    one, two = data["benchmarks"][0], data["benchmarks"][1]
+    name = f"{two['group']} :: {two['extra_info']['method']}"
+    assert two["extra_info"]["dtype"] == "float32"
+    dropped = {**data, "benchmarks": [b for b in data["benchmarks"] if b is not one]}
+    result = instruction_gate(str(COUNTED), str(_write(tmp_path, "cur.json", dropped)))
+    first = f"{one['group']} :: {one['extra_info']['method']}"
+    assert result.skipped == (f"{first}: counted in the baseline only (missing from the "
+                              "current run: did its test fail, or was it deselected or "
+                              "renamed?)",)
+    result = instruction_gate(str(_write(tmp_path, "cur.json", dropped)), str(COUNTED))
+    assert result.skipped == (f"{first}: counted in the current run only (new, or missing "
+                              "from the baseline)",)
+    other = _grow(_load(COUNTED), "manual_forward", 1.5)  # would be a regression
+    for b in other["benchmarks"]:
+        if b["group"] == two["group"]:
+            b["extra_info"]["dtype"] = "float64"
+    result = instruction_gate(str(COUNTED), str(_write(tmp_path, "f64.json", other)))
+    assert result.skipped == (f"{name}: dtype changed from float32 to float64: another "
+                              "measurement, not a change of the kernel",)
+    assert list(result.table["benchmark"]) == [first] and not result.passed

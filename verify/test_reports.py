@@ -485,6 +485,53 @@ def test_gate_does_not_compare_ratios_to_different_references(tmp_path):
     assert "Not gated:" in result.markdown()
 
 
+def test_gate_names_the_benchmarks_of_one_run_only(tmp_path, capsys):
+    # the current run lost a kernel benchmark (its test failed, say), and one group was
+    # renamed: lost under its old name, new under its new one
+    gone, old = "backprop L=3 K=64 N=256 cpu", "jacobian L=3 K=30 N=1 cpu"
+    cur = _load(RUN2)
+    kept = [b for b in cur["benchmarks"]
+            if not (b["group"] == gone and b["extra_info"]["method"] == "manual")]
+    assert len(kept) == len(cur["benchmarks"]) - 1
+    for b in kept:
+        if b["group"] == old:
+            b["group"] = "jacobian renamed"
+    result = gate(str(RUN1), str(_write(tmp_path, "cur.json", {**cur, "benchmarks": kept})))
+    assert result.passed  # listed, not failed: the test run fails the build on its own
+    assert f"{gone} :: manual: measured in the baseline only (missing from the current run: " \
+        "did its test fail, or was it deselected or renamed?)" in result.skipped
+    assert f"{old} :: manual_forward: measured in the baseline only (" in " ".join(
+        result.skipped)
+    assert "jacobian renamed :: manual_forward: measured in the current run only (new, or " \
+        "missing from the baseline)" in result.skipped
+    assert "Not gated:" in result.markdown() and gone in result.markdown()
+    # references are not gated, so they are not missed either
+    assert not any(":: torch_autograd:" in s for s in result.skipped)
+    assert not gate(str(RUN1), str(RUN2)).skipped  # and two like runs list nothing
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("dtype", "bfloat16", "dtype changed from float32 to bfloat16"),
+    ("threads", 1, "threads changed from 2 to 1"),
+    ("device", "cuda", "device changed from cpu to cuda"),
+])
+def test_gate_does_not_compare_runs_of_other_settings(tmp_path, field, value, said):
+    cur = slow_down(_load(RUN2), "manual", 1.5)  # would fail if compared
+    for b in cur["benchmarks"]:
+        b["extra_info"][field] = value
+    with pytest.raises(ReportInputError, match="no kernel has the same reference"):
+        gate(str(RUN1), str(_write(tmp_path, "cur.json", cur)))
+    # one benchmark in another setting: that one is listed, the rest gated
+    cur = slow_down(_load(RUN2), "manual", 1.5, group="backprop L=3 K=64 N=256 cpu")
+    for b in cur["benchmarks"]:
+        if b["group"] == "backprop L=3 K=64 N=256 cpu":
+            b["extra_info"][field] = value
+    result = gate(str(RUN1), str(_write(tmp_path, "one.json", cur)))
+    assert result.passed
+    assert result.skipped == (f"backprop L=3 K=64 N=256 cpu :: manual: {said}: another "
+                              "measurement, not a change of the kernel",)
+
+
 def test_gate_falls_back_to_medians_without_paired_rounds(tmp_path):
     plain = _load(RUN1)
     for b in plain["benchmarks"]:
