@@ -29,8 +29,9 @@ other shapes held still). So
   ``1 + max(benchmark_threshold, gate_noise)`` instead.
 
 Only kernels are gated (records whose ``role`` is ``kernel``, measured against another
-method); references appear in the report, not in the gate. A benchmark whose reference
-itself took over ``DISTURBED`` times (or under 1/``DISTURBED``) its
+method); references appear in the report, not in the gate. A kernel benchmark of one run
+only, or one whose reference, dtype, device or threads changed, is listed, not gated. A
+benchmark whose reference itself took over ``DISTURBED`` times (or under 1/``DISTURBED``) its
 baseline time ran on a disturbed machine: it is listed, not gated; too many such
 benchmarks make the input unusable (exit 2).
 """
