@@ -8,7 +8,8 @@
 under its commit, the commit's date, the machine and every gated benchmark's record
 (ratio to its reference; instructions per call where counted). The commit and date come
 from the file's ``commit_info`` (pytest-benchmark records the working tree's git commit)
-unless given; a file already stored is refused (its content's hash).
+unless given; a file already stored is refused (its content's hash). An add refused
+before it stored a run leaves no history file it created behind.
 
 ``report`` orders the commits by date and gives, per kernel (kernel family, method,
 device) and metric (``ratio``: time over the reference's; ``instructions``: per call), the
@@ -393,13 +394,19 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.history_command == "add":
-        con = connect(args.db)
+        db = Path(args.db)
+        new = not db.exists() and not db.is_symlink()
+        con = connect(db)
+        added = 0
         try:
             for f in args.files:
                 n = add_run(con, f, args.commit, args.date)
+                added += 1
                 print(f"history: {f}: {n} benchmarks added to {args.db}")
         finally:
             con.close()
+            if new and not added:  # refused before anything was stored: a history this
+                db.unlink(missing_ok=True)  # add created holds nothing, so it goes
         return 0
     if not Path(args.db).is_file():
         raise ReportInputError(f"--db: {args.db} does not exist")

@@ -191,6 +191,34 @@ def test_add_takes_the_commit_from_the_file_and_refuses_what_it_cannot_store(tmp
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_refused_add_leaves_no_new_history_behind(tmp_path, capsys):
+    """A refused add (exit 2) that stored nothing removes the file it created; an existing
+    history stays as it was, and a new one keeps the runs stored before a refusal."""
+    db = tmp_path / "h.sqlite"
+    plain = tmp_path / "plain.json"  # pytest-benchmark output without handgrad records
+    run = scaled_run({})
+    plain.write_text(json.dumps({**run, "benchmarks": [
+        {**b, "extra_info": {}} for b in run["benchmarks"]]}))
+    assert main(["history", "add", "--db", str(db), str(plain)]) == 2
+    assert "no handgrad benchmark records" in capsys.readouterr().err
+    assert not db.exists()
+    assert main(["history", "add", "--db", str(db), str(tmp_path / "missing.json")]) == 2
+    assert not db.exists()
+    good = tmp_path / "run.json"
+    good.write_text(json.dumps(run))
+    assert main(["history", "add", "--db", str(db), str(good)]) == 0
+    before = db.read_bytes()
+    assert main(["history", "add", "--db", str(db), str(plain)]) == 2
+    assert db.read_bytes() == before  # an existing history: kept, unchanged
+    other = tmp_path / "new.sqlite"
+    good2 = tmp_path / "run2.json"
+    good2.write_text(json.dumps(scaled_run({FWD: 1.1})))
+    assert main(["history", "add", "--db", str(other), str(good2), str(plain)]) == 2
+    con = sqlite3.connect(other)  # created, and a run stored in it before the refusal
+    assert con.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    con.close()
+
+
 def test_a_history_of_another_schema_is_refused(tmp_path):
     db = tmp_path / "h.sqlite"
     H.connect(db).close()
