@@ -243,3 +243,24 @@ def test_the_pytest_session_records(pytester) -> None:
     pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist").assert_outcomes(
         passed=1)
     assert compare._recorders == outer  # the inner session closed its own recorder only
+
+
+@pytest.mark.parametrize("actual, expected", [
+    (torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1 + 5j, 2 + 0j])),
+    (torch.tensor([1 + 9j]), torch.tensor([1 + 0j])),
+    (torch.tensor([1 + 9j]), torch.tensor([1.0])),
+])
+def test_complex_tensors_are_refused_not_cast_to_real(actual, expected):
+    # a cast to float64 drops the imaginary part: 1 and 1+5j would have matched
+    with pytest.raises(TypeError, match=r"^k vs r: complex tensors are not compared \(kernel "
+                       r"torch\.(float64|complex64), reference torch\.(complex64|float32)\)"):
+        assert_close(actual, expected, kernel="k", reference="r", check_dtype=False,
+                     tol=Tol(rtol=1e-6, atol=1e-6))
+    real = torch.view_as_real(torch.tensor([1 + 9j]))  # the way the message gives works
+    assert_close(real, real.clone(), kernel="k", reference="r")
+
+
+def test_meta_tensors_are_refused_by_name():
+    m = torch.empty(2, device="meta")
+    with pytest.raises(ValueError, match="^k vs r: tensors on the meta device hold no values"):
+        assert_close(m, m, kernel="k", reference="r")

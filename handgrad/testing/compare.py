@@ -121,6 +121,13 @@ def assert_close(
         raise AssertionError(
             f"{label}: device mismatch: kernel on {actual.device}, reference on {expected.device}"
         )
+    if actual.device.type == "meta":
+        raise ValueError(f"{label}: tensors on the meta device hold no values to compare")
+    if actual.is_complex() or expected.is_complex():
+        raise TypeError(
+            f"{label}: complex tensors are not compared (kernel {actual.dtype}, reference "
+            f"{expected.dtype}): a cast to real would drop the imaginary part; compare "
+            "torch.view_as_real of both")
     if check_dtype and not actual.dtype.is_floating_point:
         raise AssertionError(f"{label}: kernel returned non-floating dtype {actual.dtype}")
     if tol is None:
