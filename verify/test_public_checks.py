@@ -546,3 +546,103 @@ def test_torch_functions_are_named_as_torch_spells_them():
     before = len(compare_mod.RECORDS)
     check_vjp(lambda x: 0.5 * x * x, torch.mul, (x,))  # the vjp g * x is torch.mul itself
     assert {r.kernel for r in compare_mod.RECORDS[before:]} == {"torch.mul"}
+
+
+# --- f or the derivative writing into its arguments ------------------------------------------
+
+def _tanh_vjp(g, x):
+    return g * (1 - torch.tanh(x) ** 2)
+
+
+def _tanh_jvp(t, x):
+    return t[0] * (1 - torch.tanh(x) ** 2)
+
+
+@pytest.mark.parametrize("check, derivative", [(check_vjp, _tanh_vjp), (check_jvp, _tanh_jvp)])
+def test_an_f_that_writes_into_its_arguments_is_refused_and_the_callers_tensors_kept(
+        check, derivative):
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    before = x.clone()
+    with pytest.raises(ValueError) as err:
+        check(lambda x: x.tanh_(), derivative, (x,))
+    assert str(err.value) == (
+        "f: modified args[0] (x) in place (an in-place op such as mul_ or tanh_, or an "
+        "assignment into it); the check calls f again at and around the point, so f must "
+        "leave its arguments as they are (a point that moves has no derivative to check): "
+        "expected an f that does not write into them (x.tanh() rather than x.tanh_(), or "
+        "x = x.clone() first). The caller's tensors are unchanged: the check gave f copies")
+    assert torch.equal(x, before)  # f ran on a copy
+
+    def zero_first_row(x, w):  # an assignment into another argument
+        w[0] = 0.0
+        return x * w
+
+    w = torch.ones(4, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^f: modified args\[1\] \(w\) in place"):
+        check(zero_first_row, lambda *a: None, (x, w))
+    assert bool((w == 1).all())
+    # an in-place op that leaves the values as they are (clamp_ inside the range) is one too
+    with pytest.raises(ValueError, match=r"^f: modified args\[0\] \(x\) in place"):
+        check(lambda x: x.clamp_(-100.0, 100.0).tanh(), derivative, (x,))
+    # and a write torch's version counter does not see (through .data)
+    with pytest.raises(ValueError, match=r"^f: modified args\[0\] \(x\) in place"):
+        check(lambda x: (x.data.mul_(0.5), torch.tanh(x))[1], derivative, (x,))
+    assert torch.equal(x, before)
+    # an f that copies first is fine
+    assert check(lambda x: x.clone().tanh_(), derivative, (x,)).passed
+
+
+def test_a_derivative_that_writes_into_its_cotangent_or_tangent_is_checked_on_a_copy():
+    # a right derivative computed in place in the cotangent (tangent) it is given, as a
+    # backward may: it passes, and the caller's cotangent is unchanged
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    u = torch.randn(4, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    u0 = u.clone()
+    assert check_vjp(torch.sin, lambda g, x: g.mul_(torch.cos(x)), (x,), cotangent=u).passed
+    assert torch.equal(u, u0)
+    assert check_vjp(torch.sin, lambda g, x: g.mul_(torch.cos(x)), (x,)).passed
+    assert check_jvp(torch.sin, lambda t, x: t[0].mul_(torch.cos(x)), (x,),
+                     directions=3).passed
+
+
+def test_a_derivative_that_writes_into_f_arguments_is_refused_by_name():
+    args = _args(torch.float64)
+    before = [a.clone() for a in args]
+
+    def vjp_scaling_weight(g, x, weight, bias):
+        weight.mul_(1.0)  # values unchanged, still a write
+        return vjp_right(g, x, weight, bias)
+
+    with pytest.raises(ValueError) as err:
+        check_vjp(softplus_layer, vjp_scaling_weight, args)
+    assert str(err.value) == (
+        "vjp: modified args[1] (weight) in place (an in-place op such as mul_ or tanh_, or an "
+        "assignment into it); a derivative must leave f's arguments as they are (the check "
+        "reads them again after it, as autograd does after a backward): expected a vjp that "
+        "does not write into them (g * x rather than x.mul_(g); writing into the cotangent "
+        "is fine). The caller's tensors are unchanged: the check gave vjp copies")
+
+    def jvp_into_bias(t, x, weight, bias):
+        out = jvp_right(t, x, weight, bias)
+        if bool(t[2].ne(0).any()):  # only where the bias moves: the third argument checked
+            bias.add_(t[2])
+        return out
+
+    with pytest.raises(ValueError) as err:
+        check_jvp(softplus_layer, jvp_into_bias, args)
+    assert str(err.value).startswith(
+        "jvp: modified args[2] (bias) in place (an in-place op such as mul_ or tanh_, or an "
+        "assignment into it); a derivative must leave f's arguments as they are (the check "
+        "reads them again after it): expected a jvp that does not write into them (t[0] * x "
+        "rather than x.mul_(t[0]); writing into the tangents is fine)")
+    assert all(torch.equal(a, b) for a, b in zip(args, before))
+
+
+def test_an_argument_holding_nan_is_not_taken_for_a_write():
+    # a complex argument is not differentiated, so not refused for a NaN: f leaves it as it
+    # is, and NaN != NaN must not read as f having written into it
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    c = torch.tensor([complex("nan"), 1j])
+    assert check_vjp(lambda x, c: torch.tanh(x), lambda g, x, c: (_tanh_vjp(g, x), None),
+                     (x, c)).passed
+    assert check_jvp(lambda x, c: torch.tanh(x), lambda t, x, c: _tanh_jvp(t, x), (x, c)).passed

@@ -29,6 +29,12 @@ precision (a cast inside the derivative) and would read as a wrong derivative at
 expected dtype's tolerance, so it is refused rather than compared at a looser one. A wider
 result (float64 for float32) is compared as usual.
 
+``f`` and the derivative are given copies of the arguments (and of the cotangent and
+tangents, which a derivative may write into), so the caller's tensors are never modified;
+an ``f``, vjp or jvp that writes into its arguments (an in-place op, even one leaving the
+values as they were, or an assignment) is refused (``ValueError`` naming it and the
+argument): a point that moves has no derivative to check.
+
 On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weight)``; a
 result of the wrong shape or device stops at the first argument it concerns),
 its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
@@ -245,14 +251,71 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
         raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "
                         f"{type(tol).__name__}")
     fname, kernel = _callable_name(f), _callable_name(d)
+    # f and the derivative only ever see copies: the caller's tensors are never written to,
+    # and one that writes into its arguments is refused by name (_Copies.check)
+    args = _Copies(args, names)
     with torch.no_grad():
         out = _output("f", f(*args))
+    args.check("f")
     if not bool(torch.isfinite(out).all()):
         raise ValueError(f"args: f(*args) is not finite at the given point: "
                          f"{_nonfinite(out, 'output elements')}; no derivative can be checked "
                          "there: expected args where f is finite (log or sqrt of a negative "
                          "number is nan, say)")
     return args, names, wrt, int(directions), generator, fname, kernel, out
+
+
+class _Copies(tuple):
+    """f's arguments as f and the derivative are given them: each tensor a copy of the
+    caller's (detached; requiring grad where the caller's does), so nothing the check calls
+    can change the caller's tensors. ``check(who)`` refuses, by name, a ``who`` that has
+    written into them: a point that moves cannot have its derivative checked, and a
+    derivative that writes into f's arguments corrupts what is read after it (a vjp into
+    the tensors its autograd.Function saved, say). A copy changed in value, or whose version
+    counter moved (any in-place op, even one that leaves the values as they were), counts."""
+
+    def __new__(cls, args: tuple, names: list[str | None]):
+        copies = super().__new__(cls, (
+            a.detach().clone().requires_grad_(a.requires_grad)
+            if isinstance(a, torch.Tensor) else a for a in args))
+        copies._caller = args
+        copies._names = names
+        copies._versions = [a._version if isinstance(a, torch.Tensor) else None
+                            for a in copies]
+        return copies
+
+    def check(self, who: str) -> None:
+        moved = [i for i, (a, b, v) in enumerate(zip(self, self._caller, self._versions))
+                 if v is not None and (a._version != v or not _same(a, b))]
+        if not moved:
+            return
+        labels = ", ".join(_label(i, self._names) for i in moved)
+        why, instead = {
+            "f": ("the check calls f again at and around the point, so f must leave its "
+                  "arguments as they are (a point that moves has no derivative to check)",
+                  "x.tanh() rather than x.tanh_(), or x = x.clone() first"),
+            "vjp": ("a derivative must leave f's arguments as they are (the check reads "
+                    "them again after it, as autograd does after a backward)",
+                    "g * x rather than x.mul_(g); writing into the cotangent is fine"),
+            "jvp": ("a derivative must leave f's arguments as they are (the check reads "
+                    "them again after it)",
+                    "t[0] * x rather than x.mul_(t[0]); writing into the tangents is fine"),
+        }[who]
+        raise ValueError(
+            f"{who}: modified {labels} in place (an in-place op such as mul_ or tanh_, or an "
+            f"assignment into it); {why}: expected {'an' if who == 'f' else 'a'} {who} that "
+            f"does not write into them ({instead}). The caller's tensors are unchanged: the "
+            f"check gave {who} copies")
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shape and values (NaN matching NaN: a complex argument may hold one)."""
+    if torch.equal(a, b):
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or not (a.is_floating_point()
+                                                         or a.is_complex()):
+        return False
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
 
 
 def _callable_name(fn) -> str:
@@ -454,7 +517,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if not bool(torch.isfinite(u).all()):
             raise ValueError("cotangent: holds NaN or inf")
         u = u.detach()
-    grads = vjp(u, *args)
+    # a copy of the cotangent: a vjp may write into it (g.mul_(...)), as a backward may
+    # into its grad_output; the check reads u again after
+    grads = vjp(u.clone(), *args)
+    args.check("vjp")
     if isinstance(grads, torch.Tensor) and len(args) == 1:
         grads = (grads,)
     if not isinstance(grads, (tuple, list)) or len(grads) != len(args):
@@ -631,9 +697,12 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
 
         for k in range(directions):
             t = _randn_like(a, gen)
-            tangents = tuple(t if j == i else (torch.zeros_like(b) if _is_float_tensor(b)
-                                               else None) for j, b in enumerate(args))
+            # a copy of t: a jvp may write into its tangents; t is read again after
+            tangents = tuple(t.clone() if j == i else (torch.zeros_like(b)
+                                                       if _is_float_tensor(b) else None)
+                             for j, b in enumerate(args))
             jt = _output("jvp", jvp(tangents, *args)).detach()  # float() of it below
+            args.check("jvp")
             if jt.shape != out.shape or jt.device != out.device:
                 raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
                                      f"{jt.device}, f(*args) has {tuple(out.shape)} on "
