@@ -646,3 +646,56 @@ def test_an_argument_holding_nan_is_not_taken_for_a_write():
     assert check_vjp(lambda x, c: torch.tanh(x), lambda g, x, c: (_tanh_vjp(g, x), None),
                      (x, c)).passed
     assert check_jvp(lambda x, c: torch.tanh(x), lambda t, x, c: _tanh_jvp(t, x), (x, c)).passed
+
+
+# --- f's graph broken for torch ----------------------------------------------------------------
+
+def scaled_by_max(x):
+    """x * max(x), the max leaving torch's graph through .item(): torch differentiates
+    x * c, a constant c, while f's true derivative has the max's term too."""
+    return x * x.max().item()
+
+
+def scaled_by_max_vjp(g, x):  # the true derivative: g * max + e_argmax <g, x>
+    gx = (g * x.max()).clone()
+    gx[x.argmax()] += (g * x).sum()
+    return gx
+
+
+def scaled_by_max_jvp(t, x):
+    return t[0] * x.max() + x * t[0][x.argmax()]
+
+
+@pytest.mark.parametrize("check, derivative, torch_name", [
+    (check_vjp, scaled_by_max_vjp, "torch.autograd"),
+    (check_jvp, scaled_by_max_jvp, "torch.func.jvp")])
+def test_torch_disagreeing_where_central_differences_agree_says_f_graph_may_be_broken(
+        check, derivative, torch_name):
+    x = torch.tensor([0.3, -1.2, 2.0, 0.7], dtype=torch.float64)
+    mode = "vjp" if check is check_vjp else "jvp"
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check(scaled_by_max, derivative, (x,))
+    text = str(err.value)
+    assert text.splitlines()[0] == (f"check_{mode} of scaled_by_max: wrong derivative for "
+                                    "args[0] (x)")
+    assert (f"    {torch_name} disagrees, but central differences agree with the {mode} (error "
+            in text)
+    assert ("): f's graph may be broken for torch (float(), .item(), numpy or .detach() inside "
+            "f), so torch differentiates another function than f computes.\n    Still a "
+            "failure, as central differences check projections only: let torch follow f "
+            "(x.max(), not float(x.max())), or pass f with its arguments detached (lambda x: "
+            "f(x.detach())) to check against central differences alone") in text
+    if check is check_jvp:  # the jvp stops at the first tangent torch disagrees on
+        calls = []
+        with compare_mod.unrecorded(), pytest.raises(AssertionError, match="graph may be"):
+            check_jvp(scaled_by_max, lambda t, x: calls.append(1) or derivative(t, x), (x,),
+                      directions=4)
+        assert len(calls) == 1
+    # the way out it names: central differences alone pass the right derivative
+    report = check(lambda x: scaled_by_max(x.detach()), derivative, (x,))
+    assert report.references == ("central differences",)
+    # a derivative central differences reject too is only wrong: no word of f's graph
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check(scaled_by_max, lambda *a: 2 * derivative(*a), (x,))
+    assert "against central differences" in str(err.value)
+    assert "graph may be broken" not in str(err.value)

@@ -41,7 +41,10 @@ its worst element, errors and tolerance, and, where one fits, a signature: a fli
 a transpose, a constant factor, a missing (zero) gradient. A derivative that returns NaN or
 inf (``f`` being finite there) is named as such, with the count and first indices, and not
 compared with a reference; where torch's derivative is not finite at those places either,
-the message says the point is not differentiable (sqrt at 0). On success: a ``CheckReport``
+the message says the point is not differentiable (sqrt at 0). Where torch's derivative
+disagrees and central differences agree with the derivative under test, the failure says
+``f``'s graph may be broken for torch (``float()``, ``.item()``, numpy), and stays a failure:
+central differences see projections only. On success: a ``CheckReport``
 (headroom per argument and reference, Taylor order). Each element comparison is also
 recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``).
 """
@@ -602,10 +605,12 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 f"{_nonfinite(g)}; not compared with the references"
                 + _not_differentiable(g, ref_grads.get(i), "torch.autograd's gradient"),)))
             continue
+        torch_failed = None  # the index of torch's disagreement among failures
         if i in ref_grads:
             ratio, msg = _compare(label, g, ref_grads[i], kernel=kernel, reference=AUTOGRAD,
                                   tol=dtol)
             if msg:
+                torch_failed = len(failures)
                 failures.append(msg)
         elif not fd_ok:
             failures.append(f"{label}: no reference could check it (torch does not reach it "
@@ -630,6 +635,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 if msg:
                     failures.append(msg)
                     break
+            else:
+                if torch_failed is not None:
+                    failures[torch_failed] += _graph_hint("vjp", AUTOGRAD, fd_err, fd_allowed,
+                                                          directions)
         if taylor and args[i].dtype == torch.float64 and in64 and not failures:
             def scalar(xi, i=i):
                 return (u.double() * f(*_with(args64, i, xi)).double()).sum()
@@ -723,14 +732,15 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                                 f"this argument, where f(*args) is finite: {_nonfinite(jt)}; "
                                 f"not compared with the references{why}")
                 break
+            torch_failed = None  # the index of torch's disagreement among failures
             if i in reached and not failures:
                 ref, how = _jvp_reference(along, ref_args[i].detach(), t.to(ref_args[i].dtype))
                 used.add(how)
                 r, msg = _compare(label, jt, ref, kernel=kernel, reference=how, tol=dtol)
                 ratio = r if ratio is None else max(ratio, r)
-                if msg:
+                if msg:  # central differences along the same tangent still run: below
+                    torch_failed = len(failures)
                     failures.append(msg)
-                    break
             if fd_ok:
                 fd_allowed = max(_FD_FLOOR[fd_dtype], dtol.rtol)
                 jv = directional_derivative(along, ref_args[i].detach(),
@@ -745,6 +755,10 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 if msg:
                     failures.append(msg)
                     break
+                if torch_failed is not None:
+                    failures[torch_failed] += _graph_hint("jvp", how, fd_err, fd_allowed, k + 1)
+            if torch_failed is not None:
+                break
             if taylor and k == 0 and a.dtype == torch.float64 and in64 and not failures:
                 w = _randn_like(out, gen).double()
                 slope = float((w * jt.double()).sum())
@@ -762,6 +776,24 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     references += sorted(used) + ([CENTRAL] if any(ref_args[i].dtype in _FD_FLOOR
                                                    for i in wrt) else [])
     return _finish("jvp", fname, args, wrt, references, checks, notes)
+
+
+def _graph_hint(mode: str, reference: str, fd_err: float, fd_allowed: float,
+                runs: int) -> str:
+    """Said where torch's derivative of f disagrees with the derivative under test and
+    central differences agree with it: f's graph is likely broken for torch (a value
+    leaves it through float() or .item(), numpy or a detach), so torch differentiates
+    another function than the one f computes. Still a failure: central differences see one
+    projection per direction, torch the whole derivative."""
+    torch_name = {AUTOGRAD: "torch.autograd", FORWARD_AD: "torch.func.jvp"}[reference]
+    return (f"\n    {torch_name} disagrees, but {CENTRAL} agree with the {mode} (error "
+            f"{fd_err:.3g} of the terms' size, allowed {fd_allowed:.3g}, along {runs} random "
+            f"direction{'s' if runs > 1 else ''}): f's graph may be broken for torch "
+            "(float(), .item(), numpy or .detach() inside f), so torch differentiates another "
+            "function than f computes.\n    Still a failure, as central differences check "
+            "projections only: let torch follow f (x.max(), not float(x.max())), or pass f "
+            "with its arguments detached (lambda x: f(x.detach())) to check against "
+            f"{CENTRAL} alone")
 
 
 def _fd_note(ref_args: tuple, wrt: list[int], references: list, notes: list) -> None:
