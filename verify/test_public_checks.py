@@ -699,3 +699,36 @@ def test_torch_disagreeing_where_central_differences_agree_says_f_graph_may_be_b
         check(scaled_by_max, lambda *a: 2 * derivative(*a), (x,))
     assert "against central differences" in str(err.value)
     assert "graph may be broken" not in str(err.value)
+
+
+# --- the verify report's records ----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_records_carry_the_dtype_whose_tolerance_judged_them(dtype):
+    # central differences run in float64 here (f does) and are compared as float64 numbers,
+    # a gradient may be wider than its argument: each record still says the argument's
+    # dtype, whose tolerance it holds, so the report's rows per dtype hold one tolerance
+    args = _args(dtype)
+    before = len(compare_mod.RECORDS)
+    check_vjp(softplus_layer, _cast_vjp(torch.float64, 0), args)  # x's gradient in float64
+    check_jvp(softplus_layer, jvp_right, args)
+    new = compare_mod.RECORDS[before:]
+    grad = tol_for(dtype, "grad")
+    assert {r.dtype for r in new} == {str(dtype).removeprefix("torch.")}
+    assert {r.device for r in new} == {"cpu"}
+    central = [r for r in new if r.reference == "central differences"]
+    assert central and {r.atol for r in central} == {grad.rtol}  # max(float64's 1e-6, rtol)
+    assert {(r.rtol, r.atol) for r in new if r.reference != "central differences"} == {
+        (grad.rtol, grad.atol)}
+    # a failing comparison too (kept out of the session's report), of a gradient in float64
+    def wrong_and_wide(g, x, weight, bias):
+        dx, dw, db = vjp_right(g, x, weight, bias)
+        return dx, dw, 2 * db.double()
+
+    with compare_mod.unrecorded():
+        before = len(compare_mod.RECORDS)
+        with pytest.raises(AssertionError):
+            check_vjp(softplus_layer, wrong_and_wide, args)
+        failed = [r for r in compare_mod.RECORDS[before:] if not r.passed]
+        assert {r.reference for r in failed} == {"torch_autograd", "central differences"}
+        assert {r.dtype for r in failed} == {str(dtype).removeprefix("torch.")}

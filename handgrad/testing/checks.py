@@ -46,11 +46,15 @@ disagrees and central differences agree with the derivative under test, the fail
 ``f``'s graph may be broken for torch (``float()``, ``.item()``, numpy), and stays a failure:
 central differences see projections only. On success: a ``CheckReport``
 (headroom per argument and reference, Taylor order). Each element comparison is also
-recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``).
+recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``), labelled
+with the dtype whose tolerance judged it (the argument's) and the argument's device, central
+differences too (run in float64 and compared as float64 numbers on the CPU), so the report's
+rows per dtype hold one tolerance.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import numbers
@@ -61,6 +65,7 @@ from dataclasses import dataclass, field
 import torch
 
 from handgrad.kernels.finite_diff import directional_derivative, taylor_test
+from handgrad.testing import compare as _records
 from handgrad.testing.compare import assert_close
 from handgrad.testing.tolerances import FINITE_DIFF, GRAD, Tol, tol_for
 
@@ -454,32 +459,52 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
 
 # --- the checks ----------------------------------------------------------------------------
 
+def _record_as(before: int, record_as: tuple[torch.dtype, torch.device]) -> None:
+    """Label the comparisons recorded since ``compare.RECORDS`` held ``before`` with the
+    dtype whose tolerance judged them and the argument's device: the verify report groups
+    headroom by dtype, and a central difference is compared as float64 numbers on the CPU
+    (a gradient may be wider than its argument) whatever the dtype it checks."""
+    dtype, device = str(record_as[0]).removeprefix("torch."), str(record_as[1])
+    for k in range(before, len(_records.RECORDS)):
+        _records.RECORDS[k] = dataclasses.replace(_records.RECORDS[k], dtype=dtype,
+                                                  device=device)
+
+
 def _compare(label: str, got: torch.Tensor, ref: torch.Tensor, *, kernel: str,
-             reference: str, tol: Tol) -> tuple[float, str | None]:
-    """(worst |error| / allowed, failure message or None), recorded like every comparison."""
+             reference: str, tol: Tol,
+             record_as: tuple[torch.dtype, torch.device]) -> tuple[float, str | None]:
+    """(worst |error| / allowed, failure message or None), recorded like every comparison
+    (as ``record_as``'s dtype and device)."""
+    before = len(_records.RECORDS)
     try:
         rec = assert_close(got, ref, kernel=kernel, reference=reference, what=label, tol=tol)
     except AssertionError as e:
+        _record_as(before, record_as)
         sig = signature(got, ref, tol)
         text = str(e).removeprefix(f"{kernel} vs {reference} [{label}]: ")
         return math.inf, f"{label}: against {reference}: {text}".replace("\n", "\n    ") + (
             f"\n    looks like {sig}" if sig else "")
+    _record_as(before, record_as)
     return rec.worst_ratio, None
 
 
 def _fd_compare(label: str, ours: float, fd: float, scale: float, allowed: float, *,
-                kernel: str, what: str) -> tuple[float, str | None]:
+                kernel: str, what: str,
+                record_as: tuple[torch.dtype, torch.device]) -> tuple[float, str | None]:
     err = abs(ours - fd) / (scale if scale > 0 else 1.0)
     tol = Tol(rtol=0.0, atol=allowed)
     s = scale if scale > 0 else 1.0
+    before = len(_records.RECORDS)
     try:
         assert_close(torch.tensor([ours / s], dtype=torch.float64),
                      torch.tensor([fd / s], dtype=torch.float64), kernel=kernel,
                      reference=CENTRAL, what=f"{label}: {what} / scale", tol=tol)
     except AssertionError:
+        _record_as(before, record_as)
         return err, (f"{label}: against {CENTRAL}: {what} = {ours:.9g} where the central "
                      f"difference gives {fd:.9g}; error {err:.3g} of the terms' size "
                      f"{scale:.3g}, allowed {allowed:.3g}")
+    _record_as(before, record_as)
     return err, None
 
 
@@ -598,6 +623,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             note = "; ".join(filter(None, [note, "torch.autograd does not reach it (unused, "
                                            "or through a detach or numpy)"]))
         dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
+        record_as = (a.dtype, a.device)  # the dtype whose tolerance judges this argument
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
         if not bool(torch.isfinite(g).all()):
             checks.append(ArgumentCheck(i, names[i], True, note, failures=(
@@ -608,7 +634,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         torch_failed = None  # the index of torch's disagreement among failures
         if i in ref_grads:
             ratio, msg = _compare(label, g, ref_grads[i], kernel=kernel, reference=AUTOGRAD,
-                                  tol=dtol)
+                                  tol=dtol, record_as=record_as)
             if msg:
                 torch_failed = len(failures)
                 failures.append(msg)
@@ -630,7 +656,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 scale = float((uu.double() * jv.double()).abs().sum())
                 ours = float((g.double() * v.double().to(g.device)).sum())
                 err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
-                                       what="<vjp(u), v>")
+                                       what="<vjp(u), v>", record_as=record_as)
                 fd_err = max(fd_err, err)
                 if msg:
                     failures.append(msg)
@@ -693,6 +719,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
         label = _label(i, names)
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
         dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
+        record_as = (a.dtype, a.device)  # the dtype whose tolerance judges this argument
         fd_dtype = ref_args[i].dtype
         fd_ok = fd_dtype in _FD_FLOOR
         note = ("torch does not reach it (unused, or through a detach or numpy)"
@@ -736,7 +763,8 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             if i in reached and not failures:
                 ref, how = _jvp_reference(along, ref_args[i].detach(), t.to(ref_args[i].dtype))
                 used.add(how)
-                r, msg = _compare(label, jt, ref, kernel=kernel, reference=how, tol=dtol)
+                r, msg = _compare(label, jt, ref, kernel=kernel, reference=how, tol=dtol,
+                                  record_as=record_as)
                 ratio = r if ratio is None else max(ratio, r)
                 if msg:  # central differences along the same tangent still run: below
                     torch_failed = len(failures)
@@ -750,7 +778,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 scale = float((w * jv.double()).abs().sum())
                 ours = float((w.to(jt.device) * jt.double()).sum())
                 err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
-                                       what="<w, jvp(t)>")
+                                       what="<w, jvp(t)>", record_as=record_as)
                 fd_err = err if fd_err is None else max(fd_err, err)
                 if msg:
                     failures.append(msg)
