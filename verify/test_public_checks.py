@@ -732,3 +732,83 @@ def test_records_carry_the_dtype_whose_tolerance_judged_them(dtype):
         failed = [r for r in compare_mod.RECORDS[before:] if not r.passed]
         assert {r.reference for r in failed} == {"torch_autograd", "central differences"}
         assert {r.dtype for r in failed} == {str(dtype).removeprefix("torch.")}
+
+
+# --- f's output narrower than its arguments -----------------------------------------------------
+
+def sin_half(x):  # float32 in, float16 out
+    return torch.sin(x).half()
+
+
+def test_f_returning_a_narrower_dtype_is_checked_at_its_output_tolerance():
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(4))
+    before = len(compare_mod.RECORDS)
+    report = check_vjp(sin_half, lambda g, x: g.float() * torch.cos(x), (x,))
+    assert report.notes == (
+        "f(*args) is torch.float16, narrower than args[0] (x) (torch.float32): compared at "
+        "torch.float16's gradient tolerance, the precision f's output holds (pass tol= for "
+        "another, or compute f in its arguments' dtype)",
+        "central differences skipped for args[0] (x): f runs in or returns torch.float16 "
+        "there, too coarse for them (f does not run in float64)")
+    assert report.references == ("torch_autograd",)
+    assert {r.dtype for r in compare_mod.RECORDS[before:]} == {"float16"}
+    jr = check_jvp(sin_half, lambda t, x: (t[0] * torch.cos(x)).half(), (x,))
+    assert jr.passed and jr.notes[0].startswith("f(*args) is torch.float16, narrower than")
+    with compare_mod.unrecorded(), pytest.raises(AssertionError, match="a constant factor: 2"):
+        check_vjp(sin_half, lambda g, x: 2 * g.float() * torch.cos(x), (x,))
+    # a tolerance passed is used as it is
+    told = check_vjp(sin_half, lambda g, x: g.float() * torch.cos(x), (x,), tol=tol_for(
+        torch.float16, "grad").scaled(2))
+    assert told.notes[0] == ("f(*args) is torch.float16, narrower than args[0] (x) "
+                             "(torch.float32): compared at the tol passed")
+    # a gradient narrower than both the argument and f's output is still refused
+    with pytest.raises(TypeError, match=r"dtype torch.bfloat16 for an argument of dtype "
+                                        r"torch.float32"):
+        check_vjp(sin_half, lambda g, x: (g.float() * torch.cos(x)).bfloat16(), (x,))
+
+
+def sin_in_float32(x):  # float64 in, computed and returned in float32
+    return torch.sin(x.float())
+
+
+def test_f_computing_in_float32_from_float64_is_checked_in_float32():
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for vjp in (lambda g, x: g * torch.cos(x),  # float64 gradient
+                lambda g, x: g * torch.cos(x.float())):  # float32, as f's output: no loss
+        report = check_vjp(sin_in_float32, vjp, (x,))
+        assert report.references == ("torch_autograd", "central differences")
+        assert "compared at torch.float32's gradient tolerance" in report.notes[0]
+        assert report.arguments[0].taylor_order is None  # f does not run in float64
+    assert check_jvp(sin_in_float32, lambda t, x: t[0] * torch.cos(x), (x,)).passed
+    # an error float32's tolerance sees fails against either reference
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(sin_in_float32, lambda g, x: 1.01 * g * torch.cos(x), (x,))
+    assert "against torch_autograd" in str(err.value)
+    assert "against central differences" in str(err.value)
+
+
+def test_float16_and_bfloat16_each_narrower_than_the_other_take_the_looser_tolerance():
+    x = torch.linspace(-1, 1, 6, dtype=torch.float32)
+    for arg, returned, judged in ((torch.float16, torch.bfloat16, "bfloat16"),
+                                  (torch.bfloat16, torch.float16, "bfloat16")):
+        before = len(compare_mod.RECORDS)
+        report = check_vjp(lambda x, returned=returned: torch.sin(x).to(returned),
+                           lambda g, x: g.to(x.dtype) * torch.cos(x), (x.to(arg),))
+        assert {r.dtype for r in compare_mod.RECORDS[before:]} == {judged}
+        # a note only where the tolerance is not the argument's own
+        assert any("narrower than" in n for n in report.notes) == (arg == torch.float16)
+
+
+def test_central_differences_are_named_only_where_an_argument_takes_them():
+    def half_only_product(x, w):  # runs in float16 alone: too coarse for central differences
+        if x.dtype != torch.float16:
+            raise TypeError("float16 only")
+        return x * w
+
+    x, w = (torch.linspace(0.5, 1, 4, dtype=torch.float16) for _ in range(2))
+    report = check_vjp(half_only_product, product_vjp, (x, w))
+    assert report.references == ("torch_autograd",)
+    assert report.notes == ("central differences skipped for args[0] (x), args[1] (w): f runs "
+                            "in or returns torch.float16 there, too coarse for them (f does not "
+                            "run in float64)",)
+    assert check_jvp(half_only_product, product_jvp, (x, w)).references == ("torch_func_jvp",)

@@ -15,7 +15,8 @@ others held), so a failure names the argument. Three references, each where it a
 - **central differences** along random directions (one pair of evaluations of ``f`` per
   direction, whatever the size): <u, J v> against <vjp(u), v> or <u, jvp(v)>, relative to
   the size of the sum's terms. In float64 when ``f`` runs in float64, else in the
-  arguments' dtype (float32 at best; lower dtypes skip it).
+  arguments' dtype, or f's output's where that is narrower (float32 at best, with float32's
+  step; lower dtypes skip it).
 - **the Taylor remainder** of <u, f(x + h v)> (float64 arguments): its fitted order, 2
   when the derivative is right and 1 when it is not, goes into the report.
 
@@ -27,7 +28,14 @@ against ``f(*args)``. Narrower: ``torch.promote_types(result, expected) != resul
 float32 result for float64, or float16 for bfloat16 and the reverse; such a result has lost
 precision (a cast inside the derivative) and would read as a wrong derivative at the
 expected dtype's tolerance, so it is refused rather than compared at a looser one. A wider
-result (float64 for float32) is compared as usual.
+result (float64 for float32) is compared as usual. A vjp's gradient in the dtype of f's
+output, where that is narrower than the argument, has lost nothing f holds: it is compared.
+
+An ``f`` whose output is narrower than an argument (it computes in float32 from float64, or
+returns ``.half()``) holds no more than its output's precision, and torch's derivative of it
+none either: that argument's derivative is compared at the output dtype's gradient tolerance
+(of float16 and bfloat16, each narrower than the other, the looser), and the report says so
+in a note (``tol=`` overrides it).
 
 ``f`` and the derivative are given copies of the arguments (and of the cotangent and
 tangents, which a derivative may write into), so the caller's tensors are never modified;
@@ -47,7 +55,8 @@ disagrees and central differences agree with the derivative under test, the fail
 central differences see projections only. On success: a ``CheckReport``
 (headroom per argument and reference, Taylor order). Each element comparison is also
 recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``), labelled
-with the dtype whose tolerance judged it (the argument's) and the argument's device, central
+with the dtype whose tolerance judged it (the argument's, or the narrower output's) and the
+argument's device, central
 differences too (run in float64 and compared as float64 numbers on the CPU), so the report's
 rows per dtype hold one tolerance.
 """
@@ -527,8 +536,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     Raises ``AssertionError`` on a wrong gradient (every wrong argument named; one holding
     NaN or inf is named with where, not compared), returns a ``CheckReport`` otherwise; bad
     arguments are a ``TypeError`` or ``ValueError`` naming them: among them ``f(*args)`` not
-    finite (``ValueError``), and a gradient in a narrower dtype than its argument, float32
-    for float64 say (``TypeError`` naming both dtypes; a wider one is compared).
+    finite (``ValueError``), and a gradient in a narrower dtype than both its argument and
+    f's output, float32 for float64 say (``TypeError`` naming both dtypes; a wider one is
+    compared). Where f's output is narrower than an argument, that argument is compared at
+    the output dtype's tolerance (a note in the report says so).
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
         "vjp", f, vjp, args, wrt, directions, generator, tol, taylor)
@@ -561,7 +572,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if g is None:
             continue
         _output(f"vjp's gradient for args[{i}]", g)
-        if _narrower(g.dtype, args[i].dtype):
+        # narrower than what f's output holds too (float32 for a float64 argument is not a
+        # loss where f returns float32: it is compared at float32's tolerance, _Precision)
+        if _narrower(g.dtype, args[i].dtype) and _narrower(g.dtype, out.dtype):
             raise TypeError(f"vjp's gradient for {_label(i, names)}: dtype {g.dtype} for an "
                             f"argument of dtype {args[i].dtype}; expected {args[i].dtype} "
                             "(or a wider dtype): a gradient narrower than its argument has "
@@ -604,7 +617,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         notes.append(f"f's output does not depend on its arguments through torch (numpy "
                      f"inside, or a detach): the reference is {CENTRAL} only")
 
-    _fd_note(ref_args, wrt, references, notes)
+    prec = _precisions(args, names, wrt, out, ref_args, in64, tol, notes)
+    if any(prec[i].fd_ok for i in wrt):
+        references.append(CENTRAL)
     checks = []
     for i, a in enumerate(args):
         if i not in wrt:
@@ -613,8 +628,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             checks.append(ArgumentCheck(i, names[i], False, why))
             continue
         label = _label(i, names)
-        fd_dtype = ref_args[i].dtype
-        fd_ok = fd_dtype in _FD_FLOOR
+        dtol, record_as = prec[i].tol, prec[i].record_as
+        fd_dtype, fd_ok = prec[i].fd_dtype, prec[i].fd_ok
         # detached: a gradient computed from arguments that require grad requires grad,
         # and float() of one warns (an error under -W error)
         g = grads[i].detach() if grads[i] is not None else torch.zeros_like(args[i])
@@ -622,8 +637,6 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if AUTOGRAD in references and i not in ref_grads:
             note = "; ".join(filter(None, [note, "torch.autograd does not reach it (unused, "
                                            "or through a detach or numpy)"]))
-        dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
-        record_as = (a.dtype, a.device)  # the dtype whose tolerance judges this argument
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
         if not bool(torch.isfinite(g).all()):
             checks.append(ArgumentCheck(i, names[i], True, note, failures=(
@@ -650,7 +663,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 def along(xi, i=i):
                     return f(*_with(ref_args, i, xi))
 
-                jv = directional_derivative(along, ref_args[i].detach(), v)
+                jv = directional_derivative(along, ref_args[i].detach(), v,
+                                            eps=prec[i].fd_eps)
                 uu = u.to(jv.dtype)
                 fd = float((uu.double() * jv.double()).sum())
                 scale = float((uu.double() * jv.double()).abs().sum())
@@ -708,7 +722,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     elif not use_autograd:
         notes.append(f"f's output does not depend on its arguments through torch (numpy "
                      f"inside, or a detach): the reference is {CENTRAL} only")
-    _fd_note(ref_args, wrt, [], notes)
+    prec = _precisions(args, names, wrt, out, ref_args, in64, tol, notes)
     used: set[str] = set()
     checks = []
     for i, a in enumerate(args):
@@ -718,10 +732,8 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             continue
         label = _label(i, names)
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
-        dtol = tol if tol is not None else tol_for(_known(a.dtype), "grad")
-        record_as = (a.dtype, a.device)  # the dtype whose tolerance judges this argument
-        fd_dtype = ref_args[i].dtype
-        fd_ok = fd_dtype in _FD_FLOOR
+        dtol, record_as = prec[i].tol, prec[i].record_as
+        fd_dtype, fd_ok = prec[i].fd_dtype, prec[i].fd_ok
         note = ("torch does not reach it (unused, or through a detach or numpy)"
                 if use_autograd and i not in reached else "")
         if not fd_ok and i not in reached:
@@ -772,7 +784,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             if fd_ok:
                 fd_allowed = max(_FD_FLOOR[fd_dtype], dtol.rtol)
                 jv = directional_derivative(along, ref_args[i].detach(),
-                                            t.to(ref_args[i].dtype))
+                                            t.to(ref_args[i].dtype), eps=prec[i].fd_eps)
                 w = _randn_like(jv, gen).double()
                 fd = float((w * jv.double()).sum())
                 scale = float((w * jv.double()).abs().sum())
@@ -801,8 +813,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                     order = None if math.isnan(res.order) else res.order
         checks.append(ArgumentCheck(i, names[i], True, note, ratio, fd_err, fd_allowed, order,
                                     tuple(failures)))
-    references += sorted(used) + ([CENTRAL] if any(ref_args[i].dtype in _FD_FLOOR
-                                                   for i in wrt) else [])
+    references += sorted(used) + ([CENTRAL] if any(prec[i].fd_ok for i in wrt) else [])
     return _finish("jvp", fname, args, wrt, references, checks, notes)
 
 
@@ -824,15 +835,65 @@ def _graph_hint(mode: str, reference: str, fd_err: float, fd_allowed: float,
             f"{CENTRAL} alone")
 
 
-def _fd_note(ref_args: tuple, wrt: list[int], references: list, notes: list) -> None:
-    """Central differences run per argument in the dtype f runs in (float64 or float32):
-    named among the references where one argument takes them, noted where some cannot."""
-    coarse = sorted({str(ref_args[i].dtype) for i in wrt if ref_args[i].dtype not in _FD_FLOOR})
-    if len(coarse) < len(wrt) and references is not None:
-        references.append(CENTRAL)
-    if coarse:
-        notes.append(f"{CENTRAL} skipped where f runs in {', '.join(coarse)} (too coarse; f "
-                     "does not run in float64)")
+@dataclass(frozen=True)
+class _Precision:
+    """How finely one argument's derivative can be checked. ``tol``: the tolerance (the
+    caller's, else the gradient tolerance of ``dtype``); ``dtype``: the argument's, or f's
+    output's where that is narrower (f computes in float32 from float64 arguments, or returns
+    .half()): f's output holds no more, and torch's derivative of it none either; the
+    records carry ``dtype``. Central differences run in ``fd_dtype``, the narrower of the
+    dtype f runs in and its output there, with the step ``fd_eps`` of that dtype (None: the
+    default of the arguments'); ``fd_ok``: fine enough for them (float64, float32)."""
+
+    tol: Tol
+    dtype: torch.dtype
+    device: torch.device
+    fd_dtype: torch.dtype
+    fd_eps: float | None
+
+    @property
+    def fd_ok(self) -> bool:
+        return self.fd_dtype in _FD_FLOOR
+
+    @property
+    def record_as(self) -> tuple[torch.dtype, torch.device]:
+        return self.dtype, self.device
+
+
+def _precisions(args: tuple, names: list, wrt: list[int], out: torch.Tensor, ref_args: tuple,
+                in64: bool, tol: Tol | None, notes: list) -> dict[int, _Precision]:
+    """Each checked argument's ``_Precision``, with notes where f's output is narrower than
+    an argument and where central differences are skipped."""
+    ref_out = torch.float64 if in64 else out.dtype  # f's output where the references run
+    prec, narrowed, coarse = {}, {}, {}
+    for i in wrt:
+        a = args[i]
+        dtype = a.dtype
+        if _narrower(out.dtype, a.dtype):
+            dtype = out.dtype
+            if _narrower(a.dtype, out.dtype):  # float16 and bfloat16: the looser of the two
+                dtype = max(a.dtype, out.dtype, key=lambda d: GRAD[_known(d)].rtol)
+            if dtype != a.dtype:
+                narrowed.setdefault((a.dtype, dtype), []).append(_label(i, names))
+        fd_dtype = ref_args[i].dtype
+        if _narrower(ref_out, fd_dtype):
+            fd_dtype = ref_out
+        if fd_dtype not in _FD_FLOOR:
+            coarse.setdefault(fd_dtype, []).append(_label(i, names))
+        fd_eps = (float(torch.finfo(fd_dtype).eps) ** (1 / 3)
+                  if fd_dtype != ref_args[i].dtype else None)
+        prec[i] = _Precision(tol if tol is not None else tol_for(_known(dtype), "grad"),
+                             dtype, a.device, fd_dtype, fd_eps)
+    for (arg_dtype, dtype), labels in narrowed.items():
+        notes.append(
+            f"f(*args) is {out.dtype}, narrower than {', '.join(labels)} ({arg_dtype}): "
+            + (f"compared at {dtype}'s gradient tolerance, the precision f's output holds "
+               "(pass tol= for another, or compute f in its arguments' dtype)"
+               if tol is None else "compared at the tol passed"))
+    for dtype, labels in coarse.items():
+        notes.append(f"{CENTRAL} skipped for {', '.join(labels)}: f runs in or returns "
+                     f"{dtype} there, too coarse for them (f does not run in float64)")
+    return prec
 
 
 def _reached(out: torch.Tensor, leaves: list[torch.Tensor], wrt: list[int]) -> set[int]:
