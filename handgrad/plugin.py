@@ -21,8 +21,10 @@ project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
   handgrad.reports render|gate`` read. The options: ``--bench-grid`` (quick, full, gpu:
   selects on the markers ``full``, ``gpu_grid``, ``every_grid``), ``--bench-threads``,
   ``--bench-cold-l2``, ``--bench-slow KERNEL.METHOD=FACTOR`` (testing a gate) and
-  ``--bench-instructions`` (instruction counts under valgrind instead of times). The
-  machinery is ``handgrad.benchmark``.
+  ``--bench-instructions`` (instruction counts under valgrind instead of times). A test
+  that fails after it measured keeps its row, marked ``extra_info["test_failed"]``, which
+  the reports leave out of their tables, figures and gates. The machinery is
+  ``handgrad.benchmark``.
 """
 
 from __future__ import annotations
@@ -156,9 +158,30 @@ def measure(benchmark, request: pytest.FixtureRequest):
     call instead of times. Returns what pytest-benchmark's fixture returns."""
 
     def _measure(fn, **kwargs):
+        request.node.stash[_measured] = benchmark  # marked if the test fails (below)
         return measure_with(benchmark, request.config, fn, **kwargs)
 
     return _measure
+
+
+_measured = pytest.StashKey[object]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """A test that timed something with ``measure`` and then failed (in any phase, or as
+    an expected failure): its benchmark's ``extra_info`` says so (``test_failed``), for
+    pytest-benchmark writes the row all the same. Its timing is not a measurement of a
+    right kernel: the reports leave it out of their tables, figures and gates, listed."""
+    outcome = yield
+    benchmark = item.stash.get(_measured, None)
+    if benchmark is None:
+        return
+    report = outcome.get_result()
+    if report.failed or (report.skipped and hasattr(report, "wasxfail")):
+        from handgrad.reports.load import TEST_FAILED
+
+        benchmark.extra_info[TEST_FAILED] = True
 
 
 def _present(device: str) -> bool:

@@ -6,7 +6,8 @@
 
 ``add`` stores each run (one pytest-benchmark JSON, timed or ``--bench-instructions``)
 under its commit, the commit's date, the machine and every gated benchmark's record
-(ratio to its reference; instructions per call where counted). The commit and date come
+(ratio to its reference; instructions per call where counted), but for a benchmark whose
+test failed (``extra_info.test_failed``: named, not stored). The commit and date come
 from the file's ``commit_info`` (pytest-benchmark records the working tree's git commit)
 unless given; a file already stored is refused (its content's hash). An add refused
 before it stored a run leaves no history file it created behind.
@@ -46,6 +47,7 @@ import pandas as pd
 from scipy import stats
 
 from handgrad.reports.load import (
+    TEST_FAILED,
     ReportInputError,
     check_output_dir,
     load_benchmarks,
@@ -130,10 +132,14 @@ def _commit_of(path: str, data: dict, commit: str | None,
 
 
 def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
-            date: str | None = None) -> int:
-    """Store one benchmark file under its commit; returns how many benchmarks it added."""
+            date: str | None = None, failed: list[str] | None = None) -> int:
+    """Store one benchmark file under its commit; returns how many benchmarks it added.
+    A benchmark whose test failed is not stored (its timing is not of a right kernel);
+    ``failed``, when given, gets each one's "group :: method"."""
     raw = Path(path).read_bytes() if Path(path).is_file() else None
-    df = load_benchmarks([path])  # the refusals of a bad file, by name
+    df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
+    left_out = [f"{r.group} :: {r.method}" for r in df[df[TEST_FAILED]].itertuples()]
+    df = df[~df[TEST_FAILED]]
     data = read_json(path)
     sha, when = _commit_of(path, data, commit, date)
     digest = hashlib.sha256(raw or b"").hexdigest()
@@ -162,7 +168,11 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
                      r["reference"], ratio, ins, json.dumps(record, default=str)))
     if not rows:
         raise ReportInputError(f"{path}: no gated kernel benchmark (role kernel, a timed or "
-                               "counted reference) to store")
+                               "counted reference) to store" + (
+                                   f"; {len(left_out)} left out, their test failed"
+                                   if left_out else ""))
+    if failed is not None:
+        failed += left_out
     with con:
         cur = con.execute(
             "INSERT INTO runs (commit_sha, commit_date, added, machine, source, kind, "
@@ -400,9 +410,12 @@ def main(args: argparse.Namespace) -> int:
         added = 0
         try:
             for f in args.files:
-                n = add_run(con, f, args.commit, args.date)
+                left_out: list[str] = []
+                n = add_run(con, f, args.commit, args.date, left_out)
                 added += 1
-                print(f"history: {f}: {n} benchmarks added to {args.db}")
+                print(f"history: {f}: {n} benchmarks added to {args.db}" + (
+                    f"; not stored, their test failed: {', '.join(left_out)}"
+                    if left_out else ""))
         finally:
             con.close()
             if new and not added:  # refused before anything was stored: a history this

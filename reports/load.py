@@ -27,6 +27,10 @@ RECORD_COLUMNS = tuple(f.name for f in fields(BenchRecord))
 STATS = ("median", "iqr", "rounds", "data")
 
 
+# written by handgrad's plugin into the extra_info of a benchmark whose test failed after it
+# measured (pytest-benchmark writes the row all the same); not part of the record
+TEST_FAILED = "test_failed"
+
 # a benchmark file without handgrad's records: plain pytest-benchmark output of a project
 # that times with the ``benchmark`` fixture, not handgrad's ``measure``
 NO_RECORDS = ("no handgrad benchmark records (no extra_info kernel/method/reference): time "
@@ -135,14 +139,21 @@ def check_given_once(paths: Sequence[str | Path], why: str) -> None:
         seen[key] = path
 
 
-def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
+def load_benchmarks(paths: Sequence[str | Path], failed_tests: bool = False) -> pd.DataFrame:
     """A row per benchmark per file: source, machine, run ("machine · file", unique per
     file), schema (the file's record layout), group, name, every BenchRecord field (the
     shape as text, "L=3 K=30"), a column per shape parameter (``shape_columns``: missing
     where a benchmark lacks it) and ``shape_keys`` (the parameters a row has),
     ``fields_written`` (the extra_info keys the file holds: a field read with its default
-    was not measured), ``interleaved`` (it has paired reference rounds), and median/iqr
-    (seconds), rounds, the per-round data (list, seconds).
+    was not measured), ``interleaved`` (it has paired reference rounds), ``test_failed``
+    (its test failed after it measured: ``extra_info["test_failed"]``, written by
+    handgrad's plugin), and median/iqr (seconds), rounds, the per-round data (list,
+    seconds).
+
+    The benchmarks of failed tests are left out unless ``failed_tests`` (then kept, with
+    ``test_failed`` True): a failed test's timing is not a measurement of a right kernel,
+    and no reader should take it for one without asking. A file holding nothing else is
+    then unusable (ReportInputError).
 
     ReportInputError names the file, the benchmark and the field when a file is not
     handgrad's benchmark output or a record breaks its definition, and the file when it is
@@ -171,14 +182,23 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise ReportInputError(f"{path}: holds the same run as {fingerprints[fp]} "
                                    "(identical benchmarks); give it once")
         fingerprints[fp] = path
+        failed = 0
         for b in data["benchmarks"]:
             if not isinstance(b, dict) or not isinstance(b.get("name"), str):
                 raise ReportInputError(f"{path}: a benchmark entry without a name")
             name = b["name"]
+            info, test_failed = _test_outcome(path, name, b.get("extra_info"))
             try:
-                record = BenchRecord.from_extra_info(b.get("extra_info"), schema)
+                record = BenchRecord.from_extra_info(info, schema)
             except RecordError as exc:
                 raise ReportInputError(f"{path}: benchmark {name!r}: {exc}") from None
+            if TEST_FAILED in record.shape:
+                raise ReportInputError(f"{path}: benchmark {name!r}: shape: parameter name "
+                                       f"{TEST_FAILED!r} is taken by a report column; "
+                                       f"rename it (e.g. {TEST_FAILED}_)")
+            failed += test_failed
+            if test_failed and not failed_tests:
+                continue
             stats = _stats(path, name, b.get("stats"))
             if record.reference_data is not None:
                 try:
@@ -195,9 +215,14 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
             row["reference_data"] = (None if record.reference_data is None
                                      else list(record.reference_data))
             row["interleaved"] = record.reference_data is not None
-            row["fields_written"] = frozenset(b["extra_info"])
+            row["fields_written"] = frozenset(info)
+            row[TEST_FAILED] = test_failed
             row.update(stats)
             rows.append(row)
+        if failed == len(data["benchmarks"]) and not failed_tests:
+            raise ReportInputError(f"{path}: every benchmark in the file ({failed}) is of a "
+                                   "test that failed after it measured (extra_info "
+                                   f"{TEST_FAILED}): no timing of a passing test to read")
     df = pd.DataFrame(rows)
     for key in SHAPES:  # handgrad's own parameters: a column each, also when absent
         if key not in df.columns:
@@ -205,6 +230,19 @@ def load_benchmarks(paths: Sequence[str | Path]) -> pd.DataFrame:
     labels = dict(zip(map(str, paths), run_labels(paths, machines)))
     df.insert(2, "run", df["source"].map(labels))
     return df
+
+
+def _test_outcome(path, name: str, info) -> tuple[object, bool]:
+    """(the extra_info without ``TEST_FAILED``, whether the benchmark's test failed)."""
+    if not isinstance(info, dict) or TEST_FAILED not in info:
+        return info, False
+    info = dict(info)
+    value = info.pop(TEST_FAILED)
+    if value is not True:
+        raise ReportInputError(f"{path}: benchmark {name!r}: extra_info.{TEST_FAILED}: "
+                               f"expected true (its test failed; handgrad's plugin writes "
+                               f"it), got {value!r}")
+    return info, True
 
 
 def _shape_order(keys) -> list[str]:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from handgrad.reports import devices, figures, roofline
 from handgrad.reports.load import (
+    TEST_FAILED,
     ReportInputError,
     check_given_once,
     check_output_dir,
@@ -85,6 +86,24 @@ def _about_runs(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     ]
 
 
+FAILED_TESTS_RULE = (
+    "A benchmark whose test failed after it measured (`extra_info.test_failed`, written by "
+    "handgrad's plugin) is left out of every table, figure and gate: a failed test's timing "
+    "is not a measurement of a right kernel. Fix the test and rerun it."
+)
+
+
+def _failed_tests(failed: pd.DataFrame) -> list[str]:
+    """The benchmarks of failed tests, said first and listed (none: nothing said)."""
+    if failed.empty:
+        return []
+    shown = failed[["run", "group", "kernel", "role", "method", "device", "dtype",
+                    "shape"]].copy()
+    shown["median_ms"] = failed["median"] * 1e3
+    return [f"**{len(failed)} benchmark(s) of failed tests, left out:** "
+            f"{FAILED_TESTS_RULE}", "", to_markdown(_shown(shown)), ""]
+
+
 def _cpu_vs_gpu(df: pd.DataFrame, out: Path, written: list) -> list[str]:
     sp = devices.speedups(df)
     if sp.empty:
@@ -145,7 +164,11 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
     bench_paths, verify_paths = _split(paths)
     check_given_once(verify_paths, "each verify report once, or the headroom table counts "
                      "its comparisons twice")
-    df = load_benchmarks(bench_paths) if bench_paths else None
+    df = failed = None
+    if bench_paths:  # the benchmarks of failed tests: listed, in no table or figure
+        loaded = load_benchmarks(bench_paths, failed_tests=True)
+        failed = loaded[loaded[TEST_FAILED]]
+        df = loaded[~loaded[TEST_FAILED]].reset_index(drop=True)
     records = load_records(verify_paths) if verify_paths else None
     sweeps = load_sweeps(verify_paths) if verify_paths else []
     try:
@@ -159,6 +182,10 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
         print(step, file=progress, flush=True)
 
     if df is not None:
+        lines += ["## Benchmarks", "", *_failed_tests(failed)]
+    if df is not None and df.empty:
+        lines += ["No benchmark of a passing test: no tables or figures.", ""]
+    elif df is not None:
         table = summary(df)
         table.to_csv(out / "summary.csv", index=False)
         written.append(out / "summary.csv")
@@ -167,7 +194,7 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
         # tables, its times in no figure
         timed = df[df["timer"] != "callgrind"]
         both = devices.has_both(timed)
-        lines += ["## Benchmarks", "", *_about_runs(df, table)]
+        lines += _about_runs(df, table)
         steps = len(kernels) + 2 + both
         for i, kernel in enumerate(kernels, 1):
             say(f"[{i}/{steps}] rendering {kernel}")
