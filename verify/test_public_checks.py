@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from handgrad.testing import check_jvp, check_vjp, signature, tol_for
+from handgrad.testing import Tol, check_jvp, check_vjp, signature, tol_for
 from handgrad.testing import compare as compare_mod
 
 
@@ -812,3 +812,88 @@ def test_central_differences_are_named_only_where_an_argument_takes_them():
                             "in or returns torch.float16 there, too coarse for them (f does not "
                             "run in float64)",)
     assert check_jvp(half_only_product, product_jvp, (x, w)).references == ("torch_func_jvp",)
+
+
+# --- the Taylor remainder's order -----------------------------------------------------------
+
+def _x24(seed=0):
+    return torch.randn(4, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("check, derivative, words", [
+    (check_vjp, lambda g, x: 1.001 * g * torch.cos(x),
+     "|<u, f(x + h v)> - <u, f(x)> - h <vjp(u), v>| falls as h^1.0"),
+    (check_jvp, lambda t, x: 1.001 * t[0] * torch.cos(x),
+     "|<w, f(x + h t)> - <w, f(x)> - h <w, jvp(t)>| falls as h^1.0")])
+def test_a_wrong_derivative_within_a_loose_tol_fails_on_its_taylor_order(check, derivative,
+                                                                         words):
+    # 0.1% off: inside tol=1e-2 for torch and central differences, but the Taylor remainder
+    # falls as h, not h^2, and central differences along its direction see the same error
+    loose = Tol(1e-2, 1e-2)
+    mode = "vjp" if check is check_vjp else "jvp"
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check(torch.sin, derivative, (_x24(),), tol=loose)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"check_{mode} of torch.sin: wrong derivative for args[0]"
+    assert lines[1].startswith("- args[0]: against the Taylor remainder: " + words)
+    assert lines[1].endswith(f"; within the tolerance (rtol 0.01, atol 0.01), but not f's "
+                             f"derivative (taylor=False accepts a {mode} that is approximate "
+                             "on purpose)")
+    assert "where an exact derivative gives h^2" in lines[1]
+    # the way out it names: an approximation on purpose passes with taylor=False
+    with compare_mod.unrecorded():
+        report = check(torch.sin, derivative, (_x24(),), tol=loose, taylor=False)
+    assert report.passed and report.arguments[0].taylor_order is None
+    # the right derivative passes at that tolerance, order 2
+    right = check(torch.sin, lambda *a: derivative(*a) / 1.001, (_x24(),), tol=loose)
+    assert abs(right.arguments[0].taylor_order - 2) < 0.2 and right.arguments[0].note == ""
+
+
+@pytest.mark.parametrize("check, derivative", [
+    (check_vjp, lambda g, x: g * ((x > -1) & (x < 1))),
+    (check_jvp, lambda t, x: t[0] * ((x > -1) & (x < 1)))])
+def test_a_right_derivative_with_kinks_near_x_is_not_failed_on_its_taylor_order(check,
+                                                                                derivative):
+    # hardtanh's kinks at +-1 are crossed between the Taylor test's steps: its fitted order
+    # falls below 1.5 for a right derivative, which is reported with a note, not failed
+    report = check(F.hardtanh, derivative, (_x24(),))
+    a = report.arguments[0]
+    assert a.passed and a.taylor_order < 1.5
+    assert a.note == ("a Taylor order below 1.5 set aside: its remainder jumps, or central "
+                      "differences at x measure no such error (f is not smooth near x: a "
+                      "kink between the steps?)")
+
+
+def _taylor(remainder, order):
+    from handgrad.kernels.finite_diff import TaylorTest
+
+    h = tuple(0.1 / 2 ** k for k in range(len(remainder)))
+    return TaylorTest(h=h, remainder=tuple(remainder), noise=(0.0,) * len(h), order=order,
+                      fitted=tuple(range(len(h))))
+
+
+def test_the_taylor_verdict_trusts_a_steady_fit_central_differences_confirm():
+    from handgrad.testing.checks import _taylor_failure
+
+    what = ("u", "<vjp(u), v>", "v", "vjp")
+    tol = Tol(1e-2, 1e-2)
+    steady = _taylor([1e-3 * 0.1 / 2 ** k for k in range(5)], 1.0)  # r(h) = 1e-3 h
+    # central differences see the error r(h) / h = 1e-3 too: a wrong derivative
+    assert _taylor_failure("args[0]", steady, ours=2.001, fd=2.0, scale=4.0, tol=tol,
+                           what=what).startswith("args[0]: against the Taylor remainder: |<u, "
+                                                 "f(x + h v)> - <u, f(x)> - h <vjp(u), v>| "
+                                                 "falls as h^1.00 along a random v")
+    assert _taylor_failure("args[0]", steady, ours=2.0014, fd=2.0, scale=4.0, tol=tol,
+                           what=what)  # 1.4x: within the factor
+    # central differences at x measure another error: f is not smooth between the steps
+    for ours in (2.0 + 1e-9, 2.0016, 2.0006):
+        assert _taylor_failure("args[0]", steady, ours=ours, fd=2.0, scale=4.0, tol=tol,
+                               what=what) is None
+    # a remainder that jumps (a step crossed: flat between steps, local order 0)
+    jumpy = _taylor([1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5], 0.8)
+    assert _taylor_failure("args[0]", jumpy, ours=2.0 + 1.25e-5 / (0.1 / 16), fd=2.0,
+                           scale=4.0, tol=tol, what=what) is None
+    # growing faster than h^2.5 between two steps (the onset of a kink's crossing)
+    onset = _taylor([4e-4, 2e-4, 1e-4, 5e-5, 5e-6], 1.3)
+    assert _taylor_failure("args[0]", onset, ours=2.0 + 5e-6 / (0.1 / 16), fd=2.0,
+                           scale=4.0, tol=tol, what=what) is None

@@ -17,8 +17,16 @@ others held), so a failure names the argument. Three references, each where it a
   the size of the sum's terms. In float64 when ``f`` runs in float64, else in the
   arguments' dtype, or f's output's where that is narrower (float32 at best, with float32's
   step; lower dtypes skip it).
-- **the Taylor remainder** of <u, f(x + h v)> (float64 arguments): its fitted order, 2
-  when the derivative is right and 1 when it is not, goes into the report.
+- **the Taylor remainder** of <u, f(x + h v)> (float64 arguments, ``f`` in float64): its
+  fitted order, 2 when the derivative is right and 1 when it is not, goes into the report.
+  An order below 1.5 fails the argument where the fit can be trusted (``_taylor_failure``):
+  the remainder grows steadily with h (each local order between 0.5 and 2.5) and central
+  differences along the same direction measure the same error (within 1.5x), so a
+  derivative inside a loose ``tol`` that is still not f's (1.001 x the gradient) fails,
+  naming the order (``taylor=False`` accepts one approximate on purpose). A right
+  derivative of an f with a kink or jump between the steps (relu, max, sort, hardtanh)
+  can fit below 1.5 too, but central differences at their smaller step see no error, or
+  the remainder jumps: its order is reported with a note, not failed.
 
 Refused before any comparison: ``f(*args)`` not finite at the given point (``ValueError``
 naming how many output elements are NaN or inf, and the first three: no derivative can be
@@ -73,7 +81,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from handgrad.kernels.finite_diff import directional_derivative, taylor_test
+from handgrad.kernels.finite_diff import TaylorTest, directional_derivative, taylor_test
 from handgrad.testing import compare as _records
 from handgrad.testing.compare import assert_close
 from handgrad.testing.tolerances import FINITE_DIFF, GRAD, Tol, tol_for
@@ -83,6 +91,15 @@ FORWARD_AD = "torch_func_jvp"
 CENTRAL = "central differences"
 # the smallest scale-relative error a central difference is trusted to, per dtype it runs in
 _FD_FLOOR = {torch.float64: FINITE_DIFF[torch.float64].rtol, torch.float32: 3e-4}
+# the Taylor test fails an argument only where its fit can be trusted (_taylor_failure): each
+# local order over the fitted steps within TAYLOR_LOCAL (the remainder grows steadily with
+# h), and central differences along the same direction measure the same error as the
+# remainder, within a factor TAYLOR_AGREE
+TAYLOR_LOCAL = (0.5, 2.5)
+TAYLOR_AGREE = 1.5
+_TAYLOR_SET_ASIDE = ("a Taylor order below 1.5 set aside: its remainder jumps, or central "
+                     "differences at x measure no such error (f is not smooth near x: a kink "
+                     "between the steps?)")
 # central differences: at most this many random directions per argument (two evaluations of f
 # each); more adds nothing a check can use and only runs for hours
 MAX_DIRECTIONS = 10_000
@@ -531,7 +548,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     ``cotangent``: default standard normal. ``tol``: default the gradient tolerance of the
     arguments' dtype. ``directions``: how many random directions per argument central
     differences take, two evaluations of ``f`` each (1 to ``MAX_DIRECTIONS`` = 10,000).
-    ``taylor`` (True or False): fit the order of the Taylor remainder (float64 only).
+    ``taylor`` (True or False): fit the order of the Taylor remainder (float64 only); an
+    order below 1.5 that the fit can trust fails the argument (see the module's docstring).
     ``generator``: a CPU ``torch.Generator`` for the random vectors (default seeded 0).
     Raises ``AssertionError`` on a wrong gradient (every wrong argument named; one holding
     NaN or inf is named with where, not compared), returns a ``CheckReport`` otherwise; bad
@@ -683,8 +701,21 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             def scalar(xi, i=i):
                 return (u.double() * f(*_with(args64, i, xi)).double()).sum()
 
-            t = taylor_test(scalar, g.detach().double(), args64[i], generator=gen)
+            v = _randn_like(args64[i], gen)
+            t = taylor_test(scalar, g.detach().double(), args64[i], v)
             order = None if math.isnan(t.order) else t.order
+            if order is not None and not t.consistent:  # central differences along v
+                jv = directional_derivative(lambda xi, i=i: f(*_with(args64, i, xi)),
+                                            args64[i], v).double()
+                msg = _taylor_failure(
+                    label, t, ours=float((g.double() * v.to(g.device)).sum()),
+                    fd=float((u.double() * jv).sum()),
+                    scale=float((u.double() * jv).abs().sum()), tol=dtol,
+                    what=("u", "<vjp(u), v>", "v", "vjp"))
+                if msg:
+                    failures.append(msg)
+                else:
+                    note = "; ".join(filter(None, [note, _TAYLOR_SET_ASIDE]))
         checks.append(ArgumentCheck(i, names[i], True, note, ratio, fd_err, fd_allowed, order,
                                     tuple(failures)))
     return _finish("vjp", fname, args, wrt, references, checks, notes)
@@ -811,10 +842,58 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                     res = taylor_test(scalar, t.double() * (slope / tt), args64[i],
                                       t.double())
                     order = None if math.isnan(res.order) else res.order
+                    if order is not None and not res.consistent and fd_ok:
+                        # jv: central differences along this tangent, taken above
+                        msg = _taylor_failure(
+                            label, res, ours=slope, fd=float((w * jv.double()).sum()),
+                            scale=float((w * jv.double()).abs().sum()), tol=dtol,
+                            what=("w", "<w, jvp(t)>", "t", "jvp"))
+                        if msg:
+                            failures.append(msg)
+                        else:
+                            note = "; ".join(filter(None, [note, _TAYLOR_SET_ASIDE]))
         checks.append(ArgumentCheck(i, names[i], True, note, ratio, fd_err, fd_allowed, order,
                                     tuple(failures)))
     references += sorted(used) + ([CENTRAL] if any(prec[i].fd_ok for i in wrt) else [])
     return _finish("jvp", fname, args, wrt, references, checks, notes)
+
+
+def _taylor_failure(label: str, t: TaylorTest, *, ours: float, fd: float, scale: float,
+                    tol: Tol, what: tuple[str, str, str, str]) -> str | None:
+    """A failure where the Taylor remainder shows the derivative is not f's, though it
+    passed the tolerance (a loose ``tol``, or central differences alone), else None.
+
+    A fitted order below 1.5 (``TaylorTest.consistent`` false) fails only where the fit can
+    be trusted: (1) over the fitted steps the remainder grows steadily with h, each local
+    order log(r(h1) / r(h2)) / log(h1 / h2) within ``TAYLOR_LOCAL``: no jump of a step
+    function (order 0) or of a kink crossed between steps (relu, max, sort, clamp, median:
+    orders of -2 and 4), no wobble of rounding in a sum of large terms; and (2) central
+    differences along the same direction, at their own smaller step, measure the same error
+    |ours - fd| as the remainder's r(h) / h at the smallest fitted step, within a factor
+    ``TAYLOR_AGREE``: the error is in the derivative at x, not in f between x and x + h v (a
+    kink crossed by the Taylor steps and not by the central difference's). Both hold for a
+    wrong derivative, where r(h) = |e h + c h^2 + ...| -> e h; a right one where f is not
+    smooth near x fails one or the other, and its order is reported with a note instead.
+    ``what``: the output's weight, the derivative's side, the direction and the mode, as
+    the message names them."""
+    fit = t.fitted
+    local = [math.log(t.remainder[a] / t.remainder[b]) / math.log(t.h[a] / t.h[b])
+             for a, b in zip(fit, fit[1:])]
+    lo, hi = TAYLOR_LOCAL
+    if not all(lo <= p <= hi for p in local):
+        return None
+    taylor_err, fd_err = t.remainder[fit[-1]] / t.h[fit[-1]], abs(ours - fd)
+    if not (fd_err > 0 and 1 / TAYLOR_AGREE <= taylor_err / fd_err <= TAYLOR_AGREE):
+        return None
+    weight, side, direction, mode = what
+    s = scale if scale > 0 else 1.0
+    return (f"{label}: against the Taylor remainder: |<{weight}, f(x + h {direction})> - "
+            f"<{weight}, f(x)> - h {side}| falls as h^{t.order:.2f} along a random "
+            f"{direction}, where an exact derivative gives h^2: {side} = {ours:.9g} where "
+            f"central differences give {fd:.9g} (off by {fd_err / s:.3g} of the terms' size "
+            f"{scale:.3g}); within the tolerance (rtol {tol.rtol:g}, atol {tol.atol:g}), but "
+            f"not f's derivative (taylor=False accepts a {mode} that is approximate on "
+            "purpose)")
 
 
 def _graph_hint(mode: str, reference: str, fd_err: float, fd_allowed: float,
