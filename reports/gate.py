@@ -212,12 +212,30 @@ def _unlike(p, name: str) -> str | None:
     return None
 
 
-def _one_side(base: pd.DataFrame, cur: pd.DataFrame, pairs: pd.DataFrame, what: str
-              ) -> list[str]:
+def _load_passed(baseline: str, current: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str],
+                                                      set]:
+    """Both runs without the benchmarks of failed tests (``extra_info.test_failed``), which
+    are listed by name and side: a failed test's timing is not a measurement of a right
+    kernel. Returns the two frames, the lines and the failed (group, method) names."""
+    base = load_benchmarks([baseline], failed_tests=True)
+    cur = load_benchmarks([current], failed_tests=True)
+    sides: dict[tuple[str, str], list[str]] = {}
+    for side, df in (("the baseline", base), ("the current run", cur)):
+        hit = df[df["test_failed"] & (df["role"] == "kernel") & (df["method"] != df["reference"])]
+        for g, m in zip(hit["group"], hit["method"]):
+            sides.setdefault((g, m), []).append(side)
+    lines = [f"{g} :: {m}: its test failed ({' and in '.join(sides[(g, m)])}): not gated"
+             for g, m in sorted(sides)]
+    return base[~base["test_failed"]], cur[~cur["test_failed"]], lines, set(sides)
+
+
+def _one_side(base: pd.DataFrame, cur: pd.DataFrame, pairs: pd.DataFrame, what: str,
+              said: set = frozenset()) -> list[str]:
     """The gated benchmarks of one run that the other lacks, by name and side: a benchmark
-    whose test failed, was deselected or was renamed looks like this, and is said."""
+    whose test failed, was deselected or was renamed looks like this, and is said (those in
+    ``said``, listed already as failed tests, are not said again)."""
     def names(df):
-        return set(zip(df["group"], df["method"]))
+        return set(zip(df["group"], df["method"])) - said
     both = names(pairs)
     out = [f"{g} :: {m}: {what} in the baseline only (missing from the current run: did "
            "its test fail, or was it deselected or renamed?)"
@@ -233,7 +251,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
          accepted: dict | None = None) -> GateResult:
     """Compare two pytest-benchmark JSON files; raises ReportInputError on unusable input.
     ``accepted``: declared regressions (``read_accepted``), passed up to their bound."""
-    base, cur = load_benchmarks([baseline]), load_benchmarks([current])
+    base, cur, failed, failed_names = _load_passed(baseline, current)
 
     def kernels(df):
         return df[(df["role"] == "kernel") & (df["method"] != df["reference"])]
@@ -241,8 +259,8 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     pairs = kernels(base).merge(kernels(cur), on=["group", "method"], suffixes=("_b", "_c"))
     if pairs.empty:
         raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks "
-                               "(role kernel) in common")
-    skipped = _one_side(kernels(base), kernels(cur), pairs, "measured")
+                               "(role kernel) of passing tests in common")
+    skipped = failed + _one_side(kernels(base), kernels(cur), pairs, "measured", failed_names)
     # a ratio to one reference (or in another dtype, device, thread count) says nothing
     # about a ratio to another
     unlike = [_unlike(p, f"{p['group']} :: {p['method']}") for _, p in pairs.iterrows()]
@@ -463,11 +481,12 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
     each handgrad kernel's own count when both runs used the same torch and Python (a
     count has no noise to cancel), else its count over its torch reference's."""
     accepted = accepted or {}
-    base, cur = load_benchmarks([baseline]), load_benchmarks([current])
+    base, cur, failed, failed_names = _load_passed(baseline, current)
     for path, df in ((baseline, base), (current, cur)):
         if not (df["timer"] == "callgrind").any():
-            raise ReportInputError(f"{path}: no instruction counts (write it with pytest "
-                                   "bench --bench-instructions)")
+            raise ReportInputError(f"{path}: no instruction counts of passing tests (write "
+                                   "it with pytest --bench-instructions: handgrad's own "
+                                   "suite, pytest bench --bench-instructions)")
     same = _run_info(baseline) == _run_info(current)
     metric = "own" if same else "ratio"
 
@@ -478,7 +497,7 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
 
     b, c = counted(base), counted(cur)
     pairs = b.merge(c, on=["group", "method"], suffixes=("_b", "_c"))
-    skipped = _one_side(b, c, pairs, "counted")
+    skipped = failed + _one_side(b, c, pairs, "counted", failed_names)
     rows = []
     for p in pairs.itertuples(index=False):
         unlike = _unlike(p._asdict(), f"{p.group} :: {p.method}")

@@ -133,9 +133,26 @@ def _run_fingerprint(path: str, stamp) -> str:
 
 
 @functools.lru_cache(maxsize=256)
+def _failed_tests(path: str, stamp) -> tuple[str, ...]:
+    """The gated benchmarks of one file whose test failed after it measured
+    (``extra_info.test_failed``): left out of its ratios (the loader's default), said here."""
+    df = load_benchmarks([path], failed_tests=True)
+    hit = df[df["test_failed"] & (df["role"] == "kernel") & (df["method"] != df["reference"])]
+    return tuple(f"{g} :: {m}" for g, m in zip(hit["group"], hit["method"]))
+
+
+def failed_tests(paths, side: str) -> list[str]:
+    """A line per benchmark of a failed test in ``paths`` (runs of one side), by run."""
+    return [f"{name}: its test failed in {side} run {i} ({path}): left out of that run"
+            for i, path in enumerate(paths, 1) for name in _failed_tests(str(path),
+                                                                         _stamp(path))]
+
+
+@functools.lru_cache(maxsize=256)
 def _one_run(path: str, stamp) -> pd.DataFrame:
     """One file's rows of ``run_ratios`` (cached on the path, its modification time and
-    size: the power analysis reads each run many times)."""
+    size: the power analysis reads each run many times). The benchmarks of failed tests
+    are left out (``failed_tests`` names them)."""
     rows = []
     df = load_benchmarks([path])
     for _, r in df.iterrows():
@@ -455,7 +472,7 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
         empty = baselines if base.empty else currents
         raise ReportInputError(f"{empty[0]}: no kernel benchmarks (role kernel) with a timed "
                                "reference")
-    skipped = []
+    skipped = failed_tests(baselines, "baseline") + failed_tests(currents, "current")
     # a ratio to one reference (or in another dtype, on another device, with another thread
     # count) says nothing about a ratio to another
     unlike = set()

@@ -254,3 +254,38 @@ def test_the_plugin_marks_the_benchmark_of_a_test_that_failed(pytester, monkeypa
 
     assert set(gate(str(out), str(out)).table["benchmark"]) == {
         "passes :: mine", "xpasses :: mine"}
+
+
+# ------------------------------------------------------------------ the gates say it
+
+
+def test_the_gate_names_a_failed_test_by_side_and_does_not_gate_it(tmp_path, run):
+    from handgrad.reports.gate import gate
+
+    base = _write(tmp_path / "base.json", run)
+    slow = scaled_run({f"{GROUP} :: {METHOD}": 3.0}, run=run)  # a regression, if gated
+    cur = _write(tmp_path / "cur.json", _marked(slow))
+    result = gate(str(base), str(cur))
+    assert result.passed
+    assert result.skipped == (f"{GROUP} :: {METHOD}: its test failed (the current run): "
+                              "not gated",)  # said once, not again as "baseline only"
+    both = gate(str(_write(tmp_path / "b2.json", _marked(run))), str(cur))
+    assert both.skipped == (f"{GROUP} :: {METHOD}: its test failed (the baseline and in the "
+                            "current run): not gated",)
+    assert f"{GROUP} :: {METHOD}" not in set(result.table["benchmark"])
+
+
+def test_the_gate_over_runs_names_a_failed_test_by_run(tmp_path, run):
+    from handgrad.reports.noise import gate_runs
+
+    paths = []
+    for side in ("b", "c"):
+        for i in (1, 2):
+            data = scaled_run({}, run=run)
+            data["datetime"] = f"2026-12-05T00:00:0{i} {side}"
+            if side == "c" and i == 2:
+                data = _marked(data)
+            paths.append(str(_write(tmp_path / f"{side}{i}.json", data)))
+    r = gate_runs(paths[:2], paths[2:])
+    assert r.skipped[0] == (f"{GROUP} :: {METHOD}: its test failed in current run 2 "
+                            f"({paths[3]}): left out of that run")

@@ -466,3 +466,14 @@ def test_instruction_gate_names_one_side_and_other_settings(tmp_path):
     assert result.skipped == (f"{name}: dtype changed from float32 to float64: another "
                               "measurement, not a change of the kernel",)
     assert list(result.table["benchmark"]) == [first] and not result.passed
+
+
+def test_instruction_gate_names_a_failed_test_and_does_not_gate_it(tmp_path):
+    data = _load(COUNTED)
+    first = data["benchmarks"][0]["extra_info"]
+    first["test_failed"] = True
+    first["instructions"] = int(first["instructions"] * 1.5)  # a regression, if gated
+    name = f"{data['benchmarks'][0]['group']} :: {first['method']}"
+    result = instruction_gate(str(COUNTED), str(_write(tmp_path, "cur.json", data)))
+    assert result.skipped == (f"{name}: its test failed (the current run): not gated",)
+    assert name not in set(result.table["benchmark"]) and result.passed
