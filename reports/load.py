@@ -192,10 +192,6 @@ def load_benchmarks(paths: Sequence[str | Path], failed_tests: bool = False) -> 
                 record = BenchRecord.from_extra_info(info, schema)
             except RecordError as exc:
                 raise ReportInputError(f"{path}: benchmark {name!r}: {exc}") from None
-            if TEST_FAILED in record.shape:
-                raise ReportInputError(f"{path}: benchmark {name!r}: shape: parameter name "
-                                       f"{TEST_FAILED!r} is taken by a report column; "
-                                       f"rename it (e.g. {TEST_FAILED}_)")
             failed += test_failed
             if test_failed and not failed_tests:
                 continue

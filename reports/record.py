@@ -79,7 +79,7 @@ LEGACY_UNREAD = ("grid", "interleaved", "predicted_mode", "params", "model_flops
 # benchmark holds the record's fields, the shape's parameters and these)
 RESERVED_COLUMNS = ("source", "machine", "run", "schema", "group", "name", "interleaved",
                     "fields_written", "median", "iqr", "rounds", "data", "shape",
-                    "shape_keys")
+                    "shape_keys", "test_failed")
 
 
 class RecordError(ValueError):

@@ -100,8 +100,14 @@ def test_a_shape_parameter_named_test_failed_is_refused(tmp_path, run):
     run["benchmarks"][0]["extra_info"]["shape"]["test_failed"] = 3
     f = _write(tmp_path / "shape.json", run)
     with pytest.raises(ReportInputError, match="shape: parameter name 'test_failed' is taken "
-                       r"by a report column; rename it \(e\.g\. test_failed_\)"):
+                       r"by a record field or report column; rename it \(e\.g\. test_failed_\)"):
         load_benchmarks([f])
+    # and measure refuses it before writing the record (the record's own check)
+    from handgrad.reports.record import BenchRecord, RecordError
+
+    info = dict(run["benchmarks"][0]["extra_info"])
+    with pytest.raises(RecordError, match="parameter name 'test_failed' is taken"):
+        BenchRecord.from_extra_info(info, 4)
 
 
 # ------------------------------------------------------------------ render
