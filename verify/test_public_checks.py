@@ -897,3 +897,83 @@ def test_the_taylor_verdict_trusts_a_steady_fit_central_differences_confirm():
     onset = _taylor([4e-4, 2e-4, 1e-4, 5e-5, 5e-6], 1.3)
     assert _taylor_failure("args[0]", onset, ours=2.0 + 5e-6 / (0.1 / 16), fd=2.0,
                            scale=4.0, tol=tol, what=what) is None
+
+
+# --- no element-wise torch reference: the vjp's own float64 run ------------------------------
+
+def _gelu(x):
+    return 0.5 * x * (1 + torch.erf(x / 2**0.5))
+
+
+def _gelu_prime(x):
+    return 0.5 * (1 + torch.erf(x / 2**0.5)) + x * torch.exp(-x * x / 2) / (2 * torch.pi)**0.5
+
+
+class _Gelu(torch.autograd.Function):  # torch would replay this backward: no reference
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _gelu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * _gelu_prime(ctx.saved_tensors[0])
+
+
+def _one_wrong_element(g, x):
+    r = g * _gelu_prime(x)
+    r[0, 7] *= 3.0  # one element of 65,536: a projection's sum hides it at float32's rtol
+    return r
+
+
+def test_one_wrong_element_among_many_is_caught_through_the_vjp_in_float64():
+    x = torch.randn(256, 256, generator=torch.Generator().manual_seed(1))
+    right = check_vjp(_Gelu.apply, lambda g, x: g * _gelu_prime(x), (x,))
+    assert right.passed and "the vjp in float64" in right.references
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(_Gelu.apply, _one_wrong_element, (x,))
+    assert "- args[0]: against central differences: <vjp(u), v> in float64 = " in str(
+        err.value)
+    assert "allowed 1e-06" in str(err.value)  # float64's floor, not float32's rtol
+
+
+def test_a_vjp_wrong_in_float32_only_is_held_to_its_float64_run():
+    def drifts(g, x):  # right in float64; in float32 one element off by 1%
+        r = g * _gelu_prime(x)
+        if r.dtype == torch.float32:
+            r[3, 4] *= 1.01
+        return r
+
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(2))
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(_Gelu.apply, drifts, (x,))
+    assert "- args[0]: against the vjp in float64: tensors are not close" in str(err.value)
+    assert "Worst element at index (3, 4)" in str(err.value)
+
+
+@pytest.mark.parametrize("vjp, says", [
+    (lambda g, x: (g * _gelu_prime(x)) if x.dtype == torch.float32 else 1 / 0,
+     "the vjp does not run in float64 (ZeroDivisionError): central differences check it at "
+     "its own dtype's tolerance only"),
+    (lambda g, x: (g * _gelu_prime(x)).float(),
+     "the vjp gives no float64 gradients at float64 arguments"),
+])
+def test_a_vjp_for_one_dtype_is_checked_in_it_alone_and_says_so(vjp, says):
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(3))
+    report = check_vjp(_Gelu.apply, vjp, (x,))
+    assert report.passed and "the vjp in float64" not in report.references
+    assert any(says in n for n in report.notes), report.notes
+
+
+def test_a_float64_run_that_is_not_finite_is_not_used():
+    def overflows_in_float64(g, x):  # the float32 gradient under test is right
+        r = g * _gelu_prime(x)
+        if r.dtype == torch.float64:
+            r[0, 0] = float("inf")
+        return r
+
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(4))
+    report = check_vjp(_Gelu.apply, overflows_in_float64, (x,))
+    assert report.passed and "the vjp in float64" not in report.references
+    assert "the vjp's float64 gradient is not finite where this one is: not used" in (
+        report.arguments[0].note)

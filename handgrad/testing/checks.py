@@ -1,7 +1,7 @@
 """``check_vjp`` and ``check_jvp``: a hand-written derivative of any function, checked.
 
 Each argument to differentiate is checked on its own (a random direction in it, the
-others held), so a failure names the argument. Three references, each where it applies:
+others held), so a failure names the argument. Four references, each where it applies:
 
 - **torch.autograd** (``check_vjp``) or **torch.func.jvp** (``check_jvp``; autograd's
   double-backward where f has no forward-mode rule): the exact derivative of ``f`` as torch
@@ -17,6 +17,13 @@ others held), so a failure names the argument. Three references, each where it a
   the size of the sum's terms. In float64 when ``f`` runs in float64, else in the
   arguments' dtype, or f's output's where that is narrower (float32 at best, with float32's
   step; lower dtypes skip it).
+- **the vjp in float64** (``check_vjp``, an argument narrower than float64 that torch gives
+  no element-wise reference for, f running in float64): a projection's sum at float32's
+  tolerance hides one wrong element among thousands, so the vjp is run once more at the
+  float64 copies of the arguments; its float64 gradient takes the central differences at
+  float64's floor, and the gradient under test is compared with it element by element at
+  its own dtype's tolerance. A vjp that does not run in float64, or gives no float64
+  gradient there, is checked in its own dtype alone, with a note.
 - **the Taylor remainder** of <u, f(x + h v)> (float64 arguments, ``f`` in float64): its
   fitted order, 2 when the derivative is right and 1 when it is not, goes into the report.
   An order below 1.5 fails the argument where the fit can be trusted (``_taylor_failure``):
@@ -450,6 +457,33 @@ def _traced(f, call: tuple):
                       f"is {CENTRAL} only")
 
 
+_UNTRIED = object()
+VJP64 = "the vjp in float64"
+
+
+def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
+    """The vjp's gradients at the float64 copies of the arguments, or None (with a note)
+    where it does not run in float64 or gives another dtype or shape there: a vjp written
+    for one dtype is checked in it alone."""
+    try:
+        got = vjp(u.double().clone(), *(a.clone() if isinstance(a, torch.Tensor) else a
+                                        for a in args64))
+    except Exception as exc:  # noqa: BLE001 (a vjp written for one dtype)
+        notes.append(f"the vjp does not run in float64 ({type(exc).__name__}): central "
+                     "differences check it at its own dtype's tolerance only, which one "
+                     "wrong element among many can pass")
+        return None
+    if isinstance(got, torch.Tensor) and len(args64) == 1:
+        got = (got,)
+    if not isinstance(got, (tuple, list)) or len(got) != len(args64) or not all(
+            isinstance(got[i], torch.Tensor) and got[i].dtype == torch.float64
+            and got[i].shape == args64[i].shape for i in wrt if got[i] is not None):
+        notes.append("the vjp gives no float64 gradients at float64 arguments: central "
+                     "differences check it at its own dtype's tolerance only")
+        return None
+    return tuple(None if g is None else g.detach() for g in got)
+
+
 def _with(args: tuple, i: int, value) -> tuple:
     return args[:i] + (value,) + args[i + 1:]
 
@@ -623,7 +657,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         notes.append(failed)
     elif custom is not None:
         notes.append(f"f runs the custom autograd.Function {custom}: torch.autograd would "
-                     f"replay its own backward, so the references are {CENTRAL} only")
+                     "replay its own backward, so it is no reference here")
     elif isinstance(out_ref, torch.Tensor) and out_ref.requires_grad:
         got = torch.autograd.grad(out_ref, [leaves[i] for i in wrt],
                                   u.to(out_ref.dtype), allow_unused=True)
@@ -632,13 +666,14 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         ref_grads = {i: g.detach() for i, g in zip(wrt, got) if g is not None}
         references.append(AUTOGRAD)
     else:
-        notes.append(f"f's output does not depend on its arguments through torch (numpy "
-                     f"inside, or a detach): the reference is {CENTRAL} only")
+        notes.append("f's output does not depend on its arguments through torch (numpy "
+                     "inside, or a detach): torch.autograd is no reference")
 
     prec = _precisions(args, names, wrt, out, ref_args, in64, tol, notes)
     if any(prec[i].fd_ok for i in wrt):
         references.append(CENTRAL)
     checks = []
+    grads64 = _UNTRIED
     for i, a in enumerate(args):
         if i not in wrt:
             why = ("not a floating-point tensor" if not _is_float_tensor(a)
@@ -672,8 +707,28 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         elif not fd_ok:
             failures.append(f"{label}: no reference could check it (torch does not reach it "
                             f"and {fd_dtype} is too coarse for central differences)")
+        # no element-wise reference, and central differences see projections only, at the
+        # argument's tolerance: one wrong element of many hides in the sum. Where the vjp
+        # also runs in float64, its float64 gradient takes central differences at float64's
+        # floor, and the gradient under test is held to it element by element
+        g_fd, fd_what = g, "<vjp(u), v>"
+        if fd_ok and i not in ref_grads and in64 and args[i].dtype != torch.float64:
+            if grads64 is _UNTRIED:
+                grads64 = _vjp_in_float64(vjp, u, args64, wrt, notes)
+            if grads64 is not None and not bool(torch.isfinite(grads64[i]).all()):
+                note = "; ".join(filter(None, [note, "the vjp's float64 gradient is not "
+                                               "finite where this one is: not used"]))
+            elif grads64 is not None:
+                ratio, msg = _compare(label, g, grads64[i].to(g.device), kernel=kernel,
+                                      reference=VJP64, tol=dtol, record_as=record_as)
+                if msg:
+                    failures.append(msg)
+                g_fd, fd_what = grads64[i], "<vjp(u), v> in float64"
+                if VJP64 not in references:
+                    references.append(VJP64)
         if fd_ok:
-            fd_allowed = max(_FD_FLOOR[fd_dtype], dtol.rtol)
+            fd_allowed = (_FD_FLOOR[torch.float64] if g_fd is not g
+                          else max(_FD_FLOOR[fd_dtype], dtol.rtol))
             fd_err = 0.0
             for _ in range(directions):
                 v = _randn_like(ref_args[i], gen)
@@ -686,9 +741,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 uu = u.to(jv.dtype)
                 fd = float((uu.double() * jv.double()).sum())
                 scale = float((uu.double() * jv.double()).abs().sum())
-                ours = float((g.double() * v.double().to(g.device)).sum())
+                ours = float((g_fd.double() * v.double().to(g_fd.device)).sum())
                 err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
-                                       what="<vjp(u), v>", record_as=record_as)
+                                       what=fd_what, record_as=record_as)
                 fd_err = max(fd_err, err)
                 if msg:
                     failures.append(msg)
