@@ -7,6 +7,7 @@ the input shape and each layer's input, the dtype of the meta input against the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -87,17 +88,21 @@ def _walk_dtype(module: nn.Module, dtype: torch.dtype | None) -> torch.dtype:
     that sees it). None: the module's own (the first parameter's or buffer's where it
     mixes dtypes, as keeping norms in float32 does), or torch's default for a module with
     no floating parameters or buffers; any dtype for the latter."""
+    floating = False  # one lazy pass, no names (count_model is timed); names on refusal
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            if dtype is None or t.dtype == dtype:
+                return t.dtype
+            floating = True
+    if not floating:  # no floating parameter or buffer: any dtype
+        return torch.get_default_dtype() if dtype is None else dtype
     found = _float_dtypes(module)
-    if dtype is None:
-        return next(iter(found), torch.get_default_dtype())
-    if found and dtype not in found:
-        if len(found) == 1:
-            (have,) = found
-            raise TypeError(f"dtype: got {dtype}, but the module's floating parameters and "
-                            f"buffers are {have}; pass dtype={have} to match them")
+    if len(found) == 1:
+        (have,) = found
         raise TypeError(f"dtype: got {dtype}, but the module's floating parameters and "
-                        f"buffers are {_mixed(found)}; pass the dtype its input takes")
-    return dtype
+                        f"buffers are {have}; pass dtype={have} to match them")
+    raise TypeError(f"dtype: got {dtype}, but the module's floating parameters and "
+                    f"buffers are {_mixed(found)}; pass the dtype its input takes")
 
 
 def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:

@@ -262,7 +262,7 @@ class _Recorder(TorchDispatchMode):
                                           "backward"))
 
 
-def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.float32,
+def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
                 backward: bool = False, input_requires_grad: bool = False) -> ModelCounts:
     """Walk ``module`` on a meta input of ``input_shape`` (batch included): nothing is
     allocated or computed, and the module itself is not modified. Every aten op the
@@ -277,11 +277,11 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
     ``.total`` then covers both passes and ``.backward`` the backward pass alone; ops whose
     backward has no formula are listed in ``.uncounted_backward``.
 
-    ``dtype`` is the meta input's and must be one of the module's floating parameters' and
-    buffers' dtypes (pass ``dtype=torch.float16`` for a ``model.half()``): another is a
-    TypeError naming ``dtype`` and the module's. A module with none takes any. Where a
-    module that mixes dtypes does not run in ``dtype``, the error names each dtype. The
-    counts do not depend on it."""
+    ``dtype`` is the meta input's: None (default) the module's own (its first floating
+    parameter's or buffer's; float32 for a module with none), else one of the module's
+    floating parameters' and buffers' dtypes: another is a TypeError naming ``dtype`` and
+    the module's. A module with none takes any. Where a module that mixes dtypes does not
+    run in ``dtype``, the error names each dtype. The counts do not depend on it."""
     if not isinstance(backward, bool):
         raise TypeError(f"backward: expected True or False, got {backward!r}")
     if not isinstance(input_requires_grad, bool):
@@ -289,7 +289,7 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=torch.fl
                         f"{input_requires_grad!r}")
     module = _check_module(module)
     input_shape = _check_input_shape(input_shape)
-    dtype = _walk_dtype(module, check_float_dtype("dtype", dtype))
+    dtype = _walk_dtype(module, None if dtype is None else check_float_dtype("dtype", dtype))
     result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}

@@ -925,6 +925,7 @@ CLASSIFIER_COUNTS = (C.conv2d_counts(3, 4, 3, (6, 6), nonlinearity=True)
 def test_a_module_in_another_dtype_is_walked_in_it(dtype):
     model = _classifier().to(dtype)
     assert C.count_model(model, (1, 3, 8, 8), dtype=dtype).total == CLASSIFIER_COUNTS
+    assert C.count_model(model, (1, 3, 8, 8)).total == CLASSIFIER_COUNTS  # by default too
     both = C.count_model(model, (1, 3, 8, 8), dtype=dtype, backward=True)
     assert both.forward == CLASSIFIER_COUNTS
     assert both.backward == C.count_model(_classifier(), (1, 3, 8, 8), backward=True).backward
@@ -962,6 +963,7 @@ def test_a_module_of_mixed_dtypes_walks_in_its_input_dtype():
     model = _half_conv_float_norm()
     reference = C.count_model(copy.deepcopy(model).float(), (1, 3, 8, 8))
     assert C.count_model(model, (1, 3, 8, 8), dtype=torch.float16).total == reference.total
+    assert C.count_model(model, (1, 3, 8, 8)).total == reference.total  # its first dtype
     assert C.count_model(model, (1, 3, 8, 8), dtype=torch.float16,
                          backward=True).total == C.count_model(
         copy.deepcopy(model).float(), (1, 3, 8, 8), backward=True).total
@@ -981,7 +983,7 @@ def test_a_module_of_mixed_dtypes_names_each_where_it_does_not_run():
     # cause said
     with pytest.raises(ValueError, match=r"^input_shape: \(1, 3, 8, 8\) does not fit layer '0'"
                        r".*\(the module mixes floating dtypes, " + MIXED + ": cast a copy"):
-        C.count_model(_half_conv_float_norm(), (1, 3, 8, 8))
+        C.count_model(_half_conv_float_norm(), (1, 3, 8, 8), dtype=torch.float32)
 
 
 # --- bad input -----------------------------------------------------------------------------
@@ -1000,8 +1002,9 @@ BAD = [
     ("bad shape", lambda: C.count_model(nn.ReLU(), (1, 0)), ValueError,
      r"input_shape: expected a sequence of positive ints"),
     # the dtype is named up front, not blamed on the input shape by the first layer
-    ("dtype of a half model", lambda: C.count_model(_classifier().half(), (1, 3, 8, 8)),
-     TypeError, r"^dtype: got torch.float32, but the module's floating parameters and buffers "
+    ("dtype of a half model", lambda: C.count_model(_classifier().half(), (1, 3, 8, 8),
+                                                    dtype=torch.float32), TypeError,
+     r"^dtype: got torch.float32, but the module's floating parameters and buffers "
      r"are torch.float16; pass dtype=torch.float16"),
     ("dtype of a double model", lambda: C.count_model(
         MnistCNN().double(), (1, 1, 28, 28), dtype=torch.float16, backward=True), TypeError,
