@@ -977,3 +977,41 @@ def test_a_float64_run_that_is_not_finite_is_not_used():
     assert report.passed and "the vjp in float64" not in report.references
     assert "the vjp's float64 gradient is not finite where this one is: not used" in (
         report.arguments[0].note)
+
+
+def test_the_float64_run_takes_none_as_zero_and_the_callers_tol():
+    # a vjp that gives None for an argument f does not use (through a detach): zero
+    x = torch.randn(6, generator=torch.Generator().manual_seed(5))
+    y = torch.randn(6, generator=torch.Generator().manual_seed(6))
+    report = check_vjp(lambda x, y: _Gelu.apply(x) + y.detach() * 0,
+                       lambda u, x, y: (u * _gelu_prime(x), None), (x, y))
+    assert report.passed and "the vjp in float64" in report.references
+    # a vjp approximate on purpose, inside the tol given: the float64 run keeps that tol
+    x = torch.randn(32, 32, generator=torch.Generator().manual_seed(7))
+    loose = check_vjp(_Gelu.apply, lambda u, x: 1.001 * u * _gelu_prime(x), (x,),
+                      tol=Tol(rtol=1e-2, atol=1e-2))
+    assert loose.passed and "the vjp in float64" in loose.references
+    with compare_mod.unrecorded(), pytest.raises(AssertionError, match="allowed 1e-06"):
+        check_vjp(_Gelu.apply, lambda u, x: 1.001 * u * _gelu_prime(x), (x,))
+
+
+def test_the_float64_runs_central_differences_are_recorded_as_float64():
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(8))
+    before = len(compare_mod.RECORDS)
+    check_vjp(_Gelu.apply, lambda u, x: u * _gelu_prime(x), (x,))
+    rows = {(r.reference, r.dtype, r.atol, r.rtol) for r in compare_mod.RECORDS[before:]}
+    fd64 = {r for r in rows if r[0] == "central differences"}
+    assert fd64 == {("central differences", "float64", 1e-6, 0.0)}, rows
+    elementwise = {r for r in rows if r[0] == "the vjp in float64"}
+    assert {r[1] for r in elementwise} == {"float32"}, rows  # the gradient under test's
+
+
+def test_running_out_of_memory_in_float64_is_said_as_it_is():
+    def big_in_float64(u, x):
+        if x.dtype == torch.float64:
+            raise torch.OutOfMemoryError("out of memory")
+        return u * _gelu_prime(x)
+
+    x = torch.randn(4, generator=torch.Generator().manual_seed(9))
+    with pytest.raises(torch.OutOfMemoryError):  # not read as "a vjp for one dtype"
+        check_vjp(_Gelu.apply, big_in_float64, (x,))

@@ -20,10 +20,12 @@ others held), so a failure names the argument. Four references, each where it ap
 - **the vjp in float64** (``check_vjp``, an argument narrower than float64 that torch gives
   no element-wise reference for, f running in float64): a projection's sum at float32's
   tolerance hides one wrong element among thousands, so the vjp is run once more at the
-  float64 copies of the arguments; its float64 gradient takes the central differences at
-  float64's floor, and the gradient under test is compared with it element by element at
-  its own dtype's tolerance. A vjp that does not run in float64, or gives no float64
-  gradient there, is checked in its own dtype alone, with a note.
+  float64 copies of the arguments (a None there is zero); its float64 gradient takes the
+  central differences at float64's floor (or the ``tol`` given, where looser), recorded as
+  float64, and the gradient under test is compared with it element by element at its own
+  dtype's tolerance. A vjp that does not run in float64 (running out of memory is raised
+  as it is), or gives no float64 gradient there, is checked in its own dtype alone, with
+  a note.
 - **the Taylor remainder** of <u, f(x + h v)> (float64 arguments, ``f`` in float64): its
   fitted order, 2 when the derivative is right and 1 when it is not, goes into the report.
   An order below 1.5 fails the argument where the fit can be trusted (``_taylor_failure``):
@@ -468,6 +470,8 @@ def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
     try:
         got = vjp(u.double().clone(), *(a.clone() if isinstance(a, torch.Tensor) else a
                                         for a in args64))
+    except torch.OutOfMemoryError:
+        raise  # not a vjp for one dtype: the machine's limit, said as it is
     except Exception as exc:  # noqa: BLE001 (a vjp written for one dtype)
         notes.append(f"the vjp does not run in float64 ({type(exc).__name__}): central "
                      "differences check it at its own dtype's tolerance only, which one "
@@ -481,7 +485,9 @@ def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
         notes.append("the vjp gives no float64 gradients at float64 arguments: central "
                      "differences check it at its own dtype's tolerance only")
         return None
-    return tuple(None if g is None else g.detach() for g in got)
+    # None for a checked argument is zero, as in the vjp's own dtype
+    return tuple(g.detach() if g is not None else torch.zeros_like(args64[i]) if i in wrt
+                 else None for i, g in enumerate(got))
 
 
 def _with(args: tuple, i: int, value) -> tuple:
@@ -711,7 +717,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         # argument's tolerance: one wrong element of many hides in the sum. Where the vjp
         # also runs in float64, its float64 gradient takes central differences at float64's
         # floor, and the gradient under test is held to it element by element
-        g_fd, fd_what = g, "<vjp(u), v>"
+        g_fd, fd_what, fd_record_as = g, "<vjp(u), v>", record_as
         if fd_ok and i not in ref_grads and in64 and args[i].dtype != torch.float64:
             if grads64 is _UNTRIED:
                 grads64 = _vjp_in_float64(vjp, u, args64, wrt, notes)
@@ -719,16 +725,19 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 note = "; ".join(filter(None, [note, "the vjp's float64 gradient is not "
                                                "finite where this one is: not used"]))
             elif grads64 is not None:
-                ratio, msg = _compare(label, g, grads64[i].to(g.device), kernel=kernel,
-                                      reference=VJP64, tol=dtol, record_as=record_as)
+                _, msg = _compare(label, g, grads64[i].to(g.device), kernel=kernel,
+                                  reference=VJP64, tol=dtol, record_as=record_as)
                 if msg:
                     failures.append(msg)
                 g_fd, fd_what = grads64[i], "<vjp(u), v> in float64"
+                # its central differences are float64's, and recorded as such
+                fd_record_as = (torch.float64, record_as[1])
                 if VJP64 not in references:
                     references.append(VJP64)
         if fd_ok:
-            fd_allowed = (_FD_FLOOR[torch.float64] if g_fd is not g
-                          else max(_FD_FLOOR[fd_dtype], dtol.rtol))
+            # a float64 gradient at float64's floor, unless the caller loosened the tolerance
+            fd_allowed = (max(_FD_FLOOR[torch.float64], tol.rtol if tol is not None else 0.0)
+                          if g_fd is not g else max(_FD_FLOOR[fd_dtype], dtol.rtol))
             fd_err = 0.0
             for _ in range(directions):
                 v = _randn_like(ref_args[i], gen)
@@ -743,7 +752,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 scale = float((uu.double() * jv.double()).abs().sum())
                 ours = float((g_fd.double() * v.double().to(g_fd.device)).sum())
                 err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
-                                       what=fd_what, record_as=record_as)
+                                       what=fd_what, record_as=fd_record_as)
                 fd_err = max(fd_err, err)
                 if msg:
                     failures.append(msg)
