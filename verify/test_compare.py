@@ -203,10 +203,13 @@ def test_comparisons_are_kept_only_where_recorded(monkeypatch) -> None:
     assert len(compare.SWEEPS) == sweeps  # nor do sweeps
     with compare.recording() as kept:
         assert_close(torch.ones(2), torch.ones(2), kernel="inside", reference="r")
-    assert kept is RECORDS and [r.kernel for r in RECORDS[before:]] == ["inside"]
+    assert [r.kernel for r in RECORDS[before:]] == ["inside"]
+    with compare.recording() as again:  # each block's own records, not every earlier one's
+        assert_close(torch.ones(2), torch.ones(2), kernel="second", reference="r")
+    assert [r.kernel for r in kept] == ["inside"] and [r.kernel for r in again] == ["second"]
     assert compare._recorders == 0  # the block closed its recorder
     assert_close(torch.ones(2), torch.ones(2), kernel="after", reference="r")
-    assert len(RECORDS) == before + 1
+    assert len(RECORDS) == before + 2
 
 
 def test_a_script_keeps_no_records() -> None:
@@ -258,6 +261,13 @@ def test_complex_tensors_are_refused_not_cast_to_real(actual, expected):
                      tol=Tol(rtol=1e-6, atol=1e-6))
     real = torch.view_as_real(torch.tensor([1 + 9j]))  # the way the message gives works
     assert_close(real, real.clone(), kernel="k", reference="r")
+
+
+def test_a_kernel_returning_complex_for_a_real_reference_is_a_failure():
+    # the kernel's fault, as a non-floating result is: AssertionError, not a usage error
+    with pytest.raises(AssertionError, match=r"^k vs r: kernel returned complex dtype "
+                       r"torch\.complex64 for a real reference \(torch\.float32\)"):
+        assert_close(torch.tensor([1 + 0j]), torch.tensor([1.0]), kernel="k", reference="r")
 
 
 def test_meta_tensors_are_refused_by_name():

@@ -3,8 +3,9 @@
 ``assert_close`` checks shape, device and a floating dtype before values, and on failure says
 which kernel and reference disagree, how many elements, where the worst one is and
 by how much, absolute and relative, against the tolerance allowed. Every call under
-pytest (or inside ``recording()``) is also recorded (kernel, reference, dtype, worst
-errors, tolerance) so a run can report how much precision headroom each kernel has.
+pytest with handgrad's plugin (or inside ``recording()``) is also recorded (kernel,
+reference, dtype, worst errors, tolerance) so a run can report how much precision headroom
+each kernel has.
 """
 
 from __future__ import annotations
@@ -30,14 +31,17 @@ _recorders = 0
 @contextmanager
 def recording() -> Iterator[list[Record]]:
     """Keep every comparison made inside (and ``record_sweep``'s sweeps) in ``RECORDS`` and
-    ``SWEEPS``; yields ``RECORDS``. Under pytest, handgrad's plugin records the whole
-    session; elsewhere nothing is kept unless asked for here."""
+    ``SWEEPS``; yields a list of this block's own records, filled when the block ends.
+    Under pytest with handgrad's plugin loaded, the whole session records; elsewhere
+    nothing is kept unless asked for here."""
     global _recorders
     _recorders += 1
+    before, mine = len(RECORDS), []
     try:
-        yield RECORDS
+        yield mine
     finally:
         _recorders -= 1
+        mine.extend(RECORDS[before:])
 
 
 def _current_test() -> str:
@@ -123,6 +127,9 @@ def assert_close(
         )
     if actual.device.type == "meta":
         raise ValueError(f"{label}: tensors on the meta device hold no values to compare")
+    if check_dtype and actual.is_complex() and not expected.is_complex():
+        raise AssertionError(f"{label}: kernel returned complex dtype {actual.dtype} for a "
+                             f"real reference ({expected.dtype})")
     if actual.is_complex() or expected.is_complex():
         raise TypeError(
             f"{label}: complex tensors are not compared (kernel {actual.dtype}, reference "
