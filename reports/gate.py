@@ -44,7 +44,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from handgrad.reports.load import ReportInputError, load_benchmarks
+from handgrad.reports.load import (
+    TEST_FAILED,
+    ReportInputError,
+    failed_gated,
+    failed_line,
+    gated,
+    load_benchmarks,
+)
 from handgrad.reports.record import DISTURBED, paired_ratios, ratio_to_reference
 from handgrad.reports.tables import to_markdown
 
@@ -206,6 +213,8 @@ def _unlike(p, name: str) -> str | None:
     if p["reference_b"] != p["reference_c"]:
         return f"{name}: reference changed from {p['reference_b']} to {p['reference_c']}"
     for col in _SETTINGS:  # each a field every record has (reports.record)
+        if col == "threads" and p["device_c"] != "cpu":
+            continue  # torch's CPU threads do not time a GPU kernel
         if p[f"{col}_b"] != p[f"{col}_c"]:
             return (f"{name}: {col} changed from {p[f'{col}_b']} to {p[f'{col}_c']}: "
                     "another measurement, not a change of the kernel")
@@ -215,18 +224,20 @@ def _unlike(p, name: str) -> str | None:
 def _load_passed(baseline: str, current: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str],
                                                       set]:
     """Both runs without the benchmarks of failed tests (``extra_info.test_failed``), which
-    are listed by name and side: a failed test's timing is not a measurement of a right
-    kernel. Returns the two frames, the lines and the failed (group, method) names."""
+    are listed by name and side (``load.failed_gated``): a failed test's timing is not a
+    measurement of a right kernel. Returns the two frames, the lines and the names listed."""
     base = load_benchmarks([baseline], failed_tests=True)
     cur = load_benchmarks([current], failed_tests=True)
     sides: dict[tuple[str, str], list[str]] = {}
+    kinds: dict[tuple[str, str], bool] = {}
     for side, df in (("the baseline", base), ("the current run", cur)):
-        hit = df[df["test_failed"] & (df["role"] == "kernel") & (df["method"] != df["reference"])]
-        for g, m in zip(hit["group"], hit["method"]):
-            sides.setdefault((g, m), []).append(side)
-    lines = [f"{g} :: {m}: its test failed ({' and in '.join(sides[(g, m)])}): not gated"
+        for key, kernel in failed_gated(df).items():
+            sides.setdefault(key, []).append(side)
+            kinds[key] = kernel
+    lines = [failed_line(f"{g} :: {m}", kinds[(g, m)], " and ".join(sides[(g, m)]))
              for g, m in sorted(sides)]
-    return base[~base["test_failed"]], cur[~cur["test_failed"]], lines, set(sides)
+    return (base[~base[TEST_FAILED]], cur[~cur[TEST_FAILED]], lines,
+            {k for k, kernel in kinds.items() if kernel})
 
 
 def _one_side(base: pd.DataFrame, cur: pd.DataFrame, pairs: pd.DataFrame, what: str,
@@ -254,7 +265,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     base, cur, failed, failed_names = _load_passed(baseline, current)
 
     def kernels(df):
-        return df[(df["role"] == "kernel") & (df["method"] != df["reference"])]
+        return df[gated(df)]
 
     pairs = kernels(base).merge(kernels(cur), on=["group", "method"], suffixes=("_b", "_c"))
     if pairs.empty:
@@ -335,6 +346,12 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             f"{DISTURBED:g}x or under 1/{DISTURBED:g} of its baseline time); rerun both")
     skipped += disturbed
     if not rows:
+        unlike_all = [u for u in unlike if u]
+        if len(unlike_all) == len(unlike):  # every pair measured otherwise: say how
+            raise ReportInputError(
+                f"{baseline} and {current}: no kernel benchmark was measured alike in both: "
+                f"{unlike_all[0]}" + (f" (and {len(unlike_all) - 1} more)"
+                                      if len(unlike_all) > 1 else ""))
         raise ReportInputError(f"{baseline} and {current}: no kernel has the same reference, "
                                "timed, in both")
     table = pd.DataFrame(rows).sort_values("change", ascending=False).reset_index(drop=True)
@@ -491,8 +508,7 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
     metric = "own" if same else "ratio"
 
     def counted(df):
-        keep = (df["role"] == "kernel") & (df["method"] != df["reference"]) & df[
-            "instructions"].notna()
+        keep = gated(df) & df["instructions"].notna()
         return df[keep]
 
     b, c = counted(base), counted(cur)

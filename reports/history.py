@@ -50,6 +50,8 @@ from handgrad.reports.load import (
     TEST_FAILED,
     ReportInputError,
     check_output_dir,
+    failed_gated,
+    gated,
     load_benchmarks,
     machine_label,
     read_json,
@@ -138,7 +140,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     ``failed``, when given, gets each one's "group :: method"."""
     raw = Path(path).read_bytes() if Path(path).is_file() else None
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
-    left_out = [f"{r.group} :: {r.method}" for r in df[df[TEST_FAILED]].itertuples()]
+    left_out = [f"{g} :: {m}" for g, m in sorted(failed_gated(df))]  # what it would store
     df = df[~df[TEST_FAILED]]
     data = read_json(path)
     sha, when = _commit_of(path, data, commit, date)
@@ -147,8 +149,8 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
         raise ReportInputError(f"{path}: this run is already in the history")
     counted = bool((df["timer"] == "callgrind").any())
     rows = []
-    for _, r in df.iterrows():
-        if r["role"] != "kernel" or r["method"] == r["reference"]:
+    for (_, r), is_gated in zip(df.iterrows(), gated(df)):
+        if not is_gated:
             continue
         ratio = ins = None
         if counted:

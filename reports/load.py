@@ -228,6 +228,30 @@ def load_benchmarks(paths: Sequence[str | Path], failed_tests: bool = False) -> 
     return df
 
 
+def gated(df: pd.DataFrame) -> pd.Series:
+    """Which rows the gates judge: a kernel (role ``kernel``) measured against another
+    method. One definition for the gates, the gate over runs and the history."""
+    return (df["role"] == "kernel") & (df["method"] != df["reference"])
+
+
+def failed_gated(df: pd.DataFrame) -> dict[tuple[str, str], bool]:
+    """The benchmarks of failed tests, in a frame loaded with ``failed_tests=True``, that a
+    gate would have read, by (group, method): True for a gated kernel, False for a
+    reference that a gated kernel of its group is measured against."""
+    refs = set(zip(df.loc[gated(df), "group"], df.loc[gated(df), "reference"]))
+    hit = df[df[TEST_FAILED]]
+    return {(g, m): bool(k) for g, m, k in zip(hit["group"], hit["method"], gated(hit))
+            if k or (g, m) in refs}
+
+
+def failed_line(name: str, kernel: bool, where: str, what: str = "not gated") -> str:
+    """How a gate says it left out a benchmark of a failed test (``failed_gated``)."""
+    if kernel:
+        return f"{name}: its test failed ({where}): {what}"
+    return (f"{name}: a reference whose test failed ({where}): the kernels measured against "
+            f"it are {what}")
+
+
 def _test_outcome(path, name: str, info) -> tuple[object, bool]:
     """(the extra_info without ``TEST_FAILED``, whether the benchmark's test failed)."""
     if not isinstance(info, dict) or TEST_FAILED not in info:

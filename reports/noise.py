@@ -43,7 +43,14 @@ import pandas as pd
 from scipy import stats
 
 from handgrad.reports.gate import _SETTINGS, MAX_DISTURBED, _accept, _footer, _numbers
-from handgrad.reports.load import ReportInputError, load_benchmarks, read_json
+from handgrad.reports.load import (
+    ReportInputError,
+    failed_gated,
+    failed_line,
+    gated,
+    load_benchmarks,
+    read_json,
+)
 from handgrad.reports.record import DISTURBED, _present, ratio_to_reference
 from handgrad.reports.tables import to_markdown
 
@@ -133,19 +140,19 @@ def _run_fingerprint(path: str, stamp) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _failed_tests(path: str, stamp) -> tuple[str, ...]:
-    """The gated benchmarks of one file whose test failed after it measured
-    (``extra_info.test_failed``): left out of its ratios (the loader's default), said here."""
+def _failed_tests(path: str, stamp) -> tuple[tuple[str, bool], ...]:
+    """The benchmarks of one file whose test failed after it measured, that the gate would
+    have read (``load.failed_gated``): left out of its ratios (the loader's default), said
+    by ``failed_tests``."""
     df = load_benchmarks([path], failed_tests=True)
-    hit = df[df["test_failed"] & (df["role"] == "kernel") & (df["method"] != df["reference"])]
-    return tuple(f"{g} :: {m}" for g, m in zip(hit["group"], hit["method"]))
+    return tuple((f"{g} :: {m}", k) for (g, m), k in sorted(failed_gated(df).items()))
 
 
 def failed_tests(paths, side: str) -> list[str]:
     """A line per benchmark of a failed test in ``paths`` (runs of one side), by run."""
-    return [f"{name}: its test failed in {side} run {i} ({path}): left out of that run"
-            for i, path in enumerate(paths, 1) for name in _failed_tests(str(path),
-                                                                         _stamp(path))]
+    return [failed_line(name, kernel, f"{side} run {i}, {path}", "left out of that run")
+            for i, path in enumerate(paths, 1)
+            for name, kernel in _failed_tests(str(path), _stamp(path))]
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,8 +162,8 @@ def _one_run(path: str, stamp) -> pd.DataFrame:
     are left out (``failed_tests`` names them)."""
     rows = []
     df = load_benchmarks([path])
-    for _, r in df.iterrows():
-        if r["role"] != "kernel" or r["method"] == r["reference"]:
+    for (_, r), is_gated in zip(df.iterrows(), gated(df)):
+        if not is_gated:
             continue
         timed = timed_ratio(df, r)
         if timed is None:
@@ -165,7 +172,9 @@ def _one_run(path: str, stamp) -> pd.DataFrame:
         rows.append({
             "side": "", "run": 0, "source": path, "kernel": r["kernel"],
             "method": r["method"], "device": r["device"], "dtype": r["dtype"],
-            "threads": r["threads"], "benchmark": f"{r['group']} :: {r['method']}",
+            # torch's CPU threads do not time a GPU kernel
+            "threads": r["threads"] if r["device"] == "cpu" else None,
+            "benchmark": f"{r['group']} :: {r['method']}",
             "reference": r["reference"],
             "ratio": float(ratio), "log_ratio": math.log(ratio),
             "ref_median": float(np.median(np.asarray(ref_rounds, dtype=float))),

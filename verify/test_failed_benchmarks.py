@@ -276,7 +276,7 @@ def test_the_gate_names_a_failed_test_by_side_and_does_not_gate_it(tmp_path, run
     assert result.skipped == (f"{GROUP} :: {METHOD}: its test failed (the current run): "
                               "not gated",)  # said once, not again as "baseline only"
     both = gate(str(_write(tmp_path / "b2.json", _marked(run))), str(cur))
-    assert both.skipped == (f"{GROUP} :: {METHOD}: its test failed (the baseline and in the "
+    assert both.skipped == (f"{GROUP} :: {METHOD}: its test failed (the baseline and the "
                             "current run): not gated",)
     assert f"{GROUP} :: {METHOD}" not in set(result.table["benchmark"])
 
@@ -293,5 +293,30 @@ def test_the_gate_over_runs_names_a_failed_test_by_run(tmp_path, run):
                 data = _marked(data)
             paths.append(str(_write(tmp_path / f"{side}{i}.json", data)))
     r = gate_runs(paths[:2], paths[2:])
-    assert r.skipped[0] == (f"{GROUP} :: {METHOD}: its test failed in current run 2 "
-                            f"({paths[3]}): left out of that run")
+    assert r.skipped[0] == (f"{GROUP} :: {METHOD}: its test failed (current run 2, "
+                            f"{paths[3]}): left out of that run")
+    # a failed reference is said too: its kernels have nothing to be measured against
+    data = _marked(json.loads(Path(paths[3]).read_text()), method="torch_autograd")
+    Path(paths[3]).write_text(json.dumps(data))
+    r = gate_runs(paths[:2], paths[2:])
+    assert (f"{GROUP} :: torch_autograd: a reference whose test failed (current run 2, "
+            f"{paths[3]}): the kernels measured against it are left out of that run"
+            ) in r.skipped
+
+
+def test_the_gate_names_a_failed_reference(tmp_path, run):
+    from handgrad.reports.gate import gate
+
+    base = _write(tmp_path / "base.json", run)
+    cur = _write(tmp_path / "cur.json", _marked(run, method="torch_autograd"))
+    result = gate(str(base), str(cur))
+    assert result.skipped[0] == (f"{GROUP} :: torch_autograd: a reference whose test failed "
+                                 "(the current run): the kernels measured against it are "
+                                 "not gated")
+    # a reference no gated kernel is measured against is not the gate's to list
+    from handgrad.reports.load import failed_gated
+
+    df = load_benchmarks([cur], failed_tests=True)
+    assert failed_gated(df) == {(GROUP, "torch_autograd"): False}
+    df.loc[df["group"] == GROUP, "role"] = "reference"  # no kernel in that group now
+    assert failed_gated(df) == {}

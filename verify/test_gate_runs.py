@@ -443,3 +443,14 @@ def test_a_benchmark_measured_otherwise_in_one_run_is_not_gated(tmp_path, field,
     assert name not in set(r.table["benchmark"])
     tail = "" if field == "reference" else ": another measurement, not a change of the kernel"
     assert r.skipped == (f"{name}: its {field} differs between the runs{tail}",)
+
+
+def test_cpu_threads_do_not_set_gpu_benchmarks_apart(tmp_path):
+    base = write_runs(tmp_path, "b", [{}, {}])
+    cur = write_runs(tmp_path, "c", [{}, {}])
+    for i, path in enumerate([*base, *cur]):
+        data = json.loads(Path(path).read_text())
+        for b in data["benchmarks"]:
+            b["extra_info"]["device"], b["extra_info"]["threads"] = "cuda", 1 + i % 2
+        Path(path).write_text(json.dumps(data))
+    assert not gate_runs(base, cur).skipped

@@ -519,7 +519,9 @@ def test_gate_does_not_compare_runs_of_other_settings(tmp_path, field, value, sa
     cur = slow_down(_load(RUN2), "manual", 1.5)  # would fail if compared
     for b in cur["benchmarks"]:
         b["extra_info"][field] = value
-    with pytest.raises(ReportInputError, match="no kernel has the same reference"):
+    with pytest.raises(ReportInputError, match=f"no kernel benchmark was measured alike in "
+                       f"both: .* :: .*: {said}: another measurement, not a change of the "
+                       r"kernel \(and \d+ more\)"):
         gate(str(RUN1), str(_write(tmp_path, "cur.json", cur)))
     # one benchmark in another setting: that one is listed, the rest gated
     cur = slow_down(_load(RUN2), "manual", 1.5, group="backprop L=3 K=64 N=256 cpu")
@@ -530,6 +532,17 @@ def test_gate_does_not_compare_runs_of_other_settings(tmp_path, field, value, sa
     assert result.passed
     assert result.skipped == (f"backprop L=3 K=64 N=256 cpu :: manual: {said}: another "
                               "measurement, not a change of the kernel",)
+
+
+def test_gate_does_not_compare_cpu_threads_of_gpu_benchmarks(tmp_path):
+    runs = []
+    for name, threads in (("base.json", 2), ("cur.json", 1)):
+        data = _load(RUN2)
+        for b in data["benchmarks"]:
+            b["extra_info"]["device"], b["extra_info"]["threads"] = "cuda", threads
+        runs.append(str(_write(tmp_path, name, data)))
+    result = gate(*runs)
+    assert result.passed and not result.skipped and len(result.table)
 
 
 def test_gate_falls_back_to_medians_without_paired_rounds(tmp_path):
