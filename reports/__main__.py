@@ -216,6 +216,8 @@ def _calibrate(args) -> int:
           f"{len(data['benchmarks'])} benchmarks -> {out}")
     for thr, name in wide[:5]:
         print(f"  {name}: limit {1 + thr:.3f}")
+    for line in N.failed_tests(args.files, "calibration"):  # left out, said
+        print(f"  {line}")
     return 0
 
 

@@ -320,3 +320,14 @@ def test_the_gate_names_a_failed_reference(tmp_path, run):
     assert failed_gated(df) == {(GROUP, "torch_autograd"): False}
     df.loc[df["group"] == GROUP, "role"] = "reference"  # no kernel in that group now
     assert failed_gated(df) == {}
+
+
+def test_calibrate_says_which_benchmarks_of_failed_tests_it_left_out(tmp_path, run, capsys):
+    paths = []
+    for i in (1, 2, 3):
+        data = scaled_run({}, run=run)
+        data["datetime"] = f"2026-12-05T00:00:0{i}"
+        paths.append(str(_write(tmp_path / f"a{i}.json", _marked(data) if i == 3 else data)))
+    assert main(["calibrate", *paths, "--out", str(tmp_path / "noise.json")]) == 0
+    assert (f"  {GROUP} :: {METHOD}: its test failed (calibration run 3, {paths[2]}): left "
+            "out of that run") in capsys.readouterr().out.splitlines()
