@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 # loaded before pytester's tests (see verify/test_plugin.py: a C extension first imported
 # inside one cannot load again)
@@ -108,6 +109,14 @@ def test_a_shape_parameter_named_test_failed_is_refused(tmp_path, run):
     info = dict(run["benchmarks"][0]["extra_info"])
     with pytest.raises(RecordError, match="parameter name 'test_failed' is taken"):
         BenchRecord.from_extra_info(info, 4)
+    from handgrad.benchmark import bench_record  # the path measure's keywords take
+
+    keywords = {k: v for k, v in info.items() if k not in ("threads", "interleaved")}
+    keywords["dtype"] = torch.float32
+    with pytest.raises(RecordError, match="parameter name 'test_failed' is taken"):
+        bench_record(keywords, {})
+    keywords["shape"] = {"N": 3}
+    assert bench_record(keywords, {}).shape == {"N": 3}  # the same keywords, a fine shape
 
 
 # ------------------------------------------------------------------ render
