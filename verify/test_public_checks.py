@@ -1015,3 +1015,16 @@ def test_running_out_of_memory_in_float64_is_said_as_it_is():
     x = torch.randn(4, generator=torch.Generator().manual_seed(9))
     with pytest.raises(torch.OutOfMemoryError):  # not read as "a vjp for one dtype"
         check_vjp(_Gelu.apply, big_in_float64, (x,))
+
+
+def test_a_disagreement_below_central_differences_resolution_gets_no_graph_hint():
+    # torch's softplus is x itself above 20: its derivative there is exactly 1, a
+    # sigmoid-based vjp 1 - 1.25e-9. A real difference at float64's tolerance, far below
+    # what central differences resolve: they agree with both, so they say nothing of f's
+    # graph (the hint is for a torch answer they can tell apart: the test above)
+    x = torch.tensor([20.5, 0.3, -1.0], dtype=torch.float64)
+    for check, d in ((check_vjp, lambda g, x: g * torch.sigmoid(x)),
+                     (check_jvp, lambda t, x: t[0] * torch.sigmoid(x))):
+        with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+            check(F.softplus, d, (x,))
+        assert "index (0,)" in str(err.value) and "graph may be broken" not in str(err.value)
