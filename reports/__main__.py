@@ -223,7 +223,9 @@ def _calibrate(args) -> int:
 
 if __name__ == "__main__":
     if __spec__ is not None and __spec__.name == "reports.__main__":
-        # the checkout's old spelling, kept for the 0.2 release only
-        print("note: `python -m reports` is deprecated and goes in the next release; use "
-              "`python -m handgrad.reports`", file=sys.stderr)
+        # the checkout's old spelling: deprecated in 0.2, gone in 0.3 as 0.2 said
+        print("error: `python -m reports` was removed in handgrad 0.3.0 (deprecated in "
+              "0.2); use `python -m handgrad.reports` with the same arguments",
+              file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())

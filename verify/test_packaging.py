@@ -98,11 +98,13 @@ def test_handgrad_kernels_is_the_checkouts_kernels_folder():
     assert handgrad.__version__.count(".") == 2
 
 
-def test_the_old_reports_command_still_runs_from_the_checkout_with_a_note():
+def test_the_old_reports_command_is_gone_as_its_deprecation_said():
     proc = subprocess.run([sys.executable, "-m", "reports", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "python -m handgrad.reports" in proc.stderr and "deprecated" in proc.stderr
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr == ("error: `python -m reports` was removed in handgrad 0.3.0 "
+                           "(deprecated in 0.2); use `python -m handgrad.reports` with the "
+                           "same arguments\n")
     new = subprocess.run([sys.executable, "-m", "handgrad.reports", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert new.returncode == 0 and new.stderr == "", new.stderr
