@@ -471,7 +471,7 @@ def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
     try:
         got = vjp(u.double().clone(), *(a.clone() if isinstance(a, torch.Tensor) else a
                                         for a in args64))
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from 2.5 on; 2.1 has this
         raise  # not a vjp for one dtype: the machine's limit, said as it is
     except Exception as exc:  # noqa: BLE001 (a vjp written for one dtype)
         notes.append(f"the vjp does not run in float64 ({type(exc).__name__}): central "
