@@ -20,16 +20,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from handgrad.reports.record import SHAPES, BenchRecord, RecordError, paired_ratios, schema_of
+from handgrad.reports.record import (
+    SHAPES,
+    TEST_FAILED,
+    BenchRecord,
+    RecordError,
+    paired_ratios,
+    schema_of,
+)
 
 RECORD_COLUMNS = tuple(f.name for f in fields(BenchRecord))
 # what the reports read of pytest-benchmark's own stats (seconds; data: one time a round)
 STATS = ("median", "iqr", "rounds", "data")
-
-
-# written by handgrad's plugin into the extra_info of a benchmark whose test failed after it
-# measured (pytest-benchmark writes the row all the same); not part of the record
-TEST_FAILED = "test_failed"
 
 # a benchmark file without handgrad's records: plain pytest-benchmark output of a project
 # that times with the ``benchmark`` fixture, not handgrad's ``measure``

@@ -77,9 +77,13 @@ LEGACY_UNREAD = ("grid", "interleaved", "predicted_mode", "params", "model_flops
 
 # what a shape parameter may not be named: the columns a report reads beside it (a row per
 # benchmark holds the record's fields, the shape's parameters and these)
+# written by handgrad's plugin into the extra_info of a benchmark whose test failed after it
+# measured (pytest-benchmark writes the row all the same); not part of the record, a column
+# of the loaded frame
+TEST_FAILED = "test_failed"
 RESERVED_COLUMNS = ("source", "machine", "run", "schema", "group", "name", "interleaved",
                     "fields_written", "median", "iqr", "rounds", "data", "shape",
-                    "shape_keys", "test_failed")
+                    "shape_keys", TEST_FAILED)
 
 
 class RecordError(ValueError):
