@@ -264,18 +264,17 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     ``accepted``: declared regressions (``read_accepted``), passed up to their bound."""
     base, cur, failed, failed_names = _load_passed(baseline, current)
 
-    def kernels(df):
-        return df[gated(df)]
-
-    pairs = kernels(base).merge(kernels(cur), on=["group", "method"], suffixes=("_b", "_c"))
+    kb, kc = base[gated(base)], cur[gated(cur)]
+    pairs = kb.merge(kc, on=["group", "method"], suffixes=("_b", "_c"))
     if pairs.empty:
         raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks "
                                "(role kernel) of passing tests in common")
-    skipped = failed + _one_side(kernels(base), kernels(cur), pairs, "measured", failed_names)
+    skipped = failed + _one_side(kb, kc, pairs, "measured", failed_names)
     # a ratio to one reference (or in another dtype, device, thread count) says nothing
     # about a ratio to another
     unlike = [_unlike(p, f"{p['group']} :: {p['method']}") for _, p in pairs.iterrows()]
-    skipped += [u for u in unlike if u]
+    unlike_all = [u for u in unlike if u]
+    skipped += unlike_all
     pairs = pairs[[u is None for u in unlike]]
 
     def ref_row(df, group, method):
@@ -346,7 +345,6 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             f"{DISTURBED:g}x or under 1/{DISTURBED:g} of its baseline time); rerun both")
     skipped += disturbed
     if not rows:
-        unlike_all = [u for u in unlike if u]
         if len(unlike_all) == len(unlike):  # every pair measured otherwise: say how
             raise ReportInputError(
                 f"{baseline} and {current}: no kernel benchmark was measured alike in both: "
