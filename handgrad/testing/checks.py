@@ -464,6 +464,14 @@ _UNTRIED = object()
 VJP64 = "the vjp in float64"
 
 
+def _per_argument(grads, n: int) -> tuple | list | None:
+    """A vjp's result as one entry per argument of f (a lone tensor for a one-argument f is
+    its tuple), or None where it is not that."""
+    if isinstance(grads, torch.Tensor) and n == 1:
+        return (grads,)
+    return grads if isinstance(grads, (tuple, list)) and len(grads) == n else None
+
+
 def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
     """The vjp's gradients at the float64 copies of the arguments, or None (with a note)
     where it does not run in float64 or gives another dtype or shape there: a vjp written
@@ -478,9 +486,8 @@ def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
                      "differences check it at its own dtype's tolerance only, which one "
                      "wrong element among many can pass")
         return None
-    if isinstance(got, torch.Tensor) and len(args64) == 1:
-        got = (got,)
-    if not isinstance(got, (tuple, list)) or len(got) != len(args64) or not all(
+    got = _per_argument(got, len(args64))
+    if got is None or not all(
             isinstance(got[i], torch.Tensor) and got[i].dtype == torch.float64
             and got[i].shape == args64[i].shape for i in wrt if got[i] is not None):
         notes.append("the vjp gives no float64 gradients at float64 arguments: central "
@@ -619,13 +626,13 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     # into its grad_output; the check reads u again after
     grads = vjp(u.clone(), *args)
     args.check("vjp")
-    if isinstance(grads, torch.Tensor) and len(args) == 1:
-        grads = (grads,)
-    if not isinstance(grads, (tuple, list)) or len(grads) != len(args):
+    per = _per_argument(grads, len(args))
+    if per is None:
         got = (f"a sequence of {len(grads)}" if isinstance(grads, (tuple, list))
                else type(grads).__name__)
         raise TypeError(f"vjp: expected one gradient per argument of f ({len(args)}, None "
                         f"for one without), got {got}")
+    grads = per
     for i in wrt:
         g = grads[i]
         if g is None:
