@@ -1028,3 +1028,157 @@ def test_a_disagreement_below_central_differences_resolution_gets_no_graph_hint(
         with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
             check(F.softplus, d, (x,))
         assert "index (0,)" in str(err.value) and "graph may be broken" not in str(err.value)
+
+
+# --- float32 rounding in sums that cancel ----------------------------------------------------
+
+def _tanh_layer_args(n, k, p, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, k, generator=gen), torch.randn(k, p, generator=gen))
+
+
+def tanh_layer(x, w):
+    return torch.tanh(x @ w)
+
+
+def tanh_layer_vjp(d, x, w):
+    d = d * (1 - torch.tanh(x @ w) ** 2)  # tanh' = 1 - tanh^2
+    return d @ w.T, x.T @ d
+
+
+def tanh_layer_jvp(t, x, w):
+    return (1 - torch.tanh(x @ w) ** 2) * (t[0] @ w + x @ t[1])
+
+
+def test_a_right_float32_gradient_summing_over_many_rows_passes_with_its_rounding_allowed():
+    # w's gradient sums 8,192 rows: at float32's rtol 1e-4 alone this right vjp failed at
+    # every seed tried (rounding of ~5e-5 against elements as small as 0.005)
+    args = _tanh_layer_args(8192, 64, 32, seed=0)
+    with pytest.raises(AssertionError, match="args\\[1\\] \\(w\\)"):  # the old rule, as tol=
+        check_vjp(tanh_layer, tanh_layer_vjp, args, tol=tol_for(torch.float32, "grad"),
+                  taylor=False)
+    report = check_vjp(tanh_layer, tanh_layer_vjp, args, taylor=False)
+    w = report.arguments[1]
+    assert w.passed and "float32 rounding allowed: atol 1e-05 + 4 x" in w.note
+    assert "torch.autograd's gradient at float32 against its float64 one" in w.note
+
+
+def test_the_rounding_allowance_still_catches_one_element_one_percent_off():
+    args = _tanh_layer_args(8192, 64, 32, seed=0)
+
+    def vjp_one_off(d, x, w):
+        gx, gw = tanh_layer_vjp(d, x, w)
+        gw[3, 4] *= 1.01
+        return gx, gw
+
+    with pytest.raises(AssertionError) as e:
+        check_vjp(tanh_layer, vjp_one_off, args, taylor=False)
+    msg = str(e.value)
+    assert "wrong derivative for args[1] (w)\n" in msg and "index (3, 4)" in msg
+    # the failure itself (above the report) says what it allowed
+    assert "float32 rounding allowed" in msg.split("\n\n")[0]
+
+
+def test_a_right_float32_tangent_summing_over_many_inputs_passes_with_its_rounding_allowed():
+    args = _tanh_layer_args(8, 8192, 32, seed=1)  # at rtol 1e-4 alone: failed
+    with pytest.raises(AssertionError, match="args\\[1\\] \\(w\\)"):
+        check_jvp(tanh_layer, tanh_layer_jvp, args, tol=tol_for(torch.float32, "grad"),
+                  taylor=False)
+    report = check_jvp(tanh_layer, tanh_layer_jvp, args, taylor=False)
+    assert report.arguments[1].passed
+    assert "float32 rounding allowed" in report.arguments[1].note
+    assert "torch_func_jvp's tangent at float32" in report.arguments[1].note
+
+
+def test_a_float32_tangent_one_element_off_is_caught_with_the_rounding_allowed():
+    args = _tanh_layer_args(8, 8192, 32, seed=1)
+
+    def jvp_one_off(t, x, w):
+        out = tanh_layer_jvp(t, x, w)
+        out[2, 5] += 0.01 * out.abs().max()  # 1% of the largest element, at one element
+        return out
+
+    with pytest.raises(AssertionError) as e:
+        check_jvp(tanh_layer, jvp_one_off, args, wrt=[1], taylor=False)
+    failure = str(e.value).split("\n\n")[0]
+    assert "index (2, 5)" in failure and "float32 rounding allowed" in failure
+
+
+def test_no_rounding_allowance_where_torch_float32_gradient_is_exact():
+    # 2 * x is exact in float32: a wrong gradient gets no allowance to hide in
+    x = torch.linspace(-1, 1, 64)
+    with pytest.raises(AssertionError) as e:
+        check_vjp(lambda x: 2 * x, lambda d, x: 2.001 * d, (x,), taylor=False)
+    assert "rounding allowed" not in str(e.value)
+
+
+def test_an_f_that_loses_float32_precision_is_failed_with_the_reason():
+    # sin(x + 1e7): float32 holds x + 1e7 to 1, so its cos there is nothing like float64's;
+    # no allowance can tell a right derivative from a wrong one at that level
+    x = torch.linspace(-1, 1, 256)
+    with pytest.raises(AssertionError) as e:
+        check_vjp(lambda x: torch.sin(x + 1e7), lambda d, x: d * torch.cos(x + 1e7), (x,),
+                  cotangent=torch.ones(256), taylor=False)
+    msg = str(e.value)
+    assert "f loses precision at float32 here" in msg and "check in float64" in msg
+    assert msg.count("f loses precision") == 1  # said with the failure, not again as a note
+    assert "rounding allowed" not in msg
+
+
+@pytest.mark.parametrize("float32_f", ["raises", "detaches"])
+def test_no_rounding_allowance_where_torch_cannot_differentiate_f_at_float32(float32_f):
+    # an f torch differentiates in float64 only: the gradient is compared as before, and a
+    # wrong one fails as wrong (not an error of the check)
+    def f(x):
+        if x.dtype == torch.float32 and x.requires_grad:
+            if float32_f == "raises":
+                raise RuntimeError("float64 only")
+            x = x.detach()
+        return torch.sin(x)
+
+    x = torch.linspace(-1, 1, 64)
+    with pytest.raises(AssertionError) as e:
+        check_vjp(f, lambda d, x: d * torch.cos(x) * 1.001, (x,), taylor=False)
+    assert "wrong derivative for args[0]" in str(e.value)
+    assert "rounding allowed" not in str(e.value)
+
+
+def test_no_rounding_allowance_where_torch_has_no_float32_tangent_of_f():
+    def f(x):  # numpy at float32: torch has no tangent of it there, in float64 it does
+        if x.dtype == torch.float32:
+            return torch.from_numpy(np.sin(x.numpy()))
+        return torch.sin(x)
+
+    x = torch.linspace(-1, 1, 64)
+    with pytest.raises(AssertionError) as e:
+        check_jvp(f, lambda t, x: t[0] * torch.cos(x) * 1.001, (x,), taylor=False)
+    assert "wrong derivative for args[0]" in str(e.value)
+    assert "rounding allowed" not in str(e.value)
+
+
+def test_central_differences_allow_the_rounding_of_a_right_float32_gradient():
+    # a cross-entropy summed over 512 rows: the element-wise comparison passes, but the
+    # projection <vjp(u), v> of w's float32 gradient missed float64's central difference by
+    # 1.05e-4 of the terms' size (allowed 1e-4): float32 rounding, not a wrong gradient
+    gen = torch.Generator().manual_seed(4)
+    x, w = torch.randn(512, 64, generator=gen), torch.randn(64, 32, generator=gen)
+    b, y = torch.randn(32, generator=gen), torch.randint(0, 32, (512,), generator=gen)
+
+    def ce(x, w, b):
+        return F.cross_entropy(x @ w + b, y, reduction="sum")
+
+    def ce_vjp(d, x, w, b):
+        p = torch.softmax(x @ w + b, 1)  # d/dz of -log softmax(z)[y] = softmax(z) - onehot
+        p[torch.arange(len(y)), y] -= 1
+        p = p * d
+        return p @ w.T, x.T @ p, p.sum(0)
+
+    u = torch.randn((), generator=torch.Generator().manual_seed(103))
+    with pytest.raises(AssertionError, match="args\\[1\\] \\(w\\): against central"):
+        check_vjp(ce, ce_vjp, (x, w, b), cotangent=u, tol=tol_for(torch.float32, "grad"),
+                  taylor=False)
+    report = check_vjp(ce, ce_vjp, (x, w, b), cotangent=u, taylor=False)
+    w_check = report.arguments[1]
+    assert w_check.passed and "float32 rounding allowed" in w_check.note
+    # the report's central-difference headroom is the allowed one's: over 1x when passing
+    assert w_check.fd_error < w_check.fd_allowed and w_check.fd_allowed > 1e-4
