@@ -1182,3 +1182,106 @@ def test_central_differences_allow_the_rounding_of_a_right_float32_gradient():
     assert w_check.passed and "float32 rounding allowed" in w_check.note
     # the report's central-difference headroom is the allowed one's: over 1x when passing
     assert w_check.fd_error < w_check.fd_allowed and w_check.fd_allowed > 1e-4
+
+
+# --- no element-wise torch reference: the jvp's own float64 run ------------------------------
+
+def test_one_wrong_element_among_many_is_caught_through_the_jvp_in_float64():
+    x = torch.randn(256, 256, generator=torch.Generator().manual_seed(1))
+    right = check_jvp(_Gelu.apply, lambda t, x: t[0] * _gelu_prime(x), (x,))
+    assert right.passed and "the jvp in float64" in right.references
+
+    def one_wrong(t, x):  # one element of 65,536: passed with headroom 16x before
+        r = t[0] * _gelu_prime(x)
+        r[0, 7] *= 3.0
+        return r
+
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_jvp(_Gelu.apply, one_wrong, (x,))
+    assert "- args[0]: against central differences: <w, jvp(t)> in float64 = " in str(
+        err.value)
+    assert "allowed 1e-06" in str(err.value)  # float64's floor, not float32's rtol
+
+
+def test_a_jvp_wrong_in_float32_only_is_held_to_its_float64_run():
+    def drifts(t, x):  # right in float64; in float32 one element off by 1%
+        r = t[0] * _gelu_prime(x)
+        if r.dtype == torch.float32:
+            r[3, 4] *= 1.01
+        return r
+
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(2))
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_jvp(_Gelu.apply, drifts, (x,))
+    assert "- args[0]: against the jvp in float64: tensors are not close" in str(err.value)
+    assert "Worst element at index (3, 4)" in str(err.value)
+
+
+@pytest.mark.parametrize("jvp, says", [
+    (lambda t, x: (t[0] * _gelu_prime(x)) if x.dtype == torch.float32 else 1 / 0,
+     "the jvp does not run in float64 (ZeroDivisionError): central differences check it at "
+     "its own dtype's tolerance only"),
+    (lambda t, x: (t[0] * _gelu_prime(x)).float(),
+     "the jvp gives no float64 tangent of f's shape at float64 arguments"),
+    (lambda t, x: (t[0] * _gelu_prime(x)) if x.dtype == torch.float32 else t[0][0],
+     "the jvp gives no float64 tangent of f's shape at float64 arguments"),
+])
+def test_a_jvp_for_one_dtype_is_checked_in_it_alone_and_says_so_once(jvp, says):
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(3))
+    report = check_jvp(_Gelu.apply, jvp, (x,), directions=3)
+    assert report.passed and "the jvp in float64" not in report.references
+    assert [n for n in report.notes if says in n] == [n for n in report.notes if "float64" in n]
+    assert len([n for n in report.notes if says in n]) == 1, report.notes  # not once a tangent
+
+
+def test_a_jvp_float64_run_that_is_not_finite_is_not_used():
+    def overflows_in_float64(t, x):  # the float32 tangent under test is right
+        r = t[0] * _gelu_prime(x)
+        if r.dtype == torch.float64:
+            r[0, 0] = float("inf")
+        return r
+
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(4))
+    report = check_jvp(_Gelu.apply, overflows_in_float64, (x,), directions=3)
+    assert report.passed and "the jvp in float64" not in report.references
+    assert report.arguments[0].note == ("the jvp's float64 tangent is not finite where this "
+                                        "one is: not used")  # once, for three tangents
+
+
+def test_the_jvp_float64_run_keeps_the_callers_tol_and_records_as_float64():
+    x = torch.randn(32, 32, generator=torch.Generator().manual_seed(7))
+    loose = check_jvp(_Gelu.apply, lambda t, x: 1.001 * t[0] * _gelu_prime(x), (x,),
+                      tol=Tol(rtol=1e-2, atol=1e-2))
+    assert loose.passed and "the jvp in float64" in loose.references
+    with compare_mod.unrecorded(), pytest.raises(AssertionError, match="allowed 1e-06"):
+        check_jvp(_Gelu.apply, lambda t, x: 1.001 * t[0] * _gelu_prime(x), (x,))
+    before = len(compare_mod.RECORDS)
+    check_jvp(_Gelu.apply, lambda t, x: t[0] * _gelu_prime(x), (x,))
+    rows = {(r.reference, r.dtype, r.atol, r.rtol) for r in compare_mod.RECORDS[before:]}
+    assert {r for r in rows if r[0] == "central differences"} == {
+        ("central differences", "float64", 1e-6, 0.0)}, rows
+    assert {r[1] for r in rows if r[0] == "the jvp in float64"} == {"float32"}, rows
+
+
+def test_the_jvp_running_out_of_memory_in_float64_is_said_as_it_is():
+    def big_in_float64(t, x):
+        if x.dtype == torch.float64:
+            raise torch.cuda.OutOfMemoryError("out of memory")
+        return t[0] * _gelu_prime(x)
+
+    x = torch.randn(4, generator=torch.Generator().manual_seed(9))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        check_jvp(_Gelu.apply, big_in_float64, (x,))
+
+
+def test_the_jvp_float64_run_moves_only_the_argument_checked():
+    # two arguments, each with its own derivative: a float64 tangent moving both (or the
+    # wrong one) would disagree with the float32 tangent under test
+    x = torch.randn(32, generator=torch.Generator().manual_seed(10))
+    y = torch.randn(32, generator=torch.Generator().manual_seed(11))
+
+    def f(x, y):
+        return _Gelu.apply(x) * y
+
+    report = check_jvp(f, lambda t, x, y: t[0] * _gelu_prime(x) * y + _gelu(x) * t[1], (x, y))
+    assert report.passed and "the jvp in float64" in report.references

@@ -26,15 +26,15 @@ others held), so a failure names the argument. Four references, each where it ap
   the size of the sum's terms. In float64 when ``f`` runs in float64, else in the
   arguments' dtype, or f's output's where that is narrower (float32 at best, with float32's
   step; lower dtypes skip it).
-- **the vjp in float64** (``check_vjp``, an argument narrower than float64 that torch gives
-  no element-wise reference for, f running in float64): a projection's sum at float32's
+- **the vjp (jvp) in float64** (an argument narrower than float64 that torch gives no
+  element-wise reference for, f running in float64): a projection's sum at float32's
   tolerance hides one wrong element among thousands, so the vjp is run once more at the
-  float64 copies of the arguments (a None there is zero); its float64 gradient takes the
-  central differences at float64's floor (or the ``tol`` given, where looser), recorded as
-  float64, and the gradient under test is compared with it element by element at its own
-  dtype's tolerance. A vjp that does not run in float64 (running out of memory is raised
-  as it is), or gives no float64 gradient there, is checked in its own dtype alone, with
-  a note.
+  float64 copies of the arguments (a None there is zero), the jvp once more per tangent;
+  its float64 result takes the central differences at float64's floor (or the ``tol``
+  given, where looser), recorded as float64, and the result under test is compared with it
+  element by element at its own dtype's tolerance. A derivative that does not run in
+  float64 (running out of memory is raised as it is), or gives no float64 result of the
+  right shape there, is checked in its own dtype alone, with a note.
 - **the Taylor remainder** of <u, f(x + h v)> (float64 arguments, ``f`` in float64): its
   fitted order, 2 when the derivative is right and 1 when it is not, goes into the report.
   An order below 1.5 fails the argument where the fit can be trusted (``_taylor_failure``):
@@ -472,6 +472,7 @@ def _traced(f, call: tuple):
 
 _UNTRIED = object()
 VJP64 = "the vjp in float64"
+JVP64 = "the jvp in float64"
 # A derivative computed in float32 (or narrower) misses the float64 reference by its own
 # rounding, and a sum over many terms that cancel makes that larger than rtol x |value|: a
 # right x.T @ d over 8,192 rows failed float32's gradient tolerance for 10 seeds of 10. Where
@@ -597,6 +598,28 @@ def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
     # None for a checked argument is zero, as in the vjp's own dtype
     return tuple(g.detach() if g is not None else torch.zeros_like(args64[i]) if i in wrt
                  else None for i, g in enumerate(got))
+
+
+def _jvp_in_float64(jvp, t: torch.Tensor, i: int, args64: tuple,
+                    shape: torch.Size) -> tuple[torch.Tensor | None, str | None]:
+    """The jvp's tangent at the float64 copies of the arguments, moving args[i] along ``t``
+    (in float64); or (None, a note) where it does not run in float64 or gives no float64
+    tangent of f's ``shape`` there: a jvp written for one dtype is checked in it alone."""
+    tangents = tuple(t.double().clone() if j == i else (
+        torch.zeros_like(b) if _is_float_tensor(b) else None) for j, b in enumerate(args64))
+    try:
+        got = jvp(tangents, *(a.clone() if isinstance(a, torch.Tensor) else a for a in args64))
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from 2.5 on; 2.1 has this
+        raise  # not a jvp for one dtype: the machine's limit, said as it is
+    except Exception as exc:  # noqa: BLE001 (a jvp written for one dtype)
+        return None, (f"the jvp does not run in float64 ({type(exc).__name__}): central "
+                      "differences check it at its own dtype's tolerance only, which one "
+                      "wrong element among many can pass")
+    if not (isinstance(got, torch.Tensor) and got.dtype == torch.float64
+            and got.shape == shape):
+        return None, ("the jvp gives no float64 tangent of f's shape at float64 arguments: "
+                      "central differences check it at its own dtype's tolerance only")
+    return got.detach(), None
 
 
 def _with(args: tuple, i: int, value) -> tuple:
@@ -955,13 +978,14 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
         notes.append(failed)
     elif custom is not None:
         notes.append(f"f runs the custom autograd.Function {custom}: torch would replay its "
-                     f"own derivatives, so the references are {CENTRAL} only")
+                     "own derivatives, so it is no reference here")
     elif not use_autograd:
         notes.append(f"f's output does not depend on its arguments through torch (numpy "
                      f"inside, or a detach): the reference is {CENTRAL} only")
     prec = _precisions(args, names, wrt, out, ref_args, in64, tol, notes)
     used: set[str] = set()
     checks = []
+    jvp64_runs = True  # until the jvp's float64 run is found not to (one note, not one a try)
     for i, a in enumerate(args):
         if i not in wrt:
             why = "not a floating-point tensor" if not _is_float_tensor(a) else "not in wrt"
@@ -1033,19 +1057,49 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 if msg:  # central differences along the same tangent still run: below
                     torch_failed = len(failures)
                     failures.append(msg)
+            # no element-wise reference, and central differences see projections only, at the
+            # argument's tolerance: one wrong element of many hides in the sum. Where the jvp
+            # also runs in float64, its float64 tangent takes central differences at float64's
+            # floor, and the tangent under test is held to it element by element (as the
+            # vjp's float64 run in check_vjp)
+            jt_fd, fd_what, fd_record_as = jt, "<w, jvp(t)>", record_as
+            if fd_ok and i not in reached and in64 and a.dtype != torch.float64 and \
+                    jvp64_runs:
+                jt64, why = _jvp_in_float64(jvp, t, i, args64, out.shape)
+                if why:
+                    jvp64_runs = False
+                    notes.append(why)
+                elif not bool(torch.isfinite(jt64).all()):
+                    why = ("the jvp's float64 tangent is not finite where this one is: not "
+                           "used")
+                    if why not in note:
+                        note = "; ".join(filter(None, [note, why]))
+                else:
+                    _, msg = _compare(label, jt, jt64.to(jt.device), kernel=kernel,
+                                      reference=JVP64, tol=dtol, record_as=record_as)
+                    if msg:
+                        failures.append(msg)
+                        break
+                    jt_fd, fd_what = jt64, "<w, jvp(t)> in float64"
+                    # its central differences are float64's, and recorded as such
+                    fd_record_as = (torch.float64, record_as[1])
+                    used.add(JVP64)
             if fd_ok:
                 # no rounding allowance here: a tangent's own elements are what central
                 # differences sum, and none of a sweep (tanh, squares and cross-entropy
-                # layers, 64 to 8,192 wide) failed them where the element-wise one passed
-                fd_allowed = max(_FD_FLOOR[fd_dtype], dtol.rtol)
+                # layers, 64 to 8,192 wide) failed them where the element-wise one passed.
+                # A float64 tangent at float64's floor, unless the caller loosened tol
+                fd_allowed = (max(_FD_FLOOR[torch.float64],
+                                  tol.rtol if tol is not None else 0.0)
+                              if jt_fd is not jt else max(_FD_FLOOR[fd_dtype], dtol.rtol))
                 jv = directional_derivative(along, ref_args[i].detach(),
                                             t.to(ref_args[i].dtype), eps=prec[i].fd_eps)
                 w = _randn_like(jv, gen).double()
                 fd = float((w * jv.double()).sum())
                 scale = float((w * jv.double()).abs().sum())
-                ours = float((w.to(jt.device) * jt.double()).sum())
+                ours = float((w.to(jt_fd.device) * jt_fd.double()).sum())
                 err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
-                                       what="<w, jvp(t)>", record_as=record_as)
+                                       what=fd_what, record_as=fd_record_as)
                 fd_err = err if fd_err is None else max(fd_err, err)
                 if msg:
                     failures.append(msg)
