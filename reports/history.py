@@ -9,8 +9,9 @@ under its commit, the commit's date, the machine and every gated benchmark's rec
 (ratio to its reference; instructions per call where counted), but for a benchmark whose
 test failed (``extra_info.test_failed``: named, not stored). The commit and date come
 from the file's ``commit_info`` (pytest-benchmark records the working tree's git commit)
-unless given; a file already stored is refused (its content's hash). An add refused
-before it stored a run leaves no history file it created behind.
+unless given; a file already stored is refused (the hash of its JSON, so x.json and
+x.json.gz are one run). An add refused before it stored a run leaves no history file it
+created behind.
 
 ``report`` orders the commits by date and gives, per kernel (kernel family, method,
 device) and metric (``ratio``: time over the reference's; ``instructions``: per call), the
@@ -49,6 +50,7 @@ from scipy import stats
 from handgrad.reports.load import (
     TEST_FAILED,
     ReportInputError,
+    _read_bytes,
     check_output_dir,
     failed_gated,
     gated,
@@ -138,15 +140,19 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     """Store one benchmark file under its commit; returns how many benchmarks it added.
     A benchmark whose test failed is not stored (its timing is not of a right kernel);
     ``failed``, when given, gets each one's "group :: method"."""
-    raw = Path(path).read_bytes() if Path(path).is_file() else None
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
     left_out = [f"{g} :: {m}" for g, m in sorted(failed_gated(df))]  # what it would store
     df = df[~df[TEST_FAILED]]
     data = read_json(path)
     sha, when = _commit_of(path, data, commit, date)
-    digest = hashlib.sha256(raw or b"").hexdigest()
-    if con.execute("SELECT 1 FROM runs WHERE content_sha256 = ?", (digest,)).fetchone():
-        raise ReportInputError(f"{path}: this run is already in the history")
+    # the hash of the JSON itself, decompressed: x.json and its x.json.gz are one run. A run
+    # stored from a .gz before 0.3.1 was hashed compressed: that hash is refused too
+    raw = Path(path).read_bytes()
+    digest = hashlib.sha256(_read_bytes(Path(path))).hexdigest()
+    for known in {digest, hashlib.sha256(raw).hexdigest()}:
+        if con.execute("SELECT 1 FROM runs WHERE content_sha256 = ?", (known,)).fetchone():
+            raise ReportInputError(f"{path}: this run is already in the history (the same "
+                                   "JSON, compressed or not)")
     counted = bool((df["timer"] == "callgrind").any())
     rows = []
     for (_, r), is_gated in zip(df.iterrows(), gated(df)):

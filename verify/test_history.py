@@ -255,3 +255,32 @@ def test_the_t_test_is_students_pooled_one():
     # tested as the best of more splits than p allows (ALPHA / candidates < p): not kept
     assert not H._significant(left, right, 0.05, candidates=math.ceil(H.ALPHA / p) + 1)
     assert H._significant(left, right, 0.05, candidates=max(1, math.floor(H.ALPHA / p) - 1))
+
+
+def test_a_run_and_its_gzip_copy_are_one_run(tmp_path, capsys):
+    import gzip
+    import hashlib
+
+    db = tmp_path / "h.sqlite"
+    text = json.dumps(scaled_run({})).encode()
+    plain, packed = tmp_path / "run.json", tmp_path / "run.json.gz"
+    plain.write_bytes(text)
+    packed.write_bytes(gzip.compress(text))
+    assert main(["history", "add", "--db", str(db), str(plain)]) == 0
+    capsys.readouterr()
+    assert main(["history", "add", "--db", str(db), str(packed)]) == 2
+    assert "already in the history (the same JSON, compressed or not)" in (
+        capsys.readouterr().err)
+    # the other way round, and a .gz stored before 0.3.1 (hashed compressed) refused again
+    db2 = tmp_path / "h2.sqlite"
+    assert main(["history", "add", "--db", str(db2), str(packed)]) == 0
+    assert main(["history", "add", "--db", str(db2), str(plain)]) == 2
+    con = sqlite3.connect(db2)
+    with con:
+        con.execute("UPDATE runs SET content_sha256 = ?",
+                    (hashlib.sha256(packed.read_bytes()).hexdigest(),))
+    con.close()
+    capsys.readouterr()
+    assert main(["history", "add", "--db", str(db2), str(packed)]) == 2
+    assert "already in the history" in capsys.readouterr().err
+    assert sqlite3.connect(db2).execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)
