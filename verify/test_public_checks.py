@@ -1285,3 +1285,34 @@ def test_the_jvp_float64_run_moves_only_the_argument_checked():
 
     report = check_jvp(f, lambda t, x, y: t[0] * _gelu_prime(x) * y + _gelu(x) * t[1], (x, y))
     assert report.passed and "the jvp in float64" in report.references
+
+
+# --- arguments the check cannot see into -------------------------------------------------------
+
+@pytest.mark.parametrize("check", [check_vjp, check_jvp])
+@pytest.mark.parametrize("params, where", [
+    (lambda W, b: [W, b], "a list holding floating-point tensors ([0], [1])"),
+    (lambda W, b: {"W": W, "b": b}, "a dict holding floating-point tensors (['W'], ['b'])"),
+    (lambda W, b: ((W, 1), b), "a tuple holding floating-point tensors ([0][0], [1])"),
+])
+def test_floating_tensors_inside_a_container_argument_are_refused_by_name(check, params, where):
+    # a student's f(x, params): the parameters inside were skipped, and a dW 5x wrong passed
+    W, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    with pytest.raises(TypeError) as err:
+        check(lambda x, p: x.sum() * 0, lambda *a: None, (x, params(W, b)))
+    assert str(err.value).startswith(f"args[1] (p): {where}; the check differentiates")
+    assert "pass each as an argument of its own" in str(err.value)
+
+
+def test_a_container_of_integers_or_shapes_is_an_argument_like_any_other():
+    x = torch.randn(6, dtype=torch.float64)
+    report = check_vjp(lambda x, shape: x.reshape(shape[0], shape[1][0]),
+                       lambda g, x, shape: (g.reshape(x.shape), None),
+                       (x, (2, [3], {"k": torch.tensor([1])})))
+    assert report.passed and report.arguments[1].note == "not a floating-point tensor"
+    itself = [2, 3]
+    itself.append(itself)  # looked into to a depth, not forever
+    assert check_vjp(lambda x, s: x.reshape(s[0], s[1]), lambda g, x, s: (g.reshape(x.shape),
+                                                                          None),
+                     (x, itself)).passed

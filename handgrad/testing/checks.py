@@ -46,7 +46,10 @@ others held), so a failure names the argument. Four references, each where it ap
   can fit below 1.5 too, but central differences at their smaller step see no error, or
   the remainder jumps: its order is reported with a note, not failed.
 
-Refused before any comparison: ``f(*args)`` not finite at the given point (``ValueError``
+Refused before any comparison: a list, tuple or dict argument holding floating-point
+tensors (``TypeError`` naming where: the check differentiates tensor arguments only, so
+those would pass unchecked; pass each as an argument of its own); ``f(*args)`` not finite
+at the given point (``ValueError``
 naming how many output elements are NaN or inf, and the first three: no derivative can be
 checked there); a derivative in a narrower dtype than what it is the derivative of
 (``TypeError`` naming both dtypes): a vjp's gradient against its argument, a jvp's tangent
@@ -217,6 +220,23 @@ def _is_float_tensor(a) -> bool:
     return isinstance(a, torch.Tensor) and a.dtype.is_floating_point
 
 
+def _floats_inside(a, depth: int = 0) -> str:
+    """Where a list, tuple or dict argument holds floating-point tensors ('[0], [1]'), or ''."""
+    if depth > 8:  # a list holding itself, say
+        return ""
+    items = (a.items() if isinstance(a, dict) else enumerate(a)
+             if isinstance(a, (list, tuple)) else ())
+    found = []
+    for key, v in items:
+        if _is_float_tensor(v):
+            found.append(f"[{key!r}]")
+        else:
+            inner = _floats_inside(v, depth + 1)
+            if inner:
+                found.append(f"[{key!r}]" + inner.split(", ")[0])
+    return ", ".join(found)
+
+
 def _names(f: Callable, n: int) -> list[str | None]:
     """The names of f's first n positional parameters, where its signature says them."""
     try:
@@ -244,6 +264,16 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
         raise TypeError(f"args: expected a tuple or list of f's positional arguments (one "
                         f"tensor x: args=(x,)), got {type(args).__name__}")
     args = tuple(args)
+    for i, a in enumerate(args):
+        held = _floats_inside(a)
+        if held:
+            name = _names(f, len(args))[i]
+            raise TypeError(
+                f"args[{i}]{f' ({name})' if name else ''}: a {type(a).__name__} holding "
+                f"floating-point tensors ({held}); the check differentiates with respect to "
+                "tensor arguments only, so these would not be checked: pass each as an "
+                "argument of its own (f(x, W, b), or wrap f: lambda x, W, b: f(x, [W, b])) and "
+                "give the vjp/jvp the same arguments")
     floats = [i for i, a in enumerate(args) if _is_float_tensor(a)]
     if not floats:
         got = ", ".join(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__
