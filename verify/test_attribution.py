@@ -3,6 +3,8 @@ disagrees, and the bug's signature, on copies of the kernel with each usual bug 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -37,8 +39,12 @@ def test_the_right_kernel_gets_no_attribution():
     net, x, y = problem()
     d = diagnose(bp.backprop(net, x, y), net, x, y)
     assert d.layer is None and d.signature is None and all(c.agrees for c in d.checks)
-    assert len(d.checks) == 2 * net.depth
-    assert d.message().startswith("attribution: every dW and db agrees")
+    # every layer's dW and db, then the input gradient
+    assert len(d.checks) == 2 * net.depth + 1
+    assert (d.checks[-1].layer, d.checks[-1].tensor) == (0, "dx") and d.input_checked
+    assert d.message().startswith("attribution: every dW and db agrees with torch.autograd, "
+                                  "and so does the input gradient dx\n")
+    assert "\n  input dx: ok (worst error" in d.message()
 
 
 def test_an_unknown_bug_is_located_but_not_named():
@@ -184,5 +190,183 @@ def _bad(**change):
      r"y: for loss='cross_entropy' expected 8 class indices"),
 ])
 def test_diagnose_refuses_bad_input_by_name(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()
+
+
+# --- the input gradient and the missing activation derivative, planted the way
+# verify/planted.py plants BUGS: one line of kernels/backprop.py replaced in a copy
+
+_RHO_LINE = "            delta = _times_activation_grad_(net.activation, dh, hs[i], spare)\n"
+
+
+def _missing_derivative(layer: int) -> Bug:
+    """rho'(z) left out of delta in ``layer`` (1-based): at the loop's index i the kernel
+    makes delta of layer i, dJ/dh_i * rho'(z_i)."""
+    return Bug(f"missing_activation_derivative_in_layer{layer}", _RHO_LINE,
+               f"            delta = dh if i == {layer} else _times_activation_grad_(\n"
+               "                net.activation, dh, hs[i], spare)\n",
+               layer, "dW", "missing activation derivative")
+
+
+SIGN_FLIP_DX = Bug("sign_flip_dx", "    dx = dh.squeeze(0) if single else dh\n",
+                   "    dx = -(dh.squeeze(0) if single else dh)\n", 0, "dx", "sign flip")
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_a_missing_activation_derivative_is_named_with_its_layer(activation: str, layer: int):
+    net, x, y = problem(activation)
+    bug = _missing_derivative(layer)
+    d = diagnose(planted_backprop(bug).backprop(net, x, y), net, x, y)
+    assert (d.layer, d.tensor, d.signature) == (layer, "dW", "missing activation derivative"), \
+        d.message()
+    assert all(c.agrees for c in d.checks if c.layer > layer)
+    assert f"dW{layer} is what delta_{layer} = dJ/dh_{layer} gives: layer {layer}'s " \
+        f"{activation}'" in d.detail
+
+
+# rho and rho' from rho's output, written out by hand as a student would
+_STUDENT_RHO = {"tanh": (torch.tanh, lambda h: 1 - h * h),
+                "sigmoid": (torch.sigmoid, lambda h: h * (1 - h)),
+                "relu": (torch.relu, lambda h: (h > 0).to(h.dtype))}
+
+
+def _student(net, x, y, skip: int | None = None) -> bp.Gradients:
+    """A hand-written backprop of the mean squared loss (the user's report); ``skip``: the
+    layer (1-based) whose rho' it forgets."""
+    rho, rho_prime = _STUDENT_RHO[net.activation]
+    hs = [x]
+    for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+        z = hs[-1] @ w.t() + b
+        hs.append(rho(z) if i < net.depth - 1 else z)
+    delta = (hs[-1] - y) / x.shape[0]
+    dws, dbs = [None] * net.depth, [None] * net.depth
+    for i in reversed(range(net.depth)):
+        dws[i], dbs[i] = delta.t() @ hs[i], delta.sum(0)
+        dh = delta @ net.weights[i]  # dJ/dh_i, h_i = hs[i] the output of layer i
+        delta = dh if i in (0, skip) else dh * rho_prime(hs[i])
+    return bp.Gradients(torch.tensor(0.0), tuple(dws), tuple(dbs), dh)
+
+
+@pytest.mark.parametrize("activation, words", [
+    ("tanh", "(dW2 is what delta_2 = dJ/dh_2 gives: layer 2's tanh' = 1 - h_2^2 is missing; "
+             "delta_2 = dJ/dh_2 * (1 - h_2^2))"),
+    ("sigmoid", "(dW2 is what delta_2 = dJ/dh_2 gives: layer 2's sigmoid' = h_2 (1 - h_2) is "
+                "missing; delta_2 = dJ/dh_2 * h_2 * (1 - h_2))"),
+    ("relu", "(dW2 is what delta_2 = dJ/dh_2 gives: layer 2's relu' (the mask z_2 > 0, not "
+             "applied) is missing; delta_2 = dJ/dh_2 * (z_2 > 0))"),
+])
+def test_a_hand_written_backprop_without_rho_prime_in_layer2_is_told_the_fix(activation,
+                                                                               words):
+    net, x, y = problem(activation)
+    right = diagnose(_student(net, x, y), net, x, y)
+    assert right.layer is None and all(c.agrees for c in right.checks), right.message()
+    d = diagnose(_student(net, x, y, skip=2), net, x, y)
+    assert (d.layer, d.tensor, d.signature) == (2, "dW", "missing activation derivative"), \
+        d.message()
+    assert ("is layer 2 (dW2); signature: missing activation derivative " + words
+            in d.message())
+    # the right dW2 beside the student's db2 = sum of dJ/dh_2: the bias alone forgot rho'
+    g = bp.backprop(net, x, y)
+    bad = bp.Gradients(g.loss, g.weights, (g.biases[0], _student(net, x, y, skip=2).biases[1],
+                                           *g.biases[2:]), g.input)
+    d = diagnose(bad, net, x, y)
+    assert (d.layer, d.tensor, d.signature) == (2, "db", "missing activation derivative"), \
+        d.message()
+    assert d.detail.startswith("db2 is what delta_2 = dJ/dh_2 gives: layer 2's ")
+
+
+def test_a_negated_input_gradient_is_named():
+    net, x, y = problem()
+    d = diagnose(planted_backprop(SIGN_FLIP_DX).backprop(net, x, y), net, x, y)
+    assert (d.layer, d.tensor, d.signature) == (0, "dx", "sign flip"), d.message()
+    assert all(c.agrees for c in d.checks if c.tensor != "dx")
+    assert d.message().startswith(
+        "attribution: every dW and db agrees with torch.autograd, but the input gradient dx "
+        "(grads.input, dJ/dx = delta_1 W_1) disagrees; signature: sign flip (dx = -reference)")
+    assert "\n  input dx: DISAGREES" in d.message()
+    # one sample, x and dx of shape (in,)
+    g = planted_backprop(SIGN_FLIP_DX).backprop(net, x[0], y[0])
+    d = diagnose(g, net, x[0], y[0])
+    assert (d.layer, d.tensor, d.signature) == (0, "dx", "sign flip"), d.message()
+
+
+def _with_input(g: bp.Gradients, dx) -> bp.Gradients:
+    return bp.Gradients(g.loss, g.weights, g.biases, dx)
+
+
+@pytest.mark.parametrize("change, signature, words", [
+    (lambda t: t.t(), "transpose", "dx = reference^T, shape (5, 8)"),
+    (lambda t: 8 * t, "constant factor", "dx = 8 (N = 8, the batch size) x reference"),
+    (lambda t: t + 1e-3 * torch.arange(5, dtype=torch.float64), None,
+     "dx: not -reference, not reference^T, not c x reference"),
+], ids=["transpose", "batch_size_factor", "unknown"])
+def test_an_input_gradient_is_tested_against_the_signatures(change, signature, words):
+    net, x, y = problem()
+    g = bp.backprop(net, x, y)
+    d = diagnose(_with_input(g, change(g.input)), net, x, y)
+    assert (d.layer, d.tensor, d.signature) == (0, "dx", signature), d.message()
+    assert d.detail == words
+
+
+def test_an_input_gradient_is_judged_at_its_own_dtype():
+    # a float32 dx beside float64 dW, db: right to float32's tolerance (its rounding is
+    # ~1e-8 relative, far outside float64's 1e-10), wrong by a sign all the same
+    net, x, y = problem()
+    g = bp.backprop(net, x, y)
+    d = diagnose(_with_input(g, g.input.float()), net, x, y)
+    assert d.layer is None and d.input_checked, d.message()
+    d = diagnose(_with_input(g, -g.input.float()), net, x, y)
+    assert (d.layer, d.tensor, d.signature) == (0, "dx", "sign flip"), d.message()
+
+
+def test_a_failing_backprop_check_names_a_wrong_input_gradient():
+    net, x, y = problem()
+    grads = planted_backprop(SIGN_FLIP_DX).backprop(net, x, y)
+    ref = autograd_grads(net, x, y, loss="squared")
+    with unrecorded(), pytest.raises(AssertionError) as info:
+        check_all(grads, ref, reference="torch_autograd",
+                  problem=(net, x, y, "squared", "mean"))
+    text = str(info.value)
+    assert "backprop vs torch_autograd [dJ/dx]" in text
+    assert "but the input gradient dx (grads.input, dJ/dx = delta_1 W_1) disagrees; " \
+        "signature: sign flip" in text
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: _with_input(g, None),
+    lambda g: SimpleNamespace(weights=list(g.weights), biases=list(g.biases)),
+], ids=["input_None", "no_input_attribute"])
+def test_gradients_without_an_input_gradient_say_it_is_not_checked(make):
+    net, x, y = problem()
+    g = bp.backprop(net, x, y)
+    d = diagnose(make(g), net, x, y)
+    assert d.layer is None and not d.input_checked
+    assert len(d.checks) == 2 * net.depth and all(c.tensor != "dx" for c in d.checks)
+    assert d.message().startswith("attribution: every dW and db agrees with torch.autograd; "
+                                  "the input gradient dx is not checked (grads.input is None)")
+    assert d.message().endswith("\n  input dx: not checked (grads.input is None)")
+    # a wrong dW is still named; the rows still say dx was not checked
+    d = diagnose(_with_input(_with_weight(g, 2, -g.weights[2]), None), net, x, y)
+    assert (d.layer, d.tensor, d.signature) == (3, "dW", "sign flip")
+    assert d.message().endswith("\n  input dx: not checked (grads.input is None)")
+
+
+def _bad_input(dx):
+    net, x, y = problem()
+    g = bp.backprop(net, x, y)
+    return lambda: diagnose(_with_input(g, dx(g.input)), net, x, y)
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (_bad_input(lambda t: t.tolist()), TypeError,
+     "grads.input: expected a torch.Tensor, got list"),
+    (_bad_input(lambda t: t.to("meta")), ValueError,
+     "grads.input: on meta, the network on cpu"),
+    (_bad_input(lambda t: t.long()), TypeError,
+     "grads.input: expected a floating-point tensor or None, got dtype torch.int64"),
+], ids=["list", "meta", "int64"])
+def test_diagnose_refuses_a_bad_input_gradient_by_name(call, exc, words):
     with pytest.raises(exc, match=words):
         call()

@@ -1,18 +1,25 @@
 """Where a hand-derived backprop goes wrong, and how.
 
 ``diagnose`` compares a kernel's dW_i and db_i with torch.autograd's, layer by layer from
-the output side, names the first layer that disagrees (the error starts there: backprop
-carries it towards the input), and tests that layer's gradient against the usual bug
+the output side, then its input gradient dx = dJ/dx (``grads.input``, delta_1 W_1) where
+the gradients carry one, names the first gradient that disagrees (the error starts there:
+backprop carries it towards the input), and tests that gradient against the usual bug
 signatures, each built from autograd's own quantities:
 
 - sign flip: the kernel's gradient is -reference;
-- transpose: it is the reference transposed (dW only);
+- transpose: it is the reference transposed (dW and dx only);
 - constant factor: it is c * reference for one c (2, 1/2, N or 1/N are named);
-- activation of the wrong layer: it equals the gradient built with rho'(z_j) of another
-  layer j in place of rho'(z_i), or with another layer's activations h_j in place of the
-  layer's input h_{i-1} in dW_i = delta_i^T h_{i-1}.
+- missing activation derivative (dW_i and db_i of a hidden layer i): it is the gradient
+  built with delta_i = dJ/dh_i, rho'(z_i) left out (tanh's 1 - h_i^2, sigmoid's
+  h_i (1 - h_i), relu's mask z_i > 0 not applied); the candidate is written here by hand,
+  from autograd's dJ/dh_i and h_{i-1};
+- activation of the wrong layer (dW_i and db_i): it equals the gradient built with
+  rho'(z_j) of another layer j in place of rho'(z_i), or with another layer's activations
+  h_j in place of the layer's input h_{i-1} in dW_i = delta_i^T h_{i-1}.
 
-Layers are numbered from 1 (input side): W_1 is the first weight matrix.
+Layers are numbered from 1 (input side): W_1 is the first weight matrix. The input
+gradient's check is numbered layer 0 (h_0 = x), tensor "dx"; where ``grads.input`` is None
+it is not checked, and the diagnosis says so.
 """
 
 from __future__ import annotations
@@ -34,20 +41,25 @@ class LayerCheck:
     """One gradient of one layer against autograd: the largest error relative to the
     tolerance (< 1 agrees)."""
 
-    layer: int  # 1-based, input side first
-    tensor: str  # "dW" or "db"
+    layer: int  # 1-based, input side first; 0 for the input gradient dx
+    tensor: str  # "dW", "db", or "dx" (dJ/dx, grads.input)
     worst_ratio: float
 
     @property
     def agrees(self) -> bool:
         return self.worst_ratio < 1
 
+    @property
+    def name(self) -> str:
+        return "input dx" if self.tensor == "dx" else f"layer {self.layer} {self.tensor}"
+
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """Every layer's check (output side first), the first disagreeing layer and tensor
-    from the output side (None when all agree), and the bug signature recognised there
-    (None when none fits)."""
+    """Every layer's check (output side first, the input gradient's last where it was
+    checked), the first disagreeing layer and tensor from the output side (None when all
+    agree; layer 0 and tensor "dx" for the input gradient), and the bug signature
+    recognised there (None when none fits)."""
 
     checks: tuple[LayerCheck, ...]
     layer: int | None
@@ -55,14 +67,26 @@ class Diagnosis:
     signature: str | None
     detail: str
 
+    @property
+    def input_checked(self) -> bool:
+        """Whether the input gradient dx was compared (``grads.input`` was not None)."""
+        return any(c.tensor == "dx" for c in self.checks)
+
     def message(self) -> str:
-        rows = "\n".join(f"  layer {c.layer} {c.tensor}: "
-                         f"{'ok' if c.agrees else 'DISAGREES'} (worst error "
+        rows = "\n".join(f"  {c.name}: {'ok' if c.agrees else 'DISAGREES'} (worst error "
                          f"{c.worst_ratio:.3g} x tolerance)" for c in self.checks)
+        if not self.input_checked:
+            rows += "\n  input dx: not checked (grads.input is None)"
         if self.layer is None:
-            return "attribution: every dW and db agrees with torch.autograd\n" + rows
-        head = (f"attribution: the first layer from the output side whose gradient disagrees "
-                f"is layer {self.layer} ({self.tensor}{self.layer}); ")
+            tail = (", and so does the input gradient dx" if self.input_checked else
+                    "; the input gradient dx is not checked (grads.input is None)")
+            return f"attribution: every dW and db agrees with torch.autograd{tail}\n" + rows
+        if self.tensor == "dx":
+            head = ("attribution: every dW and db agrees with torch.autograd, but the input "
+                    "gradient dx (grads.input, dJ/dx = delta_1 W_1) disagrees; ")
+        else:
+            head = (f"attribution: the first layer from the output side whose gradient "
+                    f"disagrees is layer {self.layer} ({self.tensor}{self.layer}); ")
         head += (f"signature: {self.signature} ({self.detail})" if self.signature
                  else f"no known bug signature fits ({self.detail})")
         return head + "\n" + rows
@@ -76,18 +100,19 @@ class _Reference:
     dz: list[torch.Tensor]  # dJ/dz_i = delta_i for i = 1..L
     dws: list[torch.Tensor]
     dbs: list[torch.Tensor]
+    dx: torch.Tensor  # dJ/dx, x's shape
     n: int
 
 
 def _reference(net: MLP, x, y, loss: str, reduction: str) -> _Reference:
-    """Every layer's z, h, dJ/dh, dJ/dW and dJ/db by torch.autograd, in float64."""
+    """Every layer's z, h, dJ/dh, dJ/dW and dJ/db, and dJ/dx, by torch.autograd, in
+    float64."""
     ws = [w.detach().double().requires_grad_() for w in net.weights]
     bs = [b.detach().double().requires_grad_() for b in net.biases]
-    h = x.detach().double()
-    h = h.unsqueeze(0) if h.dim() == 1 else h
+    x0 = x.detach().double().requires_grad_()
     rho = TORCH_ACTIVATIONS[net.activation]
-    zs, hs = [], [h]
     with torch.enable_grad():
+        zs, hs = [], [x0.unsqueeze(0) if x0.dim() == 1 else x0]
         for i, (w, b) in enumerate(zip(ws, bs)):
             z = F.linear(hs[-1], w, b)
             zs.append(z)
@@ -104,12 +129,12 @@ def _reference(net: MLP, x, y, loss: str, reduction: str) -> _Reference:
             per = ((0.5 * r**2).sum(1) if loss == "squared"
                    else (torch.logaddexp(r, -r) - math.log(2.0)).sum(1))
         J = per.mean() if reduction == "mean" else per.sum()
-        grads = torch.autograd.grad(J, [*ws, *bs, *hs[1:], *zs])
+        grads = torch.autograd.grad(J, [*ws, *bs, *hs[1:], *zs, x0])
     L = len(ws)
     return _Reference(zs=[z.detach() for z in zs], hs=[t.detach() for t in hs],
-                      dh=list(grads[2 * L:3 * L - 1]) + [None], dz=list(grads[3 * L - 1:]),
-                      dws=list(grads[:L]),
-                      dbs=list(grads[L:2 * L]), n=hs[0].shape[0])
+                      dh=list(grads[2 * L:3 * L - 1]) + [None],
+                      dz=list(grads[3 * L - 1:4 * L - 1]), dws=list(grads[:L]),
+                      dbs=list(grads[L:2 * L]), dx=grads[-1], n=hs[0].shape[0])
 
 
 def _ratio(m: torch.Tensor, c: torch.Tensor, tol: Tol) -> float:
@@ -127,21 +152,42 @@ def _factor_name(c: float, n: int) -> str:
     return f"{c:.6g}"
 
 
+# rho'(z_k) per activation, as a student leaves it out of delta_k = dJ/dh_k * rho'(z_k),
+# and delta_k with it put back (the fix); identity' = 1: nothing to leave out
+_MISSING_DERIVATIVE = {
+    "tanh": ("tanh' = 1 - h_{k}^2", "dJ/dh_{k} * (1 - h_{k}^2)"),
+    "sigmoid": ("sigmoid' = h_{k} (1 - h_{k})", "dJ/dh_{k} * h_{k} * (1 - h_{k})"),
+    "relu": ("relu' (the mask z_{k} > 0, not applied)", "dJ/dh_{k} * (z_{k} > 0)"),
+}
+
+
 def _signature(i: int, tensor: str, m: torch.Tensor, ref: _Reference, net: MLP, tol: Tol
                ) -> tuple[str | None, str]:
-    """(signature, detail) of layer index i's (0-based) gradient ``m``."""
-    r = ref.dws[i] if tensor == "dW" else ref.dbs[i]
-    name = f"{tensor}{i + 1}"
+    """(signature, detail) of layer index i's (0-based) gradient ``m``; ``tensor`` "dx":
+    the input gradient (``i`` unused)."""
+    r = {"dW": ref.dws, "db": ref.dbs}[tensor][i] if tensor != "dx" else ref.dx
+    name = f"{tensor}{i + 1}" if tensor != "dx" else "dx"
     if _ratio(m, -r, tol) < 1:
         return "sign flip", f"{name} = -reference"
-    if tensor == "dW" and _ratio(m, r.t(), tol) < 1:
+    if tensor != "db" and r.dim() == 2 and _ratio(m, r.t(), tol) < 1:
         return "transpose", f"{name} = reference^T, shape {tuple(m.shape)}"
     if m.shape == r.shape and float((r * r).sum()) > 0:
         c = float((m * r).sum() / (r * r).sum())
         if _ratio(m, c * r, tol) < 1:
             return "constant factor", f"{name} = {_factor_name(c, ref.n)} x reference"
+    if tensor == "dx":
+        return None, f"{name}: not -reference, not reference^T, not c x reference"
     rho = TORCH_ACTIVATIONS[net.activation]
     hidden = len(ref.zs) - 1
+    missing = _MISSING_DERIVATIVE.get(net.activation) if i < hidden else None
+    if missing is not None:  # delta_k = dJ/dh_k, rho'(z_k) left out (k = i + 1)
+        k, dh = i + 1, ref.dh[i]
+        cand = dh.t() @ ref.hs[i] if tensor == "dW" else dh.sum(0)
+        if _ratio(m, cand, tol) < 1:
+            return ("missing activation derivative",
+                    f"{name} is what delta_{k} = dJ/dh_{k} gives: layer {k}'s "
+                    f"{missing[0].format(k=k)} is missing; delta_{k} = "
+                    f"{missing[1].format(k=k)}")
     if i < hidden:  # rho'(z_j) of another hidden layer in place of rho'(z_i)
         for j in range(hidden):
             if j == i or ref.zs[j].shape != ref.zs[i].shape:
@@ -162,8 +208,10 @@ def _signature(i: int, tensor: str, m: torch.Tensor, ref: _Reference, net: MLP, 
                 return ("activation of the wrong layer",
                         f"{name} = delta_{i + 1}^T h_{j} (layer {j}'s output) in place of "
                         f"delta_{i + 1}^T h_{i}, layer {i + 1}'s input")
-    return None, f"{name}: not -reference, not reference^T, not c x reference, and no other " \
-        "layer's activation explains it"
+    tried = (f", not missing layer {i + 1}'s rho'(z_{i + 1})" if missing is not None
+             else "")
+    return None, (f"{name}: not -reference, not reference^T, not c x reference{tried}, and "
+                  "no other layer's activation explains it")
 
 
 def _tensor(name: str, t: object, device: torch.device) -> torch.Tensor:
@@ -191,6 +239,7 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
         raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
     device = net.weights[0].device
     parts = [getattr(grads, part, None) for part in ("weights", "biases")]
+    dx = getattr(grads, "input", None)
     if not all(isinstance(p, (tuple, list)) for p in parts):
         raise TypeError(f"grads: expected a handgrad.kernels.backprop.Gradients (backprop's "
                         f"result), got {type(grads).__name__}")
@@ -202,6 +251,9 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
             if not _tensor(f"grads.{part}[{i}]", t, device).dtype.is_floating_point:
                 raise TypeError(f"grads.{part}[{i}]: expected a floating-point tensor, got "
                                 f"dtype {t.dtype}")
+    if dx is not None and not _tensor("grads.input", dx, device).dtype.is_floating_point:
+        raise TypeError(f"grads.input: expected a floating-point tensor or None, got dtype "
+                        f"{dx.dtype}")
     x = _tensor("x", x, device)
     if not x.dtype.is_floating_point:
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
@@ -234,8 +286,10 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
 
 def diagnose(grads: Gradients, net: MLP, x, y, *, loss: str = "squared",
              reduction: str = "mean") -> Diagnosis:
-    """Each layer's dW and db of ``grads`` against torch.autograd (output side first), the
-    first that disagrees, and the bug signature that explains it (module docstring).
+    """Each layer's dW and db of ``grads`` against torch.autograd (output side first),
+    then the input gradient dx (``grads.input``; not checked, and said so, where it is
+    None), the first that disagrees, and the bug signature that explains it (module
+    docstring).
 
     ``grads``: backprop's result for ``net`` at ``x`` (N, in) or (in,) and ``y``;
     ``loss``: one of ``handgrad.kernels.backprop.LOSSES`` ("squared", "log_cosh",
@@ -253,6 +307,13 @@ def diagnose(grads: Gradients, net: MLP, x, y, *, loss: str = "squared",
             checks.append(c)
             if first is None and not c.agrees:
                 first = (i, tensor, m.detach().double())
+    dx = getattr(grads, "input", None)
+    if dx is not None:  # dJ/dx, at its own dtype's tolerance; layer index -1 -> layer 0
+        m, dx_tol = dx.detach().double(), tol_for(dx.dtype, "grad")
+        c = LayerCheck(0, "dx", _ratio(m, ref.dx, dx_tol))
+        checks.append(c)
+        if first is None and not c.agrees:
+            first, tol = (-1, "dx", m), dx_tol
     if first is None:
         return Diagnosis(tuple(checks), None, None, None, "")
     i, tensor, m = first
