@@ -1316,3 +1316,108 @@ def test_a_container_of_integers_or_shapes_is_an_argument_like_any_other():
     assert check_vjp(lambda x, s: x.reshape(s[0], s[1]), lambda g, x, s: (g.reshape(x.shape),
                                                                           None),
                      (x, itself)).passed
+
+
+# --- central differences' own error, and kinks ------------------------------------------------
+
+class _Cube(torch.autograd.Function):  # no torch reference: central differences alone
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, g):
+        return 3 * g * ctx.saved_tensors[0]**2
+
+
+_SMALL = 1e-3 * torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+_FAR = 1000.0 + torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("check, f, d, x", [
+    # x**3 at |x| ~ 1e-3: one central difference's h^2 error was 1.4e-6 of the terms' size
+    (check_vjp, lambda x: x**3, lambda g, x: 3 * g * x**2, _SMALL),
+    (check_jvp, lambda x: x**3, lambda t, x: 3 * t[0] * x**2, _SMALL),
+    (check_vjp, _Cube.apply, lambda g, x: 3 * g * x**2, _SMALL),
+    (check_jvp, _Cube.apply, lambda t, x: 3 * t[0] * x**2, _SMALL),
+    # tanh(x - 1000): a step scaled by |x| = 1000, 1.3e-6
+    (check_vjp, lambda x: torch.tanh(x - 1000.0),
+     lambda g, x: g * (1 - torch.tanh(x - 1000.0)**2), _FAR),
+])
+def test_a_right_derivative_at_a_point_far_from_scale_one_passes(check, f, d, x):
+    report = check(f, d, (x,))
+    assert report.passed
+    assert "Richardson's extrapolation over h and h/2 agrees" in report.arguments[0].note
+
+
+@pytest.mark.parametrize("check", [check_vjp, check_jvp])
+def test_a_wrong_derivative_at_a_small_scale_still_fails_without_a_torch_reference(check):
+    d = ((lambda g, x: 3.001 * g * x**2) if check is check_vjp
+         else (lambda t, x: 3.001 * t[0] * x**2))
+    with compare_mod.unrecorded(), pytest.raises(AssertionError, match="against central"):
+        check(_Cube.apply, d, (_SMALL,), taylor=False)
+
+
+_AT_ZERO = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("check, d, agreed", [
+    (check_vjp, lambda g, x: g * (x > 0), "torch.autograd's gradient agreed"),
+    (check_jvp, lambda t, x: t[0] * (x > 0), "torch's tangent agreed"),
+])
+def test_relu_at_an_exact_zero_sets_central_differences_aside_where_torch_agrees(check, d,
+                                                                                 agreed):
+    # central differences straddle the kink: slope 1/2 there, torch's (and the student's) 0
+    report = check(torch.relu, d, (_AT_ZERO,))
+    assert report.passed
+    assert "f has a kink at this point along a direction" in report.arguments[0].note
+    assert agreed in report.arguments[0].note
+
+
+class _Relu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * (ctx.saved_tensors[0] > 0)
+
+
+@pytest.mark.parametrize("check, d", [
+    (check_vjp, lambda g, x: g * (x >= 0)),
+    (check_jvp, lambda t, x: t[0] * (x >= 0)),
+])
+@pytest.mark.parametrize("f, why", [
+    (_Relu.apply, "no torch reference to agree"),
+    (torch.relu, "torch disagrees: relu'(0) = 0 in torch, 1 here"),
+])
+def test_a_kink_without_torch_agreeing_fails_and_says_to_move_off_it(check, d, f, why):
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check(f, d, (_AT_ZERO,))
+    assert "f has a kink at this point along a direction" in str(err.value), why
+    assert "choose a point off it" in str(err.value)
+
+
+class _Double(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+@pytest.mark.parametrize("check, d", [
+    (check_vjp, lambda g, x: 2.001 * g),
+    (check_jvp, lambda t, x: 2.001 * t[0]),
+])
+def test_a_wrong_derivative_of_a_smooth_f_is_not_blamed_on_a_kink(check, d):
+    # a linear f's one-sided slopes differ by rounding only, far below the miss
+    x = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check(_Double.apply, d, (x,), taylor=False)
+    assert "against central differences" in str(err.value) and "kink" not in str(err.value)

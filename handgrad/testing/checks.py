@@ -23,7 +23,13 @@ others held), so a failure names the argument. Four references, each where it ap
   under test. An argument no reference can check fails.
 - **central differences** along random directions (one pair of evaluations of ``f`` per
   direction, whatever the size): <u, J v> against <vjp(u), v> or <u, jvp(v)>, relative to
-  the size of the sum's terms. In float64 when ``f`` runs in float64, else in the
+  the size of the sum's terms. Where one misses, a second look (``_second_look``):
+  Richardson's extrapolation over h and h/2, which cancels one difference's own h^2 error
+  (large at a point whose scale is far from 1: x**3 at 1e-3, tanh(x - 1000)), judges
+  instead, with a note; where that misses too and f has a kink at x along the direction
+  (its one-sided slopes differ by the same amount at h and h/4, at least the miss: relu at
+  0), the direction is set aside with a note if torch's derivative agreed element by
+  element, else the failure says so. In float64 when ``f`` runs in float64, else in the
   arguments' dtype, or f's output's where that is narrower (float32 at best, with float32's
   step; lower dtypes skip it).
 - **the vjp (jvp) in float64** (an argument narrower than float64 that torch gives no
@@ -104,7 +110,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from handgrad.kernels.finite_diff import TaylorTest, directional_derivative, taylor_test
+from handgrad.kernels.finite_diff import (
+    TaylorTest,
+    default_eps,
+    directional_derivative,
+    taylor_test,
+)
 from handgrad.testing import compare as _records
 from handgrad.testing.compare import assert_close
 from handgrad.testing.tolerances import FINITE_DIFF, GRAD, Tol, tol_for
@@ -652,6 +663,11 @@ def _jvp_in_float64(jvp, t: torch.Tensor, i: int, args64: tuple,
     return got.detach(), None
 
 
+def _noted(note: str, more: str) -> str:
+    """``note`` with ``more`` joined on, once."""
+    return note if more in note else "; ".join(filter(None, [note, more]))
+
+
 def _with(args: tuple, i: int, value) -> tuple:
     return args[:i] + (value,) + args[i + 1:]
 
@@ -714,6 +730,54 @@ def _compare(label: str, got: torch.Tensor, ref: torch.Tensor, *, kernel: str,
             f"\n    looks like {sig}" if sig else "")
     _record_as(before, record_as)
     return rec.worst_ratio, None
+
+
+KINK = ("f has a kink at this point along a direction (its one-sided slopes differ by the "
+        "same amount however small the step: relu or abs at 0, max at a tie)")
+
+
+def _second_look(along, x: torch.Tensor, v: torch.Tensor, eps: float | None, w: torch.Tensor,
+                 ours: float, fd: float, scale: float,
+                 allowed: float) -> tuple[float, float, str | None, bool]:
+    """Where one central difference ``fd`` (of terms' size ``scale``) misses ``ours`` by more
+    than ``allowed`` of that size, a second look: Richardson's extrapolation over h and h/2
+    (cancels the h^2 error of one difference, large where x's scale is far from 1: x**3 at
+    1e-3, sin at 1e3) and, where that misses too, whether f has a kink at x along v
+    (``_kink``). Returns (fd, scale) to judge by, a note where Richardson's agrees, and
+    whether a kink explains the miss."""
+    if abs(ours - fd) <= allowed * (scale or 1.0):
+        return fd, scale, None, False
+    jv = directional_derivative(along, x, v, eps=eps, richardson=True)
+    ww = w.to(jv.device).double()
+    fd_r = float((ww * jv.double()).sum())
+    scale_r = float((ww * jv.double()).abs().sum())
+    if abs(ours - fd_r) <= allowed * (scale_r or 1.0):
+        return fd_r, scale_r, (
+            "a central difference missed by more than allowed (its own h^2 error: a point "
+            "whose scale is far from 1?); Richardson's extrapolation over h and h/2 agrees"), \
+            False
+    return fd_r, scale_r, None, _kink(along, x, v, eps, ww, abs(ours - fd_r))
+
+
+def _kink(along, x: torch.Tensor, v: torch.Tensor, eps: float | None, w: torch.Tensor,
+          miss: float) -> bool:
+    """Whether f has a kink at x along v that explains a central difference's ``miss``: the
+    jump between the one-sided slopes <w, (f(x + hv) - f(x)) / h> and <w, (f(x) - f(x - hv))
+    / h> is at least the miss and stays as h shrinks fourfold (a smooth f's shrinks with h)."""
+    h = (eps if eps is not None else default_eps(x.dtype)) * max(
+        1.0, float(x.abs().max())) / float(v.abs().max())
+    with torch.no_grad():
+        def at(xi):
+            return float((w * along(xi).double().to(w.device)).sum())
+
+        f0 = at(x)
+
+        def jump(step):
+            return (at(x + step * v) - f0) / step - (f0 - at(x - step * v)) / step
+
+        big = jump(h)
+        small = jump(h / 4)
+    return abs(big) >= miss and abs(small) > 0.5 * abs(big)
 
 
 def _fd_compare(label: str, ours: float, fd: float, scale: float, allowed: float, *,
@@ -936,10 +1000,22 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 if rounding is not None and abs(ours - fd) > fd_allowed * (scale or 1.0):
                     extra, why = rounding.projected(v)
                     allowed += extra / (scale or 1.0)
+                fd, scale, look, kink = _second_look(along, ref_args[i].detach(), v,
+                                                     prec[i].fd_eps, uu, ours, fd, scale,
+                                                     allowed)
+                if kink and i in ref_grads and torch_failed is None:
+                    # torch's derivative agreed element by element: the kink, not the vjp
+                    note = _noted(note, f"{KINK}: central differences set aside, "
+                                  "torch.autograd's gradient agreed")
+                    continue
                 err, msg = _fd_compare(label, ours, fd, scale, allowed, kernel=kernel,
                                        what=fd_what, record_as=fd_record_as)
                 if worst is None or err / allowed > worst[0] / worst[1]:
                     worst = (err, allowed)
+                if look:
+                    note = _noted(note, look)
+                if msg and kink:
+                    msg += f"; {KINK}: choose a point off it"
                 if why and why not in note:  # the report, in a failure too, says it
                     note = "; ".join(filter(None, [note, why]))
                 if torch_failed is not None:  # torch's answer, as central differences see it
@@ -955,7 +1031,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 if torch_failed is not None and torch_fd_err > fd_allowed:
                     failures[torch_failed] += _graph_hint("vjp", AUTOGRAD, worst[0],
                                                           fd_allowed, directions)
-            fd_err, fd_allowed = worst  # the report's: the worst direction's
+            # the report's: the worst direction's (none where every one crossed a kink)
+            fd_err, fd_allowed = worst if worst is not None else (None, None)
         if taylor and args[i].dtype == torch.float64 and in64 and not failures:
             def scalar(xi, i=i):
                 return (u.double() * f(*_with(args64, i, xi)).double()).sum()
@@ -1128,9 +1205,21 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 fd = float((w * jv.double()).sum())
                 scale = float((w * jv.double()).abs().sum())
                 ours = float((w.to(jt_fd.device) * jt_fd.double()).sum())
+                fd, scale, look, kink = _second_look(along, ref_args[i].detach(),
+                                                     t.to(ref_args[i].dtype), prec[i].fd_eps,
+                                                     w, ours, fd, scale, fd_allowed)
+                if kink and i in reached and torch_failed is None:
+                    # torch's tangent agreed element by element: the kink, not the jvp
+                    note = _noted(note, f"{KINK}: central differences set aside, torch's "
+                                  "tangent agreed")
+                    continue
                 err, msg = _fd_compare(label, ours, fd, scale, fd_allowed, kernel=kernel,
                                        what=fd_what, record_as=fd_record_as)
                 fd_err = err if fd_err is None else max(fd_err, err)
+                if look:
+                    note = _noted(note, look)
+                if msg and kink:
+                    msg += f"; {KINK}: choose a point off it"
                 if msg:
                     failures.append(msg)
                     break
