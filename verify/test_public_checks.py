@@ -1421,3 +1421,70 @@ def test_a_wrong_derivative_of_a_smooth_f_is_not_blamed_on_a_kink(check, d):
     with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
         check(_Double.apply, d, (x,), taylor=False)
     assert "against central differences" in str(err.value) and "kink" not in str(err.value)
+
+
+# --- an f that is not deterministic -----------------------------------------------------------
+
+@pytest.mark.parametrize("check, d", [
+    (check_vjp, lambda g, x: 2 * g),
+    (check_jvp, lambda t, x: 2 * t[0]),
+])
+def test_an_f_drawing_random_numbers_is_refused_as_not_deterministic(check, d):
+    # dropout in training mode: each call its own mask; it was "a wrong derivative" with a
+    # central difference of -121677.993 against 4.2
+    x = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+    with pytest.raises(ValueError) as err:
+        check(lambda x: F.dropout(x, 0.5, training=True), d, (x,))
+    assert str(err.value).startswith("f: two calls at the same point gave different results "
+                                     "(largest difference ")
+    assert "f is not deterministic (dropout or another random op in training mode)" in str(
+        err.value)
+
+
+def test_a_generator_argument_is_named_and_the_callers_is_left_as_it_was():
+    x = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(14))
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"it draws from args\[1\] \(gen\)\)"):
+        check_vjp(lambda x, gen: x * torch.rand(x.shape, generator=gen, dtype=x.dtype),
+                  lambda g, x, gen: (g, None), (x, gen))
+    fresh = torch.Generator().manual_seed(0)
+    assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=fresh))
+
+
+def test_an_f_that_only_reads_a_generator_argument_is_checked():
+    # a generator used the same way each call (reseeded inside): deterministic, so checked
+    x = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(15))
+
+    def masked(x, gen):
+        gen.manual_seed(7)
+        return x * (torch.rand(x.shape, generator=gen, dtype=x.dtype) > 0.5)
+
+    def vjp(g, x, gen):
+        gen.manual_seed(7)
+        return g * (torch.rand(x.shape, generator=gen, dtype=x.dtype) > 0.5), None
+
+    assert check_vjp(masked, vjp, (x, torch.Generator())).passed
+
+
+def test_an_f_that_differs_between_calls_by_rounding_only_is_checked():
+    # a GPU's atomic adds sum in another order each call: results differ in the last bits
+    calls = []
+    x = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
+
+    def f(x):
+        calls.append(1)
+        return x * (1 + 1e-14 * (len(calls) % 2))
+
+    assert check_vjp(f, lambda g, x: g, (x,)).passed
+
+
+def test_an_f_whose_result_changes_shape_between_calls_is_refused():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return x if len(calls) == 1 else x[:3]
+
+    with pytest.raises(ValueError, match="^f: two calls at the same point gave different "
+                                         "results: f is not deterministic"):
+        check_vjp(f, lambda g, x: g, (torch.randn(6, dtype=torch.float64),))

@@ -55,9 +55,12 @@ others held), so a failure names the argument. Four references, each where it ap
 Refused before any comparison: a list, tuple or dict argument holding floating-point
 tensors (``TypeError`` naming where: the check differentiates tensor arguments only, so
 those would pass unchecked; pass each as an argument of its own); ``f(*args)`` not finite
-at the given point (``ValueError``
-naming how many output elements are NaN or inf, and the first three: no derivative can be
-checked there); a derivative in a narrower dtype than what it is the derivative of
+at the given point (``ValueError`` naming how many output elements are NaN or inf, and the
+first three: no derivative can be checked there); an ``f`` whose second call at the point
+differs from its first beyond its dtype's forward tolerance (``ValueError``: not
+deterministic, dropout in training mode or a generator among its arguments; f gets a copy
+of a generator argument, so the caller's is left as it was: one more call of f, the check's
+cost for it); a derivative in a narrower dtype than what it is the derivative of
 (``TypeError`` naming both dtypes): a vjp's gradient against its argument, a jvp's tangent
 against ``f(*args)``. Narrower: ``torch.promote_types(result, expected) != result``, so a
 float32 result for float64, or float16 for bfloat16 and the reverse; such a result has lost
@@ -118,7 +121,7 @@ from handgrad.kernels.finite_diff import (
 )
 from handgrad.testing import compare as _records
 from handgrad.testing.compare import assert_close
-from handgrad.testing.tolerances import FINITE_DIFF, GRAD, Tol, tol_for
+from handgrad.testing.tolerances import FINITE_DIFF, FORWARD, GRAD, Tol, tol_for
 
 AUTOGRAD = "torch_autograd"
 FORWARD_AD = "torch_func_jvp"
@@ -357,6 +360,26 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
                          f"{_nonfinite(out, 'output elements')}; no derivative can be checked "
                          "there: expected args where f is finite (log or sqrt of a negative "
                          "number is nan, say)")
+    # differences and torch's derivative read f at and around the point many times: an f
+    # that draws random numbers (dropout in training mode, a generator among its arguments)
+    # gives each call its own function, and its derivative reads as wrong. One more call
+    # at the point, compared with the first (within the forward tolerance of its dtype: a
+    # GPU's atomic adds may sum in another order each call)
+    with torch.no_grad():
+        again = f(*args)
+    if not (isinstance(again, torch.Tensor) and again.shape == out.shape
+            and _close(again.double(), out.double(), FORWARD.get(out.dtype, Tol(0.0, 0.0)))):
+        differ = (float((again.double() - out.double()).abs().max())
+                  if isinstance(again, torch.Tensor) and again.shape == out.shape else None)
+        gens = [_label(i, names) for i, a in enumerate(args)
+                if isinstance(a, torch.Generator)]
+        raise ValueError(
+            "f: two calls at the same point gave different results"
+            + (f" (largest difference {differ:.3g})" if differ is not None else "")
+            + ": f is not deterministic (dropout or another random op in training mode"
+            + (f"; it draws from {', '.join(gens)}" if gens else "") + "), so no "
+            "derivative of it can be checked: expected a deterministic f (model.eval(), or "
+            "the random mask passed in as an argument)")
     return args, names, wrt, int(directions), generator, fname, kernel, out
 
 
@@ -372,7 +395,8 @@ class _Copies(tuple):
     def __new__(cls, args: tuple, names: list[str | None]):
         copies = super().__new__(cls, (
             a.detach().clone().requires_grad_(a.requires_grad)
-            if isinstance(a, torch.Tensor) else a for a in args))
+            if isinstance(a, torch.Tensor) else _copy_generator(a)
+            if isinstance(a, torch.Generator) else a for a in args))
         copies._caller = args
         copies._names = names
         copies._versions = [a._version if isinstance(a, torch.Tensor) else None
@@ -401,6 +425,14 @@ class _Copies(tuple):
             f"assignment into it); {why}: expected {'an' if who == 'f' else 'a'} {who} that "
             f"does not write into them ({instead}). The caller's tensors are unchanged: the "
             f"check gave {who} copies")
+
+
+def _copy_generator(g: torch.Generator) -> torch.Generator:
+    """A generator in ``g``'s state: f draws from the copy, and the caller's is left as it
+    was."""
+    copy = torch.Generator(device=g.device)
+    copy.set_state(g.get_state())
+    return copy
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
