@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from handgrad.testing import Tol, check_jvp, check_vjp, signature, tol_for
+from handgrad.testing import Tol, assert_close, check_jvp, check_vjp, signature, tol_for
 from handgrad.testing import compare as compare_mod
 
 
@@ -1488,3 +1488,73 @@ def test_an_f_whose_result_changes_shape_between_calls_is_refused():
     with pytest.raises(ValueError, match="^f: two calls at the same point gave different "
                                          "results: f is not deterministic"):
         check_vjp(f, lambda g, x: g, (torch.randn(6, dtype=torch.float64),))
+
+
+# --- hints for the commonest mistakes --------------------------------------------------------
+
+def test_gradients_in_another_order_are_named_by_shape_and_by_value():
+    W = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(17))
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(18))
+    with pytest.raises(AssertionError, match=r"that is args\[1\] \(W\)'s shape: the gradients "
+                                             "in another order than f's arguments\\?"):
+        check_vjp(lambda x, W: x @ W.t(), lambda g, x, W: (g.t() @ x, g @ W), (x, W))
+    y = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(19))
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(lambda x, y: x * y, lambda g, x, y: (g * x, g * y), (x, y))
+    assert "it is args[1] (y)'s gradient: the gradients in another order" in str(err.value)
+    assert "it is args[0] (x)'s gradient" in str(err.value)
+
+
+def test_a_none_gradient_that_fails_points_at_wrt():
+    p = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(20))
+    t = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(21))
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(lambda p, t: ((p - t)**2).mean(),
+                  lambda g, p, t: (2 * g * (p - t) / p.numel(), None), (p, t))
+    assert ("the vjp gave None for it: if it is data, not something to differentiate, leave "
+            "it out of the check: wrt=[0]") in str(err.value)
+    assert check_vjp(lambda p, t: ((p - t)**2).mean(),
+                     lambda g, p, t: (2 * g * (p - t) / p.numel(), None), (p, t),
+                     wrt=[0]).passed
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")
+def test_a_jvp_treating_its_tangents_as_one_tensor_is_told_they_are_a_tuple():
+    x = torch.randn(4, dtype=torch.float64)
+    with pytest.raises(TypeError) as err:
+        check_jvp(torch.sin, lambda t, x: t * torch.cos(x), (x,))
+    assert ("check_jvp called jvp(tangents, *args) with tangents a tuple of 1, one tangent per "
+            "argument of f (t[0] for the first, even where f has one argument)"
+            ) in err.value.__notes__
+
+
+def test_a_constant_factor_near_one_is_shown_with_the_digits_that_tell_it_from_one():
+    x = torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(22))
+    assert signature(1.0000001 * x, x, tol_for(torch.float64, "grad")) == (
+        "a constant factor: 1.0000001 x the reference")
+    assert signature(2.5 * x, x, tol_for(torch.float64, "grad")) == (
+        "a constant factor: 2.5 x the reference")
+
+
+def test_a_custom_function_and_a_module_are_named_as_a_user_wrote_them():
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(23))
+    report = check_vjp(_Gelu.apply, lambda g, x: g * _gelu_prime(x), (x,))
+    assert report.function == "_Gelu.apply"
+    lin = torch.nn.Linear(4, 3).double()
+    report = check_vjp(lin, lambda g, x: g @ lin.weight, (x.double(),))
+    assert report.arguments[0].name == "input"  # Linear.forward(self, input)
+
+
+def test_assert_close_says_when_the_reference_is_narrower_than_the_kernel():
+    a = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(24))
+    with pytest.raises(AssertionError) as err:
+        assert_close(a, a.float())
+    assert str(err.value).endswith("The reference is float32, narrower than the kernel's "
+                                   "float64 whose tolerance judged it: compute the reference "
+                                   "in float64 (or pass tol=)")
+    with pytest.raises(AssertionError) as err:  # a wider reference: no such line
+        assert_close(a.float() * 1.1, a)
+    assert "narrower" not in str(err.value)
+    with pytest.raises(AssertionError) as err:  # tol given: the caller chose it
+        assert_close(a, a.float(), tol=Tol(1e-12, 0.0))
+    assert "narrower" not in str(err.value)

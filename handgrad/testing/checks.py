@@ -252,7 +252,10 @@ def _floats_inside(a, depth: int = 0) -> str:
 
 
 def _names(f: Callable, n: int) -> list[str | None]:
-    """The names of f's first n positional parameters, where its signature says them."""
+    """The names of f's first n positional parameters, where its signature says them (a
+    module's: its forward's)."""
+    if isinstance(f, torch.nn.Module):
+        f = f.forward
     try:
         params = list(inspect.signature(f).parameters.values())
     except (TypeError, ValueError):  # builtins, some C functions
@@ -449,7 +452,11 @@ def _callable_name(fn) -> str:
     """How messages and records name a callable: its qualified name (``softplus_layer``,
     ``Model.forward``), ``torch.sin`` for a function of the torch namespace (whose qualified
     name is ``_VariableFunctionsClass.sin``), ``Tensor.sin`` for a tensor method (not
-    ``TensorBase.sin``), else the type's name (a ``functools.partial``, a module)."""
+    ``TensorBase.sin``), ``MyFn.apply`` for a custom autograd.Function's apply, else the
+    type's name (a ``functools.partial``, a module)."""
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
+        return f"{owner.__qualname__}.{fn.__name__}"  # MyFn.apply, not Function.apply
     name = getattr(fn, "__qualname__", None)
     if not isinstance(name, str):
         return type(fn).__name__
@@ -729,7 +736,10 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
         return "the reference transposed"
     c = float((g * r).sum()) / rr
     if c != 0 and _close(g, c * r, tol):
-        return f"a constant factor: {c:.6g} x the reference"
+        shown = f"{c:.6g}"
+        if shown in ("1", "-1"):  # 1.0000001: as many digits as tell it from 1
+            shown = f"{c:.15g}"
+        return f"a constant factor: {shown} x the reference"
     return None
 
 
@@ -901,10 +911,13 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                                  f"argument on {args[i].device}")
         if g.shape != args[i].shape:
             flipped = g.dim() == 2 and tuple(g.shape) == tuple(args[i].shape)[::-1]
+            other = [j for j in wrt if j != i and args[j].shape == g.shape]
             raise AssertionError(
                 f"{_label(i, names)}: vjp's gradient has shape {tuple(g.shape)}, the "
                 f"argument {tuple(args[i].shape)}"
-                + ("; that is the argument's transpose: transposed?" if flipped else ""))
+                + ("; that is the argument's transpose: transposed?" if flipped else
+                   f"; that is {_label(other[0], names)}'s shape: the gradients in another "
+                   "order than f's arguments?" if other else ""))
 
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)
@@ -980,6 +993,11 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                     ctol, why = allowance
             ratio, msg = _compare(label, g, ref_grads[i], kernel=kernel, reference=AUTOGRAD,
                                   tol=ctol, record_as=record_as)
+            swapped = [j for j in ref_grads if j != i and msg and ref_grads[j].shape == g.shape
+                       and _close(g.to(ref_grads[j].device), ref_grads[j], ctol)]
+            if swapped:
+                msg += (f"\n    it is {_label(swapped[0], names)}'s gradient: the gradients "
+                        "in another order than f's arguments?")
             if why and msg:
                 msg += f"\n    {why}"
             elif why:
@@ -1084,6 +1102,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                     failures.append(msg)
                 else:
                     note = "; ".join(filter(None, [note, _TAYLOR_SET_ASIDE]))
+        rest = [j for j in wrt if j != i]
+        if failures and grads[i] is None and rest:
+            failures[0] += (f"\n    the vjp gave None for it: if it is data, not something "
+                            f"to differentiate, leave it out of the check: wrt={rest}")
         checks.append(ArgumentCheck(i, names[i], True, note, ratio, fd_err, fd_allowed, order,
                                     tuple(failures)))
     return _finish("vjp", fname, args, wrt, references, checks, notes)
@@ -1149,7 +1171,15 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             tangents = tuple(t.clone() if j == i else (torch.zeros_like(b)
                                                        if _is_float_tensor(b) else None)
                              for j, b in enumerate(args))
-            jt = _output("jvp", jvp(tangents, *args)).detach()  # float() of it below
+            try:
+                got = jvp(tangents, *args)
+            except TypeError as e:  # t * x for a one-argument f: t is the tuple (t0,)
+                if hasattr(e, "add_note"):  # Python 3.11 on
+                    e.add_note(f"check_jvp called jvp(tangents, *args) with tangents a "
+                               f"tuple of {len(tangents)}, one tangent per argument of f "
+                               "(t[0] for the first, even where f has one argument)")
+                raise
+            jt = _output("jvp", got).detach()  # float() of it below
             args.check("jvp")
             if jt.shape != out.shape or jt.device != out.device:
                 raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "

@@ -86,6 +86,10 @@ def _index(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(idx))
 
 
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def assert_close(
     actual: torch.Tensor,
     expected: torch.Tensor,
@@ -137,6 +141,10 @@ def assert_close(
             "torch.view_as_real of both")
     if check_dtype and not actual.dtype.is_floating_point:
         raise AssertionError(f"{label}: kernel returned non-floating dtype {actual.dtype}")
+    # a reference that holds less than the kernel, judged at the kernel's tolerance
+    narrower_reference = (tol is None and expected.dtype.is_floating_point
+                          and actual.dtype.is_floating_point
+                          and torch.promote_types(expected.dtype, actual.dtype) != expected.dtype)
     if tol is None:
         try:
             tol = tol_for(actual.dtype, kind)
@@ -188,7 +196,7 @@ def assert_close(
         kernel=kernel,
         reference=reference,
         what=what,
-        dtype=str(actual.dtype).removeprefix("torch."),
+        dtype=_short(actual.dtype),
         device=str(actual.device),
         numel=numel,
         mismatched=mismatched,
@@ -213,5 +221,8 @@ def assert_close(
             f"(allowed: atol {tol.atol:g} + rtol {tol.rtol:g} * |reference|)\n"
             f"Greatest absolute difference: {max_abs:.3g}; "
             f"greatest relative difference: {max_rel:.3g}"
+            + (f"\nThe reference is {_short(expected.dtype)}, narrower than the kernel's "
+               f"{record.dtype} whose tolerance judged it: compute the reference in "
+               f"{record.dtype} (or pass tol=)" if narrower_reference else "")
         )
     return record
