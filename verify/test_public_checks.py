@@ -1558,3 +1558,13 @@ def test_assert_close_says_when_the_reference_is_narrower_than_the_kernel():
     with pytest.raises(AssertionError) as err:  # tol given: the caller chose it
         assert_close(a, a.float(), tol=Tol(1e-12, 0.0))
     assert "narrower" not in str(err.value)
+
+
+def test_a_derivative_defined_in_a_test_is_named_without_locals():
+    def vjp(g, x):
+        return g * torch.cos(x)
+
+    before = len(compare_mod.RECORDS)
+    check_vjp(torch.sin, vjp, (torch.randn(4, dtype=torch.float64),))
+    kernels = {r.kernel for r in compare_mod.RECORDS[before:]}
+    assert kernels == {"test_a_derivative_defined_in_a_test_is_named_without_locals.vjp"}

@@ -452,8 +452,9 @@ def _callable_name(fn) -> str:
     """How messages and records name a callable: its qualified name (``softplus_layer``,
     ``Model.forward``), ``torch.sin`` for a function of the torch namespace (whose qualified
     name is ``_VariableFunctionsClass.sin``), ``Tensor.sin`` for a tensor method (not
-    ``TensorBase.sin``), ``MyFn.apply`` for a custom autograd.Function's apply, else the
-    type's name (a ``functools.partial``, a module)."""
+    ``TensorBase.sin``), ``MyFn.apply`` for a custom autograd.Function's apply, without
+    ``<locals>.`` (a function defined in a test: ``test_xent.vjp``), else the type's name
+    (a ``functools.partial``, a module)."""
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
         return f"{owner.__qualname__}.{fn.__name__}"  # MyFn.apply, not Function.apply
@@ -463,7 +464,7 @@ def _callable_name(fn) -> str:
     for inner, public in (("_VariableFunctionsClass.", "torch."), ("TensorBase.", "Tensor.")):
         if name.startswith(inner):
             return public + name.removeprefix(inner)
-    return name
+    return name.replace("<locals>.", "")  # test_xent.vjp, not test_xent.<locals>.vjp
 
 
 def _output(name: str, value) -> torch.Tensor:
