@@ -123,8 +123,12 @@ def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
 
 def _does_not_fit(input_shape, stack, exc) -> ValueError:
     where = stack[-1][0] if stack else "(model)"
-    return ValueError(f"input_shape: {input_shape} does not fit layer '{where}': "
-                      f"{str(exc).splitlines()[0]}")
+    first = str(exc).splitlines()[0]
+    # torch's embedding refuses a floating input: the model takes indices, not the shape
+    hint = ("; the model takes integer indices (an Embedding): pass dtype=torch.long"
+            if "'indices'" in first else "")
+    return ValueError(f"input_shape: {input_shape} does not fit layer '{where}': {first}"
+                      f"{hint}")
 
 
 _RANK_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}

@@ -262,6 +262,10 @@ class _Recorder(TorchDispatchMode):
                                           "backward"))
 
 
+# an integer input: the indices an nn.Embedding (or another lookup) takes
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
 def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
                 backward: bool = False, input_requires_grad: bool = False) -> ModelCounts:
     """Walk ``module`` on a meta input of ``input_shape`` (batch included): nothing is
@@ -281,7 +285,9 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
     parameter's or buffer's; float32 for a module with none), else one of the module's
     floating parameters' and buffers' dtypes: another is a TypeError naming ``dtype`` and
     the module's. A module with none takes any. Where a module that mixes dtypes does not
-    run in ``dtype``, the error names each dtype. The counts do not depend on it."""
+    run in ``dtype``, the error names each dtype. The counts do not depend on it.
+    ``torch.long`` or ``torch.int32``: an input of indices (a model that starts with an
+    ``nn.Embedding``), walked as given."""
     if not isinstance(backward, bool):
         raise TypeError(f"backward: expected True or False, got {backward!r}")
     if not isinstance(input_requires_grad, bool):
@@ -289,7 +295,9 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
                         f"{input_requires_grad!r}")
     module = _check_module(module)
     input_shape = _check_input_shape(input_shape)
-    dtype = _walk_dtype(module, None if dtype is None else check_float_dtype("dtype", dtype))
+    if dtype not in _INDEX_DTYPES:  # token indices (an Embedding's input) are walked as given
+        dtype = _walk_dtype(module, None if dtype is None else check_float_dtype("dtype",
+                                                                                 dtype))
     result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
     names = {m: n for n, m in module.named_modules()}

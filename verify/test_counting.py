@@ -1020,3 +1020,17 @@ BAD = [
 def test_bad_input_gives_clear_error(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+def test_a_model_taking_token_indices_is_counted_with_an_integer_dtype():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    for index_dtype in (torch.long, torch.int32):
+        counts = C.count_model(model, (2, 5), dtype=index_dtype)
+        assert counts.total.params == 10 * 4 + 4 * 3 + 3  # the table and the linear layer
+        assert counts.total.mults == 2 * 5 * 4 * 3  # each of 10 tokens' 4 features, 3 outputs
+    with pytest.raises(ValueError) as err:  # a floating input, the default: named, with how
+        C.count_model(model, (2, 5))
+    assert str(err.value).endswith("the model takes integer indices (an Embedding): pass "
+                                   "dtype=torch.long")
+    with pytest.raises(TypeError, match="dtype"):  # other integer dtypes are not indices
+        C.count_model(model, (2, 5), dtype=torch.uint8)
