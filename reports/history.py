@@ -7,7 +7,9 @@
 ``add`` stores each run (one pytest-benchmark JSON, timed or ``--bench-instructions``)
 under its commit, the commit's date, the machine and every gated benchmark's record
 (ratio to its reference; instructions per call where counted), but for a benchmark whose
-test failed (``extra_info.test_failed``: named, not stored). The commit and date come
+test failed (``extra_info.test_failed``) and, in a timed run, one the report flags
+``disturbed`` (``reports.tables.DISTURBED_RULE``: an implausible ratio, a reference that
+moved, rounds spread as no timing of one call is): each named, not stored. The commit and date come
 from the file's ``commit_info`` (pytest-benchmark records the working tree's git commit)
 unless given; a file already stored is refused (the hash of its JSON, so x.json and
 x.json.gz are one run). An add refused before it stored a run leaves no history file it
@@ -59,11 +61,13 @@ from handgrad.reports.load import (
     read_json,
 )
 from handgrad.reports.noise import timed_ratio
+from handgrad.reports.tables import with_ratios
 
 SCHEMA_VERSION = 1
 ALPHA = 0.001  # a change point's t-test
 MIN_EFFECT = {"ratio": 0.05, "instructions": 0.02}  # as the timed and instruction gates
 METRICS = ("ratio", "instructions")
+MIN_VALUES = 3  # a split's two sides together: fewer leave no spread to test a step against
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -136,10 +140,13 @@ def _commit_of(path: str, data: dict, commit: str | None,
 
 
 def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
-            date: str | None = None, failed: list[str] | None = None) -> int:
+            date: str | None = None, failed: list[str] | None = None,
+            disturbed: list[str] | None = None) -> int:
     """Store one benchmark file under its commit; returns how many benchmarks it added.
     A benchmark whose test failed is not stored (its timing is not of a right kernel);
-    ``failed``, when given, gets each one's "group :: method"."""
+    ``failed``, when given, gets each one's "group :: method". Nor is a timed benchmark the
+    report flags disturbed (``reports.tables.with_ratios``, DISTURBED_RULE: its ratio is not
+    the kernel's); ``disturbed``, when given, gets "group :: method (why)" of each."""
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
     left_out = [f"{g} :: {m}" for g, m in sorted(failed_gated(df))]  # what it would store
     df = df[~df[TEST_FAILED]]
@@ -154,12 +161,21 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
             raise ReportInputError(f"{path}: this run is already in the history (the same "
                                    "JSON, compressed or not)")
     counted = bool((df["timer"] == "callgrind").any())
-    rows = []
+    # the report's flag, by its one rule; a count (valgrind's) is not disturbed by the machine
+    flags = {} if counted else {
+        (g, m): why for g, m, why in with_ratios(df.reset_index(drop=True))[
+            ["group", "method", "disturbed"]].itertuples(index=False) if why}
+    rows, shaken = [], []
     for (_, r), is_gated in zip(df.iterrows(), gated(df)):
         if not is_gated:
             continue
+        why = flags.get((r["group"], r["method"]))
+        if why:  # kept as measured, without a value: its series fills it (``series``)
+            shaken.append(f"{r['group']} :: {r['method']} ({why})")
         ratio = ins = None
-        if counted:
+        if why:
+            pass
+        elif counted:
             if pd.isna(r["instructions"]):
                 continue
             ins = float(r["instructions"])
@@ -172,15 +188,22 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
             ratio = timed[0]
         record = {k: (None if isinstance(v, float) and math.isnan(v) else v)
                   for k, v in r.items() if k not in ("data", "reference_data")}
+        if why:
+            record["disturbed"] = why
         rows.append((r["kernel"], r["method"], r["device"], f"{r['group']} :: {r['method']}",
                      r["reference"], ratio, ins, json.dumps(record, default=str)))
-    if not rows:
+    stored = sum(row[5] is not None or row[6] is not None for row in rows)
+    if not stored:
         raise ReportInputError(f"{path}: no gated kernel benchmark (role kernel, a timed or "
                                "counted reference) to store" + (
                                    f"; {len(left_out)} left out, their test failed"
-                                   if left_out else ""))
+                                   if left_out else "") + (
+                                   f"; {len(shaken)} left out, disturbed: "
+                                   f"{', '.join(shaken)}" if shaken else ""))
     if failed is not None:
         failed += left_out
+    if disturbed is not None:
+        disturbed += shaken
     with con:
         cur = con.execute(
             "INSERT INTO runs (commit_sha, commit_date, added, machine, source, kind, "
@@ -190,7 +213,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
              "instructions" if counted else "time", digest))
         con.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [(cur.lastrowid, *row) for row in rows])
-    return len(rows)
+    return stored
 
 
 def load_history(con: sqlite3.Connection) -> pd.DataFrame:
@@ -206,23 +229,28 @@ def load_history(con: sqlite3.Connection) -> pd.DataFrame:
 
 def series(history: pd.DataFrame) -> pd.DataFrame:
     """A row per (kernel, method, device, metric, run): the geometric mean of the metric over
-    the benchmarks that every commit of that series measured (``benchmarks``: how many)."""
+    the benchmarks that every commit of that series measured (``benchmarks``: how many).
+    A timed benchmark stored without a ratio (left out as disturbed) still counts as
+    measured; in its run it takes the level of the others: the run's value is the mean of
+    its benchmarks' log values, each less the benchmark's median over the series, plus the
+    mean of those medians (with no benchmark left out, the plain geometric mean)."""
     out = []
     for metric in METRICS:
-        h = history.dropna(subset=[metric])
         if metric == "ratio":  # a ratio from a timed run; counted runs give their own below
-            h = h[h["kind"] == "time"]
+            h = history[history["kind"] == "time"]
         else:
-            h = h[h["kind"] == "instructions"]
+            h = history[history["kind"] == "instructions"].dropna(subset=[metric])
         for (k, m, dev, machine), g in h.groupby(["kernel", "method", "device", "machine"]):
             commits = g["commit_sha"].nunique()
             per = g.groupby("benchmark")["commit_sha"].nunique()
             common = per[per == commits].index
             if not len(common):
                 continue
-            kept = g[g["benchmark"].isin(common)]
-            agg = kept.groupby(["run", "commit_sha", "commit_date"]).agg(
-                log=(metric, lambda v: float(np.log(v).mean()))).reset_index()
+            kept = g[g["benchmark"].isin(common)].dropna(subset=[metric])
+            if kept.empty:
+                continue
+            agg = kept.groupby(["run", "commit_sha", "commit_date"]).size().reset_index()
+            agg["log"] = _run_levels(kept, metric).reindex(agg["run"]).to_numpy()
             for r in agg.itertuples():
                 out.append({"kernel": k, "method": m, "device": dev, "machine": machine,
                             "metric": metric, "run": r.run, "commit": r.commit_sha,
@@ -233,6 +261,23 @@ def series(history: pd.DataFrame) -> pd.DataFrame:
     df = pd.DataFrame(out, columns=cols)
     return df.sort_values(["kernel", "method", "device", "metric", "date", "run"]) \
         .reset_index(drop=True)
+
+
+def _run_levels(kept: pd.DataFrame, metric: str, sweeps: int = 100) -> pd.Series:
+    """Each run's mean log value over the benchmarks, where a benchmark a run lacks (left
+    out as disturbed) is filled from the others: the additive fit log value = run level +
+    benchmark offset (least squares, alternating), and a run's value the mean over the
+    benchmarks of its level plus their offsets. With no value missing, the plain mean."""
+    y = np.log(kept.pivot_table(index="run", columns="benchmark", values=metric,
+                                aggfunc="first").astype(float))
+    seen = y.notna().to_numpy()
+    v = y.to_numpy()
+    level = np.nanmean(v, axis=1)
+    offset = np.zeros(v.shape[1])
+    for _ in range(sweeps if not seen.all() else 1):
+        offset = np.nanmean(v - level[:, None], axis=0)
+        level = np.nanmean(v - offset[None, :], axis=1)
+    return pd.Series(level + offset.mean(), index=y.index)
 
 
 def _energy(left: np.ndarray, right: np.ndarray) -> float:
@@ -246,7 +291,7 @@ def _significant(left: np.ndarray, right: np.ndarray, min_effect: float,
     effect = abs(math.expm1(right.mean() - left.mean()))
     if effect <= min_effect:
         return False
-    if len(left) + len(right) < 3:
+    if len(left) + len(right) < MIN_VALUES:
         return False  # no spread to test against
     pooled = (((left - left.mean()) ** 2).sum() + ((right - right.mean()) ** 2).sum())
     if pooled <= 1e-24:  # both sides constant (counts): the effect alone decides
@@ -350,6 +395,16 @@ def _figure(report: HistoryReport, path: Path) -> None:
     plt.close(fig)
 
 
+def _none_found() -> str:
+    """What a change point needs, said where none was found."""
+    return (f"None found. A change point needs at least {MIN_VALUES} runs in a series (over 2 "
+            f"commits or more) and a split whose two sides differ by more than the least "
+            f"effect with a t-test p < {ALPHA} over the number of splits the series offers. "
+            f"With one run a commit and a few percent noise that is some 6 commits, 2 or 3 of "
+            f"them on the shorter side of a step: a step in the last commit or two shows once "
+            f"later commits, or more runs of the same commits, are added.")
+
+
 def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) -> HistoryReport:
     from handgrad.reports.tables import to_markdown
 
@@ -374,7 +429,7 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
             f"{ALPHA}, least effect {MIN_EFFECT['ratio']:.0%} for a ratio, "
             f"{MIN_EFFECT['instructions']:.0%} for instructions): the commit where the new "
             f"level starts.\n\n## Change points\n\n"
-            + (to_markdown(pts) if len(pts) else "None found.") + "\n\n## Series\n\n"
+            + (to_markdown(pts) if len(pts) else _none_found()) + "\n\n## Series\n\n"
             + "![history](history.png)\n\n")
     wide = report.series.groupby(["kernel", "method", "device", "metric", "commit", "date"])[
         "value"].apply(lambda v: math.exp(np.log(v).mean())).reset_index()
@@ -419,11 +474,14 @@ def main(args: argparse.Namespace) -> int:
         try:
             for f in args.files:
                 left_out: list[str] = []
-                n = add_run(con, f, args.commit, args.date, left_out)
+                shaken: list[str] = []
+                n = add_run(con, f, args.commit, args.date, left_out, shaken)
                 added += 1
                 print(f"history: {f}: {n} benchmarks added to {args.db}" + (
                     f"; not stored, their test failed: {', '.join(left_out)}"
-                    if left_out else ""))
+                    if left_out else "") + (
+                    f"; not stored, disturbed (the report's flag: rerun them): "
+                    f"{', '.join(shaken)}" if shaken else ""))
         finally:
             con.close()
             if new and not added:  # refused before anything was stored: a history this

@@ -23,6 +23,12 @@ def key_columns(df: pd.DataFrame) -> list[str]:
 # a like-cost reference keeps real ratios within 0.14 to 4 on those runs; a ratio beyond
 # 1/IMPLAUSIBLE..IMPLAUSIBLE (e.g. 0.007) says the machine, not the kernel, changed
 IMPLAUSIBLE = 20.0
+# the rounds of one call on one input: undisturbed, their median stays within 3.0x the
+# fastest round and their IQR within 1.8x the median (a bimodal layernorm on 2 threads; no
+# handgrad fixture passes 0.6x), while rounds hit by another process's stalls reach
+# 21x to 650x and 2.8x to 440x on the walkthrough runs that were disturbed
+HICCUP = 10.0  # a median over this many times the fastest round
+SPREAD = 2.0  # an IQR over this many times the median
 
 DISTURBED_RULE = (
     f"`disturbed` flags a benchmark whose numbers are not to be trusted: its reference's "
@@ -30,14 +36,36 @@ DISTURBED_RULE = (
     f"benchmark in the same group and file differ by more than {DISTURBED:g}x (the gate's "
     f"rule between runs), which flags the method and its reference, or its ratio to the "
     f"reference lies outside 1/{IMPLAUSIBLE:g} to {IMPLAUSIBLE:g} (a like-cost reference "
-    f"keeps real ratios within 0.14 to 4 here). Another process on the machine makes such "
-    f"calls 10 to 35 times slower."
+    f"keeps real ratios within 0.14 to 4 here), or its own rounds (`stats.data`) or its "
+    f"reference's interleaved rounds spread as no timing of one call does: a median over "
+    f"{HICCUP:g}x the fastest round (more than half the rounds were slowed), or an IQR over "
+    f"{SPREAD:g}x the median. Another process on the machine makes such calls 10 to 35 "
+    f"times slower, and its stalls of tens of milliseconds, landing on some rounds of a "
+    f"sub-millisecond call, spread them so. A benchmark slowed through every round is not "
+    f"seen in its own file: the gate and `history add` compare it with other runs."
 )
 
 
 def _median(rounds) -> float:
     return float(np.median(rounds)) if isinstance(rounds, (list, tuple, np.ndarray)) else (
         np.nan)
+
+
+def _spread(rounds) -> str:
+    """Why a benchmark's rounds are not one call's timing ("" when they may be): a median
+    over HICCUP times the fastest round, or an IQR over SPREAD times the median."""
+    if not isinstance(rounds, (list, tuple, np.ndarray)):
+        return ""
+    t = np.asarray(rounds, dtype=float)
+    t = t[np.isfinite(t) & (t > 0)]
+    if len(t) < 2:
+        return ""
+    q1, med, q3 = np.percentile(t, [25, 50, 75])
+    if med > HICCUP * t.min():
+        return f"median {med / t.min():.3g}x the fastest round"
+    if q3 - q1 > SPREAD * med:
+        return f"IQR {(q3 - q1) / med:.3g}x the median"
+    return ""
 
 
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
@@ -77,11 +105,29 @@ def _disturbed(df: pd.DataFrame) -> list[str]:
             flagged_refs[(r.source, r.group, r.reference)] = r.method
         elif np.isfinite(r.ratio) and not 1 / IMPLAUSIBLE <= r.ratio <= IMPLAUSIBLE:
             why[i] = f"ratio {r.ratio:.3g} implausible"
+        else:
+            # the reference's rounds the ratio is taken against: interleaved, else its own
+            paired = isinstance(r.reference_data, (list, tuple, np.ndarray))
+            own = _spread(r.data)
+            ref = _spread(r.reference_data if paired else r.ref_rounds)
+            if own or ref:
+                why[i] = f"rounds: {own}" if own else f"reference rounds: {ref}"
     for i, r in enumerate(df.itertuples(index=False)):
         kernel = flagged_refs.get((r.source, r.group, r.method))
         if r.method == r.reference and kernel is not None:
             why[i] = f"its rounds interleaved with {kernel} differ >{DISTURBED:g}x"
     return why
+
+
+def _integers(col: pd.Series) -> pd.Series:
+    """A numeric column whose every value is a whole number, as integers (pandas' Int64:
+    a missing one stays missing, written as an empty cell); any other column as it is."""
+    if not pd.api.types.is_float_dtype(col):
+        return col
+    present = col.dropna()
+    if not np.isfinite(present).all() or not (present == np.round(present)).all():
+        return col
+    return col.astype("Int64")
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -96,6 +142,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in key_columns(df) if c in df.columns and df[c].notna().any()]
     out = df[["run", "machine", "kernel", "role", "method", "reference", "device", "dtype",
               "threads", *keys]].copy()
+    for c in keys:  # a shape is integers: a column is float only where some rows lack it
+        out[c] = _integers(out[c])
     out["median_ms"] = df["median"] * 1e3
     out["iqr_ms"] = df["iqr"] * 1e3
     out["ratio_to_ref"] = df["ratio"]
