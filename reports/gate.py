@@ -45,12 +45,21 @@ import pandas as pd
 from scipy import stats
 
 from handgrad.reports.load import (
+    BENCHMARK_KEY,
     TEST_FAILED,
     ReportInputError,
+    _fingerprint,
+    benchmark_names,
+    check_distinct_benchmarks,
+    check_given_once,
     failed_gated,
     failed_line,
+    find_row,
     gated,
     load_benchmarks,
+    read_json,
+    self_referenced,
+    self_referenced_line,
 )
 from handgrad.reports.record import DISTURBED, paired_ratios, ratio_to_reference
 from handgrad.reports.tables import to_markdown
@@ -85,11 +94,22 @@ class GateResult:
     def passed(self) -> bool:
         return self.regressions == 0
 
+    @property
+    def inconclusive(self) -> int:
+        """Kernels whose interval straddles their limit: neither ok nor a regression
+        (not a failure: the command line's exit 3, as the gate over runs')."""
+        return int((self.kernels["verdict"] == "inconclusive").sum())
+
     def flagged(self) -> set[str]:
         """``kernel.method`` of everything that regressed, at either level."""
         k = self.kernels[self.kernels["verdict"] == "REGRESSION"]
         b = self.table[self.table["verdict"] == "REGRESSION"]
         return {f"{r.kernel}.{r.method}" for r in pd.concat([k, b]).itertuples()}
+
+    def undecided(self) -> set[str]:
+        """``kernel.method`` of the inconclusive kernels."""
+        k = self.kernels[self.kernels["verdict"] == "inconclusive"]
+        return {f"{r.kernel}.{r.method}" for r in k.itertuples()}
 
     def _benchmark_view(self) -> pd.DataFrame:
         # the verdict's bar, 1 + threshold: the shared one, or a benchmark's declared noise
@@ -100,13 +120,19 @@ class GateResult:
         return view
 
     def markdown(self) -> str:
-        verdict = "PASS: no regression" if self.passed else (
-            f"FAIL: {self.regressions} regression(s)")
+        if not self.passed:
+            verdict = f"FAIL: {self.regressions} regression(s)"
+        elif self.inconclusive:
+            verdict = f"INCONCLUSIVE: {self.inconclusive} undecided, no regression"
+        else:
+            verdict = "PASS: no regression"
         head = (f"### handgrad benchmark gate: {verdict}\n\n"
                 f"Change = (kernel / reference) now over (kernel / reference) at baseline. "
                 f"A kernel regresses when the {self.confidence:.0%} interval of the geometric "
-                f"mean of its benchmarks' changes lies above {1 + self.threshold:.2f}; a "
-                f"single benchmark when its own interval lies above "
+                f"mean of its benchmarks' changes lies above {1 + self.threshold:.2f}, and is "
+                f"ok when it lies at or under it; inconclusive when it straddles it "
+                f"(`decide`: more runs a side, judged by the gate over runs). A "
+                f"single benchmark regresses when its own interval lies above "
                 f"{1 + self.benchmark_threshold:.2f}, or the higher limit of a benchmark "
                 f"that declares its own noise (column `limit`).\n")
 
@@ -176,6 +202,11 @@ def _change(kc, rc, kb, rb, axis=-1):
     return (med(kc, axis=axis) / med(rc, axis=axis)) / (med(kb, axis=axis) / med(rb, axis=axis))
 
 
+# what an inconclusive kernel of the one-pair gate says to do
+UNDECIDED = ("more runs a side (separate processes), judged by the gate over runs: "
+             "gate --baseline B1 B2 B3 --current C1 C2 C3")
+
+
 def _kernel_rows(table: pd.DataFrame, threshold: float, confidence: float) -> pd.DataFrame:
     """A row per (kernel, method, device): geometric mean of its benchmarks' changes and a
     Student-t interval over their log changes (three benchmarks or more)."""
@@ -190,13 +221,20 @@ def _kernel_rows(table: pd.DataFrame, threshold: float, confidence: float) -> pd
             ci = stats.ttest_1samp(logs, 0.0).confidence_interval(confidence)
             lo, hi = float(np.exp(ci.low)), float(np.exp(ci.high))
         regressed = bool(lo > 1 + threshold)  # False for NaN: too few benchmarks
+        if regressed:
+            verdict, decide = "REGRESSION", ""
+        elif len(logs) < MIN_BENCHMARKS:
+            verdict, decide = "per benchmark only", ""
+        elif hi < 1 - threshold:
+            verdict, decide = "faster", ""
+        elif hi <= 1 + threshold:
+            verdict, decide = "ok", ""
+        else:  # the interval straddles the limit: this one pair of runs cannot tell
+            verdict, decide = "inconclusive", UNDECIDED
         rows.append({
             "kernel": kernel, "method": method, "device": device, "benchmarks": len(logs),
             "change": float(np.exp(logs.mean())), "ci_low": lo, "ci_high": hi,
-            "worst": float(g["change"].max()),
-            "verdict": "REGRESSION" if regressed else (
-                "faster" if hi < 1 - threshold else
-                "ok" if len(logs) >= MIN_BENCHMARKS else "per benchmark only"),
+            "worst": float(g["change"].max()), "verdict": verdict, "decide": decide,
         })
     out = pd.DataFrame(rows)
     return out.sort_values("change", ascending=False).reset_index(drop=True)
@@ -225,34 +263,50 @@ def _load_passed(baseline: str, current: str) -> tuple[pd.DataFrame, pd.DataFram
                                                       set]:
     """Both runs without the benchmarks of failed tests (``extra_info.test_failed``), which
     are listed by name and side (``load.failed_gated``): a failed test's timing is not a
-    measurement of a right kernel. Returns the two frames, the lines and the names listed."""
+    measurement of a right kernel. Each frame has a ``benchmark`` column, its name in the
+    report (``load.benchmark_names``, over both runs). Returns the two frames, the lines
+    (the failed tests, then the kernels whose reference is themselves) and the keys
+    (``BENCHMARK_KEY``) of the failed kernels listed."""
+    why = "give the baseline and the current run, two runs"
+    check_given_once([baseline, current], why)
+    if _fingerprint(read_json(baseline)) == _fingerprint(read_json(current)):
+        raise ReportInputError(f"{current}: holds the same run as {baseline} (identical "
+                               f"benchmarks); {why}")
     base = load_benchmarks([baseline], failed_tests=True)
     cur = load_benchmarks([current], failed_tests=True)
-    sides: dict[tuple[str, str], list[str]] = {}
-    kinds: dict[tuple[str, str], bool] = {}
+    for df in (base, cur):
+        check_distinct_benchmarks(df)
+    names = benchmark_names(base, cur)
+    sides: dict[tuple, list[str]] = {}
+    kinds: dict[tuple, bool] = {}
     for side, df in (("the baseline", base), ("the current run", cur)):
-        for key, kernel in failed_gated(df).items():
+        for key, kernel in failed_gated(df, by_shape=True).items():
             sides.setdefault(key, []).append(side)
             kinds[key] = kernel
-    lines = [failed_line(f"{g} :: {m}", kinds[(g, m)], " and ".join(sides[(g, m)]))
-             for g, m in sorted(sides)]
-    return (base[~base[TEST_FAILED]], cur[~cur[TEST_FAILED]], lines,
-            {k for k, kernel in kinds.items() if kernel})
+    lines = [failed_line(names[k], kinds[k], " and ".join(sides[k]))
+             for k in sorted(sides, key=names.get)]
+    base, cur = base[~base[TEST_FAILED]], cur[~cur[TEST_FAILED]]
+    alone = sorted(set(base.loc[self_referenced(base), "benchmark"])
+                   | set(cur.loc[self_referenced(cur), "benchmark"]))
+    lines += [self_referenced_line(n) for n in alone]
+    return base, cur, lines, {k for k, kernel in kinds.items() if kernel}
 
 
 def _one_side(base: pd.DataFrame, cur: pd.DataFrame, pairs: pd.DataFrame, what: str,
               said: set = frozenset()) -> list[str]:
     """The gated benchmarks of one run that the other lacks, by name and side: a benchmark
     whose test failed, was deselected or was renamed looks like this, and is said (those in
-    ``said``, listed already as failed tests, are not said again)."""
+    ``said``, keys listed already as failed tests, are not said again)."""
     def names(df):
-        return set(zip(df["group"], df["method"])) - said
+        return {k: n for k, n in zip(zip(*(df[c] for c in BENCHMARK_KEY)), df["benchmark"])
+                if k not in said}
     both = names(pairs)
-    out = [f"{g} :: {m}: {what} in the baseline only (missing from the current run: did "
+    b, c = names(base), names(cur)
+    out = [f"{b[k]}: {what} in the baseline only (missing from the current run: did "
            "its test fail, or was it deselected or renamed?)"
-           for g, m in sorted(names(base) - both)]
-    out += [f"{g} :: {m}: {what} in the current run only (new, or missing from the "
-            "baseline)" for g, m in sorted(names(cur) - both)]
+           for k in sorted(set(b) - set(both), key=b.get)]
+    out += [f"{c[k]}: {what} in the current run only (new, or missing from the "
+            "baseline)" for k in sorted(set(c) - set(both), key=c.get)]
     return out
 
 
@@ -265,27 +319,23 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     base, cur, failed, failed_names = _load_passed(baseline, current)
 
     kb, kc = base[gated(base)], cur[gated(cur)]
-    pairs = kb.merge(kc, on=["group", "method"], suffixes=("_b", "_c"))
+    pairs = kb.merge(kc.drop(columns="benchmark"), on=BENCHMARK_KEY, suffixes=("_b", "_c"))
     if pairs.empty:
         raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks "
                                "(role kernel) of passing tests in common")
     skipped = failed + _one_side(kb, kc, pairs, "measured", failed_names)
     # a ratio to one reference (or in another dtype, device, thread count) says nothing
     # about a ratio to another
-    unlike = [_unlike(p, f"{p['group']} :: {p['method']}") for _, p in pairs.iterrows()]
+    unlike = [_unlike(p, p["benchmark"]) for _, p in pairs.iterrows()]
     unlike_all = [u for u in unlike if u]
     skipped += unlike_all
     pairs = pairs[[u is None for u in unlike]]
 
-    def ref_row(df, group, method):
-        hit = df[(df["group"] == group) & (df["method"] == method)]
-        return None if hit.empty else hit.iloc[0]
-
     rng = np.random.default_rng(seed)
     rows, disturbed = [], []
     for _, p in pairs.iterrows():
-        kb = ref_row(base, p["group"], p["method"])
-        kc = ref_row(cur, p["group"], p["method"])
+        kb = find_row(base, p["group"], p["method"], p["shape"])
+        kc = find_row(cur, p["group"], p["method"], p["shape"])
         if kb["interleaved"] and kc["interleaved"]:
             samples = (_thin(paired_ratios(kc["data"], kc["reference_data"])),
                        _thin(paired_ratios(kb["data"], kb["reference_data"])))
@@ -294,10 +344,10 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             ratio_b, kind = ratio_to_reference(kb["data"], ref_b)
             ratio_c, _ = ratio_to_reference(kc["data"], ref_c)
         else:
-            rb = ref_row(base, p["group"], p["reference_c"])
-            rc = ref_row(cur, p["group"], p["reference_c"])
+            rb = find_row(base, p["group"], p["reference_c"], p["shape"])
+            rc = find_row(cur, p["group"], p["reference_c"], p["shape"])
             if rb is None or rc is None:  # nothing to normalise by
-                skipped.append(f"{p['group']} :: {p['method']}: its reference "
+                skipped.append(f"{p['benchmark']}: its reference "
                                f"{p['reference_c']} was not timed in both runs")
                 continue
             samples = tuple(_thin(r["data"]) for r in (kc, rc, kb, rb))
@@ -313,7 +363,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         # process, throttling) and its ratio says nothing about the kernel
         moved = float(np.median(ref_c) / np.median(ref_b))
         if not 1 / DISTURBED < moved < DISTURBED:
-            disturbed.append(f"{p['group']} :: {p['method']}: disturbed, its reference "
+            disturbed.append(f"{p['benchmark']}: disturbed, its reference "
                              f"{p['reference_c']} took {moved:.2f}x its baseline time")
             continue
         change = ratio_c / ratio_b
@@ -328,7 +378,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         regressed = bool(ci.low > 1 + bench_thr)
         rows.append({
             "kernel": p["kernel_c"], "method": p["method"], "device": p["device_c"],
-            "benchmark": f"{p['group']} :: {p['method']}",
+            "benchmark": p["benchmark"],
             "reference": p["reference_c"],
             "ratio_kind": kind,
             "ratio_base": ratio_b,
@@ -510,17 +560,17 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
         return df[keep]
 
     b, c = counted(base), counted(cur)
-    pairs = b.merge(c, on=["group", "method"], suffixes=("_b", "_c"))
+    pairs = b.merge(c.drop(columns="benchmark"), on=BENCHMARK_KEY, suffixes=("_b", "_c"))
     skipped = failed + _one_side(b, c, pairs, "counted", failed_names)
     rows = []
     for p in pairs.itertuples(index=False):
-        unlike = _unlike(p._asdict(), f"{p.group} :: {p.method}")
+        unlike = _unlike(p._asdict(), p.benchmark)
         if unlike:
             skipped.append(unlike)
             continue
         if metric == "ratio" and (pd.isna(p.reference_instructions_b)
                                   or pd.isna(p.reference_instructions_c)):
-            skipped.append(f"{p.group} :: {p.method}: its reference was not counted in both")
+            skipped.append(f"{p.benchmark}: its reference was not counted in both")
             continue
         vb = float(p.instructions_b) / (1.0 if metric == "own" else
                                         float(p.reference_instructions_b))
@@ -529,7 +579,7 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
         change = vc / vb
         rows.append({
             "kernel": p.kernel_c, "method": p.method,
-            "benchmark": f"{p.group} :: {p.method}",
+            "benchmark": p.benchmark,
             "instructions_base": int(p.instructions_b),
             "instructions_current": int(p.instructions_c),
             "reference_base": (None if pd.isna(p.reference_instructions_b)

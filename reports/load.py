@@ -236,13 +236,80 @@ def gated(df: pd.DataFrame) -> pd.Series:
     return (df["role"] == "kernel") & (df["method"] != df["reference"])
 
 
-def failed_gated(df: pd.DataFrame) -> dict[tuple[str, str], bool]:
+def self_referenced(df: pd.DataFrame) -> pd.Series:
+    """The kernels (role ``kernel``) that name themselves as their reference: nothing to
+    time them against, so no gate judges them (``gated``), and the gates say so
+    (``self_referenced_line``) instead of leaving them out unsaid."""
+    return (df["role"] == "kernel") & (df["method"] == df["reference"])
+
+
+def self_referenced_line(name: str, what: str = "not gated") -> str:
+    """How a gate lists a kernel of ``self_referenced``."""
+    return (f"{name}: a kernel (role kernel) whose reference is itself: no reference to time "
+            f"it against, {what} (name the method it is measured against as its reference, "
+            "and time that too: measure(..., reference=..., reference_fn=...))")
+
+
+# what tells two benchmarks of one run apart: the group, the method and the shape (its text,
+# ``shape_text``): a parametrised test may time several shapes under one group
+BENCHMARK_KEY = ["group", "method", "shape"]
+
+
+def check_distinct_benchmarks(df: pd.DataFrame) -> None:
+    """ReportInputError naming two benchmarks of one run (``source``) that have the same
+    group, method and shape: a gate could not tell which of them to compare with which."""
+    dup = df[df.duplicated(["source", *BENCHMARK_KEY], keep=False)]
+    if dup.empty:
+        return
+    first = dup.iloc[0]
+    same = dup[(dup["source"] == first["source"]) & (dup["group"] == first["group"])
+               & (dup["method"] == first["method"]) & (dup["shape"] == first["shape"])]
+    names = list(dict.fromkeys(same["name"]))
+    which = (f"{names[0]!r} and {names[1]!r}" if len(names) > 1
+             else f"{names[0]!r} ({len(same)} times)")
+    raise ReportInputError(
+        f"{first['source']}: benchmarks {which} have the same group {first['group']!r}, "
+        f"method {first['method']!r} and shape ({first['shape'] or 'none'}): no gate can "
+        "tell them apart; give each its own group, or a shape that differs "
+        "(measure(..., shape={...}))")
+
+
+def benchmark_names(*frames: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """The name a report gives each benchmark (``BENCHMARK_KEY``) of ``frames`` (the runs
+    compared, together): "group :: method", with the shape, "group [rows=64] :: method",
+    where that (group, method) has several shapes in them. Also sets each frame's
+    ``benchmark`` column (in place)."""
+    keys = pd.concat([f[BENCHMARK_KEY] for f in frames]).drop_duplicates()
+    several = keys.groupby(["group", "method"]).size()
+    several = set(several[several > 1].index)
+    names = {(g, m, s): (f"{g} [{s or 'no shape'}] :: {m}" if (g, m) in several
+                         else f"{g} :: {m}")
+             for g, m, s in keys.itertuples(index=False)}
+    for f in frames:
+        f["benchmark"] = [names[k] for k in zip(f["group"], f["method"], f["shape"])]
+    return names
+
+
+def find_row(df: pd.DataFrame, group: str, method: str, shape: str):
+    """The row of ``method`` in ``group`` with ``shape``, or None; a reference timed once
+    for its group (whatever shape it records) when none has that shape."""
+    same = df[(df["group"] == group) & (df["method"] == method)]
+    hit = same[same["shape"] == shape]
+    if hit.empty and len(same) == 1:
+        hit = same
+    return None if hit.empty else hit.iloc[0]
+
+
+def failed_gated(df: pd.DataFrame, by_shape: bool = False) -> dict[tuple, bool]:
     """The benchmarks of failed tests, in a frame loaded with ``failed_tests=True``, that a
-    gate would have read, by (group, method): True for a gated kernel, False for a
-    reference that a gated kernel of its group is measured against."""
-    refs = set(zip(df.loc[gated(df), "group"], df.loc[gated(df), "reference"]))
+    gate would have read, by (group, method), or with ``by_shape`` by (group, method,
+    shape): True for a gated kernel, False for a reference that a gated kernel of its group
+    is measured against."""
+    g_df = df[gated(df)]
+    refs = set(zip(g_df["group"], g_df["reference"]))
     hit = df[df[TEST_FAILED]]
-    return {(g, m): bool(k) for g, m, k in zip(hit["group"], hit["method"], gated(hit))
+    return {((g, m, s) if by_shape else (g, m)): bool(k)
+            for g, m, s, k in zip(hit["group"], hit["method"], hit["shape"], gated(hit))
             if k or (g, m) in refs}
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +45,18 @@ from scipy import stats
 
 from handgrad.reports.gate import _SETTINGS, MAX_DISTURBED, _accept, _footer, _numbers
 from handgrad.reports.load import (
+    BENCHMARK_KEY,
     ReportInputError,
+    benchmark_names,
+    check_distinct_benchmarks,
     failed_gated,
     failed_line,
+    find_row,
     gated,
     load_benchmarks,
     read_json,
+    self_referenced,
+    self_referenced_line,
 )
 from handgrad.reports.record import DISTURBED, _present, ratio_to_reference
 from handgrad.reports.tables import to_markdown
@@ -74,8 +81,8 @@ def _key(kernel, method, device) -> str:
 # ---------------------------------------------------------------- per-run ratios
 
 
-_COLUMNS = ["side", "run", "source", "kernel", "method", "device", "dtype", "threads",
-            "benchmark", "reference", "ratio", "log_ratio", "ref_median"]
+_COLUMNS = ["side", "run", "source", "kernel", "group", "method", "shape", "device", "dtype",
+            "threads", "benchmark", "reference", "ratio", "log_ratio", "ref_median"]
 
 
 def distinct_runs(paths, command: str) -> None:
@@ -97,14 +104,19 @@ def run_ratios(paths, side: str = "") -> pd.DataFrame:
     """A row per (run, gated benchmark): its ratio to its reference in that run.
 
     A run is one file (one process); a gated benchmark is a kernel (role ``kernel``)
-    measured against another method. Columns: side, run, source, kernel, method, device,
-    dtype, threads, benchmark, reference, ratio, log_ratio, ref_median."""
+    measured against another method. Columns: side, run, source, kernel, group, method,
+    shape, device, dtype, threads, benchmark (its name over these runs,
+    ``load.benchmark_names``), reference, ratio, log_ratio, ref_median."""
     frames = []
     for i, path in enumerate(paths, 1):
         one = _one_run(str(path), _stamp(path)).copy()
         one["side"], one["run"] = side, i
         frames.append(one)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS)
+    if not frames:
+        return pd.DataFrame(columns=_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    benchmark_names(out)
+    return out
 
 
 def timed_ratio(df: pd.DataFrame, row) -> tuple[float, object] | None:
@@ -116,10 +128,10 @@ def timed_ratio(df: pd.DataFrame, row) -> tuple[float, object] | None:
         ref_rounds = row["reference_data"]
         ratio = ratio_to_reference(row["data"], ref_rounds)[0]
     else:
-        hit = df[(df["group"] == row["group"]) & (df["method"] == row["reference"])]
-        if hit.empty:
+        hit = find_row(df, row["group"], row["reference"], row["shape"])
+        if hit is None:
             return None
-        ref_rounds = hit.iloc[0]["data"]
+        ref_rounds = hit["data"]
         ratio = ratio_to_reference(row["data"], None, ref_rounds)[0]
     return (ratio, ref_rounds) if ratio > 0 else None
 
@@ -145,14 +157,44 @@ def _failed_tests(path: str, stamp) -> tuple[tuple[str, bool], ...]:
     have read (``load.failed_gated``): left out of its ratios (the loader's default), said
     by ``failed_tests``."""
     df = load_benchmarks([path], failed_tests=True)
-    return tuple((f"{g} :: {m}", k) for (g, m), k in sorted(failed_gated(df).items()))
+    check_distinct_benchmarks(df)
+    return tuple(sorted(failed_gated(df, by_shape=True).items()))
 
 
-def failed_tests(paths, side: str) -> list[str]:
-    """A line per benchmark of a failed test in ``paths`` (runs of one side), by run."""
-    return [failed_line(name, kernel, f"{side} run {i}, {path}", "left out of that run")
-            for i, path in enumerate(paths, 1)
-            for name, kernel in _failed_tests(str(path), _stamp(path))]
+def failed_tests(paths, side: str, names: dict | None = None) -> list[str]:
+    """A line per benchmark of a failed test in ``paths`` (runs of one side), by run;
+    ``names``: the name of each (group, method, shape) in the report (else "group ::
+    method", with the shape where the run has several)."""
+    out = []
+    for i, path in enumerate(paths, 1):
+        failed = _failed_tests(str(path), _stamp(path))
+        several = Counter((g, m) for (g, m, _), _k in failed)
+        for (g, m, s), kernel in failed:
+            name = (names or {}).get((g, m, s)) or (
+                f"{g} [{s or 'no shape'}] :: {m}" if several[g, m] > 1
+                else f"{g} :: {m}")
+            out.append(failed_line(name, kernel, f"{side} run {i}, {path}",
+                                   "left out of that run"))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _self_referenced(path: str, stamp) -> tuple[tuple[str, str, str], ...]:
+    """The (group, method, shape) of one file's kernels whose reference is themselves
+    (``load.self_referenced``): never gated, said by ``self_referenced_lines``."""
+    df = load_benchmarks([path])
+    hit = df[self_referenced(df)]
+    return tuple(sorted(set(zip(*(hit[c] for c in BENCHMARK_KEY)))))
+
+
+def self_referenced_lines(paths) -> list[str]:
+    """A line per kernel of ``paths`` whose reference is itself, once however many runs
+    hold it: nothing to time it against, so not gated."""
+    keys = sorted({k for p in paths for k in _self_referenced(str(p), _stamp(p))})
+    if not keys:
+        return []
+    names = benchmark_names(pd.DataFrame(keys, columns=BENCHMARK_KEY))
+    return [self_referenced_line(names[k]) for k in keys]
 
 
 @functools.lru_cache(maxsize=256)
@@ -162,6 +204,7 @@ def _one_run(path: str, stamp) -> pd.DataFrame:
     are left out (``failed_tests`` names them)."""
     rows = []
     df = load_benchmarks([path])
+    check_distinct_benchmarks(df)
     for (_, r), is_gated in zip(df.iterrows(), gated(df)):
         if not is_gated:
             continue
@@ -171,7 +214,8 @@ def _one_run(path: str, stamp) -> pd.DataFrame:
         ratio, ref_rounds = timed
         rows.append({
             "side": "", "run": 0, "source": path, "kernel": r["kernel"],
-            "method": r["method"], "device": r["device"], "dtype": r["dtype"],
+            "group": r["group"], "method": r["method"], "shape": r["shape"],
+            "device": r["device"], "dtype": r["dtype"],
             # torch's CPU threads do not time a GPU kernel
             "threads": r["threads"] if r["device"] == "cpu" else None,
             "benchmark": f"{r['group']} :: {r['method']}",
@@ -481,7 +525,10 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
         empty = baselines if base.empty else currents
         raise ReportInputError(f"{empty[0]}: no kernel benchmarks (role kernel) with a timed "
                                "reference")
-    skipped = failed_tests(baselines, "baseline") + failed_tests(currents, "current")
+    names = benchmark_names(both)  # over both sides: a shape on one side only is its own
+    skipped = (failed_tests(baselines, "baseline", names)
+               + failed_tests(currents, "current", names)
+               + self_referenced_lines([*baselines, *currents]))
     # a ratio to one reference (or in another dtype, on another device, with another thread
     # count) says nothing about a ratio to another
     unlike = set()

@@ -321,8 +321,9 @@ def test_render_of_a_counted_run_writes_no_time_figure(tmp_path):
 # --------------------------------------------------------------------------------- gate
 
 
-def test_instruction_gate_passes_the_same_counts():
-    result = instruction_gate(str(COUNTED), str(COUNTED))
+def test_instruction_gate_passes_the_same_counts(tmp_path):
+    again = _write(tmp_path, "again.json", {**_load(COUNTED), "datetime": "another process"})
+    result = instruction_gate(str(COUNTED), str(again))
     assert result.passed and result.metric == "own"
     assert (result.table["change"] == 1.0).all()
 
