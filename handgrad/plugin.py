@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from handgrad.benchmark import GRIDS, MARKERS, measure_with, select_grid
+from handgrad.benchmark import GRIDS, MARKERS, check_keywords, measure_with, select_grid
 from handgrad.benchmark import configure as configure_benchmarks
 from handgrad.benchmark import machine_info as record_machine_info
 
@@ -113,6 +113,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     configure_benchmarks(config)
+    # measure's benchmark: pytest-benchmark's fixture, or one that says how to get it
+    from handgrad.benchmark import benchmark_version
+    from handgrad.benchmark.fixture import register
+
+    register(config, benchmark_version())
     from handgrad.testing.compare import recording
 
     # the session's comparisons are kept for --verify-report (and for tests that read them)
@@ -137,7 +142,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def measure(benchmark, request: pytest.FixtureRequest):
+def measure(_handgrad_benchmark, request: pytest.FixtureRequest):
     """``measure(fn, *, group, kernel, method, reference, role, flops=0, bytes=0, device,
     dtype, shape={}, reference_fn=None, warmup=3, peak=None, reference_peak=None, **more)``:
     time ``fn`` (a callable of no arguments) and write its record.
@@ -155,9 +160,30 @@ def measure(benchmark, request: pytest.FixtureRequest):
     them instead, e.g. a captured callable's capture peak). Compiled and captured peers:
     build them with ``handgrad.benchmark.compiled`` and pass ``compile_mode`` and
     ``compile_s``. Under ``--bench-instructions`` the same call records instructions per
-    call instead of times. Returns what pytest-benchmark's fixture returns."""
+    call instead of times. Returns what pytest-benchmark's fixture returns.
 
-    def _measure(fn, **kwargs):
+    One ``measure`` a test (pytest-benchmark's fixture times one benchmark): a second call
+    is refused; parametrize the test to time several callables. A keyword it does not
+    take, or a required one missing, is a TypeError naming it and the keywords accepted;
+    without pytest-benchmark the test fails saying how to install it."""
+    benchmark = _handgrad_benchmark
+
+    def _measure(*args, **kwargs):
+        if len(args) + ("fn" in kwargs) != 1:
+            raise TypeError("measure: expected the callable to time (fn) as its one "
+                            "positional argument, the rest by keyword (reference_fn=..., "
+                            f"group=...); got {len(args)} positional argument(s)"
+                            + (" and fn=" if "fn" in kwargs else ""))
+        fn = args[0] if args else kwargs.pop("fn")
+        check_keywords(kwargs)
+        if _measured_group in request.node.stash:
+            first = request.node.stash[_measured_group]
+            raise RuntimeError(f"measure: called a second time in this test (group "
+                               f"{kwargs.get('group')!r}; the first: group {first!r}): one "
+                               f"measure a test, as pytest-benchmark times one benchmark a "
+                               f"test. Parametrize the test (@pytest.mark.parametrize) to "
+                               f"time several callables")
+        request.node.stash[_measured_group] = kwargs.get("group")
         request.node.stash[_measured] = benchmark  # marked if the test fails (below)
         return measure_with(benchmark, request.config, fn, **kwargs)
 
@@ -165,6 +191,7 @@ def measure(benchmark, request: pytest.FixtureRequest):
 
 
 _measured = pytest.StashKey[object]()
+_measured_group = pytest.StashKey[object]()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -104,3 +104,30 @@ def test_main_is_the_command(tmp_path, monkeypatch, capsys):
                  "-p", "no:cacheprovider"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").glob("*.json")) == [
         "base-1.json", "head-1.json"]
+
+
+def test_a_relative_out_is_taken_from_where_alternate_starts(tmp_path, monkeypatch):
+    """The README's form, run from the current tree with the baseline beside it: the runs
+    land in ./runs here, not in each run's tree (each run's working directory)."""
+    monkeypatch.setattr(os, "environ", {**pytest_env()})
+    a, b = _tree(tmp_path, "a"), _tree(tmp_path, "b")
+    monkeypatch.chdir(b)
+    assert main(["--out", "runs", "--runs", "1", "--baseline-tree", "../a", "--",
+                 "test_b.py", "-q", "-p", "no:cacheprovider"]) == 0
+    assert sorted(p.name for p in (b / "runs").glob("*.json")) == [
+        "base-1.json", "head-1.json"]
+    assert not (a / "runs").exists()
+
+
+def test_alternate_itself_takes_a_relative_out_from_its_caller(tmp_path, monkeypatch):
+    from handgrad.benchmark.alternate import alternate
+
+    monkeypatch.setattr(os, "environ", {**pytest_env()})
+    a = _tree(tmp_path, "a")
+    monkeypatch.chdir(tmp_path)
+    written = alternate(Path("o"), 1, Path("a"), Path("a"),
+                        ["test_b.py", "-q", "-p", "no:cacheprovider"], log=lambda _: None)
+    assert written == [tmp_path / "o" / "base-1.json", tmp_path / "o" / "head-1.json"]
+    assert all(p.is_file() for p in written) and not (a / "o").exists()
+    info = json.loads(written[0].read_text())["benchmarks"][0]["extra_info"]
+    assert info["pythonpath"] == str(a)  # the tree first on PYTHONPATH, as a full path

@@ -245,18 +245,59 @@ def slowed(fn: Callable[[], object], factor: float) -> Callable[[], object]:
     return run
 
 
-def warm_up(fn: Callable[[], object], times: int) -> None:
+def warm_up(fn: Callable[[], object], times: int) -> list[float]:
     """Call ``fn`` up to ``times`` times before timing; one call is enough warm-up for a
-    call that takes over 50 ms (caches, allocator and dispatch are warm after it)."""
+    call that takes over 50 ms (caches, allocator and dispatch are warm after it). Returns
+    the seconds of each call (the calibration's first samples, ``round_seconds``)."""
+    took = []
     for _ in range(times):
-        if _time(fn) > 0.05:
-            return
+        took.append(_time(fn))
+        if took[-1] > 0.05:
+            break
+    return took
 
 
 def _time(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+# timed calls of each callable, besides its first (cold) one, that the round size is
+# estimated from (``round_seconds``)
+CALIBRATION_CALLS = 3
+
+
+def round_seconds(run: Callable[[], object], ref: Callable[[], object] | None,
+                  run_times: list[float], ref_times: list[float], budget: float,
+                  time_call: Callable[[Callable[[], object]], float] = _time) -> float:
+    """Seconds one round takes (a call of ``run``, and of ``ref`` when interleaved), to size
+    the rounds: the minimum of each callable's timed calls, those of the warm-up
+    (``run_times``, ``ref_times``: the first one cold) and the calibration's, as
+    pytest-benchmark's calibration (with warm-up) and timeit's ``repeat`` take it. A call is
+    slowed by what else the machine does, never sped up: one slow call (a page fault, the
+    scheduler, a collection) does not shrink a benchmark to its minimum rounds, as it did
+    when the size came from one call.
+
+    Cost, bounded: one calibration call of each (as before), more only while a callable
+    has fewer than ``CALIBRATION_CALLS`` timed calls besides its first and the calibration
+    has taken under ``budget`` seconds (``measure_with``: a quarter of
+    --benchmark-max-time). After the default warm-up (3 calls, each under 50 ms) no call
+    is added; otherwise at most ``CALIBRATION_CALLS - 1`` pairs, started within
+    ``budget``."""
+    run_times, ref_times = list(run_times), list(ref_times)
+    spent = 0.0
+    while True:
+        run_times.append(time_call(run))
+        spent += run_times[-1]
+        if ref is not None:
+            ref_times.append(time_call(ref))
+            spent += ref_times[-1]
+        short = len(run_times) <= CALIBRATION_CALLS or (
+            ref is not None and len(ref_times) <= CALIBRATION_CALLS)
+        if not short or spent >= budget:
+            break
+    return min(run_times) + (min(ref_times) if ref is not None else 0.0)
 
 
 def bench_record(info: dict, slow: dict[str, float]) -> BenchRecord:
@@ -280,6 +321,69 @@ def check_count(name: str, value: object, least: int, what: str = "") -> int:
     if value < least:
         raise ValueError(f"{name}: expected {want}, got {value!r}")
     return value
+
+
+# measure's keywords besides the record's fields, and what each is
+MEASURE_KEYWORDS = {
+    "group": "pytest-benchmark's group",
+    "reference_fn": "the reference's callable, timed in interleaved rounds",
+    "warmup": "warm-up calls, default 3",
+    "peak": "the peak bytes of one call, when given instead of measured",
+    "reference_peak": "the same for the reference",
+}
+# the keywords every measure needs, and what each means
+REQUIRED_KEYWORDS = {
+    "group": "pytest-benchmark's group",
+    "kernel": "the family, any name",
+    "method": "what fn is",
+    "reference": "the method fn is measured against; a reference names itself",
+    "role": "'kernel': measured against its reference, judged by the gate; 'reference': "
+            "reported only",
+    "device": "e.g. 'cpu', 'cuda'",
+    "dtype": "a floating torch.dtype",
+}
+# the record's fields measure writes itself: not keywords of measure
+SET_BY_MEASURE = {
+    "threads": "the session's torch thread count, from --bench-threads",
+    "timer": "the device's clock",
+    "cache": "--bench-cold-l2",
+    "slowed_by": "--bench-slow",
+    "reference_data": "the interleaved reference's rounds: give reference_fn",
+    "peak_bytes": "measured: give peak= to set it",
+    "reference_peak_bytes": "measured: give reference_peak= to set it",
+    "instructions": "--bench-instructions",
+    "reference_instructions": "--bench-instructions",
+}
+
+
+def measure_keywords() -> list[str]:
+    """Every keyword ``measure`` takes: its own and the record's fields it does not set
+    itself, the required ones first."""
+    fields = [f.name for f in dataclasses.fields(BenchRecord) if f.name not in SET_BY_MEASURE]
+    return list(dict.fromkeys([*REQUIRED_KEYWORDS, *fields, *MEASURE_KEYWORDS]))
+
+
+def check_keywords(given) -> None:
+    """``measure``'s keywords, before anything else: a keyword measure does not take, or
+    one it needs and lacks, is a TypeError that names it, the keywords accepted and what
+    the required ones mean (not the record's constructor's TypeError)."""
+    accepted = measure_keywords()
+    for name in given:
+        if name in SET_BY_MEASURE:
+            raise TypeError(f"measure: {name!r} is written by measure itself "
+                            f"({SET_BY_MEASURE[name]}), not a keyword")
+        if name not in accepted:
+            import difflib
+
+            near = difflib.get_close_matches(name, accepted, n=1)
+            raise TypeError(f"measure: unexpected keyword {name!r}"
+                            + (f" (did you mean {near[0]!r}?)" if near else "")
+                            + f"; the keywords: {', '.join(accepted)}")
+    missing = [name for name in REQUIRED_KEYWORDS if name not in given]
+    if missing:
+        meaning = "; ".join(f"{k} ({v})" for k, v in REQUIRED_KEYWORDS.items())
+        raise TypeError(f"measure: missing keyword{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(map(repr, missing))}; every measure gives {meaning}")
 
 
 def check_measure(fn, reference_fn, group, warmup, info: dict) -> None:
@@ -317,13 +421,20 @@ def check_measure(fn, reference_fn, group, warmup, info: dict) -> None:
         pytest.skip(f"device {device!r} requested but not present (no CUDA device)")
 
 
-def measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *, group: str,
-                 warmup: int = 3, reference_fn: Callable[[], object] | None = None,
-                 peak: int | None = None, reference_peak: int | None = None,
-                 **info) -> object:
+def measure_with(benchmark, config: pytest.Config, fn: Callable[[], object],
+                 **kwargs) -> object:
     """The ``measure`` fixture's body (see ``handgrad.plugin.measure``). ``flops`` and
-    ``bytes`` default to 0: not modelled (no GFLOP/s, no roofline point). Its arguments
-    are checked first (``check_measure``)."""
+    ``bytes`` default to 0: not modelled (no GFLOP/s, no roofline point). Its keywords
+    (``check_keywords``) and arguments (``check_measure``) are checked first."""
+    check_keywords(kwargs)
+    return _measure_with(benchmark, config, fn, **kwargs)
+
+
+def _measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *,
+                  group: str, warmup: int = 3,
+                  reference_fn: Callable[[], object] | None = None,
+                  peak: int | None = None, reference_peak: int | None = None,
+                  **info) -> object:
     check_measure(fn, reference_fn, group, warmup, info)
     info = {"flops": 0, "bytes": 0, **info}
     if config.getoption("--bench-instructions"):
@@ -341,11 +452,10 @@ def measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *, 
     run = timing.wrap(target)
     if benchmark.disabled:
         return benchmark(run)
-    warm_up(run, warmup)
+    run_warm = warm_up(run, warmup)
     if timing.clock is not None:
         _use_clock(benchmark, timing.clock)
-    if reference_fn is not None:
-        warm_up(timing.wrap(reference_fn), warmup)
+    ref_warm = [] if reference_fn is None else warm_up(timing.wrap(reference_fn), warmup)
     ref_times: list[float] = []
     if reference_fn is None and timing.clock is None:
         result = benchmark(run)  # pytest-benchmark's own calibration and rounds
@@ -353,10 +463,12 @@ def measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *, 
         # as many rounds as fit in --benchmark-max-time (for the pair, when
         # interleaved), at least min-rounds
         opts = config.option
-        per_round = _time(run) + (_time(timing.wrap(reference_fn)) if reference_fn
-                                  else 0.0)
         min_rounds = int(getattr(opts, "benchmark_min_rounds", 5))
         max_time = float(getattr(opts, "benchmark_max_time", 1.0))
+        # from the warm-up's and a few more calls, not one: one slow call had cut the
+        # rounds (round_seconds; its cost: at most a quarter of max_time more)
+        per_round = round_seconds(run, timing.wrap(reference_fn) if reference_fn else None,
+                                  run_warm, ref_warm, budget=max_time / 4)
         rounds = int(max(min_rounds, min(10_000, max_time / max(per_round, 1e-9))))
         setup = None if reference_fn is None else (
             lambda: ref_times.append(timing.time_once(reference_fn)))

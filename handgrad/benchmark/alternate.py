@@ -7,7 +7,9 @@ files a side) or, with one tree on both sides, for an A/A calibration (``calibra
 
 Each run is ``python -m pytest ARGS --benchmark-json DIR/<side>-<i>.json`` in its tree,
 with the tree first on PYTHONPATH (so that its ``handgrad`` is the one imported); trees
-default to the working directory. Alternating puts the machine's slow drift on both sides
+default to the working directory. ``--out`` and the trees are taken from the working
+directory alternate is started in; the pytest arguments are read in each run's tree (its
+own test paths). Alternating puts the machine's slow drift on both sides
 alike; separate processes let the gate see the spread between processes, the larger noise
 on a shared machine. A baseline run may exit 1 (a benchmark the old kernels cannot run is
 absent from its file); any other failure, or a file not written, stops with status 2.
@@ -43,7 +45,11 @@ def plan(runs: int, start: int = 1) -> list[tuple[str, int]]:
 
 def alternate(out: Path, runs: int, baseline_tree: Path, current_tree: Path,
               pytest_args: list[str], start: int = 1, log=print) -> list[Path]:
-    """Run the plan; returns the files written, in run order."""
+    """Run the plan; returns the files written, in run order. A relative ``out`` or tree
+    is taken from the working directory of the caller, not of the runs (each runs in its
+    tree)."""
+    out = Path(out).resolve()
+    baseline_tree, current_tree = Path(baseline_tree).resolve(), Path(current_tree).resolve()
     out.mkdir(parents=True, exist_ok=True)
     trees = {"base": baseline_tree, "head": current_tree}
     order = plan(runs, start)
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from handgrad.reports.load import ReportInputError, check_output_dir
 
     try:
-        out = check_output_dir(args.out, "--out", what="the runs")
+        out = check_output_dir(args.out, "--out", what="the runs")  # (alternate resolves it)
     except ReportInputError as exc:
         parser.exit(2, f"error: {exc}\n")
     if any(a == "--benchmark-json" or a.startswith("--benchmark-json=") for a in rest):
