@@ -53,6 +53,7 @@ from handgrad.reports.load import (
     TEST_FAILED,
     ReportInputError,
     _read_bytes,
+    benchmark_names,
     check_output_dir,
     failed_gated,
     gated,
@@ -148,7 +149,10 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     report flags disturbed (``reports.tables.with_ratios``, DISTURBED_RULE: its ratio is not
     the kernel's); ``disturbed``, when given, gets "group :: method (why)" of each."""
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
-    left_out = [f"{g} :: {m}" for g, m in sorted(failed_gated(df))]  # what it would store
+    # a benchmark is its group, method and shape: "group [rows=64] :: method" where one group
+    # and method has several shapes (a parametrised test under one group), as the gates
+    names = benchmark_names(df)
+    left_out = [names[k] for k in sorted(failed_gated(df, by_shape=True))]  # not stored
     df = df[~df[TEST_FAILED]]
     data = read_json(path)
     sha, when = _commit_of(path, data, commit, date)
@@ -163,15 +167,16 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     counted = bool((df["timer"] == "callgrind").any())
     # the report's flag, by its one rule; a count (valgrind's) is not disturbed by the machine
     flags = {} if counted else {
-        (g, m): why for g, m, why in with_ratios(df.reset_index(drop=True))[
-            ["group", "method", "disturbed"]].itertuples(index=False) if why}
+        (g, m, sh): why for g, m, sh, why in with_ratios(df.reset_index(drop=True))[
+            ["group", "method", "shape", "disturbed"]].itertuples(index=False) if why}
     rows, shaken = [], []
     for (_, r), is_gated in zip(df.iterrows(), gated(df)):
         if not is_gated:
             continue
-        why = flags.get((r["group"], r["method"]))
+        name = names[(r["group"], r["method"], r["shape"])]
+        why = flags.get((r["group"], r["method"], r["shape"]))
         if why:  # kept as measured, without a value: its series fills it (``series``)
-            shaken.append(f"{r['group']} :: {r['method']} ({why})")
+            shaken.append(f"{name} ({why})")
         ratio = ins = None
         if why:
             pass
@@ -190,7 +195,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
                   for k, v in r.items() if k not in ("data", "reference_data")}
         if why:
             record["disturbed"] = why
-        rows.append((r["kernel"], r["method"], r["device"], f"{r['group']} :: {r['method']}",
+        rows.append((r["kernel"], r["method"], r["device"], name,
                      r["reference"], ratio, ins, json.dumps(record, default=str)))
     stored = sum(row[5] is not None or row[6] is not None for row in rows)
     if not stored:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from handgrad.reports.load import shape_columns
+from handgrad.reports.load import BENCHMARK_KEY, shape_columns
 from handgrad.reports.record import (
     DISTURBED,
     achieved_gflops,
@@ -199,16 +199,16 @@ def with_counts(df: pd.DataFrame) -> pd.DataFrame:
     timed = df[~counted]
     if timed.empty:
         return df
-    counts = df[counted].drop_duplicates(["group", "method"], keep="last").set_index(
-        ["group", "method"])
-    keys = list(zip(timed["group"], timed["method"]))
+    # a benchmark is its group, method and shape (reports.load.BENCHMARK_KEY)
+    counts = df[counted].drop_duplicates(BENCHMARK_KEY, keep="last").set_index(BENCHMARK_KEY)
+    keys = list(zip(timed["group"], timed["method"], timed["shape"]))
     hit = [k in counts.index for k in keys]
     for col in ("instructions", "instr_ratio"):
         df.loc[~counted, col] = [counts.at[k, col] if h else v
                                  for k, h, v in zip(keys, hit, timed[col])]
     joined = {k for k, h in zip(keys, hit) if h}
-    drop = counted & pd.Series([(g, m) in joined for g, m in zip(df["group"], df["method"])],
-                               index=df.index)
+    drop = counted & pd.Series([k in joined for k in zip(df["group"], df["method"],
+                                                         df["shape"])], index=df.index)
     return df[~drop].reset_index(drop=True)
 
 

@@ -250,3 +250,38 @@ def test_calibrate_keeps_the_shapes_of_one_group_apart(tmp_path):
     names = set(calibrate(runs)["benchmarks"])
     assert {f"{BACKPROP} [L={n} D=13 K=64 P=1 N=256] :: manual" for n in (3, 5, 10)} <= names
     assert f"{BACKPROP} :: manual" not in names
+
+
+# ------------------------------------------------------------ the history and the report too
+
+
+def test_history_add_stores_each_shape_of_one_group_as_its_own_benchmark(tmp_path):
+    import sqlite3
+
+    from handgrad.reports import history as H
+
+    con = H.connect(str(tmp_path / "h.sqlite"))
+    H.add_run(con, _write(tmp_path / "base.json", _run()), commit="a" * 40,
+              date="2026-12-01T00:00:00+00:00")
+    stored = sorted(r[0] for r in sqlite3.connect(tmp_path / "h.sqlite").execute(
+        "SELECT benchmark FROM results WHERE kernel = 'backprop'"))
+    assert stored == [f"{BACKPROP} [L=10 D=13 K=64 P=1 N=256] :: manual",
+                      f"{BACKPROP} [L=3 D=13 K=64 P=1 N=256] :: manual",
+                      f"{BACKPROP} [L=5 D=13 K=64 P=1 N=256] :: manual"]
+
+
+def test_the_report_joins_counts_to_timings_by_shape_too():
+    import pandas as pd
+
+    from handgrad.reports.tables import with_counts
+
+    rows = []
+    for shape, ins in (("L=3", 100.0), ("L=5", 500.0)):
+        for timer in ("perf_counter", "callgrind"):
+            rows.append({"group": BACKPROP, "method": "manual", "shape": shape,
+                         "timer": timer, "median": 1.0, "iqr": 0.1, "ratio": 1.0,
+                         "gflops": 1.0, "ratio_kind": "paired",
+                         "instructions": ins if timer == "callgrind" else float("nan"),
+                         "reference_instructions": 50.0})
+    out = with_counts(pd.DataFrame(rows))
+    assert dict(zip(out["shape"], out["instructions"])) == {"L=3": 100.0, "L=5": 500.0}
