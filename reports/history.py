@@ -157,7 +157,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     data = read_json(path)
     sha, when = _commit_of(path, data, commit, date)
     # the hash of the JSON itself, decompressed: x.json and its x.json.gz are one run. A run
-    # stored from a .gz before 0.3.1 was hashed compressed: that hash is refused too
+    # stored from a .gz before 0.4.0 was hashed compressed: that hash is refused too
     raw = Path(path).read_bytes()
     digest = hashlib.sha256(_read_bytes(Path(path))).hexdigest()
     for known in {digest, hashlib.sha256(raw).hexdigest()}:

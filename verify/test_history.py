@@ -271,7 +271,7 @@ def test_a_run_and_its_gzip_copy_are_one_run(tmp_path, capsys):
     assert main(["history", "add", "--db", str(db), str(packed)]) == 2
     assert "already in the history (the same JSON, compressed or not)" in (
         capsys.readouterr().err)
-    # the other way round, and a .gz stored before 0.3.1 (hashed compressed) refused again
+    # the other way round, and a .gz stored before 0.4.0 (hashed compressed) refused again
     db2 = tmp_path / "h2.sqlite"
     assert main(["history", "add", "--db", str(db2), str(packed)]) == 0
     assert main(["history", "add", "--db", str(db2), str(plain)]) == 2
