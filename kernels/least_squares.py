@@ -406,13 +406,22 @@ def heavy_ball_iterates(X, y, w0, alpha: float, beta: float, k: int) -> torch.Te
 
 
 def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tensor:
-    """w_k of heavy-ball momentum on least squares without k iterations.
+    """w_k of heavy-ball momentum on least squares without k iterations: (D,) for an int
+    k, (len(k), D) for a sequence of k (an empty one gives an empty (0, D) result).
 
-    Per eigenvalue, the error e = c - c* obeys e_{j+1} = (1 + beta - alpha lam) e_j -
-    beta e_{j-1} with e_{-1} = e_0: the 2x2 block recurrence [e_{j+1}, e_j] =
-    M [e_j, e_{j-1}], M = [[1 + beta - alpha lam, -beta], [1, 0]]; M^k by repeated
-    squaring (log2 k products of D 2x2 blocks). Null-space directions stay at w0's
-    component. Converges iff 0 < alpha lam < 2 (1 + beta) for every nonzero lam.
+    Per eigenvalue, the progress d_j = c_j - c_0 (not the error from c*, which cancels
+    against c* when the steps so far moved w little: alpha lam tiny) obeys d_{j+1} = d_j -
+    alpha (lam d_j + g) + beta v_j, v_j = d_j - d_{j-1}, with g = lam c_0 - b the initial
+    gradient and d_0 = v_0 = 0 (w_{-1} = w_0): an affine map M on [d, v, 1] whose
+    E = M - I = [[-alpha lam, beta, -alpha g], [-alpha lam, beta - 1, -alpha g], [0, 0, 0]]
+    keeps alpha lam to its own relative precision (M's 1 - alpha lam would round it away,
+    and with it the rate at which w_k approaches w*). M^k - I by binary powering of
+    K = M^n - I itself, never of M: K_{2n} = 2 K_n + K_n^2, K_{n+1} = E + M K_n (one
+    product by M rounds K_{n+1} at eps, harmlessly), log2 k batched products; then
+    d_k = K_k[0, 2] and w_k = w_0 + V d_k. Any k: a Python int, no int64 bound (K of a
+    convergent iteration settles at its fixed point). Null-space directions (lam = b = 0,
+    so g = 0) keep w0's component exactly. Converges iff 0 < alpha lam < 2 (1 + beta)
+    for every nonzero lam.
     """
     X, y, w0 = _check_problem(X, y, w0, "w0", linalg=True)
     alpha, beta = _check_alpha(alpha), _check_beta(beta)
@@ -427,19 +436,28 @@ def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tens
             DivergenceWarning,
             stacklevel=2,
         )
-    nz = sp.nonzero
     c0 = sp.V.t() @ w0
-    c_star = torch.where(nz, sp.Xty_v / torch.where(nz, sp.lam, 1), 0)
-    e0 = torch.where(nz, c0 - c_star, 0)
-    m = X.new_zeros(c0.shape[0], 2, 2)
-    m[:, 0, 0] = 1 + beta - alpha * sp.lam
-    m[:, 0, 1] = -beta
-    m[:, 1, 0] = 1
+    a_lam = alpha * sp.lam
+    a_g = alpha * (sp.lam * c0 - sp.Xty_v)  # alpha times the initial gradient, per lam
+    # E and every K = M^n - I have a zero last row: kept as their top two rows, (D, 2, 3),
+    # batched over eigenvalues; K^2 = K[:, :, :2] K
+    e = X.new_zeros(c0.shape[0], 2, 3)
+    e[:, :, 0] = -a_lam.unsqueeze(1)
+    e[:, 0, 1] = beta
+    e[:, 1, 1] = beta - 1
+    e[:, :, 2] = -a_g.unsqueeze(1)
+    m = e[:, :, :2] + torch.eye(2, dtype=X.dtype, device=X.device)  # M's top-left block
     rows = []
     for kv in ks:
-        mk = torch.linalg.matrix_power(m, kv)  # repeated squaring, batched over eigenvalues
-        ek = mk[:, 0, 0] * e0 + mk[:, 0, 1] * e0  # state [e_0, e_{-1}] = [e_0, e_0]
-        rows.append(c_star + ek + torch.where(nz, 0, c0))
-    w = torch.stack(rows) @ sp.V.t()
+        if kv == 0:
+            rows.append(torch.zeros_like(c0))
+            continue
+        km = e  # M^1 - I; then the bits of k after the leading one, most significant first
+        for bit in bin(kv)[3:]:
+            km = torch.baddbmm(km, km[:, :, :2], km, beta=2)  # K_2n = 2 K + K^2
+            if bit == "1":
+                km = torch.baddbmm(e, m, km)  # K_n+1 = E + M K
+        rows.append(km[:, 0, 2])
+    w = w0 + torch.stack(rows) @ sp.V.t()
     _finite_or_raise(w, "heavy_ball_closed_form", alpha, f"at k = {max(ks)}")
     return w[0] if single else w

@@ -268,6 +268,118 @@ def test_heavy_ball_closed_form_for_huge_k(rank):
         ls.heavy_ball_closed_form(X, y, w0, 2 * (1 + beta) / lam_max(X), beta, 3)
 
 
+
+# heavy-ball closed form where alpha lam is small: few steps' progress next to c* (the
+# user's case: a 30 x 3 problem, alpha = 1e-8, k = 100), where computing w_k as c* plus a
+# decayed error cancelled to a 5% error in float32 and a wrong sign
+
+
+@pytest.mark.parametrize("alpha", [1e-14, 1e-8, 1e-6])
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+def test_heavy_ball_closed_form_with_tiny_alpha_lambda_matches_the_loop(alpha, beta):
+    X, y, _ = problem(30, 3, seed=0)
+    w0 = torch.zeros(3, dtype=F64)  # w_k is then the progress alone, c* far from it
+    k = 100
+    loop = ls.heavy_ball_iterates(X, y, w0, alpha, beta, k)[-1]
+    # the loop rounds each of its k steps at eps relative to |w|, carried on by the momentum
+    # (a factor up to 1 / (1 - beta)): k eps / (1 - beta) ~ 1e-13 at most (measured: 5e-15)
+    tol = Tol(rtol=1e-12, atol=1e-12 * loop.abs().max().item())
+    assert_close(ls.heavy_ball_closed_form(X, y, w0, alpha, beta, k), loop,
+                 kernel="heavy_ball_closed_form", reference="heavy_ball_iterates",
+                 what=f"alpha={alpha:g} beta={beta}", tol=tol)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+def test_heavy_ball_closed_form_in_float32_with_tiny_alpha_lambda(beta):
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 3, generator=g), torch.randn(30, generator=g)
+    w0 = torch.zeros(3)
+    alpha, k = 1e-8, 100
+    loop = ls.heavy_ball_iterates(X.double(), y.double(), w0.double(), alpha, beta, k)[-1]
+    # the same rounded inputs in float64: the float32 SVD of this X (cond ~2) gives lam and
+    # V to a few eps32 = 1.2e-7, and the 3x3 products amplify rounding by at most
+    # 1 / (1 - beta) = 10 over log2 k = 7 levels: ~1e-5 relative (measured: 3e-7); the
+    # cancelling form was off by 5% to 90%
+    tol = Tol(rtol=1e-5, atol=1e-5 * loop.abs().max().item())
+    assert_close(ls.heavy_ball_closed_form(X, y, w0, alpha, beta, k), loop,
+                 kernel="heavy_ball_closed_form(float32)", reference="heavy_ball_iterates(float64)",
+                 what=f"alpha={alpha:g} beta={beta}", tol=tol)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-13), (torch.float32, 2e-5)],
+                         ids=["float64", "float32"])
+@pytest.mark.parametrize("alpha,k", [(1e-8, 100), (1e-14, 10**12), (1e-14, 10**15),
+                                     (1e-3, 10**30), (1e-12, 2**63)])
+def test_heavy_ball_closed_form_without_momentum_is_gd_closed_form(alpha, k, dtype, rtol):
+    """beta = 0 is gradient descent, whose closed form (expm1/log1p) is exact for any k:
+    from a few steps (alpha lam tiny) through partial convergence at k = 1e12 to past
+    int64 (k = 2^63 and 1e30, which torch.linalg.matrix_power cannot take)."""
+    X, y, _ = problem(30, 3, seed=0)
+    X, y = X.to(dtype), y.to(dtype)
+    w0 = torch.zeros(3, dtype=dtype)  # w_k is the progress alone: nothing hides its error
+    gd = ls.gd_closed_form(X, y, w0, alpha, k)
+    # rtol: eps per level of the log2 k <= 100 doubling levels (measured: 7e-16 in float64,
+    # 4e-6 in float32 at k = 1e30)
+    assert_close(ls.heavy_ball_closed_form(X, y, w0, alpha, 0.0, k), gd,
+                 kernel="heavy_ball_closed_form(beta=0)", reference="gd_closed_form",
+                 what=f"alpha={alpha:g} k={k}", tol=Tol(rtol, rtol * gd.abs().max().item()))
+
+
+@pytest.mark.parametrize("rank", [5, 2])
+def test_heavy_ball_closed_form_past_int64_reaches_the_limit(rank):
+    X, y, w0 = problem(15, 5, rank, seed=9)
+    alpha, beta = 1.0 / lam_max(X), 0.9
+    w = ls.heavy_ball_closed_form(X, y, w0, alpha, beta, [2**63, 10**30, 10**300])
+    assert_close(w, limit(X, y, w0).expand(3, -1), kernel="heavy_ball_closed_form(k >= 2^63)",
+                 reference="pinv(X) y + (I - pinv(X) X) w0", kind="grad")
+
+
+def _heavy_ball_in_decimal(X, y, w0, alpha, beta, k, digits=60):
+    """w_k by the plain augmented recurrence [d_j+1, d_j, 1] = [[1 + beta - alpha lam,
+    -beta, -alpha g], [1, 0, 0], [0, 0, 1]] [d_j, d_j-1, 1] raised to the k by repeated
+    squaring in 60-digit decimal arithmetic (1 + beta - alpha lam loses nothing there), per
+    eigenvalue of torch.linalg.eigh(X^T X); g = lam c0 - b the initial gradient."""
+    import decimal
+
+    ctx = decimal.Context(prec=digits)
+    dec = decimal.Decimal
+    lam, V = torch.linalg.eigh(X.t() @ X)
+    b, c0 = V.t() @ (X.t() @ y), V.t() @ w0
+
+    def mul(P, Q):
+        return [[sum((ctx.multiply(P[i][m], Q[m][j]) for m in range(3)), dec(0))
+                 for j in range(3)] for i in range(3)]
+
+    d = []
+    for li, bi, ci in zip(lam.tolist(), b.tolist(), c0.tolist()):
+        a_lam, a_g = dec(alpha) * dec(li), dec(alpha) * (dec(li) * dec(ci) - dec(bi))
+        M = [[1 + dec(beta) - a_lam, -dec(beta), -a_g], [dec(1), dec(0), dec(0)],
+             [dec(0), dec(0), dec(1)]]
+        P = [[dec(int(i == j)) for j in range(3)] for i in range(3)]
+        for bit in bin(k)[2:]:
+            P = mul(P, P)
+            if bit == "1":
+                P = mul(P, M)
+        d.append(float(P[0][2]))
+    return w0 + V @ torch.tensor(d, dtype=F64)
+
+
+@pytest.mark.parametrize("alpha,k", [(1e-12, 10**9), (1e-12, 10**11), (1e-6, 10**6)])
+def test_heavy_ball_closed_form_at_large_k_against_a_60_digit_recurrence(alpha, k):
+    """Momentum part-way to the limit after more steps than a loop can take, against the
+    plain recurrence in high precision. lam = 0.1, 31, 310 here: with beta = 0.9 the slow
+    mode decays as exp(-k alpha lam / (1 - beta)), k alpha lam / (1 - beta) from 1e-3 to 3
+    at k = 1e9, 0.1 to 300 at 1e11, 1 to 3000 at alpha = 1e-6, k = 1e6."""
+    X, y, w0 = problem(30, 3, seed=0)
+    ref = _heavy_ball_in_decimal(X, y, w0, alpha, 0.9, k)
+    # cond(X^T X) = 3e3: the reference's eigh and the kernel's SVD differ by up to
+    # eps cond(X^T X) ~ 7e-13 in the smallest eigendirection (measured in all: 1.3e-14)
+    assert_close(ls.heavy_ball_closed_form(X, y, w0, alpha, 0.9, k), ref,
+                 kernel="heavy_ball_closed_form", reference="60-digit augmented recurrence",
+                 what=f"alpha={alpha:g} k={k}",
+                 tol=Tol(rtol=1e-12, atol=1e-12 * ref.abs().max().item()))
+
+
 # --- bad input -----------------------------------------------------------------------
 
 X3, Y3, W3 = torch.ones(4, 3, dtype=F64), torch.ones(4, dtype=F64), torch.ones(3, dtype=F64)
