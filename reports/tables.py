@@ -79,10 +79,21 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     # a group can hold several references (GD: lstsq for the closed form, torch.optim.SGD
     # for the loop), so the join is on the reference's method name too
     ref = df[df["method"] == df["reference"]][
-        ["source", "group", "method", "data", "median", "peak_bytes"]]
+        ["source", "group", "method", "shape", "data", "median", "peak_bytes"]]
     ref = ref.rename(columns={"method": "reference", "data": "ref_rounds",
                               "median": "ref_median", "peak_bytes": "ref_peak_bytes"})
-    df = df.merge(ref, on=["source", "group", "reference"], how="left")
+    ref = ref.drop_duplicates(["source", "group", "reference", "shape"], keep="last")
+    # the reference of the same shape (a group may hold several: a parametrised test under
+    # one group), else the group's only one of that method (timed once for every shape), as
+    # reports.load.find_row pairs them
+    joined = df.merge(ref, on=["source", "group", "reference", "shape"], how="left")
+    lone = ref[ref.groupby(["source", "group", "reference"])["shape"].transform("size") == 1]
+    fallback = df[["source", "group", "reference"]].merge(
+        lone.drop(columns="shape"), on=["source", "group", "reference"], how="left")
+    missing = joined["ref_median"].isna().to_numpy()
+    for col in ("ref_rounds", "ref_median", "ref_peak_bytes"):
+        joined.loc[missing, col] = fallback.loc[missing, col].to_numpy()
+    df = joined
     ratios = [ratio_to_reference(r.data, r.reference_data, r.ref_rounds)
               for r in df.itertuples(index=False)]
     df["ratio"] = [r for r, _ in ratios]

@@ -285,3 +285,41 @@ def test_the_report_joins_counts_to_timings_by_shape_too():
                          "reference_instructions": 50.0})
     out = with_counts(pd.DataFrame(rows))
     assert dict(zip(out["shape"], out["instructions"])) == {"L=3": 100.0, "L=5": 500.0}
+
+
+def test_the_report_pairs_each_shape_of_one_group_with_its_own_reference(tmp_path):
+    from handgrad.reports.load import load_benchmarks
+    from handgrad.reports.tables import with_ratios
+
+    alone = load_benchmarks([_write(tmp_path / "apart.json", _run(one_group=False))])
+    one = load_benchmarks([_write(tmp_path / "one.json", _run())])
+    got, want = with_ratios(one), with_ratios(alone)
+    assert len(got) == len(one)  # each row once, not once per shape's reference
+    mine = got[got["group"] == BACKPROP]
+    assert not mine["disturbed"].astype(bool).any(), list(mine["disturbed"])
+    # the ratios are those of the same file with one group a shape
+    assert sorted(mine["ratio"]) == pytest.approx(sorted(
+        want[want["group"].str.startswith("backprop ")]["ratio"]))
+
+
+def test_the_report_takes_a_groups_one_reference_for_every_shape(tmp_path):
+    # a reference timed once (its own benchmark, one shape) for kernels of several shapes,
+    # none interleaved: each kernel's ratio is against that one reference
+    from handgrad.reports.load import load_benchmarks
+    from handgrad.reports.tables import with_ratios
+
+    data = _run()
+    kept = []
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if b["group"] == BACKPROP and info["method"] == "torch_autograd" and info[
+                "shape"]["L"] != 3:
+            continue  # the reference's other shapes: not timed
+        if b["group"] == BACKPROP:
+            info.pop("reference_data", None)
+        kept.append(b)
+    data["benchmarks"] = kept
+    got = with_ratios(load_benchmarks([_write(tmp_path / "once.json", data)]))
+    mine = got[(got["group"] == BACKPROP) & (got["method"] == "manual")]
+    assert len(mine) == 3 and mine["ratio"].notna().all(), list(mine["ratio"])
+    assert set(mine["ratio_kind"]) == {"medians"}
