@@ -1568,3 +1568,40 @@ def test_a_derivative_defined_in_a_test_is_named_without_locals():
     check_vjp(torch.sin, vjp, (torch.randn(4, dtype=torch.float64),))
     kernels = {r.kernel for r in compare_mod.RECORDS[before:]}
     assert kernels == {"test_a_derivative_defined_in_a_test_is_named_without_locals.vjp"}
+
+
+def test_a_container_argument_left_out_by_wrt_is_the_callers_choice():
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(25))
+    mask = [torch.ones(5, 4, dtype=torch.float64)]
+    report = check_vjp(lambda x, m: x * m[0], lambda g, x, m: (g * m[0], None), (x, mask),
+                       wrt=[0])
+    assert report.passed and report.arguments[1].note == "not a floating-point tensor"
+
+
+def test_an_f_raising_on_its_second_call_is_refused_as_not_deterministic():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of tokens")
+        return 2 * x
+
+    with pytest.raises(ValueError, match=r"^f: raised on its second call at the same point "
+                                         r"\(RuntimeError: out of tokens\)"):
+        check_vjp(f, lambda g, x: 2 * g, (torch.randn(4, dtype=torch.float64),))
+
+
+def test_an_f_near_zero_summing_large_terms_is_deterministic_at_its_scale():
+    # float32 f = sum of +-1e4 terms: the element near 0 differs between calls by the
+    # terms' rounding (1e-3), far above atol 1e-6 but not above rtol x the largest value
+    calls = []
+    x = torch.randn(8, generator=torch.Generator().manual_seed(26))
+
+    def f(x):
+        calls.append(1)
+        jitter = 1e-3 if len(calls) == 2 else 0.0  # the determinism check's call
+        return torch.stack([x.sum() * 1e4, x.sum() * 0 + jitter])
+
+    assert check_jvp(f, lambda t, x: torch.stack([t[0].sum() * 1e4, t[0].sum() * 0]), (x,),
+                     taylor=False, directions=1).passed

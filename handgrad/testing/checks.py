@@ -13,13 +13,14 @@ others held), so a failure names the argument. Four references, each where it ap
   fails, torch's derivative with f run at the arguments' own dtypes measures it, and
   ``ROUNDING_FACTOR`` (4) times that one's largest distance from the float64 reference is
   added to atol, with a note (in the failure too), and a vjp's central differences allow
-  that atol projected (times |v|, where they fail without it); not where that rounding exceeds
-  ``ROUNDING_CAP`` (0.1) of the reference's largest element (f loses precision in that
-  dtype: the failure says to check in float64), nor where ``tol`` is given (compared at it,
-  as given). Skipped for an argument torch does not reach
-  (unused, numpy inside, a ``.detach()``), with the reason in the report; skipped for all
-  when ``f`` raises on tensors that require grad, or runs a custom
-  ``torch.autograd.Function``: autograd would replay that Function's own backward, the code
+  that atol projected (times |v|, where they fail without it); not where that added atol
+  would exceed ``ROUNDING_CAP`` (0.1) of the reference's largest element (f loses precision
+  in that dtype: the failure says to check in float64), nor where ``tol`` is given
+  (compared at it, as given). Only against torch's reference: a custom Function's float32
+  derivative held to its own float64 run (below) gets no such allowance. Skipped for an
+  argument torch does not reach (unused, numpy inside, a ``.detach()``), with the reason in
+  the report; skipped for all when ``f`` raises on tensors that require grad, or runs a
+  custom ``torch.autograd.Function``: autograd would replay that Function's own backward, the code
   under test. An argument no reference can check fails.
 - **central differences** along random directions (one pair of evaluations of ``f`` per
   direction, whatever the size): <u, J v> against <vjp(u), v> or <u, jvp(v)>, relative to
@@ -282,7 +283,7 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
                         f"tensor x: args=(x,)), got {type(args).__name__}")
     args = tuple(args)
     for i, a in enumerate(args):
-        held = _floats_inside(a)
+        held = _floats_inside(a) if wrt is None else ""  # wrt given: the caller chose
         if held:
             name = _names(f, len(args))[i]
             raise TypeError(
@@ -290,7 +291,8 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
                 f"floating-point tensors ({held}); the check differentiates with respect to "
                 "tensor arguments only, so these would not be checked: pass each as an "
                 "argument of its own (f(x, W, b), or wrap f: lambda x, W, b: f(x, [W, b])) and "
-                "give the vjp/jvp the same arguments")
+                "give the vjp/jvp the same arguments; to leave them out on purpose, name "
+                "the arguments to check: wrt=[...]")
     floats = [i for i, a in enumerate(args) if _is_float_tensor(a)]
     if not floats:
         got = ", ".join(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__
@@ -366,12 +368,21 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
     # differences and torch's derivative read f at and around the point many times: an f
     # that draws random numbers (dropout in training mode, a generator among its arguments)
     # gives each call its own function, and its derivative reads as wrong. One more call
-    # at the point, compared with the first (within the forward tolerance of its dtype: a
-    # GPU's atomic adds may sum in another order each call)
-    with torch.no_grad():
-        again = f(*args)
+    # at the point, compared with the first (within the forward tolerance of its dtype, atol
+    # scaled by f's largest value: a GPU's atomic adds may sum in another order each call)
+    try:
+        with torch.no_grad():
+            again = f(*args)
+    except Exception as e:  # noqa: BLE001 (f is the user's; it ran once at this point)
+        raise ValueError(f"f: raised on its second call at the same point ({type(e).__name__}: "
+                         f"{str(e)[:120]}): f is not deterministic, so no derivative of it "
+                         "can be checked") from e
+    # atol scaled by f's largest value: an element near 0 that sums terms of that size may
+    # differ by their rounding
+    same = FORWARD.get(out.dtype, Tol(0.0, 0.0))
+    same = Tol(same.rtol, same.atol + same.rtol * float(out.double().abs().max()))
     if not (isinstance(again, torch.Tensor) and again.shape == out.shape
-            and _close(again.double(), out.double(), FORWARD.get(out.dtype, Tol(0.0, 0.0)))):
+            and _close(again.double(), out.double(), same)):
         differ = (float((again.double() - out.double()).abs().max())
                   if isinstance(again, torch.Tensor) and again.shape == out.shape else None)
         gens = [_label(i, names) for i, a in enumerate(args)
@@ -560,7 +571,7 @@ JVP64 = "the jvp in float64"
 # an element-wise comparison fails, torch's own derivative with f run at the arguments' own
 # dtypes measures that rounding: ROUNDING_FACTOR times its largest distance from torch's
 # float64 derivative is added to atol (a right derivative, however it sums, measured within
-# 1.3x of torch's own; _rounding_allowance). Not where that rounding exceeds
+# 1.3x of torch's own; _rounding_allowance). Not where that added atol would exceed
 # ROUNDING_CAP of the derivative's largest element: the dtype cannot resolve the derivative
 # there, and the failure says so
 ROUNDING_FACTOR = 4.0
@@ -600,7 +611,8 @@ def _rounding_allowance(own: torch.Tensor | None, ref: torch.Tensor, tol: Tol,
                         dtype: torch.dtype, what: str) -> tuple[Tol, str] | None:
     """``tol`` with atol widened by the rounding torch's own derivative at ``dtype`` (``own``;
     ``what`` names it) shows against its float64 one (``ref``), and a note saying so; or
-    (``tol``, why not) where that rounding exceeds ROUNDING_CAP of ``ref``'s largest element;
+    (``tol``, why not) where the atol added (ROUNDING_FACTOR times that rounding) would
+    exceed ROUNDING_CAP of ``ref``'s largest element;
     None where there is nothing to measure."""
     if own is None:
         return None
