@@ -54,6 +54,7 @@ from handgrad.reports.load import (
     ReportInputError,
     _read_bytes,
     benchmark_names,
+    check_distinct_benchmarks,
     check_output_dir,
     failed_gated,
     gated,
@@ -151,6 +152,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
     # a benchmark is its group, method and shape: "group [rows=64] :: method" where one group
     # and method has several shapes (a parametrised test under one group), as the gates
+    check_distinct_benchmarks(df)  # two rows of one key: no series could tell them apart
     names = benchmark_names(df)
     left_out = [names[k] for k in sorted(failed_gated(df, by_shape=True))]  # not stored
     df = df[~df[TEST_FAILED]]

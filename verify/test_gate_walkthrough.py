@@ -323,3 +323,13 @@ def test_the_report_takes_a_groups_one_reference_for_every_shape(tmp_path):
     mine = got[(got["group"] == BACKPROP) & (got["method"] == "manual")]
     assert len(mine) == 3 and mine["ratio"].notna().all(), list(mine["ratio"])
     assert set(mine["ratio_kind"]) == {"medians"}
+
+
+def test_history_add_refuses_two_benchmarks_of_one_key(tmp_path):
+    from handgrad.reports import history as H
+
+    con = H.connect(str(tmp_path / "h.sqlite"))
+    with pytest.raises(ReportInputError, match="have the same group 'backprop', method "
+                                               "'manual' and shape"):
+        H.add_run(con, _write(tmp_path / "dup.json", _duplicated()), commit="b" * 40,
+                  date="2026-12-01T00:00:00+00:00")
