@@ -1014,7 +1014,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             if why and msg:
                 msg += f"\n    {why}"
             elif why:
-                note = "; ".join(filter(None, [note, why]))
+                note = _noted(note, why)
             if msg:
                 torch_failed = len(failures)
                 failures.append(msg)
@@ -1079,8 +1079,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                     note = _noted(note, look)
                 if msg and kink:
                     msg += f"; {KINK}: choose a point off it"
-                if why and why not in note:  # the report, in a failure too, says it
-                    note = "; ".join(filter(None, [note, why]))
+                if why:  # the report, in a failure too, says it
+                    note = _noted(note, why)
                 if torch_failed is not None:  # torch's answer, as central differences see it
                     theirs = float((ref_grads[i].double() * v.double().to(
                         ref_grads[i].device)).sum())
@@ -1234,8 +1234,8 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 ratio = r if ratio is None else max(ratio, r)
                 if why and msg:
                     msg += f"\n    {why}"
-                elif why and why not in note:
-                    note = "; ".join(filter(None, [note, why]))
+                elif why:
+                    note = _noted(note, why)
                 if msg:  # central differences along the same tangent still run: below
                     torch_failed = len(failures)
                     failures.append(msg)
@@ -1254,8 +1254,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 elif not bool(torch.isfinite(jt64).all()):
                     why = ("the jvp's float64 tangent is not finite where this one is: not "
                            "used")
-                    if why not in note:
-                        note = "; ".join(filter(None, [note, why]))
+                    note = _noted(note, why)
                 else:
                     _, msg = _compare(label, jt, jt64.to(jt.device), kernel=kernel,
                                       reference=JVP64, tol=dtol, record_as=record_as)
