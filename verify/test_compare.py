@@ -60,6 +60,28 @@ def test_passing_comparison_is_recorded_with_headroom() -> None:
     assert 0 < rec.worst_ratio < 1 and rec.dtype == "float32"
 
 
+def test_an_integer_result_is_compared_exactly_or_at_the_floating_references_tolerance():
+    # check_dtype=False lets an integer result through: it has no rounding of its own
+    ints = torch.tensor([1, 2, 3])
+    rec = assert_close(ints, ints.clone(), kernel="k", reference="r", check_dtype=False)
+    assert rec.passed and rec.max_abs_err == 0
+    with pytest.raises(AssertionError, match=r"Mismatched elements: 1 / 3"):
+        assert_close(ints, torch.tensor([1, 2, 4]), kernel="k", reference="r",
+                     check_dtype=False)
+    with pytest.raises(AssertionError, match=r"Mismatched elements: 1 / 1"):
+        assert_close(torch.tensor([True]), torch.tensor([False]), kernel="k", reference="r",
+                     check_dtype=False)
+    # against a float64 formula: that reference's own rounding is allowed, no more
+    near = torch.tensor([1.0, 2.0, 3.0 + 1e-12], dtype=torch.float64)
+    assert assert_close(ints, near, kernel="k", reference="r", check_dtype=False).passed
+    with pytest.raises(AssertionError, match=r"Mismatched elements: 1 / 3"):
+        assert_close(ints, near + torch.tensor([0.0, 0.0, 1e-3], dtype=torch.float64),
+                     kernel="k", reference="r", check_dtype=False)
+    # a tol given is used as given
+    assert assert_close(ints, torch.tensor([1, 2, 4]), kernel="k", reference="r",
+                        check_dtype=False, tol=Tol(rtol=0.0, atol=1.0)).passed
+
+
 def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
     for table in (FORWARD, GRAD):
         assert set(table) == set(ALL_DTYPES)

@@ -108,7 +108,9 @@ def assert_close(
     ``expected`` may be of a wider dtype (a float64 reference for a float32 kernel): the
     values are compared in float64, with the tolerance of ``actual``'s dtype from the table
     unless ``tol`` is given. With ``check_dtype`` (default), a non-floating ``actual`` is an
-    ``AssertionError`` (a kernel that returned the wrong kind of result).
+    ``AssertionError`` (a kernel that returned the wrong kind of result); without it, an
+    integer or bool ``actual`` is compared exactly against an integer ``expected``, and at
+    ``expected``'s tolerance against a floating one, unless ``tol`` is given.
 
     A NaN fails, even where the reference is NaN at the same place (as in
     ``torch.testing.assert_close``): a NaN is no result, whoever computed it. Pass
@@ -145,9 +147,16 @@ def assert_close(
     narrower_reference = (tol is None and expected.dtype.is_floating_point
                           and actual.dtype.is_floating_point
                           and torch.promote_types(expected.dtype, actual.dtype) != expected.dtype)
+    if tol is None and not actual.dtype.is_floating_point:
+        # an integer or bool result (check_dtype=False): no rounding of its own; exact
+        # against an integer reference, at the reference's tolerance against a floating one
+        tol = Tol(0.0, 0.0) if not expected.dtype.is_floating_point else None
+        tol_dtype = expected.dtype
+    else:
+        tol_dtype = actual.dtype
     if tol is None:
         try:
-            tol = tol_for(actual.dtype, kind)
+            tol = tol_for(tol_dtype, kind)
         except (TypeError, ValueError) as e:  # no table entry for this dtype
             if not str(e).startswith("dtype:"):  # a bad kind: the caller's error as it is
                 raise
