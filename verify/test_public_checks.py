@@ -7,6 +7,7 @@ find the references themselves."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -183,6 +184,23 @@ def test_each_comparison_is_recorded_for_the_verify_report():
     assert {r.reference for r in new} == {"torch_autograd", "central differences"}
     assert {r.what.split(":")[0] for r in new} == {"args[0] (x)", "args[1] (weight)",
                                                    "args[2] (bias)"}
+
+
+
+def test_name_gives_the_derivative_its_name_in_records():
+    # a partial or a lambda is named by its type or "<lambda>" unless named
+    before = len(compare_mod.RECORDS)
+    check_vjp(softplus_layer, functools.partial(vjp_right), _args(torch.float64),
+              name=" softplus_vjp ")
+    check_jvp(softplus_layer, lambda t, *a: jvp_right(t, *a), _args(torch.float64),
+              name="softplus_jvp")
+    assert {r.kernel for r in compare_mod.RECORDS[before:]} == {"softplus_vjp", "softplus_jvp"}
+    for bad in ("", "  ", 3):
+        with pytest.raises(TypeError, match=r"^name: expected a non-empty string naming the "
+                           r"(vjp|jvp) in records"):
+            check_vjp(softplus_layer, vjp_right, _args(torch.float64), name=bad)
+    with pytest.raises(TypeError, match=r"^name: .* naming the jvp"):
+        check_jvp(softplus_layer, jvp_right, _args(torch.float64), name=3)
 
 
 @pytest.mark.parametrize("call, exc, words", [

@@ -270,7 +270,8 @@ def _names(f: Callable, n: int) -> list[str | None]:
     return (names + [None] * n)[:n]
 
 
-def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor):
+def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor,
+                  name=None):
     """The arguments checked, and what both checks start from: f's and the derivative's
     names and f(*args)."""
     what = "vjp" if mode == "vjp" else "jvp"
@@ -353,7 +354,10 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
     if tol is not None and not isinstance(tol, Tol):
         raise TypeError(f"tol: expected a handgrad.testing.Tol or None, got "
                         f"{type(tol).__name__}")
-    fname, kernel = _callable_name(f), _callable_name(d)
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise TypeError(f"name: expected a non-empty string naming the {what} in records and "
+                        f"reports, or None for its own name, got {name!r}")
+    fname, kernel = _callable_name(f), name.strip() if name else _callable_name(d)
     # f and the derivative only ever see copies: the caller's tensors are never written to,
     # and one that writes into its arguments is refused by name (_Copies.check)
     args = _Copies(args, names)
@@ -858,7 +862,7 @@ def _fd_compare(label: str, ours: float, fd: float, scale: float, allowed: float
 def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
               cotangent: torch.Tensor | None = None, tol: Tol | None = None,
               directions: int = 2, generator: torch.Generator | None = None,
-              taylor: bool = True) -> CheckReport:
+              taylor: bool = True, name: str | None = None) -> CheckReport:
     """Check ``vjp``, a hand-written reverse-mode derivative of ``f``.
 
     ``f(*args)`` returns a tensor; ``vjp(cotangent, *args)`` returns one gradient per
@@ -872,6 +876,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     ``taylor`` (True or False): fit the order of the Taylor remainder (float64 only); an
     order below 1.5 that the fit can trust fails the argument (see the module's docstring).
     ``generator``: a CPU ``torch.Generator`` for the random vectors (default seeded 0).
+    ``name``: what records and the verify report call the vjp (default its own name: a
+    ``functools.partial`` or a lambda is better named here).
     Raises ``AssertionError`` on a wrong gradient (every wrong argument named; one holding
     NaN or inf is named with where, not compared), returns a ``CheckReport`` otherwise; bad
     arguments are a ``TypeError`` or ``ValueError`` naming them: among them ``f(*args)`` not
@@ -881,7 +887,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     the output dtype's tolerance (a note in the report says so).
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
-        "vjp", f, vjp, args, wrt, directions, generator, tol, taylor)
+        "vjp", f, vjp, args, wrt, directions, generator, tol, taylor, name)
     if cotangent is None:
         u = _randn_like(out, gen)
     else:
@@ -1126,7 +1132,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
 
 def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
               tol: Tol | None = None, directions: int = 2,
-              generator: torch.Generator | None = None, taylor: bool = True) -> CheckReport:
+              generator: torch.Generator | None = None, taylor: bool = True,
+              name: str | None = None) -> CheckReport:
     """Check ``jvp``, a hand-written forward-mode derivative of ``f``.
 
     ``jvp(tangents, *args)`` returns the output's tangent J t (f(*args)'s shape) for
@@ -1137,7 +1144,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     NaN or inf fails naming where.
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
-        "jvp", f, jvp, args, wrt, directions, generator, tol, taylor)
+        "jvp", f, jvp, args, wrt, directions, generator, tol, taylor, name)
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)
     ref_args = args64 if in64 else tuple(a.detach() if _is_float_tensor(a) else a
