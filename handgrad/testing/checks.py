@@ -859,6 +859,20 @@ def _fd_compare(label: str, ours: float, fd: float, scale: float, allowed: float
     return err, None
 
 
+def _compare_rounded(label: str, got: torch.Tensor, ref: torch.Tensor, dtol: Tol,
+                     rounding: _Rounding | None, **kw):
+    """``_compare`` at ``dtol``, or, where an element fails it and ``rounding`` measures the
+    dtype's rounding (``_Rounding``), at the tolerance that allows it: (ratio, message or
+    None, why the allowance or None, the tolerance compared at)."""
+    ctol, why = dtol, None
+    if rounding is not None and not _close(got.to(ref.device), ref, dtol):
+        allowance = rounding.allowance()
+        if allowance is not None:
+            ctol, why = allowance
+    ratio, msg = _compare(label, got, ref, tol=ctol, **kw)
+    return ratio, msg, why, ctol
+
+
 def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
               cotangent: torch.Tensor | None = None, tol: Tol | None = None,
               directions: int = 2, generator: torch.Generator | None = None,
@@ -1004,14 +1018,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                     if tol is None and in64 and args[i].dtype != torch.float64
                     and i in ref_grads else None)
         if i in ref_grads:
-            ctol, why = dtol, None
-            if rounding is not None and not _close(g.to(ref_grads[i].device), ref_grads[i],
-                                                   dtol):
-                allowance = rounding.allowance()
-                if allowance is not None:
-                    ctol, why = allowance
-            ratio, msg = _compare(label, g, ref_grads[i], kernel=kernel, reference=AUTOGRAD,
-                                  tol=ctol, record_as=record_as)
+            ratio, msg, why, ctol = _compare_rounded(label, g, ref_grads[i], dtol, rounding,
+                                                     kernel=kernel, reference=AUTOGRAD,
+                                                     record_as=record_as)
             swapped = [j for j in ref_grads if j != i and msg and ref_grads[j].shape == g.shape
                        and _close(g.to(ref_grads[j].device), ref_grads[j], ctol)]
             if swapped:
@@ -1231,13 +1240,8 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 if tol is None and in64 and a.dtype != torch.float64:
                     rounding = _Rounding(lambda i=i, t=t: _own_dtype_jvp(f, args, i, t), ref,
                                          dtol, a.dtype, f"{how}'s tangent")
-                ctol, why = dtol, None
-                if rounding is not None and not _close(jt.to(ref.device), ref, dtol):
-                    allowance = rounding.allowance()
-                    if allowance is not None:
-                        ctol, why = allowance
-                r, msg = _compare(label, jt, ref, kernel=kernel, reference=how, tol=ctol,
-                                  record_as=record_as)
+                r, msg, why, _ = _compare_rounded(label, jt, ref, dtol, rounding, kernel=kernel,
+                                                  reference=how, record_as=record_as)
                 ratio = r if ratio is None else max(ratio, r)
                 if why and msg:
                     msg += f"\n    {why}"
