@@ -1,7 +1,8 @@
 """Helpers for tests that run pytest or read benchmark files (not a test module itself):
 the environment of a pytest subprocess (``pytest_env``), a schema-1 file in today's layout
 (``as_schema2``, ``as_schema4``), the ``captured`` fixture and timed runs made from a real
-one by scaling kernels' rounds (``scaled_run``, ``write_runs``)."""
+one by scaling kernels' rounds (``scaled_run``, ``write_runs``; ``backprop_run``: one
+parametrised benchmark of three shapes under one group)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,30 @@ def write_runs(folder: Path, side: str, per_run: list[dict[str, float]],
         p.write_text(json.dumps(run))
         paths.append(str(p))
     return paths
+
+
+BACKPROP_GROUP = "backprop"  # the one group of ``backprop_run``
+
+
+def backprop_run(factors: dict[int, float] | None = None, when: str = "run",
+                 only: tuple[int, ...] | None = None) -> dict:
+    """bench_run1's backprop benchmarks in schema 4, all under one group "backprop" (a
+    parametrised test under one group): three shapes, L=3, 5 and 10, each its manual kernel
+    and its reference. ``factors``: {L: factor} for the manual kernel's rounds of shape L;
+    ``only``: the shapes kept (a run restricted by GATE_K, e.g. to L=10); ``when``: the
+    run's datetime (each run a file of its own)."""
+    data = as_schema4(json.loads((FIXTURES / "bench_run1.json").read_text()))
+    data["datetime"] = when
+    kept = []
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if not b["group"].startswith("backprop ") or (
+                only is not None and info["shape"]["L"] not in only):
+            continue
+        b["group"] = BACKPROP_GROUP
+        if info["method"] == "manual":
+            f = (factors or {}).get(info["shape"]["L"], 1.0)
+            b["stats"]["data"] = [t * f for t in b["stats"]["data"]]
+        kept.append(b)
+    data["benchmarks"] = kept
+    return data
