@@ -13,7 +13,11 @@ moved, rounds spread as no timing of one call is): each named, not stored. The c
 from the file's ``commit_info`` (pytest-benchmark records the working tree's git commit)
 unless given; a file already stored is refused (the hash of its JSON, so x.json and
 x.json.gz are one run). An add refused before it stored a run leaves no history file it
-created behind.
+created behind. Each benchmark is stored under its key, group, method and shape
+(``load.BENCHMARK_KEY``), in columns of their own: one series whatever else a run holds (a
+run of one shape, restricted by GATE_K, continues the series of a run of every shape). A
+history of schema 1, which stored only each run's name for it, is read (``load_history``)
+and upgraded by its next add.
 
 ``report`` orders the commits by date and gives, per kernel (kernel family, method,
 device) and metric (``ratio``: time over the reference's; ``instructions``: per call), the
@@ -41,7 +45,9 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +71,17 @@ from handgrad.reports.load import (
 from handgrad.reports.noise import timed_ratio
 from handgrad.reports.tables import with_ratios
 
-SCHEMA_VERSION = 1
+# 2: each result has its benchmark's group and shape in columns of their own (the key, with
+# the method: load.BENCHMARK_KEY). Schema 1 stored only a name, "group :: method" or, where
+# that run had several shapes of it, "group [shape] :: method": one benchmark under two names
+# as runs differed. A schema-1 file is read (``load_history``: its rows keyed from their
+# records) and upgraded by the first add (its rows kept as they are)
+SCHEMA_VERSION = 2
+READS = ("1", "2")
+# the shape of a schema-1 result whose record and name do not say it, where the history holds
+# several shapes of its group and method: a series of its own ("shape not stored" has no "=",
+# which a shape's text, "L=3 K=30" or "", never lacks unless empty)
+UNKNOWN_SHAPE = "shape not stored"
 ALPHA = 0.001  # a change point's t-test
 MIN_EFFECT = {"ratio": 0.05, "instructions": 0.02}  # as the timed and instruction gates
 METRICS = ("ratio", "instructions")
@@ -92,7 +108,9 @@ CREATE TABLE IF NOT EXISTS results (
     reference TEXT NOT NULL,
     ratio REAL,
     instructions REAL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    bench_group TEXT,
+    shape TEXT
 );
 CREATE INDEX IF NOT EXISTS results_kernel ON results (kernel, method, device);
 """
@@ -113,12 +131,27 @@ def connect(path: str | Path) -> sqlite3.Connection:
         if row is None:
             con.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             con.commit()
-        elif row[0] != str(SCHEMA_VERSION):
+        elif row[0] not in READS:
             raise ReportInputError(f"--db: {path} has history schema {row[0]}; this handgrad "
-                                   f"reads schema {SCHEMA_VERSION}")
+                                   f"reads schemas {' and '.join(READS)}")
     except sqlite3.DatabaseError as exc:
         raise ReportInputError(f"--db: {path} is not a handgrad history ({exc})") from None
     return con
+
+
+def _keyed(con: sqlite3.Connection) -> bool:
+    """Whether the results have the key columns (schema 2)."""
+    return "shape" in {r[1] for r in con.execute("PRAGMA table_info(results)")}
+
+
+def _upgrade(con: sqlite3.Connection) -> None:
+    """A schema-1 history made schema 2, in the caller's transaction: the key columns added,
+    empty in its rows (``load_history`` keys them from their records)."""
+    if _keyed(con):
+        return
+    con.execute("ALTER TABLE results ADD COLUMN bench_group TEXT")
+    con.execute("ALTER TABLE results ADD COLUMN shape TEXT")
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
 
 def _commit_of(path: str, data: dict, commit: str | None,
@@ -150,8 +183,9 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     report flags disturbed (``reports.tables.with_ratios``, DISTURBED_RULE: its ratio is not
     the kernel's); ``disturbed``, when given, gets "group :: method (why)" of each."""
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
-    # a benchmark is its group, method and shape: "group [rows=64] :: method" where one group
-    # and method has several shapes (a parametrised test under one group), as the gates
+    # a benchmark is its group, method and shape, stored as such (its series' key); its name
+    # here, in what this add says, is the run's: "group [rows=64] :: method" where this run has
+    # several shapes of one group and method (a parametrised test under one group)
     check_distinct_benchmarks(df)  # two rows of one key: no series could tell them apart
     names = benchmark_names(df)
     left_out = [names[k] for k in sorted(failed_gated(df, by_shape=True))]  # not stored
@@ -198,7 +232,8 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
         if why:
             record["disturbed"] = why
         rows.append((r["kernel"], r["method"], r["device"], name,
-                     r["reference"], ratio, ins, json.dumps(record, default=str)))
+                     r["reference"], ratio, ins, json.dumps(record, default=str),
+                     r["group"], r["shape"]))
     stored = sum(row[5] is not None or row[6] is not None for row in rows)
     if not stored:
         raise ReportInputError(f"{path}: no gated kernel benchmark (role kernel, a timed or "
@@ -211,24 +246,107 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
         failed += left_out
     if disturbed is not None:
         disturbed += shaken
-    with con:
+    with con:  # one transaction: a schema-1 file is upgraded only with the run it stores
+        if not con.in_transaction:
+            con.execute("BEGIN")
+        _upgrade(con)
         cur = con.execute(
             "INSERT INTO runs (commit_sha, commit_date, added, machine, source, kind, "
             "content_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (sha, when, dt.datetime.now(dt.timezone.utc).isoformat(),
              machine_label(data.get("machine_info") or {}), str(path),
              "instructions" if counted else "time", digest))
-        con.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        con.executemany("INSERT INTO results (run_id, kernel, method, device, benchmark, "
+                        "reference, ratio, instructions, record, bench_group, shape) VALUES "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [(cur.lastrowid, *row) for row in rows])
     return stored
 
 
 def load_history(con: sqlite3.Connection) -> pd.DataFrame:
-    """Every stored result with its run's commit, date, machine and kind."""
-    return pd.read_sql_query(
+    """Every stored result with its run's commit, date, machine and kind, and its
+    benchmark's key: ``group``, ``method``, ``shape`` (its text, "" for none). ``benchmark``
+    names it for the whole history: "group :: method", with the shape, "group [rows=64] ::
+    method", where the history holds several shapes of that group and method.
+
+    A row of schema 1 (no key columns) takes its group and shape from its record (every
+    record handgrad wrote holds both), else from its name ("group [shape] :: method"); a
+    name without the shape joins the one shape the history holds of its group and method.
+    Where it holds several, the row keeps a series of its own (shape ``UNKNOWN_SHAPE``), and
+    stderr says so once."""
+    # a row's record is read only where its key is not stored (schema 1)
+    key = ("s.bench_group, s.shape, CASE WHEN s.shape IS NULL THEN s.record END" if
+           _keyed(con) else "NULL AS bench_group, NULL AS shape, s.record")
+    h = pd.read_sql_query(
         "SELECT r.id AS run, r.commit_sha, r.commit_date, r.machine, r.kind, s.kernel, "
-        "s.method, s.device, s.benchmark, s.ratio, s.instructions FROM results s JOIN runs r "
-        "ON r.id = s.run_id ORDER BY r.commit_date, r.id", con)
+        f"s.method, s.device, s.benchmark AS stored_name, {key} AS record, s.ratio, "
+        "s.instructions FROM results s JOIN runs r ON r.id = s.run_id ORDER BY "
+        "r.commit_date, r.id", con)
+    h = h.rename(columns={"bench_group": "group"}).astype({"group": object, "shape": object})
+    _key_old_rows(h)
+    h = h.drop(columns=["stored_name", "record"])
+    benchmark_names(h)  # sets h["benchmark"]: over the whole history, not a run
+    return h
+
+
+def _key_old_rows(h: pd.DataFrame) -> None:
+    """The group and shape of the rows without them (schema 1), in place: ``load_history``."""
+    old = np.flatnonzero(h["shape"].isna().to_numpy())
+    if not len(old):
+        return
+    groups, shapes = h["group"].to_numpy(copy=True), h["shape"].to_numpy(copy=True)
+    for i in old:
+        groups[i], shapes[i] = _old_key(h["record"].iat[i], h["stored_name"].iat[i],
+                                        h["method"].iat[i])
+    unsaid = [i for i in old if shapes[i] is None]
+    known: dict[tuple[str, str], set[str]] = {}
+    for g, m, sh in zip(groups, h["method"], shapes):
+        if sh is not None:
+            known.setdefault((g, m), set()).add(sh)
+    apart: dict[tuple[str, str], int] = {}
+    for i in unsaid:
+        have = known.get((groups[i], h["method"].iat[i]), set())
+        if len(have) == 1:  # the one shape of its benchmark in the history: its series
+            shapes[i] = next(iter(have))
+        else:  # none (all unsaid: one series) or several (which one: not known)
+            shapes[i] = UNKNOWN_SHAPE
+            if have:
+                k = (groups[i], h["method"].iat[i])
+                apart[k] = apart.get(k, 0) + 1
+    h["group"], h["shape"] = groups, shapes
+    if apart:
+        print(f"history: {sum(apart.values())} stored results of schema 1 name no shape "
+              "(nor their records) for a group and method the history holds several shapes "
+              "of; each kept as a series of its own: " + ", ".join(
+                  f"{g} :: {m} ({n}) as {g} [{UNKNOWN_SHAPE}] :: {m}"
+                  for (g, m), n in sorted(apart.items())), file=sys.stderr)
+
+
+def _old_key(record, name: str, method: str) -> tuple[str, str | None]:
+    """A schema-1 row's (group, shape): its record's, else its name's (``_name_key``)."""
+    try:
+        rec = json.loads(record)
+    except (TypeError, ValueError):
+        rec = None
+    if not isinstance(rec, dict):
+        rec = {}
+    group, shape = _name_key(name, method)
+    if isinstance(rec.get("group"), str):
+        group = rec["group"]
+    if isinstance(rec.get("shape"), str):
+        shape = rec["shape"]
+    return group, shape
+
+
+def _name_key(name: str, method: str) -> tuple[str, str | None]:
+    """(group, shape) of a stored name, "group [shape] :: method" ("no shape": ""); the
+    shape None where the name has none ("group :: method")."""
+    tail = f" :: {method}"
+    head = name[:-len(tail)] if name.endswith(tail) else name
+    m = re.fullmatch(r"(.*?) \[(no shape|.*=.*)\]", head)
+    if m:
+        return m[1], "" if m[2] == "no shape" else m[2]
+    return head, None
 
 
 # ---------------------------------------------------------------- series and change points
@@ -236,7 +354,8 @@ def load_history(con: sqlite3.Connection) -> pd.DataFrame:
 
 def series(history: pd.DataFrame) -> pd.DataFrame:
     """A row per (kernel, method, device, metric, run): the geometric mean of the metric over
-    the benchmarks that every commit of that series measured (``benchmarks``: how many).
+    the benchmarks (group and shape: ``load_history``'s key) that every commit of that series
+    measured (``benchmarks``: how many).
     A timed benchmark stored without a ratio (left out as disturbed) still counts as
     measured; in its run it takes the level of the others: the run's value is the mean of
     its benchmarks' log values, each less the benchmark's median over the series, plus the
@@ -249,15 +368,18 @@ def series(history: pd.DataFrame) -> pd.DataFrame:
             h = history[history["kind"] == "instructions"].dropna(subset=[metric])
         for (k, m, dev, machine), g in h.groupby(["kernel", "method", "device", "machine"]):
             commits = g["commit_sha"].nunique()
-            per = g.groupby("benchmark")["commit_sha"].nunique()
+            # a benchmark of the series: its group and shape (the method is the series')
+            per = g.groupby(["group", "shape"])["commit_sha"].nunique()
             common = per[per == commits].index
             if not len(common):
                 continue
-            kept = g[g["benchmark"].isin(common)].dropna(subset=[metric])
+            kept = g[pd.MultiIndex.from_frame(g[["group", "shape"]]).isin(common)].dropna(
+                subset=[metric])
             if kept.empty:
                 continue
             agg = kept.groupby(["run", "commit_sha", "commit_date"]).size().reset_index()
-            agg["log"] = _run_levels(kept, metric).reindex(agg["run"]).to_numpy()
+            agg["log"] = _run_levels(kept, metric, ["group", "shape"]).reindex(
+                agg["run"]).to_numpy()
             for r in agg.itertuples():
                 out.append({"kernel": k, "method": m, "device": dev, "machine": machine,
                             "metric": metric, "run": r.run, "commit": r.commit_sha,
@@ -270,12 +392,14 @@ def series(history: pd.DataFrame) -> pd.DataFrame:
         .reset_index(drop=True)
 
 
-def _run_levels(kept: pd.DataFrame, metric: str, sweeps: int = 100) -> pd.Series:
+def _run_levels(kept: pd.DataFrame, metric: str, by: str | list[str] = "benchmark",
+                sweeps: int = 100) -> pd.Series:
     """Each run's mean log value over the benchmarks, where a benchmark a run lacks (left
     out as disturbed) is filled from the others: the additive fit log value = run level +
     benchmark offset (least squares, alternating), and a run's value the mean over the
-    benchmarks of its level plus their offsets. With no value missing, the plain mean."""
-    y = np.log(kept.pivot_table(index="run", columns="benchmark", values=metric,
+    benchmarks of its level plus their offsets. With no value missing, the plain mean.
+    ``by``: the column(s) that tell the benchmarks apart."""
+    y = np.log(kept.pivot_table(index="run", columns=by, values=metric,
                                 aggfunc="first").astype(float))
     seen = y.notna().to_numpy()
     v = y.to_numpy()
