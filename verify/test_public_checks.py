@@ -1574,6 +1574,15 @@ def test_assert_close_says_when_the_reference_is_narrower_than_the_kernel():
     with pytest.raises(AssertionError) as err:  # tol given: the caller chose it
         assert_close(a, a.float(), tol=Tol(1e-12, 0.0))
     assert "narrower" not in str(err.value)
+    # bfloat16 holds fewer digits than float16, of the same size
+    with pytest.raises(AssertionError, match="The reference is bfloat16, narrower than the "
+                       "kernel's float16"):
+        assert_close(torch.tensor([1.0], dtype=torch.float16),
+                     torch.tensor([1.05], dtype=torch.bfloat16))
+    # a float8 kernel: no tolerance of its own (a named TypeError, not torch's promotion error)
+    with pytest.raises(TypeError, match=r"no forward tolerance for torch\.float8_e4m3fn; .*"
+                       r"pass tol=Tol"):
+        assert_close(torch.ones(2, dtype=torch.float8_e4m3fn), torch.ones(2))
 
 
 def test_a_derivative_defined_in_a_test_is_named_without_locals():
