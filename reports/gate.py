@@ -38,6 +38,7 @@ benchmarks make the input unusable (exit 2).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,15 +174,53 @@ def _footer(table: pd.DataFrame, accepted, skipped, accepted_title: str,
     return text
 
 
-def parse_threshold(text: str, option: str = "--threshold") -> float:
-    """'10%' or '0.1' -> 0.1."""
+def _percentage(text: str) -> float | None:
+    """'15%', '+15 %' -> 15.0 (in percent); None when ``text`` has no % sign or no number
+    before it. The one reading of a percentage, for thresholds and declared bounds."""
     t = str(text).strip()
+    if not t.endswith("%"):
+        return None
     try:
-        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+        return float(t[:-1])
     except ValueError:
-        raise ReportInputError(f"{option}: expected e.g. 10% or 0.1, got {text!r}") from None
+        return None
+
+
+def _plain(x: float) -> str:
+    """``x`` as short text, without float noise (1.15 - 1 -> '0.15')."""
+    return f"{round(x, 9):g}"
+
+
+def parse_threshold(text: str, option: str = "--threshold") -> float:
+    """'10%' or '0.1' -> 0.1: a percentage (up to under 1000%: '150%' -> 1.5), or a bare
+    fraction under 1. A bare number of 1 or more is refused, never read as a percentage
+    beyond 100% (1.15 is the --accept file's factor form of 15%)."""
+    t = str(text).strip()
+    pct = _percentage(t)
+    if pct is not None:
+        value = pct / 100
+    else:
+        try:
+            value = float(t)
+        except ValueError:
+            raise ReportInputError(f"{option}: expected e.g. 10% or 0.1, got {text!r}"
+                                   ) from None
+        if 1 <= value < 1000:  # beyond, no spelling is in range: the error below
+            def spelt(fraction):  # a bare fraction is one only under 1
+                return _plain(fraction * 100) + "%" + (
+                    f", or {_plain(fraction)}" if fraction < 1 else "")
+
+            if value < 10:  # a factor, 1 + the threshold (or a percentage without its %)
+                how = (f"write {spelt(value - 1)}, for a limit of {_plain(value)}x ({t}% "
+                       f"for {t} percent)")
+            else:  # a percentage without its %
+                how = f"write {spelt(value / 100)}"
+            raise ReportInputError(f"{option}: got {text!r}: a threshold is a fraction or a "
+                                   f"percentage: {how}")
     if not 0 <= value < 10:
-        raise ReportInputError(f"{option}: expected a fraction between 0 and 10, got {text!r}")
+        raise ReportInputError(f"{option}: expected a fraction from 0 to under 1 (e.g. 0.1) "
+                               f"or a percentage from 0% to under 1000% (e.g. 10%), got "
+                               f"{text!r}")
     return value
 
 
@@ -431,6 +470,10 @@ def read_accepted(path: str | None) -> dict[str, Accepted]:
 
         # kernel.method  bound  reason
         backprop.manual  1.04   every y checked for NaN/inf: one more reduction a call
+        jacobian.manual_forward  +4%  the same bound, as a percentage
+
+    A bound is a factor (1.04) or a percentage (4% or +4%: the factor 1.04, the limit a
+    ``--threshold`` of 4% sets).
 
     Blank lines and ``#`` comments are skipped; a malformed line is a ReportInputError
     that names the file, the line and what was expected."""
@@ -452,17 +495,30 @@ def read_accepted(path: str | None) -> dict[str, Accepted]:
             raise ReportInputError(f"{where}: expected 'kernel.method bound reason', got "
                                    f"{line!r}")
         name, bound, reason = parts
-        try:
-            value = float(bound)
-        except ValueError:
-            value = float("nan")
+        if reason.startswith("%"):  # '4 %': the bound would be read as the factor 4
+            raise ReportInputError(f"{where}: bound of {name}: write the percentage without "
+                                   f"a space ({bound}%), got {bound!r} then {reason!r}")
+        value = _bound(bound)
         if not 1 < value < 10:
             raise ReportInputError(f"{where}: bound of {name}: expected a factor between 1 "
-                                   f"and 10 (e.g. 1.05), got {bound!r}")
+                                   f"and 10 (e.g. 1.05) or a percentage above 0% (e.g. 5%, "
+                                   f"+5%), got {bound!r}")
         if name in out:
             raise ReportInputError(f"{where}: {name} declared twice")
         out[name] = Accepted(name, value, reason.strip())
     return out
+
+
+def _bound(text: str) -> float:
+    """A declared bound as a factor: '1.04', '4%' or '+4%' -> 1.04; NaN when it is
+    neither a number nor a percentage."""
+    pct = _percentage(text)
+    if pct is not None:
+        return 1 + pct / 100  # 0% or below: a factor of 1 or less, refused as 0.9 is
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _accept(verdicts: pd.DataFrame, low_col: str, accepted: dict[str, Accepted]) -> None:

@@ -223,6 +223,32 @@ def test_calibrate_needs_three_runs_and_the_cli_says_so(tmp_path, capsys):
     assert "at least 3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["calibrate", "--threshold", "1.05"], "--threshold: got '1.05': a threshold is a "
+     "fraction or a percentage: write 5%, or 0.05"),
+    (["calibrate", "--benchmark-threshold", "1.2"], "--benchmark-threshold: got '1.2'"),
+    (["gate", "--threshold", "1.05"], "--threshold: got '1.05'"),  # over runs
+    (["gate", "--benchmark-threshold", "1.2"], "--benchmark-threshold: got '1.2'"),
+])
+def test_a_factor_given_as_a_threshold_is_refused_by_every_option(tmp_path, capsys, argv,
+                                                                  says):
+    """1.05 is the --accept file's factor form of 5%: a threshold of 105% would pass nearly
+    everything, so every threshold option refuses it (exit 2, one line) with how to write
+    it, and the percentage it meant passes."""
+    runs = write_runs(tmp_path, "a", [{}, {FWD: 1.01}, {FWD: 0.99}, {FWD: 1.0}])
+    files = (runs if argv[0] == "calibrate" else
+             ["--baseline", *runs[:2], "--current", *runs[2:]])
+    out = tmp_path / "n.json"
+    tail = ["--out", str(out)] if argv[0] == "calibrate" else []
+    assert main([argv[0], *files, *argv[1:], *tail]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    assert not out.exists()
+    value = argv[-1]
+    fixed = f"{round((float(value) - 1) * 100)}%"
+    assert main([argv[0], *files, argv[1], fixed, *tail]) in (0, 3)
+
+
 def test_a_run_given_twice_is_refused_by_calibrate_and_the_gate(tmp_path, capsys):
     """Three copies of one run are no calibration (sigma 0), nor are a file and its copy
     two runs of a side: refused by name, the file and the copy."""

@@ -377,12 +377,30 @@ def test_declared_regression_passes_within_its_bound_only(tmp_path):
     ("jacobian.manual_forward 0.9 faster?\n", "expected a factor between 1 and 10"),
     ("jacobian.manual_forward x why\n", "expected a factor between 1 and 10"),
     ("a.b 1.1 r\na.b 1.2 r\n", "declared twice"),
+    ("jacobian.manual_forward 0% free?\n", "or a percentage above 0%"),
+    ("jacobian.manual_forward -4% faster?\n", "or a percentage above 0%"),
+    ("jacobian.manual_forward 4 % a space\n", r"write the percentage without a space \(4%\)"),
 ])
 def test_a_malformed_declaration_is_refused_by_line(tmp_path, text, says):
     p = tmp_path / "accepted"
     p.write_text(text)
     with pytest.raises(ReportInputError, match=says):
         read_accepted(str(p))
+
+
+@pytest.mark.parametrize("bound", ["1.05", "5%", "+5%"])
+def test_a_declared_bound_is_a_factor_or_a_percentage(tmp_path, bound):
+    """5% and +5% are the factor 1.05, the spelling --threshold takes: a count 4% up is
+    accepted under each, one 6% up under none."""
+    accept = tmp_path / "accepted"
+    accept.write_text(f"jacobian.manual_forward {bound} one more finite check\n")
+    accepted = read_accepted(str(accept))
+    assert accepted["jacobian.manual_forward"].bound == pytest.approx(1.05)
+    within = _write(tmp_path, "within.json", _grow(_load(COUNTED), "manual_forward", 1.04))
+    result = instruction_gate(str(COUNTED), str(within), accepted=accepted)
+    assert set(result.table["verdict"]) == {"accepted"} and "up to 1.05x" in result.markdown()
+    beyond = _write(tmp_path, "beyond.json", _grow(_load(COUNTED), "manual_forward", 1.06))
+    assert not instruction_gate(str(COUNTED), str(beyond), accepted=accepted).passed
 
 
 def test_cli_gate_exits_1_and_names_the_kernel(tmp_path, capsys):
@@ -393,6 +411,12 @@ def test_cli_gate_exits_1_and_names_the_kernel(tmp_path, capsys):
     # a threshold above the growth passes it
     assert main(["gate", "--baseline", str(COUNTED), "--current", str(cur),
                  "--threshold", "6%"]) == 0
+    capsys.readouterr()
+    # a factor is refused (it read as 106%), with how to write it
+    assert main(["gate", "--baseline", str(COUNTED), "--current", str(cur),
+                 "--threshold", "1.06"]) == 2
+    assert "--threshold: got '1.06': a threshold is a fraction or a percentage: write 6%, " \
+           "or 0.06" in capsys.readouterr().err
 
 
 def test_cli_gate_refuses_to_mix_timed_and_counted_runs(capsys):

@@ -711,6 +711,10 @@ def test_gate_exits_2_when_the_runs_have_nothing_in_common(tmp_path, capsys):
     ("--threshold", "inf", "--threshold"),
     ("--benchmark-threshold", "fast", "--benchmark-threshold"),
     ("--benchmark-threshold", "nan", "--benchmark-threshold"),
+    ("--threshold", "1.15", "--threshold: got '1.15': a threshold is a fraction or a "
+                            "percentage: write 15%, or 0.15"),
+    ("--benchmark-threshold", "1.2", "--benchmark-threshold: got '1.2': a threshold is a "
+                                     "fraction or a percentage: write 20%, or 0.2"),
     ("--summary", "{tmp}", "--summary: {tmp} is a folder"),
     ("--summary", "{tmp}/no/such/folder/s.md", "--summary: the folder of"),
     ("--summary", "{tmp}/afile/s.md", "--summary: the folder of"),
@@ -769,15 +773,32 @@ def test_gate_cli_never_prints_a_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("text,value", [("10%", 0.10), ("0.1", 0.1), ("25 %", 0.25),
-                                        ("0", 0.0)])
+                                        ("0", 0.0), ("+15%", 0.15), ("0.99", 0.99),
+                                        ("150%", 1.5), ("999%", 9.99)])
 def test_threshold_parses(text, value):
     assert parse_threshold(text) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text", ["ten", "-5%", "", "%"])
+@pytest.mark.parametrize("text", ["ten", "-5%", "", "%", "1000%", "1500", "nan", "inf"])
 def test_threshold_rejects(text):
     with pytest.raises(ReportInputError, match="--threshold"):
         parse_threshold(text)
+
+
+@pytest.mark.parametrize("text, says", [
+    # the --accept file's factor form: refused, never read as 115%
+    ("1.15", "got '1.15': a threshold is a fraction or a percentage: write 15%, or 0.15, "
+             "for a limit of 1.15x (1.15% for 1.15 percent)"),
+    ("1", "got '1': a threshold is a fraction or a percentage: write 0%, or 0"),
+    ("2", "write 100%, for a limit of 2x (2% for 2 percent)"),  # 1, bare, is refused too
+    ("15", "got '15': a threshold is a fraction or a percentage: write 15%, or 0.15"),
+    ("250", "write 250%"),
+])
+def test_a_bare_threshold_of_one_or_more_is_refused_with_how_to_write_it(text, says):
+    with pytest.raises(ReportInputError) as err:
+        parse_threshold(text, "--benchmark-threshold")
+    assert str(err.value).startswith("--benchmark-threshold: ")
+    assert says in str(err.value), str(err.value)
 
 
 def test_load_labels_each_file_with_its_machine():
