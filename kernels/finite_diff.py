@@ -108,10 +108,13 @@ def _columns(f, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     cols, shape = [], None
     for i in range(flat.numel()):
         orig = flat[i].clone()
+        # f sees a copy of the point: a result that is a view of its argument (t[:, 0],
+        # t.t()) would change when the next point is written, one that writes into its
+        # argument would move the point
         flat[i] = orig + hflat[i]
-        fp = _as_tensor("f", f(flat.reshape(x.shape)))
+        fp = _as_tensor("f", f(flat.reshape(x.shape).clone()))
         flat[i] = orig - hflat[i]
-        fm = _as_tensor("f", f(flat.reshape(x.shape)))
+        fm = _as_tensor("f", f(flat.reshape(x.shape).clone()))
         flat[i] = orig
         if shape is None:
             shape = fp.shape

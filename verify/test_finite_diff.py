@@ -47,6 +47,21 @@ def test_jacobian_matrix_input_against_autograd() -> None:
                  reference="autograd_jacobian", tol=FD_TOL)
 
 
+@pytest.mark.parametrize("f", [lambda t: t[:, 0], lambda t: t.t(), lambda t: t.reshape(-1),
+                               lambda t: t.mul_(2)],
+                         ids=["column view", "transpose view", "reshape view", "in place"])
+def test_jacobian_of_an_f_returning_a_view_of_or_writing_into_its_argument(f) -> None:
+    # the perturbed point is written again after f returns: a view of it would have read
+    # 0 (f(x + h) overwritten by x - h), an f writing into it would move the point
+    x = torch.arange(1.0, 7.0, dtype=torch.float64).reshape(2, 3)
+    exact = torch.func.jacrev(lambda t: f(t.clone()).clone())(x)
+    assert_close(finite_diff.jacobian(f, x), exact, kernel="finite_diff.jacobian",
+                 reference="torch.func.jacrev", tol=Tol(rtol=0.0, atol=1e-9))
+    assert_close(finite_diff.gradient(lambda t: t[0, 1], x), exact.new_tensor(
+        [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), kernel="finite_diff.gradient",
+        reference="by hand", tol=Tol(rtol=0.0, atol=1e-9))
+
+
 def test_default_eps_is_cube_root_of_machine_eps() -> None:
     assert finite_diff.default_eps(torch.float64) == pytest.approx((2.0**-52) ** (1 / 3))
     assert finite_diff.default_eps(torch.float32) == pytest.approx((2.0**-23) ** (1 / 3))
