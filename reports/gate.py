@@ -28,6 +28,9 @@ other shapes held still). So
   between-process noise (``extra_info["gate_noise"]``) is held to
   ``1 + max(benchmark_threshold, gate_noise)`` instead.
 
+Either is **faster** when its interval's top lies under ``1 / limit`` (``is_faster``, the
+rule of every gate: 1/1.10 = 0.909 for a limit of 1.10).
+
 Only kernels are gated (records whose ``role`` is ``kernel``, measured against another
 method); references appear in the report, not in the gate. A kernel benchmark of one run
 only, or one whose reference, dtype, device or threads changed, is listed, not gated. A
@@ -224,6 +227,15 @@ def parse_threshold(text: str, option: str = "--threshold") -> float:
     return value
 
 
+def is_faster(high: float, limit: float) -> bool:
+    """Whether a change whose upper end (an interval's top, or a count's change) is
+    ``high`` is "faster" against the regression limit ``limit`` (1 + the threshold): it lies
+    under 1 / limit, as far under 1 in ratio terms as the limit is above it (0.909 for a
+    limit of 1.10). The one rule of every gate: the one-pair gate's kernels and benchmarks,
+    the instruction-count gate and the gate over runs (reports.noise)."""
+    return high < 1 / limit
+
+
 def _thin(rounds) -> np.ndarray:
     """At most MAX_ROUNDS evenly spaced rounds (drift within the run stays represented)."""
     a = np.asarray(rounds, dtype=float)
@@ -264,7 +276,7 @@ def _kernel_rows(table: pd.DataFrame, threshold: float, confidence: float) -> pd
             verdict, decide = "REGRESSION", ""
         elif len(logs) < MIN_BENCHMARKS:
             verdict, decide = "per benchmark only", ""
-        elif hi < 1 - threshold:
+        elif is_faster(hi, 1 + threshold):
             verdict, decide = "faster", ""
         elif hi <= 1 + threshold:
             verdict, decide = "ok", ""
@@ -424,7 +436,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             "ratio_current": ratio_c,
             "change": change, "ci_low": float(ci.low), "ci_high": float(ci.high),
             "verdict": "REGRESSION" if regressed else (
-                "faster" if ci.high < 1 - bench_thr else "ok"),
+                "faster" if is_faster(ci.high, 1 + bench_thr) else "ok"),
             "threshold": bench_thr,
         })
     if len(disturbed) > MAX_DISTURBED * (len(rows) + len(disturbed)):
@@ -644,7 +656,7 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
                                   else int(p.reference_instructions_c)),
             "change": change,
             "verdict": "REGRESSION" if change > 1 + threshold else (
-                "faster" if change < 1 - threshold else "ok"),
+                "faster" if is_faster(change, 1 + threshold) else "ok"),
         })
     if not rows:
         raise ReportInputError(f"{baseline} and {current} have no counted handgrad kernel "

@@ -19,7 +19,8 @@ for that benchmark or kernel when it has one):
 
 * **REGRESSION**: significant (the interval lies above 1) AND the change beyond the limit;
 * **ok**: the interval's top lies at or under the limit (a regression beyond it is
-  excluded); **faster** when it lies wholly under 1 / limit;
+  excluded); **faster** when it lies wholly under 1 / limit (``gate.is_faster``, the rule
+  of every gate);
 * **inconclusive**: neither; the row says how many runs a side would decide it, if the
   change and the spread stayed what they are (``runs_to_decide``).
 
@@ -43,7 +44,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from handgrad.reports.gate import _SETTINGS, MAX_DISTURBED, _accept, _footer, _numbers
+from handgrad.reports.gate import (
+    _SETTINGS,
+    MAX_DISTURBED,
+    _accept,
+    _footer,
+    _numbers,
+    is_faster,
+)
 from handgrad.reports.load import (
     BENCHMARK_KEY,
     ReportInputError,
@@ -420,7 +428,7 @@ def _verdict_row(b: np.ndarray, c: np.ndarray, limit: float, confidence: float,
     bar = math.log(limit)
     if lo > 0 and d > bar:
         verdict, decide = "REGRESSION", ""
-    elif hi < -bar:
+    elif is_faster(math.exp(hi), limit):
         verdict, decide = "faster", ""
     elif hi <= bar:
         verdict, decide = "ok", ""

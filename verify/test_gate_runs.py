@@ -338,6 +338,16 @@ def test_a_kernel_faster_in_every_run_is_faster(tmp_path):
     assert set(r.table[r.table["method"] == "manual_forward"]["verdict"]) == {"faster"}
 
 
+@pytest.mark.parametrize("factor, verdict", [(0.951, "faster"), (0.953, "ok")])
+def test_faster_over_runs_is_under_one_over_the_limit(tmp_path, factor, verdict):
+    """The rule of every gate (gate.is_faster): a kernel whose interval lies under 1 / limit
+    (1/1.05 = 0.9524 by default) is faster; 0.951 is that, though not under 1 - 5%."""
+    base = write_runs(tmp_path, "b", [{}, {}, {}])
+    cur = write_runs(tmp_path, "c", [{FWD: factor}] * 3)
+    row = _row(gate_runs(base, cur), FWD)
+    assert row["ci_high"] == pytest.approx(factor) and row["verdict"] == verdict
+
+
 def test_one_baseline_run_against_several_is_the_gate_over_runs(tmp_path, capsys):
     base = write_runs(tmp_path, "b", [{}])
     cur = write_runs(tmp_path, "c", [{}, {FWD: 1.01}])

@@ -329,7 +329,9 @@ def test_instruction_gate_passes_the_same_counts(tmp_path):
 
 
 @pytest.mark.parametrize("factor, verdict", [(1.03, "REGRESSION"), (1.015, "ok"),
-                                             (0.95, "faster")])
+                                             (0.95, "faster"),
+                                             # under 1/1.02 (0.9804), not under 1 - 2%
+                                             (0.9802, "faster"), (0.981, "ok")])
 def test_instruction_gate_flags_a_count_beyond_the_threshold(tmp_path, factor, verdict):
     cur = _write(tmp_path, "cur.json", _grow(_load(COUNTED), "manual_forward", factor))
     result = instruction_gate(str(COUNTED), str(cur))

@@ -801,6 +801,25 @@ def test_a_bare_threshold_of_one_or_more_is_refused_with_how_to_write_it(text, s
     assert says in str(err.value), str(err.value)
 
 
+def test_faster_is_under_one_over_the_limit_in_the_one_pair_gate(tmp_path):
+    """"faster" is one rule in every gate (gate.is_faster): the interval's top under
+    1 / (1 + threshold), as far under 1 in ratio terms as the regression limit is above."""
+    def manual_reverse(factor):
+        fast = _write(tmp_path, f"fast{factor}.json",
+                      slow_down(_load(RUN2), "manual_reverse", factor))
+        result = gate(str(RUN2), str(fast))
+        rows = result.table[result.table["method"] == "manual_reverse"]
+        return result.kernels.set_index("method").loc["manual_reverse"], rows, result
+    # the kernel (10%): 0.905, under 1/1.10 (0.909) though not under 1 - 10%
+    k, rows, result = manual_reverse(0.905)
+    assert 0.9 < k["ci_high"] < 1 / 1.1 and k["verdict"] == "faster", result.markdown()
+    assert set(rows["verdict"]) == {"ok"}, result.markdown()
+    # each benchmark (20%): tops of 0.81 to 0.82, under 1/1.20 (0.833), not under 1 - 20%
+    k, rows, result = manual_reverse(0.80)
+    assert ((rows["ci_high"] > 0.8) & (rows["ci_high"] < 1 / 1.2)).all(), result.markdown()
+    assert len(rows) == 4 and set(rows["verdict"]) == {"faster"}, result.markdown()
+
+
 def test_load_labels_each_file_with_its_machine():
     df = load_benchmarks([RUN1, RUN2])
     assert set(df["source"]) == {str(RUN1), str(RUN2)}
