@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             calibration = N.read_noise(args.noise) if args.noise else None
             results = [N.gate_runs(args.baseline, args.current, threshold, bench_threshold,
                                    confidence, calibration, accepted)]
+            for line in N.calibration_runs_given(calibration, args.baseline, args.current):
+                print(f"warning: {line}", file=sys.stderr)
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,8 @@ A calibration's spread sets each limit: the change that m runs against n show fr
 alone about once in a thousand comparisons, exp(3.09 sigma sqrt(1/m + 1/n)) - 1
 (``noise_threshold``), never under the level's default (5% for a kernel, 20% for a single
 benchmark). The calibration file stores sigma, its degrees of freedom and, for a reader,
-the threshold of one run a side.
+the threshold of one run a side; and the fingerprint of each run it was derived from, so
+that the command line warns when the gate is given one of them (``calibration_runs_given``).
 """
 
 from __future__ import annotations
@@ -287,6 +288,9 @@ class NoiseFile:
     runs: int = 0
     machine: dict = field(default_factory=dict)
     source: str = ""
+    # the runs it was derived from (_run_fingerprint); empty for a file written before
+    # calibrate recorded them
+    fingerprints: frozenset[str] = frozenset()
 
 
 def noise_threshold(sigma: float, floor: float, m: int = 1, n: int = 1,
@@ -336,9 +340,13 @@ def calibrate(paths, threshold: float = KERNEL_THRESHOLD,
                                      "threshold": noise_threshold(s, threshold),
                                      "benchmarks": len(names)}
     machine = machine_of(paths[0])
+    # which runs these are, so that the gate can say when it is given one of them
+    # (``calibration_runs_given``); a reader of version 1 without this key ignores it
+    fingerprints = [_run_fingerprint(str(p), _stamp(p)) for p in paths]
     return {"kind": NOISE_KIND, "version": NOISE_VERSION, "runs": len(paths),
             "machine": machine, "floors": {"kernel": threshold,
                                            "benchmark": benchmark_threshold},
+            "run_fingerprints": fingerprints,
             "disturbed": disturbed, "kernels": kern, "benchmarks": bench}
 
 
@@ -380,9 +388,28 @@ def noise_from(data, path: str) -> NoiseFile:
                                        f"{v!r}")
         return out
 
+    prints = data.get("run_fingerprints", [])  # absent from files of handgrad <= 0.4.0
+    if not isinstance(prints, list) or not all(isinstance(f, str) for f in prints):
+        raise ReportInputError(f"--noise: {path}: run_fingerprints: expected a list of "
+                               f"strings (one per calibration run), got {prints!r}")
     return NoiseFile(kernels=entries("kernels"), benchmarks=entries("benchmarks"),
                      runs=int(data.get("runs") or 0), machine=data.get("machine") or {},
-                     source=str(path))
+                     source=str(path), fingerprints=frozenset(prints))
+
+
+def calibration_runs_given(noise: NoiseFile | None, baselines, currents) -> list[str]:
+    """A warning per run given to the gate (either side) that is one of the runs
+    ``noise`` was derived from (by ``_run_fingerprint``): the limits were fitted on that
+    run, so their noise estimate is optimistic for it. Nothing for a calibration that
+    does not record its runs (written before calibrate did)."""
+    if noise is None or not noise.fingerprints:
+        return []
+    return [f"{p} (the {side} run {i}) is one of the runs the calibration {noise.source} "
+            "was derived from: its limits were fitted on that run, so their noise estimate "
+            "is optimistic; calibrate on unchanged runs the gate does not judge"
+            for side, paths in (("baseline", baselines), ("current", currents))
+            for i, p in enumerate(paths, 1)
+            if _run_fingerprint(str(p), _stamp(p)) in noise.fingerprints]
 
 
 # ---------------------------------------------------------------- the verdict

@@ -190,6 +190,42 @@ def test_the_calibrated_limit_and_spread_replace_the_defaults(tmp_path):
     assert main(["gate", "--baseline", *base, "--current", *cur, "--noise", str(out)]) in (0, 3)
 
 
+def test_the_gate_warns_when_given_a_run_the_calibration_was_derived_from(tmp_path, capsys):
+    """The calibration's limits were fitted on its own runs: gating one of them (either side,
+    or a copy) is warned of on stderr, naming the file; the verdict is the same."""
+    import shutil
+
+    runs, out = _calibration(tmp_path, [{FWD: v} for v in (1.0, 1.01, 0.99, 1.02)])
+    data = json.loads(out.read_text())
+    assert len(data["run_fingerprints"]) == 4 == len(read_noise(out).fingerprints)
+    fresh = write_runs(tmp_path, "c", [{FWD: 1.01}, {FWD: 0.99}])
+    copy = str(tmp_path / "copy.json")
+    shutil.copy(runs[3], copy)
+    capsys.readouterr()
+    for base, cur, named in [([runs[0], fresh[0]], [fresh[1]], [(runs[0], "baseline run 1")]),
+                             ([fresh[0]], [fresh[1], copy], [(copy, "current run 2")])]:
+        code = main(["gate", "--baseline", *base, "--current", *cur, "--noise", str(out)])
+        assert code in (0, 3)
+        err = capsys.readouterr().err
+        assert err.count("warning: ") == len(named), err
+        for path, where in named:
+            assert (f"warning: {path} (the {where}) is one of the runs the calibration {out} "
+                    "was derived from: its limits were fitted on that run, so their noise "
+                    "estimate is optimistic") in err
+    # runs it was not derived from: no warning
+    assert main(["gate", "--baseline", fresh[0], "--current", fresh[1], "--noise",
+                 str(out)]) in (0, 3)
+    assert "warning" not in capsys.readouterr().err
+    # a calibration written before calibrate recorded its runs: read as before, no warning
+    del data["run_fingerprints"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    assert read_noise(old).kernels == read_noise(out).kernels
+    assert main(["gate", "--baseline", runs[0], fresh[0], "--current", fresh[1], "--noise",
+                 str(old)]) in (0, 3)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_disturbed_run_is_left_out_and_named(tmp_path):
     base = write_runs(tmp_path, "b", [{}, {}, {}], reference={2: 3.0})
     cur = write_runs(tmp_path, "c", [{}, {}, {}])
@@ -206,6 +242,10 @@ def test_a_disturbed_run_is_left_out_and_named(tmp_path):
      "expected sigma, dof and threshold"),
     ('{"kind": "handgrad-gate-noise", "version": 1, "benchmarks": {"x": {"sigma": -1, '
      '"dof": 3, "threshold": 0.2}}}', "must be >= 0"),
+    ('{"kind": "handgrad-gate-noise", "version": 1, "run_fingerprints": "abc"}',
+     "run_fingerprints: expected a list of strings"),
+    ('{"kind": "handgrad-gate-noise", "version": 1, "run_fingerprints": [1, 2]}',
+     "run_fingerprints: expected a list of strings"),
 ])
 def test_a_bad_calibration_file_is_refused_by_name(tmp_path, content, says):
     p = tmp_path / "noise.json"
