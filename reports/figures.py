@@ -201,18 +201,25 @@ K_MARKERS = "s^Dv<>ph"
 FILL_MARKER = "o"
 
 
-def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
-    """Measured forward/reverse time ratio of the manual Jacobian kernels against the
-    op-count model's forward/reverse ratio, one point per (L, K, N), a panel per run and
-    device."""
+def jacobian_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """The manual Jacobian kernels' forward and reverse benchmarks of one (run, device,
+    dtype, L, K, N), a row per pair (``median_fwd``, ``median_rev``, the op-count model's
+    columns): what ``jacobian_modes`` draws; empty when there is nothing to draw."""
     need = {"model_forward", "model_reverse", "L", "K", "N"}
     jac = df[df["kernel"] == "jacobian"]
     if jac.empty or not need <= set(jac.columns):
-        return None
+        return pd.DataFrame()
     keys = ["source", "run", "device", "dtype", "L", "K", "N"]
     fwd = jac[jac["method"] == "manual_forward"]
     rev = jac[jac["method"] == "manual_reverse"]
-    both = fwd.merge(rev[[*keys, "median"]], on=keys, suffixes=("_fwd", "_rev"))
+    return fwd.merge(rev[[*keys, "median"]], on=keys, suffixes=("_fwd", "_rev"))
+
+
+def jacobian_modes(df: pd.DataFrame, out: Path) -> Path | None:
+    """Measured forward/reverse time ratio of the manual Jacobian kernels against the
+    op-count model's forward/reverse ratio, one point per (L, K, N), a panel per run and
+    device; None when ``jacobian_pairs`` finds none."""
+    both = jacobian_pairs(df)
     if both.empty:
         return None
     both["measured"] = both["median_fwd"] / both["median_rev"]

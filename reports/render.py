@@ -195,7 +195,11 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
         timed = df[df["timer"] != "callgrind"]
         both = devices.has_both(timed)
         lines += _about_runs(df, table)
-        steps = len(kernels) + 2 + both
+        # a step is announced and counted only where it draws something
+        jacobian = len(timed) > 0 and not figures.jacobian_pairs(timed).empty
+        roof = len(timed) > 0 and not roofline.roofline_points(timed).empty
+        steps = len(kernels) + jacobian + roof + both
+        step = len(kernels)
         for i, kernel in enumerate(kernels, 1):
             say(f"[{i}/{steps}] rendering {kernel}")
             lines += [f"### {kernel}", ""]
@@ -208,8 +212,15 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
                           "has a depth (a shape parameter `L`) to draw time against.", ""]
             sub = table[table["kernel"] == kernel].drop(columns=["kernel"])
             lines += [to_markdown(_shown(sub)), ""]
-        say(f"[{len(kernels) + 1}/{steps}] rendering the Jacobian mode figure")
-        fig = figures.jacobian_modes(timed, out) if len(timed) else None
+        if jacobian:
+            step += 1
+            say(f"[{step}/{steps}] rendering the Jacobian mode figure")
+        elif (df["kernel"] == "jacobian").any():  # a project without one hears nothing of it
+            say("skipping the Jacobian mode figure: " + (
+                "no timed benchmark (instruction counts only)" if not len(timed) else
+                "no timed manual_forward and manual_reverse Jacobian benchmarks of one "
+                "(L, K, N) with the op-count model's counts"))
+        fig = figures.jacobian_modes(timed, out) if jacobian else None
         if fig is not None:
             written.append(fig)
             lines += [
@@ -223,8 +234,15 @@ def render(paths: Sequence[str | Path], out: str | Path, progress=None) -> Path:
                 f"![Jacobian modes]({fig.name})",
                 "",
             ]
-        say(f"[{len(kernels) + 2}/{steps}] rendering the roofline figure")
-        fig = roofline.roofline(timed, out) if len(timed) else None
+        if roof:
+            step += 1
+            say(f"[{step}/{steps}] rendering the roofline figure")
+        else:
+            say("skipping the roofline figure: " + (
+                "no timed benchmark (instruction counts only)" if not len(timed) else
+                "no timed benchmark records both a FLOP and a byte count (flops= and "
+                "bytes= of measure)"))
+        fig = roofline.roofline(timed, out) if roof else None
         if fig is None and len(timed):
             lines += ["### Roofline", "", "No roofline: no timed benchmark records both an "
                       "analytic FLOP count and a byte count (`flops=` and `bytes=` of "

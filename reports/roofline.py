@@ -84,15 +84,28 @@ def notes(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def roofline(df: pd.DataFrame, out: Path) -> Path | None:
-    """Achieved GFLOP/s against arithmetic intensity (FLOPs per byte of compulsory traffic),
-    a panel per run and device, under that run's measured roofs (or the control matmul as
-    a drift check when it measured none); kernels filled, references hollow."""
+def _counted(df: pd.DataFrame) -> pd.DataFrame:
+    """The benchmarks with a FLOP and a byte count both above 0 (``flops_n``, ``bytes_n``)."""
     d = df.copy()
     d["flops_n"] = pd.to_numeric(d["flops"], errors="coerce")
     d["bytes_n"] = pd.to_numeric(d["bytes"], errors="coerce")
-    d = d[(d["flops_n"] > 0) & (d["bytes_n"] > 0)]
-    pts = d[~d["kernel"].isin(["control", "ceiling"])].copy()
+    return d[(d["flops_n"] > 0) & (d["bytes_n"] > 0)]
+
+
+def roofline_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The benchmarks the roofline draws: counted (``_counted``), not the control or the
+    ceilings; empty when it has nothing to draw."""
+    d = _counted(df)
+    return d[~d["kernel"].isin(["control", "ceiling"])].copy()
+
+
+def roofline(df: pd.DataFrame, out: Path) -> Path | None:
+    """Achieved GFLOP/s against arithmetic intensity (FLOPs per byte of compulsory traffic),
+    a panel per run and device, under that run's measured roofs (or the control matmul as
+    a drift check when it measured none); kernels filled, references hollow. None when
+    ``roofline_points`` finds none."""
+    d = _counted(df)  # the control's rows too, drawn as a drift check below
+    pts = roofline_points(df)
     if pts.empty:
         return None
     pts["gflops"] = achieved_gflops(pts["flops_n"], pts["median"])

@@ -311,11 +311,17 @@ def test_report_joins_counts_to_the_timed_rows_of_the_same_benchmark(tmp_path):
     assert alone["ratio_to_ref"].isna().all()
 
 
-def test_render_of_a_counted_run_writes_no_time_figure(tmp_path):
+def test_render_of_a_counted_run_writes_no_time_figure(tmp_path, capsys):
     assert main(["render", str(COUNTED), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "kinstr" in md and "thousands of instructions per call" in md
     assert not list((tmp_path / "r").glob("*.png"))
+    # the figure steps are not counted, and say why they draw nothing
+    err = capsys.readouterr().err
+    assert "rendering the" not in err
+    for figure in ("Jacobian mode", "roofline"):
+        assert (f"skipping the {figure} figure: no timed benchmark (instruction counts "
+                "only)") in err
 
 
 # --------------------------------------------------------------------------------- gate

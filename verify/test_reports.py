@@ -17,6 +17,7 @@ import pytest
 from handgrad.reports.__main__ import main
 from handgrad.reports.gate import gate, parse_threshold
 from handgrad.reports.load import ReportInputError, load_benchmarks
+from handgrad.reports.render import render
 from verify.runs import as_schema2, as_schema4
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +148,51 @@ def test_render_writes_report_csv_and_figures(tmp_path, capsys):
     assert np.allclose(refs["ratio_to_ref"], 1.0)
     err = capsys.readouterr().err
     assert "[1/" in err and "wrote" in err  # progress lines
+
+
+def _steps(err: str) -> list[str]:
+    """The counted progress lines of a render, after checking that they count 1 to n."""
+    import re
+
+    counted = re.findall(r"^\[(\d+)/(\d+)\] rendering (.*)$", err, flags=re.M)
+    n = len(counted)
+    assert [(int(i), int(t)) for i, t, _ in counted] == [(i, n) for i in range(1, n + 1)], err
+    return [what for _, _, what in counted]
+
+
+def test_render_announces_and_counts_only_the_steps_that_draw(tmp_path):
+    """A figure step is counted only where it will draw; a skipped one says why, and the
+    Jacobian's says nothing to a project without Jacobian benchmarks."""
+    import io
+
+    def rendered(name, keep):
+        data = _load(RUN1)
+        data["benchmarks"] = [b for b in data["benchmarks"] if keep(b["extra_info"])]
+        err = io.StringIO()
+        render([_write(tmp_path, name, data)], tmp_path / name.replace(".json", ""), err)
+        return err.getvalue()
+
+    kernels = ["backprop", "control", "counting", "jacobian", "least_squares"]
+    err = rendered("all.json", lambda i: True)
+    assert _steps(err) == [*kernels, "the Jacobian mode figure", "the roofline figure"]
+    assert "skipping" not in err
+    def uncounted(info):  # no FLOP or byte count but the control's: nothing to draw
+        if info["kernel"] != "control":
+            info.update(flops=0, bytes=0)
+        return info["kernel"] != "jacobian"
+
+    # no Jacobian benchmarks, and no FLOP or byte counts (the control's is a drift check,
+    # drawn only on a roofline): no roofline either
+    err = rendered("plain.json", uncounted)
+    assert _steps(err) == ["backprop", "control", "counting", "least_squares"]
+    assert "Jacobian" not in err
+    assert ("skipping the roofline figure: no timed benchmark records both a FLOP and a byte "
+            "count (flops= and bytes= of measure)") in err
+    # Jacobian benchmarks without their reverse mode: nothing to pair, said
+    err = rendered("forward.json", lambda i: i["method"] != "manual_reverse")
+    assert _steps(err) == [*kernels, "the roofline figure"]
+    assert ("skipping the Jacobian mode figure: no timed manual_forward and manual_reverse "
+            "Jacobian benchmarks of one (L, K, N)") in err
 
 
 def test_render_table_numbers_match_the_json(tmp_path):
