@@ -115,6 +115,18 @@ def _check_k(k) -> tuple[list[int], bool]:
     return ks, single
 
 
+# the largest k whose float64 value is k itself and keeps its parity
+_EXACT_K = 2 ** 53
+
+
+def _k_float(k: int) -> float:
+    """k as a float64 value; inf beyond float64's range (where mu^k is its limit)."""
+    try:
+        return float(k)
+    except OverflowError:
+        return math.inf
+
+
 def _one_k(k, what: str) -> int:
     ks, single = _check_k(k)
     if not single:
@@ -331,16 +343,28 @@ def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
         return w0.new_empty(0, w0.shape[0])
     sp = spectrum(X, y)
     _warn_if_divergent(alpha, sp, "gd_closed_form")
-    kk = torch.tensor(ks, device=X.device, dtype=X.dtype).unsqueeze(1)  # (m, 1)
+    # k in float64 whatever X's dtype (float32 would make k >= 2**128 inf, and an odd
+    # k > 2**24 even); beyond float64 (k > 1.8e308), inf: mu^k is then its limit
+    big = max(ks) > _EXACT_K
+    kk = torch.tensor([_k_float(k) for k in ks] if big else ks, device=X.device,
+                      dtype=torch.float64).unsqueeze(1)  # (m, 1)
     lam, b = sp.lam, sp.Xty_v
     c0 = sp.V.t() @ w0
     a_lam = alpha * lam
     mu = 1 - a_lam
     pos = mu > 0
     # 0 < mu <= 1: via logs; mu <= 0 (alpha lam >= 1): mu^k directly, no cancellation there
-    log_mu = torch.log1p(-a_lam.clamp(max=1 - torch.finfo(X.dtype).eps))
-    mu_k = torch.where(pos, torch.exp(kk * log_mu), mu.pow(kk))
-    one_minus = torch.where(pos, -torch.expm1(kk * log_mu), 1 - mu_k)
+    log_mu = torch.log1p(-a_lam.clamp(max=1 - torch.finfo(X.dtype).eps)).double()
+    k_log_mu = kk * log_mu
+    mu_k = mu.double().pow(kk)
+    if big:
+        # mu = 1 (lam = 0): mu^k = 1 at k = inf too (inf * 0 is nan); an odd k above 2**53
+        # is even in float64: the sign of a negative mu's power from k itself
+        k_log_mu = torch.where(log_mu == 0, 0.0, k_log_mu)
+        odd = torch.tensor([k % 2 == 1 for k in ks], device=X.device).unsqueeze(1)
+        mu_k = torch.where(odd & (mu < 0), -mu_k.abs(), mu_k.abs())
+    one_minus = torch.where(pos, -torch.expm1(k_log_mu), 1 - mu_k).to(X.dtype)
+    mu_k = torch.where(pos, torch.exp(k_log_mu), mu_k).to(X.dtype)
     nonzero = sp.nonzero
     geo = torch.where(nonzero, one_minus / torch.where(nonzero, lam, 1), 0)
     w = (mu_k * c0 + geo * b) @ sp.V.t()  # (m, D)

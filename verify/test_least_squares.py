@@ -132,6 +132,37 @@ def test_huge_k_reaches_the_limit_without_iterating(n, d, rank):
                  reference="pinv(X) y + (I - pinv(X) X) w0", kind="grad")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [10**7, 2**128, 2**200, 10**400],
+                         ids=lambda k: f"k~2^{k.bit_length() - 1}")
+def test_huge_k_in_either_dtype_and_beyond_float64(k, dtype):
+    # k was cast to X's dtype: float32 made k >= 2**128 inf, inf * log(mu = 1) nan in the
+    # null space (read as divergence); beyond float64's range float(k) raised
+    X, y, w0 = problem(30, 6, 3, seed=8)
+    w = ls.gd_closed_form(X.to(dtype), y.to(dtype), w0.to(dtype), 1.0 / lam_max(X), k)
+    assert_close(w, limit(X, y, w0).to(dtype), kernel=f"gd_closed_form(k=2^{k.bit_length()})",
+                 reference="pinv(X) y + (I - pinv(X) X) w0", kind="grad")
+
+
+@pytest.mark.parametrize("dtype, k", [(torch.float32, 2**24 + 1), (torch.float32, 2**24 + 3),
+                                      (torch.float64, 2**53 + 1), (torch.float64, 2**55 + 1),
+                                      (torch.float64, 2**53 + 2)])
+def test_an_odd_k_keeps_its_sign_where_the_dtype_cannot_hold_it(dtype, k):
+    # 1 < alpha lam < 2: mu = 1 - alpha lam < 0 converges oscillating, w_k = mu^k w0 for
+    # X = [[1]], y = 0. k in the dtype (float32 above 2**24, float64 above 2**53) rounded
+    # to an even number, and mu^k took the wrong sign
+    alpha = 2.0 - (2.0 ** -22 if dtype == torch.float32 else 2.0 ** -52)
+    mu = 1.0 - alpha
+    exact = (-1.0 if k % 2 else 1.0) * math.exp(k * math.log(abs(mu)))
+    X, y, w0 = (torch.tensor(v, dtype=dtype) for v in ([[1.0]], [0.0], [1.0]))
+    with warnings.catch_warnings():  # alpha lam within float64's rounding of 2: warned of
+        warnings.simplefilter("ignore", ls.DivergenceWarning)
+        got = ls.gd_closed_form(X, y, w0, alpha, k)
+    assert abs(exact) > 1e-6  # a value whose sign can be told
+    assert_close(got, torch.tensor([exact], dtype=torch.float64), kernel="gd_closed_form",
+                 reference="(-1)^k |mu|^k", what=f"k={k}", kind="grad")
+
+
 def test_large_k_against_matrix_power_at_full_rank():
     # slow convergence (small alpha) so w_k at k = 10^4 .. 10^7 is still far from w*
     X, y, w0 = problem(25, 5, cond=1e3, seed=2)
