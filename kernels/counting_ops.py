@@ -10,7 +10,8 @@ each make exactly the products of its forward pass, so FlopCounterMode's backwar
 2 x the MACs counted here. Element-wise nonlinearities cost one derivative evaluation
 (``activations``) and one product per element; max-pooling routes each gradient to its
 argmax (no arithmetic; where windows overlap, two outputs may pick one input and their
-gradients add: data-dependent, not counted); views and other data movement are free.
+gradients add: data-dependent, not counted); views and other data movement are free, and
+so is an embedding lookup, both ways (``LOOKUP_OPS``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ FREE_OPS = {
     "new_empty", "new_zeros", "fill_", "zero_", "index_select", "repeat", "roll", "flip",
 }
 
+# a table lookup (nn.Embedding): rows gathered by index, no arithmetic, so free as
+# index_select is; its backward routes each row's gradient to its index (repeated indices
+# add: data-dependent, not counted, as max-pooling's). max_norm's embedding_renorm_ does
+# arithmetic and stays uncounted.
+LOOKUP_OPS = {"embedding"}
+
 
 MAX_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d",
                 "max_pool3d_with_indices"}
@@ -60,6 +67,7 @@ OPS: dict[str, str] = {
     "div": "div", "div_": "div",
     **dict.fromkeys(NORM_OPS, "norm"),
     **dict.fromkeys(FREE_OPS, "free"),
+    **dict.fromkeys(LOOKUP_OPS, "free"),
 }
 # kinds whose backward pass has no formula (yet): counted forward, listed backward
 NO_BACKWARD = {

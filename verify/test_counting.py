@@ -1022,12 +1022,35 @@ def test_bad_input_gives_clear_error(call, error, pattern):
         call()
 
 
+def test_an_embedding_lookup_costs_nothing_either_way():
+    """A lookup gathers rows: 0 multiply-adds forward, and backward its gradient rows are
+    routed to their indices (repeated indices add: data-dependent, not counted, as
+    max-pooling's); neither pass lists it as uncounted. max_norm renormalises rows: that is
+    arithmetic, still listed."""
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    both = C.count_model(model, (2, 5), dtype=torch.long, backward=True)
+    # the linear layer's input depends on the table: its grad_input is made, as for an input
+    # that requires grad
+    linear = C.count_model(nn.Linear(4, 3), (2, 5, 4), backward=True, input_requires_grad=True)
+    assert not both.uncounted and not both.uncounted_backward, both.summary()
+    assert both.backward == linear.backward  # the table's gradient: routed, free
+    assert both.forward == linear.forward + C.Counts(params=10 * 4)
+    assert "uncounted" not in both.summary()
+    renorm = C.count_model(nn.Sequential(nn.Embedding(10, 4, max_norm=1.0)), (2, 5),
+                           dtype=torch.long)
+    assert renorm.uncounted == {"embedding_renorm_": 1}
+
+
 def test_a_model_taking_token_indices_is_counted_with_an_integer_dtype():
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
     for index_dtype in (torch.long, torch.int32):
         counts = C.count_model(model, (2, 5), dtype=index_dtype)
         assert counts.total.params == 10 * 4 + 4 * 3 + 3  # the table and the linear layer
         assert counts.total.mults == 2 * 5 * 4 * 3  # each of 10 tokens' 4 features, 3 outputs
+        # the lookup does no arithmetic: counted as zero, with the table, not as uncounted
+        assert not counts.uncounted, counts.uncounted
+        (lookup,) = [r for r in counts.rows if r.type == "Embedding"]
+        assert lookup.op == "embedding" and lookup.counts == C.Counts(params=10 * 4)
     with pytest.raises(ValueError) as err:  # a floating input, the default: named, with how
         C.count_model(model, (2, 5))
     assert str(err.value).endswith("the model takes integer indices (an Embedding): pass "
