@@ -154,9 +154,33 @@ def _upgrade(con: sqlite3.Connection) -> None:
     con.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
 
 
+# what a run from a working tree with uncommitted changes (pytest-benchmark's
+# ``commit_info.dirty``) is stored as, with ``--allow-dirty``: a point of its own, ordered
+# right after its commit (the same date; "<sha>+dirty" sorts after "<sha>")
+DIRTY = "+dirty"
+
+
+def is_dirty(data: dict) -> bool:
+    """Whether pytest-benchmark recorded the run's working tree as having uncommitted
+    changes: its timings are not its commit's code."""
+    return bool((data.get("commit_info") or {}).get("dirty"))
+
+
+def dirty_refusal(paths: list[str], data: list[dict]) -> str:
+    """The one line refusing runs from a dirty working tree, naming each with its commit."""
+    named = ", ".join(f"{p} (commit {str((d.get('commit_info') or {}).get('id'))[:12]})"
+                      for p, d in zip(paths, data))
+    return (f"{named}: recorded from a working tree with uncommitted changes "
+            "(commit_info.dirty), so not that commit's code; nothing was stored. Commit the "
+            "changes and rerun, leave these runs out, or give --allow-dirty to store each as "
+            f"a point of its own, '<commit>{DIRTY}', after its commit")
+
+
 def _commit_of(path: str, data: dict, commit: str | None,
-               date: str | None) -> tuple[str, str]:
+               date: str | None, allow_dirty: bool = False) -> tuple[str, str]:
     info = data.get("commit_info") or {}
+    if is_dirty(data) and not allow_dirty:
+        raise ReportInputError(dirty_refusal([path], [data]))
     sha = commit or info.get("id")
     when = date or info.get("time")
     if not sha:
@@ -171,17 +195,20 @@ def _commit_of(path: str, data: dict, commit: str | None,
                                f"2026-12-04T10:00:00+00:00), got {when!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return str(sha), parsed.astimezone(dt.timezone.utc).isoformat()
+    return str(sha) + (DIRTY if is_dirty(data) else ""), \
+        parsed.astimezone(dt.timezone.utc).isoformat()
 
 
 def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
             date: str | None = None, failed: list[str] | None = None,
-            disturbed: list[str] | None = None) -> int:
+            disturbed: list[str] | None = None, allow_dirty: bool = False) -> int:
     """Store one benchmark file under its commit; returns how many benchmarks it added.
     A benchmark whose test failed is not stored (its timing is not of a right kernel);
     ``failed``, when given, gets each one's "group :: method". Nor is a timed benchmark the
     report flags disturbed (``reports.tables.with_ratios``, DISTURBED_RULE: its ratio is not
-    the kernel's); ``disturbed``, when given, gets "group :: method (why)" of each."""
+    the kernel's); ``disturbed``, when given, gets "group :: method (why)" of each.
+    A run from a dirty working tree (``commit_info.dirty``) is refused unless
+    ``allow_dirty``, then stored as "<commit>+dirty" (``DIRTY``): not its commit's code."""
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
     # a benchmark is its group, method and shape, stored as such (its series' key); its name
     # here, in what this add says, is the run's: "group [rows=64] :: method" where this run has
@@ -191,7 +218,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     left_out = [names[k] for k in sorted(failed_gated(df, by_shape=True))]  # not stored
     df = df[~df[TEST_FAILED]]
     data = read_json(path)
-    sha, when = _commit_of(path, data, commit, date)
+    sha, when = _commit_of(path, data, commit, date, allow_dirty)
     # the hash of the JSON itself, decompressed: x.json and its x.json.gz are one run. A run
     # stored from a .gz before 0.4.0 was hashed compressed: that hash is refused too
     raw = Path(path).read_bytes()
@@ -461,6 +488,19 @@ def change_points(groups: list[np.ndarray], min_effect: float) -> list[int]:
     return sorted(found)
 
 
+def short(commit: str, n: int = 12) -> str:
+    """A commit as shown: its first ``n`` characters, and "+dirty" where it is a dirty
+    tree's point (``DIRTY``)."""
+    dirty = commit.endswith(DIRTY)
+    return commit[:len(commit) - len(DIRTY) if dirty else None][:n] + (DIRTY if dirty else "")
+
+
+def _in_order(commits: pd.DataFrame) -> pd.DataFrame:
+    """Commits by date, then name: "<sha>+dirty" (a dirty tree's run, stored with its
+    commit's date) right after "<sha>"."""
+    return commits.sort_values(["date", "commit"], kind="stable")
+
+
 @dataclass(frozen=True)
 class HistoryReport:
     series: pd.DataFrame
@@ -472,7 +512,7 @@ def analyse(history: pd.DataFrame) -> HistoryReport:
     rows = []
     for (k, m, dev, machine, metric), g in s.groupby(
             ["kernel", "method", "device", "machine", "metric"], sort=False):
-        order = g.drop_duplicates("commit")[["commit", "date"]].sort_values("date")
+        order = _in_order(g.drop_duplicates("commit")[["commit", "date"]])
         commits = list(order["commit"])
         groups = [np.log(g[g["commit"] == c]["value"].to_numpy()) for c in commits]
         cuts = change_points(groups, MIN_EFFECT[metric])
@@ -480,7 +520,7 @@ def analyse(history: pd.DataFrame) -> HistoryReport:
         for i, cut in enumerate(cuts):
             before = np.concatenate(groups[edges[i]:cut])
             after = np.concatenate(groups[cut:edges[i + 2]])
-            rows.append({"commit": commits[cut][:12], "previous": commits[cut - 1][:12],
+            rows.append({"commit": short(commits[cut]), "previous": short(commits[cut - 1]),
                          "kernel": f"{k}.{m}", "device": dev, "machine": machine,
                          "metric": metric, "before": math.exp(before.mean()),
                          "after": math.exp(after.mean()),
@@ -500,7 +540,7 @@ def _figure(report: HistoryReport, path: Path) -> None:
     fig, axes = plt.subplots(len(metrics), 1, figsize=(10, 3.6 * len(metrics)), squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics):
         s = report.series[report.series["metric"] == metric]
-        order = s.drop_duplicates("commit").sort_values("date")["commit"].tolist()
+        order = _in_order(s.drop_duplicates("commit"))["commit"].tolist()
         pos = {c: i for i, c in enumerate(order)}
         for (k, m, dev), g in s.groupby(["kernel", "method", "device"]):
             per = g.groupby("commit")["value"].apply(lambda v: math.exp(np.log(v).mean()))
@@ -513,9 +553,9 @@ def _figure(report: HistoryReport, path: Path) -> None:
                                 & (report.points["device"] == dev)
                                 & (report.points["metric"] == metric)]
             for c in pts["commit"]:
-                full = next(x for x in order if x.startswith(c))
+                full = next(x for x in order if short(x) == c)
                 ax.axvline(pos[full] - 0.5, color=line.get_color(), linestyle="--", alpha=0.7)
-        ax.set_xticks(range(len(order)), [c[:7] for c in order], rotation=45, fontsize=8)
+        ax.set_xticks(range(len(order)), [short(c, 7) for c in order], rotation=45, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("time / reference" if metric == "ratio" else
                       "instructions / first commit's")
@@ -554,7 +594,7 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
     pts = report.points.copy()
     for c in ("before", "after", "change"):
         pts[c] = pts[c].map(lambda v: f"{v:.4g}")
-    commits = report.series.drop_duplicates("commit").sort_values("date")
+    commits = _in_order(report.series.drop_duplicates("commit"))
     text = (f"# Benchmark history\n\n{len(commits)} commits, "
             f"{history['run'].nunique()} runs. Change points by E-divisive means (p < "
             f"{ALPHA}, least effect {MIN_EFFECT['ratio']:.0%} for a ratio, "
@@ -567,7 +607,7 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
     wide["name"] = wide["kernel"] + "." + wide["method"] + " " + wide["metric"]
     table = wide.pivot_table(index=["date", "commit"], columns="name", values="value")
     table = table.reset_index().drop(columns="date")
-    table["commit"] = table["commit"].str[:12]
+    table["commit"] = table["commit"].map(short)
     for c in table.columns[1:]:  # Series.map: DataFrame.map is pandas >= 2.1
         table[c] = table[c].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
     text += to_markdown(table) + "\n"
@@ -590,23 +630,42 @@ def add_parser(sub) -> None:
                    "commit_info)")
     a.add_argument("--date", help="that commit's date, ISO-8601 (default: the file's "
                    "commit_info)")
+    a.add_argument("--allow-dirty", action="store_true", help="store a run recorded from a "
+                   "working tree with uncommitted changes (commit_info.dirty) as a point of "
+                   "its own, '<commit>+dirty', after its commit (default: refused)")
     r = hs.add_parser("report", help="each kernel's series and its change points")
     r.add_argument("--db", required=True, help="the history file")
     r.add_argument("--out", required=True, help="folder to write the report into")
     r.add_argument("--kernel", help="only kernels whose kernel.method contains this")
 
 
+def _peek(path: str) -> dict:
+    """A file's JSON for a look at its commit_info; {} where it is unreadable (``add_run``
+    then refuses it by its own rule)."""
+    try:
+        data = read_json(path)
+    except ReportInputError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def main(args: argparse.Namespace) -> int:
     if args.history_command == "add":
         db = Path(args.db)
         new = not db.exists() and not db.is_symlink()
+        if not args.allow_dirty:  # refused before any run of the list is stored
+            dirty = [(f, d) for f in args.files if Path(f).is_file()
+                     for d in [_peek(f)] if is_dirty(d)]
+            if dirty:
+                raise ReportInputError(dirty_refusal(*map(list, zip(*dirty))))
         con = connect(db)
         added = 0
         try:
             for f in args.files:
                 left_out: list[str] = []
                 shaken: list[str] = []
-                n = add_run(con, f, args.commit, args.date, left_out, shaken)
+                n = add_run(con, f, args.commit, args.date, left_out, shaken,
+                            args.allow_dirty)
                 added += 1
                 print(f"history: {f}: {n} benchmarks added to {args.db}" + (
                     f"; not stored, their test failed: {', '.join(left_out)}"

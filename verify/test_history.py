@@ -126,6 +126,7 @@ def test_instruction_counts_make_their_own_series(tmp_path, capsys):
             if b["extra_info"]["method"] == "manual_forward":
                 b["extra_info"]["instructions"] = round(b["extra_info"]["instructions"] * factor)
         data["datetime"] = _date(i)  # each run its own file
+        data["commit_info"]["dirty"] = False  # recorded from a dirty tree; here commit i's
         f = tmp_path / f"c{i}.json"
         f.write_text(json.dumps(data))
         H.add_run(con, str(f), commit=f"{i:040d}", date=_date(i))
@@ -144,6 +145,7 @@ def test_series_keep_only_the_benchmarks_every_commit_measured(tmp_path):
     for i in range(3):
         data = scaled_run({})
         data["datetime"] = _date(i)  # each run its own file
+        data["commit_info"]["dirty"] = False  # recorded from a dirty tree; here commit i's
         if i == 0:  # the first commit lacks one manual_forward benchmark
             data["benchmarks"] = [b for b in data["benchmarks"] if not (
                 b["extra_info"]["method"] == "manual_forward"
@@ -284,3 +286,68 @@ def test_a_run_and_its_gzip_copy_are_one_run(tmp_path, capsys):
     assert main(["history", "add", "--db", str(db2), str(packed)]) == 2
     assert "already in the history" in capsys.readouterr().err
     assert sqlite3.connect(db2).execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)
+
+
+def _dirty_and_clean(tmp_path: Path, level: float) -> tuple[list[str], list[str], str]:
+    """Three runs of one commit from a clean tree, three from a dirty tree of the same
+    commit (pytest-benchmark's commit_info.dirty) with manual_forward at ``level``."""
+    rng = np.random.default_rng(7)
+    clean, dirty = [], []
+    for j in range(3):
+        for side, factor, out in (("clean", 1.0, clean), ("dirty", level, dirty)):
+            run = scaled_run({FWD: factor * (1 + 0.01 * rng.uniform(-1, 1))})
+            run["commit_info"]["dirty"] = side == "dirty"
+            f = tmp_path / f"{side}-{j}.json"
+            f.write_text(json.dumps(run))
+            out.append(str(f))
+    return clean, dirty, scaled_run({})["commit_info"]["id"]
+
+
+def test_a_dirty_tree_run_is_refused_by_name_before_anything_is_stored(tmp_path, capsys):
+    """A dirty tree's run is not its commit's code: stored under the commit, it blended a
+    1.3x slowdown into the commit's level (a walkthrough's find)."""
+    clean, dirty, sha = _dirty_and_clean(tmp_path, 1.3)
+    db = tmp_path / "h.sqlite"
+    assert main(["history", "add", "--db", str(db), *clean, *dirty]) == 2
+    err = capsys.readouterr().err
+    assert all(f in err for f in dirty) and not any(f in err for f in clean)
+    assert "uncommitted changes (commit_info.dirty)" in err and "--allow-dirty" in err
+    assert f"commit {sha[:12]}" in err
+    assert not db.exists()  # refused before the clean runs listed first were stored
+    con = H.connect(db)  # the API refuses it too
+    with pytest.raises(ReportInputError, match="--allow-dirty"):
+        H.add_run(con, dirty[0])
+    with pytest.raises(ReportInputError, match="--allow-dirty"):
+        H.add_run(con, dirty[0], commit="abc", date=_date(0))  # a named commit: still
+    con.close()
+
+
+def test_allow_dirty_stores_a_point_of_its_own_after_its_commit(tmp_path, capsys):
+    clean, dirty, sha = _dirty_and_clean(tmp_path, 1.3)
+    db = tmp_path / "h.sqlite"
+    # the dirty runs added first: the point still follows its commit
+    assert main(["history", "add", "--db", str(db), "--allow-dirty", *dirty, *clean]) == 0
+    con = sqlite3.connect(db)
+    assert sorted(con.execute("SELECT commit_sha, COUNT(*) FROM runs GROUP BY 1")) == [
+        (sha, 3), (sha + H.DIRTY, 3)]
+    con.close()
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["history", "report", "--db", str(db), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 commits, 1 change point(s)" in printed
+    assert f"{sha[:12]}+dirty {FWD} (cpu, ratio)" in printed
+    pts = __import__("pandas").read_csv(out / "change_points.csv")
+    assert list(pts["commit"]) == [sha[:12] + "+dirty"]
+    assert list(pts["previous"]) == [sha[:12]]
+    assert pts["change"].iloc[0] == pytest.approx(1.3, rel=0.03)
+    assert f"| {sha[:12]}+dirty |" in (out / "history.md").read_text()
+
+
+def test_a_commits_dirty_point_is_shown_and_ordered_after_it():
+    assert H.short("0123456789abcdef" * 2 + H.DIRTY) == "0123456789ab+dirty"
+    assert H.short("0123456789abcdef", 7) == "0123456"
+    order = H._in_order(__import__("pandas").DataFrame({
+        "commit": ["bb+dirty", "bb", "aa", "cc"],
+        "date": [_date(1), _date(1), _date(0), _date(1)]}))
+    assert list(order["commit"]) == ["aa", "bb", "bb+dirty", "cc"]
