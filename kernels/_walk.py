@@ -29,13 +29,13 @@ def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
             for n, t in module.state_dict(keep_vars=True).items()}
 
 
-def _run_under(mode, module, state, x, hooks, input_shape, stack) -> None:
-    """Run ``module`` on the meta input ``x`` under the dispatch ``mode`` that watches it,
-    a torch error turned into the named ``_does_not_fit``; the hooks removed whatever
-    happens."""
+def _run_under(mode, module, state, x, hooks, input_shape, stack):
+    """Run ``module`` on the meta input ``x`` under the dispatch ``mode`` that watches it
+    and return its output, a torch error turned into the named ``_does_not_fit``; the
+    hooks removed whatever happens."""
     try:
         with mode:
-            _functional_call(module, state, x)
+            return _functional_call(module, state, x)
     except (RuntimeError, NotImplementedError) as exc:
         error = _does_not_fit(input_shape, stack, exc)
         found = _float_dtypes(module)

@@ -216,7 +216,10 @@ class _Recorder(TorchDispatchMode):
         self.follow_grads = tracked is not None
         self.keep = list(tracked or [])  # alive, so that their ids stay theirs
         self.tracked = {id(t) for t in self.keep}
-        self.backward_rows: list[Row] = []
+        # each tracked value's current version: a number per op result (in place or not)
+        self.made = len(self.keep)
+        self.version = {id(t): i for i, t in enumerate(self.keep)}
+        self.ops: list = []  # per op needing a gradient: (uses, versions made, rows, ...)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -243,23 +246,64 @@ class _Recorder(TorchDispatchMode):
         return out
 
     def _backward(self, name, args, out, layer, kind, shape) -> None:
-        needs = [any(id(t) in self.tracked for t in _flat([a]) if isinstance(t, torch.Tensor))
+        tracked = self.tracked
+        needs = [any(id(t) in tracked for t in _flat([a]) if isinstance(t, torch.Tensor))
                  for a in args]
         if not any(needs):
             return
+        # each use of a tracked value (a version of it: an in-place op makes a new one)
+        # sends autograd one gradient for it; see _accumulation
+        version = self.version
+        uses = [(version[id(t)], t.numel()) for t in _flat(args)
+                if isinstance(t, torch.Tensor) and id(t) in tracked and t.is_floating_point()]
+        made = []
         for t in _flat([out]):
             if isinstance(t, torch.Tensor):
-                self.tracked.add(id(t))
+                tracked.add(id(t))
                 self.keep.append(t)
+                self.made += 1
+                version[id(t)] = self.made
+                made.append(self.made)
         rows = backward_op_counts(name, args, out, needs)
         if rows is None:
             seen = self.result.uncounted_backward
             seen[name] = seen.get(name, 0) + 1
             rows = []
         # autograd runs an op's gradients in the reverse of the order listed here
-        for grad, counts in rows:
-            self.backward_rows.append(Row(layer, kind, f"{name}.{grad}", shape, counts,
-                                          "backward"))
+        self.ops.append((uses, made, [Row(layer, kind, f"{name}.{grad}", shape, counts,
+                                          "backward") for grad, counts in rows], layer, kind,
+                         name))
+
+    def backward_rows(self, output) -> list[Row]:
+        """The backward pass from ``output`` (the forward's result), in the order autograd
+        runs it: an op none of whose results leads to ``output`` gets no gradient and is
+        not run; a value that leads to ``output`` through several uses (an op's, or one op
+        taking it twice) receives one gradient per use, and autograd adds them, one add
+        per element for each use after the first (``_accumulation``)."""
+        from torch.utils._pytree import tree_leaves  # a tuple, a dict, a ModelOutput
+
+        live = {self.version[id(t)] for t in tree_leaves(output)
+                if isinstance(t, torch.Tensor) and id(t) in self.version}
+        if not live:  # an output pytree cannot open: every result is taken as used
+            live = {m for _, made, *_ in self.ops for m in made}
+        received: dict[int, int] = {}  # a value's version -> the gradients it gets
+        rows: list[Row] = []
+        for uses, made, op_rows, layer, kind, name in reversed(self.ops):
+            if not any(m in live for m in made):
+                continue
+            rows.extend(reversed(op_rows))
+            for key, numel in uses:
+                live.add(key)
+                if received.get(key):  # a second gradient for that value: added to the first
+                    rows.append(_accumulation(layer, kind, name, numel))
+                received[key] = received.get(key, 0) + 1
+        return rows
+
+
+def _accumulation(layer, kind, name, numel) -> Row:
+    """Autograd adding one more gradient into a value's (numel adds), counted at the use that
+    sends it: ``op.grad_accumulate``."""
+    return Row(layer, kind, f"{name}.grad_accumulate", (), Counts(adds=numel), "backward")
 
 
 # an integer input: the indices an nn.Embedding (or another lookup) takes
@@ -279,7 +323,11 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
     depends on a parameter with ``requires_grad`` (the data input does not, unless
     ``input_requires_grad``), of each weight and bias that requires grad, nothing else.
     ``.total`` then covers both passes and ``.backward`` the backward pass alone; ops whose
-    backward has no formula are listed in ``.uncounted_backward``.
+    backward has no formula are listed in ``.uncounted_backward``. As autograd, it runs
+    only the ops whose results lead to the output (every tensor of a tuple or dict
+    output), and where a value is used more than once (a fan-out, a residual, tied
+    weights, a module called twice, one op taking it twice) adds the gradients of its
+    uses: numel adds per use after the first (``op.grad_accumulate`` rows).
 
     ``dtype`` is the meta input's: None (default) the module's own (its first floating
     parameter's or buffer's; float32 for a module with none), else one of the module's
@@ -333,11 +381,12 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
         tracked += [x] if input_requires_grad else []
     params = dict(module.named_parameters())  # shared ones once, at their first name
     recorder = _Recorder(stack, result, tracked, {id(state[n]) for n in params})
-    _run_under(recorder, module, state, x, hooks, input_shape, stack)
+    output = _run_under(recorder, module, state, x, hooks, input_shape, stack)
     _account_params(module, params, state, seen_params, recorder.reached, param_rows, result)
     _attach_params(result, param_rows, {names[m] or "(model)": type(m).__name__
                                         for m in module.modules()})
-    result.rows.extend(reversed(recorder.backward_rows))
+    if backward:
+        result.rows.extend(recorder.backward_rows(output))
     return result
 
 

@@ -11,7 +11,9 @@ each make exactly the products of its forward pass, so FlopCounterMode's backwar
 (``activations``) and one product per element; max-pooling routes each gradient to its
 argmax (no arithmetic; where windows overlap, two outputs may pick one input and their
 gradients add: data-dependent, not counted); views and other data movement are free, and
-so is an embedding lookup, both ways (``LOOKUP_OPS``).
+so is an embedding lookup, both ways (``LOOKUP_OPS``), but for the gradient of an expand or
+repeat, summed back to its input's shape (``SUMMED_BACK``). Where a value is used more than
+once autograd adds the gradients of its uses: ``count_model`` counts those adds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ FREE_OPS = {
     "unbind", "narrow", "pad", "constant_pad_nd", "dropout", "native_dropout", "_reshape_alias",
     "new_empty", "new_zeros", "fill_", "zero_", "index_select", "repeat", "roll", "flip",
 }
+
+# free forward, but their gradient is summed back to the input's shape: an expanded (or
+# repeated) value's gradient adds its copies' (numel(out) - numel(in) adds), as a broadcast
+# operand's does in ``add`` and ``mul``
+SUMMED_BACK = {"expand", "repeat"}
 
 # a table lookup (nn.Embedding): rows gathered by index, no arithmetic, so free as
 # index_select is; its backward routes each row's gradient to its index (repeated indices
@@ -137,6 +144,9 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
     if kind == "activation":
         n = _out_numel(args, out)
         return [("grad_input", Counts(mults=n, activations=n))] if needs[0] else []
+    if kind == "free" and base in SUMMED_BACK:  # the copies' gradients summed to one
+        return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[0].shape)))
+                ] if needs[0] else []
     if kind in ("max_pool", "free"):
         return []  # routing and data movement (module docstring)
     if kind == "avg_pool":
