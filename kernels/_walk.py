@@ -25,8 +25,11 @@ def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A meta tensor for every parameter and buffer name; names that share a tensor in
     the module share one meta tensor, so sharing survives the swap."""
     made: dict[int, torch.Tensor] = {}
-    return {n: made.setdefault(id(t), _meta_like(t))
-            for n, t in module.state_dict(keep_vars=True).items()}
+    # named_* rather than the state dict, which leaves out non-persistent buffers (a causal
+    # mask, a rotary table): the forward would meet them on their own device
+    named = itertools.chain(module.named_parameters(remove_duplicate=False),
+                            module.named_buffers(remove_duplicate=False))
+    return {n: made.setdefault(id(t), _meta_like(t)) for n, t in named}
 
 
 def _run_under(mode, module, state, x, hooks, input_shape, stack):
@@ -36,6 +39,13 @@ def _run_under(mode, module, state, x, hooks, input_shape, stack):
     try:
         with mode:
             return _functional_call(module, state, x)
+    except TypeError as exc:
+        if "forward() missing" not in str(exc):
+            raise
+        raise TypeError(f"module: {str(exc).splitlines()[0]}; the walk feeds the forward one "
+                        f"meta tensor of input_shape {input_shape}: wrap a module taking "
+                        "several inputs in one that takes one and makes the others "
+                        "(e.g. forward(x): return self.attn(x, x, x))") from None
     except (RuntimeError, NotImplementedError) as exc:
         error = _does_not_fit(input_shape, stack, exc)
         found = _float_dtypes(module)
@@ -121,9 +131,19 @@ def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
     return shape
 
 
+# torch's words where a forward reads a tensor's values (.item(), ``if`` on a tensor,
+# nonzero, a boolean mask), which a meta tensor does not have
+_READS_VALUES = ("cannot be called on meta tensors",
+                 "data-independent", "Cannot copy out of meta tensor")
+
+
 def _does_not_fit(input_shape, stack, exc) -> ValueError:
     where = stack[-1][0] if stack else "(model)"
     first = str(exc).splitlines()[0]
+    if any(w in first for w in _READS_VALUES):
+        return ValueError(f"layer '{where}' reads tensor values ({first}): a forward that "
+                          "reads tensor values cannot be walked on meta tensors, whatever "
+                          "input_shape")
     # torch's embedding refuses a floating input: the model takes indices, not the shape
     hint = ("; the model takes integer indices (an Embedding): pass dtype=torch.long"
             if "'indices'" in first else "")

@@ -225,11 +225,13 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
         watched = self.watched
-        if watched:  # a parameter reaches an op as an argument of its own (top level);
-            for a in args:  # aten takes a weight or bias positionally
+        if watched:  # a parameter reaches an op as an argument of its own (aten takes a
+            for a in args:  # weight or bias positionally) or in a list (stack, cat)
                 if id(a) in watched:
                     watched.discard(id(a))
                     self.reached.add(id(a))
+                elif a.__class__ is list:
+                    self._reach(a)
         counts = forward_op_counts(name, args, out)
         layer, kind = self.stack[-1] if self.stack else ("", "")
         if counts is None:
@@ -244,6 +246,12 @@ class _Recorder(TorchDispatchMode):
         if self.follow_grads:
             self._backward(name, args, out, layer or "(model)", kind, shape)
         return out
+
+    def _reach(self, tensors: list) -> None:
+        for t in tensors:
+            if id(t) in self.watched:
+                self.watched.discard(id(t))
+                self.reached.add(id(t))
 
     def _backward(self, name, args, out, layer, kind, shape) -> None:
         tracked = self.tracked
@@ -376,8 +384,8 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
     x = torch.empty(input_shape, dtype=dtype, device="meta")
     tracked = None
     if backward:
-        originals = module.state_dict(keep_vars=True)
-        tracked = [state[n] for n, t in originals.items() if t.requires_grad]
+        tracked = [state[n] for n, t in module.named_parameters(remove_duplicate=False)
+                   if t.requires_grad]
         tracked += [x] if input_requires_grad else []
     params = dict(module.named_parameters())  # shared ones once, at their first name
     recorder = _Recorder(stack, result, tracked, {id(state[n]) for n in params})

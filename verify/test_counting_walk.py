@@ -1,0 +1,98 @@
+"""count_model's walk: parameters reached inside a list argument, buffers the state dict
+leaves out, and the errors of models it cannot walk (a forward reading tensor values, a
+forward taking several inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from handgrad.kernels import counting as C
+
+
+class PList(nn.Module):  # every parameter reaches torch.stack inside a list; ws never runs
+    def __init__(self):
+        super().__init__()
+        self.ws = nn.ParameterList([nn.Parameter(torch.randn(8)) for _ in range(3)])
+
+    def forward(self, x):
+        return x @ torch.stack(list(self.ws), 1)
+
+
+def test_parameters_passed_in_a_list_are_reached():
+    counts = C.count_model(PList(), (2, 8), backward=True)
+    assert counts.unreached_params == {}
+    assert counts.total.params == 3 * 8
+    # forward: 2 x 3 outputs of 8 products; backward: dW = x^T G, 8 x 3 of 2 products
+    assert counts.forward.macs == 2 * 3 * 8 and counts.backward.macs == 8 * 3 * 2
+
+
+class NonPersistent(nn.Module):  # a mask registered with persistent=False
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.register_buffer("mask", torch.ones(8), persistent=False)
+
+    def forward(self, x):
+        return self.fc(x) * self.mask
+
+
+class NonPersistentConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 1, 3)
+        self.register_buffer("m", torch.ones(1), persistent=False)
+
+    def forward(self, x):
+        return self.c(x) * self.m
+
+
+def test_a_non_persistent_buffer_is_walked_on_meta():
+    counts = C.count_model(NonPersistent(), (2, 8))
+    # 2 x 8 outputs of 8 products and 8 adds (bias), then 2 x 8 products by the mask
+    assert counts.total.mults == 2 * 8 * 8 + 2 * 8 and counts.total.adds == 2 * 8 * 8
+    assert C.receptive_field(NonPersistentConv(), (1, 1, 8, 8)) is not None
+
+
+class ReadsValue(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.fc, self.how = nn.Linear(4, 4), how
+
+    def forward(self, x):
+        y = self.fc(x)
+        if self.how == "if":
+            return y if y.sum() > 0 else -y
+        if self.how == "item":
+            return y * y.max().item()
+        return y[y.nonzero(as_tuple=True)]
+
+
+@pytest.mark.parametrize("how", ["if", "item", "nonzero"])
+def test_a_forward_reading_tensor_values_is_told_so(how):
+    with pytest.raises(ValueError) as err:
+        C.count_model(ReadsValue(how), (2, 4))
+    assert "a forward that reads tensor values cannot be walked on meta tensors" in str(
+        err.value)
+    assert "does not fit" not in str(err.value)
+
+
+@pytest.mark.parametrize("module,shape", [(nn.MultiheadAttention(8, 2, batch_first=True),
+                                           (1, 3, 8)), (nn.Bilinear(3, 4, 5), (2, 3))],
+                         ids=["attention", "bilinear"])
+def test_a_forward_taking_several_inputs_is_told_to_wrap_it(module, shape):
+    with pytest.raises(TypeError) as err:
+        C.count_model(module, shape)
+    assert f"one meta tensor of input_shape {shape}" in str(err.value)
+    assert "wrap a module taking several inputs" in str(err.value)
+
+
+def test_a_type_error_of_another_kind_is_torchs_own():
+    class Bad(nn.Module):
+        def forward(self, x):
+            return x + "a"
+
+    with pytest.raises(TypeError) as err:
+        C.count_model(Bad(), (2, 3))
+    assert "input_shape" not in str(err.value)
