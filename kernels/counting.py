@@ -349,6 +349,9 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
     if not isinstance(input_requires_grad, bool):
         raise TypeError(f"input_requires_grad: expected True or False, got "
                         f"{input_requires_grad!r}")
+    if input_requires_grad and not backward:  # it decides which gradients the backward makes
+        raise ValueError("input_requires_grad=True counts the input's gradient in the "
+                         "backward pass: it needs backward=True too")
     module = _check_module(module)
     input_shape = _check_input_shape(input_shape)
     if dtype not in _INDEX_DTYPES:  # token indices (an Embedding's input) are walked as given

@@ -96,3 +96,10 @@ def test_a_type_error_of_another_kind_is_torchs_own():
     with pytest.raises(TypeError) as err:
         C.count_model(Bad(), (2, 3))
     assert "input_shape" not in str(err.value)
+
+
+def test_input_requires_grad_needs_backward():
+    with pytest.raises(ValueError, match="input_requires_grad=True .* needs backward=True"):
+        C.count_model(nn.Linear(3, 2), (2, 3), input_requires_grad=True)
+    both = C.count_model(nn.Linear(3, 2), (2, 3), backward=True, input_requires_grad=True)
+    assert both.backward.macs == 2 * 2 * 3 * 2  # dW and dx, 12 products each
