@@ -1439,6 +1439,96 @@ def test_a_wrong_derivative_of_a_smooth_f_is_not_blamed_on_a_kink(check, d):
     assert "against central differences" in str(err.value) and "kink" not in str(err.value)
 
 
+class _NearlyFlat(torch.autograd.Function):
+    """1 + 1e-7 sin x: a derivative small beside f's value, central differences its only
+    reference (a custom Function)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return 1 + 1e-7 * torch.sin(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1e-7 * torch.cos(ctx.saved_tensors[0])
+
+
+@pytest.mark.parametrize("check, d", [
+    (check_vjp, lambda g, x: g * 1e-7 * torch.cos(x)),
+    (check_jvp, lambda t, x: t[0] * 1e-7 * torch.cos(x)),
+])
+def test_a_right_derivative_small_beside_f_passes_within_fs_rounding(check, d):
+    # central differences carry f's rounding, eps |f| / h: 2e-11 here against a derivative
+    # of 1e-7, 2e-4 of it, beyond their 1e-6 floor. They failed the right derivative, and
+    # the kink test read the rounding (growing as h shrinks) as a kink
+    x = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = check(_NearlyFlat.apply, d, (x,))
+    assert report.passed
+    assert "within f's own rounding in it" in report.arguments[0].note
+    assert "kink" not in report.arguments[0].note
+    # the report's headroom is the allowance it was judged by: over 1x when passing
+    assert report.arguments[0].fd_error <= report.arguments[0].fd_allowed
+    # 1% off is not within it, and is not blamed on a kink
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check(_NearlyFlat.apply, lambda *a: 1.01 * d(*a), (x,))
+    assert "against central differences" in str(err.value) and "kink" not in str(err.value)
+
+
+class _FastFlat(torch.autograd.Function):
+    """1 + 1e-8 sin(1000 x): a central difference's h^2 error and f's rounding both."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return 1 + 1e-8 * torch.sin(1e3 * x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1e-5 * torch.cos(1e3 * ctx.saved_tensors[0])
+
+
+def test_richardson_allows_fs_rounding_too():
+    # Richardson's extrapolation cancels the h^2 error but weighs the rounding threefold
+    x = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert check_vjp(_FastFlat.apply, lambda g, x: g * 1e-5 * torch.cos(1e3 * x), (x,),
+                     taylor=False).passed
+
+
+def test_rmsnorm_at_one_element_passes_with_its_right_gradient():
+    # a walkthrough's hypothesis find: x / sqrt(x^2 + 1e-6) at one element is nearly flat,
+    # its right gradient failed against central differences by f's rounding
+    def rms(x, w):
+        return x * torch.rsqrt(x * x + 1e-6) * w
+
+    def rms_vjp(g, x, w):
+        r = torch.rsqrt(x * x + 1e-6)
+        return g * w * r * (1 - x * x * r * r), (g * x * r).sum(0)
+
+    x = torch.tensor([[0.80327607809635]], dtype=torch.float64)
+    w = torch.tensor([0.17483339327910], dtype=torch.float64)
+    assert check_vjp(rms, rms_vjp, (x, w)).passed
+
+
+def test_rounding_noise_is_not_a_kink():
+    # the one-sided slopes of a smooth f differ by rounding alone, growing fourfold as h
+    # shrinks fourfold: a kink's jump stays
+    from handgrad.testing.checks import _kink
+    x = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v, w = torch.ones_like(x), torch.ones_like(x)
+
+    def along(t):
+        return 1 + 1e-7 * torch.sin(t)
+
+    assert not _kink(along, x, v, None, w, miss=1e-14, noise=0.0)
+    assert _kink(torch.relu, torch.zeros(3, dtype=torch.float64), torch.ones(3,
+                 dtype=torch.float64), None, torch.ones(3, dtype=torch.float64), miss=0.5,
+                 noise=0.0)
+    # a jump within the rounding allowed is none
+    assert not _kink(torch.relu, torch.zeros(3, dtype=torch.float64), torch.ones(3,
+                     dtype=torch.float64), None, torch.ones(3, dtype=torch.float64), miss=0.5,
+                     noise=10.0)
+
+
 # --- an f that is not deterministic -----------------------------------------------------------
 
 @pytest.mark.parametrize("check, d", [
