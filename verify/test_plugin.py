@@ -301,3 +301,45 @@ def test_timed(measure):
     timed = _run(project, "test_timed.py", "-s", "--benchmark-disable")
     timed.assert_outcomes(passed=1)
     timed.stdout.fnmatch_lines([f"*THREADS {min(os.cpu_count() or 1, 8)}*"])
+
+
+def test_timed_output_under_xdist_is_refused_naming_n(project, tmp_path):
+    """pytest-benchmark disables benchmarks under pytest-xdist: `-n 2 --benchmark-json`
+    had passed and written nothing, its warning the only word (a walkthrough's find)."""
+    out = tmp_path / "x.json"
+    res = _run(project, "--device", "cpu", "-n", "2", f"--benchmark-json={out}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*--benchmark-json: benchmarks are not timed under "
+                              "pytest-xdist*run the timed benchmarks without -n*"])
+    assert not out.exists()
+
+
+class _Config:
+    def __init__(self, worker: bool = False, **options):
+        self.options = {"dist": "load", **options}
+        if worker:
+            self.workerinput = {"workercount": 2}
+
+    def getoption(self, name, default=None):
+        return self.options.get(name, default)
+
+
+@pytest.mark.parametrize("dest, flag", __import__("handgrad.benchmark").benchmark.OUTPUT_OPTIONS)
+def test_each_timed_output_under_xdist_is_refused_by_its_flag(dest, flag):
+    from handgrad.benchmark import refuse_xdist_output
+
+    with pytest.raises(pytest.UsageError, match=f"^{flag}: .*without -n"):
+        refuse_xdist_output(_Config(**{dest: "x"}))
+
+
+@pytest.mark.parametrize("config", [
+    _Config(benchmark_json="x.json", dist="no"),  # -n 0, or no -n
+    _Config(benchmark_json="x.json", benchmark_skip=True),  # checks only
+    _Config(benchmark_json="x.json", benchmark_disable=True),
+    _Config(),  # -n without an output: pytest-benchmark's warning, the checks run
+    _Config(worker=True, benchmark_json="x.json"),  # a worker: the controller refuses
+], ids=["serial", "skip", "disable", "no-output", "worker"])
+def test_xdist_without_timed_output_is_not_refused(config):
+    from handgrad.benchmark import refuse_xdist_output
+
+    refuse_xdist_output(config)

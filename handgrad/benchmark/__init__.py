@@ -125,6 +125,7 @@ def configure(config: pytest.Config) -> None:
         raise pytest.UsageError(conflict)
     if config.getoption("--bench-instructions"):
         instruction_mode(config)  # returns only under callgrind (the re-executed run)
+    refuse_xdist_output(config)
     if config.getoption("--bench-threads") is not None or config.getoption(
             "--bench-instructions"):
         fix_threads(config)  # asked for: before anything runs (else see select_grid)
@@ -135,6 +136,33 @@ def configure(config: pytest.Config) -> None:
     target = benchmark_json_path(config)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
+
+
+# pytest-benchmark's options that ask for timings out of the session: under pytest-xdist
+# it disables every benchmark (one warning), so each would be written or compared empty
+OUTPUT_OPTIONS = (("benchmark_json", "--benchmark-json"), ("benchmark_save", "--benchmark-save"),
+                  ("benchmark_autosave", "--benchmark-autosave"),
+                  ("benchmark_compare", "--benchmark-compare"),
+                  ("benchmark_compare_fail", "--benchmark-compare-fail"))
+
+
+def refuse_xdist_output(config: pytest.Config) -> None:
+    """A timed run that asks for its timings (``OUTPUT_OPTIONS``) under pytest-xdist is a
+    usage error, as --bench-instructions is: pytest-benchmark disables benchmarks there, so
+    the session passed and wrote nothing (its "automatically disabled" warning aside).
+    Checks alone (--benchmark-skip or --benchmark-disable) may still use -n."""
+    if getattr(config, "workerinput", None) is not None:
+        return  # the controller refuses, before any worker starts
+    if config.getoption("dist", default="no") in ("no", None) or config.getoption(
+            "benchmark_skip", default=False) or config.getoption(
+            "benchmark_disable", default=False):
+        return
+    asked = [flag for dest, flag in OUTPUT_OPTIONS if config.getoption(dest, default=None)]
+    if asked:
+        raise pytest.UsageError(
+            f"{asked[0]}: benchmarks are not timed under pytest-xdist (pytest-benchmark "
+            f"disables them with -n), so {asked[0]} would get nothing: run the timed "
+            "benchmarks without -n (or with -n 0 where addopts sets it)")
 
 
 def fix_threads(config: pytest.Config) -> None:
