@@ -129,3 +129,22 @@ def check_all_finite(named: Sequence[tuple[str, torch.Tensor]]) -> None:
         return
     for name, t in named:
         check_finite(name, t)
+
+
+def check_probabilities(name: str, rows: torch.Tensor) -> None:
+    """A ValueError naming ``name`` unless every row of ``rows`` (N, C) is finite, >= 0 and
+    sums to 1 within ~C ulps (a row of correctly rounded probabilities does); not checked
+    inside a graph (a value check)."""
+    n, c = rows.shape
+    sums = rows.sum(1)
+    tol = 2 * c * torch.finfo(rows.dtype).eps
+    # written so that a NaN or infinite entry (a NaN or infinite sum) fails it too
+    bad = (rows < 0).any(1) | ~((sums - 1).abs() <= tol)
+    if not in_graph() and bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        held = ", ".join(f"{v:.6g}" for v in rows[row, :8].tolist()) + (", ..." if c > 8
+                                                                       else "")
+        raise ValueError(
+            f"{name}: probabilities must be finite, >= 0 and sum to 1 in each row (within "
+            f"{tol:.2g}); row {row} holds [{held}], summing to {float(sums[row]):.9g}"
+        )

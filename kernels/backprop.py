@@ -35,6 +35,7 @@ from handgrad.kernels import mlp
 from handgrad.kernels._checks import (
     check_choice,
     check_finite,
+    check_probabilities,
     check_same,
     check_tensor,
     in_graph,
@@ -105,8 +106,9 @@ def _check_finite_result(value: torch.Tensor, x: torch.Tensor, y, classes: bool)
     products a BLAS may skip for zero deltas (dead units), and an inf saturates tanh. Only
     when the number is not finite are x and y searched, by the checks that name them
     (``check_finite``); finite values whose sum overflows have no culprit and the result
-    stands. The net's own parameters were checked when it was made (``MLP``). Not inside a
-    graph (``in_graph``)."""
+    stands, but a loss that overflows the dtype from finite x, y and weights (a squared
+    error of 3e19 in float32) is an ``OverflowError``: no result is inf. The net's own
+    parameters were checked when it was made (``MLP``). Not inside a graph (``in_graph``)."""
     if in_graph():
         return
     if value.is_cpu:  # reads of CPU memory: no wait, no extra op
@@ -118,6 +120,13 @@ def _check_finite_result(value: torch.Tensor, x: torch.Tensor, y, classes: bool)
     check_finite("x", x)
     if not classes:
         check_finite("y", y)
+    loss = float(value)
+    if not math.isfinite(loss):
+        raise OverflowError(
+            f"backprop: the loss is {loss} in {value.dtype} though x, y and the weights are "
+            f"finite: it overflows {value.dtype}'s range (largest "
+            f"{torch.finfo(value.dtype).max:.3g}); compute in a wider dtype (float64), or "
+            "scale x, y or the weights")
 
 
 def _lean_forward(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -244,19 +253,7 @@ def _check_classes(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
             raise ValueError(f"y: expected {want} {about}; got probabilities (dtype {y.dtype}) "
                              f"of shape {shape_str(y)}")
         y2 = y.reshape(n, c)
-        sums = y2.sum(1)
-        # a row of correctly rounded probabilities sums to 1 within ~C ulps
-        tol = 2 * c * torch.finfo(y.dtype).eps
-        # written so that a NaN or infinite entry (a NaN or infinite sum) fails it too
-        bad = (y2 < 0).any(1) | ~((sums - 1).abs() <= tol)
-        if not in_graph() and bool(bad.any()):  # a value check: not inside a graph
-            row = int(bad.nonzero()[0, 0])
-            held = ", ".join(f"{v:.6g}" for v in y2[row, :8].tolist()) + (", ..." if c > 8
-                                                                         else "")
-            raise ValueError(
-                f"y: probabilities must be finite, >= 0 and sum to 1 in each row (within "
-                f"{tol:.2g}); row {row} holds [{held}], summing to {float(sums[row]):.9g}"
-            )
+        check_probabilities("y", y2)
         return y2
     if y.dtype.is_complex or y.dtype == torch.bool:
         raise TypeError(f"y: expected {want}; got dtype {y.dtype}")

@@ -111,7 +111,9 @@ def _check_finite_result(jac: torch.Tensor, ws, bs, x: torch.Tensor) -> torch.Te
     relu masks (an inf there can vanish; b_F is not used at all): their own sums are read
     with the result's. Only when that one number is not finite are the arguments searched,
     by the check that names the culprit (``check_all_finite``); finite values whose sum
-    overflows have no culprit and the result is returned. Not inside a graph."""
+    overflows have no culprit and the result is returned, but a Jacobian that itself
+    overflows the dtype from finite arguments (weights of 1e20 in float32) is an
+    ``OverflowError``: no result is inf. Not inside a graph."""
     if in_graph():
         return jac
     # x . x for one x: one BLAS call, cheaper than a reduction (float16's x^2 would
@@ -125,6 +127,11 @@ def _check_finite_result(jac: torch.Tensor, ws, bs, x: torch.Tensor) -> torch.Te
         check_all_finite([*((f"weights[{n}]", w) for n, w in zip(names, ws)),
                           *((f"biases[{n.replace('W', 'b')}]", b) for n, b in zip(names, bs)),
                           ("x", x)])
+        if not bool(torch.isfinite(jac).all()):
+            raise OverflowError(
+                f"the Jacobian overflows {jac.dtype}'s range (largest "
+                f"{torch.finfo(jac.dtype).max:.3g}) though the weights, biases and x are "
+                "finite: compute in a wider dtype (float64), or scale the weights")
     return jac
 
 
@@ -344,9 +351,10 @@ def jacobian_reverse(weights, x: torch.Tensor, biases=None, activation: str = "t
         return _check_finite_result(torch.mm(a, ws[0]), ws, bs, x)
     p, n = ws[-1].shape[0], x.shape[0]
     # df/dh_L = W_F for every sample: W_F broadcast over the samples, scaled into a new
-    # (P, N, K) tensor (identity: made contiguous for the views below; nothing writes
-    # into it, so it may be W_F itself when N == 1)
-    a = scaled(ws[-1].unsqueeze(1), hs[-1]) if activation != "identity" else \
+    # (P, N, K) tensor, laid out as W_F is (contiguous for the views below: a transposed
+    # W_F made one that no view could read), or, for identity, its contiguous copy (nothing
+    # writes into it, so it may be W_F itself when N == 1)
+    a = scaled(ws[-1].contiguous().unsqueeze(1), hs[-1]) if activation != "identity" else \
         ws[-1].unsqueeze(1).expand(p, n, -1).contiguous()
     # the views name every size: with no samples (n = 0) a -1 would be ambiguous
     for i in range(len(ws) - 2, 0, -1):

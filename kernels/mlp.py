@@ -19,6 +19,7 @@ from handgrad.kernels._checks import (
     check_finite,
     check_float_dtype,
     check_int,
+    check_probabilities,
     check_real,
     check_same,
     check_tensor,
@@ -113,6 +114,8 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
             raise ValueError(f"target: expected probabilities of shape ({n}, {c}) like the "
                              f"logits, got {shape_str(target)}")
         check_finite("target", target)
+        # softmax - t is the gradient only where each row of t sums to 1
+        check_probabilities("target", target)
     else:
         if target.dtype.is_complex or target.dtype == torch.bool:
             raise TypeError(f"target: expected class indices of an integer dtype or "

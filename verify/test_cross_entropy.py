@@ -137,6 +137,15 @@ BAD_LABELS = [
      ValueError, r"y: on device meta, but x on cpu"),
     ("labels not a tensor", _ce([0, 1, 2, 0, 1]), TypeError,
      r"y: for loss='cross_entropy' expected a torch.Tensor \(class indices .*\), got list"),
+    # mlp.cross_entropy on its own: softmax - t is its gradient only where rows sum to 1
+    # (it returned the loss right and a gradient 0.58 off autograd's)
+    ("mlp: probabilities not summing to 1",
+     lambda: mlp.cross_entropy(torch.zeros(5, 3), torch.full((5, 3), 0.5)), ValueError,
+     r"^target: probabilities must be finite, >= 0 and sum to 1 in each row .* row 0 .* "
+     r"summing to 1.5"),
+    ("mlp: negative probability",
+     lambda: mlp.cross_entropy(torch.zeros(2, 3), torch.tensor([[1 / 3] * 3, [1.5, -0.5, 0.0]])),
+     ValueError, r"^target: .* row 1 holds \[1.5, -0.5, 0\]"),
 ]
 
 

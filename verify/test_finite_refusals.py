@@ -15,6 +15,7 @@ Finite arguments whose sums overflow have no culprit: the result is returned, as
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -142,13 +143,18 @@ def test_jacobian_refusal_property(kernel, activation, regime, bad, D, K, P, L, 
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
-def test_jacobian_overflow_of_finite_weights_is_returned(kernel):
-    """Finite weights whose product overflows float32: no argument is at fault, and the
-    infinite Jacobian is returned, as it was."""
+def test_jacobian_overflow_of_finite_weights_is_an_overflow_error(kernel):
+    """Finite weights whose product overflows float32: no argument is at fault, and no
+    result is inf (it was returned): OverflowError, saying what to do."""
     ws = [torch.full((2, 2), 1e20), torch.full((2, 2), 1e20), torch.full((3, 2), 1.0)]
-    x = torch.ones(2)
-    got = KERNELS[kernel](ws, x, activation="identity")
-    assert torch.equal(got, ws[2] @ ws[1] @ ws[0]) and torch.isinf(got).all()
+    with pytest.raises(OverflowError, match=r"^the Jacobian overflows torch.float32's range "
+                       r"\(largest 3.4e\+38\) though the weights, biases and x are finite: "
+                       r"compute in a wider dtype \(float64\)"):
+        KERNELS[kernel](ws, torch.ones(2), activation="identity")
+    # in float64 it is finite, and right
+    w64 = [w.double() for w in ws]
+    got = KERNELS[kernel](w64, torch.ones(2, dtype=torch.float64), activation="identity")
+    assert torch.equal(got, w64[2] @ w64[1] @ w64[0])
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -298,13 +304,21 @@ def test_backprop_finite_x_whose_sum_overflows_is_accepted():
                      what="finite x with an overflowing sum")
 
 
-def test_backprop_loss_overflow_of_finite_inputs_is_returned():
+def test_backprop_loss_overflow_of_finite_inputs_is_an_overflow_error():
     """Finite x and y whose loss overflows float32 (a residual of 2e30, squared): no
-    argument is at fault and the infinite loss is returned, as it was."""
+    argument is at fault, and no result is inf (the loss was returned as inf):
+    OverflowError, saying what to do."""
     net = mlp.MLP([torch.ones(1, 1)], [torch.zeros(1)], "identity")
-    got = bp.backprop(net, torch.tensor([[1e30]]), torch.tensor([[-1e30]]))
-    assert torch.isinf(got.loss) and torch.isinf(got.weights[0]).all()  # 2e30 * 1e30
-    assert torch.equal(got.biases[0], torch.tensor([2e30]))
+    with pytest.raises(OverflowError, match=r"^backprop: the loss is inf in torch.float32 "
+                       r"though x, y and the weights are finite: it overflows torch.float32's "
+                       r"range .*compute in a wider dtype \(float64\)"):
+        bp.backprop(net, torch.tensor([[1e30]]), torch.tensor([[-1e30]]))
+    net64 = mlp.MLP([torch.ones(1, 1, dtype=torch.float64)],
+                    [torch.zeros(1, dtype=torch.float64)], "identity")
+    got = bp.backprop(net64, torch.tensor([[1e30]], dtype=torch.float64),
+                      torch.tensor([[-1e30]], dtype=torch.float64))
+    assert math.isclose(float(got.loss), 2e60, rel_tol=1e-15) and torch.equal(got.biases[0],
+                                                    torch.tensor([2e30], dtype=torch.float64))
 
 
 # -- inside a graph: no value is read --------------------------------------------------------

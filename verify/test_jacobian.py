@@ -69,6 +69,24 @@ def test_biases_and_activations_against_jacrev(kernel: str, activation: str, dev
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_column_major_weights_and_x_against_jacrev(kernel: str, activation: str):
+    # the same values laid out column by column (a transposed weight, W.t() of a stored W^T):
+    # jacobian_reverse's first adjoint took W_F's layout, and its views raised
+    ws, bs = course_weights(4, D=3, K=7, P=5, biases=True, seed=2)
+    ws, bs = as_list(ws), as_list(bs, "b")
+    refs = jacobian_references(ws, bs, activation)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = refs["torch_func_jacrev"](x)
+    col = [w.t().contiguous().t() for w in ws]
+    assert not any(w.is_contiguous() for w in col)
+    for xx in (x, x.t().contiguous().t()):
+        got = KERNELS[kernel](col, xx, biases=bs, activation=activation)
+        assert_close(got, expected, kernel=kernel, reference="torch_func_jacrev",
+                     what=f"{activation}, column-major weights", kind="grad")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
 @pytest.mark.parametrize("widths", [(64, 64), (65, 65), (8, 65, 8), (65,)],
                          ids=lambda w: "hidden" + "-".join(map(str, w)))
 def test_one_x_in_both_layouts_against_jacrev(widths, activation: str):
