@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                                    confidence, calibration, accepted)]
             for line in N.calibration_runs_given(calibration, args.baseline, args.current):
                 print(f"warning: {line}", file=sys.stderr)
+        for line in G.unmatched_accepted(accepted, results[0].table):
+            print(f"warning: {line}", file=sys.stderr)
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

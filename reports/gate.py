@@ -41,8 +41,9 @@ benchmarks make the input unusable (exit 2).
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -475,6 +476,7 @@ class Accepted:
     name: str
     bound: float
     reason: str
+    where: str = field(default="", compare=False)  # "file:line" that declared it
 
 
 def read_accepted(path: str | None) -> dict[str, Accepted]:
@@ -517,7 +519,25 @@ def read_accepted(path: str | None) -> dict[str, Accepted]:
                                    f"+5%), got {bound!r}")
         if name in out:
             raise ReportInputError(f"{where}: {name} declared twice")
-        out[name] = Accepted(name, value, reason.strip())
+        out[name] = Accepted(name, value, reason.strip(), where)
+    return out
+
+
+def unmatched_accepted(accepted: dict[str, Accepted], table: pd.DataFrame) -> list[str]:
+    """A line per declared regression that names no kernel.method the gate compared (a
+    typo accepted nothing, silently), with the closest name it did compare. Warned, not
+    refused: one versioned file serves runs of a subset of the kernels (GATE_K, a CPU run
+    of a file declaring a CUDA kernel)."""
+    names = sorted({f"{k}.{m}" for k, m in zip(table["kernel"], table["method"])}
+                   if len(table) else set())
+    out = []
+    for a in accepted.values():
+        if a.name in names:
+            continue
+        close = difflib.get_close_matches(a.name, names, n=1)
+        out.append(f"{a.where or '--accept'}: {a.name} names no kernel.method this gate "
+                   "compared, so it accepts nothing" + (
+                       f" (did you mean {close[0]}?)" if close else ""))
     return out
 
 

@@ -1008,3 +1008,22 @@ def test_gate_compares_like_with_like_when_one_run_was_not_interleaved(tmp_path)
     base = ratio(_load(RUN1), group)  # the baseline by medians too, though it has pairs
     assert row["ratio_base"] == pytest.approx(base, rel=1e-12)
     assert row["change"] == pytest.approx(ratio(plain, group) / base, rel=1e-12)
+
+
+def test_an_accept_line_naming_no_compared_kernel_is_warned_with_the_closest(tmp_path,
+                                                                               capsys):
+    """A typo in the --accept file (swiglu.hand_vj) had accepted nothing, silently. Warned,
+    not refused: one file serves runs of a subset of the kernels (GATE_K, CPU-only runs)."""
+    accept = tmp_path / "accept.txt"
+    accept.write_text("# kernel.method bound reason\n"
+                      "jacobian.manual_forward 1.04 kept\n"
+                      "jacobian.manual_forwrd 1.2 typo\n"
+                      "swiglu.hand_vjp 1.2 a kernel these runs do not hold\n")
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(RUN2),
+                 "--accept", str(accept)]) in (0, 1, 3)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"warning: {accept}:3: jacobian.manual_forwrd names no kernel.method this gate "
+        "compared, so it accepts nothing (did you mean jacobian.manual_forward?)",
+        f"warning: {accept}:4: swiglu.hand_vjp names no kernel.method this gate compared, "
+        "so it accepts nothing"]
