@@ -42,14 +42,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_confidence(text: str) -> float:
-    """'0.95' -> 0.95; a level outside (0, 1), e.g. 95, is refused."""
+    """'0.95' or '95%' -> 0.95; a level outside (0, 1), e.g. 95 or 100%, is refused."""
+    from handgrad.reports.gate import _percentage
+
+    pct = _percentage(text)  # the percentage form, read as --threshold reads it
     try:
-        value = float(text)
+        value = pct / 100 if pct is not None else float(text)
     except ValueError:
         value = math.nan
     if not 0 < value < 1:
-        raise ReportInputError(f"--confidence: expected a level between 0 and 1 "
-                               f"(e.g. 0.95), got {text!r}")
+        raise ReportInputError(f"--confidence: expected a level between 0 and 1 or a "
+                               f"percentage between 0% and 100% (e.g. 0.95 or 95%), got "
+                               f"{text!r}")
     return value
 
 

@@ -1027,3 +1027,22 @@ def test_an_accept_line_naming_no_compared_kernel_is_warned_with_the_closest(tmp
         "compared, so it accepts nothing (did you mean jacobian.manual_forward?)",
         f"warning: {accept}:4: swiglu.hand_vjp names no kernel.method this gate compared, "
         "so it accepts nothing"]
+
+
+@pytest.mark.parametrize("text, value", [("0.95", 0.95), ("95%", 0.95), ("+99 %", 0.99),
+                                         ("50%", 0.5)])
+def test_confidence_takes_a_level_or_a_percentage_as_threshold_does(text, value):
+    from handgrad.reports.__main__ import parse_confidence
+
+    assert parse_confidence(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["100%", "0%", "-5%", "%", "95", "150%"])
+def test_confidence_out_of_range_names_both_forms(text):
+    from handgrad.reports.__main__ import parse_confidence
+
+    with pytest.raises(ReportInputError) as err:
+        parse_confidence(text)
+    assert str(err.value) == ("--confidence: expected a level between 0 and 1 or a "
+                              "percentage between 0% and 100% (e.g. 0.95 or 95%), got "
+                              f"{text!r}")
