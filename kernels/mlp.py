@@ -317,7 +317,42 @@ def _check_device(device: object) -> torch.device:
                          f"{device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {str(device)!r} asked for, but no CUDA device is present")
+    if device.type == "meta":
+        raise ValueError("device: 'meta' holds no values; expected a real device such as "
+                         "'cpu' or 'cuda'")
+    if device.type != "cpu":
+        _check_device_usable(device)
     return device
+
+
+def _check_device_usable(device: torch.device) -> None:
+    """A device other than the CPU that this torch build and machine can use, else a
+    ValueError naming it: 'mps' on a build without MPS, 'xla' without torch_xla, 'cuda:3'
+    on a machine with one GPU. Asks the device's torch module (torch.cuda, torch.mps,
+    torch.xpu, ...: is_available, device_count), creating no tensor; a type with no such
+    module (xla, ipu, ...) is tried with an empty tensor, the only test torch offers."""
+    kind = device.type
+    try:
+        module = torch.get_device_module(kind)
+    except (RuntimeError, AttributeError):  # no torch.<kind> module (or torch < 2.3)
+        module = None
+    if module is not None:
+        if not module.is_available():
+            raise ValueError(f"device: {str(device)!r} asked for, but this torch build or "
+                             f"machine has no usable {kind} device (torch.{kind}."
+                             f"is_available() is False); expected 'cpu' or a device present")
+        count = module.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device: {str(device)!r} asked for, but {count} {kind} "
+                             f"device(s) present; expected an index below {count}")
+        return
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, NotImplementedError, AssertionError) as e:
+        why = str(e).split(". ")[0]
+        raise ValueError(f"device: {str(device)!r} asked for, but this torch build cannot "
+                         f"use {kind} devices ({why}); expected "
+                         f"'cpu' or a device present") from None
 
 
 def check_input(net: MLP, x: object, name: str = "x") -> torch.Tensor:

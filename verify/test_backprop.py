@@ -347,6 +347,41 @@ def test_init_mlp_refuses_an_absent_cuda_by_name(monkeypatch) -> None:
     assert net.device == torch.device("cpu")
 
 
+def test_init_mlp_refuses_a_device_this_build_cannot_use(monkeypatch) -> None:
+    """mps, xpu (a torch module that says unavailable), xla (no module: an empty tensor is
+    tried), meta and a CUDA index beyond the count: a ValueError naming device, not torch's
+    'PyTorch is not linked with support for mps devices'."""
+    monkeypatch.setattr(torch.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device: 'mps' asked for, but this torch build or "
+                       r"machine has no usable mps device \(torch.mps.is_available\(\) is "
+                       r"False\)"):
+        mlp.init_mlp([3, 2, 1], device="mps")
+    with pytest.raises(ValueError, match=r"^device: 'xla' asked for, but this torch build "
+                       r"cannot use xla devices \(.*XLA"):
+        mlp.init_mlp([3, 2, 1], device="xla")
+    with pytest.raises(ValueError, match=r"^device: 'meta' holds no values"):
+        mlp.init_mlp([3, 2, 1], device="meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"^device: 'cuda:1' asked for, but 1 cuda device\(s\) "
+                       r"present; expected an index below 1$"):
+        mlp.init_mlp([3, 2, 1], device="cuda:1")
+
+
+def test_check_device_accepts_a_usable_device_without_a_tensor_on_it(monkeypatch) -> None:
+    """A device its torch module says is present is accepted by asking the module (no tensor
+    made); one with no module is accepted when an empty tensor can be made there."""
+    monkeypatch.setattr(torch.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "device_count", lambda: 1)
+    made = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: made.append(k) or real_empty(0))
+    assert mlp._check_device("mps:0") == torch.device("mps:0")
+    assert made == []
+    assert mlp._check_device("xla:0") == torch.device("xla:0")
+    assert made == [{"device": torch.device("xla:0")}]
+
+
 @pytest.mark.parametrize("call,error,pattern", [c[1:] for c in BAD_CALLS],
                          ids=[c[0] for c in BAD_CALLS])
 def test_bad_input_gives_clear_error(call, error, pattern) -> None:
