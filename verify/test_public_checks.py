@@ -1494,6 +1494,18 @@ def test_richardson_allows_fs_rounding_too():
                      taylor=False).passed
 
 
+def test_a_failed_argument_reports_how_far_over_its_allowance_it_is():
+    # "headroom 0x" said nothing: a gradient 3e-9 off (relative) is 0.3x of its allowance
+    x = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    tol = tol_for(torch.float64, "grad")
+    c = torch.cos(x)
+    expected = float((3e-9 * c.abs() / (tol.atol + tol.rtol * c.abs())).max())
+    assert 0.1 < 1 / expected < 1  # a miss, by less than its allowance tenfold
+    with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
+        check_vjp(torch.sin, lambda g, x: g * torch.cos(x) * (1 + 3e-9), (x,), taylor=False)
+    assert f"args[0]: WRONG: headroom {1 / expected:.3g}x" in str(err.value)
+
+
 def test_rmsnorm_at_one_element_passes_with_its_right_gradient():
     # a walkthrough's hypothesis find: x / sqrt(x^2 + 1e-6) at one element is nearly flat,
     # its right gradient failed against central differences by f's rounding
