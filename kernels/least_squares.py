@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,6 +114,48 @@ def _check_k(k) -> tuple[list[int], bool]:
     if any(v < 0 for v in ks):
         raise ValueError(f"k: iteration counts must be >= 0, got {ks}")
     return ks, single
+
+
+# a result below this many bytes is made without asking how much memory the device has
+_ALLOC_FLOOR = 2 ** 30
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """The device's memory in bytes (the CPU's physical memory, a CUDA device's total), or
+    None where it is not known (another device, or no sysconf)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        pass
+    return None
+
+
+def _bytes_str(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable
+
+
+def _check_iterates_fit(what: str, nbytes: int, k: int, w0: torch.Tensor,
+                        closed: str) -> None:
+    """The (k+1, D) iterates of ``what`` (nbytes) fit the device's memory (int64 indexing
+    where it is not known), else a ValueError naming k, the size and the closed form to
+    take instead: asked before allocating, not torch's allocator error. Called only above
+    _ALLOC_FLOOR bytes (the loops' own cost: one multiply and a compare)."""
+    memory = _device_memory(w0.device)
+    limit = memory if memory is not None else 2 ** 63 - 1
+    if nbytes > limit:
+        where = (f"the {_bytes_str(memory)} of {w0.device.type} memory this machine has"
+                 if memory is not None else "what torch can index")
+        raise ValueError(
+            f"k: {what} keeps all k + 1 iterates, a ({k + 1}, {w0.shape[0]}) {w0.dtype} "
+            f"tensor of {_bytes_str(nbytes)} for k = {k}, more than {where}; for w_k alone "
+            f"take {closed} (any k, without iterating)")
 
 
 # the largest k whose float64 value is k itself and keeps its parity
@@ -314,6 +357,9 @@ def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
     X, y, w0 = _check_problem(X, y, w0, "w0", linalg=True)
     alpha = _check_alpha(alpha)
     k = _one_k(k, "gd_iterates")
+    nbytes = (k + 1) * w0.shape[0] * w0.dtype.itemsize  # refused past the memory, by name
+    if nbytes > _ALLOC_FLOOR:
+        _check_iterates_fit("gd_iterates", nbytes, k, w0, "gd_closed_form(X, y, w0, alpha, k)")
     # the loop needs only lambda_max: singular values without vectors cost half an SVD
     if not in_graph():
         _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
@@ -418,6 +464,10 @@ def heavy_ball_iterates(X, y, w0, alpha: float, beta: float, k: int) -> torch.Te
     X, y, w0 = _check_problem(X, y, w0, "w0")
     alpha, beta = _check_alpha(alpha), _check_beta(beta)
     k = _one_k(k, "heavy_ball_iterates")
+    nbytes = (k + 1) * w0.shape[0] * w0.dtype.itemsize  # refused past the memory, by name
+    if nbytes > _ALLOC_FLOOR:
+        _check_iterates_fit("heavy_ball_iterates", nbytes, k, w0,
+                            "heavy_ball_closed_form(X, y, w0, alpha, beta, k)")
     out = w0.new_empty(k + 1, w0.shape[0])
     out[0] = w0
     prev = w0

@@ -4,6 +4,7 @@ algebra, iteration and torch.optim.SGD."""
 from __future__ import annotations
 
 import math
+import re
 import types
 import warnings
 
@@ -628,3 +629,54 @@ def test_inside_a_graph_the_gram_path_gives_way_to_the_svd(monkeypatch):
     assert_close(compiled(), ls.gd_closed_form(X, y, w0, 0.01, 50),
                  kernel="compiled gd_closed_form", reference="eager gd_closed_form",
                  tol=Tol(rtol=1e-12, atol=1e-14), kind="grad")
+
+
+# --- iterates that cannot be allocated ------------------------------------------------
+
+
+def _iterate_calls(k):
+    X = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y, w0 = torch.ones(6, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    return [("gd_iterates", "gd_closed_form", lambda: ls.gd_iterates(X, y, w0, 0.01, k)),
+            ("heavy_ball_iterates", "heavy_ball_closed_form",
+             lambda: ls.heavy_ball_iterates(X, y, w0, 0.01, 0.5, k))]
+
+
+def test_iterates_past_the_memory_are_refused_by_name_before_allocating():
+    """k = 10**12 asked the allocator for 24 TB (its raw RuntimeError): a ValueError naming
+    k, the size and the closed form; 10**30 (past int64) the same."""
+    for k, size in ((10**12, "24 TB"), (10**30, "2.4e+16 PB")):
+        for name, closed, call in _iterate_calls(k):
+            with pytest.raises(ValueError, match=(
+                    rf"^k: {name} keeps all k \+ 1 iterates, a \({k + 1}, 3\) torch.float64 "
+                    rf"tensor of {re.escape(size)} for k = {k}, more than the .* of cpu memory "
+                    rf"this machine has; for w_k alone take {closed}\(X, y, w0, alpha, ")):
+                call()
+
+
+def test_iterates_above_the_floor_are_made_while_they_fit(monkeypatch):
+    """Past _ALLOC_FLOOR the device's memory decides: within it the loop runs; past it (or
+    past int64 where the memory is not known) k is refused."""
+    monkeypatch.setattr(ls, "_ALLOC_FLOOR", 0)
+    monkeypatch.setattr(ls, "_device_memory", lambda device: 1000)
+    for name, _, call in _iterate_calls(5):  # 6 x 3 x 8 = 144 bytes
+        assert call().shape == (6, 3), name
+    for name, _, call in _iterate_calls(41):  # 42 x 3 x 8 = 1008 bytes
+        with pytest.raises(ValueError, match=rf"^k: {name} .* tensor of 1.01 KB for k = 41, "
+                           r"more than the 1 KB of cpu memory this machine has"):
+            call()
+    monkeypatch.setattr(ls, "_device_memory", lambda device: None)
+    for name, _, call in _iterate_calls(2**61):
+        with pytest.raises(ValueError, match=rf"^k: {name} .* more than what torch can "
+                           r"index; "):
+            call()
+
+
+def test_device_memory_of_cpu_cuda_and_others(monkeypatch):
+    assert ls._device_memory(torch.device("cpu")) > 2**20
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(total_memory=80 * 2**30))
+    assert ls._device_memory(torch.device("cuda:0")) == 80 * 2**30
+    assert ls._device_memory(torch.device("mps")) is None
+    monkeypatch.setattr(ls.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert ls._device_memory(torch.device("cpu")) is None
