@@ -211,6 +211,10 @@ def check_construction(net: Callable, target: Callable, points: torch.Tensor) ->
     if a.shape != e.shape:
         raise ValueError(f"net and target give different numbers of values per point: "
                          f"{a.shape[1]} and {e.shape[1]}")
+    if a.shape[1] == 0:  # no value to compare: no largest difference, no worst point
+        raise ValueError(f"net(points), target(points): expected at least one value per "
+                         f"point, got none from both (shape {shape_str(outs['net'])} "
+                         f"for {n} points)")
     err = (a.double() - e.double()).abs()
     err = torch.where(torch.isnan(err), torch.full_like(err, float("inf")), err)
     per_point = err.amax(dim=1)

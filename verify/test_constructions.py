@@ -246,6 +246,10 @@ BAD_CALLS = [
     ("values per point differ", lambda: cs.check_construction(
         cs.tent(), lambda t: torch.stack([t, t], 1), torch.zeros(2)), ValueError,
      r"net and target give different numbers of values per point: 1 and 2"),
+    ("no values per point", lambda: cs.check_construction(
+        lambda p: p[:, :0], lambda p: p[:, :0], torch.ones(3, 2)), ValueError,
+     r"^net\(points\), target\(points\): expected at least one value per point, got none "
+     r"from both \(shape \(3, 0\) for 3 points\)$"),
 ]
 
 
