@@ -26,7 +26,10 @@ other shapes held still). So
   ``1 + benchmark_threshold`` (default 20%), which catches a slowdown confined to one
   shape, and kernels timed in fewer than three groups. A benchmark that declares its
   between-process noise (``extra_info["gate_noise"]``) is held to
-  ``1 + max(benchmark_threshold, gate_noise)`` instead.
+  ``1 + max(benchmark_threshold, gate_noise)`` instead. Like a kernel, it is ok when
+  its interval's top lies at or under its limit, and inconclusive when the interval
+  straddles it; an inconclusive benchmark counts towards exit 3 only for a kernel judged
+  per benchmark only (fewer than three benchmarks), whose verdict it is.
 
 Either is **faster** when its interval's top lies under ``1 / limit`` (``is_faster``, the
 rule of every gate: 1/1.10 = 0.909 for a limit of 1.10).
@@ -102,8 +105,22 @@ class GateResult:
     @property
     def inconclusive(self) -> int:
         """Kernels whose interval straddles their limit: neither ok nor a regression
-        (not a failure: the command line's exit 3, as the gate over runs')."""
-        return int((self.kernels["verdict"] == "inconclusive").sum())
+        (not a failure: the command line's exit 3, as the gate over runs'); plus the
+        inconclusive benchmarks of kernels judged per benchmark only (fewer than
+        MIN_BENCHMARKS), whose benchmarks are their only verdict. An inconclusive
+        benchmark of a kernel with its own verdict is shown, not counted: its kernel
+        decides."""
+        return int((self.kernels["verdict"] == "inconclusive").sum()
+                   + len(self._undecided_benchmarks()))
+
+    def _undecided_benchmarks(self) -> pd.DataFrame:
+        """The inconclusive benchmarks of kernels judged per benchmark only."""
+        alone = self.kernels[self.kernels["verdict"] == "per benchmark only"]
+        keys = set(zip(alone["kernel"], alone["method"], alone["device"]))
+        t = self.table
+        mine = np.array([k in keys for k in zip(t["kernel"], t["method"], t["device"])],
+                        dtype=bool)
+        return t[(t["verdict"] == "inconclusive") & mine]
 
     def flagged(self) -> set[str]:
         """``kernel.method`` of everything that regressed, at either level."""
@@ -112,9 +129,11 @@ class GateResult:
         return {f"{r.kernel}.{r.method}" for r in pd.concat([k, b]).itertuples()}
 
     def undecided(self) -> set[str]:
-        """``kernel.method`` of the inconclusive kernels."""
+        """``kernel.method`` of the inconclusive kernels, and of kernels judged per
+        benchmark only with an inconclusive benchmark."""
         k = self.kernels[self.kernels["verdict"] == "inconclusive"]
-        return {f"{r.kernel}.{r.method}" for r in k.itertuples()}
+        return {f"{r.kernel}.{r.method}"
+                for r in pd.concat([k, self._undecided_benchmarks()]).itertuples()}
 
     def _benchmark_view(self) -> pd.DataFrame:
         # the verdict's bar, 1 + threshold: the shared one, or a benchmark's declared noise
@@ -252,6 +271,21 @@ def _paired_change(ratios_c, ratios_b, axis=-1):
 def _change(kc, rc, kb, rb, axis=-1):
     med = np.median
     return (med(kc, axis=axis) / med(rc, axis=axis)) / (med(kb, axis=axis) / med(rb, axis=axis))
+
+
+def _benchmark_verdict(low: float, high: float, limit: float) -> str:
+    """A single benchmark's verdict from its interval [low, high] against ``limit``, the
+    three-way reading of a kernel's: REGRESSION when the interval lies above the limit,
+    faster when its top lies under 1 / limit (``is_faster``), ok when its top lies at or
+    under the limit, inconclusive when it straddles the limit (shown, not counted in the
+    exit status where its kernel has a verdict of its own: ``GateResult.inconclusive``)."""
+    if low > limit:
+        return "REGRESSION"
+    if is_faster(high, limit):
+        return "faster"
+    if high <= limit:
+        return "ok"
+    return "inconclusive"
 
 
 # what an inconclusive kernel of the one-pair gate says to do
@@ -427,7 +461,6 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         # verdict then uses that, never less than benchmark_threshold
         own = kc["gate_noise"]
         bench_thr = max(benchmark_threshold, 0.0 if pd.isna(own) else float(own))
-        regressed = bool(ci.low > 1 + bench_thr)
         rows.append({
             "kernel": p["kernel_c"], "method": p["method"], "device": p["device_c"],
             "benchmark": p["benchmark"],
@@ -436,8 +469,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             "ratio_base": ratio_b,
             "ratio_current": ratio_c,
             "change": change, "ci_low": float(ci.low), "ci_high": float(ci.high),
-            "verdict": "REGRESSION" if regressed else (
-                "faster" if is_faster(ci.high, 1 + bench_thr) else "ok"),
+            "verdict": _benchmark_verdict(float(ci.low), float(ci.high), 1 + bench_thr),
             "threshold": bench_thr,
         })
     if len(disturbed) > MAX_DISTURBED * (len(rows) + len(disturbed)):

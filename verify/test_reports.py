@@ -1046,3 +1046,51 @@ def test_confidence_out_of_range_names_both_forms(text):
     assert str(err.value) == ("--confidence: expected a level between 0 and 1 or a "
                               "percentage between 0% and 100% (e.g. 0.95 or 95%), got "
                               f"{text!r}")
+
+
+def _bimodal(data: dict, method: str, group: str, factor: float = 1.6,
+             share: float = 0.45) -> dict:
+    """A copy of a run in which ``share`` of the rounds of ``method`` (in groups starting
+    with ``group``) take ``factor`` times as long: a median ratio near 1, an interval up to
+    ``factor`` (rounds at one of two speeds)."""
+    data = copy.deepcopy(data)
+    for b in data["benchmarks"]:
+        if b["extra_info"]["method"] == method and b["group"].startswith(group):
+            d = b["stats"]["data"]
+            slow = set(np.random.default_rng(0).choice(len(d), int(share * len(d)),
+                                                       replace=False))
+            b["stats"]["data"] = [t * (factor if i in slow else 1) for i, t in enumerate(d)]
+    return data
+
+
+def test_a_benchmark_interval_straddling_its_limit_is_inconclusive_not_ok(tmp_path):
+    """A benchmark reads as a kernel does: its interval across 1.20 is inconclusive, not
+    ok. Its kernel has a verdict of its own (ok): that decides the exit status (0)."""
+    cur = _write(tmp_path, "cur.json", _bimodal(_load(RUN2), "manual_reverse",
+                                                "jacobian L=10 K=30 N=1 "))
+    result = gate(str(RUN2), str(cur))
+    row = result.table.set_index("benchmark").loc[
+        "jacobian L=10 K=30 N=1 cpu :: manual_reverse"]
+    assert row["ci_low"] <= 1.2 < row["ci_high"], result.markdown()
+    assert row["verdict"] == "inconclusive", result.markdown()
+    assert set(result.table["verdict"]) == {"ok", "inconclusive"}, result.markdown()
+    kernel = result.kernels.set_index("method").loc["manual_reverse"]
+    assert kernel["verdict"] == "ok", result.markdown()
+    assert result.passed and result.inconclusive == 0 and not result.undecided()
+    assert main(["gate", "--baseline", str(RUN2), "--current", str(cur)]) == 0
+
+
+def test_an_inconclusive_benchmark_of_a_kernel_judged_per_benchmark_exits_3(tmp_path):
+    """A kernel of one benchmark has no verdict but its benchmark's: that benchmark's
+    inconclusive is the kernel's (exit 3, named undecided), as in the gate over runs."""
+    cur = _write(tmp_path, "cur.json", _bimodal(_load(RUN2), "gd_closed_form",
+                                                "least_squares gd"))
+    result = gate(str(RUN2), str(cur))
+    row = result.table.set_index("method").loc["gd_closed_form"]
+    assert row["ci_low"] <= 1.2 < row["ci_high"] and row["verdict"] == "inconclusive"
+    assert result.kernels.set_index("method").loc["gd_closed_form", "verdict"] == (
+        "per benchmark only")
+    assert result.passed and result.inconclusive == 1, result.markdown()
+    assert result.undecided() == {"least_squares.gd_closed_form"}
+    assert "INCONCLUSIVE: 1 undecided" in result.markdown()
+    assert main(["gate", "--baseline", str(RUN2), "--current", str(cur)]) == 3
