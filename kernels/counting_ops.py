@@ -8,7 +8,15 @@ Backward conventions, as the forward's (``kernels.counts``): every product is a 
 (and a MAC), a sum of n terms costs n - 1 adds. A convolution's grad_input and grad_weight
 each make exactly the products of its forward pass, so FlopCounterMode's backward FLOPs are
 2 x the MACs counted here. Element-wise nonlinearities cost one derivative evaluation
-(``activations``) and one product per element; max-pooling routes each gradient to its
+(``activations``) and one product per element. A softmax is not element-wise: over rows
+of C values (n in all) its forward is n exponentials (``activations``), the row sums (n -
+rows adds) and n divides (``mults``, as every divide is); log-softmax subtracts each row's
+log (one more activation per row) instead of dividing (n adds). Its backward, y * (g -
+sum(g * y)), is 2n mults and 2n - rows adds; log-softmax's, g - exp(y) * sum(g), n
+exponentials, n mults and 2n - rows adds (aten's decompositions of _softmax_backward_data
+and _log_softmax_backward_data). The max subtracted first for range (exact, value
+unchanged) is not counted. An op whose result is an integer or boolean (a step counter,
+indices, a mask) is bookkeeping, counted zero. Max-pooling routes each gradient to its
 argmax (no arithmetic; where windows overlap, two outputs may pick one input and their
 gradients add: data-dependent, not counted); views and other data movement are free, and
 so is an embedding lookup, both ways (``LOOKUP_OPS``), but for the gradient of an expand or
@@ -20,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from handgrad.kernels.counts import Counts, _numel, _tuple
 
 # --- the table --------------------------------------------------------------------------
@@ -28,8 +38,15 @@ ACTIVATION_OPS = {
     "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "gelu_", "silu", "silu_",
     "elu", "elu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish",
     "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "threshold", "threshold_",
-    "_softmax", "_log_softmax",
 }
+# a softmax along one dim (rows of C values): not element-wise, each output reads its row.
+# _safe_softmax (scaled_dot_product_attention's) is softmax with fully masked rows set to 0,
+# and its backward is softmax's (_softmax_backward_data)
+SOFTMAX_OPS = {"_softmax": "softmax", "_safe_softmax": "softmax", "_log_softmax": "log_softmax"}
+# an integer or boolean result is bookkeeping (a step counter, indices, a mask), not the
+# model's arithmetic: counted as zero (batch norm's num_batches_tracked += 1 in training)
+_INTEGER_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                   torch.uint16, torch.uint32, torch.uint64}
 # data movement and bookkeeping: no arithmetic, counted as zero on purpose
 FREE_OPS = {
     "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "clone",
@@ -66,6 +83,7 @@ OPS: dict[str, str] = {
     "mm": "mm", "bmm": "mm",
     "addmm": "addmm", "baddbmm": "addmm",
     **dict.fromkeys(ACTIVATION_OPS, "activation"),
+    **SOFTMAX_OPS,
     **dict.fromkeys(MAX_POOL_OPS, "max_pool"),
     **dict.fromkeys(AVG_POOL_OPS, "avg_pool"),
     "mean": "reduce", "sum": "reduce",
@@ -89,6 +107,10 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
     kind = OPS.get(base)
     if kind is None:
         return None
+    if kind == "free":
+        return Counts()  # data movement and bookkeeping, zero on purpose
+    if (out[0] if isinstance(out, (tuple, list)) else out).dtype in _INTEGER_DTYPES:
+        return Counts()  # integer bookkeeping (_INTEGER_DTYPES)
     if kind == "conv":
         return _conv(args, out)
     if kind == "mm":
@@ -97,6 +119,12 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
         return _mm(args[1], args[2], out, bias=True)
     if kind == "activation":
         return Counts(activations=_out_numel(args, out))
+    if kind == "softmax":  # exp(x) / (its row's sum): n exps, sums of C, n divides
+        n, rows = _softmax_rows(args)
+        return Counts(activations=n, adds=n - rows, mults=n)
+    if kind == "log_softmax":  # x - log(its row's sum of exp(x)): n exps, a log per row
+        n, rows = _softmax_rows(args)
+        return Counts(activations=n + rows, adds=n - rows + n)
     if kind == "max_pool":
         taps = _pool_window(base, args)
         return None if taps is None else Counts(compares=_out_numel(args, out) * (taps - 1))
@@ -116,7 +144,7 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
         # statistics computed from the input (see statistics) are listed as uncounted
         n = _out_numel(args, out)
         return Counts(mults=n, adds=n)
-    return Counts()  # free: data movement and bookkeeping, zero on purpose
+    raise AssertionError(f"OPS: kind {kind!r} (of {base}) has no forward rule")
 
 
 def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[str, Counts]] | None:
@@ -144,6 +172,13 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
     if kind == "activation":
         n = _out_numel(args, out)
         return [("grad_input", Counts(mults=n, activations=n))] if needs[0] else []
+    if kind == "softmax":  # dx = y * (g - sum(g * y)): 2n mults, row sums and n subtractions
+        n, rows = _softmax_rows(args)
+        return [("grad_input", Counts(mults=2 * n, adds=n - rows + n))] if needs[0] else []
+    if kind == "log_softmax":  # dx = g - exp(y) * sum(g): n exps, n mults, sums, n subs
+        n, rows = _softmax_rows(args)
+        return [("grad_input", Counts(activations=n, mults=n, adds=n - rows + n))
+                ] if needs[0] else []
     if kind == "free" and base in SUMMED_BACK:  # the copies' gradients summed to one
         return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[0].shape)))
                 ] if needs[0] else []
@@ -232,6 +267,15 @@ def _mm(a, b, out, bias: bool) -> Counts:
 def _out_numel(args, out) -> int:
     o = out[0] if isinstance(out, (tuple, list)) else out
     return _numel(o.shape)
+
+
+def _softmax_rows(args) -> tuple[int, int]:
+    """(values, rows) of a softmax of args[0] along dim args[1]: rows of C values each (a
+    0-d value is one row of one)."""
+    x = args[0]
+    c = x.shape[args[1]] if x.dim() else 1
+    n = _numel(x.shape)
+    return n, (n // c if c else 0)
 
 
 def _pool_rank(base: str) -> int:

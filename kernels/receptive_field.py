@@ -46,7 +46,7 @@ class ReceptiveField:
 
 
 # ops that act on each spatial position alone (output position p reads input position p)
-_RF_POINTWISE = (ACTIVATION_OPS - {"_softmax", "_log_softmax"}) | {
+_RF_POINTWISE = ACTIVATION_OPS | {  # a softmax is not: it reads its row (SOFTMAX_OPS)
     "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "clone", "contiguous",
     "detach", "alias", "_to_copy", "copy_", "lift_fresh", "dropout", "native_dropout", "view",
     "_unsafe_view", "reshape", "_reshape_alias", "abs", "neg", "pow", "sqrt", "exp", "log",

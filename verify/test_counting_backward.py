@@ -329,6 +329,7 @@ class Zoo(nn.Module):
         h = torch.tanh(self.bn(self.conv(x)))            # activation
         h = self.avg(self.pool(h)).flatten(1)            # free
         h = (self.lin(h) * self.w + 1) / 2               # mul, add, div
+        h = torch.log_softmax(torch.softmax(h, -1), -1)  # softmax, log_softmax
         h = torch.bmm(h.unsqueeze(0), self.m)            # mm
         return h.mean()                                  # reduce
 
