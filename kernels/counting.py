@@ -259,19 +259,24 @@ class _Recorder(TorchDispatchMode):
                  for a in args]
         if not any(needs):
             return
+        # an integer or boolean result (a mask, indices) has no gradient: autograd neither
+        # runs this op backward for it nor sends one through it
+        outs = [t for t in _flat([out]) if isinstance(t, torch.Tensor)
+                and (t.is_floating_point() or t.is_complex())]
+        if not outs:
+            return
         # each use of a tracked value (a version of it: an in-place op makes a new one)
         # sends autograd one gradient for it; see _accumulation
         version = self.version
         uses = [(version[id(t)], t.numel()) for t in _flat(args)
                 if isinstance(t, torch.Tensor) and id(t) in tracked and t.is_floating_point()]
         made = []
-        for t in _flat([out]):
-            if isinstance(t, torch.Tensor):
-                tracked.add(id(t))
-                self.keep.append(t)
-                self.made += 1
-                version[id(t)] = self.made
-                made.append(self.made)
+        for t in outs:
+            tracked.add(id(t))
+            self.keep.append(t)
+            self.made += 1
+            version[id(t)] = self.made
+            made.append(self.made)
         rows = backward_op_counts(name, args, out, needs)
         if rows is None:
             seen = self.result.uncounted_backward
