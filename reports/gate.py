@@ -419,6 +419,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
 
     rng = np.random.default_rng(seed)
     rows, disturbed = [], []
+    untimed: dict[tuple, set] = {}  # (group, reference) -> the sides that lack its timing
     for _, p in pairs.iterrows():
         kb = find_row(base, p["group"], p["method"], p["shape"])
         kc = find_row(cur, p["group"], p["method"], p["shape"])
@@ -435,6 +436,9 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             if rb is None or rc is None:  # nothing to normalise by
                 skipped.append(f"{p['benchmark']}: its reference "
                                f"{p['reference_c']} was not timed in both runs")
+                untimed.setdefault((p["group"], p["reference_c"]), set()).update(
+                    side for side, r in (("the baseline", rb), ("the current run", rc))
+                    if r is None)
                 continue
             samples = tuple(_thin(r["data"]) for r in (kc, rc, kb, rb))
             statistic = _change
@@ -485,7 +489,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
                 f"{unlike_all[0]}" + (f" (and {len(unlike_all) - 1} more)"
                                       if len(unlike_all) > 1 else ""))
         raise ReportInputError(f"{baseline} and {current}: no kernel has the same reference, "
-                               "timed, in both")
+                               "timed, in both" + _untimed_line(untimed))
     table = pd.DataFrame(rows).sort_values("change", ascending=False).reset_index(drop=True)
     kernels = _kernel_rows(table, threshold, confidence)
     accepted = accepted or {}
@@ -495,6 +499,23 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
                       threshold=threshold, benchmark_threshold=benchmark_threshold,
                       confidence=confidence, skipped=tuple(skipped),
                       accepted=tuple(accepted.values()))
+
+
+def _untimed_line(untimed: dict[tuple, set]) -> str:
+    """What the gate's 'no kernel has the same reference' error adds: the groups whose
+    kernel names a reference that no benchmark of the group timed (and where), and how to
+    time it. Empty when ``untimed`` is."""
+    if not untimed:
+        return ""
+    both = {"the baseline", "the current run"}
+    said = [f"group {g!r} has no benchmark of its reference {ref!r} in "
+            + (" or ".join(sorted(sides)) if sides != both else "either run")
+            for (g, ref), sides in sorted(untimed.items())]
+    more = f" (and {len(said) - 3} more)" if len(said) > 3 else ""
+    return (": " + "; ".join(said[:3]) + more + ". A kernel's measure(..., "
+            "role='kernel', reference=...) needs its reference timed: pass reference_fn= to "
+            "measure (interleaved rounds), or time the reference in the same group with "
+            "measure(..., role='reference')")
 
 
 # ---------------------------------------------------------------- declared regressions

@@ -1094,3 +1094,31 @@ def test_an_inconclusive_benchmark_of_a_kernel_judged_per_benchmark_exits_3(tmp_
     assert result.undecided() == {"least_squares.gd_closed_form"}
     assert "INCONCLUSIVE: 1 undecided" in result.markdown()
     assert main(["gate", "--baseline", str(RUN2), "--current", str(cur)]) == 3
+
+
+def _unreferenced(path: Path, keep_reference: bool = False) -> dict:
+    """A run of kernels measured with reference='...' but no reference_fn (no paired
+    rounds) and, unless ``keep_reference``, no benchmark of that reference in the group."""
+    data = as_schema4(_load(path))
+    for b in data["benchmarks"]:
+        b["extra_info"].pop("reference_data", None)
+        b["extra_info"].pop("interleaved", None)
+    if not keep_reference:
+        data["benchmarks"] = [b for b in data["benchmarks"]
+                              if b["extra_info"]["role"] != "reference"]
+    return data
+
+
+@pytest.mark.parametrize("keep_in_base, where", [(False, "in either run"),
+                                                  (True, "in the current run")])
+def test_a_kernel_whose_reference_was_timed_nowhere_is_named_with_what_to_do(
+        tmp_path, capsys, keep_in_base, where):
+    base = _write(tmp_path, "base.json", _unreferenced(RUN1, keep_in_base))
+    cur = _write(tmp_path, "cur.json", _unreferenced(RUN2))
+    assert main(["gate", "--baseline", str(base), "--current", str(cur)]) == 2
+    err = _one_line_error(capsys)
+    assert "no kernel has the same reference, timed, in both" in err
+    assert (f"group 'backprop L=10 K=64 N=256 cpu' has no benchmark of its reference "
+            f"'torch_autograd' {where}") in err, err
+    assert "(and 12 more)" in err and "pass reference_fn= to measure" in err, err
+    assert "in the same group with measure(..., role='reference')" in err, err
