@@ -18,6 +18,13 @@ def in_graph() -> bool:
     return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
+def host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` to read to the host by float(): detached where it requires grad,
+    where torch warns 'Converting a tensor with requires_grad=True to a scalar' (an
+    attribute test where it does not: no op on the kernels' hot paths)."""
+    return t.detach() if t.requires_grad else t
+
+
 def shape_str(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "") + ")"
 
@@ -103,7 +110,7 @@ def real_number(name: str, value: object, what: str) -> float:
         if value.dim() != 0 or value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"{name}: expected {what} (a number or a 0-d real tensor), got a "
                             f"tensor of dtype {value.dtype} and shape {shape_str(value)}")
-        return float(value)
+        return float(host(value))
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected {what} (a real number), got "
                         f"{type(value).__name__} {value!r}")
@@ -146,5 +153,5 @@ def check_probabilities(name: str, rows: torch.Tensor) -> None:
                                                                        else "")
         raise ValueError(
             f"{name}: probabilities must be finite, >= 0 and sum to 1 in each row (within "
-            f"{tol:.2g}); row {row} holds [{held}], summing to {float(sums[row]):.9g}"
+            f"{tol:.2g}); row {row} holds [{held}], summing to {float(sums[row].detach()):.9g}"
         )

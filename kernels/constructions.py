@@ -215,7 +215,7 @@ def check_construction(net: Callable, target: Callable, points: torch.Tensor) ->
         raise ValueError(f"net(points), target(points): expected at least one value per "
                          f"point, got none from both (shape {shape_str(outs['net'])} "
                          f"for {n} points)")
-    err = (a.double() - e.double()).abs()
+    err = (a.detach().double() - e.detach().double()).abs()  # read to the host: no grad
     err = torch.where(torch.isnan(err), torch.full_like(err, float("inf")), err)
     per_point = err.amax(dim=1)
     i = int(torch.argmax(per_point))

@@ -307,15 +307,17 @@ def step_sweep(
 def _as_parts(name: str, x) -> tuple[list[torch.Tensor], bool]:
     """A tensor or a sequence of tensors as a list of checked floating tensors; and whether
     it was a single tensor (f is then called with a tensor, not a list)."""
+    # detached: a difference quotient is never differentiated, and its values are read to
+    # the host (max |x|, <g, v>), where a tensor requiring grad makes torch warn
     if isinstance(x, torch.Tensor):
-        return [check_tensor(name, x)], True
+        return [check_tensor(name, x).detach()], True
     if not isinstance(x, Sequence) or isinstance(x, str):
         raise TypeError(f"{name}: expected a tensor or a non-empty sequence of tensors, "
                         f"got {type(x).__name__}")
     if not x:
         raise ValueError(f"{name}: expected a tensor or a non-empty sequence of tensors, "
                          f"got an empty {type(x).__name__}")
-    return [check_tensor(f"{name}[{i}]", t) for i, t in enumerate(x)], False
+    return [check_tensor(f"{name}[{i}]", t).detach() for i, t in enumerate(x)], False
 
 
 def _some_coordinate(name: str, parts: list[torch.Tensor]) -> None:
@@ -348,7 +350,7 @@ def _call(f, parts: list[torch.Tensor], single: bool) -> torch.Tensor:
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((p.double() * q.double()).sum() for p, q in zip(a, b)))
+    return float(sum((p.detach().double() * q.detach().double()).sum() for p, q in zip(a, b)))
 
 
 def _check_generator(generator) -> None:

@@ -32,6 +32,7 @@ from handgrad.kernels._checks import (
     check_finite,
     check_same,
     check_tensor,
+    host,
     in_graph,
     real_number,
     shape_str,
@@ -201,7 +202,7 @@ class Spectrum:
 
     @property
     def lam_max(self) -> float:
-        return float(self.lam[0]) if self.lam.numel() else 0.0
+        return float(host(self.lam[0])) if self.lam.numel() else 0.0
 
 
 # the Gram path's error, eps cond(X)^2, is within 16x of the SVD's, eps cond(X), while
@@ -242,7 +243,7 @@ def _gram_spectrum(X: torch.Tensor, y: torch.Tensor | None) -> Spectrum | None:
     if n < d or X.numel() == 0:
         return None
     lam, V = torch.linalg.eigh(X.t() @ X)  # ascending
-    lam_min, lam_max = (float(v) for v in lam[[0, -1]])
+    lam_min, lam_max = (float(v) for v in host(lam[[0, -1]]))
     if not lam_min > 0 or lam_max > GRAM_MAX_COND * lam_min:
         return None
     lam, V = lam.flip(0), V.flip(1)
@@ -301,7 +302,7 @@ def spectral_radius(X: torch.Tensor, alpha: float) -> float:
     """
     alpha = _check_alpha(alpha)
     lam = spectrum(X).lam
-    return float((1 - alpha * lam).abs().max())
+    return float(host((1 - alpha * lam).abs().max()))
 
 
 def converges(X: torch.Tensor, alpha: float) -> bool:
@@ -322,7 +323,7 @@ def _at_or_past(x: float, bound: float) -> bool:
 
 def _lam_max(X: torch.Tensor) -> float:
     """lambda_max(X^T X) = sigma_max(X)^2, from the singular values alone."""
-    return float(torch.linalg.svdvals(X)[0]) ** 2 if X.numel() else 0.0
+    return float(host(torch.linalg.svdvals(X)[0])) ** 2 if X.numel() else 0.0
 
 
 def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> None:
