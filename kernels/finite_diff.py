@@ -186,9 +186,11 @@ class StepSweep:
     """Error of the central difference at each step: the truncation/rounding V-curve.
 
     ``order``: the fitted p of error ~ a h^p on the truncation branch (2 for a central
-    difference; nan with fewer than two steps on it). ``predicted_eps``: the step that
-    minimises a h^p + u |f| / h, the truncation branch plus the rounding error of the
-    dtype (unit roundoff u, ``value_scale`` = max |f(x)|): h* = (u |f| / (p a))^(1/(p+1)).
+    difference; nan with fewer than two steps on it). ``predicted_eps``: the eps that
+    minimises a eps^p + u |f| / (eps s), the truncation branch (fitted in eps) plus the
+    rounding error of the dtype (unit roundoff u, ``value_scale`` = max |f(x)|) over the
+    step taken, h = eps max(1, |x_i|), largest where that is smallest: s = max(1, min
+    |x_i|). eps* = (u |f| / (p a s))^(1/(p+1)); for |x| <= 1, s = 1 and h = eps.
     """
 
     eps: tuple[float, ...]
@@ -224,9 +226,10 @@ class StepSweep:
                              "truncation_branch": [i in branch for i in range(len(self.eps))]})
 
 
-def _sweep_fit(eps: Sequence[float], error: Sequence[float], unit: float, scale: float
-               ) -> tuple[float, float]:
-    """(order, predicted optimal step) of a sweep; nan where the branch is too short."""
+def _sweep_fit(eps: Sequence[float], error: Sequence[float], unit: float, scale: float,
+               x_scale: float = 1.0) -> tuple[float, float]:
+    """(order, predicted optimal eps) of a sweep; nan where the branch is too short.
+    ``x_scale``: s = max(1, min |x_i|), the step taken being eps * max(1, |x_i|)."""
     partial = StepSweep(eps=tuple(eps), error=tuple(error))
     idx = partial.truncation_branch
     if len(idx) < 2:
@@ -235,7 +238,7 @@ def _sweep_fit(eps: Sequence[float], error: Sequence[float], unit: float, scale:
     if not p > 0 or not scale > 0:
         return p, math.nan
     a = math.exp(c)
-    return p, (unit * scale / (p * a)) ** (1.0 / (p + 1.0))
+    return p, (unit * scale / (p * a * x_scale)) ** (1.0 / (p + 1.0))
 
 
 def step_sweep(
@@ -295,9 +298,11 @@ def step_sweep(
             err = (approx - exact.to(approx.dtype)).abs()
             errors.append(float(err.max()) if bool(torch.isfinite(err).all()) else math.nan)
         scale = float(_as_tensor("f", f(x.detach())).abs().max())
+        # the smallest step taken, over eps: where f's rounding over the step is largest
+        x_scale = max(1.0, float(x.abs().min()))
     eps_t = tuple(steps)
     unit = float(torch.finfo(x.dtype).eps) / 2  # unit roundoff: a rounded value's error
-    order, best = _sweep_fit(eps_t, errors, unit, scale)
+    order, best = _sweep_fit(eps_t, errors, unit, scale, x_scale)
     return StepSweep(eps=eps_t, error=tuple(errors), order=order, predicted_eps=best,
                      dtype=str(x.dtype).removeprefix("torch."), value_scale=scale)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -166,6 +167,21 @@ def test_step_sweep_fits_order_two_and_predicts_the_optimal_step() -> None:
     frame = sweep.to_frame()
     assert list(frame["truncation_branch"]) == [True] * 4 + [False] * 9
     record_sweep(sweep, kernel="finite_diff.jacobian", reference="analytic", what="sin")
+
+
+@pytest.mark.parametrize("xv", [100.0, 1e4])
+def test_predicted_eps_is_in_the_step_taken_at_a_large_x(xv) -> None:
+    """The step taken is eps * max(1, |x|): f's rounding over it is u |f| / (eps |x|), so
+    the prediction falls with |x| as the measured optimum does. Fitted in eps with the
+    rounding of h = eps it was 9x (x = 100) and 33x (x = 1e4) above the measured optimum
+    (the median of the 5 best of 97 steps); now within 2x."""
+    x = torch.tensor([xv], dtype=torch.float64)
+    exact = (torch.cos(x) * torch.exp(torch.sin(x))).reshape(1, 1)
+    eps = [float(10 ** (-1 - 12 * i / 96)) for i in range(97)]
+    sweep = finite_diff.step_sweep(lambda t: torch.exp(torch.sin(t)), x, exact, eps_values=eps)
+    best5 = sorted(range(len(eps)), key=sweep.error.__getitem__)[:5]
+    measured = 10 ** statistics.median(math.log10(eps[i]) for i in best5)
+    assert 0.5 <= measured / sweep.predicted_eps <= 2
 
 
 def test_step_sweep_order_is_fitted_not_assumed() -> None:
