@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             calibration = N.read_noise(args.noise) if args.noise else None
             results = [N.gate_runs(args.baseline, args.current, threshold, bench_threshold,
                                    confidence, calibration, accepted)]
-            for line in N.calibration_runs_given(calibration, args.baseline, args.current):
+            for line in (N.calibration_runs_given(calibration, args.baseline, args.current)
+                         + N.sides_run_apart(calibration, args.baseline, args.current)):
                 print(f"warning: {line}", file=sys.stderr)
         for line in G.unmatched_accepted(accepted, results[0].table):
             print(f"warning: {line}", file=sys.stderr)

@@ -39,6 +39,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -410,6 +411,41 @@ def calibration_runs_given(noise: NoiseFile | None, baselines, currents) -> list
             for side, paths in (("baseline", baselines), ("current", currents))
             for i, p in enumerate(paths, 1)
             if _run_fingerprint(str(p), _stamp(p)) in noise.fingerprints]
+
+
+@functools.lru_cache(maxsize=256)
+def _run_time(path: str, stamp) -> datetime | None:
+    """When a run was taken (pytest-benchmark's ``datetime``), None where it says not."""
+    value = read_json(path).get("datetime")
+    try:
+        t = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return t.replace(tzinfo=t.tzinfo or timezone.utc) if t else None
+
+
+def sides_run_apart(noise: NoiseFile | None, baselines, currents) -> list[str]:
+    """A warning where, with no calibration, every run of one side was taken before every
+    run of the other: the gate over runs measures the spread between the runs of a side,
+    and a shift of the machine between the two sessions (another load, clock or thermal
+    state) is in none of them, so the interval can be too narrow and call that shift a
+    change. Alternated runs (``handgrad.benchmark.alternate``) share the sessions; a
+    calibration (``--noise``) from unchanged runs brings the spread between processes.
+    Nothing where a run does not say when it was taken."""
+    if noise is not None or len(baselines) < 2 or len(currents) < 2:
+        return []
+    times = [[_run_time(str(p), _stamp(p)) for p in side] for side in (baselines, currents)]
+    if any(t is None for side in times for t in side):
+        return []
+    (b, c) = times
+    if not (max(b) < min(c) or max(c) < min(b)):
+        return []
+    first, then = ("baseline", "current") if max(b) < min(c) else ("current", "baseline")
+    return [f"every {first} run was taken before every {then} run, with no calibration "
+            "(--noise): a shift of the machine between the two sessions is in no run's "
+            "spread, so a change near the limit may be that shift; alternate the runs "
+            "(python -m handgrad.benchmark.alternate) or calibrate (calibrate) on unchanged "
+            "runs taken apart"]
 
 
 # ---------------------------------------------------------------- the verdict

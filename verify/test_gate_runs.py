@@ -530,3 +530,52 @@ def test_cpu_threads_do_not_set_gpu_benchmarks_apart(tmp_path):
             b["extra_info"]["device"], b["extra_info"]["threads"] = "cuda", 1 + i % 2
         Path(path).write_text(json.dumps(data))
     assert not gate_runs(base, cur).skipped
+
+
+def _taken_at(paths: list[str], times: list[str]) -> None:
+    for p, t in zip(paths, times):
+        data = json.loads(Path(p).read_text())
+        data["datetime"] = t
+        Path(p).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("base_times, cur_times, warned", [
+    # a CI job per commit: the baseline's runs an hour before the current's
+    (["2026-12-05T10:00:00+00:00", "2026-12-05T10:01:00+00:00", "2026-12-05T10:02:00+00:00"],
+     ["2026-12-05T11:00:00+00:00", "2026-12-05T11:01:00+00:00", "2026-12-05T11:02:00+00:00"],
+     "every baseline run was taken before every current run"),
+    # the other way round (a baseline rerun later)
+    (["2026-12-05T11:00:00", "2026-12-05T11:01:00", "2026-12-05T11:02:00"],
+     ["2026-12-05T10:00:00", "2026-12-05T10:01:00", "2026-12-05T10:02:00"],
+     "every current run was taken before every baseline run"),
+    # alternated: the sessions are shared
+    (["2026-12-05T10:00:00+00:00", "2026-12-05T10:02:00+00:00", "2026-12-05T10:04:00+00:00"],
+     ["2026-12-05T10:01:00+00:00", "2026-12-05T10:03:00+00:00", "2026-12-05T10:05:00+00:00"],
+     None),
+    # one run that does not say when: nothing is claimed
+    (["2026-12-05T10:00:00+00:00", "2026-12-05T10:01:00+00:00", "not a time"],
+     ["2026-12-05T11:00:00+00:00", "2026-12-05T11:01:00+00:00", "2026-12-05T11:02:00+00:00"],
+     None),
+])
+def test_runs_taken_apart_without_a_calibration_are_warned(tmp_path, capsys, base_times,
+                                                           cur_times, warned):
+    # a walkthrough: three runs a side, a side per CI job, unchanged code: 1.054 against a
+    # 5% limit, REGRESSION, with a spread of 0.005 that held no shift between the sessions
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in (1.00, 1.01, 0.99)])
+    cur = write_runs(tmp_path, "c", [{FWD: n} for n in (1.00, 1.01, 0.99)])
+    _taken_at(base, base_times)
+    _taken_at(cur, cur_times)
+    main(["gate", "--baseline", *base, "--current", *cur])
+    err = capsys.readouterr().err
+    if warned:
+        assert f"warning: {warned}, with no calibration (--noise)" in err
+        assert "python -m handgrad.benchmark.alternate" in err
+    else:
+        assert "taken before" not in err
+    # a calibration brings the spread between processes: no warning
+    out = tmp_path / "noise.json"
+    cal = write_runs(tmp_path, "aa", [{FWD: n} for n in (1.00, 1.02, 0.98, 1.01)])
+    assert main(["calibrate", *cal, "--out", str(out)]) == 0
+    capsys.readouterr()
+    main(["gate", "--baseline", *base, "--current", *cur, "--noise", str(out)])
+    assert "taken before" not in capsys.readouterr().err
