@@ -365,6 +365,8 @@ def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
     if not in_graph():
         _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
     out = w0.new_empty(k + 1, w0.shape[0])
+    if not w0.shape[0]:  # no coordinates: k empty steps (10**12 of them had run)
+        return out
     out[0] = w0
     Xty = X.t() @ y
     for j in range(k):
@@ -470,6 +472,8 @@ def heavy_ball_iterates(X, y, w0, alpha: float, beta: float, k: int) -> torch.Te
         _check_iterates_fit("heavy_ball_iterates", nbytes, k, w0,
                             "heavy_ball_closed_form(X, y, w0, alpha, beta, k)")
     out = w0.new_empty(k + 1, w0.shape[0])
+    if not w0.shape[0]:  # no coordinates: k empty steps
+        return out
     out[0] = w0
     prev = w0
     Xty = X.t() @ y

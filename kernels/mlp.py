@@ -348,7 +348,8 @@ def _check_device_usable(device: torch.device) -> None:
         return
     try:
         torch.empty(0, device=device)
-    except (RuntimeError, NotImplementedError, AssertionError) as e:
+    except (RuntimeError, NotImplementedError, AssertionError, ImportError) as e:
+        # ImportError: torch imports torch.<kind> for the tensor (hpu: no such module)
         why = str(e).split(". ")[0]
         raise ValueError(f"device: {str(device)!r} asked for, but this torch build cannot "
                          f"use {kind} devices ({why}); expected "

@@ -233,7 +233,9 @@ def parse_threshold(text: str, option: str = "--threshold") -> float:
                 return _plain(fraction * 100) + "%" + (
                     f", or {_plain(fraction)}" if fraction < 1 else "")
 
-            if value < 10:  # a factor, 1 + the threshold (or a percentage without its %)
+            if value == 1:  # no limit of 1x is meant: a percentage without its %
+                how = f"write 1% for 1 percent, or {spelt(0)} for none"
+            elif value < 10:  # a factor, 1 + the threshold (or a percentage without its %)
                 how = (f"write {spelt(value - 1)}, for a limit of {_plain(value)}x ({t}% "
                        f"for {t} percent)")
             else:  # a percentage without its %

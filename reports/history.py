@@ -179,7 +179,9 @@ def dirty_refusal(paths: list[str], data: list[dict]) -> str:
 def _commit_of(path: str, data: dict, commit: str | None,
                date: str | None, allow_dirty: bool = False) -> tuple[str, str]:
     info = data.get("commit_info") or {}
-    if is_dirty(data) and not allow_dirty:
+    # --commit names the code the run measured (.ci/gate's baseline runs in an export of
+    # that commit, inside a checkout whose own state pytest-benchmark recorded)
+    if is_dirty(data) and not allow_dirty and commit is None:
         raise ReportInputError(dirty_refusal([path], [data]))
     sha = commit or info.get("id")
     when = date or info.get("time")
@@ -195,7 +197,7 @@ def _commit_of(path: str, data: dict, commit: str | None,
                                f"2026-12-04T10:00:00+00:00), got {when!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return str(sha) + (DIRTY if is_dirty(data) else ""), \
+    return str(sha) + (DIRTY if allow_dirty and is_dirty(data) else ""), \
         parsed.astimezone(dt.timezone.utc).isoformat()
 
 
@@ -627,7 +629,8 @@ def add_parser(sub) -> None:
                    "--bench-instructions)")
     a.add_argument("--db", required=True, help="the history file (SQLite; created if absent)")
     a.add_argument("--commit", help="the commit the runs measured (default: the file's "
-                   "commit_info)")
+                   "commit_info); a run recorded from a dirty tree is then taken as that "
+                   "commit's code, as the caller says")
     a.add_argument("--date", help="that commit's date, ISO-8601 (default: the file's "
                    "commit_info)")
     a.add_argument("--allow-dirty", action="store_true", help="store a run recorded from a "
@@ -653,7 +656,7 @@ def main(args: argparse.Namespace) -> int:
     if args.history_command == "add":
         db = Path(args.db)
         new = not db.exists() and not db.is_symlink()
-        if not args.allow_dirty:  # refused before any run of the list is stored
+        if not args.allow_dirty and args.commit is None:  # refused before any is stored
             dirty = [(f, d) for f in args.files if Path(f).is_file()
                      for d in [_peek(f)] if is_dirty(d)]
             if dirty:

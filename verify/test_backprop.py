@@ -359,6 +359,10 @@ def test_init_mlp_refuses_a_device_this_build_cannot_use(monkeypatch) -> None:
     with pytest.raises(ValueError, match=r"^device: 'xla' asked for, but this torch build "
                        r"cannot use xla devices \(.*XLA"):
         mlp.init_mlp([3, 2, 1], device="xla")
+    # no torch.hpu module to import for the tensor: ModuleNotFoundError had escaped
+    with pytest.raises(ValueError, match=r"^device: 'hpu' asked for, but this torch build "
+                       r"cannot use hpu devices \(No module named 'torch.hpu'\)"):
+        mlp.init_mlp([3, 2, 1], device="hpu")
     with pytest.raises(ValueError, match=r"^device: 'meta' holds no values"):
         mlp.init_mlp([3, 2, 1], device="meta")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

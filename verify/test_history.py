@@ -317,8 +317,26 @@ def test_a_dirty_tree_run_is_refused_by_name_before_anything_is_stored(tmp_path,
     con = H.connect(db)  # the API refuses it too
     with pytest.raises(ReportInputError, match="--allow-dirty"):
         H.add_run(con, dirty[0])
-    with pytest.raises(ReportInputError, match="--allow-dirty"):
-        H.add_run(con, dirty[0], commit="abc", date=_date(0))  # a named commit: still
+    con.close()
+
+
+def test_a_dirty_run_given_its_commit_is_stored_as_that_commit(tmp_path, capsys):
+    # --commit names the code measured: .ci/gate's baseline runs in an export of the
+    # baseline commit inside a checkout whose own (dirty) state pytest-benchmark recorded
+    clean, dirty, sha = _dirty_and_clean(tmp_path, 1.0)
+    db = tmp_path / "h.sqlite"
+    assert main(["history", "add", "--db", str(db), "--commit", "b" * 40, "--date",
+                 _date(0), *dirty]) == 0
+    con = H.connect(db)
+    assert [r[0] for r in con.execute("SELECT DISTINCT commit_sha FROM runs")] == ["b" * 40]
+    con.close()
+    # with --allow-dirty too: a point of its own after that commit
+    db2 = tmp_path / "h2.sqlite"
+    assert main(["history", "add", "--db", str(db2), "--commit", "b" * 40, "--date",
+                 _date(0), "--allow-dirty", *dirty]) == 0
+    con = H.connect(db2)
+    assert [r[0] for r in con.execute("SELECT DISTINCT commit_sha FROM runs")] == [
+        "b" * 40 + H.DIRTY]
     con.close()
 
 

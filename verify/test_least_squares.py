@@ -680,3 +680,30 @@ def test_device_memory_of_cpu_cuda_and_others(monkeypatch):
     assert ls._device_memory(torch.device("mps")) is None
     monkeypatch.setattr(ls.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     assert ls._device_memory(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("iterate", [
+    lambda X, y, w0, k: ls.gd_iterates(X, y, w0, 0.1, k),
+    lambda X, y, w0, k: ls.heavy_ball_iterates(X, y, w0, 0.1, 0.5, k),
+], ids=["gd_iterates", "heavy_ball_iterates"])
+def test_iterates_with_no_coordinates_take_no_steps(iterate):
+    # D = 0: every iterate is empty, and k of them need no arithmetic (k = 10**12 had looped
+    # 10**12 times: its 0 bytes passed the memory check)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    X, y = torch.randn(5, 0, dtype=F64), torch.randn(5, dtype=F64)
+    w0 = torch.zeros(0, dtype=F64)
+    with Ops() as ops:
+        out = iterate(X, y, w0, 6)
+    assert out.shape == (7, 0)
+    assert not {"mm", "mv", "addmv", "addmm", "matmul"} & set(ops.names), ops.names
+    assert iterate(X, y, w0, 10**12).shape == (10**12 + 1, 0)

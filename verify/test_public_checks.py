@@ -1502,7 +1502,8 @@ def test_a_failed_argument_reports_how_far_over_its_allowance_it_is():
     expected = float((3e-9 * c.abs() / (tol.atol + tol.rtol * c.abs())).max())
     assert 0.1 < 1 / expected < 1  # a miss, by less than its allowance tenfold
     with compare_mod.unrecorded(), pytest.raises(AssertionError) as err:
-        check_vjp(torch.sin, lambda g, x: g * torch.cos(x) * (1 + 3e-9), (x,), taylor=False)
+        check_vjp(torch.sin, lambda g, x: g * torch.cos(x) * (1 + 3e-9), (x,),
+                  cotangent=torch.ones_like(x), taylor=False)
     assert f"args[0]: WRONG: headroom {1 / expected:.3g}x" in str(err.value)
 
 

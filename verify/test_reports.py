@@ -835,7 +835,8 @@ def test_threshold_rejects(text):
     # the --accept file's factor form: refused, never read as 115%
     ("1.15", "got '1.15': a threshold is a fraction or a percentage: write 15%, or 0.15, "
              "for a limit of 1.15x (1.15% for 1.15 percent)"),
-    ("1", "got '1': a threshold is a fraction or a percentage: write 0%, or 0"),
+    ("1", "got '1': a threshold is a fraction or a percentage: write 1% for 1 percent, or "
+          "0%, or 0 for none"),
     ("2", "write 100%, for a limit of 2x (2% for 2 percent)"),  # 1, bare, is refused too
     ("15", "got '15': a threshold is a fraction or a percentage: write 15%, or 0.15"),
     ("250", "write 250%"),
