@@ -21,13 +21,16 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
     return nn.Parameter(out, requires_grad=False) if isinstance(t, nn.Parameter) else out
 
 
-def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
+def _meta_state(module: nn.Module, named_params=None) -> dict[str, torch.Tensor]:
     """A meta tensor for every parameter and buffer name; names that share a tensor in
-    the module share one meta tensor, so sharing survives the swap."""
+    the module share one meta tensor, so sharing survives the swap. ``named_params``:
+    ``module.named_parameters(remove_duplicate=False)`` where the caller has it already
+    (each named_* call walks the whole module tree again)."""
     made: dict[int, torch.Tensor] = {}
     # named_* rather than the state dict, which leaves out non-persistent buffers (a causal
     # mask, a rotary table): the forward would meet them on their own device
-    named = itertools.chain(module.named_parameters(remove_duplicate=False),
+    named = itertools.chain(module.named_parameters(remove_duplicate=False)
+                            if named_params is None else named_params,
                             module.named_buffers(remove_duplicate=False))
     return {n: made.setdefault(id(t), _meta_like(t)) for n, t in named}
 
@@ -154,6 +157,12 @@ def _does_not_fit(input_shape, stack, exc) -> ValueError:
 _RANK_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 
+def _where(name: str, mod: nn.Module) -> str:
+    """A layer as the errors name it: its name and type (made only for an error, not for
+    every layer's input)."""
+    return f"layer '{name or '(model)'}' ({type(mod).__name__})"
+
+
 def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
     """The input a layer is about to get fits it: rank and channels of a convolution,
     channels of a batch or group norm, features of a linear layer (named errors, before
@@ -161,13 +170,13 @@ def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
     if not inputs or not isinstance(inputs[0], torch.Tensor):
         return
     x = inputs[0]
-    where = f"layer '{name or '(model)'}' ({type(mod).__name__})"
     channels = None
     if isinstance(mod, nn.modules.conv._ConvNd):
         n = len(mod.kernel_size)
         if x.dim() not in (n + 1, n + 2):
-            raise ValueError(f"input_shape: {where} expects {_RANK_NAMES.get(n, 'N, C, ...')} "
-                             f"input, got shape {tuple(x.shape)}")
+            raise ValueError(f"input_shape: {_where(name, mod)} expects "
+                             f"{_RANK_NAMES.get(n, 'N, C, ...')} input, got shape "
+                             f"{tuple(x.shape)}")
         channels = mod.in_channels
     elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and x.dim() >= 2:
         channels = mod.num_features
@@ -177,11 +186,11 @@ def _check_layer_input(name: str, mod: nn.Module, inputs) -> None:
         got = x.shape[-(len(getattr(mod, "kernel_size", ())) + 1)] if isinstance(
             mod, nn.modules.conv._ConvNd) else x.shape[1]
         if got != channels:
-            raise ValueError(f"input_shape: {where} expects {channels} input channels, "
-                             f"got {got} (input shape {tuple(x.shape)})")
+            raise ValueError(f"input_shape: {_where(name, mod)} expects {channels} input "
+                             f"channels, got {got} (input shape {tuple(x.shape)})")
     if isinstance(mod, nn.Linear) and x.shape[-1] != mod.in_features:
-        raise ValueError(f"input_shape: {where} expects {mod.in_features} input features, got "
-                         f"{x.shape[-1]} (input shape {tuple(x.shape)})")
+        raise ValueError(f"input_shape: {_where(name, mod)} expects {mod.in_features} input "
+                         f"features, got {x.shape[-1]} (input shape {tuple(x.shape)})")
 
 
 def _flat(args):
