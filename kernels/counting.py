@@ -24,7 +24,13 @@ from handgrad.kernels._walk import (
     _run_under,
     _walk_dtype,
 )
-from handgrad.kernels.counting_ops import backward_op_counts, forward_op_counts, statistics
+from handgrad.kernels.counting_ops import (
+    _ZERO,
+    STATISTICS_OPS,
+    backward_op_counts,
+    forward_op_counts,
+    statistics,
+)
 from handgrad.kernels.counts import (
     Counts,
     _flag,
@@ -230,21 +236,23 @@ class _Recorder(TorchDispatchMode):
                 if id(a) in watched:
                     watched.discard(id(a))
                     self.reached.add(id(a))
-                elif a.__class__ is list:
-                    self._reach(a)
+                elif a.__class__ is list and a and a[0].__class__ is not int:
+                    self._reach(a)  # not a list of ints (a stride, a size): no tensor there
         counts = forward_op_counts(name, args, out)
-        layer, kind = self.stack[-1] if self.stack else ("", "")
+        # the stack holds (layer, type) frames, "(model)" for the module itself
+        layer, kind = self.stack[-1] if self.stack else ("(model)", "")
         if counts is None:
             self.result.uncounted[name] = self.result.uncounted.get(name, 0) + 1
-            counts = Counts()
-        part = statistics(name, args)
-        if part is not None:
-            self.result.uncounted[part] = self.result.uncounted.get(part, 0) + 1
+            counts = _ZERO
+        if name in STATISTICS_OPS:
+            part = statistics(name, args)
+            if part is not None:
+                self.result.uncounted[part] = self.result.uncounted.get(part, 0) + 1
         o = out[0] if isinstance(out, (tuple, list)) and out else out
         shape = tuple(o.shape) if isinstance(o, torch.Tensor) else ()
-        self.result.rows.append(Row(layer or "(model)", kind, name, shape, counts))
+        self.result.rows.append(Row(layer, kind, name, shape, counts))
         if self.follow_grads:
-            self._backward(name, args, out, layer or "(model)", kind, shape)
+            self._backward(name, args, out, layer, kind, shape)
         return out
 
     def _reach(self, tensors: list) -> None:
@@ -364,46 +372,66 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
                                                                                  dtype))
     result = ModelCounts(rows=[], input_shape=input_shape, with_backward=backward)
     stack: list[tuple[str, str]] = []
-    names = {m: n for n, m in module.named_modules()}
+    # each module's frame as the stack holds it, (layer, type), made once: the module
+    # tree is walked here and for the parameters below, not again per use or per call
+    frames = {m: (n or "(model)", type(m).__name__) for n, m in module.named_modules()}
     seen_params: set[int] = set()
     param_rows: dict[str, int] = {}
     hooks = []
 
     def pre(mod, inputs):
-        name = names.get(mod, "?")
-        _check_layer_input(name, mod, inputs)
-        stack.append((name or "(model)", type(mod).__name__))
+        frame = frames.get(mod) or ("?", type(mod).__name__)
+        layer = frame[0]
+        _check_layer_input(layer, mod, inputs)
+        stack.append(frame)
         own = 0
-        for p in mod.parameters(recurse=False):
+        # mod._parameters is what mod.parameters(recurse=False) reads (less its Nones and
+        # its duplicates, which seen_params drops too), without that generator chain on
+        # every module call
+        for p in mod._parameters.values():
+            if p is None:
+                continue
             key = id(p)  # one meta tensor per shared parameter (see _meta_state)
             if key not in seen_params:
                 seen_params.add(key)
                 own += p.numel()
         if own:
-            param_rows[name or "(model)"] = param_rows.get(name or "(model)", 0) + own
+            param_rows[layer] = param_rows.get(layer, 0) + own
 
     def post(mod, inputs, output):
         stack.pop()
 
-    for m in module.modules():
+    for m in frames:  # module.modules(), in its order
         hooks.append(m.register_forward_pre_hook(pre))
         hooks.append(m.register_forward_hook(post))
-    state = _meta_state(module)
+    named_params = list(module.named_parameters(remove_duplicate=False))
+    state = _meta_state(module, named_params)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
     tracked = None
     if backward:
-        tracked = [state[n] for n, t in module.named_parameters(remove_duplicate=False)
-                   if t.requires_grad]
+        tracked = [state[n] for n, t in named_params if t.requires_grad]
         tracked += [x] if input_requires_grad else []
-    params = dict(module.named_parameters())  # shared ones once, at their first name
+    params = _first_names(named_params)  # shared ones once, at their first name
     recorder = _Recorder(stack, result, tracked, {id(state[n]) for n in params})
     output = _run_under(recorder, module, state, x, hooks, input_shape, stack)
     _account_params(module, params, state, seen_params, recorder.reached, param_rows, result)
-    _attach_params(result, param_rows, {names[m] or "(model)": type(m).__name__
-                                        for m in module.modules()})
+    _attach_params(result, param_rows, dict(frames.values()))
     if backward:
         result.rows.extend(recorder.backward_rows(output))
     return result
+
+
+def _first_names(named_params) -> dict[str, torch.Tensor]:
+    """``dict(module.named_parameters())`` from ``named_parameters(remove_duplicate=False)``:
+    each tensor once, at its first name (a shared module's tensors are first met under the
+    path remove_duplicate keeps), in the same order; without a second walk of the tree."""
+    params: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for n, t in named_params:
+        if id(t) not in seen:
+            seen.add(id(t))
+            params[n] = t
+    return params
 
 
 def _account_params(module, params, state, seen, reached, param_rows, result) -> None:

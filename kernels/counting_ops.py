@@ -101,6 +101,10 @@ NO_BACKWARD = {
 }
 
 
+# the counts of a free op: one shared instance (Counts is frozen), not a new one per op
+_ZERO = Counts()
+
+
 def forward_op_counts(name: str, args, out) -> Counts | None:
     """Counts of one aten op, or None when there is no formula for it."""
     base = name.split(".")[0]
@@ -108,9 +112,9 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
     if kind is None:
         return None
     if kind == "free":
-        return Counts()  # data movement and bookkeeping, zero on purpose
+        return _ZERO  # data movement and bookkeeping, zero on purpose
     if (out[0] if isinstance(out, (tuple, list)) else out).dtype in _INTEGER_DTYPES:
-        return Counts()  # integer bookkeeping (_INTEGER_DTYPES)
+        return _ZERO  # integer bookkeeping (_INTEGER_DTYPES)
     if kind == "conv":
         return _conv(args, out)
     if kind == "mm":
@@ -202,10 +206,16 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
                          "NO_BACKWARD entry")
 
 
+# the normalisations that may compute statistics from their input (``statistics``)
+STATISTICS_OPS = {"native_layer_norm", "native_group_norm", "native_batch_norm",
+                  "_native_batch_norm_legit", "_native_batch_norm_legit_functional"}
+
+
 def statistics(name: str, args) -> str | None:
     """The uncounted part of a normalisation that computes its statistics from the input
     (mean and variance: training-mode batch norm, instance, layer and group norm), as a
-    key of ``ModelCounts.uncounted``; None for inference batch norm (running statistics)."""
+    key of ``ModelCounts.uncounted``; None for inference batch norm (running statistics),
+    and for any op not in ``STATISTICS_OPS``."""
     base = name.split(".")[0]
     if base in ("native_layer_norm", "native_group_norm"):
         return f"{base} (statistics)"
