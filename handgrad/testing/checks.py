@@ -24,13 +24,15 @@ others held), so a failure names the argument. Four references, each where it ap
   under test. An argument no reference can check fails.
 - **central differences** along random directions (one pair of evaluations of ``f`` per
   direction, whatever the size): <u, J v> against <vjp(u), v> or <u, jvp(v)>, relative to
-  the size of the sum's terms. Where one misses, a second look (``_second_look``):
-  Richardson's extrapolation over h and h/2, which cancels one difference's own h^2 error
-  (large at a point whose scale is far from 1: x**3 at 1e-3, tanh(x - 1000)), judges
-  instead, with a note; where that misses too and f has a kink at x along the direction
-  (its one-sided slopes differ by the same amount at h and h/4, at least the miss: relu at
-  0), the direction is set aside with a note if torch's derivative agreed element by
-  element, else the failure says so. In float64 when ``f`` runs in float64, else in the
+  the size of the sum's terms. Where one misses, a second look (``_second_look``): f's own
+  rounding in the difference, eps <|u|, |f(x)|> over the step (``FD_ROUNDING``; large
+  where the derivative is small beside f's value), is allowed; then Richardson's
+  extrapolation over h and h/2 (with three times that rounding), which cancels one
+  difference's own h^2 error (large at a point whose scale is far from 1: x**3 at 1e-3,
+  tanh(x - 1000)), judges instead, with a note; where that misses too and f has a kink at
+  x along the direction (its one-sided slopes differ by the same amount at h and h/4, at
+  least the miss and beyond that rounding: relu at 0), the direction is set aside with a
+  note if torch's derivative agreed element by element, else the failure says so. In float64 when ``f`` runs in float64, else in the
   arguments' dtype, or f's output's where that is narrower (float32 at best, with float32's
   step; lower dtypes skip it).
 - **the vjp (jvp) in float64** (an argument narrower than float64 that torch gives no
