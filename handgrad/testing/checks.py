@@ -32,9 +32,9 @@ others held), so a failure names the argument. Four references, each where it ap
   tanh(x - 1000)), judges instead, with a note; where that misses too and f has a kink at
   x along the direction (its one-sided slopes differ by the same amount at h and h/4, at
   least the miss and beyond that rounding: relu at 0), the direction is set aside with a
-  note if torch's derivative agreed element by element, else the failure says so. In float64 when ``f`` runs in float64, else in the
-  arguments' dtype, or f's output's where that is narrower (float32 at best, with float32's
-  step; lower dtypes skip it).
+  note if torch's derivative agreed element by element, else the failure says so. In
+  float64 when ``f`` runs in float64, else in the arguments' dtype, or f's output's where
+  that is narrower (float32 at best, with float32's step; lower dtypes skip it).
 - **the vjp (jvp) in float64** (an argument narrower than float64 that torch gives no
   element-wise reference for, f running in float64): a projection's sum at float32's
   tolerance hides one wrong element among thousands, so the vjp is run once more at the
