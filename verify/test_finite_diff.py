@@ -57,7 +57,7 @@ def test_jacobian_of_an_f_returning_a_view_of_or_writing_into_its_argument(f) ->
     x = torch.arange(1.0, 7.0, dtype=torch.float64).reshape(2, 3)
     exact = torch.func.jacrev(lambda t: f(t.clone()).clone())(x)
     assert_close(finite_diff.jacobian(f, x), exact, kernel="finite_diff.jacobian",
-                 reference="torch.func.jacrev", tol=Tol(rtol=0.0, atol=1e-9))
+                 reference="torch_func_jacrev", tol=Tol(rtol=0.0, atol=1e-9))
     assert_close(finite_diff.gradient(lambda t: t[0, 1], x), exact.new_tensor(
         [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), kernel="finite_diff.gradient",
         reference="by hand", tol=Tol(rtol=0.0, atol=1e-9))
