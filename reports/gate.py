@@ -275,12 +275,12 @@ def _change(kc, rc, kb, rb, axis=-1):
     return (med(kc, axis=axis) / med(rc, axis=axis)) / (med(kb, axis=axis) / med(rb, axis=axis))
 
 
-def _benchmark_verdict(low: float, high: float, limit: float) -> str:
-    """A single benchmark's verdict from its interval [low, high] against ``limit``, the
-    three-way reading of a kernel's: REGRESSION when the interval lies above the limit,
-    faster when its top lies under 1 / limit (``is_faster``), ok when its top lies at or
-    under the limit, inconclusive when it straddles the limit (shown, not counted in the
-    exit status where its kernel has a verdict of its own: ``GateResult.inconclusive``)."""
+def _interval_verdict(low: float, high: float, limit: float) -> str:
+    """A kernel's or a single benchmark's verdict from its interval [low, high] against
+    ``limit``: REGRESSION when the interval lies above the limit, faster when its top lies
+    under 1 / limit (``is_faster``), ok when its top lies at or under the limit,
+    inconclusive when it straddles the limit (a benchmark's shown, not counted in the exit
+    status where its kernel has a verdict of its own: ``GateResult.inconclusive``)."""
     if low > limit:
         return "REGRESSION"
     if is_faster(high, limit):
@@ -308,17 +308,11 @@ def _kernel_rows(table: pd.DataFrame, threshold: float, confidence: float) -> pd
         elif len(logs) >= MIN_BENCHMARKS:
             ci = stats.ttest_1samp(logs, 0.0).confidence_interval(confidence)
             lo, hi = float(np.exp(ci.low)), float(np.exp(ci.high))
-        regressed = bool(lo > 1 + threshold)  # False for NaN: too few benchmarks
-        if regressed:
-            verdict, decide = "REGRESSION", ""
-        elif len(logs) < MIN_BENCHMARKS:
-            verdict, decide = "per benchmark only", ""
-        elif is_faster(hi, 1 + threshold):
-            verdict, decide = "faster", ""
-        elif hi <= 1 + threshold:
-            verdict, decide = "ok", ""
-        else:  # the interval straddles the limit: this one pair of runs cannot tell
-            verdict, decide = "inconclusive", UNDECIDED
+        # too few benchmarks for an interval: judged by each benchmark's own; else the
+        # straddling interval is what this one pair of runs cannot tell
+        verdict = ("per benchmark only" if len(logs) < MIN_BENCHMARKS
+                   else _interval_verdict(lo, hi, 1 + threshold))
+        decide = UNDECIDED if verdict == "inconclusive" else ""
         rows.append({
             "kernel": kernel, "method": method, "device": device, "benchmarks": len(logs),
             "change": float(np.exp(logs.mean())), "ci_low": lo, "ci_high": hi,
@@ -475,7 +469,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             "ratio_base": ratio_b,
             "ratio_current": ratio_c,
             "change": change, "ci_low": float(ci.low), "ci_high": float(ci.high),
-            "verdict": _benchmark_verdict(float(ci.low), float(ci.high), 1 + bench_thr),
+            "verdict": _interval_verdict(float(ci.low), float(ci.high), 1 + bench_thr),
             "threshold": bench_thr,
         })
     if len(disturbed) > MAX_DISTURBED * (len(rows) + len(disturbed)):
