@@ -851,22 +851,23 @@ def _second_look(along, x: torch.Tensor, v: torch.Tensor, eps: float | None, w: 
             "a central difference missed by more than allowed (its own h^2 error: a point "
             "whose scale is far from 1?); Richardson's extrapolation over h and h/2 agrees"), \
             False
-    return fd_r, scale_r, allowed, None, _kink(along, x, v, eps, ww, abs(ours - fd_r), noise)
+    return fd_r, scale_r, allowed, None, _kink(along, x, v, eps, ww, abs(ours - fd_r), noise,
+                                                f0)
 
 
 def _kink(along, x: torch.Tensor, v: torch.Tensor, eps: float | None, w: torch.Tensor,
-          miss: float, noise: float) -> bool:
+          miss: float, noise: float, fx: torch.Tensor | None = None) -> bool:
     """Whether f has a kink at x along v that explains a central difference's ``miss``: the
     jump between the one-sided slopes <w, (f(x + hv) - f(x)) / h> and <w, (f(x) - f(x - hv))
     / h> is at least the miss, beyond f's rounding in it (``noise``, a central difference's,
     doubled: a jump takes three values of f), and stays as h shrinks fourfold (a smooth
-    f's shrinks with h; rounding's grows fourfold)."""
+    f's shrinks with h; rounding's grows fourfold). ``fx``: f(x), where the caller has it."""
     h = _fd_step(x, v, eps)
     with torch.no_grad():
         def at(xi):
             return float((w * along(xi).double().to(w.device)).sum())
 
-        f0 = at(x)
+        f0 = at(x) if fx is None else float((w * fx.double().to(w.device)).sum())
 
         def jump(step):
             return (at(x + step * v) - f0) / step - (f0 - at(x - step * v)) / step
