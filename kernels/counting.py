@@ -7,6 +7,7 @@ receptive field: ``kernels.receptive_field`` (both re-exported here).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from handgrad.kernels._walk import (
 )
 from handgrad.kernels.counting_ops import (
     _ZERO,
+    NO_GRADIENT_OPS,
     STATISTICS_OPS,
     backward_op_counts,
     forward_op_counts,
@@ -262,6 +264,10 @@ class _Recorder(TorchDispatchMode):
                 self.reached.add(id(t))
 
     def _backward(self, name, args, out, layer, kind, shape) -> None:
+        # a constant to autograd (NO_GRADIENT_OPS), or an op run under torch.no_grad()
+        # (or inference_mode): autograd records nothing, its result needs no gradient
+        if name in NO_GRADIENT_OPS or not torch.is_grad_enabled():
+            return
         tracked = self.tracked
         needs = [any(id(t) in tracked for t in _flat([a]) if isinstance(t, torch.Tensor))
                  for a in args]
@@ -413,7 +419,10 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
         tracked += [x] if input_requires_grad else []
     params = _first_names(named_params)  # shared ones once, at their first name
     recorder = _Recorder(stack, result, tracked, {id(state[n]) for n in params})
-    output = _run_under(recorder, module, state, x, hooks, input_shape, stack)
+    # the backward asked for is counted whatever the caller's grad mode; the model's own
+    # torch.no_grad() blocks still switch it off inside (_Recorder._backward)
+    with torch.enable_grad() if backward else contextlib.nullcontext():
+        output = _run_under(recorder, module, state, x, hooks, input_shape, stack)
     _account_params(module, params, state, seen_params, recorder.reached, param_rows, result)
     _attach_params(result, param_rows, dict(frames.values()))
     if backward:

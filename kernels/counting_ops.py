@@ -62,6 +62,14 @@ FREE_OPS = {
 # operand's does in ``add`` and ``mul``
 SUMMED_BACK = {"expand", "repeat"}
 
+# results that carry no gradient though made from a value that needs one: autograd's
+# detach, and factories that read only their argument's shape and dtype (the noise of a
+# dropout, empty_like(x).bernoulli_(q)). Their result is a constant to autograd: the op is
+# no use of its argument, and what is computed from the result alone needs no gradient
+NO_GRADIENT_OPS = {"detach", "empty_like", "zeros_like", "ones_like", "full_like",
+                   "rand_like", "randn_like", "randint_like", "new_empty", "new_zeros",
+                   "new_ones", "new_full", "new_empty_strided"}
+
 # a table lookup (nn.Embedding): rows gathered by index, no arithmetic, so free as
 # index_select is; its backward routes each row's gradient to its index (repeated indices
 # add: data-dependent, not counted, as max-pooling's). max_norm's embedding_renorm_ does
