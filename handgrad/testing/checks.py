@@ -110,7 +110,6 @@ import functools
 import inspect
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -124,6 +123,7 @@ from handgrad.kernels.finite_diff import (
 )
 from handgrad.testing import compare as _records
 from handgrad.testing.compare import assert_close
+from handgrad.testing.references import load_forward_mode
 from handgrad.testing.tolerances import FINITE_DIFF, FORWARD, GRAD, Tol, tol_for
 
 AUTOGRAD = "torch_autograd"
@@ -1518,12 +1518,8 @@ def _jvp_reference(g: Callable, x: torch.Tensor, t: torch.Tensor) -> tuple[torch
     """J t of g at x: forward mode (torch.func.jvp) where g has forward-mode rules, else
     autograd's double-backward (torch.autograd.functional.jvp)."""
     try:
-        with warnings.catch_warnings():
-            # torch 2.13's forward mode loads its decompositions through torch.jit.script
-            # on first use, which warns that torch.jit.script is deprecated: torch's to fix
-            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
-                                    category=DeprecationWarning)
-            _, jt = torch.func.jvp(g, (x,), (t,))
+        load_forward_mode()  # torch's jit.script warning at its first forward-mode call
+        _, jt = torch.func.jvp(g, (x,), (t,))
         return jt.detach(), FORWARD_AD
     except (RuntimeError, NotImplementedError):
         _, jt = torch.autograd.functional.jvp(g, x, t)

@@ -4,6 +4,8 @@ kernel under test except to read the parameters out of an ``MLP``."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,29 @@ def reference_key(name: str) -> str | None:
     key = name.split(" (", 1)[0].removeprefix("gd_").replace("_vmap_", "_")
     key = key.removesuffix("_compiled").removesuffix("_cross_entropy")
     return key if key in REFERENCES else None
+
+
+# torch's message when it scripts its forward-mode decompositions (torch 2.13: "is deprecated";
+# on Python 3.14: "is not supported in Python 3.14+"), matched from its start
+_JIT_SCRIPT_WARNING = r"`torch\.jit\.script` is "
+
+
+def load_forward_mode() -> None:
+    """Have torch load its forward-mode decompositions now, with the one warning that
+    loading raises silenced. torch loads them with ``torch.jit.script`` on the first
+    forward-mode call in a process (``torch.autograd.forward_ad.make_dual``,
+    ``torch.func.jvp``/``jacfwd``, ``jacobian(strategy="forward-mode")``), and from torch
+    2.13 jit.script warns (DeprecationWarning) that it is deprecated: torch's own warning,
+    which ``python -W error`` made an error in the first forward-mode reference of a
+    session (the command line's -W comes after pyproject's filters). Only that message, of
+    that category, during that load is silenced; a no-op once loaded, and where torch has
+    no such loader."""
+    load = getattr(torch.autograd.forward_ad, "_maybe_load_decompositions", None)
+    if load is None:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_SCRIPT_WARNING, category=DeprecationWarning)
+        load()
 
 
 TORCH_ACTIVATIONS = {
@@ -167,7 +192,9 @@ def deep_net(ws, bs=None, activation: str = "tanh"):
 
 def jacobian_references(ws, bs=None, activation: str = "tanh"):
     """name (a ``REFERENCES`` key, or finite_diff.jacobian) -> function (N, D) -> (N, P, D)
-    computing the Jacobian with torch's machinery."""
+    computing the Jacobian with torch's machinery (the forward-mode ones: torch's
+    decompositions loaded first, ``load_forward_mode``)."""
+    load_forward_mode()
     f = deep_net(ws, bs, activation)
     fb = f  # f is row-wise, so it takes a batch (N, D) as it is
 
