@@ -289,8 +289,16 @@ def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(D,): w* = (X^T X)^{-1} X^T y, or the least-norm minimiser when X^T X is singular."""
     if y is None:  # spectrum's y is optional; here it is required
         raise TypeError("y: expected a torch.Tensor, got NoneType")
-    sp = spectrum(X, y)
-    return sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1), 0)
+    X, y, _ = _check_problem(X, y, None, None, linalg=True)
+    # w*(X) = c w*(c X): X scaled by the power of two c that brings max |X| near 1 (exact),
+    # so X^T X neither underflows to 0 (max |X| = 1e-200: w* was nan) nor overflows to inf
+    # (1e200: w* was 0); a tensor op, no read to the host
+    top = math.frexp(torch.finfo(X.dtype).max)[1] - 1  # c <= 2^top: finite in X's dtype
+    c = torch.ldexp(torch.ones((), dtype=X.dtype, device=X.device),
+                    (-torch.frexp(X.abs().amax())[1]).clamp(max=top)) if X.numel() else 1.0
+    sp = spectrum(X * c, y)
+    return c * (sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1),
+                                   0))
 
 
 def spectral_radius(X: torch.Tensor, alpha: float) -> float:
@@ -302,6 +310,8 @@ def spectral_radius(X: torch.Tensor, alpha: float) -> float:
     """
     alpha = _check_alpha(alpha)
     lam = spectrum(X).lam
+    if not lam.shape[0]:  # D = 0: no eigenvalue, the max over none is 0 (converges: True)
+        return 0.0
     return float(host((1 - alpha * lam).abs().max()))
 
 
@@ -323,7 +333,10 @@ def _at_or_past(x: float, bound: float) -> bool:
 
 def _lam_max(X: torch.Tensor) -> float:
     """lambda_max(X^T X) = sigma_max(X)^2, from the singular values alone."""
-    return float(host(torch.linalg.svdvals(X)[0])) ** 2 if X.numel() else 0.0
+    # s * s, not s ** 2: past float64's range the product is inf (and the warning says
+    # so), where Python's float ** 2 raises a bare OverflowError (34, 'Numerical result ...')
+    s = float(host(torch.linalg.svdvals(X)[0])) if X.numel() else 0.0
+    return s * s
 
 
 def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> None:

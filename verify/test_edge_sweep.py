@@ -1,0 +1,73 @@
+"""Edge inputs an adversarial sweep found answered by a raw error from torch or Python, or by
+a silent wrong result: each now gets a named error or the right answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handgrad.kernels import least_squares as ls
+
+F64 = torch.float64
+
+
+def _problem(n=6, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=F64)
+    y = torch.randn(n, generator=g, dtype=F64)
+    w0 = torch.randn(d, generator=g, dtype=F64)
+    return X, y, w0
+
+
+# -- least squares ------------------------------------------------------------------------
+
+
+def test_gd_iterates_with_a_lambda_max_past_float_range_names_the_divergence():
+    """sigma_max = 1e200: sigma_max^2 is past float64's range. Python's float ** 2 raised a
+    bare OverflowError (34, 'Numerical result out of range') that named nothing."""
+    X, y, w0 = _problem()
+    with pytest.warns(ls.DivergenceWarning):
+        with pytest.raises(OverflowError, match=r"gd_iterates: the iterates diverged"):
+            ls.gd_iterates(X * 1e200, y, w0, 0.1, 3)
+    with pytest.raises(OverflowError, match=r"heavy_ball_iterates: the iterates diverged"):
+        ls.heavy_ball_iterates(X * 1e200, y, w0, 0.1, 0.5, 3)
+
+
+def test_spectral_radius_with_no_coordinates_is_zero():
+    """X of shape (N, 0): no eigenvalue, an iteration on R^0 that converges (``converges``
+    says True); the radius is the max over no eigenvalues, 0 (torch's max of an empty tensor
+    raised a RuntimeError)."""
+    X, _, _ = _problem()
+    assert ls.converges(X[:, :0], 0.1) is True
+    assert ls.spectral_radius(X[:, :0], 0.1) == 0.0
+    assert ls.spectral_radius(X[:0, :0], 0.1) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e160, 1e200, 2.0**-1000, 2.0**1000])
+def test_minimizer_of_a_tiny_or_huge_X_is_right(scale):
+    """w*(c X, y) = w*(X, y) / c. At c = 1e-200, X^T X underflows to 0 (the minimizer was
+    NaN); at c = 1e200 it overflows to inf (the minimizer was 0). Both are in range."""
+    X, y, _ = _problem()
+    want = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1) / scale
+    got = ls.minimizer(X * scale, y)
+    assert bool(torch.isfinite(got).all()), got
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
+
+
+def test_minimizer_of_a_rank_deficient_tiny_X_is_the_least_norm_one():
+    X, y, _ = _problem()
+    X = torch.cat([X, X[:, :1]], 1)  # a repeated column: rank 3 of 4
+    want = torch.linalg.pinv(X) @ y
+    torch.testing.assert_close(ls.minimizer(X * 1e-200, y), want * 1e200, rtol=1e-9, atol=0)
+
+
+def test_minimizer_of_a_subnormal_float32_X_is_right():
+    """max |X| = 1e-40, subnormal in float32: the power of two that brings it near 1 is
+    2^133, past float32's range; it is capped at 2^127 (uncapped, c was inf and w* nan)."""
+    X, y, _ = _problem()
+    Xs, ys = (X * 1e-40).float(), (y * 1e-40).float()
+    c = 2.0**127  # exact: the same problem in float32's normal range
+    want = torch.linalg.lstsq((Xs * c).double(), (ys * c).double().unsqueeze(1))
+    got = ls.minimizer(Xs, ys)
+    assert bool(torch.isfinite(got).all()), got
+    torch.testing.assert_close(got.double(), want.solution.squeeze(1), rtol=2e-3, atol=0)
