@@ -290,6 +290,10 @@ def step_sweep(
     with torch.no_grad():
         for e in steps:
             approx = _columns(f, x, e * scale_x)
+            if not approx.numel():  # x has a coordinate (checked): f(x) has no entry
+                raise ValueError(f"f: f(x) has no entries (shape "
+                                 f"{tuple(approx.shape[:approx.dim() - x.dim()])}): no "
+                                 "Jacobian entry to sweep")
             if approx.shape != exact.shape:
                 raise ValueError(
                     f"exact: expected shape {tuple(approx.shape)} (f(x).shape + x.shape), "

@@ -3,9 +3,12 @@ a silent wrong result: each now gets a named error or the right answer."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from handgrad.kernels import finite_diff as FD
 from handgrad.kernels import least_squares as ls
 
 F64 = torch.float64
@@ -59,6 +62,18 @@ def test_minimizer_of_a_rank_deficient_tiny_X_is_the_least_norm_one():
     X = torch.cat([X, X[:, :1]], 1)  # a repeated column: rank 3 of 4
     want = torch.linalg.pinv(X) @ y
     torch.testing.assert_close(ls.minimizer(X * 1e-200, y), want * 1e200, rtol=1e-9, atol=0)
+
+
+# -- finite differences -------------------------------------------------------------------
+
+
+def test_step_sweep_of_an_f_with_no_output_is_refused_by_name():
+    """f(x) with no entries has no Jacobian entry to sweep (torch's max of an empty error
+    tensor raised a RuntimeError)."""
+    x = torch.ones(3, dtype=F64)
+    with pytest.raises(ValueError, match=r"f: f\(x\) has no entries \(shape \(0,\)\)"):
+        FD.step_sweep(lambda t: t[:0], x, torch.zeros(0, 3, dtype=F64))
+    assert math.isfinite(FD.step_sweep(lambda t: t * 2, x, 2 * torch.eye(3, dtype=F64)).best_eps)
 
 
 def test_minimizer_of_a_subnormal_float32_X_is_right():
