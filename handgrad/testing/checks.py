@@ -85,9 +85,14 @@ values as they were, or an assignment) is refused (``ValueError`` naming it and 
 argument): a point that moves has no derivative to check.
 
 On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weight)``; a
-result of the wrong shape or device stops at the first argument it concerns),
+result of the wrong shape or device stops at the first argument it concerns, and a shape
+that is the argument's with dimensions added says so: a batch not summed over, keepdim),
 its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
-a transpose, a constant factor, a missing (zero) gradient. A derivative that returns NaN or
+a transpose, a constant factor, a missing (zero) gradient, values computed in a narrower
+dtype (each a float32, float16 or bfloat16 number, the reference's not: a cast inside the
+derivative). The vjp is called twice at the point: gradients that differ between the calls
+beyond rounding (its dtype's forward tolerance) fail as not deterministic, naming the
+argument, where one call could pass by chance. A derivative that returns NaN or
 inf (``f`` being finite there) is named as such, with the count and first indices, and not
 compared with a reference; where torch's derivative is not finite at those places either,
 the message says the point is not differentiable (sqrt at 0). Where torch's derivative
@@ -673,6 +678,59 @@ def _per_argument(grads, n: int) -> tuple | list | None:
     return grads if isinstance(grads, (tuple, list)) and len(grads) == n else None
 
 
+def _unreduced(got: torch.Size, want: torch.Size) -> str:
+    """Why a gradient of shape ``got`` may have been meant to be ``want``'s, where it is
+    ``want`` with dimensions added ('' otherwise): leading ones of a batch the gradient was
+    not summed over (a bias's d, not d.sum(0)), or dimensions of size 1 (keepdim=True)."""
+    extra = len(got) - len(want)
+    if extra <= 0:
+        return ""
+    if tuple(got[extra:]) == tuple(want) and any(n != 1 for n in got[:extra]):
+        dims = ", ".join(map(str, range(extra)))
+        return (f"; that is the argument's shape after leading dimension"
+                f"{'s' if extra > 1 else ''} {tuple(got[:extra])}: not summed over "
+                f"{'them' if extra > 1 else 'it'} (a bias's gradient sums over the batch: "
+                f".sum({dims if extra > 1 else 0}))?")
+    if [n for n in got if n != 1] == [n for n in want if n != 1]:
+        return ("; that is the argument's shape with dimensions of size 1 added: a sum with "
+                "keepdim=True, or a missing squeeze?")
+    return ""
+
+
+def _repeatable(who: str, first, second, wrt: list[int], names: list[str | None]) -> None:
+    """An ``AssertionError`` naming the first argument whose gradient (``first`` and
+    ``second``: two calls of a vjp at the same point, one entry per argument) differs
+    between the calls beyond rounding (each gradient's dtype's forward tolerance, atol scaled
+    by its largest value, as f's own second call): a random op inside the derivative, or
+    state kept between calls. One call of such a derivative can pass by chance."""
+    second = _per_argument(second, len(first))
+    for i in wrt:
+        a, b = first[i], second[i] if second is not None else _UNTRIED
+        if a is None and b is None:
+            continue
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and \
+                a.shape == b.shape and a.device == b.device:
+            a64, b64 = a.detach().double(), b.detach().double()
+            same = FORWARD.get(a.dtype, Tol(0.0, 0.0))
+            top = a64.abs()[torch.isfinite(a64)]
+            same = Tol(same.rtol, same.atol + same.rtol * float(top.max() if top.numel() else 0))
+            # NaN or inf at the same place both times is the same result (and named later)
+            if bool(((a64 - b64).abs() <= same.atol + same.rtol * a64.abs())
+                    .logical_or_(a64 == b64).logical_or_(a64.isnan() & b64.isnan()).all()):
+                continue
+            diff = (a64 - b64).abs().nan_to_num(nan=math.inf)
+            at = tuple(int(k) for k in torch.unravel_index(diff.argmax(), diff.shape))
+            how = (f" (largest difference {float(diff.max()):.3g}, at index {at}: "
+                   f"{float(a64[at]):.9g} then {float(b64[at]):.9g})")
+        else:
+            how = " (another kind of result the second time)"
+        raise AssertionError(
+            f"{_label(i, names)}: two calls of the {who} at the same point gave different "
+            f"gradients{how}: the {who} is not deterministic (a random op inside it, or "
+            f"state kept between calls), so one call could pass by chance: expected the same "
+            f"gradient for the same cotangent and arguments")
+
+
 def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
     """The vjp's gradients at the float64 copies of the arguments, or None (with a note)
     where it does not run in float64 or gives another dtype or shape there: a vjp written
@@ -759,6 +817,25 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
         if shown in ("1", "-1"):  # 1.0000001: as many digits as tell it from 1
             shown = f"{c:.15g}"
         return f"a constant factor: {shown} x the reference"
+    return _computed_narrower(got, ref)
+
+
+def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
+    """A name for ``got`` where each of its values is a number of a narrower dtype than its
+    own (float16, bfloat16, float32) and not each of the reference's is: the derivative
+    computed in that dtype and cast back (right in float64, wrong in its rounding). Rarely
+    so by chance: a float64 gradient of any size whose values all fit float32's 24 bits."""
+    g, r = got.detach(), ref.detach().to(got.device)
+    # the narrowest first: bfloat16's 8 bits fit float16's 11 (within its range)
+    for narrow in (torch.bfloat16, torch.float16, torch.float32):
+        if not _narrower(narrow, g.dtype):  # float32 for float64; not float32 for itself
+            continue
+        if bool((g.to(narrow).to(g.dtype) == g).all()) and not bool(
+                (r.to(narrow).to(r.dtype) == r).all()):
+            name = str(narrow).removeprefix("torch.")
+            return (f"values computed in {name}: each is a {name} number and the reference's "
+                    f"are not (a cast to {name} inside the derivative, or a {name} constant "
+                    "or buffer it uses?)")
     return None
 
 
@@ -989,7 +1066,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 f"argument {tuple(args[i].shape)}"
                 + ("; that is the argument's transpose: transposed?" if flipped else
                    f"; that is {_label(other[0], names)}'s shape: the gradients in another "
-                   "order than f's arguments?" if other else ""))
+                   "order than f's arguments?" if other else _unreduced(g.shape,
+                                                                        args[i].shape)))
+    _repeatable("vjp", grads, vjp(u.clone(), *args), wrt, names)
+    args.check("vjp")
 
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)

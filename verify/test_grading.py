@@ -1,0 +1,189 @@
+"""check_vjp as an autograder uses it: students' hand-written backward passes of a tanh
+layer, each wrong in one of the ways students get them wrong, and the verdict and message
+each gets (a right one passing, a wrong one failing with a message that says what to fix)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handgrad.testing import check_vjp, signature
+from handgrad.testing.tolerances import GRAD
+
+
+def layer(x, W, b):
+    return torch.tanh(x @ W.t() + b)
+
+
+def layer_vjp(g, x, W, b):  # by hand: d = g * (1 - tanh(z)^2)
+    h = torch.tanh(x @ W.t() + b)
+    d = g * (1 - h * h)
+    return d @ W, d.t() @ x, d.sum(0)
+
+
+def _args(dtype, n=6, k=4, p=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(n, k, generator=gen, dtype=dtype),
+        torch.randn(p, k, generator=gen, dtype=dtype),
+        torch.randn(p, generator=gen, dtype=dtype),
+    )
+
+
+# --- a vjp that gives another gradient each call ----------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_vjp_right_on_its_first_call_only_fails_as_not_deterministic(dtype):
+    # a random op in the student's vjp (here: every other call, 1.001 x dW): the one call the
+    # check made was the right one, and it passed
+    calls = []
+
+    def flaky(g, x, W, b):
+        calls.append(1)
+        dx, dW, db = layer_vjp(g, x, W, b)
+        return dx, dW * (1.001 if len(calls) % 2 == 0 else 1.0), db
+
+    with pytest.raises(AssertionError) as err:
+        check_vjp(layer, flaky, _args(dtype))
+    msg = str(err.value)
+    assert msg.startswith(
+        "args[1] (W): two calls of the vjp at the same point gave different "
+        "gradients (largest difference "
+    )
+    assert "the vjp is not deterministic" in msg
+
+
+def test_a_vjp_differing_between_calls_by_rounding_only_passes():
+    # a GPU's atomic adds sum in another order each call: the last bits differ
+    calls = []
+
+    def atomics(g, x, W, b):
+        calls.append(1)
+        dx, dW, db = layer_vjp(g, x, W, b)
+        return dx, dW * (1 + 1e-14 * (len(calls) % 2)), db
+
+    assert check_vjp(layer, atomics, _args(torch.float64)).passed
+
+
+def test_a_vjp_giving_none_then_a_tensor_fails_as_not_deterministic():
+    calls = []
+
+    def flaky(g, x, W, b):
+        calls.append(1)
+        dx, dW, db = layer_vjp(g, x, W, b)
+        return dx, dW, db if len(calls) > 1 else None
+
+    with pytest.raises(
+        AssertionError,
+        match=r"^args\[2\] \(b\): two calls of the vjp at the "
+        r"same point gave different gradients \(another "
+        r"kind of result the second time\)",
+    ):
+        check_vjp(layer, flaky, _args(torch.float64))
+
+
+def test_a_vjp_giving_nan_at_the_same_place_each_call_is_named_as_nan_not_as_flaky():
+    def nan_at_one(g, x, W, b):
+        dx, dW, db = layer_vjp(g, x, W, b)
+        dW = dW.clone()
+        dW[1, 2] = float("nan")
+        return dx, dW, db
+
+    with pytest.raises(AssertionError, match=r"args\[1\] \(W\): vjp returned non-finite values"):
+        check_vjp(layer, nan_at_one, _args(torch.float64))
+
+
+# --- a gradient with the argument's shape and more -------------------------------------------
+
+
+def test_a_bias_gradient_not_summed_over_the_batch_says_so():
+    def unsummed(g, x, W, b):
+        dx, dW, _ = layer_vjp(g, x, W, b)
+        h = torch.tanh(x @ W.t() + b)
+        return dx, dW, g * (1 - h * h)  # (6, 3): one row per example
+
+    with pytest.raises(AssertionError) as err:
+        check_vjp(layer, unsummed, _args(torch.float64))
+    assert str(err.value) == (
+        "args[2] (b): vjp's gradient has shape (6, 3), the argument (3,); that is the "
+        "argument's shape after leading dimension (6,): not summed over it (a bias's gradient "
+        "sums over the batch: .sum(0))?"
+    )
+
+
+def test_a_gradient_with_a_kept_dimension_says_keepdim():
+    def kept(g, x, W, b):
+        dx, dW, db = layer_vjp(g, x, W, b)
+        return dx, dW, db[None, :]
+
+    with pytest.raises(
+        AssertionError,
+        match=r"shape \(1, 3\), the argument \(3,\); that is the "
+        "argument's shape with dimensions of size 1 "
+        "added: a sum with keepdim=True",
+    ):
+        check_vjp(layer, kept, _args(torch.float64))
+
+
+@pytest.mark.parametrize(
+    "wrong", [lambda db: torch.cat([db, db]), lambda db: torch.zeros(2, 5, dtype=db.dtype)]
+)
+def test_a_gradient_of_an_unrelated_shape_gets_no_hint(wrong):
+    def other(g, x, W, b):
+        dx, dW, db = layer_vjp(g, x, W, b)
+        return dx, dW, wrong(db)
+
+    with pytest.raises(AssertionError) as err:
+        check_vjp(layer, other, _args(torch.float64))
+    assert str(err.value).endswith("the argument (3,)")
+    assert str(err.value).startswith("args[2] (b): vjp's gradient has shape (")
+
+
+# --- a gradient computed in a narrower dtype than its own ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype, inside",
+    [
+        (torch.float64, torch.float32),
+        (torch.float64, torch.float16),
+        (torch.float32, torch.float16),
+        (torch.float32, torch.bfloat16),
+    ],
+)
+def test_a_gradient_computed_in_a_narrower_dtype_is_named_with_it(dtype, inside):
+    def narrow(g, x, W, b):  # right, but computed in `inside` and cast back
+        got = layer_vjp(g.to(inside), x.to(inside), W.to(inside), b.to(inside))
+        return tuple(t.to(dtype) for t in got)
+
+    with pytest.raises(AssertionError) as err:
+        check_vjp(layer, narrow, _args(dtype))
+    name = str(inside).removeprefix("torch.")
+    assert (
+        f"looks like values computed in {name}: each is a {name} number and the "
+        "reference's are not" in str(err.value)
+    )
+
+
+def test_signature_names_the_narrower_dtype_and_nothing_for_a_wrong_wide_gradient():
+    ref = torch.tensor([0.1, 1 / 3, -2 / 7], dtype=torch.float64)
+    # float32's nearest values to the reference's, by hand: 0.1 -> 13421773 / 2**27
+    got = torch.tensor([13421773 / 2**27, 11184811 / 2**25, -9586981 / 2**25], dtype=torch.float64)
+    assert signature(got, ref, GRAD[torch.float64]) == (
+        "values computed in float32: each is a float32 number and the reference's are not (a "
+        "cast to float32 inside the derivative, or a float32 constant or buffer it uses?)"
+    )
+    assert (
+        signature(
+            ref * (1 + 1e-6) + torch.tensor([0.0, 1e-7, 0.0], dtype=torch.float64),
+            ref,
+            GRAD[torch.float64],
+        )
+        is None
+    )
+    # a reference of float32 numbers itself: nothing to tell the two apart by
+    assert (
+        signature(got, torch.tensor([0.5, 0.25, -3.0], dtype=torch.float64), GRAD[torch.float64])
+        is None
+    )
