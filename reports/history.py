@@ -19,10 +19,13 @@ run of one shape, restricted by GATE_K, continues the series of a run of every s
 history of schema 1, which stored only each run's name for it, is read (``load_history``)
 and upgraded by its next add.
 
-``report`` orders the commits by date and gives, per kernel (kernel family, method,
-device) and metric (``ratio``: time over the reference's; ``instructions``: per call), the
-series of the geometric mean over the benchmarks every commit of that series measured,
-and the change points found in it by E-divisive means (Matteson and James, "A
+``report`` orders the commits by date and gives, per benchmark (group, method, shape) and
+metric (``ratio``: time over the reference's; ``instructions``: per call), its own series,
+and per kernel (kernel family, method, device) the series of the geometric mean over the
+benchmarks every commit of that series measured, with the change points found in each
+(a step in one of three shapes moves the mean a third as far in log: it is found, and its
+size read, in that shape's series; a kernel's benchmarks are tested as one family, ALPHA
+over their number, and its mean as a series of its own) by E-divisive means (Matteson and James, "A
 Nonparametric Approach for Multiple Change Point Analysis of Multivariate Data", JASA
 2014) as Apache Otava and MongoDB's CI run it ("Change Point Detection in Software
 Performance Testing", ICPE 2020): the split of a segment between two commits that
@@ -34,8 +37,10 @@ side is then searched again. Written here rather than imported: Otava pins numpy
 pulls in BigQuery, Slack and Postgres clients, MongoDB's signal-processing-algorithms
 pins numpy < 2 and Python 3.11; the search is some thirty lines over scipy.
 
-Writes ``history.md`` (the change points, then each series), ``change_points.csv``,
-``series.csv`` and ``history.png`` (each series against the commit, change points marked).
+Writes ``history.md`` (the change points, each naming its benchmark or the kernel's mean,
+then each kernel's series), ``change_points.csv``, ``series.csv`` (the kernels'),
+``benchmark_series.csv`` (each benchmark's) and ``history.png`` (each kernel's series
+against the commit, change points marked).
 """
 
 from __future__ import annotations
@@ -464,9 +469,12 @@ def _significant(left: np.ndarray, right: np.ndarray, min_effect: float,
     return bool(p < ALPHA / candidates)  # the best of `candidates` splits was tested
 
 
-def change_points(groups: list[np.ndarray], min_effect: float) -> list[int]:
+def change_points(groups: list[np.ndarray], min_effect: float, tests: int = 1) -> list[int]:
     """E-divisive means over values grouped by commit (in commit order): the indices of
-    the commits where a new level starts, ascending."""
+    the commits where a new level starts, ascending. ``tests``: how many series the caller
+    searches as one family (a kernel's benchmarks): each split's t-test is held to ALPHA
+    over the splits tried times that (Bonferroni), so the family's false alarms stay
+    those of one series."""
     found: list[int] = []
 
     def search(lo: int, hi: int) -> None:
@@ -481,7 +489,8 @@ def change_points(groups: list[np.ndarray], min_effect: float) -> list[int]:
                 best, best_q = j, q
         left = np.concatenate(groups[lo:best])
         right = np.concatenate(groups[best:hi])
-        if best_q > 0 and _significant(left, right, min_effect, candidates=hi - lo - 1):
+        if best_q > 0 and _significant(left, right, min_effect,
+                                       candidates=(hi - lo - 1) * tests):
             found.append(best)
             search(lo, best)
             search(best, hi)
@@ -503,33 +512,92 @@ def _in_order(commits: pd.DataFrame) -> pd.DataFrame:
     return commits.sort_values(["date", "commit"], kind="stable")
 
 
+# the benchmark column of a change point of a kernel's series (``series``): the geometric
+# mean of its benchmarks, not one of them
+MEAN_OF = "geometric mean of {n} benchmarks"
+POINT_COLUMNS = ["commit", "previous", "kernel", "benchmark", "device", "machine", "metric",
+                 "before", "after", "change"]
+
+
 @dataclass(frozen=True)
 class HistoryReport:
-    series: pd.DataFrame
-    points: pd.DataFrame  # commit, kernel, method, device, metric, before, after, change
+    series: pd.DataFrame  # a kernel's geometric mean (``series``)
+    points: pd.DataFrame  # POINT_COLUMNS: a step of a benchmark, or of a kernel's mean
+    benchmarks: pd.DataFrame | None = None  # each benchmark's own (``benchmark_series``)
+
+
+def benchmark_series(history: pd.DataFrame) -> pd.DataFrame:
+    """A row per benchmark (``load_history``'s key: group, method, shape), metric and run
+    that measured it: its value (``ratio`` of a timed run, ``instructions`` of a counted
+    one), by kernel, method, device and machine as ``series``, and ``benchmark``, its
+    name. A run that stored no value for it (left out as disturbed) is not a point of it:
+    a benchmark's series is its own runs, whatever its kernel's other benchmarks did."""
+    cols = ["kernel", "method", "device", "machine", "metric", "group", "shape",
+            "benchmark", "run", "commit", "date", "value"]
+    out = []
+    for metric, kind in (("ratio", "time"), ("instructions", "instructions")):
+        h = history[history["kind"] == kind].dropna(subset=[metric])
+        out.append(pd.DataFrame({
+            "kernel": h["kernel"], "method": h["method"], "device": h["device"],
+            "machine": h["machine"], "metric": metric, "group": h["group"],
+            "shape": h["shape"], "benchmark": h["benchmark"], "run": h["run"],
+            "commit": h["commit_sha"], "date": h["commit_date"],
+            "value": h[metric].astype(float)}, columns=cols))
+    df = pd.concat(out, ignore_index=True)
+    return df.sort_values(["kernel", "method", "device", "metric", "benchmark", "date",
+                           "run"]).reset_index(drop=True)
+
+
+def _steps(g: pd.DataFrame, metric: str, tests: int = 1) -> list[dict]:
+    """The change points of one series (rows: commit, date, value; runs of a commit
+    together), each its commit, the commit before it, the date, and the level either
+    side."""
+    order = _in_order(g.drop_duplicates("commit")[["commit", "date"]])
+    commits, dates = list(order["commit"]), list(order["date"])
+    groups = [np.log(g[g["commit"] == c]["value"].to_numpy(dtype=float)) for c in commits]
+    cuts = change_points(groups, MIN_EFFECT[metric], tests)
+    edges = [0, *cuts, len(commits)]
+    rows = []
+    for i, cut in enumerate(cuts):
+        before = np.concatenate(groups[edges[i]:cut])
+        after = np.concatenate(groups[cut:edges[i + 2]])
+        rows.append({"commit": short(commits[cut]), "previous": short(commits[cut - 1]),
+                     "date": dates[cut], "before": math.exp(before.mean()),
+                     "after": math.exp(after.mean()),
+                     "change": math.exp(after.mean() - before.mean())})
+    return rows
 
 
 def analyse(history: pd.DataFrame) -> HistoryReport:
+    """The change points of each benchmark's own series (``benchmark_series``), the
+    benchmarks of one kernel searched as a family (``change_points``' ``tests``), and of
+    each kernel's geometric mean (``series``) where it has several benchmarks (with one, it
+    is that benchmark's series). A step in one shape is found, and its size read, in that
+    shape's series: the mean of three moves a third as far in log."""
     s = series(history)
+    per = benchmark_series(history)
     rows = []
-    for (k, m, dev, machine, metric), g in s.groupby(
-            ["kernel", "method", "device", "machine", "metric"], sort=False):
-        order = _in_order(g.drop_duplicates("commit")[["commit", "date"]])
-        commits = list(order["commit"])
-        groups = [np.log(g[g["commit"] == c]["value"].to_numpy()) for c in commits]
-        cuts = change_points(groups, MIN_EFFECT[metric])
-        edges = [0, *cuts, len(commits)]
-        for i, cut in enumerate(cuts):
-            before = np.concatenate(groups[edges[i]:cut])
-            after = np.concatenate(groups[cut:edges[i + 2]])
-            rows.append({"commit": short(commits[cut]), "previous": short(commits[cut - 1]),
-                         "kernel": f"{k}.{m}", "device": dev, "machine": machine,
-                         "metric": metric, "before": math.exp(before.mean()),
-                         "after": math.exp(after.mean()),
-                         "change": math.exp(after.mean() - before.mean())})
-    cols = ["commit", "previous", "kernel", "device", "machine", "metric", "before", "after",
-            "change"]
-    return HistoryReport(series=s, points=pd.DataFrame(rows, columns=cols))
+    family = ["kernel", "method", "device", "machine", "metric"]
+    for (k, m, dev, machine, metric), fam in per.groupby(family, sort=False):
+        names = fam["benchmark"].unique()
+        for name in names:
+            for p in _steps(fam[fam["benchmark"] == name], metric, tests=len(names)):
+                rows.append({**p, "kernel": f"{k}.{m}", "benchmark": name, "device": dev,
+                             "machine": machine, "metric": metric, "mean": False})
+    for (k, m, dev, machine, metric), g in s.groupby(family, sort=False):
+        n = int(g["benchmarks"].iloc[0])
+        if n < 2:
+            continue  # the series of its one benchmark, searched above
+        for p in _steps(g, metric):
+            rows.append({**p, "kernel": f"{k}.{m}", "benchmark": MEAN_OF.format(n=n),
+                         "device": dev, "machine": machine, "metric": metric, "mean": True})
+    points = pd.DataFrame(rows, columns=[*POINT_COLUMNS, "date", "mean"])
+    # by kernel, then commit; at a commit the kernel's mean first, then its benchmarks
+    points = points.sort_values(["kernel", "device", "machine", "metric", "date", "mean",
+                                 "benchmark"], ascending=[True] * 5 + [False, True],
+                                kind="stable")
+    return HistoryReport(series=s, points=points[POINT_COLUMNS].reset_index(drop=True),
+                         benchmarks=per)
 
 
 def _figure(report: HistoryReport, path: Path) -> None:
@@ -592,6 +660,7 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     report.points.to_csv(out / "change_points.csv", index=False)
     report.series.to_csv(out / "series.csv", index=False)
+    report.benchmarks.to_csv(out / "benchmark_series.csv", index=False)
     _figure(report, out / "history.png")
     pts = report.points.copy()
     for c in ("before", "after", "change"):
@@ -600,8 +669,10 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
     text = (f"# Benchmark history\n\n{len(commits)} commits, "
             f"{history['run'].nunique()} runs. Change points by E-divisive means (p < "
             f"{ALPHA}, least effect {MIN_EFFECT['ratio']:.0%} for a ratio, "
-            f"{MIN_EFFECT['instructions']:.0%} for instructions): the commit where the new "
-            f"level starts.\n\n## Change points\n\n"
+            f"{MIN_EFFECT['instructions']:.0%} for instructions) in each benchmark's own "
+            f"series (a kernel's benchmarks tested as one family) and in each kernel's "
+            f"geometric mean over its benchmarks: the commit where the new level starts, "
+            f"and the benchmark, or the kernel's mean, that stepped.\n\n## Change points\n\n"
             + (to_markdown(pts) if len(pts) else _none_found()) + "\n\n## Series\n\n"
             + "![history](history.png)\n\n")
     wide = report.series.groupby(["kernel", "method", "device", "metric", "commit", "date"])[
@@ -691,5 +762,5 @@ def main(args: argparse.Namespace) -> int:
           f"{len(report.points)} change point(s) -> {Path(args.out) / 'history.md'}")
     for p in report.points.itertuples():
         print(f"  {p.commit} {p.kernel} ({p.device}, {p.metric}): {p.before:.4g} -> "
-              f"{p.after:.4g} ({p.change:.3f}x)")
+              f"{p.after:.4g} ({p.change:.3f}x): {p.benchmark}")
     return 0

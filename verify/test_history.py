@@ -57,10 +57,13 @@ def test_a_step_in_one_kernel_is_found_at_the_commit_that_made_it(tmp_path, caps
     printed = capsys.readouterr().out
     pts = json.loads(json.dumps(
         __import__("pandas").read_csv(out / "change_points.csv").to_dict("records")))
-    assert [(p["commit"], p["kernel"], p["metric"]) for p in pts] == [
-        (commits[3][:12], FWD, "ratio")]
-    assert pts[0]["change"] == pytest.approx(1.3, rel=0.02)
-    assert pts[0]["previous"] == commits[2][:12]
+    # the kernel's mean first, then each of its four benchmarks (every one stepped)
+    assert {(p["commit"], p["previous"], p["kernel"], p["metric"]) for p in pts} == {
+        (commits[3][:12], commits[2][:12], FWD, "ratio")}
+    assert [p["benchmark"] for p in pts][0] == "geometric mean of 4 benchmarks"
+    assert len(pts) == 5 and len({p["benchmark"] for p in pts}) == 5
+    assert all(p["benchmark"].endswith(" :: manual_forward") for p in pts[1:])
+    assert [p["change"] for p in pts] == pytest.approx([1.3] * 5, rel=0.02)
     assert f"{commits[3][:12]} {FWD}" in printed
     for name in ("history.md", "history.png", "series.csv"):
         assert (out / name).stat().st_size > 0
@@ -132,10 +135,13 @@ def test_instruction_counts_make_their_own_series(tmp_path, capsys):
         H.add_run(con, str(f), commit=f"{i:040d}", date=_date(i))
     con.close()
     rep = H.write_report(H.connect(db), tmp_path / "out")
-    pts = rep.points
-    assert list(zip(pts["commit"], pts["kernel"], pts["metric"])) == [
-        (f"{3:040d}"[:12], FWD, "instructions")]
-    assert pts["change"].iloc[0] == pytest.approx(1.8, rel=1e-3)
+    pts = rep.points  # the kernel's mean and each of its benchmarks (those the file counted)
+    n = sum(b["extra_info"]["method"] == "manual_forward" for b in COUNTED["benchmarks"])
+    assert set(zip(pts["commit"], pts["kernel"], pts["metric"])) == {
+        (f"{3:040d}"[:12], FWD, "instructions")}
+    assert list(pts["benchmark"])[0] == f"geometric mean of {n} benchmarks"
+    assert len(pts) == 1 + n and n > 1
+    assert pts["change"].to_numpy() == pytest.approx(1.8, rel=1e-3)
     assert set(rep.series["metric"]) == {"instructions"}
 
 
@@ -353,12 +359,13 @@ def test_allow_dirty_stores_a_point_of_its_own_after_its_commit(tmp_path, capsys
     out = tmp_path / "report"
     assert main(["history", "report", "--db", str(db), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "2 commits, 1 change point(s)" in printed
+    # the kernel's mean and each of its four benchmarks
+    assert "2 commits, 5 change point(s)" in printed
     assert f"{sha[:12]}+dirty {FWD} (cpu, ratio)" in printed
     pts = __import__("pandas").read_csv(out / "change_points.csv")
-    assert list(pts["commit"]) == [sha[:12] + "+dirty"]
-    assert list(pts["previous"]) == [sha[:12]]
-    assert pts["change"].iloc[0] == pytest.approx(1.3, rel=0.03)
+    assert list(pts["commit"]) == [sha[:12] + "+dirty"] * 5
+    assert list(pts["previous"]) == [sha[:12]] * 5
+    assert pts["change"].to_numpy() == pytest.approx(1.3, rel=0.03)
     assert f"| {sha[:12]}+dirty |" in (out / "history.md").read_text()
 
 

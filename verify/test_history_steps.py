@@ -1,0 +1,167 @@
+"""Change points per benchmark (reports.history): a step in one shape of a kernel is found
+in that shape's own series and named, with its size, not read off the kernel's geometric
+mean, where one of three shapes stepping 1.3x moves the mean 1.3 ** (1 / 3) = 1.09x and
+one stepping 1.12x moves it 1.04x, under the least effect. And flat noisy histories,
+however many benchmarks they hold, report no step.
+
+Histories are made here from ``backprop_run`` (one group, three shapes L=3, 5, 10, each the
+manual kernel against its reference): each run's manual rounds of each shape are scaled by
+the planted level times log-normal noise, so every step, and its size, is known here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from handgrad.reports import history as H
+from handgrad.reports.__main__ import main
+from verify.runs import BACKPROP_GROUP, backprop_run
+
+KERNEL = "backprop.manual"
+SHAPE = {n: f"L={n} D=13 K=64 P=1 N=256" for n in (3, 5, 10)}
+NAME = {n: f"{BACKPROP_GROUP} [{SHAPE[n]}] :: manual" for n in (3, 5, 10)}
+NOISE = 0.02  # between runs, log ratio: above the calibrated 0.2-0.8% (.ci/gate-noise.json)
+
+
+def _commit(i: int) -> str:
+    return f"{i:02d}" + "ef" * 19
+
+
+def _date(i: int) -> str:
+    return f"2026-11-{10 + i:02d}T12:00:00+00:00"
+
+
+def _history(
+    tmp_path: Path,
+    steps: dict[int, float],
+    commits: int = 12,
+    at: int = 6,
+    runs: int = 2,
+    seed: int = 0,
+    noise: float = NOISE,
+) -> Path:
+    """``commits`` commits of ``runs`` runs each; shape L=n of manual is 1.0 before commit
+    ``at`` and ``steps.get(n, 1.0)`` from it on, each run of each shape times exp(N(0,
+    noise))."""
+    rng = np.random.default_rng(seed)
+    db = tmp_path / f"h{seed}.sqlite"
+    con = H.connect(db)
+    for i in range(commits):
+        for j in range(runs):
+            factors = {
+                n: (steps.get(n, 1.0) if i >= at else 1.0) * math.exp(rng.normal(0, noise))
+                for n in SHAPE
+            }
+            f = tmp_path / f"s{seed}-{i}-{j}.json"
+            f.write_text(json.dumps(backprop_run(factors, f"{seed}-{i}-{j}")))
+            H.add_run(con, str(f), commit=_commit(i), date=_date(i))
+    con.close()
+    return db
+
+
+def _report(db: Path) -> H.HistoryReport:
+    con = H.connect(db)
+    try:
+        return H.analyse(H.load_history(con))
+    finally:
+        con.close()
+
+
+def test_a_step_in_one_of_three_shapes_is_named_with_its_own_size(tmp_path, capsys):
+    db = _history(tmp_path, {5: 1.3})
+    out = tmp_path / "report"
+    assert main(["history", "report", "--db", str(db), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    pts = pd.read_csv(out / "change_points.csv", keep_default_na=False)
+    mine = pts[pts["benchmark"] == NAME[5]]
+    assert list(zip(mine["commit"], mine["previous"], mine["kernel"], mine["metric"])) == [
+        (_commit(6)[:12], _commit(5)[:12], KERNEL, "ratio")
+    ]
+    assert mine["change"].iloc[0] == pytest.approx(1.3, rel=0.03)  # not the mean's 1.09
+    assert not pts["benchmark"].isin([NAME[3], NAME[10]]).any()  # the flat shapes
+    line = next(x for x in printed.splitlines() if NAME[5] in x)
+    assert _commit(6)[:12] in line and KERNEL in line and "(1.3" in line
+    assert NAME[5] in (out / "history.md").read_text()
+
+
+def test_a_step_in_one_shape_the_kernels_mean_hides_is_found(tmp_path):
+    # 1.12x in one of three: the mean moves 1.12 ** (1 / 3) = 1.038x, under the least effect
+    pts = _report(_history(tmp_path, {10: 1.12}, seed=1)).points
+    assert list(zip(pts["commit"], pts["benchmark"])) == [(_commit(6)[:12], NAME[10])]
+    assert pts["change"].iloc[0] == pytest.approx(1.12, rel=0.03)
+
+
+def test_opposite_steps_in_two_shapes_are_both_named(tmp_path):
+    # 1.25x slower in one shape, 1 / 1.25 in another: the mean does not move at all
+    pts = _report(_history(tmp_path, {3: 1.25, 10: 0.8}, seed=2)).points
+    got = {b: c for b, c in zip(pts["benchmark"], pts["change"])}
+    assert set(got) == {NAME[3], NAME[10]}
+    assert got[NAME[3]] == pytest.approx(1.25, rel=0.03)
+    assert got[NAME[10]] == pytest.approx(0.8, rel=0.03)
+    assert set(pts["commit"]) == {_commit(6)[:12]}
+
+
+def test_a_step_in_every_shape_is_named_per_shape_and_in_the_kernels_mean(tmp_path):
+    pts = _report(_history(tmp_path, {3: 1.3, 5: 1.3, 10: 1.3}, seed=3)).points
+    assert set(pts["commit"]) == {_commit(6)[:12]}
+    assert set(pts["benchmark"]) == {*NAME.values(), "geometric mean of 3 benchmarks"}
+    assert pts["change"].to_numpy() == pytest.approx(1.3, rel=0.03)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flat_noisy_histories_of_three_shapes_report_no_step(tmp_path, seed):
+    assert _report(_history(tmp_path, {}, seed=10 + seed)).points.empty
+
+
+def test_flat_noisy_series_of_many_benchmarks_report_no_step():
+    # the search itself over 60 flat benchmark series of 12 commits, 2 runs each, at the
+    # noise above and at twice it: each series tested as one of the 60 (``tests``)
+    rng = np.random.default_rng(5)
+    found = 0
+    for noise in (NOISE, 2 * NOISE):
+        for _ in range(60):
+            groups = [rng.normal(0, noise, size=2) for _ in range(12)]
+            found += len(H.change_points(groups, H.MIN_EFFECT["ratio"], tests=60))
+    assert found == 0
+
+
+def test_a_family_of_series_holds_each_to_alpha_over_its_size():
+    # one split, two commits of six runs: scipy's pooled t-test gives its p
+    rng = np.random.default_rng(6)
+    left, right = rng.normal(0, 0.02, 6), rng.normal(0.2, 0.02, 6)
+    p = stats.ttest_ind(left, right, equal_var=True).pvalue
+    assert p < H.ALPHA / 10
+    groups = [left, right]
+    assert H.change_points(groups, 0.05, tests=max(1, math.floor(H.ALPHA / p) - 1)) == [1]
+    assert H.change_points(groups, 0.05, tests=math.ceil(H.ALPHA / p) + 1) == []
+
+
+def test_a_kernels_benchmarks_are_searched_as_one_family_and_its_mean_alone(tmp_path, monkeypatch):
+    db = _history(tmp_path, {}, commits=4, seed=7)
+    calls = []
+    real = H.change_points
+
+    def spy(groups, min_effect, tests=1):
+        calls.append(tests)
+        return real(groups, min_effect, tests)
+
+    monkeypatch.setattr(H, "change_points", spy)
+    _report(db)
+    assert sorted(calls) == [1, 3, 3, 3]  # the mean's series, then each of the 3 shapes
+
+
+def test_each_benchmarks_series_is_written(tmp_path):
+    db = _history(tmp_path, {5: 1.3}, commits=4, at=2, seed=8)
+    out = tmp_path / "report"
+    assert main(["history", "report", "--db", str(db), "--out", str(out)]) == 0
+    per = pd.read_csv(out / "benchmark_series.csv", keep_default_na=False)
+    assert per.groupby("benchmark")["run"].nunique().to_dict() == {n: 8 for n in NAME.values()}
+    five = per[per["benchmark"] == NAME[5]].sort_values("run")["value"].to_numpy()
+    base = per[per["benchmark"] == NAME[5]]["value"].iloc[:4].mean()
+    assert five[4:].mean() / base == pytest.approx(1.3, rel=0.05)
