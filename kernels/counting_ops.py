@@ -18,7 +18,9 @@ and _log_softmax_backward_data). The max subtracted first for range (exact, valu
 unchanged) is not counted. An op whose result is an integer or boolean (a step counter,
 indices, a mask) is bookkeeping, counted zero. Max-pooling routes each gradient to its
 argmax (no arithmetic; where windows overlap, two outputs may pick one input and their
-gradients add: data-dependent, not counted); views and other data movement are free, and
+gradients add: data-dependent, not counted); views, other data movement and selection
+(``where``, ``tril``, ``masked_fill``: an attention mask; ``where``'s broadcast operand's
+gradient is summed back to its shape) are free, and
 so is an embedding lookup, both ways (``LOOKUP_OPS``), but for the gradient of an expand or
 repeat, summed back to its input's shape (``SUMMED_BACK``). Where a value is used more than
 once autograd adds the gradients of its uses: ``count_model`` counts those adds.
@@ -55,6 +57,8 @@ FREE_OPS = {
     "zeros_like", "empty_like", "ones_like", "copy_", "_to_copy", "lift_fresh", "as_strided",
     "unbind", "narrow", "pad", "constant_pad_nd", "dropout", "native_dropout", "_reshape_alias",
     "new_empty", "new_zeros", "fill_", "zero_", "index_select", "repeat", "roll", "flip",
+    # selection and masking (an attention mask: tril of ones, where between 0 and -inf)
+    "tril", "triu", "where", "masked_fill", "masked_fill_", "scalar_tensor", "full",
 }
 
 # free forward, but their gradient is summed back to the input's shape: an expanded (or
@@ -194,6 +198,10 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
     if kind == "free" and base in SUMMED_BACK:  # the copies' gradients summed to one
         return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[0].shape)))
                 ] if needs[0] else []
+    if base == "where":  # where(cond, a, b): each value's gradient routed to a or b; a
+        # broadcast operand's summed back to its shape (a 0-d -inf: numel(out) - 1 adds)
+        return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[i].shape)))
+                for i in (1, 2) if i < len(needs) and needs[i]]
     if kind in ("max_pool", "free"):
         return []  # routing and data movement (module docstring)
     if kind == "avg_pool":
