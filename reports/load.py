@@ -274,17 +274,45 @@ def check_distinct_benchmarks(df: pd.DataFrame) -> None:
         "(measure(..., shape={...}))")
 
 
+def _full_name(group: str, method: str, shape: str) -> str:
+    """A benchmark's name with its shape, "[no shape]" for none: "group [rows=64] :: method"."""
+    return f"{group} [{shape or 'no shape'}] :: {method}"
+
+
 def benchmark_names(*frames: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     """The name a report gives each benchmark (``BENCHMARK_KEY``) of ``frames`` (the runs
     compared, together): "group :: method", with the shape, "group [rows=64] :: method",
     where that (group, method) has several shapes in them. Also sets each frame's
-    ``benchmark`` column (in place)."""
+    ``benchmark`` column (in place).
+
+    Two benchmarks one name would give (group "b [x=1]" of no shape beside group "b" of
+    shapes x=1 and x=2: both "b [x=1] :: m") are each named with their shape, "[no shape]"
+    included ("b [x=1] [no shape] :: m"); where even that leaves two one name (a group or
+    shape text written to read as another's), ReportInputError names both keys."""
     keys = pd.concat([f[BENCHMARK_KEY] for f in frames]).drop_duplicates()
     several = keys.groupby(["group", "method"]).size()
     several = set(several[several > 1].index)
-    names = {(g, m, s): (f"{g} [{s or 'no shape'}] :: {m}" if (g, m) in several
-                         else f"{g} :: {m}")
+    names = {(g, m, s): (_full_name(g, m, s) if (g, m) in several else f"{g} :: {m}")
              for g, m, s in keys.itertuples(index=False)}
+    while True:  # each key is given its full name at most once: this ends
+        by_name: dict[str, list[tuple[str, str, str]]] = {}
+        for k, n in names.items():
+            by_name.setdefault(n, []).append(k)
+        shared = [ks for ks in by_name.values() if len(ks) > 1]
+        if not shared:
+            break
+        renamed = False
+        for ks in shared:
+            for k in ks:
+                if names[k] != _full_name(*k):
+                    names[k], renamed = _full_name(*k), True
+        if not renamed:
+            a, b = (f"group {g!r}, method {m!r}, " + (f"shape {sh!r}" if sh else "no shape")
+                    for g, m, sh in shared[0][:2])
+            raise ReportInputError(
+                f"two benchmarks have one name, {names[shared[0][0]]!r} ({a}; {b}): no "
+                "report could tell them apart; rename one group (its brackets read as a "
+                "shape)")
     for f in frames:
         f["benchmark"] = [names[k] for k in zip(f["group"], f["method"], f["shape"])]
     return names

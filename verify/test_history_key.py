@@ -257,7 +257,46 @@ def test_a_series_keys_benchmarks_by_group_and_shape_not_by_name():
                          "instructions": None})
     h = pd.DataFrame(rows)
     benchmark_names(h)
-    assert h["benchmark"].nunique() == 2  # the names collide
+    assert h["benchmark"].nunique() == 3  # the names would collide: told apart (below)
     s = H.series(h)
     assert set(s["benchmarks"]) == {3}
     assert s["value"].tolist() == pytest.approx([2.0, 2.0])  # (1 * 1 * 8) ** (1 / 3)
+
+
+# ---------------------------------------------------------------- names
+
+
+def _keys(*keys):
+    import pandas as pd
+
+    return pd.DataFrame(keys, columns=["group", "method", "shape"])
+
+
+def test_a_group_that_reads_as_another_groups_shape_gets_a_name_of_its_own():
+    from handgrad.reports.load import benchmark_names
+
+    # group "b" of two shapes, and group "b [x=1]" of none: both had been "b [x=1] :: m"
+    frame = _keys(("b", "m", "x=1"), ("b", "m", "x=2"), ("b [x=1]", "m", ""))
+    names = benchmark_names(frame)
+    assert names == {("b", "m", "x=1"): "b [x=1] :: m", ("b", "m", "x=2"): "b [x=2] :: m",
+                     ("b [x=1]", "m", ""): "b [x=1] [no shape] :: m"}
+    assert list(frame["benchmark"]) == ["b [x=1] :: m", "b [x=2] :: m",
+                                        "b [x=1] [no shape] :: m"]
+    # across the two sides of a gate too, and a name no other takes stays short
+    other = _keys(("b [x=1]", "m", ""), ("c", "m", ""))
+    names = benchmark_names(_keys(("b", "m", "x=1"), ("b", "m", "x=2")), other)
+    assert list(other["benchmark"]) == ["b [x=1] [no shape] :: m", "c :: m"]
+
+
+def test_names_that_their_shapes_cannot_tell_apart_are_refused_naming_both():
+    from handgrad.reports.load import ReportInputError, benchmark_names
+
+    # a shape text written to read as a group's brackets: "a [x=1] [y=2] :: m" twice
+    frame = _keys(("a [x=1]", "m", "y=2"), ("a [x=1]", "m", "y=3"),
+                  ("a", "m", "x=1] [y=2"), ("a", "m", "z=1"))
+    with pytest.raises(ReportInputError) as err:
+        benchmark_names(frame)
+    text = str(err.value)
+    assert "'a [x=1] [y=2] :: m'" in text
+    assert "group 'a [x=1]', method 'm', shape 'y=2'" in text
+    assert "group 'a', method 'm', shape 'x=1] [y=2'" in text
