@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handgrad.testing import check_vjp, signature
+from handgrad.testing import check_jvp, check_vjp, signature
 from handgrad.testing.tolerances import GRAD
 
 
@@ -186,4 +186,68 @@ def test_signature_names_the_narrower_dtype_and_nothing_for_a_wrong_wide_gradien
     assert (
         signature(got, torch.tensor([0.5, 0.25, -3.0], dtype=torch.float64), GRAD[torch.float64])
         is None
+    )
+
+
+def test_a_vjp_accumulating_into_a_buffer_it_returns_fails_as_keeping_state():
+    # a classic: dW accumulated into a buffer kept between calls (+= where = was meant); the
+    # first call's dW was right, and it read as "a constant factor: 2 x the reference"
+    kept = {}
+
+    def accumulating(g, x, W, b):
+        dx, dW, db = layer_vjp(g, x, W, b)
+        kept.setdefault("W", torch.zeros_like(W))
+        kept["W"] += dW
+        return dx, kept["W"], db
+
+    with pytest.raises(AssertionError) as err:
+        check_vjp(layer, accumulating, _args(torch.float64))
+    msg = str(err.value)
+    assert msg.startswith(
+        "args[1] (W): two calls of the vjp at the same point gave different gradients"
+    )
+    assert "state kept between calls: a gradient accumulated into a buffer it returns" in msg
+
+
+def layer_jvp(t, x, W, b):  # by hand: (1 - tanh(z)^2) (t_x W^T + x t_W^T + t_b)
+    h = torch.tanh(x @ W.t() + b)
+    return (1 - h * h) * (t[0] @ W.t() + x @ t[1].t() + t[2])
+
+
+def test_a_jvp_right_on_every_other_call_fails_as_not_deterministic():
+    calls = []
+
+    def flaky(t, x, W, b):
+        calls.append(1)
+        return layer_jvp(t, x, W, b) * (1.001 if len(calls) % 2 == 0 else 1.0)
+
+    with pytest.raises(AssertionError) as err:
+        check_jvp(layer, flaky, _args(torch.float64))
+    assert str(err.value).startswith(
+        "args[0] (x): two calls of the jvp at the same point gave different tangents "
+        "(largest difference "
+    )
+
+
+def test_a_right_jvp_writing_into_its_tangents_is_not_taken_for_a_flaky_one():
+    def writes(t, x, W, b):
+        t[0].mul_(2.0)  # its own copy: allowed, and the second call gets fresh tangents
+        h = torch.tanh(x @ W.t() + b)
+        return (1 - h * h) * (0.5 * t[0] @ W.t() + x @ t[1].t() + t[2])
+
+    assert check_jvp(layer, writes, _args(torch.float64)).passed
+
+
+def test_a_jvp_accumulating_into_a_buffer_it_returns_fails_as_keeping_state():
+    kept = {}
+
+    def accumulating(t, x, W, b):
+        kept.setdefault("out", torch.zeros(x.shape[0], W.shape[0], dtype=x.dtype))
+        kept["out"] += layer_jvp(t, x, W, b)
+        return kept["out"]
+
+    with pytest.raises(AssertionError) as err:
+        check_jvp(layer, accumulating, _args(torch.float64))
+    assert str(err.value).startswith(
+        "args[0] (x): two calls of the jvp at the same point gave different tangents"
     )

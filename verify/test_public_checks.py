@@ -706,7 +706,7 @@ def test_torch_disagreeing_where_central_differences_agree_says_f_graph_may_be_b
         with compare_mod.unrecorded(), pytest.raises(AssertionError, match="graph may be"):
             check_jvp(scaled_by_max, lambda t, x: calls.append(1) or derivative(t, x), (x,),
                       directions=4)
-        assert len(calls) == 1
+        assert len(calls) == 2  # that tangent's call and its repeat (the jvp's determinism)
     # the way out it names: central differences alone pass the right derivative
     report = check(lambda x: scaled_by_max(x.detach()), derivative, (x,))
     assert report.references == ("central differences",)

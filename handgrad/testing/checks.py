@@ -90,9 +90,11 @@ that is the argument's with dimensions added says so: a batch not summed over, k
 its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
 a transpose, a constant factor, a missing (zero) gradient, values computed in a narrower
 dtype (each a float32, float16 or bfloat16 number, the reference's not: a cast inside the
-derivative). The vjp is called twice at the point: gradients that differ between the calls
-beyond rounding (its dtype's forward tolerance) fail as not deterministic, naming the
-argument, where one call could pass by chance. A derivative that returns NaN or
+derivative). The vjp is called twice at the point (the jvp twice with each argument's first
+tangent): results that differ between the calls beyond rounding (their dtype's forward
+tolerance) fail as not deterministic, naming the argument, where one call could pass by
+chance (a random op, or a gradient accumulated into a buffer kept between calls; the first
+call's result is copied before the second). A derivative that returns NaN or
 inf (``f`` being finite there) is named as such, with the count and first indices, and not
 compared with a reference; where torch's derivative is not finite at those places either,
 the message says the point is not differentiable (sqrt at 0). Where torch's derivative
@@ -697,15 +699,18 @@ def _unreduced(got: torch.Size, want: torch.Size) -> str:
     return ""
 
 
-def _repeatable(who: str, first, second, wrt: list[int], names: list[str | None]) -> None:
-    """An ``AssertionError`` naming the first argument whose gradient (``first`` and
-    ``second``: two calls of a vjp at the same point, one entry per argument) differs
-    between the calls beyond rounding (each gradient's dtype's forward tolerance, atol scaled
-    by its largest value, as f's own second call): a random op inside the derivative, or
-    state kept between calls. One call of such a derivative can pass by chance."""
-    second = _per_argument(second, len(first))
-    for i in wrt:
-        a, b = first[i], second[i] if second is not None else _UNTRIED
+def _repeatable(who: str, pairs) -> None:
+    """An ``AssertionError`` naming the first argument whose result differs between two calls
+    of the derivative ``who`` ("vjp": its gradient, "jvp": the tangent moving it) at the same
+    point beyond rounding (the result's dtype's forward tolerance, atol scaled by its largest
+    value, as f's own second call): a random op inside the derivative, or state kept between
+    calls (a gradient accumulated into a buffer it returns). One call of such a derivative
+    can pass by chance. ``pairs``: (label, first, second) per argument, ``first`` a copy
+    taken before the second call (a buffer the second call writes into would match itself).
+    """
+    noun = {"vjp": "gradient", "jvp": "tangent"}[who]
+    given = {"vjp": "cotangent", "jvp": "tangents"}[who]
+    for label, a, b in pairs:
         if a is None and b is None:
             continue
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and \
@@ -725,10 +730,10 @@ def _repeatable(who: str, first, second, wrt: list[int], names: list[str | None]
         else:
             how = " (another kind of result the second time)"
         raise AssertionError(
-            f"{_label(i, names)}: two calls of the {who} at the same point gave different "
-            f"gradients{how}: the {who} is not deterministic (a random op inside it, or "
-            f"state kept between calls), so one call could pass by chance: expected the same "
-            f"gradient for the same cotangent and arguments")
+            f"{label}: two calls of the {who} at the same point gave different {noun}s{how}: "
+            f"the {who} is not deterministic (a random op inside it, or state kept between "
+            f"calls: a {noun} accumulated into a buffer it returns), so one call could pass "
+            f"by chance: expected the same {noun} for the same {given} and arguments")
 
 
 def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
@@ -1068,8 +1073,13 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                    f"; that is {_label(other[0], names)}'s shape: the gradients in another "
                    "order than f's arguments?" if other else _unreduced(g.shape,
                                                                         args[i].shape)))
-    _repeatable("vjp", grads, vjp(u.clone(), *args), wrt, names)
+    # the first call's gradients as they were: a second call may write into a buffer the
+    # first returned
+    grads = tuple(g.detach().clone() if isinstance(g, torch.Tensor) else g for g in grads)
+    again = _per_argument(vjp(u.clone(), *args), len(args))
     args.check("vjp")
+    _repeatable("vjp", [(_label(i, names), grads[i], again[i] if again is not None else _UNTRIED)
+                        for i in wrt])
 
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)
@@ -1330,6 +1340,14 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 raise
             jt = _output("jvp", got).detach()  # float() of it below
             args.check("jvp")
+            if k == 0:  # once per argument: the same tangents again give the same tangent
+                jt = jt.clone()  # as it was: a second call may write into a buffer it returned
+                # fresh tangents: the first call may have written into its own
+                again = jvp(tuple(t.clone() if j == i else (
+                    torch.zeros_like(b) if _is_float_tensor(b) else None)
+                    for j, b in enumerate(args)), *args)
+                args.check("jvp")
+                _repeatable("jvp", [(label, jt, again)])
             if jt.shape != out.shape or jt.device != out.device:
                 raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
                                      f"{jt.device}, f(*args) has {tuple(out.shape)} on "
