@@ -332,3 +332,16 @@ def test_the_gate_example_in_the_docs_is_what_the_command_prints() -> None:
                          cwd=ROOT, timeout=300)
     assert out.returncode == 1, out.stderr
     assert out.stdout.splitlines()[:len(shown)] == shown
+
+
+def test_project_md_lists_every_ci_file_and_ends_each_paragraph() -> None:
+    """docs/project.md had lost its last lines in the README's move (it ended "a real"),
+    and its layout named only some of .ci's files."""
+    text = (ROOT / "docs" / "project.md").read_text()
+    layout = text.split("```", 2)[1]
+    ci = sorted(p.name for p in (ROOT / ".ci").iterdir()
+                if not p.name.startswith(".") and p.name != "__pycache__")
+    assert ci and [name for name in ci if name not in layout] == []
+    prose = [p.strip() for p in text.split("```")[-1].split("\n\n")
+             if p.strip() and not p.lstrip().startswith("#")]
+    assert prose and [p[-40:] for p in prose if not p.endswith(".")] == []
