@@ -237,3 +237,313 @@ def test_multihead_attention_by_hand():
     assert report.forward == forward
     assert report.uncounted == {} and report.uncounted_backward == {}
     assert not [r for r in report.rows if r.pass_ == "backward" and r.op.startswith("mean")]
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_transformer_encoder_layer_by_hand(norm_first):
+    """Eval mode (dropout off), need_weights=False: attention through SDPA's math (q and k
+    each scaled by sqrt(1/sqrt(d))). Layer norm counts one scale and one shift per value and
+    lists its statistics (docs); its backward has no formula and is listed, both ways."""
+    h, ff = 2, 3 * E
+    d = E // h
+    m = nn.TransformerEncoderLayer(E, h, ff, batch_first=True, norm_first=norm_first).eval()
+    report = C.count_model(m, (B, L, E), backward=True)
+    rows, n, v = B * L, B * h * L * L, B * L * E
+    assert report.total.params == n_params(m) == 4 * E * E + 4 * E + 2 * E * ff + ff + E + 4 * E
+    linear_macs = rows * (4 * E * E + 2 * E * ff)
+    forward = C.Counts(
+        params=n_params(m),
+        mults=linear_macs + 2 * v + n * d + n + B * h * L * d * L + 2 * v,  # last: 2 norms
+        adds=linear_macs  # every linear layer has a bias
+        + n * (d - 1)
+        + (n - B * h * L)
+        + B * h * L * d * (L - 1)
+        + 2 * v  # two norms' shifts
+        + 2 * v,  # two residual adds
+        activations=n + rows * ff,  # softmax's exponentials, the ReLU
+        macs=linear_macs + n * d + B * h * L * d * L,
+    )
+    assert report.forward == forward
+    assert report.uncounted == {"native_layer_norm (statistics)": 2}
+    assert report.uncounted_backward == {"native_layer_norm": 2}
+
+
+@pytest.mark.parametrize(
+    "norm, shape, groups",
+    [
+        (nn.GroupNorm(2, 6), (B, 6, 3, 3), 2),
+        (nn.LayerNorm([3, 3]), (B, 6, 3, 3), B * 6),
+        (nn.GroupNorm(6, 6, affine=False), (B, 6, 3, 3), 6),
+    ],
+    ids=["group", "layer", "instance-like"],
+)
+def test_group_and_layer_norm_scale_and_shift_statistics_listed(norm, shape, groups):
+    n = B * 6 * 9
+    report = C.count_model(norm, shape, backward=True)
+    assert report.forward == C.Counts(params=n_params(norm), mults=n, adds=n)
+    assert len(report.uncounted) == 1 and next(iter(report.uncounted)).endswith("(statistics)")
+    # the affine weight and bias need gradients: the op is listed, never zero
+    assert report.uncounted_backward == (
+        {next(iter(report.uncounted)).split()[0]: 1} if n_params(norm) else {}
+    )
+
+
+def test_rms_norm_by_hand_and_what_is_listed():
+    """y = x * rsqrt(mean(x^2) + eps) * w over the last E values: mean (E - 1 adds and a
+    divide per row), + eps (an add per row), the two products (2 per value); x^2 (pow) and
+    rsqrt have no formula and are listed, not zeroed. Backward: w's gradient alone (the
+    data needs none): g * x_hat (a product per value), summed over the B*L rows."""
+    m = nn.RMSNorm(E)
+    report = C.count_model(m, (B, L, E), backward=True)
+    rows, n = B * L, B * L * E
+    assert report.forward == C.Counts(params=E, mults=rows + 2 * n, adds=rows * (E - 1) + rows)
+    assert report.uncounted == {"pow": 1, "rsqrt": 1}
+    assert report.backward == C.Counts(mults=n, adds=n - E)
+    with_input = C.count_model(m, (B, L, E), backward=True, input_requires_grad=True)
+    assert with_input.uncounted_backward == {"pow": 1, "rsqrt": 1}
+
+
+# --- convolutions -------------------------------------------------------------------------
+
+
+def conv_back(macs: int, weight: int, c_out: int, outputs_per_channel: int):
+    """A convolution's weight and bias gradients (the data needs none), by hand: dW makes the
+    forward's products again, each weight value a sum of macs / weight of them (padding's
+    zero products included, as FlopCounterMode counts them); db sums each channel."""
+    return C.Counts(mults=macs, adds=macs - weight + c_out * (outputs_per_channel - 1), macs=macs)
+
+
+def test_depthwise_conv_by_hand_with_input_gradient():
+    """Conv2d(4, 4, 3, groups=4, padding=1) on 6x6: each output sums 9 products (1 input
+    channel); dx: of each axis' 6 x 3 taps, 2 land on the padding: 16 x 16 products per
+    channel land inside and are summed into the 36 inputs they reach."""
+    m = nn.Conv2d(4, 4, 3, groups=4, padding=1)
+    report = C.count_model(m, (1, 4, 6, 6), backward=True, input_requires_grad=True)
+    macs = 36 * 4 * 9
+    assert report.forward == C.Counts(params=4 * 9 + 4, mults=macs, adds=macs, macs=macs)
+    grad_input = C.Counts(mults=macs, adds=4 * 16 * 16 - 4 * 36, macs=macs)
+    assert report.backward == conv_back(macs, 36, 4, 36) + grad_input
+
+
+def test_grouped_dilated_strided_conv_by_hand():
+    """Conv2d(4, 8, 3, groups=2, dilation=2, stride=2) on 9x9: 3x3 outputs (9 - 4 - 1) / 2
+    + 1; each sums 3*3*2 products. The windows touch rows 0, 2, 4, 6, 8 only: dx sums all
+    the products (no padding) into 5 x 5 of the 9 x 9 inputs per channel."""
+    m = nn.Conv2d(4, 8, 3, groups=2, dilation=2, stride=2, bias=False)
+    report = C.count_model(m, (1, 4, 9, 9), backward=True, input_requires_grad=True)
+    macs = 9 * 8 * 18
+    assert report.forward == C.Counts(params=8 * 2 * 9, mults=macs, adds=macs - 72, macs=macs)
+    grad_weight = C.Counts(mults=macs, adds=macs - 8 * 2 * 9, macs=macs)
+    grad_input = C.Counts(mults=macs, adds=macs - 4 * 25, macs=macs)
+    assert report.backward == grad_weight + grad_input
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_transposed_conv_with_output_padding_by_hand(bias):
+    """ConvTranspose2d(2, 3, 2, stride=3, output_padding=2) on 3x3: output (3 - 1) * 3 + 2
+    + 2 = 10 per axis. Input i's taps land on 3i and 3i + 1: 6 of the 10 rows (and columns)
+    are reached, each by one tap of each of the 2 input channels; the 64 others (output
+    padding and the stride's gaps) hold the bias alone, with no add."""
+    m = nn.ConvTranspose2d(2, 3, 2, stride=3, output_padding=2, bias=bias)
+    report = C.count_model(m, (1, 2, 3, 3), backward=True)
+    macs = 9 * 2 * 3 * 4  # every input value times C_out * k * k weights
+    reached = 3 * 6 * 6
+    adds = reached * 2 if bias else reached * (2 - 1)
+    assert report.forward == C.Counts(params=24 + 3 * bias, mults=macs, adds=adds, macs=macs)
+    assert report.rows[0].output_shape == (1, 3, 10, 10)
+    grad_bias = 3 * (100 - 1) if bias else 0
+    assert report.backward == C.Counts(mults=macs, adds=macs - 24 + grad_bias, macs=macs)
+
+
+@pytest.mark.parametrize(
+    "layer, op",
+    [
+        (nn.Upsample(scale_factor=2), "upsample_nearest2d"),
+        (nn.Upsample(scale_factor=2, mode="bilinear"), "upsample_bilinear2d"),
+        (nn.AdaptiveAvgPool2d((2, 3)), "_adaptive_avg_pool2d"),
+        (nn.AdaptiveMaxPool2d((2, 3)), "adaptive_max_pool2d"),
+    ],
+    ids=["nearest", "bilinear", "adaptive-avg-5x7-to-2x3", "adaptive-max-5x7-to-2x3"],
+)
+def test_resampling_without_a_formula_is_listed_both_ways(layer, op):
+    """After a 1x1 convolution (so the op needs a gradient): listed, never zeroed."""
+    m = nn.Sequential(nn.Conv2d(2, 2, 1), layer)
+    report = C.count_model(m, (1, 2, 5, 7), backward=True)
+    assert report.uncounted == {op: 1}
+    assert report.uncounted_backward == {op: 1}
+    macs = 35 * 2 * 2
+    assert report.forward == C.Counts(params=6, mults=macs, adds=macs, macs=macs)
+
+
+def test_gelu_silu_mish_one_evaluation_each_way():
+    m = nn.Sequential(nn.Linear(E, E), nn.GELU(), nn.SiLU(), nn.Mish(), nn.GELU("tanh"))
+    report = C.count_model(m, (B, E), backward=True)
+    n = B * E
+    lin_m, lin_a = linear_back(B, E, E, input_grad=False)
+    linear = C.Counts(mults=B * E * E, adds=B * E * E, macs=B * E * E)
+    assert report.forward == C.Counts(params=E * E + E, activations=4 * n) + linear
+    assert report.backward == C.Counts(
+        mults=4 * n + lin_m, adds=lin_a, activations=4 * n, macs=lin_m
+    )
+
+
+class TiedLM(nn.Module):
+    """Embedding (V, E), its table reused as the output projection's weight."""
+
+    def __init__(self, vocab: int = 11):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, E)
+        self.out = nn.Linear(E, vocab, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.out(self.embed(tokens))
+
+
+def test_embedding_with_tied_output_weights_by_hand():
+    vocab = 11
+    m = TiedLM(vocab)
+    report = C.count_model(m, (B, L), dtype=torch.long, backward=True)
+    rows = B * L
+    assert report.total.params == n_params(m) == vocab * E  # the shared table once
+    assert report.forward == C.Counts(
+        params=vocab * E, mults=rows * vocab * E, adds=rows * vocab * (E - 1), macs=rows * vocab * E
+    )
+    # logits = h W^T: dW^T = h^T G (E*V sums of B*L), dh = G W (B*L*E sums of V); the
+    # lookup routes dh to the table's rows (free); the table gets two gradients, one add
+    back = C.Counts(
+        mults=2 * rows * vocab * E,
+        adds=E * vocab * (rows - 1) + rows * E * (vocab - 1) + vocab * E,
+        macs=2 * rows * vocab * E,
+    )
+    assert report.backward == back
+    assert report.uncounted == {} and report.uncounted_backward == {}
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm"])
+def test_parametrized_weights_counted_once_and_their_ops_listed(kind):
+    from torch.nn.utils import parametrizations
+
+    m = getattr(parametrizations, kind)(nn.Linear(E, 4))
+    report = C.count_model(m, (B, E), backward=True)
+    # weight_norm: original0 (4, 1) and original1 (4, E); spectral_norm: original (4, E)
+    own = 4 + 4 * E + 4 if kind == "weight_norm" else 4 * E + 4
+    assert report.total.params == n_params(m) == own
+    assert report.unreached_params == {}
+    assert report.uncounted and report.uncounted_backward  # the reparametrisation's ops
+    if kind == "spectral_norm":  # the power iteration runs under no_grad: not in backward
+        assert "linalg_vector_norm" in report.uncounted
+        assert "linalg_vector_norm" not in report.uncounted_backward
+
+
+# --- dtypes, devices, layouts, buffers, modes ------------------------------------------------
+
+
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+def small_cnn_counts(batch: int = 1):
+    """Conv 3->4 3x3 on 6x6 (4x4 out), ReLU, conv 4->2 1x1, by hand, both passes."""
+    m1, m2 = batch * 16 * 4 * 27, batch * 16 * 2 * 4
+    fwd = C.Counts(
+        params=4 * 27 + 4 + 2 * 4 + 2,
+        mults=m1 + m2,
+        adds=m1 + m2,
+        activations=batch * 64,
+        macs=m1 + m2,
+    )
+    # conv2: dW, db, dx (1x1, no padding: each input value a sum of 2 products); relu;
+    # conv1: dW, db (the data needs none)
+    back = (
+        C.Counts(mults=m2, adds=m2 - 8 + 2 * (batch * 16 - 1), macs=m2)
+        + C.Counts(mults=m2, adds=batch * 64 * (2 - 1), macs=m2)
+        + C.Counts(mults=batch * 64, activations=batch * 64)
+        + C.Counts(mults=m1, adds=m1 - 108 + 4 * (batch * 16 - 1), macs=m1)
+    )
+    return fwd, back
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [
+        lambda m: m,
+        lambda m: m.half(),
+        lambda m: m.to(torch.bfloat16),
+        lambda m: m.to(memory_format=torch.channels_last),
+        lambda m: m.to("meta"),
+    ],
+    ids=["float32", "float16", "bfloat16", "channels_last", "meta"],
+)
+def test_counts_do_not_depend_on_dtype_layout_or_device(prepare):
+    report = C.count_model(prepare(small_cnn()), (2, 3, 6, 6), backward=True)
+    fwd, back = small_cnn_counts(batch=2)
+    assert (report.forward, report.backward) == (fwd, back)
+    assert report.uncounted == {} and report.uncounted_backward == {}
+
+
+class Buffered(nn.Module):
+    """A persistent and a non-persistent buffer, used in the forward: not parameters, and
+    no gradient for them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, E)
+        self.register_buffer("scale", torch.ones(E))
+        self.register_buffer("shift", torch.zeros(E), persistent=False)
+
+    def forward(self, x):
+        return self.fc(x) * self.scale + self.shift
+
+
+def test_buffers_are_neither_parameters_nor_differentiated():
+    report = C.count_model(Buffered(), (B, E), backward=True)
+    n = B * E
+    linear = C.Counts(params=E * E + E, mults=B * E * E, adds=B * E * E, macs=B * E * E)
+    assert report.forward == linear + C.Counts(mults=n, adds=n)
+    lin_m, lin_a = linear_back(B, E, E, input_grad=False)
+    assert report.backward == C.Counts(mults=n + lin_m, adds=lin_a, macs=lin_m)
+
+
+def bn_net():
+    return nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Dropout(0.5))
+
+
+def test_eval_mode_batch_norm_and_dropout_by_hand():
+    """Eval: batch norm is one scale and one shift per value (running statistics, nothing
+    listed), dropout is the identity (no op). Batch norm's backward has no formula:
+    listed."""
+    m = bn_net().eval()
+    report = C.count_model(m, (B, 2, 3, 3), backward=True)
+    n = B * 3 * 9
+    conv = C.Counts(params=9 + 6, mults=n * 2, adds=n * 2, macs=n * 2)
+    assert report.forward == conv + C.Counts(mults=n, adds=n)
+    assert report.uncounted == {}
+    assert report.uncounted_backward == {"native_batch_norm": 1}
+
+
+def test_train_mode_lists_batch_statistics_and_the_dropout_noise():
+    """Training: batch norm's statistics are listed, dropout draws its noise (bernoulli_,
+    listed), scales it by 1/(1 - p) and multiplies (a product per value each); its
+    backward is g * noise alone (the noise is a constant to autograd). The step counter
+    num_batches_tracked += 1 is integer bookkeeping."""
+    m = bn_net().train()
+    report = C.count_model(m, (B, 2, 3, 3), backward=True)
+    n = B * 3 * 9
+    conv = C.Counts(params=9 + 6, mults=n * 2, adds=n * 2, macs=n * 2)
+    assert report.forward == conv + C.Counts(mults=n, adds=n) + C.Counts(mults=2 * n)
+    assert report.uncounted == {
+        "native_batch_norm (batch statistics, training mode)": 1,
+        "bernoulli_": 1,
+    }
+    assert report.uncounted_backward == {"native_batch_norm": 1}
+    dropout_back = [r for r in report.rows if r.pass_ == "backward" and r.layer == "2"]
+    assert sum((r.counts for r in dropout_back), C.Counts()) == C.Counts(mults=n)
+
+
+def test_a_compiled_module_counts_as_its_eager_self():
+    """torch.compile's wrapper: the walk runs the original module (layers named under
+    ``_orig_mod``); nothing is compiled for meta tensors under the walk's dispatch mode."""
+    report = C.count_model(torch.compile(small_cnn()), (2, 3, 6, 6), backward=True)
+    assert (report.forward, report.backward) == small_cnn_counts(batch=2)
+    assert report.unreached_params == {}
