@@ -251,3 +251,36 @@ def test_a_jvp_accumulating_into_a_buffer_it_returns_fails_as_keeping_state():
     assert str(err.value).startswith(
         "args[0] (x): two calls of the jvp at the same point gave different tangents"
     )
+
+
+# --- a derivative that raises -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")
+def test_a_vjp_raising_is_raised_as_it_is_with_how_it_was_called():
+    # parameters in another order than vjp(g, *args): torch's error deep in the student's
+    # code said nothing of what the vjp was given
+    def in_another_order(x, W, b, g):
+        return layer_vjp(g, x, W, b)
+
+    with pytest.raises(RuntimeError) as err:
+        check_vjp(layer, in_another_order, _args(torch.float64))
+    assert err.value.__notes__ == [
+        "check_vjp called vjp(cotangent, *args): the cotangent (f(*args)'s shape) first, then "
+        "f's arguments",
+        "raised by the derivative under test, given in this order: cotangent (6, 3), "
+        "args[0] (x) (6, 4), args[1] (W) (3, 4), args[2] (b) (3,)",
+    ]
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")
+def test_a_jvp_raising_is_raised_as_it_is_with_how_it_was_called():
+    def boom(t, x, W, b):
+        raise IndexError("a student's bug")
+
+    with pytest.raises(IndexError, match="a student's bug") as err:
+        check_jvp(layer, boom, _args(torch.float64))
+    assert err.value.__notes__[1] == (
+        "raised by the derivative under test, given in this order: tangents (a tuple of 3), "
+        "args[0] (x) (6, 4), args[1] (W) (3, 4), args[2] (b) (3,)"
+    )

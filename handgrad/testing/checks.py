@@ -94,12 +94,14 @@ derivative). The vjp is called twice at the point (the jvp twice with each argum
 tangent): results that differ between the calls beyond rounding (their dtype's forward
 tolerance) fail as not deterministic, naming the argument, where one call could pass by
 chance (a random op, or a gradient accumulated into a buffer kept between calls; the first
-call's result is copied before the second). A derivative that returns NaN or
-inf (``f`` being finite there) is named as such, with the count and first indices, and not
-compared with a reference; where torch's derivative is not finite at those places either,
-the message says the point is not differentiable (sqrt at 0). Where torch's derivative
-disagrees and central differences agree with the derivative under test and disagree with
-torch (not where the two differ below their resolution), the failure says
+call's result is copied before the second). A derivative that raises is raised as it is,
+with notes (Python 3.11 on) saying how the check called it and what it gave it, in order
+(parameters in another order: vjp(x, W, b, g) for vjp(g, x, W, b)). A derivative that
+returns NaN or inf (``f`` being finite there) is named as such, with the count and first
+indices, and not compared with a reference; where torch's derivative is not finite at
+those places either, the message says the point is not differentiable (sqrt at 0). Where
+torch's derivative disagrees and central differences agree with the derivative under test
+and disagree with torch (not where the two differ below their resolution), the failure says
 ``f``'s graph may be broken for torch (``float()``, ``.item()``, numpy), and stays a failure:
 central differences see projections only. On success: a ``CheckReport``
 (headroom per argument and reference, Taylor order). Each element comparison is also
@@ -699,6 +701,22 @@ def _unreduced(got: torch.Size, want: torch.Size) -> str:
     return ""
 
 
+def _shapes(args: tuple, names: list[str | None]) -> list[str]:
+    """Each argument as a derivative is given it: 'args[0] (x) (6, 4)', or its type."""
+    return [f"{_label(i, names)} " + (str(tuple(a.shape)) if isinstance(a, torch.Tensor)
+                                      else type(a).__name__) for i, a in enumerate(args)]
+
+
+def _note_call(e: BaseException, how: str, given: list[str]) -> None:
+    """Add to ``e``, raised by the derivative under test, how the check called it and with
+    what, in order (the commonest cause: parameters in another order, vjp(x, W, b, g) for
+    vjp(g, x, W, b)); the exception itself is raised as it is (Python 3.11 on: notes)."""
+    if hasattr(e, "add_note"):
+        e.add_note(how)
+        e.add_note("raised by the derivative under test, given in this order: "
+                   + ", ".join(given))
+
+
 def _repeatable(who: str, pairs) -> None:
     """An ``AssertionError`` naming the first argument whose result differs between two calls
     of the derivative ``who`` ("vjp": its gradient, "jvp": the tangent moving it) at the same
@@ -1038,7 +1056,13 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         u = u.detach()
     # a copy of the cotangent: a vjp may write into it (g.mul_(...)), as a backward may
     # into its grad_output; the check reads u again after
-    grads = vjp(u.clone(), *args)
+    try:
+        grads = vjp(u.clone(), *args)
+    except Exception as e:  # noqa: BLE001 (the vjp under test: raised as it is, with a note)
+        _note_call(e, "check_vjp called vjp(cotangent, *args): the cotangent (f(*args)'s "
+                   "shape) first, then f's arguments",
+                   [f"cotangent {tuple(u.shape)}"] + _shapes(args, names))
+        raise
     args.check("vjp")
     per = _per_argument(grads, len(args))
     if per is None:
@@ -1332,11 +1356,12 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                              for j, b in enumerate(args))
             try:
                 got = jvp(tangents, *args)
-            except TypeError as e:  # t * x for a one-argument f: t is the tuple (t0,)
-                if hasattr(e, "add_note"):  # Python 3.11 on
-                    e.add_note(f"check_jvp called jvp(tangents, *args) with tangents a "
-                               f"tuple of {len(tangents)}, one tangent per argument of f "
-                               "(t[0] for the first, even where f has one argument)")
+            except Exception as e:  # noqa: BLE001 (the jvp under test: raised, with a note)
+                # t * x for a one-argument f: t is the tuple (t0,)
+                _note_call(e, f"check_jvp called jvp(tangents, *args) with tangents a tuple of "
+                           f"{len(tangents)}, one tangent per argument of f (t[0] for the "
+                           "first, even where f has one argument)",
+                           [f"tangents (a tuple of {len(tangents)})"] + _shapes(args, names))
                 raise
             jt = _output("jvp", got).detach()  # float() of it below
             args.check("jvp")
