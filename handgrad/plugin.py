@@ -23,8 +23,11 @@ project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
   ``--bench-cold-l2``, ``--bench-slow KERNEL.METHOD=FACTOR`` (testing a gate) and
   ``--bench-instructions`` (instruction counts under valgrind instead of times). A test
   that fails after it measured keeps its row, marked ``extra_info["test_failed"]``, which
-  the reports leave out of their tables, figures and gates. The machinery is
-  ``handgrad.benchmark``.
+  the reports leave out of their tables, figures and gates. At the session's end the
+  plugin names each kernel (role ``kernel``) measured without its reference: no
+  ``reference_fn`` and no passing test of the session timing the reference in its group
+  (left out by ``-k``, say), which a gate would skip; under pytest-xdist the controller
+  judges every worker's measure calls together. The machinery is ``handgrad.benchmark``.
 """
 
 from __future__ import annotations
@@ -185,13 +188,90 @@ def measure(_handgrad_benchmark, request: pytest.FixtureRequest):
                                f"time several callables")
         request.node.stash[_measured_group] = kwargs.get("group")
         request.node.stash[_measured] = benchmark  # marked if the test fails (below)
-        return measure_with(benchmark, request.config, fn, **kwargs)
+        result = measure_with(benchmark, request.config, fn, **kwargs)
+        _note_measured(request, kwargs)
+        return result
 
     return _measure
 
 
 _measured = pytest.StashKey[object]()
 _measured_group = pytest.StashKey[object]()
+
+# --- kernels measured without their reference ------------------------------------------------
+
+_WORKER_MEASURED = "handgrad_measured"
+_measured_entries = pytest.StashKey[list]()  # the session's measure calls (workers' included)
+_measured_entry = pytest.StashKey[dict]()  # this test's
+
+
+def _note_measured(request: pytest.FixtureRequest, kwargs: dict) -> None:
+    """Keep what the session's end needs of a measure call that returned: which benchmark
+    it was and the reference it names (plain strings and a flag: a pytest-xdist worker
+    sends them to the controller)."""
+    entry = {"nodeid": request.node.nodeid, "group": str(kwargs["group"]),
+             "method": str(kwargs["method"]), "reference": str(kwargs["reference"]),
+             "role": str(kwargs["role"]), "interleaved": kwargs.get("reference_fn") is not None,
+             "shape": {str(k): str(v) for k, v in (kwargs.get("shape") or {}).items()},
+             "failed": False}
+    request.node.stash[_measured_entry] = entry
+    request.config.stash.setdefault(_measured_entries, []).append(entry)
+
+
+def without_reference(entries: list[dict]) -> list[dict]:
+    """The kernels (role kernel, of tests that passed) measured without their reference:
+    not interleaved with it (no ``reference_fn``) and no passing test's benchmark of the
+    session in their group is the reference (its method), at the kernel's shape or, as
+    the reports' ``find_row`` reads it, the group's one benchmark of it whatever its
+    shape. A gate would skip each: nothing to normalise it by."""
+    from handgrad.reports.load import shape_text
+
+    timed: dict[tuple[str, str], set[str]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for e in entries:
+        if not e["failed"]:
+            key = (e["group"], e["method"])
+            timed.setdefault(key, set()).add(shape_text(e["shape"]))
+            counts[key] = counts.get(key, 0) + 1
+    return [e for e in entries
+            if e["role"] == "kernel" and not e["failed"] and not e["interleaved"]
+            and not (shape_text(e["shape"]) in timed.get((e["group"], e["reference"]), ())
+                     or counts.get((e["group"], e["reference"])) == 1)]
+
+
+def without_reference_lines(missing: list[dict]) -> list[str]:
+    """What the session's summary says of ``without_reference``'s kernels, and what to do."""
+    from handgrad.reports.load import shape_text
+
+    lines = [f"handgrad: {len(missing)} kernel benchmark(s) measured without their reference "
+             "in this session: render has no ratio for them and a gate skips them (its "
+             "reference ... was not timed)"]
+    for e in missing:
+        shape = shape_text(e["shape"])
+        lines.append(f"  {e['nodeid']}: group {e['group']!r}, method {e['method']!r}"
+                     + (f" [{shape}]" if shape else "")
+                     + f": no test that passed timed its reference {e['reference']!r} in "
+                     "the group")
+    lines.append("  time each reference in the same session: its test, in the same group, "
+                 "with measure(..., method=<the reference>, role='reference') (a test left "
+                 "out by -k, deselected or skipped leaves it untimed), or pass reference_fn= "
+                 "to the kernel's measure to time the two interleaved")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The session's end: the kernels measured without their reference (``without_reference``),
+    with pytest-xdist's workers' measure calls gathered on the controller (a kernel and its
+    reference may run on two workers), said once there."""
+    if hasattr(config, "workerinput"):
+        return
+    missing = without_reference(config.stash.get(_measured_entries, []))
+    if not missing:
+        return
+    lines = without_reference_lines(missing)
+    terminalreporter.write_sep("=", "handgrad: kernels without their reference", yellow=True)
+    for line in lines:
+        terminalreporter.write_line(line, yellow=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -209,6 +289,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         from handgrad.reports.load import TEST_FAILED
 
         benchmark.extra_info[TEST_FAILED] = True
+        entry = item.stash.get(_measured_entry, None)
+        if entry is not None:
+            entry["failed"] = True
 
 
 def _present(device: str) -> bool:
@@ -333,6 +416,8 @@ def verify_report_path(config: pytest.Config) -> Path | None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its measure calls too
+        config.workeroutput[_WORKER_MEASURED] = config.stash.get(_measured_entries, [])
     if not config.getoption("--verify-report"):
         return
     from handgrad.testing.compare import RECORDS, SWEEPS
@@ -362,3 +447,4 @@ def pytest_testnodedown(node, error) -> None:
     output = getattr(node, "workeroutput", {})
     node.config.stash.setdefault(_worker_records, []).extend(output.get(_WORKER_RECORDS, []))
     node.config.stash.setdefault(_worker_sweeps, []).extend(output.get(_WORKER_SWEEPS, []))
+    node.config.stash.setdefault(_measured_entries, []).extend(output.get(_WORKER_MEASURED, []))

@@ -344,3 +344,184 @@ def test_xdist_without_timed_output_is_not_refused(config):
     from handgrad.benchmark import refuse_xdist_output
 
     refuse_xdist_output(config)
+
+
+# --- kernels measured without their reference -----------------------------------------------
+
+MEASURED = '''
+import pytest
+import torch
+
+CPU = dict(kernel="k", device="cpu", dtype=torch.float32)
+
+
+def kernel(group, reference, **more):
+    return dict(group=group, method="hand", reference=reference, role="kernel", **CPU, **more)
+
+
+def reference(group, method, **more):
+    return dict(group=group, method=method, reference=method, role="reference", **CPU, **more)
+
+
+def test_kernel_alone(measure):
+    measure(lambda: None, **kernel("alone", "torch_missing"))
+
+
+def test_kernel_interleaved(measure):
+    measure(lambda: None, reference_fn=lambda: None, **kernel("inter", "torch_missing"))
+
+
+def test_kernel_ok(measure):
+    measure(lambda: None, **kernel("ok", "torch_ref"))
+
+
+def test_reference_ok(measure):
+    measure(lambda: None, **reference("ok", "torch_ref"))
+
+
+def test_kernel_other_group(measure):  # its reference is timed, in group "ok" only
+    measure(lambda: None, **kernel("other", "torch_ref"))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_reference_two_shapes(measure, n):
+    measure(lambda: None, **reference("shapes", "torch_ref", shape={"n": n}))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_kernel_shapes(measure, n):  # n=3: the group's reference has two shapes, not 3
+    measure(lambda: None, **kernel("shapes", "torch_ref", shape={"n": n}))
+
+
+def test_reference_one_shape(measure):
+    measure(lambda: None, **reference("one", "torch_ref", shape={"n": 1}))
+
+
+def test_kernel_one_shape(measure):  # the group's one reference, whatever its shape
+    measure(lambda: None, **kernel("one", "torch_ref", shape={"n": 5}))
+
+
+def test_kernel_that_fails(measure):  # failed: reported as such, never gated
+    measure(lambda: None, **kernel("failed", "torch_missing"))
+    assert False
+
+
+def test_reference_that_fails(measure):
+    measure(lambda: None, **reference("failed_ref", "torch_ref"))
+    assert False
+
+
+def test_kernel_of_a_failed_reference(measure):
+    measure(lambda: None, **kernel("failed_ref", "torch_ref"))
+'''
+
+WITHOUT_REFERENCE = "*kernel benchmark(s) measured without their reference in this session*"
+
+
+def _named(res: pytest.RunResult) -> set[str]:
+    """The tests the summary names as kernels measured without their reference."""
+    lines = res.stdout.lines
+    start = [i for i, line in enumerate(lines) if "measured without their reference" in line]
+    if not start:
+        return set()
+    return {line.split()[0].removesuffix(":") for line in lines[start[0] + 1:]
+            if line.startswith("  test_")}
+
+
+def test_the_kernels_measured_without_their_reference_are_named_at_the_end(project):
+    project.makepyfile(test_measured=MEASURED)
+    res = _run(project, "test_measured.py", "--benchmark-disable")
+    res.assert_outcomes(passed=12, failed=2)
+    assert _named(res) == {
+        "test_measured.py::test_kernel_alone",
+        "test_measured.py::test_kernel_other_group",
+        "test_measured.py::test_kernel_shapes[3]",
+        "test_measured.py::test_kernel_of_a_failed_reference",
+    }
+    res.stdout.fnmatch_lines([
+        "*= handgrad: kernels without their reference =*",
+        WITHOUT_REFERENCE.replace("kernel", "4 kernel", 1),
+        "  test_measured.py::test_kernel_alone: group 'alone', method 'hand': no test that "
+        "passed timed its reference 'torch_missing' in the group",
+        "  test_measured.py::test_kernel_shapes[[]3[]]: group 'shapes', method 'hand' [[]n=3[]]: "
+        "no test that passed timed its reference 'torch_ref' in the group",
+        "*time each reference in the same session*role='reference'*-k*reference_fn=*",
+    ])
+
+
+def test_a_session_whose_kernels_have_their_references_says_nothing(project):
+    project.makepyfile(test_measured=MEASURED)
+    res = _run(project, "test_measured.py", "--benchmark-disable", "-k",
+               "kernel_ok or reference_ok or interleaved or one_shape")
+    res.assert_outcomes(passed=5)
+    assert "without their reference" not in res.stdout.str()
+
+
+def test_a_timed_kernel_whose_reference_is_deselected_is_named(project):
+    """The walkthrough's case: a timed run with -k that leaves the reference's test out."""
+    project.makepyfile(test_measured=MEASURED)
+    res = _run(project, "test_measured.py", "-k", "kernel_ok", "--benchmark-min-rounds=1",
+               "--benchmark-max-time=0.000001", "--benchmark-warmup=off")
+    res.assert_outcomes(passed=1)
+    assert _named(res) == {"test_measured.py::test_kernel_ok"}
+
+
+def test_under_xdist_the_workers_measure_calls_are_judged_together(project):
+    """-n: a kernel and its reference may run on two workers; the controller gathers every
+    worker's measure calls and names, once, the kernels none of them timed a reference for
+    (benchmarks are disabled under xdist; the check is the same as in one process)."""
+    project.makepyfile(test_kernels='''
+import torch
+
+CPU = dict(kernel="k", device="cpu", dtype=torch.float32, role="kernel", method="hand")
+
+def test_kernel_ok(measure):
+    measure(lambda: None, group="ok", reference="torch_ref", **CPU)
+
+def test_kernel_alone(measure):
+    measure(lambda: None, group="alone", reference="torch_ref", **CPU)
+''', test_references='''
+import torch
+
+def test_reference_ok(measure):
+    measure(lambda: None, group="ok", method="torch_ref", reference="torch_ref",
+            role="reference", kernel="k", device="cpu", dtype=torch.float32)
+''')
+    res = _run(project, "test_kernels.py", "test_references.py", "-n", "2", "--dist",
+               "loadfile")
+    res.assert_outcomes(passed=3)
+    assert _named(res) == {"test_kernels.py::test_kernel_alone"}
+    assert res.stdout.str().count("measured without their reference") == 1
+
+
+class _Reporter:
+    def __init__(self):
+        self.written = []
+
+    def write_sep(self, *args, **kwargs):
+        self.written.append(args)
+
+    def write_line(self, *args, **kwargs):
+        self.written.append(args)
+
+
+def test_a_worker_says_nothing_of_its_share(pytestconfig, monkeypatch):
+    """A pytest-xdist worker holds some of the session's measure calls: only the controller,
+    with all of them, may say which kernels had no reference."""
+    from handgrad import plugin
+
+    entry = {"nodeid": "t::k", "group": "g", "method": "hand", "reference": "ref",
+             "role": "kernel", "interleaved": False, "shape": {}, "failed": False}
+
+    class Config:
+        def __init__(self, worker: bool):
+            self.stash = pytest.Stash()
+            self.stash[plugin._measured_entries] = [entry]
+            if worker:
+                self.workerinput = {"workercount": 2}
+
+    controller, worker = _Reporter(), _Reporter()
+    plugin.pytest_terminal_summary(controller, 0, Config(worker=False))
+    plugin.pytest_terminal_summary(worker, 0, Config(worker=True))
+    assert any("t::k" in str(w) for w in controller.written)  # the stand-in works
+    assert worker.written == []
