@@ -25,29 +25,40 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("call", [
-    "jacobian_references(as_list(ws))['autograd_jacobian_forward_mode'](x)",
-    "jacobian_references(as_list(ws))['torch_func_jacfwd'](x)",
-    "jacobian_references(as_list(ws))['torch_forward_ad'](x)",
-    # check_jvp's torch reference is torch.func.jvp: no jacobian_references before it
-    "from handgrad.testing import check_jvp\n"
-    "report = check_jvp(torch.sin, lambda t, x: torch.cos(x) * t[0], (x[0],))\n"
-    "assert 'torch_func_jvp' in report.references, report.references",
-], ids=["jacobian_forward_mode", "jacfwd", "forward_ad", "check_jvp"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "jacobian_references(as_list(ws))['autograd_jacobian_forward_mode'](x)",
+        "jacobian_references(as_list(ws))['torch_func_jacfwd'](x)",
+        "jacobian_references(as_list(ws))['torch_forward_ad'](x)",
+        # check_jvp's torch reference is torch.func.jvp: no jacobian_references before it
+        "from handgrad.testing import check_jvp\n"
+        "report = check_jvp(torch.sin, lambda t, x: torch.cos(x) * t[0], (x[0],))\n"
+        "assert 'torch_func_jvp' in report.references, report.references",
+    ],
+    ids=["jacobian_forward_mode", "jacfwd", "forward_ad", "check_jvp"],
+)
 def test_first_forward_mode_call_passes_under_w_error(call: str) -> None:
     script = FIRST_FORWARD_MODE.format(call=call)
-    done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_load_forward_mode_silences_only_torchs_jit_script_warning(monkeypatch) -> None:
     def loader():  # stands in for torch's: its warning, and two it must let through
         for message, category in [
-            ("`torch.jit.script` is deprecated. Please switch to `torch.compile` or "
-             "`torch.export`.", DeprecationWarning),
-            ("`torch.jit.script` is not supported in Python 3.14+ and may break. Please "
-             "switch to `torch.compile` or `torch.export`.", DeprecationWarning),
+            (
+                "`torch.jit.script` is deprecated. Please switch to `torch.compile` or "
+                "`torch.export`.",
+                DeprecationWarning,
+            ),
+            (
+                "`torch.jit.script` is not supported in Python 3.14+ and may break. Please "
+                "switch to `torch.compile` or `torch.export`.",
+                DeprecationWarning,
+            ),
             ("handgrad: some other deprecation", DeprecationWarning),
             ("`torch.jit.script` is deprecated (but a UserWarning)", UserWarning),
         ]:
