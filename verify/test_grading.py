@@ -4,6 +4,8 @@ each gets (a right one passing, a wrong one failing with a message that says wha
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -284,3 +286,46 @@ def test_a_jvp_raising_is_raised_as_it_is_with_how_it_was_called():
         "raised by the derivative under test, given in this order: tangents (a tuple of 3), "
         "args[0] (x) (6, 4), args[1] (W) (3, 4), args[2] (b) (3,)"
     )
+
+
+# --- a loss's vjp that ignores its cotangent --------------------------------------------------
+
+
+def log_cosh(pred, y):  # mean log cosh(pred - y), written stably
+    d = pred - y
+    return (d + torch.nn.functional.softplus(-2 * d) - math.log(2.0)).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_loss_vjp_ignoring_its_cotangent_is_told_so(dtype):
+    # d/dpred mean log cosh(pred - y) = tanh(pred - y) / n; the vjp should scale it by g
+    def no_g(g, pred, y):
+        t = torch.tanh(pred - y) / pred.numel()
+        return t, -t
+
+    gen = torch.Generator().manual_seed(3)
+    args = (
+        torch.randn(10, generator=gen, dtype=dtype),
+        torch.randn(10, generator=gen, dtype=dtype),
+    )
+    with pytest.raises(AssertionError) as err:
+        check_vjp(log_cosh, no_g, args, cotangent=torch.tensor(-2.5, dtype=dtype))
+    assert (
+        str(err.value).count(
+            "it is the reference over the cotangent (-2.5): the vjp ignores its cotangent g? (a "
+            "loss's gradient times g)"
+        )
+        == 2
+    )  # pred and y
+    # one that uses g passes; one wrong otherwise gets no such hint
+    assert check_vjp(
+        log_cosh, lambda g, p, y: (g * no_g(g, p, y)[0], -g * no_g(g, p, y)[0]), args
+    ).passed
+    with pytest.raises(AssertionError) as err:
+        check_vjp(
+            log_cosh,
+            lambda g, p, y: (3 * g * no_g(g, p, y)[0], -g * no_g(g, p, y)[0]),
+            args,
+            cotangent=torch.tensor(0.5, dtype=dtype),
+        )
+    assert "ignores its cotangent" not in str(err.value)

@@ -86,30 +86,30 @@ argument): a point that moves has no derivative to check.
 
 On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weight)``; a
 result of the wrong shape or device stops at the first argument it concerns, and a shape
-that is the argument's with dimensions added says so: a batch not summed over, keepdim),
-its worst element, errors and tolerance, and, where one fits, a signature: a flipped sign,
-a transpose, a constant factor, a missing (zero) gradient, values computed in a narrower
-dtype (each a float32, float16 or bfloat16 number, the reference's not: a cast inside the
-derivative). The vjp is called twice at the point (the jvp twice with each argument's first
-tangent): results that differ between the calls beyond rounding (their dtype's forward
-tolerance) fail as not deterministic, naming the argument, where one call could pass by
-chance (a random op, or a gradient accumulated into a buffer kept between calls; the first
-call's result is copied before the second). A derivative that raises is raised as it is,
-with notes (Python 3.11 on) saying how the check called it and what it gave it, in order
-(parameters in another order: vjp(x, W, b, g) for vjp(g, x, W, b)). A derivative that
-returns NaN or inf (``f`` being finite there) is named as such, with the count and first
-indices, and not compared with a reference; where torch's derivative is not finite at
-those places either, the message says the point is not differentiable (sqrt at 0). Where
-torch's derivative disagrees and central differences agree with the derivative under test
-and disagree with torch (not where the two differ below their resolution), the failure says
-``f``'s graph may be broken for torch (``float()``, ``.item()``, numpy), and stays a failure:
-central differences see projections only. On success: a ``CheckReport``
-(headroom per argument and reference, Taylor order). Each element comparison is also
-recorded like handgrad's own (``compare.RECORDS``: ``pytest --verify-report``), labelled
-with the dtype whose tolerance judged it (the argument's, or the narrower output's) and the
-argument's device, central
-differences too (run in float64 and compared as float64 numbers on the CPU), so the report's
-rows per dtype hold one tolerance.
+that is the argument's with dimensions added says so: a batch not summed over, keepdim), its
+worst element, errors and tolerance, and, where one fits, a signature: a flipped sign, a
+transpose, a constant factor, a missing (zero) gradient, values computed in a narrower dtype
+(each a float32, float16 or bfloat16 number, the reference's not: a cast inside the
+derivative); for a scalar f (a loss), a gradient that is torch's over the cotangent is said
+to ignore the cotangent. The vjp is called twice at the point (the jvp twice with each
+argument's first tangent): results that differ between the calls beyond rounding (their
+dtype's forward tolerance) fail as not deterministic, naming the argument, where one call
+could pass by chance (a random op, or a gradient accumulated into a buffer kept between
+calls; the first call's result is copied before the second). A derivative that raises is
+raised as it is, with notes (Python 3.11 on) saying how the check called it and what it gave
+it, in order (parameters in another order: vjp(x, W, b, g) for vjp(g, x, W, b)). A
+derivative that returns NaN or inf (``f`` being finite there) is named as such, with the
+count and first indices, and not compared with a reference; where torch's derivative is not
+finite at those places either, the message says the point is not differentiable (sqrt at 0).
+Where torch's derivative disagrees and central differences agree with the derivative under
+test and disagree with torch (not where the two differ below their resolution), the failure
+says ``f``'s graph may be broken for torch (``float()``, ``.item()``, numpy), and stays a
+failure: central differences see projections only. On success: a ``CheckReport`` (headroom
+per argument and reference, Taylor order). Each element comparison is also recorded like
+handgrad's own (``compare.RECORDS``: ``pytest --verify-report``), labelled with the dtype
+whose tolerance judged it (the argument's, or the narrower output's) and the argument's
+device, central differences too (run in float64 and compared as float64 numbers on the CPU),
+so the report's rows per dtype hold one tolerance.
 """
 
 from __future__ import annotations
@@ -1179,6 +1179,11 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             if swapped:
                 msg += (f"\n    it is {_label(swapped[0], names)}'s gradient: the gradients "
                         "in another order than f's arguments?")
+            elif msg and u.numel() == 1 and float(u) != 0 and _close(
+                    (g.double() * float(u)).to(ref_grads[i].device), ref_grads[i], ctol):
+                # a scalar f (a loss): the gradient as if the cotangent were 1
+                msg += (f"\n    it is the reference over the cotangent ({float(u):.6g}): the "
+                        "vjp ignores its cotangent g? (a loss's gradient times g)")
             if why and msg:
                 msg += f"\n    {why}"
             elif why:
