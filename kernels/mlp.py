@@ -132,10 +132,24 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     logp = log_softmax(logits)
     p = torch.exp(logp)
     if target.dtype.is_floating_point:
-        return -(target * logp).sum(1), p - target
-    idx = target.unsqueeze(1)
-    minus_one = torch.full_like(idx, -1, dtype=p.dtype)
-    return -logp.gather(1, idx).squeeze(1), p.scatter_add(1, idx, minus_one)
+        # a class of probability 0 adds nothing, also where its log softmax is -inf (a logit
+        # more than the dtype's range below the row's maximum), where 0 * -inf is NaN
+        loss = -torch.where(target > 0, target * logp, 0).sum(1)
+        grad = p - target
+    else:
+        idx = target.unsqueeze(1)
+        minus_one = torch.full_like(idx, -1, dtype=p.dtype)
+        loss, grad = -logp.gather(1, idx).squeeze(1), p.scatter_add(1, idx, minus_one)
+    if not in_graph():
+        bad = ~torch.isfinite(loss)
+        if bool(bad.any()):  # the logits are finite (checked): the loss overflowed
+            i = int(bad.nonzero()[0, 0])
+            raise OverflowError(
+                f"cross_entropy: the loss of sample {i} is {float(loss[i].detach())} in "
+                f"{loss.dtype} though the logits are finite: its logits span more than the "
+                f"dtype's "
+                f"range (largest {torch.finfo(loss.dtype).max:.3g}); scale the logits")
+    return loss, grad
 
 
 LOSSES: dict[str, tuple[Callable, Callable]] = {

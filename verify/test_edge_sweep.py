@@ -10,6 +10,7 @@ import torch
 
 from handgrad.kernels import finite_diff as FD
 from handgrad.kernels import least_squares as ls
+from handgrad.kernels import mlp
 
 F64 = torch.float64
 
@@ -86,3 +87,42 @@ def test_minimizer_of_a_subnormal_float32_X_is_right():
     got = ls.minimizer(Xs, ys)
     assert bool(torch.isfinite(got).all()), got
     torch.testing.assert_close(got.double(), want.solution.squeeze(1), rtol=2e-3, atol=0)
+
+
+# -- softmax cross-entropy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_cross_entropy_of_a_sure_class_with_a_far_logit_is_zero_not_nan(dtype):
+    """Logits (big, -big) whose difference is past the dtype's range: log softmax of the
+    second class is -inf, and a probability 0 times it was NaN; the loss of a target all on
+    the first class is 0 (its log softmax is 0)."""
+    big = torch.finfo(dtype).max / 1.5
+    z = torch.tensor([[big, -big], [1.0, 2.0]], dtype=dtype)
+    t = torch.tensor([[1.0, 0.0], [0.25, 0.75]], dtype=dtype)
+    loss, grad = mlp.cross_entropy(z, t)
+    assert loss[0].item() == 0.0
+    want = -(0.25 * math.log(1 / (1 + math.e)) + 0.75 * math.log(math.e / (1 + math.e)))
+    assert loss[1].item() == pytest.approx(want, rel=1e-6)
+    assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("target", ["index", "probabilities"])
+def test_cross_entropy_that_overflows_from_finite_logits_is_an_overflow_error(dtype, target):
+    """The loss of the far class is max - (-max) = 2 max: past the dtype's range. It was
+    returned as inf; finite arguments whose loss overflows raise OverflowError, as
+    backprop's do."""
+    big = torch.finfo(dtype).max / 1.5
+    z = torch.tensor([[1.0, 2.0], [big, -big]], dtype=dtype)
+    t = (
+        torch.tensor([0, 1])
+        if target == "index"
+        else torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
+    )
+    with pytest.raises(
+        OverflowError,
+        match=r"cross_entropy: the loss of sample 1 is inf in "
+        r"torch\.float(32|64) though the logits are finite",
+    ):
+        mlp.cross_entropy(z, t)
