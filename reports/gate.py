@@ -535,11 +535,15 @@ def read_accepted(path: str | None) -> dict[str, Accepted]:
         backprop.manual  1.04   every y checked for NaN/inf: one more reduction a call
         jacobian.manual_forward  +4%  the same bound, as a percentage
 
-    A bound is a factor (1.04) or a percentage (4% or +4%: the factor 1.04, the limit a
-    ``--threshold`` of 4% sets).
+    ``kernel.method`` has exactly one dot (every device and shape of that kernel). A bound
+    is a factor above 1 and under 10 (1.04) or a percentage above 0% and under 900%, no
+    space before the %, with or without a + (4%, +4%, 2.5%: 1 + it / 100; 4% is the limit
+    a ``--threshold`` of 4% sets). The reason is the rest of the line, required.
 
-    Blank lines and ``#`` comments are skipped; a malformed line is a ReportInputError
-    that names the file, the line and what was expected."""
+    ``#`` starts a comment anywhere on a line; blank lines are skipped; a malformed line
+    (or a kernel.method declared twice) is a ReportInputError that names the file, the
+    line and what was expected. .ci/accepted-regressions' header says the same: keep them
+    in step (verify/test_reports.py reads its examples)."""
     if path is None:
         return {}
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -1123,3 +1124,52 @@ def test_a_kernel_whose_reference_was_timed_nowhere_is_named_with_what_to_do(
             f"'torch_autograd' {where}") in err, err
     assert "(and 12 more)" in err and "pass reference_fn= to measure" in err, err
     assert "in the same group with measure(..., role='reference')" in err, err
+
+
+ACCEPTED = Path(__file__).resolve().parents[1] / ".ci" / "accepted-regressions"
+
+
+def test_the_accept_files_header_shows_every_form_the_parser_takes(tmp_path):
+    """The header of .ci/accepted-regressions described the factor form only; the parser
+    also takes 4%, +4% and 2.5%. Its example lines, uncommented, are a file the gate reads
+    to the bounds they say (written here, not computed by the parser)."""
+    from handgrad.reports.gate import read_accepted
+
+    header = [ln for ln in ACCEPTED.read_text().splitlines() if ln.startswith("#")]
+    examples = [ln[1:] for ln in header if re.match(r"#\s+\w+\.\w+\s+[+\d]\S*\s+\w", ln)]
+    assert [e.split()[1] for e in examples] == ["1.04", "4%", "+4%", "2.5%"]
+    f = tmp_path / "examples"
+    f.write_text("\n".join(examples) + "\n")
+    bounds = {k: a.bound for k, a in read_accepted(str(f)).items()}
+    assert bounds == pytest.approx({"backprop.manual": 1.04, "jacobian.manual_forward": 1.04,
+                                    "jacobian.manual_reverse": 1.04,
+                                    "counting.count_model": 1.025})
+    text = " ".join(ln.lstrip("# ") for ln in header)
+    for said in ("a factor, a number above 1 and under 10 (1.04)",
+                 "a percentage, a number above 0 and under 900 followed by % with no space "
+                 "before it, with or without a + (4%, +4%, 2.5%), read as the factor 1 + it / "
+                 "100",
+                 "reason: the rest of the line, required; it cannot hold a #, which starts a "
+                 "comment anywhere on a line"):
+        assert said in text
+
+
+@pytest.mark.parametrize("line, taken", [
+    # the edges the header states, each side of them
+    ("a.b 9.99 r", 9.99), ("a.b 10 r", None), ("a.b 1 r", None), ("a.b 1.0001 r", 1.0001),
+    ("a.b 899% r", 9.99), ("a.b 900% r", None), ("a.b 0.5% r", 1.005), ("a.b 0% r", None),
+    ("a.b +2.5% r", 1.025), ("a.b -2% r", None), ("a.b 4 % r", None), ("a.b 1.1", None),
+    ("a.b.c 1.1 r", None), ("ab 1.1 r", None), ("a.b 1.1 r # not the reason", 1.1),
+    ("a.b 1.1 r\na.b 1.2 r", None),
+])
+def test_the_accept_file_takes_exactly_what_its_header_says(tmp_path, line, taken):
+    from handgrad.reports.gate import read_accepted
+
+    f = tmp_path / "accept"
+    f.write_text(line + "\n")
+    if taken is None:
+        with pytest.raises(ReportInputError, match=f"{f}:"):
+            read_accepted(str(f))
+    else:
+        a = read_accepted(str(f))["a.b"]
+        assert a.bound == pytest.approx(taken) and a.reason == "r"
