@@ -138,6 +138,9 @@ def test_not_for_views_numpy_would_write_wrongly_or_inside_transforms():
     torch.func.vmap(probe)(torch.randn(3, 2048))
     import torch.autograd.forward_ad as fwad
 
+    from handgrad.testing.references import load_forward_mode
+
+    load_forward_mode()  # torch's jit.script warning at its first forward-mode call
     with fwad.dual_level():
         dual = fwad.make_dual(torch.randn(2048), torch.randn(2048))
         seen.append(numpy_tanh_applies(dual))

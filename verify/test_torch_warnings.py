@@ -8,11 +8,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from handgrad.testing import references
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # a fresh process: in this one an earlier test may have loaded the decompositions already
 FIRST_FORWARD_MODE = """
@@ -35,13 +38,19 @@ print("ok")
         "from handgrad.testing import check_jvp\n"
         "report = check_jvp(torch.sin, lambda t, x: torch.cos(x) * t[0], (x[0],))\n"
         "assert 'torch_func_jvp' in report.references, report.references",
+        # the bench's jacfwd reference (bench/specs, run from the checkout)
+        "from bench.specs.jacobian import make_call\nmake_call('torch_func_jacfwd', ws, x)()",
     ],
-    ids=["jacobian_forward_mode", "jacfwd", "forward_ad", "check_jvp"],
+    ids=["jacobian_forward_mode", "jacfwd", "forward_ad", "check_jvp", "bench_jacfwd"],
 )
 def test_first_forward_mode_call_passes_under_w_error(call: str) -> None:
     script = FIRST_FORWARD_MODE.format(call=call)
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=300
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 

@@ -10,7 +10,7 @@ import torch
 
 from handgrad.benchmark.methods import Family, Method
 from handgrad.kernels import jacobian as jm
-from handgrad.testing.references import as_list, course_weights, deep_net
+from handgrad.testing.references import as_list, course_weights, deep_net, load_forward_mode
 
 D, P = 2, 10
 
@@ -86,7 +86,9 @@ def make_call(method: str, ws: dict, x: torch.Tensor):
 
 
 def make_calls(ws: dict, x: torch.Tensor) -> dict:
-    """Every eager callable of one case, by method name (nothing runs until called)."""
+    """Every eager callable of one case, by method name (nothing runs until called; torch's
+    forward-mode decompositions loaded first, without its jit.script warning)."""
+    load_forward_mode()
     lst = as_list(ws)
     f = deep_net(lst)
     batched = x.dim() == 2
