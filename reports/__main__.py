@@ -103,8 +103,17 @@ def _parser() -> argparse.ArgumentParser:
                    "--noise); instruction counts: a benchmark regresses when its count grows "
                    "beyond 1 + this (default 2%%)")
     g.add_argument("--accept", metavar="FILE",
-                   help="declared regressions, one a line: kernel.method bound reason; "
-                   "each passes up to its bound and the report lists it")
+                   help="declared regressions, one a line: kernel.method bound reason, the "
+                   "bound a factor (1.04) or a percentage (4%%, +4%%); each passes up to its "
+                   "bound and the report lists it")
+    g.add_argument("--accept-elsewhere", metavar="RUN", nargs="+",
+                   help="benchmark runs another gate judges with the same --accept file "
+                   "(.ci/gate gives its timed gate the instruction counts' runs): a line "
+                   "naming a kernel.method gated in them is not warned as matching nothing")
+    g.add_argument("--accept-later", action="store_true",
+                   help="another gate follows with the same --accept file (and this one's "
+                   "runs as --accept-elsewhere): leave it the warning of lines this gate "
+                   "compares nowhere, unless this gate fails (the later one does not run)")
     g.add_argument("--benchmark-threshold", default="20%",
                    help="a single benchmark regresses when its own interval lies above 1 + "
                    "this (default 20%%)")
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_threshold = G.parse_threshold(args.benchmark_threshold, "--benchmark-threshold")
         confidence = parse_confidence(args.confidence)
         accepted = G.read_accepted(args.accept)
+        warnings: list[str] = []
         target = args.summary or os.environ.get("GITHUB_STEP_SUMMARY")
         if target:
             check_output_file(target, "--summary" if args.summary else "$GITHUB_STEP_SUMMARY")
@@ -188,15 +198,21 @@ def main(argv: list[str] | None = None) -> int:
             calibration = N.read_noise(args.noise) if args.noise else None
             results = [N.gate_runs(args.baseline, args.current, threshold, bench_threshold,
                                    confidence, calibration, accepted)]
-            for line in (N.calibration_runs_given(calibration, args.baseline, args.current)
-                         + N.sides_run_apart(calibration, args.baseline, args.current)):
-                print(f"warning: {line}", file=sys.stderr)
-        for line in G.unmatched_accepted(accepted, results[0].table):
-            print(f"warning: {line}", file=sys.stderr)
+            warnings += (N.calibration_runs_given(calibration, args.baseline, args.current)
+                         + N.sides_run_apart(calibration, args.baseline, args.current))
+        result = results[0]
+        if not (args.accept_later and result.passed):  # else the later gate warns
+            elsewhere = (G.accepted_elsewhere(args.accept_elsewhere)
+                         if args.accept_elsewhere else None)
+            warnings += G.unmatched_accepted(accepted, result.table, result.gate_name,
+                                             elsewhere)
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    md = "\n".join(r.markdown() for r in results)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    # the warnings in the report too: CI's reader sees the step summary, not stderr
+    md = "\n".join(G.with_warnings(r.markdown(), warnings) for r in results)
     try:
         print(md)
     except BrokenPipeError:  # piped into head & co.: the reader has seen enough
@@ -204,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     if target:
         with open(target, "a") as fh:
             fh.write(md)
-    result = results[0]
     if not result.passed:
         return 1
     return 3 if getattr(result, "inconclusive", 0) else 0

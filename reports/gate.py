@@ -47,6 +47,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,7 @@ MAX_DISTURBED = 0.25
 
 @dataclass(frozen=True)
 class GateResult:
+    gate_name: ClassVar[str] = "the timed gate"  # in warnings, where several gates run
     table: pd.DataFrame  # a row per benchmark
     kernels: pd.DataFrame  # a row per kernel (kernel family, method, device)
     threshold: float
@@ -576,22 +578,53 @@ def read_accepted(path: str | None) -> dict[str, Accepted]:
     return out
 
 
-def unmatched_accepted(accepted: dict[str, Accepted], table: pd.DataFrame) -> list[str]:
-    """A line per declared regression that names no kernel.method the gate compared (a
-    typo accepted nothing, silently), with the closest name it did compare. Warned, not
-    refused: one versioned file serves runs of a subset of the kernels (GATE_K, a CPU run
-    of a file declaring a CUDA kernel)."""
-    names = sorted({f"{k}.{m}" for k, m in zip(table["kernel"], table["method"])}
-                   if len(table) else set())
+def unmatched_accepted(accepted: dict[str, Accepted], table: pd.DataFrame,
+                       gate_name: str = "this gate",
+                       elsewhere: set[str] | None = None) -> list[str]:
+    """A line per declared regression that names no kernel.method the gate ``gate_name``
+    compared (a typo accepted nothing, silently), with the closest name it did compare.
+    ``elsewhere``: the kernel.method names another gate given the same file compares
+    (``accepted_elsewhere``; .ci/gate gives its timed gate the instruction counts' runs): a
+    line naming one of them is not warned, and the warning says both were searched.
+    Warned, not refused: one versioned file serves runs of a subset of the kernels
+    (GATE_K, a CPU run of a file declaring a CUDA kernel)."""
+    names = {f"{k}.{m}" for k, m in zip(table["kernel"], table["method"])} if len(
+        table) else set()
+    known = sorted(names | (elsewhere or set()))
+    where = f"compared by {gate_name}" + (" or gated in the --accept-elsewhere runs"
+                                          if elsewhere is not None else "")
     out = []
     for a in accepted.values():
-        if a.name in names:
+        if a.name in known:
             continue
-        close = difflib.get_close_matches(a.name, names, n=1)
-        out.append(f"{a.where or '--accept'}: {a.name} names no kernel.method this gate "
-                   "compared, so it accepts nothing" + (
+        close = difflib.get_close_matches(a.name, known, n=1)
+        out.append(f"{a.where or '--accept'}: {a.name} matches no kernel.method {where}, "
+                   "so it accepts nothing" + (
                        f" (did you mean {close[0]}?)" if close else ""))
     return out
+
+
+def accepted_elsewhere(paths) -> set[str]:
+    """The ``kernel.method`` of every gated kernel (role kernel, measured against another
+    method) in the benchmark runs ``paths``: what another gate given the same --accept
+    file compares (``unmatched_accepted``). ReportInputError on an unusable file."""
+    names: set[str] = set()
+    for path in paths:
+        df = load_benchmarks([path])
+        kept = df[gated(df)]
+        names |= {f"{k}.{m}" for k, m in zip(kept["kernel"], kept["method"])}
+    return names
+
+
+def with_warnings(markdown: str, warnings) -> str:
+    """A gate's report with ``warnings`` (the lines the command line also prints on stderr)
+    right under its first line, the verdict: a CI reader of the step summary or the report
+    file sees them there, not only in the job's log. ``markdown`` as it is without any."""
+    if not warnings:
+        return markdown
+    first, _, rest = markdown.partition("\n\n")
+    said = "".join(f"- **warning**: {w}\n" for w in warnings)
+    return f"{first}\n\n{said}\n{rest}"
 
 
 def _bound(text: str) -> float:
@@ -630,6 +663,7 @@ INSTRUCTION_THRESHOLD = 0.02  # counts are deterministic to ~0.1%: 2% is far abo
 
 @dataclass(frozen=True)
 class InstructionGateResult:
+    gate_name: ClassVar[str] = "the instruction-count gate"
     table: pd.DataFrame  # a row per counted handgrad benchmark in both runs
     metric: str  # "own": the kernel's own count; "ratio": kernel over reference
     threshold: float

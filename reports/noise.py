@@ -41,6 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -509,6 +510,7 @@ def _verdict_row(b: np.ndarray, c: np.ndarray, limit: float, confidence: float,
 
 @dataclass(frozen=True)
 class RunsGateResult:
+    gate_name: ClassVar[str] = "the timed gate over runs"  # in warnings
     kernels: pd.DataFrame
     table: pd.DataFrame  # a row per benchmark
     confidence: float

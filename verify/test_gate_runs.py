@@ -206,12 +206,15 @@ def test_the_gate_warns_when_given_a_run_the_calibration_was_derived_from(tmp_pa
                              ([fresh[0]], [fresh[1], copy], [(copy, "current run 2")])]:
         code = main(["gate", "--baseline", *base, "--current", *cur, "--noise", str(out)])
         assert code in (0, 3)
-        err = capsys.readouterr().err
+        stdout, err = capsys.readouterr()
         assert err.count("warning: ") == len(named), err
+        assert stdout.count("- **warning**: ") == len(named), stdout
         for path, where in named:
-            assert (f"warning: {path} (the {where}) is one of the runs the calibration {out} "
+            said = (f"{path} (the {where}) is one of the runs the calibration {out} "
                     "was derived from: its limits were fitted on that run, so their noise "
-                    "estimate is optimistic") in err
+                    "estimate is optimistic")
+            assert f"warning: {said}" in err
+            assert f"- **warning**: {said}" in stdout  # the report says it as well
     # runs it was not derived from: no warning
     assert main(["gate", "--baseline", fresh[0], "--current", fresh[1], "--noise",
                  str(out)]) in (0, 3)
@@ -565,13 +568,20 @@ def test_runs_taken_apart_without_a_calibration_are_warned(tmp_path, capsys, bas
     cur = write_runs(tmp_path, "c", [{FWD: n} for n in (1.00, 1.01, 0.99)])
     _taken_at(base, base_times)
     _taken_at(cur, cur_times)
-    main(["gate", "--baseline", *base, "--current", *cur])
-    err = capsys.readouterr().err
+    summary = tmp_path / "summary.md"
+    main(["gate", "--baseline", *base, "--current", *cur, "--summary", str(summary)])
+    out, err = capsys.readouterr()
     if warned:
         assert f"warning: {warned}, with no calibration (--noise)" in err
         assert "python -m handgrad.benchmark.alternate" in err
+        # in the report too, under its verdict: CI's reader sees the step summary
+        for text in (summary.read_text(), out):
+            said = text.split("\n\n")[1]
+            assert said.startswith(f"- **warning**: {warned}, with no calibration (--noise)")
+            assert "python -m handgrad.benchmark.alternate" in said
     else:
         assert "taken before" not in err
+        assert "taken before" not in summary.read_text() and "taken before" not in out
     # a calibration brings the spread between processes: no warning
     out = tmp_path / "noise.json"
     cal = write_runs(tmp_path, "aa", [{FWD: n} for n in (1.00, 1.02, 0.98, 1.01)])

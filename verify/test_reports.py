@@ -1025,10 +1025,10 @@ def test_an_accept_line_naming_no_compared_kernel_is_warned_with_the_closest(tmp
                  "--accept", str(accept)]) in (0, 1, 3)
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"warning: {accept}:3: jacobian.manual_forwrd names no kernel.method this gate "
-        "compared, so it accepts nothing (did you mean jacobian.manual_forward?)",
-        f"warning: {accept}:4: swiglu.hand_vjp names no kernel.method this gate compared, "
-        "so it accepts nothing"]
+        f"warning: {accept}:3: jacobian.manual_forwrd matches no kernel.method compared by "
+        "the timed gate, so it accepts nothing (did you mean jacobian.manual_forward?)",
+        f"warning: {accept}:4: swiglu.hand_vjp matches no kernel.method compared by the "
+        "timed gate, so it accepts nothing"]
 
 
 @pytest.mark.parametrize("text, value", [("0.95", 0.95), ("95%", 0.95), ("+99 %", 0.99),
@@ -1124,6 +1124,118 @@ def test_a_kernel_whose_reference_was_timed_nowhere_is_named_with_what_to_do(
             f"'torch_autograd' {where}") in err, err
     assert "(and 12 more)" in err and "pass reference_fn= to measure" in err, err
     assert "in the same group with measure(..., role='reference')" in err, err
+
+
+# ------------------------------------------------------------ what a CI reader is told
+
+
+COUNTED = FIX / "bench_instructions.json"
+
+
+def _counted(tmp_path: Path, factor: float) -> Path:
+    """The counted fixture with jacobian.manual_forward's instructions times ``factor``."""
+    data = _load(COUNTED)
+    for b in data["benchmarks"]:
+        if b["extra_info"]["method"] == "manual_forward":
+            b["extra_info"]["instructions"] = round(b["extra_info"]["instructions"] * factor)
+    data["datetime"] = f"{data.get('datetime')}-{factor}"  # another run
+    return _write(tmp_path, f"counted-{factor}.json", data)
+
+
+def test_one_accept_file_for_both_gates_is_warned_of_only_where_neither_compares(tmp_path,
+                                                                                 capsys):
+    """.ci/gate gives one accept file to the instruction gate and the timed gate. A line
+    naming a kernel only the timed gate compares (here backprop.manual: the counted run
+    holds jacobian.manual_forward only) had been warned as matching nothing by the
+    instruction gate. Now the instruction gate leaves the warning to the timed gate
+    (--accept-later), which warns a line only where neither gate compares it
+    (--accept-elsewhere the counted runs); every warning names the gate."""
+    accept = tmp_path / "accept.txt"
+    accept.write_text("backprop.manual 1.1 timed only\n"
+                      "jacobian.manual_forward 1.01 counted and timed\n"
+                      "jacobian.manual_forwrd 1.1 a typo\n")
+    same = _counted(tmp_path, 1.0)
+    counted = ["--baseline", str(COUNTED), "--current", str(same), "--accept", str(accept)]
+    # alone (GATE_TIMED=0), the instruction gate warns what it compared not, by its name
+    assert main(["gate", *counted]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {accept}:1: backprop.manual matches no kernel.method compared by the "
+        "instruction-count gate, so it accepts nothing",
+        f"warning: {accept}:3: jacobian.manual_forwrd matches no kernel.method compared by "
+        "the instruction-count gate, so it accepts nothing (did you mean "
+        "jacobian.manual_forward?)"]
+    # a timed gate follows: nothing here
+    assert main(["gate", *counted, "--accept-later"]) == 0
+    assert capsys.readouterr().err == ""
+    # ... unless this gate fails: then no timed gate runs to say it
+    grown = _counted(tmp_path, 1.05)
+    assert main(["gate", "--baseline", str(COUNTED), "--current", str(grown), "--accept",
+                 str(accept), "--accept-later"]) == 1
+    assert "jacobian.manual_forwrd matches no kernel.method compared by the " \
+        "instruction-count gate" in capsys.readouterr().err
+    # the timed gate, given the counted runs: only the line that matches in neither
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(RUN2), "--accept",
+                 str(accept), "--accept-elsewhere", str(COUNTED), str(same)]) in (0, 1, 3)
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {accept}:3: jacobian.manual_forwrd matches no kernel.method compared by "
+        "the timed gate or gated in the --accept-elsewhere runs, so it accepts nothing (did "
+        "you mean jacobian.manual_forward?)"]
+
+
+def test_a_name_only_the_other_gate_compares_is_not_warned(tmp_path, capsys):
+    """--accept-elsewhere adds the other gate's names, its gated kernels only: a line the
+    timed runs lack (a kernel.method of the counted runs only) is not warned; without it,
+    it is."""
+    data = _load(RUN2)
+    data["benchmarks"] = [b for b in data["benchmarks"]
+                          if b["extra_info"]["method"] != "manual_forward"]
+    cur = _write(tmp_path, "cur.json", data)
+    accept = tmp_path / "accept.txt"
+    accept.write_text("jacobian.manual_forward 1.01 counted only here\n"
+                      "jacobian.torch_func_jacfwd 1.1 a reference: gated by no gate\n")
+    argv = ["gate", "--baseline", str(RUN1), "--current", str(cur), "--accept", str(accept)]
+    main(argv)
+    assert "jacobian.manual_forward matches no kernel.method" in capsys.readouterr().err
+    main([*argv, "--accept-elsewhere", str(COUNTED), str(RUN1)])
+    err = capsys.readouterr().err
+    assert "jacobian.manual_forward matches" not in err
+    # a method timed in the other runs as a reference is gated there by no gate: warned
+    assert f"{accept}:2: jacobian.torch_func_jacfwd matches no kernel.method" in err
+
+
+def test_ci_gate_gives_one_accept_file_to_both_gates_with_each_others_runs():
+    """.ci/gate's wiring of the above: the instruction gate defers (unless GATE_TIMED=0),
+    the timed gate is given the counted runs. (The shell branch itself runs in CI only.)"""
+    gate_sh = (Path(__file__).resolve().parents[1] / ".ci" / "gate").read_text()
+    assert '[ "${GATE_TIMED:-1}" = 0 ] || later=(--accept-later)' in gate_sh
+    counted_gate = gate_sh.split('gate --baseline "$out/base-instructions.json"', 1)[1]
+    assert counted_gate.split("| tee", 1)[0].count('"${later[@]}"') == 1
+    timed_gate = gate_sh.split("timed_gate() {", 1)[1].split("\n}", 1)[0]
+    assert ('--accept-elsewhere "$out/base-instructions.json" '
+            '"$out/head-instructions.json"') in timed_gate
+
+
+def test_warnings_are_in_the_report_not_only_on_stderr(tmp_path, capsys):
+    """A CI reader reads the step summary (--summary, $GITHUB_STEP_SUMMARY) or the report
+    file .ci/gate keeps (stdout): each warning is there, right under the verdict, as on
+    stderr."""
+    accept = tmp_path / "accept.txt"
+    accept.write_text("swiglu.hand_vjp 1.2 a kernel these runs do not hold\n")
+    summary = tmp_path / "summary.md"
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(SLOW), "--accept",
+                 str(accept), "--summary", str(summary)]) == 1
+    said = (f"{accept}:1: swiglu.hand_vjp matches no kernel.method compared by the timed "
+            "gate, so it accepts nothing")
+    out, err = capsys.readouterr()
+    assert err == f"warning: {said}\n"
+    for text in (summary.read_text(), out):
+        lines = text.splitlines()
+        assert lines[0].startswith("### handgrad benchmark gate: FAIL")
+        assert lines[1:4] == ["", f"- **warning**: {said}", ""]
+        assert lines[4].startswith("Change = ")
+    # no warning: the report as before, the explanation right under the verdict
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(SLOW)]) == 1
+    assert capsys.readouterr().out.splitlines()[2].startswith("Change = ")
 
 
 ACCEPTED = Path(__file__).resolve().parents[1] / ".ci" / "accepted-regressions"
