@@ -84,6 +84,11 @@ LOOKUP_OPS = {"embedding"}
 MAX_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d",
                 "max_pool3d_with_indices"}
 AVG_POOL_OPS = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
+# adaptive pooling (1-D goes through 2-D; an output of 1 x 1 is a mean): output i of an
+# axis of In values reads [floor(i In / Out), ceil((i + 1) In / Out)), windows that may
+# differ in size and overlap where Out does not divide In (``_adaptive_taps``)
+ADAPTIVE_POOL_OPS = {"_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool2d",
+                     "adaptive_max_pool3d"}
 NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training",
             "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
             "native_layer_norm", "native_group_norm"}
@@ -98,6 +103,7 @@ OPS: dict[str, str] = {
     **SOFTMAX_OPS,
     **dict.fromkeys(MAX_POOL_OPS, "max_pool"),
     **dict.fromkeys(AVG_POOL_OPS, "avg_pool"),
+    **{op: "max_pool" if "max" in op else "avg_pool" for op in ADAPTIVE_POOL_OPS},
     "mean": "reduce", "sum": "reduce",
     **dict.fromkeys(ADD_OPS, "add"),
     "mul": "mul", "mul_": "mul",
@@ -141,6 +147,11 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
     if kind == "log_softmax":  # x - log(its row's sum of exp(x)): n exps, a log per row
         n, rows = _softmax_rows(args)
         return Counts(activations=n + rows, adds=n - rows + n)
+    if base in ADAPTIVE_POOL_OPS:  # every output's window: taps - 1 adds or compares
+        taps, _ = _adaptive_taps(args, out)
+        n = _out_numel(args, out)
+        return Counts(compares=taps - n) if kind == "max_pool" else Counts(adds=taps - n,
+                                                                          mults=n)
     if kind == "max_pool":
         taps = _pool_window(base, args)
         return None if taps is None else Counts(compares=_out_numel(args, out) * (taps - 1))
@@ -204,6 +215,10 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
                 for i in (1, 2) if i < len(needs) and needs[i]]
     if kind in ("max_pool", "free"):
         return []  # routing and data movement (module docstring)
+    if kind == "avg_pool" and base in ADAPTIVE_POOL_OPS:  # scaled once, spread: each input
+        taps, n_in = _adaptive_taps(args, out)  # sums the windows covering it (all are)
+        return [("grad_input", Counts(mults=_out_numel(args, out), adds=taps - n_in))
+                ] if needs[0] else []
     if kind == "avg_pool":
         return _avg_pool_backward(base, args, out) if needs[0] else []
     if kind == "add":
@@ -302,6 +317,19 @@ def _softmax_rows(args) -> tuple[int, int]:
     c = x.shape[args[1]] if x.dim() else 1
     n = _numel(x.shape)
     return n, (n // c if c else 0)
+
+
+def _adaptive_taps(args, out) -> tuple[int, int]:
+    """(the taps of all the windows of an adaptive pool, its input's numel): per axis of In
+    values pooled to Out, the window sizes sum to S = sum_i ceil((i + 1) In / Out) -
+    floor(i In / Out); the windows are separable, so the taps are planes * prod S."""
+    x = args[0]
+    o = out[0] if isinstance(out, (tuple, list)) else out
+    rank = len(args[1])
+    taps = _numel(x.shape[:-rank])
+    for n_in, n_out in zip(x.shape[-rank:], o.shape[-rank:]):
+        taps *= sum(-(-(i + 1) * n_in // n_out) - i * n_in // n_out for i in range(n_out))
+    return taps, _numel(x.shape)
 
 
 def _pool_rank(base: str) -> int:

@@ -394,6 +394,13 @@ POOLS = [
     # window 1 x 2 x 3 on (1, 2, 4, 4, 6) -> (1, 2, 4, 2, 2): 32 windows of 6
     ("maxpool3d_rectangular", lambda: nn.MaxPool3d((1, 2, 3)), (1, 2, 4, 4, 6),
      C.Counts(compares=32 * 5)),
+    # adaptive, 5 -> 2 per axis: windows [0, 3) and [2, 5) (floor(i In / Out) to
+    # ceil((i + 1) In / Out)), 3 x 3 = 9 taps each; 2 planes of 4 outputs
+    ("adaptive_avg_uneven", lambda: nn.AdaptiveAvgPool2d(2), (1, 2, 5, 5),
+     C.Counts(adds=8 * 8, mults=8)),
+    # a global max: 2 windows of 25
+    ("adaptive_max_global", lambda: nn.AdaptiveMaxPool2d(1), (1, 2, 5, 5),
+     C.Counts(compares=2 * 24)),
 ]
 
 
@@ -406,10 +413,9 @@ def test_pools_of_every_rank_count_their_window(make, shape, expected):
 
 
 @pytest.mark.parametrize("make,op", [
-    (lambda: nn.AdaptiveAvgPool2d(2), "_adaptive_avg_pool2d"),
-    (lambda: nn.AdaptiveMaxPool2d(1), "adaptive_max_pool2d"),
     (lambda: nn.Upsample(scale_factor=2), "upsample_nearest2d"),
-], ids=["adaptive_avg_2", "adaptive_max_1", "upsample"])
+    (lambda: nn.Upsample(scale_factor=2, mode="bilinear"), "upsample_bilinear2d"),
+], ids=["upsample", "upsample_bilinear"])
 def test_layers_without_a_formula_are_listed(make, op):
     report = C.count_model(make(), (1, 2, 5, 5))
     assert report.uncounted == {op: 1}

@@ -9,6 +9,8 @@ noise of a training-mode dropout), a ``torch.no_grad()`` block."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -360,10 +362,8 @@ def test_transposed_conv_with_output_padding_by_hand(bias):
     [
         (nn.Upsample(scale_factor=2), "upsample_nearest2d"),
         (nn.Upsample(scale_factor=2, mode="bilinear"), "upsample_bilinear2d"),
-        (nn.AdaptiveAvgPool2d((2, 3)), "_adaptive_avg_pool2d"),
-        (nn.AdaptiveMaxPool2d((2, 3)), "adaptive_max_pool2d"),
     ],
-    ids=["nearest", "bilinear", "adaptive-avg-5x7-to-2x3", "adaptive-max-5x7-to-2x3"],
+    ids=["nearest", "bilinear"],
 )
 def test_resampling_without_a_formula_is_listed_both_ways(layer, op):
     """After a 1x1 convolution (so the op needs a gradient): listed, never zeroed."""
@@ -547,3 +547,58 @@ def test_a_compiled_module_counts_as_its_eager_self():
     report = C.count_model(torch.compile(small_cnn()), (2, 3, 6, 6), backward=True)
     assert (report.forward, report.backward) == small_cnn_counts(batch=2)
     assert report.unreached_params == {}
+
+
+def windows(n_in: int, n_out: int) -> list[range]:
+    """Adaptive pooling's windows along one axis, by definition: output i reads
+    [floor(i In / Out), ceil((i + 1) In / Out))."""
+    return [range(i * n_in // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
+
+
+@pytest.mark.parametrize(
+    "in_size, out_size",
+    [((5, 7), (2, 3)), ((7, 5), (3, 4)), ((6,), (4,)), ((5, 4, 3), (2, 3, 2))],
+    ids=["5x7-to-2x3", "7x5-to-3x4", "1d-6-to-4", "3d"],
+)
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_uneven_adaptive_pooling_by_hand(in_size, out_size, kind):
+    """Each output's window, enumerated by definition (and checked to be torch's own on
+    values): avg pools sum it (taps - 1 adds) and divide once; max pools compare (taps - 1).
+    Backward: avg scales each output's gradient once and every input sums the gradients of
+    the windows covering it (covers - 1 adds); max routes (free)."""
+    rank = len(in_size)
+    pool = getattr(nn, f"Adaptive{kind.capitalize()}Pool{rank}d")(out_size)
+    c = 2
+    per_axis = [windows(i, o) for i, o in zip(in_size, out_size)]
+    # the windows are torch's: pool a random input by hand
+    x = torch.randn(1, c, *in_size, dtype=torch.float64)
+    by_hand = torch.empty(1, c, *out_size, dtype=torch.float64)
+    for idx in itertools.product(*(range(o) for o in out_size)):
+        part = x[(..., *(slice(w[i].start, w[i].stop) for w, i in zip(per_axis, idx)))]
+        flat = part.reshape(1, c, -1)
+        by_hand[(..., *idx)] = flat.mean(-1) if kind == "avg" else flat.amax(-1)
+    assert torch.allclose(pool(x), by_hand)
+    taps = sum(
+        c * len(list(itertools.product(*(w[i] for w, i in zip(per_axis, idx)))))
+        for idx in itertools.product(*(range(o) for o in out_size))
+    )
+    outputs = c * torch.Size(out_size).numel()
+    inputs = c * torch.Size(in_size).numel()
+    m = nn.Sequential(
+        nn.Conv1d(c, c, 1) if rank == 1 else getattr(nn, f"Conv{rank}d")(c, c, 1), pool
+    )
+    report = C.count_model(m, (1, c, *in_size), backward=True)
+    conv = C.Counts(params=c * c + c, mults=inputs * c, adds=inputs * c, macs=inputs * c)
+    pooled = (
+        C.Counts(adds=taps - outputs, mults=outputs)
+        if kind == "avg"
+        else C.Counts(compares=taps - outputs)
+    )
+    assert report.forward == conv + pooled
+    assert report.uncounted == {} and report.uncounted_backward == {}
+    # the convolution's weight and bias gradients, then the pool's
+    conv_back = C.Counts(
+        mults=inputs * c, adds=inputs * c - c * c + c * (inputs // c - 1), macs=inputs * c
+    )
+    pool_back = C.Counts(mults=outputs, adds=taps - inputs) if kind == "avg" else C.Counts()
+    assert report.backward == conv_back + pool_back
