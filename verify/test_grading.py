@@ -329,3 +329,53 @@ def test_a_loss_vjp_ignoring_its_cotangent_is_told_so(dtype):
             cotangent=torch.tensor(0.5, dtype=dtype),
         )
     assert "ignores its cotangent" not in str(err.value)
+
+
+# --- float64's own rounding where a derivative's sums cancel ----------------------------------
+
+
+def layer_norm(x):
+    return torch.nn.functional.layer_norm(x, x.shape[-1:])
+
+
+def layer_norm_vjp(g, x):  # by hand, eps 1e-5 as layer_norm's
+    m = x.mean(-1, keepdim=True)
+    s = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    xh = (x - m) / s
+    return (g - g.mean(-1, keepdim=True) - xh * (g * xh).mean(-1, keepdim=True)) / s
+
+
+def _far_rows():  # rows of std 0.01 at 100: the gradient's terms cancel to 1e-3 of 300
+    gen = torch.Generator().manual_seed(0)
+    return (0.01 * torch.randn(8, 64, generator=gen, dtype=torch.float64) + 100.0,)
+
+
+def test_a_right_float64_gradient_whose_sums_cancel_passes_with_float64_rounding_allowed():
+    # it failed: an element of 1.15e-3 missed torch's by 9.6e-11 (rtol 1e-9, atol 1e-11),
+    # float64's own rounding in a sum of terms of 300
+    report = check_vjp(layer_norm, layer_norm_vjp, _far_rows())
+    assert "float64 rounding allowed: atol 1e-11 + 4 x " in str(report)
+    assert "(how far torch.autograd's gradient moves with the arguments moved by an ulp; " in (
+        str(report)
+    )
+
+
+def test_float64_rounding_allowed_does_not_hide_a_gradient_one_millionth_off():
+    with pytest.raises(AssertionError, match=r"looks like a constant factor: 1\.000001"):
+        check_vjp(layer_norm, lambda g, x: layer_norm_vjp(g, x) * (1 + 1e-6), _far_rows())
+
+
+def test_a_derivative_an_ulp_changes_entirely_is_said_to_be_ill_conditioned():
+    # sin(1e17 x): an ulp of x moves the phase by radians; a vjp 1e-6 off is not told from
+    # float64's rounding there, and the failure says to choose another point
+    x = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
+
+    def vjp(g, x):
+        return g * 1e17 * torch.cos(1e17 * x) * (1 + 1e-6)
+
+    with pytest.raises(AssertionError) as err:
+        check_vjp(lambda x: torch.sin(1e17 * x), vjp, (x,), taylor=False)
+    assert (
+        "f's derivative is ill-conditioned at this point, even in float64: choose another "
+        "point" in str(err.value)
+    )

@@ -16,7 +16,11 @@ others held), so a failure names the argument. Four references, each where it ap
   that atol projected (times |v|, where they fail without it); not where that added atol
   would exceed ``ROUNDING_CAP`` (0.1) of the reference's largest element (f loses precision
   in that dtype: the failure says to check in float64), nor where ``tol`` is given
-  (compared at it, as given). Only against torch's reference: a custom Function's float32
+  (compared at it, as given). A float64 gradient (``check_vjp``) is allowed float64's own
+  rounding the same way, measured by torch's gradient with each argument's elements moved
+  by an ulp (``_jittered_vjp``: a right layer-norm gradient of rows at 100 with std 0.01
+  missed torch's by 8e-8 of an element); past the cap the failure says f's derivative is
+  ill-conditioned there. Only against torch's reference: a custom Function's float32
   derivative held to its own float64 run (below) gets no such allowance. Skipped for an
   argument torch does not reach (unused, numpy inside, a ``.detach()``), with the reason in
   the report; skipped for all when ``f`` raises on tensors that require grad, or runs a
@@ -611,6 +615,22 @@ def _own_dtype_vjp(f, args: tuple, wrt: list[int], u: torch.Tensor) -> dict[int,
     return {i: g.detach() for i, g in zip(wrt, got) if g is not None}
 
 
+def _jittered_vjp(f, args: tuple, wrt: list[int], u: torch.Tensor) -> dict[int, torch.Tensor]:
+    """torch.autograd's float64 gradients with each checked argument's elements moved by an
+    ulp, up or down at random (a fixed seed): how far float64's own rounding moves torch's
+    derivative at this point, for ``_rounding_allowance``. A float64 point is known to an ulp,
+    and where f's derivative sums terms that cancel (layer norm of rows far from 0: a right
+    float64 gradient missed torch's by 8e-8 of an element, rtol 1e-9) no float64 computation
+    gets nearer; {} where torch gives none."""
+    gen = torch.Generator().manual_seed(0)
+    eps = torch.finfo(torch.float64).eps
+    moved = list(args)
+    for i in wrt:
+        sign = torch.randint(0, 2, args[i].shape, generator=gen, dtype=torch.float64) * 2 - 1
+        moved[i] = args[i].detach() * (1 + eps * sign.to(args[i].device))
+    return _own_dtype_vjp(f, tuple(moved), wrt, u)
+
+
 def _own_dtype_jvp(f, args: tuple, i: int, t: torch.Tensor) -> torch.Tensor | None:
     """torch's tangent of f along ``t`` in ``args[i]``, f run at the arguments' own dtypes
     (for ``_rounding_allowance``); None where torch gives none."""
@@ -636,6 +656,15 @@ def _rounding_allowance(own: torch.Tensor | None, ref: torch.Tensor, tol: Tol,
     top = float(ref.double().abs().max())
     if not (math.isfinite(miss) and math.isfinite(top)) or miss == 0:
         return None
+    if dtype == "float64":  # own: torch's at the arguments moved by an ulp (_jittered_vjp)
+        if ROUNDING_FACTOR * miss > ROUNDING_CAP * top:
+            return tol, (f"{what} moves by {miss:.3g} with the arguments moved by an ulp "
+                         f"({miss / top:.3g} of its largest element): f's derivative is "
+                         "ill-conditioned at this point, even in float64: choose another point")
+        wide = Tol(tol.rtol, tol.atol + ROUNDING_FACTOR * miss)
+        return wide, (f"float64 rounding allowed: atol {tol.atol:g} + {ROUNDING_FACTOR:g} x "
+                      f"{miss:.3g} (how far {what} moves with the arguments moved by an "
+                      "ulp; sums that cancel)")
     if ROUNDING_FACTOR * miss > ROUNDING_CAP * top:
         return tol, (f"{what} at {dtype} misses its float64 one by {miss:.3g} ({miss / top:.3g} "
                      f"of its largest element): f loses precision at {dtype} here, so its "
@@ -1140,6 +1169,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     # torch's gradients with f at the arguments' own dtypes, once, where a rounding allowance
     # is first needed (_Rounding)
     own_grads = functools.cache(lambda: _own_dtype_vjp(f, args, wrt, u))
+    # and at float64 arguments each moved by an ulp: float64's own rounding
+    jittered = functools.cache(lambda: _jittered_vjp(f, args64, wrt, u))
     for i, a in enumerate(args):
         if i not in wrt:
             why = ("not a floating-point tensor" if not _is_float_tensor(a)
@@ -1169,7 +1200,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         rounding = (_Rounding(lambda i=i: own_grads().get(i), ref_grads[i], dtol,
                               args[i].dtype, "torch.autograd's gradient")
                     if tol is None and in64 and args[i].dtype != torch.float64
-                    and i in ref_grads else None)
+                    and i in ref_grads else
+                    _Rounding(lambda i=i: jittered().get(i), ref_grads[i], dtol, torch.float64,
+                              "torch.autograd's gradient")
+                    if tol is None and in64 and i in ref_grads else None)
         if i in ref_grads:
             ratio, msg, why, ctol = _compare_rounded(label, g, ref_grads[i], dtol, rounding,
                                                      kernel=kernel, reference=AUTOGRAD,
