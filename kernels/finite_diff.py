@@ -582,6 +582,10 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
             rs.append(abs(fh - float(f0) - h * slope))
             # each of f(x + h v) and f(x) is off by a few units of the last place
             noise.append(unit * (abs(fh) + abs(float(f0)) + abs(h * slope)))
+    if not any(math.isfinite(r) for r in rs):  # f overflowed (or is nan) at every step
+        raise ValueError(f"h0: the remainder |f(x + h v) - f(x) - h <grad, v>| is not finite "
+                         f"at any of the {len(hs)} steps from h0 = {h0:g} down to "
+                         f"{hs[-1]:g}; expected a smaller h0 (where f is finite near x)")
     clear = [i for i in range(len(hs)) if rs[i] > TAYLOR_CLEARANCE * noise[i]]
     fitted = tuple(clear[-TAYLOR_FIT_POINTS:])
     order = math.nan

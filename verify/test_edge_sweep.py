@@ -126,3 +126,20 @@ def test_cross_entropy_that_overflows_from_finite_logits_is_an_overflow_error(dt
         r"torch\.float(32|64) though the logits are finite",
     ):
         mlp.cross_entropy(z, t)
+
+
+def test_taylor_test_where_f_overflows_at_every_step_is_refused_by_name():
+    """h0 = 1e300: f(x + h v) = |x + h v|^2 is inf at every one of the halvings, so every
+    remainder was inf and the order nan: a right gradient read as not consistent. Steps
+    where the remainder is not finite are not fitted; where none is left, h0 is named."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, generator=g, dtype=F64)
+    sq = lambda t: (t * t).sum()  # noqa: E731
+    with pytest.raises(
+        ValueError,
+        match=r"h0: the remainder .* is not finite at any of the 21 steps from h0 = 1e\+300",
+    ):
+        FD.taylor_test(sq, 2 * x, x, h0=1e300)
+    # some steps overflowing, the smaller ones not: the fit takes those (order 2)
+    t = FD.taylor_test(sq, 2 * x, x, h0=1e160, halvings=600)
+    assert t.consistent and abs(t.order - 2) < 0.1
