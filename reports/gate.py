@@ -146,21 +146,23 @@ class GateResult:
         return view
 
     def markdown(self) -> str:
-        if not self.passed:
-            verdict = f"FAIL: {self.regressions} regression(s)"
-        elif self.inconclusive:
-            verdict = f"INCONCLUSIVE: {self.inconclusive} undecided, no regression"
-        else:
-            verdict = "PASS: no regression"
-        head = (f"### handgrad benchmark gate: {verdict}\n\n"
+        head = (f"### handgrad benchmark gate: {headline(self)}\n\n"
                 f"Change = (kernel / reference) now over (kernel / reference) at baseline. "
                 f"A kernel regresses when the {self.confidence:.0%} interval of the geometric "
                 f"mean of its benchmarks' changes lies above {1 + self.threshold:.2f}, and is "
                 f"ok when it lies at or under it; inconclusive when it straddles it "
-                f"(`decide`: more runs a side, judged by the gate over runs). A "
-                f"single benchmark regresses when its own interval lies above "
-                f"{1 + self.benchmark_threshold:.2f}, or the higher limit of a benchmark "
-                f"that declares its own noise (column `limit`).\n")
+                f"(`decide`: more runs a side, judged by the gate over runs); with fewer "
+                f"than {MIN_BENCHMARKS} benchmarks it has no interval: `per benchmark only`, "
+                f"its benchmarks' verdicts decide. A single benchmark regresses when its "
+                f"own interval lies above {1 + self.benchmark_threshold:.2f}, or the higher "
+                f"limit of a benchmark that declares its own noise (column `limit`); it is "
+                f"ok when its interval's top lies at or under its limit, and inconclusive "
+                f"when the interval straddles it (undecided, exit 3, only where its kernel "
+                f"is judged per benchmark only: a kernel with its own verdict decides). "
+                f"Either is faster when its interval's top lies under 1 / its limit "
+                f"({1 / (1 + self.threshold):.3f} for {1 + self.threshold:.2f}, "
+                f"{1 / (1 + self.benchmark_threshold):.3f} for "
+                f"{1 + self.benchmark_threshold:.2f}).\n")
 
         def fmt(df, cols):
             return to_markdown(_numbers(df, cols))
@@ -173,6 +175,19 @@ class GateResult:
                 + "\n")
         return text + _footer(self.table, self.accepted, self.skipped,
                               "Declared regressions (`accepted` up to their bound)", "Not gated")
+
+
+def headline(result) -> str:
+    """A timed gate's verdict for its report's first line, naming what decided it (the
+    ``kernel.method`` of every regression, else of every undecided row): a CI reader
+    sees which kernel failed before any table."""
+    if result.regressions:
+        return (f"FAIL: {result.regressions} regression(s) in "
+                f"{', '.join(sorted(result.flagged()))}")
+    if result.inconclusive:
+        return (f"INCONCLUSIVE: {result.inconclusive} undecided in "
+                f"{', '.join(sorted(result.undecided()))}; no regression")
+    return "PASS: no regression"
 
 
 def _numbers(df: pd.DataFrame, cols, digits: int = 3) -> pd.DataFrame:
@@ -692,7 +707,8 @@ class InstructionGateResult:
         head = (f"### handgrad instruction-count gate: {verdict}\n\n"
                 f"Change = {what}, now over baseline. A benchmark regresses when its change "
                 f"exceeds {1 + self.threshold:.3f}, unless a declared regression covers it "
-                f"(`accepted`, up to its bound).\n")
+                f"(`accepted`, up to its bound); it is faster under "
+                f"{1 / (1 + self.threshold):.3f} (1 / {1 + self.threshold:.3f}), else ok.\n")
         shown = self.table.drop(columns=["kernel", "method"]).copy()
         for c in ("change", "accepted_bound"):
             if c in shown:

@@ -53,6 +53,7 @@ from handgrad.reports.gate import (
     _accept,
     _footer,
     _numbers,
+    headline,
     is_faster,
 )
 from handgrad.reports.load import (
@@ -549,12 +550,7 @@ class RunsGateResult:
         return {f"{r.kernel}.{r.method}" for r in pd.concat([k, b]).itertuples()}
 
     def markdown(self) -> str:
-        if self.regressions:
-            verdict = f"FAIL: {self.regressions} regression(s)"
-        elif self.inconclusive:
-            verdict = f"INCONCLUSIVE: {self.inconclusive} undecided, no regression"
-        else:
-            verdict = "PASS: no regression"
+        verdict = headline(self)
         cal = (f"the calibration {self.calibration}" if self.calibration else
                "no calibration (the runs' own spread only)")
         head = (f"### handgrad benchmark gate over runs: {verdict}\n\n"
@@ -564,13 +560,15 @@ class RunsGateResult:
                 f"REGRESSION: the interval lies above 1 and the change beyond `limit` "
                 f"(default {1 + self.threshold:.2f} for a kernel, all its benchmarks "
                 f"together; {1 + self.benchmark_threshold:.2f} for one benchmark; a "
-                f"calibration's own where it has one). ok: the interval's top under `limit`. "
-                f"inconclusive: neither (`decide`: how many runs a side would settle it).\n")
+                f"calibration's own where it has one). ok: the interval's top at or under "
+                f"`limit`; faster: its top under 1 / `limit`. inconclusive: neither (`decide`: how "
+                f"many runs a side would settle it).\n")
 
         def fmt(df, cols):
             shown = df.copy()
-            if "benchmark" in shown:  # the benchmark's name says its method
+            if "benchmark" in shown:  # the benchmark's name says its method: it leads
                 shown = shown.drop(columns=["kernel", "method"])
+                shown.insert(0, "benchmark", shown.pop("benchmark"))
             else:
                 shown.insert(0, "kernel", shown.pop("kernel") + "." + shown.pop("method"))
             return to_markdown(_numbers(shown, [c for c in cols if c in shown]))

@@ -589,3 +589,29 @@ def test_runs_taken_apart_without_a_calibration_are_warned(tmp_path, capsys, bas
     capsys.readouterr()
     main(["gate", "--baseline", *base, "--current", *cur, "--noise", str(out)])
     assert "taken before" not in capsys.readouterr().err
+
+
+def test_the_header_over_runs_explains_faster(tmp_path):
+    """The header named REGRESSION, ok and inconclusive; `faster`, a verdict of its tables,
+    was in no words of it."""
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in (1.00, 1.01, 0.99)])
+    cur = write_runs(tmp_path, "c", [{FWD: 0.8 * n} for n in (1.00, 1.01, 0.99)])
+    r = gate_runs(base, cur)
+    assert _row(r, FWD)["verdict"] == "faster"
+    head = r.markdown().split("\n\n")[1]
+    assert ("ok: the interval's top at or under `limit`; faster: its top under 1 / `limit`. "
+            "inconclusive: neither") in head
+    assert r.markdown().splitlines()[0] == (
+        "### handgrad benchmark gate over runs: PASS: no regression")
+    slow = write_runs(tmp_path, "s", [{FWD: 1.3 * n} for n in (1.00, 1.01, 0.99)])
+    assert gate_runs(base, slow).markdown().splitlines()[0] == (
+        "### handgrad benchmark gate over runs: FAIL: 5 regression(s) in "
+        "jacobian.manual_forward")
+
+
+def test_the_benchmark_table_over_runs_leads_with_the_benchmark(tmp_path):
+    """Its first column had been `device`, the benchmark's name second."""
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in (1.00, 1.01, 0.99)])
+    cur = write_runs(tmp_path, "c", [{FWD: n} for n in (1.00, 1.01, 0.99)])
+    text = gate_runs(base, cur).markdown().split("#### Benchmarks\n\n", 1)[1]
+    assert text.splitlines()[0].startswith("| benchmark | device | runs | change |")

@@ -169,7 +169,8 @@ def test_a_kernel_interval_over_the_limit_is_inconclusive_not_ok(tmp_path, facto
         assert r.inconclusive == 1 and r.undecided() == {"backprop.manual"}
         assert "gate over runs" in row["decide"]
         assert r.markdown().startswith(
-            "### handgrad benchmark gate: INCONCLUSIVE: 1 undecided, no regression")
+            "### handgrad benchmark gate: INCONCLUSIVE: 1 undecided in backprop.manual; no "
+            "regression")
         assert main(["gate", "--baseline", base, "--current", cur]) == 3
     else:
         assert r.inconclusive == 0 and row["decide"] == ""

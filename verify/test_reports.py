@@ -1129,6 +1129,40 @@ def test_a_kernel_whose_reference_was_timed_nowhere_is_named_with_what_to_do(
 # ------------------------------------------------------------ what a CI reader is told
 
 
+def test_the_one_pair_header_explains_every_verdict_of_kernels_and_benchmarks(tmp_path):
+    """The header had explained a kernel's verdicts only: a benchmark row's `faster` and
+    `inconclusive`, and a kernel's `per benchmark only`, were in no words of the report.
+    Its numbers follow the options (1 / 1.25 = 0.800, 1 / 1.5 = 0.667)."""
+    summary = tmp_path / "summary.md"
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(SLOW), "--threshold",
+                 "25%", "--benchmark-threshold", "50%", "--summary", str(summary)]) in (0, 3)
+    head = summary.read_text().split("\n\n")[1]
+    assert ("with fewer than 3 benchmarks it has no interval: `per benchmark only`, its "
+            "benchmarks' verdicts decide.") in head
+    assert ("A single benchmark regresses when its own interval lies above 1.50, or the "
+            "higher limit of a benchmark that declares its own noise (column `limit`); it "
+            "is ok when its interval's top lies at or under its limit, and inconclusive when "
+            "the interval straddles it (undecided, exit 3, only where its kernel is judged "
+            "per benchmark only: a kernel with its own verdict decides).") in head
+    assert ("Either is faster when its interval's top lies under 1 / its limit (0.800 for "
+            "1.25, 0.667 for 1.50).") in head
+
+
+def test_the_verdict_line_names_the_kernels_that_decided_it(tmp_path):
+    """"FAIL: 3 regression(s)" counted a kernel and two of its benchmarks and named none:
+    a CI reader had to find them in the tables."""
+    r = gate(str(RUN1), str(SLOW))
+    assert r.markdown().splitlines()[0] == (
+        "### handgrad benchmark gate: FAIL: 3 regression(s) in jacobian.manual_forward")
+    r = gate(str(RUN1), str(RUN2))
+    assert r.markdown().splitlines()[0] == (
+        "### handgrad benchmark gate: INCONCLUSIVE: 2 undecided in jacobian.manual_forward, "
+        "jacobian.manual_reverse; no regression")
+    slow = _write(tmp_path, "slow.json", slow_down(_load(RUN1), "manual", 1.5))
+    assert gate(str(RUN1), str(slow)).markdown().splitlines()[0] == (
+        "### handgrad benchmark gate: FAIL: 4 regression(s) in backprop.manual")
+
+
 COUNTED = FIX / "bench_instructions.json"
 
 
@@ -1285,3 +1319,15 @@ def test_the_accept_file_takes_exactly_what_its_header_says(tmp_path, line, take
     else:
         a = read_accepted(str(f))["a.b"]
         assert a.bound == pytest.approx(taken) and a.reason == "r"
+
+
+def test_the_instruction_gate_header_explains_faster(tmp_path, capsys):
+    """Its rows read `faster` with no word of it above them: under 1 / (1 + threshold)."""
+    shrunk = _counted(tmp_path, 0.7)
+    assert main(["gate", "--baseline", str(COUNTED), "--current", str(shrunk), "--threshold",
+                 "25%"]) == 0
+    out = capsys.readouterr().out
+    assert "| faster |" in out
+    assert ("A benchmark regresses when its change exceeds 1.250, unless a declared "
+            "regression covers it (`accepted`, up to its bound); it is faster under 0.800 "
+            "(1 / 1.250), else ok.") in out
