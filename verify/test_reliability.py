@@ -7,8 +7,9 @@ not a tensor, an integer / complex / bool / other floating dtype, a wrong rank, 
 zero-sized axis, NaN, inf, another device ("meta"), a numpy or 0-d tensor number, a bool,
 a string, a negative or zero count, an unknown choice; and (issue 26) a dtype given as a
 string, a numpy type, None or a non-floating torch dtype, an empty batch (every argument
-that holds the batch emptied together) and an empty sequence of iteration counts. The
-outcome must be one of:
+that holds the batch emptied together) and an empty sequence of iteration counts; and the
+same values in a strided (non-contiguous) layout or requiring grad, a count given as a
+whole float (2.0), a float16 or bfloat16 dtype. The outcome must be one of:
 
 - ``reject``: a ``ValueError`` or ``TypeError`` whose message names the spoilt argument;
 - ``accept``: a finite result equal to the valid call's (a numpy ``float32(0.02)`` or a
@@ -71,6 +72,10 @@ def _tensor_spoilers(t: torch.Tensor) -> dict[str, tuple[object, str]]:
         out["inf"] = (inf, "reject")
     if t.dim() >= 1:
         out["drop-dim"] = (t.reshape(-1)[0], "reject")
+        # the same values in a layout of another stride (every other element of a buffer
+        # twice the size), and the same values requiring grad: the same answer
+        out["strided"] = (torch.stack([t, t], -1)[..., 0], "accept")
+    out["requires-grad"] = (t.detach().clone().requires_grad_(), "accept")
     return out
 
 
@@ -96,6 +101,7 @@ def _count_spoilers(k: int, minimum: int = 0) -> dict[str, tuple[object, str]]:
     return {
         "numpy-int64": (np.int64(k), "accept"),
         "float": (k + 0.5, "reject"),
+        "float-whole": (float(k), "reject"),  # depth=2.0: a float, if a whole one
         "bool": (True, "reject"),
         "str": (str(k), "reject"),
         "below-minimum": (minimum - 1, "reject"),
@@ -106,7 +112,8 @@ def _count_spoilers(k: int, minimum: int = 0) -> dict[str, tuple[object, str]]:
 def _dtype_spoilers() -> dict[str, tuple[object, str]]:
     return {"str": ("float32", "reject"), "numpy": (np.float32, "reject"),
             "none": (None, "reject"), "int": (torch.int64, "reject"),
-            "complex": (torch.complex128, "reject"), "float32": (torch.float32, "dtype")}
+            "complex": (torch.complex128, "reject"), "float32": (torch.float32, "dtype"),
+            "float16": (torch.float16, "dtype"), "bfloat16": (torch.bfloat16, "dtype")}
 
 
 def _choice_spoilers() -> dict[str, tuple[object, str]]:
