@@ -16,9 +16,9 @@ others held), so a failure names the argument. Four references, each where it ap
   that atol projected (times |v|, where they fail without it); not where that added atol
   would exceed ``ROUNDING_CAP`` (0.1) of the reference's largest element (f loses precision
   in that dtype: the failure says to check in float64), nor where ``tol`` is given
-  (compared at it, as given). A float64 gradient (``check_vjp``) is allowed float64's own
-  rounding the same way, measured by torch's gradient with each argument's elements moved
-  by an ulp (``_jittered_vjp``: a right layer-norm gradient of rows at 100 with std 0.01
+  (compared at it, as given). A float64 gradient or tangent is allowed float64's own
+  rounding the same way, measured by torch's derivative with each argument's elements moved
+  by an ulp (``_moved_by_an_ulp``: a right layer-norm gradient of rows at 100 with std 0.01
   missed torch's by 8e-8 of an element); past the cap the failure says f's derivative is
   ill-conditioned there. Only against torch's reference: a custom Function's float32
   derivative held to its own float64 run (below) gets no such allowance. Skipped for an
@@ -622,13 +622,19 @@ def _jittered_vjp(f, args: tuple, wrt: list[int], u: torch.Tensor) -> dict[int, 
     and where f's derivative sums terms that cancel (layer norm of rows far from 0: a right
     float64 gradient missed torch's by 8e-8 of an element, rtol 1e-9) no float64 computation
     gets nearer; {} where torch gives none."""
+    return _own_dtype_vjp(f, _moved_by_an_ulp(args, wrt), wrt, u)
+
+
+def _moved_by_an_ulp(args: tuple, wrt: list[int]) -> tuple:
+    """``args`` (float64) with each checked argument's elements moved by an ulp, up or down
+    at random (a fixed seed): a point as float64 knows it (``_jittered_vjp``)."""
     gen = torch.Generator().manual_seed(0)
     eps = torch.finfo(torch.float64).eps
     moved = list(args)
     for i in wrt:
         sign = torch.randint(0, 2, args[i].shape, generator=gen, dtype=torch.float64) * 2 - 1
         moved[i] = args[i].detach() * (1 + eps * sign.to(args[i].device))
-    return _own_dtype_vjp(f, tuple(moved), wrt, u)
+    return tuple(moved)
 
 
 def _own_dtype_jvp(f, args: tuple, i: int, t: torch.Tensor) -> torch.Tensor | None:
@@ -1442,6 +1448,10 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 if tol is None and in64 and a.dtype != torch.float64:
                     rounding = _Rounding(lambda i=i, t=t: _own_dtype_jvp(f, args, i, t), ref,
                                          dtol, a.dtype, f"{how}'s tangent")
+                elif tol is None and in64:  # float64's own: the arguments moved by an ulp
+                    rounding = _Rounding(
+                        lambda i=i, t=t: _own_dtype_jvp(f, _moved_by_an_ulp(args64, wrt), i, t),
+                        ref, dtol, torch.float64, f"{how}'s tangent")
                 r, msg, why, _ = _compare_rounded(label, jt, ref, dtol, rounding, kernel=kernel,
                                                   reference=how, record_as=record_as)
                 ratio = r if ratio is None else max(ratio, r)
