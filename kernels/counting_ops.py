@@ -105,6 +105,9 @@ OPS: dict[str, str] = {
     **dict.fromkeys(AVG_POOL_OPS, "avg_pool"),
     **{op: "max_pool" if "max" in op else "avg_pool" for op in ADAPTIVE_POOL_OPS},
     "mean": "reduce", "sum": "reduce",
+    # the index of a row's largest (smallest) value: C - 1 compares per row of C; indices
+    # carry no gradient, so no backward is ever asked of it
+    "argmax": "arg_reduce", "argmin": "arg_reduce",
     **dict.fromkeys(ADD_OPS, "add"),
     "mul": "mul", "mul_": "mul",
     "div": "div", "div_": "div",
@@ -131,6 +134,8 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
         return None
     if kind == "free":
         return _ZERO  # data movement and bookkeeping, zero on purpose
+    if kind == "arg_reduce":  # an integer result, but compares made on its input
+        return Counts(compares=_numel(args[0].shape) - _numel(out.shape))
     if (out[0] if isinstance(out, (tuple, list)) else out).dtype in _INTEGER_DTYPES:
         return _ZERO  # integer bookkeeping (_INTEGER_DTYPES)
     if kind == "conv":
@@ -213,8 +218,8 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
         # broadcast operand's summed back to its shape (a 0-d -inf: numel(out) - 1 adds)
         return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[i].shape)))
                 for i in (1, 2) if i < len(needs) and needs[i]]
-    if kind in ("max_pool", "free"):
-        return []  # routing and data movement (module docstring)
+    if kind in ("max_pool", "free", "arg_reduce"):
+        return []  # routing and data movement (module docstring); indices: no gradient
     if kind == "avg_pool" and base in ADAPTIVE_POOL_OPS:  # scaled once, spread: each input
         taps, n_in = _adaptive_taps(args, out)  # sums the windows covering it (all are)
         return [("grad_input", Counts(mults=_out_numel(args, out), adds=taps - n_in))

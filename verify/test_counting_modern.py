@@ -602,3 +602,36 @@ def test_uneven_adaptive_pooling_by_hand(in_size, out_size, kind):
     )
     pool_back = C.Counts(mults=outputs, adds=taps - inputs) if kind == "avg" else C.Counts()
     assert report.backward == conv_back + pool_back
+
+
+class Pick(nn.Module):
+    """argmax and argmin of values that need a gradient, the indices used downstream."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, E)
+
+    def forward(self, x):
+        h = self.fc(x)
+        i = h.argmax(1, keepdim=True)
+        j = h.argmin()  # over all B * E values
+        return h * (i + j)
+
+
+def test_argmax_and_argmin_compare_and_send_no_gradient():
+    """Forward: C - 1 compares per row of C (B*E - 1 for the whole tensor); autograd has no
+    backward for an index, so neither is listed as a backward op without a formula, and h
+    is used once by autograd (the mul) : no accumulation."""
+    report = C.count_model(Pick(), (B, E), backward=True, input_requires_grad=True)
+    assert report.uncounted == {} and report.uncounted_backward == {}
+    n = B * E
+    linear = C.Counts(params=E * E + E, mults=n * E, adds=n * E, macs=n * E)
+    # the index sum i + j: integer bookkeeping; h * (i + j): n products
+    assert report.forward == linear + C.Counts(compares=B * (E - 1) + n - 1, mults=n)
+    lin_m, lin_a = linear_back(B, E, E, input_grad=True)
+    assert report.backward == C.Counts(mults=n + lin_m, adds=lin_a, macs=lin_m)
+    # asked directly (count_model never asks it: an integer result), the table says free
+    from handgrad.kernels.counting_ops import backward_op_counts
+
+    h = torch.empty(B, E, device="meta")
+    assert backward_op_counts("argmax", [h, 1], h.argmax(1), [True, False]) == []
