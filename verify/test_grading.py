@@ -390,3 +390,50 @@ def test_a_right_float64_tangent_whose_sums_cancel_passes_with_float64_rounding_
     assert "float64 rounding allowed: atol 1e-11 + 4 x " in str(report)
     with pytest.raises(AssertionError, match=r"looks like a constant factor: 1\.0000009"):
         check_jvp(layer_norm, lambda t, x: layer_norm_jvp(t, x) * (1 + 1e-6), _far_rows())
+
+
+# --- a convolution's kernel gradient read back to front --------------------------------------
+
+
+def test_a_kernel_gradient_reversed_along_its_window_is_named():
+    def conv1d(x, w):  # x (B, C, L), w (O, C, K): F.conv1d is a correlation
+        return torch.nn.functional.conv1d(x, w)
+
+    def conv1d_vjp_flipped(g, x, w):  # by hand through x.unfold, the window read backwards
+        K, L_out = w.shape[-1], g.shape[-1]
+        cols = x.unfold(2, K, 1)  # (B, C, L_out, K)
+        dw = torch.einsum("bol,bclk->ock", g, cols)
+        dcols = torch.einsum("bol,ock->bclk", g, w)
+        dx = torch.zeros_like(x)
+        for k in range(K):
+            dx[:, :, k : k + L_out] += dcols[..., k]
+        return dx, dw.flip(-1)
+
+    gen = torch.Generator().manual_seed(4)
+    args = (
+        torch.randn(2, 3, 10, generator=gen, dtype=torch.float64),
+        torch.randn(4, 3, 3, generator=gen, dtype=torch.float64),
+    )
+    with pytest.raises(AssertionError) as err:
+        check_vjp(conv1d, conv1d_vjp_flipped, args)
+    assert str(err.value).startswith("check_vjp of test_a_kernel_gradient_reversed_along_its_")
+    assert (
+        "looks like the reference reversed along dim 2: a window read back to front "
+        "(convolution for correlation, or a flip missing)?"
+    ) in str(err.value)
+    assert "args[0] (x)" not in str(err.value).splitlines()[0]  # dx is right
+
+
+def test_signature_names_a_reversal_only_where_one_explains_it():
+    ref = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]], dtype=torch.float64)
+    tol = GRAD[torch.float64]
+    assert signature(
+        torch.tensor([[3.0, 2.0, 1.0], [7.0, 5.0, 4.0]], dtype=torch.float64), ref, tol
+    ).startswith("the reference reversed along dim 1: ")
+    assert signature(
+        torch.tensor([[4.0, 5.0, 7.0], [1.0, 2.0, 3.0]], dtype=torch.float64), ref, tol
+    ).startswith("the reference reversed along dim 0: ")
+    assert (
+        signature(torch.tensor([[3.0, 2.0, 1.0], [7.0, 5.0, 4.5]], dtype=torch.float64), ref, tol)
+        is None
+    )

@@ -92,28 +92,29 @@ On a failure: one ``AssertionError`` naming each wrong argument (``args[1] (weig
 result of the wrong shape or device stops at the first argument it concerns, and a shape
 that is the argument's with dimensions added says so: a batch not summed over, keepdim), its
 worst element, errors and tolerance, and, where one fits, a signature: a flipped sign, a
-transpose, a constant factor, a missing (zero) gradient, values computed in a narrower dtype
-(each a float32, float16 or bfloat16 number, the reference's not: a cast inside the
-derivative); for a scalar f (a loss), a gradient that is torch's over the cotangent is said
-to ignore the cotangent. The vjp is called twice at the point (the jvp twice with each
-argument's first tangent): results that differ between the calls beyond rounding (their
-dtype's forward tolerance) fail as not deterministic, naming the argument, where one call
-could pass by chance (a random op, or a gradient accumulated into a buffer kept between
-calls; the first call's result is copied before the second). A derivative that raises is
-raised as it is, with notes (Python 3.11 on) saying how the check called it and what it gave
-it, in order (parameters in another order: vjp(x, W, b, g) for vjp(g, x, W, b)). A
-derivative that returns NaN or inf (``f`` being finite there) is named as such, with the
-count and first indices, and not compared with a reference; where torch's derivative is not
-finite at those places either, the message says the point is not differentiable (sqrt at 0).
-Where torch's derivative disagrees and central differences agree with the derivative under
-test and disagree with torch (not where the two differ below their resolution), the failure
-says ``f``'s graph may be broken for torch (``float()``, ``.item()``, numpy), and stays a
-failure: central differences see projections only. On success: a ``CheckReport`` (headroom
-per argument and reference, Taylor order). Each element comparison is also recorded like
-handgrad's own (``compare.RECORDS``: ``pytest --verify-report``), labelled with the dtype
-whose tolerance judged it (the argument's, or the narrower output's) and the argument's
-device, central differences too (run in float64 and compared as float64 numbers on the CPU),
-so the report's rows per dtype hold one tolerance.
+transpose, a reversal along one dim (a convolution's kernel read back to front), a constant
+factor, a missing (zero) gradient, values computed in a narrower dtype (each a float32,
+float16 or bfloat16 number, the reference's not: a cast inside the derivative); for a scalar
+f (a loss), a gradient that is torch's over the cotangent is said to ignore the cotangent.
+The vjp is called twice at the point (the jvp twice with each argument's first tangent):
+results that differ between the calls beyond rounding (their dtype's forward tolerance) fail
+as not deterministic, naming the argument, where one call could pass by chance (a random op,
+or a gradient accumulated into a buffer kept between calls; the first call's result is
+copied before the second). A derivative that raises is raised as it is, with notes (Python
+3.11 on) saying how the check called it and what it gave it, in order (parameters in another
+order: vjp(x, W, b, g) for vjp(g, x, W, b)). A derivative that returns NaN or inf (``f``
+being finite there) is named as such, with the count and first indices, and not compared
+with a reference; where torch's derivative is not finite at those places either, the message
+says the point is not differentiable (sqrt at 0). Where torch's derivative disagrees and
+central differences agree with the derivative under test and disagree with torch (not where
+the two differ below their resolution), the failure says ``f``'s graph may be broken for
+torch (``float()``, ``.item()``, numpy), and stays a failure: central differences see
+projections only. On success: a ``CheckReport`` (headroom per argument and reference, Taylor
+order). Each element comparison is also recorded like handgrad's own (``compare.RECORDS``:
+``pytest --verify-report``), labelled with the dtype whose tolerance judged it (the
+argument's, or the narrower output's) and the argument's device, central differences too
+(run in float64 and compared as float64 numbers on the CPU), so the report's rows per dtype
+hold one tolerance.
 """
 
 from __future__ import annotations
@@ -854,7 +855,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: Tol) -> bool:
 
 def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
     """A name for how ``got`` is wrong against ``ref`` when one simple change explains it:
-    a missing (zero) result, a flipped sign, a transpose, a constant factor; else None."""
+    a missing (zero) result, a flipped sign, a transpose, a reversal along one dim, a
+    constant factor, values computed in a narrower dtype; else None."""
     g, r = got.detach().double(), ref.detach().double()
     if g.dim() == 2 and r.dim() == 2 and g.shape == r.t().shape and g.shape != r.shape:
         return "the shape of its transpose: transposed?"
@@ -869,6 +871,12 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
         return "a flipped sign (-1 x the reference)"
     if g.dim() == 2 and g.shape[0] == g.shape[1] and _close(g, r.t(), tol):
         return "the reference transposed"
+    # a kernel's gradient reversed along its window: a convolution written as a correlation
+    # (or the reverse), x.unfold's window read back to front
+    for d in range(g.dim()):
+        if g.shape[d] > 1 and _close(g, r.flip(d), tol):
+            return (f"the reference reversed along dim {d}: a window read back to front "
+                    "(convolution for correlation, or a flip missing)?")
     c = float((g * r).sum()) / rr
     if c != 0 and _close(g, c * r, tol):
         shown = f"{c:.6g}"
