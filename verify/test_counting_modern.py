@@ -601,6 +601,19 @@ def test_uneven_adaptive_pooling_by_hand(in_size, out_size, kind):
         mults=inputs * c, adds=inputs * c - c * c + c * (inputs // c - 1), macs=inputs * c
     )
     pool_back = C.Counts(mults=outputs, adds=taps - inputs) if kind == "avg" else C.Counts()
+    if kind == "avg":  # autograd's own: weight each output's gradient by its window's size
+        # (undoing the 1/size), and each input's gradient counts the windows covering it
+        x = torch.ones(1, c, *in_size, dtype=torch.float64, requires_grad=True)
+        sizes = pool(torch.ones_like(x)) * 0 + torch.tensor(
+            [
+                len(list(itertools.product(*(w[i] for w, i in zip(per_axis, idx)))))
+                for idx in itertools.product(*(range(o) for o in out_size))
+            ],
+            dtype=torch.float64,
+        ).reshape(out_size)
+        (pool(x) * sizes).sum().backward()
+        covers = x.grad.round().long()
+        assert (covers >= 1).all() and int((covers - 1).sum()) == taps - inputs
     assert report.backward == conv_back + pool_back
 
 
