@@ -275,14 +275,24 @@ def _svd_spectrum(X: torch.Tensor, y: torch.Tensor | None) -> Spectrum:
 def gradient(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(D,): grad L(w) = X^T (X w - y)."""
     X, y, w = _check_problem(X, y, w)
-    return X.t() @ (X @ w - y)
+    return _no_overflow(X.t() @ (X @ w - y), "gradient", "X^T (X w - y)")
 
 
 def loss(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """L(w) = 1/2 ||X w - y||^2."""
     X, y, w = _check_problem(X, y, w)
     r = X @ w - y
-    return 0.5 * (r @ r)
+    return _no_overflow(0.5 * (r @ r), "loss", "1/2 ||X w - y||^2")
+
+
+def _no_overflow(t: torch.Tensor, what: str, formula: str) -> torch.Tensor:
+    """``t``, or an OverflowError where it is not finite: its arguments were checked finite,
+    so the result overflowed (X of 1e200). Not inside a graph (a read to the host)."""
+    if not in_graph() and not bool(torch.isfinite(t).all()):
+        raise OverflowError(f"{what}: {formula} overflows {t.dtype} (largest "
+                            f"{torch.finfo(t.dtype).max:.3g}) though X, w and y are finite; "
+                            "scale X and y")
+    return t
 
 
 def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -312,7 +322,12 @@ def spectral_radius(X: torch.Tensor, alpha: float) -> float:
     lam = spectrum(X).lam
     if not lam.shape[0]:  # D = 0: no eigenvalue, the max over none is 0 (converges: True)
         return 0.0
-    return float(host((1 - alpha * lam).abs().max()))
+    radius = float(host((1 - alpha * lam).abs().max()))
+    if not in_graph() and not math.isfinite(radius):  # finite X, alpha: alpha lam overflowed
+        raise OverflowError(f"spectral_radius: |1 - alpha lambda_max| overflows {lam.dtype} "
+                            f"(alpha = {alpha:g}, X of max |X| = "
+                            f"{float(host(X.abs().amax())):g}); GD diverges far beyond it")
+    return radius
 
 
 def converges(X: torch.Tensor, alpha: float) -> bool:

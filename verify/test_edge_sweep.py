@@ -143,3 +143,28 @@ def test_taylor_test_where_f_overflows_at_every_step_is_refused_by_name():
     # some steps overflowing, the smaller ones not: the fit takes those (order 2)
     t = FD.taylor_test(sq, 2 * x, x, h0=1e160, halvings=600)
     assert t.consistent and abs(t.order - 2) < 0.1
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["loss", "gradient", "spectral_radius-X", "spectral_radius-alpha"],
+)
+def test_least_squares_results_that_overflow_from_finite_arguments_raise(what):
+    """X of 1e200: X w is 1e200, its square past float64's range: the loss was inf and the
+    gradient X^T (X w - y) nan; the spectral radius |1 - alpha lambda| of X of 1e200 (or
+    alpha = 1e308) was inf. Finite arguments whose result overflows raise OverflowError,
+    as gradient descent's iterates do."""
+    X, y, w = _problem()
+    calls = {
+        "loss": lambda: ls.loss(X * 1e200, w, y),
+        "gradient": lambda: ls.gradient(X * 1e200, w, y),
+        "spectral_radius-X": lambda: ls.spectral_radius(X * 1e200, 0.1),
+        "spectral_radius-alpha": lambda: ls.spectral_radius(X, 1e308),
+    }
+    name = what.split("-")[0]
+    with pytest.raises(OverflowError, match=rf"{name}: .* overflows torch\.float64"):
+        calls[what]()
+    # within range: returned
+    assert math.isfinite(float(ls.loss(X * 1e150, w, y)))
+    assert bool(torch.isfinite(ls.gradient(X * 1e100, w, y)).all())
+    assert math.isfinite(ls.spectral_radius(X * 1e100, 1e-200))
