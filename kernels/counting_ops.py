@@ -59,6 +59,7 @@ FREE_OPS = {
     "new_empty", "new_zeros", "fill_", "zero_", "index_select", "repeat", "roll", "flip",
     # selection and masking (an attention mask: tril of ones, where between 0 and -inf)
     "tril", "triu", "where", "masked_fill", "masked_fill_", "scalar_tensor", "full",
+    "full_like", "new_ones", "new_full", "new_empty_strided",  # fills, as zeros_like
 }
 
 # free forward, but their gradient is summed back to the input's shape: an expanded (or

@@ -648,3 +648,26 @@ def test_argmax_and_argmin_compare_and_send_no_gradient():
 
     h = torch.empty(B, E, device="meta")
     assert backward_op_counts("argmax", [h, 1], h.argmax(1), [True, False]) == []
+
+
+class Filled(nn.Module):
+    """Constants made like h (full_like, new_ones, new_full): fills, free, and constants to
+    autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, E)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return h * torch.full_like(h, 2.0) + h.new_ones(h.shape) + h.new_full((E,), 3.0)
+
+
+def test_fills_are_free_and_constant():
+    report = C.count_model(Filled(), (B, E), backward=True)
+    n = B * E
+    assert report.uncounted == {} and report.uncounted_backward == {}
+    linear = C.Counts(params=E * E + E, mults=n * E, adds=n * E, macs=n * E)
+    assert report.forward == linear + C.Counts(mults=n, adds=2 * n)
+    lin_m, lin_a = linear_back(B, E, E, input_grad=False)
+    assert report.backward == C.Counts(mults=n + lin_m, adds=lin_a, macs=lin_m)
