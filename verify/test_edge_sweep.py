@@ -168,3 +168,50 @@ def test_least_squares_results_that_overflow_from_finite_arguments_raise(what):
     assert math.isfinite(float(ls.loss(X * 1e150, w, y)))
     assert bool(torch.isfinite(ls.gradient(X * 1e100, w, y)).all())
     assert math.isfinite(ls.spectral_radius(X * 1e100, 1e-200))
+
+
+# -- handgrad.testing -----------------------------------------------------------------------
+
+
+def test_check_vjp_of_an_f_with_no_output_is_refused_by_name():
+    """f(*args) with no elements: no derivative to check (torch's max of the empty output
+    raised a RuntimeError while the tolerance was scaled by it)."""
+    from handgrad.testing import check_jvp, check_vjp
+
+    x = torch.ones(3, 4, dtype=F64)
+    w = torch.ones(4, 2, dtype=F64)
+
+    def f(x, w):
+        return (x @ w)[:0]
+
+    def vjp(g, x, w):
+        return torch.zeros_like(x), torch.zeros_like(w)
+
+    def jvp(t, x, w):
+        return f(x, w)
+
+    pattern = r"f: f\(\*args\) has no elements \(shape \(0, 2\)\)"
+    with pytest.raises(ValueError, match=pattern):
+        check_vjp(f, vjp, (x, w))
+    with pytest.raises(ValueError, match=pattern):
+        check_jvp(f, jvp, (x, w))
+
+
+def test_signature_refuses_what_is_not_a_tensor_or_a_tol_by_name():
+    """signature(got, ref, tol) is public: a list, a (rtol, atol) tuple or a meta tensor got
+    AttributeError / RuntimeError from inside."""
+    from handgrad.testing import Tol, signature
+
+    a = torch.ones(3, dtype=F64)
+    tol = Tol(1e-6, 1e-6)
+    with pytest.raises(TypeError, match=r"got: expected a torch.Tensor, got list"):
+        signature([1.0, 1.0, 1.0], a, tol)
+    with pytest.raises(TypeError, match=r"ref: expected a torch.Tensor, got ndarray"):
+        signature(a, a.numpy(), tol)
+    with pytest.raises(TypeError, match=r"tol: expected a handgrad.testing.Tol, got tuple"):
+        signature(a, -a, (1e-6, 1e-6))
+    with pytest.raises(ValueError, match=r"got: a tensor on the meta device holds no values"):
+        signature(a.to("meta"), a, tol)
+    with pytest.raises(ValueError, match=r"ref: a tensor on the meta device holds no values"):
+        signature(a, a.to("meta"), tol)
+    assert signature(-a, a, tol) == "a flipped sign (-1 x the reference)"

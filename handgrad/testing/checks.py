@@ -380,6 +380,9 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
     with torch.no_grad():
         out = _output("f", f(*args))
     args.check("f")
+    if not out.numel():
+        raise ValueError(f"f: f(*args) has no elements (shape {tuple(out.shape)}): no "
+                         "derivative to check; expected an f with at least one output element")
     if not bool(torch.isfinite(out).all()):
         raise ValueError(f"args: f(*args) is not finite at the given point: "
                          f"{_nonfinite(out, 'output elements')}; no derivative can be checked "
@@ -857,6 +860,14 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
     """A name for how ``got`` is wrong against ``ref`` when one simple change explains it:
     a missing (zero) result, a flipped sign, a transpose, a reversal along one dim, a
     constant factor, values computed in a narrower dtype; else None."""
+    for name, t in (("got", got), ("ref", ref)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.device.type == "meta":
+            raise ValueError(f"{name}: a tensor on the meta device holds no values; expected "
+                             "a tensor on a real device (cpu, cuda)")
+    if not isinstance(tol, Tol):
+        raise TypeError(f"tol: expected a handgrad.testing.Tol, got {type(tol).__name__}")
     g, r = got.detach().double(), ref.detach().double()
     if g.dim() == 2 and r.dim() == 2 and g.shape == r.t().shape and g.shape != r.shape:
         return "the shape of its transpose: transposed?"
