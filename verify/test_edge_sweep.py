@@ -215,3 +215,24 @@ def test_signature_refuses_what_is_not_a_tensor_or_a_tol_by_name():
     with pytest.raises(ValueError, match=r"ref: a tensor on the meta device holds no values"):
         signature(a, a.to("meta"), tol)
     assert signature(-a, a, tol) == "a flipped sign (-1 x the reference)"
+
+
+def test_diagnose_refuses_x_or_y_of_another_dtype_than_the_network_by_name():
+    """backprop refuses x of float32 for a float64 network; diagnose took it, rounded x to
+    float32 for its reference, and named a right dW2 as wrong ('not -reference, ...')."""
+    from handgrad.kernels import backprop as bp
+    from handgrad.testing import diagnose
+
+    g = torch.Generator().manual_seed(0)
+    net = mlp.init_mlp([3, 5, 2], "tanh", generator=g, dtype=F64)
+    x = torch.randn(4, 3, generator=g, dtype=F64)
+    y = torch.randn(4, 2, generator=g, dtype=F64)
+    grads = bp.backprop(net, x, y)
+    assert diagnose(grads, net, x, y).layer is None  # right: no layer named
+    with pytest.raises(TypeError, match=r"x: dtype torch.float32 does not match the network's"):
+        diagnose(grads, net, x.float(), y)
+    with pytest.raises(TypeError, match=r"y: dtype torch.float32 does not match x"):
+        diagnose(grads, net, x, y.float())
+    labels = torch.tensor([0, 1, 1, 0], dtype=torch.int32)  # indices: any integer dtype
+    ce = bp.backprop(net, x, labels, loss="cross_entropy")
+    assert diagnose(ce, net, x, labels, loss="cross_entropy").layer is None

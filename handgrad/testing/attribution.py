@@ -257,6 +257,10 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
     x = _tensor("x", x, device)
     if not x.dtype.is_floating_point:
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+    wdtype = net.weights[0].dtype  # backprop refuses x or y of another dtype: so does this
+    if x.dtype != wdtype:
+        raise TypeError(f"x: dtype {x.dtype} does not match the network's weights ({wdtype}); "
+                        "expected the x backprop was given")
     if x.dim() not in (1, 2) or x.shape[-1] != net.sizes[0]:
         raise ValueError(f"x: expected shape (N, {net.sizes[0]}) or ({net.sizes[0]},) for this "
                          f"network, got {tuple(x.shape)}")
@@ -275,6 +279,9 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
         if not y.dtype.is_floating_point:
             raise TypeError(f"y: for loss={loss!r} expected a floating-point tensor, got "
                             f"dtype {y.dtype}")
+        if y.dtype != x.dtype:
+            raise TypeError(f"y: dtype {y.dtype} does not match x ({x.dtype}); expected the y "
+                            "backprop was given")
         if y.numel() != n * c:
             raise ValueError(f"y: expected {n * c} values (shape ({n}, {c})) for x of shape "
                              f"{tuple(x.shape)} and a network with {c} outputs, got shape "
