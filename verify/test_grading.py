@@ -68,6 +68,20 @@ def test_a_vjp_differing_between_calls_by_rounding_only_passes():
     assert check_vjp(layer, atomics, _args(torch.float64)).passed
 
 
+def test_a_float32_vjp_differing_between_calls_within_its_gradient_tolerance_passes():
+    # a GPU's atomic adds over many terms that cancel: 3e-5 of the largest element apart,
+    # beyond float32's forward tolerance (1e-5) and within its gradient tolerance (1e-4),
+    # which is what the gradient is compared at: no verdict turns on such a difference
+    calls = []
+
+    def atomics(g, x, W, b):
+        calls.append(1)
+        dx, dW, db = layer_vjp(g, x, W, b)
+        return dx, dW + 3e-5 * dW.abs().max() * (len(calls) % 2 == 0), db
+
+    assert check_vjp(layer, atomics, _args(torch.float32), tol=None).passed is True
+
+
 def test_a_vjp_giving_none_then_a_tensor_fails_as_not_deterministic():
     calls = []
 

@@ -97,7 +97,7 @@ factor, a missing (zero) gradient, values computed in a narrower dtype (each a f
 float16 or bfloat16 number, the reference's not: a cast inside the derivative); for a scalar
 f (a loss), a gradient that is torch's over the cotangent is said to ignore the cotangent.
 The vjp is called twice at the point (the jvp twice with each argument's first tangent):
-results that differ between the calls beyond rounding (their dtype's forward tolerance) fail
+results that differ between the calls beyond rounding (their dtype's gradient tolerance) fail
 as not deterministic, naming the argument, where one call could pass by chance (a random op,
 or a gradient accumulated into a buffer kept between calls; the first call's result is
 copied before the second). A derivative that raises is raised as it is, with notes (Python
@@ -759,8 +759,8 @@ def _note_call(e: BaseException, how: str, given: list[str]) -> None:
 def _repeatable(who: str, pairs) -> None:
     """An ``AssertionError`` naming the first argument whose result differs between two calls
     of the derivative ``who`` ("vjp": its gradient, "jvp": the tangent moving it) at the same
-    point beyond rounding (the result's dtype's forward tolerance, atol scaled by its largest
-    value, as f's own second call): a random op inside the derivative, or state kept between
+    point beyond rounding (the result's dtype's gradient tolerance, atol scaled by its largest
+    value): a random op inside the derivative, or state kept between
     calls (a gradient accumulated into a buffer it returns). One call of such a derivative
     can pass by chance. ``pairs``: (label, first, second) per argument, ``first`` a copy
     taken before the second call (a buffer the second call writes into would match itself).
@@ -773,7 +773,9 @@ def _repeatable(who: str, pairs) -> None:
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and \
                 a.shape == b.shape and a.device == b.device:
             a64, b64 = a.detach().double(), b.detach().double()
-            same = FORWARD.get(a.dtype, Tol(0.0, 0.0))
+            # the gradient tolerance: a difference below it cannot turn a verdict, and a GPU's
+            # atomic adds (index_add, scatter_add) sum in another order each call
+            same = GRAD.get(a.dtype, Tol(0.0, 0.0))
             top = a64.abs()[torch.isfinite(a64)]
             same = Tol(same.rtol, same.atol + same.rtol * float(top.max() if top.numel() else 0))
             # NaN or inf at the same place both times is the same result (and named later)
