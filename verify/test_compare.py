@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,10 @@ def test_tolerance_table_covers_every_dtype_with_rtol_and_atol() -> None:
         Tol(rtol=0.1, atol=True)
     with pytest.raises(ValueError, match="rtol and atol must be >= 0"):
         Tol(rtol=float("nan"), atol=0.0)  # a NaN tolerance passes nothing and fails nothing
+    for rtol, atol in ((math.inf, 0.0), (0.0, math.inf)):  # would pass every value
+        with pytest.raises(ValueError, match=r"rtol and atol must be finite \(an infinite one "
+                                             r"passes every value\), got rtol="):
+            Tol(rtol=rtol, atol=atol)
     with pytest.raises(ValueError, match="dtype: no finite_diff tolerance for torch.float16"):
         tol_for(torch.float16, "finite_diff")
     with pytest.raises(TypeError, match="dtype: expected a floating torch.dtype, got "

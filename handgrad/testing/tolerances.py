@@ -8,6 +8,7 @@ when ``|actual - expected| <= atol + rtol * |expected|`` (torch.isclose's rule).
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ class Tol:
         if not (self.rtol >= 0 and self.atol >= 0):
             raise ValueError(
                 f"Tol: rtol and atol must be >= 0, got rtol={self.rtol}, atol={self.atol}"
+            )
+        if math.isinf(self.rtol) or math.isinf(self.atol):  # a check that can never fail
+            raise ValueError(
+                f"Tol: rtol and atol must be finite (an infinite one passes every value), "
+                f"got rtol={self.rtol}, atol={self.atol}"
             )
 
     def scaled(self, factor: float) -> Tol:
