@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handgrad.testing import check_jvp, check_vjp, signature
-from handgrad.testing.tolerances import GRAD
+from handgrad.testing.tolerances import GRAD, Tol
 
 
 def layer(x, W, b):
@@ -80,6 +80,28 @@ def test_a_float32_vjp_differing_between_calls_within_its_gradient_tolerance_pas
         return dx, dW + 3e-5 * dW.abs().max() * (len(calls) % 2 == 0), db
 
     assert check_vjp(layer, atomics, _args(torch.float32), tol=None).passed is True
+
+
+def test_a_vjp_differing_between_calls_within_a_looser_tol_given_passes_and_beyond_it_fails():
+    # tol=: the check compares at that tolerance, so the repeat does too (the looser of it
+    # and the gradient tolerance): 3e-3 of the largest element apart is beyond float32's
+    # gradient tolerance (1e-4) and within rtol 1e-2; 5e-2 apart is beyond both
+    def differing(by):
+        calls = []
+
+        def vjp(g, x, W, b):
+            calls.append(1)
+            dx, dW, db = layer_vjp(g, x, W, b)
+            return dx, dW + by * dW.abs().max() * (len(calls) % 2 == 0), db
+
+        return vjp
+
+    loose = Tol(rtol=1e-2, atol=1e-4)  # the difference is within its rtol, not its atol
+    assert check_vjp(layer, differing(3e-3), _args(torch.float32), tol=loose).passed is True
+    with pytest.raises(AssertionError, match=r"args\[1\] \(W\): two calls of the vjp"):
+        check_vjp(layer, differing(3e-3), _args(torch.float32))
+    with pytest.raises(AssertionError, match=r"args\[1\] \(W\): two calls of the vjp"):
+        check_vjp(layer, differing(5e-2), _args(torch.float32), tol=loose)
 
 
 def test_a_vjp_giving_none_then_a_tensor_fails_as_not_deterministic():
@@ -243,6 +265,21 @@ def test_a_jvp_right_on_every_other_call_fails_as_not_deterministic():
         "args[0] (x): two calls of the jvp at the same point gave different tangents "
         "(largest difference "
     )
+
+
+def test_a_jvp_differing_between_calls_within_a_looser_tol_given_passes():
+    calls = []
+
+    def differing(t, x, W, b):
+        calls.append(1)
+        jt = layer_jvp(t, x, W, b)
+        return jt + 3e-3 * jt.abs().max() * (len(calls) == 2)  # args[0]'s repeat only
+
+    loose = Tol(rtol=1e-2, atol=1e-4)  # the difference is within its rtol, not its atol
+    assert check_jvp(layer, differing, _args(torch.float32), tol=loose).passed is True
+    calls.clear()
+    with pytest.raises(AssertionError, match=r"two calls of the jvp at the same point"):
+        check_jvp(layer, differing, _args(torch.float32))
 
 
 def test_a_right_jvp_writing_into_its_tangents_is_not_taken_for_a_flaky_one():

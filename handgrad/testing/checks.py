@@ -756,7 +756,7 @@ def _note_call(e: BaseException, how: str, given: list[str]) -> None:
                    + ", ".join(given))
 
 
-def _repeatable(who: str, pairs) -> None:
+def _repeatable(who: str, pairs, tol: Tol | None = None) -> None:
     """An ``AssertionError`` naming the first argument whose result differs between two calls
     of the derivative ``who`` ("vjp": its gradient, "jvp": the tangent moving it) at the same
     point beyond rounding (the result's dtype's gradient tolerance, atol scaled by its largest
@@ -764,6 +764,8 @@ def _repeatable(who: str, pairs) -> None:
     calls (a gradient accumulated into a buffer it returns). One call of such a derivative
     can pass by chance. ``pairs``: (label, first, second) per argument, ``first`` a copy
     taken before the second call (a buffer the second call writes into would match itself).
+    ``tol``, the caller's: the looser of it and the gradient tolerance, part by part (a
+    difference within the tolerance the check compares at cannot turn its verdict either).
     """
     noun = {"vjp": "gradient", "jvp": "tangent"}[who]
     given = {"vjp": "cotangent", "jvp": "tangents"}[who]
@@ -776,6 +778,8 @@ def _repeatable(who: str, pairs) -> None:
             # the gradient tolerance: a difference below it cannot turn a verdict, and a GPU's
             # atomic adds (index_add, scatter_add) sum in another order each call
             same = GRAD.get(a.dtype, Tol(0.0, 0.0))
+            if tol is not None:
+                same = Tol(max(same.rtol, tol.rtol), max(same.atol, tol.atol))
             top = a64.abs()[torch.isfinite(a64)]
             same = Tol(same.rtol, same.atol + same.rtol * float(top.max() if top.numel() else 0))
             # NaN or inf at the same place both times is the same result (and named later)
@@ -1159,7 +1163,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     again = _per_argument(vjp(u.clone(), *args), len(args))
     args.check("vjp")
     _repeatable("vjp", [(_label(i, names), grads[i], again[i] if again is not None else _UNTRIED)
-                        for i in wrt])
+                        for i in wrt], tol)
 
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)
@@ -1438,7 +1442,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                     torch.zeros_like(b) if _is_float_tensor(b) else None)
                     for j, b in enumerate(args)), *args)
                 args.check("jvp")
-                _repeatable("jvp", [(label, jt, again)])
+                _repeatable("jvp", [(label, jt, again)], tol)
             if jt.shape != out.shape or jt.device != out.device:
                 raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
                                      f"{jt.device}, f(*args) has {tuple(out.shape)} on "
