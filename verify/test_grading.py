@@ -227,6 +227,14 @@ def test_signature_names_the_narrower_dtype_and_nothing_for_a_wrong_wide_gradien
     )
 
 
+def test_a_wrong_gradient_of_few_values_is_not_said_to_be_computed_in_a_narrower_dtype():
+    # a relu backward returning its 0/1 mask, not the mask times g: each value is a bfloat16
+    # number, but far from the reference at any dtype's tolerance: no cast explains it
+    ref = torch.tensor([0.3, 0.0, -1.7, 0.05, 0.0, 2.2], dtype=torch.float64)
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    assert signature(mask, ref, GRAD[torch.float64]) is None
+
+
 def test_a_vjp_accumulating_into_a_buffer_it_returns_fails_as_keeping_state():
     # a classic: dW accumulated into a buffer kept between calls (+= where = was meant); the
     # first call's dW was right, and it read as "a constant factor: 2 x the reference"

@@ -907,14 +907,17 @@ def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
     """A name for ``got`` where each of its values is a number of a narrower dtype than its
     own (float16, bfloat16, float32) and not each of the reference's is: the derivative
     computed in that dtype and cast back (right in float64, wrong in its rounding). Rarely
-    so by chance: a float64 gradient of any size whose values all fit float32's 24 bits."""
+    so by chance: a float64 gradient of any size whose values all fit float32's 24 bits.
+    And ``got`` close to ``ref`` at that dtype's gradient tolerance: a wrong gradient of few
+    distinct values (a relu's 0/1 mask, not times g) is each a bfloat16 number too."""
     g, r = got.detach(), ref.detach().to(got.device)
     # the narrowest first: bfloat16's 8 bits fit float16's 11 (within its range)
     for narrow in (torch.bfloat16, torch.float16, torch.float32):
         if not _narrower(narrow, g.dtype):  # float32 for float64; not float32 for itself
             continue
         if bool((g.to(narrow).to(g.dtype) == g).all()) and not bool(
-                (r.to(narrow).to(r.dtype) == r).all()):
+                (r.to(narrow).to(r.dtype) == r).all()) and _close(
+                g.double(), r.double(), GRAD[narrow]):
             name = str(narrow).removeprefix("torch.")
             return (f"values computed in {name}: each is a {name} number and the reference's "
                     f"are not (a cast to {name} inside the derivative, or a {name} constant "
