@@ -304,8 +304,10 @@ def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # so X^T X neither underflows to 0 (max |X| = 1e-200: w* was nan) nor overflows to inf
     # (1e200: w* was 0); a tensor op, no read to the host
     top = math.frexp(torch.finfo(X.dtype).max)[1] - 1  # c <= 2^top: finite in X's dtype
-    c = torch.ldexp(torch.ones((), dtype=X.dtype, device=X.device),
-                    (-torch.frexp(X.abs().amax())[1]).clamp(max=top)) if X.numel() else 1.0
+    # exp2 in X's dtype (torch.ldexp before 2.5 took its power of two in float32: 2^-700
+    # was 0, pytorch#133267); exact for an integer exponent
+    c = torch.exp2((-torch.frexp(X.abs().amax())[1]).clamp(max=top).to(X.dtype)) \
+        if X.numel() else 1.0
     sp = spectrum(X * c, y)
     return c * (sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1),
                                    0))

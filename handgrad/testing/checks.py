@@ -127,6 +127,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from handgrad.kernels.finite_diff import (
@@ -787,7 +788,8 @@ def _repeatable(who: str, pairs, tol: Tol | None = None) -> None:
                     .logical_or_(a64 == b64).logical_or_(a64.isnan() & b64.isnan()).all()):
                 continue
             diff = (a64 - b64).abs().nan_to_num(nan=math.inf)
-            at = tuple(int(k) for k in torch.unravel_index(diff.argmax(), diff.shape))
+            # numpy's: torch.unravel_index is torch 2.2's, pyproject allows 2.1
+            at = tuple(int(k) for k in np.unravel_index(int(diff.argmax()), diff.shape))
             how = (f" (largest difference {float(diff.max()):.3g}, at index {at}: "
                    f"{float(a64[at]):.9g} then {float(b64[at]):.9g})")
         else:
