@@ -279,6 +279,10 @@ def _cross_entropy_(z: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
     z.sub_(z.amax(1, keepdim=True))
     z.sub_(z.exp().sum(1, keepdim=True).log_())  # log softmax(z)
     if target.dtype.is_floating_point:
+        # a logit more than the dtype's range below the row's max has log softmax -inf, and
+        # a probability 0 times it is NaN: as mlp.cross_entropy, such a class adds nothing
+        # (clamped to the lowest finite value; its softmax, exp of it, is 0 either way)
+        z.clamp_(min=torch.finfo(z.dtype).min)
         loss = -(target.unsqueeze(1) @ z.unsqueeze(2)).reshape(-1)  # no (N, C) product
         return loss, z.exp_().sub_(target)
     idx = target.unsqueeze(1)

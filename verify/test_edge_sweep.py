@@ -11,6 +11,7 @@ import torch
 from handgrad.kernels import finite_diff as FD
 from handgrad.kernels import least_squares as ls
 from handgrad.kernels import mlp
+from handgrad.kernels.backprop import backprop
 
 F64 = torch.float64
 
@@ -105,6 +106,21 @@ def test_cross_entropy_of_a_sure_class_with_a_far_logit_is_zero_not_nan(dtype):
     want = -(0.25 * math.log(1 / (1 + math.e)) + 0.75 * math.log(math.e / (1 + math.e)))
     assert loss[1].item() == pytest.approx(want, rel=1e-6)
     assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_backprop_of_a_sure_class_with_a_far_logit_is_zero_not_an_overflow(dtype):
+    """backprop's cross-entropy as mlp.cross_entropy's: one linear layer giving logits
+    (big, -big), a target all on the first class: loss 0, every gradient 0 (softmax minus
+    target is 0); its -inf log softmax times probability 0 had made the loss NaN, raised
+    as an overflow."""
+    big = torch.finfo(dtype).max / 1.5
+    net = mlp.MLP(weights=(torch.tensor([[big], [-big]], dtype=dtype),))
+    x = torch.ones(1, 1, dtype=dtype)
+    t = torch.tensor([[1.0, 0.0]], dtype=dtype)
+    g = backprop(net, x, t, loss="cross_entropy")
+    assert float(g.loss) == 0.0
+    assert float(g.weights[0].abs().max()) == 0.0 and float(g.input.abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
