@@ -318,6 +318,7 @@ def test_a_jvp_accumulating_into_a_buffer_it_returns_fails_as_keeping_state():
 
 
 @pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")
 def test_a_vjp_raising_is_raised_as_it_is_with_how_it_was_called():
     # parameters in another order than vjp(g, *args): torch's error deep in the student's
     # code said nothing of what the vjp was given
@@ -332,6 +333,26 @@ def test_a_vjp_raising_is_raised_as_it_is_with_how_it_was_called():
         "raised by the derivative under test, given in this order: cotangent (6, 3), "
         "args[0] (x) (6, 4), args[1] (W) (3, 4), args[2] (b) (3,)",
     ]
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")
+@pytest.mark.parametrize("mode", ["vjp", "jvp"])
+def test_a_derivative_raising_on_its_second_call_only_says_so(mode):
+    # state kept between calls that breaks the repeat: a buffer allocated on the first call
+    calls = []
+
+    def once(first, *args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("a buffer already used")
+        return layer_vjp(first, *args) if mode == "vjp" else layer_jvp(first, *args)
+
+    check = check_vjp if mode == "vjp" else check_jvp
+    with pytest.raises(RuntimeError, match="a buffer already used") as err:
+        check(layer, once, _args(torch.float64))
+    assert f"check_{mode} called {mode}(" in err.value.__notes__[0]
+    assert "a second time" in err.value.__notes__[0]
+    assert "it raised on the repeat, so it keeps state between calls" in err.value.__notes__[0]
 
 
 @pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")

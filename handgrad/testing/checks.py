@@ -1165,7 +1165,13 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     # the first call's gradients as they were: a second call may write into a buffer the
     # first returned
     grads = tuple(g.detach().clone() if isinstance(g, torch.Tensor) else g for g in grads)
-    again = _per_argument(vjp(u.clone(), *args), len(args))
+    try:
+        again = _per_argument(vjp(u.clone(), *args), len(args))
+    except Exception as e:  # noqa: BLE001 (raised as it is: the first call had returned)
+        _note_call(e, "check_vjp called vjp(cotangent, *args) a second time, as the first "
+                   "(which returned): it raised on the repeat, so it keeps state between "
+                   "calls", [f"cotangent {tuple(u.shape)}"] + _shapes(args, names))
+        raise
     args.check("vjp")
     _repeatable("vjp", [(_label(i, names), grads[i], again[i] if again is not None else _UNTRIED)
                         for i in wrt], tol)
@@ -1443,9 +1449,17 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             if k == 0:  # once per argument: the same tangents again give the same tangent
                 jt = jt.clone()  # as it was: a second call may write into a buffer it returned
                 # fresh tangents: the first call may have written into its own
-                again = jvp(tuple(t.clone() if j == i else (
-                    torch.zeros_like(b) if _is_float_tensor(b) else None)
-                    for j, b in enumerate(args)), *args)
+                try:
+                    again = jvp(tuple(t.clone() if j == i else (
+                        torch.zeros_like(b) if _is_float_tensor(b) else None)
+                        for j, b in enumerate(args)), *args)
+                except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
+                    _note_call(e, "check_jvp called jvp(tangents, *args) a second time with "
+                               "the same tangents, as the first (which returned): it raised "
+                               "on the repeat, so it keeps state between calls",
+                               [f"tangents (a tuple of {len(tangents)})"]
+                               + _shapes(args, names))
+                    raise
                 args.check("jvp")
                 _repeatable("jvp", [(label, jt, again)], tol)
             if jt.shape != out.shape or jt.device != out.device:
