@@ -622,9 +622,12 @@ def _figure(report: HistoryReport, path: Path) -> None:
             pts = report.points[(report.points["kernel"] == f"{k}.{m}")
                                 & (report.points["device"] == dev)
                                 & (report.points["metric"] == metric)]
-            for c in pts["commit"]:
-                full = next(x for x in order if short(x) == c)
-                ax.axvline(pos[full] - 0.5, color=line.get_color(), linestyle="--", alpha=0.7)
+            at = {short(x): pos[x] for x in per.index}
+            # a benchmark's step at a commit its kernel's mean has no value for (each
+            # benchmark the mean holds left out there as disturbed): in the table, not drawn
+            for c in pts["commit"].drop_duplicates():
+                if c in at:
+                    ax.axvline(at[c] - 0.5, color=line.get_color(), linestyle="--", alpha=0.7)
         ax.set_xticks(range(len(order)), [short(c, 7) for c in order], rotation=45, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("time / reference" if metric == "ratio" else

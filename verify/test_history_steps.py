@@ -165,3 +165,18 @@ def test_each_benchmarks_series_is_written(tmp_path):
     five = per[per["benchmark"] == NAME[5]].sort_values("run")["value"].to_numpy()
     base = per[per["benchmark"] == NAME[5]]["value"].iloc[:4].mean()
     assert five[4:].mean() / base == pytest.approx(1.3, rel=0.05)
+
+
+def test_a_step_at_a_commit_the_kernels_mean_lacks_is_tabled_not_drawn(tmp_path):
+    """A benchmark's change point may sit at a commit where its kernel's mean has no value
+    (the mean's benchmarks all left out there as disturbed): the figure draws the mean's
+    commits and skips that line (it raised StopIteration looking for the commit)."""
+    db = _history(tmp_path, {5: 1.3})
+    report = _report(db)
+    foreign = {**report.points.iloc[0].to_dict(), "commit": "ab" * 6}
+    report = H.HistoryReport(series=report.series,
+                             points=pd.concat([report.points, pd.DataFrame([foreign])],
+                                              ignore_index=True),
+                             benchmarks=report.benchmarks)
+    H._figure(report, tmp_path / "history.png")
+    assert (tmp_path / "history.png").stat().st_size > 0
