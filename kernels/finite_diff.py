@@ -559,6 +559,7 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
     if not vmax > 0 or not math.isfinite(vmax):
         raise ValueError(f"v: expected a finite direction with a nonzero entry, got max |v| = "
                          f"{vmax}")
+    chosen = h0 is None  # h0 from x and v, not the caller's
     if h0 is None:
         xmax = max(float(p.abs().max()) if p.numel() else 0.0 for p in parts)
         h0 = 0.1 * max(1.0, xmax) / vmax
@@ -573,6 +574,10 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
         if not math.isfinite(float(f0)):
             raise ValueError(f"f: expected a finite f(x), got {float(f0)}")
         slope = _dot(g, dirs)
+        if not math.isfinite(slope):  # grad and v are finite: their product overflowed
+            raise ValueError(f"grad, v: <grad, v> is not finite ({slope}) though both are: "
+                             "expected a grad and v whose inner product fits the dtype "
+                             "(scale v down)")
         unit = float(torch.finfo(parts[0].dtype).eps)
         hs, rs, noise = [], [], []
         for k in range(halvings + 1):
@@ -585,7 +590,9 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
     if not any(math.isfinite(r) for r in rs):  # f overflowed (or is nan) at every step
         raise ValueError(f"h0: the remainder |f(x + h v) - f(x) - h <grad, v>| is not finite "
                          f"at any of the {len(hs)} steps from h0 = {h0:g} down to "
-                         f"{hs[-1]:g}; expected a smaller h0 (where f is finite near x)")
+                         f"{hs[-1]:g}; expected a smaller h0 (where f is finite near x)"
+                         + (" (h0 was chosen from x and v: 0.1 max(1, max |x|) / max |v|; "
+                            "pass a smaller one)" if chosen else ""))
     clear = [i for i in range(len(hs)) if rs[i] > TAYLOR_CLEARANCE * noise[i]]
     fitted = tuple(clear[-TAYLOR_FIT_POINTS:])
     order = math.nan

@@ -161,6 +161,24 @@ def test_taylor_test_where_f_overflows_at_every_step_is_refused_by_name():
     assert t.consistent and abs(t.order - 2) < 0.1
 
 
+def test_taylor_test_says_when_it_chose_the_h0_that_overflows_and_names_an_overflowing_slope():
+    # exp at 700 (f finite, 1e304): the default h0 moves x by 70, the two halvings by 35
+    # and 17.5, and exp(717.5) overflows at each: the step was the function's choice
+    x = torch.full((2,), 700.0, dtype=F64)
+    v = torch.ones(2, dtype=F64)
+    with pytest.raises(ValueError, match=r"h0: the remainder .* not finite at any of the 3 "
+                                         r"steps .* \(h0 was chosen from x and v"):
+        FD.taylor_test(lambda t: t.exp().sum(), x.exp(), x, v, halvings=2)
+    with pytest.raises(ValueError) as err:  # the caller's h0: nothing said of a choice
+        FD.taylor_test(lambda t: t.exp().sum(), x.exp(), x, v, h0=70.0, halvings=2)
+    assert "chosen" not in str(err.value)
+    # grad and v finite, <grad, v> = 2e400 not: named, not blamed on h0
+    big = torch.full((2,), 1e200, dtype=F64)
+    with pytest.raises(ValueError, match=r"^grad, v: <grad, v> is not finite \(inf\) though "
+                                         r"both are"):
+        FD.taylor_test(lambda t: (t * t).sum(), big, torch.zeros(2, dtype=F64), big)
+
+
 @pytest.mark.parametrize(
     "what",
     ["loss", "gradient", "spectral_radius-X", "spectral_radius-alpha"],
