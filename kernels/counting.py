@@ -8,6 +8,7 @@ receptive field: ``kernels.receptive_field`` (both re-exported here).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -257,6 +258,54 @@ class _Recorder(TorchDispatchMode):
             self._backward(name, args, out, layer, kind, shape)
         return out
 
+    def function(self, cls, args, kwargs):
+        """``cls.apply(*args, **kwargs)`` during the walk (``_functions_followed``). torch
+        runs a Function's forward with grad disabled, so its ops get no gradient here;
+        autograd records the Function as one node whose backward is ``cls.backward``, the
+        user's code, which the walk does not see: its results are followed (the layers
+        upstream get their gradients) and the Function is listed in
+        ``uncounted_backward``. A reentrant checkpoint (torch.utils.checkpoint's
+        CheckpointFunction) runs its block in the grad mode it was called in instead, so
+        the block's ops are counted as without the checkpoint (its recomputation in the
+        backward is not counted)."""
+        grad = torch.is_grad_enabled()
+        if cls.__name__ == "CheckpointFunction" and cls.__module__ == "torch.utils.checkpoint":
+            run = args[0]
+
+            def block(*a, **k):
+                with torch.set_grad_enabled(grad):
+                    return run(*a, **k)
+
+            return _APPLY[0].__func__(cls, block, *args[1:], **kwargs)
+        out = _APPLY[0].__func__(cls, *args, **kwargs)
+        if grad:
+            self._function_node(cls, [*args, *kwargs.values()], out)
+        return out
+
+    def _function_node(self, cls, args, out) -> None:
+        """A custom Function's node in the graph: it needs a gradient where an input does;
+        its results are tracked, each tracked input receives a gradient (a use), and its
+        backward, the user's own, is listed as uncounted."""
+        tracked, version = self.tracked, self.version
+        uses = [(version[id(t)], t.numel()) for t in _flat(args)
+                if isinstance(t, torch.Tensor) and id(t) in tracked and t.is_floating_point()]
+        outs = [t for t in _flat([out]) if isinstance(t, torch.Tensor)
+                and (t.is_floating_point() or t.is_complex())]
+        if not uses or not outs:
+            return
+        made = []
+        for t in outs:
+            tracked.add(id(t))
+            self.keep.append(t)
+            self.made += 1
+            version[id(t)] = self.made
+            made.append(self.made)
+        name = f"{cls.__qualname__} (autograd.Function: its backward is the user's code)"
+        seen = self.result.uncounted_backward
+        seen[name] = seen.get(name, 0) + 1
+        layer, kind = self.stack[-1] if self.stack else ("(model)", "")
+        self.ops.append((uses, made, [], layer, kind, cls.__qualname__))
+
     def _reach(self, tensors: list) -> None:
         for t in tensors:
             if id(t) in self.watched:
@@ -265,7 +314,10 @@ class _Recorder(TorchDispatchMode):
 
     def _backward(self, name, args, out, layer, kind, shape) -> None:
         # a constant to autograd (NO_GRADIENT_OPS), or an op run under torch.no_grad()
-        # (or inference_mode): autograd records nothing, its result needs no gradient
+        # (or inference_mode): autograd records nothing, its result needs no gradient.
+        # torch runs a custom autograd.Function's forward so too: the Function itself is
+        # followed at its apply (``function``), a reentrant checkpoint's block is run in
+        # the grad mode it was called in
         if name in NO_GRADIENT_OPS or not torch.is_grad_enabled():
             return
         tracked = self.tracked
@@ -327,6 +379,45 @@ class _Recorder(TorchDispatchMode):
         return rows
 
 
+# torch.autograd.Function.apply is a Python classmethod that no dispatch or torch-function
+# mode sees: a backward walk swaps in ``_apply`` for its duration (``_functions_followed``),
+# which hands the calls of the walking thread to its recorder and passes the others through
+_APPLY = [torch.autograd.Function.__dict__["apply"]]  # the apply swapped out (torch's own)
+_walks: dict[int, _Recorder] = {}  # thread id -> the recorder of the walk it runs
+_walks_lock = threading.Lock()
+
+
+def _apply(cls, *args, **kwargs):
+    recorder = _walks.get(threading.get_ident())
+    if recorder is None:
+        return _APPLY[0].__func__(cls, *args, **kwargs)
+    return recorder.function(cls, args, kwargs)
+
+
+@contextlib.contextmanager
+def _functions_followed(recorder: _Recorder):
+    """Custom autograd Functions (and reentrant checkpoints) called in this thread go to
+    ``recorder.function`` while the walk runs; Function.apply is torch's own again after
+    the last walk (of any thread) ends."""
+    me = threading.get_ident()
+    with _walks_lock:
+        before = _walks.get(me)
+        if not _walks:  # the first walk running: swap (kept, for a late caller, after)
+            _APPLY[0] = torch.autograd.Function.__dict__["apply"]
+            torch.autograd.Function.apply = classmethod(_apply)
+        _walks[me] = recorder
+    try:
+        yield
+    finally:
+        with _walks_lock:
+            if before is None:
+                del _walks[me]
+            else:
+                _walks[me] = before
+            if not _walks:
+                torch.autograd.Function.apply = _APPLY[0]
+
+
 def _accumulation(layer, kind, name, numel) -> Row:
     """Autograd adding one more gradient into a value's (numel adds), counted at the use that
     sends it: ``op.grad_accumulate``."""
@@ -354,7 +445,12 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
     only the ops whose results lead to the output (every tensor of a tuple or dict
     output), and where a value is used more than once (a fan-out, a residual, tied
     weights, a module called twice, one op taking it twice) adds the gradients of its
-    uses: numel adds per use after the first (``op.grad_accumulate`` rows).
+    uses: numel adds per use after the first (``op.grad_accumulate`` rows). A custom
+    ``torch.autograd.Function`` is one node, as to autograd: its results need a gradient
+    where an input does; its backward, the user's code, is not counted but listed in
+    ``.uncounted_backward`` ("<name> (autograd.Function: ...)"). A block under
+    ``torch.utils.checkpoint`` (reentrant or not) is counted as without the checkpoint:
+    the forward it runs again in the backward is not counted.
 
     ``dtype`` is the meta input's: None (default) the module's own (its first floating
     parameter's or buffer's; float32 for a module with none), else one of the module's
@@ -421,7 +517,10 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
     recorder = _Recorder(stack, result, tracked, {id(state[n]) for n in params})
     # the backward asked for is counted whatever the caller's grad mode; the model's own
     # torch.no_grad() blocks still switch it off inside (_Recorder._backward)
-    with torch.enable_grad() if backward else contextlib.nullcontext():
+    # (custom autograd Functions, whose forward torch runs with grad disabled, are followed
+    # at their apply: _functions_followed)
+    with (torch.enable_grad() if backward else contextlib.nullcontext(),
+          _functions_followed(recorder) if backward else contextlib.nullcontext()):
         output = _run_under(recorder, module, state, x, hooks, input_shape, stack)
     _account_params(module, params, state, seen_params, recorder.reached, param_rows, result)
     _attach_params(result, param_rows, dict(frames.values()))

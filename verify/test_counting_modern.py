@@ -5,7 +5,9 @@ F.scaled_dot_product_attention with and without a causal mask), norms, depthwise
 dilated and transposed convolutions, GELU/SiLU/Mish, tied embeddings, parametrizations,
 dtypes, channels_last, models on ``meta``, buffers, dropout and batch norm in both modes;
 and the values autograd sends no gradient through: ``detach``, ``*_like`` factories (the
-noise of a training-mode dropout), a ``torch.no_grad()`` block."""
+noise of a training-mode dropout), a ``torch.no_grad()`` block; and what torch runs with
+grad disabled that is not the model's no_grad: a custom autograd Function's forward, a
+reentrant checkpoint's block."""
 
 from __future__ import annotations
 
@@ -121,6 +123,252 @@ def test_backward_counted_when_called_under_no_grad():
         inside = C.count_model(NoGradBranch(), (B, E), backward=True)
         assert not torch.is_grad_enabled()  # and the caller's mode is left as it was
     assert inside.backward == outside.backward != C.Counts()
+
+
+# --- custom autograd Functions and checkpoints: torch runs their forward with grad off ----
+
+H, OUT = 6, 3  # hidden and output widths
+
+
+class MatMul(torch.autograd.Function):
+    """x @ w.t() with its own backward: torch runs forward with grad disabled."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.t()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w, g.t() @ x
+
+
+class Sign(torch.autograd.Function):
+    """An integer result: autograd sends it no gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return (x > 0).long()
+
+    @staticmethod
+    def backward(ctx, g):
+        return None
+
+
+class FnLinear(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(o, i))
+
+    def forward(self, x):
+        return MatMul.apply(x, self.weight)
+
+
+MATMUL = "MatMul (autograd.Function: its backward is the user's code)"
+
+
+def mlp(middle: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(E, H), middle, nn.Linear(H, OUT))
+
+
+def added(*pairs) -> tuple[int, int]:
+    return sum(m for m, _ in pairs), sum(a for _, a in pairs)
+
+
+def test_custom_function_output_needs_gradient():
+    """The Function's result needs a gradient (its input does): the last layer sends one
+    back (grad_input) and the first layer gets its weight gradient; the Function's own
+    backward is the user's code, listed, not counted."""
+    report = C.count_model(mlp(FnLinear(H, H)), (B, E), backward=True)
+    m, a = added(linear_back(B, H, OUT, input_grad=True), linear_back(B, E, H, input_grad=False))
+    assert report.backward == C.Counts(mults=m, adds=a, macs=2 * B * H * OUT + B * E * H)
+    assert report.uncounted_backward == {MATMUL: 1}
+    assert {r.layer for r in report.rows if r.pass_ == "backward"} == {"0", "2"}
+    # the forward counts the Function's own ops (grad off does not stop them)
+    assert report.forward.macs == B * E * H + B * H * H + B * H * OUT
+
+
+class FunctionAndSkip(nn.Module):
+    """fc(x) goes to the Function and past it: two gradients for h, added."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, H)
+        self.w = nn.Parameter(torch.randn(H, H))
+
+    def forward(self, x):
+        h = self.fc(x)
+        return MatMul.apply(h, self.w) + h
+
+
+def test_custom_function_input_gets_a_gradient_per_use():
+    report = C.count_model(FunctionAndSkip(), (B, E), backward=True)
+    m, a = linear_back(B, E, H, input_grad=False)
+    # the add passes its gradient through; h receives it and the Function's: B*H adds
+    assert report.backward == C.Counts(mults=m, adds=a + B * H, macs=B * E * H)
+    assert report.uncounted_backward == {MATMUL: 1}
+
+
+class FunctionOffTheGraph(nn.Module):
+    """A Function autograd does not record: under the model's torch.no_grad(), on the
+    data and a frozen weight, and one with an integer result."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, E)
+        self.frozen = nn.Parameter(torch.randn(E, E), requires_grad=False)
+        self.w = nn.Parameter(torch.randn(E, E))
+
+    def forward(self, x):
+        c = MatMul.apply(x, self.frozen)  # nothing here requires grad
+        h = self.fc(x)
+        with torch.no_grad():
+            t = MatMul.apply(h, self.w)
+        s = Sign.apply(h)  # an integer result
+        return h * t + c + s
+
+
+def test_custom_function_not_recorded_needs_no_gradient():
+    report = C.count_model(FunctionOffTheGraph(), (B, E), backward=True)
+    n = B * E
+    m, a = linear_back(B, E, E, input_grad=False)
+    assert report.backward == C.Counts(mults=n + m, adds=a, macs=B * E * E)
+    assert report.uncounted_backward == {}
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, block: nn.Module, reentrant: bool):
+        super().__init__()
+        self.block, self.reentrant = block, reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.block, x, use_reentrant=self.reentrant)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_checkpointed_block_counted_as_without_checkpoint(reentrant):
+    """Both kinds of checkpoint: the block's gradients as without it; the recomputation
+    of the block's forward in the backward is not counted."""
+    report = C.count_model(mlp(Checkpointed(nn.Linear(H, H), reentrant)), (B, E),
+                           backward=True)
+    m, a = added(linear_back(B, H, OUT, input_grad=True), linear_back(B, H, H, input_grad=True),
+                 linear_back(B, E, H, input_grad=False))
+    macs = 2 * B * H * OUT + 2 * B * H * H + B * E * H
+    assert report.backward == C.Counts(mults=m, adds=a, macs=macs)
+    assert report.uncounted_backward == {}
+    assert {r.layer for r in report.rows if r.pass_ == "backward"} == {"0", "1.block", "2"}
+
+
+class TeacherCheckpointed(nn.Module):
+    """h * teacher(h), the teacher checkpointed inside the model's own torch.no_grad()."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        self.fc = nn.Linear(E, E)
+        self.teacher = nn.Linear(E, E)
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        h = self.fc(x)
+        with torch.no_grad():
+            t = checkpoint(self.teacher, h, use_reentrant=self.reentrant)
+        return h * t
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_checkpoint_under_no_grad_is_not_differentiated(reentrant):
+    report = C.count_model(TeacherCheckpointed(reentrant), (B, E), backward=True)
+    n = B * E
+    m, a = linear_back(B, E, E, input_grad=False)
+    assert report.backward == C.Counts(mults=n + m, adds=a, macs=B * E * E)
+    assert report.forward.macs == 2 * B * E * E
+
+
+def test_function_apply_is_torchs_own_after_the_walk():
+    """The walk swaps torch.autograd.Function.apply and puts it back, also after an error;
+    the swap is only there for a backward walk."""
+    before = torch.autograd.Function.__dict__["apply"]
+    C.count_model(mlp(FnLinear(H, H)), (B, E), backward=True)
+    assert torch.autograd.Function.__dict__["apply"] is before
+    with pytest.raises(ValueError):
+        C.count_model(mlp(FnLinear(H, H)), (B, E + 1), backward=True)
+    assert torch.autograd.Function.__dict__["apply"] is before
+    report = C.count_model(mlp(FnLinear(H, H)), (B, E))  # no backward: nothing to follow
+    assert report.uncounted_backward == {}
+    during = SeesApply()
+    C.count_model(during, (B, E))  # nor swapped while a forward-only walk runs
+    assert during.met is before
+    C.count_model(during, (B, E), backward=True)
+    assert during.met is not before
+
+
+class SeesApply(nn.Module):
+    """Notes the Function.apply its forward meets."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, E)
+        self.met = None
+
+    def forward(self, x):
+        self.met = torch.autograd.Function.__dict__["apply"]
+        return self.fc(x)
+
+
+class OtherThread(nn.Module):
+    """A Function applied by another thread while the walk runs is torch's, untouched."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, E)
+        self.seen = None
+
+    def forward(self, x):
+        import threading
+
+        def work():
+            w = torch.ones(2, 2, requires_grad=True)
+            self.seen = MatMul.apply(torch.ones(3, 2), w).grad_fn
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        return self.fc(x)
+
+
+def test_function_of_another_thread_is_not_followed():
+    model = OtherThread()
+    report = C.count_model(model, (B, E), backward=True)
+    assert type(model.seen).__name__ == "MatMulBackward"  # torch recorded it as usual
+    assert report.uncounted_backward == {}
+
+
+class WalksInside(nn.Module):
+    """A forward that walks another model (backward=True) before applying its Function:
+    the outer walk still follows it after the inner walk ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, H)
+        self.mid = FnLinear(H, H)
+
+    def forward(self, x):
+        C.count_model(nn.Linear(E, E), (B, E), backward=True)
+        return self.mid(self.fc(x))
+
+
+def test_nested_walk_keeps_following_functions():
+    report = C.count_model(WalksInside(), (B, E), backward=True)
+    m, a = linear_back(B, E, H, input_grad=False)
+    assert report.backward == C.Counts(mults=m, adds=a, macs=B * E * H)
+    assert report.uncounted_backward == {MATMUL: 1}
 
 
 # --- attention ---------------------------------------------------------------------------

@@ -46,13 +46,19 @@ def test_constraints_pin_the_cpu_torch_and_pyproject_keeps_a_range() -> None:
 def _autograd_uses(source: str) -> list[tuple[int, str]]:
     """(line, what) for every torch.autograd / torch.func access, import, or .backward() call."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    # torch.autograd.Function, the base class (named, not called: counting follows custom
+    # Functions at their apply), told apart from the rest of torch.autograd
+    base = {id(n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr == "Function"}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             if isinstance(node.value, ast.Name) and node.value.id == "torch" and node.attr in (
                 "autograd",
                 "func",
             ):
-                found.append((node.lineno, f"torch.{node.attr}"))
+                found.append((node.lineno, "torch.autograd.Function" if id(node) in base
+                              else f"torch.{node.attr}"))
             if node.attr in ("backward", "requires_grad_"):
                 found.append((node.lineno, f".{node.attr}"))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -67,14 +73,19 @@ def _autograd_uses(source: str) -> list[tuple[int, str]]:
 def test_the_autograd_detector_detects() -> None:
     src = "import torch\nfrom torch.func import grad\ny = torch.autograd.grad(a, b)\nz.backward()\n"
     assert sorted(n for n, _ in _autograd_uses(src)) == [2, 3, 4]
+    # the Function base class is named apart, the rest of torch.autograd not
+    both = "f = torch.autograd.Function.apply\ng = torch.autograd.grad\n"
+    assert sorted(_autograd_uses(both)) == [(1, "torch.autograd.Function"), (2, "torch.autograd")]
 
 
 # counting differentiates nothing: it uses torch.func.functional_call only to run a model
 # with meta tensors swapped in for its parameters (and restored after); _elementwise reads
 # whether a forward-mode AD level is open, to keep numpy's tanh out of it
 # _walk.py: torch.func.functional_call runs a module with swapped parameters (no
-# derivative); _elementwise.py: see its docstring
-ALLOWED = {("_walk.py", "import torch.func"), ("_elementwise.py", "torch.autograd")}
+# derivative); _elementwise.py: see its docstring; counting.py: swaps
+# torch.autograd.Function.apply during a backward walk, to see custom Functions
+ALLOWED = {("_walk.py", "import torch.func"), ("_elementwise.py", "torch.autograd"),
+           ("counting.py", "torch.autograd.Function")}
 
 
 def test_no_autograd_inside_manual_kernels() -> None:
