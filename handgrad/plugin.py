@@ -239,13 +239,18 @@ def without_reference(entries: list[dict]) -> list[dict]:
                      or counts.get((e["group"], e["reference"])) == 1)]
 
 
-def without_reference_lines(missing: list[dict]) -> list[str]:
-    """What the session's summary says of ``without_reference``'s kernels, and what to do."""
+def without_reference_lines(missing: list[dict], timed: bool = True) -> list[str]:
+    """What the session's summary says of ``without_reference``'s kernels, and what to do.
+    ``timed``: whether the session recorded timings (not under --benchmark-disable or -n,
+    where pytest-benchmark times nothing): if not, what a timed run of it would lack."""
     from handgrad.reports.load import shape_text
 
     lines = [f"handgrad: {len(missing)} kernel benchmark(s) measured without their reference "
-             "in this session: render has no ratio for them and a gate skips them (its "
-             "reference ... was not timed)"]
+             "in this session: "
+             + ("render has no ratio for them and a gate skips them (its reference ... was "
+                "not timed)" if timed else
+                "nothing was timed here (--benchmark-disable or -n), but a timed run of this "
+                "selection would give render no ratio for them and a gate would skip them")]
     for e in missing:
         shape = shape_text(e["shape"])
         lines.append(f"  {e['nodeid']}: group {e['group']!r}, method {e['method']!r}"
@@ -268,7 +273,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     missing = without_reference(config.stash.get(_measured_entries, []))
     if not missing:
         return
-    lines = without_reference_lines(missing)
+    timed = not config.getoption("benchmark_disable", default=False) and config.getoption(
+        "dist", default="no") in ("no", None)
+    lines = without_reference_lines(missing, timed)
     terminalreporter.write_sep("=", "handgrad: kernels without their reference", yellow=True)
     for line in lines:
         terminalreporter.write_line(line, yellow=True)

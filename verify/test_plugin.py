@@ -440,7 +440,8 @@ def test_the_kernels_measured_without_their_reference_are_named_at_the_end(proje
     }
     res.stdout.fnmatch_lines([
         "*= handgrad: kernels without their reference =*",
-        WITHOUT_REFERENCE.replace("kernel", "4 kernel", 1),
+        WITHOUT_REFERENCE.replace("kernel", "4 kernel", 1)
+        + "nothing was timed here (--benchmark-disable or -n), but a timed run*",
         "  test_measured.py::test_kernel_alone: group 'alone', method 'hand': no test that "
         "passed timed its reference 'torch_missing' in the group",
         "  test_measured.py::test_kernel_shapes[[]3[]]: group 'shapes', method 'hand' [[]n=3[]]: "
@@ -464,6 +465,8 @@ def test_a_timed_kernel_whose_reference_is_deselected_is_named(project):
                "--benchmark-max-time=0.000001", "--benchmark-warmup=off")
     res.assert_outcomes(passed=1)
     assert _named(res) == {"test_measured.py::test_kernel_ok"}
+    res.stdout.fnmatch_lines([WITHOUT_REFERENCE + "render has no ratio for them and a gate "
+                              "skips them*"])
 
 
 def test_under_xdist_the_workers_measure_calls_are_judged_together(project):
@@ -492,6 +495,7 @@ def test_reference_ok(measure):
     res.assert_outcomes(passed=3)
     assert _named(res) == {"test_kernels.py::test_kernel_alone"}
     assert res.stdout.str().count("measured without their reference") == 1
+    assert "nothing was timed here (--benchmark-disable or -n)" in res.stdout.str()
 
 
 class _Reporter:
