@@ -97,10 +97,11 @@ factor, a missing (zero) gradient, values computed in a narrower dtype (each a f
 float16 or bfloat16 number, the reference's not: a cast inside the derivative); for a scalar
 f (a loss), a gradient that is torch's over the cotangent is said to ignore the cotangent.
 The vjp is called twice at the point (the jvp twice with each argument's first tangent):
-results that differ between the calls beyond rounding (their dtype's gradient tolerance) fail
-as not deterministic, naming the argument, where one call could pass by chance (a random op,
-or a gradient accumulated into a buffer kept between calls; the first call's result is
-copied before the second). A derivative that raises is raised as it is, with notes (Python
+results that differ between the calls beyond rounding (their dtype's gradient tolerance, or a
+looser ``tol`` given) fail as not deterministic, naming the argument, where one call could
+pass by chance (a random op, or a gradient accumulated into a buffer kept between calls;
+the first call's result is copied before the second). A derivative that raises is raised as
+it is (on the repeat only: noted so), with notes (Python
 3.11 on) saying how the check called it and what it gave it, in order (parameters in another
 order: vjp(x, W, b, g) for vjp(g, x, W, b)). A derivative that returns NaN or inf (``f``
 being finite there) is named as such, with the count and first indices, and not compared
