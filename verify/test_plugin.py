@@ -524,6 +524,9 @@ def test_a_worker_says_nothing_of_its_share(pytestconfig, monkeypatch):
             if worker:
                 self.workerinput = {"workercount": 2}
 
+        def getoption(self, name, default=None):  # no option given: each its default
+            return default
+
     controller, worker = _Reporter(), _Reporter()
     plugin.pytest_terminal_summary(controller, 0, Config(worker=False))
     plugin.pytest_terminal_summary(worker, 0, Config(worker=True))
