@@ -25,9 +25,10 @@ project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
   that fails after it measured keeps its row, marked ``extra_info["test_failed"]``, which
   the reports leave out of their tables, figures and gates. At the session's end the
   plugin names each kernel (role ``kernel``) measured without its reference: no
-  ``reference_fn`` and no passing test of the session timing the reference in its group
-  (left out by ``-k``, say), which a gate would skip; under pytest-xdist the controller
-  judges every worker's measure calls together. The machinery is ``handgrad.benchmark``.
+  ``reference_fn`` and no passing test of the session timing the reference in its group on
+  its device (left out by ``-k``, say; a reference timed on another device only is none),
+  which a gate would skip; under pytest-xdist the controller judges every worker's measure
+  calls together. The machinery is ``handgrad.benchmark``.
 """
 
 from __future__ import annotations
@@ -211,56 +212,90 @@ def _note_measured(request: pytest.FixtureRequest, kwargs: dict) -> None:
     sends them to the controller)."""
     entry = {"nodeid": request.node.nodeid, "group": str(kwargs["group"]),
              "method": str(kwargs["method"]), "reference": str(kwargs["reference"]),
-             "role": str(kwargs["role"]), "interleaved": kwargs.get("reference_fn") is not None,
+             "role": str(kwargs["role"]), "device": str(kwargs["device"]),
+             "interleaved": kwargs.get("reference_fn") is not None,
              "shape": {str(k): str(v) for k, v in (kwargs.get("shape") or {}).items()},
              "failed": False}
     request.node.stash[_measured_entry] = entry
     request.config.stash.setdefault(_measured_entries, []).append(entry)
 
 
+def _timed_references(entries: list[dict]) -> tuple[dict, dict]:
+    """The passing tests' benchmarks by (group, device, method): the shape texts timed, and
+    how many benchmarks."""
+    from handgrad.reports.load import shape_text
+
+    timed: dict[tuple[str, str, str], set[str]] = {}
+    counts: dict[tuple[str, str, str], int] = {}
+    for e in entries:
+        if not e["failed"]:
+            key = (e["group"], e["device"], e["method"])
+            timed.setdefault(key, set()).add(shape_text(e["shape"]))
+            counts[key] = counts.get(key, 0) + 1
+    return timed, counts
+
+
+def _has_reference(e: dict, device: str, timed: dict, counts: dict) -> bool:
+    """Whether kernel ``e``'s reference was timed on ``device`` in its group: at its shape,
+    or as the group's one benchmark of it on that device."""
+    from handgrad.reports.load import shape_text
+
+    key = (e["group"], device, e["reference"])
+    return shape_text(e["shape"]) in timed.get(key, ()) or counts.get(key) == 1
+
+
 def without_reference(entries: list[dict]) -> list[dict]:
     """The kernels (role kernel, of tests that passed) measured without their reference:
     not interleaved with it (no ``reference_fn``) and no passing test's benchmark of the
-    session in their group is the reference (its method), at the kernel's shape or, as
-    the reports' ``find_row`` reads it, the group's one benchmark of it whatever its
-    shape. A gate would skip each: nothing to normalise it by."""
-    from handgrad.reports.load import shape_text
-
-    timed: dict[tuple[str, str], set[str]] = {}
-    counts: dict[tuple[str, str], int] = {}
-    for e in entries:
-        if not e["failed"]:
-            key = (e["group"], e["method"])
-            timed.setdefault(key, set()).add(shape_text(e["shape"]))
-            counts[key] = counts.get(key, 0) + 1
+    session in their group, on their device, is the reference (its method), at the
+    kernel's shape or, as the reports' ``find_row`` reads it, the group's one benchmark of
+    it on that device whatever its shape. A gate would skip each: nothing to normalise it
+    by (or, where the reference was timed on another device only in the same group, a
+    time of that device)."""
+    timed, counts = _timed_references(entries)
     return [e for e in entries
             if e["role"] == "kernel" and not e["failed"] and not e["interleaved"]
-            and not (shape_text(e["shape"]) in timed.get((e["group"], e["reference"]), ())
-                     or counts.get((e["group"], e["reference"])) == 1)]
+            and not _has_reference(e, e["device"], timed, counts)]
 
 
-def without_reference_lines(missing: list[dict], timed: bool = True) -> list[str]:
+def without_reference_lines(missing: list[dict], timed: bool = True,
+                            entries: list[dict] = ()) -> list[str]:
     """What the session's summary says of ``without_reference``'s kernels, and what to do.
     ``timed``: whether the session recorded timings (not under --benchmark-disable or -n,
-    where pytest-benchmark times nothing): if not, what a timed run of it would lack."""
+    where pytest-benchmark times nothing): if not, what a timed run of it would lack.
+    ``entries``: the session's measure calls, to say where a reference was timed on another
+    device only."""
     from handgrad.reports.load import shape_text
 
+    refs, counts = _timed_references(list(entries))
     lines = [f"handgrad: {len(missing)} kernel benchmark(s) measured without their reference "
              "in this session: "
              + ("render has no ratio for them and a gate skips them (its reference ... was "
                 "not timed)" if timed else
                 "nothing was timed here (--benchmark-disable or -n), but a timed run of this "
                 "selection would give render no ratio for them and a gate would skip them")]
+    devices = {key[1] for key in refs}
+    other_device = False
     for e in missing:
         shape = shape_text(e["shape"])
-        lines.append(f"  {e['nodeid']}: group {e['group']!r}, method {e['method']!r}"
-                     + (f" [{shape}]" if shape else "")
+        elsewhere = sorted(d for d in devices
+                           if d != e["device"] and _has_reference(e, d, refs, counts))
+        other_device = other_device or bool(elsewhere)
+        lines.append(f"  {e['nodeid']}: group {e['group']!r}, method {e['method']!r}, "
+                     f"device {e['device']!r}" + (f" [{shape}]" if shape else "")
                      + f": no test that passed timed its reference {e['reference']!r} in "
-                     "the group")
-    lines.append("  time each reference in the same session: its test, in the same group, "
-                 "with measure(..., method=<the reference>, role='reference') (a test left "
-                 "out by -k, deselected or skipped leaves it untimed), or pass reference_fn= "
-                 "to the kernel's measure to time the two interleaved")
+                     f"the group on {e['device']!r}"
+                     + (f" (timed only on {', '.join(map(repr, elsewhere))}: the reports, "
+                        "which pair a kernel with its group's reference whatever its device, "
+                        "would divide by that device's time)" if elsewhere else ""))
+    lines.append("  time each reference in the same session, on each device its kernels run "
+                 "on: its test, in the same group, with measure(..., method=<the reference>, "
+                 "role='reference') (a test left out by -k, deselected or skipped leaves it "
+                 "untimed), or pass reference_fn= to the kernel's measure to time the two "
+                 "interleaved"
+                 + ("; and give each device its own group (group=f'... {device}'), as "
+                    "handgrad's bench does: a gate tells benchmarks apart by group, method "
+                    "and shape only" if other_device else ""))
     return lines
 
 
@@ -275,7 +310,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     timed = not config.getoption("benchmark_disable", default=False) and config.getoption(
         "dist", default="no") in ("no", None)
-    lines = without_reference_lines(missing, timed)
+    lines = without_reference_lines(missing, timed, config.stash.get(_measured_entries, []))
     terminalreporter.write_sep("=", "handgrad: kernels without their reference", yellow=True)
     for line in lines:
         terminalreporter.write_line(line, yellow=True)

@@ -442,12 +442,14 @@ def test_the_kernels_measured_without_their_reference_are_named_at_the_end(proje
         "*= handgrad: kernels without their reference =*",
         WITHOUT_REFERENCE.replace("kernel", "4 kernel", 1)
         + "nothing was timed here (--benchmark-disable or -n), but a timed run*",
-        "  test_measured.py::test_kernel_alone: group 'alone', method 'hand': no test that "
-        "passed timed its reference 'torch_missing' in the group",
-        "  test_measured.py::test_kernel_shapes[[]3[]]: group 'shapes', method 'hand' [[]n=3[]]: "
-        "no test that passed timed its reference 'torch_ref' in the group",
+        "  test_measured.py::test_kernel_alone: group 'alone', method 'hand', device 'cpu': "
+        "no test that passed timed its reference 'torch_missing' in the group on 'cpu'",
+        "  test_measured.py::test_kernel_shapes[[]3[]]: group 'shapes', method 'hand', device "
+        "'cpu' [[]n=3[]]: no test that passed timed its reference 'torch_ref' in the group on "
+        "'cpu'",
         "*time each reference in the same session*role='reference'*-k*reference_fn=*",
     ])
+    assert "give each device its own group" not in res.stdout.str()  # one device here
 
 
 def test_a_session_whose_kernels_have_their_references_says_nothing(project):
@@ -515,7 +517,8 @@ def test_a_worker_says_nothing_of_its_share(pytestconfig, monkeypatch):
     from handgrad import plugin
 
     entry = {"nodeid": "t::k", "group": "g", "method": "hand", "reference": "ref",
-             "role": "kernel", "interleaved": False, "shape": {}, "failed": False}
+             "role": "kernel", "device": "cpu", "interleaved": False, "shape": {},
+             "failed": False}
 
     class Config:
         def __init__(self, worker: bool):
@@ -532,3 +535,133 @@ def test_a_worker_says_nothing_of_its_share(pytestconfig, monkeypatch):
     plugin.pytest_terminal_summary(worker, 0, Config(worker=True))
     assert any("t::k" in str(w) for w in controller.written)  # the stand-in works
     assert worker.written == []
+
+
+# --- the reference's device -------------------------------------------------------------------
+
+# a CUDA stand-in for a user's project run in a subprocess of its own: --device and measure
+# see a GPU, which verify's fake times (its events); nothing is timed under
+# --benchmark-disable or -n, so this is all measure touches
+FAKE_CUDA = '''
+import torch
+
+from verify.fake_cuda_timing import FakeCuda
+
+_fake = FakeCuda()
+torch.cuda.is_available = lambda: True
+torch.cuda.Event, torch.cuda.synchronize = _fake.Event, _fake.synchronize
+'''
+
+TWO_DEVICES = '''
+import pytest
+import torch
+
+SAME = dict(kernel="k", dtype=torch.float32, reference="torch_ref")
+
+
+def test_kernel(measure, device):  # on both devices, one shape
+    measure(lambda: None, group="g", method="hand", role="kernel", device=device,
+            shape={"n": 3}, **SAME)
+
+
+def test_reference(measure):  # on the CPU only, at the kernel's shape
+    measure(lambda: None, group="g", method="torch_ref", role="reference", device="cpu",
+            shape={"n": 3}, **SAME)
+
+
+def test_reference_cuda(measure):  # on the GPU too
+    measure(lambda: None, group="g", method="torch_ref", role="reference", device="cuda",
+            shape={"n": 3}, **SAME)
+
+
+def test_kernel_one(measure, device):  # the group's one reference, of another shape
+    measure(lambda: None, group="one", method="hand", role="kernel", device=device,
+            shape={"n": 5}, **SAME)
+
+
+def test_reference_one(measure):  # timed once, on the CPU
+    measure(lambda: None, group="one", method="torch_ref", role="reference", device="cpu",
+            shape={"n": 1}, **SAME)
+'''
+
+
+def _entry(nodeid, method, role, device, group="g", shape=None):
+    return {"nodeid": nodeid, "group": group, "method": method, "reference": "torch_ref",
+            "role": role, "device": device, "interleaved": False,
+            "shape": shape if shape is not None else {"n": "3"}, "failed": False}
+
+
+def test_a_reference_timed_on_another_device_is_no_reference():
+    """The rule keys by group, device and method: a CPU reference at the kernel's shape
+    (or the group's one CPU reference) leaves a CUDA kernel without one (before: named
+    none of them)."""
+    from handgrad.plugin import without_reference
+
+    kernels = [_entry("k[cpu]", "hand", "kernel", "cpu"),
+               _entry("k[cuda]", "hand", "kernel", "cuda"),
+               _entry("one[cpu]", "hand", "kernel", "cpu", "one", {"n": "5"}),
+               _entry("one[cuda]", "hand", "kernel", "cuda", "one", {"n": "5"})]
+    cpu_refs = [_entry("r", "torch_ref", "reference", "cpu"),
+                _entry("r1", "torch_ref", "reference", "cpu", "one", {"n": "1"})]
+    cuda_refs = [_entry("rc", "torch_ref", "reference", "cuda"),
+                 _entry("rc1", "torch_ref", "reference", "cuda", "one", {"n": "1"})]
+    assert [e["nodeid"] for e in without_reference(kernels + cpu_refs)] == [
+        "k[cuda]", "one[cuda]"]
+    assert [e["nodeid"] for e in without_reference(kernels + cuda_refs)] == [
+        "k[cpu]", "one[cpu]"]
+    assert without_reference(kernels + cpu_refs + cuda_refs) == []
+
+
+def test_a_kernel_on_two_devices_with_its_reference_on_one_is_named(project):
+    """A user's benchmark parametrized over --device cpu,cuda (a CUDA stand-in) whose
+    reference is timed on the CPU only: the CUDA kernel is named, with where its reference
+    was timed (before: the CPU reference at the same shape text hid it)."""
+    project.makeconftest(FAKE_CUDA)
+    project.makepyfile(test_devices=TWO_DEVICES)
+    res = _run(project, "test_devices.py", "--benchmark-disable", "--device", "cpu,cuda",
+               "-k", "not reference_cuda")
+    res.assert_outcomes(passed=6)
+    assert _named(res) == {"test_devices.py::test_kernel[cuda]",
+                           "test_devices.py::test_kernel_one[cuda]"}
+    res.stdout.fnmatch_lines([
+        "  test_devices.py::test_kernel[[]cuda[]]: group 'g', method 'hand', device 'cuda' "
+        "[[]n=3[]]: no test that passed timed its reference 'torch_ref' in the group on "
+        "'cuda' (timed only on 'cpu': the reports, which pair a kernel with its group's "
+        "reference whatever its device, would divide by that device's time)",
+        "*on each device its kernels run on*give each device its own group*",
+    ])
+    # the reference timed on the GPU too: the kernel of its shape has it; the group "one"'s
+    # CUDA kernel still has none (its group's one reference is the CPU's)
+    res = _run(project, "test_devices.py", "--benchmark-disable", "--device", "cpu,cuda")
+    res.assert_outcomes(passed=7)
+    assert _named(res) == {"test_devices.py::test_kernel_one[cuda]"}
+
+
+def test_under_xdist_a_reference_on_another_device_is_no_reference(project):
+    """-n: the CUDA kernel and the CPU reference on two workers; the controller keys what
+    they send by device too."""
+    project.makeconftest(FAKE_CUDA)
+    project.makepyfile(test_kernels='''
+import torch
+
+SAME = dict(group="g", kernel="k", dtype=torch.float32, reference="torch_ref",
+            method="hand", role="kernel", shape={"n": 3})
+
+def test_kernel_cpu(measure):
+    measure(lambda: None, device="cpu", **SAME)
+
+def test_kernel_cuda(measure):
+    measure(lambda: None, device="cuda", **SAME)
+''', test_references='''
+import torch
+
+def test_reference_cpu(measure):
+    measure(lambda: None, group="g", method="torch_ref", reference="torch_ref",
+            role="reference", kernel="k", device="cpu", dtype=torch.float32, shape={"n": 3})
+''')
+    res = _run(project, "test_kernels.py", "test_references.py", "-n", "2", "--dist",
+               "loadfile")
+    res.assert_outcomes(passed=3)
+    assert _named(res) == {"test_kernels.py::test_kernel_cuda"}
+    assert res.stdout.str().count("measured without their reference") == 1
+    assert "(timed only on 'cpu'" in res.stdout.str()
