@@ -101,6 +101,10 @@ def _same_consts(a, b) -> bool:
     return a.keys() == b.keys() and all(_same_consts(a[k], b[k]) for k in a)
 
 
+# what a capture calls on torch.cuda (or on capture's stand-in ``cuda``)
+CUDA_API = ("Stream", "current_stream", "stream", "CUDAGraph", "graph")
+
+
 class Captured:
     """A kernel recorded into a CUDA graph (see the module). Call it with new arguments of
     the recorded structure, or with none to replay on the buffers as they are."""
@@ -158,13 +162,21 @@ def capture(kernel: Callable, *example_args, warmup: int = 3, cuda=None,
     replaying callable (``Captured``). Every tensor argument must be on a CUDA device.
 
     ``cuda`` (default ``torch.cuda``) is for tests: a stand-in for torch.cuda, with which
-    the tensors may live on the CPU.
+    the tensors may live on the CPU; one lacking what a capture calls (``Stream``,
+    ``current_stream``, ``stream``, ``CUDAGraph``, ``graph``) is a TypeError naming it.
     """
     if not callable(kernel):
         raise TypeError(f"kernel: expected a callable, got {type(kernel).__name__}")
     warmup = check_int("warmup", warmup, minimum=1, what="an int")
     leaves: list = []
     _leaves((example_args, example_kwargs), "", leaves)
+    if cuda is not None:
+        # cuda="x" had reached the capture and failed in an AttributeError on str
+        lacks = [a for a in CUDA_API if not callable(getattr(cuda, a, None))]
+        if lacks:
+            raise TypeError(f"cuda: expected None (torch.cuda) or a stand-in for torch.cuda "
+                            f"with {', '.join(CUDA_API)}, got {type(cuda).__name__} "
+                            f"{cuda!r}, which lacks {', '.join(lacks)}")
     if cuda is None:
         cuda = torch.cuda
         for path, t in leaves:

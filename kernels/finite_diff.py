@@ -94,15 +94,44 @@ def _as_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
+def _coarser(a: torch.dtype, b: torch.dtype) -> bool:
+    """Whether floating dtype ``a`` resolves less than ``b`` (a larger machine epsilon)."""
+    return torch.finfo(a).eps > torch.finfo(b).eps
+
+
+def _coarsest(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    return max(dtypes, key=lambda d: torch.finfo(d).eps)
+
+
+def _step_dtype(out: torch.Tensor, chosen_for: torch.dtype | None) -> torch.Tensor:
+    """f's value ``out`` where the default step was chosen for x's dtype ``chosen_for``
+    (None: the caller chose the step): refused when f returns a coarser dtype. Its rounding
+    over the step of x's dtype swamps the difference (f = x**3 returning float32 for a
+    float64 x: a Jacobian 1e-2 off, returned in float32 without a word)."""
+    if chosen_for is not None and _coarser(out.dtype, chosen_for):
+        mine, theirs = default_eps(chosen_for), default_eps(out.dtype)
+        raise TypeError(
+            f"f: returned {out.dtype} for x of {chosen_for}: the default step (eps = "
+            f"{mine:.3g}, eps^(1/3) of {chosen_for}) is too small for {out.dtype}, whose "
+            f"rounding over it is about {torch.finfo(out.dtype).eps / mine:.1g} relative; "
+            f"expected f to return {chosen_for} (compute f in x's dtype), or x in "
+            f"{out.dtype}, or eps= for {out.dtype} (default_eps({out.dtype}) = "
+            f"{theirs:.3g}: a central difference in {out.dtype} is good to about "
+            f"{theirs ** 2:.1g} relative)")
+    return out
+
+
 def _check_x(x) -> torch.Tensor:
     x = check_tensor("x", x)
     _finite("x", [x])
     return x
 
 
-def _columns(f, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _columns(f, x: torch.Tensor, h: torch.Tensor,
+             chosen_for: torch.dtype | None = None) -> torch.Tensor:
     """The central-difference Jacobian with per-coordinate steps ``h``; a column whose step
-    rounded away to nothing is nan (0 / 0), and so is one where f is not finite."""
+    rounded away to nothing is nan (0 / 0), and so is one where f is not finite.
+    ``chosen_for``: the dtype the default step was chosen for (``_step_dtype``)."""
     flat = x.detach().reshape(-1).clone()
     hflat = h.reshape(-1)
     cols, shape = [], None
@@ -117,7 +146,7 @@ def _columns(f, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         fm = _as_tensor("f", f(flat.reshape(x.shape).clone()))
         flat[i] = orig
         if shape is None:
-            shape = fp.shape
+            shape = _step_dtype(fp, chosen_for).shape
         for v in (fp, fm):
             if v.shape != shape:
                 raise ValueError(f"f: returned shape {tuple(v.shape)} at coordinate {i} of "
@@ -125,7 +154,7 @@ def _columns(f, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # the actual step may differ from h by rounding of x + h; divide by what was taken
         cols.append((fp - fm) / ((orig + hflat[i]) - (orig - hflat[i])))
     if not cols:
-        out = _as_tensor("f", f(x))
+        out = _as_tensor("f", f(x))  # no step taken: any dtype
         return x.new_zeros(tuple(out.shape) + tuple(x.shape))
     return torch.stack(cols, dim=-1).reshape(tuple(shape) + tuple(x.shape))
 
@@ -137,10 +166,12 @@ def jacobian(
     """Central-difference Jacobian: shape ``f(x).shape + x.shape``; 2 * x.numel() calls of f.
     Refused: f not callable or not returning a floating tensor of one shape; x not a
     floating tensor or not finite; eps not a positive finite number at least the machine
-    epsilon of x's dtype; a result that is not finite (f overflowed or is undefined)."""
+    epsilon of x's dtype; a result that is not finite (f overflowed or is undefined); at
+    the default step, an f returning a coarser dtype than x's (its rounding over x's step
+    swamps the difference: pass eps= for f's dtype)."""
     _callable("f", f)
     x = _check_x(x)
-    out = _columns(f, x, _steps(x, eps))
+    out = _columns(f, x, _steps(x, eps), x.dtype if eps is None else None)
     bad = ~torch.isfinite(out)
     if bool(bad.any()):
         first = tuple(int(v) for v in bad.nonzero()[0])
@@ -268,8 +299,13 @@ def step_sweep(
     if exact.device != x.device:
         raise ValueError(f"exact: on device {exact.device}, but x on {x.device}")
     _finite("exact", [exact])
+    with torch.no_grad():
+        fx = _as_tensor("f", f(x.detach()))
+    # the differences are taken in f's output dtype where that is coarser than x's: its
+    # rounding decides the default steps and the predicted one (they were x's)
+    dtype = _coarsest([x.dtype, fx.dtype])
     if eps_values is None:
-        lo = 13 if x.dtype == torch.float64 else 7
+        lo = 13 if dtype == torch.float64 else 7
         eps_values = [10.0**-k for k in range(1, lo + 1)]
     if isinstance(eps_values, torch.Tensor) or hasattr(eps_values, "tolist"):
         eps_values = eps_values.tolist()
@@ -301,14 +337,14 @@ def step_sweep(
                 )
             err = (approx - exact.to(approx.dtype)).abs()
             errors.append(float(err.max()) if bool(torch.isfinite(err).all()) else math.nan)
-        scale = float(_as_tensor("f", f(x.detach())).abs().max())
+        scale = float(fx.abs().max())
         # the smallest step taken, over eps: where f's rounding over the step is largest
         x_scale = max(1.0, float(x.abs().min()))
     eps_t = tuple(steps)
-    unit = float(torch.finfo(x.dtype).eps) / 2  # unit roundoff: a rounded value's error
+    unit = float(torch.finfo(dtype).eps) / 2  # unit roundoff: a rounded value's error
     order, best = _sweep_fit(eps_t, errors, unit, scale, x_scale)
     return StepSweep(eps=eps_t, error=tuple(errors), order=order, predicted_eps=best,
-                     dtype=str(x.dtype).removeprefix("torch."), value_scale=scale)
+                     dtype=str(dtype).removeprefix("torch."), value_scale=scale)
 
 
 # --- directional checks and the Taylor test ------------------------------------------------
@@ -354,8 +390,9 @@ def _like(name: str, value, ref: list[torch.Tensor], ref_single: bool, ref_name:
     return parts
 
 
-def _call(f, parts: list[torch.Tensor], single: bool) -> torch.Tensor:
-    return _as_tensor("f", f(parts[0] if single else list(parts)))
+def _call(f, parts: list[torch.Tensor], single: bool,
+          chosen_for: torch.dtype | None = None) -> torch.Tensor:
+    return _step_dtype(_as_tensor("f", f(parts[0] if single else list(parts))), chosen_for)
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -375,10 +412,12 @@ def _random_like(parts: Sequence[torch.Tensor], generator) -> list[torch.Tensor]
             for p in parts]
 
 
-def _central(f: Callable, parts, dirs, single: bool, h: float) -> torch.Tensor:
+def _central(f: Callable, parts, dirs, single: bool, h: float,
+             chosen_for: torch.dtype | None = None) -> torch.Tensor:
     with torch.no_grad():
-        plus = _call(f, [p.detach() + h * d for p, d in zip(parts, dirs)], single)
-        minus = _call(f, [p.detach() - h * d for p, d in zip(parts, dirs)], single)
+        plus = _call(f, [p.detach() + h * d for p, d in zip(parts, dirs)], single, chosen_for)
+        minus = _call(f, [p.detach() - h * d for p, d in zip(parts, dirs)], single,
+                      chosen_for)
     if plus.shape != minus.shape:
         raise ValueError(f"f: returned shapes {tuple(plus.shape)} and {tuple(minus.shape)} at "
                          "x + h v and x - h v")
@@ -409,13 +448,15 @@ def directional_derivative(f: Callable, x, v, eps: float | None = None, *,
         raise ValueError(f"v: expected a finite direction with a nonzero entry, got max |v| = "
                          f"{vmax}")
     xmax = max(float(p.abs().max()) if p.numel() else 0.0 for p in parts)
+    # the default step is the coarsest part's: f must not return coarser (_step_dtype)
+    chosen_for = _coarsest([p.dtype for p in parts]) if eps is None else None
     eps = _check_eps(eps, [p.dtype for p in parts], xmax)
     h = eps * max(1.0, xmax) / vmax
     if not isinstance(richardson, bool):
         raise TypeError(f"richardson: expected True or False, got {richardson!r}")
-    jv = _central(f, parts, dirs, single, h)
+    jv = _central(f, parts, dirs, single, h, chosen_for)
     if richardson:
-        jv = (4 * _central(f, parts, dirs, single, h / 2) - jv) / 3
+        jv = (4 * _central(f, parts, dirs, single, h / 2, chosen_for) - jv) / 3
     if not bool(torch.isfinite(jv).all()):
         raise ValueError("f: the central difference along v is not finite: f is nan or inf "
                          "at x + h v or x - h v")
@@ -456,8 +497,11 @@ def directional_check(f: Callable, x, *, jvp: Callable | None = None,
 
     ``x``: a tensor or a sequence of tensors (f takes a list then); ``jvp(v)`` returns J v,
     shaped like f(x); ``vjp(u)`` returns u^T J, structured like x. At least one of them.
-    Directions are standard normal, drawn on the CPU from ``generator``. Nothing is
-    asserted: compare ``Direction.errors()`` (or the tensors) with a tolerance.
+    Directions are standard normal, drawn on the CPU from ``generator``. No tolerance is
+    applied: compare ``Direction.errors()`` (or the tensors) with one. Every number
+    returned is finite: a jvp(v) or vjp(u) holding NaN or inf is a ValueError naming it,
+    and an inner product past float64's range (<u, J v> of the central difference, its
+    scale, or the kernel's) an OverflowError naming f, jvp or vjp.
     """
     if jvp is None and vjp is None:
         raise ValueError("jvp, vjp: expected at least one of them (the kernel to check), "
@@ -478,19 +522,40 @@ def directional_check(f: Callable, x, *, jvp: Callable | None = None,
         v = _random_like(parts, generator)
         u = _random_like([out], generator)[0]
         vv = v[0] if single else v
-        jv_fd = directional_derivative(f, x, vv, eps, richardson=richardson)
+        jv_fd = directional_derivative(f, x, vv, eps, richardson=richardson)  # finite
         fd = _dot([u], [jv_fd])
         scale = float((u.double() * jv_fd.double()).abs().sum())
+        if not (math.isfinite(fd) and math.isfinite(scale)):
+            # J v is finite, but u * J v is past float64's range: a nan fd, or an inf scale
+            # that made every error() 0, had been returned as a result
+            raise OverflowError(
+                f"f: <u, J v> = {fd} (its terms' size sum |u * J v| = {scale}) overflows "
+                f"float64 though the central difference J v is finite (max |J v| = "
+                f"{float(jv_fd.abs().max()):.3g}); expected an f whose derivative along v "
+                "fits float64 with room for u (scale f down)")
         jv = forward = reverse = None
         if jvp is not None:
             jv = _as_tensor("jvp", jvp(vv))
             if jv.shape != out.shape:
                 raise ValueError(f"jvp: expected J v of shape {tuple(out.shape)} (f(x)'s), "
                                  f"got {tuple(jv.shape)}")
+            # a nan from the kernel had made errors() nan, which no "err > tol" catches
+            check_finite("jvp", jv)
             forward = _dot([u], [jv])
+            if not math.isfinite(forward):
+                raise OverflowError(f"jvp: <u, jvp(v)> = {forward} overflows float64 though "
+                                    f"jvp(v) is finite (max |jvp(v)| = "
+                                    f"{float(jv.abs().max()):.3g}), where the central "
+                                    f"difference's <u, J v> is {fd:.6g}")
         if vjp is not None:
             g = _like("vjp", vjp(u), parts, single, "x")
+            _finite("vjp", g)
             reverse = _dot(g, v)
+            if not math.isfinite(reverse):
+                raise OverflowError(f"vjp: <vjp(u), v> = {reverse} overflows float64 though "
+                                    f"vjp(u) is finite (max |vjp(u)| = "
+                                    f"{max(float(t.abs().max()) for t in g):.3g}), where the "
+                                    f"central difference's <u, J v> is {fd:.6g}")
         results.append(Direction(v=tuple(v), u=u, jv_fd=jv_fd, jv=jv, fd=fd, forward=forward,
                                  reverse=reverse, scale=scale))
     return results
@@ -578,7 +643,10 @@ def taylor_test(f: Callable, grad, x, v=None, *, h0: float | None = None, halvin
             raise ValueError(f"grad, v: <grad, v> is not finite ({slope}) though both are: "
                              "expected a grad and v whose inner product fits the dtype "
                              "(scale v down)")
-        unit = float(torch.finfo(parts[0].dtype).eps)
+        # the rounding of f's values: its output's dtype where that is coarser than x's (an
+        # f returning float32 for a float64 x had its remainders judged against float64's
+        # floor, and a right gradient fitted order -0.14)
+        unit = float(torch.finfo(_coarsest([p.dtype for p in parts] + [f0.dtype])).eps)
         hs, rs, noise = [], [], []
         for k in range(halvings + 1):
             h = h0 / 2**k
