@@ -17,6 +17,8 @@ the machine info of a run and the ``--bench-instructions`` re-execution.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import platform
 import re
@@ -276,13 +278,33 @@ def slowed(fn: Callable[[], object], factor: float) -> Callable[[], object]:
 def warm_up(fn: Callable[[], object], times: int) -> list[float]:
     """Call ``fn`` up to ``times`` times before timing; one call is enough warm-up for a
     call that takes over 50 ms (caches, allocator and dispatch are warm after it). Returns
-    the seconds of each call (the calibration's first samples, ``round_seconds``)."""
+    the seconds of each call (the calibration's first samples, ``round_seconds``). A
+    ``fn`` not callable or ``times`` not an integer >= 1 is refused by name (times=1.5 was
+    range()'s raw TypeError, times=0 an empty warm-up)."""
+    _check_callable("fn", fn)
+    times = check_count("times", times, 1, "warm-up calls")
     took = []
     for _ in range(times):
         took.append(_time(fn))
         if took[-1] > 0.05:
             break
     return took
+
+
+def _check_callable(name: str, fn: object, none: bool = False) -> None:
+    if not (callable(fn) or (none and fn is None)):
+        raise TypeError(f"{name}: expected a callable of no arguments"
+                        + (" or None" if none else "") + f", got {type(fn).__name__} {fn!r}")
+
+
+def _seconds(name: str, value: object) -> float:
+    """A time in seconds: a finite real number >= 0 (not a bool), else named."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected seconds (a finite number >= 0), got "
+                        f"{type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}: expected seconds (a finite number >= 0), got {value!r}")
+    return float(value)
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -312,14 +334,29 @@ def round_seconds(run: Callable[[], object], ref: Callable[[], object] | None,
     has taken under ``budget`` seconds (``measure_with``: a quarter of
     --benchmark-max-time). After the default warm-up (3 calls, each under 50 ms) no call
     is added; otherwise at most ``CALIBRATION_CALLS - 1`` pairs, started within
-    ``budget``."""
-    run_times, ref_times = list(run_times), list(ref_times)
+    ``budget``.
+
+    Refused by name: ``run``, ``ref`` or ``time_call`` not callable; ``run_times``,
+    ``ref_times`` not sequences of seconds (finite numbers >= 0); a ``budget`` that is not
+    one; a time_call that returns one that is not (a nan among the times had made the
+    round size nan, and 10,000 rounds taken)."""
+    _check_callable("run", run)
+    _check_callable("ref", ref, none=True)
+    _check_callable("time_call", time_call)
+    budget = _seconds("budget", budget)
+    times = {}
+    for name, given in (("run_times", run_times), ("ref_times", ref_times)):
+        if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+            raise TypeError(f"{name}: expected a list of seconds, got "
+                            f"{type(given).__name__} {given!r}")
+        times[name] = [_seconds(f"{name}[{i}]", t) for i, t in enumerate(given)]
+    run_times, ref_times = times["run_times"], times["ref_times"]
     spent = 0.0
     while True:
-        run_times.append(time_call(run))
+        run_times.append(_seconds("time_call", time_call(run)))
         spent += run_times[-1]
         if ref is not None:
-            ref_times.append(time_call(ref))
+            ref_times.append(_seconds("time_call", time_call(ref)))
             spent += ref_times[-1]
         short = len(run_times) <= CALIBRATION_CALLS or (
             ref is not None and len(ref_times) <= CALIBRATION_CALLS)
@@ -517,18 +554,38 @@ def _measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *,
 
 
 def not_counted(info: dict) -> str | None:
-    """Why ``--bench-instructions`` does not count a benchmark (None: it counts it)."""
+    """Why ``--bench-instructions`` does not count a benchmark (None: it counts it).
+    ``info``: measure's keywords, a dict; a device torch cannot parse or a ``flops`` that is
+    not a number >= 0 is refused by name (not torch's or Python's raw error)."""
     from handgrad.benchmark import callgrind
 
+    if not isinstance(info, dict):
+        raise TypeError(f"info: expected a dict of measure's keywords, got "
+                        f"{type(info).__name__} {info!r}")
     if info.get("kernel") in MACHINE_FAMILIES:
         return ("a measurement of the machine, for the wall clock: not counted under "
                 "--bench-instructions")
     if info.get("compile_mode") is not None:
         return ("compiled or captured: compiling under callgrind takes hours; not counted "
                 "under --bench-instructions")
-    if torch.device(str(info.get("device"))).type != "cpu":
+    device = info.get("device")
+    try:
+        kind = (torch.device(device).type if isinstance(device, (str, torch.device))
+                else None)
+    except RuntimeError:
+        kind = None
+    if kind is None:
+        raise ValueError(f"device: expected a device string such as 'cpu' or 'cuda', got "
+                         f"{device!r}")
+    if kind != "cpu":
         return "instructions are counted on the CPU only (--bench-instructions)"
-    flops = info.get("flops") or 0
+    flops = info.get("flops")
+    flops = 0 if flops is None else flops
+    want = "a finite number >= 0 (FLOPs a call; 0: not modelled)"
+    if isinstance(flops, bool) or not isinstance(flops, numbers.Real):
+        raise TypeError(f"flops: expected {want}, got {type(flops).__name__} {flops!r}")
+    if not (math.isfinite(flops) and flops >= 0):
+        raise ValueError(f"flops: expected {want}, got {flops!r}")
     if flops > callgrind.MAX_FLOPS:
         return (f"{flops:.3g} FLOPs a call, over handgrad.benchmark.callgrind.MAX_FLOPS "
                 f"({callgrind.MAX_FLOPS:.3g}): arithmetic-bound, left to the wall-clock gate")
