@@ -8,6 +8,7 @@ receptive field: ``kernels.receptive_field`` (both re-exported here).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -229,6 +230,10 @@ class _Recorder(TorchDispatchMode):
         self.made = len(self.keep)
         self.version = {id(t): i for i, t in enumerate(self.keep)}
         self.ops: list = []  # per op needing a gradient: (uses, versions made, rows, ...)
+        # a custom Function being applied through function(): the list its ctx's
+        # mark_non_differentiable fills (context); an open region: _Region
+        self.entering: list | None = None
+        self.region: _Region | None = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -255,6 +260,8 @@ class _Recorder(TorchDispatchMode):
         shape = tuple(o.shape) if isinstance(o, torch.Tensor) else ()
         self.result.rows.append(Row(layer, kind, name, shape, counts))
         if self.follow_grads:
+            if self.region is not None and self._in_region(args, out):
+                return out  # a Function's forward, its apply its own: one node (context)
             self._backward(name, args, out, layer, kind, shape)
         return out
 
@@ -263,48 +270,106 @@ class _Recorder(TorchDispatchMode):
         runs a Function's forward with grad disabled, so its ops get no gradient here;
         autograd records the Function as one node whose backward is ``cls.backward``, the
         user's code, which the walk does not see: its results are followed (the layers
-        upstream get their gradients) and the Function is listed in
+        upstream get their gradients), but for those its forward marks non-differentiable
+        (``ctx.mark_non_differentiable``), and the Function is listed in
         ``uncounted_backward``. A reentrant checkpoint (torch.utils.checkpoint's
-        CheckpointFunction) runs its block in the grad mode it was called in instead, so
-        the block's ops are counted as without the checkpoint (its recomputation in the
-        backward is not counted)."""
+        CheckpointFunction) is not applied: its block is called as it is, in the grad mode
+        of the call, so its ops are counted as without the checkpoint (its recomputation
+        in the backward is not counted), and torch's CheckpointFunction.forward, which
+        warns that no input requires grad (none of the walk's meta tensors does), does not
+        run."""
         grad = torch.is_grad_enabled()
         if cls.__name__ == "CheckpointFunction" and cls.__module__ == "torch.utils.checkpoint":
-            run = args[0]
-
-            def block(*a, **k):
-                with torch.set_grad_enabled(grad):
-                    return run(*a, **k)
-
-            return _APPLY[0].__func__(cls, block, *args[1:], **kwargs)
-        out = _APPLY[0].__func__(cls, *args, **kwargs)
+            # CheckpointFunction.apply(run_function, preserve_rng_state, *args)
+            return args[0](*args[2:], **kwargs)
+        marked: list = []  # its ctx's non-differentiable results (context)
+        self.entering = marked
+        try:
+            out = _APPLY[0].__func__(cls, *args, **kwargs)
+        finally:
+            self.entering = None
         if grad:
-            self._function_node(cls, [*args, *kwargs.values()], out)
+            tracked, version = self.tracked, self.version
+            uses = [(version[id(t)], t.numel()) for t in _flat([*args, *kwargs.values()])
+                    if isinstance(t, torch.Tensor) and id(t) in tracked
+                    and t.is_floating_point()]
+            self._function_node(cls, uses, [out], marked, *self._frame())
         return out
 
-    def _function_node(self, cls, args, out) -> None:
-        """A custom Function's node in the graph: it needs a gradient where an input does;
-        its results are tracked, each tracked input receives a gradient (a use), and its
-        backward, the user's own, is listed as uncounted."""
+    def _frame(self) -> tuple[str, str]:
+        return self.stack[-1] if self.stack else ("(model)", "")
+
+    def context(self, ctx, caller) -> None:
+        """A Function's ctx is being made (``_ctx_init``): the Function starts. Applied
+        through Function.apply (``function``), its ctx is watched for the results it marks
+        non-differentiable. A Function whose own ``apply`` goes around Function.apply (to
+        ``torch._C._FunctionBase.apply``) is met here only: it is followed as a region,
+        the ops its forward runs while the call at ``caller`` lasts (``_in_region``)."""
+        grad = torch.is_grad_enabled()
+        if self.region is not None and grad:
+            # grad is on: no Function's forward is running, the region's call has returned
+            self._close_region()
+        marked = self.entering
+        if marked is not None:  # function()'s own: watched only
+            self.entering = None
+            _watch(ctx, marked)
+        elif grad:  # an apply of its own; with grad off, autograd records no node
+            marked = []
+            _watch(ctx, marked)
+            self.region = _Region(type(ctx)._forward_cls, caller, caller.f_lasti, marked,
+                                  self._frame())
+
+    def _in_region(self, args=(), out=None) -> bool:
+        """Whether the op (``args`` -> ``out``) is one of the open region's: run with grad
+        off while the region's apply call has not returned (its caller's frame is still at
+        that call). Its ops have no backward of their own (the Function's is the user's
+        code); the tracked values they read are the Function's uses, the values they make
+        its results. An op after the call closes the region (``_close_region``) first."""
+        r = self.region
+        if torch.is_grad_enabled() or r.frame.f_lasti != r.lasti:
+            self._close_region()
+            return False
         tracked, version = self.tracked, self.version
-        uses = [(version[id(t)], t.numel()) for t in _flat(args)
-                if isinstance(t, torch.Tensor) and id(t) in tracked and t.is_floating_point()]
-        outs = [t for t in _flat([out]) if isinstance(t, torch.Tensor)
-                and (t.is_floating_point() or t.is_complex())]
+        for t in _flat(args):
+            if isinstance(t, torch.Tensor) and id(t) in tracked and t.is_floating_point():
+                r.uses.setdefault(version[id(t)], t.numel())
+        r.outs.append(out)
+        return True
+
+    def _close_region(self) -> None:
+        """The open region's Function as a node (``_function_node``): each tracked value its
+        forward read is one use (a value it was given but did not read, and one given
+        twice, cannot be told from the ops: one use each value read)."""
+        r, self.region = self.region, None
+        self._function_node(r.cls, list(r.uses.items()), r.outs, r.marked, *r.where)
+
+    def _function_node(self, cls, uses, out, marked, layer, kind) -> None:
+        """A custom Function's node in the graph: it needs a gradient where an input does
+        (``uses``); its results are tracked, but for those its forward marked
+        non-differentiable (``marked``), each use receives a gradient, and its backward,
+        the user's own, is listed as uncounted."""
+        skip = {id(t) for t in marked}
+        outs = [t for t in _flat(out) if isinstance(t, torch.Tensor)
+                and (t.is_floating_point() or t.is_complex()) and id(t) not in skip]
         if not uses or not outs:
             return
-        made = []
-        for t in outs:
-            tracked.add(id(t))
-            self.keep.append(t)
-            self.made += 1
-            version[id(t)] = self.made
-            made.append(self.made)
+        made = self._track(outs)
         name = f"{cls.__qualname__} (autograd.Function: its backward is the user's code)"
         seen = self.result.uncounted_backward
         seen[name] = seen.get(name, 0) + 1
-        layer, kind = self.stack[-1] if self.stack else ("(model)", "")
         self.ops.append((uses, made, [], layer, kind, cls.__qualname__))
+
+    def _track(self, outs) -> list[int]:
+        """Track ``outs``, each a new version: the versions made."""
+        tracked, keep, version = self.tracked, self.keep, self.version
+        made = []
+        for t in outs:
+            tracked.add(id(t))
+            keep.append(t)
+            self.made += 1
+            version[id(t)] = self.made
+            made.append(self.made)
+        return made
 
     def _reach(self, tensors: list) -> None:
         for t in tensors:
@@ -316,8 +381,8 @@ class _Recorder(TorchDispatchMode):
         # a constant to autograd (NO_GRADIENT_OPS), or an op run under torch.no_grad()
         # (or inference_mode): autograd records nothing, its result needs no gradient.
         # torch runs a custom autograd.Function's forward so too: the Function itself is
-        # followed at its apply (``function``), a reentrant checkpoint's block is run in
-        # the grad mode it was called in
+        # followed at its apply (``function``) or as a region (``context``), a reentrant
+        # checkpoint's block is run in the grad mode it was called in
         if name in NO_GRADIENT_OPS or not torch.is_grad_enabled():
             return
         tracked = self.tracked
@@ -336,13 +401,7 @@ class _Recorder(TorchDispatchMode):
         version = self.version
         uses = [(version[id(t)], t.numel()) for t in _flat(args)
                 if isinstance(t, torch.Tensor) and id(t) in tracked and t.is_floating_point()]
-        made = []
-        for t in outs:
-            tracked.add(id(t))
-            self.keep.append(t)
-            self.made += 1
-            version[id(t)] = self.made
-            made.append(self.made)
+        made = self._track(outs)
         rows = backward_op_counts(name, args, out, needs)
         if rows is None:
             seen = self.result.uncounted_backward
@@ -361,6 +420,8 @@ class _Recorder(TorchDispatchMode):
         per element for each use after the first (``_accumulation``)."""
         from torch.utils._pytree import tree_leaves  # a tuple, a dict, a ModelOutput
 
+        if self.region is not None:  # the forward ended in a Function's region
+            self._close_region()
         live = {self.version[id(t)] for t in tree_leaves(output)
                 if isinstance(t, torch.Tensor) and id(t) in self.version}
         if not live:  # an output pytree cannot open: every result is taken as used
@@ -379,10 +440,34 @@ class _Recorder(TorchDispatchMode):
         return rows
 
 
+@dataclass
+class _Region:
+    """A custom Function whose own ``apply`` goes around Function.apply, while it runs:
+    the frame that called torch's C apply and the instruction it is at (``f_lasti``, the
+    same until the call returns), the results its ctx marks non-differentiable, the
+    tracked values its ops read (version -> numel), the results they make, the layer."""
+
+    cls: type
+    frame: object
+    lasti: int
+    marked: list
+    where: tuple[str, str]
+    uses: dict = field(default_factory=dict)
+    outs: list = field(default_factory=list)
+
+
 # torch.autograd.Function.apply is a Python classmethod that no dispatch or torch-function
 # mode sees: a backward walk swaps in ``_apply`` for its duration (``_functions_followed``),
-# which hands the calls of the walking thread to its recorder and passes the others through
+# which hands the calls of the walking thread to its recorder and passes the others through.
+# A subclass may override apply and call torch's C apply (``_FunctionBase.apply``) itself:
+# every apply makes the Function's ctx, ``cls._backward_cls()``, a BackwardCFunction, whose
+# __init__ (``_ctx_init``, set for the walk's duration too) tells the recorder
 _APPLY = [torch.autograd.Function.__dict__["apply"]]  # the apply swapped out (torch's own)
+# (named through the Function base class: counting differentiates nothing, and test_project
+# allows counting.py that name alone) torch's BackwardCFunction, the base of every ctx class
+_CTX = torch.autograd.Function._backward_cls.__bases__[0]
+_MARK = torch.autograd.Function.mark_non_differentiable  # FunctionCtx's
+_CTX_INIT = [_CTX.__dict__.get("__init__")]  # torch defines none (2.13): object's
 _walks: dict[int, _Recorder] = {}  # thread id -> the recorder of the walk it runs
 _walks_lock = threading.Lock()
 
@@ -394,10 +479,30 @@ def _apply(cls, *args, **kwargs):
     return recorder.function(cls, args, kwargs)
 
 
+def _ctx_init(ctx, *args, **kwargs):
+    recorder = _walks.get(threading.get_ident())
+    if recorder is not None:  # the frame that called the C apply (C frames are not seen)
+        recorder.context(ctx, sys._getframe(1))
+    if _CTX_INIT[0] is not None:
+        _CTX_INIT[0](ctx, *args, **kwargs)
+
+
+def _mark(ctx, marked: list, *tensors):
+    marked.extend(tensors)
+    return _MARK(ctx, *tensors)
+
+
+def _watch(ctx, marked: list) -> None:
+    """``ctx.mark_non_differentiable`` also notes its tensors in ``marked`` (torch clears
+    the ctx's own record when apply returns)."""
+    ctx.mark_non_differentiable = lambda *tensors: _mark(ctx, marked, *tensors)
+
+
 @contextlib.contextmanager
 def _functions_followed(recorder: _Recorder):
     """Custom autograd Functions (and reentrant checkpoints) called in this thread go to
-    ``recorder.function`` while the walk runs; Function.apply is torch's own again after
+    ``recorder.function`` while the walk runs, and the ctx each Function makes to
+    ``recorder.context``; Function.apply and BackwardCFunction are torch's own again after
     the last walk (of any thread) ends."""
     me = threading.get_ident()
     with _walks_lock:
@@ -405,6 +510,8 @@ def _functions_followed(recorder: _Recorder):
         if not _walks:  # the first walk running: swap (kept, for a late caller, after)
             _APPLY[0] = torch.autograd.Function.__dict__["apply"]
             torch.autograd.Function.apply = classmethod(_apply)
+            _CTX_INIT[0] = _CTX.__dict__.get("__init__")
+            _CTX.__init__ = _ctx_init
         _walks[me] = recorder
     try:
         yield
@@ -416,6 +523,10 @@ def _functions_followed(recorder: _Recorder):
                 _walks[me] = before
             if not _walks:
                 torch.autograd.Function.apply = _APPLY[0]
+                if _CTX_INIT[0] is None:
+                    del _CTX.__init__
+                else:
+                    _CTX.__init__ = _CTX_INIT[0]
 
 
 def _accumulation(layer, kind, name, numel) -> Row:

@@ -11,6 +11,7 @@ reentrant checkpoint's block."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -237,6 +238,169 @@ def test_custom_function_not_recorded_needs_no_gradient():
     assert report.uncounted_backward == {}
 
 
+class OwnApply(MatMul):
+    """A Function whose own apply goes around Function.apply, straight to torch's C apply
+    (_FunctionBase.apply): the walk's swap of Function.apply never sees it."""
+
+    @classmethod
+    def apply(cls, *args):
+        return super(torch.autograd.function._SingleLevelFunction, cls).apply(*args)
+
+
+class SuperApply(MatMul):
+    """An apply of its own that calls Function.apply (super().apply)."""
+
+    @classmethod
+    def apply(cls, *args):
+        return super().apply(*args)
+
+
+class AnyFnLinear(nn.Module):
+    def __init__(self, fn, i, o):
+        super().__init__()
+        self.fn = fn
+        self.weight = nn.Parameter(torch.randn(o, i))
+
+    def forward(self, x):
+        return self.fn.apply(x, self.weight)
+
+
+def _recorded(model: nn.Module, first: str) -> bool:
+    """Whether real autograd gives ``first``'s weight a gradient (the Function is on the
+    graph in torch too: what the count should agree with)."""
+    model.zero_grad()
+    model(torch.randn(B, E)).sum().backward()
+    return model.get_submodule(first).weight.grad is not None
+
+
+@pytest.mark.parametrize("fn", [OwnApply, SuperApply], ids=["around-Function.apply",
+                                                             "super().apply"])
+def test_function_with_its_own_apply_is_one_node(fn):
+    """As test_custom_function_output_needs_gradient, with apply overridden: before, an
+    apply that went around Function.apply dropped the Function and every layer upstream
+    from the backward count, silently (backward = the last layer's weight gradient)."""
+    model = mlp(AnyFnLinear(fn, H, H))
+    assert _recorded(model, "0")
+    report = C.count_model(model, (B, E), backward=True)
+    m, a = added(linear_back(B, H, OUT, input_grad=True), linear_back(B, E, H, input_grad=False))
+    assert report.backward == C.Counts(mults=m, adds=a, macs=2 * B * H * OUT + B * E * H)
+    assert report.uncounted_backward == {
+        f"{fn.__name__} (autograd.Function: its backward is the user's code)": 1}
+    assert {r.layer for r in report.rows if r.pass_ == "backward"} == {"0", "2"}
+    assert report.forward.macs == B * E * H + B * H * H + B * H * OUT
+
+
+class OwnApplyAround(nn.Module):
+    """h to an own-apply Function and past it; under the model's no_grad, right after
+    the Function's call, a teacher on its result and an own-apply Function autograd does
+    not record; then torch's C apply called by ``map`` twice and the results multiplied
+    by ``functools.reduce``: no Python frame between forward's and the C calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(E, H)
+        self.w = nn.Parameter(torch.randn(H, H))
+        self.w2 = nn.Parameter(torch.randn(H, H))
+        self.teacher = nn.Linear(H, H)
+
+    def forward(self, x):
+        h = self.fc(x)
+        f = OwnApply.apply(h, self.w)
+        with torch.no_grad():
+            t = self.teacher(f)  # grad off, but the Function's call has returned
+            c = OwnApply.apply(h, self.w2)  # grad off: not recorded
+        y = f + h
+        c_apply = super(torch.autograd.function._SingleLevelFunction, OwnApply).apply
+        ab = functools.reduce(torch.mul, map(c_apply, (y, y), (self.w, self.w2)))
+        return ab * t + c
+
+
+def test_functions_with_own_apply_uses_and_regions():
+    model = OwnApplyAround()
+    report = C.count_model(model, (B, E), backward=True)
+    n = B * H
+    m, a = linear_back(B, E, H, input_grad=False)
+    # ab * t: g * t (n mults), t and c are constants; a * b: g * b and g * a (2n mults).
+    # y: one use by each Function of the map, two gradients, n adds; h: the Function's
+    # use and the skip's, n adds; w: taken by the first Function and the map's, H*H adds
+    assert report.backward == C.Counts(mults=3 * n + m, adds=a + n + n + H * H,
+                                       macs=B * E * H)
+    assert report.uncounted_backward == {
+        "OwnApply (autograd.Function: its backward is the user's code)": 3}
+    assert report.forward.macs == B * E * H + 4 * B * H * H + B * H * H
+
+
+def test_function_with_its_own_apply_last():
+    """The forward ends inside the Function's call (its result is the output)."""
+    report = C.count_model(nn.Sequential(nn.Linear(E, H), AnyFnLinear(OwnApply, H, H)),
+                           (B, E), backward=True)
+    m, a = linear_back(B, E, H, input_grad=False)
+    assert report.backward == C.Counts(mults=m, adds=a, macs=B * E * H)
+    assert report.uncounted_backward == {
+        "OwnApply (autograd.Function: its backward is the user's code)": 1}
+
+
+def test_ctx_init_of_torchs_own_is_called_and_kept(monkeypatch):
+    """Where torch defines BackwardCFunction.__init__ (2.13 does not), the walk's own
+    calls it for every ctx and puts it back after."""
+    ctx_cls = torch.autograd.function.BackwardCFunction
+    made = []
+
+    def init(ctx):
+        made.append(type(ctx).__name__)
+
+    monkeypatch.setattr(ctx_cls, "__init__", init, raising=False)
+    C.count_model(mlp(AnyFnLinear(OwnApply, H, H)), (B, E), backward=True)
+    assert made == ["OwnApplyBackward"]
+    assert ctx_cls.__dict__["__init__"] is init
+
+
+class SortLike(torch.autograd.Function):
+    """Two results, the second (floating) marked non-differentiable, as torch.sort's
+    indices would be: autograd sends it no gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        v, idx = x * 2, x + 1
+        ctx.mark_non_differentiable(idx)
+        return v, idx
+
+    @staticmethod
+    def backward(ctx, g, g_idx):
+        return g * 2
+
+
+class SortLikeOwn(SortLike):
+    @classmethod
+    def apply(cls, *args):
+        return super(torch.autograd.function._SingleLevelFunction, cls).apply(*args)
+
+
+class NonDifferentiable(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.fc, self.fc2 = nn.Linear(E, E), nn.Linear(E, E)
+
+    def forward(self, x):
+        v, idx = self.fn.apply(self.fc(x))
+        return v + self.fc2(idx)
+
+
+@pytest.mark.parametrize("fn", [SortLike, SortLikeOwn], ids=["Function.apply", "own-apply"])
+def test_non_differentiable_result_gets_no_gradient(fn):
+    """fc2 reads the non-differentiable result: its weight and bias get gradients, its
+    input none (before, fc2's grad_input was counted: B*E*E mults too many)."""
+    model = NonDifferentiable(fn)
+    model(torch.randn(B, E)).sum().backward()  # torch agrees: idx needs no gradient
+    report = C.count_model(model, (B, E), backward=True)
+    m, a = linear_back(B, E, E, input_grad=False)
+    assert report.backward == C.Counts(mults=2 * m, adds=2 * a, macs=2 * B * E * E)
+    assert not [r for r in report.rows if r.op == "addmm.grad_input"]
+    assert report.uncounted_backward == {
+        f"{fn.__name__} (autograd.Function: its backward is the user's code)": 1}
+
+
 class Checkpointed(nn.Module):
     def __init__(self, block: nn.Module, reentrant: bool):
         super().__init__()
@@ -248,11 +412,12 @@ class Checkpointed(nn.Module):
         return checkpoint(self.block, x, use_reentrant=self.reentrant)
 
 
-@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
 @pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
 def test_checkpointed_block_counted_as_without_checkpoint(reentrant):
     """Both kinds of checkpoint: the block's gradients as without it; the recomputation
-    of the block's forward in the backward is not counted."""
+    of the block's forward in the backward is not counted. No warning: torch's "None of
+    the inputs have requires_grad" (the walk's meta tensors require none) is not the
+    user's doing (pyproject makes a warning an error)."""
     report = C.count_model(mlp(Checkpointed(nn.Linear(H, H), reentrant)), (B, E),
                            backward=True)
     m, a = added(linear_back(B, H, OUT, input_grad=True), linear_back(B, H, H, input_grad=True),
@@ -281,7 +446,6 @@ class TeacherCheckpointed(nn.Module):
         return h * t
 
 
-@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
 @pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
 def test_checkpoint_under_no_grad_is_not_differentiated(reentrant):
     report = C.count_model(TeacherCheckpointed(reentrant), (B, E), backward=True)
@@ -292,14 +456,18 @@ def test_checkpoint_under_no_grad_is_not_differentiated(reentrant):
 
 
 def test_function_apply_is_torchs_own_after_the_walk():
-    """The walk swaps torch.autograd.Function.apply and puts it back, also after an error;
-    the swap is only there for a backward walk."""
+    """The walk swaps torch.autograd.Function.apply (and sets BackwardCFunction.__init__,
+    which torch does not define) and puts them back, also after an error; the swap is
+    only there for a backward walk."""
     before = torch.autograd.Function.__dict__["apply"]
+    ctx_cls = torch.autograd.function.BackwardCFunction
     C.count_model(mlp(FnLinear(H, H)), (B, E), backward=True)
     assert torch.autograd.Function.__dict__["apply"] is before
+    assert "__init__" not in ctx_cls.__dict__
     with pytest.raises(ValueError):
         C.count_model(mlp(FnLinear(H, H)), (B, E + 1), backward=True)
     assert torch.autograd.Function.__dict__["apply"] is before
+    assert "__init__" not in ctx_cls.__dict__
     report = C.count_model(mlp(FnLinear(H, H)), (B, E))  # no backward: nothing to follow
     assert report.uncounted_backward == {}
     during = SeesApply()
