@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     # the warnings in the report too: CI's reader sees the step summary, not stderr
-    md = "\n".join(G.with_warnings(r.markdown(), warnings) for r in results)
+    md = "\n".join(G.with_warnings(r.markdown(args.accept), warnings) for r in results)
     try:
         print(md)
     except BrokenPipeError:  # piped into head & co.: the reader has seen enough

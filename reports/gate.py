@@ -145,7 +145,8 @@ class GateResult:
         view["verdict"] = verdict
         return view
 
-    def markdown(self) -> str:
+    def markdown(self, accept_file: str | None = None) -> str:
+        """The report; ``accept_file``: the --accept file its next steps name."""
         head = (f"### handgrad benchmark gate: {headline(self)}\n\n"
                 f"Change = (kernel / reference) now over (kernel / reference) at baseline. "
                 f"A kernel regresses when the {self.confidence:.0%} interval of the geometric "
@@ -165,13 +166,17 @@ class GateResult:
                 f"{1 + self.benchmark_threshold:.2f}).\n")
 
         def fmt(df, cols):
-            return to_markdown(_numbers(df, cols))
+            shown = _drop_empty(df)
+            return to_markdown(_numbers(shown, [c for c in cols if c in shown]))
 
-        text = (head + "\n#### Kernels\n\n"
-                + fmt(self.kernels, ("change", "ci_low", "ci_high", "worst")) + "\n"
-                + "\n#### Benchmarks\n\n"
+        text = (head + next_steps((self.kernels, self.table), "ci_low", self.accepted,
+                                  accept_file, timed=True)
+                + "\n#### Kernels\n\n"
+                + fmt(self.kernels, ("change", "ci_low", "ci_high", "worst", "accepted_bound"))
+                + "\n\n#### Benchmarks\n\n"
                 + fmt(self._benchmark_view(),
-                      ("ratio_base", "ratio_current", "change", "ci_low", "ci_high", "limit"))
+                      ("ratio_base", "ratio_current", "change", "ci_low", "ci_high",
+                       "accepted_bound", "limit"))
                 + "\n")
         return text + _footer(self.table, self.accepted, self.skipped,
                               "Declared regressions (`accepted` up to their bound)", "Not gated")
@@ -197,6 +202,57 @@ def _numbers(df: pd.DataFrame, cols, digits: int = 3) -> pd.DataFrame:
     for c in cols:
         shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}f}")
     return shown
+
+
+def _drop_empty(df: pd.DataFrame, cols=("accepted_bound",)) -> pd.DataFrame:
+    """``df`` without those of ``cols`` that hold no value: an --accept file none of whose
+    lines names a row of the table leaves its ``accepted_bound`` column empty, a column a
+    reader can only wonder about."""
+    return df.drop(columns=[c for c in cols if c in df and df[c].isna().all()])
+
+
+def next_steps(frames, low_col: str, accepted, accept_file: str | None = None,
+               timed: bool = True) -> str:
+    """What the reader of a failed gate does next: a paragraph with a line per
+    ``kernel.method`` that regressed in any of ``frames`` (rows with a ``verdict``, its
+    ``kernel`` and ``method``, and ``low_col``: the interval's low end, or a count's
+    change, the value a declared bound is held to): fix it, or declare it with the least
+    bound that passes this run (the highest ``low_col`` of its REGRESSION rows, rounded up
+    to 0.001); where it is declared already, that its bound is too low for this run.
+    ``accepted``: the declarations (``Accepted``) the gate was given; ``accept_file``: the
+    --accept file to name. Empty where nothing regressed."""
+    worst: dict[str, float] = {}
+    for df in frames:
+        for r in df[df["verdict"] == "REGRESSION"].itertuples():
+            name = f"{r.kernel}.{r.method}"
+            worst[name] = max(worst.get(name, -math.inf), float(getattr(r, low_col)))
+    if not worst:
+        return ""
+    declared = {a.name: a for a in accepted}
+    where = f"`{accept_file}`" if accept_file else "the file given as --accept"
+    what = "`ci_low`" if timed else "change"
+    margin = ("; a timed change moves from run to run: leave it some room" if timed else
+              "; a count moves by about 0.1% between runs")
+    lines = []
+    for name, low in sorted(worst.items()):
+        need = math.ceil(round(low * 1000, 6)) / 1000  # at or above low, 3 decimals
+        a = declared.get(name)
+        if a is not None:
+            lines.append(f"- `{name}`: declared up to {a.bound:g}x ({a.where or where}), "
+                         f"under this run's {need:.3f} (the highest {what} of its "
+                         f"REGRESSION rows): fix the kernel, or, if this much is meant, "
+                         f"raise the bound there to {need:.3f} or more{margin}.\n")
+        elif need >= 10:
+            lines.append(f"- `{name}`: {need:.3f} (the highest {what} of its REGRESSION "
+                         "rows) is beyond what a declaration accepts (under 10x): fix the "
+                         "kernel.\n")
+        else:
+            lines.append(f"- `{name}`: not meant? Its REGRESSION rows below name the "
+                         f"shapes; fix the kernel. Meant (a check that must cost "
+                         f"something)? Declare it in {where}: `{name} {need:.3f} <reason>`, "
+                         f"{need:.3f} being the least bound that passes this run (the highest "
+                         f"{what} of its REGRESSION rows){margin}.\n")
+    return "\n**Next**:\n\n" + "".join(lines)
 
 
 def _footer(table: pd.DataFrame, accepted, skipped, accepted_title: str,
@@ -697,7 +753,8 @@ class InstructionGateResult:
         t = self.table[self.table["verdict"] == "REGRESSION"]
         return {f"{r.kernel}.{r.method}" for r in t.itertuples()}
 
-    def markdown(self) -> str:
+    def markdown(self, accept_file: str | None = None) -> str:
+        """The report; ``accept_file``: the --accept file its next steps name."""
         verdict = "PASS: no regression" if self.passed else (
             f"FAIL: {self.regressions} regression(s) in {', '.join(sorted(self.flagged()))}")
         what = ("each kernel's own instructions per call (both runs: the same torch and "
@@ -709,11 +766,13 @@ class InstructionGateResult:
                 f"exceeds {1 + self.threshold:.3f}, unless a declared regression covers it "
                 f"(`accepted`, up to its bound); it is faster under "
                 f"{1 / (1 + self.threshold):.3f} (1 / {1 + self.threshold:.3f}), else ok.\n")
-        shown = self.table.drop(columns=["kernel", "method"]).copy()
+        shown = _drop_empty(self.table.drop(columns=["kernel", "method"]))
         for c in ("change", "accepted_bound"):
             if c in shown:
                 shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-        text = head + "\n" + to_markdown(shown) + "\n"
+        text = (head + next_steps((self.table,), "change", self.accepted, accept_file,
+                                  timed=False)
+                + "\n" + to_markdown(shown) + "\n")
         return text + _footer(self.table, self.accepted, self.skipped,
                               "Declared regressions", "Not compared")
 

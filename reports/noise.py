@@ -51,10 +51,12 @@ from handgrad.reports.gate import (
     _SETTINGS,
     MAX_DISTURBED,
     _accept,
+    _drop_empty,
     _footer,
     _numbers,
     headline,
     is_faster,
+    next_steps,
 )
 from handgrad.reports.load import (
     BENCHMARK_KEY,
@@ -549,7 +551,8 @@ class RunsGateResult:
         b = self.table[self.table["verdict"] == verdict]
         return {f"{r.kernel}.{r.method}" for r in pd.concat([k, b]).itertuples()}
 
-    def markdown(self) -> str:
+    def markdown(self, accept_file: str | None = None) -> str:
+        """The report; ``accept_file``: the --accept file its next steps name."""
         verdict = headline(self)
         cal = (f"the calibration {self.calibration}" if self.calibration else
                "no calibration (the runs' own spread only)")
@@ -565,7 +568,7 @@ class RunsGateResult:
                 f"many runs a side would settle it).\n")
 
         def fmt(df, cols):
-            shown = df.copy()
+            shown = _drop_empty(df)
             if "benchmark" in shown:  # the benchmark's name says its method: it leads
                 shown = shown.drop(columns=["kernel", "method"])
                 shown.insert(0, "benchmark", shown.pop("benchmark"))
@@ -574,7 +577,9 @@ class RunsGateResult:
             return to_markdown(_numbers(shown, [c for c in cols if c in shown]))
 
         cols = ("change", "ci_low", "ci_high", "limit", "spread", "accepted_bound")
-        text = (head + "\n#### Kernels\n\n" + fmt(self.kernels, cols) + "\n"
+        text = (head + next_steps((self.kernels, self.table), "ci_low", self.accepted,
+                                  accept_file, timed=True)
+                + "\n#### Kernels\n\n" + fmt(self.kernels, cols) + "\n"
                 + "\n#### Benchmarks\n\n" + fmt(self.table, cols) + "\n")
         notes = "".join(f"\n{n}\n" for n in self.notes)
         return text + notes + _footer(self.table, self.accepted, self.skipped,
@@ -671,10 +676,16 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
                          f"benchmark(s)" + (f", e.g. `{(missing_k or missing_b)[0]}`" ) + "; "
                          "calibrate again to cover them.")
         here = machine_of(currents[0])
-        if noise.machine and any(noise.machine.get(k) != v for k, v in here.items()
-                                 if k in noise.machine):
-            notes.append(f"The calibration was measured on {noise.machine}; these runs on "
-                         f"{here}: its spreads may not hold here.")
+        moved = [k for k, v in here.items() if k in noise.machine
+                 and noise.machine.get(k) != v]
+        if moved:
+            said = ", ".join(f"{k} {noise.machine[k]!r} there, {here[k]!r} here"
+                             for k in moved)
+            notes.append(f"The calibration was measured on another machine or setting "
+                         f"({said}): its spreads may not hold here. Time the runs as the "
+                         "calibration's were, or calibrate on this machine (python -m "
+                         "handgrad.reports calibrate on unchanged runs, each a process) and "
+                         "give that as --noise.")
     return RunsGateResult(kernels=kernels, table=table, confidence=confidence,
                           threshold=threshold, benchmark_threshold=benchmark_threshold,
                           calibration=noise.source, skipped=tuple(skipped + disturbed),

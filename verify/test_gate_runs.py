@@ -346,11 +346,17 @@ def test_the_report_names_what_the_calibration_does_not_cover_and_another_machin
     assert any("1 kernel(s) and 0 benchmark(s), e.g. `jacobian.manual_reverse@cpu`" in n
                for n in r.notes)
     assert not any("may not hold here" in n for n in r.notes)
+    here = data["machine"]["cpu_count"]
     data["machine"]["cpu_count"] = 64
     out.write_text(json.dumps(data))
     r = gate_runs(base, cur, noise=read_noise(out))
     assert any("may not hold here" in n for n in r.notes)
     assert "may not hold here" in r.markdown()
+    # it names what differs, not two dicts to compare, and what to do about it
+    note = next(n for n in r.notes if "may not hold here" in n)
+    assert f"(cpu_count 64 there, {here!r} here)" in note
+    assert "torch_threads" not in note and "{" not in note
+    assert "calibrate on this machine (python -m handgrad.reports calibrate" in note
 
 
 def test_a_kernel_is_judged_on_the_benchmarks_every_run_has(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -197,3 +198,126 @@ def test_only_whole_number_columns_become_integers():
     assert T._integers(halves).dtype == float
     names = pd.Series(["mnist", None])
     assert T._integers(names) is names
+
+
+# ---------------------------------------------------------------- what a failed gate says
+
+RUN1 = FIXTURES / "bench_run1.json"
+SLOW = FIXTURES / "bench_run_slow.json"  # jacobian.manual_forward slowed 1.25x
+COUNTED = FIXTURES / "bench_instructions.json"
+
+
+def _counted(tmp_path: Path, factor: float) -> str:
+    """The counted fixture as another run, jacobian.manual_forward's count times
+    ``factor``."""
+    data = json.loads(COUNTED.read_text())
+    for b in data["benchmarks"]:
+        if b["extra_info"]["method"] == "manual_forward":
+            b["extra_info"]["instructions"] = round(b["extra_info"]["instructions"] * factor)
+    data["datetime"] = f"{data.get('datetime')}-{factor}"
+    return _write(tmp_path, f"counted-{factor}.json", data)
+
+
+def _timed_runs(tmp_path: Path) -> list[str]:
+    from verify.runs import write_runs
+
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in (1.00, 1.01, 0.99)])
+    cur = write_runs(tmp_path, "c", [{FWD: 1.3 * n} for n in (1.00, 1.01, 0.99)])
+    return ["--baseline", *base, "--current", *cur]
+
+
+def _gates(tmp_path: Path) -> dict[str, list[str]]:
+    """The argv of each gate on the fixtures, each failing on jacobian.manual_forward."""
+    return {"one pair": ["--baseline", str(RUN1), "--current", str(SLOW)],
+            "over runs": _timed_runs(tmp_path),
+            "counted": ["--baseline", str(COUNTED), "--current", _counted(tmp_path, 1.05)]}
+
+
+@pytest.mark.parametrize("gate", ["one pair", "over runs", "counted"])
+def test_an_accept_file_matching_nothing_adds_no_empty_column(tmp_path, capsys, gate):
+    """An --accept file none of whose lines named a row of the report still gave its
+    tables an `accepted_bound` column, empty: gone, in the report and the summary alike;
+    a line that names a row brings it back, with its bound."""
+    argv = _gates(tmp_path)[gate]
+    accept = tmp_path / "accept.txt"
+    accept.write_text("swiglu.hand_vjp 1.2 a kernel these runs do not hold\n")
+    summary = tmp_path / "summary.md"
+    assert main(["gate", *argv, "--accept", str(accept), "--summary", str(summary)]) == 1
+    out = capsys.readouterr().out
+    for text in (out, summary.read_text()):
+        assert "| verdict |" in text and "accepted_bound" not in text
+    accept.write_text("jacobian.manual_forward 1.9 taken on purpose\n")
+    summary.unlink()
+    assert main(["gate", *argv, "--accept", str(accept), "--summary", str(summary)]) in (0, 3)
+    out = capsys.readouterr().out
+    for text in (out, summary.read_text()):
+        header = next(ln for ln in text.splitlines() if "| verdict |" in ln)
+        assert "accepted_bound" in header
+        rows = [ln for ln in text.splitlines() if "manual_forward" in ln and "|" in ln]
+        assert rows and all(("| 1.900 |" in ln or "| 1.9000 |" in ln) for ln in rows), rows
+
+
+def _next(text: str, name: str) -> str:
+    block = text.split("**Next**:\n\n", 1)[1].split("\n\n", 1)[0]
+    lines = [ln for ln in block.splitlines() if ln.startswith(f"- `{name}`")]
+    assert len(lines) == 1, block
+    return lines[0]
+
+
+@pytest.mark.parametrize("gate", ["one pair", "over runs", "counted"])
+def test_a_failed_gate_says_what_to_do_and_the_least_bound_that_passes(tmp_path, capsys,
+                                                                       gate):
+    """A failed report named the regression and stopped: nothing said to fix it or how to
+    declare it. Now a `Next` line per regressed kernel.method, with the least bound: a
+    line declaring it passes this run, a bound 0.001 under it does not, and the report then
+    says the declared bound is too low and where it was declared."""
+    argv = _gates(tmp_path)[gate]
+    assert main(["gate", *argv]) == 1
+    line = _next(capsys.readouterr().out, FWD)
+    assert "fix the kernel" in line and "the file given as --accept" in line
+    bound = line.split(f"`{FWD} ", 1)[1].split(" <reason>`", 1)[0]
+    assert len(bound.split(".")[1]) == 3 and 1 < float(bound) < 10
+    if gate == "counted":  # the count's change is known here: 1.05, rounded up
+        data = json.loads(COUNTED.read_text())
+        grown = json.loads(Path(argv[-1]).read_text())
+        change = max(g["extra_info"]["instructions"] / b["extra_info"]["instructions"]
+                     for b, g in zip(data["benchmarks"], grown["benchmarks"])
+                     if b["extra_info"]["method"] == "manual_forward")
+        assert bound == f"{math.ceil(change * 1000) / 1000:.3f}" == "1.051"
+    accept = tmp_path / "accept.txt"
+    accept.write_text(f"{FWD} {bound} as the report says\n")
+    assert main(["gate", *argv, "--accept", str(accept)]) in (0, 3)
+    out = capsys.readouterr().out
+    assert "PASS" in out.splitlines()[0] and "**Next**" not in out
+    under = f"{float(bound) - 0.001:.3f}"
+    accept.write_text(f"{FWD} {under} a little short\n")
+    assert main(["gate", *argv, "--accept", str(accept)]) == 1
+    line = _next(capsys.readouterr().out, FWD)
+    assert line.startswith(f"- `{FWD}`: declared up to {float(under):g}x ({accept}:1), "
+                           f"under this run's {bound}")
+    assert f"raise the bound there to {bound} or more" in line
+
+
+def test_a_passing_gate_has_no_next_steps(tmp_path, capsys):
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(FIXTURES / "bench_run2.json")
+                 ]) in (0, 3)
+    assert "**Next**" not in capsys.readouterr().out
+
+
+def test_the_next_step_names_the_accept_file_given(tmp_path, capsys):
+    accept = tmp_path / "accept.txt"
+    accept.write_text("# nothing declared yet\n")
+    assert main(["gate", "--baseline", str(RUN1), "--current", str(SLOW), "--accept",
+                 str(accept)]) == 1
+    assert f"Declare it in `{accept}`: `{FWD} " in _next(capsys.readouterr().out, FWD)
+
+
+def test_a_regression_beyond_any_declaration_says_so(tmp_path):
+    from handgrad.reports.gate import next_steps
+
+    rows = pd.DataFrame({"kernel": ["jacobian", "jacobian"], "method": ["manual_forward"] * 2,
+                         "verdict": ["REGRESSION", "ok"], "ci_low": [12.5, 30.0]})
+    text = next_steps((rows,), "ci_low", ())
+    assert "12.500 (the highest `ci_low` of its REGRESSION rows) is beyond what a " \
+        "declaration accepts (under 10x): fix the kernel" in text
+    assert next_steps((rows.assign(verdict="ok"),), "ci_low", ()) == ""
