@@ -110,10 +110,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="benchmark runs another gate judges with the same --accept file "
                    "(.ci/gate gives its timed gate the instruction counts' runs): a line "
                    "naming a kernel.method gated in them is not warned as matching nothing")
-    g.add_argument("--accept-later", action="store_true",
+    g.add_argument("--accept-later", nargs="?", const=True, default=False, metavar="FILE",
                    help="another gate follows with the same --accept file (and this one's "
                    "runs as --accept-elsewhere): leave it the warning of lines this gate "
-                   "compares nowhere, unless this gate fails (the later one does not run)")
+                   "compares nowhere, unless this gate fails (the later one does not run); "
+                   "FILE: write those warnings there (empty when none is left), for a flow "
+                   "to print should the later gate not reach its verdict")
     g.add_argument("--benchmark-threshold", default="20%",
                    help="a single benchmark regresses when its own interval lies above 1 + "
                    "this (default 20%%)")
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         target = args.summary or os.environ.get("GITHUB_STEP_SUMMARY")
         if target:
             check_output_file(target, "--summary" if args.summary else "$GITHUB_STEP_SUMMARY")
+        later_file = args.accept_later if isinstance(args.accept_later, str) else None
+        if later_file is not None:
+            later_file = check_output_file(later_file, "--accept-later")
         files = [*args.baseline, *args.current]
         counted = [G.is_instruction_run(f) for f in files]
         if any(counted) and not all(counted):
@@ -201,11 +206,15 @@ def main(argv: list[str] | None = None) -> int:
             warnings += (N.calibration_runs_given(calibration, args.baseline, args.current)
                          + N.sides_run_apart(calibration, args.baseline, args.current))
         result = results[0]
-        if not (args.accept_later and result.passed):  # else the later gate warns
-            elsewhere = (G.accepted_elsewhere(args.accept_elsewhere)
-                         if args.accept_elsewhere else None)
-            warnings += G.unmatched_accepted(accepted, result.table, result.gate_name,
-                                             elsewhere)
+        elsewhere = (G.accepted_elsewhere(args.accept_elsewhere)
+                     if args.accept_elsewhere else None)
+        unmatched = G.unmatched_accepted(accepted, result.table, result.gate_name, elsewhere)
+        left = bool(args.accept_later) and result.passed  # the later gate warns them
+        if not left:
+            warnings += unmatched
+        if later_file is not None:  # what was left, for the flow to say if none follows
+            later_file.write_text(G.left_to_later(unmatched if left else [],
+                                                  result.gate_name), encoding="utf-8")
     except ReportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

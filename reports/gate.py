@@ -675,6 +675,19 @@ def unmatched_accepted(accepted: dict[str, Accepted], table: pd.DataFrame,
     return out
 
 
+def left_to_later(unmatched: list[str], gate_name: str) -> str:
+    """What ``--accept-later FILE`` writes: the warnings ``unmatched`` (``unmatched_accepted``
+    of the gate ``gate_name``) that it left to the gate that follows, each a line
+    ``warning: ...`` saying that no gate checked it, for a flow to print where that gate
+    ends before its verdict (.ci/gate prints it on exit then: its timed stage can die
+    before its gate runs). Empty when nothing was left."""
+    return "".join(
+        f"warning: {w}; {gate_name} left it to the gate that follows (--accept-later), "
+        "which ended before its verdict, so no gate checked it: right only if it names a "
+        "kernel that gate alone compares (a compiled or captured method), else fix the "
+        "name or remove the line\n" for w in unmatched)
+
+
 def accepted_elsewhere(paths) -> set[str]:
     """The ``kernel.method`` of every gated kernel (role kernel, measured against another
     method) in the benchmark runs ``paths``: what another gate given the same --accept
