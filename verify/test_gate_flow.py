@@ -233,3 +233,15 @@ def test_accept_later_refuses_a_file_it_cannot_write(tmp_path, capsys):
                                        "expected a file\n")
     assert main([*argv, "--accept-later", str(tmp_path / "no" / "left.txt")]) == 2
     assert "--accept-later: the folder of" in capsys.readouterr().err
+
+
+def test_a_baseline_the_clone_lacks_is_refused_with_what_to_set(tmp_path):
+    repo = _project(tmp_path, ACCEPT)
+    missing = "0" * 40
+    (repo / ".ci" / "baseline").write_text(f"{missing}\n")
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0))
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == (
+        f"error: .ci/baseline names {missing}, which this clone does not have and could not "
+        "fetch from origin: set it to a commit of main (main's HEAD when the work started; "
+        'docs/reports-and-gate.md, "The CI gate")')
