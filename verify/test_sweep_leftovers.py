@@ -202,3 +202,31 @@ def test_the_benchmark_internals_still_answer_valid_calls():
                          time_call=lambda fn: next(seconds)) == 2e-4
     assert len(warm_up(lambda: None, 2)) == 2
     assert not_counted({"kernel": "k", "device": torch.device("cpu"), "flops": 0}) is None
+
+
+# -- the sweep of handgrad.testing and kernels --------------------------------------------
+
+
+def test_diagnose_of_an_empty_batch_with_a_mean_is_refused_as_backprop_refuses_it():
+    """The reference's mean over no samples is nan and its gradients 0: zero gradients had
+    been told 'every dW and db agrees with torch.autograd'."""
+    from handgrad.kernels import backprop as bp
+    from handgrad.kernels import mlp
+    from handgrad.testing import diagnose
+
+    net = mlp.init_mlp([3, 4, 2], generator=_gen(0), dtype=F64)
+    x, y = torch.zeros(0, 3, dtype=F64), torch.zeros(0, 2, dtype=F64)
+    grads = bp.backprop(net, x, y, reduction="sum")
+    with pytest.raises(ValueError, match=r"^x: an empty batch \(shape \(0, 3\)\) has no mean "
+                       r"loss; expected at least one sample, or reduction='sum'"):
+        diagnose(grads, net, x, y)
+    assert diagnose(grads, net, x, y, reduction="sum").layer is None  # sum: J = 0, agrees
+
+
+def test_record_sweep_of_something_else_names_sweep():
+    """record_sweep(None) was AttributeError: 'NoneType' object has no attribute 'dtype'."""
+    from handgrad.testing.compare import record_sweep
+
+    with pytest.raises(TypeError, match=r"^sweep: expected a handgrad\.kernels\.finite_diff"
+                       r"\.StepSweep \(step_sweep's result\), got NoneType"):
+        record_sweep(None, kernel="k", reference="r")

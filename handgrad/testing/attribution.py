@@ -265,6 +265,11 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
         raise ValueError(f"x: expected shape (N, {net.sizes[0]}) or ({net.sizes[0]},) for this "
                          f"network, got {tuple(x.shape)}")
     n, c = (1 if x.dim() == 1 else x.shape[0]), net.sizes[-1]
+    if n == 0 and reduction == "mean":  # as backprop refuses it (the reference's mean is
+        # nan, its gradients 0: any zero grads had been told they agree)
+        raise ValueError(f"x: an empty batch (shape {tuple(x.shape)}) has no mean loss; "
+                         "expected at least one sample, or reduction='sum' (backprop "
+                         "refuses reduction='mean' there)")
     y = _tensor("y", y, device)
     indices = loss == "cross_entropy" and not y.dtype.is_floating_point
     if indices:

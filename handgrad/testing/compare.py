@@ -51,8 +51,15 @@ def _current_test() -> str:
 
 def record_sweep(sweep, *, kernel: str, reference: str, what: str = "", device: str = "cpu"
                  ) -> SweepRecord:
-    """Keep a ``finite_diff.StepSweep`` of ``kernel`` for the verify report's V-curve."""
+    """Keep a ``finite_diff.StepSweep`` of ``kernel`` for the verify report's V-curve
+    (another ``sweep`` is a TypeError naming it, not an AttributeError)."""
     import math
+
+    from handgrad.kernels.finite_diff import StepSweep
+
+    if not isinstance(sweep, StepSweep):
+        raise TypeError(f"sweep: expected a handgrad.kernels.finite_diff.StepSweep "
+                        f"(step_sweep's result), got {type(sweep).__name__}")
 
     def finite(v: float) -> float | None:
         return v if math.isfinite(v) else None
