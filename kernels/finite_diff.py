@@ -231,6 +231,13 @@ class StepSweep:
     dtype: str = ""
     value_scale: float = math.nan
 
+    def __post_init__(self) -> None:
+        # one error per step: a shorter error had given best_eps nan and to_frame pandas'
+        # raw "All arrays must be of the same length"
+        if len(self.eps) != len(self.error):
+            raise ValueError(f"error: expected one error per step ({len(self.eps)} eps), got "
+                             f"{len(self.error)}")
+
     @property
     def best_eps(self) -> float:
         """The step of the smallest error; a nan error (a step that rounded away, or f

@@ -230,3 +230,12 @@ def test_record_sweep_of_something_else_names_sweep():
     with pytest.raises(TypeError, match=r"^sweep: expected a handgrad\.kernels\.finite_diff"
                        r"\.StepSweep \(step_sweep's result\), got NoneType"):
         record_sweep(None, kernel="k", reference="r")
+
+
+def test_a_step_sweep_with_an_error_per_step_missing_is_refused():
+    """StepSweep(eps=(1.0,), error=()) gave best_eps nan, and to_frame pandas' raw
+    ValueError (All arrays must be of the same length)."""
+    with pytest.raises(ValueError, match=r"^error: expected one error per step \(1 eps\), "
+                       r"got 0"):
+        FD.StepSweep(eps=(1.0,), error=())
+    assert FD.StepSweep(eps=(1.0, 0.1), error=(0.5, 0.01)).best_eps == 0.1
