@@ -523,7 +523,8 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
         moved = float(np.median(ref_c) / np.median(ref_b))
         if not 1 / DISTURBED < moved < DISTURBED:
             disturbed.append(f"{p['benchmark']}: disturbed, its reference "
-                             f"{p['reference_c']} took {moved:.2f}x its baseline time")
+                             f"{p['reference_c']} took {moved:.2f}x its baseline time: not "
+                             "gated, a change of it unseen; run both sides again to gate it")
             continue
         change = ratio_c / ratio_b
         ci = stats.bootstrap(samples, statistic, n_resamples=n_resamples, vectorized=True,

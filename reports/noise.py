@@ -247,8 +247,8 @@ def _drop_disturbed(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     moved = runs["ref_median"] / typical
     bad = ~((1 / DISTURBED < moved) & (moved < DISTURBED))
     notes = [f"{r.benchmark}: {r.side} run {r.run} disturbed (its reference {r.reference} "
-             f"took {m:.2f}x its usual time)" for r, m in zip(runs[bad].itertuples(),
-                                                              moved[bad])]
+             f"took {m:.2f}x its usual time): that run's value left out, the benchmark's "
+             "other runs kept" for r, m in zip(runs[bad].itertuples(), moved[bad])]
     return runs[~bad], notes
 
 

@@ -321,3 +321,17 @@ def test_a_regression_beyond_any_declaration_says_so(tmp_path):
     assert "12.500 (the highest `ci_low` of its REGRESSION rows) is beyond what a " \
         "declaration accepts (under 10x): fix the kernel" in text
     assert next_steps((rows.assign(verdict="ok"),), "ci_low", ()) == ""
+
+
+def test_a_disturbed_benchmark_of_one_pair_says_it_is_unseen_and_what_to_do(tmp_path):
+    from handgrad.reports.gate import gate
+
+    data = json.loads(RUN1.read_text())
+    b = _bench(data, GROUP, "manual_forward")
+    b["stats"]["data"] = [t * 3 for t in b["stats"]["data"]]
+    b["extra_info"]["reference_data"] = [t * 3 for t in b["extra_info"]["reference_data"]]
+    data["datetime"] = "another run"
+    r = gate(str(RUN1), _write(tmp_path, "disturbed.json", data))
+    line = next(s for s in r.skipped if s.startswith(f"{GROUP} :: manual_forward"))
+    assert line.endswith("took 3.00x its baseline time: not gated, a change of it unseen; "
+                         "run both sides again to gate it"), line
