@@ -98,7 +98,8 @@ float16 or bfloat16 number, the reference's not: a cast inside the derivative); 
 f (a loss), a gradient that is torch's over the cotangent is said to ignore the cotangent.
 The vjp is called twice at the point (the jvp twice with each argument's first tangent):
 results that differ between the calls beyond rounding (their dtype's gradient tolerance, or a
-looser ``tol`` given) fail as not deterministic, naming the argument, where one call could
+looser ``tol`` given), or of another kind (None, another shape: what each call gave is
+said), fail as not deterministic, naming the argument, where one call could
 pass by chance (a random op, or a gradient accumulated into a buffer kept between calls;
 the first call's result is copied before the second). A derivative that raises is raised as
 it is (on the repeat only: noted so), with notes (Python
@@ -793,13 +794,38 @@ def _repeatable(who: str, pairs, tol: Tol | None = None) -> None:
             at = tuple(int(k) for k in np.unravel_index(int(diff.argmax()), diff.shape))
             how = (f" (largest difference {float(diff.max()):.3g}, at index {at}: "
                    f"{float(a64[at]):.9g} then {float(b64[at]):.9g})")
-        else:
-            how = " (another kind of result the second time)"
+        else:  # a tensor one time and not the other, or tensors of other shapes or devices
+            how = f" (the first call gave {_kind(a)}, the second {_kind(b)})"
         raise AssertionError(
             f"{label}: two calls of the {who} at the same point gave different {noun}s{how}: "
             f"the {who} is not deterministic (a random op inside it, or state kept between "
             f"calls: a {noun} accumulated into a buffer it returns), so one call could pass "
             f"by chance: expected the same {noun} for the same {given} and arguments")
+
+
+class _Gave:
+    """What a derivative's repeat call returned where it was not one result per argument
+    (``_repeatable`` names it for each argument: no gradient of the argument's own to show)."""
+
+    def __init__(self, value, n: int):
+        self.text = f"{_kind(value)} (f has {n} argument{'s' if n > 1 else ''})"
+
+
+def _kind(value) -> str:
+    """A result as ``_repeatable`` names it: 'None', 'a float32 tensor of shape (3, 4) on
+    cpu', 'a tuple of 2', 'an int'."""
+    if isinstance(value, _Gave):
+        return value.text
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return (f"a {str(value.dtype).removeprefix('torch.')} tensor of shape "
+                f"{tuple(value.shape)} on {value.device}")
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    if isinstance(value, (tuple, list)):
+        return f"{article} {name} of {len(value)}"
+    return f"{article} {name}"
 
 
 def _vjp_in_float64(vjp, u, args64, wrt, notes) -> tuple | None:
@@ -1167,15 +1193,16 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     # first returned
     grads = tuple(g.detach().clone() if isinstance(g, torch.Tensor) else g for g in grads)
     try:
-        again = _per_argument(vjp(u.clone(), *args), len(args))
+        returned = vjp(u.clone(), *args)
     except Exception as e:  # noqa: BLE001 (raised as it is: the first call had returned)
         _note_call(e, "check_vjp called vjp(cotangent, *args) a second time, as the first "
                    "(which returned): it raised on the repeat, so it keeps state between "
                    "calls", [f"cotangent {tuple(u.shape)}"] + _shapes(args, names))
         raise
     args.check("vjp")
-    _repeatable("vjp", [(_label(i, names), grads[i], again[i] if again is not None else _UNTRIED)
-                        for i in wrt], tol)
+    again = _per_argument(returned, len(args))
+    _repeatable("vjp", [(_label(i, names), grads[i], again[i] if again is not None
+                         else _Gave(returned, len(args))) for i in wrt], tol)
 
     args64 = _as64(args)
     in64 = _runs_in_float64(f, args64)
