@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from handgrad.testing import check_jvp, check_vjp
+from handgrad.testing import GRAD, check_jvp, check_vjp, signature
 
 
 def _randn(*shape, dtype, scale=1.0, seed=0):
@@ -57,3 +57,23 @@ def test_a_jvp_returning_none_on_the_repeat_says_what_each_call_gave():
                        r"same point gave different tangents \(the first call gave a float64 "
                        r"tensor of shape \(3,\) on cpu, the second None\)"):
         check_jvp(_f, jvp, args)
+
+
+# --- signature: a narrower dtype before a constant factor ---------------------------------------
+
+def test_signature_names_a_float32_result_against_a_float64_reference_before_a_factor():
+    ref = _randn(6, 5, dtype=torch.float64)
+    said = ("float32 values against a float64 reference: they differ from it by float32's "
+            "rounding (computed in float32, a narrower dtype: compute in float64, or compare "
+            "at float32's tolerance)")
+    # it had read "a constant factor: 0.99999997... x the reference"
+    assert signature(ref.float(), ref, GRAD[torch.float32]) == said
+    assert signature(ref.float(), ref, GRAD[torch.float64]) == said  # it had said nothing
+    assert signature(ref.half(), ref.float(), GRAD[torch.float64]).startswith(
+        "float16 values against a float32 reference")
+    # a real factor is still one: twice the reference, at float32's tolerance
+    assert signature((2 * ref).float(), ref, GRAD[torch.float32]) == (
+        "a constant factor: 2 x the reference")
+    # and a cast inside a float64 result is still named as one (bfloat16 values)
+    assert signature(ref.bfloat16().double(), ref, GRAD[torch.float64]).startswith(
+        "values computed in bfloat16")

@@ -94,7 +94,9 @@ that is the argument's with dimensions added says so: a batch not summed over, k
 worst element, errors and tolerance, and, where one fits, a signature: a flipped sign, a
 transpose, a reversal along one dim (a convolution's kernel read back to front), a constant
 factor, a missing (zero) gradient, values computed in a narrower dtype (each a float32,
-float16 or bfloat16 number, the reference's not: a cast inside the derivative); for a scalar
+float16 or bfloat16 number, the reference's not: a cast inside the derivative; or a result
+itself in a narrower dtype than the reference's, within that dtype's rounding: named before
+a constant factor, which it would read as, 0.99999997 x); for a scalar
 f (a loss), a gradient that is torch's over the cotangent is said to ignore the cotangent.
 The vjp is called twice at the point (the jvp twice with each argument's first tangent):
 results that differ between the calls beyond rounding (their dtype's gradient tolerance, or a
@@ -923,13 +925,18 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
         if g.shape[d] > 1 and _close(g, r.flip(d), tol):
             return (f"the reference reversed along dim {d}: a window read back to front "
                     "(convolution for correlation, or a flip missing)?")
+    # before a constant factor: a float32 result for a float64 reference is that reference
+    # times 0.99999997 at float64's tolerance, and the narrower dtype is what explains it
+    narrower = _computed_narrower(got, ref)
+    if narrower:
+        return narrower
     c = float((g * r).sum()) / rr
     if c != 0 and _close(g, c * r, tol):
         shown = f"{c:.6g}"
         if shown in ("1", "-1"):  # 1.0000001: as many digits as tell it from 1
             shown = f"{c:.15g}"
         return f"a constant factor: {shown} x the reference"
-    return _computed_narrower(got, ref)
+    return None
 
 
 def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
@@ -938,7 +945,9 @@ def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
     computed in that dtype and cast back (right in float64, wrong in its rounding). Rarely
     so by chance: a float64 gradient of any size whose values all fit float32's 24 bits.
     And ``got`` close to ``ref`` at that dtype's gradient tolerance: a wrong gradient of few
-    distinct values (a relu's 0/1 mask, not times g) is each a bfloat16 number too."""
+    distinct values (a relu's 0/1 mask, not times g) is each a bfloat16 number too. Else,
+    where ``got``'s own dtype is narrower than ``ref``'s (float32 against float64) and close
+    to it at that dtype's gradient tolerance, that rounding."""
     g, r = got.detach(), ref.detach().to(got.device)
     # the narrowest first: bfloat16's 8 bits fit float16's 11 (within its range)
     for narrow in (torch.bfloat16, torch.float16, torch.float32):
@@ -951,6 +960,14 @@ def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
             return (f"values computed in {name}: each is a {name} number and the reference's "
                     f"are not (a cast to {name} inside the derivative, or a {name} constant "
                     "or buffer it uses?)")
+    # got itself in a narrower dtype than ref (float32 against float64): its rounding
+    if _narrower(g.dtype, r.dtype) and g.dtype in GRAD and not bool(
+            (r.to(g.dtype).to(r.dtype) == r).all()) and _close(g.double(), r.double(),
+                                                               GRAD[g.dtype]):
+        name, wide = (str(d).removeprefix("torch.") for d in (g.dtype, r.dtype))
+        return (f"{name} values against a {wide} reference: they differ from it by {name}'s "
+                f"rounding (computed in {name}, a narrower dtype: compute in {wide}, or "
+                f"compare at {name}'s tolerance)")
     return None
 
 
