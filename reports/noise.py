@@ -475,6 +475,23 @@ def runs_to_decide(d: float, s: float, limit: float, confidence: float,
     return None
 
 
+def _decide(k: int | None, m: int, n: int) -> str:
+    """The `decide` cell of an inconclusive row of m baseline runs and n current ones, for
+    ``k`` runs a side (``runs_to_decide``): how many more of each side. It had said "more
+    runs" wherever k did not exceed both sides (2 runs a side needed, against 2 baseline
+    runs and 1 current): not how many, nor of which side."""
+    if k is None:
+        return f"more than {MAX_RUNS_TO_DECIDE} runs a side"
+    more_b, more_c = max(0, k - m), max(0, k - n)
+    if more_b == more_c > 0:
+        return f"about {k} runs a side ({more_b} more)"
+    if more_b or more_c:
+        said = [f"{x} more {side}" for x, side in ((more_b, "baseline"), (more_c, "current"))
+                if x]
+        return f"about {k} runs a side ({', '.join(said)})"
+    return "more runs"  # k runs a side are given: the unequal sides' interval is wider
+
+
 def _verdict_row(b: np.ndarray, c: np.ndarray, limit: float, confidence: float,
                  noise: Noise | None) -> dict:
     m, n = len(b), len(c)
@@ -502,10 +519,7 @@ def _verdict_row(b: np.ndarray, c: np.ndarray, limit: float, confidence: float,
     else:
         k = runs_to_decide(d, s, limit, confidence, cal_dof)
         verdict = "inconclusive"
-        decide = (f"about {k} runs a side ({k - min(m, n)} more)"
-                  if k is not None and k > max(m, n)
-                  else f"more than {MAX_RUNS_TO_DECIDE} runs a side" if k is None
-                  else "more runs")
+        decide = _decide(k, m, n)
     row.update(ci_low=math.exp(lo), ci_high=math.exp(hi), spread=s, verdict=verdict,
                decide=decide)
     return row

@@ -625,3 +625,30 @@ def test_the_benchmark_table_over_runs_leads_with_the_benchmark(tmp_path):
     cur = write_runs(tmp_path, "c", [{FWD: n} for n in (1.00, 1.01, 0.99)])
     text = gate_runs(base, cur).markdown().split("#### Benchmarks\n\n", 1)[1]
     assert text.splitlines()[0].startswith("| benchmark | device | runs | change |")
+
+
+@pytest.mark.parametrize("k, m, n, said", [
+    (2, 2, 1, "about 2 runs a side (1 more current)"),
+    (3, 2, 1, "about 3 runs a side (1 more baseline, 2 more current)"),
+    (4, 1, 3, "about 4 runs a side (3 more baseline, 1 more current)"),
+    (5, 3, 3, "about 5 runs a side (2 more)"),
+    (None, 2, 1, "more than 99 runs a side"),
+    (2, 3, 2, "more runs"),
+])
+def test_decide_says_how_many_more_runs_of_which_side(k, m, n, said):
+    """Two baseline runs against one current (or a side short of runs): `decide` had said
+    "more runs" wherever the runs a side needed did not exceed both sides, and "(N more)"
+    counted from the shorter side only."""
+    from handgrad.reports.noise import _decide
+
+    assert _decide(k, m, n) == said
+
+
+def test_an_undecided_row_of_unequal_sides_says_which_side_needs_runs(tmp_path):
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in (1.00, 1.08)])
+    cur = write_runs(tmp_path, "c", [{FWD: 1.04}])
+    r = gate_runs(base, cur)
+    undecided = r.table[r.table["verdict"] == "inconclusive"]
+    assert len(undecided), r.markdown()
+    assert not (undecided["decide"] == "more runs").any(), r.markdown()
+    assert undecided["decide"].str.contains("more current").all(), r.markdown()
