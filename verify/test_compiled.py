@@ -14,7 +14,12 @@ the real default backend (inductor), as the bench does on a CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +35,7 @@ from handgrad.reports.record import BenchRecord
 from handgrad.testing.compare import assert_close
 
 BACKEND = "aot_eager"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _compiled(family) -> dict:
@@ -477,32 +483,126 @@ def test_capture_call_records_the_captures_peak_and_seconds():
     assert bc.peak_while(lambda: "x", "cpu") == ("x", None)
 
 
-def test_inductors_tf32_advice_is_not_an_error():
+@contextlib.contextmanager
+def _pyproject_filters(config: pytest.Config):
+    """pyproject's warning filters alone, as a run without -W applies them: a -W on the
+    command line, which pytest applies after them (``-W error``), does not decide what
+    the tests below check, which is pyproject's list. pytest's own parser of its lines."""
+    from _pytest.config import parse_warning_filter
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for line in config.getini("filterwarnings"):
+            warnings.filterwarnings(*parse_warning_filter(line, escape=False))
+        yield
+
+
+def test_pyproject_makes_warnings_errors(pytestconfig):  # what the two below rely on
+    with _pyproject_filters(pytestconfig), pytest.raises(UserWarning):
+        warnings.warn("any other warning", UserWarning, stacklevel=1)
+
+
+def test_inductors_tf32_advice_is_not_an_error(pytestconfig):
     """pyproject turns warnings into errors; inductor's advice to use TF32 (raised on any
     GPU with tensor cores) made every compile on the H200 fail until it was let through.
     float32 stays exact: the advice is not taken."""
-    import warnings
-
-    try:
-        warnings.warn("TensorFloat32 tensor cores for float32 matrix multiplication "
-                      "available but not enabled. Consider setting `torch.set_float32_"
-                      "matmul_precision('high')` for better performance.", UserWarning,
-                      stacklevel=1)
-    except UserWarning as exc:
-        pytest.fail(f"raised as an error: {exc}")
+    with _pyproject_filters(pytestconfig):
+        try:
+            warnings.warn("TensorFloat32 tensor cores for float32 matrix multiplication "
+                          "available but not enabled. Consider setting `torch.set_float32_"
+                          "matmul_precision('high')` for better performance.", UserWarning,
+                          stacklevel=1)
+        except UserWarning as exc:
+            pytest.fail(f"raised as an error: {exc}")
     assert torch.get_float32_matmul_precision() == "highest"
 
 
-def test_inductors_empty_cuda_graph_warning_is_not_an_error():
+def test_inductors_empty_cuda_graph_warning_is_not_an_error(pytestconfig):
     """torch 2.11's reduce-overhead records an empty CUDA graph for a partition without
     compute and warns (pytorch/pytorch#149653): on the H200 that warning, as an error,
     made every CUDA compile skip. The compiled results are checked against eager on the
     GPU (verify/test_cuda.py)."""
-    import warnings
+    with _pyproject_filters(pytestconfig):
+        try:
+            warnings.warn("The CUDA Graph is empty. This usually means that the graph was "
+                          "attempted to be captured on wrong device or stream.", UserWarning,
+                          stacklevel=1)
+        except UserWarning as exc:
+            pytest.fail(f"raised as an error: {exc}")
 
-    try:
-        warnings.warn("The CUDA Graph is empty. This usually means that the graph was "
-                      "attempted to be captured on wrong device or stream.", UserWarning,
-                      stacklevel=1)
-    except UserWarning as exc:
-        pytest.fail(f"raised as an error: {exc}")
+
+# torch's own warnings that compile_call silences while they can arise (-W error): each by
+# its message and category only
+SCRIPT_METHOD = ("`torch.jit.script_method` is deprecated. Please switch to `torch.compile` "
+                 "or `torch.export`.")
+SCRIPT_METHOD_314 = ("`torch.jit.script_method` is not supported in Python 3.14+ and may "
+                     "break. Please switch to `torch.compile` or `torch.export`.")
+PRIMS_CHECK = ("`torch._prims_common.check` is deprecated and will be removed in the "
+               "future. Please use `torch._check*` functions instead.")
+OTHERS = [("handgrad: some other deprecation", DeprecationWarning),
+          ("`torch.jit.script_method` is deprecated (but a UserWarning)", UserWarning),
+          ("`torch._prims_common.check` is deprecated (but a DeprecationWarning)",
+           DeprecationWarning)]
+
+
+def _warns(messages):
+    def call():
+        for message, category in messages:
+            warnings.warn(message, category, stacklevel=2)
+    return call
+
+
+def test_load_inductor_silences_only_torchs_script_method_warning(monkeypatch):
+    imported = []
+
+    def import_module(name):  # stands in for the import: torch's warnings and others
+        imported.append(name)
+        _warns([(SCRIPT_METHOD, DeprecationWarning), (SCRIPT_METHOD_314, DeprecationWarning),
+                (PRIMS_CHECK, FutureWarning), *OTHERS])()
+
+    monkeypatch.setattr(bc.importlib, "import_module", import_module)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bc.load_inductor()
+        warnings.warn(SCRIPT_METHOD, DeprecationWarning, stacklevel=1)  # the filter is gone
+    assert imported == ["torch._inductor.compile_fx"]
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (FutureWarning, PRIMS_CHECK), *((c, m) for m, c in OTHERS),
+        (DeprecationWarning, SCRIPT_METHOD)]
+
+
+@pytest.mark.parametrize("backend", [None, "inductor", "aot_eager"])
+def test_compile_call_silences_only_torchs_compile_warnings(monkeypatch, backend):
+    """The first calls (the compile) let every warning through but inductor's deprecated
+    prims check; inductor's import is loaded first (through load_inductor) for inductor
+    only."""
+    loaded = []
+    monkeypatch.setattr(bc, "load_inductor", lambda: loaded.append(True))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bc.compile_call(_warns([(PRIMS_CHECK, FutureWarning),
+                                (SCRIPT_METHOD, DeprecationWarning), *OTHERS]),
+                        "cpu", name="k", backend=backend)
+        warnings.warn(PRIMS_CHECK, FutureWarning, stacklevel=1)  # the filter is gone
+    assert loaded == ([True] if backend != "aot_eager" else [])
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (DeprecationWarning, SCRIPT_METHOD), *((c, m) for m, c in OTHERS),
+        (FutureWarning, PRIMS_CHECK)]
+
+
+def test_the_first_inductor_compile_passes_under_w_error():
+    """The command line's ``-W error`` (after pyproject's filters): the first inductor
+    compile of a fresh process, which imports inductor (torch.utils.mkldnn's script
+    methods warn), returns the compiled result instead of skipping (before: skipped with
+    BackendCompilerFailed: DeprecationWarning: `torch.jit.script_method` is deprecated)."""
+    script = (
+        "import torch\n"
+        "from handgrad.benchmark import compiled as bc\n"
+        "x = torch.arange(3.0)\n"
+        "fn, _, mode = bc.compile_call(lambda: x * 2, 'cpu', name='double')\n"
+        "assert mode == 'default' and torch.equal(fn(), x * 2)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -17,7 +17,9 @@ its reference: reset drops the compiled code of both.
 
 from __future__ import annotations
 
+import importlib
 import time
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -80,6 +82,33 @@ def failure_reason(name: str, exc: BaseException) -> str:
             f"{type(exc).__name__}: {lines[0] if lines else ''}")
 
 
+# torch's message when a module it imports defines script methods (torch 2.13: "is
+# deprecated"; on Python 3.14: "is not supported in Python 3.14+"), matched from its start
+_SCRIPT_METHOD_WARNING = r"`torch\.jit\.script_method` is "
+INDUCTOR_ENTRY = "torch._inductor.compile_fx"  # what inductor imports at its first compile
+
+
+def load_inductor() -> None:
+    """Import inductor's compiler now, with the one warning that import raises silenced.
+    torch imports it at the first inductor compile of a process, and on that path imports
+    ``torch.utils.mkldnn``, whose class body decorates with ``torch.jit.script_method``:
+    from torch 2.13 that warns (DeprecationWarning) that it is deprecated, torch's own
+    warning, which ``-W error`` (the command line's -W comes after pyproject's filters) made
+    an error inside the compile, so that the first compiled benchmark of a session skipped
+    (compile_call). Only that message, of that category, during that import is silenced; a
+    no-op once imported (a later import raises nothing). The forward-mode counterpart is
+    ``handgrad.testing.references.load_forward_mode``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SCRIPT_METHOD_WARNING,
+                                category=DeprecationWarning)
+        importlib.import_module(INDUCTOR_ENTRY)
+
+
+# inductor's lowering of aten.diagonal (torch.func's jacfwd/jacrev graphs) calls torch's own
+# deprecated torch._prims_common.check (torch 2.13), warning at every such compile
+_PRIMS_CHECK_WARNING = r"`torch\._prims_common\.check` is deprecated"
+
+
 def compile_call(fn: Callable[[], object], device: str, *, name: str,
                  backend: str | Callable | None = None, fullgraph: bool = False,
                  mode: str | None = None) -> tuple[Callable[[], object], float, str]:
@@ -96,15 +125,26 @@ def compile_call(fn: Callable[[], object], device: str, *, name: str,
     ``mode`` overrides the device's (``compile_mode``): the least-squares factorisations
     read their LAPACK status on the host, which a CUDA graph cannot record, so they compile
     with ``"default"`` on every device.
+
+    Two warnings of torch's own, raised inside torch where no user of it can act on them,
+    are silenced here, each by its message and category and only while it can arise, so
+    that ``-W error`` (which overrides pyproject's filters) does not turn them into a
+    skipped benchmark: inductor's import (``load_inductor``) and, during the first calls
+    (the compile), inductor's call of its deprecated ``torch._prims_common.check``.
     """
     mode = mode or compile_mode(device)
     cuda = torch.device(device).type == "cuda"
     t0 = time.perf_counter()
     try:
+        if backend is None or backend == "inductor":
+            load_inductor()
         kwargs = {"backend": backend} if backend is not None else {"mode": mode}
         compiled = torch.compile(fn, fullgraph=fullgraph, dynamic=False, **kwargs)
-        for _ in range(WARMUP_CALLS[mode]):
-            compiled()
+        with warnings.catch_warnings():  # the compile happens in the first calls
+            warnings.filterwarnings("ignore", message=_PRIMS_CHECK_WARNING,
+                                    category=FutureWarning)
+            for _ in range(WARMUP_CALLS[mode]):
+                compiled()
         if cuda:
             torch.cuda.synchronize(device)
     except Exception as exc:  # torch's own failure: the benchmark cannot exist here
