@@ -7,7 +7,10 @@ others held), so a failure names the argument. Four references, each where it ap
   double-backward where f has no forward-mode rule): the exact derivative of ``f`` as torch
   differentiates it, computed from the same (rounded) inputs in float64 when ``f`` runs in
   float64 (else in the arguments' dtype), compared element by element with the dtype's
-  gradient tolerance (``tolerances.GRAD``). A float32 (or narrower) derivative misses that
+  gradient tolerance (``tolerances.GRAD``), its atol (an absolute error for values of order
+  1) scaled by the reference's largest element where that is below 1 (``_at_scale``:
+  bfloat16's 0.1 exceeded every element of a cross-entropy gradient averaged over 512
+  rows, so one with a row left at zero passed). A float32 (or narrower) derivative misses that
   float64 reference by its own rounding, which sums that cancel make larger than rtol x
   |value| (a right ``x.T @ d`` over 8,192 rows failed at every seed): where an element
   fails, torch's derivative with f run at the arguments' own dtypes measures it, and
@@ -944,7 +947,8 @@ def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
     own (float16, bfloat16, float32) and not each of the reference's is: the derivative
     computed in that dtype and cast back (right in float64, wrong in its rounding). Rarely
     so by chance: a float64 gradient of any size whose values all fit float32's 24 bits.
-    And ``got`` close to ``ref`` at that dtype's gradient tolerance: a wrong gradient of few
+    And ``got`` close to ``ref`` at that dtype's gradient tolerance (its atol scaled to a
+    reference below 1, ``_at_scale``): a wrong gradient of few
     distinct values (a relu's 0/1 mask, not times g) is each a bfloat16 number too. Else,
     where ``got``'s own dtype is narrower than ``ref``'s (float32 against float64) and close
     to it at that dtype's gradient tolerance, that rounding."""
@@ -955,15 +959,15 @@ def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
             continue
         if bool((g.to(narrow).to(g.dtype) == g).all()) and not bool(
                 (r.to(narrow).to(r.dtype) == r).all()) and _close(
-                g.double(), r.double(), GRAD[narrow]):
+                g.double(), r.double(), _at_scale(GRAD[narrow], r, narrow, False)[0]):
             name = str(narrow).removeprefix("torch.")
             return (f"values computed in {name}: each is a {name} number and the reference's "
                     f"are not (a cast to {name} inside the derivative, or a {name} constant "
                     "or buffer it uses?)")
     # got itself in a narrower dtype than ref (float32 against float64): its rounding
     if _narrower(g.dtype, r.dtype) and g.dtype in GRAD and not bool(
-            (r.to(g.dtype).to(r.dtype) == r).all()) and _close(g.double(), r.double(),
-                                                               GRAD[g.dtype]):
+            (r.to(g.dtype).to(r.dtype) == r).all()) and _close(
+                g.double(), r.double(), _at_scale(GRAD[g.dtype], r, g.dtype, False)[0]):
         name, wide = (str(d).removeprefix("torch.") for d in (g.dtype, r.dtype))
         return (f"{name} values against a {wide} reference: they differ from it by {name}'s "
                 f"rounding (computed in {name}, a narrower dtype: compute in {wide}, or "
@@ -1121,6 +1125,29 @@ def _compare_rounded(label: str, got: torch.Tensor, ref: torch.Tensor, dtol: Tol
     return ratio, msg, why, ctol
 
 
+def _at_scale(tol: Tol, ref: torch.Tensor, dtype: torch.dtype,
+              given: bool) -> tuple[Tol, str | None]:
+    """The tolerance an element-wise comparison with ``ref`` is made at by default, and a
+    note where it is not the table's (``tol``, of ``dtype``). The table's atol is an absolute
+    error for values of order 1: against a reference whose largest element ``s`` is below 1
+    it is scaled with it (atol x s), else it says nothing of the elements (bfloat16's 0.1
+    exceeds a cross-entropy gradient averaged over 64 rows, 1/64 at most: a gradient with a
+    row left at zero passed every element). Never looser than the table; a reference of
+    zeros (a gradient zero by structure, x * 0, which a right derivative gives as zeros too)
+    is matched exactly. ``given`` (tol= passed): compared at as given."""
+    if given:
+        return tol, None
+    r = ref.detach().double().abs()
+    r = r[torch.isfinite(r)]
+    s = float(r.max()) if r.numel() else 0.0
+    if s >= 1:
+        return tol, None
+    name = str(dtype).removeprefix("torch.")
+    return Tol(tol.rtol, tol.atol * s), (
+        f"atol scaled to the reference: {name}'s {tol.atol:g} x {s:.3g}, its largest element "
+        "(the table's atol is an absolute error for values of order 1)")
+
+
 def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
               cotangent: torch.Tensor | None = None, tol: Tol | None = None,
               directions: int = 2, generator: torch.Generator | None = None,
@@ -1133,7 +1160,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     ``wrt``: the arguments to check (positions or parameter names; default every
     floating-point tensor, each dense and holding values: not on the meta device).
     ``cotangent``: default standard normal. ``tol``: default the gradient tolerance of the
-    arguments' dtype. ``directions``: how many random directions per argument central
+    arguments' dtype (its atol scaled by the reference's largest element, where below 1).
+    ``directions``: how many random directions per argument central
     differences take, two evaluations of ``f`` each (1 to ``MAX_DIRECTIONS`` = 10,000).
     ``taylor`` (True or False): fit the order of the Taylor remainder (float64 only); an
     order below 1.5 that the fit can trust fails the argument (see the module's docstring).
@@ -1282,19 +1310,24 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 + _not_differentiable(g, ref_grads.get(i), "torch.autograd's gradient"),)))
             continue
         torch_failed = None  # the index of torch's disagreement among failures
+        # the table's atol scaled to a gradient whose largest element is below 1 (_at_scale)
+        etol, scaled = (_at_scale(dtol, ref_grads[i], prec[i].dtype, tol is not None)
+                        if i in ref_grads else (dtol, None))
         # the reference in float64, the gradient narrower: its rounding is allowed where a
         # comparison fails (tol= given: compared at it, as given)
-        rounding = (_Rounding(lambda i=i: own_grads().get(i), ref_grads[i], dtol,
+        rounding = (_Rounding(lambda i=i: own_grads().get(i), ref_grads[i], etol,
                               args[i].dtype, "torch.autograd's gradient")
                     if tol is None and in64 and args[i].dtype != torch.float64
                     and i in ref_grads else
-                    _Rounding(lambda i=i: jittered().get(i), ref_grads[i], dtol, torch.float64,
+                    _Rounding(lambda i=i: jittered().get(i), ref_grads[i], etol, torch.float64,
                               "torch.autograd's gradient")
                     if tol is None and in64 and i in ref_grads else None)
         if i in ref_grads:
-            ratio, msg, why, ctol = _compare_rounded(label, g, ref_grads[i], dtol, rounding,
+            ratio, msg, why, ctol = _compare_rounded(label, g, ref_grads[i], etol, rounding,
                                                      kernel=kernel, reference=AUTOGRAD,
                                                      record_as=record_as)
+            if msg and scaled:
+                msg += f"\n    {scaled}"
             swapped = [j for j in ref_grads if j != i and msg and ref_grads[j].shape == g.shape
                        and _close(g.to(ref_grads[j].device), ref_grads[j], ctol)]
             if swapped:
@@ -1327,10 +1360,11 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
                 note = "; ".join(filter(None, [note, "the vjp's float64 gradient is not "
                                                "finite where this one is: not used"]))
             elif grads64 is not None:
+                vtol, scaled = _at_scale(dtol, grads64[i], prec[i].dtype, tol is not None)
                 _, msg = _compare(label, g, grads64[i].to(g.device), kernel=kernel,
-                                  reference=VJP64, tol=dtol, record_as=record_as)
+                                  reference=VJP64, tol=vtol, record_as=record_as)
                 if msg:
-                    failures.append(msg)
+                    failures.append(msg + (f"\n    {scaled}" if scaled else ""))
                 g_fd, fd_what = grads64[i], "<vjp(u), v> in float64"
                 # its central differences are float64's, and recorded as such
                 fd_record_as = (torch.float64, record_as[1])
@@ -1532,17 +1566,21 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             if i in reached and not failures:
                 ref, how = _jvp_reference(along, ref_args[i].detach(), t.to(ref_args[i].dtype))
                 used.add(how)
+                # the table's atol scaled to a tangent whose largest element is below 1
+                etol, scaled = _at_scale(dtol, ref, prec[i].dtype, tol is not None)
                 # the reference in float64, the tangent narrower: its rounding is allowed
                 # where a comparison fails (tol= given: compared at it, as given)
                 if tol is None and in64 and a.dtype != torch.float64:
                     rounding = _Rounding(lambda i=i, t=t: _own_dtype_jvp(f, args, i, t), ref,
-                                         dtol, a.dtype, f"{how}'s tangent")
+                                         etol, a.dtype, f"{how}'s tangent")
                 elif tol is None and in64:  # float64's own: the arguments moved by an ulp
                     rounding = _Rounding(
                         lambda i=i, t=t: _own_dtype_jvp(f, _moved_by_an_ulp(args64, wrt), i, t),
-                        ref, dtol, torch.float64, f"{how}'s tangent")
-                r, msg, why, _ = _compare_rounded(label, jt, ref, dtol, rounding, kernel=kernel,
+                        ref, etol, torch.float64, f"{how}'s tangent")
+                r, msg, why, _ = _compare_rounded(label, jt, ref, etol, rounding, kernel=kernel,
                                                   reference=how, record_as=record_as)
+                if msg and scaled:
+                    msg += f"\n    {scaled}"
                 ratio = r if ratio is None else max(ratio, r)
                 if why and msg:
                     msg += f"\n    {why}"
@@ -1568,10 +1606,11 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                            "used")
                     note = _noted(note, why)
                 else:
+                    vtol, scaled = _at_scale(dtol, jt64, prec[i].dtype, tol is not None)
                     _, msg = _compare(label, jt, jt64.to(jt.device), kernel=kernel,
-                                      reference=JVP64, tol=dtol, record_as=record_as)
+                                      reference=JVP64, tol=vtol, record_as=record_as)
                     if msg:
-                        failures.append(msg)
+                        failures.append(msg + (f"\n    {scaled}" if scaled else ""))
                         break
                     jt_fd, fd_what = jt64, "<w, jvp(t)> in float64"
                     # its central differences are float64's, and recorded as such
