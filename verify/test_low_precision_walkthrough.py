@@ -220,9 +220,9 @@ def test_a_jvp_returning_none_on_the_repeat_says_what_each_call_gave():
 
 def test_signature_names_a_float32_result_against_a_float64_reference_before_a_factor():
     ref = _randn(6, 5, dtype=torch.float64)
-    said = ("float32 values against a float64 reference: they differ from it by float32's "
-            "rounding (computed in float32, a narrower dtype: compute in float64, or compare "
-            "at float32's tolerance)")
+    said = ("float32 values against a float64 reference, within float32's gradient tolerance: "
+            "a float32 result held to a tighter one than float32's (compare at float32's, or "
+            "compute in float64)")
     # it had read "a constant factor: 0.99999997... x the reference"
     assert signature(ref.float(), ref, GRAD[torch.float32]) == said
     assert signature(ref.float(), ref, GRAD[torch.float64]) == said  # it had said nothing

@@ -98,9 +98,10 @@ worst element, errors and tolerance, and, where one fits, a signature: a flipped
 transpose, a reversal along one dim (a convolution's kernel read back to front), a constant
 factor, a missing (zero) gradient, values computed in a narrower dtype (each a float32,
 float16 or bfloat16 number, the reference's not: a cast inside the derivative; or a result
-itself in a narrower dtype than the reference's, within that dtype's rounding: named before
-a constant factor, which it would read as, 0.99999997 x); for a scalar
-f (a loss), a gradient that is torch's over the cotangent is said to ignore the cotangent.
+itself in a narrower dtype than the reference's, within that dtype's gradient tolerance: held
+to a tighter one; named before a constant factor, which it would read as, 0.99999997 x); for
+a scalar f (a loss), a gradient that is torch's over the cotangent is said to ignore the
+cotangent.
 The vjp is called twice at the point (the jvp twice with each argument's first tangent):
 results that differ between the calls beyond rounding (their dtype's gradient tolerance, or a
 looser ``tol`` given), or of another kind (None, another shape: what each call gave is
@@ -951,7 +952,7 @@ def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
     reference below 1, ``_at_scale``): a wrong gradient of few
     distinct values (a relu's 0/1 mask, not times g) is each a bfloat16 number too. Else,
     where ``got``'s own dtype is narrower than ``ref``'s (float32 against float64) and close
-    to it at that dtype's gradient tolerance, that rounding."""
+    to it at that dtype's gradient tolerance: held to a tighter one than its dtype's."""
     g, r = got.detach(), ref.detach().to(got.device)
     # the narrowest first: bfloat16's 8 bits fit float16's 11 (within its range)
     for narrow in (torch.bfloat16, torch.float16, torch.float32):
@@ -964,14 +965,15 @@ def _computed_narrower(got: torch.Tensor, ref: torch.Tensor) -> str | None:
             return (f"values computed in {name}: each is a {name} number and the reference's "
                     f"are not (a cast to {name} inside the derivative, or a {name} constant "
                     "or buffer it uses?)")
-    # got itself in a narrower dtype than ref (float32 against float64): its rounding
+    # got itself in a narrower dtype than ref (float32 against float64), within that dtype's
+    # tolerance: held to a tighter one (within its rounding, or a tol= tighter than its own)
     if _narrower(g.dtype, r.dtype) and g.dtype in GRAD and not bool(
             (r.to(g.dtype).to(r.dtype) == r).all()) and _close(
                 g.double(), r.double(), _at_scale(GRAD[g.dtype], r, g.dtype, False)[0]):
         name, wide = (str(d).removeprefix("torch.") for d in (g.dtype, r.dtype))
-        return (f"{name} values against a {wide} reference: they differ from it by {name}'s "
-                f"rounding (computed in {name}, a narrower dtype: compute in {wide}, or "
-                f"compare at {name}'s tolerance)")
+        return (f"{name} values against a {wide} reference, within {name}'s gradient "
+                f"tolerance: a {name} result held to a tighter one than {name}'s (compare at "
+                f"{name}'s, or compute in {wide})")
     return None
 
 
