@@ -14,6 +14,14 @@ alpha b_i`` with ``b = V^T X^T y``, solved exactly. Two ways to take it (``spect
   0.6 to 1.4x ``lstsq``. Taken only when X is tall and cond(X^T X) <= GRAM_MAX_COND
   (its error then within 16x of the SVD's); otherwise (ill-conditioned, rank-deficient,
   wide) the SVD is taken instead. The default on CUDA.
+
+Extreme scales: ``lam = sigma^2`` underflows to 0 for sigma(X) below ~1e-154 and overflows
+to inf above ~1e154 (float64), where ``alpha lam`` and ``alpha b`` need not. The closed
+forms, ``converges`` and ``spectral_radius`` therefore never form lam or b: they take
+``alpha lam = (alpha sigma) sigma`` and ``alpha b = (alpha sigma) U^T y`` from the singular
+values ``Spectrum.sigma`` and ``Spectrum.Uty`` (alpha sigma is finite wherever alpha lam
+is, and two roundings as before), so GD on ``(c X, c y, w0, alpha / c^2)`` gives ``w_k`` of
+``(X, y, w0, alpha)`` for any power of two c whose step size is representable.
 """
 
 from __future__ import annotations
@@ -188,13 +196,21 @@ def _one_k(k, what: str) -> int:
 
 @dataclass(frozen=True)
 class Spectrum:
-    """``X^T X = V diag(lam) V^T``; ``rank`` eigenvalues are treated as nonzero."""
+    """``X^T X = V diag(lam) V^T``; ``rank`` eigenvalues are treated as nonzero.
+
+    ``lam = sigma^2``: for X of 1e-200 lam rounds to 0 (or a subnormal) where sigma, the
+    rank and V are still exact; ``spectrum`` refuses a lam or Xty_v that overflows."""
 
     V: torch.Tensor  # (D, D), orthonormal columns
     lam: torch.Tensor  # (D,), descending, exact zeros past the rank
     nonzero: torch.Tensor  # (D,) bool: lam_i treated as nonzero (the first ``rank``)
     Xty_v: torch.Tensor | None  # V^T X^T y, zero past the rank, when y was given
     method: str = "svd"  # how it was taken: "svd" or "gram" (``spectrum``)
+    # (D,) singular values of X, sqrt(lam), exact zeros past the rank (finite where lam
+    # under/overflows); None only in a Spectrum made by hand
+    sigma: torch.Tensor | None = None
+    # (D,) U^T y (Xty_v = sigma Uty), zero past the rank, when y was given
+    Uty: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -221,6 +237,21 @@ def spectrum(X: torch.Tensor, y: torch.Tensor | None = None, method: str = "auto
     docstring says why). ``Spectrum.method`` says which was taken.
     """
     X, y, _ = _check_problem(X, y, None, None, linalg=True)  # no w; y optional
+    sp = _spectrum(X, y, method)
+    if not in_graph():  # finite X, y: an inf is sigma^2 (or sigma U^T y) past the range
+        for name, t in (("lam", sp.lam), ("Xty_v", sp.Xty_v)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise OverflowError(
+                    f"spectrum: {name} overflows {t.dtype} (largest "
+                    f"{torch.finfo(t.dtype).max:.3g}; sigma_max(X) = "
+                    f"{float(host(sp.sigma[0])):.3g}) though X and y are finite; scale X "
+                    "(and y) by a power of two c: lam scales by c^2")
+    return sp
+
+
+def _spectrum(X: torch.Tensor, y: torch.Tensor | None, method: str = "auto") -> Spectrum:
+    """``spectrum`` of X and y already checked (by the caller's ``_check_problem``), lam
+    and Xty_v as they come (inf where they overflow: the callers use sigma and Uty)."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if method == "auto":
@@ -238,18 +269,32 @@ def _auto_method(X: torch.Tensor) -> str:
 
 def _gram_spectrum(X: torch.Tensor, y: torch.Tensor | None) -> Spectrum | None:
     """eigh of X^T X, or None when X is wide or cond(X^T X) > GRAM_MAX_COND (rank-deficient
-    X included: its Gram eigenvalues at zero are rounding noise, and the SVD decides)."""
+    X included: its Gram eigenvalues at zero are rounding noise, and the SVD decides), or
+    X^T X leaves the dtype's normal range (X of 1e-160: subnormal, its eigenvalues lose
+    digits; 1e160: inf, eigh fails or gives NaN): the SVD of X is exact at any scale."""
     n, d = X.shape
     if n < d or X.numel() == 0:
         return None
-    lam, V = torch.linalg.eigh(X.t() @ X)  # ascending
+    try:
+        lam, V = torch.linalg.eigh(X.t() @ X)  # ascending
+    except torch.linalg.LinAlgError:  # X^T X overflowed: an inf entry
+        return None
     lam_min, lam_max = (float(v) for v in host(lam[[0, -1]]))
-    if not lam_min > 0 or lam_max > GRAM_MAX_COND * lam_min:
+    # lam_min above tiny / eps: each Gram entry's underflow (N products below tiny, N <
+    # 1/eps) stays under eps lam_min; NaN (an inf entry) fails the comparison
+    if not lam_min > _GRAM_FLOOR[X.dtype] or lam_max > GRAM_MAX_COND * lam_min:
         return None
     lam, V = lam.flip(0), V.flip(1)
-    xty = None if y is None else V.t() @ (X.t() @ y)
+    sigma = lam.sqrt()
+    xty = uty = None
+    if y is not None:
+        xty = V.t() @ (X.t() @ y)
+        uty = xty / sigma
     return Spectrum(V=V, lam=lam, nonzero=torch.ones_like(lam, dtype=torch.bool), Xty_v=xty,
-                    method="gram")
+                    method="gram", sigma=sigma, Uty=uty)
+
+
+_GRAM_FLOOR = {dt: torch.finfo(dt).tiny / torch.finfo(dt).eps for dt in _LAPACK_DTYPES}
 
 
 def _svd_spectrum(X: torch.Tensor, y: torch.Tensor | None) -> Spectrum:
@@ -261,15 +306,18 @@ def _svd_spectrum(X: torch.Tensor, y: torch.Tensor | None) -> Spectrum:
     # numerically zero: s_i <= max(N, D) eps s_max; a tensor comparison (no host read), so
     # the rank is a mask and the same code runs eagerly, compiled and captured
     keep = s > max(n, d) * eps * s[:1].amax() if m else s > 0
-    lam = X.new_zeros(d)
-    lam[:m] = torch.where(keep, s * s, 0)
+    sigma = X.new_zeros(d)
+    sigma[:m] = torch.where(keep, s, 0)
+    lam = sigma * sigma  # under/overflows at X of 1e-160/1e160: the callers take sigma
     nonzero = torch.zeros(d, dtype=torch.bool, device=X.device)
     nonzero[:m] = keep
-    xty = None
+    xty = uty = None
     if y is not None:
-        xty = X.new_zeros(d)
-        xty[:m] = torch.where(keep, s * (U[:, :m].t() @ y), 0)
-    return Spectrum(V=Vh.t(), lam=lam, nonzero=nonzero, Xty_v=xty, method="svd")
+        uty = X.new_zeros(d)
+        uty[:m] = torch.where(keep, U[:, :m].t() @ y, 0)
+        xty = sigma * uty
+    return Spectrum(V=Vh.t(), lam=lam, nonzero=nonzero, Xty_v=xty, method="svd", sigma=sigma,
+                    Uty=uty)
 
 
 def gradient(X: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -308,7 +356,7 @@ def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # was 0, pytorch#133267); exact for an integer exponent
     c = torch.exp2((-torch.frexp(X.abs().amax())[1]).clamp(max=top).to(X.dtype)) \
         if X.numel() else 1.0
-    sp = spectrum(X * c, y)
+    sp = _spectrum(X * c, y)
     return c * (sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1),
                                    0))
 
@@ -321,12 +369,14 @@ def spectral_radius(X: torch.Tensor, alpha: float) -> float:
     ``converges``).
     """
     alpha = _check_alpha(alpha)
-    lam = spectrum(X).lam
-    if not lam.shape[0]:  # D = 0: no eigenvalue, the max over none is 0 (converges: True)
+    X, _, _ = _check_problem(X, None, None, None, linalg=True)
+    sigma = _spectrum(X, None).sigma
+    if not sigma.shape[0]:  # D = 0: no eigenvalue, the max over none is 0 (converges: True)
         return 0.0
-    radius = float(host((1 - alpha * lam).abs().max()))
+    # alpha lam as (alpha sigma) sigma: lam itself under/overflows at X of 1e-200/1e200
+    radius = float(host((1 - (alpha * sigma) * sigma).abs().max()))
     if not in_graph() and not math.isfinite(radius):  # finite X, alpha: alpha lam overflowed
-        raise OverflowError(f"spectral_radius: |1 - alpha lambda_max| overflows {lam.dtype} "
+        raise OverflowError(f"spectral_radius: |1 - alpha lambda_max| overflows {sigma.dtype} "
                             f"(alpha = {alpha:g}, X of max |X| = "
                             f"{float(host(X.abs().amax())):g}); GD diverges far beyond it")
     return radius
@@ -335,8 +385,8 @@ def spectral_radius(X: torch.Tensor, alpha: float) -> float:
 def converges(X: torch.Tensor, alpha: float) -> bool:
     """Whether GD reaches a minimiser from every w0: 0 < alpha < 2 / lambda_max(X^T X)."""
     alpha = _check_alpha(alpha)
-    sp = spectrum(X)
-    return sp.rank == 0 or not _at_or_past(alpha * sp.lam_max, 2)
+    X, _, _ = _check_problem(X, None, None, None, linalg=True)
+    return not _at_or_past(_alpha_lam(alpha, _sigma_max(_spectrum(X, None))), 2)
 
 
 # alpha = 2 / lambda_max computed by the caller from another eigen-solver lands a few ulps
@@ -348,23 +398,31 @@ def _at_or_past(x: float, bound: float) -> bool:
     return x >= bound * _BOUNDARY
 
 
-def _lam_max(X: torch.Tensor) -> float:
-    """lambda_max(X^T X) = sigma_max(X)^2, from the singular values alone."""
-    # s * s, not s ** 2: past float64's range the product is inf (and the warning says
-    # so), where Python's float ** 2 raises a bare OverflowError (34, 'Numerical result ...')
-    s = float(host(torch.linalg.svdvals(X)[0])) if X.numel() else 0.0
-    return s * s
+def _sigma_max(X: torch.Tensor | Spectrum) -> float:
+    """sigma_max(X), from the singular values alone (a Spectrum's: 0 at rank 0)."""
+    if isinstance(X, Spectrum):
+        return float(host(X.sigma[0])) if X.sigma.numel() else 0.0
+    return float(host(torch.linalg.svdvals(X)[0])) if X.numel() else 0.0
 
 
-def _warn_if_divergent(alpha: float, lam_max: Spectrum | float, what: str) -> None:
+def _alpha_lam(alpha: float, sigma: float) -> float:
+    """alpha sigma^2 as (alpha sigma) sigma: finite wherever alpha lambda is, though lambda
+    = sigma^2 is 0 at sigma = 1e-200 and inf at 1e200 (float64). Products, not ** 2: past
+    float64's range a product is inf (and the warning says so), where Python's float ** 2
+    raises a bare OverflowError (34, 'Numerical result out of range')."""
+    return (alpha * sigma) * sigma
+
+
+def _warn_if_divergent(alpha: float, sigma_max: Spectrum | float, what: str) -> None:
     if in_graph():
         return
-    if isinstance(lam_max, Spectrum):
-        lam_max = lam_max.lam_max if lam_max.rank else 0.0
-    if lam_max > 0 and _at_or_past(alpha * lam_max, 2):
+    if isinstance(sigma_max, Spectrum):
+        sigma_max = _sigma_max(sigma_max)
+    a_lam = _alpha_lam(alpha, sigma_max)
+    if a_lam > 0 and _at_or_past(a_lam, 2):
         warnings.warn(
-            f"{what}: alpha = {alpha:g} >= 2 / lambda_max = {2 / lam_max:g} "
-            f"(|1 - alpha lambda_max| = {abs(1 - alpha * lam_max):g} >= 1): gradient "
+            f"{what}: alpha = {alpha:g} >= 2 / lambda_max = {2 / sigma_max / sigma_max:g} "
+            f"(|1 - alpha lambda_max| = {abs(1 - a_lam):g} >= 1): gradient "
             "descent does not converge",
             DivergenceWarning,
             stacklevel=3,
@@ -393,7 +451,7 @@ def gd_iterates(X, y, w0, alpha: float, k: int) -> torch.Tensor:
         _check_iterates_fit("gd_iterates", nbytes, k, w0, "gd_closed_form(X, y, w0, alpha, k)")
     # the loop needs only lambda_max: singular values without vectors cost half an SVD
     if not in_graph():
-        _warn_if_divergent(alpha, _lam_max(X), "gd_iterates")
+        _warn_if_divergent(alpha, _sigma_max(X), "gd_iterates")
     out = w0.new_empty(k + 1, w0.shape[0])
     if not w0.shape[0]:  # no coordinates: k empty steps (10**12 of them had run)
         return out
@@ -420,33 +478,40 @@ def gd_closed_form(X, y, w0, alpha: float, k) -> torch.Tensor:
     ks, single = _check_k(k)
     if not ks:  # an empty sequence of counts: no iterates, (0, D)
         return w0.new_empty(0, w0.shape[0])
-    sp = spectrum(X, y)
+    sp = _spectrum(X, y)  # X, y checked above
     _warn_if_divergent(alpha, sp, "gd_closed_form")
     # k in float64 whatever X's dtype (float32 would make k >= 2**128 inf, and an odd
     # k > 2**24 even); beyond float64 (k > 1.8e308), inf: mu^k is then its limit
     big = max(ks) > _EXACT_K
     kk = torch.tensor([_k_float(k) for k in ks] if big else ks, device=X.device,
                       dtype=torch.float64).unsqueeze(1)  # (m, 1)
-    lam, b = sp.lam, sp.Xty_v
     c0 = sp.V.t() @ w0
-    a_lam = alpha * lam
+    # alpha lam = (alpha sigma) sigma and alpha b = (alpha sigma) U^T y: finite where they
+    # are, though lam and b under/overflow (X of 1e-200, 1e200; module docstring)
+    a_sigma = alpha * sp.sigma
+    a_lam = a_sigma * sp.sigma
     mu = 1 - a_lam
     pos = mu > 0
     # 0 < mu <= 1: via logs; mu <= 0 (alpha lam >= 1): mu^k directly, no cancellation there
     log_mu = torch.log1p(-a_lam.clamp(max=1 - torch.finfo(X.dtype).eps)).double()
     k_log_mu = kk * log_mu
     mu_k = mu.double().pow(kk)
+    phi_k = kk.to(X.dtype)  # (1 - mu^k) / (alpha lam) -> k as k alpha lam -> 0
     if big:
         # mu = 1 (lam = 0): mu^k = 1 at k = inf too (inf * 0 is nan); an odd k above 2**53
         # is even in float64: the sign of a negative mu's power from k itself
         k_log_mu = torch.where(log_mu == 0, 0.0, k_log_mu)
         odd = torch.tensor([k % 2 == 1 for k in ks], device=X.device).unsqueeze(1)
         mu_k = torch.where(odd & (mu < 0), -mu_k.abs(), mu_k.abs())
+        # alpha lam = 0 (null space, or below the dtype) at k = inf: mu^k = 1, no step
+        phi_k = torch.where(phi_k.isinf() & (log_mu == 0), 0, phi_k)
     one_minus = torch.where(pos, -torch.expm1(k_log_mu), 1 - mu_k).to(X.dtype)
     mu_k = torch.where(pos, torch.exp(k_log_mu), mu_k).to(X.dtype)
-    nonzero = sp.nonzero
-    geo = torch.where(nonzero, one_minus / torch.where(nonzero, lam, 1), 0)
-    w = (mu_k * c0 + geo * b) @ sp.V.t()  # (m, D)
+    # the geometric sum (1 - mu^k) b / lam = phi alpha b, phi = (1 - mu^k) / (alpha lam);
+    # phi = k where k alpha lam < eps (within eps of it), alpha lam = 0 included (lam
+    # below the dtype, and the null space, where alpha b = 0)
+    phi = torch.where(k_log_mu > -torch.finfo(X.dtype).eps, phi_k, one_minus / a_lam)
+    w = (mu_k * c0 + phi * (a_sigma * sp.Uty)) @ sp.V.t()  # (m, D)
     _finite_or_raise(w, "gd_closed_form", alpha, f"at k = {max(ks)}")
     return w[0] if single else w
 
@@ -476,7 +541,7 @@ def momentum_form1(grads, theta0, alpha: float, beta: float) -> torch.Tensor:
     for j, g in enumerate(grads):
         out[j + 1] = out[j] - alpha * g + beta * (out[j] - prev)
         prev = out[j]
-    return out
+    return _momentum_finite(out, "momentum_form1", alpha, beta)
 
 
 def momentum_form2(grads, theta0, alpha: float, beta: float) -> torch.Tensor:
@@ -489,6 +554,21 @@ def momentum_form2(grads, theta0, alpha: float, beta: float) -> torch.Tensor:
     for j, g in enumerate(grads):
         v = g + beta * v
         out[j + 1] = out[j] - alpha * v
+    return _momentum_finite(out, "momentum_form2", alpha, beta)
+
+
+def _momentum_finite(out: torch.Tensor, what: str, alpha: float, beta: float) -> torch.Tensor:
+    """``out``, or an OverflowError naming the first step that overflowed: grads and theta0
+    were checked finite. A coordinate once inf or NaN stays so (x + finite, inf - inf,
+    0 inf; v likewise in form II), so the last row (n values) tells; the search of the
+    (k+1, n) iterates only on the error's branch. Not inside a graph (a read to the host)."""
+    if not in_graph() and not bool(torch.isfinite(out[-1]).all()):
+        j = int(host((~torch.isfinite(out)).any(1).nonzero()[0, 0]))
+        raise OverflowError(
+            f"{what}: the iterates overflow {out.dtype} (largest "
+            f"{torch.finfo(out.dtype).max:.3g}) at step {j} of {out.shape[0] - 1} though "
+            f"grads and theta0 are finite (alpha = {alpha:g}, beta = {beta:g}); scale the "
+            "gradients or alpha")
     return out
 
 
@@ -537,17 +617,20 @@ def heavy_ball_closed_form(X, y, w0, alpha: float, beta: float, k) -> torch.Tens
     ks, single = _check_k(k)
     if not ks:  # an empty sequence of counts: no iterates, (0, D)
         return w0.new_empty(0, w0.shape[0])
-    sp = spectrum(X, y)
-    if not in_graph() and sp.rank and _at_or_past(alpha * sp.lam_max, 2 * (1 + beta)):
+    sp = _spectrum(X, y)  # X, y checked above
+    a_max = 0.0 if in_graph() else _alpha_lam(alpha, _sigma_max(sp))
+    if a_max > 0 and _at_or_past(a_max, 2 * (1 + beta)):
         warnings.warn(
-            f"heavy_ball_closed_form: alpha lambda_max = {alpha * sp.lam_max:g} >= "
+            f"heavy_ball_closed_form: alpha lambda_max = {a_max:g} >= "
             f"2 (1 + beta) = {2 * (1 + beta):g}: momentum does not converge",
             DivergenceWarning,
             stacklevel=2,
         )
     c0 = sp.V.t() @ w0
-    a_lam = alpha * sp.lam
-    a_g = alpha * (sp.lam * c0 - sp.Xty_v)  # alpha times the initial gradient, per lam
+    a_sigma = alpha * sp.sigma  # neither lam nor b formed: gd_closed_form says why
+    a_lam = a_sigma * sp.sigma
+    # alpha times the initial gradient, per lam: alpha (lam c0 - b)
+    a_g = a_lam * c0 - a_sigma * sp.Uty
     # E and every K = M^n - I have a zero last row: kept as their top two rows, (D, 2, 3),
     # batched over eigenvalues; K^2 = K[:, :, :2] K
     e = X.new_zeros(c0.shape[0], 2, 3)
