@@ -22,7 +22,14 @@ gradients add: data-dependent, not counted); views, other data movement and sele
 (``where``, ``tril``, ``masked_fill``: an attention mask; ``where``'s broadcast operand's
 gradient is summed back to its shape) are free, and
 so is an embedding lookup, both ways (``LOOKUP_OPS``), but for the gradient of an expand or
-repeat, summed back to its input's shape (``SUMMED_BACK``). Where a value is used more than
+repeat, summed back to its input's shape (``SUMMED_BACK``), and for masked_fill's tensor
+value, whose gradient autograd takes as where(mask, g, 0).sum() (numel(out) - numel(value)
+adds, whatever the mask). x ** 2 is a product per value (two backward, 2 x g); rsqrt is an
+element-wise nonlinearity, so RMSNorm counts whole; a comparison made in a floating dtype
+is a compare per output value (``COMPARE_OPS``); nearest resampling is a copy whose
+backward sums, per input, the gradients of the outputs that copied it (``NEAREST_OPS``).
+Without a formula, listed: bilinear and bicubic interpolation, another exponent, a norm's
+backward (no one convention: see docs/kernels.md). Where a value is used more than
 once autograd adds the gradients of its uses: ``count_model`` counts those adds.
 """
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from handgrad.kernels.counts import Counts, _numel, _tuple
@@ -40,7 +48,18 @@ ACTIVATION_OPS = {
     "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "gelu_", "silu", "silu_",
     "elu", "elu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish",
     "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "threshold", "threshold_",
+    "rsqrt", "rsqrt_",  # 1 / sqrt(x): RMSNorm's (and a hand-written norm's) scale
 }
+# comparisons: one compare per output value where made in a floating dtype (the operands'
+# promoted one); on integers, bookkeeping (a mask of indices), counted zero. The result is
+# boolean (no gradient); an in-place one's (x.gt_(0), x floating) gradient is zero, free
+COMPARE_OPS = {"gt", "lt", "ge", "le", "eq", "ne", "gt_", "lt_", "ge_", "le_", "eq_", "ne_"}
+# nearest upsampling (or downsampling) copies one input value per output: free forward;
+# backward, each input sums the gradients of the outputs that copied it (``_nearest``).
+# Bilinear and bicubic interpolation have no formula (listed): see docs/kernels.md
+NEAREST_OPS = {"upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
+               "_upsample_nearest_exact1d", "_upsample_nearest_exact2d",
+               "_upsample_nearest_exact3d"}
 # a softmax along one dim (rows of C values): not element-wise, each output reads its row.
 # _safe_softmax (scaled_dot_product_attention's) is softmax with fully masked rows set to 0,
 # and its backward is softmax's (_softmax_backward_data)
@@ -106,6 +125,11 @@ OPS: dict[str, str] = {
     **dict.fromkeys(AVG_POOL_OPS, "avg_pool"),
     **{op: "max_pool" if "max" in op else "avg_pool" for op in ADAPTIVE_POOL_OPS},
     "mean": "reduce", "sum": "reduce",
+    **dict.fromkeys(COMPARE_OPS, "compare"),
+    # x ** 2 (RMSNorm's, a squared error's): one product per value; another exponent has
+    # no formula (forward_op_counts answers None: listed)
+    "pow": "pow",
+    **dict.fromkeys(NEAREST_OPS, "upsample_nearest"),
     # the index of a row's largest (smallest) value: C - 1 compares per row of C; indices
     # carry no gradient, so no backward is ever asked of it
     "argmax": "arg_reduce", "argmin": "arg_reduce",
@@ -137,6 +161,13 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
         return _ZERO  # data movement and bookkeeping, zero on purpose
     if kind == "arg_reduce":  # an integer result, but compares made on its input
         return Counts(compares=_numel(args[0].shape) - _numel(out.shape))
+    if kind == "compare":  # a boolean result: compares made in the operands' dtype
+        made_in = torch.result_type(args[0], args[1])
+        return Counts(compares=_numel(out.shape)) if made_in.is_floating_point else _ZERO
+    if kind == "upsample_nearest":
+        return _ZERO  # a copy of one input value per output
+    if kind == "pow" and not _squared(args):
+        return None  # an exponent other than 2: no formula
     if (out[0] if isinstance(out, (tuple, list)) else out).dtype in _INTEGER_DTYPES:
         return _ZERO  # integer bookkeeping (_INTEGER_DTYPES)
     if kind == "conv":
@@ -170,7 +201,7 @@ def forward_op_counts(name: str, args, out) -> Counts | None:
         return Counts(adds=n_in - n_out, mults=n_out if base == "mean" else 0)
     if kind == "add":
         return Counts(adds=_out_numel(args, out))
-    if kind in ("mul", "div"):
+    if kind in ("mul", "div", "pow"):  # x ** 2 is x * x
         return Counts(mults=_out_numel(args, out))
     if kind == "norm":
         # one scale and one shift per value: the inference form, statistics folded in;
@@ -212,6 +243,18 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
         n, rows = _softmax_rows(args)
         return [("grad_input", Counts(activations=n, mults=n, adds=n - rows + n))
                 ] if needs[0] else []
+    if kind == "pow":  # d(x ** 2) = 2 x g: two products per value
+        if not _squared(args):
+            return None
+        return [("grad_input", Counts(mults=2 * _out_numel(args, out)))] if needs[0] else []
+    if kind == "upsample_nearest":
+        return [("grad_input", _nearest_backward(base, args, out))] if needs[0] else []
+    if base in ("masked_fill", "masked_fill_"):  # masked_fill(x, mask, value): x's gradient
+        # is g with the masked values zeroed (free); a tensor value's is the sum of g over
+        # the masked values, which autograd takes as where(mask, g, 0).sum(): numel(out) -
+        # numel(value) adds, whatever the mask (a 0-d value: numel(out) - 1)
+        return [("grad_value", Counts(adds=_numel(out.shape) - _numel(args[2].shape)))
+                ] if len(needs) > 2 and needs[2] else []
     if kind == "free" and base in SUMMED_BACK:  # the copies' gradients summed to one
         return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[0].shape)))
                 ] if needs[0] else []
@@ -219,8 +262,8 @@ def backward_op_counts(name: str, args, out, needs: list[bool]) -> list[tuple[st
         # broadcast operand's summed back to its shape (a 0-d -inf: numel(out) - 1 adds)
         return [("grad_input", Counts(adds=_numel(out.shape) - _numel(args[i].shape)))
                 for i in (1, 2) if i < len(needs) and needs[i]]
-    if kind in ("max_pool", "free", "arg_reduce"):
-        return []  # routing and data movement (module docstring); indices: no gradient
+    if kind in ("max_pool", "free", "arg_reduce", "compare"):
+        return []  # routing and data movement (module docstring); indices, masks: none
     if kind == "avg_pool" and base in ADAPTIVE_POOL_OPS:  # scaled once, spread: each input
         taps, n_in = _adaptive_taps(args, out)  # sums the windows covering it (all are)
         return [("grad_input", Counts(mults=_out_numel(args, out), adds=taps - n_in))
@@ -359,7 +402,43 @@ def _pool_window(base: str, args) -> int | None:
         return None
 
 
+def _squared(args) -> bool:
+    """pow(x, 2): a Python (or 0-d) exponent of 2, not a tensor of exponents."""
+    e = args[1] if len(args) > 1 else None
+    return isinstance(args[0], torch.Tensor) and not isinstance(e, torch.Tensor) and (
+        isinstance(e, (int, float)) and not isinstance(e, bool) and e == 2)
+
+
 # --- backward formulas --------------------------------------------------------------------
+
+
+def _nearest_reached(n_in: int, n_out: int, scale, exact: bool) -> int:
+    """Input positions some output copies along one axis, as aten's nearest_idx and
+    nearest_exact_idx (UpSample.h) pick them: output i reads min(floor(i * s), In - 1)
+    (nearest-exact: floor((i + 0.5) * s)), s = 1 / scale where a scale factor was given,
+    else In / Out, in float32; but nearest copies straight where Out = In, whatever the
+    scale (its Out = 2 In shortcut, i // 2, reaches what the formula does)."""
+    if n_out == n_in and not exact:
+        return n_in
+    s = np.float32(1.0 / scale) if scale is not None and scale > 0 else (
+        np.float32(n_in) / np.float32(n_out))
+    i = np.arange(n_out, dtype=np.float32) + np.float32(0.5 if exact else 0.0)
+    return len(np.unique(np.minimum(np.floor(i * s).astype(np.int64), n_in - 1)))
+
+
+def _nearest_backward(base: str, args, out) -> Counts:
+    """Each input sums the gradients of the outputs that copied it: numel(out) less the
+    input values reached (per plane, the product of each axis' reached positions)."""
+    x = args[0]
+    rank = x.dim() - 2
+    scales = [a if isinstance(a, (int, float)) else None for a in args[2:2 + rank]]
+    scales += [None] * (rank - len(scales))
+    exact = "exact" in base
+    reached = _numel(x.shape[:2])
+    for d in range(rank):
+        reached *= _nearest_reached(x.shape[2 + d], out.shape[2 + d], scales[d], exact)
+    return Counts(adds=_numel(out.shape) - reached)
+
 
 
 def _covered(size: int, out: int, k: int, stride: int, padding: int, dilation: int

@@ -413,13 +413,22 @@ def test_pools_of_every_rank_count_their_window(make, shape, expected):
 
 
 @pytest.mark.parametrize("make,op", [
-    (lambda: nn.Upsample(scale_factor=2), "upsample_nearest2d"),
     (lambda: nn.Upsample(scale_factor=2, mode="bilinear"), "upsample_bilinear2d"),
-], ids=["upsample", "upsample_bilinear"])
+    (lambda: nn.Upsample(scale_factor=2, mode="bicubic"), "upsample_bicubic2d"),
+], ids=["upsample_bilinear", "upsample_bicubic"])
 def test_layers_without_a_formula_are_listed(make, op):
+    """Interpolation has no one convention (docs/kernels.md); nearest's is a copy,
+    counted (verify/test_counting_listed.py)."""
     report = C.count_model(make(), (1, 2, 5, 5))
     assert report.uncounted == {op: 1}
     assert report.total == C.Counts()
+
+
+def test_nearest_upsampling_is_a_copy():
+    report = C.count_model(nn.Upsample(scale_factor=2), (1, 2, 5, 5))
+    assert report.uncounted == {}
+    assert report.total == C.Counts()
+    assert [r.op for r in report.rows] == ["upsample_nearest2d"]
 
 
 # --- transposed convolution --------------------------------------------------------------

@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from handgrad.kernels import counting as C
@@ -331,7 +332,9 @@ class Zoo(nn.Module):
         h = (self.lin(h) * self.w + 1) / 2               # mul, add, div
         h = torch.log_softmax(torch.softmax(h, -1), -1)  # softmax, log_softmax
         h = torch.bmm(h.unsqueeze(0), self.m)            # mm
-        return h.mean() + h.argmax()                     # reduce, arg_reduce
+        u = F.interpolate(h, scale_factor=2)             # upsample_nearest
+        s = (h ** 2).mean() + torch.where(h > 0, h, 0).mean()  # pow, compare
+        return u.mean() + h.argmax() + s                 # reduce, arg_reduce
 
 
 def test_one_table_decides_both_passes_for_every_kind():
