@@ -302,3 +302,43 @@ def test_a_custom_functions_jvp_wrong_in_one_element_at_bfloat16_fails_against_i
     assert "atol scaled to the reference: bfloat16's 0.1 x 0.00" in str(err.value)
     # one element left at zero is no rounding: no signature says it is
     assert "looks like" not in str(err.value)
+
+
+# --- f overflowing in its own dtype -------------------------------------------------------------
+
+def test_an_f_overflowing_in_float16_is_refused_saying_so_not_as_a_log_of_a_negative():
+    # torch's own float16 cross-entropy of 65,536 rows gave NaN on the CPU (its sum passes
+    # 65,504); here a float16 mean of squares of 1,000 values near 10 does the same
+    x = (_randn(1000, dtype=torch.float64) + 10).half()
+    with pytest.raises(ValueError) as err:
+        check_vjp(lambda x: (x * x).sum() / 1000, lambda g, x: 2 * g * x / 1000, (x,))
+    assert str(err.value).startswith("args: f(*args) is not finite at the given point: NaN or "
+                                     "inf in 1 of its 1 output elements")
+    assert ". In float64 f is finite at this point (its largest |value| 10" in str(err.value)
+    assert ("float16's largest finite number is 65504): f overflows in float16 here, in a sum, "
+            "exp or square it computes in float16: compute f in a wider dtype" in str(err.value))
+
+    def wider(x):  # as the message says
+        return ((x.to(torch.promote_types(x.dtype, torch.float32)) ** 2).sum() / 1000).to(
+            x.dtype)
+
+    assert check_vjp(wider, lambda g, x: (2 * g.float() * x.float() / 1000).half(),
+                     (x,)).passed
+    # the sum itself, 1e5, is beyond float16: no wider computation helps
+    with pytest.raises(ValueError) as err:
+        check_vjp(lambda x: (x * x).sum(), lambda g, x: 2 * g * x, (x,))
+    assert "f's value itself is beyond float16: check at a smaller size or scale" in str(
+        err.value)
+    # an f for float16 alone (raising in float64): nothing more to say
+    def half_only(x):
+        if x.dtype != torch.float16:
+            raise TypeError("float16 only")
+        return (x * x).sum() / 1000
+
+    with pytest.raises(ValueError) as err:
+        check_vjp(half_only, lambda g, x: 2 * g * x / 1000, (x,))
+    assert str(err.value).endswith("(log or sqrt of a negative number is nan, say)")
+    # a log of a negative number is NaN in float64 too: nothing more is said
+    with pytest.raises(ValueError) as err:
+        check_vjp(torch.log, lambda g, x: g / x, (torch.tensor([-1.0, 2.0]).half(),))
+    assert "In float64" not in str(err.value)

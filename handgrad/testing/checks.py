@@ -62,22 +62,24 @@ others held), so a failure names the argument. Four references, each where it ap
   can fit below 1.5 too, but central differences at their smaller step see no error, or
   the remainder jumps: its order is reported with a note, not failed.
 
-Refused before any comparison: a list, tuple or dict argument holding floating-point
-tensors (``TypeError`` naming where: the check differentiates tensor arguments only, so
-those would pass unchecked; pass each as an argument of its own); ``f(*args)`` not finite
-at the given point (``ValueError`` naming how many output elements are NaN or inf, and the
-first three: no derivative can be checked there); an ``f`` whose second call at the point
-differs from its first beyond its dtype's forward tolerance (``ValueError``: not
-deterministic, dropout in training mode or a generator among its arguments; f gets a copy
-of a generator argument, so the caller's is left as it was: one more call of f, the check's
-cost for it); a derivative in a narrower dtype than what it is the derivative of
-(``TypeError`` naming both dtypes): a vjp's gradient against its argument, a jvp's tangent
-against ``f(*args)``. Narrower: ``torch.promote_types(result, expected) != result``, so a
-float32 result for float64, or float16 for bfloat16 and the reverse; such a result has lost
-precision (a cast inside the derivative) and would read as a wrong derivative at the
-expected dtype's tolerance, so it is refused rather than compared at a looser one. A wider
-result (float64 for float32) is compared as usual. A vjp's gradient in the dtype of f's
-output, where that is narrower than the argument, has lost nothing f holds: it is compared.
+Refused before any comparison: a list, tuple or dict argument holding floating-point tensors
+(``TypeError`` naming where: the check differentiates tensor arguments only, so those would
+pass unchecked; pass each as an argument of its own); ``f(*args)`` not finite at the given
+point (``ValueError`` naming how many output elements are NaN or inf, and the first three:
+no derivative can be checked there; where f is finite at the float64 copies of the
+arguments, that it overflows in its own dtype, ``_finite_wider``); an ``f`` whose second
+call at the point differs from its first beyond its dtype's forward tolerance
+(``ValueError``: not deterministic, dropout in training mode or a generator among its
+arguments; f gets a copy of a generator argument, so the caller's is left as it was: one
+more call of f, the check's cost for it); a derivative in a narrower dtype than what it is
+the derivative of (``TypeError`` naming both dtypes): a vjp's gradient against its argument,
+a jvp's tangent against ``f(*args)``. Narrower: ``torch.promote_types(result, expected) !=
+result``, so a float32 result for float64, or float16 for bfloat16 and the reverse; such a
+result has lost precision (a cast inside the derivative) and would read as a wrong
+derivative at the expected dtype's tolerance, so it is refused rather than compared at a
+looser one. A wider result (float64 for float32) is compared as usual. A vjp's gradient in
+the dtype of f's output, where that is narrower than the argument, has lost nothing f holds:
+it is compared.
 
 An ``f`` whose output is narrower than an argument (it computes in float32 from float64, or
 returns ``.half()``) holds no more than its output's precision, and torch's derivative of it
@@ -396,7 +398,7 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
         raise ValueError(f"args: f(*args) is not finite at the given point: "
                          f"{_nonfinite(out, 'output elements')}; no derivative can be checked "
                          "there: expected args where f is finite (log or sqrt of a negative "
-                         "number is nan, say)")
+                         "number is nan, say)" + _finite_wider(f, args, out))
     # differences and torch's derivative read f at and around the point many times: an f
     # that draws random numbers (dropout in training mode, a generator among its arguments)
     # gives each call its own function, and its derivative reads as wrong. One more call
@@ -427,6 +429,31 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
             "derivative of it can be checked: expected a deterministic f (model.eval(), or "
             "the random mask passed in as an argument)")
     return args, names, wrt, int(directions), generator, fname, kernel, out
+
+
+def _finite_wider(f, args: tuple, out: torch.Tensor) -> str:
+    """Where f(*args), not finite in a dtype narrower than float64, is finite at the float64
+    copies of the arguments: f overflows in its own dtype (a float16 sum of 65,536 losses
+    passes float16's largest value, 65,504, and torch's cross-entropy gave NaN), which the
+    refusal then says instead of hinting at a log of a negative number; else ''."""
+    try:
+        with torch.no_grad():
+            wide = f(*_as64(args))
+    except Exception:  # noqa: BLE001 (f written for one dtype: nothing more to say)
+        return ""
+    if not (isinstance(wide, torch.Tensor) and wide.shape == out.shape
+            and wide.dtype == torch.float64 and bool(torch.isfinite(wide).all())):
+        return ""
+    name, top = str(out.dtype).removeprefix("torch."), float(wide.abs().max())
+    said = (f". In float64 f is finite at this point (its largest |value| {top:.3g}; {name}'s "
+            f"largest finite number is {torch.finfo(out.dtype).max:.5g})")
+    if top > torch.finfo(out.dtype).max:
+        return said + (f": f's value itself is beyond {name}: check at a smaller size or "
+                       "scale")
+    return said + (f": f overflows in {name} here, in a sum, exp or square it computes in "
+                   f"{name}: compute f in a wider dtype and cast its result back "
+                   "(x.to(torch.promote_types(x.dtype, torch.float32)), which keeps float64 "
+                   "for the check's float64 reference), or check at a smaller size")
 
 
 class _Copies(tuple):
