@@ -84,6 +84,27 @@ def test_closed_forms_where_X_and_y_are_both_huge():
                      tol=Tol(rtol=1e-12, atol=1e-12 * ref.abs().max().item()), kind="grad")
 
 
+@pytest.mark.parametrize("e,alpha_scaled", [(-80, 2.0 ** 100), (70, 2.0 ** -149)],
+                         ids=["X_of_8e-25", "X_of_1e21"])
+def test_closed_forms_in_float32_at_its_extreme_scales(e, alpha_scaled):
+    """float32's lam = sigma^2 leaves its range at sigma ~ 1e-19 / 1e19: X of 2^-80 said
+    "diverged", as in float64 at 2^-660. Against float64 at scale 1."""
+    (X, y, w0, alpha), (Xs, ys, w0s, alpha_s) = _scaled(e, alpha_scaled)
+    ks = [1, 10, 1000]
+    f32 = (Xs.float(), ys.float(), w0s.float(), alpha_s)
+    for name, call in (("gd_closed_form", lambda *a: ls.gd_closed_form(*a, ks)),
+                       ("heavy_ball_closed_form",
+                        lambda *a: ls.heavy_ball_closed_form(*a, 0.5, ks))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ls.DivergenceWarning)
+            got = call(*f32)
+        ref = call(X, y, w0, alpha) / 2.0 ** e
+        assert got.dtype == torch.float32
+        assert_close(got.double(), ref, kernel=f"{name} (float32)",
+                     reference=f"{name} (float64) at scale 1", what=f"c = 2^{e}",
+                     tol=Tol(rtol=1e-5, atol=1e-5 * ref.abs().max().item()), kind="grad")
+
+
 def test_gd_closed_form_reaches_the_minimiser_of_a_tiny_X():
     """At 2^-660 (alpha lam ~ 1e-95) k = 10^100 steps reach w*: against torch's pinv."""
     _, (Xs, ys, w0s, alpha_s) = _scaled(-660, 2.0 ** 1000)
