@@ -635,6 +635,10 @@ JVP64 = "the jvp in float64"
 # there, and the failure says so
 ROUNDING_FACTOR = 4.0
 ROUNDING_CAP = 0.1
+# past ROUNDING_CAP, a float64 derivative within this many times float64's rounding of its
+# terms is zero by cancellation (_rounding_allowance): compared at the table's atol
+ZERO_BY_CANCELLING = 1000.0
+_EPS64 = torch.finfo(torch.float64).eps
 
 
 def _own_dtype_vjp(f, args: tuple, wrt: list[int], u: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -689,21 +693,38 @@ def _own_dtype_jvp(f, args: tuple, i: int, t: torch.Tensor) -> torch.Tensor | No
 
 
 def _rounding_allowance(own: torch.Tensor | None, ref: torch.Tensor, tol: Tol,
-                        dtype: torch.dtype, what: str) -> tuple[Tol, str] | None:
+                        dtype: torch.dtype, what: str,
+                        table: Tol | None = None) -> tuple[Tol, str] | None:
     """``tol`` with atol widened by the rounding torch's own derivative at ``dtype`` (``own``;
     ``what`` names it) shows against its float64 one (``ref``), and a note saying so; or
     (``tol``, why not) where the atol added (ROUNDING_FACTOR times that rounding) would
-    exceed ROUNDING_CAP of ``ref``'s largest element;
+    exceed ROUNDING_CAP of ``ref``'s largest element. (``table``, why not) there instead
+    where ``ref`` is zero by cancellation (a Linear's bias before a batch norm: its float64
+    gradient is rounding, 1e-16, or 0; ``ZERO_BY_CANCELLING``): ``table`` is the dtype's
+    tolerance before ``_at_scale`` scaled its atol to ``ref`` (default ``tol``), an absolute
+    error for values of order 1, and ``ref``'s largest element is not the derivative's scale.
     None where there is nothing to measure."""
     if own is None:
         return None
     miss = float((own.double().to(ref.device) - ref.double()).abs().max())
-    dtype = str(dtype).removeprefix("torch.")
     top = float(ref.double().abs().max())
     if not (math.isfinite(miss) and math.isfinite(top)) or miss == 0:
         return None
+    # zero by cancellation: the float64 reference no larger than float64's rounding of terms
+    # whose rounding at dtype is ``miss`` (terms of about miss / eps(dtype)), ZERO_BY_CANCELLING
+    # times over: its largest element is not the derivative's scale, the terms' are
+    zero = top <= ZERO_BY_CANCELLING * _EPS64 * miss / torch.finfo(dtype).eps
+    table = tol if table is None or not zero else table
+    dtype = str(dtype).removeprefix("torch.")
+    capped = ROUNDING_FACTOR * miss > ROUNDING_CAP * top
+    if capped and table is not tol:
+        how = ("moved by an ulp, it moves by" if dtype == "float64" else
+               f"at {dtype}, it misses that by")
+        return table, (f"{what} is zero by cancellation here (its largest element in float64 "
+                       f"{top:.3g}; {how} {miss:.3g}): compared at the table's atol "
+                       f"{table.atol:g}, not scaled to its largest element")
     if dtype == "float64":  # own: torch's at the arguments moved by an ulp (_jittered_vjp)
-        if ROUNDING_FACTOR * miss > ROUNDING_CAP * top:
+        if capped:
             return tol, (f"{what} moves by {miss:.3g} with the arguments moved by an ulp "
                          f"({miss / top:.3g} of its largest element): f's derivative is "
                          "ill-conditioned at this point, even in float64: choose another point")
@@ -711,7 +732,7 @@ def _rounding_allowance(own: torch.Tensor | None, ref: torch.Tensor, tol: Tol,
         return wide, (f"float64 rounding allowed: atol {tol.atol:g} + {ROUNDING_FACTOR:g} x "
                       f"{miss:.3g} (how far {what} moves with the arguments moved by an "
                       "ulp; sums that cancel)")
-    if ROUNDING_FACTOR * miss > ROUNDING_CAP * top:
+    if capped:
         return tol, (f"{what} at {dtype} misses its float64 one by {miss:.3g} ({miss / top:.3g} "
                      f"of its largest element): f loses precision at {dtype} here, so its "
                      "derivative cannot be checked element by element in it: check in "
@@ -730,14 +751,15 @@ class _Rounding:
     that)."""
 
     def __init__(self, own: Callable[[], torch.Tensor | None], ref: torch.Tensor, tol: Tol,
-                 dtype: torch.dtype, what: str):
+                 dtype: torch.dtype, what: str, table: Tol | None = None):
         self._own, self._ref, self._tol, self._dtype, self._what = own, ref, tol, dtype, what
+        self._table = tol if table is None else table  # before _at_scale
         self._value = _UNTRIED
 
     def allowance(self) -> tuple[Tol, str] | None:
         if self._value is _UNTRIED:
             self._value = _rounding_allowance(self._own(), self._ref, self._tol, self._dtype,
-                                              self._what)
+                                              self._what, self._table)
         return self._value
 
     def projected(self, v: torch.Tensor) -> tuple[float, str | None]:
@@ -1345,17 +1367,17 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         # the reference in float64, the gradient narrower: its rounding is allowed where a
         # comparison fails (tol= given: compared at it, as given)
         rounding = (_Rounding(lambda i=i: own_grads().get(i), ref_grads[i], etol,
-                              args[i].dtype, "torch.autograd's gradient")
+                              args[i].dtype, "torch.autograd's gradient", dtol)
                     if tol is None and in64 and args[i].dtype != torch.float64
                     and i in ref_grads else
                     _Rounding(lambda i=i: jittered().get(i), ref_grads[i], etol, torch.float64,
-                              "torch.autograd's gradient")
+                              "torch.autograd's gradient", dtol)
                     if tol is None and in64 and i in ref_grads else None)
         if i in ref_grads:
             ratio, msg, why, ctol = _compare_rounded(label, g, ref_grads[i], etol, rounding,
                                                      kernel=kernel, reference=AUTOGRAD,
                                                      record_as=record_as)
-            if msg and scaled:
+            if msg and scaled and ctol is not dtol:  # not back at the table's (_Rounding)
                 msg += f"\n    {scaled}"
             swapped = [j for j in ref_grads if j != i and msg and ref_grads[j].shape == g.shape
                        and _close(g.to(ref_grads[j].device), ref_grads[j], ctol)]
@@ -1601,14 +1623,15 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 # where a comparison fails (tol= given: compared at it, as given)
                 if tol is None and in64 and a.dtype != torch.float64:
                     rounding = _Rounding(lambda i=i, t=t: _own_dtype_jvp(f, args, i, t), ref,
-                                         etol, a.dtype, f"{how}'s tangent")
+                                         etol, a.dtype, f"{how}'s tangent", dtol)
                 elif tol is None and in64:  # float64's own: the arguments moved by an ulp
                     rounding = _Rounding(
                         lambda i=i, t=t: _own_dtype_jvp(f, _moved_by_an_ulp(args64, wrt), i, t),
-                        ref, etol, torch.float64, f"{how}'s tangent")
-                r, msg, why, _ = _compare_rounded(label, jt, ref, etol, rounding, kernel=kernel,
-                                                  reference=how, record_as=record_as)
-                if msg and scaled:
+                        ref, etol, torch.float64, f"{how}'s tangent", dtol)
+                r, msg, why, ctol = _compare_rounded(label, jt, ref, etol, rounding,
+                                                     kernel=kernel, reference=how,
+                                                     record_as=record_as)
+                if msg and scaled and ctol is not dtol:  # not back at the table's (_Rounding)
                     msg += f"\n    {scaled}"
                 ratio = r if ratio is None else max(ratio, r)
                 if why and msg:
