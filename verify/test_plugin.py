@@ -586,7 +586,7 @@ def test_reference_one(measure):  # timed once, on the CPU
 
 
 def _entry(nodeid, method, role, device, group="g", shape=None):
-    return {"nodeid": nodeid, "group": group, "method": method, "reference": "torch_ref",
+    return {"nodeid": nodeid, "group": group, "method": method, "reference": "ref",
             "role": role, "device": device, "interleaved": False,
             "shape": shape if shape is not None else {"n": "3"}, "failed": False}
 
@@ -601,10 +601,10 @@ def test_a_reference_timed_on_another_device_is_no_reference():
                _entry("k[cuda]", "hand", "kernel", "cuda"),
                _entry("one[cpu]", "hand", "kernel", "cpu", "one", {"n": "5"}),
                _entry("one[cuda]", "hand", "kernel", "cuda", "one", {"n": "5"})]
-    cpu_refs = [_entry("r", "torch_ref", "reference", "cpu"),
-                _entry("r1", "torch_ref", "reference", "cpu", "one", {"n": "1"})]
-    cuda_refs = [_entry("rc", "torch_ref", "reference", "cuda"),
-                 _entry("rc1", "torch_ref", "reference", "cuda", "one", {"n": "1"})]
+    cpu_refs = [_entry("r", "ref", "reference", "cpu"),
+                _entry("r1", "ref", "reference", "cpu", "one", {"n": "1"})]
+    cuda_refs = [_entry("rc", "ref", "reference", "cuda"),
+                 _entry("rc1", "ref", "reference", "cuda", "one", {"n": "1"})]
     assert [e["nodeid"] for e in without_reference(kernels + cpu_refs)] == [
         "k[cuda]", "one[cuda]"]
     assert [e["nodeid"] for e in without_reference(kernels + cuda_refs)] == [
