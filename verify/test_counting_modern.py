@@ -964,6 +964,9 @@ def test_train_mode_lists_batch_statistics_and_the_dropout_noise():
 def test_a_compiled_module_counts_as_its_eager_self():
     """torch.compile's wrapper: the walk runs the original module (layers named under
     ``_orig_mod``); nothing is compiled for meta tensors under the walk's dispatch mode."""
+    from handgrad.benchmark.compiled import load_inductor
+
+    load_inductor()  # torch.compile's default backend imports inductor: torch's deprecation
     report = C.count_model(torch.compile(small_cnn()), (2, 3, 6, 6), backward=True)
     assert (report.forward, report.backward) == small_cnn_counts(batch=2)
     assert report.unreached_params == {}
