@@ -557,8 +557,9 @@ def count_model(module: nn.Module, input_shape: Sequence[int], *, dtype=None,
     output), and where a value is used more than once (a fan-out, a residual, tied
     weights, a module called twice, one op taking it twice) adds the gradients of its
     uses: numel adds per use after the first (``op.grad_accumulate`` rows). A custom
-    ``torch.autograd.Function`` is one node, as to autograd: its results need a gradient
-    where an input does; its backward, the user's code, is not counted but listed in
+    ``torch.autograd.Function`` is one node, as to autograd (whatever its ``apply``): its
+    results need a gradient where an input does, but for those it marks non-differentiable;
+    its backward, the user's code, is not counted but listed in
     ``.uncounted_backward`` ("<name> (autograd.Function: ...)"). A block under
     ``torch.utils.checkpoint`` (reentrant or not) is counted as without the checkpoint:
     the forward it runs again in the backward is not counted.
