@@ -31,9 +31,12 @@ Nonparametric Approach for Multiple Change Point Analysis of Multivariate Data",
 Performance Testing", ICPE 2020): the split of a segment between two commits that
 maximises the energy statistic (``scipy.stats.energy_distance``) is kept when a Student
 t-test of the log values either side gives p < ``ALPHA`` over the number of splits the
-segment offered (Bonferroni: the best of them was tested) and the means differ by more
+segment offered (Bonferroni: the best of them was tested) and the medians differ by more
 than the metric's least effect (5% for a ratio, 2% for instructions, as the gates); each
-side is then searched again. Written here rather than imported: Otava pins numpy 2.2.0 and
+side is then searched again. A side of fewer than ``MIN_SIDE`` runs is not tested (unless
+both sides are each one constant count): a run a noisy neighbour slowed moves a median only
+where half a side is slowed, and two slowed runs of the last commit no longer read as a step.
+Written here rather than imported: Otava pins numpy 2.2.0 and
 pulls in BigQuery, Slack and Postgres clients, MongoDB's signal-processing-algorithms
 pins numpy < 2 and Python 3.11; the search is some thirty lines over scipy.
 
@@ -88,6 +91,10 @@ READS = ("1", "2")
 # which a shape's text, "L=3 K=30" or "", never lacks unless empty)
 UNKNOWN_SHAPE = "shape not stored"
 ALPHA = 0.001  # a change point's t-test
+# a split's shorter side: the fewest values (runs) it may have to be tested. Two runs of
+# one commit that a noisy neighbour slowed (5% of runs 20% slow: 1 in 400 commits) read as a
+# step the t-test finds; of four, the median moves only where half of them are slowed
+MIN_SIDE = 4
 MIN_EFFECT = {"ratio": 0.05, "instructions": 0.02}  # as the timed and instruction gates
 METRICS = ("ratio", "instructions")
 MIN_VALUES = 3  # a split's two sides together: fewer leave no spread to test a step against
@@ -453,7 +460,12 @@ def _energy(left: np.ndarray, right: np.ndarray) -> float:
 
 def _significant(left: np.ndarray, right: np.ndarray, min_effect: float,
                  candidates: int = 1) -> bool:
-    effect = abs(math.expm1(right.mean() - left.mean()))
+    """Whether a split's two sides (log values) differ: their medians (``_level``) by more
+    than ``min_effect``, and by Student's pooled t-test with p < ALPHA over ``candidates``.
+    A side of fewer than ``MIN_SIDE`` values is not tested: its few runs may all be
+    outliers (a noisy neighbour), which no test can tell from a step. Where both sides are
+    constant (counts), the effect alone decides."""
+    effect = abs(math.expm1(_level(right) - _level(left)))
     if effect <= min_effect:
         return False
     if len(left) + len(right) < MIN_VALUES:
@@ -461,12 +473,20 @@ def _significant(left: np.ndarray, right: np.ndarray, min_effect: float,
     pooled = (((left - left.mean()) ** 2).sum() + ((right - right.mean()) ** 2).sum())
     if pooled <= 1e-24:  # both sides constant (counts): the effect alone decides
         return True
+    if min(len(left), len(right)) < MIN_SIDE:
+        return False  # a side its outlier runs alone could make
     # Student's two-sample t-test from the pooled spread above (scipy's ttest_ind warns of
     # precision loss on near-constant samples, which counts are, in scipy < 1.11)
     dof = len(left) + len(right) - 2
     se = math.sqrt(pooled / dof * (1 / len(left) + 1 / len(right)))
     p = 2 * float(stats.t.sf(abs(right.mean() - left.mean()) / se, dof))
     return bool(p < ALPHA / candidates)  # the best of `candidates` splits was tested
+
+
+def _level(logs: np.ndarray) -> float:
+    """A side's level (log values): their median, which a minority of outlier runs does
+    not move (one run 20% slow among five moves their mean 4%)."""
+    return float(np.median(logs))
 
 
 def change_points(groups: list[np.ndarray], min_effect: float, tests: int = 1) -> list[int]:
@@ -551,7 +571,7 @@ def benchmark_series(history: pd.DataFrame) -> pd.DataFrame:
 def _steps(g: pd.DataFrame, metric: str, tests: int = 1) -> list[dict]:
     """The change points of one series (rows: commit, date, value; runs of a commit
     together), each its commit, the commit before it, the date, and the level either
-    side."""
+    side (``_level``: the median of its runs, as the test compares them)."""
     order = _in_order(g.drop_duplicates("commit")[["commit", "date"]])
     commits, dates = list(order["commit"]), list(order["date"])
     groups = [np.log(g[g["commit"] == c]["value"].to_numpy(dtype=float)) for c in commits]
@@ -562,9 +582,9 @@ def _steps(g: pd.DataFrame, metric: str, tests: int = 1) -> list[dict]:
         before = np.concatenate(groups[edges[i]:cut])
         after = np.concatenate(groups[cut:edges[i + 2]])
         rows.append({"commit": short(commits[cut]), "previous": short(commits[cut - 1]),
-                     "date": dates[cut], "before": math.exp(before.mean()),
-                     "after": math.exp(after.mean()),
-                     "change": math.exp(after.mean() - before.mean())})
+                     "date": dates[cut], "before": math.exp(_level(before)),
+                     "after": math.exp(_level(after)),
+                     "change": math.exp(_level(after) - _level(before))})
     return rows
 
 
@@ -642,11 +662,14 @@ def _figure(report: HistoryReport, path: Path) -> None:
 def _none_found() -> str:
     """What a change point needs, said where none was found."""
     return (f"None found. A change point needs at least {MIN_VALUES} runs in a series (over 2 "
-            f"commits or more) and a split whose two sides differ by more than the least "
-            f"effect with a t-test p < {ALPHA} over the number of splits the series offers. "
-            f"With one run a commit and a few percent noise that is some 6 commits, 2 or 3 of "
-            f"them on the shorter side of a step: a step in the last commit or two shows once "
-            f"later commits, or more runs of the same commits, are added.")
+            f"commits or more) and a split whose two sides' medians differ by more than the "
+            f"least effect, each side of {MIN_SIDE} runs or more (fewer may all be runs a "
+            f"noisy neighbour slowed; two sides of one constant count each need no more), with "
+            f"a t-test p < {ALPHA} over the number of splits the series offers. With one run a "
+            f"commit and a few percent noise that is some 8 commits, {MIN_SIDE} of them on the "
+            f"shorter side of a step ({MIN_SIDE // 2} with two runs a commit): a step in the "
+            f"last commits shows once later commits, or more runs of the same commits, are "
+            f"added.")
 
 
 def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) -> HistoryReport:
@@ -672,7 +695,8 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
     text = (f"# Benchmark history\n\n{len(commits)} commits, "
             f"{history['run'].nunique()} runs. Change points by E-divisive means (p < "
             f"{ALPHA}, least effect {MIN_EFFECT['ratio']:.0%} for a ratio, "
-            f"{MIN_EFFECT['instructions']:.0%} for instructions) in each benchmark's own "
+            f"{MIN_EFFECT['instructions']:.0%} for instructions, between the medians "
+            f"either side, each side of {MIN_SIDE} runs or more) in each benchmark's own "
             f"series (a kernel's benchmarks tested as one family) and in each kernel's "
             f"geometric mean over its benchmarks: the commit where the new level starts, "
             f"and the benchmark, or the kernel's mean, that stepped.\n\n## Change points\n\n"

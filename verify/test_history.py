@@ -250,8 +250,13 @@ def test_report_of_a_kernel_filter_that_matches_nothing_says_so(tmp_path):
 
 def test_two_single_runs_have_no_spread_to_test_a_step_against():
     assert H.change_points([np.array([0.0]), np.array([0.3])], 0.05) == []
-    # more points give the t-test a spread: the same 30% step is then found
-    assert H.change_points([np.array([0.0, 0.001, -0.001]), np.array([0.3])], 0.05) == [1]
+    # more points give the t-test a spread, but one run past the step may be one outlier
+    # run (a noisy neighbour): not tested however clear its t-test
+    assert H.change_points([np.array([0.0, 0.001, -0.001]), np.array([0.3])], 0.05) == []
+    # MIN_SIDE runs a side: the same 30% step is then found
+    assert H.MIN_SIDE == 4
+    assert H.change_points([np.array([0.0, 0.001, -0.001, 0.002]),
+                            np.array([0.3, 0.301, 0.299, 0.302])], 0.05) == [1]
 
 
 def test_the_t_test_is_students_pooled_one():
@@ -294,12 +299,13 @@ def test_a_run_and_its_gzip_copy_are_one_run(tmp_path, capsys):
     assert sqlite3.connect(db2).execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)
 
 
-def _dirty_and_clean(tmp_path: Path, level: float) -> tuple[list[str], list[str], str]:
-    """Three runs of one commit from a clean tree, three from a dirty tree of the same
+def _dirty_and_clean(tmp_path: Path, level: float,
+                     runs: int = 3) -> tuple[list[str], list[str], str]:
+    """``runs`` runs of one commit from a clean tree, as many from a dirty tree of the same
     commit (pytest-benchmark's commit_info.dirty) with manual_forward at ``level``."""
     rng = np.random.default_rng(7)
     clean, dirty = [], []
-    for j in range(3):
+    for j in range(runs):
         for side, factor, out in (("clean", 1.0, clean), ("dirty", level, dirty)):
             run = scaled_run({FWD: factor * (1 + 0.01 * rng.uniform(-1, 1))})
             run["commit_info"]["dirty"] = side == "dirty"
@@ -347,13 +353,15 @@ def test_a_dirty_run_given_its_commit_is_stored_as_that_commit(tmp_path, capsys)
 
 
 def test_allow_dirty_stores_a_point_of_its_own_after_its_commit(tmp_path, capsys):
-    clean, dirty, sha = _dirty_and_clean(tmp_path, 1.3)
+    # four runs a side: a step's shorter side needs H.MIN_SIDE runs (three could be two
+    # outlier runs and one more)
+    clean, dirty, sha = _dirty_and_clean(tmp_path, 1.3, runs=H.MIN_SIDE)
     db = tmp_path / "h.sqlite"
     # the dirty runs added first: the point still follows its commit
     assert main(["history", "add", "--db", str(db), "--allow-dirty", *dirty, *clean]) == 0
     con = sqlite3.connect(db)
     assert sorted(con.execute("SELECT commit_sha, COUNT(*) FROM runs GROUP BY 1")) == [
-        (sha, 3), (sha + H.DIRTY, 3)]
+        (sha, 4), (sha + H.DIRTY, 4)]
     con.close()
     capsys.readouterr()
     out = tmp_path / "report"
