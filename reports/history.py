@@ -43,7 +43,8 @@ pins numpy < 2 and Python 3.11; the search is some thirty lines over scipy.
 Writes ``history.md`` (the change points, each naming its benchmark or the kernel's mean,
 then each kernel's series), ``change_points.csv``, ``series.csv`` (the kernels'),
 ``benchmark_series.csv`` (each benchmark's) and ``history.png`` (each kernel's series
-against the commit, change points marked).
+against the commit, change points marked, and dotted the own series of each benchmark a
+change point names).
 """
 
 from __future__ import annotations
@@ -621,6 +622,25 @@ def analyse(history: pd.DataFrame) -> HistoryReport:
 
 
 def _figure(report: HistoryReport, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = _draw(report)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _by_commit(values: pd.DataFrame, order: list[str]) -> pd.Series:
+    """The geometric mean of each commit's runs' values, for the commits of ``order`` that
+    have one, in that order."""
+    per = values.groupby("commit")["value"].apply(lambda v: math.exp(np.log(v).mean()))
+    return per.reindex([c for c in order if c in per.index])
+
+
+def _draw(report: HistoryReport):
+    """The history figure: per metric, each kernel's series against the commit, dashed at
+    its change points and its benchmarks'; and, dotted in its colour, the own series of
+    each benchmark of it that a change point names (where the kernel has several: its
+    step is not the mean's line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -628,13 +648,14 @@ def _figure(report: HistoryReport, path: Path) -> None:
 
     metrics = [m for m in METRICS if (report.series["metric"] == m).any()]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(10, 3.6 * len(metrics)), squeeze=False)
+    per_benchmark = report.benchmarks
     for ax, metric in zip(axes[:, 0], metrics):
         s = report.series[report.series["metric"] == metric]
         order = _in_order(s.drop_duplicates("commit"))["commit"].tolist()
         pos = {c: i for i, c in enumerate(order)}
+
         for (k, m, dev), g in s.groupby(["kernel", "method", "device"]):
-            per = g.groupby("commit")["value"].apply(lambda v: math.exp(np.log(v).mean()))
-            per = per.reindex([c for c in order if c in per.index])
+            per = _by_commit(g, order)
             first = per.iloc[0]
             ys = per / first if metric == "instructions" else per
             line, = ax.plot([pos[c] for c in per.index], ys.to_numpy(), marker="o",
@@ -648,15 +669,27 @@ def _figure(report: HistoryReport, path: Path) -> None:
             for c in pts["commit"].drop_duplicates():
                 if c in at:
                     ax.axvline(at[c] - 0.5, color=line.get_color(), linestyle="--", alpha=0.7)
+            if per_benchmark is None or int(g["benchmarks"].iloc[0]) < 2:
+                continue  # its one benchmark's series is the line drawn
+            mine = per_benchmark[(per_benchmark["kernel"] == k) & (per_benchmark["method"] == m)
+                                 & (per_benchmark["device"] == dev)
+                                 & (per_benchmark["metric"] == metric)]
+            for name in pts["benchmark"].unique():
+                own = _by_commit(mine[mine["benchmark"] == name], order)
+                if own.empty:  # the kernel's mean (no benchmark's name), or a benchmark
+                    continue  # with no value at a commit drawn
+                ys = own / own.iloc[0] if metric == "instructions" else own
+                ax.plot([pos[c] for c in own.index], ys.to_numpy(), marker="x",
+                        linestyle=":", linewidth=1, color=line.get_color(), label=name)
         ax.set_xticks(range(len(order)), [short(c, 7) for c in order], rotation=45, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("time / reference" if metric == "ratio" else
                       "instructions / first commit's")
-        ax.set_title(f"{metric}: change points dashed (E-divisive means, p < {ALPHA})")
+        ax.set_title(f"{metric}: change points dashed (E-divisive means, p < {ALPHA}); a "
+                     "benchmark that stepped dotted", fontsize=9)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _none_found() -> str:

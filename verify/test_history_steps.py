@@ -249,3 +249,62 @@ def test_a_steps_size_is_read_from_medians_not_moved_by_outlier_runs(tmp_path):
     assert list(mine["commit"]) == [_commit(6)[:12]]
     assert mine["change"].iloc[0] == pytest.approx(1.3, rel=0.03)
 
+
+def test_the_figure_draws_the_own_series_of_each_benchmark_that_stepped(tmp_path):
+    import matplotlib.pyplot as plt
+
+    report = _report(_history(tmp_path, {3: 1.25, 10: 0.8}, seed=2))
+    fig = H._draw(report)
+    try:
+        (ax,) = fig.axes
+        lines = {ln.get_label(): ln for ln in ax.get_lines()
+                 if not ln.get_label().startswith("_")}
+        # the step's commit dashed (an unlabelled vertical line before commit 6)
+        assert [list(ln.get_xdata()) for ln in ax.get_lines()
+                if ln.get_label().startswith("_")] == [[5.5, 5.5]]
+        # the kernel's mean, and the two shapes that stepped (not L=5, flat)
+        assert set(lines) == {f"{KERNEL} (cpu)", NAME[3], NAME[10]}
+        for n, change in ((3, 1.25), (10, 0.8)):
+            x, y = (np.asarray(v, dtype=float) for v in lines[NAME[n]].get_data())
+            assert list(x) == list(range(12))  # a point per commit
+            assert y[6:].mean() / y[:6].mean() == pytest.approx(change, rel=0.03)
+            assert lines[NAME[n]].get_color() == lines[f"{KERNEL} (cpu)"].get_color()
+        # the mean did not move: its line is flat where the two shapes stepped
+        y = np.asarray(lines[f"{KERNEL} (cpu)"].get_ydata(), dtype=float)
+        assert y[6:].mean() / y[:6].mean() == pytest.approx(1.0, abs=0.03)
+    finally:
+        plt.close(fig)
+    # the kernel's line alone: with no benchmark's change point; where the kernel's series
+    # is its one benchmark's (its line is that benchmark's); where the benchmark that
+    # stepped has no value at a commit the figure shows
+    quiet = H.HistoryReport(series=report.series, points=report.points.iloc[:0],
+                            benchmarks=report.benchmarks)
+    alone = H.HistoryReport(series=report.series.assign(benchmarks=1), points=report.points,
+                            benchmarks=report.benchmarks)
+    away = report.benchmarks.copy()
+    away.loc[away["benchmark"] == NAME[3], "commit"] = "ab" * 20
+    elsewhere = H.HistoryReport(series=report.series,
+                                points=report.points[report.points["benchmark"] == NAME[3]],
+                                benchmarks=away)
+    unsearched = H.HistoryReport(series=report.series, points=report.points)  # no benchmarks
+    for r in (quiet, alone, elsewhere, unsearched):
+        fig = H._draw(r)
+        try:
+            assert [ln.get_label() for ln in fig.axes[0].get_lines()
+                    if not ln.get_label().startswith("_")] == [f"{KERNEL} (cpu)"]
+        finally:
+            plt.close(fig)
+    # counted: each line over its first commit's, as the kernel's
+    counted = H.HistoryReport(*(f.assign(metric="instructions") for f in (
+        report.series, report.points, report.benchmarks)))
+    fig = H._draw(counted)
+    try:
+        lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()
+                 if not ln.get_label().startswith("_")}
+        assert set(lines) == {f"{KERNEL} (cpu)", NAME[3], NAME[10]}
+        for ln in lines.values():
+            assert ln.get_ydata()[0] == pytest.approx(1.0)
+        y = np.asarray(lines[NAME[3]].get_ydata(), dtype=float)
+        assert y[6:].mean() == pytest.approx(1.25, rel=0.03)
+    finally:
+        plt.close(fig)
