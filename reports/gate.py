@@ -54,7 +54,7 @@ import pandas as pd
 from scipy import stats
 
 from handgrad.reports.load import (
-    BENCHMARK_KEY,
+    DEVICE_KEY,
     TEST_FAILED,
     ReportInputError,
     _fingerprint,
@@ -421,7 +421,7 @@ def _load_passed(baseline: str, current: str) -> tuple[pd.DataFrame, pd.DataFram
     measurement of a right kernel. Each frame has a ``benchmark`` column, its name in the
     report (``load.benchmark_names``, over both runs). Returns the two frames, the lines
     (the failed tests, then the kernels whose reference is themselves) and the keys
-    (``BENCHMARK_KEY``) of the failed kernels listed."""
+    (``load.DEVICE_KEY``) of the failed kernels listed."""
     why = "give the baseline and the current run, two runs"
     check_given_once([baseline, current], why)
     if _fingerprint(read_json(baseline)) == _fingerprint(read_json(current)):
@@ -430,14 +430,19 @@ def _load_passed(baseline: str, current: str) -> tuple[pd.DataFrame, pd.DataFram
     base = load_benchmarks([baseline], failed_tests=True)
     cur = load_benchmarks([current], failed_tests=True)
     for df in (base, cur):
-        check_distinct_benchmarks(df)
-    names = benchmark_names(base, cur)
+        check_distinct_benchmarks(df, by_device=True)
+    # a benchmark is its group, method and shape, and its device where a run timed those on
+    # several (load.DEVICE_KEY): each device's compared with the same device's
+    names = benchmark_names(base, cur, by_device=True)
     sides: dict[tuple, list[str]] = {}
     kinds: dict[tuple, bool] = {}
     for side, df in (("the baseline", base), ("the current run", cur)):
-        for key, kernel in failed_gated(df, by_shape=True).items():
-            sides.setdefault(key, []).append(side)
-            kinds[key] = kernel
+        hit = failed_gated(df, by_shape=True)  # by (group, method, shape): no device
+        failed = df[df[TEST_FAILED]]
+        for key in zip(*(failed[c] for c in DEVICE_KEY)):
+            if key[:3] in hit:
+                sides.setdefault(key, []).append(side)
+                kinds[key] = hit[key[:3]]
     lines = [failed_line(names[k], kinds[k], " and ".join(sides[k]))
              for k in sorted(sides, key=names.get)]
     base, cur = base[~base[TEST_FAILED]], cur[~cur[TEST_FAILED]]
@@ -453,7 +458,7 @@ def _one_side(base: pd.DataFrame, cur: pd.DataFrame, pairs: pd.DataFrame, what: 
     whose test failed, was deselected or was renamed looks like this, and is said (those in
     ``said``, keys listed already as failed tests, are not said again)."""
     def names(df):
-        return {k: n for k, n in zip(zip(*(df[c] for c in BENCHMARK_KEY)), df["benchmark"])
+        return {k: n for k, n in zip(zip(*(df[c] for c in DEVICE_KEY)), df["benchmark"])
                 if k not in said}
     both = names(pairs)
     b, c = names(base), names(cur)
@@ -474,7 +479,7 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     base, cur, failed, failed_names = _load_passed(baseline, current)
 
     kb, kc = base[gated(base)], cur[gated(cur)]
-    pairs = kb.merge(kc.drop(columns="benchmark"), on=BENCHMARK_KEY, suffixes=("_b", "_c"))
+    pairs = kb.merge(kc.drop(columns="benchmark"), on=DEVICE_KEY, suffixes=("_b", "_c"))
     if pairs.empty:
         raise ReportInputError(f"{baseline} and {current} have no kernel benchmarks "
                                "(role kernel) of passing tests in common")
@@ -490,8 +495,8 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
     rows, disturbed = [], []
     untimed: dict[tuple, set] = {}  # (group, reference) -> the sides that lack its timing
     for _, p in pairs.iterrows():
-        kb = find_row(base, p["group"], p["method"], p["shape"])
-        kc = find_row(cur, p["group"], p["method"], p["shape"])
+        kb = find_row(base, p["group"], p["method"], p["shape"], p["device_b"])
+        kc = find_row(cur, p["group"], p["method"], p["shape"], p["device_c"])
         if kb["interleaved"] and kc["interleaved"]:
             samples = (_thin(paired_ratios(kc["data"], kc["reference_data"])),
                        _thin(paired_ratios(kb["data"], kb["reference_data"])))
@@ -500,11 +505,13 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
             ratio_b, kind = ratio_to_reference(kb["data"], ref_b)
             ratio_c, _ = ratio_to_reference(kc["data"], ref_c)
         else:
-            rb = find_row(base, p["group"], p["reference_c"], p["shape"])
-            rc = find_row(cur, p["group"], p["reference_c"], p["shape"])
+            # on the kernel's device: a time on another is no ratio of the kernel's
+            rb = find_row(base, p["group"], p["reference_c"], p["shape"], p["device_b"])
+            rc = find_row(cur, p["group"], p["reference_c"], p["shape"], p["device_c"])
             if rb is None or rc is None:  # nothing to normalise by
                 skipped.append(f"{p['benchmark']}: its reference "
-                               f"{p['reference_c']} was not timed in both runs")
+                               f"{p['reference_c']} was not timed in both runs"
+                               + _elsewhere(base, cur, p))
                 untimed.setdefault((p["group"], p["reference_c"]), set()).update(
                     side for side, r in (("the baseline", rb), ("the current run", rc))
                     if r is None)
@@ -569,6 +576,19 @@ def gate(baseline: str, current: str, threshold: float = 0.10, confidence: float
                       threshold=threshold, benchmark_threshold=benchmark_threshold,
                       confidence=confidence, skipped=tuple(skipped),
                       accepted=tuple(accepted.values()))
+
+
+def _elsewhere(base: pd.DataFrame, cur: pd.DataFrame, p) -> str:
+    """What a skipped kernel's line adds where its group timed its reference on other
+    devices only: " on cuda (no reference timed on cuda; its group timed it on 'cpu'
+    only: no ratio across devices)". Empty where the reference was timed on no device."""
+    dev = p["device_c"]
+    other = sorted({d for df in (base, cur) for d in df.loc[
+        (df["group"] == p["group"]) & (df["method"] == p["reference_c"]), "device"]} - {dev})
+    if not other:
+        return ""
+    return (f" on {dev} (no reference timed on {dev}; its group timed it on "
+            f"{' and '.join(map(repr, other))} only: no ratio across devices)")
 
 
 def _untimed_line(untimed: dict[tuple, set]) -> str:
@@ -824,7 +844,7 @@ def instruction_gate(baseline: str, current: str, threshold: float = INSTRUCTION
         return df[keep]
 
     b, c = counted(base), counted(cur)
-    pairs = b.merge(c.drop(columns="benchmark"), on=BENCHMARK_KEY, suffixes=("_b", "_c"))
+    pairs = b.merge(c.drop(columns="benchmark"), on=DEVICE_KEY, suffixes=("_b", "_c"))
     skipped = failed + _one_side(b, c, pairs, "counted", failed_names)
     rows = []
     for p in pairs.itertuples(index=False):

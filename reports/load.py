@@ -253,25 +253,44 @@ def self_referenced_line(name: str, what: str = "not gated") -> str:
 # what tells two benchmarks of one run apart: the group, the method and the shape (its text,
 # ``shape_text``): a parametrised test may time several shapes under one group
 BENCHMARK_KEY = ["group", "method", "shape"]
+# the gates' key (``benchmark_names(..., by_device=True)`` sets ``bench_device``): the device
+# too where one run times a group, method and shape on several devices (a user's measure
+# over the device fixture under one group), "" elsewhere, so that a benchmark whose device
+# changed between runs is still paired with itself, and said to be another measurement
+DEVICE_KEY = [*BENCHMARK_KEY, "bench_device"]
 
 
-def check_distinct_benchmarks(df: pd.DataFrame) -> None:
+def check_distinct_benchmarks(df: pd.DataFrame, by_device: bool = False) -> None:
     """ReportInputError naming two benchmarks of one run (``source``) that have the same
-    group, method and shape: a gate could not tell which of them to compare with which."""
-    dup = df[df.duplicated(["source", *BENCHMARK_KEY], keep=False)]
+    group, method and shape (``by_device``: and device): a gate could not tell which of them
+    to compare with which. Without ``by_device`` (the history's series have no device in
+    their key) one timed on two devices is refused too."""
+    key = [*BENCHMARK_KEY, "device"] if by_device else BENCHMARK_KEY
+    dup = df[df.duplicated(["source", *key], keep=False)]
     if dup.empty:
         return
     first = dup.iloc[0]
-    same = dup[(dup["source"] == first["source"]) & (dup["group"] == first["group"])
-               & (dup["method"] == first["method"]) & (dup["shape"] == first["shape"])]
+    same = dup[(dup[["source", *key]] == first[["source", *key]]).all(axis=1)]
     names = list(dict.fromkeys(same["name"]))
     which = (f"{names[0]!r} and {names[1]!r}" if len(names) > 1
              else f"{names[0]!r} ({len(same)} times)")
+    devices = sorted(set(same["device"]))
     raise ReportInputError(
         f"{first['source']}: benchmarks {which} have the same group {first['group']!r}, "
-        f"method {first['method']!r} and shape ({first['shape'] or 'none'}): no gate can "
+        f"method {first['method']!r} and shape ({first['shape'] or 'none'})"
+        + (f" on {devices[0]!r}" if by_device else "") + ": no gate can "
         "tell them apart; give each its own group, or a shape that differs "
-        "(measure(..., shape={...}))")
+        "(measure(..., shape={...}))" + (
+            f" (timed on {' and '.join(map(repr, devices))}: this report keys its series "
+            "by group, method and shape only)" if len(devices) > 1 else ""))
+
+
+def split_by_device(*frames: pd.DataFrame) -> set[tuple[str, str, str]]:
+    """The (group, method, shape) that some one run (``source``) of ``frames`` timed on
+    several devices: there the device is part of a benchmark's identity (``DEVICE_KEY``)."""
+    rows = pd.concat([f[["source", *BENCHMARK_KEY, "device"]] for f in frames])
+    n = rows.drop_duplicates().groupby(["source", *BENCHMARK_KEY]).size()
+    return {k[1:] for k in n[n > 1].index}
 
 
 def _full_name(group: str, method: str, shape: str) -> str:
@@ -279,21 +298,36 @@ def _full_name(group: str, method: str, shape: str) -> str:
     return f"{group} [{shape or 'no shape'}] :: {method}"
 
 
-def benchmark_names(*frames: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+def benchmark_names(*frames: pd.DataFrame, by_device: bool = False) -> dict[tuple, str]:
     """The name a report gives each benchmark (``BENCHMARK_KEY``) of ``frames`` (the runs
     compared, together): "group :: method", with the shape, "group [rows=64] :: method",
     where that (group, method) has several shapes in them. Also sets each frame's
     ``benchmark`` column (in place).
 
+    ``by_device`` (the gates): keyed by ``DEVICE_KEY``, each frame's ``bench_device`` set
+    (in place): where a run timed a (group, method, shape) on several devices
+    (``split_by_device``), each device's is its own benchmark, named with its device,
+    "group :: method@cuda"; elsewhere ``bench_device`` is "" and the name as without.
+
     Two benchmarks one name would give (group "b [x=1]" of no shape beside group "b" of
     shapes x=1 and x=2: both "b [x=1] :: m") are each named with their shape, "[no shape]"
     included ("b [x=1] [no shape] :: m"); where even that leaves two one name (a group or
     shape text written to read as another's), ReportInputError names both keys."""
-    keys = pd.concat([f[BENCHMARK_KEY] for f in frames]).drop_duplicates()
-    several = keys.groupby(["group", "method"]).size()
+    if by_device:
+        split = split_by_device(*frames)
+        for f in frames:
+            f["bench_device"] = [d if k in split else "" for k, d in zip(
+                zip(f["group"], f["method"], f["shape"]), f["device"])]
+    key = DEVICE_KEY if by_device else BENCHMARK_KEY
+    keys = pd.concat([f[key] for f in frames]).drop_duplicates()
+    several = keys.drop_duplicates(BENCHMARK_KEY).groupby(["group", "method"]).size()
     several = set(several[several > 1].index)
-    names = {(g, m, s): (_full_name(g, m, s) if (g, m) in several else f"{g} :: {m}")
-             for g, m, s in keys.itertuples(index=False)}
+
+    def on(k) -> str:  # the device a name carries: where it tells benchmarks apart
+        return f"@{k[3]}" if len(k) > 3 and k[3] else ""
+
+    names = {k: (_full_name(*k[:3]) if k[:2] in several else f"{k[0]} :: {k[1]}") + on(k)
+             for k in keys.itertuples(index=False, name=None)}
     while True:  # each key is given its full name at most once: this ends
         by_name: dict[str, list[tuple[str, str, str]]] = {}
         for k, n in names.items():
@@ -304,24 +338,26 @@ def benchmark_names(*frames: pd.DataFrame) -> dict[tuple[str, str, str], str]:
         renamed = False
         for ks in shared:
             for k in ks:
-                if names[k] != _full_name(*k):
-                    names[k], renamed = _full_name(*k), True
+                if names[k] != _full_name(*k[:3]) + on(k):
+                    names[k], renamed = _full_name(*k[:3]) + on(k), True
         if not renamed:
-            a, b = (f"group {g!r}, method {m!r}, " + (f"shape {sh!r}" if sh else "no shape")
-                    for g, m, sh in shared[0][:2])
+            a, b = (f"group {k[0]!r}, method {k[1]!r}, "
+                    + (f"shape {k[2]!r}" if k[2] else "no shape") for k in shared[0][:2])
             raise ReportInputError(
                 f"two benchmarks have one name, {names[shared[0][0]]!r} ({a}; {b}): no "
                 "report could tell them apart; rename one group (its brackets read as a "
                 "shape)")
     for f in frames:
-        f["benchmark"] = [names[k] for k in zip(f["group"], f["method"], f["shape"])]
+        f["benchmark"] = [names[k] for k in zip(*(f[c] for c in key))]
     return names
 
 
-def find_row(df: pd.DataFrame, group: str, method: str, shape: str):
-    """The row of ``method`` in ``group`` with ``shape``, or None; a reference timed once
-    for its group (whatever shape it records) when none has that shape."""
-    same = df[(df["group"] == group) & (df["method"] == method)]
+def find_row(df: pd.DataFrame, group: str, method: str, shape: str, device: str):
+    """The row of ``method`` in ``group`` with ``shape`` on ``device``, or None; a reference
+    timed once for its group on that device (whatever shape it records) when none has that
+    shape. A time on another device is never one: a kernel on cuda divided by its reference
+    on the cpu is no ratio of the kernel's."""
+    same = df[(df["group"] == group) & (df["method"] == method) & (df["device"] == device)]
     hit = same[same["shape"] == shape]
     if hit.empty and len(same) == 1:
         hit = same

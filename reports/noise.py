@@ -60,6 +60,7 @@ from handgrad.reports.gate import (
 )
 from handgrad.reports.load import (
     BENCHMARK_KEY,
+    TEST_FAILED,
     ReportInputError,
     benchmark_names,
     check_distinct_benchmarks,
@@ -129,20 +130,21 @@ def run_ratios(paths, side: str = "") -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=_COLUMNS)
     out = pd.concat(frames, ignore_index=True)
-    benchmark_names(out)
+    benchmark_names(out, by_device=True)  # a group timed on two devices: one each
     return out
 
 
 def timed_ratio(df: pd.DataFrame, row) -> tuple[float, object] | None:
     """A kernel record's ratio to its reference in its run (``load_benchmarks``' frame),
     and the reference's rounds it was taken against: the paired rounds when interleaved,
-    else the reference's own benchmark in the same run; None when there is no reference
-    to normalise by or the ratio is not positive."""
+    else the reference's own benchmark in the same run, group and device
+    (``load.find_row``); None when there is no reference to normalise by (one timed on
+    another device only is none) or the ratio is not positive."""
     if _present(row["reference_data"]):
         ref_rounds = row["reference_data"]
         ratio = ratio_to_reference(row["data"], ref_rounds)[0]
     else:
-        hit = find_row(df, row["group"], row["reference"], row["shape"])
+        hit = find_row(df, row["group"], row["reference"], row["shape"], row["device"])
         if hit is None:
             return None
         ref_rounds = hit["data"]
@@ -168,25 +170,32 @@ def _run_fingerprint(path: str, stamp) -> str:
 @functools.lru_cache(maxsize=256)
 def _failed_tests(path: str, stamp) -> tuple[tuple[str, bool], ...]:
     """The benchmarks of one file whose test failed after it measured, that the gate would
-    have read (``load.failed_gated``): left out of its ratios (the loader's default), said
-    by ``failed_tests``."""
+    have read (``load.failed_gated``), by (group, method, shape, device): left out of its
+    ratios (the loader's default), said by ``failed_tests``."""
     df = load_benchmarks([path], failed_tests=True)
-    check_distinct_benchmarks(df)
-    return tuple(sorted(failed_gated(df, by_shape=True).items()))
+    check_distinct_benchmarks(df, by_device=True)
+    hit = failed_gated(df, by_shape=True)  # by (group, method, shape): no device
+    failed = df[df[TEST_FAILED]]
+    return tuple(sorted({(k, hit[k[:3]]) for k in zip(
+        failed["group"], failed["method"], failed["shape"], failed["device"])
+        if k[:3] in hit}))
 
 
 def failed_tests(paths, side: str, names: dict | None = None) -> list[str]:
     """A line per benchmark of a failed test in ``paths`` (runs of one side), by run;
-    ``names``: the name of each (group, method, shape) in the report (else "group ::
-    method", with the shape where the run has several)."""
+    ``names``: the name of each (group, method, shape, bench_device) in the report
+    (``load.DEVICE_KEY``; else "group :: method", with the shape where the run has
+    several)."""
     out = []
     for i, path in enumerate(paths, 1):
         failed = _failed_tests(str(path), _stamp(path))
-        several = Counter((g, m) for (g, m, _), _k in failed)
-        for (g, m, s), kernel in failed:
-            name = (names or {}).get((g, m, s)) or (
-                f"{g} [{s or 'no shape'}] :: {m}" if several[g, m] > 1
-                else f"{g} :: {m}")
+        keys = {k[:3] for k, _kernel in failed}
+        several = Counter((g, m) for g, m, _ in keys)
+        devices = Counter(k[:3] for k, _kernel in failed)  # one key on several devices
+        for (g, m, s, d), kernel in failed:
+            name = (names or {}).get((g, m, s, "")) or (names or {}).get((g, m, s, d)) or (
+                (f"{g} [{s or 'no shape'}] :: {m}" if several[g, m] > 1
+                 else f"{g} :: {m}") + (f"@{d}" if devices[g, m, s] > 1 else ""))
             out.append(failed_line(name, kernel, f"{side} run {i}, {path}",
                                    "left out of that run"))
     return out
@@ -212,13 +221,40 @@ def self_referenced_lines(paths) -> list[str]:
 
 
 @functools.lru_cache(maxsize=256)
+def _other_device_only(path: str, stamp) -> tuple[tuple[str, str, str, str, str], ...]:
+    """The (group, method, shape, device, reference) of one file's gated kernels without a
+    ratio because their group timed their reference on other devices only (``timed_ratio``
+    has none across devices): said by ``other_device_lines``."""
+    df = load_benchmarks([path])
+    out = set()
+    for (_, r), is_gated in zip(df.iterrows(), gated(df)):
+        if (not is_gated or _present(r["reference_data"])
+                or find_row(df, r["group"], r["reference"], r["shape"], r["device"])
+                is not None):
+            continue
+        if ((df["group"] == r["group"]) & (df["method"] == r["reference"])).any():
+            out.add((r["group"], r["method"], r["shape"], r["device"], r["reference"]))
+    return tuple(sorted(out))
+
+
+def other_device_lines(paths) -> list[str]:
+    """A line per kernel of ``paths`` whose group timed its reference on other devices only,
+    once however many runs hold it: no ratio across devices, so not gated."""
+    keys = sorted({k for p in paths for k in _other_device_only(str(p), _stamp(p))})
+    shapes = Counter((g, m) for g, m, _s in {k[:3] for k in keys})
+    return [(f"{g} [{s or 'no shape'}] :: {m}" if shapes[g, m] > 1 else f"{g} :: {m}")
+            + f"@{d}: no reference timed on {d} (its group timed {ref} on other devices "
+            "only: no ratio across devices): not gated" for g, m, s, d, ref in keys]
+
+
+@functools.lru_cache(maxsize=256)
 def _one_run(path: str, stamp) -> pd.DataFrame:
     """One file's rows of ``run_ratios`` (cached on the path, its modification time and
     size: the power analysis reads each run many times). The benchmarks of failed tests
     are left out (``failed_tests`` names them)."""
     rows = []
     df = load_benchmarks([path])
-    check_distinct_benchmarks(df)
+    check_distinct_benchmarks(df, by_device=True)
     for (_, r), is_gated in zip(df.iterrows(), gated(df)):
         if not is_gated:
             continue
@@ -615,10 +651,13 @@ def gate_runs(baselines, currents, threshold: float = KERNEL_THRESHOLD,
         empty = baselines if base.empty else currents
         raise ReportInputError(f"{empty[0]}: no kernel benchmarks (role kernel) with a timed "
                                "reference")
-    names = benchmark_names(both)  # over both sides: a shape on one side only is its own
+    # over both sides: a shape on one side only is its own; a group, method and shape a run
+    # timed on several devices, one a device (load.DEVICE_KEY)
+    names = benchmark_names(both, by_device=True)
     skipped = (failed_tests(baselines, "baseline", names)
                + failed_tests(currents, "current", names)
-               + self_referenced_lines([*baselines, *currents]))
+               + self_referenced_lines([*baselines, *currents])
+               + other_device_lines([*baselines, *currents]))
     # a ratio to one reference (or in another dtype, on another device, with another thread
     # count) says nothing about a ratio to another
     unlike = set()

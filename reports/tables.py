@@ -71,25 +71,29 @@ def _spread(rounds) -> str:
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``ratio`` and ``ratio_kind`` (``reports.record.ratio_to_reference``: paired
     rounds when timed interleaved, else against the rounds of the row's reference in the
-    same file and group), ``gflops`` (``reports.record.achieved_gflops``),
-    ``memory_ratio`` (``reports.record.memory_ratio``: against the record's
-    ``reference_peak_bytes`` when written, else the reference's own benchmark) and
+    same file, group and device; none, and ``ratio_kind`` "no reference timed on cuda",
+    where its group timed the reference on other devices only), ``gflops``
+    (``reports.record.achieved_gflops``), ``memory_ratio``
+    (``reports.record.memory_ratio``: against the record's ``reference_peak_bytes`` when
+    written, else the reference's own benchmark) and
     ``disturbed`` (why the row is not to be trusted, "" when it is; DISTURBED_RULE)."""
     df = df.copy()
     # a group can hold several references (GD: lstsq for the closed form, torch.optim.SGD
-    # for the loop), so the join is on the reference's method name too
+    # for the loop), so the join is on the reference's method name too; and on the device:
+    # a kernel on cuda over its reference on the cpu is no ratio (a user's group may hold
+    # both devices)
     ref = df[df["method"] == df["reference"]][
-        ["source", "group", "method", "shape", "data", "median", "peak_bytes"]]
+        ["source", "group", "device", "method", "shape", "data", "median", "peak_bytes"]]
     ref = ref.rename(columns={"method": "reference", "data": "ref_rounds",
                               "median": "ref_median", "peak_bytes": "ref_peak_bytes"})
-    ref = ref.drop_duplicates(["source", "group", "reference", "shape"], keep="last")
+    on = ["source", "group", "device", "reference"]
+    ref = ref.drop_duplicates([*on, "shape"], keep="last")
     # the reference of the same shape (a group may hold several: a parametrised test under
-    # one group), else the group's only one of that method (timed once for every shape), as
-    # reports.load.find_row pairs them
-    joined = df.merge(ref, on=["source", "group", "reference", "shape"], how="left")
-    lone = ref[ref.groupby(["source", "group", "reference"])["shape"].transform("size") == 1]
-    fallback = df[["source", "group", "reference"]].merge(
-        lone.drop(columns="shape"), on=["source", "group", "reference"], how="left")
+    # one group), else the group's only one of that method on that device (timed once for
+    # every shape), as reports.load.find_row pairs them
+    joined = df.merge(ref, on=[*on, "shape"], how="left")
+    lone = ref[ref.groupby(on)["shape"].transform("size") == 1]
+    fallback = df[on].merge(lone.drop(columns="shape"), on=on, how="left")
     missing = joined["ref_median"].isna().to_numpy()
     for col in ("ref_rounds", "ref_median", "ref_peak_bytes"):
         joined.loc[missing, col] = fallback.loc[missing, col].to_numpy()
@@ -98,6 +102,17 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
               for r in df.itertuples(index=False)]
     df["ratio"] = [r for r, _ in ratios]
     df["ratio_kind"] = [k for _, k in ratios]
+    # a kernel whose reference was timed in its group on other devices only: no ratio, and
+    # the table says why, where it would otherwise leave the reader to guess
+    timed_on: dict[tuple, set] = {}
+    for k in zip(ref["source"], ref["group"], ref["reference"], ref["device"]):
+        timed_on.setdefault(k[:3], set()).add(k[3])
+    unpaired = (df["ratio_kind"] == "") & (df["method"] != df["reference"]) & pd.Series(
+        [d not in timed_on.get(k, {d}) for k, d in zip(
+            zip(df["source"], df["group"], df["reference"]), df["device"])],
+        index=df.index, dtype=bool)
+    df.loc[unpaired, "ratio_kind"] = [f"no reference timed on {d}"
+                                      for d in df.loc[unpaired, "device"]]
     df["gflops"] = achieved_gflops(df["flops"], df["median"])
     own = df["reference_peak_bytes"].where(df["reference_peak_bytes"].notna(),
                                            df["ref_peak_bytes"])
@@ -113,7 +128,7 @@ def _disturbed(df: pd.DataFrame) -> list[str]:
         moved = _median(r.reference_data) / r.ref_median
         if np.isfinite(moved) and not 1 / DISTURBED <= moved <= DISTURBED:
             why[i] = f"reference rounds {moved:.3g}x its own median"
-            flagged_refs[(r.source, r.group, r.reference)] = r.method
+            flagged_refs[(r.source, r.group, r.device, r.reference)] = r.method
         elif np.isfinite(r.ratio) and not 1 / IMPLAUSIBLE <= r.ratio <= IMPLAUSIBLE:
             why[i] = f"ratio {r.ratio:.3g} implausible"
         else:
@@ -124,7 +139,7 @@ def _disturbed(df: pd.DataFrame) -> list[str]:
             if own or ref:
                 why[i] = f"rounds: {own}" if own else f"reference rounds: {ref}"
     for i, r in enumerate(df.itertuples(index=False)):
-        kernel = flagged_refs.get((r.source, r.group, r.method))
+        kernel = flagged_refs.get((r.source, r.group, r.device, r.method))
         if r.method == r.reference and kernel is not None:
             why[i] = f"its rounds interleaved with {kernel} differ >{DISTURBED:g}x"
     return why
