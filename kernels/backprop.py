@@ -75,6 +75,12 @@ class Gradients:
         return torch.stack([g.norm() for g in self.weights])
 
 
+# torch.dot in these dtypes takes a workspace on a CPU with AMX (oneDNN): bfloat16 256 bytes
+# an element (2.6 MB for a (1024, 10) residual, more than the whole backward pass), float16
+# 268 kB; a float32 copy of the residual is 4 bytes an element (the squared loss, below)
+_DOT_WORKSPACE = (torch.bfloat16, torch.float16)
+
+
 def _check_target(net: MLP, x: torch.Tensor, y: object) -> torch.Tensor:
     """``y`` as (N, out): accepts (N, out), (N,) when out == 1, and for a single x (out,)."""
     y = check_tensor("y", y, ndims=(0, 1, 2))
@@ -337,7 +343,12 @@ def backprop(
         r = out.sub_(y2)  # the residual, in the output's own buffer
         if loss == "squared":  # J = scale / 2 sum r^2 (one product), dJ/dy_hat = scale r
             flat = r.view(-1)
-            value = torch.dot(flat, flat).mul_(0.5 * scale)
+            if flat.dtype in _DOT_WORKSPACE:  # summed in float32, rounded once, as dot's is
+                wide = flat.float()  # 4 bytes an element, freed at once
+                value = torch.dot(wide, wide).mul_(0.5 * scale).to(flat.dtype)
+                del wide
+            else:
+                value = torch.dot(flat, flat).mul_(0.5 * scale)
             delta = r if scale == 1.0 else r.mul_(scale)
             del flat
         else:  # log cosh: J = scale sum log cosh r, dJ/dy_hat = scale tanh r
@@ -358,13 +369,16 @@ def backprop(
         # the bias gradient is made last, so that it is not alive when dh is made
         if bias_first:
             dbs[i] = delta.sum(0)
-        dws[i] = delta.t() @ hs[i]
         # one output, tanh, on CUDA: delta_{i-1} = (delta w)(1 - h^2) in one pass, with no
         # (N, K) dh made (it would be the outer product delta w)
         outer = (_fused("tanh_grad_outer", delta, net.weights[i], hs[i]) if fuse and i > 0
                  and delta.shape[1] == 1 and net.activation == "tanh" else None)
+        # dh before dW, in autograd's order: a matmul's workspace (oneDNN's, bfloat16 on a
+        # CPU with AMX: 207 kB for a (128, 784) dW) is taken with the other product alive,
+        # so the order sets the peak; autograd's order, the same workspaces, its peak
         if outer is None:
             dh = delta @ net.weights[i]
+        dws[i] = delta.t() @ hs[i]
         if not bias_first:
             dbs[i] = delta.sum(0)
         if outer is not None:
