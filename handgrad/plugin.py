@@ -285,9 +285,9 @@ def without_reference_lines(missing: list[dict], timed: bool = True,
                      f"device {e['device']!r}" + (f" [{shape}]" if shape else "")
                      + f": no test that passed timed its reference {e['reference']!r} in "
                      f"the group on {e['device']!r}"
-                     + (f" (timed only on {', '.join(map(repr, elsewhere))}: the reports, "
-                        "which pair a kernel with its group's reference whatever its device, "
-                        "would divide by that device's time)" if elsewhere else ""))
+                     + (f" (timed only on {', '.join(map(repr, elsewhere))}: the reports "
+                        "pair a kernel with a reference on its own device only, so this one "
+                        "gets no ratio and no gate)" if elsewhere else ""))
     lines.append("  time each reference in the same session, on each device its kernels run "
                  "on: its test, in the same group, with measure(..., method=<the reference>, "
                  "role='reference') (a test left out by -k, deselected or skipped leaves it "

@@ -626,8 +626,8 @@ def test_a_kernel_on_two_devices_with_its_reference_on_one_is_named(project):
     res.stdout.fnmatch_lines([
         "  test_devices.py::test_kernel[[]cuda[]]: group 'g', method 'hand', device 'cuda' "
         "[[]n=3[]]: no test that passed timed its reference 'torch_ref' in the group on "
-        "'cuda' (timed only on 'cpu': the reports, which pair a kernel with its group's "
-        "reference whatever its device, would divide by that device's time)",
+        "'cuda' (timed only on 'cpu': the reports pair a kernel with a reference on its "
+        "own device only, so this one gets no ratio and no gate)",
         "*on each device its kernels run on*give each device its own group*",
     ])
     # the reference timed on the GPU too: the kernel of its shape has it; the group "one"'s
