@@ -216,12 +216,15 @@ def _commit_of(path: str, data: dict, commit: str | None,
 
 def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
             date: str | None = None, failed: list[str] | None = None,
-            disturbed: list[str] | None = None, allow_dirty: bool = False) -> int:
+            disturbed: list[str] | None = None, allow_dirty: bool = False,
+            unpaired: list[str] | None = None) -> int:
     """Store one benchmark file under its commit; returns how many benchmarks it added.
     A benchmark whose test failed is not stored (its timing is not of a right kernel);
     ``failed``, when given, gets each one's "group :: method". Nor is a timed benchmark the
     report flags disturbed (``reports.tables.with_ratios``, DISTURBED_RULE: its ratio is not
-    the kernel's); ``disturbed``, when given, gets "group :: method (why)" of each.
+    the kernel's); ``disturbed``, when given, gets "group :: method (why)" of each. Nor is
+    a timed kernel without a reference on its own device in the run (no ratio to store);
+    ``unpaired``, when given, gets "group :: method (no reference timed on <device>)".
     A run from a dirty working tree (``commit_info.dirty``) is refused unless
     ``allow_dirty``, then stored as "<commit>+dirty" (``DIRTY``): not its commit's code."""
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
@@ -247,7 +250,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     flags = {} if counted else {
         (g, m, sh): why for g, m, sh, why in with_ratios(df.reset_index(drop=True))[
             ["group", "method", "shape", "disturbed"]].itertuples(index=False) if why}
-    rows, shaken = [], []
+    rows, shaken, alone = [], [], []
     for (_, r), is_gated in zip(df.iterrows(), gated(df)):
         if not is_gated:
             continue
@@ -266,7 +269,8 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
                 ratio = ins / float(r["reference_instructions"])
         else:
             timed = timed_ratio(df, r)
-            if timed is None:
+            if timed is None:  # no reference on its device (or a ratio not positive)
+                alone.append(f"{name} (no reference timed on {r['device']})")
                 continue
             ratio = timed[0]
         record = {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -283,11 +287,15 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
                                    f"; {len(left_out)} left out, their test failed"
                                    if left_out else "") + (
                                    f"; {len(shaken)} left out, disturbed: "
-                                   f"{', '.join(shaken)}" if shaken else ""))
+                                   f"{', '.join(shaken)}" if shaken else "") + (
+                                   f"; {len(alone)} left out without a ratio: "
+                                   f"{', '.join(alone)}" if alone else ""))
     if failed is not None:
         failed += left_out
     if disturbed is not None:
         disturbed += shaken
+    if unpaired is not None:
+        unpaired += alone
     with con:  # one transaction: a schema-1 file is upgraded only with the run it stores
         if not con.in_transaction:
             con.execute("BEGIN")
@@ -798,14 +806,16 @@ def main(args: argparse.Namespace) -> int:
             for f in args.files:
                 left_out: list[str] = []
                 shaken: list[str] = []
+                alone: list[str] = []
                 n = add_run(con, f, args.commit, args.date, left_out, shaken,
-                            args.allow_dirty)
+                            args.allow_dirty, alone)
                 added += 1
                 print(f"history: {f}: {n} benchmarks added to {args.db}" + (
                     f"; not stored, their test failed: {', '.join(left_out)}"
                     if left_out else "") + (
                     f"; not stored, disturbed (the report's flag: rerun them): "
-                    f"{', '.join(shaken)}" if shaken else ""))
+                    f"{', '.join(shaken)}" if shaken else "") + (
+                    f"; not stored, without a ratio: {', '.join(alone)}" if alone else ""))
         finally:
             con.close()
             if new and not added:  # refused before anything was stored: a history this

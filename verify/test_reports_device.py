@@ -237,3 +237,33 @@ def test_a_failed_test_of_each_device_is_named_with_its_device(tmp_path):
     assert failed_tests([path], "current") == [
         f"{GROUP} :: my_backward@{d}: its test failed (current run 1, {path}): left out of "
         "that run" for d in ("cpu", "cuda")]
+
+
+def test_history_add_names_a_kernel_without_a_reference_on_its_device(tmp_path, capsys):
+    # the kernel on cuda, its reference on the cpu only (and a cpu kernel that has it): the
+    # cuda kernel has no ratio to store, and history add says so (it skipped it in silence)
+    from handgrad.reports import history as H
+
+    run = _run([("my_backward", "cpu"), ("torch_autograd", "cpu")])
+    other = _run([("my_backward", "cuda")], seed=1)
+    run["benchmarks"] += [dict(b, group=GROUP + " cuda") for b in other["benchmarks"]]
+    path = _write(tmp_path, "run.json", run)
+    con = H.connect(tmp_path / "h.db")
+    alone: list[str] = []
+    assert H.add_run(con, path, commit="a" * 40, date="2026-12-06T00:00:00",
+                     unpaired=alone) == 1
+    assert alone == [f"{GROUP} cuda :: my_backward (no reference timed on cuda)"]
+    # and the command says it
+    from handgrad.reports.__main__ import main
+    run["datetime"] = "2026-12-06T00:01:00"
+    assert main(["history", "add", "--db", str(tmp_path / "cli.db"),
+                 _write(tmp_path, "run2.json", run), "--commit", "c" * 40,
+                 "--date", "2026-12-06T00:01:00"]) == 0
+    assert (f"not stored, without a ratio: {GROUP} cuda :: my_backward (no reference timed "
+            "on cuda)") in capsys.readouterr().out
+    # a run whose only kernel has none: refused, naming it
+    lone = _run([("my_backward", "cuda")], seed=2)
+    with pytest.raises(ReportInputError, match=r"1 left out without a ratio: .*my_backward "
+                                               r"\(no reference timed on cuda\)"):
+        H.add_run(con, _write(tmp_path, "lone.json", lone), commit="b" * 40,
+                  date="2026-12-06T00:00:01")
