@@ -540,8 +540,7 @@ def test_a_worker_says_nothing_of_its_share(pytestconfig, monkeypatch):
 # --- the reference's device -------------------------------------------------------------------
 
 # a CUDA stand-in for a user's project run in a subprocess of its own: --device and measure
-# see a GPU, which verify's fake times (its events); nothing is timed under
-# --benchmark-disable or -n, so this is all measure touches
+# see a GPU, which verify's fake times (its events) and whose peak memory it counts
 FAKE_CUDA = '''
 import torch
 
@@ -550,6 +549,11 @@ from verify.fake_cuda_timing import FakeCuda
 _fake = FakeCuda()
 torch.cuda.is_available = lambda: True
 torch.cuda.Event, torch.cuda.synchronize = _fake.Event, _fake.synchronize
+# the allocator's counters too: a worker under -n records a peak (on torch 2.1, a CPU build's
+# torch.cuda.reset_peak_memory_stats raises "Torch not compiled with CUDA enabled")
+torch.cuda.reset_peak_memory_stats = _fake.reset_peak_memory_stats
+torch.cuda.memory_allocated = _fake.memory_allocated
+torch.cuda.max_memory_allocated = _fake.max_memory_allocated
 '''
 
 TWO_DEVICES = '''
