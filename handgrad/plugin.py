@@ -98,6 +98,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "Touches only the timed callable, never the kernel. Repeatable; recorded",
     )
     group.addoption(
+        "--bench-kernels-only",
+        action="store_true",
+        help="time (or count) only what a gate judges: each kernel (role 'kernel') with its "
+        "reference's rounds interleaved (reference_fn); the references' own benchmarks and "
+        "the machine's (control, ceilings) are skipped, saying so. A kernel measured "
+        "without reference_fn fails under it. What .ci/gate runs; recorded",
+    )
+    group.addoption(
         "--bench-instructions",
         action="store_true",
         help="count instructions per call instead of timing: the run re-executes itself "

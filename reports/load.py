@@ -436,6 +436,9 @@ def gaps(df: pd.DataFrame) -> dict[str, list[str]]:
             lack.append("compiled timings (`torch.compile`)")
         if not g["interleaved"].any():
             lack.append("interleaved reference rounds (ratios by medians; no disturbed check)")
+        if (g["role"] == "kernel").any() and not (g["role"] == "reference").any():
+            lack.append("the references' own benchmarks (as a --bench-kernels-only run: each "
+                        "kernel's ratio is to its reference's interleaved rounds, where timed)")
         out[source] = lack
     return out
 

@@ -44,6 +44,7 @@ if [ "$1 $2" = "-m pytest" ]; then
     exit 0
 fi
 if [ "$1 $2" = "-m handgrad.benchmark.alternate" ]; then
+    [ -n "$FAKE_LOG" ] && echo "alternate $*" >> "$FAKE_LOG"
     [ -n "$FAKE_TIMED" ] || { echo "alternate: a timed run died" >&2; exit 1; }
     while [ $# -gt 0 ]; do [ "$1" = --out ] && cp "$FAKE_TIMED"/*.json "$2"/; shift; done
     exit 0
@@ -104,7 +105,7 @@ def _gate(tmp_path: Path, repo: Path, head: Path, timed: Path | None = None,
     out = tmp_path / "out"
     run_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                "REAL_PYTHON": sys.executable, "FAKE_BASE": str(COUNTED),
-               "FAKE_HEAD": str(head), "FAKE_TIMED": str(timed or ""),
+               "FAKE_HEAD": str(head), "FAKE_TIMED": str(timed or ""), "FAKE_LOG": "",
                "GATE_OUT": str(out), "GATE_RUNS": "3", "GATE_MORE": "0", **env}
     run_env.pop("GITHUB_STEP_SUMMARY", None)
     return subprocess.run(["bash", str(repo / ".ci" / "gate")], env=run_env,
@@ -245,3 +246,55 @@ def test_a_baseline_the_clone_lacks_is_refused_with_what_to_set(tmp_path):
         f"error: .ci/baseline names {missing}, which this clone does not have and could not "
         "fetch from origin: set it to a commit of main (main's HEAD when the work started; "
         'docs/reports-and-gate.md, "The CI gate")')
+
+
+# ---------------------------------------------------------------- GATE_DEADLINE
+
+
+def _inconclusive(tmp_path: Path) -> Path:
+    """Five timed runs a side: over the first three jacobian.manual_reverse is undecided
+    (its interval 0.990 to 1.057 straddles its limit 1.05: exit 3)."""
+    timed = tmp_path / "timed"
+    timed.mkdir()
+    write_runs(timed, "base", [{}, {"jacobian.manual_reverse": 1.01},
+                               {"jacobian.manual_reverse": 0.99}, {}, {}])
+    write_runs(timed, "head", [{"jacobian.manual_reverse": f}
+                               for f in (1.06, 0.98, 1.03, 1.0, 1.0)])
+    return timed
+
+
+def _alternated(log: Path) -> list[str]:
+    return [" ".join(ln.split()[ln.split().index("--runs"):][:4])
+            for ln in log.read_text().splitlines()]
+
+
+def test_an_inconclusive_verdict_takes_more_runs_before_the_deadline(tmp_path):
+    import time
+
+    repo = _project(tmp_path, "")
+    log = tmp_path / "alternate.log"
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), _inconclusive(tmp_path),
+                GATE_MORE="2", FAKE_LOG=str(log), GATE_DEADLINE=str(int(time.time()) + 3600))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _alternated(log) == ["--runs 3 --start 1", "--runs 2 --start 4"]
+    assert "gate: inconclusive after 3 runs a side; 2 more a side" in run.stdout
+    assert "GATE_DEADLINE" not in run.stdout
+
+
+def test_no_more_runs_than_end_before_the_deadline(tmp_path):
+    """CI's time limit had ended the whole job in a slow gate (stop 38's submission): past
+    GATE_DEADLINE the undecided kernels are listed and the gate passes, as after the more
+    runs; without GATE_DEADLINE (a local run) nothing is cut."""
+    import time
+
+    repo = _project(tmp_path, "")
+    log = tmp_path / "alternate.log"
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), _inconclusive(tmp_path),
+                GATE_MORE="2", FAKE_LOG=str(log), GATE_DEADLINE=str(int(time.time()) - 1))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _alternated(log) == ["--runs 3 --start 1"]
+    assert "2 more a side (about" in run.stdout and "would end after GATE_DEADLINE (in " \
+        in run.stdout and "s): not run" in run.stdout, run.stdout
+    assert "gate: wall clock inconclusive for the kernels listed after 3 runs a side: " \
+        "not blocking" in run.stdout
+    assert "jacobian.manual_reverse" in run.stdout

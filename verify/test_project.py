@@ -172,6 +172,20 @@ def test_ci_gates_every_submission_against_the_baseline_commit() -> None:
     read_accepted(str(ROOT / ".ci" / "accepted-regressions"))  # well formed
 
 
+def test_ci_runs_the_gate_last_within_its_time_limit() -> None:
+    """The gate's timed runs are the one step of .ci/run whose length varies (an
+    inconclusive verdict takes more runs): it runs last, told when CI's time ends
+    (GATE_DEADLINE), so that nothing after it is cut by CI's limit (stop 38's submission
+    did not land: the job passed 5400 s)."""
+    run = (ROOT / ".ci" / "run").read_text()
+    steps = [ln for ln in run.splitlines() if ln.startswith("step_done ")]
+    assert steps[-1] == 'step_done "benchmark gate against .ci/baseline"', steps
+    gate_call = run[run.rindex("GATE_DEADLINE="):]
+    assert gate_call.index(".ci/gate") < gate_call.index("step_done")
+    assert "${CI_TIME_LIMIT_S:-5400}" in gate_call.split(".ci/gate")[0]
+    assert run.index(".ci/example") < run.rindex(".ci/gate")
+
+
 def test_the_readmes_own_kernel_example_runs_and_checks() -> None:
     """The "Check your own kernel" example, executed as written: it must pass, and with
     its backward broken (the bias gradient doubled) it must fail naming the bias."""

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from handgrad.benchmark.timing import finished, peak_bytes, timing_for
-from handgrad.reports.record import BenchRecord
+from handgrad.reports.record import ROLES, BenchRecord
 
 GRIDS = ("quick", "full", "gpu")
 # families that measure the machine, not a kernel: timed, never counted or slowed
@@ -226,6 +226,7 @@ def machine_info(config: pytest.Config, info: dict) -> None:
     info["platform"] = platform.platform()
     info.update({"cuda": None, "gpu": None, **gpu_info()})
     info["bench_grid"] = config.getoption("--bench-grid")
+    info["bench_kernels_only"] = bool(config.getoption("--bench-kernels-only", default=False))
     info["bench_slow"] = bench_slow(config)
     info["bench_mode"] = "instructions" if config.getoption(
         "--bench-instructions") else "time"
@@ -501,6 +502,8 @@ def _measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *,
                   peak: int | None = None, reference_peak: int | None = None,
                   **info) -> object:
     check_measure(fn, reference_fn, group, warmup, info)
+    if config.getoption("--bench-kernels-only", default=False):
+        kernels_only(info, reference_fn)
     info = {"flops": 0, "bytes": 0, **info}
     if config.getoption("--bench-instructions"):
         return _count_instructions(benchmark, fn, reference_fn, group, info)
@@ -551,6 +554,23 @@ def _measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *,
     if extra:
         benchmark.extra_info.update(dataclasses.replace(record, **extra).to_extra_info())
     return result
+
+
+def kernels_only(info: dict, reference_fn) -> None:
+    """--bench-kernels-only: skip a benchmark no gate judges (a reference's own, the
+    machine's), with the reason; refuse a kernel without ``reference_fn``, whose ratio would
+    need its reference's own benchmark, skipped here (the gate would leave it ungated)."""
+    role = info.get("role")
+    if role not in ROLES:
+        raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
+    if role != "kernel":  # the machine's (control, ceilings) have role reference too
+        pytest.skip("--bench-kernels-only: a reference's own benchmark (or the machine's); "
+                    "a gate reads a reference's rounds interleaved with its kernel's")
+    if reference_fn is None:
+        raise ValueError(
+            f"reference_fn: --bench-kernels-only skips the references' own benchmarks, so "
+            f"kernel {info.get('kernel')}.{info.get('method')} needs its reference "
+            f"{info.get('reference')!r} timed beside it (reference_fn), got None")
 
 
 def not_counted(info: dict) -> str | None:
