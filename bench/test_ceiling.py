@@ -24,6 +24,7 @@ def _device_kind(device: str) -> str:
 
 
 @pytest.mark.every_grid
+@pytest.mark.reference_role
 @pytest.mark.parametrize("dtype", ceiling_params())
 def test_ceiling_matmul(measure, device: str, dtype: torch.dtype) -> None:
     kind = _device_kind(device)
@@ -40,6 +41,7 @@ def test_ceiling_matmul(measure, device: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.every_grid
+@pytest.mark.reference_role
 def test_ceiling_copy(measure, device: str) -> None:
     kind = _device_kind(device)
     numel = COPY_BYTES[kind] // 4

@@ -10,6 +10,7 @@ M = 512
 
 
 @pytest.mark.every_grid
+@pytest.mark.reference_role
 def test_control_matmul(measure, device: str) -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(M, M, generator=g).to(device)

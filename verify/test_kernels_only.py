@@ -154,3 +154,72 @@ def test_the_ci_gate_runs_every_benchmark_so():
     gate = (ROOT / ".ci" / "gate").read_text()
     line = next(ln for ln in gate.splitlines() if ln.startswith("bench=("))
     assert "--bench-kernels-only" in line  # both the counted and the timed runs use it
+
+
+# ------------------------------------------------ skipped at collection, before the setup
+
+MARKED = '''
+import pytest
+
+
+@pytest.mark.reference_role
+def test_reference_setup():
+    raise AssertionError("set up: a reference's case ran")
+
+
+@pytest.mark.captured
+def test_replay(device):
+    raise AssertionError(f"set up: a replay's case ran on {device}")
+
+
+def test_kernel():
+    pass
+
+
+@pytest.mark.captured
+@pytest.mark.parametrize("device", ["cuda:0"])
+def test_replay_on_a_cuda_device(device):  # the case itself skips where CUDA is missing
+    pass
+'''
+
+
+def test_the_marked_cases_are_skipped_before_they_set_anything_up(project):
+    """Under callgrind a case's setup takes seconds (random weights of K=1024): a reference
+    (``reference_role``) under --bench-kernels-only, and a replay (``captured``) on a device
+    other than CUDA, are skipped at collection, before their bodies run."""
+    project.makepyfile(test_marked=MARKED)
+    result = _run(project, "test_marked.py", "--bench-kernels-only", "--device", "cpu")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*--bench-kernels-only: a reference's own benchmark*",
+                                 "*CUDA graphs replay on a GPU only (device cpu)*"])
+    # without the option the reference's case runs; the replay still skips off CUDA
+    result = _run(project, "test_marked.py", "--device", "cpu")
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*set up: a reference's case ran*"])
+
+
+def test_handgrads_families_mark_each_method_by_role_and_build():
+    from bench.specs import backprop, counting, jacobian, least_squares
+    from handgrad.benchmark.methods import method_params
+
+    families = [backprop.FAMILY, backprop.CE_FAMILY, counting.FAMILY, jacobian.FAMILY,
+                least_squares.GD_FAMILY, least_squares.MOMENTUM_FAMILY]
+    seen = set()
+    for family in families:
+        for param in method_params(family):
+            (name,) = param.values
+            m = family.methods[name]
+            marks = {mark.name for mark in param.marks}
+            assert ("reference_role" in marks) == (m.role == "reference"), (name, marks)
+            assert ("captured" in marks) == (m.build == "captured"), (name, marks)
+            assert ("full" in marks) == (m.build == "compiled"), (name, marks)
+            seen.add((m.role, m.build))
+    # each kind is among them, or the assertions above proved nothing of it
+    assert {("reference", "eager"), ("kernel", "eager"), ("kernel", "captured")} <= seen
+
+
+def test_the_control_and_the_ceilings_are_skipped_by_it():
+    for name in ("test_control.py", "test_ceiling.py"):
+        text = (ROOT / "bench" / name).read_text()
+        assert text.count("@pytest.mark.every_grid\n@pytest.mark.reference_role\n") == \
+            text.count("@pytest.mark.every_grid\n") >= 1, name

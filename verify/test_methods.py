@@ -80,10 +80,13 @@ def test_a_family_names_every_method_its_records_carry():
 
 
 def test_compiled_methods_belong_to_the_full_grid_only():
+    """And a reference is marked reference_role (--bench-kernels-only skips it at
+    collection), a captured method captured (skipped at collection off CUDA)."""
     marks = {p.values[0]: {m.name for m in p.marks} for p in method_params(_family())}
-    assert marks == {"manual": set(), "theirs": set(), "alone": set(),
-                     "manual_compiled": {"full"}, "theirs_compiled": {"full"},
-                     "manual_captured": set()}
+    assert marks == {"manual": set(), "theirs": {"reference_role"}, "alone": set(),
+                     "manual_compiled": {"full"},
+                     "theirs_compiled": {"full", "reference_role"},
+                     "manual_captured": {"captured"}}
 
 
 # -- the driver: eager -----------------------------------------------------------------

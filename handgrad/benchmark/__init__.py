@@ -46,6 +46,10 @@ MARKERS = (
     "gpu_grid: GPU-sized, part of the gpu benchmark grid only (--bench-grid=gpu, CUDA)",
     "every_grid: part of every benchmark grid (the control and the ceilings)",
     "cuda: needs a CUDA device (skipped when none is present)",
+    "reference_role: a reference's own benchmark (role 'reference', or the machine's): "
+    "skipped at collection under --bench-kernels-only",
+    "captured: a CUDA-graph replay: skipped at collection where the test's device is not "
+    "CUDA",
 )
 
 
@@ -239,8 +243,18 @@ def select_grid(config: pytest.Config, items: list[pytest.Item]) -> None:
     if any("measure" in getattr(item, "fixturenames", ()) for item in items):
         fix_threads(config)  # a session that times something: one thread count for all
     grid = config.getoption("--bench-grid")
+    kernels = config.getoption("--bench-kernels-only", default=False)
     for item in items:
         marks = {m.name for m in item.iter_markers()}
+        # before the test sets its problem up (seconds a case under callgrind), where
+        # measure would skip it after
+        if kernels and "reference_role" in marks:
+            item.add_marker(pytest.mark.skip(reason=KERNELS_ONLY_SKIP))
+        device = _param(item, "device")
+        if "captured" in marks and device is not None and \
+                torch.device(device).type != "cuda":
+            item.add_marker(pytest.mark.skip(
+                reason=f"CUDA graphs replay on a GPU only (device {device})"))
         if grid == "gpu":
             if not marks & {"gpu_grid", "every_grid"}:
                 item.add_marker(pytest.mark.skip(reason="not in the gpu grid "
@@ -556,6 +570,10 @@ def _measure_with(benchmark, config: pytest.Config, fn: Callable[[], object], *,
     return result
 
 
+KERNELS_ONLY_SKIP = ("--bench-kernels-only: a reference's own benchmark (or the machine's); "
+                     "a gate reads a reference's rounds interleaved with its kernel's")
+
+
 def kernels_only(info: dict, reference_fn) -> None:
     """--bench-kernels-only: skip a benchmark no gate judges (a reference's own, the
     machine's), with the reason; refuse a kernel without ``reference_fn``, whose ratio would
@@ -564,8 +582,7 @@ def kernels_only(info: dict, reference_fn) -> None:
     if role not in ROLES:
         raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
     if role != "kernel":  # the machine's (control, ceilings) have role reference too
-        pytest.skip("--bench-kernels-only: a reference's own benchmark (or the machine's); "
-                    "a gate reads a reference's rounds interleaved with its kernel's")
+        pytest.skip(KERNELS_ONLY_SKIP)
     if reference_fn is None:
         raise ValueError(
             f"reference_fn: --bench-kernels-only skips the references' own benchmarks, so "

@@ -117,9 +117,15 @@ class Family:
 def method_params(family: Family) -> list:
     """pytest params of the family's methods: eager and captured ones in every grid,
     compiled ones (a compile is tens of seconds per graph on 2 cores) in the full grid
-    (and the gpu grid, whose params carry its own marker)."""
-    return [pytest.param(name, marks=[pytest.mark.full] if m.build == "compiled" else [])
-            for name, m in family.methods.items()]
+    (and the gpu grid, whose params carry its own marker). A reference's param is marked
+    ``reference_role`` (skipped at collection under --bench-kernels-only), a captured one
+    ``captured`` (skipped at collection off CUDA): each before its case is set up."""
+    def marks(m: Method) -> list:
+        return ([pytest.mark.full] if m.build == "compiled" else []) + (
+            [pytest.mark.captured] if m.build == "captured" else []) + (
+            [pytest.mark.reference_role] if m.role == "reference" else [])
+
+    return [pytest.param(name, marks=marks(m)) for name, m in family.methods.items()]
 
 
 @dataclass
