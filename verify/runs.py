@@ -2,7 +2,8 @@
 the environment of a pytest subprocess (``pytest_env``), a schema-1 file in today's layout
 (``as_schema2``, ``as_schema4``), the ``captured`` fixture and timed runs made from a real
 one by scaling kernels' rounds (``scaled_run``, ``write_runs``; ``backprop_run``: one
-parametrised benchmark of three shapes under one group)."""
+parametrised benchmark of three shapes under one group); ``counted_run``: the counted
+fixture with one kernel's count scaled."""
 
 from __future__ import annotations
 
@@ -112,6 +113,19 @@ def write_runs(folder: Path, side: str, per_run: list[dict[str, float]],
         p.write_text(json.dumps(run))
         paths.append(str(p))
     return paths
+
+
+def counted_run(folder: Path, factor: float) -> Path:
+    """The counted fixture (bench_instructions.json) as another run, written into
+    ``folder``: jacobian.manual_forward's instructions times ``factor``."""
+    data = json.loads((FIXTURES / "bench_instructions.json").read_text())
+    for b in data["benchmarks"]:
+        if b["extra_info"]["method"] == "manual_forward":
+            b["extra_info"]["instructions"] = round(b["extra_info"]["instructions"] * factor)
+    data["datetime"] = f"{data.get('datetime')}-{factor}"
+    path = folder / f"counted-{factor}.json"
+    path.write_text(json.dumps(data))
+    return path
 
 
 BACKPROP_GROUP = "backprop"  # the one group of ``backprop_run``

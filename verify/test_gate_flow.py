@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from verify.runs import write_runs
+from verify.runs import counted_run, write_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "verify" / "fixtures"
@@ -62,16 +62,7 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def _counted(tmp_path: Path, factor: float) -> Path:
-    """The counted fixture as another run, jacobian.manual_forward's count times
-    ``factor``."""
-    data = json.loads(COUNTED.read_text())
-    for b in data["benchmarks"]:
-        if b["extra_info"]["method"] == "manual_forward":
-            b["extra_info"]["instructions"] = round(b["extra_info"]["instructions"] * factor)
-    data["datetime"] = f"{data.get('datetime')}-{factor}"
-    path = tmp_path / f"counted-{factor}.json"
-    path.write_text(json.dumps(data))
-    return path
+    return counted_run(tmp_path, factor)
 
 
 def _project(tmp_path: Path, accept: str) -> Path:

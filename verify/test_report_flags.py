@@ -20,7 +20,7 @@ from handgrad.reports import history as H
 from handgrad.reports import tables as T
 from handgrad.reports.__main__ import main
 from handgrad.reports.load import load_benchmarks
-from verify.runs import as_schema4, scaled_run
+from verify.runs import as_schema4, counted_run, scaled_run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FWD = "jacobian.manual_forward"
@@ -208,14 +208,7 @@ COUNTED = FIXTURES / "bench_instructions.json"
 
 
 def _counted(tmp_path: Path, factor: float) -> str:
-    """The counted fixture as another run, jacobian.manual_forward's count times
-    ``factor``."""
-    data = json.loads(COUNTED.read_text())
-    for b in data["benchmarks"]:
-        if b["extra_info"]["method"] == "manual_forward":
-            b["extra_info"]["instructions"] = round(b["extra_info"]["instructions"] * factor)
-    data["datetime"] = f"{data.get('datetime')}-{factor}"
-    return _write(tmp_path, f"counted-{factor}.json", data)
+    return str(counted_run(tmp_path, factor))
 
 
 def _timed_runs(tmp_path: Path) -> list[str]:

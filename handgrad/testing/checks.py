@@ -753,7 +753,7 @@ class _Rounding:
     def __init__(self, own: Callable[[], torch.Tensor | None], ref: torch.Tensor, tol: Tol,
                  dtype: torch.dtype, what: str, table: Tol | None = None):
         self._own, self._ref, self._tol, self._dtype, self._what = own, ref, tol, dtype, what
-        self._table = tol if table is None else table  # before _at_scale
+        self._table = table  # before _at_scale (None: tol; _rounding_allowance)
         self._value = _UNTRIED
 
     def allowance(self) -> tuple[Tol, str] | None:
