@@ -289,3 +289,74 @@ def test_no_more_runs_than_end_before_the_deadline(tmp_path):
     assert "gate: wall clock inconclusive for the kernels listed after 3 runs a side: " \
         "not blocking" in run.stdout
     assert "jacobian.manual_reverse" in run.stdout
+
+
+def _regressed(tmp_path: Path, later: tuple[float, float]) -> Path:
+    """Five timed runs a side: over the first three jacobian.manual_reverse regressed
+    (1.100 [1.085, 1.116]); runs 4 and 5 of the head at ``later``."""
+    timed = tmp_path / "timed"
+    timed.mkdir()
+    write_runs(timed, "base", [{"jacobian.manual_reverse": f}
+                               for f in (1.0, 1.01, 0.99, 1.0, 1.0)])
+    write_runs(timed, "head", [{"jacobian.manual_reverse": f}
+                               for f in (1.10, 1.09, 1.11, *later)])
+    return timed
+
+
+def test_a_regression_the_more_runs_do_not_confirm_does_not_block(tmp_path):
+    """A wall clock moves between processes: least_squares.gd_loop, its code unchanged,
+    read 1.059 [1.016, 1.105] over 3 runs a side here and 1.007 [0.980, 1.036] over 6.
+    A regression over the first runs takes the more runs too, and blocks only if it holds
+    over all of them."""
+    import time
+
+    repo = _project(tmp_path, "")
+    log = tmp_path / "alternate.log"
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), _regressed(tmp_path, (0.93, 0.93)),
+                GATE_MORE="2", FAKE_LOG=str(log), GATE_DEADLINE=str(int(time.time()) + 3600))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _alternated(log) == ["--runs 3 --start 1", "--runs 2 --start 4"]
+    assert "gate: a regression after 3 runs a side; 2 more a side to confirm it (the " \
+        "verdict over 3: " in run.stdout
+    first = (tmp_path / "out" / "gate-time-3-runs.md").read_text()
+    assert "REGRESSION" in first and "3/3" in first
+    assert "not blocking" in run.stdout and "5/5" in run.stdout
+
+
+def test_a_regression_the_more_runs_confirm_blocks(tmp_path):
+    repo = _project(tmp_path, "")
+    log = tmp_path / "alternate.log"
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), _regressed(tmp_path, (1.10, 1.10)),
+                GATE_MORE="2", FAKE_LOG=str(log))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert _alternated(log) == ["--runs 3 --start 1", "--runs 2 --start 4"]
+    assert "REGRESSION" in run.stdout and "5/5" in run.stdout
+
+
+def test_a_regression_with_no_time_to_confirm_it_blocks(tmp_path):
+    import time
+
+    repo = _project(tmp_path, "")
+    log = tmp_path / "alternate.log"
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), _regressed(tmp_path, (0.93, 0.93)),
+                GATE_MORE="2", FAKE_LOG=str(log), GATE_DEADLINE=str(int(time.time()) - 1))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert _alternated(log) == ["--runs 3 --start 1"]
+    assert "gate: a regression after 3 runs a side; 2 more a side to confirm it (about " \
+        in run.stdout and "not run, the verdict over 3 stands" in run.stdout
+    assert "REGRESSION" in run.stdout and "3/3" in run.stdout
+
+
+def test_a_passing_verdict_takes_no_more_runs(tmp_path):
+    repo = _project(tmp_path, "")
+    log = tmp_path / "alternate.log"
+    timed = tmp_path / "ok"
+    timed.mkdir()
+    for side in ("base", "head"):
+        write_runs(timed, side, [{}, {"jacobian.manual_reverse": 1.01},
+                                 {"jacobian.manual_reverse": 0.99}])
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), timed, GATE_MORE="2",
+                FAKE_LOG=str(log))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _alternated(log) == ["--runs 3 --start 1"]
+    assert "more a side" not in run.stdout
