@@ -652,3 +652,41 @@ def test_an_undecided_row_of_unequal_sides_says_which_side_needs_runs(tmp_path):
     assert len(undecided), r.markdown()
     assert not (undecided["decide"] == "more runs").any(), r.markdown()
     assert undecided["decide"].str.contains("more current").all(), r.markdown()
+
+
+def test_a_ratio_moved_by_its_reference_alone_is_no_regression_of_the_kernel(tmp_path):
+    """The reference is torch's code, the same on both sides: on one machine
+    torch.optim.SGD ran at ~21 or ~27 ms by process, and momentum_form1, whose own time
+    did not move (0.99x), read 1.114 [1.036, 1.198] over 5 runs a side. A ratio that
+    rose while the kernel's own time did not is inconclusive, and says so; a kernel slower
+    itself is still a regression (the test above)."""
+    noise = [1.00, 1.01, 0.99]
+    base = write_runs(tmp_path, "b", [{FWD: n} for n in noise])
+    # every reference 10% faster in each current run, the kernels' own rounds as before
+    cur = write_runs(tmp_path, "c", [{FWD: n} for n in reversed(noise)],
+                     reference={1: 1 / 1.10, 2: 1 / 1.10, 3: 1 / 1.10})
+    r = gate_runs(base, cur)
+    row = _row(r, FWD)
+    assert row["change"] == pytest.approx(1.10, rel=0.01)  # the ratio did rise
+    assert row["verdict"] == "inconclusive", row.to_dict()
+    assert row["decide"].startswith("its reference moved, not the kernel: the kernel's own "
+                                    "time 1.000 [")
+    assert r.flagged() == set() and "REGRESSION" not in set(r.table["verdict"])
+    assert main(["gate", "--baseline", *base, "--current", *cur]) == 3
+    # the same reference move with the kernel itself 10% slower: a regression
+    slow = write_runs(tmp_path, "s", [{FWD: 1.10 * n} for n in reversed(noise)],
+                      reference={1: 1 / 1.10, 2: 1 / 1.10, 3: 1 / 1.10})
+    r = gate_runs(base, slow)
+    assert _row(r, FWD)["verdict"] == "REGRESSION" and r.flagged() == {FWD}
+
+
+def test_one_run_a_side_keeps_the_ratios_regression_no_spread_of_its_own_time(tmp_path):
+    """With one run a side (a calibration gives the ratio's spread) the kernel's own time
+    has no spread to judge by: the ratio's REGRESSION stands."""
+    quiet = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
+    _, out = _calibration(tmp_path, [{quiet: v} for v in (1.0, 1.01, 0.99, 1.0, 1.01, 0.99)])
+    base = write_runs(tmp_path, "b", [{}])
+    cur = write_runs(tmp_path, "c", [{FWD: 1.5}])
+    r = gate_runs(base, cur, noise=read_noise(out))
+    row = r.table[r.table["benchmark"] == quiet].iloc[0]
+    assert row["runs"] == "1/1" and row["verdict"] == "REGRESSION", row.to_dict()
