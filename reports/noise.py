@@ -537,22 +537,32 @@ def _decide(k: int | None, m: int, n: int) -> str:
     return "more runs"  # k runs a side are given: the unequal sides' interval is wider
 
 
+def _difference(b: np.ndarray, c: np.ndarray, confidence: float, sigma: float = 0.0,
+                cal_dof: int = 0) -> tuple[float, float, float]:
+    """(mean c - mean b, the pooled spread, the Student-t half-width at ``confidence``):
+    the runs' own spread pooled with a calibration's ``sigma`` of ``cal_dof`` degrees of
+    freedom. Spread and half-width NaN where no degree of freedom is left."""
+    m, n = len(b), len(c)
+    d = float(c.mean() - b.mean())
+    dof = cal_dof + m + n - 2
+    if dof == 0:
+        return d, math.nan, math.nan
+    ss = float(((b - b.mean()) ** 2).sum() + ((c - c.mean()) ** 2).sum())
+    s = math.sqrt((sigma ** 2 * cal_dof + ss) / dof)
+    return d, s, _t(confidence, dof) * s * math.sqrt(1 / m + 1 / n)
+
+
 def _verdict_row(b: np.ndarray, c: np.ndarray, limit: float, confidence: float,
                  noise: Noise | None) -> dict:
     m, n = len(b), len(c)
-    d = float(c.mean() - b.mean())
-    ss = float(((b - b.mean()) ** 2).sum() + ((c - c.mean()) ** 2).sum())
-    own_dof = m + n - 2
     cal_dof = noise.dof if noise is not None else 0
-    dof = cal_dof + own_dof
+    d, s, half = _difference(b, c, confidence, noise.sigma if noise is not None else 0.0,
+                             cal_dof)
     row = {"runs": f"{m}/{n}", "change": math.exp(d), "limit": limit}
-    if dof == 0:  # one run a side and no calibration: no between-process spread known
+    if cal_dof + m + n - 2 == 0:  # one run a side and no calibration: no spread known
         row.update(ci_low=math.nan, ci_high=math.nan, spread=math.nan,
                    verdict="inconclusive", decide="2 runs a side or a calibration")
         return row
-    var = ((noise.sigma ** 2 * cal_dof) if noise is not None else 0.0) + ss
-    s = math.sqrt(var / dof)
-    half = _t(confidence, dof) * s * math.sqrt(1 / m + 1 / n)
     lo, hi = d - half, d + half
     bar = math.log(limit)
     if lo > 0 and d > bar:
@@ -589,9 +599,7 @@ def _unless_reference_moved(row: dict, b: np.ndarray, c: np.ndarray,
     m, n = len(b), len(c)
     if m < 2 or n < 2:  # no spread of its own time: the ratio's verdict stands
         return row
-    d = float(c.mean() - b.mean())
-    ss = float(((b - b.mean()) ** 2).sum() + ((c - c.mean()) ** 2).sum())
-    half = _t(confidence, m + n - 2) * math.sqrt(ss / (m + n - 2)) * math.sqrt(1 / m + 1 / n)
+    d, _, half = _difference(b, c, confidence)  # the runs' own spread, no calibration
     if d - half > 0:  # the kernel itself took longer: the regression stands
         return row
     return {**row, "verdict": "inconclusive",
