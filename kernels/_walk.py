@@ -40,7 +40,10 @@ def _run_under(mode, module, state, x, hooks, input_shape, stack):
     and return its output, a torch error turned into the named ``_does_not_fit``; the
     hooks removed whatever happens."""
     try:
-        with mode:
+        # torch.device as a context: a factory call of the forward without a device
+        # (torch.arange(n), torch.zeros(...)) makes a meta tensor too, as it would make one
+        # on the input's device when the model runs on the CPU
+        with torch.device("meta"), mode:
             return _functional_call(module, state, x)
     except TypeError as exc:
         if "forward() missing" not in str(exc):
@@ -123,6 +126,9 @@ def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
     TypeError for something else than a sequence of ints, ValueError for an empty one or a
     size below 1."""
     want = "a sequence of positive ints (batch included)"
+    if isinstance(input_shape, torch.Tensor):  # the input itself, not its shape
+        raise TypeError(f"input_shape: expected {want}, got a tensor of shape "
+                        f"{tuple(input_shape.shape)}; pass its shape (x.shape)")
     if (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
             or not all(_is_int(s) for s in input_shape)):
         raise TypeError(f"input_shape: expected {want}, got {input_shape!r}")
@@ -147,6 +153,14 @@ def _does_not_fit(input_shape, stack, exc) -> ValueError:
         return ValueError(f"layer '{where}' reads tensor values ({first}): a forward that "
                           "reads tensor values cannot be walked on meta tensors, whatever "
                           "input_shape")
+    if "is not on the expected device meta" in first or (
+            "meta" in first and "devices" in first):
+        return ValueError(f"layer '{where}' mixes a tensor on another device with the walk's "
+                          f"meta tensors ({first}): a tensor the forward makes with an "
+                          "explicit device (device='cpu'), or one it holds outside its "
+                          "parameters and buffers (a plain attribute), cannot be walked on "
+                          "meta tensors, whatever input_shape; make it with "
+                          "device=x.device, or register it as a buffer")
     # torch's embedding refuses a floating input: the model takes indices, not the shape
     hint = ("; the model takes integer indices (an Embedding): pass dtype=torch.long"
             if "'indices'" in first else "")

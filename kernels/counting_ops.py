@@ -25,9 +25,10 @@ so is an embedding lookup, both ways (``LOOKUP_OPS``), but for the gradient of a
 repeat, summed back to its input's shape (``SUMMED_BACK``), and for masked_fill's tensor
 value, whose gradient autograd takes as where(mask, g, 0).sum() (numel(out) - numel(value)
 adds, whatever the mask). x ** 2 is a product per value (two backward, 2 x g); rsqrt is an
-element-wise nonlinearity, so RMSNorm counts whole; a comparison made in a floating dtype
-is a compare per output value (``COMPARE_OPS``); nearest resampling is a copy whose
-backward sums, per input, the gradients of the outputs that copied it (``NEAREST_OPS``).
+element-wise nonlinearity, so RMSNorm counts whole, and so are exp, log, sqrt, abs, sin and
+cos (a hand-written norm or loss, a rotary table); arange is a fill, free; a comparison made
+in a floating dtype is a compare per output value (``COMPARE_OPS``); nearest resampling is a
+copy whose backward sums, per input, the gradients of the outputs that copied it (``NEAREST_OPS``).
 Without a formula, listed: bilinear and bicubic interpolation, another exponent, a norm's
 backward (no one convention: see docs/kernels.md). Where a value is used more than
 once autograd adds the gradients of its uses: ``count_model`` counts those adds.
@@ -49,6 +50,9 @@ ACTIVATION_OPS = {
     "elu", "elu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish",
     "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "threshold", "threshold_",
     "rsqrt", "rsqrt_",  # 1 / sqrt(x): RMSNorm's (and a hand-written norm's) scale
+    # the elementary functions a forward writes itself (a hand-written norm, a rotary table,
+    # a log-cosh loss): one evaluation per value, as softmax's exponentials are counted
+    "exp", "exp_", "log", "log_", "sqrt", "sqrt_", "abs", "abs_", "sin", "sin_", "cos", "cos_",
 }
 # comparisons: one compare per output value where made in a floating dtype (the operands'
 # promoted one); on integers, bookkeeping (a mask of indices), counted zero. The result is
@@ -79,6 +83,7 @@ FREE_OPS = {
     # selection and masking (an attention mask: tril of ones, where between 0 and -inf)
     "tril", "triu", "where", "masked_fill", "masked_fill_", "scalar_tensor", "full",
     "full_like", "new_ones", "new_full", "new_empty_strided",  # fills, as zeros_like
+    "arange",  # positions (a rotary table, a causal mask): made, not computed
 }
 
 # free forward, but their gradient is summed back to the input's shape: an expanded (or

@@ -103,3 +103,79 @@ def test_input_requires_grad_needs_backward():
         C.count_model(nn.Linear(3, 2), (2, 3), input_requires_grad=True)
     both = C.count_model(nn.Linear(3, 2), (2, 3), backward=True, input_requires_grad=True)
     assert both.backward.macs == 2 * 2 * 3 * 2  # dW and dx, 12 products each
+
+
+class MakesTensors(nn.Module):
+    """A forward that makes a tensor: without a device (positions, a causal mask, as
+    models do), with device='cpu' given, or held as a plain attribute (not a buffer)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.fc, self.how = nn.Linear(8, 8), how
+        self.plain = torch.ones(8)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if self.how == "factory":
+            return y * torch.arange(8, dtype=y.dtype) + torch.ones(8, dtype=y.dtype)
+        if self.how == "explicit":
+            return y * torch.arange(8, dtype=y.dtype, device="cpu")
+        return y * self.plain
+
+
+def test_a_tensor_the_forward_makes_without_a_device_is_walked_on_meta():
+    counts = C.count_model(MakesTensors("factory"), (2, 8))
+    # 2 x 8 outputs of 8 products and 8 adds (bias), then a product and an add each
+    assert counts.total.mults == 2 * 8 * 8 + 2 * 8
+    assert counts.total.adds == 2 * 8 * 8 + 2 * 8
+    assert counts.uncounted == {}  # arange and ones are fills, free
+
+
+class MakesTensorsConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 1, 3)
+
+    def forward(self, x):
+        y = self.c(x)
+        return y * torch.ones(y.shape[-1], dtype=y.dtype)
+
+
+def test_the_receptive_field_walks_a_forward_making_a_tensor():
+    assert C.receptive_field(MakesTensorsConv(), (1, 1, 8, 8)) is not None
+
+
+@pytest.mark.parametrize("how", ["explicit", "plain"])
+def test_a_tensor_on_another_device_is_told_so_not_blamed_on_the_shape(how):
+    with pytest.raises(ValueError) as err:
+        C.count_model(MakesTensors(how), (2, 8))
+    msg = str(err.value)
+    assert "mixes a tensor on another device with the walk's meta tensors" in msg
+    assert "register it as a buffer" in msg and "does not fit" not in msg
+
+
+def test_an_input_given_for_its_shape_is_told_to_pass_the_shape():
+    with pytest.raises(TypeError) as err:
+        C.count_model(MakesTensors("factory"), torch.randn(2, 8))
+    assert str(err.value) == ("input_shape: expected a sequence of positive ints (batch "
+                              "included), got a tensor of shape (2, 8); pass its shape "
+                              "(x.shape)")
+
+
+class Elementary(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+    def forward(self, x):
+        return getattr(torch, self.name)(x)
+
+
+@pytest.mark.parametrize("name", ["exp", "log", "sqrt", "abs", "sin", "cos"])
+def test_an_elementary_function_counts_as_a_nonlinearity(name):
+    # forward: one evaluation per value; backward: one derivative evaluation and one
+    # product per value (docs/kernels.md), as tanh's
+    counts = C.count_model(Elementary(name), (2, 5), backward=True, input_requires_grad=True)
+    assert counts.uncounted == {} and counts.uncounted_backward == {}
+    assert counts.forward == C.Counts(activations=10)
+    assert counts.backward == C.Counts(activations=10, mults=10)
