@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 _here = Path(__file__).resolve().parent
 if not (_here / "kernels").is_dir() and (_here.parent / "kernels" / "__init__.py").is_file() \
