@@ -110,6 +110,7 @@ def test_workflow_verifies_every_push_and_gates_pull_requests() -> None:
     runs = gate_job.index("python -m handgrad.benchmark.alternate --out reports/out --runs 3 "
                           "--baseline-tree ../base --current-tree . --")
     assert "--bench-threads=1" in gate_job[runs:].split("\n", 1)[0]
+    assert "--bench-kernels-only" in gate_job[runs:].split("\n", 1)[0]  # as .ci/gate
     gate = gate_job.index("python -m handgrad.reports gate --baseline reports/out/base-1.json "
                           "reports/out/base-2.json reports/out/base-3.json --current "
                           "reports/out/head-1.json reports/out/head-2.json "
