@@ -2,7 +2,7 @@
 
     python -m handgrad.reports render BENCH.json [MORE.json ...] [VERIFY.json] --out DIR
     python -m handgrad.reports gate --baseline BASE.json [BASE2.json ...] --current NEW.json
-        [NEW2.json ...] [--noise CALIBRATION.json] [--threshold T] [--benchmark-threshold 20%]
+        [NEW2.json ...] [--noise CALIBRATION.json ...] [--threshold T] [--benchmark-threshold 20%]
         [--confidence 0.95] [--accept FILE] [--summary FILE]
     python -m handgrad.reports calibrate RUN.json RUN2.json RUN3.json [...] --out FILE
     python -m handgrad.reports history add|report ...   (see history --help)
@@ -94,9 +94,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="pytest-benchmark JSON of the baseline (several: one per timed run)")
     g.add_argument("--current", required=True, nargs="+",
                    help="pytest-benchmark JSON of the change (several: one per timed run)")
-    g.add_argument("--noise", metavar="FILE", help="a calibration of the between-process "
-                   "noise (python -m handgrad.reports calibrate): its per-kernel and "
-                   "per-benchmark spreads and thresholds")
+    g.add_argument("--noise", metavar="FILE", nargs="+",
+                   help="a calibration of the between-process noise (python -m "
+                   "handgrad.reports calibrate): its per-kernel and per-benchmark spreads and "
+                   "thresholds; several (one a machine): the one whose machine (CPU, cores, "
+                   "torch threads) is the current runs', else the first")
     g.add_argument("--threshold", default=None,
                    help="timed runs: a kernel's limit, 1 + this, for all its benchmarks "
                    "together (default 10%% for one run a side, 5%% over several runs or with "
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             from handgrad.reports import noise as N
 
             threshold = G.parse_threshold(args.threshold or f"{N.KERNEL_THRESHOLD}")
-            calibration = N.read_noise(args.noise) if args.noise else None
+            calibration = N.choose_noise([N.read_noise(p) for p in args.noise or []],
+                                         args.current)
             results = [N.gate_runs(args.baseline, args.current, threshold, bench_threshold,
                                    confidence, calibration, accepted)]
             warnings += (N.calibration_runs_given(calibration, args.baseline, args.current)

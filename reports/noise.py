@@ -447,6 +447,22 @@ def noise_from(data, path: str) -> NoiseFile:
                      source=str(path), fingerprints=frozenset(prints))
 
 
+def choose_noise(files: list[NoiseFile], currents) -> NoiseFile | None:
+    """Of several calibrations (one a machine: ``gate --noise A.json B.json``), the one
+    measured on the machine and setting of the current runs: the first whose recorded
+    ``machine`` (CPU, core count, torch threads) agrees with the first current run's on
+    every item both record. None agreeing: the first given, whose note in the report then
+    names what differs (a spread measured on one CPU may not hold on another: the GD loop's
+    spread was 2 to 5 times an AMD EPYC's on an Intel Xeon)."""
+    if not files:
+        return None
+    here = machine_of(currents[0])
+    for f in files:
+        if all(here.get(k) == v for k, v in f.machine.items() if here.get(k) is not None):
+            return f
+    return files[0]
+
+
 def calibration_runs_given(noise: NoiseFile | None, baselines, currents) -> list[str]:
     """A warning per run given to the gate (either side) that is one of the runs
     ``noise`` was derived from (by ``_run_fingerprint``): the limits were fitted on that

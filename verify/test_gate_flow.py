@@ -360,3 +360,29 @@ def test_a_passing_verdict_takes_no_more_runs(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert _alternated(log) == ["--runs 3 --start 1"]
     assert "more a side" not in run.stdout
+
+
+def test_the_timed_gate_takes_the_calibration_of_the_runs_machine(tmp_path):
+    """.ci/gate gives the gate every calibration, .ci/gate-noise.json first and each
+    .ci/gate-noise-*.json after it; the gate takes the one measured on the runs' CPU."""
+    repo = _project(tmp_path, "")
+    mine = json.loads((ROOT / ".ci" / "gate-noise.json").read_text())
+    # the fixtures' runs: an AMD EPYC's, 2 cores, 2 torch threads
+    mine["machine"] = {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2}
+    other = dict(mine, machine={**mine["machine"], "cpu": "Another CPU"})
+    (repo / ".ci" / "gate-noise.json").write_text(json.dumps(other))
+    (repo / ".ci" / "gate-noise-fixtures.json").write_text(json.dumps(mine))
+    timed = _regressed(tmp_path, (0.93, 0.93))
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), timed, GATE_RUNS="5")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = (tmp_path / "out" / "gate-time.md").read_text()
+    assert f"the calibration {repo}/.ci/gate-noise-fixtures.json)" in report
+    assert "may not hold here" not in report
+    # without it, the first: another CPU's, and the report says so
+    (repo / ".ci" / "gate-noise-fixtures.json").unlink()
+    shutil.rmtree(tmp_path / "out")
+    run = _gate(tmp_path, repo, _counted(tmp_path, 1.0), timed, GATE_RUNS="5")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = (tmp_path / "out" / "gate-time.md").read_text()
+    assert f"the calibration {repo}/.ci/gate-noise.json)" in report
+    assert "(cpu 'Another CPU' there, 'AMD EPYC' here)" in report

@@ -363,6 +363,66 @@ def test_the_report_names_what_the_calibration_does_not_cover_and_another_machin
     assert "calibrate on this machine (python -m handgrad.reports calibrate" in note
 
 
+def test_of_several_calibrations_the_gate_takes_the_current_runs_machines(tmp_path, capsys):
+    # two calibrations of one grid: "wide" (a GD-loop-like spread, 0.2) from this fixture's
+    # machine, "tight" (every sigma 0.001) recorded as another CPU's. A 15% slower
+    # manual_forward over 3 runs a side passes under the wide one and fails under the tight
+    _, out = _calibration(tmp_path, [{}, {FWD: 1.01}, {FWD: 0.99}])
+    wide, tight = json.loads(out.read_text()), json.loads(out.read_text())
+    for entries in (wide["kernels"], wide["benchmarks"]):
+        for v in entries.values():
+            v["sigma"], v["threshold"] = 0.2, 1.0
+    for entries in (tight["kernels"], tight["benchmarks"]):
+        for v in entries.values():
+            v["sigma"] = 0.001
+    tight["machine"]["cpu"] = "Intel(R) Xeon(R) Processor"
+    here = wide["machine"]["cpu"]
+    assert here != tight["machine"]["cpu"]
+    files = {}
+    for name, data in (("wide", wide), ("tight", tight)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(data))
+    base = write_runs(tmp_path, "b", [{}, {}, {}])
+    cur = write_runs(tmp_path, "c", [{FWD: 1.15}] * 3)
+
+    def gate(*noise):
+        capsys.readouterr()
+        rc = main(["gate", "--baseline", *base, "--current", *cur,
+                   "--noise", *map(str, noise)])
+        return rc, capsys.readouterr().out
+
+    # the runs' machine is wide's, whichever order the files come in
+    for order in ((files["tight"], files["wide"]), (files["wide"], files["tight"])):
+        rc, report = gate(*order)
+        assert rc == 0, report
+        assert str(files["wide"]) in report and str(files["tight"]) not in report
+        assert "may not hold here" not in report
+    # the runs made on the tight one's CPU take it, and regress
+    for path in (*base, *cur):
+        run = json.loads(Path(path).read_text())
+        run["machine_info"]["cpu"]["brand_raw"] = tight["machine"]["cpu"]
+        Path(path).write_text(json.dumps(run))
+    rc, report = gate(files["wide"], files["tight"])
+    assert rc == 1 and str(files["tight"]) in report and "may not hold here" not in report
+    # an item the runs do not record (older runs: no torch_threads) agrees with any
+    for path in (*base, *cur):
+        run = json.loads(Path(path).read_text())
+        del run["machine_info"]["torch_threads"]
+        Path(path).write_text(json.dumps(run))
+    rc, report = gate(files["wide"], files["tight"])
+    assert rc == 1 and str(files["tight"]) in report
+    # none agrees: the first given, and the report says the machine differs
+    for path in (*base, *cur):
+        run = json.loads(Path(path).read_text())
+        run["machine_info"]["cpu"]["brand_raw"] = "ARM Neoverse"
+        Path(path).write_text(json.dumps(run))
+    rc, report = gate(files["tight"], files["wide"])
+    assert rc == 1 and str(files["tight"]) in report
+    assert f"cpu {tight['machine']['cpu']!r} there, 'ARM Neoverse' here" in report
+    rc, report = gate(files["wide"], files["tight"])
+    assert rc == 0 and f"cpu {here!r} there, 'ARM Neoverse' here" in report
+
+
 def test_a_kernel_is_judged_on_the_benchmarks_every_run_has(tmp_path):
     base = write_runs(tmp_path, "b", [{}, {}])
     cur = write_runs(tmp_path, "c", [{}, {}])
