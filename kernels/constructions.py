@@ -19,7 +19,14 @@ from typing import NamedTuple
 
 import torch
 
-from handgrad.kernels._checks import check_choice, check_finite, check_real, check_tensor, shape_str
+from handgrad.kernels._checks import (
+    check_choice,
+    check_finite,
+    check_real,
+    check_tensor,
+    in_graph,
+    shape_str,
+)
 
 
 def sign(z: torch.Tensor) -> torch.Tensor:
@@ -71,6 +78,9 @@ class Network:
             check_finite(f"weights[{i}]", w)
             check_finite(f"biases[{i}]", b)
             check_choice(f"units[{i}]", u, list(UNITS))
+            if 0 in w.shape:
+                raise ValueError(f"weights[{i}]: expected at least one input and one output "
+                                 f"unit, got shape {shape_str(w)}")
             if i and w.shape[1] != ws[i - 1].shape[0]:
                 raise ValueError(f"weights[{i}]: shape {shape_str(w)} does not follow "
                                  f"weights[{i - 1}] of shape {shape_str(ws[i - 1])}; "
@@ -95,9 +105,18 @@ class Network:
             want = f"(N, {d}) or ({d},)" + (" or (N,)" if d == 1 else "")
             raise ValueError(f"x: expected shape {want} for a network with {d} inputs, got "
                              f"{shape_str(x)}")
+        check_finite("x", x)
         for w, b, u in zip(self.weights, self.biases, self.units):
             w, b = w.to(x.device, x.dtype), b.to(x.device, x.dtype)
             h = UNITS[u](torch.addmm(b, h, w.t()))
+        if not in_graph() and h.numel() and not bool(torch.isfinite(h).all()):
+            i = tuple(int(v) for v in (~torch.isfinite(h)).nonzero()[0].tolist())
+            raise OverflowError(
+                f"Network: output {i} is {h[i].item()} in {h.dtype} though x and the "
+                f"parameters are finite: a value went past {h.dtype}'s range (largest "
+                f"{torch.finfo(h.dtype).max:.3g}) on the way, in x times the weights or in "
+                "the parameters cast to x's dtype; call it on x in a wider dtype (float64), "
+                "or scale x")
         return h.reshape(tuple(lead)) if p == 1 else h.reshape(*lead, p)
 
 
@@ -203,6 +222,11 @@ def check_construction(net: Callable, target: Callable, points: torch.Tensor) ->
         out = f(points)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{name}(points): expected a torch.Tensor, got {type(out).__name__}")
+        if out.dtype.is_complex:  # the difference would drop the imaginary part
+            raise TypeError(f"{name}(points): expected real values, got dtype {out.dtype}")
+        if out.device.type == "meta":
+            raise ValueError(f"{name}(points): expected values, got a tensor on the meta "
+                             "device (a shape without values)")
         if out.dim() == 0 or out.shape[0] != n:
             raise ValueError(f"{name}(points): expected one row per point ({n}), got shape "
                              f"{shape_str(out)}")
@@ -215,7 +239,8 @@ def check_construction(net: Callable, target: Callable, points: torch.Tensor) ->
         raise ValueError(f"net(points), target(points): expected at least one value per "
                          f"point, got none from both (shape {shape_str(outs['net'])} "
                          f"for {n} points)")
-    err = (a.detach().double() - e.detach().double()).abs()  # read to the host: no grad
+    # read to the host (no grad): net and target may give their values on two devices
+    err = (a.detach().double().cpu() - e.detach().double().cpu()).abs()
     err = torch.where(torch.isnan(err), torch.full_like(err, float("inf")), err)
     per_point = err.amax(dim=1)
     i = int(torch.argmax(per_point))

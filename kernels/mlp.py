@@ -103,8 +103,11 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     dJ_n/dz_n = softmax(z_n) - t_n (a one-hot t_n for an index).
     """
     logits = check_tensor("logits", logits, ndims=(2,))
-    check_finite("logits", logits)
     n, c = logits.shape
+    if c == 0:
+        raise ValueError(f"logits: expected at least one class (C >= 1), got shape "
+                         f"{shape_str(logits)}")
+    check_finite("logits", logits)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target: expected a torch.Tensor (class indices ({n},) or "
                         f"probabilities ({n}, {c})), got {type(target).__name__}")
@@ -398,12 +401,27 @@ def _check_input_shape(net: MLP, x: object, name: str = "x") -> torch.Tensor:
 def forward_cache(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Pre-activations ``z_1..z_L`` and activations ``h_0..h_{L-1}`` for a batch x (N, in).
 
-    ``h[i]`` feeds layer i+1; ``z[-1]`` is the network's output.
+    ``h[i]`` feeds layer i+1; ``z[-1]`` is the network's output. A pre-activation past the
+    dtype's range (finite x and weights) is an ``OverflowError`` naming its layer.
     """
     x = check_input(net, x)
     if x.dim() != 2:
         raise ValueError(f"x: expected a batch (N, {net.sizes[0]}), got shape {shape_str(x)}")
-    return _forward_cache(net, x)
+    zs, hs = _forward_cache(net, x)
+    for i, z in enumerate(zs, 1):
+        _check_overflow("forward_cache", f"z_{i} (layer {i}'s pre-activation)", z)
+    return zs, hs
+
+
+def _check_overflow(who: str, what: str, t: torch.Tensor) -> None:
+    """An OverflowError naming ``what`` where ``t``, computed from finite x and weights,
+    holds an inf or NaN (inf - inf); not inside a graph (``in_graph``)."""
+    if in_graph() or not t.numel() or bool(torch.isfinite(t).all()):
+        return
+    raise OverflowError(
+        f"{who}: {what} overflows {t.dtype}'s range (largest {torch.finfo(t.dtype).max:.3g}) "
+        "though x, the weights and the biases are finite: compute in a wider dtype "
+        "(float64), or scale x or the weights")
 
 
 def _forward_cache(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -418,8 +436,12 @@ def _forward_cache(net: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], list[
 
 
 def forward(net: MLP, x: torch.Tensor) -> torch.Tensor:
-    """(N, in) -> (N, out), or (in,) -> (out,): the network's output."""
+    """(N, in) -> (N, out), or (in,) -> (out,): the network's output; an output past the
+    dtype's range (finite x and weights) is an ``OverflowError``."""
     x = check_input(net, x)
     single = x.dim() == 1
     zs, _ = _forward_cache(net, x.unsqueeze(0) if single else x)
+    # the output only: a hidden pre-activation past the range saturates its activation
+    # (tanh(inf) = 1, as tanh of the true value rounds), and the output is right
+    _check_overflow("forward", "the output", zs[-1])
     return zs[-1].squeeze(0) if single else zs[-1]

@@ -1,0 +1,88 @@
+"""Finite arguments whose result passes the dtype's range: an ``OverflowError`` that says so,
+never an inf or NaN returned as a result (the forward passes, the hand-built networks), and
+the last bad inputs of the sweep of 2026-12-06 refused by name (a construction's complex or
+meta values, a network with no units, softmax cross-entropy of no classes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handgrad.kernels import constructions as cs
+from handgrad.kernels import mlp
+
+
+def _huge_net() -> mlp.MLP:
+    return mlp.MLP([torch.full((2, 3), 1e20)], activation="identity")
+
+
+def test_forward_whose_output_overflows_is_an_overflow_error():
+    x = torch.full((2, 3), 1e20)  # 3 x 1e20 x 1e20 = 3e40 > float32's 3.4e38
+    with pytest.raises(OverflowError, match=r"forward: the output overflows "
+                       r"torch\.float32's range \(largest 3\.4e\+38\) though x, the weights "
+                       r"and the biases are finite"):
+        mlp.forward(_huge_net(), x)
+    # in float64 the same values are a result
+    net64 = mlp.MLP([torch.full((2, 3), 1e20, dtype=torch.float64)], activation="identity")
+    out = mlp.forward(net64, x.double())  # x: float32's nearest to 1e20, widened
+    assert torch.allclose(out, torch.full((2, 2), 3e40, dtype=torch.float64), rtol=1e-6)
+
+
+def test_forward_cache_names_the_layer_whose_pre_activation_overflows():
+    # layer 1 overflows (3e40), saturates tanh; layer 2's input is finite again
+    net = mlp.MLP([torch.full((2, 3), 1e20), torch.ones(1, 2)], activation="tanh")
+    x = torch.full((1, 3), 1e20)
+    with pytest.raises(OverflowError, match=r"forward_cache: z_1 \(layer 1's "
+                       r"pre-activation\) overflows"):
+        mlp.forward_cache(net, x)
+    # forward's output is right: tanh of the true 3e40 rounds to 1, so 1 + 1
+    assert mlp.forward(net, x).item() == 2.0
+
+
+def test_a_network_whose_values_pass_the_range_is_an_overflow_error():
+    with pytest.raises(OverflowError, match=r"Network: output \(0, 0\) is nan in "
+                       r"torch\.float32 though x and the parameters are finite"):
+        cs.tent()(torch.tensor([2e38]))
+    with pytest.raises(OverflowError, match=r"is -inf in torch\.float32"):
+        cs.xnor()(torch.tensor([[3e38, -3e38]]))
+    assert cs.tent()(torch.tensor([2e38], dtype=torch.float64)).item() == 0.0
+
+
+def test_a_network_refuses_a_nan_or_inf_x_by_name():
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^x: expected finite values, got 1 NaN or inf"):
+            cs.tent()(torch.tensor([0.5, bad]))
+
+
+def test_a_network_layer_with_no_units_is_refused_when_made():
+    with pytest.raises(ValueError, match=r"^weights\[0\]: expected at least one input and "
+                       r"one output unit, got shape \(2, 0\)"):
+        cs.Network([torch.ones(2, 0)], [torch.ones(2)], ["relu"])
+    with pytest.raises(ValueError, match=r"^weights\[1\]: expected at least one input and "
+                       r"one output unit, got shape \(0, 2\)"):
+        cs.Network([torch.ones(2, 1), torch.ones(0, 2)], [torch.ones(2), torch.ones(0)],
+                   ["relu", "identity"])
+
+
+POINTS = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+
+
+def test_a_construction_of_complex_values_is_refused_not_cut_to_its_real_part():
+    with pytest.raises(TypeError, match=r"^target\(points\): expected real values, got dtype "
+                       r"torch\.complex128"):
+        cs.check_construction(lambda x: x[:, 0], lambda x: x[:, 0].to(torch.complex128) + 5j,
+                              POINTS)
+    with pytest.raises(TypeError, match=r"^net\(points\): expected real values"):
+        cs.check_construction(lambda x: x[:, 0] * 1j, lambda x: x[:, 0], POINTS)
+
+
+def test_a_construction_on_the_meta_device_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^target\(points\): expected values, got a tensor "
+                       r"on the meta device"):
+        cs.check_construction(lambda x: x[:, 0], lambda x: x[:, 0].to("meta"), POINTS)
+
+
+def test_cross_entropy_of_no_classes_names_the_logits():
+    with pytest.raises(ValueError, match=r"^logits: expected at least one class \(C >= 1\), "
+                       r"got shape \(0, 0\)"):
+        mlp.cross_entropy(torch.ones(0, 0), torch.zeros(0, dtype=torch.long))
