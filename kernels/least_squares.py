@@ -350,15 +350,26 @@ def minimizer(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     X, y, _ = _check_problem(X, y, None, None, linalg=True)
     # w*(X) = c w*(c X): X scaled by the power of two c that brings max |X| near 1 (exact),
     # so X^T X neither underflows to 0 (max |X| = 1e-200: w* was nan) nor overflows to inf
-    # (1e200: w* was 0); a tensor op, no read to the host
+    # (1e200: w* was 0); a tensor op (the spectrum reads lam to the host, and the result's
+    # finiteness is read below)
     top = math.frexp(torch.finfo(X.dtype).max)[1] - 1  # c <= 2^top: finite in X's dtype
     # exp2 in X's dtype (torch.ldexp before 2.5 took its power of two in float32: 2^-700
     # was 0, pytorch#133267); exact for an integer exponent
     c = torch.exp2((-torch.frexp(X.abs().amax())[1]).clamp(max=top).to(X.dtype)) \
         if X.numel() else 1.0
     sp = _spectrum(X * c, y)
-    return c * (sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1),
-                                   0))
+    w = c * (sp.V @ torch.where(sp.nonzero, sp.Xty_v / torch.where(sp.nonzero, sp.lam, 1),
+                                0))
+    if not in_graph() and w.numel() and not bool(torch.isfinite(w).all()):
+        # X and y are finite (checked): w* itself lies past the dtype's range (y huge
+        # against a small X), or X^T y overflowed on the way
+        raise OverflowError(
+            f"minimizer: w* overflows {w.dtype}'s range (largest "
+            f"{torch.finfo(w.dtype).max:.3g}) though X and y are finite (max |X| = "
+            f"{float(host(X.abs().amax())):.3g}, max |y| = {float(host(y.abs().amax())):.3g}): "
+            "scale y down (w* scales with y)"
+            + ("" if w.dtype == torch.float64 else ", or compute in float64"))
+    return w
 
 
 def spectral_radius(X: torch.Tensor, alpha: float) -> float:

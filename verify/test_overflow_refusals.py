@@ -86,3 +86,22 @@ def test_cross_entropy_of_no_classes_names_the_logits():
     with pytest.raises(ValueError, match=r"^logits: expected at least one class \(C >= 1\), "
                        r"got shape \(0, 0\)"):
         mlp.cross_entropy(torch.ones(0, 0), torch.zeros(0, dtype=torch.long))
+
+
+def test_a_minimizer_past_the_range_is_an_overflow_error():
+    from handgrad.kernels import least_squares as ls
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 3, dtype=torch.float64, generator=g)
+    y = torch.randn(5, dtype=torch.float64, generator=g)
+    w = ls.minimizer(X, y)
+    # w* scales as y / X: 1e300 / 1e-10 is past float64's range
+    with pytest.raises(OverflowError, match=r"^minimizer: w\* overflows torch\.float64's "
+                       r"range \(largest 1\.8e\+308\) though X and y are finite .*scale y down "
+                       r"\(w\* scales with y\)$"):
+        ls.minimizer(X * 1e-10, y * 1e300)
+    with pytest.raises(OverflowError, match=r"torch\.float32's range .*, or compute in "
+                       r"float64$"):
+        ls.minimizer(X.float() * 1e-30, y.float() * 1e30)
+    # within the range, the scaled problem's answer: w* (c X, c y) = w* (X, y)
+    assert torch.allclose(ls.minimizer(X * 1e200, y * 1e200), w, rtol=1e-12)
