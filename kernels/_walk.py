@@ -8,6 +8,8 @@ the input shape and each layer's input, the dtype of the meta input against the 
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -55,6 +57,15 @@ def _run_under(mode, module, state, x, hooks, input_shape, stack):
     except (RuntimeError, NotImplementedError) as exc:
         error = _does_not_fit(input_shape, stack, exc)
         found = _float_dtypes(module)
+        first = str(exc).splitlines()[0]
+        if not x.dtype.is_floating_point and _TYPE_WORDS.search(first):
+            # an integer dtype walks token indices (an Embedding's input): a layer that
+            # takes floating input refuses them, whatever input_shape
+            where = stack[-1][0] if stack else "(model)"
+            raise TypeError(f"dtype: {x.dtype} walks the model on integer input (token "
+                            f"indices, as an Embedding takes), but layer '{where}' takes "
+                            f"floating input ({first}); pass the floating dtype its input "
+                            "takes, or leave dtype out (the module's own)") from None
         if len(found) > 1:  # the likelier cause: say it
             error.args = (f"{error.args[0]} (the module mixes floating dtypes, "
                           f"{_mixed(found)}: cast a copy to one dtype, e.g. "
@@ -121,6 +132,9 @@ def _walk_dtype(module: nn.Module, dtype: torch.dtype | None) -> torch.dtype:
                     f"buffers are {_mixed(found)}; pass the dtype its input takes")
 
 
+_MAX_NUMEL = (2**63 - 1) // 16  # values of the widest dtype (complex128) torch can size
+
+
 def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
     """A sequence of positive Python or numpy ints (batch included) as a tuple of ints:
     TypeError for something else than a sequence of ints, ValueError for an empty one or a
@@ -135,10 +149,17 @@ def _check_input_shape(input_shape, rank: int | None = None) -> tuple[int, ...]:
     if not input_shape or not all(s >= 1 for s in input_shape):
         raise ValueError(f"input_shape: expected {want}, got {input_shape!r}")
     shape = tuple(int(s) for s in input_shape)
+    if math.prod(shape) > _MAX_NUMEL:  # torch counts a tensor's bytes in an int64
+        raise ValueError(f"input_shape: {shape} is {math.prod(shape):.3g} values, more than a "
+                         f"tensor can hold (at most {_MAX_NUMEL:.3g} of 16 bytes: torch counts "
+                         "a tensor's bytes in a 64-bit integer)")
     if rank is not None and len(shape) != rank:
         raise ValueError(f"input_shape: expected (N, C, H, W), 4 ints, got {shape}")
     return shape
 
+
+# torch's words where an op refuses its input's dtype (an integer input to a floating layer)
+_TYPE_WORDS = re.compile(r"dtype|scalar type|Input type|floating point|not implemented for")
 
 # torch's words where a forward reads a tensor's values (.item(), ``if`` on a tensor,
 # nonzero, a boolean mask), which a meta tensor does not have

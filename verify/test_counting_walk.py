@@ -179,3 +179,29 @@ def test_an_elementary_function_counts_as_a_nonlinearity(name):
     assert counts.uncounted == {} and counts.uncounted_backward == {}
     assert counts.forward == C.Counts(activations=10)
     assert counts.backward == C.Counts(activations=10, mults=10)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 2**40, 2**40), (10**20, 3, 8, 8)])
+def test_an_input_shape_no_tensor_can_hold_is_refused_by_name(shape):
+    for walk in (C.count_model, C.receptive_field):
+        with pytest.raises(ValueError, match=r"^input_shape: .* values, more than a tensor "
+                           r"can hold \(at most 5\.76e\+17 of 16 bytes"):
+            walk(nn.Conv2d(3, 3, 3), shape)
+    # the largest a tensor holds is walked (on meta: nothing allocated)
+    assert C.count_model(nn.Conv2d(3, 3, 3), (1, 3, 2**28, 2**28)).total.params == 84
+
+
+@pytest.mark.parametrize("module,shape", [(nn.Conv2d(3, 3, 3), (1, 3, 8, 8)),
+                                          (nn.LayerNorm(3), (2, 3))], ids=["conv", "norm"])
+def test_an_integer_dtype_a_layer_refuses_is_told_by_dtype_not_input_shape(module, shape):
+    with pytest.raises(TypeError) as err:
+        C.count_model(module, shape, dtype=torch.int32)
+    msg = str(err.value)
+    assert msg.startswith("dtype: torch.int32 walks the model on integer input (token "
+                          "indices, as an Embedding takes), but layer '(model)' takes "
+                          "floating input (")
+    assert msg.endswith("pass the floating dtype its input takes, or leave dtype out (the "
+                        "module's own)")
+    # token indices into an Embedding are what an integer dtype is for
+    embed = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    assert C.count_model(embed, (2, 3), dtype=torch.int32).total.macs == 2 * 3 * 4 * 2
