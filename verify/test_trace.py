@@ -97,6 +97,104 @@ def test_the_table_sets_methods_side_by_side_with_the_kernels_excess():
         T.table([])
 
 
+def test_the_range_torch_draws_again_on_the_gpu_timeline_is_not_a_call():
+    """On CUDA torch writes each record_function range twice: on the host
+    ('user_annotation') and around its kernels on the GPU's stream ('gpu_user_annotation',
+    same name); taken as calls, each call counted twice, half of them without kernels."""
+    t = _trace()
+    t["traceEvents"] += [_x("gpu_user_annotation", f"{T.CALL}:manual:0", 10, 80, ext=1),
+                         _x("gpu_user_annotation", f"{T.CALL}:reference:0", 203, 57, ext=4)]
+    assert T.summarize(t) == T.summarize(_trace())
+    assert [b.calls for b in T.summarize(t)] == [1, 1]
+
+
+def _one_kernel(**fields):
+    k = _x("kernel", "sm90_gemm", 5, 10, ext=2)
+    k.update(fields)
+    return {"traceEvents": [_x("user_annotation", f"{T.CALL}:m:0", 0, 10), k]}
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"ts": float("nan")}, r"'ts': expected a finite number \(microseconds\), got nan"),
+    ({"ts": float("inf")}, r"'ts': expected a finite number \(microseconds\), got inf"),
+    ({"ts": "abc"}, r"'ts': expected a finite number \(microseconds\), got 'abc'"),
+    ({"ts": True}, r"'ts': expected a finite number \(microseconds\), got True"),
+    ({"dur": -5}, r"'dur': expected a duration >= 0 \(microseconds\), got -5"),
+    ({"dur": None}, r"'dur': expected a duration >= 0 \(microseconds\), got None"),
+    ({"args": [1]}, r"'args': expected a dict \(holding its 'External id'\), got list"),
+    ({"args": {"External id": [2]}},
+     r"'args'\['External id'\]: expected an integer \(or a string\), got list"),
+])
+def test_a_bad_event_is_refused_naming_it_and_its_field(fields, match):
+    with pytest.raises(ValueError, match=r"trace: traceEvents\[1\] \('sm90_gemm', cat "
+                                         r"'kernel'\): " + match):
+        T.summarize(_one_kernel(**fields))
+
+
+def test_a_call_range_or_a_kernel_without_its_times_is_refused():
+    t = _one_kernel()
+    del t["traceEvents"][1]["dur"]
+    with pytest.raises(ValueError, match=r"traceEvents\[1\] .*has no 'dur'; expected a "
+                                         r"duration >= 0"):
+        T.summarize(t)
+    t = _one_kernel()
+    del t["traceEvents"][0]["ts"]
+    with pytest.raises(ValueError, match=r"traceEvents\[0\] \('handgrad.call:m:0', cat "
+                                         r"'user_annotation'\): has no 'ts'"):
+        T.summarize(t)
+
+
+def test_an_operations_args_are_checked_and_other_events_not_read():
+    t = _one_kernel()
+    t["traceEvents"].append(_x("cpu_op", "aten::mm", 1, 2))
+    t["traceEvents"][-1]["args"] = "External id 2"
+    with pytest.raises(ValueError, match=r"traceEvents\[2\] \('aten::mm', cat 'cpu_op'\): "
+                                         r"'args': expected a dict"):
+        T.summarize(t)
+    t = _one_kernel()  # an event summarize does not read may hold anything
+    t["traceEvents"].append(_x("python_function", "f", float("nan"), -1))
+    assert T.summarize(t)[0].busy_us == 10
+
+
+def test_times_too_large_to_add_overflow_by_name():
+    with pytest.raises(OverflowError, match="trace: the times of method 'm' overflow a float"):
+        T.summarize(_one_kernel(ts=1e308, dur=1e308))
+
+
+@pytest.mark.parametrize("top,err", [
+    (-1, ValueError), (0, ValueError), (True, TypeError), (None, TypeError),
+    ("3", TypeError), (2.5, TypeError)])
+def test_the_table_refuses_a_bad_top_by_name(top, err):
+    with pytest.raises(err, match=rf"top: expected an integer >= 1 \(operations listed by "
+                                  rf"name\), got .*{top!r}"):
+        T.table(T.summarize(_trace()), top=top)
+
+
+def test_the_table_takes_a_list_of_breakdowns_or_one():
+    manual, _ = T.summarize(_trace())
+    text = T.table(manual, top=1)  # one Breakdown: a list of one
+    assert text == T.table([manual], top=1)
+    assert text.splitlines()[2] == "| | manual |"
+    assert text.splitlines()[-1] == "| 2 other operations | 45.0 |"
+    with pytest.raises(TypeError, match=r"breakdowns\[0\]: expected a Breakdown \(as "
+                                        r"summarize returns\), got dict"):
+        T.table([{"method": "a"}])
+    with pytest.raises(TypeError, match="breakdowns: expected a list of Breakdowns .* or one "
+                                        "Breakdown, got str"):
+        T.table("manual")
+    with pytest.raises(TypeError, match=r"breakdowns\[1\]: expected a Breakdown"):
+        T.table([manual, None])
+
+
+def test_the_table_refuses_a_breakdown_made_by_hand_with_a_number_that_is_not():
+    with pytest.raises(ValueError, match=r"breakdowns\[0\].window_us: expected a finite "
+                                         r"number, got nan"):
+        T.table([T.Breakdown("m", 1, float("nan"), 0, 0, 0, 0, 0)])
+    with pytest.raises(TypeError, match=r"breakdowns\[0\].by_op\['mm'\]: expected a "
+                                        r"number, got str"):
+        T.table([T.Breakdown("m", 1, 1, 0, 1, 0, 0, 0, by_op={"mm": "1"})])
+
+
 def test_record_profiles_each_call_in_its_own_range_on_the_cpu(tmp_path):
     calls = []
     a = torch.randn(64, 64)
@@ -132,6 +230,30 @@ def test_record_refuses_bad_arguments_by_name(fns, kw, err, match):
         T.record(fns, **kw)
 
 
+@pytest.mark.parametrize("kw,err,match", [
+    ({"path": "/nonexistent/dir/t.json"}, ValueError,
+     "path: expected a file in an existing folder, got '/nonexistent/dir/t.json' "
+     r"\(there is no folder '/nonexistent/dir'\)"),
+    ({"path": "."}, ValueError, "path: expected a file to write the trace to, got the folder"),
+    ({"path": 3}, TypeError, r"path: expected a file path \(a str or Path\) or None, got int"),
+    ({"sync": 3}, TypeError, "sync: expected a callable that drains the device .*got int 3"),
+])
+def test_record_checks_path_and_sync_before_profiling_anything(kw, err, match):
+    calls = []
+    with pytest.raises(err, match=match):
+        T.record({"a": lambda: calls.append(1)}, calls=2, warmup=1, **kw)
+    assert calls == []  # refused before the first call
+
+
+def test_record_refuses_a_path_it_may_not_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(T.os, "access", lambda p, mode: False)  # as for a read-only folder
+    calls = []
+    with pytest.raises(ValueError, match="path: expected a file this process may write, got "
+                                         ".*t.json' \\(it or its folder is not writable\\)"):
+        T.record({"a": lambda: calls.append(1)}, path=tmp_path / "t.json")
+    assert calls == []
+
+
 def test_the_command_writes_its_tables_and_traces(tmp_path, monkeypatch, capsys):
     """On the CPU at a small size (the GPU stage runs the default, the claim's size)."""
     from pathlib import Path
@@ -153,6 +275,10 @@ def test_the_command_writes_its_tables_and_traces(tmp_path, monkeypatch, capsys)
     (["--dtypes", "float32,int64"], "--dtypes: expected floating torch dtype names, got 'int64'"),
     (["--dtypes", "fp8"], "got 'fp8'"),
     (["--calls", "0"], "--calls: expected a count >= 1, got 0"),
+    (["--shape", "0,16,32"], "--shape: expected L,K,N (three integers >= 1), got '0,16,32'"),
+    (["--shape", "2,-1,32"], "(three integers >= 1), got '2,-1,32'"),
+    (["--device", "nonsense"], "--device: expected a torch device such as cpu, cuda or "
+     "cuda:0, got 'nonsense'"),
 ])
 def test_the_command_refuses_bad_arguments(tmp_path, capsys, args, match):
     with pytest.raises(SystemExit) as e:

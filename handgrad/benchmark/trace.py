@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -74,53 +76,97 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def _events(trace: Mapping) -> list[dict]:
+def _events(trace: Mapping) -> list[tuple[int, dict]]:
+    """The complete events ('ph': 'X') of the trace, each with its index in 'traceEvents'."""
     events = trace.get("traceEvents") if isinstance(trace, Mapping) else None
     if not isinstance(events, list):
         raise ValueError("trace: expected a Chrome trace (a dict with a 'traceEvents' list, "
                          f"as torch.profiler's export_chrome_trace writes), got "
                          f"{type(trace).__name__}")
-    return [e for e in events if isinstance(e, dict) and e.get("ph") == "X"
-            and "ts" in e and "dur" in e]
+    return [(i, e) for i, e in enumerate(events) if isinstance(e, dict) and e.get("ph") == "X"]
 
 
-def _op_names(events: list[dict]) -> dict[object, str]:
-    """External id -> the name of the operation that holds it (torch writes a kernel's
-    External id as the one of the operation that launched it)."""
-    return {(e.get("args") or {}).get("External id"): str(e.get("name"))
-            for e in events if e.get("cat") in OP_CATS
-            and (e.get("args") or {}).get("External id") is not None}
+def _event(i: int, e: dict) -> str:
+    return f"trace: traceEvents[{i}] ({e.get('name')!r}, cat {e.get('cat')!r})"
+
+
+def _time(i: int, e: dict, key: str) -> float:
+    """Event ``i``'s 'ts' or 'dur' in microseconds: a finite number, a 'dur' >= 0."""
+    want = "a duration >= 0" if key == "dur" else "a finite number"
+    if key not in e:
+        raise ValueError(f"{_event(i, e)}: has no {key!r}; expected {want} (microseconds), "
+                         "as every complete event ('ph': 'X') has")
+    v = e[key]
+    try:
+        x = float("nan") if isinstance(v, bool) else float(v)
+    except (TypeError, ValueError, OverflowError):
+        x = float("nan")
+    if not math.isfinite(x) or (key == "dur" and x < 0):
+        raise ValueError(f"{_event(i, e)}: {key!r}: expected {want} (microseconds), "
+                         f"got {v!r:.80}")
+    return x
+
+
+def _external_id(i: int, e: dict) -> object:
+    """Event ``i``'s 'External id' (None where it has none): 'args' must be a dict, the id
+    an integer (or a string)."""
+    args = e.get("args")
+    if args is None:
+        return None
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{_event(i, e)}: 'args': expected a dict (holding its "
+                         f"'External id'), got {type(args).__name__} {args!r:.80}")
+    ext = args.get("External id")
+    if ext is not None and (isinstance(ext, bool) or not isinstance(ext, (int, str))):
+        raise ValueError(f"{_event(i, e)}: 'args'['External id']: expected an integer (or "
+                         f"a string), got {type(ext).__name__} {ext!r:.80}")
+    return ext
 
 
 def summarize(trace: Mapping) -> list[Breakdown]:
     """One ``Breakdown`` per method, in the order the trace first ran them. A call's
     kernels are those that start between its range's start and the next call's (the GPU
-    is drained between calls, so none of a call's kernels starts later)."""
-    events = _events(trace)
-    calls = sorted((e for e in events if str(e.get("name", "")).startswith(CALL + ":")),
-                   key=lambda e: float(e["ts"]))
+    is drained between calls, so none of a call's kernels starts later). The range torch
+    draws again on the GPU's timeline ('gpu_user_annotation', around the kernels) is not a
+    call.
+
+    The events it reads are checked: a call range's and a kernel's 'ts' must be a finite
+    number and its 'dur' one >= 0, a kernel's or an operation's 'args' a dict; a ValueError
+    names the event (its index in 'traceEvents', its name) otherwise. Other events are not
+    read."""
+    calls: list[tuple[float, float, str]] = []
+    kernels: list[tuple[float, float, object, str]] = []
+    op_of: dict[object, str] = {}  # External id -> the operation that holds it (torch
+    # writes a kernel's External id as the one of the operation that launched it)
+    for i, e in _events(trace):
+        cat, name = e.get("cat"), str(e.get("name", "?"))
+        if name.startswith(CALL + ":") and cat != "gpu_user_annotation":
+            calls.append((_time(i, e, "ts"), _time(i, e, "dur"), name))
+        if cat in KERNEL_CATS:
+            kernels.append((_time(i, e, "ts"), _time(i, e, "dur"), _external_id(i, e), name))
+        elif cat in OP_CATS:
+            ext = _external_id(i, e)
+            if ext is not None:
+                op_of[ext] = name
     if not calls:
         raise ValueError(f"trace: no call ranges named '{CALL}:<method>:<i>' in it; "
                          "expected a trace written by handgrad.benchmark.trace.record")
-    kernels = sorted((e for e in events if e.get("cat") in KERNEL_CATS),
-                     key=lambda e: float(e["ts"]))
-    op_of = _op_names(events)
+    calls.sort(key=lambda c: c[0])
+    kernels.sort(key=lambda k: k[0])
     per: dict[str, list[dict]] = {}
-    for i, c in enumerate(calls):
-        start = float(c["ts"])
-        returned = start + float(c["dur"])
-        nxt = float(calls[i + 1]["ts"]) if i + 1 < len(calls) else float("inf")
-        mine = [k for k in kernels if start <= float(k["ts"]) < nxt]
-        spans = [(float(k["ts"]), float(k["ts"]) + float(k["dur"])) for k in mine]
+    for i, (start, dur, name) in enumerate(calls):
+        returned = start + dur
+        nxt = calls[i + 1][0] if i + 1 < len(calls) else float("inf")
+        mine = [k for k in kernels if start <= k[0] < nxt]
+        spans = [(ts, ts + d) for ts, d, _, _ in mine]
         end = max([returned] + [b for _, b in spans])
         busy = _union(spans)
         head = (min(a for a, _ in spans) - start) if spans else end - start
         tail = (end - max(b for _, b in spans)) if spans else 0.0
         by_op: dict[str, float] = defaultdict(float)
-        for k, (a, b) in zip(mine, spans):
-            ext = (k.get("args") or {}).get("External id")
-            by_op[op_of.get(ext, str(k.get("name", "?")))] += b - a
-        method = str(c["name"])[len(CALL) + 1:].rsplit(":", 1)[0]
+        for (_, _, ext, kname), (a, b) in zip(mine, spans):
+            by_op[op_of.get(ext, kname)] += b - a
+        method = name[len(CALL) + 1:].rsplit(":", 1)[0]
         per.setdefault(method, []).append(dict(
             window=end - start, busy=busy, head=head, tail=tail,
             gaps=(end - start) - busy - head - tail, kernels=len(mine), by_op=by_op))
@@ -131,20 +177,58 @@ def summarize(trace: Mapping) -> list[Breakdown]:
         for r in rows:
             for op, us in r["by_op"].items():
                 ops[op] += us / n
-        out.append(Breakdown(
+        b = Breakdown(
             method, n, *(sum(r[k] for r in rows) / n
                          for k in ("window", "busy", "head", "gaps", "tail", "kernels")),
-            by_op=dict(sorted(ops.items(), key=lambda kv: -kv[1]))))
+            by_op=dict(sorted(ops.items(), key=lambda kv: -kv[1])))
+        if not all(math.isfinite(v) for v in (b.window_us, b.busy_us, b.head_us, b.gaps_us,
+                                              b.tail_us, *b.by_op.values())):
+            raise OverflowError(f"trace: the times of method {method!r} overflow a float "
+                                "(its events' 'ts' and 'dur' are finite but too large to add)")
+        out.append(b)
     return out
+
+
+def _check_breakdown(where: str, b: object) -> None:
+    """A TypeError or ValueError naming ``where`` unless ``b`` is a Breakdown whose numbers
+    are finite (one made by hand may hold anything)."""
+    if not isinstance(b, Breakdown):
+        raise TypeError(f"{where}: expected a Breakdown (as summarize returns), got "
+                        f"{type(b).__name__} {b!r:.80}")
+    if not isinstance(b.by_op, Mapping):
+        raise TypeError(f"{where}.by_op: expected a dict of operation name to microseconds, "
+                        f"got {type(b.by_op).__name__}")
+    numbers = [(f, getattr(b, f)) for f in ("calls", "window_us", "busy_us", "head_us",
+                                            "gaps_us", "tail_us", "kernels")]
+    for label, v in numbers + [(f"by_op[{op!r}]", us) for op, us in b.by_op.items()]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{where}.{label}: expected a number, got {type(v).__name__} "
+                            f"{v!r}")
+        if not math.isfinite(v):
+            raise ValueError(f"{where}.{label}: expected a finite number, got {v!r}")
 
 
 def table(breakdowns: Sequence[Breakdown], top: int = 12) -> str:
     """Markdown: the time split (window, busy, idle before / between / after the kernels),
     then GPU time per operation (the ``top`` largest over all methods); then the first
     method's excess over each of the others (a kernel listed first, against its
-    reference)."""
+    reference).
+
+    ``breakdowns`` is a list (or tuple) of ``Breakdown``, as ``summarize`` returns; one
+    ``Breakdown`` alone is taken as a list of one (its table, with no excess columns).
+    ``top`` is an integer >= 1."""
+    from handgrad.benchmark import check_count
+
+    if isinstance(breakdowns, Breakdown):
+        breakdowns = [breakdowns]
+    if not isinstance(breakdowns, Sequence) or isinstance(breakdowns, (str, bytes)):
+        raise TypeError("breakdowns: expected a list of Breakdowns (as summarize returns) or "
+                        f"one Breakdown, got {type(breakdowns).__name__} {breakdowns!r:.80}")
     if not breakdowns:
         raise ValueError("breakdowns: expected at least one Breakdown, got none")
+    for i, b in enumerate(breakdowns):
+        _check_breakdown(f"breakdowns[{i}]", b)
+    check_count("top", top, 1, "operations listed by name")
     first = breakdowns[0]
     cols = [b.method for b in breakdowns] + [f"{first.method} - {b.method}"
                                              for b in breakdowns[1:]]
@@ -205,6 +289,25 @@ def record(fns: Mapping[str, Callable[[], object]], *, calls: int = 5, warmup: i
             raise TypeError(f"fns[{name!r}]: expected a callable, got {type(fn).__name__}")
     check_count("calls", calls, 1)
     check_count("warmup", warmup, 0)
+    if path is not None:  # checked before anything is profiled
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a file path (a str or Path) or None, got "
+                            f"{type(path).__name__} {path!r}")
+        folder = Path(path).parent
+        if Path(path).is_dir():
+            raise ValueError(f"path: expected a file to write the trace to, got the folder "
+                             f"{str(path)!r}")
+        if not folder.is_dir():
+            raise ValueError(f"path: expected a file in an existing folder, got {str(path)!r} "
+                             f"(there is no folder {str(folder)!r})")
+        if not os.access(folder, os.W_OK) or (Path(path).exists()
+                                              and not os.access(path, os.W_OK)):
+            raise ValueError(f"path: expected a file this process may write, got "
+                             f"{str(path)!r} (it or its folder is not writable)")
+    if sync is not None and not callable(sync):
+        raise TypeError(f"sync: expected a callable that drains the device (or None, for "
+                        f"torch.cuda.synchronize where CUDA is initialised), got "
+                        f"{type(sync).__name__} {sync!r}")
     if sync is None:
         def sync() -> None:
             if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -254,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         L, K, N = (int(v) for v in args.shape.split(","))
     except ValueError:
         p.error(f"--shape: expected L,K,N (three integers), got {args.shape!r}")
+    if min(L, K, N) < 1:
+        p.error(f"--shape: expected L,K,N (three integers >= 1), got {args.shape!r}")
     if args.calls < 1:
         p.error(f"--calls: expected a count >= 1, got {args.calls}")
     dtypes = []
@@ -262,6 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
             p.error(f"--dtypes: expected floating torch dtype names, got {name!r}")
         dtypes.append((name, dt))
+    try:
+        torch.device(args.device)
+    except (RuntimeError, ValueError):
+        p.error(f"--device: expected a torch device such as cpu, cuda or cuda:0, got "
+                f"{args.device!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("[trace] no CUDA device here", file=sys.stderr)
         return 2
