@@ -221,6 +221,7 @@ def _note_measured(request: pytest.FixtureRequest, kwargs: dict) -> None:
     entry = {"nodeid": request.node.nodeid, "group": str(kwargs["group"]),
              "method": str(kwargs["method"]), "reference": str(kwargs["reference"]),
              "role": str(kwargs["role"]), "device": str(kwargs["device"]),
+             "dtype": str(kwargs["dtype"]),
              "interleaved": kwargs.get("reference_fn") is not None,
              "shape": {str(k): str(v) for k, v in (kwargs.get("shape") or {}).items()},
              "failed": False}
@@ -307,12 +308,56 @@ def without_reference_lines(missing: list[dict], timed: bool = True,
     return lines
 
 
+def indistinct(entries: list[dict]) -> list[list[dict]]:
+    """The benchmarks that share a group, method, shape and device: each list two or more
+    measure calls that a gate (and the history) could not tell apart, as a test
+    parametrised over the ``dtype`` fixture under one group and shape gives. A failed
+    test's count too: its benchmark is in the JSON, and the gate refuses the run before it
+    leaves the failed ones out."""
+    from handgrad.reports.load import shape_text
+
+    by: dict[tuple[str, str, str, str], list[dict]] = {}
+    for e in entries:
+        key = (e["group"], e["method"], shape_text(e["shape"]), e["device"])
+        by.setdefault(key, []).append(e)
+    return [es for es in by.values() if len(es) > 1]
+
+
+def indistinct_lines(clashes: list[list[dict]]) -> list[str]:
+    """What the session's summary says of ``indistinct``'s benchmarks, and what to do."""
+    from handgrad.reports.load import shape_text
+
+    lines = [f"handgrad: {len(clashes)} benchmark(s) measured more than once under one group, "
+             "method, shape and device: the gate and the history refuse a run that holds "
+             "them (render reports them, but no run against another can pair them)"]
+    by_dtype = False
+    for es in clashes:
+        e, shape = es[0], shape_text(es[0]["shape"])
+        dtypes = list(dict.fromkeys(x.get("dtype", "") for x in es))
+        by_dtype = by_dtype or len(dtypes) > 1
+        lines.append(f"  group {e['group']!r}, method {e['method']!r}, device {e['device']!r}"
+                     + (f" [{shape}]" if shape else "") + ": "
+                     + ", ".join(x["nodeid"] for x in es)
+                     + (f" (in {', '.join(dtypes)})" if len(dtypes) > 1 else ""))
+    lines.append("  give each its own group, or a shape that differs"
+                 + (": where they differ by dtype, a group per dtype (group=f'... {dtype}'), "
+                    "as a group per device" if by_dtype else " (measure(..., shape={...}))"))
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """The session's end: the kernels measured without their reference (``without_reference``),
-    with pytest-xdist's workers' measure calls gathered on the controller (a kernel and its
-    reference may run on two workers), said once there."""
+    """The session's end: the kernels measured without their reference (``without_reference``)
+    and the benchmarks measured twice under one name (``indistinct``), with pytest-xdist's
+    workers' measure calls gathered on the controller (a kernel and its reference may run
+    on two workers), said once there."""
     if hasattr(config, "workerinput"):
         return
+    clashes = indistinct(config.stash.get(_measured_entries, []))
+    if clashes:
+        terminalreporter.write_sep("=", "handgrad: benchmarks measured under one name",
+                                   yellow=True)
+        for line in indistinct_lines(clashes):
+            terminalreporter.write_line(line, yellow=True)
     missing = without_reference(config.stash.get(_measured_entries, []))
     if not missing:
         return

@@ -275,6 +275,7 @@ def check_distinct_benchmarks(df: pd.DataFrame, by_device: bool = False) -> None
     which = (f"{names[0]!r} and {names[1]!r}" if len(names) > 1
              else f"{names[0]!r} ({len(same)} times)")
     devices = sorted(set(same["device"]))
+    dtypes = list(dict.fromkeys(same["dtype"])) if "dtype" in same else []
     raise ReportInputError(
         f"{first['source']}: benchmarks {which} have the same group {first['group']!r}, "
         f"method {first['method']!r} and shape ({first['shape'] or 'none'})"
@@ -282,7 +283,10 @@ def check_distinct_benchmarks(df: pd.DataFrame, by_device: bool = False) -> None
         "tell them apart; give each its own group, or a shape that differs "
         "(measure(..., shape={...}))" + (
             f" (timed on {' and '.join(map(repr, devices))}: this report keys its series "
-            "by group, method and shape only)" if len(devices) > 1 else ""))
+            "by group, method and shape only)" if len(devices) > 1 else "") + (
+            f" (timed in {' and '.join(map(str, dtypes))}: a benchmark's dtype is not part "
+            "of its name; give each dtype its own group, group=f'... {dtype}')"
+            if len(dtypes) > 1 else ""))
 
 
 def split_by_device(*frames: pd.DataFrame) -> set[tuple[str, str, str]]:

@@ -415,6 +415,64 @@ def test_kernel_of_a_failed_reference(measure):
     measure(lambda: None, **kernel("failed_ref", "torch_ref"))
 '''
 
+ONE_NAME = '''
+import torch
+
+KW = dict(group="layer", kernel="layer", method="hand", reference="torch", role="kernel",
+          device="cpu")
+
+
+def test_over_dtypes(measure, dtype):  # the dtype fixture, one group and shape
+    measure(lambda: None, reference_fn=lambda: None, dtype=dtype, shape={"n": 4}, **KW)
+
+
+def test_dtype_in_the_group(measure, dtype):  # told apart: the fix the summary gives
+    measure(lambda: None, reference_fn=lambda: None, dtype=dtype, shape={"n": 8},
+            **dict(KW, group=f"layer {dtype}"))
+
+
+def test_twice_a(measure):
+    measure(lambda: None, reference_fn=lambda: None, dtype=torch.float32,
+            **dict(KW, group="twice"))
+
+
+def test_twice_b(measure):
+    measure(lambda: None, reference_fn=lambda: None, dtype=torch.float32,
+            **dict(KW, group="twice"))
+'''
+
+
+def test_benchmarks_measured_under_one_name_are_named_at_the_end(project):
+    """A gate and the history refuse a run with two benchmarks of one group, method, shape
+    and device (a test over the dtype fixture under one group and shape is one): the
+    session's end says so, with the tests and what to change, before any gate runs."""
+    project.makepyfile(test_one_name=ONE_NAME)
+    res = _run(project, "test_one_name.py", "--benchmark-disable")
+    res.assert_outcomes(passed=10)
+    res.stdout.fnmatch_lines([
+        "*= handgrad: benchmarks measured under one name =*",
+        "handgrad: 2 benchmark(s) measured more than once under one group, method, shape and "
+        "device: the gate and the history refuse a run that holds them*",
+        "  group 'layer', method 'hand', device 'cpu' [[]n=4[]]: "
+        "test_one_name.py::test_over_dtypes[[]float64[]], *[[]float16[]] (in torch.float64, "
+        "torch.float32, torch.bfloat16, torch.float16)",
+        "  group 'twice', method 'hand', device 'cpu': test_one_name.py::test_twice_a, "
+        "test_one_name.py::test_twice_b",
+        "  give each its own group, or a shape that differs: where they differ by dtype, a "
+        "group per dtype (group=f'... {dtype}'), as a group per device",
+    ])
+    assert "n=8" not in res.stdout.str()  # a group per dtype tells them apart
+    # one clash, not by dtype: the shape hint without the dtype's
+    project.makepyfile(test_one_name=ONE_NAME.split("def test_over_dtypes")[0]
+                       + "def test_twice_a" + ONE_NAME.split("def test_twice_a")[1])
+    res = _run(project, "test_one_name.py", "--benchmark-disable")
+    res.stdout.fnmatch_lines(["  give each its own group, or a shape that differs "
+                              "(measure(..., shape={...}))"])
+    # none: no section
+    res = _run(project, "test_one_name.py", "--benchmark-disable", "-k", "twice_a")
+    assert "measured under one name" not in res.stdout.str()
+
+
 WITHOUT_REFERENCE = "*kernel benchmark(s) measured without their reference in this session*"
 
 

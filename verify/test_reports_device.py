@@ -172,6 +172,25 @@ def test_two_benchmarks_of_one_device_are_still_refused(tmp_path):
         gate(_write(tmp_path, "other.json", _run(BOTH, 5)), path)
 
 
+def test_two_benchmarks_of_one_name_in_two_dtypes_are_refused_saying_so(tmp_path):
+    # a test over the dtype fixture under one group and shape: the refusal says the dtype
+    # is what differs, and what to do
+    data = _run(BOTH)
+    twin = dict(data["benchmarks"][2], name="test_layer[cuda-my_backward-float64]")
+    twin["extra_info"] = dict(twin["extra_info"], dtype="float64")
+    data["benchmarks"].append(twin)
+    path = _write(tmp_path, "dup.json", data)
+    with pytest.raises(ReportInputError, match=r"no gate can tell them apart; .* \(timed in "
+                       r"float32 and float64: a benchmark's dtype is not part of its name; "
+                       r"give each dtype its own group, group=f'\.\.\. \{dtype\}'\)$"):
+        gate(_write(tmp_path, "other.json", _run(BOTH, 5)), path)
+    data["benchmarks"][-1]["extra_info"]["dtype"] = "float32"  # one dtype: no such words
+    with pytest.raises(ReportInputError) as err:
+        gate(_write(tmp_path, "other2.json", _run(BOTH, 6)), _write(tmp_path, "dup2.json",
+                                                                    data))
+    assert "dtype" not in str(err.value)
+
+
 def test_a_series_keyed_without_the_device_refuses_two_devices_by_name(tmp_path):
     """The history keys its series by group, method and shape: there two devices of one
     group and shape stay refused, and the line says that the device is what differs."""
