@@ -370,3 +370,26 @@ def _bad_input(dx):
 def test_diagnose_refuses_a_bad_input_gradient_by_name(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+@pytest.mark.parametrize("y, loss", [
+    (lambda y: y[:5].t(), "squared"),  # (2, 5) for 5 samples and 2 outputs: 10 values
+    (lambda y: y[:5].t(), "log_cosh"),
+    (lambda y: torch.ones(5, 2, dtype=torch.float64), "cross_entropy"),  # rows sum to 2
+    (lambda y: torch.tensor([[1.5, -0.5]] * 5, dtype=torch.float64), "cross_entropy"),
+])
+def test_diagnose_refuses_the_y_backprop_refuses(y, loss):
+    """diagnose checked y's number of elements only: it took y.t() and "probabilities" whose
+    rows sum to 2 or hold a negative, and named backprop's right result wrong (layer 4 dW).
+    It refuses them as backprop does, with backprop's own check and message."""
+    net, x, y0 = problem()
+    x, y_bad = x[:5], y(y0)
+    g = bp.backprop(net, x, y0[:5].softmax(1) if loss == "cross_entropy" else y0[:5],
+                    loss=loss)
+    with pytest.raises(ValueError) as kernel:
+        bp.backprop(net, x, y_bad, loss=loss)
+    words = (r"y: expected shape \(5, 2\) for x of shape \(5, 5\)" if loss != "cross_entropy"
+             else r"y: probabilities must be finite, >= 0 and sum to 1 in each row")
+    with pytest.raises(ValueError, match=words) as e:
+        diagnose(g, net, x, y_bad, loss=loss)
+    assert str(e.value) == str(kernel.value)

@@ -302,3 +302,42 @@ def test_meta_tensors_are_refused_by_name():
     m = torch.empty(2, device="meta")
     with pytest.raises(ValueError, match="^k vs r: tensors on the meta device hold no values"):
         assert_close(m, m, kernel="k", reference="r")
+
+
+@pytest.mark.parametrize("factor, exc, words", [
+    ("2", TypeError, r"Tol.scaled: factor: expected a real number > 0, got str '2'"),
+    (True, TypeError, r"Tol.scaled: factor: expected a real number > 0, got bool True"),
+    (None, TypeError, r"Tol.scaled: factor: expected a real number > 0, got NoneType"),
+    (0, ValueError, r"Tol.scaled: factor: expected a finite real number > 0, got 0"),
+    (-2.0, ValueError, r"Tol.scaled: factor: expected a finite real number > 0, got -2.0"),
+    (math.nan, ValueError, r"Tol.scaled: factor: expected a finite real number > 0, got nan"),
+    (math.inf, ValueError, r"Tol.scaled: factor: expected a finite real number > 0, got inf"),
+    (1e308, OverflowError,
+     r"Tol.scaled: factor: 1e\+308 times rtol=10.0, atol=1e-06 overflows"),
+])
+def test_tol_scaled_refuses_a_factor_that_is_not_a_positive_real_by_name(factor, exc, words):
+    """scaled("2") said "can't multiply sequence by non-int of type 'float'", naming nothing."""
+    with pytest.raises(exc, match=words):
+        Tol(10.0, 1e-6).scaled(factor)
+
+
+def test_tol_scaled_keeps_valid_factors():
+    assert Tol(1e-5, 1e-6).scaled(2) == Tol(2e-5, 2e-6)
+    assert Tol(1e-4, 1e-6).scaled(np.float64(0.5)) == Tol(5e-5, 5e-7)
+
+
+def test_assert_close_refuses_a_check_dtype_that_is_not_a_bool_and_a_bad_kind_with_tol():
+    """check_dtype="no" was taken as True; kind="bogus" with tol= passed silently (kind is
+    read only where tol is None)."""
+    a = torch.arange(4.0)
+    with pytest.raises(TypeError, match=r"check_dtype: expected True or False, got 'no'"):
+        assert_close(a.long(), a.long(), check_dtype="no")
+    with pytest.raises(TypeError, match=r"check_dtype: expected True or False, got None"):
+        assert_close(a, a, check_dtype=None)
+    with pytest.raises(ValueError, match=r"kind: expected one of \['finite_diff', 'forward', "
+                                         r"'grad'\], got 'bogus'"):
+        assert_close(a, a, kind="bogus", tol=Tol(0, 0))
+    with pytest.raises(ValueError, match=r"kind: expected one of .*, got None"):
+        assert_close(a, a, kind=None, tol=Tol(0, 0))
+    assert assert_close(a.long(), a.long(), check_dtype=False).passed
+    assert assert_close(a, a, kind="grad", tol=Tol(0, 0)).passed

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from handgrad.kernels.backprop import LOSSES, Gradients
+# backprop's own checks of y (its shape, and cross-entropy's probabilities): what backprop
+# refuses, diagnose refuses the same way, rather than naming a right result wrong
+from handgrad.kernels.backprop import LOSSES, Gradients, _check_classes, _check_target
 from handgrad.kernels.mlp import MLP, REDUCTIONS
 from handgrad.testing.references import TORCH_ACTIVATIONS
 from handgrad.testing.tolerances import Tol, tol_for
@@ -294,6 +296,12 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
     for name, t in (("x", x), ("y", y)):
         if t.dtype.is_floating_point and not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{name}: holds NaN or inf; expected finite values")
+    # then backprop's own checks: y of the right size in another shape (y.t()), or
+    # probabilities whose rows do not sum to 1 or hold a negative, as backprop refuses them
+    if loss == "cross_entropy":
+        _check_classes(net, x, y)
+    else:
+        _check_target(net, x, y)
 
 
 def diagnose(grads: Gradients, net: MLP, x, y, *, loss: str = "squared",

@@ -949,24 +949,48 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: Tol) -> bool:
 def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
     """A name for how ``got`` is wrong against ``ref`` when one simple change explains it:
     a missing (zero) result, a flipped sign, a transpose, a reversal along one dim, a
-    constant factor, values computed in a narrower dtype; else None."""
+    constant factor, values computed in a narrower dtype; else None (None too where ``got``
+    is within ``tol`` of ``ref``: nothing is wrong). ``got`` and ``ref``: finite
+    floating-point tensors. ``tol``'s atol is an absolute error for values of order 1:
+    against a reference whose largest element is below 1 it is scaled with it, as
+    check_vjp's default tolerance is (a reference of 1e-200 is not within an atol of 1e-8
+    of everything)."""
     for name, t in (("got", got), ("ref", ref)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.device.type == "meta":
             raise ValueError(f"{name}: a tensor on the meta device holds no values; expected "
                              "a tensor on a real device (cpu, cuda)")
+        if t.is_complex():
+            raise TypeError(f"{name}: complex dtype {t.dtype}: a cast to real would drop the "
+                            "imaginary part; expected a floating-point tensor (pass "
+                            "torch.view_as_real of both)")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
     if not isinstance(tol, Tol):
         raise TypeError(f"tol: expected a handgrad.testing.Tol, got {type(tol).__name__}")
-    g, r = got.detach().double(), ref.detach().double()
+    for name, t in (("got", got), ("ref", ref)):
+        if not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{name}: {_nonfinite(t)}; expected finite values (a NaN or inf "
+                             "is no result a simple change explains)")
+    return _signature(got, ref, _at_scale(tol, ref, ref.dtype, False)[0])
+
+
+def _signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
+    """``signature`` of finite floating-point ``got`` and ``ref``, compared at ``tol`` as
+    it is (check_vjp's and check_jvp's own, already at the reference's scale)."""
+    g, r = got.detach().double(), ref.detach().double().to(got.device)
     if g.dim() == 2 and r.dim() == 2 and g.shape == r.t().shape and g.shape != r.shape:
         return "the shape of its transpose: transposed?"
-    if g.shape != r.shape:
+    if g.shape != r.shape or r.numel() == 0:
         return None
-    rr = float((r * r).sum())
-    if rr == 0:
+    s = float(r.abs().max())
+    if s == 0:
         return None
-    if float(g.abs().max()) == 0:
+    if _close(g, r, tol):  # nothing wrong, unless a narrower dtype explains why it passed
+        return _computed_narrower(got, ref)
+    sg = float(g.abs().max())
+    if sg == 0:
         return "zero everywhere: a missing gradient?"
     if _close(g, -r, tol):
         return "a flipped sign (-1 x the reference)"
@@ -983,8 +1007,11 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
     narrower = _computed_narrower(got, ref)
     if narrower:
         return narrower
-    c = float((g * r).sum()) / rr
-    if c != 0 and _close(g, c * r, tol):
+    # the least-squares factor <g, r> / <r, r>, each tensor divided by its largest element
+    # first: a sum of squares of 1e200 overflows float64, of 1e-200 underflows to zero
+    rs = r / s
+    c = float(((g / sg) * rs).sum()) / float((rs * rs).sum()) * (sg / s)
+    if c != 0 and math.isfinite(c) and _close(g, c * r, tol):
         shown = f"{c:.6g}"
         if shown in ("1", "-1"):  # 1.0000001: as many digits as tell it from 1
             shown = f"{c:.15g}"
@@ -1049,7 +1076,10 @@ def _compare(label: str, got: torch.Tensor, ref: torch.Tensor, *, kernel: str,
         rec = assert_close(got, ref, kernel=kernel, reference=reference, what=label, tol=tol)
     except AssertionError as e:
         _record_as(before, record_as)
-        sig = signature(got, ref, tol)
+        # a NaN or inf (the reference's: the derivative's own are refused before) is no
+        # result a simple change explains
+        sig = (_signature(got, ref, tol) if bool(torch.isfinite(got).all())
+               and bool(torch.isfinite(ref).all()) else None)
         text = str(e).removeprefix(f"{kernel} vs {reference} [{label}]: ")
         # the report's headroom: how far over its allowance the worst element is (0.82x),
         # inf only where an element is NaN or infinite
@@ -1576,6 +1606,11 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 raise
             jt = _output("jvp", got).detach()  # float() of it below
             args.check("jvp")
+            # before its values are read (a meta tangent holds none), as check_vjp's gradient
+            if jt.shape != out.shape or jt.device != out.device:
+                raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
+                                     f"{jt.device}, f(*args) has {tuple(out.shape)} on "
+                                     f"{out.device}")
             if k == 0:  # once per argument: the same tangents again give the same tangent
                 jt = jt.clone()  # as it was: a second call may write into a buffer it returned
                 # fresh tangents: the first call may have written into its own
@@ -1592,10 +1627,6 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                     raise
                 args.check("jvp")
                 _repeatable("jvp", [(label, jt, again)], tol)
-            if jt.shape != out.shape or jt.device != out.device:
-                raise AssertionError(f"{label}: jvp returned shape {tuple(jt.shape)} on "
-                                     f"{jt.device}, f(*args) has {tuple(out.shape)} on "
-                                     f"{out.device}")
             if _narrower(jt.dtype, out.dtype):
                 raise TypeError(f"jvp's tangent of f(*args) (moving {label}): dtype "
                                 f"{jt.dtype} for an output of dtype {out.dtype}; expected "

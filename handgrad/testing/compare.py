@@ -18,7 +18,7 @@ import torch
 
 from handgrad.reports.record import SweepRecord
 from handgrad.reports.record import VerifyRecord as Record  # the one definition, read by reports/
-from handgrad.testing.tolerances import Tol, tol_for
+from handgrad.testing.tolerances import KINDS, Tol, tol_for
 
 RECORDS: list[Record] = []
 SWEEPS: list[SweepRecord] = []
@@ -124,6 +124,12 @@ def assert_close(
     ``equal_nan=True`` where NaN at the same place is the answer both sides should give.
     """
     label = f"{kernel} vs {reference}" + (f" [{what}]" if what else "")
+    # the options first: each is read below only on some paths (kind only without tol,
+    # check_dtype only for some dtypes), and a wrong one would pass there unseen
+    if not isinstance(check_dtype, bool):
+        raise TypeError(f"check_dtype: expected True or False, got {check_dtype!r}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"kind: expected one of {sorted(KINDS)}, got {kind!r}")
     if not isinstance(actual, torch.Tensor) or not isinstance(expected, torch.Tensor):
         raise TypeError(
             f"{label}: expected two tensors, got {type(actual).__name__} and "

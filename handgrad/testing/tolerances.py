@@ -37,8 +37,20 @@ class Tol:
             )
 
     def scaled(self, factor: float) -> Tol:
-        """The same tolerance loosened by ``factor``; callers say why in a comment."""
-        return Tol(self.rtol * factor, self.atol * factor)
+        """The same tolerance loosened by ``factor`` (a finite real number > 0; below 1
+        tightens it); callers say why in a comment."""
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+            raise TypeError(f"Tol.scaled: factor: expected a real number > 0, got "
+                            f"{type(factor).__name__} {factor!r}")
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"Tol.scaled: factor: expected a finite real number > 0, got "
+                             f"{factor!r}")
+        rtol, atol = self.rtol * factor, self.atol * factor
+        if math.isinf(rtol) or math.isinf(atol):
+            raise OverflowError(f"Tol.scaled: factor: {factor!r} times rtol={self.rtol}, "
+                                f"atol={self.atol} overflows float's range; expected a "
+                                "factor that keeps them finite")
+        return Tol(rtol, atol)
 
 
 # forward values: a few ulps of the dtype, times the depth of a small network
@@ -82,9 +94,13 @@ def check_float_dtype(name: str, value: object) -> torch.dtype:
     return value
 
 
+# the kinds of table tol_for (and assert_close's kind=) name
+KINDS = ("forward", "grad", "finite_diff")
+
+
 def tol_for(dtype: torch.dtype, kind: str = "forward") -> Tol:
     """The table entry for ``dtype``; kind is 'forward', 'grad' or 'finite_diff'."""
-    tables = {"forward": FORWARD, "grad": GRAD, "finite_diff": FINITE_DIFF}
+    tables = dict(zip(KINDS, (FORWARD, GRAD, FINITE_DIFF)))
     if kind not in tables:
         raise ValueError(f"kind: expected one of {sorted(tables)}, got {kind!r}")
     table = tables[kind]
