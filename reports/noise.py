@@ -647,7 +647,22 @@ class RunsGateResult:
 
     @property
     def inconclusive(self) -> int:
-        return self._count("inconclusive")
+        """Kernels whose interval straddles their limit, plus the inconclusive benchmarks of
+        kernels with no verdict of their own (no benchmark every run has): as in the gate of
+        one run a side, an inconclusive benchmark of a kernel with its own verdict is shown,
+        not counted: its kernel, judged over all its benchmarks, decides (a kernel read ok
+        with one of its three benchmarks inconclusive was exit 3)."""
+        return int((self.kernels["verdict"] == "inconclusive").sum()
+                   + len(self._undecided_benchmarks()))
+
+    def _undecided_benchmarks(self) -> pd.DataFrame:
+        """The inconclusive benchmarks of kernels without a kernel row."""
+        judged = set(zip(self.kernels["kernel"], self.kernels["method"],
+                         self.kernels["device"]))
+        t = self.table
+        alone = np.array([k not in judged for k in zip(t["kernel"], t["method"],
+                                                         t["device"])], dtype=bool)
+        return t[(t["verdict"] == "inconclusive") & alone]
 
     @property
     def passed(self) -> bool:
@@ -657,7 +672,10 @@ class RunsGateResult:
         return self._names("REGRESSION")
 
     def undecided(self) -> set[str]:
-        return self._names("inconclusive")
+        """``kernel.method`` of what ``inconclusive`` counts."""
+        k = self.kernels[self.kernels["verdict"] == "inconclusive"]
+        b = self._undecided_benchmarks()
+        return {f"{r.kernel}.{r.method}" for r in pd.concat([k, b]).itertuples()}
 
     def _names(self, verdict: str) -> set[str]:
         k = self.kernels[self.kernels["verdict"] == verdict]

@@ -423,6 +423,37 @@ def test_of_several_calibrations_the_gate_takes_the_current_runs_machines(tmp_pa
     assert rc == 0 and f"cpu {here!r} there, 'ARM Neoverse' here" in report
 
 
+def test_an_undecided_benchmark_of_a_kernel_judged_ok_is_shown_not_counted(tmp_path):
+    # one of manual_forward's 4 benchmarks 8-18% slower: the kernel, over its benchmarks,
+    # is ok; that benchmark's interval straddles its 1.20 limit. As in the gate of one run
+    # a side, the kernel's verdict decides: the gate passes (exit 0), the row still shown
+    wild = "jacobian L=3 K=30 N=1024 cpu :: manual_forward"
+    base = write_runs(tmp_path, "b", [{}, {}, {}])
+    cur = write_runs(tmp_path, "c", [{wild: f} for f in (1.08, 1.18, 1.12)])
+    r = gate_runs(base, cur)
+    assert _row(r, FWD)["verdict"] == "ok"
+    row = r.table[r.table["benchmark"] == wild].iloc[0]
+    assert row["verdict"] == "inconclusive" and row["ci_low"] < 1.2 < row["ci_high"]
+    assert r.inconclusive == 0 and r.undecided() == set() and r.passed
+    assert main(["gate", "--baseline", *base, "--current", *cur]) == 0
+    # a kernel without a verdict of its own (no benchmark every run has: each current
+    # run lacks another half of them): its benchmarks are its only verdicts, and an
+    # undecided one counts
+    cur = write_runs(tmp_path, "d", [{wild: f} for f in (1.08, 1.18, 1.12, 1.13)])
+    for i, path in enumerate(cur):
+        data = json.loads(Path(path).read_text())
+        data["benchmarks"] = [b for j, b in enumerate(data["benchmarks"])
+                              if b["group"] == wild.split(" :: ")[0] and i < 3
+                              or b["group"] != wild.split(" :: ")[0] and j % 2 == i % 2]
+        Path(path).write_text(json.dumps(data))
+    r = gate_runs(base, cur)
+    assert FWD not in {f"{k}.{m}" for k, m in zip(r.kernels["kernel"], r.kernels["method"])}
+    row = r.table[r.table["benchmark"] == wild].iloc[0]
+    assert row["verdict"] == "inconclusive"
+    assert FWD in r.undecided() and r.inconclusive >= 1
+    assert main(["gate", "--baseline", *base, "--current", *cur]) == 3
+
+
 def test_a_kernel_is_judged_on_the_benchmarks_every_run_has(tmp_path):
     base = write_runs(tmp_path, "b", [{}, {}])
     cur = write_runs(tmp_path, "c", [{}, {}])
