@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Sequence
 
 import torch
@@ -155,3 +156,28 @@ def check_probabilities(name: str, rows: torch.Tensor) -> None:
             f"{name}: probabilities must be finite, >= 0 and sum to 1 in each row (within "
             f"{tol:.2g}); row {row} holds [{held}], summing to {float(sums[row].detach()):.9g}"
         )
+
+
+# a result below this many bytes is made without asking how much memory the device has
+_ALLOC_FLOOR = 2 ** 30
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """The device's memory in bytes (the CPU's physical memory, a CUDA device's total), or
+    None where it is not known (another device, or no sysconf)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        pass
+    return None
+
+
+def _bytes_str(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable

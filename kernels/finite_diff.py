@@ -17,6 +17,7 @@ gradient and only as h when it is not.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,7 +65,12 @@ def _check_eps(eps, dtypes: Sequence[torch.dtype], xmax: float) -> float:
     coarsest dtype decides; and x + h must not overflow."""
     coarse = max(dtypes, key=lambda d: torch.finfo(d).eps)
     if eps is None:
-        return default_eps(coarse)
+        eps = default_eps(coarse)
+        if max(1.0, xmax) * (1.0 + eps) >= float(torch.finfo(coarse).max):
+            raise ValueError(f"x: max |x| = {xmax:g} leaves no room for a step: x + eps * "
+                             f"max(1, |x|) overflows {coarse} at the default eps = {eps:g}; "
+                             "scale x (and f) down")
+        return eps
     eps = real_number("eps", eps, "a positive step")
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps: expected a positive finite step, got {eps!r}")
@@ -232,6 +238,12 @@ class StepSweep:
     value_scale: float = math.nan
 
     def __post_init__(self) -> None:
+        for name in ("eps", "error"):  # sequences of numbers, as step_sweep makes them
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
+                    isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+                raise TypeError(f"{name}: expected a sequence of real numbers, one per step, "
+                                f"got {type(value).__name__} {value!r}")
         # one error per step: a shorter error had given best_eps nan and to_frame pandas'
         # raw "All arrays must be of the same length"
         if len(self.eps) != len(self.error):

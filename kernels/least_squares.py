@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,9 @@ from dataclasses import dataclass
 import torch
 
 from handgrad.kernels._checks import (
+    _ALLOC_FLOOR,
+    _bytes_str,
+    _device_memory,
     check_all_finite,
     check_finite,
     check_same,
@@ -108,7 +110,8 @@ def _check_k(k) -> tuple[list[int], bool]:
     here when k is an int (a tensor k is read to the host once)."""
     single = isinstance(k, numbers.Integral) and not isinstance(k, bool)
     if isinstance(k, torch.Tensor):
-        if k.dtype.is_floating_point or k.dtype == torch.bool or k.dim() > 1:
+        if (k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool
+                or k.dim() > 1):
             raise TypeError(f"k: expected an int or a 1-D integer tensor, got {k.dtype} "
                             f"of shape {shape_str(k)}")
         single = k.dim() == 0
@@ -123,31 +126,6 @@ def _check_k(k) -> tuple[list[int], bool]:
     if any(v < 0 for v in ks):
         raise ValueError(f"k: iteration counts must be >= 0, got {ks}")
     return ks, single
-
-
-# a result below this many bytes is made without asking how much memory the device has
-_ALLOC_FLOOR = 2 ** 30
-
-
-def _device_memory(device: torch.device) -> int | None:
-    """The device's memory in bytes (the CPU's physical memory, a CUDA device's total), or
-    None where it is not known (another device, or no sysconf)."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.get_device_properties(device).total_memory)
-        if device.type == "cpu":
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError, RuntimeError):
-        pass
-    return None
-
-
-def _bytes_str(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
-        n /= 1000
-    raise AssertionError  # unreachable
 
 
 def _check_iterates_fit(what: str, nbytes: int, k: int, w0: torch.Tensor,

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from handgrad.kernels._checks import (
+    _ALLOC_FLOOR,
+    _bytes_str,
+    _device_memory,
     check_all_finite,
     check_choice,
     check_finite,
@@ -300,6 +303,20 @@ def init_mlp(
                              f"drawn on the CPU, then moved to device), got one on "
                              f"{generator.device}")
 
+    # asked before allocating (torch's allocator error names no argument): the parameters
+    # in dtype, and the largest layer's float64 draw beside them
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    nbytes = params * dtype.itemsize + 8 * max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if nbytes > _ALLOC_FLOOR:
+        memory = _device_memory(device)
+        limit = memory if memory is not None else 2 ** 63 - 1
+        if nbytes > limit:
+            where = (f"the {_bytes_str(memory)} of {device.type} memory this machine has"
+                     if memory is not None else "what torch can index")
+            raise ValueError(f"sizes: {sizes} make {params:,} parameters, {_bytes_str(nbytes)} "
+                             f"in {dtype} with the draw, more than {where}; expected "
+                             "narrower layers")
+
     def uniform(shape: tuple[int, ...], bound: float) -> torch.Tensor:
         u = torch.rand(shape, generator=generator, dtype=torch.float64)
         return ((2 * u - 1) * bound).to(dtype=dtype, device=device)
@@ -311,6 +328,10 @@ def init_mlp(
         init = check_real("init", init, what="'xavier' or a positive number d")
         if not init > 0:
             raise ValueError(f"init: expected 'xavier' or a positive number d, got {init!r}")
+        top = float(torch.finfo(dtype).max)
+        if init > top:  # U(-d, d) would round its draws to +-inf in dtype
+            raise ValueError(f"init: d = {init:g} draws values past {dtype}'s range "
+                             f"(largest {top:.3g}); expected d <= {top:.3g}")
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         if init == "xavier":
             weights.append(uniform((fan_out, fan_in), math.sqrt(6.0 / (fan_in + fan_out))))

@@ -4,6 +4,7 @@ algebra, iteration and torch.optim.SGD."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import types
 import warnings
@@ -678,7 +679,7 @@ def test_device_memory_of_cpu_cuda_and_others(monkeypatch):
                         lambda device: types.SimpleNamespace(total_memory=80 * 2**30))
     assert ls._device_memory(torch.device("cuda:0")) == 80 * 2**30
     assert ls._device_memory(torch.device("mps")) is None
-    monkeypatch.setattr(ls.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     assert ls._device_memory(torch.device("cpu")) is None
 
 

@@ -105,3 +105,66 @@ def test_a_minimizer_past_the_range_is_an_overflow_error():
         ls.minimizer(X.float() * 1e-30, y.float() * 1e30)
     # within the range, the scaled problem's answer: w* (c X, c y) = w* (X, y)
     assert torch.allclose(ls.minimizer(X * 1e200, y * 1e200), w, rtol=1e-12)
+
+
+def test_init_mlp_refuses_sizes_past_the_memory_by_name(monkeypatch):
+    with pytest.raises(ValueError, match=r"^sizes: \[1000000000000, 2\] make "
+                       r"2,000,000,000,002 parameters, 24 TB in torch\.float32 with the draw, "
+                       r"more than the .* of cpu memory this machine has; expected narrower "
+                       r"layers$"):
+        mlp.init_mlp([10**12, 2])
+    # past the floor the device's memory decides; where it is not known, int64's range
+    monkeypatch.setattr(mlp, "_ALLOC_FLOOR", 0)
+    monkeypatch.setattr(mlp, "_device_memory", lambda device: 1000)
+    assert mlp.init_mlp([3, 4, 2]).sizes == [3, 4, 2]  # 26 x 4 + 12 x 8 = 200 bytes
+    with pytest.raises(ValueError, match=r"^sizes: \[16, 16\] make 272 parameters, 3\.14 KB "
+                       r"in torch\.float32 with the draw, more than the 1 KB of cpu memory"):
+        mlp.init_mlp([16, 16])  # 272 x 4 + 256 x 8 (the weights' float64 draw) = 3136 bytes
+    monkeypatch.setattr(mlp, "_device_memory", lambda device: None)
+    with pytest.raises(ValueError, match=r"more than what torch can index"):
+        mlp.init_mlp([2**40, 2**30])
+
+
+def test_init_mlp_refuses_a_scale_past_the_dtype_by_name():
+    with pytest.raises(ValueError, match=r"^init: d = 1e\+200 draws values past "
+                       r"torch\.float32's range \(largest 3\.4e\+38\); expected d <= 3\.4e\+38$"):
+        mlp.init_mlp([3, 2], init=1e200)
+    net = mlp.init_mlp([3, 2], init=1e200, dtype=torch.float64)  # within float64's
+    assert bool(torch.isfinite(net.weights[0]).all())
+
+
+def test_a_step_sweep_of_no_numbers_is_refused_by_name():
+    from handgrad.kernels.finite_diff import StepSweep
+
+    for bad in (None, "abc", (1e-3, None), (True,)):
+        with pytest.raises(TypeError, match=r"^eps: expected a sequence of real numbers, one "
+                           r"per step"):
+            StepSweep(eps=bad, error=(0.1,) * (len(bad) if isinstance(bad, tuple) else 1))
+    with pytest.raises(TypeError, match=r"^error: expected a sequence of real numbers"):
+        StepSweep(eps=(1e-3,), error=None)
+    assert StepSweep(eps=(1e-3, 1e-4), error=(0.1, 0.01)).best_eps == 1e-4
+
+
+def test_x_with_no_room_for_the_default_step_is_named():
+    from handgrad.kernels import finite_diff as FD
+
+    x = torch.tensor([3.4e38])
+    for call in (lambda: FD.jacobian(lambda t: t * 0.5, x),
+                 lambda: FD.directional_derivative(lambda t: t * 0.5, x, torch.ones(1))):
+        with pytest.raises(ValueError, match=r"^x: max \|x\| = 3\.4e\+38 leaves no room for a "
+                           r"step: x \+ eps \* max\(1, \|x\|\) overflows torch\.float32 at the "
+                           r"default eps = "):
+            call()
+    # a given eps is named as before
+    with pytest.raises(ValueError, match=r"^eps: x \+ eps \* max\(1, \|x\|\) overflows"):
+        FD.jacobian(lambda t: t * 0.5, x, eps=1e-2)
+    assert FD.jacobian(lambda t: t * 0.5, torch.tensor([3.0e38])).item() == pytest.approx(0.5)
+
+
+def test_a_complex_k_is_refused_by_name():
+    from handgrad.kernels import least_squares as ls
+
+    X, y = torch.eye(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"^k: expected an int or a 1-D integer tensor, got "
+                       r"torch\.complex64"):
+        ls.gd_iterates(X, y, torch.zeros(3, dtype=torch.float64), 0.1, torch.tensor(3 + 0j))
