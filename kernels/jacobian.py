@@ -80,6 +80,9 @@ def _prepare(weights, biases, x, activation: str):
     bs = _prepare_biases(biases, ws)
     check_choice("activation", activation, ACTIVATIONS)
     x = check_tensor("x", x, ndims=(1, 2))
+    if x.device != ws[0].device and ws[0].device.type == "meta":  # not x's fault
+        raise ValueError(f"weights[W1]: on the meta device, a shape without values; "
+                         f"expected values on x's device ({x.device})")
     check_same("x", x, "weights[W1]", ws[0])
     d = ws[0].shape[1]
     if x.shape[-1] != d:
@@ -178,11 +181,12 @@ def _prepare_biases(biases, ws) -> list:
     if len(bs) != len(ws):
         raise ValueError(f"biases: expected {len(ws)} (one per weight matrix), got {len(bs)}")
     for n, b, w in zip(names, bs, ws):
-        check_tensor(f"biases[{n}]", b, ndims=(1,))
-        check_same(f"biases[{n}]", b, "weights[W1]", ws[0])
+        bn = n.replace("W", "b")  # biases[b1] .. biases[bF], as the finite check names them
+        check_tensor(f"biases[{bn}]", b, ndims=(1,))
+        check_same(f"biases[{bn}]", b, "weights[W1]", ws[0])
         if b.shape[0] != w.shape[0]:
             raise ValueError(
-                f"biases[{n}]: shape {shape_str(b)} does not fit {n} of shape "
+                f"biases[{bn}]: shape {shape_str(b)} does not fit {n} of shape "
                 f"{shape_str(w)}; expected ({w.shape[0]},)"
             )
     return bs

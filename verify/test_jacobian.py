@@ -294,7 +294,7 @@ BAD = [
      ValueError, r"weights: expected at least W1 and WF"),
     ("bias shape", lambda: jm.jacobian_forward(
         W, torch.ones(2), biases=[torch.ones(4), torch.ones(3), torch.ones(3)]),
-     ValueError, r"biases\[W2\]: shape \(3,\) does not fit W2 of shape \(4, 4\)"),
+     ValueError, r"biases\[b2\]: shape \(3,\) does not fit W2 of shape \(4, 4\)"),
     ("mixed dtype", lambda: jm.jacobian_forward(W, torch.ones(2, dtype=torch.float64)),
      TypeError, r"x: dtype torch.float64 does not match weights\[W1\]"),
     ("weights not tensors", lambda: jm.jacobian_forward(torch.ones(3, 3), torch.ones(3)),

@@ -168,3 +168,19 @@ def test_a_complex_k_is_refused_by_name():
     with pytest.raises(TypeError, match=r"^k: expected an int or a 1-D integer tensor, got "
                        r"torch\.complex64"):
         ls.gd_iterates(X, y, torch.zeros(3, dtype=torch.float64), 0.1, torch.tensor(3 + 0j))
+
+
+def test_the_jacobians_name_meta_weights_and_biases_by_their_own_names():
+    from handgrad.kernels import jacobian as jm
+
+    W = [torch.randn(4, 3), torch.randn(2, 4)]
+    x = torch.randn(3)
+    for kernel in (jm.jacobian_forward, jm.jacobian_reverse):
+        with pytest.raises(ValueError, match=r"^weights\[W1\]: on the meta device, a shape "
+                           r"without values; expected values on x's device \(cpu\)$"):
+            kernel([w.to("meta") for w in W], x)
+        with pytest.raises(ValueError, match=r"^biases\[bF\]: shape \(3,\) does not fit WF of "
+                           r"shape \(2, 4\); expected \(2,\)$"):
+            kernel(W, x, biases=[torch.zeros(4), torch.zeros(3)])
+        with pytest.raises(TypeError, match=r"^biases\[b1\]: expected a torch\.Tensor"):
+            kernel(W, x, biases=["a", torch.zeros(2)])
