@@ -20,8 +20,9 @@ project where handgrad is installed; ``-p no:handgrad.plugin`` turns it off.
   benchmark's ``extra_info``; ``--benchmark-json`` files are what ``python -m
   handgrad.reports render|gate`` read. The options: ``--bench-grid`` (quick, full, gpu:
   selects on the markers ``full``, ``gpu_grid``, ``every_grid``), ``--bench-threads``,
-  ``--bench-cold-l2``, ``--bench-slow KERNEL.METHOD=FACTOR`` (testing a gate) and
-  ``--bench-instructions`` (instruction counts under valgrind instead of times). A test
+  ``--bench-cold-l2``, ``--bench-slow KERNEL.METHOD=FACTOR`` (testing a gate: a target no
+  benchmark of the session measured is named at its end, with the closest one measured)
+  and ``--bench-instructions`` (instruction counts under valgrind instead of times). A test
   that fails after it measured keeps its row, marked ``extra_info["test_failed"]``, which
   the reports leave out of their tables, figures and gates. At the session's end the
   plugin names each kernel (role ``kernel``) measured without its reference: no
@@ -42,7 +43,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from handgrad.benchmark import GRIDS, MARKERS, check_keywords, measure_with, select_grid
+from handgrad.benchmark import (
+    GRIDS,
+    MARKERS,
+    bench_slow,
+    check_keywords,
+    measure_with,
+    select_grid,
+)
 from handgrad.benchmark import configure as configure_benchmarks
 from handgrad.benchmark import machine_info as record_machine_info
 
@@ -95,7 +103,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="KERNEL.METHOD=FACTOR",
         help="testing a gate: make every benchmark of KERNEL.METHOD (e.g. "
         "backprop.manual=1.25) take FACTOR times as long, by spinning after each call. "
-        "Touches only the timed callable, never the kernel. Repeatable; recorded",
+        "Touches only the timed callable, never the kernel. Repeatable; recorded. A "
+        "KERNEL.METHOD no benchmark of the session measured (a typo, a test left out) is "
+        "named at the session's end",
     )
     group.addoption(
         "--bench-kernels-only",
@@ -219,7 +229,8 @@ def _note_measured(request: pytest.FixtureRequest, kwargs: dict) -> None:
     it was and the reference it names (plain strings and a flag: a pytest-xdist worker
     sends them to the controller)."""
     entry = {"nodeid": request.node.nodeid, "group": str(kwargs["group"]),
-             "method": str(kwargs["method"]), "reference": str(kwargs["reference"]),
+             "kernel": str(kwargs["kernel"]), "method": str(kwargs["method"]),
+             "reference": str(kwargs["reference"]),
              "role": str(kwargs["role"]), "device": str(kwargs["device"]),
              "dtype": str(kwargs["dtype"]),
              "interleaved": kwargs.get("reference_fn") is not None,
@@ -345,13 +356,62 @@ def indistinct_lines(clashes: list[list[dict]]) -> list[str]:
     return lines
 
 
+# at most this many of the session's kernel.method names are listed after a --bench-slow
+# target that matched none of them
+LISTED_MEASURED = 30
+
+
+def unslowed(slow: dict[str, float], entries: list[dict]) -> list[str]:
+    """The ``--bench-slow`` targets (KERNEL.METHOD) that no measure call of the session
+    measured (``entries``, failed tests' included: they were slowed all the same): a typo,
+    or a benchmark the session left out (-k, a skip, a reference under
+    --bench-kernels-only). Each slowed nothing, so a gate given the run has nothing to
+    catch: said at the session's end (``unslowed_lines``)."""
+    measured = {f"{e.get('kernel')}.{e.get('method')}" for e in entries}
+    return [name for name in slow if name not in measured]
+
+
+def unslowed_lines(names: list[str], slow: dict[str, float],
+                   entries: list[dict]) -> list[str]:
+    """What the session's summary says of ``unslowed``'s targets: each, with the closest
+    kernel.method measured (as the gate's --accept warnings give it), and what was
+    measured."""
+    import difflib
+
+    measured = sorted({f"{e.get('kernel')}.{e.get('method')}" for e in entries})
+    lines = [f"handgrad: {len(names)} --bench-slow target(s) matched no benchmark measured in "
+             "this session, so they slowed nothing: a gate given this run has no regression "
+             "of theirs to catch"]
+    for name in names:
+        close = difflib.get_close_matches(name, measured, n=1)
+        lines.append(f"  --bench-slow {name}={slow[name]:g}: no benchmark of kernel.method "
+                     f"{name} was measured" + (f" (did you mean {close[0]}?)" if close else ""))
+    shown = ", ".join(measured[:LISTED_MEASURED]) + (
+        f" and {len(measured) - LISTED_MEASURED} more" if len(measured) > LISTED_MEASURED
+        else "")
+    lines.append(f"  measured (kernel.method): {shown}" if measured else
+                 "  measured: nothing (no test of the session called measure)")
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """The session's end: the kernels measured without their reference (``without_reference``)
-    and the benchmarks measured twice under one name (``indistinct``), with pytest-xdist's
-    workers' measure calls gathered on the controller (a kernel and its reference may run
-    on two workers), said once there."""
+    """The session's end: the ``--bench-slow`` targets no benchmark matched (``unslowed``),
+    the kernels measured without their reference (``without_reference``) and the
+    benchmarks measured twice under one name (``indistinct``), with pytest-xdist's workers'
+    measure calls gathered on the controller (a kernel and its reference may run on two
+    workers), said once there. Each is a warning: the session's exit status is its tests'
+    (what a session measured is known only at its end, after its tests ran)."""
     if hasattr(config, "workerinput"):
         return
+    slow = bench_slow(config) if config.getoption("--bench-slow", default=None) else {}
+    if slow:
+        entries = config.stash.get(_measured_entries, [])
+        names = unslowed(slow, entries)
+        if names:
+            terminalreporter.write_sep("=", "handgrad: --bench-slow slowed nothing", red=True,
+                                       bold=True)
+            for line in unslowed_lines(names, slow, entries):
+                terminalreporter.write_line(line, red=True)
     clashes = indistinct(config.stash.get(_measured_entries, []))
     if clashes:
         terminalreporter.write_sep("=", "handgrad: benchmarks measured under one name",

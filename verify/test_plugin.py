@@ -727,3 +727,124 @@ def test_reference_cpu(measure):
     assert _named(res) == {"test_kernels.py::test_kernel_cuda"}
     assert res.stdout.str().count("measured without their reference") == 1
     assert "(timed only on 'cpu'" in res.stdout.str()
+
+
+# --- --bench-slow: a target no benchmark of the session matched --------------------------
+
+SLOWED = '''
+import pytest
+import torch
+
+KW = dict(kernel="softplus", dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("method", ["mine", "torch_autograd"])
+def test_softplus(measure, method):
+    measure(lambda: None, group="g", method=method, reference="torch_autograd",
+            role="kernel" if method == "mine" else "reference", **KW)
+
+
+def test_failed_after_measuring(measure):  # slowed all the same: it was measured
+    measure(lambda: None, group="f", method="failing", reference="failing",
+            role="reference", **KW)
+    assert False
+'''
+
+
+def test_a_bench_slow_target_no_benchmark_measured_is_named_at_the_end(project):
+    """A misspelt KERNEL.METHOD slowed nothing while the run records it as slowed: a gate
+    then looks as if it could not catch the regression. The session's end names it, with
+    the closest kernel.method measured and what was measured; a warning (the plugin's
+    session-end findings are), not an exit status of its own."""
+    project.makepyfile(test_slowed=SLOWED)
+    res = _run(project, "test_slowed.py", "--benchmark-disable",
+               "--bench-slow=softplus.mien=2", "--bench-slow=softplus.mine=1.5",
+               "--bench-slow=nothere.at_all=1.25")
+    res.assert_outcomes(passed=2, failed=1)
+    assert res.ret == 1  # its failed test's, as without --bench-slow
+    res.stdout.fnmatch_lines([
+        "*= handgrad: --bench-slow slowed nothing =*",
+        "handgrad: 2 --bench-slow target(s) matched no benchmark measured in this session, "
+        "so they slowed nothing: a gate given this run has no regression of theirs to catch",
+        "  --bench-slow softplus.mien=2: no benchmark of kernel.method softplus.mien was "
+        "measured (did you mean softplus.mine?)",
+        "  --bench-slow nothere.at_all=1.25: no benchmark of kernel.method nothere.at_all "
+        "was measured",
+        "  measured (kernel.method): softplus.failing, softplus.mine, softplus.torch_autograd",
+    ])
+    assert "softplus.mine=1.5" not in res.stdout.str()  # matched: not named
+    # every target matched (a failed test's benchmark too): nothing said
+    res = _run(project, "test_slowed.py", "--benchmark-disable",
+               "--bench-slow=softplus.mine=2", "--bench-slow=softplus.failing=2")
+    assert res.ret == 1 and "slowed nothing" not in res.stdout.str()
+
+
+def test_a_bench_slow_target_left_out_of_the_session_is_named_too(project):
+    """Deselected by -k, it slowed nothing either; a session that measured nothing says
+    so; an all-passing session keeps exit status 0."""
+    project.makepyfile(test_slowed=SLOWED)
+    res = _run(project, "test_slowed.py", "--benchmark-disable", "-k", "torch_autograd",
+               "--bench-slow=softplus.mine=2")
+    res.assert_outcomes(passed=1)
+    assert res.ret == 0
+    res.stdout.fnmatch_lines([
+        "  --bench-slow softplus.mine=2: no benchmark of kernel.method softplus.mine was "
+        "measured",
+        "  measured (kernel.method): softplus.torch_autograd"])
+    res = _run(project, "test_user.py", "--bench-slow=softplus.mine=2")
+    assert res.ret == 0
+    res.stdout.fnmatch_lines([
+        "*--bench-slow softplus.mine=2: no benchmark of kernel.method softplus.mine*",
+        "  measured: nothing (no test of the session called measure)"])
+
+
+def test_under_xdist_a_bench_slow_target_is_judged_on_every_workers_calls(project):
+    project.makepyfile(test_slowed=SLOWED)
+    res = _run(project, "test_slowed.py", "-n", "2", "--bench-slow=softplus.mine=2",
+               "--bench-slow=softplus.torch_autograd=2", "--bench-slow=softplus.mnie=2")
+    res.assert_outcomes(passed=2, failed=1)
+    out = res.stdout.str()
+    assert out.count("matched no benchmark measured") == 1  # the controller's, once
+    assert "softplus.mnie=2: no benchmark" in out and "did you mean softplus.mine?" in out
+    assert "softplus.mine=2: no" not in out and "torch_autograd=2: no" not in out
+
+
+def test_measure_given_a_tensor_for_its_callable_says_its_shape_not_its_values(project):
+    """measure(x) (a result given for the call): the message says a Tensor of its shape
+    and what to pass, not the tensor's values, screens of them; a second measure in a test
+    is refused as the README says (a RuntimeError naming both groups and the fix)."""
+    project.makepyfile(test_misuse='''
+import torch
+
+KW = dict(group="g", kernel="k", method="m", reference="m", role="reference",
+          device="cpu", dtype=torch.float32)
+
+
+def test_tensor(measure):
+    x = torch.full((300, 200), 0.123456)
+    measure(x @ x.T, **KW)
+
+
+def test_tensor_reference(measure):
+    x = torch.full((300, 200), 0.123456)
+    measure(lambda: x, reference_fn=x, **KW)
+
+
+def test_twice(measure):
+    measure(lambda: None, **KW)
+    measure(lambda: None, **dict(KW, group="h"))
+''')
+    res = _run(project, "test_misuse.py", "--benchmark-disable")
+    res.assert_outcomes(failed=3)
+    out = res.stdout.str()
+    assert ("TypeError: fn: expected a callable of no arguments, got a Tensor of shape "
+            "(300, 300) (torch.float32 on cpu): a result, not the call that makes it; pass "
+            "the call, e.g. lambda: kernel(x)") in out
+    assert ("TypeError: reference_fn: expected a callable of no arguments or None, got a "
+            "Tensor of shape (300, 200) (torch.float32 on cpu)") in out
+    said = [ln for ln in res.stdout.lines if ln.startswith("E ") and "Error:" in ln]
+    assert len(said) == 3 and not any("0.1235" in ln for ln in said)  # no values (pytest's
+    # own traceback may print the frames' arguments: not the message)
+    assert ("RuntimeError: measure: called a second time in this test (group 'h'; the "
+            "first: group 'g'): one measure a test") in out
+    assert "Parametrize the test (@pytest.mark.parametrize) to time several callables" in out

@@ -12,6 +12,9 @@ This module holds what the fixture and the ``--bench-*`` options do, so that the
 stays a thin layer of pytest hooks: ``measure_with`` (the fixture's body), the record a
 measurement writes (``bench_record``), the thread count, the grid a benchmark belongs to,
 the machine info of a run and the ``--bench-instructions`` re-execution.
+
+It imports without pytest (the ``test`` extra): the functions that need it import it
+themselves, so ``trace`` and ``timing`` work in an install without the extra.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytest
 import torch
 
 from handgrad.benchmark.timing import finished, peak_bytes, timing_for
 from handgrad.reports.record import ROLES, BenchRecord
+
+if TYPE_CHECKING:  # pytest is the test extra's: imported where a function needs it, so
+    import pytest  # that handgrad.benchmark.trace (and this module) import without it
 
 GRIDS = ("quick", "full", "gpu")
 # families that measure the machine, not a kernel: timed, never counted or slowed
@@ -58,6 +64,8 @@ MARKERS = (
 def bench_threads(config: pytest.Config) -> int:
     """torch's CPU threads for the session: --bench-threads, else all cores (at most 8)
     shared among pytest-xdist workers; one under --bench-instructions."""
+    import pytest
+
     if config.getoption("--bench-instructions"):
         return 1  # instruction counts are taken on one thread
     n = config.getoption("--bench-threads")
@@ -97,6 +105,8 @@ def benchmark_version() -> str | None:
 def bench_slow(config: pytest.Config) -> dict[str, float]:
     """--bench-slow KERNEL.METHOD=FACTOR entries as {"kernel.method": factor}; a malformed
     entry is a usage error."""
+    import pytest
+
     out = {}
     for entry in config.getoption("--bench-slow"):
         name, sep, factor = entry.partition("=")
@@ -126,6 +136,8 @@ def configure(config: pytest.Config) -> None:
     """The session's benchmark settings, before anything runs: the version check, the
     --bench-instructions re-execution, the thread count when asked for, --bench-slow's
     format, the --benchmark-json folder."""
+    import pytest
+
     conflict = plugin_conflict(pytest.__version__, benchmark_version())
     if conflict:
         raise pytest.UsageError(conflict)
@@ -157,6 +169,8 @@ def refuse_xdist_output(config: pytest.Config) -> None:
     usage error, as --bench-instructions is: pytest-benchmark disables benchmarks there, so
     the session passed and wrote nothing (its "automatically disabled" warning aside).
     Checks alone (--benchmark-skip or --benchmark-disable) may still use -n."""
+    import pytest
+
     if getattr(config, "workerinput", None) is not None:
         return  # the controller refuses, before any worker starts
     if config.getoption("dist", default="no") in ("no", None) or config.getoption(
@@ -182,6 +196,8 @@ def fix_threads(config: pytest.Config) -> None:
 def instruction_mode(config: pytest.Config) -> None:
     """--bench-instructions: in the process the user started, run the same pytest command
     under callgrind and exit with its status; in that re-executed process, return."""
+    import pytest
+
     from handgrad.benchmark import callgrind
 
     if config.getoption("--bench-slow"):
@@ -240,6 +256,8 @@ def select_grid(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Fixes the thread count when a collected test uses ``measure``; then which benchmarks
     a grid runs. quick: the unmarked ones; full: those and ``full``;
     gpu: ``gpu_grid`` (GPU-sized, CUDA only) and ``every_grid`` (control, ceilings)."""
+    import pytest
+
     if any("measure" in getattr(item, "fixturenames", ()) for item in items):
         fix_threads(config)  # a session that times something: one thread count for all
     grid = config.getoption("--bench-grid")
@@ -309,7 +327,18 @@ def warm_up(fn: Callable[[], object], times: int) -> list[float]:
 def _check_callable(name: str, fn: object, none: bool = False) -> None:
     if not (callable(fn) or (none and fn is None)):
         raise TypeError(f"{name}: expected a callable of no arguments"
-                        + (" or None" if none else "") + f", got {type(fn).__name__} {fn!r}")
+                        + (" or None" if none else "") + f", got {_got_call(fn)}")
+
+
+def _got_call(value: object) -> str:
+    """What a message says it got where a callable was expected: a tensor by its shape,
+    dtype and device, with what to pass instead (its values had filled the screen: a
+    result given for the call that makes it); anything else by its type and value."""
+    if isinstance(value, torch.Tensor):
+        return (f"a Tensor of shape {tuple(value.shape)} ({value.dtype} on {value.device}): "
+                "a result, not the call that makes it; pass the call, e.g. "
+                "lambda: kernel(x)")
+    return f"{type(value).__name__} {value!r:.200}"
 
 
 def _seconds(name: str, value: object) -> float:
@@ -471,12 +500,10 @@ def check_measure(fn, reference_fn, group, warmup, info: dict) -> None:
     holds them as strings), before anything is set up or timed: a TypeError or ValueError
     naming the argument. A ``device`` of a kind not present here (CUDA without a GPU)
     skips the test, as ``--device`` does."""
-    if not callable(fn):
-        raise TypeError(f"fn: expected a callable of no arguments, got "
-                        f"{type(fn).__name__} {fn!r}")
-    if reference_fn is not None and not callable(reference_fn):
-        raise TypeError(f"reference_fn: expected a callable of no arguments or None, got "
-                        f"{type(reference_fn).__name__} {reference_fn!r}")
+    import pytest
+
+    _check_callable("fn", fn)
+    _check_callable("reference_fn", reference_fn, none=True)
     if not isinstance(group, str):
         raise TypeError(f"group: expected a non-empty string (pytest-benchmark's group), "
                         f"got {type(group).__name__} {group!r}")
@@ -578,6 +605,8 @@ def kernels_only(info: dict, reference_fn) -> None:
     """--bench-kernels-only: skip a benchmark no gate judges (a reference's own, the
     machine's), with the reason; refuse a kernel without ``reference_fn``, whose ratio would
     need its reference's own benchmark, skipped here (the gate would leave it ungated)."""
+    import pytest
+
     role = info.get("role")
     if role not in ROLES:
         raise ValueError(f"role: expected one of {ROLES}, got {role!r}")
@@ -633,6 +662,8 @@ def _count_instructions(benchmark, fn, reference_fn, group: str, info: dict) -> 
     """--bench-instructions: instructions per call of ``fn`` and of its reference
     (handgrad.benchmark.callgrind.count), recorded with timer 'callgrind'; pytest-benchmark
     times one call under valgrind, a time no report reads as wall clock."""
+    import pytest
+
     from handgrad.benchmark import callgrind
 
     why = not_counted(info)
