@@ -3,6 +3,7 @@ disagrees, and the bug's signature, on copies of the kernel with each usual bug 
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -310,14 +311,48 @@ def test_an_input_gradient_is_tested_against_the_signatures(change, signature, w
     assert d.detail == words
 
 
-def test_an_input_gradient_is_judged_at_its_own_dtype():
-    # a float32 dx beside float64 dW, db: right to float32's tolerance (its rounding is
-    # ~1e-8 relative, far outside float64's 1e-10), wrong by a sign all the same
+@pytest.mark.parametrize("part", ["weights", "biases", "input"])
+def test_a_gradient_narrower_than_the_network_is_refused_as_check_vjp_refuses_it(part):
+    """A float32 gradient of a float64 network was judged at float32's tolerance (the dtype
+    of grads.weights[0], or dx's own) and told it agrees with torch.autograd: a cast inside
+    the kernel passed. check_vjp refuses a gradient narrower than its argument; so does
+    diagnose, naming the gradient and both dtypes."""
     net, x, y = problem()
     g = bp.backprop(net, x, y)
-    d = diagnose(_with_input(g, g.input.float()), net, x, y)
+    narrow = (dataclasses.replace(g, input=g.input.float()) if part == "input" else
+              dataclasses.replace(g, **{part: tuple(t.float() for t in getattr(g, part))}))
+    with pytest.raises(TypeError) as e:
+        diagnose(narrow, net, x, y)
+    name = "grads.input" if part == "input" else f"grads.{part}[0]"
+    assert str(e.value).startswith(f"{name}: dtype torch.float32 for a network of dtype "
+                                   "torch.float64; expected torch.float64 (or a wider dtype)")
+    assert "a cast inside the kernel?" in str(e.value)
+    # the same values cast back to float64: not refused (the dtype is the network's), and
+    # named: every value is a float32 number, and float32 is what explains the difference
+    wide = (dataclasses.replace(g, input=g.input.float().double()) if part == "input" else
+            dataclasses.replace(g, **{part: tuple(t.float().double()
+                                                  for t in getattr(g, part))}))
+    d = diagnose(wide, net, x, y)
+    assert d.signature == "cast to a narrower dtype", d.message()
+    assert (d.layer, d.tensor) == ((0, "dx") if part == "input" else
+                                   (4, "dW" if part == "weights" else "db"))
+    assert "values computed in float32: each is a float32 number and the reference's are " \
+        "not (a cast to float32 inside the kernel" in d.detail
+
+
+def test_a_wider_gradient_is_judged_at_the_networks_dtype():
+    # float64 gradients of a float32 network (a kernel computing in float32, returning
+    # float64) were judged at float64's tolerance, grads.weights[0]'s dtype, and named wrong
+    net, x, y = problem()
+    net = type(net)(tuple(w.float() for w in net.weights), tuple(b.float() for b in net.biases),
+                    net.activation)
+    x, y = x.float(), y.float()
+    g = bp.backprop(net, x, y)
+    wide = bp.Gradients(g.loss, tuple(t.double() for t in g.weights),
+                        tuple(t.double() for t in g.biases), g.input.double())
+    d = diagnose(wide, net, x, y)
     assert d.layer is None and d.input_checked, d.message()
-    d = diagnose(_with_input(g, -g.input.float()), net, x, y)
+    d = diagnose(_with_input(wide, -wide.input), net, x, y)
     assert (d.layer, d.tensor, d.signature) == (0, "dx", "sign flip"), d.message()
 
 

@@ -9,6 +9,10 @@ signatures, each built from autograd's own quantities:
 - sign flip: the kernel's gradient is -reference;
 - transpose: it is the reference transposed (dW and dx only);
 - constant factor: it is c * reference for one c (2, 1/2, N or 1/N are named);
+- cast to a narrower dtype: each of its values is a float32 (float16, bfloat16) number
+  and the reference's are not, and it is the reference to that dtype's gradient
+  tolerance: computed in that dtype and cast back (a gradient whose dtype itself is
+  narrower than the network's is refused, as check_vjp refuses it);
 - missing activation derivative (dW_i and db_i of a hidden layer i): it is the gradient
   built with delta_i = dJ/dh_i, rho'(z_i) left out (tanh's 1 - h_i^2, sigmoid's
   h_i (1 - h_i), relu's mask z_i > 0 not applied); the candidate is written here by hand,
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 # refuses, diagnose refuses the same way, rather than naming a right result wrong
 from handgrad.kernels.backprop import LOSSES, Gradients, _check_classes, _check_target
 from handgrad.kernels.mlp import MLP, REDUCTIONS
+from handgrad.testing.checks import _computed_narrower, _narrower
 from handgrad.testing.references import TORCH_ACTIVATIONS
 from handgrad.testing.tolerances import Tol, tol_for
 
@@ -165,10 +170,16 @@ _MISSING_DERIVATIVE = {
 
 def _signature(i: int, tensor: str, m: torch.Tensor, ref: _Reference, net: MLP, tol: Tol
                ) -> tuple[str | None, str]:
-    """(signature, detail) of layer index i's (0-based) gradient ``m``; ``tensor`` "dx":
-    the input gradient (``i`` unused)."""
+    """(signature, detail) of layer index i's (0-based) gradient ``m``, in its own dtype;
+    ``tensor`` "dx": the input gradient (``i`` unused)."""
     r = {"dW": ref.dws, "db": ref.dbs}[tensor][i] if tensor != "dx" else ref.dx
     name = f"{tensor}{i + 1}" if tensor != "dx" else "dx"
+    # m in its own dtype: a float64 gradient whose every value is a float32 number
+    narrower = _computed_narrower(m, r)
+    if narrower:
+        return "cast to a narrower dtype", f"{name}: " + narrower.replace(
+            "inside the derivative", "inside the kernel")
+    m = m.double()
     if _ratio(m, -r, tol) < 1:
         return "sign flip", f"{name} = -reference"
     if tensor != "db" and r.dim() == 2 and _ratio(m, r.t(), tol) < 1:
@@ -230,6 +241,18 @@ def _tensor(name: str, t: object, device: torch.device) -> torch.Tensor:
     return t
 
 
+def _not_narrower(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
+    """A TypeError naming ``name`` where gradient ``t`` is in a narrower dtype than the
+    network's ``dtype`` (float32 for float64), as check_vjp refuses a gradient narrower than
+    its argument: it has lost the precision a comparison at the network's tolerance reads
+    as a wrong gradient, and at its own dtype's it passes a cast inside the kernel."""
+    if _narrower(t.dtype, dtype):
+        raise TypeError(f"{name}: dtype {t.dtype} for a network of dtype {dtype}; expected "
+                        f"{dtype} (or a wider dtype): a gradient narrower than the network's "
+                        "weights has lost their precision (a cast inside the kernel?), so it "
+                        "is not compared")
+
+
 def _check_arguments(grads, net, x, y, loss, reduction) -> None:
     """diagnose's arguments, each refused by name: the reference computes nothing from
     what the kernel would have refused."""
@@ -245,6 +268,7 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
     if not all(isinstance(p, (tuple, list)) for p in parts):
         raise TypeError(f"grads: expected a handgrad.kernels.backprop.Gradients (backprop's "
                         f"result), got {type(grads).__name__}")
+    wdtype = net.weights[0].dtype
     for part, ts in zip(("weights", "biases"), parts):
         if len(ts) != net.depth:
             raise ValueError(f"grads: {len(ts)} {part} gradients for a network of "
@@ -256,10 +280,16 @@ def _check_arguments(grads, net, x, y, loss, reduction) -> None:
     if dx is not None and not _tensor("grads.input", dx, device).dtype.is_floating_point:
         raise TypeError(f"grads.input: expected a floating-point tensor or None, got dtype "
                         f"{dx.dtype}")
+    # then each one's dtype against the network's, once every one is a tensor there
+    for part, ts in zip(("weights", "biases"), parts):
+        for i, t in enumerate(ts):
+            _not_narrower(f"grads.{part}[{i}]", t, wdtype)
+    if dx is not None:
+        _not_narrower("grads.input", dx, wdtype)
     x = _tensor("x", x, device)
     if not x.dtype.is_floating_point:
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
-    wdtype = net.weights[0].dtype  # backprop refuses x or y of another dtype: so does this
+    # backprop refuses x or y of another dtype than the weights': so does this
     if x.dtype != wdtype:
         raise TypeError(f"x: dtype {x.dtype} does not match the network's weights ({wdtype}); "
                         "expected the x backprop was given")
@@ -314,11 +344,16 @@ def diagnose(grads: Gradients, net: MLP, x, y, *, loss: str = "squared",
     ``grads``: backprop's result for ``net`` at ``x`` (N, in) or (in,) and ``y``;
     ``loss``: one of ``handgrad.kernels.backprop.LOSSES`` ("squared", "log_cosh",
     "cross_entropy": ``y`` class indices (N,) of an integer dtype or probabilities (N, C));
-    ``reduction``: "mean" or "sum". A bad argument is a TypeError or ValueError naming it.
+    ``reduction``: "mean" or "sum". A bad argument is a TypeError or ValueError naming it:
+    among them a gradient in a narrower dtype than the network's (float32 for float64), as
+    check_vjp refuses one narrower than its argument. Each gradient is compared at the
+    gradient tolerance of the network's dtype (a wider one too).
     """
     _check_arguments(grads, net, x, y, loss, reduction)
     ref = _reference(net, x, y, loss, reduction)
-    tol = tol_for(grads.weights[0].dtype, "grad")
+    # the network's dtype's tolerance, for each gradient (none is narrower: refused above;
+    # a wider one is compared at it, as check_vjp compares a gradient at its argument's)
+    tol = tol_for(net.weights[0].dtype, "grad")
     checks, first = [], None
     for i in reversed(range(net.depth)):
         for tensor, m, r in (("dW", grads.weights[i], ref.dws[i]),
@@ -326,14 +361,13 @@ def diagnose(grads: Gradients, net: MLP, x, y, *, loss: str = "squared",
             c = LayerCheck(i + 1, tensor, _ratio(m.detach().double(), r, tol))
             checks.append(c)
             if first is None and not c.agrees:
-                first = (i, tensor, m.detach().double())
+                first = (i, tensor, m.detach())
     dx = getattr(grads, "input", None)
-    if dx is not None:  # dJ/dx, at its own dtype's tolerance; layer index -1 -> layer 0
-        m, dx_tol = dx.detach().double(), tol_for(dx.dtype, "grad")
-        c = LayerCheck(0, "dx", _ratio(m, ref.dx, dx_tol))
+    if dx is not None:  # dJ/dx; layer index -1 -> layer 0
+        c = LayerCheck(0, "dx", _ratio(dx.detach().double(), ref.dx, tol))
         checks.append(c)
         if first is None and not c.agrees:
-            first, tol = (-1, "dx", m), dx_tol
+            first = (-1, "dx", dx.detach())
     if first is None:
         return Diagnosis(tuple(checks), None, None, None, "")
     i, tensor, m = first
