@@ -149,6 +149,19 @@ def subprocess_runner(cmd: list[str], timeout: float, log: Path) -> int:
             return TIMED_OUT
 
 
+def stage_command(st: Stage, out: Path) -> tuple[list[str], Path]:
+    """What a stage runs, after the interpreter (``python``), and the file its output goes
+    to under ``out``: a script stage its module (``-m handgrad.benchmark.trace ...``) with
+    ``--out``; the others ``-m pytest`` with their JUnit XML or benchmark JSON. The one
+    source of both the run's command and the one ``--plan`` prints."""
+    if st.kind == "script":
+        target = out / st.name / f"{st.name}.md"
+        return [*st.args, "--out", str(target.parent)], target
+    target = out / (f"{st.name}.xml" if st.kind == "verify" else f"bench_{st.name}.json")
+    return ["-m", "pytest", *st.args, f"--junitxml={target}" if st.kind == "verify"
+            else f"--benchmark-json={target}"], target
+
+
 def run_stages(plan: Sequence[Stage], out: Path, budget: float, *,
                runner: Runner = subprocess_runner,
                clock: Callable[[], float] = time.monotonic,
@@ -166,21 +179,13 @@ def run_stages(plan: Sequence[Stage], out: Path, budget: float, *,
                 f"{max(left, 0):.0f} s left of the budget)")
             results.append(StageResult(st.name, "not run"))
             continue
-        if st.kind == "script":
-            target = out / st.name / f"{st.name}.md"
-            extra, cmd = ["--out", str(target.parent)], [sys.executable, *st.args]
-        else:
-            target = out / (f"{st.name}.xml" if st.kind == "verify"
-                            else f"bench_{st.name}.json")
-            extra = ([f"--junitxml={target}"] if st.kind == "verify"
-                     else [f"--benchmark-json={target}"])
-            cmd = [sys.executable, "-m", "pytest", *st.args]
+        args, target = stage_command(st, out)
         log = out / f"{st.name}.log"
         target.unlink(missing_ok=True)
         say(f"[gpu_check] {st.name}: {st.what} (estimate {st.estimate_s:.0f} s, "
             f"{left:.0f} s left)")
         t0 = clock()
-        rc = runner([*cmd, *extra], left, log)
+        rc = runner([sys.executable, *args], left, log)
         seconds = clock() - t0
         status = "cut" if rc == TIMED_OUT else "ran" if rc == 0 else "failed"
         say(f"[gpu_check] {st.name}: {status} in {seconds:.0f} s (exit {rc})")
@@ -505,10 +510,11 @@ def main(argv: Sequence[str] | None = None, *, runner: Runner = subprocess_runne
     if args.out is None and not args.plan:
         p.error("--out: expected the folder for the table, JSON and report (only --plan "
                 "runs without it)")
-    if args.plan:
+    if args.plan:  # each stage's own command, as run_stages runs it (OUT: --out)
         for st in plan:
+            command, _ = stage_command(st, Path(args.out or "OUT"))
             print(f"{st.name:14s} ~{st.estimate_s:4.0f} s  {st.what}\n"
-                  f"{'':20s}pytest {' '.join(st.args)}")
+                  f"{'':20s}python {' '.join(command)}")
         return 0
     t0 = time.monotonic()  # the budget counts everything from here, CUDA's start too
     root = Path.cwd()

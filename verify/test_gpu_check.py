@@ -516,3 +516,27 @@ def test_a_ceiling_that_did_not_time_is_not_measured_not_passed(tmp_path):
     assert claims["ceiling.achieved"].verdict == G.NOT_MEASURED
     assert claims["ceiling.achieved"].measured == "no benchmark in a dtype whose ceiling was " \
                                                   "measured"
+
+
+def test_the_plan_prints_each_stages_own_command(tmp_path, monkeypatch, capsys):
+    """--plan printed "pytest " before every stage's arguments: the trace stage read
+    `pytest -m handgrad.benchmark.trace --calls 5`, a command that runs nothing of it. Each
+    line is now the command the run gives the runner (the interpreter as `python`, OUT for
+    --out when none is given)."""
+    assert G.main(["--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [ln.strip() for ln in lines if ln.startswith(" ")]
+    assert len(commands) == len(G.stages())
+    assert "python -m handgrad.benchmark.trace --calls 5 --out OUT/trace" in commands
+    assert not any("pytest -m handgrad" in c for c in commands)
+    assert commands[0].startswith("python -m pytest verify --device cuda -m cuda")
+    assert commands[0].endswith("--junitxml=OUT/verify.xml")
+    # with --out, the very commands a run gives its runner
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert G.main(["--plan", "--out", str(tmp_path)]) == 0
+    planned = [ln.strip() for ln in capsys.readouterr().out.splitlines()
+               if ln.startswith(" ")]
+    runner = Runner(Clock(), good_benchmarks())
+    G.main(["--out", str(tmp_path)], runner=runner, cuda_available=lambda: True)
+    ran = [" ".join(["python", *cmd[1:]]) for cmd, _ in runner.calls[:len(planned)]]
+    assert ran == planned

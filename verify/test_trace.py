@@ -290,3 +290,30 @@ def test_the_command_needs_a_gpu_for_cuda(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert T.main(["--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_table_of_calls_without_gpu_kernels_says_so_instead_of_a_gpu_split():
+    """On the CPU (no kernel recorded) busy 0.0 and all time "idle before the first kernel"
+    misled: the table says no GPU kernels were recorded and gives the host's time alone."""
+    t = {"traceEvents": [_x("user_annotation", f"{T.CALL}:mine:0", 0, 8),
+                         _x("cpu_op", "aten::mm", 1, 6, ext=7),
+                         _x("user_annotation", f"{T.CALL}:ref:0", 20, 5)]}
+    text = T.table(T.summarize(t))
+    lines = text.splitlines()
+    assert lines[0] == T.NO_KERNELS and lines[0].startswith(
+        "No GPU kernels recorded: the callables ran on the CPU")
+    assert "| window (the call's time on the host) | 8.0 | 5.0 | +3.0 |" in lines
+    assert "GPU busy" not in text and "idle" not in text.replace("busy and idle", "")
+    # recorded on the CPU by record: the same
+    a = torch.randn(16, 16)
+    text = T.table(T.summarize(T.record({"mm": lambda: a @ a}, calls=1, warmup=0)))
+    assert text.startswith(T.NO_KERNELS) and "GPU busy" not in text
+
+
+def test_a_table_where_one_method_recorded_no_kernel_names_it():
+    t = _trace()
+    t["traceEvents"].append(_x("user_annotation", f"{T.CALL}:host_only:0", 400, 9))
+    lines = T.table(T.summarize(t)).splitlines()
+    assert lines[0].startswith("No GPU kernels recorded for host_only: their window is the "
+                               "call's time on the host")
+    assert "| GPU busy | 70.0 | 57.0 | 0.0 | +13.0 | +70.0 |" in lines  # the split is kept

@@ -18,7 +18,8 @@ trace torch writes. Per call:
 Kernel time is given to the torch operation that launched it (``aten::mm``,
 ``aten::addcmul_``), the operation whose External id the kernel carries in the trace; a
 kernel with none keeps its own name. ``table`` sets methods side by side, and the first's
-excess over each of the others (list the kernel first, its reference after).
+excess over each of the others (list the kernel first, its reference after). Where no
+kernel was recorded (callables run on the CPU), ``table`` says so instead of a split.
 
     from handgrad.benchmark import trace
     t = trace.record({"mine": lambda: my_backward(x), "autograd": reference}, calls=5)
@@ -208,11 +209,19 @@ def _check_breakdown(where: str, b: object) -> None:
             raise ValueError(f"{where}.{label}: expected a finite number, got {v!r}")
 
 
+# what ``table`` says instead of the GPU's split where no method recorded a kernel
+NO_KERNELS = ("No GPU kernels recorded: the callables ran on the CPU (or launched no "
+              "kernel), so there is no GPU time to split into busy and idle; the window is "
+              "each call's time on the host. Run them on a CUDA device for the split")
+
+
 def table(breakdowns: Sequence[Breakdown], top: int = 12) -> str:
     """Markdown: the time split (window, busy, idle before / between / after the kernels),
     then GPU time per operation (the ``top`` largest over all methods); then the first
     method's excess over each of the others (a kernel listed first, against its
-    reference).
+    reference). Where no method recorded a GPU kernel (callables run on the CPU) it says
+    so (``NO_KERNELS``) and gives the window alone, the host's time; where some did not,
+    a line names them above the table.
 
     ``breakdowns`` is a list (or tuple) of ``Breakdown``, as ``summarize`` returns; one
     ``Breakdown`` alone is taken as a list of one (its table, with no excess columns).
@@ -241,6 +250,16 @@ def table(breakdowns: Sequence[Breakdown], top: int = 12) -> str:
         cells = [f"{v:.1f}" for v in vals] + [f"{vals[0] - v:+.1f}" for v in vals[1:]]
         return f"| {label} | " + " | ".join(cells) + " |"
 
+    idle = [b.method for b in breakdowns if b.kernels == 0]
+    if len(idle) == len(breakdowns):  # busy 0 and all "idle before the first kernel" said
+        # nothing true: there was no GPU work to split
+        lines[0:0] = [NO_KERNELS, ""]
+        lines += [row("window (the call's time on the host)", lambda b: b.window_us)]
+        return "\n".join(lines)
+    if idle:
+        lines[0:0] = [f"No GPU kernels recorded for {', '.join(idle)}: their window is the "
+                      "call's time on the host (the callable ran on the CPU or launched no "
+                      "kernel), all of it counted idle before the first kernel", ""]
     lines += [row("window (what CUDA events measure)", lambda b: b.window_us),
               row("GPU busy", lambda b: b.busy_us),
               row("idle before the first kernel", lambda b: b.head_us),
