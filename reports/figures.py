@@ -9,6 +9,7 @@ and hollow markers)."""
 
 from __future__ import annotations
 
+import textwrap
 import weakref
 from pathlib import Path
 
@@ -100,12 +101,32 @@ def _tick(v: float) -> str:
     return f"$10^{{{exp:.0f}}}$" if abs(exp - round(exp)) < 1e-9 else f"{v:.0e}"
 
 
+def fit_title(fig, title) -> None:
+    """Wrap ``title`` (a figure's suptitle) at spaces until it fits the figure's width: a
+    title wider than a figure of one panel was cut off on both sides. Its lines as given
+    stay lines; a line too long is split, as evenly as its words allow."""
+    renderer = fig.canvas.get_renderer()
+    room = 0.96 * fig.bbox.width
+    width = title.get_window_extent(renderer).width
+    if width <= room:
+        return
+    paragraphs = title.get_text().split("\n")
+    chars = max(map(len, paragraphs))
+    while chars > 8:
+        chars = min(chars - 1, int(chars * room / width))
+        title.set_text("\n".join(textwrap.fill(p, max(chars, 8)) or p for p in paragraphs))
+        width = title.get_window_extent(renderer).width
+        if width <= room:
+            return
+
+
 def _save(fig, path: Path) -> Path:
     """Lay the figure out (keeping the room ``reserve`` asked for below, and the
-    suptitle's above), write it, close it."""
+    suptitle's above, wrapped to the figure's width: ``fit_title``), write it, close it."""
     left, bottom, right, top = _RESERVED.pop(fig, (0, 0, 1, 1))
     title = getattr(fig, "_suptitle", None)
     if title is not None and title.get_text():
+        fit_title(fig, title)
         lines = title.get_text().count("\n") + 1
         top = 1 - (0.12 + 0.2 * lines) / fig.get_figheight()
     fig.tight_layout(rect=(left, bottom, right, top))

@@ -1331,3 +1331,40 @@ def test_the_instruction_gate_header_explains_faster(tmp_path, capsys):
     assert ("A benchmark regresses when its change exceeds 1.250, unless a declared "
             "regression covers it (`accepted`, up to its bound); it is faster under 0.800 "
             "(1 / 1.250), else ok.") in out
+
+
+def test_a_figure_title_wider_than_its_figure_is_wrapped_to_fit(tmp_path, monkeypatch):
+    """A run whose shape has L at one (K, N): one panel, 4.3 inches, and the suptitle
+    "...time per call against depth (a row of panels per run and device)" was cut off on
+    both sides. It is wrapped at spaces to the figure's width, every word kept."""
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from handgrad.reports import figures
+
+    rows = [dict(kernel="deep", L=L, K=64, N=32, run="laptop · run1.json", device="cpu",
+                 dtype="float32", method=m, role=role, median=1e-3 * L)
+            for L in (2, 4, 8) for m, role in (("manual", "kernel"),
+                                                ("torch_autograd", "reference"))]
+    saved = []
+    real = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (saved.append(fig),
+                                                             real(fig, path))[1])
+    assert figures.time_vs_depth(pd.DataFrame(rows), "deep", tmp_path).exists()
+    (fig,) = saved
+    FigureCanvasAgg(fig)  # closed by _save: drawn again, as written (120 dpi)
+    fig.set_dpi(120)
+    fig.canvas.draw()
+    title = fig._suptitle
+    box = title.get_window_extent(fig.canvas.get_renderer())
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+    assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, (box, fig.bbox)
+    assert "\n" in title.get_text()  # wrapped, every word kept
+    assert title.get_text().replace("\n", " ") == (
+        "deep: time per call against depth (a row of panels per run and device)")
+    # one that fits is left as it is
+    fig2 = figures.plt.figure(figsize=(8, 3))
+    fig2.suptitle("short")
+    figures.fit_title(fig2, fig2._suptitle)
+    assert fig2._suptitle.get_text() == "short"
+    figures.plt.close(fig2)
