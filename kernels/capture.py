@@ -26,6 +26,7 @@ factorisations check their LAPACK status on the host.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,36 @@ def _leaves(obj, path: str, out: list) -> object:
     if isinstance(obj, dict):
         return {k: _leaves(v, f"{path}[{k!r}]", out) for k, v in obj.items()}
     return _Const(obj)
+
+
+def _arg_names(kernel: Callable, args: tuple, kwargs: dict) -> list[str]:
+    """What a message calls each positional argument: its parameter's name where
+    ``kernel``'s signature binds the call (``net``, ``x``; ``args[0]`` of a ``*args``),
+    else ``args[i]``."""
+    names = [f"args[{i}]" for i in range(len(args))]
+    try:
+        signature = inspect.signature(kernel)
+        signature.bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):  # no signature (a builtin), or a call it cannot bind
+        return names
+    i = 0
+    for p in signature.parameters.values():
+        if i == len(args):
+            break
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names[i], i = p.name, i + 1
+        elif p.kind == p.VAR_POSITIONAL:
+            names[i:] = [f"{p.name}[{j}]" for j in range(len(args) - i)]
+            break
+    return names
+
+
+def _call_leaves(kernel: Callable, args: tuple, kwargs: dict, out: list) -> object:
+    """``_leaves`` of the call ``(args, kwargs)``, each tensor's path named from the call:
+    ``net.weights[0]``, ``x``, ``loss`` (a keyword by its name), not ``[0][0].weights[0]``."""
+    names = _arg_names(kernel, args, kwargs)
+    return (tuple(_leaves(a, name, out) for a, name in zip(args, names)),
+            {k: _leaves(v, k, out) for k, v in kwargs.items()})
 
 
 @dataclass(frozen=True)
@@ -113,7 +144,7 @@ class Captured:
                  cuda) -> None:
         self.kernel = kernel
         leaves: list = []
-        self._template = _leaves((args, kwargs), "", leaves)
+        self._template = _call_leaves(kernel, args, kwargs, leaves)
         self._paths = [p for p, _ in leaves]
         self.static_inputs = [t.detach().clone() for _, t in leaves]
         static_args, static_kwargs = _build(self._template, self.static_inputs)
@@ -136,19 +167,25 @@ class Captured:
 
     def _copy_in(self, args: tuple, kwargs: dict) -> None:
         leaves: list = []
-        template = _leaves((args, kwargs), "", leaves)
+        template = _leaves((args, kwargs), "", leaves)  # the paths named only for a message
+
+        def paths() -> list[str]:  # (a signature's binding costs as much as a replay)
+            named: list = []
+            _call_leaves(self.kernel, args, kwargs, named)
+            return [p for p, _ in named]
+
         if len(leaves) != len(self.static_inputs) or not _same_consts(template, self._template):
             raise ValueError(
                 f"arguments: expected the structure and Python values of the captured call "
                 f"({len(self.static_inputs)} tensors at {self._paths}), got "
-                f"{len(leaves)} tensors at {[p for p, _ in leaves]} or other Python values; "
+                f"{len(leaves)} tensors at {paths()} or other Python values; "
                 "capture again for another call"
             )
-        for (path, new), static in zip(leaves, self.static_inputs):
+        for i, ((_, new), static) in enumerate(zip(leaves, self.static_inputs)):
             if (new.shape, new.dtype, new.device) != (static.shape, static.dtype,
                                                       static.device):
                 raise ValueError(
-                    f"argument{path}: expected shape {shape_str(static)}, {static.dtype} on "
+                    f"{paths()[i]}: expected shape {shape_str(static)}, {static.dtype} on "
                     f"{static.device} (as captured), got shape {shape_str(new)}, {new.dtype} "
                     f"on {new.device}"
                 )
@@ -169,7 +206,7 @@ def capture(kernel: Callable, *example_args, warmup: int = 3, cuda=None,
         raise TypeError(f"kernel: expected a callable, got {type(kernel).__name__}")
     warmup = check_int("warmup", warmup, minimum=1, what="an int")
     leaves: list = []
-    _leaves((example_args, example_kwargs), "", leaves)
+    _call_leaves(kernel, example_args, example_kwargs, leaves)
     if cuda is not None:
         # cuda="x" had reached the capture and failed in an AttributeError on str
         lacks = [a for a in CUDA_API if not callable(getattr(cuda, a, None))]
@@ -181,7 +218,7 @@ def capture(kernel: Callable, *example_args, warmup: int = 3, cuda=None,
         cuda = torch.cuda
         for path, t in leaves:
             if t.device.type != "cuda":
-                raise ValueError(f"argument{path}: a CUDA graph needs CUDA tensors, got one on "
+                raise ValueError(f"{path}: a CUDA graph needs CUDA tensors, got one on "
                                  f"{t.device}")
         if not cuda.is_available():
             raise ValueError("capture: CUDA is not available")

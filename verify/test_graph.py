@@ -154,7 +154,7 @@ def test_a_captured_call_copies_new_arguments_into_the_buffers_and_replays():
 
 
 @pytest.mark.parametrize("call, pattern", [
-    (lambda s, n, x, y: s(n, x[:2], y[:2], loss="squared"), r"argument.*\[1\]: expected shape"),
+    (lambda s, n, x, y: s(n, x[:2], y[:2], loss="squared"), r"^x: expected shape"),
     (lambda s, n, x, y: s(n, x.double(), y, loss="squared"), r"float64"),
     (lambda s, n, x, y: s(n, x, y, loss="log_cosh"), r"structure and Python values"),
     (lambda s, n, x, y: s(n, x, loss="squared"), r"structure and Python values"),
@@ -170,8 +170,8 @@ def test_a_captured_call_refuses_what_it_did_not_record(call, pattern):
 
 def test_capture_refuses_cpu_tensors_and_bad_arguments():
     net, x, y = _net_and_data()
-    with pytest.raises(ValueError, match=r"argument.*: a CUDA graph needs CUDA tensors, got "
-                                         r"one on cpu"):
+    with pytest.raises(ValueError, match=r"^net\.weights\[0\]: a CUDA graph needs CUDA "
+                                         r"tensors, got one on cpu$"):
         capture(bp.backprop, net, x, y)
     with pytest.raises(TypeError, match="kernel: expected a callable"):
         capture("backprop", net, x, y, cuda=FakeCuda())
@@ -209,3 +209,30 @@ def test_a_captured_kernel_replays_its_eager_result_on_new_inputs(kernel):
         for i, (u, v) in enumerate(zip(got, want)):
             assert_close(u, v, kernel=f"captured {kernel}", reference=f"eager {kernel}",
                          what=f"output {i}", kind="grad")
+
+
+def test_a_tensor_is_named_by_the_parameter_it_is_passed_as():
+    """A message named a tensor by its place in capture's own (args, kwargs) pair,
+    ``argument[0][0].weights[0]``; it is named as the call names it: its parameter where
+    the kernel's signature binds the call, ``args[i]`` where it has none to bind."""
+    net, x, y = _net_and_data()
+    cases = [
+        (lambda: capture(bp.backprop, net, x, y, loss="squared"), r"^net\.weights\[0\]:"),
+        (lambda: capture(bp.backprop, [1], x, y, loss="squared"), r"^x:"),
+        (lambda: capture(lambda *ts, scale: None, 2.0, [x], scale=y), r"^ts\[1\]\[0\]:"),
+        (lambda: capture(lambda a: None, {"w": x}), r"^a\['w'\]:"),
+        (lambda: capture(lambda: None, x), r"^args\[0\]:"),  # not a call it binds
+        (lambda: capture(torch.add, 1.0, other=y), r"^other:"),  # a keyword by its name
+    ]
+    for call, pattern in cases:
+        with pytest.raises(ValueError, match=pattern + " a CUDA graph needs CUDA tensors"):
+            call()
+    step = capture(bp.backprop, net, x, y, loss="squared", cuda=FakeCuda())
+    assert step._paths == ["net.weights[0]", "net.weights[1]", "net.biases[0]",
+                           "net.biases[1]", "x", "y"]
+    with pytest.raises(ValueError, match=r"^y: expected shape \(4, 2\), torch.float32 on "
+                                         r"cpu \(as captured\), got shape \(3, 2\)"):
+        step(net, x, y[:3], loss="squared")
+    with pytest.raises(ValueError, match=r"6 tensors at \['net.weights\[0\]', .*'x', 'y'\]\), "
+                                         r"got 5 tensors at \['net.weights\[0\]', .*'x'\] "):
+        step(net, x, loss="squared")
