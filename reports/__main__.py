@@ -84,12 +84,28 @@ def _parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("render", help="markdown + figures + CSV from benchmark JSON files "
-                       "and verify reports")
+                       "and verify reports", description="Reads pytest-benchmark JSON files "
+                       "(pytest --benchmark-json, .json or .json.gz; several merge, each row "
+                       "labelled by its run) and verify reports (pytest --verify-report), and "
+                       "writes into --out a report: report.md (tables of each kernel against "
+                       "its reference, a verify report's headroom, the failed and disturbed "
+                       "benchmarks named), the "
+                       "figures it links (time against depth, roofline, CPU against GPU, "
+                       "step sweeps) as PNG, and the tables as CSV (summary.csv and more). "
+                       "Judges nothing: exit 0 done, 2 for an unusable input or --out.")
     p.add_argument("files", nargs="+", help="pytest-benchmark JSON files, .json or .json.gz "
                    "(several merge, each row labelled by its run: machine · file) and pytest "
                    "verify --verify-report files")
     p.add_argument("--out", required=True, help="folder to write the report into")
-    g = sub.add_parser("gate", help="fail (exit 1) when a kernel regressed against baseline")
+    g = sub.add_parser("gate", help="fail (exit 1) when a kernel regressed against baseline",
+                       description="Reads the baseline's and the change's pytest-benchmark "
+                       "JSON (one timed run a side, several, or instruction counts of "
+                       "--bench-instructions), and a calibration (--noise) and declared "
+                       "regressions (--accept) when given; compares each kernel against its "
+                       "reference on both sides and writes a Markdown verdict to stdout (and "
+                       "--summary or $GITHUB_STEP_SUMMARY), warnings on stderr. Exit 0 no "
+                       "regression, 1 a regression, 3 some kernel undecided, 2 an unusable "
+                       "input.")
     g.add_argument("--baseline", required=True, nargs="+",
                    help="pytest-benchmark JSON of the baseline (several: one per timed run)")
     g.add_argument("--current", required=True, nargs="+",
@@ -126,7 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--summary", help="also append the markdown summary to this file "
                    "(default: $GITHUB_STEP_SUMMARY when set)")
     c = sub.add_parser("calibrate", help="the between-process noise of unchanged runs: a "
-                       "spread and a threshold per kernel and benchmark, for gate --noise")
+                       "spread and a threshold per kernel and benchmark, for gate --noise",
+                       description="Reads three or more pytest-benchmark JSON files of the "
+                       "same code, each from a separate process, and writes to --out a "
+                       "calibration (JSON): the between-process spread of each kernel and "
+                       "benchmark and the threshold that follows, which gate --noise reads; "
+                       "prints the widest. Exit 0 done, 2 for an unusable input.")
     c.add_argument("files", nargs="+", help="pytest-benchmark JSON files of the same code, "
                    "each from a separate process (at least 3; 6 or more is better)")
     c.add_argument("--out", required=True, help="the calibration file to write (JSON)")
@@ -139,7 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     add_history(sub)
     s = sub.add_parser("init-study", help="the course's initialisation study: activations "
                        "and gradient norms per layer of a depth-8 tanh MLP for U(-d, d) "
-                       "and Xavier weights (figures, CSV, markdown)")
+                       "and Xavier weights (figures, CSV, markdown)",
+                       description="Reads nothing: draws a batch and the weights from "
+                       "--seed, runs a depth-8 tanh MLP under U(-d, d) and Xavier "
+                       "initialisations, and writes into --out the activations and gradient "
+                       "norms per layer as figures (PNG), CSV and a Markdown page.")
     s.add_argument("--out", required=True, help="folder to write the study into")
     s.add_argument("--seed", type=integer(*SEED_RANGE, "a torch seed"), default=0,
                    help="seed of the batch and the weights (default 0)")

@@ -189,6 +189,25 @@ def dirty_refusal(paths: list[str], data: list[dict]) -> str:
             f"a point of its own, '<commit>{DIRTY}', after its commit")
 
 
+# what pytest-benchmark records as a run's commit where it read none: outside a git (or
+# Mercurial) checkout, and where reading it failed
+NO_COMMIT = ("unversioned", "unknown")
+
+
+def no_commit_note(path: str, data: dict, sha: str) -> str | None:
+    """The note on a run stored under pytest-benchmark's word for no commit (``NO_COMMIT``):
+    every such run is one point of the series, whatever code each measured. None for a run
+    with its commit."""
+    recorded = str((data.get("commit_info") or {}).get("id"))
+    if recorded not in NO_COMMIT:
+        return None
+    why = ("it was made outside a git checkout" if recorded == "unversioned" else
+           "pytest-benchmark could not read its commit")
+    return (f"{path}: no commit recorded ({why}: commit_info.id {recorded!r}), so it was "
+            f"stored under the commit {sha!r}, one point with every other run stored so; give "
+            "--commit SHA to store a run under the commit it measured")
+
+
 def _commit_of(path: str, data: dict, commit: str | None,
                date: str | None, allow_dirty: bool = False) -> tuple[str, str]:
     info = data.get("commit_info") or {}
@@ -217,7 +236,7 @@ def _commit_of(path: str, data: dict, commit: str | None,
 def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
             date: str | None = None, failed: list[str] | None = None,
             disturbed: list[str] | None = None, allow_dirty: bool = False,
-            unpaired: list[str] | None = None) -> int:
+            unpaired: list[str] | None = None, notes: list[str] | None = None) -> int:
     """Store one benchmark file under its commit; returns how many benchmarks it added.
     A benchmark whose test failed is not stored (its timing is not of a right kernel);
     ``failed``, when given, gets each one's "group :: method". Nor is a timed benchmark the
@@ -226,7 +245,11 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     a timed kernel without a reference on its own device in the run (no ratio to store);
     ``unpaired``, when given, gets "group :: method (no reference timed on <device>)".
     A run from a dirty working tree (``commit_info.dirty``) is refused unless
-    ``allow_dirty``, then stored as "<commit>+dirty" (``DIRTY``): not its commit's code."""
+    ``allow_dirty``, then stored as "<commit>+dirty" (``DIRTY``): not its commit's code.
+    A run pytest-benchmark recorded without a commit (outside a git checkout: its
+    ``commit_info.id`` is "unversioned", or "unknown" where git failed) is stored under that
+    word, with every other such run, unless ``commit`` is given; ``notes``, when given,
+    gets a line saying so (``no_commit_note``)."""
     df = load_benchmarks([path], failed_tests=True)  # the refusals of a bad file, by name
     # a benchmark is its group, method and shape, stored as such (its series' key); its name
     # here, in what this add says, is the run's: "group [rows=64] :: method" where this run has
@@ -237,6 +260,7 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
     df = df[~df[TEST_FAILED]]
     data = read_json(path)
     sha, when = _commit_of(path, data, commit, date, allow_dirty)
+    note = no_commit_note(path, data, sha) if commit is None else None
     # the hash of the JSON itself, decompressed: x.json and its x.json.gz are one run. A run
     # stored from a .gz before 0.4.0 was hashed compressed: that hash is refused too
     raw = Path(path).read_bytes()
@@ -296,6 +320,8 @@ def add_run(con: sqlite3.Connection, path: str, commit: str | None = None,
         disturbed += shaken
     if unpaired is not None:
         unpaired += alone
+    if notes is not None and note:
+        notes.append(note)
     with con:  # one transaction: a schema-1 file is upgraded only with the run it stores
         if not con.in_transaction:
             con.execute("BEGIN")
@@ -761,9 +787,22 @@ def write_report(con: sqlite3.Connection, out: Path, kernel: str | None = None) 
 
 def add_parser(sub) -> None:
     h = sub.add_parser("history", help="benchmark runs per commit in SQLite, and their "
-                       "change points")
+                       "change points", description="A history of benchmark runs across "
+                       "commits in one SQLite file: add stores pytest-benchmark JSON runs "
+                       "under their commit; report reads the file and writes each kernel's "
+                       "series and its change points. See each one's --help.")
     hs = h.add_subparsers(dest="history_command", required=True, parser_class=type(h))
-    a = hs.add_parser("add", help="store benchmark runs under their commit")
+    a = hs.add_parser("add", help="store benchmark runs under their commit",
+                      description="Reads pytest-benchmark JSON files (timed, or counted with "
+                      "--bench-instructions) and stores each run's gated kernel benchmarks "
+                      "(ratio to the reference; instructions per call where counted) in the "
+                      "SQLite file --db, created if absent, under the commit and date the "
+                      "file records (commit_info) or --commit and --date give. A benchmark "
+                      "whose test failed, one the report flags disturbed and one without a "
+                      "ratio are named, not stored; a run already stored, or recorded from a "
+                      "dirty tree (without --allow-dirty), is refused; a run recorded "
+                      "without a commit is stored with a note on stderr. Prints a line per "
+                      "run.")
     a.add_argument("files", nargs="+", help="pytest-benchmark JSON files (timed or "
                    "--bench-instructions)")
     a.add_argument("--db", required=True, help="the history file (SQLite; created if absent)")
@@ -775,7 +814,13 @@ def add_parser(sub) -> None:
     a.add_argument("--allow-dirty", action="store_true", help="store a run recorded from a "
                    "working tree with uncommitted changes (commit_info.dirty) as a point of "
                    "its own, '<commit>+dirty', after its commit (default: refused)")
-    r = hs.add_parser("report", help="each kernel's series and its change points")
+    r = hs.add_parser("report", help="each kernel's series and its change points",
+                      description="Reads the history file --db and writes into --out "
+                      "history.md with its figures and CSV: per benchmark and per kernel "
+                      "(the geometric mean of its benchmarks) the series over the commits, "
+                      "in date order, with the change points E-divisive means finds; prints "
+                      "each change point. --kernel keeps the kernels whose kernel.method "
+                      "contains it.")
     r.add_argument("--db", required=True, help="the history file")
     r.add_argument("--out", required=True, help="folder to write the report into")
     r.add_argument("--kernel", help="only kernels whose kernel.method contains this")
@@ -807,8 +852,9 @@ def main(args: argparse.Namespace) -> int:
                 left_out: list[str] = []
                 shaken: list[str] = []
                 alone: list[str] = []
+                notes: list[str] = []
                 n = add_run(con, f, args.commit, args.date, left_out, shaken,
-                            args.allow_dirty, alone)
+                            args.allow_dirty, alone, notes)
                 added += 1
                 print(f"history: {f}: {n} benchmarks added to {args.db}" + (
                     f"; not stored, their test failed: {', '.join(left_out)}"
@@ -816,6 +862,8 @@ def main(args: argparse.Namespace) -> int:
                     f"; not stored, disturbed (the report's flag: rerun them): "
                     f"{', '.join(shaken)}" if shaken else "") + (
                     f"; not stored, without a ratio: {', '.join(alone)}" if alone else ""))
+                for line in notes:
+                    print(f"note: {line}", file=sys.stderr)
         finally:
             con.close()
             if new and not added:  # refused before anything was stored: a history this

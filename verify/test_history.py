@@ -384,3 +384,40 @@ def test_a_commits_dirty_point_is_shown_and_ordered_after_it():
         "commit": ["bb+dirty", "bb", "aa", "cc"],
         "date": [_date(1), _date(1), _date(0), _date(1)]}))
     assert list(order["commit"]) == ["aa", "bb", "bb+dirty", "cc"]
+
+
+def test_a_run_made_outside_git_is_stored_with_a_note_that_it_has_no_commit(tmp_path,
+                                                                            capsys):
+    """pytest-benchmark records commit_info.id 'unversioned' outside a git checkout (with
+    no date: --date gives one); add stored it under that word, quietly, one point with
+    every other such run. It says so on stderr, naming the run and --commit."""
+    db = tmp_path / "h.sqlite"
+    for i, (word, why) in enumerate([("unversioned", "made outside a git checkout"),
+                                     ("unknown", "could not read its commit")]):
+        data = scaled_run({})
+        data["commit_info"] = {"id": word, "time": None, "dirty": False}
+        data["benchmarks"][0]["stats"]["median"] *= 1 + i  # another run, not one again
+        f = tmp_path / f"{word}.json"
+        f.write_text(json.dumps(data))
+        assert main(["history", "add", "--db", str(db), str(f), "--date",
+                     "2026-12-01T10:00:00+00:00"]) == 0
+        out, err = capsys.readouterr()
+        assert f"{f}: " in out and "benchmarks added" in out
+        assert err.startswith(f"note: {f}: no commit recorded (") and why in err
+        assert f"commit_info.id {word!r}), so it was stored under the commit {word!r}" in err
+        assert "give --commit SHA" in err
+    # given a commit: stored under it, no note; a run with its commit: none either
+    data = scaled_run({})
+    data["commit_info"] = {"id": "unversioned", "time": None, "dirty": False}
+    data["benchmarks"][0]["stats"]["median"] *= 3
+    f = tmp_path / "given.json"
+    f.write_text(json.dumps(data))
+    assert main(["history", "add", "--db", str(db), str(f), "--commit", "abc123",
+                 "--date", "2026-12-02T10:00:00+00:00"]) == 0
+    assert capsys.readouterr().err == ""
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps(scaled_run({})))
+    assert main(["history", "add", "--db", str(db), str(f)]) == 0
+    assert capsys.readouterr().err == ""
+    shas = [r[0] for r in sqlite3.connect(db).execute("SELECT commit_sha FROM runs")]
+    assert shas[:3] == ["unversioned", "unknown", "abc123"]
