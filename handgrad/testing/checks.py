@@ -98,7 +98,9 @@ result of the wrong shape or device stops at the first argument it concerns, and
 that is the argument's with dimensions added says so: a batch not summed over, keepdim), its
 worst element, errors and tolerance, and, where one fits, a signature: a flipped sign, a
 transpose, a reversal along one dim (a convolution's kernel read back to front), a constant
-factor, a missing (zero) gradient, values computed in a narrower dtype (each a float32,
+factor (1/N, N the arguments' batch size where that is unambiguous, ``_batch_size``: a mean
+over the batch where a sum is due, a bias's g.mean(0) for g.sum(0); N: the reverse), a
+missing (zero) gradient, values computed in a narrower dtype (each a float32,
 float16 or bfloat16 number, the reference's not: a cast inside the derivative; or a result
 itself in a narrower dtype than the reference's, within that dtype's gradient tolerance: held
 to a tighter one; named before a constant factor, which it would read as, 0.99999997 x); for
@@ -109,22 +111,29 @@ results that differ between the calls beyond rounding (their dtype's gradient to
 looser ``tol`` given), or of another kind (None, another shape: what each call gave is
 said), fail as not deterministic, naming the argument, where one call could
 pass by chance (a random op, or a gradient accumulated into a buffer kept between calls;
-the first call's result is copied before the second). A derivative that raises is raised as
-it is (on the repeat only: noted so), with notes (Python
-3.11 on) saying how the check called it and what it gave it, in order (parameters in another
-order: vjp(x, W, b, g) for vjp(g, x, W, b)). A derivative that returns NaN or inf (``f``
-being finite there) is named as such, with the count and first indices, and not compared
-with a reference; where torch's derivative is not finite at those places either, the message
-says the point is not differentiable (sqrt at 0). Where torch's derivative disagrees and
-central differences agree with the derivative under test and disagree with torch (not where
-the two differ below their resolution), the failure says ``f``'s graph may be broken for
-torch (``float()``, ``.item()``, numpy), and stays a failure: central differences see
-projections only. On success: a ``CheckReport`` (headroom per argument and reference, Taylor
-order). Each element comparison is also recorded like handgrad's own (``compare.RECORDS``:
-``pytest --verify-report``), labelled with the dtype whose tolerance judged it (the
-argument's, or the narrower output's) and the argument's device, central differences too
-(run in float64 and compared as float64 numbers on the CPU), so the report's rows per dtype
-hold one tolerance.
+the first call's result is copied before the second). An ``f``, vjp or jvp whose own
+signature cannot take the call it gets (``vjp(g)`` for ``vjp(g, *args)``, f(x, y) for
+``args=(x,)``) is a ``TypeError`` naming it, the call and its contract, before any of them
+runs (``_fits``; not where the signature cannot be read, a builtin's, or a decorator's
+``*args``). What ``f`` or a derivative raises is raised again, of its own type and chained
+from the original, naming the call and its contract (``jvp(t, *args) raised TypeError:
+...; t is a tuple of tangents, one per argument (t[0] for args[0]), even for one
+argument``; on the repeat only: said so), with notes saying how the check called it and
+what it gave it, in order (parameters in another order: vjp(x, W, b, g) for
+vjp(g, x, W, b)); raised as it is where its type cannot be rebuilt from a message
+(``KeyError``), and an ``AssertionError`` (a nested check's verdict) always. A derivative
+that returns NaN or inf (``f`` being finite there) is named as such, with the count and
+first indices, and not compared with a reference; where torch's derivative is not finite at
+those places either, the message says the point is not differentiable (sqrt at 0). Where
+torch's derivative disagrees and central differences agree with the derivative under test
+and disagree with torch (not where the two differ below their resolution), the failure says
+``f``'s graph may be broken for torch (``float()``, ``.item()``, numpy), and stays a
+failure: central differences see projections only. On success: a ``CheckReport`` (headroom
+per argument and reference, Taylor order). Each element comparison is also recorded like
+handgrad's own (``compare.RECORDS``: ``pytest --verify-report``), labelled with the dtype
+whose tolerance judged it (the argument's, or the narrower output's) and the argument's
+device, central differences too (run in float64 and compared as float64 numbers on the CPU),
+so the report's rows per dtype hold one tolerance.
 """
 
 from __future__ import annotations
@@ -388,8 +397,15 @@ def _check_common(mode: str, f, d, args, wrt, directions, generator, tol, taylor
     # f and the derivative only ever see copies: the caller's tensors are never written to,
     # and one that writes into its arguments is refused by name (_Copies.check)
     args = _Copies(args, names)
+    # each callable's own signature against the call it gets, before any runs (f(x) given
+    # args=(x, W), vjp(g) for vjp(g, x)): refused by name rather than failing inside
+    given = _shapes(args, names)
+    _fits("f", f, len(args), given)
+    _fits(what, d, len(args) + 1, [("g " if mode == "vjp" else "t ") + (
+        "(f(*args)'s shape)" if mode == "vjp" else f"(a tuple of {len(args)})")] + given)
     with torch.no_grad():
-        out = _output("f", f(*args))
+        out = _output("f", _call("f", f, tuple(args), f"check_{what} called f(*args) at the "
+                                 "given point", given))
     args.check("f")
     if not out.numel():
         raise ValueError(f"f: f(*args) has no elements (shape {tuple(out.shape)}): no "
@@ -804,14 +820,77 @@ def _shapes(args: tuple, names: list[str | None]) -> list[str]:
                                       else type(a).__name__) for i, a in enumerate(args)]
 
 
-def _note_call(e: BaseException, how: str, given: list[str]) -> None:
-    """Add to ``e``, raised by the derivative under test, how the check called it and with
-    what, in order (the commonest cause: parameters in another order, vjp(x, W, b, g) for
-    vjp(g, x, W, b)); the exception itself is raised as it is (Python 3.11 on: notes)."""
+def _note_call(e: BaseException, how: str, given: list[str],
+               whose: str = "the derivative under test") -> None:
+    """Add to ``e``, raised by the derivative under test (or f: ``whose``), how the check
+    called it and with what, in order (the commonest cause: parameters in another order,
+    vjp(x, W, b, g) for vjp(g, x, W, b)); Python 3.11 on: notes (``_call`` raises it again
+    with the call's contract in its message)."""
     if hasattr(e, "add_note"):
         e.add_note(how)
-        e.add_note("raised by the derivative under test, given in this order: "
-                   + ", ".join(given))
+        e.add_note(f"raised by {whose}, given in this order: " + ", ".join(given))
+
+
+# how the check calls each callable under test, and what it gives and expects: said where
+# the callable's own signature cannot take the call, and where it raises
+_CONTRACTS = {
+    "f": ("f(*args)", "f is given the entries of args as its positional arguments, in order "
+          "(one tensor x: args=(x,))"),
+    "vjp": ("vjp(g, *args)", "g is the cotangent, of f(*args)'s shape, then f's arguments in "
+            "f's order; it returns one gradient per argument (a tuple, or a tensor where f "
+            "has one argument)"),
+    "jvp": ("jvp(t, *args)", "t is a tuple of tangents, one per argument (t[0] for args[0]), "
+            "even for one argument, then f's arguments in f's order; it returns the tangent "
+            "of f(*args)"),
+}
+
+
+def _fits(who: str, fn: Callable, n: int, given: list[str]) -> None:
+    """A ``TypeError``, before any call, where ``fn``'s own signature cannot take the ``n``
+    positional arguments the check calls it with (``vjp(g)`` for ``vjp(g, x)``); nothing
+    where it has no signature to read (a builtin) or could take them. Its own signature, not
+    a wrapped function's: a decorator may give more than it declares."""
+    try:
+        sig = inspect.signature(fn, follow_wrapped=False)
+    except (TypeError, ValueError):  # builtins, some C functions
+        return
+    try:
+        sig.bind(*([None] * n))
+    except TypeError as e:
+        call, contract = _CONTRACTS[who]
+        raise TypeError(f"{who}: {_callable_name(fn)}{sig} cannot be called as {call} with "
+                        f"the {n} argument{'s' if n != 1 else ''} the check gives it ({e}): "
+                        f"{contract}; it would be given {', '.join(given)}") from None
+
+
+def _call(who: str, fn: Callable, call_args: tuple, how: str, given: list[str],
+          repeat: bool = False):
+    """``fn(*call_args)``, ``fn`` the user's ``who`` ("f", "vjp", "jvp"). What it raises is
+    raised again with the call and its contract in the message, of the same type, chained
+    from the original and with ``_note_call``'s notes (``how``, ``given``); raised as it is
+    where the type cannot be rebuilt from a message (``KeyError`` quotes its own), and an
+    ``AssertionError`` (a check's verdict, a nested check's among them) or an out-of-memory
+    error (the machine's limit) always. ``repeat``: the second call at the same point, the
+    first having returned."""
+    try:
+        return fn(*call_args)
+    except Exception as e:  # noqa: BLE001 (the user's code: raised again, with its context)
+        _note_call(e, how, given, "f" if who == "f" else "the derivative under test")
+        if isinstance(e, (AssertionError, torch.cuda.OutOfMemoryError)):
+            raise
+        call, contract = _CONTRACTS[who]
+        text = (f"{call} raised {type(e).__name__}: {e}"
+                + (" on its second call at the same point (the first returned): it keeps "
+                   "state between calls" if repeat else "") + f"; {contract}")
+        try:
+            again = type(e)(text)
+        except Exception:  # noqa: BLE001 (a constructor of its own: raised as it is)
+            raise e from None
+        if type(again) is not type(e) or str(again) != text:
+            raise
+        for note in getattr(e, "__notes__", ()):
+            again.add_note(note)
+        raise again from e
 
 
 def _repeatable(who: str, pairs, tol: Tol | None = None) -> None:
@@ -946,7 +1025,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: Tol) -> bool:
     return a.shape == b.shape and bool(((a - b).abs() <= tol.atol + tol.rtol * b.abs()).all())
 
 
-def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
+def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol, *,
+              batch: int | None = None) -> str | None:
     """A name for how ``got`` is wrong against ``ref`` when one simple change explains it:
     a missing (zero) result, a flipped sign, a transpose, a reversal along one dim, a
     constant factor, values computed in a narrower dtype; else None (None too where ``got``
@@ -954,7 +1034,15 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
     floating-point tensors. ``tol``'s atol is an absolute error for values of order 1:
     against a reference whose largest element is below 1 it is scaled with it, as
     check_vjp's default tolerance is (a reference of 1e-200 is not within an atol of 1e-8
-    of everything)."""
+    of everything). ``batch``: the batch size N (an integer >= 1) or None; a constant
+    factor of 1/N or N is then named as a mean over the batch where a sum is due, or the
+    reverse (check_vjp and check_jvp pass the arguments' batch size where it is
+    unambiguous, ``_batch_size``)."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral)
+                              or batch < 1):
+        raise (ValueError if isinstance(batch, numbers.Integral) and not isinstance(batch, bool)
+               else TypeError)(f"batch: expected the batch size, an integer >= 1, or None, "
+                               f"got {batch!r}")
     for name, t in (("got", got), ("ref", ref)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -973,12 +1061,15 @@ def signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
         if not bool(torch.isfinite(t.detach()).all()):
             raise ValueError(f"{name}: {_nonfinite(t)}; expected finite values (a NaN or inf "
                              "is no result a simple change explains)")
-    return _signature(got, ref, _at_scale(tol, ref, ref.dtype, False)[0])
+    return _signature(got, ref, _at_scale(tol, ref, ref.dtype, False)[0],
+                      None if batch is None else int(batch))
 
 
-def _signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
+def _signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol,
+               batch: int | None = None) -> str | None:
     """``signature`` of finite floating-point ``got`` and ``ref``, compared at ``tol`` as
-    it is (check_vjp's and check_jvp's own, already at the reference's scale)."""
+    it is (check_vjp's and check_jvp's own, already at the reference's scale); ``batch``:
+    the batch size N, or None."""
     g, r = got.detach().double(), ref.detach().double().to(got.device)
     if g.dim() == 2 and r.dim() == 2 and g.shape == r.t().shape and g.shape != r.shape:
         return "the shape of its transpose: transposed?"
@@ -1012,6 +1103,15 @@ def _signature(got: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
     rs = r / s
     c = float(((g / sg) * rs).sum()) / float((rs * rs).sum()) * (sg / s)
     if c != 0 and math.isfinite(c) and _close(g, c * r, tol):
+        # 1/N or N itself explains it, N the batch: a mean where a sum is due (a bias's
+        # gradient g.mean(0) for g.sum(0)), or the reverse
+        if batch is not None and batch > 1:
+            if _close(g, r / batch, tol):
+                return (f"a constant factor {1 / batch:.6g} = 1/{batch}: a mean over the batch "
+                        f"({batch}) where a sum is due")
+            if _close(g, r * batch, tol):
+                return (f"a constant factor {batch}: a sum over the batch ({batch}) where a "
+                        "mean is due")
         shown = f"{c:.6g}"
         if shown in ("1", "-1"):  # 1.0000001: as many digits as tell it from 1
             shown = f"{c:.15g}"
@@ -1067,10 +1167,11 @@ def _record_as(before: int, record_as: tuple[torch.dtype, torch.device]) -> None
 
 
 def _compare(label: str, got: torch.Tensor, ref: torch.Tensor, *, kernel: str,
-             reference: str, tol: Tol,
-             record_as: tuple[torch.dtype, torch.device]) -> tuple[float, str | None]:
+             reference: str, tol: Tol, record_as: tuple[torch.dtype, torch.device],
+             batch: int | None = None) -> tuple[float, str | None]:
     """(worst |error| / allowed, failure message or None), recorded like every comparison
-    (as ``record_as``'s dtype and device)."""
+    (as ``record_as``'s dtype and device); ``batch``: the arguments' batch size for the
+    signature (``_batch_size``), or None."""
     before = len(_records.RECORDS)
     try:
         rec = assert_close(got, ref, kernel=kernel, reference=reference, what=label, tol=tol)
@@ -1078,7 +1179,7 @@ def _compare(label: str, got: torch.Tensor, ref: torch.Tensor, *, kernel: str,
         _record_as(before, record_as)
         # a NaN or inf (the reference's: the derivative's own are refused before) is no
         # result a simple change explains
-        sig = (_signature(got, ref, tol) if bool(torch.isfinite(got).all())
+        sig = (_signature(got, ref, tol, batch) if bool(torch.isfinite(got).all())
                and bool(torch.isfinite(ref).all()) else None)
         text = str(e).removeprefix(f"{kernel} vs {reference} [{label}]: ")
         # the report's headroom: how far over its allowance the worst element is (0.82x),
@@ -1255,7 +1356,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     finite (``ValueError``), and a gradient in a narrower dtype than both its argument and
     f's output, float32 for float64 say (``TypeError`` naming both dtypes; a wider one is
     compared). Where f's output is narrower than an argument, that argument is compared at
-    the output dtype's tolerance (a note in the report says so).
+    the output dtype's tolerance (a note in the report says so). An ``f`` or ``vjp`` whose
+    own signature cannot take its call is a ``TypeError`` before either runs; what either
+    raises is raised again, of its type, naming the call and its contract (module
+    docstring).
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
         "vjp", f, vjp, args, wrt, directions, generator, tol, taylor, name)
@@ -1274,13 +1378,9 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         u = u.detach()
     # a copy of the cotangent: a vjp may write into it (g.mul_(...)), as a backward may
     # into its grad_output; the check reads u again after
-    try:
-        grads = vjp(u.clone(), *args)
-    except Exception as e:  # noqa: BLE001 (the vjp under test: raised as it is, with a note)
-        _note_call(e, "check_vjp called vjp(cotangent, *args): the cotangent (f(*args)'s "
-                   "shape) first, then f's arguments",
-                   [f"cotangent {tuple(u.shape)}"] + _shapes(args, names))
-        raise
+    grads = _call("vjp", vjp, (u.clone(), *args), "check_vjp called vjp(cotangent, *args): "
+                  "the cotangent (f(*args)'s shape) first, then f's arguments",
+                  [f"cotangent {tuple(u.shape)}"] + _shapes(args, names))
     args.check("vjp")
     per = _per_argument(grads, len(args))
     if per is None:
@@ -1318,13 +1418,10 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
     # the first call's gradients as they were: a second call may write into a buffer the
     # first returned
     grads = tuple(g.detach().clone() if isinstance(g, torch.Tensor) else g for g in grads)
-    try:
-        returned = vjp(u.clone(), *args)
-    except Exception as e:  # noqa: BLE001 (raised as it is: the first call had returned)
-        _note_call(e, "check_vjp called vjp(cotangent, *args) a second time, as the first "
-                   "(which returned): it raised on the repeat, so it keeps state between "
-                   "calls", [f"cotangent {tuple(u.shape)}"] + _shapes(args, names))
-        raise
+    returned = _call("vjp", vjp, (u.clone(), *args), "check_vjp called vjp(cotangent, *args) "
+                     "a second time, as the first (which returned): it raised on the repeat, "
+                     "so it keeps state between calls",
+                     [f"cotangent {tuple(u.shape)}"] + _shapes(args, names), repeat=True)
     args.check("vjp")
     again = _per_argument(returned, len(args))
     _repeatable("vjp", [(_label(i, names), grads[i], again[i] if again is not None
@@ -1374,6 +1471,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             checks.append(ArgumentCheck(i, names[i], False, why))
             continue
         label = _label(i, names)
+        batch = _batch_size(args, i, out)  # a factor 1/N or N named as the batch's
         dtol, record_as = prec[i].tol, prec[i].record_as
         fd_dtype, fd_ok = prec[i].fd_dtype, prec[i].fd_ok
         # detached: a gradient computed from arguments that require grad requires grad,
@@ -1406,7 +1504,7 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
         if i in ref_grads:
             ratio, msg, why, ctol = _compare_rounded(label, g, ref_grads[i], etol, rounding,
                                                      kernel=kernel, reference=AUTOGRAD,
-                                                     record_as=record_as)
+                                                     record_as=record_as, batch=batch)
             if msg and scaled and ctol is not dtol:  # not back at the table's (_Rounding)
                 msg += f"\n    {scaled}"
             swapped = [j for j in ref_grads if j != i and msg and ref_grads[j].shape == g.shape
@@ -1443,7 +1541,8 @@ def check_vjp(f: Callable, vjp: Callable, args: Sequence, *, wrt=None,
             elif grads64 is not None:
                 vtol, scaled = _at_scale(dtol, grads64[i], prec[i].dtype, tol is not None)
                 _, msg = _compare(label, g, grads64[i].to(g.device), kernel=kernel,
-                                  reference=VJP64, tol=vtol, record_as=record_as)
+                                  reference=VJP64, tol=vtol, record_as=record_as,
+                                  batch=batch)
                 if msg:
                     failures.append(msg + (f"\n    {scaled}" if scaled else ""))
                 g_fd, fd_what = grads64[i], "<vjp(u), v> in float64"
@@ -1544,7 +1643,8 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
     arguments that are not floating-point tensors). Each checked argument is moved alone,
     along ``directions`` random tangents. Other arguments as in ``check_vjp``; a tangent in
     a narrower dtype than ``f(*args)`` is a ``TypeError`` naming both dtypes, one holding
-    NaN or inf fails naming where.
+    NaN or inf fails naming where. What ``f`` or ``jvp`` raises is raised again naming the
+    call and its contract (a jvp reading ``t`` as one tensor is told it is a tuple).
     """
     args, names, wrt, directions, gen, fname, kernel, out = _check_common(
         "jvp", f, jvp, args, wrt, directions, generator, tol, taylor, name)
@@ -1576,6 +1676,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             checks.append(ArgumentCheck(i, names[i], False, why))
             continue
         label = _label(i, names)
+        batch = _batch_size(args, i, out)  # a factor 1/N or N named as the batch's
         failures, ratio, fd_err, fd_allowed, order = [], None, None, None, None
         fd_worst = None  # (error, allowed) of the worst direction
         dtol, record_as = prec[i].tol, prec[i].record_as
@@ -1595,15 +1696,11 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             tangents = tuple(t.clone() if j == i else (torch.zeros_like(b)
                                                        if _is_float_tensor(b) else None)
                              for j, b in enumerate(args))
-            try:
-                got = jvp(tangents, *args)
-            except Exception as e:  # noqa: BLE001 (the jvp under test: raised, with a note)
-                # t * x for a one-argument f: t is the tuple (t0,)
-                _note_call(e, f"check_jvp called jvp(tangents, *args) with tangents a tuple of "
-                           f"{len(tangents)}, one tangent per argument of f (t[0] for the "
-                           "first, even where f has one argument)",
-                           [f"tangents (a tuple of {len(tangents)})"] + _shapes(args, names))
-                raise
+            # t * x for a one-argument f: t is the tuple (t0,), which the message says
+            got = _call("jvp", jvp, (tangents, *args), f"check_jvp called jvp(tangents, *args) "
+                        f"with tangents a tuple of {len(tangents)}, one tangent per argument "
+                        "of f (t[0] for the first, even where f has one argument)",
+                        [f"tangents (a tuple of {len(tangents)})"] + _shapes(args, names))
             jt = _output("jvp", got).detach()  # float() of it below
             args.check("jvp")
             # before its values are read (a meta tangent holds none), as check_vjp's gradient
@@ -1614,17 +1711,13 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
             if k == 0:  # once per argument: the same tangents again give the same tangent
                 jt = jt.clone()  # as it was: a second call may write into a buffer it returned
                 # fresh tangents: the first call may have written into its own
-                try:
-                    again = jvp(tuple(t.clone() if j == i else (
-                        torch.zeros_like(b) if _is_float_tensor(b) else None)
-                        for j, b in enumerate(args)), *args)
-                except Exception as e:  # noqa: BLE001 (raised as it is, with a note)
-                    _note_call(e, "check_jvp called jvp(tangents, *args) a second time with "
-                               "the same tangents, as the first (which returned): it raised "
-                               "on the repeat, so it keeps state between calls",
-                               [f"tangents (a tuple of {len(tangents)})"]
-                               + _shapes(args, names))
-                    raise
+                again = _call("jvp", jvp, (tuple(t.clone() if j == i else (
+                    torch.zeros_like(b) if _is_float_tensor(b) else None)
+                    for j, b in enumerate(args)), *args), "check_jvp called jvp(tangents, "
+                    "*args) a second time with the same tangents, as the first (which "
+                    "returned): it raised on the repeat, so it keeps state between calls",
+                    [f"tangents (a tuple of {len(tangents)})"] + _shapes(args, names),
+                    repeat=True)
                 args.check("jvp")
                 _repeatable("jvp", [(label, jt, again)], tol)
             if _narrower(jt.dtype, out.dtype):
@@ -1661,7 +1754,7 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                         ref, etol, torch.float64, f"{how}'s tangent", dtol)
                 r, msg, why, ctol = _compare_rounded(label, jt, ref, etol, rounding,
                                                      kernel=kernel, reference=how,
-                                                     record_as=record_as)
+                                                     record_as=record_as, batch=batch)
                 if msg and scaled and ctol is not dtol:  # not back at the table's (_Rounding)
                     msg += f"\n    {scaled}"
                 ratio = r if ratio is None else max(ratio, r)
@@ -1691,7 +1784,8 @@ def check_jvp(f: Callable, jvp: Callable, args: Sequence, *, wrt=None,
                 else:
                     vtol, scaled = _at_scale(dtol, jt64, prec[i].dtype, tol is not None)
                     _, msg = _compare(label, jt, jt64.to(jt.device), kernel=kernel,
-                                      reference=JVP64, tol=vtol, record_as=record_as)
+                                      reference=JVP64, tol=vtol, record_as=record_as,
+                                      batch=batch)
                     if msg:
                         failures.append(msg + (f"\n    {scaled}" if scaled else ""))
                         break
@@ -1914,6 +2008,21 @@ def _known(dtype: torch.dtype) -> torch.dtype:
         raise TypeError(f"args: no gradient tolerance for dtype {dtype}; known: "
                         f"{sorted(map(str, GRAD))} (pass tol=)")
     return dtype
+
+
+def _batch_size(args: tuple, i: int, out: torch.Tensor) -> int | None:
+    """The batch size N that names a constant factor 1/N or N in args[i]'s signature (a mean
+    over the batch where a sum is due), read from the arguments' leading dimension where
+    that is unambiguous: where f's output has dimensions, its leading one if an argument
+    other than args[i] shares it (x (N, in) beside W (out, in) for x @ W.T + b: N, for b's
+    gradient too); for a scalar f (a loss), the one leading dimension of every argument
+    with dimensions, two at least (pred (N, C) and y (N,)). None where there is no such
+    one size (a scalar f of x (N, in) and W (out, in)), and for N = 1."""
+    lead = [a.shape[0] for j, a in enumerate(args)
+            if isinstance(a, torch.Tensor) and a.dim() >= 1 and (j != i or out.dim() == 0)]
+    sizes = set(lead) & {out.shape[0]} if out.dim() >= 1 else set(lead) if len(lead) >= 2 \
+        else set()
+    return next(iter(sizes)) if len(sizes) == 1 and next(iter(sizes)) > 1 else None
 
 
 def _label(i: int, names: list[str | None]) -> str:
