@@ -546,12 +546,18 @@ def test_the_power_script_counts_false_failures_and_catches(tmp_path):
     assert float(cells[7]) == pytest.approx(1.15, rel=0.03)
 
 
-def test_the_committed_calibration_covers_every_kernel_ci_gates():
-    # .ci/gate judges the wall clock with this file: every kernel the default grid times on
-    # the CPU must have an entry measured from at least 6 unchanged runs
+@pytest.mark.parametrize("name", sorted(p.name for p in (
+    Path(__file__).resolve().parents[1] / ".ci").glob("gate-noise*.json")))
+def test_the_committed_calibration_covers_every_kernel_ci_gates(name):
+    # .ci/gate judges the wall clock with these files (one a machine): every kernel the
+    # default grid times on the CPU must have an entry measured from at least 6 unchanged
+    # runs, each file of another machine
     root = Path(__file__).resolve().parents[1]
-    noise = read_noise(root / ".ci" / "gate-noise.json")
+    noise = read_noise(root / ".ci" / name)
     assert noise.runs >= 6
+    others = [read_noise(p).machine for p in (root / ".ci").glob("gate-noise*.json")
+              if p.name != name]
+    assert noise.machine and noise.machine not in others
     gated = {"backprop.manual", "jacobian.manual_forward", "jacobian.manual_reverse",
              "least_squares.gd_closed_form", "least_squares.gd_loop",
              "least_squares.momentum_form1", "least_squares.momentum_form2",
@@ -570,8 +576,8 @@ def test_the_gate_times_on_the_thread_count_its_calibration_was_measured_at():
     gate = (root / ".ci" / "gate").read_text()
     (default,) = re.findall(r"threads=\$\{GATE_THREADS:-(\d+)\}", gate)
     assert '--bench-threads="$threads"' in gate
-    noise = read_noise(root / ".ci" / "gate-noise.json")
-    assert noise.machine["torch_threads"] == int(default)
+    for path in (root / ".ci").glob("gate-noise*.json"):
+        assert read_noise(path).machine["torch_threads"] == int(default), path.name
 
 
 def test_runs_with_no_benchmark_common_to_all_still_give_a_benchmark_verdict(tmp_path):
