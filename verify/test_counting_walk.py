@@ -106,8 +106,9 @@ def test_input_requires_grad_needs_backward():
 
 
 class MakesTensors(nn.Module):
-    """A forward that makes a tensor: without a device (positions, a causal mask, as
-    models do), with device='cpu' given, or held as a plain attribute (not a buffer)."""
+    """A forward that makes a tensor: on its input's device (positions, a causal mask, as
+    models do), without a device (the CPU's), with device='cpu' given, or held as a plain
+    attribute (not a buffer)."""
 
     def __init__(self, how):
         super().__init__()
@@ -116,15 +117,18 @@ class MakesTensors(nn.Module):
 
     def forward(self, x):
         y = self.fc(x)
+        if self.how == "on_x":
+            return (y * torch.arange(8, dtype=y.dtype, device=x.device)
+                    + torch.ones(8, dtype=y.dtype, device=x.device))
         if self.how == "factory":
-            return y * torch.arange(8, dtype=y.dtype) + torch.ones(8, dtype=y.dtype)
+            return y * torch.arange(8, dtype=y.dtype)
         if self.how == "explicit":
             return y * torch.arange(8, dtype=y.dtype, device="cpu")
         return y * self.plain
 
 
-def test_a_tensor_the_forward_makes_without_a_device_is_walked_on_meta():
-    counts = C.count_model(MakesTensors("factory"), (2, 8))
+def test_a_tensor_the_forward_makes_on_its_inputs_device_is_walked():
+    counts = C.count_model(MakesTensors("on_x"), (2, 8))
     # 2 x 8 outputs of 8 products and 8 adds (bias), then a product and an add each
     assert counts.total.mults == 2 * 8 * 8 + 2 * 8
     assert counts.total.adds == 2 * 8 * 8 + 2 * 8
@@ -138,25 +142,26 @@ class MakesTensorsConv(nn.Module):
 
     def forward(self, x):
         y = self.c(x)
-        return y * torch.ones(y.shape[-1], dtype=y.dtype)
+        return y * torch.ones(y.shape[-1], dtype=y.dtype, device=y.device)
 
 
 def test_the_receptive_field_walks_a_forward_making_a_tensor():
     assert C.receptive_field(MakesTensorsConv(), (1, 1, 8, 8)) is not None
 
 
-@pytest.mark.parametrize("how", ["explicit", "plain"])
+@pytest.mark.parametrize("how", ["factory", "explicit", "plain"])
 def test_a_tensor_on_another_device_is_told_so_not_blamed_on_the_shape(how):
     with pytest.raises(ValueError) as err:
         C.count_model(MakesTensors(how), (2, 8))
     msg = str(err.value)
     assert "mixes a tensor on another device with the walk's meta tensors" in msg
     assert "register it as a buffer" in msg and "does not fit" not in msg
+    assert "make it with device=x.device" in msg and "torch.arange(n) makes it on the CPU" in msg
 
 
 def test_an_input_given_for_its_shape_is_told_to_pass_the_shape():
     with pytest.raises(TypeError) as err:
-        C.count_model(MakesTensors("factory"), torch.randn(2, 8))
+        C.count_model(MakesTensors("on_x"), torch.randn(2, 8))
     assert str(err.value) == ("input_shape: expected a sequence of positive ints (batch "
                               "included), got a tensor of shape (2, 8); pass its shape "
                               "(x.shape)")
